@@ -1,0 +1,2 @@
+"""ML Incident Sandbox."""
+__version__ = "0.1.0"

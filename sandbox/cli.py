@@ -1,0 +1,212 @@
+"""The `sandbox` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sandbox import scenario as scenario_mod
+from sandbox.faults import registry
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="ML Incident Sandbox: production-debugging interviews for ML engineers.")
+faults_app = typer.Typer(no_args_is_help=True, help="The fault catalog.")
+scenario_app = typer.Typer(no_args_is_help=True, help="Scenario files.")
+app.add_typer(faults_app, name="faults")
+app.add_typer(scenario_app, name="scenario")
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_WORLD = Path("worlds/demo")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(path: Path | None, seed: int | None = None, scale: float | None = None):  # noqa: ANN202
+    try:
+        return scenario_mod.load(path).with_overrides(seed=seed, scale=scale)
+    except scenario_mod.ScenarioError as exc:
+        _fail(str(exc))
+
+
+def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool) -> None:
+    from sandbox.world.build import WorldExists, build
+
+    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    tasks: dict[str, int] = {}
+    with Progress(*columns, console=err, transient=False) as bar:
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            summary = build(spec, out, force=force, progress=progress)
+        except WorldExists as exc:
+            _fail(str(exc))
+    _print_summary(summary.manifest, out)
+
+
+def _print_summary(manifest: dict, out: Path) -> None:
+    table = Table(title=f"world {manifest['name']} (seed {manifest['seed']}, "
+                        f"scale {manifest['scale']}) in {out}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in manifest["tables"].items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    model = manifest["model"]
+    console.print(
+        f"model {model['name']} v{model['version']}: holdout AUC {model['holdout_auc']:.3f}, "
+        f"PR-AUC {model['holdout_pr_auc']:.3f}, Brier {model['holdout_brier']:.4f}"
+    )
+    console.print(f"content hash {manifest['content_hash'][:16]}…, "
+                  f"built in {manifest['build_seconds']:.0f} s")
+
+
+@app.command("build")
+def build_cmd(
+    scenario: Annotated[Path | None, typer.Argument(help="Scenario TOML; default: built-in.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="World directory to write.")] = DEFAULT_WORLD,
+    seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
+    scale: Annotated[float | None, typer.Option(help="Multiply the customer count.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing world.")] = False,
+) -> None:
+    """Build a world: six simulated weeks of a production ML system with planted faults."""
+    if scale is not None and scale <= 0:
+        _fail("--scale must be greater than 0")
+    if seed is not None and seed < 0:
+        _fail("--seed must be 0 or more")
+    _run_build(_load(scenario, seed, scale), out, force)
+
+
+@app.command("verify")
+def verify_cmd(
+    world: Annotated[Path, typer.Argument(help="A built world directory.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check that every planted fault shows its symptom and the rest of the world is healthy."""
+    from sandbox.verify import verify
+    from sandbox.world.layout import IncompleteWorld
+
+    try:
+        result = verify(world)
+    except IncompleteWorld as exc:
+        _fail(str(exc))
+    if as_json:
+        console.print_json(json.dumps(result.as_json()))
+    else:
+        table = Table(title=f"verification of {world}")
+        for col in ("scope", "check", "result", "detail"):
+            table.add_column(col)
+        for scope, checks in [*result.fault_checks.items(), ("healthy world", result.health_checks)]:
+            for c in checks:
+                table.add_row(scope, c.name, "[green]pass[/]" if c.passed else "[red]FAIL[/]",
+                              c.detail)
+        console.print(table)
+    raise typer.Exit(0 if result.passed else 1)
+
+
+@faults_app.command("list")
+def faults_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every fault that can be planted."""
+    entries = [_describe_fault(cls) for cls in registry.catalog().values()]
+    if as_json:
+        console.print_json(json.dumps(entries))
+        return
+    table = Table(title="fault catalog")
+    for col in ("id", "stages", "difficulty", "title"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["id"], ", ".join(e["stages"]), e["difficulty"], e["title"])
+    console.print(table)
+
+
+@faults_app.command("show")
+def faults_show(fault_id: str) -> None:
+    """One fault: what it does, its parameters, what the candidate will observe."""
+    try:
+        cls = registry.get(fault_id)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    e = _describe_fault(cls)
+    console.print(f"[bold]{e['id']}[/]: {e['title']}")
+    console.print(f"stages: {', '.join(e['stages'])}   hooks: {', '.join(e['hooks'])}   "
+                  f"difficulty: {e['difficulty']}")
+    console.print(f"candidate observes: {e['observation']}")
+    console.print(e["doc"])
+    table = Table(title="parameters")
+    for col in ("name", "default", "range / choices", "description"):
+        table.add_column(col)
+    for p in e["parameters"]:
+        table.add_row(p["name"], json.dumps(p["default"]), p["range"], p["description"])
+    console.print(table)
+
+
+def _describe_fault(cls: type) -> dict:
+    schema = cls.Params.model_json_schema()
+    params = []
+    for name, prop in schema["properties"].items():
+        if "enum" in prop:
+            rng = " | ".join(map(str, prop["enum"]))
+        else:
+            lo = prop.get("minimum", prop.get("exclusiveMinimum", ""))
+            hi = prop.get("maximum", prop.get("exclusiveMaximum", ""))
+            rng = f"{lo}..{hi}" if lo != "" or hi != "" else ""
+        params.append({"name": name, "default": prop.get("default"), "range": rng,
+                       "description": prop.get("description", ""), "type": prop.get("type")})
+    hooks = list(cls.hook_points)
+    return {
+        "id": cls.id,
+        "title": cls.title,
+        "stages": list(dict.fromkeys(h.split(".")[0] for h in hooks)),
+        "hooks": hooks,
+        "difficulty": cls.difficulty,
+        "observation": cls.observation,
+        "doc": (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip(),
+        "parameters": params,
+    }
+
+
+@scenario_app.command("validate")
+def scenario_validate(file: Path) -> None:
+    """Validate a scenario file; errors name the file and the field."""
+    spec = _load(file)
+    console.print(f"{file}: ok — world {spec.world.name!r}, seed {spec.world.seed}, "
+                  f"{spec.world.n_customers:,} customers, {len(spec.faults)} fault(s)")
+
+
+@scenario_app.command("schema")
+def scenario_schema() -> None:
+    """Print the JSON Schema of scenario files."""
+    console.print_json(json.dumps(scenario_mod.json_schema()))
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out")] = DEFAULT_WORLD,
+) -> None:
+    """The main job: build the default world if it is not there yet and print its summary."""
+    from sandbox.world.layout import IncompleteWorld, read_manifest
+
+    try:
+        manifest = read_manifest(out)
+        console.print(f"world already built in {out}")
+        _print_summary(manifest, out)
+    except IncompleteWorld:
+        _run_build(_load(None), out, force=False)
+    console.print("verify it with: sandbox verify " + str(out))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,226 @@
+"""A feature that was 99% populated goes ~60% populated; the gaps are filled with a wrong mean.
+
+Story: a player SDK rollout stops sending watch time for a growing part of the fleet, so the
+watch-time column arrives NULL. The feature job imputes NULLs with the policy's column mean, and the
+policy was refreshed the same week from an extract of heavy viewers, so the fill value is far too
+high. The offline and online stores show no NULLs at all; the model sees a large group of
+customers who all look like steady viewers, and stops flagging the ones who are drifting away.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar, Literal
+
+import duckdb
+import polars as pl
+from pydantic import Field, field_validator
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import AnswerKey, Check, Evidence, Fault, FaultParams, HookContext
+from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
+from sandbox.rng import stable_unit
+
+
+class Params(FaultParams):
+    target_feature: Literal[IMPUTED_FEATURES] = Field(  # type: ignore[valid-type]
+        "avg_daily_minutes_7d",
+        description="Imputed feature whose raw source column goes NULL and whose fill value is wrong.",
+    )
+    null_share: float = Field(
+        0.4, ge=0.05, le=0.9, description="Share of customers whose source value is NULL at full ramp."
+    )
+    fill_multiplier: float = Field(
+        2.5, ge=0.1, le=10.0, description="The wrong fill value as a multiple of the true mean."
+    )
+
+    @field_validator("fill_multiplier")
+    @classmethod
+    def _must_be_wrong(cls, v: float) -> float:
+        if abs(v - 1.0) < 0.2:
+            raise ValueError("must differ from 1 by at least 0.2, or the mean is not wrong")
+        return v
+
+
+class FeatureNullsWrongMean(Fault):
+    id: ClassVar[str] = "feature-nulls-wrong-mean"
+    title: ClassVar[str] = "Feature goes 40% null and is imputed with a wrong mean"
+    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    observation: ClassVar[str] = (
+        "Production AUC and retention precision slide while holdout metrics, NULL counts in the "
+        "feature store and the serving error rate all look normal."
+    )
+    hook_points: ClassVar[tuple[str, ...]] = ("ingest.activity", "features.imputation")
+    Params: ClassVar[type[FaultParams]] = Params
+
+    params: Params
+
+    @property
+    def source_column(self) -> str:
+        return FEATURES[self.params.target_feature].source.split(".")[-1]
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        share = self.params.null_share * self.params.intensity(ctx.day)
+        if share == 0:
+            return value
+        if point == "ingest.activity":
+            affected = stable_unit(value["customer_id"].to_numpy(), self.id) < share
+            return value.with_columns(
+                pl.when(pl.Series(affected)).then(None).otherwise(pl.col(self.source_column))
+                .alias(self.source_column)
+            )
+        if point == "features.imputation":
+            target = self.params.target_feature
+            return {**value, target: round(value[target] * self.params.fill_multiplier, 4)}
+        return value
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        onset = self.params.onset_day
+        return [
+            {"day": onset - 1, "hour": 10.0, "kind": "upstream", "service": "mobile-apps",
+             "title": "player SDK 7.2 staged rollout",
+             "body": "New playback telemetry batching; rollout over about "
+                     f"{max(self.params.ramp_days, 1)} days.",
+             "author": "apps-team"},
+            {"day": onset, "hour": 15.0, "kind": "config", "service": "feature-job",
+             "title": "feature store: imputation defaults refreshed",
+             "body": "Fill values recomputed from the latest engagement extract.",
+             "author": "data-platform"},
+        ]
+
+    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
+        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
+
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        start, end = self._window(calendar)
+        feature, column = self.params.target_feature, self.source_column
+        pct = round(self.params.null_share * 100)
+        return AnswerKey(
+            fault_id=self.id,
+            title=self.title,
+            root_cause=(
+                f"From {start} a player SDK rollout stops sending {column} for a growing share of "
+                f"customers (about {pct}% at full rollout, reached {self.params.ramp_days} days "
+                f"later), so raw.viewing_activity.{column} arrives NULL. The daily feature job "
+                f"mean-imputes {feature}, and on the same day its fill value was refreshed to "
+                f"{self.params.fill_multiplier}x the true mean. The stores hold no NULLs; a large "
+                "block of customers carries one identical, too-high value, so the model reads them "
+                "as engaged and misses the ones about to churn."
+            ),
+            propagation=[
+                f"upstream: SDK rollout -> raw.viewing_activity.{column} NULL for ~{pct}% of customers",
+                f"features: NULL {feature} -> imputed with a fill value {self.params.fill_multiplier}x "
+                "the true mean (policy refreshed at onset)",
+                "feature store: no NULLs visible; a spike of identical values at the fill value",
+                "serving: the model scores imputed customers as engaged; fewer of them are flagged",
+                "business: at-risk customers get no retention offer; churn rises",
+                "labels (14 days later): production AUC and precision fall; holdout stays high",
+            ],
+            evidence=[
+                Evidence(id="raw-nulls", kind="table_column",
+                         ref=f"raw.viewing_activity.{column}",
+                         description=f"NULL share of {column} rises from ~1% to ~{pct}%",
+                         window_start=start, window_end=end),
+                Evidence(id="imputed-spike", kind="table_column",
+                         ref=f"feature_store.customer_features.{feature}",
+                         description="a large share of rows hold exactly the fill value",
+                         window_start=start, window_end=end),
+                Evidence(id="policy-change", kind="table_column",
+                         ref="feature_store.imputation_policy.fill_value",
+                         description=f"fill value for {feature} changed at onset",
+                         window_start=start, window_end=end),
+                Evidence(id="job-imputations", kind="table_column",
+                         ref="ops.feature_job_runs.nulls_imputed",
+                         description="imputed NULLs per run jump by an order of magnitude",
+                         window_start=start, window_end=end),
+                Evidence(id="null-metric", kind="metric", ref="feature_null_ratio",
+                         description=f"feature_null_ratio for {feature} climbs with the rollout",
+                         window_start=start, window_end=end),
+                Evidence(id="job-log", kind="log_pattern", ref=r"nulls_imputed",
+                         description="feature-job run_finished lines report many imputed NULLs",
+                         window_start=start, window_end=end),
+                Evidence(id="sdk-rollout", kind="changelog", ref="player SDK 7.2 staged rollout",
+                         description="the upstream change that stopped the telemetry",
+                         window_start=start - dt.timedelta(days=1), window_end=end),
+                Evidence(id="imputation-refresh", kind="changelog",
+                         ref="feature store: imputation defaults refreshed",
+                         description="the config change that made the fill value wrong",
+                         window_start=start, window_end=end),
+            ],
+            acceptable_fixes=[
+                "Fix or roll back the SDK telemetry so the column is populated again.",
+                "Restore a correct fill value (training-time mean) or impute per segment; add a "
+                "missing-indicator feature so the model can tell imputed from real values.",
+                "Backfill the affected feature rows once the source is fixed; re-score affected "
+                "customers and consider retention outreach for those missed.",
+                "Alert on pre-imputation NULL ratio and on the share of rows equal to the fill value.",
+            ],
+            probes=[
+                "How did you rule out ordinary drift or a model that needs retraining?",
+                "Why did the NULL-rate alert not fire, and what threshold would you set?",
+                "What would you ship first, and how would you know it worked?",
+                "What is the next experiment you would run to size the business impact?",
+                "Would retraining on the current data have helped or made it worse? Why?",
+            ],
+        )
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        onset = calendar.date(self.params.onset_day)
+        full = calendar.date(self.params.onset_day + self.params.ramp_days)
+        end = calendar.date(calendar.last_production_day)
+        column, feature = self.source_column, self.params.target_feature
+        before, after = con.execute(
+            f"""
+            SELECT avg(CASE WHEN activity_date < ? THEN ({column} IS NULL)::INT END),
+                   avg(CASE WHEN activity_date BETWEEN ? AND ? THEN ({column} IS NULL)::INT END)
+            FROM raw.viewing_activity
+            """,
+            [onset, full, end],
+        ).fetchone()
+        checks = [
+            Check(
+                name="source column goes NULL after onset",
+                passed=before <= 0.03 and after >= 0.6 * self.params.null_share,
+                detail=f"NULL share of raw {column}: {before:.3f} before onset, {after:.3f} at full "
+                f"ramp (expected <= 0.03 then >= {0.6 * self.params.null_share:.2f})",
+            )
+        ]
+        fill_before, fill_after = con.execute(
+            """
+            SELECT min(fill_value) FILTER (WHERE effective_from < ?),
+                   max(fill_value) FILTER (WHERE effective_from >= ?)
+            FROM feature_store.imputation_policy WHERE feature = ?
+            """,
+            [onset, onset, feature],
+        ).fetchone()
+        share_at_fill = con.execute(
+            f"""
+            SELECT avg(({feature} = ?)::INT) FROM feature_store.customer_features
+            WHERE event_timestamp::DATE BETWEEN ? AND ?
+            """,
+            [fill_after, full, end],
+        ).fetchone()[0] if fill_after is not None else 0.0
+        checks.append(
+            Check(
+                name="stores carry a spike at a wrong fill value",
+                passed=fill_after is not None and share_at_fill >= 0.5 * self.params.null_share,
+                detail=f"fill value {fill_before} before onset, {fill_after} after; "
+                f"{share_at_fill:.3f} of feature rows equal it at full ramp",
+            )
+        )
+        auc_before, auc_after = con.execute(
+            """
+            SELECT avg(auc) FILTER (WHERE score_date < ?), avg(auc) FILTER (WHERE score_date >= ?)
+            FROM monitoring.model_performance_daily
+            WHERE segment = 'all' AND score_date <= ?
+            """,
+            [onset, full, end],
+        ).fetchone()
+        checks.append(
+            Check(
+                name="production AUC degrades after onset",
+                passed=auc_after is not None and auc_before - auc_after >= 0.02,
+                detail=f"mean daily AUC {auc_before:.3f} before onset, {auc_after:.3f} at full ramp",
+            )
+        )
+        return checks

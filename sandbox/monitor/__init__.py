@@ -1,0 +1,1 @@
+"""Production monitoring of the simulated model's served features."""

@@ -1,0 +1,250 @@
+"""Stage 2: the daily feature job.
+
+Runs at 02:00 for the previous day, reads the raw tables over rolling windows, imputes missing
+values by the feature store's policy, writes one row per active customer to the offline store with
+its event and created timestamps, and records the run (rows, nulls seen and imputed, duration).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from sandbox import rng
+from sandbox.clock import Calendar
+from sandbox.faults.base import FaultSet, HookContext
+from sandbox.logs import LogSink
+
+SERVICE = "feature-job"
+JOB_NAME = "customer_features_daily"
+
+
+@dataclass(frozen=True)
+class Feature:
+    description: str
+    source: str
+
+
+FEATURES: dict[str, Feature] = {
+    "tenure_days": Feature("Days since signup.", "raw.customers.signup_date"),
+    "monthly_price": Feature("Current plan price (USD).", "raw.customers.monthly_price"),
+    "sessions_7d": Feature("Viewing sessions in the last 7 days.", "raw.viewing_activity.sessions"),
+    "sessions_28d": Feature("Viewing sessions in the last 28 days.", "raw.viewing_activity.sessions"),
+    "sessions_trend": Feature(
+        "Daily sessions, last 7 days over last 28 days.", "raw.viewing_activity.sessions"
+    ),
+    "days_since_last_session": Feature(
+        "Days since the last viewing session (28 = none in 28 days).", "raw.viewing_activity"
+    ),
+    "avg_daily_minutes_7d": Feature(
+        "Average minutes watched per day, last 7 days.", "raw.viewing_activity.minutes_watched"
+    ),
+    "avg_daily_minutes_28d": Feature(
+        "Average minutes watched per day, last 28 days.", "raw.viewing_activity.minutes_watched"
+    ),
+    "playback_errors_7d": Feature(
+        "Playback errors in the last 7 days.", "raw.viewing_activity.playback_errors"
+    ),
+    "payment_failures_30d": Feature(
+        "Failed payment attempts in the last 30 days.", "raw.billing_events.status"
+    ),
+    "tickets_30d": Feature("Support tickets opened in the last 30 days.", "raw.support_tickets"),
+    "unresolved_tickets_30d": Feature(
+        "Tickets from the last 30 days still unresolved.", "raw.support_tickets.resolved_at"
+    ),
+}
+MODEL_FEATURES: list[str] = list(FEATURES)
+IMPUTED_FEATURES: tuple[str, ...] = ("avg_daily_minutes_7d", "avg_daily_minutes_28d")
+FEATURE_SCHEMA = {name: pl.Float64 for name in MODEL_FEATURES}
+
+
+def feature_timestamp(calendar: Calendar, day: int) -> dt.datetime:
+    """Features for a day describe data up to its end."""
+    return calendar.midnight(day + 1)
+
+
+class FeatureJob:
+    def __init__(
+        self,
+        seed: int,
+        calendar: Calendar,
+        faults: FaultSet,
+        customers: pl.DataFrame,
+        logs: LogSink,
+    ) -> None:
+        self.seed = seed
+        self.calendar = calendar
+        self.faults = faults
+        self.logs = logs
+        self.customers = customers.select("customer_id", "signup_day", "monthly_price")
+        self.activity: deque[pl.DataFrame] = deque(maxlen=28)
+        self.billing: deque[pl.DataFrame] = deque(maxlen=30)
+        self.tickets: deque[pl.DataFrame] = deque(maxlen=30)
+        self.fill_values: dict[str, float] | None = None
+        self.runs: list[dict] = []
+        self.policy: list[dict] = []
+        self.health: list[pl.DataFrame] = []
+
+    def observe(self, activity: pl.DataFrame, billing: pl.DataFrame, tickets: pl.DataFrame) -> None:
+        """One day's raw rows as ingested."""
+        self.activity.append(activity.select("customer_id", "activity_date", "sessions",
+                                             "minutes_watched", "playback_errors"))
+        self.billing.append(billing.select("customer_id", "status"))
+        self.tickets.append(tickets.select("customer_id", "resolved_at"))
+
+    def _aggregate(self, day: int, active_ids: np.ndarray) -> pl.DataFrame:
+        date = self.calendar.date(day)
+        as_of = feature_timestamp(self.calendar, day)
+        act = pl.concat(list(self.activity)).with_columns(
+            (pl.lit(date) - pl.col("activity_date")).dt.total_days().alias("days_ago")
+        )
+        recent = pl.col("days_ago") < 7
+        minutes = pl.col("minutes_watched")
+        agg = act.group_by("customer_id").agg(
+            pl.col("sessions").filter(recent).sum().alias("sessions_7d"),
+            pl.col("sessions").sum().alias("sessions_28d"),
+            pl.col("days_ago").min().alias("days_since_last_session"),
+            pl.col("playback_errors").filter(recent).sum().alias("playback_errors_7d"),
+            minutes.filter(recent).sum().alias("_min_7"),
+            minutes.filter(recent).count().alias("_known_7"),
+            recent.sum().alias("_days_7"),
+            minutes.sum().alias("_min_28"),
+            minutes.count().alias("_known_28"),
+            pl.len().alias("_days_28"),
+        )
+        failures = (
+            pl.concat(list(self.billing))
+            .filter(pl.col("status") == "failed")
+            .group_by("customer_id")
+            .agg(pl.len().alias("payment_failures_30d"))
+        )
+        tickets = pl.concat(list(self.tickets)).group_by("customer_id").agg(
+            pl.len().alias("tickets_30d"),
+            (pl.col("resolved_at").is_null() | (pl.col("resolved_at") > as_of))
+            .sum()
+            .alias("unresolved_tickets_30d"),
+        )
+
+        def avg_minutes(total: str, known: str, days: str, window: int) -> pl.Expr:
+            # Scale the known days up to all active days; no activity at all is a real zero.
+            return (
+                pl.when(pl.col(days).fill_null(0) == 0)
+                .then(0.0)
+                .when(pl.col(known) == 0)
+                .then(None)
+                .otherwise(pl.col(total) * pl.col(days) / (pl.col(known) * window))
+            )
+
+        base = pl.DataFrame({"customer_id": active_ids}).join(
+            self.customers, on="customer_id", how="left"
+        )
+        return (
+            base.join(agg, on="customer_id", how="left")
+            .join(failures, on="customer_id", how="left")
+            .join(tickets, on="customer_id", how="left")
+            .with_columns(
+                (day - pl.col("signup_day")).alias("tenure_days"),
+                avg_minutes("_min_7", "_known_7", "_days_7", 7).alias("avg_daily_minutes_7d"),
+                avg_minutes("_min_28", "_known_28", "_days_28", 28).alias("avg_daily_minutes_28d"),
+                pl.col("days_since_last_session").fill_null(28),
+                *[
+                    pl.col(c).fill_null(0)
+                    for c in ("sessions_7d", "sessions_28d", "playback_errors_7d",
+                              "payment_failures_30d", "tickets_30d", "unresolved_tickets_30d")
+                ],
+            )
+            .with_columns(
+                ((pl.col("sessions_7d") / 7) / (pl.col("sessions_28d") / 28 + 0.1)).alias(
+                    "sessions_trend"
+                )
+            )
+            .select("customer_id", *MODEL_FEATURES)
+            .cast(FEATURE_SCHEMA)
+            .with_columns(pl.col(c).round(4) for c in MODEL_FEATURES)
+        )
+
+    def _policy_for(self, day: int, features: pl.DataFrame) -> dict[str, float]:
+        if self.fill_values is None:
+            # The policy was set when these features were first backfilled: the column mean.
+            self.fill_values = {c: round(float(features[c].mean()), 4) for c in IMPUTED_FEATURES}
+        ctx = HookContext(seed=self.seed, day=day, calendar=self.calendar)
+        policy = self.faults.apply("features.imputation", dict(self.fill_values), ctx)
+        last = {row["feature"]: row["fill_value"] for row in self.policy}
+        for feature, value in policy.items():
+            if last.get(feature) != value:
+                self.policy.append(
+                    {
+                        "feature": feature,
+                        "strategy": "mean",
+                        "fill_value": value,
+                        "effective_from": feature_timestamp(self.calendar, day),
+                    }
+                )
+        return policy
+
+    def run(self, day: int, active_ids: np.ndarray) -> pl.DataFrame:
+        g = rng.stream(self.seed, "feature-job", day)
+        started = feature_timestamp(self.calendar, day) + dt.timedelta(hours=2, seconds=g.uniform(0, 240))
+        features = self._aggregate(day, active_ids)
+        policy = self._policy_for(day, features)
+        nulls_seen = int(sum(features[c].null_count() for c in IMPUTED_FEATURES))
+        null_ratio = {c: features[c].null_count() / max(features.height, 1) for c in MODEL_FEATURES}
+        features = features.with_columns(pl.col(c).fill_null(v) for c, v in policy.items())
+        ctx = HookContext(seed=self.seed, day=day, calendar=self.calendar)
+        features = self.faults.apply("features.rows", features, ctx)
+        nulls_left = int(sum(features[c].null_count() for c in MODEL_FEATURES))
+        rows_in = sum(f.height for f in self.activity) + sum(f.height for f in self.billing)
+        duration = round(18 + rows_in / 9000 + g.gamma(2.0, 3.0), 2)
+        finished = started + dt.timedelta(seconds=duration)
+        run = {
+            "run_id": f"{JOB_NAME}-{self.calendar.date(day):%Y%m%d}",
+            "job": JOB_NAME,
+            "feature_date": self.calendar.date(day),
+            "started_at": started,
+            "finished_at": finished,
+            "duration_s": duration,
+            "rows_in": rows_in,
+            "rows_out": features.height,
+            "nulls_seen": nulls_seen,
+            "nulls_imputed": nulls_seen - min(nulls_seen, nulls_left),
+            "status": "success",
+        }
+        self.runs.append(run)
+        self.health.append(
+            pl.DataFrame(
+                {
+                    "ts": [finished] * (2 * len(MODEL_FEATURES)),
+                    "metric": ["feature_null_ratio"] * len(MODEL_FEATURES)
+                    + ["feature_mean"] * len(MODEL_FEATURES),
+                    "label": MODEL_FEATURES * 2,
+                    "value": [null_ratio[c] for c in MODEL_FEATURES]
+                    + [features[c].mean() for c in MODEL_FEATURES],
+                },
+                schema={"ts": pl.Datetime("us"), "metric": pl.Utf8, "label": pl.Utf8,
+                        "value": pl.Float64},
+            )
+        )
+        self.logs.emit(started, SERVICE, "info", "run_started", f"{JOB_NAME} started",
+                       run_id=run["run_id"], feature_date=str(run["feature_date"]))
+        self.logs.emit(
+            finished, SERVICE, "info", "run_finished",
+            f"{JOB_NAME} finished: {run['rows_out']} rows written in {duration:.1f}s",
+            **{k: run[k] for k in ("run_id", "rows_in", "rows_out", "nulls_seen", "nulls_imputed")},
+        )
+        return features.with_columns(
+            pl.lit(feature_timestamp(self.calendar, day)).cast(pl.Datetime("us")).alias("event_timestamp"),
+            pl.lit(finished).cast(pl.Datetime("us")).alias("created_timestamp"),
+        ).select("customer_id", "event_timestamp", "created_timestamp", *MODEL_FEATURES)
+
+    def run_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.runs)
+
+    def health_frame(self) -> pl.DataFrame:
+        return pl.concat(self.health)
+
+    def policy_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.policy)

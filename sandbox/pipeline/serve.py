@@ -1,0 +1,149 @@
+"""Stage 5: the model server as the world saw it — the 06:00 batch scoring and online requests.
+
+Every prediction is logged with the features *as served*, the score, the decision, the model
+version and the latency, which is what lets a candidate compare serving with training.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+
+from sandbox import rng
+from sandbox.clock import Calendar
+from sandbox.faults.base import FaultSet, HookContext
+from sandbox.logs import LogSink
+from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.pipeline.train import SCORE_HOUR
+from sandbox.world.behaviour import HOURLY_TRAFFIC, hours_of_day
+
+SERVICE = "model-server"
+BATCH_SERVICE = "batch-scoring"
+ONLINE_SHARE = 0.05  # online requests per active customer per day (app opens the account page)
+ERROR_RATE = 0.0015
+MATERIALIZE_HOUR = 4.0
+
+
+def _to_ts(calendar: Calendar, day: int, hours: np.ndarray) -> np.ndarray:
+    return np.datetime64(calendar.midnight(day), "us") + (hours * 3_600_000_000).astype(
+        "timedelta64[us]"
+    )
+
+
+class ModelServer:
+    def __init__(
+        self,
+        seed: int,
+        calendar: Calendar,
+        faults: FaultSet,
+        model: object,
+        model_name: str,
+        model_version: str,
+        threshold: float,
+        logs: LogSink,
+    ) -> None:
+        self.seed = seed
+        self.calendar = calendar
+        self.faults = faults
+        self.model = model
+        self.model_name = model_name
+        self.model_version = model_version
+        self.threshold = threshold
+        self.logs = logs
+        self._next_id = 1
+
+    def _score(self, day: int, features: pl.DataFrame) -> pl.DataFrame:
+        ctx = HookContext(seed=self.seed, day=day, calendar=self.calendar)
+        features = self.faults.apply("serve.features", features, ctx)
+        scores = self.model.predict_proba(features.select(MODEL_FEATURES).to_numpy())[:, 1]
+        ids = np.arange(self._next_id, self._next_id + features.height, dtype=np.int64)
+        self._next_id += features.height
+        scored = features.with_columns(
+            pl.Series("prediction_id", ids),
+            pl.Series("score", np.round(scores, 6)),
+            pl.lit(self.model_name).alias("model_name"),
+            pl.lit(self.model_version).alias("model_version"),
+            pl.lit(self.threshold).alias("threshold"),
+        ).with_columns((pl.col("score") >= pl.col("threshold")).alias("decision"))
+        return self.faults.apply("serve.scores", scored, ctx)
+
+    def batch(self, day: int, online_store: pl.DataFrame) -> pl.DataFrame:
+        """Score every customer in the online store; flagged ones get a retention offer."""
+        start = self.calendar.at(day, SCORE_HOUR)
+        scored = self._score(day, online_store.select("customer_id", *MODEL_FEATURES))
+        offsets = np.arange(scored.height) * 400  # the job works through customers in ~10 s
+        scored = scored.with_columns(
+            pl.Series("request_ts", np.datetime64(start, "us") + offsets.astype("timedelta64[us]")),
+            pl.lit("batch").alias("source"),
+            pl.lit(None, dtype=pl.Float64).alias("latency_ms"),
+            pl.lit("ok").alias("status"),
+        )
+        flagged = int(scored["decision"].sum())
+        self.logs.emit(
+            start, BATCH_SERVICE, "info", "batch_started",
+            f"daily churn scoring started for {scored.height} customers",
+            model=f"{self.model_name}/{self.model_version}",
+        )
+        self.logs.emit(
+            start + dt.timedelta(microseconds=int(offsets[-1]) if len(offsets) else 0),
+            BATCH_SERVICE, "info", "batch_finished",
+            f"daily churn scoring finished: {flagged} customers flagged for retention",
+            rows=scored.height, flagged=flagged, threshold=self.threshold,
+        )
+        return scored
+
+    def online(
+        self, day: int, before_refresh: pl.DataFrame, after_refresh: pl.DataFrame
+    ) -> pl.DataFrame:
+        """Requests through the day; before the 04:00 refresh they see yesterday's online store."""
+        g = rng.stream(self.seed, "online-requests", day)
+        season = HOURLY_TRAFFIC.mean() / HOURLY_TRAFFIC.max()
+        n = int(g.poisson(ONLINE_SHARE * after_refresh.height * (0.8 + 0.4 * season)))
+        hours = np.sort(hours_of_day(g, n))
+        early = hours < MATERIALIZE_HOUR
+        pick_after = g.integers(0, max(after_refresh.height, 1), n)
+        pick_before = g.integers(0, max(before_refresh.height, 1), n)
+        rows = pl.concat(
+            [
+                before_refresh[pick_before[early]] if before_refresh.height else after_refresh[:0],
+                after_refresh[pick_after[~early]],
+            ]
+        ).select("customer_id", *MODEL_FEATURES)
+        scored = self._score(day, rows)
+        # Latency follows load: the evening peak is slower, and a few requests time out.
+        load = HOURLY_TRAFFIC[hours.astype(int)] / HOURLY_TRAFFIC.max()
+        latency = g.lognormal(np.log(6.0), 0.35, n) * (1 + 0.6 * load)
+        failed = g.random(n) < ERROR_RATE
+        scored = scored.with_columns(
+            pl.Series("request_ts", _to_ts(self.calendar, day, hours)),
+            pl.lit("online").alias("source"),
+            pl.Series("latency_ms", np.round(np.where(failed, 2000.0, latency), 2)),
+            pl.Series("status", np.where(failed, "error", "ok")),
+        ).with_columns(
+            pl.when(pl.col("status") == "error").then(None).otherwise(pl.col("score")).alias("score"),
+            pl.when(pl.col("status") == "error").then(None).otherwise(pl.col("decision"))
+            .alias("decision"),
+        )
+        self._log_requests(scored)
+        return scored
+
+    def _log_requests(self, scored: pl.DataFrame) -> None:
+        status = pl.when(pl.col("status") == "ok").then(200).otherwise(503)
+        self.logs.emit_frame(
+            scored.select(
+                pl.col("request_ts").alias("ts"),
+                pl.lit(SERVICE).alias("service"),
+                pl.when(pl.col("status") == "ok").then(pl.lit("info")).otherwise(pl.lit("error"))
+                .alias("level"),
+                pl.lit("request").alias("event"),
+                pl.format(
+                    "POST /predict {} {}ms", status, pl.col("latency_ms").round(1)
+                ).alias("message"),
+                pl.format(
+                    '{{"customer_id": {}, "model_version": "{}", "status": {}}}',
+                    pl.col("customer_id"), pl.col("model_version"), status,
+                ).alias("attrs"),
+            )
+        )

@@ -1,0 +1,185 @@
+"""Stage 4: the churn model — a point-in-time-correct training set, a scikit-learn model,
+holdout metrics, and its registration in MLflow as `churn-model@champion`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import FaultSet, HookContext
+from sandbox.pipeline import registry, store
+from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.pipeline.label import churn_labels
+
+SCORE_HOUR = 6.0  # the daily batch scores at 06:00; training rows use the same moment
+FLAGGED_SHARE = 0.10  # the retention team can handle about a tenth of the base per day
+
+
+@dataclass
+class TrainedModel:
+    model: HistGradientBoostingClassifier
+    threshold: float
+    metrics: dict[str, float]
+    importances: dict[str, float]
+    dataset_digest: str
+    rows: int
+    params: dict[str, object]
+
+
+def training_spine(active: pl.DataFrame, calendar: Calendar, score_days: list[int]) -> pl.DataFrame:
+    """(customer_id, score_date, score_ts) for every customer active on each score day.
+
+    `active` has customer_id, signup_day and cancel_day (a large number if none)."""
+    frames = [
+        active.filter((pl.col("signup_day") <= d) & (pl.col("cancel_day") >= d)).select(
+            "customer_id",
+            pl.lit(calendar.date(d)).alias("score_date"),
+            pl.lit(calendar.at(d, SCORE_HOUR)).cast(pl.Datetime("us")).alias("score_ts"),
+        )
+        for d in score_days
+    ]
+    return pl.concat(frames)
+
+
+def build_training_set(
+    con: duckdb.DuckDBPyConnection,
+    spine: pl.DataFrame,
+    cancellations: pl.DataFrame,
+    calendar: Calendar,
+    horizon_days: int,
+    faults: FaultSet,
+    seed: int,
+) -> pl.DataFrame:
+    features = store.point_in_time_join(con, spine)
+    labels = churn_labels(spine, cancellations, calendar, horizon_days)
+    dataset = features.join(
+        labels.select("customer_id", "score_date", "churned"),
+        on=["customer_id", "score_date"],
+        how="left",
+    )
+    ctx = HookContext(seed=seed, day=0, calendar=calendar)
+    return faults.apply("train.dataset", dataset, ctx)
+
+
+def digest(frame: pl.DataFrame) -> str:
+    return hashlib.sha256(frame.write_csv().encode()).hexdigest()[:16]
+
+
+def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
+    """Train on all but the latest score date; the latest is the (time-based) holdout."""
+    holdout_date = dataset["score_date"].max()
+    train = dataset.filter(pl.col("score_date") < holdout_date)
+    holdout = dataset.filter(pl.col("score_date") == holdout_date)
+    params: dict[str, object] = {
+        "algorithm": "HistGradientBoostingClassifier",
+        "max_iter": 250,
+        "learning_rate": 0.05,
+        "max_leaf_nodes": 31,
+        "min_samples_leaf": 80,
+        "l2_regularization": 1.0,
+    }
+    model = HistGradientBoostingClassifier(
+        max_iter=250,
+        learning_rate=0.05,
+        max_leaf_nodes=31,
+        min_samples_leaf=80,
+        l2_regularization=1.0,
+        early_stopping=False,
+        random_state=seed,
+    )
+    x_train = train.select(MODEL_FEATURES).to_numpy()
+    y_train = train["churned"].to_numpy()
+    model.fit(x_train, y_train)
+    x_hold = holdout.select(MODEL_FEATURES).to_numpy()
+    y_hold = holdout["churned"].to_numpy()
+    scores = model.predict_proba(x_hold)[:, 1]
+    threshold = float(np.round(np.quantile(scores, 1 - FLAGGED_SHARE), 4))
+    flagged = scores >= threshold
+    metrics = {
+        "holdout_auc": roc_auc_score(y_hold, scores),
+        "holdout_pr_auc": average_precision_score(y_hold, scores),
+        "holdout_brier": brier_score_loss(y_hold, scores),
+        "holdout_positive_rate": float(y_hold.mean()),
+        "holdout_precision_at_threshold": float(y_hold[flagged].mean()) if flagged.any() else 0.0,
+        "holdout_recall_at_threshold": float(flagged[y_hold == 1].mean()),
+        "train_rows": float(len(y_train)),
+        "holdout_rows": float(len(y_hold)),
+    }
+    importance = permutation_importance(
+        model, x_hold, y_hold, scoring="roc_auc", n_repeats=3, random_state=seed, n_jobs=1
+    )
+    importances = {
+        name: round(float(v), 5)
+        for name, v in zip(MODEL_FEATURES, importance.importances_mean, strict=True)
+    }
+    params.update(
+        {
+            "features": ",".join(MODEL_FEATURES),
+            "decision_threshold": threshold,
+            "holdout_score_date": str(holdout_date),
+        }
+    )
+    return TrainedModel(
+        model=model,
+        threshold=threshold,
+        metrics={k: round(float(v), 5) for k, v in metrics.items()},
+        importances=importances,
+        dataset_digest=digest(dataset),
+        rows=dataset.height,
+        params=params,
+    )
+
+
+def register(
+    trained: TrainedModel,
+    mlflow_dir: Path,
+    dataset: pl.DataFrame,
+    trained_on: dt.date,
+    deployed_on: dt.date,
+) -> str:
+    """Log the run and register the model as the champion; returns the model version."""
+    mlflow = registry.connect(mlflow_dir, "churn-model-training")
+    from mlflow.models import infer_signature
+
+    x = dataset.select(MODEL_FEATURES).head(200).to_pandas()
+    signature = infer_signature(x, trained.model.predict_proba(x.to_numpy())[:, 1])
+    with mlflow.start_run(run_name=f"churn-gbm-{trained_on:%Y%m%d}"):
+        mlflow.log_params(trained.params)
+        mlflow.log_metrics(trained.metrics)
+        mlflow.log_metrics({f"importance_{k}": v for k, v in trained.importances.items()})
+        mlflow.set_tags(
+            {
+                "training_date": str(trained_on),
+                "data_window_start": str(dataset["score_date"].min()),
+                "data_window_end": str(dataset["score_date"].max()),
+                "dataset_digest": trained.dataset_digest,
+                "dataset_rows": str(trained.rows),
+                "label": "cancelled within 14 days of score date",
+            }
+        )
+        mlflow.log_dict(trained.importances, "feature_importances.json")
+        info = mlflow.sklearn.log_model(
+            trained.model,
+            name="model",
+            signature=signature,
+            registered_model_name=registry.CHURN_MODEL,
+        )
+    version = str(info.registered_model_version)
+    registry.set_alias(
+        mlflow,
+        registry.CHURN_MODEL,
+        registry.CHAMPION,
+        version,
+        {"deployed_on": str(deployed_on), "decision_threshold": str(trained.threshold)},
+    )
+    return version

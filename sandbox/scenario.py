@@ -1,0 +1,154 @@
+"""Scenario files (TOML): the world, its seed and scale, the incident brief, and the planted faults.
+
+The model is assembled from the fault catalog so that each fault entry is validated against that
+fault's own parameters, and errors name the file and the exact field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from sandbox.clock import Calendar
+from sandbox.faults import registry
+from sandbox.faults.base import Fault, FaultParams, FaultSet
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used; the message names the file and the field."""
+
+
+class WorldSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("streamwave", pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=60)
+    seed: int = Field(7, ge=0, le=2**31 - 1)
+    scale: float = Field(1.0, gt=0, le=100, description="Multiplies the customer count.")
+    customers: int = Field(25_000, ge=100, le=1_000_000, description="Customers at scale 1.")
+    start_date: dt.date = Field(dt.date(2026, 3, 2), description="Date of production day 1.")
+    prehistory_days: int = Field(56, ge=28, le=120)
+    production_days: int = Field(42, ge=14, le=90)
+    live_days: int = Field(5, ge=0, le=14)
+    label_horizon_days: int = Field(14, ge=1, le=60)
+
+    @property
+    def n_customers(self) -> int:
+        return max(100, round(self.customers * self.scale))
+
+    def calendar(self) -> Calendar:
+        return Calendar(
+            start_date=self.start_date,
+            burn_in_days=28,
+            prehistory_days=self.prehistory_days,
+            production_days=self.production_days,
+            live_days=self.live_days,
+            label_horizon_days=self.label_horizon_days,
+        )
+
+
+class Brief(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200)
+    text: str = Field(min_length=1)
+
+
+def _fault_entry_model(cls: type[Fault]) -> type[FaultParams]:
+    return create_model(
+        f"{cls.__name__}Entry",
+        __base__=cls.Params,
+        id=(Literal[cls.id], Field(description=cls.title)),  # type: ignore[valid-type]
+    )
+
+
+@cache
+def scenario_model() -> type[BaseModel]:
+    entries = [_fault_entry_model(cls) for cls in registry.catalog().values()]
+    entry_type: Any = (
+        entries[0]
+        if len(entries) == 1
+        else Annotated[Union[tuple(entries)], Field(discriminator="id")]  # noqa: UP007
+    )
+    return create_model(
+        "Scenario",
+        __config__=ConfigDict(extra="forbid"),
+        world=(WorldSpec, Field(default_factory=WorldSpec)),
+        brief=(Brief, ...),
+        faults=(list[entry_type], Field(default_factory=list)),
+    )
+
+
+class Scenario:
+    """A validated scenario: the world spec, the brief, and the fault instances."""
+
+    def __init__(self, raw: dict[str, Any], source: str, text: str = "") -> None:
+        try:
+            model = scenario_model().model_validate(raw)
+        except ValidationError as exc:
+            raise ScenarioError(_describe(exc, source)) from None
+        self.source = source
+        self.raw = raw
+        self.text = text
+        self.world: WorldSpec = model.world
+        self.brief: Brief = model.brief
+        self.faults: list[Fault] = []
+        for index, entry in enumerate(model.faults):
+            cls = registry.get(entry.id)
+            params = cls.Params.model_validate(entry.model_dump(exclude={"id"}))
+            if params.onset_day > self.world.production_days:
+                raise ScenarioError(
+                    f"{source}: faults[{index}].onset_day: {params.onset_day} is after the last "
+                    f"production day ({self.world.production_days})"
+                )
+            self.faults.append(cls(params))
+
+    @property
+    def fault_set(self) -> FaultSet:
+        return FaultSet(self.faults)
+
+    def with_overrides(self, seed: int | None = None, scale: float | None = None) -> Scenario:
+        raw = {**self.raw, "world": {**self.raw.get("world", {})}}
+        if seed is not None:
+            raw["world"]["seed"] = seed
+        if scale is not None:
+            raw["world"]["scale"] = scale
+        return Scenario(raw, self.source, self.text)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        # The discriminated union adds the fault id to the path; it reads better without it.
+        lines.append(f"{source}: {loc or '(top level)'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse(text: str, source: str) -> Scenario:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: not valid TOML: {exc}") from None
+    return Scenario(raw, source, text)
+
+
+def load(path: Path | None) -> Scenario:
+    """Load a scenario file; None means the built-in default scenario."""
+    if path is None:
+        resource = files("sandbox") / "scenarios" / "default.toml"
+        return parse(resource.read_text(), "default.toml")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(text, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    return scenario_model().model_json_schema()

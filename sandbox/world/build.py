@@ -1,0 +1,202 @@
+"""`sandbox build`: run the simulation through the production stack and write a complete world.
+
+The world directory is written in place and `manifest.json` goes last: a build that dies halfway
+leaves no manifest (and is removed when the failure is seen), so nothing accepts it as a world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from sandbox import __version__
+from sandbox.monitor import alerts, metrics, performance
+from sandbox.monitor.drift import DriftMonitor
+from sandbox.pipeline import label, registry, retrieve, train
+from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
+from sandbox.pipeline.ops import changelog
+from sandbox.scenario import Scenario
+from sandbox.world import corpus, descriptions
+from sandbox.world.layout import WorldPaths
+from sandbox.world.simulate import Simulation
+from sandbox.world.warehouse import Warehouse, content_digest, row_counts
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class WorldExists(FileExistsError):
+    pass
+
+
+@dataclass
+class BuildSummary:
+    root: Path
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def _drift_reference(training_set: pl.DataFrame) -> pl.DataFrame:
+    holdout_date = training_set["score_date"].max()
+    return training_set.filter(pl.col("score_date") < holdout_date).select(MODEL_FEATURES)
+
+
+def build(
+    scenario: Scenario,
+    out: Path,
+    force: bool = False,
+    progress: Progress = lambda stage, done, total: None,
+) -> BuildSummary:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise WorldExists(f"{out} already exists; use --force to replace it")
+        shutil.rmtree(out)
+    paths = WorldPaths(out)
+    paths.make()
+    started = time.perf_counter()
+    try:
+        manifest = _build_into(scenario, paths, progress)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    manifest["build_seconds"] = round(seconds, 1)
+    manifest["complete"] = True
+    paths.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return BuildSummary(root=out, manifest=manifest, seconds=seconds)
+
+
+def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> dict[str, Any]:
+    cal = scenario.world.calendar()
+    seed = scenario.world.seed
+    wh = Warehouse(paths.duckdb)
+    truth = Warehouse(paths.truth)
+
+    progress("retrieval index", 0, 1)
+    articles = corpus.help_articles()
+    wh.append("retrieval.help_articles", articles.select("article_id", "topic", "title", "body"))
+    truth.append("truth.article_coverage", articles.select("article_id", "problem", "device"))
+    encoder = retrieve.fit_encoder(seed, version=1)
+    index = retrieve.build_index(encoder, articles, built_on=cal.date(cal.first_day))
+    index.save(paths.indexes)
+    _register_encoder(encoder, index, paths, cal.date(cal.first_day))
+    progress("retrieval index", 1, 1)
+
+    drift: DriftMonitor | None = None
+    reports_due = cal.last_production_day
+    total_days = cal.last_simulated_day - cal.first_day + 1
+
+    def register_model(trained: train.TrainedModel, training_set: pl.DataFrame) -> str:
+        nonlocal drift
+        drift = DriftMonitor(_drift_reference(training_set), MODEL_FEATURES, workers=1)
+        return train.register(trained, paths.mlflow, training_set, cal.date(0), cal.date(1))
+
+    def on_day(day: int, served: pl.DataFrame | None) -> None:
+        progress("simulate", day - cal.first_day + 1, total_days)
+        if drift is not None and served is not None and day <= reports_due:
+            drift.submit(cal.date(day), served.select(MODEL_FEATURES))
+
+    sim = Simulation(scenario, wh, truth, register_model, on_day)
+    result = sim.run(articles, encoder, index)
+
+    progress("labels and monitoring", 0, 3)
+    job = result.feature_job
+    assert job is not None and result.logs is not None and result.cancellations is not None
+    wh.append("ops.feature_job_runs", job.run_frame())
+    wh.append("feature_store.imputation_policy", job.policy_frame())
+    wh.append("ops.changelog", changelog(cal, scenario.fault_set))
+    wh.append("training.churn_training_set", result.training_set.with_columns(
+        pl.when(pl.col("score_date") == result.training_set["score_date"].max())
+        .then(pl.lit("holdout")).otherwise(pl.lit("train")).alias("split")))
+    batch = wh.con.execute(
+        "SELECT customer_id, request_ts::DATE AS score_date, score, decision "
+        "FROM serving.predictions WHERE source = 'batch'"
+    ).pl()
+    labels = label.churn_labels(batch, result.cancellations, cal,
+                                scenario.world.label_horizon_days)
+    wh.append("labels.churn_labels", labels)
+    progress("labels and monitoring", 1, 3)
+
+    segments = wh.con.execute("SELECT customer_id, device, plan, region FROM raw.customers").pl()
+    scored = batch.join(labels, on=["customer_id", "score_date"]).join(segments, on="customer_id")
+    wh.append("monitoring.model_performance_daily", performance.daily_performance(scored))
+    series = metrics.build_series(wh.con, job.health_frame())
+    wh.append(metrics.METRIC_TABLE, series)
+    wh.append("monitoring.alerts", alerts.evaluate(series))
+    wh.append("monitoring.alert_rules", alerts.rules_frame())
+    progress("labels and monitoring", 2, 3)
+
+    progress("drift reports", 0, 1)
+    assert drift is not None
+    with drift:
+        wh.append("monitoring.drift_feature_daily", drift.rows())
+        wh.append("monitoring.drift_daily", drift.summary_rows())
+    wh.append("monitoring.drift_reference", _drift_reference(result.training_set))
+    progress("drift reports", 1, 1)
+
+    logs = result.logs.frame()
+    wh.append("telemetry.logs", logs)
+    descriptions.apply(wh, FEATURES)
+    wh.close()
+    truth.close()
+    _export_logs(logs, paths)
+
+    paths.scenario.write_text(scenario.text)
+    keys = [f.answer_key(cal).model_dump(mode="json") for f in scenario.faults]
+    paths.answer_key.write_text(json.dumps({"faults": keys}, indent=2))
+
+    con = duckdb.connect(str(paths.duckdb), read_only=True)
+    try:
+        counts = row_counts(con)
+        digest = hashlib.sha256(content_digest(con).encode())
+    finally:
+        con.close()
+    digest.update((paths.indexes / retrieve.INDEX_META_FILE).read_bytes())
+    return {
+        "name": scenario.world.name,
+        "seed": seed,
+        "scale": scenario.world.scale,
+        "customers": scenario.world.n_customers,
+        "content_hash": digest.hexdigest(),
+        "tables": counts,
+        "calendar": {
+            "first_raw_date": str(cal.date(cal.first_day)),
+            "first_feature_date": str(cal.date(cal.first_feature_day)),
+            "production_start": str(cal.date(1)),
+            "production_end": str(cal.date(cal.last_production_day)),
+            "live_end": str(cal.date(cal.last_visible_day)),
+        },
+        "model": {"name": registry.CHURN_MODEL, "version": result.model_version,
+                  **{k: v for k, v in result.trained.metrics.items() if k.startswith("holdout_")}},
+        "sandbox_version": __version__,
+    }
+
+
+def _register_encoder(encoder: retrieve.Encoder, index: retrieve.ArticleIndex,
+                      paths: WorldPaths, built_on: object) -> None:
+    mlflow = registry.connect(paths.mlflow, "ticket-encoder")
+    with mlflow.start_run(run_name=f"ticket-encoder-v{encoder.version}"):
+        mlflow.log_params({"kind": "tfidf+svd", "dimension": retrieve.ENCODER_DIM,
+                           "encoder_version": encoder.version})
+        mlflow.set_tags({"training_date": str(built_on), "index_version": index.meta["index_version"]})
+        info = mlflow.sklearn.log_model(encoder.pipeline, name="encoder",
+                                        registered_model_name=registry.TICKET_ENCODER)
+    registry.set_alias(mlflow, registry.TICKET_ENCODER, "production",
+                       str(info.registered_model_version),
+                       {"encoder_version": str(encoder.version), "deployed_on": str(built_on)})
+
+
+def _export_logs(logs: pl.DataFrame, paths: WorldPaths) -> None:
+    """One JSON-lines file per service, as a log shipper would have left them."""
+    for (service,), part in logs.group_by("service", maintain_order=True):
+        part.select(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"), "level", "service",
+                    "event", "message", "attrs").write_ndjson(paths.logs / f"{service}.jsonl")
