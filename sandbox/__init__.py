@@ -1,2 +1,3 @@
 """ML Incident Sandbox."""
+
 __version__ = "0.1.0"

@@ -14,8 +14,11 @@ from rich.table import Table
 from sandbox import scenario as scenario_mod
 from sandbox.faults import registry
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="ML Incident Sandbox: production-debugging interviews for ML engineers.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="ML Incident Sandbox: production-debugging interviews for ML engineers.",
+)
 faults_app = typer.Typer(no_args_is_help=True, help="The fault catalog.")
 scenario_app = typer.Typer(no_args_is_help=True, help="Scenario files.")
 app.add_typer(faults_app, name="faults")
@@ -31,7 +34,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(path: Path | None, seed: int | None = None, scale: float | None = None):  # noqa: ANN202
+def _load(path: Path | None, seed: int | None = None, scale: float | None = None):
     try:
         return scenario_mod.load(path).with_overrides(seed=seed, scale=scale)
     except scenario_mod.ScenarioError as exc:
@@ -41,10 +44,15 @@ def _load(path: Path | None, seed: int | None = None, scale: float | None = None
 def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool) -> None:
     from sandbox.world.build import WorldExists, build
 
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     tasks: dict[str, int] = {}
     with Progress(*columns, console=err, transient=False) as bar:
+
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
@@ -58,8 +66,10 @@ def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool) -> None:
 
 
 def _print_summary(manifest: dict, out: Path) -> None:
-    table = Table(title=f"world {manifest['name']} (seed {manifest['seed']}, "
-                        f"scale {manifest['scale']}) in {out}")
+    table = Table(
+        title=f"world {manifest['name']} (seed {manifest['seed']}, "
+        f"scale {manifest['scale']}) in {out}"
+    )
     table.add_column("table")
     table.add_column("rows", justify="right")
     for name, rows in manifest["tables"].items():
@@ -70,13 +80,16 @@ def _print_summary(manifest: dict, out: Path) -> None:
         f"model {model['name']} v{model['version']}: holdout AUC {model['holdout_auc']:.3f}, "
         f"PR-AUC {model['holdout_pr_auc']:.3f}, Brier {model['holdout_brier']:.4f}"
     )
-    console.print(f"content hash {manifest['content_hash'][:16]}…, "
-                  f"built in {manifest['build_seconds']:.0f} s")
+    console.print(
+        f"content hash {manifest['content_hash'][:16]}…, built in {manifest['build_seconds']:.0f} s"
+    )
 
 
 @app.command("build")
 def build_cmd(
-    scenario: Annotated[Path | None, typer.Argument(help="Scenario TOML; default: built-in.")] = None,
+    scenario: Annotated[
+        Path | None, typer.Argument(help="Scenario TOML; default: built-in.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="World directory to write.")] = DEFAULT_WORLD,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
     scale: Annotated[float | None, typer.Option(help="Multiply the customer count.")] = None,
@@ -109,10 +122,14 @@ def verify_cmd(
         table = Table(title=f"verification of {world}")
         for col in ("scope", "check", "result", "detail"):
             table.add_column(col)
-        for scope, checks in [*result.fault_checks.items(), ("healthy world", result.health_checks)]:
+        for scope, checks in [
+            *result.fault_checks.items(),
+            ("healthy world", result.health_checks),
+        ]:
             for c in checks:
-                table.add_row(scope, c.name, "[green]pass[/]" if c.passed else "[red]FAIL[/]",
-                              c.detail)
+                table.add_row(
+                    scope, c.name, "[green]pass[/]" if c.passed else "[red]FAIL[/]", c.detail
+                )
         console.print(table)
     raise typer.Exit(0 if result.passed else 1)
 
@@ -141,8 +158,10 @@ def faults_show(fault_id: str) -> None:
         _fail(str(exc.args[0]))
     e = _describe_fault(cls)
     console.print(f"[bold]{e['id']}[/]: {e['title']}")
-    console.print(f"stages: {', '.join(e['stages'])}   hooks: {', '.join(e['hooks'])}   "
-                  f"difficulty: {e['difficulty']}")
+    console.print(
+        f"stages: {', '.join(e['stages'])}   hooks: {', '.join(e['hooks'])}   "
+        f"difficulty: {e['difficulty']}"
+    )
     console.print(f"candidate observes: {e['observation']}")
     console.print(e["doc"])
     table = Table(title="parameters")
@@ -163,8 +182,15 @@ def _describe_fault(cls: type) -> dict:
             lo = prop.get("minimum", prop.get("exclusiveMinimum", ""))
             hi = prop.get("maximum", prop.get("exclusiveMaximum", ""))
             rng = f"{lo}..{hi}" if lo != "" or hi != "" else ""
-        params.append({"name": name, "default": prop.get("default"), "range": rng,
-                       "description": prop.get("description", ""), "type": prop.get("type")})
+        params.append(
+            {
+                "name": name,
+                "default": prop.get("default"),
+                "range": rng,
+                "description": prop.get("description", ""),
+                "type": prop.get("type"),
+            }
+        )
     hooks = list(cls.hook_points)
     return {
         "id": cls.id,
@@ -173,7 +199,9 @@ def _describe_fault(cls: type) -> dict:
         "hooks": hooks,
         "difficulty": cls.difficulty,
         "observation": cls.observation,
-        "doc": (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip(),
+        "doc": (
+            (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__) or ""
+        ).strip(),
         "parameters": params,
     }
 
@@ -182,8 +210,10 @@ def _describe_fault(cls: type) -> dict:
 def scenario_validate(file: Path) -> None:
     """Validate a scenario file; errors name the file and the field."""
     spec = _load(file)
-    console.print(f"{file}: ok — world {spec.world.name!r}, seed {spec.world.seed}, "
-                  f"{spec.world.n_customers:,} customers, {len(spec.faults)} fault(s)")
+    console.print(
+        f"{file}: ok — world {spec.world.name!r}, seed {spec.world.seed}, "
+        f"{spec.world.n_customers:,} customers, {len(spec.faults)} fault(s)"
+    )
 
 
 @scenario_app.command("schema")

@@ -28,7 +28,10 @@ class Params(FaultParams):
         description="Imputed feature whose raw source column goes NULL and whose fill value is wrong.",
     )
     null_share: float = Field(
-        0.4, ge=0.05, le=0.9, description="Share of customers whose source value is NULL at full ramp."
+        0.4,
+        ge=0.05,
+        le=0.9,
+        description="Share of customers whose source value is NULL at full ramp.",
     )
     fill_multiplier: float = Field(
         2.5, ge=0.1, le=10.0, description="The wrong fill value as a multiple of the true mean."
@@ -66,7 +69,9 @@ class FeatureNullsWrongMean(Fault):
         if point == "ingest.activity":
             affected = stable_unit(value["customer_id"].to_numpy(), self.id) < share
             return value.with_columns(
-                pl.when(pl.Series(affected)).then(None).otherwise(pl.col(self.source_column))
+                pl.when(pl.Series(affected))
+                .then(None)
+                .otherwise(pl.col(self.source_column))
                 .alias(self.source_column)
             )
         if point == "features.imputation":
@@ -77,15 +82,25 @@ class FeatureNullsWrongMean(Fault):
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         onset = self.params.onset_day
         return [
-            {"day": onset - 1, "hour": 10.0, "kind": "upstream", "service": "mobile-apps",
-             "title": "player SDK 7.2 staged rollout",
-             "body": "New playback telemetry batching; rollout over about "
-                     f"{max(self.params.ramp_days, 1)} days.",
-             "author": "apps-team"},
-            {"day": onset, "hour": 15.0, "kind": "config", "service": "feature-job",
-             "title": "feature store: imputation defaults refreshed",
-             "body": "Fill values recomputed from the latest engagement extract.",
-             "author": "data-platform"},
+            {
+                "day": onset - 1,
+                "hour": 10.0,
+                "kind": "upstream",
+                "service": "mobile-apps",
+                "title": "player SDK 7.2 staged rollout",
+                "body": "New playback telemetry batching; rollout over about "
+                f"{max(self.params.ramp_days, 1)} days.",
+                "author": "apps-team",
+            },
+            {
+                "day": onset,
+                "hour": 15.0,
+                "kind": "config",
+                "service": "feature-job",
+                "title": "feature store: imputation defaults refreshed",
+                "body": "Fill values recomputed from the latest engagement extract.",
+                "author": "data-platform",
+            },
         ]
 
     def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
@@ -117,35 +132,70 @@ class FeatureNullsWrongMean(Fault):
                 "labels (14 days later): production AUC and precision fall; holdout stays high",
             ],
             evidence=[
-                Evidence(id="raw-nulls", kind="table_column",
-                         ref=f"raw.viewing_activity.{column}",
-                         description=f"NULL share of {column} rises from ~1% to ~{pct}%",
-                         window_start=start, window_end=end),
-                Evidence(id="imputed-spike", kind="table_column",
-                         ref=f"feature_store.customer_features.{feature}",
-                         description="a large share of rows hold exactly the fill value",
-                         window_start=start, window_end=end),
-                Evidence(id="policy-change", kind="table_column",
-                         ref="feature_store.imputation_policy.fill_value",
-                         description=f"fill value for {feature} changed at onset",
-                         window_start=start, window_end=end),
-                Evidence(id="job-imputations", kind="table_column",
-                         ref="ops.feature_job_runs.nulls_imputed",
-                         description="imputed NULLs per run jump by an order of magnitude",
-                         window_start=start, window_end=end),
-                Evidence(id="null-metric", kind="metric", ref="feature_null_ratio",
-                         description=f"feature_null_ratio for {feature} climbs with the rollout",
-                         window_start=start, window_end=end),
-                Evidence(id="job-log", kind="log_pattern", ref=r"nulls_imputed",
-                         description="feature-job run_finished lines report many imputed NULLs",
-                         window_start=start, window_end=end),
-                Evidence(id="sdk-rollout", kind="changelog", ref="player SDK 7.2 staged rollout",
-                         description="the upstream change that stopped the telemetry",
-                         window_start=start - dt.timedelta(days=1), window_end=end),
-                Evidence(id="imputation-refresh", kind="changelog",
-                         ref="feature store: imputation defaults refreshed",
-                         description="the config change that made the fill value wrong",
-                         window_start=start, window_end=end),
+                Evidence(
+                    id="raw-nulls",
+                    kind="table_column",
+                    ref=f"raw.viewing_activity.{column}",
+                    description=f"NULL share of {column} rises from ~1% to ~{pct}%",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="imputed-spike",
+                    kind="table_column",
+                    ref=f"feature_store.customer_features.{feature}",
+                    description="a large share of rows hold exactly the fill value",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="policy-change",
+                    kind="table_column",
+                    ref="feature_store.imputation_policy.fill_value",
+                    description=f"fill value for {feature} changed at onset",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="job-imputations",
+                    kind="table_column",
+                    ref="ops.feature_job_runs.nulls_imputed",
+                    description="imputed NULLs per run jump by an order of magnitude",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="null-metric",
+                    kind="metric",
+                    ref="feature_null_ratio",
+                    description=f"feature_null_ratio for {feature} climbs with the rollout",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="job-log",
+                    kind="log_pattern",
+                    ref=r"nulls_imputed",
+                    description="feature-job run_finished lines report many imputed NULLs",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="sdk-rollout",
+                    kind="changelog",
+                    ref="player SDK 7.2 staged rollout",
+                    description="the upstream change that stopped the telemetry",
+                    window_start=start - dt.timedelta(days=1),
+                    window_end=end,
+                ),
+                Evidence(
+                    id="imputation-refresh",
+                    kind="changelog",
+                    ref="feature store: imputation defaults refreshed",
+                    description="the config change that made the fill value wrong",
+                    window_start=start,
+                    window_end=end,
+                ),
             ],
             acceptable_fixes=[
                 "Fix or roll back the SDK telemetry so the column is populated again.",
@@ -193,13 +243,17 @@ class FeatureNullsWrongMean(Fault):
             """,
             [onset, onset, feature],
         ).fetchone()
-        share_at_fill = con.execute(
-            f"""
+        share_at_fill = (
+            con.execute(
+                f"""
             SELECT avg(({feature} = ?)::INT) FROM feature_store.customer_features
             WHERE event_timestamp::DATE BETWEEN ? AND ?
             """,
-            [fill_after, full, end],
-        ).fetchone()[0] if fill_after is not None else 0.0
+                [fill_after, full, end],
+            ).fetchone()[0]
+            if fill_after is not None
+            else 0.0
+        )
         checks.append(
             Check(
                 name="stores carry a spike at a wrong fill value",

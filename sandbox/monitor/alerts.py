@@ -24,18 +24,66 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("ModelServerHighLatency", "model-server", "latency_p99_ms", 60.0, None, 3, "warning",
-         "model-server p99 latency above 60 ms for 15 minutes"),
-    Rule("ModelServerErrors", "model-server", "error_ratio", 0.05, None, 2, "critical",
-         "model-server error ratio above 5% for 10 minutes"),
-    Rule("PositiveRateOutOfBand", "batch-scoring", "positive_rate", 0.25, 0.03, 1, "warning",
-         "share of customers flagged for retention outside 3%..25%"),
-    Rule("RetrievalClickThroughLow", "retrieval", "click_through_rate", None, 0.2, 6, "warning",
-         "retrieval click-through below 20% for 6 hours"),
-    Rule("FeatureNullRatioHigh", "feature-job", "feature_null_ratio", 0.5, None, 1, "warning",
-         "a feature is more than 50% null before imputation"),
-    Rule("DailyChurnHigh", "business", "daily_churn_rate", 0.01, None, 2, "critical",
-         "daily churn above 1% for two days"),
+    Rule(
+        "ModelServerHighLatency",
+        "model-server",
+        "latency_p99_ms",
+        60.0,
+        None,
+        3,
+        "warning",
+        "model-server p99 latency above 60 ms for 15 minutes",
+    ),
+    Rule(
+        "ModelServerErrors",
+        "model-server",
+        "error_ratio",
+        0.05,
+        None,
+        2,
+        "critical",
+        "model-server error ratio above 5% for 10 minutes",
+    ),
+    Rule(
+        "PositiveRateOutOfBand",
+        "batch-scoring",
+        "positive_rate",
+        0.25,
+        0.03,
+        1,
+        "warning",
+        "share of customers flagged for retention outside 3%..25%",
+    ),
+    Rule(
+        "RetrievalClickThroughLow",
+        "retrieval",
+        "click_through_rate",
+        None,
+        0.2,
+        6,
+        "warning",
+        "retrieval click-through below 20% for 6 hours",
+    ),
+    Rule(
+        "FeatureNullRatioHigh",
+        "feature-job",
+        "feature_null_ratio",
+        0.5,
+        None,
+        1,
+        "warning",
+        "a feature is more than 50% null before imputation",
+    ),
+    Rule(
+        "DailyChurnHigh",
+        "business",
+        "daily_churn_rate",
+        0.01,
+        None,
+        2,
+        "critical",
+        "daily churn above 1% for two days",
+    ),
 )
 
 
@@ -77,9 +125,16 @@ def evaluate(series: pl.DataFrame, rules: tuple[Rule, ...] = RULES) -> pl.DataFr
                     pl.lit(rule.summary).alias("summary"),
                 )
             )
-    schema = {"alert": pl.Utf8, "severity": pl.Utf8, "service": pl.Utf8, "label": pl.Utf8,
-              "started_at": pl.Datetime("us"), "last_breach_at": pl.Datetime("us"),
-              "peak_value": pl.Float64, "summary": pl.Utf8}
+    schema = {
+        "alert": pl.Utf8,
+        "severity": pl.Utf8,
+        "service": pl.Utf8,
+        "label": pl.Utf8,
+        "started_at": pl.Datetime("us"),
+        "last_breach_at": pl.Datetime("us"),
+        "peak_value": pl.Float64,
+        "summary": pl.Utf8,
+    }
     if not episodes:
         return pl.DataFrame(schema=schema)
     return pl.concat(episodes).cast(schema).sort("started_at", "alert", "label")

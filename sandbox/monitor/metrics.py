@@ -12,9 +12,11 @@ import polars as pl
 
 METRIC_TABLE = "telemetry.metrics"
 
+
 def _bucketed_requests(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return con.execute(
-        """
+    return (
+        con.sql(
+            """
         WITH b AS (
             SELECT time_bucket(INTERVAL 5 MINUTE, request_ts) AS ts,
                    count(*) / 300.0 AS requests_per_second,
@@ -28,12 +30,16 @@ def _bucketed_requests(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
                      latency_p99_ms
         INTO NAME metric VALUE value
         """
-    ).pl().with_columns(pl.lit("model-server").alias("service"), pl.lit("").alias("label"))
+        )
+        .pl()
+        .with_columns(pl.lit("model-server").alias("service"), pl.lit("").alias("label"))
+    )
 
 
 def _model_outputs(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return con.execute(
-        """
+    return (
+        con.sql(
+            """
         WITH d AS (
             SELECT date_trunc('day', request_ts) AS ts,
                    quantile_cont(score, 0.5) AS score_p50,
@@ -45,12 +51,16 @@ def _model_outputs(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         UNPIVOT d ON score_p50, score_p90, score_p99, positive_rate
         INTO NAME metric VALUE value
         """
-    ).pl().with_columns(pl.lit("batch-scoring").alias("service"), pl.lit("").alias("label"))
+        )
+        .pl()
+        .with_columns(pl.lit("batch-scoring").alias("service"), pl.lit("").alias("label"))
+    )
 
 
 def _retrieval(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return con.execute(
-        """
+    return (
+        con.sql(
+            """
         WITH h AS (
             SELECT time_bucket(INTERVAL 1 HOUR, request_ts) AS ts,
                    count(*) / 3600.0 AS requests_per_second,
@@ -63,12 +73,16 @@ def _retrieval(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         UNPIVOT h ON requests_per_second, top1_similarity, click_through_rate, latency_p95_ms
         INTO NAME metric VALUE value
         """
-    ).pl().with_columns(pl.lit("retrieval").alias("service"), pl.lit("").alias("label"))
+        )
+        .pl()
+        .with_columns(pl.lit("retrieval").alias("service"), pl.lit("").alias("label"))
+    )
 
 
 def _business(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return con.execute(
-        """
+    return (
+        con.sql(
+            """
         WITH days AS (
             SELECT DISTINCT date_trunc('day', request_ts) AS ts, count(*) AS active
             FROM serving.predictions WHERE source = 'batch' GROUP BY 1
@@ -88,7 +102,10 @@ def _business(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         UNPIVOT k ON active_subscribers, cancellations, daily_churn_rate, retention_offers_sent
         INTO NAME metric VALUE value
         """
-    ).pl().with_columns(pl.lit("business").alias("service"), pl.lit("").alias("label"))
+        )
+        .pl()
+        .with_columns(pl.lit("business").alias("service"), pl.lit("").alias("label"))
+    )
 
 
 def build_series(con: duckdb.DuckDBPyConnection, feature_health: pl.DataFrame) -> pl.DataFrame:
@@ -102,8 +119,9 @@ def build_series(con: duckdb.DuckDBPyConnection, feature_health: pl.DataFrame) -
     ]
     columns = ["ts", "service", "metric", "label", "value"]
     return (
-        pl.concat([f.select(columns).cast({"ts": pl.Datetime("us"), "value": pl.Float64})
-                   for f in frames])
+        pl.concat(
+            [f.select(columns).cast({"ts": pl.Datetime("us"), "value": pl.Float64}) for f in frames]
+        )
         .with_columns(pl.col("value").round(6))
         .sort("ts", "service", "metric", "label")
     )

@@ -27,13 +27,27 @@ def daily_performance(scored: pl.DataFrame) -> pl.DataFrame:
     Columns needed: score_date, score, decision, churned, label_available_at, and SEGMENTS.
     One row per (score_date, segment, segment_value), segment 'all' for everyone.
     """
-    groups = [scored.with_columns(pl.lit("all").alias("segment"), pl.lit("all").alias("segment_value"))]
+    groups = [
+        scored.with_columns(pl.lit("all").alias("segment"), pl.lit("all").alias("segment_value"))
+    ]
     groups += [
         scored.with_columns(pl.lit(s).alias("segment"), pl.col(s).alias("segment_value"))
         for s in SEGMENTS
     ]
-    long = pl.concat([g.select("score_date", "segment", "segment_value", "score", "decision",
-                               "churned", "label_available_at") for g in groups])
+    long = pl.concat(
+        [
+            g.select(
+                "score_date",
+                "segment",
+                "segment_value",
+                "score",
+                "decision",
+                "churned",
+                "label_available_at",
+            )
+            for g in groups
+        ]
+    )
     rows = []
     # One sklearn call per (day, segment) group: a few hundred groups, each vectorized inside.
     for key, part in long.group_by("score_date", "segment", "segment_value", maintain_order=True):

@@ -33,7 +33,9 @@ FEATURES: dict[str, Feature] = {
     "tenure_days": Feature("Days since signup.", "raw.customers.signup_date"),
     "monthly_price": Feature("Current plan price (USD).", "raw.customers.monthly_price"),
     "sessions_7d": Feature("Viewing sessions in the last 7 days.", "raw.viewing_activity.sessions"),
-    "sessions_28d": Feature("Viewing sessions in the last 28 days.", "raw.viewing_activity.sessions"),
+    "sessions_28d": Feature(
+        "Viewing sessions in the last 28 days.", "raw.viewing_activity.sessions"
+    ),
     "sessions_trend": Feature(
         "Daily sessions, last 7 days over last 28 days.", "raw.viewing_activity.sessions"
     ),
@@ -45,6 +47,10 @@ FEATURES: dict[str, Feature] = {
     ),
     "avg_daily_minutes_28d": Feature(
         "Average minutes watched per day, last 28 days.", "raw.viewing_activity.minutes_watched"
+    ),
+    "minutes_per_session_28d": Feature(
+        "Average minutes per viewing session, last 28 days.",
+        "raw.viewing_activity.minutes_watched",
     ),
     "playback_errors_7d": Feature(
         "Playback errors in the last 7 days.", "raw.viewing_activity.playback_errors"
@@ -58,7 +64,11 @@ FEATURES: dict[str, Feature] = {
     ),
 }
 MODEL_FEATURES: list[str] = list(FEATURES)
-IMPUTED_FEATURES: tuple[str, ...] = ("avg_daily_minutes_7d", "avg_daily_minutes_28d")
+IMPUTED_FEATURES: tuple[str, ...] = (
+    "avg_daily_minutes_7d",
+    "avg_daily_minutes_28d",
+    "minutes_per_session_28d",
+)
 FEATURE_SCHEMA = {name: pl.Float64 for name in MODEL_FEATURES}
 
 
@@ -91,8 +101,11 @@ class FeatureJob:
 
     def observe(self, activity: pl.DataFrame, billing: pl.DataFrame, tickets: pl.DataFrame) -> None:
         """One day's raw rows as ingested."""
-        self.activity.append(activity.select("customer_id", "activity_date", "sessions",
-                                             "minutes_watched", "playback_errors"))
+        self.activity.append(
+            activity.select(
+                "customer_id", "activity_date", "sessions", "minutes_watched", "playback_errors"
+            )
+        )
         self.billing.append(billing.select("customer_id", "status"))
         self.tickets.append(tickets.select("customer_id", "resolved_at"))
 
@@ -113,6 +126,7 @@ class FeatureJob:
             minutes.filter(recent).count().alias("_known_7"),
             recent.sum().alias("_days_7"),
             minutes.sum().alias("_min_28"),
+            pl.col("sessions").filter(minutes.is_not_null()).sum().alias("_known_sessions_28"),
             minutes.count().alias("_known_28"),
             pl.len().alias("_days_28"),
         )
@@ -122,11 +136,15 @@ class FeatureJob:
             .group_by("customer_id")
             .agg(pl.len().alias("payment_failures_30d"))
         )
-        tickets = pl.concat(list(self.tickets)).group_by("customer_id").agg(
-            pl.len().alias("tickets_30d"),
-            (pl.col("resolved_at").is_null() | (pl.col("resolved_at") > as_of))
-            .sum()
-            .alias("unresolved_tickets_30d"),
+        tickets = (
+            pl.concat(list(self.tickets))
+            .group_by("customer_id")
+            .agg(
+                pl.len().alias("tickets_30d"),
+                (pl.col("resolved_at").is_null() | (pl.col("resolved_at") > as_of))
+                .sum()
+                .alias("unresolved_tickets_30d"),
+            )
         )
 
         def avg_minutes(total: str, known: str, days: str, window: int) -> pl.Expr:
@@ -150,11 +168,23 @@ class FeatureJob:
                 (day - pl.col("signup_day")).alias("tenure_days"),
                 avg_minutes("_min_7", "_known_7", "_days_7", 7).alias("avg_daily_minutes_7d"),
                 avg_minutes("_min_28", "_known_28", "_days_28", 28).alias("avg_daily_minutes_28d"),
+                pl.when(pl.col("_days_28").fill_null(0) == 0)
+                .then(0.0)
+                .when(pl.col("_known_28") == 0)
+                .then(None)
+                .otherwise(pl.col("_min_28") / pl.col("_known_sessions_28"))
+                .alias("minutes_per_session_28d"),
                 pl.col("days_since_last_session").fill_null(28),
                 *[
                     pl.col(c).fill_null(0)
-                    for c in ("sessions_7d", "sessions_28d", "playback_errors_7d",
-                              "payment_failures_30d", "tickets_30d", "unresolved_tickets_30d")
+                    for c in (
+                        "sessions_7d",
+                        "sessions_28d",
+                        "playback_errors_7d",
+                        "payment_failures_30d",
+                        "tickets_30d",
+                        "unresolved_tickets_30d",
+                    )
                 ],
             )
             .with_columns(
@@ -188,7 +218,9 @@ class FeatureJob:
 
     def run(self, day: int, active_ids: np.ndarray) -> pl.DataFrame:
         g = rng.stream(self.seed, "feature-job", day)
-        started = feature_timestamp(self.calendar, day) + dt.timedelta(hours=2, seconds=g.uniform(0, 240))
+        started = feature_timestamp(self.calendar, day) + dt.timedelta(
+            hours=2, seconds=g.uniform(0, 240)
+        )
         features = self._aggregate(day, active_ids)
         policy = self._policy_for(day, features)
         nulls_seen = int(sum(features[c].null_count() for c in IMPUTED_FEATURES))
@@ -224,19 +256,35 @@ class FeatureJob:
                     "value": [null_ratio[c] for c in MODEL_FEATURES]
                     + [features[c].mean() for c in MODEL_FEATURES],
                 },
-                schema={"ts": pl.Datetime("us"), "metric": pl.Utf8, "label": pl.Utf8,
-                        "value": pl.Float64},
+                schema={
+                    "ts": pl.Datetime("us"),
+                    "metric": pl.Utf8,
+                    "label": pl.Utf8,
+                    "value": pl.Float64,
+                },
             )
         )
-        self.logs.emit(started, SERVICE, "info", "run_started", f"{JOB_NAME} started",
-                       run_id=run["run_id"], feature_date=str(run["feature_date"]))
         self.logs.emit(
-            finished, SERVICE, "info", "run_finished",
+            started,
+            SERVICE,
+            "info",
+            "run_started",
+            f"{JOB_NAME} started",
+            run_id=run["run_id"],
+            feature_date=str(run["feature_date"]),
+        )
+        self.logs.emit(
+            finished,
+            SERVICE,
+            "info",
+            "run_finished",
             f"{JOB_NAME} finished: {run['rows_out']} rows written in {duration:.1f}s",
             **{k: run[k] for k in ("run_id", "rows_in", "rows_out", "nulls_seen", "nulls_imputed")},
         )
         return features.with_columns(
-            pl.lit(feature_timestamp(self.calendar, day)).cast(pl.Datetime("us")).alias("event_timestamp"),
+            pl.lit(feature_timestamp(self.calendar, day))
+            .cast(pl.Datetime("us"))
+            .alias("event_timestamp"),
             pl.lit(finished).cast(pl.Datetime("us")).alias("created_timestamp"),
         ).select("customer_id", "event_timestamp", "created_timestamp", *MODEL_FEATURES)
 

@@ -75,7 +75,9 @@ class Ingest:
 
     def tickets(self, day: int, frame: pl.DataFrame) -> pl.DataFrame:
         g = rng.stream(self.seed, "ingest.tickets", day)
-        rows = frame.with_columns(_ingested_at(self.calendar, day, frame.height, g).alias("ingested_at"))
+        rows = frame.with_columns(
+            _ingested_at(self.calendar, day, frame.height, g).alias("ingested_at")
+        )
         return self.faults.apply("ingest.tickets", rows, self._ctx(day))
 
     def cancellations(self, day: int, frame: pl.DataFrame) -> pl.DataFrame:

@@ -38,6 +38,12 @@ def churn_labels(
             pl.when(pl.col("churned") == 1).then(pl.col("churn_date")).alias("churn_date"),
             pl.lit(horizon_days).cast(pl.Int32).alias("horizon_days"),
         )
-        .select("customer_id", "score_date", "churned", "churn_date", "horizon_days",
-                "label_available_at")
+        .select(
+            "customer_id",
+            "score_date",
+            "churned",
+            "churn_date",
+            "horizon_days",
+            "label_available_at",
+        )
     )

@@ -13,6 +13,8 @@ from typing import Any
 CHURN_MODEL = "churn-model"
 TICKET_ENCODER = "ticket-encoder"
 CHAMPION = "champion"
+# skops refuses types it cannot audit; the world's own gradient-boosted trees are ours to trust.
+SKOPS_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
 def quiet_mlflow_env() -> None:
@@ -21,6 +23,13 @@ def quiet_mlflow_env() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def pip_requirements() -> list[str]:
+    """Pinned explicitly: MLflow's own inference spawns a subprocess per model, seconds each."""
+    from importlib.metadata import version
+
+    return [f"scikit-learn=={version('scikit-learn')}", f"numpy=={version('numpy')}"]
 
 
 def tracking_uri(mlflow_dir: Path) -> str:
@@ -48,3 +57,17 @@ def set_alias(mlflow: Any, name: str, alias: str, version: str, tags: dict[str, 
     client.set_registered_model_alias(name, alias, version)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+
+
+def load_model(mlflow_dir: Path, uri: str) -> Any:
+    """Load a scikit-learn model from the world's registry, e.g. `models:/churn-model@champion`.
+
+    The registry belongs to the world the build wrote, so deserializing its models is trusted.
+    """
+    quiet_mlflow_env()
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(mlflow_dir))
+    mlflow.set_registry_uri(tracking_uri(mlflow_dir))
+    return mlflow.sklearn.load_model(uri)

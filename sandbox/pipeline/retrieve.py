@@ -46,8 +46,10 @@ def fit_encoder(seed: int, version: int, extra_texts: int = 2000) -> Encoder:
     pick = g.integers(0, problems.height, extra_texts)
     keys = (problems["topic"] + "/" + problems["problem"]).to_numpy()[pick]
     devices = np.asarray(list(corpus.PLATFORMS))[g.integers(0, len(corpus.PLATFORMS), extra_texts)]
-    texts = [*(articles["title"] + ". " + articles["body"]).to_list(),
-             *corpus.ticket_texts(g, keys, devices).to_list()]
+    texts = [
+        *(articles["title"] + ". " + articles["body"]).to_list(),
+        *corpus.ticket_texts(g, keys, devices).to_list(),
+    ]
     pipeline = Pipeline(
         [
             ("tfidf", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)),

@@ -82,15 +82,22 @@ class ModelServer:
         )
         flagged = int(scored["decision"].sum())
         self.logs.emit(
-            start, BATCH_SERVICE, "info", "batch_started",
+            start,
+            BATCH_SERVICE,
+            "info",
+            "batch_started",
             f"daily churn scoring started for {scored.height} customers",
             model=f"{self.model_name}/{self.model_version}",
         )
         self.logs.emit(
             start + dt.timedelta(microseconds=int(offsets[-1]) if len(offsets) else 0),
-            BATCH_SERVICE, "info", "batch_finished",
+            BATCH_SERVICE,
+            "info",
+            "batch_finished",
             f"daily churn scoring finished: {flagged} customers flagged for retention",
-            rows=scored.height, flagged=flagged, threshold=self.threshold,
+            rows=scored.height,
+            flagged=flagged,
+            threshold=self.threshold,
         )
         return scored
 
@@ -99,6 +106,8 @@ class ModelServer:
     ) -> pl.DataFrame:
         """Requests through the day; before the 04:00 refresh they see yesterday's online store."""
         g = rng.stream(self.seed, "online-requests", day)
+        if before_refresh.height == 0:  # first production day: no earlier online store
+            before_refresh = after_refresh
         season = HOURLY_TRAFFIC.mean() / HOURLY_TRAFFIC.max()
         n = int(g.poisson(ONLINE_SHARE * after_refresh.height * (0.8 + 0.4 * season)))
         hours = np.sort(hours_of_day(g, n))
@@ -107,7 +116,7 @@ class ModelServer:
         pick_before = g.integers(0, max(before_refresh.height, 1), n)
         rows = pl.concat(
             [
-                before_refresh[pick_before[early]] if before_refresh.height else after_refresh[:0],
+                before_refresh[pick_before[early]],
                 after_refresh[pick_after[~early]],
             ]
         ).select("customer_id", *MODEL_FEATURES)
@@ -122,8 +131,13 @@ class ModelServer:
             pl.Series("latency_ms", np.round(np.where(failed, 2000.0, latency), 2)),
             pl.Series("status", np.where(failed, "error", "ok")),
         ).with_columns(
-            pl.when(pl.col("status") == "error").then(None).otherwise(pl.col("score")).alias("score"),
-            pl.when(pl.col("status") == "error").then(None).otherwise(pl.col("decision"))
+            pl.when(pl.col("status") == "error")
+            .then(None)
+            .otherwise(pl.col("score"))
+            .alias("score"),
+            pl.when(pl.col("status") == "error")
+            .then(None)
+            .otherwise(pl.col("decision"))
             .alias("decision"),
         )
         self._log_requests(scored)
@@ -135,15 +149,19 @@ class ModelServer:
             scored.select(
                 pl.col("request_ts").alias("ts"),
                 pl.lit(SERVICE).alias("service"),
-                pl.when(pl.col("status") == "ok").then(pl.lit("info")).otherwise(pl.lit("error"))
+                pl.when(pl.col("status") == "ok")
+                .then(pl.lit("info"))
+                .otherwise(pl.lit("error"))
                 .alias("level"),
                 pl.lit("request").alias("event"),
-                pl.format(
-                    "POST /predict {} {}ms", status, pl.col("latency_ms").round(1)
-                ).alias("message"),
+                pl.format("POST /predict {} {}ms", status, pl.col("latency_ms").round(1)).alias(
+                    "message"
+                ),
                 pl.format(
                     '{{"customer_id": {}, "model_version": "{}", "status": {}}}',
-                    pl.col("customer_id"), pl.col("model_version"), status,
+                    pl.col("customer_id"),
+                    pl.col("model_version"),
+                    status,
                 ).alias("attrs"),
             )
         )

@@ -53,7 +53,7 @@ def point_in_time_join(
     values = ", ".join(f"CASE WHEN {fresh} THEN k.{c} END AS {c}" for c in MODEL_FEATURES)
     con.register("_pit_spine", spine.with_row_index("_spine_row").to_arrow())
     try:
-        return con.execute(
+        return con.sql(
             f"""
             WITH known AS (
                 SELECT s._spine_row, f.*

@@ -82,15 +82,15 @@ def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
     holdout = dataset.filter(pl.col("score_date") == holdout_date)
     params: dict[str, object] = {
         "algorithm": "HistGradientBoostingClassifier",
-        "max_iter": 250,
-        "learning_rate": 0.05,
+        "max_iter": 150,
+        "learning_rate": 0.08,
         "max_leaf_nodes": 31,
         "min_samples_leaf": 80,
         "l2_regularization": 1.0,
     }
     model = HistGradientBoostingClassifier(
-        max_iter=250,
-        learning_rate=0.05,
+        max_iter=150,
+        learning_rate=0.08,
         max_leaf_nodes=31,
         min_samples_leaf=80,
         l2_regularization=1.0,
@@ -173,6 +173,8 @@ def register(
             name="model",
             signature=signature,
             registered_model_name=registry.CHURN_MODEL,
+            skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
+            pip_requirements=registry.pip_requirements(),
         )
     version = str(info.registered_model_version)
     registry.set_alias(

@@ -16,7 +16,32 @@ from sandbox.world.population import PAYMENT_METHODS
 
 WEEKLY_SEASON = np.array([0.95, 0.92, 0.94, 1.0, 1.1, 1.28, 1.22])  # Mon..Sun
 HOURLY_TRAFFIC = np.array(
-    [3, 2, 1.5, 1.2, 1.2, 1.6, 2.5, 3.5, 4, 4, 4.2, 4.5, 5, 5, 4.8, 4.8, 5.2, 6, 7.5, 9, 9.5, 8.5, 6.5, 4.5]
+    [
+        3,
+        2,
+        1.5,
+        1.2,
+        1.2,
+        1.6,
+        2.5,
+        3.5,
+        4,
+        4,
+        4.2,
+        4.5,
+        5,
+        5,
+        4.8,
+        4.8,
+        5.2,
+        6,
+        7.5,
+        9,
+        9.5,
+        8.5,
+        6.5,
+        4.5,
+    ]
 )
 APP_RELEASES = [("5.0.0", -10_000), ("5.1.0", -45), ("5.2.0", 9), ("5.3.0", 33)]
 APP_UPGRADE_P = 0.12
@@ -24,9 +49,9 @@ PAYMENT_FAIL_P = dict(zip(PAYMENT_METHODS, [0.045, 0.02, 0.06, 0.035], strict=Tr
 BILLING_CYCLE_DAYS = 30
 RETRY_AFTER_DAYS = 3
 MAX_PAYMENT_ATTEMPTS = 3
-OFFER_EFFECT = 0.55  # hazard multiplier while a retention offer is running
+OFFER_EFFECT = 0.75  # hazard multiplier while a retention offer is running
 OFFER_DAYS = 30
-HAZARD_BASE = -6.55
+HAZARD_BASE = -7.3
 
 
 def hours_of_day(g: np.random.Generator, n: int) -> np.ndarray:
@@ -43,13 +68,20 @@ class WorldState:
         self.signup_day = customers["signup_day"].to_numpy()
         self.device = customers["device"].to_numpy()
         self.payment_method = customers["payment_method"].to_numpy()
-        self.price_tier = customers["plan"].replace_strict(
-            {"basic": 0, "standard": 1, "premium": 2}, return_dtype=pl.Int8
-        ).to_numpy()
+        self.price_tier = (
+            customers["plan"]
+            .replace_strict({"basic": 0, "standard": 1, "premium": 2}, return_dtype=pl.Int8)
+            .to_numpy()
+        )
         self.opt_out = customers["latent_telemetry_opt_out"].to_numpy()
         self.frailty = customers["latent_frailty"].to_numpy()
         n = len(self.customer_id)
-        self.target = customers["latent_engagement"].to_numpy().copy()
+        self.base_engagement = customers["latent_engagement"].to_numpy()
+        self.target = self.base_engagement.copy()
+        # Satisfaction shows in how long people watch, not how often: only watch time reveals it.
+        self.base_satisfaction = customers["latent_satisfaction"].to_numpy()
+        self.satisfaction_target = self.base_satisfaction.copy()
+        self.satisfaction = self.satisfaction_target.copy()
         self.engagement = self.target.copy()
         self.engagement_slow = self.target.copy()
         self.active = np.zeros(n, dtype=bool)
@@ -68,11 +100,18 @@ class WorldState:
         g = rng.stream(self.seed, "engagement", day)
         n = len(self.engagement)
         # Life events: a small share of customers start drifting away each day.
-        decline = g.random(n) < 0.0025
+        decline = g.random(n) < 0.004
         self.target = np.where(decline, self.target - g.uniform(0.8, 1.6, n), self.target)
-        recover = g.random(n) < 0.004
-        self.target = np.where(recover, self.target + 0.5, self.target)
+        self.satisfaction_target = np.where(
+            decline & (g.random(n) < 0.5), self.satisfaction_target - 0.8, self.satisfaction_target
+        )
+        # People slowly drift back to their own normal, so the base stays in a steady state.
+        self.target += 0.02 * (self.base_engagement - self.target)
+        self.satisfaction_target += 0.02 * (self.base_satisfaction - self.satisfaction_target)
         self.engagement += 0.09 * (self.target - self.engagement) + g.normal(0, 0.1, n)
+        self.satisfaction += 0.08 * (self.satisfaction_target - self.satisfaction) + g.normal(
+            0, 0.06, n
+        )
         self.engagement_slow += (self.engagement - self.engagement_slow) / 28.0
         for version_index, (_, release_day) in enumerate(APP_RELEASES):
             if day >= release_day and version_index > 0:
@@ -89,8 +128,9 @@ class WorldState:
         g = rng.stream(self.seed, "activity", day)
         idx = np.flatnonzero(self.active)
         season = WEEKLY_SEASON[self.calendar.weekday(day)]
-        sessions = g.poisson(np.exp(0.2 + self.engagement[idx]) * season)
-        minutes = g.gamma(np.maximum(sessions, 1) * 2.0, 19.0) * (sessions > 0)
+        sessions = g.poisson(np.exp(-0.2 + self.engagement[idx]) * season)
+        per_session = 19.0 * np.exp(0.45 * self.satisfaction[idx])
+        minutes = g.gamma(np.maximum(sessions, 1) * 2.0, per_session) * (sessions > 0)
         version = self.app_version[idx]
         device = self.device[idx]
         error_rate = np.where(device == "smart_tv", 0.05, 0.028)
@@ -111,13 +151,17 @@ class WorldState:
         )
         opted_out = self.opt_out[idx][keep]
         return frame.with_columns(
-            pl.when(pl.Series(opted_out)).then(None).otherwise(pl.col("minutes_watched"))
+            pl.when(pl.Series(opted_out))
+            .then(None)
+            .otherwise(pl.col("minutes_watched"))
             .alias("minutes_watched")
         )
 
     def billing(self, day: int) -> pl.DataFrame:
         g = rng.stream(self.seed, "billing", day)
-        cycle_due = ((day - self.signup_day) % BILLING_CYCLE_DAYS == 0) & (self.payment_attempts == 0)
+        cycle_due = ((day - self.signup_day) % BILLING_CYCLE_DAYS == 0) & (
+            self.payment_attempts == 0
+        )
         due = self.active & (cycle_due | (self.retry_day == day))
         idx = np.flatnonzero(due)
         p_fail = np.vectorize(PAYMENT_FAIL_P.get, otypes=[float])(self.payment_method[idx])
@@ -137,7 +181,9 @@ class WorldState:
             }
         )
 
-    def ticket_demand(self, day: int, activity: pl.DataFrame, billing: pl.DataFrame) -> pl.DataFrame:
+    def ticket_demand(
+        self, day: int, activity: pl.DataFrame, billing: pl.DataFrame
+    ) -> pl.DataFrame:
         """Which customers open a support ticket today, and about what."""
         g = rng.stream(self.seed, "tickets", day)
         n = len(self.customer_id)
@@ -188,10 +234,11 @@ class WorldState:
         logit = (
             HAZARD_BASE
             + self.frailty
-            - 0.55 * self.engagement
-            + 1.5 * np.maximum(self.engagement_slow - self.engagement, 0.0)
-            + 0.75 * np.minimum(self.recent_payment_failures, 2.0)
-            + 0.8 * np.minimum(self.unresolved, 2.0)
+            - 0.9 * self.engagement
+            - 1.3 * self.satisfaction
+            + 3.0 * np.maximum(self.engagement_slow - self.engagement, 0.0)
+            + 1.0 * np.minimum(self.recent_payment_failures, 2.0)
+            + 1.0 * np.minimum(self.unresolved, 2.0)
             + 0.22 * self.price_tier
             - 0.35 * tenure_years
             + 0.3 * ((day - self.signup_day) < 60)
@@ -213,6 +260,12 @@ class WorldState:
             }
         )
 
+    def warm_up(self, day: int) -> None:
+        """A latent-only day before the data starts: people join, pay, and leave; nothing is logged."""
+        self.start_day(day)
+        self.billing(day)
+        self.churn(day)
+
     def truth(self, day: int) -> pl.DataFrame:
         """The latent state of active customers (interviewer-only truth)."""
         idx = np.flatnonzero(self.active)
@@ -221,5 +274,6 @@ class WorldState:
                 "customer_id": self.customer_id[idx],
                 "engagement": np.round(self.engagement[idx], 4),
                 "engagement_trend": np.round(self.engagement[idx] - self.engagement_slow[idx], 4),
+                "satisfaction": np.round(self.satisfaction[idx], 4),
             }
         ).with_columns(pl.lit(day).alias("day"))

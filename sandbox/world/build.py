@@ -84,7 +84,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     progress("retrieval index", 0, 1)
     articles = corpus.help_articles()
     wh.append("retrieval.help_articles", articles.select("article_id", "topic", "title", "body"))
-    truth.append("truth.article_coverage", articles.select("article_id", "problem", "device"))
+    truth.append("sim.article_coverage", articles.select("article_id", "problem", "device"))
     encoder = retrieve.fit_encoder(seed, version=1)
     index = retrieve.build_index(encoder, articles, built_on=cal.date(cal.first_day))
     index.save(paths.indexes)
@@ -111,25 +111,33 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     progress("labels and monitoring", 0, 3)
     job = result.feature_job
     assert job is not None and result.logs is not None and result.cancellations is not None
-    wh.append("ops.feature_job_runs", job.run_frame())
+    # The loop ran past the visible days to mature their labels; keep only what happened by then.
+    cutoff = cal.midnight(cal.last_visible_day + 1)
+    wh.append("ops.feature_job_runs", job.run_frame().filter(pl.col("started_at") < cutoff))
     wh.append("feature_store.imputation_policy", job.policy_frame())
     wh.append("ops.changelog", changelog(cal, scenario.fault_set))
-    wh.append("training.churn_training_set", result.training_set.with_columns(
-        pl.when(pl.col("score_date") == result.training_set["score_date"].max())
-        .then(pl.lit("holdout")).otherwise(pl.lit("train")).alias("split")))
-    batch = wh.con.execute(
+    wh.append(
+        "training.churn_training_set",
+        result.training_set.with_columns(
+            pl.when(pl.col("score_date") == result.training_set["score_date"].max())
+            .then(pl.lit("holdout"))
+            .otherwise(pl.lit("train"))
+            .alias("split")
+        ),
+    )
+    wh.flush()
+    batch = wh.con.sql(
         "SELECT customer_id, request_ts::DATE AS score_date, score, decision "
         "FROM serving.predictions WHERE source = 'batch'"
     ).pl()
-    labels = label.churn_labels(batch, result.cancellations, cal,
-                                scenario.world.label_horizon_days)
+    labels = label.churn_labels(batch, result.cancellations, cal, scenario.world.label_horizon_days)
     wh.append("labels.churn_labels", labels)
     progress("labels and monitoring", 1, 3)
 
-    segments = wh.con.execute("SELECT customer_id, device, plan, region FROM raw.customers").pl()
+    segments = wh.con.sql("SELECT customer_id, device, plan, region FROM raw.customers").pl()
     scored = batch.join(labels, on=["customer_id", "score_date"]).join(segments, on="customer_id")
     wh.append("monitoring.model_performance_daily", performance.daily_performance(scored))
-    series = metrics.build_series(wh.con, job.health_frame())
+    series = metrics.build_series(wh.con, job.health_frame().filter(pl.col("ts") < cutoff))
     wh.append(metrics.METRIC_TABLE, series)
     wh.append("monitoring.alerts", alerts.evaluate(series))
     wh.append("monitoring.alert_rules", alerts.rules_frame())
@@ -143,7 +151,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     wh.append("monitoring.drift_reference", _drift_reference(result.training_set))
     progress("drift reports", 1, 1)
 
-    logs = result.logs.frame()
+    logs = result.logs.frame().filter(pl.col("ts") < cutoff)
     wh.append("telemetry.logs", logs)
     descriptions.apply(wh, FEATURES)
     wh.close()
@@ -175,28 +183,53 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
             "production_end": str(cal.date(cal.last_production_day)),
             "live_end": str(cal.date(cal.last_visible_day)),
         },
-        "model": {"name": registry.CHURN_MODEL, "version": result.model_version,
-                  **{k: v for k, v in result.trained.metrics.items() if k.startswith("holdout_")}},
+        "model": {
+            "name": registry.CHURN_MODEL,
+            "version": result.model_version,
+            **{k: v for k, v in result.trained.metrics.items() if k.startswith("holdout_")},
+        },
         "sandbox_version": __version__,
     }
 
 
-def _register_encoder(encoder: retrieve.Encoder, index: retrieve.ArticleIndex,
-                      paths: WorldPaths, built_on: object) -> None:
+def _register_encoder(
+    encoder: retrieve.Encoder, index: retrieve.ArticleIndex, paths: WorldPaths, built_on: object
+) -> None:
     mlflow = registry.connect(paths.mlflow, "ticket-encoder")
     with mlflow.start_run(run_name=f"ticket-encoder-v{encoder.version}"):
-        mlflow.log_params({"kind": "tfidf+svd", "dimension": retrieve.ENCODER_DIM,
-                           "encoder_version": encoder.version})
-        mlflow.set_tags({"training_date": str(built_on), "index_version": index.meta["index_version"]})
-        info = mlflow.sklearn.log_model(encoder.pipeline, name="encoder",
-                                        registered_model_name=registry.TICKET_ENCODER)
-    registry.set_alias(mlflow, registry.TICKET_ENCODER, "production",
-                       str(info.registered_model_version),
-                       {"encoder_version": str(encoder.version), "deployed_on": str(built_on)})
+        mlflow.log_params(
+            {
+                "kind": "tfidf+svd",
+                "dimension": retrieve.ENCODER_DIM,
+                "encoder_version": encoder.version,
+            }
+        )
+        mlflow.set_tags(
+            {"training_date": str(built_on), "index_version": index.meta["index_version"]}
+        )
+        info = mlflow.sklearn.log_model(
+            encoder.pipeline,
+            name="encoder",
+            registered_model_name=registry.TICKET_ENCODER,
+            pip_requirements=registry.pip_requirements(),
+        )
+    registry.set_alias(
+        mlflow,
+        registry.TICKET_ENCODER,
+        "production",
+        str(info.registered_model_version),
+        {"encoder_version": str(encoder.version), "deployed_on": str(built_on)},
+    )
 
 
 def _export_logs(logs: pl.DataFrame, paths: WorldPaths) -> None:
     """One JSON-lines file per service, as a log shipper would have left them."""
     for (service,), part in logs.group_by("service", maintain_order=True):
-        part.select(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"), "level", "service",
-                    "event", "message", "attrs").write_ndjson(paths.logs / f"{service}.jsonl")
+        part.select(
+            pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            "level",
+            "service",
+            "event",
+            "message",
+            "attrs",
+        ).write_ndjson(paths.logs / f"{service}.jsonl")

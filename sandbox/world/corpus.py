@@ -189,8 +189,10 @@ def help_articles() -> pl.DataFrame:
                             "body": body,
                         }
                     )
-    return pl.DataFrame(rows).with_row_index("article_id", offset=1001).with_columns(
-        pl.col("article_id").cast(pl.Int64)
+    return (
+        pl.DataFrame(rows)
+        .with_row_index("article_id", offset=1001)
+        .with_columns(pl.col("article_id").cast(pl.Int64))
     )
 
 
@@ -204,12 +206,12 @@ def _phrase_table() -> pl.DataFrame:
 
 
 def _platform_table() -> pl.DataFrame:
-    return pl.DataFrame(
-        [{"device": d, "wheres": words} for d, (_, words) in PLATFORMS.items()]
-    )
+    return pl.DataFrame([{"device": d, "wheres": words} for d, (_, words) in PLATFORMS.items()])
 
 
-def ticket_texts(rng: np.random.Generator, problem_key: np.ndarray, device: np.ndarray) -> pl.Series:
+def ticket_texts(
+    rng: np.random.Generator, problem_key: np.ndarray, device: np.ndarray
+) -> pl.Series:
     """Ticket text for each (problem, device) pair; `problem_key` holds 'topic/problem' keys."""
     n = len(problem_key)
     frame = pl.DataFrame(
@@ -231,6 +233,15 @@ def ticket_texts(rng: np.random.Generator, problem_key: np.ndarray, device: np.n
     where = pl.col("wheres").list.get(
         (pl.col("u_where") * pl.col("wheres").list.len()).floor().cast(pl.Int64)
     )
-    text = pl.concat_str([pl.col("opener"), pl.lit(", "), sentence, pl.lit(" "), where,
-                          pl.lit(". "), pl.col("closer")]).str.strip_chars()
+    text = pl.concat_str(
+        [
+            pl.col("opener"),
+            pl.lit(", "),
+            sentence,
+            pl.lit(" "),
+            where,
+            pl.lit(". "),
+            pl.col("closer"),
+        ]
+    ).str.strip_chars()
     return frame.select(text.alias("text")).to_series()

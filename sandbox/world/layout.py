@@ -1,16 +1,16 @@
 """Where things live in a world directory, and which half of it the candidate may see.
 
-    DIR/manifest.json           written last: a world without it is incomplete
-    DIR/candidate/              everything the candidate's tools may read
-        world.duckdb            raw tables, feature store, predictions, logs, metrics, ops
-        mlflow/                 tracking store + model registry (sqlite) and artifacts
-        indexes/                the FAISS index and its build metadata
-        reports/                drift reports rendered on first view
-        logs/                   structured JSON logs, one file per service
-    DIR/interviewer/            never served to a candidate
-        scenario.toml           the scenario as given
-        answer_key.json         per planted fault: root cause, chain, evidence, fixes, probes
-        truth.duckdb            the simulation's latent state
+DIR/manifest.json           written last: a world without it is incomplete
+DIR/candidate/              everything the candidate's tools may read
+    world.duckdb            raw tables, feature store, predictions, logs, metrics, ops
+    mlflow/                 tracking store + model registry (sqlite) and artifacts
+    indexes/                the FAISS index and its build metadata
+    reports/                drift reports rendered on first view
+    logs/                   structured JSON logs, one file per service
+DIR/interviewer/            never served to a candidate
+    scenario.toml           the scenario as given
+    answer_key.json         per planted fault: root cause, chain, evidence, fixes, probes
+    truth.duckdb            the simulation's latent state
 """
 
 from __future__ import annotations
@@ -72,7 +72,14 @@ class WorldPaths:
         return self.root / MANIFEST
 
     def make(self) -> None:
-        for d in (self.candidate, self.interviewer, self.mlflow, self.indexes, self.reports, self.logs):
+        for d in (
+            self.candidate,
+            self.interviewer,
+            self.mlflow,
+            self.indexes,
+            self.reports,
+            self.logs,
+        ):
             d.mkdir(parents=True, exist_ok=True)
 
 

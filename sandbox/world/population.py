@@ -16,7 +16,8 @@ CHANNELS, CHANNEL_P = ["organic", "paid_social", "referral", "partner"], [0.45, 
 PAYMENT_METHODS = ["card", "paypal", "direct_debit", "gift_card"]
 PAYMENT_P = [0.55, 0.22, 0.18, 0.05]
 CUSTOMER_ID_BASE = 100_000
-DAILY_SIGNUP_RATE = 0.0012  # replaces churn so the base stays roughly level
+DAILY_SIGNUP_RATE = 0.0011  # replaces churn so the base stays roughly level
+WARM_UP_DAYS = 365  # latent-only history so the base reaches its steady state before any data
 TELEMETRY_OPT_OUT = 0.01  # customers whose app sends no watch-time telemetry
 
 
@@ -26,18 +27,19 @@ def generate(seed: int, n_initial: int, calendar: Calendar) -> pl.DataFrame:
     Columns starting with `latent_` are simulation truth and never reach candidate-visible tables.
     """
     g = rng.stream(seed, "population")
-    days = np.arange(calendar.first_day, calendar.last_simulated_day + 1)
+    warm_up_start = calendar.first_day - WARM_UP_DAYS
+    days = np.arange(warm_up_start, calendar.last_simulated_day + 1)
     new_per_day = g.poisson(n_initial * DAILY_SIGNUP_RATE, len(days))
     signup_day = np.concatenate(
         [
-            calendar.first_day - 1 - g.integers(0, 730, n_initial),
+            warm_up_start - 1 - g.integers(0, 900, n_initial),
             np.repeat(days, new_per_day),
         ]
     )
     n = len(signup_day)
     plan = np.asarray(list(PLANS))[g.choice(3, n, p=PLAN_P)]
     channel = np.asarray(CHANNELS)[g.choice(4, n, p=CHANNEL_P)]
-    engagement = g.normal(0.0, 0.55, n) - 0.25 * (channel == "paid_social")
+    engagement = g.normal(0.0, 0.85, n) - 0.3 * (channel == "paid_social")
     return pl.DataFrame(
         {
             "customer_id": np.arange(CUSTOMER_ID_BASE, CUSTOMER_ID_BASE + n, dtype=np.int64),
@@ -49,7 +51,8 @@ def generate(seed: int, n_initial: int, calendar: Calendar) -> pl.DataFrame:
             "channel": channel,
             "payment_method": np.asarray(PAYMENT_METHODS)[g.choice(4, n, p=PAYMENT_P)],
             "latent_engagement": engagement,
-            "latent_frailty": g.normal(0.0, 0.35, n),
+            "latent_satisfaction": g.normal(0.0, 0.8, n),
+            "latent_frailty": g.normal(0.0, 0.2, n),
             "latent_telemetry_opt_out": g.random(n) < TELEMETRY_OPT_OUT,
         }
     )
@@ -58,7 +61,7 @@ def generate(seed: int, n_initial: int, calendar: Calendar) -> pl.DataFrame:
 def raw_customer_rows(customers: pl.DataFrame, calendar: Calendar) -> pl.DataFrame:
     """The CRM's customer table as the warehouse sees it (no latent traits)."""
     start = pl.lit(calendar.start_date)
-    return customers.select(
+    return customers.filter(pl.col("signup_day") <= calendar.last_visible_day).select(
         "customer_id",
         (start + pl.duration(days=pl.col("signup_day") - 1)).alias("signup_date"),
         "plan",

@@ -76,17 +76,19 @@ class Simulation:
 
     def _active_lifecycle(self, state: WorldState) -> pl.DataFrame:
         return pl.DataFrame(
-            {"customer_id": state.customer_id, "signup_day": state.signup_day,
-             "cancel_day": state.cancel_day}
+            {
+                "customer_id": state.customer_id,
+                "signup_day": state.signup_day,
+                "cancel_day": state.cancel_day,
+            }
         )
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, articles: pl.DataFrame, encoder: retrieve.Encoder,
-            index: retrieve.ArticleIndex) -> SimulationResult:
+    def run(
+        self, articles: pl.DataFrame, encoder: retrieve.Encoder, index: retrieve.ArticleIndex
+    ) -> SimulationResult:
         cal = self.calendar
-        customers = population.generate(
-            self.seed, self.scenario.world.n_customers, cal
-        )
+        customers = population.generate(self.seed, self.scenario.world.n_customers, cal)
         state = WorldState(self.seed, customers, cal)
         ingest = Ingest(self.seed, cal, self.faults)
         job = FeatureJob(self.seed, cal, self.faults, customers, self.logs)
@@ -97,52 +99,92 @@ class Simulation:
         training_set: pl.DataFrame | None = None
         version = ""
         prev_active = np.empty(0, dtype=np.int64)
+        for day in range(cal.first_day - population.WARM_UP_DAYS, cal.first_day):
+            state.warm_up(day)
 
         for day in range(cal.first_day, cal.last_simulated_day + 1):
             state.start_day(day)
             served: pl.DataFrame | None = None
             if day - 1 >= cal.first_feature_day:
                 rows = job.run(day - 1, prev_active)
-                self._append(day - 1, store.OFFLINE_TABLE, rows)
+                self._append(day, store.OFFLINE_TABLE, rows)
             if day == 1:
-                spine = train.training_spine(self._active_lifecycle(state), cal, TRAINING_SCORE_DAYS)
+                self.wh.flush()  # the training set is read from the offline store
+                spine = train.training_spine(
+                    self._active_lifecycle(state), cal, TRAINING_SCORE_DAYS
+                )
                 known = pl.concat(cancellations).filter(pl.col("event_ts") < cal.midnight(1))
                 training_set = train.build_training_set(
-                    self.wh.con, spine, known, cal, self.scenario.world.label_horizon_days,
-                    self.faults, self.seed,
+                    self.wh.con,
+                    spine,
+                    known,
+                    cal,
+                    self.scenario.world.label_horizon_days,
+                    self.faults,
+                    self.seed,
                 )
                 trained = train.fit(training_set, self.seed)
                 version = self.register_model(trained, training_set)
-                self.logs.emit(cal.at(0, 16), "training", "info", "model_registered",
-                               f"{CHURN_MODEL} version {version} registered and aliased champion",
-                               **trained.metrics)
-                server = ModelServer(self.seed, cal, self.faults, trained.model, CHURN_MODEL,
-                                     version, trained.threshold, self.logs)
+                self.logs.emit(
+                    cal.at(0, 16),
+                    "training",
+                    "info",
+                    "model_registered",
+                    f"{CHURN_MODEL} version {version} registered and aliased champion",
+                    **trained.metrics,
+                )
+                server = ModelServer(
+                    self.seed,
+                    cal,
+                    self.faults,
+                    trained.model,
+                    CHURN_MODEL,
+                    version,
+                    trained.threshold,
+                    self.logs,
+                )
             if day >= 1 and server is not None:
                 before = online if online is not None else rows[:0]
                 materialized_at = cal.at(day, MATERIALIZE_HOUR)
                 online = store.materialize(rows, materialized_at)
-                online = self.faults.apply("materialize.online", online,
-                                           HookContext(self.seed, day, cal))
-                self._append(day, "ops.materialization_runs", pl.DataFrame({
-                    "materialized_at": [materialized_at],
-                    "rows": [online.height],
-                    "max_event_timestamp": [online["event_timestamp"].max()],
-                    "status": ["success"],
-                }))
+                online = self.faults.apply(
+                    "materialize.online", online, HookContext(self.seed, day, cal)
+                )
+                self._append(
+                    day,
+                    "ops.materialization_runs",
+                    pl.DataFrame(
+                        {
+                            "materialized_at": [materialized_at],
+                            "rows": [online.height],
+                            "max_event_timestamp": [online["event_timestamp"].max()],
+                            "status": ["success"],
+                        }
+                    ),
+                )
                 if day == cal.last_production_day:
                     self.wh.append(store.ONLINE_TABLE, online)
                 served = server.batch(day, online)
                 offered = state.grant_offers(
                     served.filter(pl.col("decision"))["customer_id"].to_numpy(), day
                 )
-                self._append(day, "crm.retention_offers", pl.DataFrame({
-                    "customer_id": offered,
-                    "offered_at": [cal.at(day, 9.0)] * len(offered),
-                    "offer": [OFFER_TEXT] * len(offered),
-                    "model_version": [version] * len(offered),
-                }, schema_overrides={"offered_at": pl.Datetime("us"), "offer": pl.Utf8,
-                                     "model_version": pl.Utf8}))
+                self._append(
+                    day,
+                    "crm.retention_offers",
+                    pl.DataFrame(
+                        {
+                            "customer_id": offered,
+                            "offered_at": [cal.at(day, 9.0)] * len(offered),
+                            "offer": [OFFER_TEXT] * len(offered),
+                            "model_version": [version] * len(offered),
+                        },
+                        schema_overrides={
+                            "offered_at": pl.Datetime("us"),
+                            "offer": pl.Utf8,
+                            "model_version": pl.Utf8,
+                        },
+                    ),
+                )
                 requests = server.online(day, before, online)
                 self._append(day, "serving.predictions", _prediction_rows(served))
                 self._append(day, "serving.predictions", _prediction_rows(requests))
@@ -150,8 +192,9 @@ class Simulation:
             activity = state.activity(day)
             billing = state.billing(day)
             demand = state.ticket_demand(day, activity, billing)
-            tickets, searches = self._support_day(day, state, ingest, demand, articles, encoder,
-                                                  index)
+            tickets, searches = self._support_day(
+                day, state, ingest, demand, articles, encoder, index
+            )
             leaving = state.churn(day)
 
             act_rows = ingest.activity(day, activity)
@@ -166,21 +209,24 @@ class Simulation:
             self._append(day, "raw.subscription_events", cancel_rows)
             self._append(day, "retrieval.search_log", searches)
             if self._visible(day):
-                self.truth.append("truth.tickets", tickets.select("ticket_id", "problem_key"))
-                self.truth.append("truth.cancellations",
-                                  leaving.select("customer_id", pl.lit(day).alias("day"),
-                                                 "reason", "latent_hazard"))
+                self.truth.append("sim.tickets", tickets.select("ticket_id", "problem_key"))
+                self.truth.append(
+                    "sim.cancellations",
+                    leaving.select(
+                        "customer_id", pl.lit(day).alias("day"), "reason", "latent_hazard"
+                    ),
+                )
                 if day >= 1:
-                    self.truth.append("truth.daily_state", state.truth(day))
+                    self.truth.append("sim.daily_state", state.truth(day))
             prev_active = state.customer_id[state.active & (state.cancel_day != day)]
             self.on_day(day, served)
 
         assert trained is not None and training_set is not None
-        self.wh.append("raw.customers", population.raw_customer_rows(
-            customers.filter(pl.col("signup_day") <= cal.last_visible_day), cal))
+        # Customers who left before the data history starts never reach the warehouse.
+        seen = customers.filter(pl.Series(state.cancel_day >= cal.first_day))
+        self.wh.append("raw.customers", population.raw_customer_rows(seen, cal))
         self.wh.append("raw.subscription_events", _signup_rows(self.seed, customers, cal))
-        self.truth.append("truth.customers", customers.select(
-            "customer_id", pl.col("^latent_.*$")))
+        self.truth.append("sim.customers", seen.select("customer_id", pl.col("^latent_.*$")))
         return SimulationResult(
             customers=customers,
             trained=trained,
@@ -202,7 +248,9 @@ class Simulation:
         index: retrieve.ArticleIndex,
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         cal = self.calendar
-        tickets = support.open_tickets(self.seed, day, cal, demand, ingest.ticket_ids(demand.height))
+        tickets = support.open_tickets(
+            self.seed, day, cal, demand, ingest.ticket_ids(demand.height)
+        )
         ctx = HookContext(self.seed, day, cal)
         query_encoder = self.faults.apply("retrieve.query_encoder", encoder, ctx)
         if tickets.height:
@@ -217,19 +265,22 @@ class Simulation:
             {
                 "request_id": tickets["ticket_id"],
                 "ticket_id": tickets["ticket_id"],
-                "request_ts": tickets["created_at"] + pl.duration(
-                    milliseconds=pl.Series(g.integers(2_000, 30_000, tickets.height))),
+                "request_ts": tickets["created_at"].to_numpy()
+                + g.integers(2_000, 30_000, tickets.height).astype("timedelta64[ms]"),
                 "query_text": tickets["body"],
                 "top_k_ids": pl.Series(ids.tolist(), dtype=pl.List(pl.Int64)),
-                "top_k_scores": pl.Series(np.round(scores, 4).tolist(),
-                                          dtype=pl.List(pl.Float64)),
+                "top_k_scores": pl.Series(np.round(scores, 4).tolist(), dtype=pl.List(pl.Float64)),
                 "top1_score": np.round(scores[:, 0], 4) if len(scores) else np.empty(0),
                 "encoder_version": [query_encoder.version] * tickets.height,
                 "index_version": [str(index.meta["index_version"])] * tickets.height,
                 "latency_ms": np.round(g.lognormal(np.log(18.0), 0.3, tickets.height), 2),
             },
-            schema_overrides={"encoder_version": pl.Int64, "index_version": pl.Utf8,
-                              "top1_score": pl.Float64, "latency_ms": pl.Float64},
+            schema_overrides={
+                "encoder_version": pl.Int64,
+                "index_version": pl.Utf8,
+                "top1_score": pl.Float64,
+                "latency_ms": pl.Float64,
+            },
         ).join(outcome.select("ticket_id", "clicked_article_id", "click_rank"), on="ticket_id")
         tickets = tickets.join(outcome.select("ticket_id", "resolved_at"), on="ticket_id")
         unresolved = tickets.filter(pl.col("resolved_at").is_null())
@@ -238,16 +289,34 @@ class Simulation:
             np.full(unresolved.height, support.frustration_day(day)),
         )
         return (
-            tickets.select("ticket_id", "customer_id", "created_at", "channel", "topic", "body",
-                           "resolved_at", "problem_key"),
+            tickets.select(
+                "ticket_id",
+                "customer_id",
+                "created_at",
+                "channel",
+                "topic",
+                "body",
+                "resolved_at",
+                "problem_key",
+            ),
             searches,
         )
 
 
 def _prediction_rows(scored: pl.DataFrame) -> pl.DataFrame:
     return scored.select(
-        "prediction_id", "request_ts", "source", "customer_id", "model_name", "model_version",
-        *MODEL_FEATURES, "score", "threshold", "decision", "latency_ms", "status",
+        "prediction_id",
+        "request_ts",
+        "source",
+        "customer_id",
+        "model_name",
+        "model_version",
+        *MODEL_FEATURES,
+        "score",
+        "threshold",
+        "decision",
+        "latency_ms",
+        "status",
     ).cast({"request_ts": pl.Datetime("us"), "latency_ms": pl.Float64})
 
 
@@ -257,13 +326,17 @@ def _signup_rows(seed: int, customers: pl.DataFrame, cal: Calendar) -> pl.DataFr
     )
     hours = rng.stream(seed, "signup-hours").random(visible.height) * 24
     start = np.datetime64(cal.midnight(1), "us")
-    ts = start + ((visible["signup_day"].to_numpy() - 1) * 86_400_000_000
-                  + (hours * 3_600_000_000).astype(np.int64)).astype("timedelta64[us]")
-    return pl.DataFrame({
-        "customer_id": visible["customer_id"],
-        "event_type": ["signup"] * visible.height,
-        "event_ts": ts,
-        "reason": [None] * visible.height,
-        "ingested_at": ts + np.timedelta64(90, "m"),
-    }, schema_overrides={"event_type": pl.Utf8, "reason": pl.Utf8})
-
+    ts = start + (
+        (visible["signup_day"].to_numpy() - 1) * 86_400_000_000
+        + (hours * 3_600_000_000).astype(np.int64)
+    ).astype("timedelta64[us]")
+    return pl.DataFrame(
+        {
+            "customer_id": visible["customer_id"],
+            "event_type": ["signup"] * visible.height,
+            "event_ts": ts,
+            "reason": [None] * visible.height,
+            "ingested_at": ts + np.timedelta64(90, "m"),
+        },
+        schema_overrides={"event_type": pl.Utf8, "reason": pl.Utf8},
+    )

@@ -53,7 +53,9 @@ def open_tickets(
     ).with_columns(pl.col("problem_key").str.split("/").list.get(0).alias("topic"))
 
 
-def relevant_mask(tickets: pl.DataFrame, ranked_ids: np.ndarray, articles: pl.DataFrame) -> np.ndarray:
+def relevant_mask(
+    tickets: pl.DataFrame, ranked_ids: np.ndarray, articles: pl.DataFrame
+) -> np.ndarray:
     """True where a suggested article covers the ticket's problem on the ticket's device."""
     lookup = articles.select(
         "article_id", (pl.col("topic") + "/" + pl.col("problem")).alias("key"), "device"
@@ -99,4 +101,3 @@ def agent_outcomes(
 
 def frustration_day(day: int) -> int:
     return day + FRUSTRATION_DELAY_DAYS
-

@@ -16,10 +16,19 @@ class Warehouse:
         self.path = path
         self.con = duckdb.connect(str(path))
         self._tables: set[str] = set()
+        self._pending: dict[str, list[pl.DataFrame]] = {}
 
     def append(self, table: str, frame: pl.DataFrame) -> None:
-        if frame.width == 0:
-            return
+        """Buffer rows for `table`; one bulk insert per table at `flush` beats many small ones."""
+        if frame.width:
+            self._pending.setdefault(table, []).append(frame)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for table, frames in pending.items():
+            self._write(table, pl.concat(frames, how="diagonal_relaxed"))
+
+    def _write(self, table: str, frame: pl.DataFrame) -> None:
         schema = table.split(".")[0]
         self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         self.con.register("_incoming", frame.to_arrow())
@@ -32,19 +41,15 @@ class Warehouse:
         finally:
             self.con.unregister("_incoming")
 
-    def replace(self, table: str, frame: pl.DataFrame) -> None:
-        if table in self._tables:
-            self.con.execute(f"DROP TABLE {table}")
-            self._tables.discard(table)
-        self.append(table, frame)
-
     def comment(self, table: str, text: str, columns: dict[str, str] | None = None) -> None:
         """Descriptions the SQL console's schema browser shows."""
+        self.flush()
         self.con.execute(f"COMMENT ON TABLE {table} IS $${text}$$")
         for column, description in (columns or {}).items():
             self.con.execute(f"COMMENT ON COLUMN {table}.{column} IS $${description}$$")
 
     def close(self) -> None:
+        self.flush()
         self.con.execute("CHECKPOINT")
         self.con.close()
 

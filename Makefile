@@ -1,0 +1,37 @@
+# The two commands a user needs: `make demo` (main job) and `make test` (whole suite).
+# Both set up what they need themselves: a virtualenv with the package, and for the tests
+# Debian's chromium (browser tests drive it through Playwright; nothing is downloaded at run time).
+
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: demo test lint chromium benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sandbox demo
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sandbox tests benchmarks
+	$(VENV)/bin/ruff format --check sandbox tests benchmarks
+
+test: $(STAMP) chromium lint
+	$(VENV)/bin/python -m pytest
+
+benchmark: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.build
+
+clean:
+	rm -rf $(VENV) worlds .pytest_cache .ruff_cache
