@@ -134,6 +134,24 @@ def verify_cmd(
     raise typer.Exit(0 if result.passed else 1)
 
 
+@app.command("report")
+def report_cmd(
+    world: Annotated[Path, typer.Argument(help="A built world directory.")],
+    day: Annotated[str, typer.Argument(help="Production date, YYYY-MM-DD.")],
+) -> None:
+    """Render (or reuse) one day's drift report and print its path."""
+    import datetime as dt
+
+    from sandbox.monitor.reports import NoReport, drift_report
+    from sandbox.world.layout import IncompleteWorld, read_manifest
+
+    try:
+        read_manifest(world)
+        console.print(str(drift_report(world, dt.date.fromisoformat(day))))
+    except (IncompleteWorld, NoReport, ValueError) as exc:
+        _fail(str(exc))
+
+
 @faults_app.command("list")
 def faults_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every fault that can be planted."""

@@ -123,9 +123,11 @@ class Scenario:
 
 def _describe(exc: ValidationError, source: str) -> str:
     lines = []
+    fault_ids = set(registry.catalog())
     for err in exc.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-        # The discriminated union adds the fault id to the path; it reads better without it.
+        # The discriminated union puts the fault id into the path; it reads better without it.
+        parts = [p for p in err["loc"] if p not in fault_ids]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
         lines.append(f"{source}: {loc or '(top level)'}: {err['msg']}")
     return "\n".join(lines)
 

@@ -226,7 +226,7 @@ class FeatureNullsWrongMean(Fault):
             FROM raw.viewing_activity
             """,
             [onset, full, end],
-        ).fetchone()
+        ).fetchall()[0]
         checks = [
             Check(
                 name="source column goes NULL after onset",
@@ -242,7 +242,7 @@ class FeatureNullsWrongMean(Fault):
             FROM feature_store.imputation_policy WHERE feature = ?
             """,
             [onset, onset, feature],
-        ).fetchone()
+        ).fetchall()[0]
         share_at_fill = (
             con.execute(
                 f"""
@@ -250,7 +250,7 @@ class FeatureNullsWrongMean(Fault):
             WHERE event_timestamp::DATE BETWEEN ? AND ?
             """,
                 [fill_after, full, end],
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             if fill_after is not None
             else 0.0
         )
@@ -269,7 +269,7 @@ class FeatureNullsWrongMean(Fault):
             WHERE segment = 'all' AND score_date <= ?
             """,
             [onset, full, end],
-        ).fetchone()
+        ).fetchall()[0]
         checks.append(
             Check(
                 name="production AUC degrades after onset",

@@ -45,7 +45,7 @@ def checks(
         WHERE metric = 'feature_null_ratio' AND label IN (SELECT unnest(?)) AND ts::DATE <= ?
         """,
         [list(IMPUTED_FEATURES), end],
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     result.append(
         Check(
             name="feature null ratio stays low",
@@ -57,7 +57,7 @@ def checks(
         "SELECT max(share_drifted), count(*) FILTER (WHERE dataset_drift) "
         "FROM monitoring.drift_daily WHERE report_date <= ?",
         [end],
-    ).fetchone()
+    ).fetchall()[0]
     result.append(
         Check(
             name="drift reports flag nothing material",

@@ -63,7 +63,7 @@ def table_names(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in table_names(con)}
+    return {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in table_names(con)}
 
 
 def content_digest(con: duckdb.DuckDBPyConnection) -> str:
@@ -82,6 +82,6 @@ def content_digest(con: duckdb.DuckDBPyConnection) -> str:
         ).fetchall()
         count, total = con.execute(
             f"SELECT count(*), coalesce(sum(hash(t)::HUGEINT), 0) FROM {table} t"
-        ).fetchone()
+        ).fetchall()[0]
         h.update(f"{table}|{columns}|{count}|{total}\n".encode())
     return h.hexdigest()

@@ -1,0 +1,117 @@
+"""The null-imputation fault: its parameters, its hooks, and its answer key's evidence pointers."""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from sandbox import scenario
+from sandbox.clock import Calendar
+from sandbox.faults.base import HookContext
+from sandbox.faults.feature_nulls_wrong_mean import FeatureNullsWrongMean, Params
+
+CAL = scenario.load(None).world.calendar()
+
+
+def fault(**params: object) -> FeatureNullsWrongMean:
+    return FeatureNullsWrongMean(Params(**params))
+
+
+def ctx(day: int, calendar: Calendar = CAL) -> HookContext:
+    return HookContext(seed=1, day=day, calendar=calendar)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"null_share": 0.0},
+        {"null_share": 0.95},
+        {"fill_multiplier": 1.0},
+        {"onset_day": 0},
+        {"ramp_days": 30},
+        {"target_feature": "sessions_7d"},
+        {"surprise": 1},
+    ],
+)
+def test_invalid_parameters_are_refused(params: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Params(**params)
+
+
+def test_null_share_ramps_from_onset() -> None:
+    f = fault(onset_day=10, ramp_days=4, null_share=0.5)
+    rows = pl.DataFrame({"customer_id": list(range(20_000)), "minutes_watched": [30.0] * 20_000})
+
+    def share(day: int) -> float:
+        return f.apply("ingest.activity", rows, ctx(day))["minutes_watched"].null_count() / 20_000
+
+    assert share(9) == 0.0
+    assert share(10) == pytest.approx(0.125, abs=0.02)
+    assert share(13) == pytest.approx(0.5, abs=0.02)
+    assert share(30) == pytest.approx(0.5, abs=0.02)
+    # The same customers stay affected: a rollout, not random noise.
+    day_13 = f.apply("ingest.activity", rows, ctx(13))["minutes_watched"].is_null()
+    day_20 = f.apply("ingest.activity", rows, ctx(20))["minutes_watched"].is_null()
+    assert (day_13 == day_20).all()
+
+
+def test_fill_value_goes_wrong_at_onset() -> None:
+    f = fault(onset_day=10, fill_multiplier=2.5)
+    policy = {"avg_daily_minutes_7d": 40.0, "avg_daily_minutes_28d": 41.0}
+    assert f.apply("features.imputation", policy, ctx(9)) == policy
+    after = f.apply("features.imputation", policy, ctx(10))
+    assert after == {"avg_daily_minutes_7d": 100.0, "avg_daily_minutes_28d": 41.0}
+
+
+def test_answer_key_evidence_points_at_real_tables_and_columns(
+    faulty_db: duckdb.DuckDBPyConnection,
+) -> None:
+    key = scenario.load(None).faults[0].answer_key(CAL)
+    assert key.root_cause and key.propagation and key.acceptable_fixes and key.probes
+    kinds = {e.kind for e in key.evidence}
+    assert kinds == {"table_column", "metric", "log_pattern", "changelog"}
+    for e in key.evidence:
+        assert e.window_start <= e.window_end
+        if e.kind == "table_column":
+            schema, table, column = e.ref.split(".")
+            found = faulty_db.execute(
+                "SELECT count(*) FROM duckdb_columns() "
+                "WHERE schema_name = ? AND table_name = ? AND column_name = ?",
+                [schema, table, column],
+            ).fetchall()[0][0]
+            assert found == 1, e.ref
+        if e.kind == "metric":
+            assert (
+                faulty_db.execute(
+                    "SELECT count(*) FROM telemetry.metrics WHERE metric = ?", [e.ref]
+                ).fetchall()[0][0]
+                > 0
+            )
+        if e.kind == "changelog":
+            assert (
+                faulty_db.execute(
+                    "SELECT count(*) FROM ops.changelog WHERE title = ?", [e.ref]
+                ).fetchall()[0][0]
+                == 1
+            )
+        if e.kind == "log_pattern":
+            assert (
+                faulty_db.execute(
+                    "SELECT count(*) FROM telemetry.logs WHERE regexp_matches(attrs, ?)",
+                    [e.ref],
+                ).fetchall()[0][0]
+                > 0
+            )
+
+
+def test_no_default_alert_names_the_cause(faulty_db: duckdb.DuckDBPyConnection) -> None:
+    """Silent to the obvious: the feature store shows no NULLs and no alert fires on the feature."""
+    nulls = faulty_db.execute(
+        "SELECT count(*) FROM feature_store.customer_features WHERE avg_daily_minutes_7d IS NULL"
+    ).fetchall()[0][0]
+    alerts = faulty_db.execute(
+        "SELECT count(*) FROM monitoring.alerts WHERE label LIKE '%minutes%'"
+    ).fetchall()[0][0]
+    assert nulls == 0 and alerts == 0

@@ -1,0 +1,120 @@
+"""The daily feature job on hand-made raw rows: windows, missing values, imputation, run records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import polars as pl
+import pytest
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import FaultSet
+from sandbox.logs import LogSink
+from sandbox.pipeline.features import IMPUTED_FEATURES, MODEL_FEATURES, FeatureJob
+
+CAL = Calendar(dt.date(2026, 3, 2), 28, 56, 42, 5, 14)
+DAY = 10
+
+
+def activity(day: int, rows: dict[int, tuple[int, float | None]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "customer_id": list(rows),
+            "activity_date": [CAL.date(day)] * len(rows),
+            "sessions": [v[0] for v in rows.values()],
+            "minutes_watched": [v[1] for v in rows.values()],
+            "playback_errors": [1] * len(rows),
+        },
+        schema_overrides={"minutes_watched": pl.Float64},
+    )
+
+
+def empty_billing(failed_for: list[int] | None = None) -> pl.DataFrame:
+    ids = failed_for or []
+    return pl.DataFrame(
+        {"customer_id": ids, "status": ["failed"] * len(ids)},
+        schema={"customer_id": pl.Int64, "status": pl.Utf8},
+    )
+
+
+def tickets(ids: list[int], resolved_at: list[dt.datetime | None]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"customer_id": ids, "resolved_at": resolved_at},
+        schema={"customer_id": pl.Int64, "resolved_at": pl.Datetime("us")},
+    )
+
+
+@pytest.fixture
+def job() -> tuple[FeatureJob, LogSink]:
+    customers = pl.DataFrame(
+        {
+            "customer_id": [1, 2, 3, 4],
+            "signup_day": [-100, -5, -30, -60],
+            "monthly_price": [7.99, 12.99, 17.99, 7.99],
+        }
+    )
+    logs = LogSink()
+    return FeatureJob(
+        seed=1, calendar=CAL, faults=FaultSet([]), customers=customers, logs=logs
+    ), logs
+
+
+def feed(job: FeatureJob) -> None:
+    """28 days: customer 1 watches daily, 2 only in the last week with no watch-time telemetry,
+    3 only three weeks ago, 4 never."""
+    for day in range(DAY - 27, DAY + 1):
+        rows: dict[int, tuple[int, float | None]] = {1: (2, 60.0)}
+        if day > DAY - 7:
+            rows[2] = (1, None)
+        if DAY - 21 <= day < DAY - 14:
+            rows[3] = (3, 90.0)
+        failed = [1] if day == DAY - 3 else []
+        t = tickets([3], [None]) if day == DAY - 2 else tickets([], [])
+        job.observe(activity(day, rows), empty_billing(failed), t)
+
+
+def test_window_aggregates(job: tuple[FeatureJob, LogSink]) -> None:
+    feature_job, _ = job
+    feed(feature_job)
+    rows = feature_job.run(DAY, pl.Series([1, 2, 3, 4]).to_numpy()).sort("customer_id")
+    by_id = {r["customer_id"]: r for r in rows.iter_rows(named=True)}
+    assert by_id[1]["sessions_7d"] == 14 and by_id[1]["sessions_28d"] == 56
+    assert by_id[1]["avg_daily_minutes_7d"] == pytest.approx(60.0)
+    assert by_id[1]["minutes_per_session_28d"] == pytest.approx(30.0)
+    assert by_id[1]["payment_failures_30d"] == 1
+    assert by_id[3]["sessions_7d"] == 0 and by_id[3]["days_since_last_session"] == 15
+    assert by_id[3]["avg_daily_minutes_7d"] == 0.0  # no viewing at all is a real zero
+    assert by_id[3]["tickets_30d"] == 1 and by_id[3]["unresolved_tickets_30d"] == 1
+    assert by_id[4]["days_since_last_session"] == 28 and by_id[4]["sessions_28d"] == 0
+    assert by_id[2]["tenure_days"] == DAY + 5
+    assert rows["event_timestamp"].unique().to_list() == [CAL.midnight(DAY + 1)]
+    assert (rows["created_timestamp"] > rows["event_timestamp"]).all()
+    assert rows.columns[3:] == MODEL_FEATURES
+
+
+def test_missing_watch_time_is_imputed_and_counted(job: tuple[FeatureJob, LogSink]) -> None:
+    feature_job, logs = job
+    feed(feature_job)
+    rows = feature_job.run(DAY, pl.Series([1, 2, 3, 4]).to_numpy())
+    customer_2 = rows.filter(pl.col("customer_id") == 2).row(0, named=True)
+    policy = {
+        r["feature"]: r["fill_value"] for r in feature_job.policy_frame().iter_rows(named=True)
+    }
+    assert set(policy) == set(IMPUTED_FEATURES)
+    for feature in IMPUTED_FEATURES:
+        assert customer_2[feature] == pytest.approx(policy[feature])
+    assert rows.null_count().sum_horizontal().item() == 0
+    run = feature_job.run_frame().row(0, named=True)
+    assert run["nulls_seen"] == len(IMPUTED_FEATURES) and run["nulls_imputed"] == run["nulls_seen"]
+    assert run["rows_out"] == 4 and run["status"] == "success"
+    finished = [r for r in logs.frame().iter_rows(named=True) if r["event"] == "run_finished"]
+    assert json.loads(finished[0]["attrs"])["nulls_imputed"] == run["nulls_imputed"]
+    null_ratio = (
+        feature_job.health_frame()
+        .filter(
+            (pl.col("metric") == "feature_null_ratio") & (pl.col("label") == "avg_daily_minutes_7d")
+        )["value"]
+        .item()
+    )
+    assert null_ratio == pytest.approx(0.25)

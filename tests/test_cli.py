@@ -1,0 +1,64 @@
+"""The `sandbox` command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from sandbox.cli import app
+from sandbox.world.build import BuildSummary
+
+runner = CliRunner()
+
+
+def test_faults_list_json_documents_the_catalog() -> None:
+    result = runner.invoke(app, ["faults", "list", "--json"])
+    assert result.exit_code == 0
+    entries = json.loads(result.stdout)
+    entry = next(e for e in entries if e["id"] == "feature-nulls-wrong-mean")
+    names = {p["name"] for p in entry["parameters"]}
+    assert {"onset_day", "ramp_days", "target_feature", "null_share", "fill_multiplier"} <= names
+    assert entry["stages"] == ["ingest", "features"]
+
+
+def test_faults_show_and_unknown_fault() -> None:
+    shown = runner.invoke(app, ["faults", "show", "feature-nulls-wrong-mean"])
+    assert shown.exit_code == 0 and "null_share" in shown.stdout
+    missing = runner.invoke(app, ["faults", "show", "nope"])
+    assert missing.exit_code == 2 and "unknown fault" in missing.stderr
+
+
+def test_scenario_validate_names_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[world]\nscale = -1\n[brief]\ntitle = "t"\ntext = "x"\n')
+    result = runner.invoke(app, ["scenario", "validate", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.toml" in result.stderr and "world.scale" in result.stderr
+
+
+def test_scenario_schema_is_json() -> None:
+    result = runner.invoke(app, ["scenario", "schema"])
+    assert result.exit_code == 0 and "faults" in json.loads(result.stdout)["properties"]
+
+
+def test_build_refuses_zero_scale_and_existing_dir(tmp_path: Path) -> None:
+    zero = runner.invoke(app, ["build", "--out", str(tmp_path / "w"), "--scale", "0"])
+    assert zero.exit_code == 2 and "--scale" in zero.stderr
+    assert not (tmp_path / "w").exists()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("x")
+    refused = runner.invoke(app, ["build", "--out", str(taken), "--scale", "0.01"])
+    assert refused.exit_code == 2 and "--force" in refused.stderr
+    assert (taken / "keep.txt").read_text() == "x"
+
+
+def test_verify_reports_checks_and_exit_code(faulty_world: BuildSummary, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["verify", str(faulty_world.root), "--json"])
+    assert result.exit_code == 0, result.stdout
+    report = json.loads(result.stdout)
+    assert report["passed"] is True and report["faults"]["feature-nulls-wrong-mean"]
+    not_a_world = runner.invoke(app, ["verify", str(tmp_path)])
+    assert not_a_world.exit_code == 2 and "manifest" in not_a_world.stderr

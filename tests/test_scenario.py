@@ -1,0 +1,99 @@
+"""Scenario files: validation errors name the file and the field; the schema describes faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox import scenario
+from sandbox.faults.feature_nulls_wrong_mean import FeatureNullsWrongMean
+
+BRIEF = '[brief]\ntitle = "t"\ntext = "x"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_scenario_plants_the_null_imputation_fault() -> None:
+    spec = scenario.load(None)
+    assert [type(f) for f in spec.faults] == [FeatureNullsWrongMean]
+    assert spec.world.n_customers == 25_000
+    assert spec.brief.title
+
+
+def test_control_scenario_has_no_faults() -> None:
+    spec = scenario.load(Path(__file__).parents[1] / "scenarios" / "control.toml")
+    assert spec.faults == []
+
+
+def test_unknown_world_field_names_field_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[world]\nseeed = 3\n" + BRIEF)
+    with pytest.raises(scenario.ScenarioError) as exc:
+        scenario.load(path)
+    assert str(path) in str(exc.value)
+    assert "world.seeed" in str(exc.value)
+
+
+def test_bad_fault_parameter_names_the_fault_field(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, BRIEF + '[[faults]]\nid = "feature-nulls-wrong-mean"\nnull_share = 1.5\n'
+    )
+    with pytest.raises(scenario.ScenarioError) as exc:
+        scenario.load(path)
+    message = str(exc.value)
+    assert str(path) in message and "faults[0]" in message and "null_share" in message
+
+
+def test_unknown_fault_id_lists_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, BRIEF + '[[faults]]\nid = "no-such-fault"\n')
+    with pytest.raises(scenario.ScenarioError) as exc:
+        scenario.load(path)
+    assert "faults[0]" in str(exc.value) and "feature-nulls-wrong-mean" in str(exc.value)
+
+
+def test_a_mean_that_is_not_wrong_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, BRIEF + '[[faults]]\nid = "feature-nulls-wrong-mean"\nfill_multiplier = 1.05\n'
+    )
+    with pytest.raises(scenario.ScenarioError, match="fill_multiplier"):
+        scenario.load(path)
+
+
+def test_onset_after_the_production_window_is_refused(tmp_path: Path) -> None:
+    text = "[world]\nproduction_days = 20\n" + BRIEF
+    text += '[[faults]]\nid = "feature-nulls-wrong-mean"\nonset_day = 30\n'
+    with pytest.raises(scenario.ScenarioError, match=r"faults\[0\]\.onset_day"):
+        scenario.load(write(tmp_path, text))
+
+
+def test_malformed_toml_is_a_clear_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[world\nseed = 1\n")
+    with pytest.raises(scenario.ScenarioError, match="not valid TOML"):
+        scenario.load(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(scenario.ScenarioError, match="cannot read"):
+        scenario.load(tmp_path / "absent.toml")
+
+
+def test_missing_brief_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(scenario.ScenarioError, match="brief"):
+        scenario.load(write(tmp_path, "[world]\nseed = 1\n"))
+
+
+def test_overrides_change_seed_and_scale_only() -> None:
+    spec = scenario.load(None).with_overrides(seed=11, scale=0.5)
+    assert (spec.world.seed, spec.world.n_customers) == (11, 12_500)
+    assert spec.faults[0].params == scenario.load(None).faults[0].params
+
+
+def test_json_schema_describes_fault_parameters() -> None:
+    schema = scenario.json_schema()
+    text = str(schema)
+    assert {"world", "brief", "faults"} <= set(schema["properties"])
+    assert "null_share" in text and "feature-nulls-wrong-mean" in text

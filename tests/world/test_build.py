@@ -1,0 +1,130 @@
+"""A built world: its layout and manifest, and that the same inputs give the same world."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from sandbox import scenario
+from sandbox.world.build import BuildSummary, WorldExists, build
+from sandbox.world.layout import IncompleteWorld, read_manifest
+from tests.conftest import CONTROL_SCENARIO, SMALL_SCALE
+
+EXPECTED_TABLES = {
+    "raw.customers",
+    "raw.viewing_activity",
+    "raw.billing_events",
+    "raw.support_tickets",
+    "raw.subscription_events",
+    "feature_store.customer_features",
+    "feature_store.customer_features_online",
+    "feature_store.imputation_policy",
+    "ops.feature_job_runs",
+    "ops.materialization_runs",
+    "ops.changelog",
+    "training.churn_training_set",
+    "serving.predictions",
+    "crm.retention_offers",
+    "labels.churn_labels",
+    "retrieval.help_articles",
+    "retrieval.search_log",
+    "monitoring.model_performance_daily",
+    "monitoring.drift_feature_daily",
+    "monitoring.drift_daily",
+    "monitoring.drift_reference",
+    "monitoring.alerts",
+    "monitoring.alert_rules",
+    "telemetry.metrics",
+    "telemetry.logs",
+}
+
+
+def test_manifest_describes_the_world(faulty_world: BuildSummary) -> None:
+    manifest = read_manifest(faulty_world.root)
+    assert manifest["seed"] == 7 and manifest["scale"] == SMALL_SCALE
+    assert len(manifest["content_hash"]) == 64
+    assert EXPECTED_TABLES <= set(manifest["tables"])
+    con = duckdb.connect(str(faulty_world.root / "candidate" / "world.duckdb"), read_only=True)
+    for table, rows in manifest["tables"].items():
+        assert con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] == rows
+    assert all(manifest["tables"][t] > 0 for t in EXPECTED_TABLES - {"monitoring.alerts"})
+
+
+def test_layout_splits_candidate_and_interviewer(faulty_world: BuildSummary) -> None:
+    root = faulty_world.root
+    assert (root / "candidate" / "world.duckdb").is_file()
+    assert (root / "candidate" / "mlflow" / "mlflow.db").is_file()
+    assert (root / "candidate" / "indexes" / "help_articles.faiss").is_file()
+    assert {p.name for p in (root / "candidate" / "logs").iterdir()} >= {
+        "feature-job.jsonl",
+        "model-server.jsonl",
+        "batch-scoring.jsonl",
+    }
+    key = json.loads((root / "interviewer" / "answer_key.json").read_text())
+    assert [f["fault_id"] for f in key["faults"]] == ["feature-nulls-wrong-mean"]
+    assert (root / "interviewer" / "scenario.toml").is_file()
+    assert (root / "interviewer" / "truth.duckdb").is_file()
+    assert not list((root / "candidate").rglob("*answer*"))
+
+
+def test_six_weeks_of_production_and_the_live_days(faulty_db: duckdb.DuckDBPyConnection) -> None:
+    first, last, days = faulty_db.execute(
+        "SELECT min(request_ts)::DATE, max(request_ts)::DATE, count(DISTINCT request_ts::DATE) "
+        "FROM serving.predictions WHERE source = 'batch'"
+    ).fetchall()[0]
+    assert str(first) == "2026-03-02" and days == 42 + 5
+    first_raw = faulty_db.execute("SELECT min(activity_date) FROM raw.viewing_activity").fetchall()[
+        0
+    ][0]
+    assert (first - first_raw).days == 56 + 28  # pre-history plus the feature windows' lead-in
+    hours = faulty_db.sql(
+        "SELECT hour(request_ts) h, count(*) n FROM serving.predictions WHERE source = 'online' "
+        "GROUP BY 1 ORDER BY 2"
+    ).fetchall()
+    assert hours[0][0] in range(1, 7) and hours[-1][0] in range(18, 23)  # daily seasonality
+
+
+def test_labels_arrive_late(faulty_db: duckdb.DuckDBPyConnection) -> None:
+    lag = faulty_db.execute(
+        "SELECT min(date_diff('day', score_date, label_available_at)), avg(churned) "
+        "FROM labels.churn_labels"
+    ).fetchall()[0]
+    assert lag[0] == 14 and 0.005 < lag[1] < 0.06
+
+
+def test_same_scenario_and_seed_give_the_same_world(
+    faulty_world: BuildSummary, tmp_path: Path
+) -> None:
+    again = build(scenario.load(None).with_overrides(scale=SMALL_SCALE), tmp_path / "again")
+    assert again.manifest["content_hash"] == faulty_world.manifest["content_hash"]
+    assert again.manifest["tables"] == faulty_world.manifest["tables"]
+
+
+def test_another_seed_gives_another_world(control_world: BuildSummary, tmp_path: Path) -> None:
+    spec = scenario.load(CONTROL_SCENARIO).with_overrides(seed=8, scale=SMALL_SCALE)
+    other = build(spec, tmp_path / "other")
+    assert other.manifest["content_hash"] != control_world.manifest["content_hash"]
+
+
+def test_existing_directory_is_not_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(WorldExists):
+        build(scenario.load(None).with_overrides(scale=0.01), out)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_failed_build_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
+    def explode(stage: str, done: int, total: int) -> None:
+        if stage == "simulate" and done == 30:
+            raise RuntimeError("killed")
+
+    out = tmp_path / "broken"
+    with pytest.raises(RuntimeError):
+        build(scenario.load(None).with_overrides(scale=0.01), out, progress=explode)
+    with pytest.raises(IncompleteWorld):
+        read_manifest(out)
