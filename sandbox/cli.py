@@ -42,6 +42,7 @@ def _load(path: Path | None, seed: int | None = None, scale: float | None = None
 
 
 def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool) -> None:
+    from sandbox.pipeline.train import TooFewCustomers
     from sandbox.world.build import WorldExists, build
 
     columns = (
@@ -60,7 +61,7 @@ def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool) -> None:
 
         try:
             summary = build(spec, out, force=force, progress=progress)
-        except WorldExists as exc:
+        except (WorldExists, TooFewCustomers) as exc:
             _fail(str(exc))
     _print_summary(summary.manifest, out)
 

@@ -10,7 +10,7 @@ import pytest
 from sandbox import scenario
 from sandbox.world.build import BuildSummary, build
 
-SMALL_SCALE = 0.16  # 4,000 customers: big enough for stable metrics, quick to build
+SMALL_SCALE = 0.4  # 10,000 customers: stable weekly metrics; build time is mostly fixed costs
 REPO = Path(__file__).resolve().parents[1]
 CONTROL_SCENARIO = REPO / "scenarios" / "control.toml"
 
@@ -22,14 +22,16 @@ def _build(tmp_path_factory: pytest.TempPathFactory, name: str, spec: scenario.S
 @pytest.fixture(scope="session")
 def faulty_world(tmp_path_factory: pytest.TempPathFactory) -> BuildSummary:
     """The default scenario (with its planted fault) at a small scale."""
-    return _build(tmp_path_factory, "faulty", scenario.load(None).with_overrides(scale=SMALL_SCALE))
+    return _build(
+        tmp_path_factory, "default", scenario.load(None).with_overrides(scale=SMALL_SCALE)
+    )
 
 
 @pytest.fixture(scope="session")
 def control_world(tmp_path_factory: pytest.TempPathFactory) -> BuildSummary:
     """The no-fault control scenario, same seed and scale as `faulty_world`."""
     spec = scenario.load(CONTROL_SCENARIO).with_overrides(seed=7, scale=SMALL_SCALE)
-    return _build(tmp_path_factory, "control", spec)
+    return _build(tmp_path_factory, "nofaults", spec)
 
 
 def connect(world: BuildSummary) -> duckdb.DuckDBPyConnection:

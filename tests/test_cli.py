@@ -62,3 +62,9 @@ def test_verify_reports_checks_and_exit_code(faulty_world: BuildSummary, tmp_pat
     assert report["passed"] is True and report["faults"]["feature-nulls-wrong-mean"]
     not_a_world = runner.invoke(app, ["verify", str(tmp_path)])
     assert not_a_world.exit_code == 2 and "manifest" in not_a_world.stderr
+
+
+def test_a_world_too_small_to_train_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["build", "--out", str(tmp_path / "tiny"), "--scale", "0.0001"])
+    assert result.exit_code == 2 and "too small" in result.stderr
+    assert not (tmp_path / "tiny").exists()

@@ -21,11 +21,14 @@ from sandbox.faults.base import AnswerKey, Check, Evidence, Fault, FaultParams, 
 from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
 from sandbox.rng import stable_unit
 
+UNDER_SCORED = 0.75  # imputed customers' score/churn ratio, relative to everyone else's
+
 
 class Params(FaultParams):
     target_feature: Literal[IMPUTED_FEATURES] = Field(  # type: ignore[valid-type]
         "avg_daily_minutes_7d",
-        description="Imputed feature whose raw source column goes NULL and whose fill value is wrong.",
+        description="Imputed feature whose source column goes NULL; every feature fed by that "
+        "column gets a wrong fill value.",
     )
     null_share: float = Field(
         0.4,
@@ -75,8 +78,13 @@ class FeatureNullsWrongMean(Fault):
                 .alias(self.source_column)
             )
         if point == "features.imputation":
-            target = self.params.target_feature
-            return {**value, target: round(value[target] * self.params.fill_multiplier, 4)}
+            # The refresh recomputed every fill value fed by the same source column.
+            wrong = {
+                name: round(fill * self.params.fill_multiplier, 4)
+                for name, fill in value.items()
+                if FEATURES[name].source == FEATURES[self.params.target_feature].source
+            }
+            return {**value, **wrong}
         return value
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
@@ -262,19 +270,40 @@ class FeatureNullsWrongMean(Fault):
                 f"{share_at_fill:.3f} of feature rows equal it at full ramp",
             )
         )
-        auc_before, auc_after = con.execute(
-            """
-            SELECT avg(auc) FILTER (WHERE score_date < ?), avg(auc) FILTER (WHERE score_date >= ?)
-            FROM monitoring.model_performance_daily
-            WHERE segment = 'all' AND score_date <= ?
+        # The mechanism, measured: customers served the wrong fill value look engaged, so the
+        # model scores them far below their real churn rate and ranks them worse than the rest.
+        # (Overall AUC moves too, but week-to-week noise hides it in small worlds.)
+        served = con.execute(
+            f"""
+            SELECT p.{feature} = $fill AS imputed, count(*) AS n, avg(p.score) AS mean_score,
+                   avg(l.churned) AS churn_rate
+            FROM serving.predictions p
+            JOIN labels.churn_labels l
+              ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
+            WHERE p.source = 'batch' AND p.request_ts::DATE BETWEEN $start AND $end
+            GROUP BY 1
             """,
-            [onset, full, end],
-        ).fetchall()[0]
+            {"fill": fill_after, "start": full, "end": end},
+        ).fetchall()
+        by_group = {
+            imputed: (n, score / rate if rate else None) for imputed, n, score, rate in served
+        }
+        n_imputed, ratio = by_group.get(True, (0, None))
+        _, ratio_other = by_group.get(False, (0, None))
         checks.append(
             Check(
-                name="production AUC degrades after onset",
-                passed=auc_after is not None and auc_before - auc_after >= 0.02,
-                detail=f"mean daily AUC {auc_before:.3f} before onset, {auc_after:.3f} at full ramp",
+                name="customers served the fill value are under-scored",
+                passed=fill_after is not None
+                and n_imputed >= 1000
+                and ratio is not None
+                and ratio_other is not None
+                and ratio <= UNDER_SCORED * ratio_other,
+                detail=f"{n_imputed} predictions served the fill value after full ramp; mean score "
+                f"over observed churn rate: {_fmt(ratio)} for them, {_fmt(ratio_other)} for the rest",
             )
         )
         return checks
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

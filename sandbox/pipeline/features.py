@@ -70,6 +70,7 @@ IMPUTED_FEATURES: tuple[str, ...] = (
     "minutes_per_session_28d",
 )
 FEATURE_SCHEMA = {name: pl.Float64 for name in MODEL_FEATURES}
+MIN_COVERAGE = 0.75  # share of a window's active days that must report watch time
 
 
 def feature_timestamp(calendar: Calendar, day: int) -> dt.datetime:
@@ -147,12 +148,16 @@ class FeatureJob:
             )
         )
 
+        def covered(known: str, days: str) -> pl.Expr:
+            # A window with watch time for under MIN_COVERAGE of its active days is not trusted.
+            return pl.col(known) >= MIN_COVERAGE * pl.col(days)
+
         def avg_minutes(total: str, known: str, days: str, window: int) -> pl.Expr:
             # Scale the known days up to all active days; no activity at all is a real zero.
             return (
                 pl.when(pl.col(days).fill_null(0) == 0)
                 .then(0.0)
-                .when(pl.col(known) == 0)
+                .when(~covered(known, days))
                 .then(None)
                 .otherwise(pl.col(total) * pl.col(days) / (pl.col(known) * window))
             )
@@ -170,7 +175,7 @@ class FeatureJob:
                 avg_minutes("_min_28", "_known_28", "_days_28", 28).alias("avg_daily_minutes_28d"),
                 pl.when(pl.col("_days_28").fill_null(0) == 0)
                 .then(0.0)
-                .when(pl.col("_known_28") == 0)
+                .when(~covered("_known_28", "_days_28"))
                 .then(None)
                 .otherwise(pl.col("_min_28") / pl.col("_known_sessions_28"))
                 .alias("minutes_per_session_28d"),

@@ -22,7 +22,12 @@ from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.label import churn_labels
 
 SCORE_HOUR = 6.0  # the daily batch scores at 06:00; training rows use the same moment
+HOLDOUT_DATES = 2
 FLAGGED_SHARE = 0.10  # the retention team can handle about a tenth of the base per day
+
+
+class TooFewCustomers(ValueError):
+    pass
 
 
 @dataclass
@@ -71,15 +76,20 @@ def build_training_set(
     return faults.apply("train.dataset", dataset, ctx)
 
 
+def holdout_start(dataset: pl.DataFrame) -> object:
+    dates = dataset["score_date"].unique().sort()
+    return dates[-HOLDOUT_DATES]
+
+
 def digest(frame: pl.DataFrame) -> str:
     return hashlib.sha256(frame.write_csv().encode()).hexdigest()[:16]
 
 
 def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
-    """Train on all but the latest score date; the latest is the (time-based) holdout."""
-    holdout_date = dataset["score_date"].max()
-    train = dataset.filter(pl.col("score_date") < holdout_date)
-    holdout = dataset.filter(pl.col("score_date") == holdout_date)
+    """Train on the older score dates; the latest HOLDOUT_DATES are the (time-based) holdout."""
+    holdout_from = holdout_start(dataset)
+    train = dataset.filter(pl.col("score_date") < holdout_from)
+    holdout = dataset.filter(pl.col("score_date") >= holdout_from)
     params: dict[str, object] = {
         "algorithm": "HistGradientBoostingClassifier",
         "max_iter": 150,
@@ -99,6 +109,12 @@ def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
     )
     x_train = train.select(MODEL_FEATURES).to_numpy()
     y_train = train["churned"].to_numpy()
+    for name, part in (("training", train), ("holdout", holdout)):
+        if part["churned"].n_unique() < 2:
+            raise TooFewCustomers(
+                f"the {name} window holds {part.height} rows and no churn of both kinds; "
+                "the world is too small to train a churn model (use a larger --scale)"
+            )
     model.fit(x_train, y_train)
     x_hold = holdout.select(MODEL_FEATURES).to_numpy()
     y_hold = holdout["churned"].to_numpy()
@@ -126,7 +142,7 @@ def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
         {
             "features": ",".join(MODEL_FEATURES),
             "decision_threshold": threshold,
-            "holdout_score_date": str(holdout_date),
+            "holdout_from": str(holdout_from),
         }
     )
     return TrainedModel(

@@ -49,7 +49,7 @@ PAYMENT_FAIL_P = dict(zip(PAYMENT_METHODS, [0.045, 0.02, 0.06, 0.035], strict=Tr
 BILLING_CYCLE_DAYS = 30
 RETRY_AFTER_DAYS = 3
 MAX_PAYMENT_ATTEMPTS = 3
-OFFER_EFFECT = 0.75  # hazard multiplier while a retention offer is running
+OFFER_EFFECT = 0.9  # hazard multiplier while a retention offer is running
 OFFER_DAYS = 30
 HAZARD_BASE = -7.3
 
@@ -234,8 +234,8 @@ class WorldState:
         logit = (
             HAZARD_BASE
             + self.frailty
-            - 0.9 * self.engagement
-            - 1.3 * self.satisfaction
+            - 0.6 * self.engagement
+            - 1.7 * self.satisfaction
             + 3.0 * np.maximum(self.engagement_slow - self.engagement, 0.0)
             + 1.0 * np.minimum(self.recent_payment_failures, 2.0)
             + 1.0 * np.minimum(self.unresolved, 2.0)

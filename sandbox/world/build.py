@@ -45,8 +45,8 @@ class BuildSummary:
 
 
 def _drift_reference(training_set: pl.DataFrame) -> pl.DataFrame:
-    holdout_date = training_set["score_date"].max()
-    return training_set.filter(pl.col("score_date") < holdout_date).select(MODEL_FEATURES)
+    holdout_from = train.holdout_start(training_set)
+    return training_set.filter(pl.col("score_date") < holdout_from).select(MODEL_FEATURES)
 
 
 def build(
@@ -119,7 +119,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     wh.append(
         "training.churn_training_set",
         result.training_set.with_columns(
-            pl.when(pl.col("score_date") == result.training_set["score_date"].max())
+            pl.when(pl.col("score_date") >= train.holdout_start(result.training_set))
             .then(pl.lit("holdout"))
             .otherwise(pl.lit("train"))
             .alias("split")
@@ -132,7 +132,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     ).pl()
     labels = label.churn_labels(batch, result.cancellations, cal, scenario.world.label_horizon_days)
     wh.append("labels.churn_labels", labels)
-    progress("labels and monitoring", 1, 3)
+    progress("labels and monitoring", 2, 3)
 
     segments = wh.con.sql("SELECT customer_id, device, plan, region FROM raw.customers").pl()
     scored = batch.join(labels, on=["customer_id", "score_date"]).join(segments, on="customer_id")
@@ -141,7 +141,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     wh.append(metrics.METRIC_TABLE, series)
     wh.append("monitoring.alerts", alerts.evaluate(series))
     wh.append("monitoring.alert_rules", alerts.rules_frame())
-    progress("labels and monitoring", 2, 3)
+    progress("labels and monitoring", 3, 3)
 
     progress("drift reports", 0, 1)
     assert drift is not None

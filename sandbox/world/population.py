@@ -16,7 +16,7 @@ CHANNELS, CHANNEL_P = ["organic", "paid_social", "referral", "partner"], [0.45, 
 PAYMENT_METHODS = ["card", "paypal", "direct_debit", "gift_card"]
 PAYMENT_P = [0.55, 0.22, 0.18, 0.05]
 CUSTOMER_ID_BASE = 100_000
-DAILY_SIGNUP_RATE = 0.0011  # replaces churn so the base stays roughly level
+DAILY_SIGNUP_RATE = 0.0016  # replaces churn so the base stays roughly level
 WARM_UP_DAYS = 365  # latent-only history so the base reaches its steady state before any data
 TELEMETRY_OPT_OUT = 0.01  # customers whose app sends no watch-time telemetry
 

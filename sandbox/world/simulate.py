@@ -31,7 +31,7 @@ from sandbox.world import population, support
 from sandbox.world.behaviour import WorldState
 from sandbox.world.warehouse import Warehouse
 
-TRAINING_SCORE_DAYS = [-14, -21, -28, -35, -42, -49]
+TRAINING_SCORE_DAYS = [-14 - 5 * k for k in range(8)]  # weekly-ish, staggered weekdays
 OFFER_TEXT = "50% off for 2 months"
 
 

@@ -59,10 +59,15 @@ def test_null_share_ramps_from_onset() -> None:
 
 def test_fill_value_goes_wrong_at_onset() -> None:
     f = fault(onset_day=10, fill_multiplier=2.5)
-    policy = {"avg_daily_minutes_7d": 40.0, "avg_daily_minutes_28d": 41.0}
+    policy = {"avg_daily_minutes_7d": 40.0, "avg_daily_minutes_28d": 41.0, "tenure_days": 9.0}
     assert f.apply("features.imputation", policy, ctx(9)) == policy
     after = f.apply("features.imputation", policy, ctx(10))
-    assert after == {"avg_daily_minutes_7d": 100.0, "avg_daily_minutes_28d": 41.0}
+    # Every feature fed by the same source column is refilled wrongly; others are untouched.
+    assert after == {
+        "avg_daily_minutes_7d": 100.0,
+        "avg_daily_minutes_28d": 102.5,
+        "tenure_days": 9.0,
+    }
 
 
 def test_answer_key_evidence_points_at_real_tables_and_columns(

@@ -17,16 +17,22 @@ def test_control_world_passes_every_health_check(control_world: BuildSummary) ->
     assert not failed, failed
 
 
-def test_control_world_auc_tracks_holdout_every_week(control_world: BuildSummary) -> None:
+def test_control_world_auc_is_within_a_few_points_of_holdout(
+    control_world: BuildSummary, control_db: duckdb.DuckDBPyConnection
+) -> None:
     holdout = control_world.manifest["model"]["holdout_auc"]
-    con = duckdb.connect(str(control_world.root / "candidate" / "world.duckdb"), read_only=True)
-    weekly = con.sql(
-        "SELECT (date_diff('day', DATE '2026-03-02', score_date) // 7) AS w, avg(auc) "
-        "FROM monitoring.model_performance_daily WHERE segment = 'all' "
-        "AND score_date <= DATE '2026-04-12' GROUP BY 1 ORDER BY 1"
-    ).fetchall()
-    assert len(weekly) == 6
-    assert all(abs(auc - holdout) <= health.AUC_TOLERANCE for _, auc in weekly), (holdout, weekly)
+    weekly = health.weekly_auc(control_db, scenario.load(None).world.calendar(), 42)
+    assert [w for w, _, _ in weekly] == [1, 2, 3, 4, 5, 6]
+    mean = sum(auc for _, auc, _ in weekly) / 6
+    assert abs(mean - holdout) <= 0.05, (holdout, weekly)
+
+
+def test_standard_error_shrinks_with_more_labels() -> None:
+    small, large = (
+        health.auc_standard_error(0.75, 50, 2000),
+        health.auc_standard_error(0.75, 500, 20000),
+    )
+    assert 0 < large < small < 0.1
 
 
 def test_planted_fault_is_verified_in_its_world(faulty_world: BuildSummary) -> None:
@@ -59,11 +65,16 @@ def test_production_auc_degrades_while_holdout_stays_high(
     faulty_world: BuildSummary,
     faulty_db: duckdb.DuckDBPyConnection,
     control_world: BuildSummary,
+    control_db: duckdb.DuckDBPyConnection,
 ) -> None:
+    """Paired with the same-seed control: shared random streams cancel most sampling noise."""
     assert faulty_world.manifest["model"] == control_world.manifest["model"]
-    before, after = faulty_db.execute(
-        "SELECT avg(auc) FILTER (WHERE score_date < DATE '2026-03-16'), "
-        "avg(auc) FILTER (WHERE score_date >= DATE '2026-03-23' AND score_date <= '2026-04-12') "
-        "FROM monitoring.model_performance_daily WHERE segment = 'all'"
-    ).fetchall()[0]
-    assert before - after >= 0.02
+    query = (
+        "SELECT avg(auc) FROM monitoring.model_performance_daily WHERE segment = 'all' "
+        "AND score_date BETWEEN DATE '2026-03-30' AND DATE '2026-04-12'"
+    )
+    late_faulty = faulty_db.execute(query).fetchall()[0][0]
+    late_control = control_db.execute(query).fetchall()[0][0]
+    assert late_control - late_faulty >= 0.02, (late_faulty, late_control)
+    holdout = faulty_world.manifest["model"]["holdout_auc"]
+    assert holdout - late_faulty >= 0.02
