@@ -19,6 +19,8 @@ from sandbox.clock import Calendar
 from sandbox.faults import registry
 from sandbox.faults.base import Fault, FaultParams, FaultSet
 
+MIN_CUSTOMERS = 500
+
 
 class ScenarioError(ValueError):
     """A scenario file that cannot be used; the message names the file and the field."""
@@ -39,7 +41,7 @@ class WorldSpec(BaseModel):
 
     @property
     def n_customers(self) -> int:
-        return max(100, round(self.customers * self.scale))
+        return round(self.customers * self.scale)
 
     def calendar(self) -> Calendar:
         return Calendar(
@@ -96,6 +98,11 @@ class Scenario:
         self.raw = raw
         self.text = text
         self.world: WorldSpec = model.world
+        if self.world.n_customers < MIN_CUSTOMERS:
+            raise ScenarioError(
+                f"{source}: world.scale: {self.world.scale} x {self.world.customers} customers is "
+                f"{self.world.n_customers}; a world needs at least {MIN_CUSTOMERS} to train a model"
+            )
         self.brief: Brief = model.brief
         self.faults: list[Fault] = []
         for index, entry in enumerate(model.faults):

@@ -50,7 +50,7 @@ def test_build_refuses_zero_scale_and_existing_dir(tmp_path: Path) -> None:
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("x")
-    refused = runner.invoke(app, ["build", "--out", str(taken), "--scale", "0.01"])
+    refused = runner.invoke(app, ["build", "--out", str(taken), "--scale", "0.02"])
     assert refused.exit_code == 2 and "--force" in refused.stderr
     assert (taken / "keep.txt").read_text() == "x"
 
@@ -64,7 +64,8 @@ def test_verify_reports_checks_and_exit_code(faulty_world: BuildSummary, tmp_pat
     assert not_a_world.exit_code == 2 and "manifest" in not_a_world.stderr
 
 
-def test_a_world_too_small_to_train_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_world_too_small_to_model_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["build", "--out", str(tmp_path / "tiny"), "--scale", "0.0001"])
-    assert result.exit_code == 2 and "too small" in result.stderr
+    assert result.exit_code == 2 and "world.scale" in result.stderr
+    assert "at least 500" in result.stderr
     assert not (tmp_path / "tiny").exists()

@@ -57,7 +57,8 @@ class ModelServer:
     def _score(self, day: int, features: pl.DataFrame) -> pl.DataFrame:
         ctx = HookContext(seed=self.seed, day=day, calendar=self.calendar)
         features = self.faults.apply("serve.features", features, ctx)
-        scores = self.model.predict_proba(features.select(MODEL_FEATURES).to_numpy())[:, 1]
+        x = features.select(MODEL_FEATURES).to_numpy()
+        scores = self.model.predict_proba(x)[:, 1] if len(x) else np.empty(0)
         ids = np.arange(self._next_id, self._next_id + features.height, dtype=np.int64)
         self._next_id += features.height
         scored = features.with_columns(

@@ -7,8 +7,10 @@ import sqlite3
 
 import duckdb
 import numpy as np
+import polars as pl
+import pytest
 
-from sandbox.pipeline import registry
+from sandbox.pipeline import registry, train
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.world.build import BuildSummary
 
@@ -51,3 +53,15 @@ def test_feature_importances_favour_engagement_signals(faulty_world: BuildSummar
     assert len(rows) == len(MODEL_FEATURES)
     top = [k.removeprefix("importance_") for k, _ in rows[:4]]
     assert "monthly_price" not in top
+
+
+def test_training_without_churners_is_a_clear_error() -> None:
+    dataset = pl.DataFrame(
+        {
+            "score_date": [dt.date(2026, 1, d) for d in (1, 1, 8, 8, 15, 15)],
+            "churned": [0] * 6,
+            **{name: [1.0] * 6 for name in MODEL_FEATURES},
+        }
+    )
+    with pytest.raises(train.TooFewCustomers, match="too small"):
+        train.fit(dataset, seed=1)

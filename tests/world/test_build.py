@@ -114,7 +114,7 @@ def test_existing_directory_is_not_overwritten(tmp_path: Path) -> None:
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(WorldExists):
-        build(scenario.load(None).with_overrides(scale=0.01), out)
+        build(scenario.load(None).with_overrides(scale=0.02), out)
     assert (out / "notes.txt").read_text() == "keep me"
 
 
@@ -125,6 +125,6 @@ def test_a_failed_build_leaves_nothing_that_looks_complete(tmp_path: Path) -> No
 
     out = tmp_path / "broken"
     with pytest.raises(RuntimeError):
-        build(scenario.load(None).with_overrides(scale=0.01), out, progress=explode)
+        build(scenario.load(None).with_overrides(scale=0.02), out, progress=explode)
     with pytest.raises(IncompleteWorld):
         read_manifest(out)
