@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated
@@ -218,11 +219,14 @@ def _describe_fault(cls: type) -> dict:
         "hooks": hooks,
         "difficulty": cls.difficulty,
         "observation": cls.observation,
-        "doc": (
-            (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__) or ""
-        ).strip(),
+        "doc": _paragraphs(inspect.getdoc(inspect.getmodule(cls)) or ""),
         "parameters": params,
     }
+
+
+def _paragraphs(text: str) -> str:
+    """Docstring paragraphs as flowing text, so the terminal can wrap them."""
+    return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
 
 
 @scenario_app.command("validate")
