@@ -118,3 +118,21 @@ def test_missing_watch_time_is_imputed_and_counted(job: tuple[FeatureJob, LogSin
         .item()
     )
     assert null_ratio == pytest.approx(0.25)
+
+
+def test_a_window_with_too_little_watch_time_is_missing(job: tuple[FeatureJob, LogSink]) -> None:
+    """Coverage rule: watch time for under 75% of a window's active days is not trusted."""
+    feature_job, _ = job
+    for day in range(DAY - 27, DAY + 1):
+        # Customer 1 reports watch time only for the first 20 of 28 active days.
+        minutes = 60.0 if day < DAY - 7 else None
+        feature_job.observe(activity(day, {1: (2, minutes)}), empty_billing(), tickets([], []))
+    policy_rows = feature_job.run(DAY, pl.Series([1, 2]).to_numpy())
+    run = feature_job.run_frame().row(0, named=True)
+    customer_1 = policy_rows.filter(pl.col("customer_id") == 1).row(0, named=True)
+    # 20 of 28 days known (71%) fails the rule for the 28-day features; 0 of 7 for the 7-day one.
+    assert run["nulls_seen"] == 3
+    fills = {
+        r["feature"]: r["fill_value"] for r in feature_job.policy_frame().iter_rows(named=True)
+    }
+    assert customer_1["avg_daily_minutes_28d"] == fills["avg_daily_minutes_28d"]
