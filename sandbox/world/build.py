@@ -110,7 +110,6 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
 
     progress("labels and monitoring", 0, 3)
     job = result.feature_job
-    assert job is not None and result.logs is not None and result.cancellations is not None
     # The loop ran past the visible days to mature their labels; keep only what happened by then.
     cutoff = cal.midnight(cal.last_visible_day + 1)
     wh.append("ops.feature_job_runs", job.run_frame().filter(pl.col("started_at") < cutoff))

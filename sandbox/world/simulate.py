@@ -12,7 +12,7 @@ days are never written.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -40,11 +40,10 @@ class SimulationResult:
     customers: pl.DataFrame
     trained: train.TrainedModel
     training_set: pl.DataFrame
-    model_version: str = ""
-    index_meta: dict[str, object] = field(default_factory=dict)
-    cancellations: pl.DataFrame | None = None
-    feature_job: FeatureJob | None = None
-    logs: LogSink | None = None
+    model_version: str
+    cancellations: pl.DataFrame
+    feature_job: FeatureJob
+    logs: LogSink
 
 
 class Simulation:
