@@ -6,7 +6,11 @@ into tags, and none of it enters the world's content hash.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,10 @@ def connect(mlflow_dir: Path, experiment: str) -> Any:
     quiet_mlflow_env()
     import mlflow  # slow import: only build and registry readers pay it
 
+    # Registration chatter ("Successfully registered model ...") would bury the build's summary;
+    # mlflow sets its logger up on import, so this has to come after it.
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+
     mlflow_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri(mlflow_dir))
     mlflow.set_registry_uri(tracking_uri(mlflow_dir))
@@ -50,6 +58,13 @@ def connect(mlflow_dir: Path, experiment: str) -> Any:
         )
     mlflow.set_experiment(experiment)
     return mlflow
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence MLflow's registration prints (it writes them to stderr directly); errors still raise."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def set_alias(mlflow: Any, name: str, alias: str, version: str, tags: dict[str, str]) -> None:

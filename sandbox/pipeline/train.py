@@ -184,14 +184,15 @@ def register(
             }
         )
         mlflow.log_dict(trained.importances, "feature_importances.json")
-        info = mlflow.sklearn.log_model(
-            trained.model,
-            name="model",
-            signature=signature,
-            registered_model_name=registry.CHURN_MODEL,
-            skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
-            pip_requirements=registry.pip_requirements(),
-        )
+        with registry.quiet():
+            info = mlflow.sklearn.log_model(
+                trained.model,
+                name="model",
+                signature=signature,
+                registered_model_name=registry.CHURN_MODEL,
+                skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
+                pip_requirements=registry.pip_requirements(),
+            )
     version = str(info.registered_model_version)
     registry.set_alias(
         mlflow,

@@ -206,12 +206,13 @@ def _register_encoder(
         mlflow.set_tags(
             {"training_date": str(built_on), "index_version": index.meta["index_version"]}
         )
-        info = mlflow.sklearn.log_model(
-            encoder.pipeline,
-            name="encoder",
-            registered_model_name=registry.TICKET_ENCODER,
-            pip_requirements=registry.pip_requirements(),
-        )
+        with registry.quiet():
+            info = mlflow.sklearn.log_model(
+                encoder.pipeline,
+                name="encoder",
+                registered_model_name=registry.TICKET_ENCODER,
+                pip_requirements=registry.pip_requirements(),
+            )
     registry.set_alias(
         mlflow,
         registry.TICKET_ENCODER,
