@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sandbox.clock import Calendar
+from sandbox.decoys import registry as decoy_registry
 from sandbox.faults import registry
-from sandbox.faults.base import Fault, FaultParams, FaultSet
+from sandbox.faults.base import Decoy, DecoyParams, Fault, FaultParams, FaultSet
 
 MIN_CUSTOMERS = 500
 
@@ -69,20 +70,31 @@ def _fault_entry_model(cls: type[Fault]) -> type[FaultParams]:
     )
 
 
+def _decoy_entry_model(cls: type[Decoy]) -> type[DecoyParams]:
+    return create_model(
+        f"{cls.__name__}Entry",
+        __base__=cls.Params,
+        kind=(Literal[cls.id], Field(description=cls.title)),  # type: ignore[valid-type]
+    )
+
+
+def _union(entries: list[type[BaseModel]], discriminator: str) -> Any:
+    if len(entries) == 1:
+        return entries[0]
+    return Annotated[Union[tuple(entries)], Field(discriminator=discriminator)]  # noqa: UP007
+
+
 @cache
 def scenario_model() -> type[BaseModel]:
-    entries = [_fault_entry_model(cls) for cls in registry.catalog().values()]
-    entry_type: Any = (
-        entries[0]
-        if len(entries) == 1
-        else Annotated[Union[tuple(entries)], Field(discriminator="id")]  # noqa: UP007
-    )
+    faults = [_fault_entry_model(cls) for cls in registry.catalog().values()]
+    decoys = [_decoy_entry_model(cls) for cls in decoy_registry.catalog().values()]
     return create_model(
         "Scenario",
         __config__=ConfigDict(extra="forbid"),
         world=(WorldSpec, Field(default_factory=WorldSpec)),
         brief=(Brief, ...),
-        faults=(list[entry_type], Field(default_factory=list)),
+        faults=(list[_union(faults, "id")], Field(default_factory=list)),  # type: ignore[misc]
+        decoys=(list[_union(decoys, "kind")], Field(default_factory=list)),  # type: ignore[misc]
     )
 
 
@@ -114,10 +126,20 @@ class Scenario:
                     f"production day ({self.world.production_days})"
                 )
             self.faults.append(cls(params))
+        self.decoys: list[Decoy] = []
+        for index, entry in enumerate(model.decoys):
+            decoy_cls = decoy_registry.get(entry.kind)
+            decoy_params = decoy_cls.Params.model_validate(entry.model_dump(exclude={"kind"}))
+            if decoy_params.day > self.world.production_days:
+                raise ScenarioError(
+                    f"{source}: decoys[{index}].day: {decoy_params.day} is after the last "
+                    f"production day ({self.world.production_days})"
+                )
+            self.decoys.append(decoy_cls(decoy_params))
 
     @property
     def fault_set(self) -> FaultSet:
-        return FaultSet(self.faults)
+        return FaultSet(self.faults, self.decoys)
 
     def with_overrides(self, seed: int | None = None, scale: float | None = None) -> Scenario:
         raw = {**self.raw, "world": {**self.raw.get("world", {})}}
@@ -130,7 +152,7 @@ class Scenario:
 
 def _describe(exc: ValidationError, source: str) -> str:
     lines = []
-    fault_ids = set(registry.catalog())
+    fault_ids = set(registry.catalog()) | set(decoy_registry.catalog())
     for err in exc.errors():
         # The discriminated union puts the fault id into the path; it reads better without it.
         parts = [p for p in err["loc"] if p not in fault_ids]

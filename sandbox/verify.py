@@ -43,6 +43,7 @@ def verify(root: Path) -> Verification:
     con = duckdb.connect(str(paths.duckdb), read_only=True)
     try:
         faults = {f.id: f.verify(con, cal) for f in spec.faults}
+        faults |= {f"decoy:{d.id}": d.verify(con, cal) for d in spec.decoys}
         healthy = health.checks(con, cal, manifest["model"]["holdout_auc"], healthy_until)
     finally:
         con.close()

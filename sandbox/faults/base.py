@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import duckdb
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.clock import Calendar
@@ -48,6 +50,15 @@ class Evidence(BaseModel):
     window_end: dt.date
 
 
+class InvestigationStep(BaseModel):
+    """One step of the reference investigation, as the answer key shows it to the interviewer."""
+
+    question: str
+    sql: str
+    evidence: str = Field(description="The Evidence id this step reaches.")
+    finding: str = Field(description="What the result shows when the evidence is there.")
+
+
 class AnswerKey(BaseModel):
     fault_id: str
     title: str
@@ -56,6 +67,27 @@ class AnswerKey(BaseModel):
     evidence: list[Evidence]
     acceptable_fixes: list[str]
     probes: list[str]
+    investigation: list[InvestigationStep] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A query an expert would run, and how to tell from its result that it found the evidence.
+
+    `found` must be false on the no-fault world for at least one step of every investigation,
+    or the investigation proves nothing (the catalog tests check both directions).
+    """
+
+    question: str
+    sql: str
+    evidence: str
+    finding: str
+    found: Callable[[pl.DataFrame], bool]
+
+    def public(self) -> InvestigationStep:
+        return InvestigationStep(
+            question=self.question, sql=self.sql, evidence=self.evidence, finding=self.finding
+        )
 
 
 class Check(BaseModel):
@@ -97,27 +129,82 @@ class Fault(ABC):
         return []
 
     @abstractmethod
-    def answer_key(self, calendar: Calendar) -> AnswerKey: ...
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        """Root cause, propagation, evidence pointers, fixes and probes; `key()` adds the
+        reference investigation."""
+
+    @abstractmethod
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        """The handful of queries an expert would run to reach this fault's evidence."""
+
+    def key(self, calendar: Calendar) -> AnswerKey:
+        key = self.answer_key(calendar)
+        key.investigation = [step.public() for step in self.investigation(calendar)]
+        return key
 
     @abstractmethod
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         """Measure the symptom in a built world (read-only connection to its DuckDB file)."""
 
 
-class FaultSet:
-    """The faults planted in one world, applied in scenario order at each hook point."""
+class DecoyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    def __init__(self, faults: list[Fault]) -> None:
-        self.faults = faults
+    day: int = Field(20, ge=1, le=42, description="Production day it happens.")
+
+
+class DecoyNote(BaseModel):
+    """What the interviewer reads about a red herring: what happened and why it is harmless."""
+
+    decoy_id: str
+    title: str
+    what_happened: str
+    why_harmless: str
+    evidence: list[Evidence]
+
+
+class Decoy(ABC):
+    """A harmless change in the same window as the faults: ordinary production life that a
+    candidate may chase. It hooks stages exactly as a fault does, but has no root cause."""
+
+    id: ClassVar[str]
+    title: ClassVar[str]
+    hook_points: ClassVar[tuple[str, ...]]
+    Params: ClassVar[type[DecoyParams]]
+
+    def __init__(self, params: DecoyParams) -> None:
+        self.params = params
 
     def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        for fault in self.faults:
-            if point in fault.hook_points:
-                value = fault.apply(point, value, ctx)
         return value
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
-        return [entry for fault in self.faults for entry in fault.changelog(calendar)]
+        return []
+
+    @abstractmethod
+    def note(self, calendar: Calendar) -> DecoyNote: ...
+
+    @abstractmethod
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        """The decoy really happened in the built world."""
+
+
+class FaultSet:
+    """The faults and decoys planted in one world, applied in scenario order at each hook point
+    (faults first)."""
+
+    def __init__(self, faults: list[Fault], decoys: list[Decoy] | None = None) -> None:
+        self.faults = faults
+        self.decoys = decoys or []
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        for planted in [*self.faults, *self.decoys]:
+            if point in planted.hook_points:
+                value = planted.apply(point, value, ctx)
+        return value
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        return [e for planted in [*self.faults, *self.decoys] for e in planted.changelog(calendar)]
 
     @property
     def earliest_onset(self) -> int | None:

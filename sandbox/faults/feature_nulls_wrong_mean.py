@@ -17,7 +17,15 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import AnswerKey, Check, Evidence, Fault, FaultParams, HookContext
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+)
 from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
 from sandbox.rng import stable_unit
 
@@ -222,6 +230,69 @@ class FeatureNullsWrongMean(Fault):
             ],
         )
 
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        column, feature = self.source_column, self.params.target_feature
+        return [
+            Step(
+                question="Did the raw source column start arriving empty?",
+                sql=f"""
+                    SELECT date_trunc('week', activity_date) AS week,
+                           round(avg(({column} IS NULL)::INT), 3) AS null_share
+                    FROM raw.viewing_activity GROUP BY 1 ORDER BY 1""",
+                evidence="raw-nulls",
+                finding=f"the NULL share of {column} climbs from ~1% to the rollout share",
+                found=lambda f: (
+                    f["null_share"].max() >= 0.5 * self.params.null_share
+                    and f["null_share"].min() <= 0.03
+                ),
+            ),
+            Step(
+                question="Why does the feature store show no NULLs? What does the job fill in?",
+                sql=f"""
+                    SELECT feature, fill_value, effective_from
+                    FROM feature_store.imputation_policy
+                    WHERE feature = '{feature}' ORDER BY effective_from""",
+                evidence="policy-change",
+                finding="the fill value changed at onset to a multiple of the old one",
+                found=lambda f: (
+                    f.height >= 2 and abs(f["fill_value"][-1] / f["fill_value"][0] - 1) >= 0.15
+                ),
+            ),
+            Step(
+                question="How many served rows carry exactly the fill value?",
+                sql=f"""
+                    WITH fill AS (SELECT fill_value FROM feature_store.imputation_policy
+                                  WHERE feature = '{feature}'
+                                  ORDER BY effective_from DESC LIMIT 1)
+                    SELECT date_trunc('week', request_ts) AS week,
+                           round(avg(({feature} = (SELECT fill_value FROM fill))::INT), 3)
+                               AS share_at_fill
+                    FROM serving.predictions WHERE source = 'batch' GROUP BY 1 ORDER BY 1""",
+                evidence="imputed-spike",
+                finding="a large share of scored customers hold the identical fill value",
+                found=lambda f: f["share_at_fill"].max() >= 0.5 * self.params.null_share,
+            ),
+            Step(
+                question="Are the customers who were served the fill value scored too low?",
+                sql=f"""
+                    WITH fill AS (SELECT fill_value FROM feature_store.imputation_policy
+                                  WHERE feature = '{feature}'
+                                  ORDER BY effective_from DESC LIMIT 1)
+                    SELECT p.{feature} = (SELECT fill_value FROM fill) AS imputed,
+                           count(*) AS n, avg(p.score) AS mean_score,
+                           avg(l.churned) AS churn_rate
+                    FROM serving.predictions p JOIN labels.churn_labels l
+                      ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
+                    WHERE p.source = 'batch' GROUP BY 1 ORDER BY 1""",
+                evidence="imputed-spike",
+                finding="imputed customers churn about as often as others but score far lower",
+                found=lambda f: (
+                    f.filter(pl.col("imputed")).height == 1
+                    and _ratio(f, True) <= UNDER_SCORED * _ratio(f, False)
+                ),
+            ),
+        ]
+
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         onset = calendar.date(self.params.onset_day)
         full = calendar.date(self.params.onset_day + self.params.ramp_days)
@@ -303,6 +374,11 @@ class FeatureNullsWrongMean(Fault):
             )
         )
         return checks
+
+
+def _ratio(frame: pl.DataFrame, imputed: bool) -> float:
+    row = frame.filter(pl.col("imputed") == imputed)
+    return float(row["mean_score"][0] / row["churn_rate"][0]) if row.height else float("inf")
 
 
 def _fmt(value: float | None) -> str:

@@ -26,6 +26,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import html
 import multiprocessing
@@ -86,6 +87,7 @@ class _DayResult:
     n_rows: int
     dataset_drift: bool
     columns: tuple[_ColumnResult, ...]
+    reference_means: tuple[float | None, ...] | None = None  # set when the day had its own
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,18 +207,33 @@ def _column_result(state: _WorkerState, j: int, values: np.ndarray) -> _ColumnRe
     return _ColumnResult(stattest, score, threshold, drifted, mean, null_share)
 
 
-def _run_day(current: np.ndarray) -> _DayResult:
-    """One day's drift and summary numbers, computed in the worker."""
+def _run_day(current: np.ndarray, reference: np.ndarray | None = None) -> _DayResult:
+    """One day's drift and summary numbers, computed in the worker; `reference` replaces the
+    fixed reference for this day only."""
     if _STATE is None:
         raise RuntimeError("drift worker was not initialised")
-    n_columns = len(_STATE.reference)
+    state = _STATE
+    if reference is not None:
+        import pandas as pd
+
+        state = dataclasses.replace(
+            _STATE,
+            reference=[pd.Series(_finite(reference[:, j])) for j in range(reference.shape[1])],
+        )
+    n_columns = len(state.reference)
     if current.ndim != 2 or current.shape[1] != n_columns:
         raise ValueError(f"expected a 2-d array with {n_columns} columns, got {current.shape}")
-    columns = tuple(_column_result(_STATE, j, current[:, j]) for j in range(n_columns))
+    columns = tuple(_column_result(state, j, current[:, j]) for j in range(n_columns))
     n_drifted = sum(c.drifted for c in columns)
     # Same rule as Evidently's get_dataset_drift, with its default share.
-    dataset_drift = n_drifted / n_columns >= _STATE.drift_share
-    return _DayResult(n_rows=current.shape[0], dataset_drift=dataset_drift, columns=columns)
+    dataset_drift = n_drifted / n_columns >= state.drift_share
+    means = None if reference is None else tuple(_mean_and_null_share(c)[0] for c in reference.T)
+    return _DayResult(
+        n_rows=current.shape[0],
+        dataset_drift=dataset_drift,
+        columns=columns,
+        reference_means=means,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,13 +265,26 @@ class DriftMonitor:
         for _ in range(workers):
             self._executor.submit(_warm_up)
 
-    def submit(self, report_date: datetime.date, current: pl.DataFrame) -> None:
-        """Queue one day's served features; returns at once. Problems surface naming the date."""
+    def submit(
+        self,
+        report_date: datetime.date,
+        current: pl.DataFrame,
+        reference: pl.DataFrame | None = None,
+    ) -> None:
+        """Queue one day's served features; returns at once. Problems surface naming the date.
+
+        `reference` compares this day against other rows than the monitor's reference."""
         _check_date(report_date)
         if report_date in self._futures:
             raise ValueError(f"drift report for {report_date} was already submitted")
         try:
-            self._futures[report_date] = self._executor.submit(_run_day, self._payload(current))
+            day_reference = None
+            if reference is not None:
+                sample = _sample_reference(_numeric_frame(reference, self._columns, "reference"))
+                day_reference = sample.to_numpy()
+            self._futures[report_date] = self._executor.submit(
+                _run_day, self._payload(current), day_reference
+            )
         except Exception as exc:
             raise DriftReportError(f"drift report for {report_date} failed: {exc}") from exc
 
@@ -264,7 +294,10 @@ class DriftMonitor:
             _row_record(day, feature, reference_mean, column)
             for day, result in self._results().items()
             for feature, reference_mean, column in zip(
-                self._columns, self._reference_means, result.columns, strict=True
+                self._columns,
+                result.reference_means or self._reference_means,
+                result.columns,
+                strict=True,
             )
         ]
         frame = pl.DataFrame(records, schema=ROW_SCHEMA)

@@ -38,49 +38,59 @@ class ModelServer:
         seed: int,
         calendar: Calendar,
         faults: FaultSet,
-        model: object,
         model_name: str,
-        model_version: str,
-        threshold: float,
         logs: LogSink,
     ) -> None:
         self.seed = seed
         self.calendar = calendar
         self.faults = faults
-        self.model = model
         self.model_name = model_name
-        self.model_version = model_version
-        self.threshold = threshold
         self.logs = logs
+        self.model: object | None = None
+        self.model_version = ""
+        self.threshold = 0.0
+        self.features: list[str] = list(MODEL_FEATURES)
         self._next_id = 1
 
-    def _score(self, day: int, features: pl.DataFrame) -> pl.DataFrame:
-        ctx = HookContext(seed=self.seed, day=day, calendar=self.calendar)
-        features = self.faults.apply("serve.features", features, ctx)
-        x = features.select(MODEL_FEATURES).to_numpy()
-        scores = self.model.predict_proba(x)[:, 1] if len(x) else np.empty(0)
-        ids = np.arange(self._next_id, self._next_id + features.height, dtype=np.int64)
-        self._next_id += features.height
-        scored = features.with_columns(
+    def deploy(self, model: object, version: str, threshold: float, features: list[str]) -> None:
+        """Load a model version; requests from now on are scored by it."""
+        self.model = model
+        self.model_version = version
+        self.threshold = threshold
+        self.features = list(features)
+
+    def _ctx(self, day: int) -> HookContext:
+        return HookContext(seed=self.seed, day=day, calendar=self.calendar)
+
+    def _score(self, day: int, requests: pl.DataFrame) -> pl.DataFrame:
+        """Score requests (customer_id, request_ts, source, latency_ms, status, features)."""
+        if self.model is None:
+            raise RuntimeError("no model deployed")
+        requests = self.faults.apply("serve.features", requests, self._ctx(day))
+        x = requests.select(self.features).to_numpy()
+        scores = self.model.predict_proba(x)[:, 1] if len(x) else np.empty(0)  # type: ignore[attr-defined]
+        ids = np.arange(self._next_id, self._next_id + requests.height, dtype=np.int64)
+        self._next_id += requests.height
+        scored = requests.with_columns(
             pl.Series("prediction_id", ids),
             pl.Series("score", np.round(scores, 6)),
             pl.lit(self.model_name).alias("model_name"),
             pl.lit(self.model_version).alias("model_version"),
             pl.lit(self.threshold).alias("threshold"),
         ).with_columns((pl.col("score") >= pl.col("threshold")).alias("decision"))
-        return self.faults.apply("serve.scores", scored, ctx)
+        return self.faults.apply("serve.scores", scored, self._ctx(day))
 
     def batch(self, day: int, online_store: pl.DataFrame) -> pl.DataFrame:
         """Score every customer in the online store; flagged ones get a retention offer."""
         start = self.calendar.at(day, SCORE_HOUR)
-        scored = self._score(day, online_store.select("customer_id", *MODEL_FEATURES))
-        offsets = np.arange(scored.height) * 400  # the job works through customers in ~10 s
-        scored = scored.with_columns(
+        offsets = np.arange(online_store.height) * 400  # the job works through customers in ~10 s
+        requests = online_store.select("customer_id", *MODEL_FEATURES).with_columns(
             pl.Series("request_ts", np.datetime64(start, "us") + offsets.astype("timedelta64[us]")),
             pl.lit("batch").alias("source"),
             pl.lit(None, dtype=pl.Float64).alias("latency_ms"),
             pl.lit("ok").alias("status"),
         )
+        scored = self._score(day, requests)
         flagged = int(scored["decision"].sum())
         self.logs.emit(
             start,
@@ -110,28 +120,30 @@ class ModelServer:
         if before_refresh.height == 0:  # first production day: no earlier online store
             before_refresh = after_refresh
         season = HOURLY_TRAFFIC.mean() / HOURLY_TRAFFIC.max()
-        n = int(g.poisson(ONLINE_SHARE * after_refresh.height * (0.8 + 0.4 * season)))
+        volume = self.faults.apply("serve.traffic", 1.0, self._ctx(day))
+        n = int(g.poisson(ONLINE_SHARE * after_refresh.height * (0.8 + 0.4 * season) * volume))
         hours = np.sort(hours_of_day(g, n))
         early = hours < MATERIALIZE_HOUR
         pick_after = g.integers(0, max(after_refresh.height, 1), n)
         pick_before = g.integers(0, max(before_refresh.height, 1), n)
-        rows = pl.concat(
-            [
-                before_refresh[pick_before[early]],
-                after_refresh[pick_after[~early]],
-            ]
-        ).select("customer_id", *MODEL_FEATURES)
-        scored = self._score(day, rows)
         # Latency follows load: the evening peak is slower, and a few requests time out.
         load = HOURLY_TRAFFIC[hours.astype(int)] / HOURLY_TRAFFIC.max()
         latency = g.lognormal(np.log(6.0), 0.35, n) * (1 + 0.6 * load)
         failed = g.random(n) < ERROR_RATE
-        scored = scored.with_columns(
+        requests = pl.concat(
+            [
+                before_refresh[pick_before[early]],
+                after_refresh[pick_after[~early]],
+            ]
+        ).select(
+            "customer_id",
             pl.Series("request_ts", _to_ts(self.calendar, day, hours)),
             pl.lit("online").alias("source"),
             pl.Series("latency_ms", np.round(np.where(failed, 2000.0, latency), 2)),
             pl.Series("status", np.where(failed, "error", "ok")),
-        ).with_columns(
+            *MODEL_FEATURES,
+        )
+        scored = self._score(day, requests).with_columns(
             pl.when(pl.col("status") == "error")
             .then(None)
             .otherwise(pl.col("score"))

@@ -35,6 +35,7 @@ def point_in_time_join(
     spine: pl.DataFrame,
     ttl: dt.timedelta = DEFAULT_TTL,
     offline_table: str = OFFLINE_TABLE,
+    snapshot_at: dt.datetime | None = None,
 ) -> pl.DataFrame:
     """Feature values as they were known at each spine row's `score_ts`.
 
@@ -44,14 +45,25 @@ def point_in_time_join(
     into training; checking the write time closes that hole. A row whose event_timestamp is
     older than `ttl` at score time counts as missing, as Feast's TTL does: its features and
     `feature_event_ts` are NULL. Spine rows keep their order and their other columns.
+
+    `snapshot_at` instead takes, for every row, the newest values that existed at that one moment
+    and skips the TTL: the "latest snapshot" join that online-store readers use. Run on past score
+    times it leaks what happened after them into the training set.
     """
     ttl_seconds = int(ttl.total_seconds())
     fresh = (
         f"k.event_timestamp <= s.score_ts "
         f"AND k.event_timestamp >= s.score_ts - INTERVAL ({ttl_seconds}) SECOND"
     )
+    known_at = pl.col("score_ts")
+    if snapshot_at is not None:
+        fresh = "TRUE"
+        known_at = pl.lit(snapshot_at).cast(pl.Datetime("us"))
     values = ", ".join(f"CASE WHEN {fresh} THEN k.{c} END AS {c}" for c in MODEL_FEATURES)
-    con.register("_pit_spine", spine.with_row_index("_spine_row").to_arrow())
+    con.register(
+        "_pit_spine",
+        spine.with_row_index("_spine_row").with_columns(known_at.alias("_known_at")).to_arrow(),
+    )
     try:
         return con.sql(
             f"""
@@ -59,9 +71,9 @@ def point_in_time_join(
                 SELECT s._spine_row, f.*
                 FROM _pit_spine s
                 ASOF JOIN {offline_table} f
-                  ON f.customer_id = s.customer_id AND s.score_ts >= f.created_timestamp
+                  ON f.customer_id = s.customer_id AND s._known_at >= f.created_timestamp
             )
-            SELECT s.* EXCLUDE (_spine_row),
+            SELECT s.* EXCLUDE (_spine_row, _known_at),
                    CASE WHEN {fresh} THEN k.event_timestamp END AS feature_event_ts,
                    {values}
             FROM _pit_spine s

@@ -39,6 +39,7 @@ class TrainedModel:
     dataset_digest: str
     rows: int
     params: dict[str, object]
+    features: list[str]
 
 
 def training_spine(active: pl.DataFrame, calendar: Calendar, score_days: list[int]) -> pl.DataFrame:
@@ -64,15 +65,19 @@ def build_training_set(
     horizon_days: int,
     faults: FaultSet,
     seed: int,
+    release_day: int = 1,
+    snapshot_at: dt.datetime | None = None,
 ) -> pl.DataFrame:
-    features = store.point_in_time_join(con, spine)
+    """Features as known at each score time, with the label; `snapshot_at` joins them as of that
+    one moment instead (see `store.point_in_time_join`)."""
+    features = store.point_in_time_join(con, spine, snapshot_at=snapshot_at)
     labels = churn_labels(spine, cancellations, calendar, horizon_days)
     dataset = features.join(
-        labels.select("customer_id", "score_date", "churned"),
+        labels.select("customer_id", "score_date", "churned", "label_available_at"),
         on=["customer_id", "score_date"],
         how="left",
     )
-    ctx = HookContext(seed=seed, day=0, calendar=calendar)
+    ctx = HookContext(seed=seed, day=release_day, calendar=calendar)
     return faults.apply("train.dataset", dataset, ctx)
 
 
@@ -85,7 +90,12 @@ def digest(frame: pl.DataFrame) -> str:
     return hashlib.sha256(frame.write_csv().encode()).hexdigest()[:16]
 
 
-def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
+def fit(
+    dataset: pl.DataFrame,
+    seed: int,
+    features: list[str] = MODEL_FEATURES,
+    positive_weight: float = 1.0,
+) -> TrainedModel:
     """Train on the older score dates; the latest HOLDOUT_DATES are the (time-based) holdout."""
     holdout_from = holdout_start(dataset)
     train = dataset.filter(pl.col("score_date") < holdout_from)
@@ -98,6 +108,8 @@ def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
         "min_samples_leaf": 80,
         "l2_regularization": 1.0,
     }
+    if positive_weight != 1.0:
+        params["positive_class_weight"] = positive_weight
     model = HistGradientBoostingClassifier(
         max_iter=150,
         learning_rate=0.08,
@@ -106,8 +118,9 @@ def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
         l2_regularization=1.0,
         early_stopping=False,
         random_state=seed,
+        class_weight=None if positive_weight == 1.0 else {0: 1.0, 1: positive_weight},
     )
-    x_train = train.select(MODEL_FEATURES).to_numpy()
+    x_train = train.select(features).to_numpy()
     y_train = train["churned"].to_numpy()
     for name, part in (("training", train), ("holdout", holdout)):
         if part["churned"].n_unique() < 2:
@@ -116,7 +129,7 @@ def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
                 "the world is too small to train a churn model (use a larger --scale)"
             )
     model.fit(x_train, y_train)
-    x_hold = holdout.select(MODEL_FEATURES).to_numpy()
+    x_hold = holdout.select(features).to_numpy()
     y_hold = holdout["churned"].to_numpy()
     scores = model.predict_proba(x_hold)[:, 1]
     threshold = float(np.round(np.quantile(scores, 1 - FLAGGED_SHARE), 4))
@@ -136,11 +149,11 @@ def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
     )
     importances = {
         name: round(float(v), 5)
-        for name, v in zip(MODEL_FEATURES, importance.importances_mean, strict=True)
+        for name, v in zip(features, importance.importances_mean, strict=True)
     }
     params.update(
         {
-            "features": ",".join(MODEL_FEATURES),
+            "features": ",".join(features),
             "decision_threshold": threshold,
             "holdout_from": str(holdout_from),
         }
@@ -153,6 +166,7 @@ def fit(dataset: pl.DataFrame, seed: int) -> TrainedModel:
         dataset_digest=digest(dataset),
         rows=dataset.height,
         params=params,
+        features=list(features),
     )
 
 
@@ -162,14 +176,17 @@ def register(
     dataset: pl.DataFrame,
     trained_on: dt.date,
     deployed_on: dt.date,
+    alias: str | None = registry.CHAMPION,
+    run_name: str = "",
+    tags: dict[str, str] | None = None,
 ) -> str:
-    """Log the run and register the model as the champion; returns the model version."""
+    """Log the run and register the model (with `alias`, if any); returns the model version."""
     mlflow = registry.connect(mlflow_dir, "churn-model-training")
     from mlflow.models import infer_signature
 
-    x = dataset.select(MODEL_FEATURES).head(200).to_pandas()
+    x = dataset.select(trained.features).head(200).to_pandas()
     signature = infer_signature(x, trained.model.predict_proba(x.to_numpy())[:, 1])
-    with mlflow.start_run(run_name=f"churn-gbm-{trained_on:%Y%m%d}"):
+    with mlflow.start_run(run_name=run_name or f"churn-gbm-{trained_on:%Y%m%d}"):
         mlflow.log_params(trained.params)
         mlflow.log_metrics(trained.metrics)
         mlflow.log_metrics({f"importance_{k}": v for k, v in trained.importances.items()})
@@ -181,6 +198,7 @@ def register(
                 "dataset_digest": trained.dataset_digest,
                 "dataset_rows": str(trained.rows),
                 "label": "cancelled within 14 days of score date",
+                **(tags or {}),
             }
         )
         mlflow.log_dict(trained.importances, "feature_importances.json")
@@ -194,11 +212,12 @@ def register(
                 pip_requirements=registry.pip_requirements(),
             )
     version = str(info.registered_model_version)
-    registry.set_alias(
-        mlflow,
-        registry.CHURN_MODEL,
-        registry.CHAMPION,
-        version,
-        {"deployed_on": str(deployed_on), "decision_threshold": str(trained.threshold)},
-    )
+    if alias is not None:
+        registry.set_alias(
+            mlflow,
+            registry.CHURN_MODEL,
+            alias,
+            version,
+            {"deployed_on": str(deployed_on), "decision_threshold": str(trained.threshold)},
+        )
     return version

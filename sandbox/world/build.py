@@ -19,11 +19,13 @@ import duckdb
 import polars as pl
 
 from sandbox import __version__
+from sandbox.faults.base import HookContext
 from sandbox.monitor import alerts, metrics, performance
 from sandbox.monitor.drift import DriftMonitor
 from sandbox.pipeline import label, registry, retrieve, train
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 from sandbox.pipeline.ops import changelog
+from sandbox.pipeline.release import Release
 from sandbox.scenario import Scenario
 from sandbox.world import corpus, descriptions
 from sandbox.world.layout import WorldPaths
@@ -95,15 +97,30 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     reports_due = cal.last_production_day
     total_days = cal.last_simulated_day - cal.first_day + 1
 
-    def register_model(trained: train.TrainedModel, training_set: pl.DataFrame) -> str:
+    def register_model(
+        release: Release, trained: train.TrainedModel, training_set: pl.DataFrame
+    ) -> str:
         nonlocal drift
-        drift = DriftMonitor(_drift_reference(training_set), MODEL_FEATURES, workers=1)
-        return train.register(trained, paths.mlflow, training_set, cal.date(0), cal.date(1))
+        if drift is None:  # monitoring compares against the first model's training data
+            drift = DriftMonitor(_drift_reference(training_set), MODEL_FEATURES, workers=1)
+        return train.register(
+            trained,
+            paths.mlflow,
+            training_set,
+            trained_on=cal.date(release.day - 1),
+            deployed_on=cal.date(release.day),
+            alias=release.alias,
+            run_name=release.run_name,
+            tags=release.tags,
+        )
 
     def on_day(day: int, served: pl.DataFrame | None) -> None:
         progress("simulate", day - cal.first_day + 1, total_days)
         if drift is not None and served is not None and day <= reports_due:
-            drift.submit(cal.date(day), served.select(MODEL_FEATURES))
+            reference = scenario.fault_set.apply(
+                "monitor.drift_reference", None, HookContext(seed, day, cal)
+            )
+            drift.submit(cal.date(day), served.select(MODEL_FEATURES), reference)
 
     sim = Simulation(scenario, wh, truth, register_model, on_day)
     result = sim.run(articles, encoder, index)
@@ -115,15 +132,18 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     wh.append("ops.feature_job_runs", job.run_frame().filter(pl.col("started_at") < cutoff))
     wh.append("feature_store.imputation_policy", job.policy_frame())
     wh.append("ops.changelog", changelog(cal, scenario.fault_set))
-    wh.append(
-        "training.churn_training_set",
-        result.training_set.with_columns(
-            pl.when(pl.col("score_date") >= train.holdout_start(result.training_set))
-            .then(pl.lit("holdout"))
-            .otherwise(pl.lit("train"))
-            .alias("split")
-        ),
-    )
+    for deployment in result.deployments:
+        dataset = deployment.training_set
+        wh.append(
+            "training.churn_training_set",
+            dataset.with_columns(
+                pl.lit(deployment.version).alias("model_version"),
+                pl.when(pl.col("score_date") >= train.holdout_start(dataset))
+                .then(pl.lit("holdout"))
+                .otherwise(pl.lit("train"))
+                .alias("split"),
+            ),
+        )
     wh.flush()
     batch = wh.con.sql(
         "SELECT customer_id, request_ts::DATE AS score_date, score, decision "
@@ -137,6 +157,9 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     scored = batch.join(labels, on=["customer_id", "score_date"]).join(segments, on="customer_id")
     wh.append("monitoring.model_performance_daily", performance.daily_performance(scored))
     series = metrics.build_series(wh.con, job.health_frame().filter(pl.col("ts") < cutoff))
+    series = scenario.fault_set.apply(
+        "monitor.metrics", series, HookContext(seed, cal.last_visible_day, cal)
+    )
     wh.append(metrics.METRIC_TABLE, series)
     wh.append("monitoring.alerts", alerts.evaluate(series))
     wh.append("monitoring.alert_rules", alerts.rules_frame())
@@ -147,7 +170,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     with drift:
         wh.append("monitoring.drift_feature_daily", drift.rows())
         wh.append("monitoring.drift_daily", drift.summary_rows())
-    wh.append("monitoring.drift_reference", _drift_reference(result.training_set))
+    wh.append("monitoring.drift_reference", _drift_reference(result.initial.training_set))
     progress("drift reports", 1, 1)
 
     logs = result.logs.frame().filter(pl.col("ts") < cutoff)
@@ -157,9 +180,13 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     truth.close()
     _export_logs(logs, paths)
 
+    for version, (later, first_day) in sorted(result.encoders.items()):
+        if version != encoder.version:
+            _register_encoder(later, None, paths, cal.date(first_day))
     paths.scenario.write_text(scenario.text)
-    keys = [f.answer_key(cal).model_dump(mode="json") for f in scenario.faults]
-    paths.answer_key.write_text(json.dumps({"faults": keys}, indent=2))
+    keys = [f.key(cal).model_dump(mode="json") for f in scenario.faults]
+    decoys = [d.note(cal).model_dump(mode="json") for d in scenario.decoys]
+    paths.answer_key.write_text(json.dumps({"faults": keys, "decoys": decoys}, indent=2))
 
     con = duckdb.connect(str(paths.duckdb), read_only=True)
     try:
@@ -184,16 +211,21 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
         },
         "model": {
             "name": registry.CHURN_MODEL,
-            "version": result.model_version,
-            **{k: v for k, v in result.trained.metrics.items() if k.startswith("holdout_")},
+            "version": result.initial.version,
+            **{k: v for k, v in result.initial.trained.metrics.items() if k.startswith("holdout_")},
         },
         "sandbox_version": __version__,
     }
 
 
 def _register_encoder(
-    encoder: retrieve.Encoder, index: retrieve.ArticleIndex, paths: WorldPaths, built_on: object
+    encoder: retrieve.Encoder,
+    index: retrieve.ArticleIndex | None,
+    paths: WorldPaths,
+    built_on: object,
 ) -> None:
+    """Register an encoder version and make it the production alias; `index` is the article
+    index built with it, if one was."""
     mlflow = registry.connect(paths.mlflow, "ticket-encoder")
     with mlflow.start_run(run_name=f"ticket-encoder-v{encoder.version}"):
         mlflow.log_params(
@@ -203,9 +235,10 @@ def _register_encoder(
                 "encoder_version": encoder.version,
             }
         )
-        mlflow.set_tags(
-            {"training_date": str(built_on), "index_version": index.meta["index_version"]}
-        )
+        tags = {"training_date": str(built_on)}
+        if index is not None:
+            tags["index_version"] = str(index.meta["index_version"])
+        mlflow.set_tags(tags)
         with registry.quiet():
             info = mlflow.sklearn.log_model(
                 encoder.pipeline,

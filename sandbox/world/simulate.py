@@ -25,25 +25,38 @@ from sandbox.pipeline import retrieve, store, train
 from sandbox.pipeline.features import MODEL_FEATURES, FeatureJob
 from sandbox.pipeline.ingest import Ingest
 from sandbox.pipeline.registry import CHURN_MODEL
+from sandbox.pipeline.release import INITIAL_RELEASE, Release
 from sandbox.pipeline.serve import MATERIALIZE_HOUR, ModelServer
 from sandbox.scenario import Scenario
 from sandbox.world import population, support
 from sandbox.world.behaviour import WorldState
 from sandbox.world.warehouse import Warehouse
 
-TRAINING_SCORE_DAYS = [-14 - 5 * k for k in range(8)]  # weekly-ish, staggered weekdays
 OFFER_TEXT = "50% off for 2 months"
+
+
+@dataclass
+class Deployment:
+    """A release as it happened: the trained model, its training set and registry version."""
+
+    release: Release
+    trained: train.TrainedModel
+    training_set: pl.DataFrame
+    version: str
 
 
 @dataclass
 class SimulationResult:
     customers: pl.DataFrame
-    trained: train.TrainedModel
-    training_set: pl.DataFrame
-    model_version: str
+    deployments: list[Deployment]
     cancellations: pl.DataFrame
     feature_job: FeatureJob
     logs: LogSink
+    encoders: dict[int, tuple[retrieve.Encoder, int]]  # version -> (encoder, first day used)
+
+    @property
+    def initial(self) -> Deployment:
+        return self.deployments[0]
 
 
 class Simulation:
@@ -52,7 +65,7 @@ class Simulation:
         scenario: Scenario,
         warehouse: Warehouse,
         truth: Warehouse,
-        register_model: Callable[[train.TrainedModel, pl.DataFrame], str],
+        register_model: Callable[[Release, train.TrainedModel, pl.DataFrame], str],
         on_day: Callable[[int, pl.DataFrame | None], None] = lambda day, served: None,
     ) -> None:
         self.scenario = scenario
@@ -93,10 +106,10 @@ class Simulation:
         job = FeatureJob(self.seed, cal, self.faults, customers, self.logs)
         cancellations: list[pl.DataFrame] = []
         online: pl.DataFrame | None = None
-        server: ModelServer | None = None
-        trained: train.TrainedModel | None = None
-        training_set: pl.DataFrame | None = None
-        version = ""
+        server = ModelServer(self.seed, cal, self.faults, CHURN_MODEL, self.logs)
+        releases = self._releases()
+        deployments: list[Deployment] = []
+        self.encoders: dict[int, tuple[retrieve.Encoder, int]] = {}
         prev_active = np.empty(0, dtype=np.int64)
         for day in range(cal.first_day - population.WARM_UP_DAYS, cal.first_day):
             state.warm_up(day)
@@ -107,42 +120,10 @@ class Simulation:
             if day - 1 >= cal.first_feature_day:
                 rows = job.run(day - 1, prev_active)
                 self._append(day, store.OFFLINE_TABLE, rows)
-            if day == 1:
-                self.wh.flush()  # the training set is read from the offline store
-                spine = train.training_spine(
-                    self._active_lifecycle(state), cal, TRAINING_SCORE_DAYS
-                )
-                known = pl.concat(cancellations).filter(pl.col("event_ts") < cal.midnight(1))
-                training_set = train.build_training_set(
-                    self.wh.con,
-                    spine,
-                    known,
-                    cal,
-                    self.scenario.world.label_horizon_days,
-                    self.faults,
-                    self.seed,
-                )
-                trained = train.fit(training_set, self.seed)
-                version = self.register_model(trained, training_set)
-                self.logs.emit(
-                    cal.at(0, 16),
-                    "training",
-                    "info",
-                    "model_registered",
-                    f"{CHURN_MODEL} version {version} registered and aliased champion",
-                    **trained.metrics,
-                )
-                server = ModelServer(
-                    self.seed,
-                    cal,
-                    self.faults,
-                    trained.model,
-                    CHURN_MODEL,
-                    version,
-                    trained.threshold,
-                    self.logs,
-                )
-            if day >= 1 and server is not None:
+            if day in releases:
+                deployment = self._release(releases[day], state, cancellations, server)
+                deployments.append(deployment)
+            if day >= 1:
                 before = online if online is not None else rows[:0]
                 materialized_at = cal.at(day, MATERIALIZE_HOUR)
                 online = store.materialize(rows, materialized_at)
@@ -175,7 +156,7 @@ class Simulation:
                             "customer_id": offered,
                             "offered_at": [cal.at(day, 9.0)] * len(offered),
                             "offer": [OFFER_TEXT] * len(offered),
-                            "model_version": [version] * len(offered),
+                            "model_version": [server.model_version] * len(offered),
                         },
                         schema_overrides={
                             "offered_at": pl.Datetime("us"),
@@ -220,7 +201,6 @@ class Simulation:
             prev_active = state.customer_id[state.active & (state.cancel_day != day)]
             self.on_day(day, served)
 
-        assert trained is not None and training_set is not None
         # Customers who left before the data history starts never reach the warehouse.
         seen = customers.filter(pl.Series(state.cancel_day >= cal.first_day))
         self.wh.append("raw.customers", population.raw_customer_rows(seen, cal))
@@ -228,13 +208,77 @@ class Simulation:
         self.truth.append("sim.customers", seen.select("customer_id", pl.col("^latent_.*$")))
         return SimulationResult(
             customers=customers,
-            trained=trained,
-            training_set=training_set,
-            model_version=version,
+            deployments=deployments,
             cancellations=pl.concat(cancellations),
             feature_job=job,
             logs=self.logs,
+            encoders=self.encoders,
         )
+
+    def _releases(self) -> dict[int, Release]:
+        cal = self.calendar
+        planned = self.faults.apply(
+            "train.releases", [INITIAL_RELEASE], HookContext(self.seed, 0, cal)
+        )
+        by_day = {r.day: r for r in sorted(planned, key=lambda r: r.day)}
+        if 1 not in by_day or any(d < 1 or d > cal.last_production_day for d in by_day):
+            raise ValueError("releases must include day 1 and fall within production")
+        return by_day
+
+    def _release(
+        self,
+        release: Release,
+        state: WorldState,
+        cancellations: list[pl.DataFrame],
+        server: ModelServer,
+    ) -> Deployment:
+        """Train at 16:00 the day before `release.day`, register, and maybe deploy."""
+        cal = self.calendar
+        trained_day = release.day - 1
+        trained_at = cal.at(trained_day, 16)
+        self.wh.flush()  # the training set is read from the offline store
+        spine = train.training_spine(
+            self._active_lifecycle(state), cal, list(release.training_days())
+        )
+        known = pl.concat(cancellations).filter(pl.col("event_ts") < cal.midnight(release.day))
+        training_set = train.build_training_set(
+            self.wh.con,
+            spine,
+            known,
+            cal,
+            self.scenario.world.label_horizon_days,
+            self.faults,
+            self.seed,
+            release_day=release.day,
+            snapshot_at=trained_at if release.snapshot_features else None,
+        )
+        trained = train.fit(
+            training_set, self.seed, list(release.features), release.positive_weight
+        )
+        version = self.register_model(release, trained, training_set)
+        self.logs.emit(
+            trained_at,
+            "training",
+            "info",
+            "model_registered",
+            f"{CHURN_MODEL} version {version} registered"
+            + (f" and aliased {release.alias}" if release.alias else ""),
+            **trained.metrics,
+        )
+        if release.served:
+            keep = release.keep_threshold and server.model is not None
+            threshold = server.threshold if keep else trained.threshold
+            server.deploy(trained.model, version, threshold, trained.features)
+            self.logs.emit(
+                cal.at(release.day, 5.5),
+                "model-server",
+                "info",
+                "model_loaded",
+                f"loaded {CHURN_MODEL} version {version}",
+                model_version=version,
+                threshold=threshold,
+            )
+        return Deployment(release, trained, training_set, version)
 
     def _support_day(
         self,
@@ -252,6 +296,7 @@ class Simulation:
         )
         ctx = HookContext(self.seed, day, cal)
         query_encoder = self.faults.apply("retrieve.query_encoder", encoder, ctx)
+        self.encoders.setdefault(query_encoder.version, (query_encoder, day))
         if tickets.height:
             ids, scores = index.search(query_encoder.encode(tickets["body"]))
         else:

@@ -1,0 +1,1 @@
+"""Decoys: harmless production changes planted beside the faults (red herrings)."""

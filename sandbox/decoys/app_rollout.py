@@ -1,0 +1,125 @@
+"""A benign app release rolls out on one device: a new app_version string, nothing else.
+
+Candidates who slice by app version will see the new version's share grow in the same weeks the
+trouble starts. Its customers behave exactly like everyone else's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import duckdb
+import polars as pl
+from pydantic import Field
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext
+from sandbox.rng import stable_unit
+from sandbox.world.population import DEVICES
+
+
+class Params(DecoyParams):
+    device: Literal[tuple(DEVICES)] = Field(  # type: ignore[valid-type]
+        "android", description="Device whose app gets the release."
+    )
+    version: str = Field("6.0.0", pattern=r"^\d+\.\d+\.\d+$", description="The new app version.")
+    rollout_days: int = Field(5, ge=1, le=14, description="Days until every customer has it.")
+
+
+class AppRollout(Decoy):
+    id: ClassVar[str] = "app-rollout"
+    title: ClassVar[str] = "Benign app-version rollout"
+    hook_points: ClassVar[tuple[str, ...]] = ("ingest.activity",)
+    Params: ClassVar[type[DecoyParams]] = Params
+
+    params: Params
+
+    def _share(self, day: int) -> float:
+        if day < self.params.day:
+            return 0.0
+        return min(1.0, (day - self.params.day + 1) / self.params.rollout_days)
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        share = self._share(ctx.day)
+        if point != "ingest.activity" or share == 0:
+            return value
+        updated = pl.Series(stable_unit(value["customer_id"].to_numpy(), self.id) < share)
+        return value.with_columns(
+            pl.when(updated & (pl.col("device") == self.params.device))
+            .then(pl.lit(self.params.version))
+            .otherwise(pl.col("app_version"))
+            .alias("app_version")
+        )
+
+    def _title(self) -> str:
+        return f"{self.params.device} app {self.params.version} staged rollout"
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        return [
+            {
+                "day": self.params.day,
+                "hour": 11.0,
+                "kind": "deploy",
+                "service": "mobile-apps",
+                "title": self._title(),
+                "body": f"New home screen and download manager; staged over "
+                f"{self.params.rollout_days} days.",
+                "author": "apps-team",
+            }
+        ]
+
+    def note(self, calendar: Calendar) -> DecoyNote:
+        start = calendar.date(self.params.day)
+        end = calendar.date(calendar.last_visible_day)
+        return DecoyNote(
+            decoy_id=self.id,
+            title=self.title,
+            what_happened=f"{self.params.device} app {self.params.version} rolled out from "
+            f"{start} over {self.params.rollout_days} days.",
+            why_harmless="Only the app_version label changes: watch time, sessions, errors and "
+            "churn of its users match the users of the previous version.",
+            evidence=[
+                Evidence(
+                    id="app-version",
+                    kind="table_column",
+                    ref="raw.viewing_activity.app_version",
+                    description="the new version's share grows after the rollout",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="app-release-note",
+                    kind="changelog",
+                    ref=self._title(),
+                    description="the rollout announcement",
+                    window_start=start,
+                    window_end=end,
+                ),
+            ],
+        )
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        before, after, since = con.execute(
+            """
+            SELECT avg((app_version = $v)::INT) FILTER (WHERE activity_date < $start),
+                   avg((app_version = $v)::INT) FILTER (WHERE activity_date >= $full),
+                   avg((app_version = $v)::INT) FILTER (WHERE activity_date >= $start)
+            FROM raw.viewing_activity WHERE device = $device
+            """,
+            {
+                "v": self.params.version,
+                "start": calendar.date(self.params.day),
+                "full": calendar.date(self.params.day + self.params.rollout_days),
+                "device": self.params.device,
+            },
+        ).fetchall()[0]
+        return [
+            Check(
+                name="the new app version rolls out after its day",
+                # A rollout that ends after the last visible day only has to have started.
+                passed=(before or 0.0) == 0.0
+                and ((after or 0.0) >= 0.95 if after is not None else (since or 0.0) > 0),
+                detail=f"share of {self.params.device} activity on {self.params.version}: "
+                f"{before} before, {after} once fully rolled out",
+            )
+        ]

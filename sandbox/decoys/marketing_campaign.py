@@ -1,0 +1,110 @@
+"""A marketing email campaign sends subscribers to the app: online traffic jumps for a few days.
+
+Ordinary business life: request rates, latency at peak and maybe a latency alert move, and they
+move back. Nothing about the model or its data changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import duckdb
+from pydantic import Field
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext
+
+TITLE = "marketing: spring catalogue email to all subscribers"
+
+
+class Params(DecoyParams):
+    days: int = Field(3, ge=1, le=7, description="How long the extra traffic lasts.")
+    traffic_multiplier: float = Field(
+        2.5, ge=1.5, le=5.0, description="Online request volume during the campaign, x normal."
+    )
+
+
+class MarketingCampaign(Decoy):
+    id: ClassVar[str] = "marketing-campaign"
+    title: ClassVar[str] = "Marketing campaign traffic spike"
+    hook_points: ClassVar[tuple[str, ...]] = ("serve.traffic",)
+    Params: ClassVar[type[DecoyParams]] = Params
+
+    params: Params
+
+    def _active(self, day: int) -> bool:
+        return self.params.day <= day < self.params.day + self.params.days
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        if point == "serve.traffic" and self._active(ctx.day):
+            return value * self.params.traffic_multiplier
+        return value
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        return [
+            {
+                "day": self.params.day,
+                "hour": 8.0,
+                "kind": "business",
+                "service": "marketing",
+                "title": TITLE,
+                "body": f"New-season catalogue email; expect more app opens for about "
+                f"{self.params.days} days.",
+                "author": "growth-team",
+            }
+        ]
+
+    def note(self, calendar: Calendar) -> DecoyNote:
+        start = calendar.date(self.params.day)
+        end = calendar.date(self.params.day + self.params.days - 1)
+        return DecoyNote(
+            decoy_id=self.id,
+            title=self.title,
+            what_happened=f"An email campaign from {start} to {end} raised online prediction "
+            f"traffic about {self.params.traffic_multiplier}x.",
+            why_harmless="More requests from the same customers, scored by the same model on the "
+            "same features; traffic and latency return to normal afterwards.",
+            evidence=[
+                Evidence(
+                    id="campaign-traffic",
+                    kind="metric",
+                    ref="requests_per_second",
+                    description="model-server request rate jumps for the campaign days",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="campaign-notice",
+                    kind="changelog",
+                    ref=TITLE,
+                    description="the campaign announcement",
+                    window_start=start,
+                    window_end=end,
+                ),
+            ],
+        )
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        start = calendar.date(self.params.day)
+        end = calendar.date(self.params.day + self.params.days - 1)
+        during, other = con.execute(
+            """
+            WITH daily AS (
+                SELECT request_ts::DATE AS d, count(*) AS n FROM serving.predictions
+                WHERE source = 'online' GROUP BY 1
+            )
+            SELECT median(n) FILTER (WHERE d BETWEEN $1 AND $2),
+                   median(n) FILTER (WHERE d NOT BETWEEN $1 AND $2)
+            FROM daily
+            """,
+            [start, end],
+        ).fetchall()[0]
+        ratio = (during or 0) / other if other else 0.0
+        return [
+            Check(
+                name="online traffic jumps during the campaign",
+                passed=ratio >= 0.6 * self.params.traffic_multiplier,
+                detail=f"median online requests per day {during} during, {other} otherwise "
+                f"({ratio:.2f}x)",
+            )
+        ]
