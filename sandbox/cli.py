@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sandbox import scenario as scenario_mod
+from sandbox.decoys import registry as decoy_registry
 from sandbox.faults import registry
 
 app = typer.Typer(
@@ -22,7 +23,9 @@ app = typer.Typer(
 )
 faults_app = typer.Typer(no_args_is_help=True, help="The fault catalog.")
 scenario_app = typer.Typer(no_args_is_help=True, help="Scenario files.")
+decoys_app = typer.Typer(no_args_is_help=True, help="Decoys: harmless changes beside the faults.")
 app.add_typer(faults_app, name="faults")
+app.add_typer(decoys_app, name="decoys")
 app.add_typer(scenario_app, name="scenario")
 console = Console()
 err = Console(stderr=True)
@@ -155,11 +158,19 @@ def report_cmd(
 
 
 @faults_app.command("list")
-def faults_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def faults_list(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="The table the README's catalog section holds.")
+    ] = False,
+) -> None:
     """Every fault that can be planted."""
     entries = [_describe_fault(cls) for cls in registry.catalog().values()]
     if as_json:
         console.print_json(json.dumps(entries))
+        return
+    if markdown:
+        typer.echo(fault_table_markdown())
         return
     table = Table(title="fault catalog")
     for col in ("id", "stages", "difficulty", "title"):
@@ -192,7 +203,42 @@ def faults_show(fault_id: str) -> None:
     console.print(table)
 
 
-def _describe_fault(cls: type) -> dict:
+@decoys_app.command("list")
+def decoys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every decoy a scenario can add (its `[[decoys]]` entries name them by `kind`)."""
+    entries = [
+        {
+            "kind": cls.id,
+            "title": cls.title,
+            "hooks": list(cls.hook_points),
+            "doc": _paragraphs(inspect.getdoc(inspect.getmodule(cls)) or ""),
+            "parameters": _describe_params(cls),
+        }
+        for cls in decoy_registry.catalog().values()
+    ]
+    if as_json:
+        console.print_json(json.dumps(entries))
+        return
+    table = Table(title="decoys")
+    for col in ("kind", "title", "parameters"):
+        table.add_column(col)
+    for e in entries:
+        params = ", ".join(f"{p['name']}={json.dumps(p['default'])}" for p in e["parameters"])
+        table.add_row(e["kind"], e["title"], params)
+    console.print(table)
+
+
+def fault_table_markdown() -> str:
+    rows = ["| id | stage | difficulty | the candidate observes |", "| --- | --- | --- | --- |"]
+    for e in (_describe_fault(cls) for cls in registry.catalog().values()):
+        stages = ", ".join(e["stages"])
+        rows.append(
+            f"| `{e['id']}`: {e['title']} | {stages} | {e['difficulty']} | {e['observation']} |"
+        )
+    return "\n".join(rows)
+
+
+def _describe_params(cls: type) -> list[dict]:
     schema = cls.Params.model_json_schema()
     params = []
     for name, prop in schema["properties"].items():
@@ -211,6 +257,11 @@ def _describe_fault(cls: type) -> dict:
                 "type": prop.get("type"),
             }
         )
+    return params
+
+
+def _describe_fault(cls: type) -> dict:
+    params = _describe_params(cls)
     hooks = list(cls.hook_points)
     return {
         "id": cls.id,
@@ -235,7 +286,8 @@ def scenario_validate(file: Path) -> None:
     spec = _load(file)
     console.print(
         f"{file}: ok — world {spec.world.name!r}, seed {spec.world.seed}, "
-        f"{spec.world.n_customers:,} customers, {len(spec.faults)} fault(s)"
+        f"{spec.world.n_customers:,} customers, {len(spec.faults)} fault(s), "
+        f"{len(spec.decoys)} decoy(s)"
     )
 
 

@@ -1,8 +1,14 @@
-"""Shared worlds: built once per test session at a small scale and reused by every test."""
+"""Shared worlds: built once per test session at a small scale and reused by every test.
+
+Every registered fault and decoy is planted in exactly one of `FAULT_WORLDS` (faults that do not
+disturb each other share a world), so the catalog tests can check each one on a real build.
+"""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -12,26 +18,107 @@ from sandbox.world.build import BuildSummary, build
 
 SMALL_SCALE = 0.4  # 10,000 customers: stable weekly metrics; build time is mostly fixed costs
 REPO = Path(__file__).resolve().parents[1]
-CONTROL_SCENARIO = REPO / "scenarios" / "control.toml"
+EXAMPLES = REPO / "scenarios"
+CONTROL_SCENARIO = EXAMPLES / "control.toml"
+
+# name -> an example scenario file, or the faults and decoys to plant with the default brief.
+FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
+    "default": Path("default"),
+    "leakage": EXAMPLES / "label-leakage.toml",
+    "embedding": EXAMPLES / "embedding-index-mismatch.toml",
+    "composite": EXAMPLES / "composite.toml",
+    "immature-labels": {
+        "faults": [{"id": "retrain-immature-labels"}, {"id": "upstream-unit-change"}],
+        "decoys": [{"kind": "infra-incident", "day": 24}],
+    },
+    "time-travel": {
+        "faults": [{"id": "training-time-travel"}, {"id": "duplicate-billing-events"}],
+        "decoys": [],
+    },
+    "version-mismatch": {
+        "faults": [{"id": "served-version-mismatch"}, {"id": "online-offline-skew"}],
+        "decoys": [],
+    },
+    "threshold": {
+        "faults": [{"id": "stale-decision-threshold"}, {"id": "serving-default-fallback"}],
+        "decoys": [],
+    },
+    "monitoring": {
+        "faults": [{"id": "rolling-drift-reference"}, {"id": "metric-series-dropped"}],
+        "decoys": [],
+    },
+}
+# Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
+# largest, each on another target where the fault has one.
+EDGE_WORLDS: dict[str, dict[str, list[dict[str, Any]]]] = {
+    "edge-early": {
+        "faults": [
+            {
+                "id": "feature-nulls-wrong-mean",
+                "onset_day": 1,
+                "ramp_days": 0,
+                "target_feature": "minutes_per_session_28d",
+                "null_share": 0.05,
+                "fill_multiplier": 0.4,
+            },
+            {"id": "label-leakage", "onset_day": 2, "leak_strength": 0.5},
+            {"id": "upstream-unit-change", "onset_day": 1, "target_device": "ios"},
+        ],
+        "decoys": [{"kind": "app-rollout", "day": 1, "device": "web"}],
+    },
+    "edge-late": {
+        "faults": [
+            {"id": "retrain-immature-labels", "onset_day": 40, "newest_label_age_days": 0},
+            {"id": "duplicate-billing-events", "onset_day": 40, "duplicate_share": 0.8},
+            {"id": "embedding-index-mismatch", "onset_day": 40},
+        ],
+        "decoys": [{"kind": "marketing-campaign", "day": 40, "days": 7}],
+    },
+}
 
 
-def _build(tmp_path_factory: pytest.TempPathFactory, name: str, spec: scenario.Scenario):
-    return build(spec, tmp_path_factory.mktemp(name) / "world")
+def scenario_for(name: str) -> scenario.Scenario:
+    source = {**FAULT_WORLDS, **EDGE_WORLDS}[name]
+    if source == Path("default"):
+        spec = scenario.load(None)
+    elif isinstance(source, Path):
+        spec = scenario.load(source)
+    else:
+        default = tomllib.loads(scenario.load(None).text)
+        raw = {"world": default["world"], "brief": default["brief"], **source}
+        spec = scenario.Scenario(raw, f"<test world {name}>")
+    return spec.with_overrides(seed=7, scale=SMALL_SCALE)
+
+
+class Worlds:
+    """Builds a named world on first use; later requests get the same build."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory = factory
+        self.built: dict[str, BuildSummary] = {}
+
+    def get(self, name: str) -> BuildSummary:
+        if name not in self.built:
+            self.built[name] = build(scenario_for(name), self.factory.mktemp(name) / "world")
+        return self.built[name]
 
 
 @pytest.fixture(scope="session")
-def faulty_world(tmp_path_factory: pytest.TempPathFactory) -> BuildSummary:
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> Worlds:
+    return Worlds(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def faulty_world(worlds: Worlds) -> BuildSummary:
     """The default scenario (with its planted fault) at a small scale."""
-    return _build(
-        tmp_path_factory, "default", scenario.load(None).with_overrides(scale=SMALL_SCALE)
-    )
+    return worlds.get("default")
 
 
 @pytest.fixture(scope="session")
 def control_world(tmp_path_factory: pytest.TempPathFactory) -> BuildSummary:
-    """The no-fault control scenario, same seed and scale as `faulty_world`."""
+    """The no-fault control scenario, same seed and scale as every fault world."""
     spec = scenario.load(CONTROL_SCENARIO).with_overrides(seed=7, scale=SMALL_SCALE)
-    return _build(tmp_path_factory, "nofaults", spec)
+    return build(spec, tmp_path_factory.mktemp("nofaults") / "world")
 
 
 def connect(world: BuildSummary) -> duckdb.DuckDBPyConnection:

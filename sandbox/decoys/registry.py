@@ -6,11 +6,17 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from sandbox.decoys.app_rollout import AppRollout
+from sandbox.decoys.competitor_launch import CompetitorLaunch
 from sandbox.decoys.infra_incident import InfraIncident
 from sandbox.decoys.marketing_campaign import MarketingCampaign
 from sandbox.faults.base import Decoy
 
-BUILTIN: tuple[type[Decoy], ...] = (MarketingCampaign, InfraIncident, AppRollout)
+BUILTIN: tuple[type[Decoy], ...] = (
+    MarketingCampaign,
+    InfraIncident,
+    AppRollout,
+    CompetitorLaunch,
+)
 ENTRY_POINT_GROUP = "sandbox.decoys"
 
 

@@ -5,6 +5,8 @@ day; for `monitor.metrics`, the last visible day, since the series covers the wh
 """
 
 HOOK_POINTS: dict[str, str] = {
+    "world.state": "the simulated customers' latent state at the start of a day "
+    "(world.behaviour.WorldState; changes here are real-world changes, not pipeline ones)",
     "ingest.activity": "one day's raw viewing-activity rows (Polars frame) as they land in raw tables",
     "ingest.billing": "one day's raw billing events (Polars frame)",
     "ingest.tickets": "one day's raw support tickets (Polars frame)",

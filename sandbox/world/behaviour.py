@@ -67,6 +67,7 @@ class WorldState:
         self.customer_id = customers["customer_id"].to_numpy()
         self.signup_day = customers["signup_day"].to_numpy()
         self.device = customers["device"].to_numpy()
+        self.region = customers["region"].to_numpy()
         self.payment_method = customers["payment_method"].to_numpy()
         self.price_tier = (
             customers["plan"]

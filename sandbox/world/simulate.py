@@ -116,6 +116,7 @@ class Simulation:
 
         for day in range(cal.first_day, cal.last_simulated_day + 1):
             state.start_day(day)
+            self.faults.apply("world.state", state, HookContext(self.seed, day, cal))
             served: pl.DataFrame | None = None
             if day - 1 >= cal.first_feature_day:
                 rows = job.run(day - 1, prev_active)

@@ -28,12 +28,19 @@ def offline_rows(rows: list[tuple[int, int, float, float]]) -> pl.DataFrame:
     ).cast({"event_timestamp": pl.Datetime("us"), "created_timestamp": pl.Datetime("us")})
 
 
-def join(offline: pl.DataFrame, spine: pl.DataFrame, ttl_hours: float = 72) -> pl.DataFrame:
+def join(
+    offline: pl.DataFrame,
+    spine: pl.DataFrame,
+    ttl_hours: float = 72,
+    snapshot_at: dt.datetime | None = None,
+) -> pl.DataFrame:
     con = duckdb.connect()
     con.execute("CREATE SCHEMA feature_store")
     con.register("o", offline.to_arrow())
     con.execute(f"CREATE TABLE {store.OFFLINE_TABLE} AS SELECT * FROM o")
-    return store.point_in_time_join(con, spine, ttl=dt.timedelta(hours=ttl_hours))
+    return store.point_in_time_join(
+        con, spine, ttl=dt.timedelta(hours=ttl_hours), snapshot_at=snapshot_at
+    )
 
 
 def spine(*rows: tuple[int, float]) -> pl.DataFrame:
@@ -49,6 +56,14 @@ def test_takes_the_latest_row_known_at_score_time() -> None:
     offline = offline_rows([(1, 10, 0, 2), (1, 20, 24, 26), (1, 30, 48, 50)])
     out = join(offline, spine((1, 30), (1, 49), (1, 51)))
     assert out["sessions_7d"].to_list() == [20.0, 20.0, 30.0]
+
+
+def test_a_snapshot_join_takes_what_was_known_later() -> None:
+    # The "latest values" reader: every row gets the values known at one moment, future included.
+    offline = offline_rows([(1, 10, 0, 2), (1, 20, 24, 26), (1, 30, 200, 202)])
+    out = join(offline, spine((1, 3), (1, 30)), snapshot_at=T0 + dt.timedelta(hours=100))
+    assert out["sessions_7d"].to_list() == [20.0, 20.0]
+    assert out["feature_event_ts"].to_list() == [T0 + dt.timedelta(hours=24)] * 2
 
 
 def test_a_row_written_after_score_time_never_leaks() -> None:

@@ -1,0 +1,303 @@
+"""A new model version learns the label through a near-duplicate feature it cannot have at serving.
+
+Story: the ML team adds "visits to the cancellation page in 14 days" from web analytics to the
+churn model. For training, the analytics team exported the feature per score date — but their
+report counts the 14 days *starting* at the date, the same window the label covers. Nearly every
+churner visits the cancellation page on the way out, so the column is almost a copy of the label
+and the new version's holdout AUC jumps. It ships as champion. At serving, the model server asks
+the analytics API for the last 14 days, where a visit says little about the next two weeks: the
+model's strongest feature is now noise, the flagged list fills with customers who merely looked,
+and precision falls while the registry shows the best holdout metrics the model ever had.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import duckdb
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from sandbox import rng
+from sandbox.clock import Calendar
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+)
+from sandbox.faults.measure import batch_quality, has_column, served_versions
+from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.pipeline.release import Release
+
+LEAK_FEATURE = "cancel_page_visits_14d"
+BROWSING_RATE = 0.05  # share of customers who look at the cancellation page in any 14 days
+TRAINING_TABLE = "training.churn_training_set"
+
+
+class Params(FaultParams):
+    ramp_days: int = Field(0, ge=0, le=0, description="A release is a step change.")
+    leak_strength: float = Field(
+        0.95,
+        ge=0.5,
+        le=0.99,
+        description="Share of churners whose training rows show a cancellation-page visit.",
+    )
+
+
+class LabelLeakage(Fault):
+    id: ClassVar[str] = "label-leakage"
+    title: ClassVar[str] = "Label leakage through a near-duplicate feature"
+    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    observation: ClassVar[str] = (
+        "A new model version with a superb holdout AUC ships; production precision and AUC fall "
+        "while the flagged share stays normal."
+    )
+    hook_points: ClassVar[tuple[str, ...]] = ("train.releases", "train.dataset", "serve.features")
+    Params: ClassVar[type[FaultParams]] = Params
+
+    params: Params
+
+    def _visits(self, seed: int, day: int, n: int, looked: np.ndarray) -> pl.Series:
+        g = rng.stream(seed, "web-analytics-cancel-page", day)
+        return pl.Series(LEAK_FEATURE, np.where(looked, 1 + g.poisson(1.2, n), 0), pl.Float64)
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        onset = self.params.onset_day
+        if point == "train.releases":
+            release = Release(
+                day=onset,
+                features=(*MODEL_FEATURES, LEAK_FEATURE),
+                run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}-web-analytics",
+                tags={"change": f"adds {LEAK_FEATURE} from web analytics"},
+                note="adds a web-analytics feature",
+            )
+            return [r for r in value if r.day != onset] + [release]
+        if point == "train.dataset" and ctx.day == onset:
+            # The export counted the 14 days from the score date on: the label's own window.
+            g = rng.stream(ctx.seed, "web-analytics-export", onset)
+            churned = value["churned"].to_numpy() == 1
+            looked = np.where(
+                churned,
+                g.random(value.height) < self.params.leak_strength,
+                g.random(value.height) < BROWSING_RATE,
+            )
+            return value.with_columns(self._visits(ctx.seed, onset, value.height, looked))
+        if point == "serve.features" and ctx.day >= onset:
+            # At serving the API answers for the past 14 days: browsing, not leaving.
+            g = rng.stream(ctx.seed, "web-analytics-api", ctx.day)
+            looked = g.random(value.height) < BROWSING_RATE
+            return value.with_columns(self._visits(ctx.seed, ctx.day, value.height, looked))
+        return value
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        onset = self.params.onset_day
+        return [
+            {
+                "day": onset - 1,
+                "hour": 17.0,
+                "kind": "deploy",
+                "service": "churn-model",
+                "title": "churn-model: new version with web-analytics signal promoted to champion",
+                "body": f"Adds {LEAK_FEATURE} (web analytics export). Holdout AUC well above the "
+                "current champion; serving reads the analytics API. Live with tomorrow's batch.",
+                "author": "ml-team",
+            }
+        ]
+
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        onset = self.params.onset_day
+        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        trained = calendar.date(onset - 1)
+        pct = round(self.params.leak_strength * 100)
+        return AnswerKey(
+            fault_id=self.id,
+            title=self.title,
+            root_cause=(
+                f"The churn-model version promoted on {trained} adds {LEAK_FEATURE}. Its training "
+                "values came from a web-analytics export that counts the 14 days starting at "
+                f"each score date - the label window - so ~{pct}% of churners and only "
+                f"~{round(BROWSING_RATE * 100)}% of others show a visit: a near-duplicate of the "
+                "label. The holdout (cut from the same leaky data) looks superb. At serving the "
+                "value is the past 14 days, which carries almost no signal, so from "
+                f"{start} the model flags customers who merely browsed the page and ranks "
+                "real churners worse."
+            ),
+            propagation=[
+                f"training data: {LEAK_FEATURE} computed over the label window (future data)",
+                "training: the model leans on it; holdout AUC jumps because the holdout leaks too",
+                "registry: the new version becomes champion on its holdout metrics",
+                "serving: the same feature from the past 14 days is noise; flagged share unchanged",
+                "business: offers go to browsers, not leavers; churn rises",
+                "labels (14 days later): production precision and AUC fall below the old model",
+            ],
+            evidence=[
+                Evidence(
+                    id="new-version",
+                    kind="table_column",
+                    ref="serving.predictions.model_version",
+                    description="a new model version serves from the release day",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="leaky-column",
+                    kind="table_column",
+                    ref=f"{TRAINING_TABLE}.{LEAK_FEATURE}",
+                    description="in the new training set the column almost equals churned",
+                    window_start=trained,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="quality-drop",
+                    kind="table_column",
+                    ref="monitoring.model_performance_daily.precision",
+                    description="production precision falls once the new version's labels arrive",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="model-loaded",
+                    kind="log_pattern",
+                    ref=r'"model_version": "\d+", "threshold"',
+                    description="model-server model_loaded line for the new version",
+                    window_start=start,
+                    window_end=start,
+                ),
+                Evidence(
+                    id="release-note",
+                    kind="changelog",
+                    ref="churn-model: new version with web-analytics signal promoted to champion",
+                    description="the release that added the feature",
+                    window_start=trained,
+                    window_end=end,
+                ),
+            ],
+            acceptable_fixes=[
+                "Roll back to the previous champion now.",
+                f"Rebuild {LEAK_FEATURE} point-in-time (only visits before the score time) and "
+                "retrain; validate on a time-split holdout built the same way as serving.",
+                "Add a leakage check to training: single-feature AUC near 1, or features that are "
+                "not available in the online store, block the release.",
+                "Compare training and serving distributions of every feature before promotion "
+                "(shadow deployment).",
+            ],
+            probes=[
+                "Why was the holdout AUC not a warning sign by itself?",
+                "How would you show the feature leaks without access to the analytics code?",
+                "What would you ship first, and what guardrail would stop the next leak?",
+                "What is the next experiment you would run to confirm the fix works in production?",
+            ],
+        )
+
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        return [
+            Step(
+                question="Did the model change while things got worse?",
+                sql="""
+                    SELECT model_version, min(request_ts)::DATE AS first_day,
+                           max(request_ts)::DATE AS last_day,
+                           round(avg(decision::INT), 3) AS flagged_share
+                    FROM serving.predictions WHERE source = 'batch'
+                    GROUP BY 1 ORDER BY first_day""",
+                evidence="new-version",
+                finding="a second model version took over at the release day",
+                found=lambda f: f.height >= 2,
+            ),
+            Step(
+                question="What does the new version train on that the feature store lacks?",
+                sql=f"""
+                    SELECT column_name FROM duckdb_columns()
+                    WHERE schema_name || '.' || table_name = '{TRAINING_TABLE}'
+                      AND column_name NOT IN (
+                          SELECT column_name FROM duckdb_columns()
+                          WHERE table_name = 'customer_features')""",
+                evidence="leaky-column",
+                finding=f"{LEAK_FEATURE} exists only in the training set",
+                found=lambda f: LEAK_FEATURE in f["column_name"].to_list(),
+            ),
+            Step(
+                question="How close is that column to the label?",
+                sql=f"""
+                    SELECT churned, count(*) AS n,
+                           round(avg(({LEAK_FEATURE} > 0)::INT), 3) AS share_with_visits
+                    FROM {TRAINING_TABLE}
+                    WHERE {LEAK_FEATURE} IS NOT NULL GROUP BY 1 ORDER BY 1""",
+                evidence="leaky-column",
+                finding="nearly every churner has a visit; almost no one else does",
+                found=lambda f: (
+                    f.height == 2
+                    and f["share_with_visits"][1] >= 0.8 * self.params.leak_strength
+                    and f["share_with_visits"][0] <= 2 * BROWSING_RATE
+                ),
+            ),
+            Step(
+                question="Is the new version better or worse in production?",
+                sql="""
+                    SELECT p.model_version, count(*) AS scored,
+                           round(avg(l.churned) FILTER (WHERE p.decision), 4) AS precision,
+                           round(avg(l.churned), 4) AS churn_rate
+                    FROM serving.predictions p JOIN labels.churn_labels l
+                      ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
+                    WHERE p.source = 'batch'
+                    GROUP BY 1 ORDER BY 1""",
+                evidence="quality-drop",
+                finding="the new version's flagged customers churn far less often",
+                found=lambda f: f.height >= 2 and f["precision"][-1] < 0.8 * f["precision"][0],
+            ),
+        ]
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        onset = self.params.onset_day
+        checks = []
+        if has_column(con, TRAINING_TABLE, LEAK_FEATURE):
+            churner_share, other_share = con.execute(
+                f"""
+                SELECT avg(({LEAK_FEATURE} > 0)::INT) FILTER (WHERE churned = 1),
+                       avg(({LEAK_FEATURE} > 0)::INT) FILTER (WHERE churned = 0)
+                FROM {TRAINING_TABLE} WHERE {LEAK_FEATURE} IS NOT NULL
+                """
+            ).fetchall()[0]
+        else:
+            churner_share, other_share = None, None
+        checks.append(
+            Check(
+                name="the new training set holds a near-copy of the label",
+                passed=churner_share is not None
+                and churner_share >= 0.8 * self.params.leak_strength
+                and other_share <= 2 * BROWSING_RATE,
+                detail=f"{LEAK_FEATURE} > 0 for {_pct(churner_share)} of churners and "
+                f"{_pct(other_share)} of others",
+            )
+        )
+        before = served_versions(con, calendar.date(1), calendar.date(onset - 1))
+        after = served_versions(con, calendar.date(onset), calendar.date(calendar.last_visible_day))
+        # Released on day 1, the new version replaced the first model: there is no "before".
+        switched = not before if onset == 1 else len(before) == 1 and set(before) != set(after)
+        checks.append(
+            Check(
+                name="a new version serves from the release day only",
+                passed=switched and len(after) == 1,
+                detail=f"versions before: {sorted(before)}, from the release: {sorted(after)}",
+            )
+        )
+        old = batch_quality(con, calendar, 1, onset - 1)
+        new = batch_quality(con, calendar, onset, calendar.last_production_day)
+        if old.measurable and new.measurable:
+            assert old.precision is not None and new.precision is not None
+            checks.append(
+                Check(
+                    name="production precision falls with the new version",
+                    passed=new.precision < 0.8 * old.precision,
+                    detail=f"before: {old.describe()}; after: {new.describe()}",
+                )
+            )
+        return checks
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

@@ -1,0 +1,255 @@
+"""A retrain uses score dates whose labels have not matured: recent churners are labelled loyal.
+
+Story: to make the model "fresher", the retraining job's window was moved up to the most recent
+days. The label is "cancelled within 14 days of the score date", so for any score date in the last
+14 days most churners have not cancelled *yet* and count as negatives. The new version learns from
+a world where almost nobody churns: its scores drop across the board, it learns only the customers
+already on their way out that day, and it misses the slower leavers. The retrain ran and
+registered like any other; the holdout, cut from the same immature window, looks fine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import duckdb
+from pydantic import Field
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+)
+from sandbox.faults.measure import batch_quality, served_versions
+from sandbox.pipeline.release import TRAINING_SNAPSHOTS, Release
+
+TRAINING_TABLE = "training.churn_training_set"
+SNAPSHOT_SPACING_DAYS = 2
+TITLE = "churn-model retrain: training window moved to the most recent days"
+
+
+class Params(FaultParams):
+    ramp_days: int = Field(0, ge=0, le=0, description="A release is a step change.")
+    newest_label_age_days: int = Field(
+        1,
+        ge=0,
+        le=7,
+        description="Days between the newest training score date and the retrain (a matured "
+        "label needs 14).",
+    )
+
+
+class RetrainImmatureLabels(Fault):
+    id: ClassVar[str] = "retrain-immature-labels"
+    title: ClassVar[str] = "Retraining on labels that have not matured"
+    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    observation: ClassVar[str] = (
+        "After a routine retrain, scores drop across the board and production quality slips; "
+        "the new run's holdout metrics look ordinary."
+    )
+    hook_points: ClassVar[tuple[str, ...]] = ("train.releases",)
+    Params: ClassVar[type[FaultParams]] = Params
+
+    params: Params
+
+    def score_days(self) -> tuple[int, ...]:
+        newest = self.params.onset_day - 1 - self.params.newest_label_age_days
+        return tuple(newest - SNAPSHOT_SPACING_DAYS * k for k in range(TRAINING_SNAPSHOTS))
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        if point != "train.releases":
+            return value
+        onset = self.params.onset_day
+        release = Release(
+            day=onset,
+            score_days=self.score_days(),
+            run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
+            tags={"window": "recent"},
+            note="retrain on recent data",
+        )
+        return [r for r in value if r.day != onset] + [release]
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        return [
+            {
+                "day": self.params.onset_day - 1,
+                "hour": 17.0,
+                "kind": "deploy",
+                "service": "churn-model",
+                "title": TITLE,
+                "body": "Retrained on the freshest snapshots so the model keeps up with the "
+                "spring catalogue; promoted to champion, live with tomorrow's batch.",
+                "author": "ml-team",
+            }
+        ]
+
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        onset = self.params.onset_day
+        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        trained = calendar.date(onset - 1)
+        days = self.score_days()
+        first, last = calendar.date(min(days)), calendar.date(max(days))
+        return AnswerKey(
+            fault_id=self.id,
+            title=self.title,
+            root_cause=(
+                f"The retrain on {trained} used score dates {first} to {last}, the newest only "
+                f"{self.params.newest_label_age_days + 1} day(s) before training. The label needs "
+                "14 days to mature, so most churners in that window were still subscribed at "
+                "training time and were labelled as staying. The new version learned a far lower "
+                "churn rate and only the most imminent leavers; it scores everyone lower and "
+                "ranks slow leavers worse, while its holdout (same immature window) looks normal."
+            ),
+            propagation=[
+                "training job: window moved to the most recent score dates",
+                "labels: churners who cancel after the training day are labelled 0",
+                "model: learns a much lower base rate and only imminent churn",
+                f"serving from {start}: scores fall; the quantile threshold keeps the flagged "
+                "share, but the wrong customers fill it",
+                "labels (14 days later): production AUC and precision slip",
+            ],
+            evidence=[
+                Evidence(
+                    id="immature-training-labels",
+                    kind="table_column",
+                    ref=f"{TRAINING_TABLE}.label_available_at",
+                    description="most of the new training set's labels were not available at "
+                    "training time",
+                    window_start=trained,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="training-churn-rate",
+                    kind="table_column",
+                    ref=f"{TRAINING_TABLE}.churned",
+                    description="the new training set's churn rate is a fraction of the old one",
+                    window_start=trained,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="score-drop",
+                    kind="metric",
+                    ref="score_p90",
+                    description="batch score quantiles drop at the release",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="retrain-note",
+                    kind="changelog",
+                    ref=TITLE,
+                    description="the retrain that moved the window",
+                    window_start=trained,
+                    window_end=end,
+                ),
+            ],
+            acceptable_fixes=[
+                "Roll back to the previous version.",
+                "Train only on score dates whose label window has closed (score date + 14 days "
+                "before the training cut-off); make the pipeline enforce it from "
+                "label_available_at.",
+                "If freshness matters, use a shorter label horizon for the recent rows or "
+                "survival-style censoring, not zero labels.",
+                "Add a release gate: training churn rate and score distribution against the "
+                "previous version.",
+            ],
+            probes=[
+                "Why did the new run's holdout metrics not reveal the problem?",
+                "How did you tell this apart from genuine drift after a retrain?",
+                "What would you ship first?",
+                "What is the next experiment you would run to pick a safe training window?",
+            ],
+        )
+
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        return [
+            Step(
+                question="Did scores change when a new model version arrived?",
+                sql="""
+                    SELECT model_version, min(request_ts)::DATE AS first_day,
+                           round(avg(score), 5) AS mean_score,
+                           round(quantile_cont(score, 0.9), 5) AS p90
+                    FROM serving.predictions WHERE source = 'batch'
+                    GROUP BY 1 ORDER BY first_day""",
+                evidence="score-drop",
+                finding="the new version's scores are a fraction of the old ones",
+                found=lambda f: f.height >= 2 and f["mean_score"][-1] < 0.75 * f["mean_score"][0],
+            ),
+            Step(
+                question="How does each version's training set compare?",
+                sql=f"""
+                    SELECT model_version, min(score_date) AS first_score_date,
+                           max(score_date) AS last_score_date,
+                           round(avg(churned), 4) AS churn_rate, count(*) AS rows
+                    FROM {TRAINING_TABLE} GROUP BY 1 ORDER BY 1""",
+                evidence="training-churn-rate",
+                finding="the new training set's churn rate is far below the old one's",
+                found=lambda f: f.height >= 2 and f["churn_rate"][-1] < 0.6 * f["churn_rate"][0],
+            ),
+            Step(
+                question="Were the labels known when the new version was trained?",
+                sql=f"""
+                    WITH served AS (
+                        SELECT model_version, min(request_ts) AS first_served
+                        FROM serving.predictions WHERE source = 'batch' GROUP BY 1)
+                    SELECT t.model_version, s.first_served,
+                           max(t.label_available_at) AS last_label_available,
+                           round(avg((t.label_available_at > s.first_served)::INT), 3)
+                               AS share_labels_after_release
+                    FROM {TRAINING_TABLE} t JOIN served s USING (model_version)
+                    GROUP BY 1, 2 ORDER BY 1""",
+                evidence="immature-training-labels",
+                finding="labels of the new training set became available after its newest "
+                "score date, i.e. after training",
+                found=lambda f: f["share_labels_after_release"].max() >= 0.5,
+            ),
+        ]
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        onset = self.params.onset_day
+        trained_at = calendar.at(onset - 1, 16)
+        versions = con.execute(
+            f"""
+            SELECT model_version, avg((label_available_at > ?)::INT), avg(churned)
+            FROM {TRAINING_TABLE} GROUP BY 1 ORDER BY 1
+            """,
+            [trained_at],
+        ).fetchall()
+        immature = {v: (share, rate) for v, share, rate in versions}
+        new = served_versions(con, calendar.date(onset), calendar.date(calendar.last_visible_day))
+        new_version = next(iter(new)) if len(new) == 1 else None
+        share, rate = immature.get(new_version, (0.0, None)) if new_version else (0.0, None)
+        checks = [
+            Check(
+                name="the serving version was trained on immature labels",
+                passed=share >= 0.5,
+                detail=f"version {new_version} serves from day {onset}; {share:.0%} of its "
+                "training labels matured after it was trained",
+            )
+        ]
+        old_rates = [r for v, (s, r) in immature.items() if v != new_version]
+        if old_rates and rate is not None:
+            checks.append(
+                Check(
+                    name="its training churn rate is far below the previous version's",
+                    passed=rate < 0.6 * old_rates[0],
+                    detail=f"training churn rate {rate:.4f} vs {old_rates[0]:.4f} before",
+                )
+            )
+        old = batch_quality(con, calendar, 1, onset - 1)
+        after = batch_quality(con, calendar, onset, calendar.last_production_day)
+        if old.mean_score is not None and after.mean_score is not None:
+            checks.append(
+                Check(
+                    name="scores drop across the board with the new version",
+                    passed=after.mean_score < 0.75 * old.mean_score,
+                    detail=f"mean batch score {old.mean_score:.4f} before, "
+                    f"{after.mean_score:.4f} after",
+                )
+            )
+        return checks

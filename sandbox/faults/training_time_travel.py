@@ -1,0 +1,227 @@
+"""A retrain's training set reads features as of training time, not as of each score date.
+
+Story: a refactor of the training pipeline moved feature retrieval onto the same "latest values"
+reader the model server uses ("one code path for training and serving"). For a past score date that
+reader returns what the customer looks like *today*: churners show the collapsed activity of their
+last days, weeks after the score date. The model learns from the future; its holdout (built the
+same way) is excellent. At serving, every customer's features are current, the pattern it learned
+never appears in time, and it misses the churners it was built to catch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import duckdb
+from pydantic import Field
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+)
+from sandbox.faults.measure import batch_quality, served_versions
+from sandbox.pipeline.release import Release
+
+TRAINING_TABLE = "training.churn_training_set"
+TITLE = "training pipeline 3.0: features from the shared feature reader"
+
+
+class Params(FaultParams):
+    ramp_days: int = Field(0, ge=0, le=0, description="A release is a step change.")
+
+
+class TrainingTimeTravel(Fault):
+    id: ClassVar[str] = "training-time-travel"
+    title: ClassVar[str] = "Time travel in the training set build"
+    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    observation: ClassVar[str] = (
+        "A retrained version with better holdout metrics than ever serves worse than the model it "
+        "replaced; nothing in the feature store or the services looks wrong."
+    )
+    hook_points: ClassVar[tuple[str, ...]] = ("train.releases",)
+    Params: ClassVar[type[FaultParams]] = Params
+
+    params: Params
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        if point != "train.releases":
+            return value
+        onset = self.params.onset_day
+        release = Release(
+            day=onset,
+            snapshot_features=True,
+            run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
+            tags={"pipeline": "3.0"},
+            note="retrain with the new training pipeline",
+        )
+        return [r for r in value if r.day != onset] + [release]
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        return [
+            {
+                "day": self.params.onset_day - 1,
+                "hour": 11.0,
+                "kind": "deploy",
+                "service": "training",
+                "title": TITLE,
+                "body": "Training reads features through the same reader as serving: one code "
+                "path, no more skew. Retrained and promoted today.",
+                "author": "ml-platform",
+            }
+        ]
+
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        onset = self.params.onset_day
+        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        trained = calendar.date(onset - 1)
+        return AnswerKey(
+            fault_id=self.id,
+            title=self.title,
+            root_cause=(
+                f"The version trained on {trained} was built by a new pipeline that joins each "
+                "training row to the customer's latest feature values at training time instead "
+                "of the values known at the row's score time (no point-in-time join). Rows from "
+                "weeks ago carry features from after their score date - for churners, the "
+                "collapsed activity of their final days. The model learns from the future, the "
+                f"holdout agrees because it leaks the same way, and from {start} it serves "
+                "features that are current, so it misses churn it has never seen coming."
+            ),
+            propagation=[
+                "training pipeline: features joined as of training time, not score time",
+                "training set: feature_event_ts after score_ts; churners look already gone",
+                "model: holdout AUC well above the previous version's",
+                "serving: features are current; the leaked pattern is absent",
+                "labels (14 days later): production AUC and precision fall",
+            ],
+            evidence=[
+                Evidence(
+                    id="future-features",
+                    kind="table_column",
+                    ref=f"{TRAINING_TABLE}.feature_event_ts",
+                    description="feature timestamps after the rows' score times",
+                    window_start=trained,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="new-version",
+                    kind="table_column",
+                    ref="serving.predictions.model_version",
+                    description="the retrained version serves from the release day",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="quality-drop",
+                    kind="table_column",
+                    ref="monitoring.model_performance_daily.auc",
+                    description="production AUC below the previous version's once labels arrive",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="pipeline-change",
+                    kind="changelog",
+                    ref=TITLE,
+                    description="the pipeline change that dropped the point-in-time join",
+                    window_start=trained,
+                    window_end=end,
+                ),
+            ],
+            acceptable_fixes=[
+                "Roll back to the previous version.",
+                "Restore the point-in-time join (ASOF on event and created timestamps, with TTL) "
+                "and retrain.",
+                "Add a training-set check: no feature_event_ts after score_ts; fail the build.",
+                "Evaluate new versions on a holdout built by the serving path (replay or shadow).",
+            ],
+            probes=[
+                "Why is 'one code path for training and serving' not enough here?",
+                "How did you prove the features came from the future?",
+                "What would you ship first?",
+                "What is the next experiment you would run before promoting the next version?",
+            ],
+        )
+
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        return [
+            Step(
+                question="Did a new model version arrive when quality slipped?",
+                sql="""
+                    SELECT model_version, min(request_ts)::DATE AS first_day, count(*) AS scored
+                    FROM serving.predictions WHERE source = 'batch'
+                    GROUP BY 1 ORDER BY first_day""",
+                evidence="new-version",
+                finding="a retrained version took over at the release day",
+                found=lambda f: f.height >= 2,
+            ),
+            Step(
+                question="Were the training features known at each row's score time?",
+                sql=f"""
+                    SELECT model_version,
+                           round(avg((feature_event_ts > score_ts)::INT), 3) AS share_from_future,
+                           max(date_diff('day', score_ts, feature_event_ts)) AS max_days_ahead
+                    FROM {TRAINING_TABLE} GROUP BY 1 ORDER BY 1""",
+                evidence="future-features",
+                finding="the new version's training rows carry features from after their "
+                "score time, by weeks",
+                found=lambda f: f["share_from_future"].max() >= 0.9,
+            ),
+            Step(
+                question="How does the new version do in production against the old one?",
+                sql="""
+                    SELECT p.model_version, count(*) AS scored,
+                           round(avg(l.churned) FILTER (WHERE p.decision), 4) AS precision,
+                           round(avg(p.score) FILTER (WHERE l.churned = 1)
+                                 - avg(p.score) FILTER (WHERE l.churned = 0), 4) AS score_gap
+                    FROM serving.predictions p JOIN labels.churn_labels l
+                      ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
+                    WHERE p.source = 'batch'
+                    GROUP BY 1 ORDER BY 1""",
+                evidence="quality-drop",
+                finding="the new version's flagged customers churn less often",
+                found=lambda f: f.height >= 2 and f["precision"][-1] < 0.85 * f["precision"][0],
+            ),
+        ]
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        onset = self.params.onset_day
+        new = served_versions(con, calendar.date(onset), calendar.date(calendar.last_visible_day))
+        new_version = next(iter(new)) if len(new) == 1 else ""
+        share, days_ahead = con.execute(
+            f"""
+            SELECT avg((feature_event_ts > score_ts)::INT),
+                   median(date_diff('day', score_ts, feature_event_ts))
+            FROM {TRAINING_TABLE} WHERE model_version = ?
+            """,
+            [new_version],
+        ).fetchall()[0]
+        checks = [
+            Check(
+                name="the serving version's training features come from after the score time",
+                passed=share is not None and share >= 0.9,
+                detail=f"version {new_version or 'n/a'}: {_fmt(share)} of training rows have "
+                f"features from after their score time (median {days_ahead} days ahead)",
+            )
+        ]
+        old = batch_quality(con, calendar, 1, onset - 1)
+        after = batch_quality(con, calendar, onset, calendar.last_production_day)
+        if old.measurable and after.measurable:
+            assert old.precision is not None and after.precision is not None
+            checks.append(
+                Check(
+                    name="production precision falls with the new version",
+                    passed=after.precision < 0.85 * old.precision,
+                    detail=f"before: {old.describe()}; after: {after.describe()}",
+                )
+            )
+        return checks
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
