@@ -2,10 +2,11 @@
 
 Story: a refactor of the training pipeline moved feature retrieval onto the same "latest values"
 reader the model server uses ("one code path for training and serving"). For a past score date that
-reader returns what the customer looks like *today*: churners show the collapsed activity of their
-last days, weeks after the score date. The model learns from the future; its holdout (built the
-same way) is excellent. At serving, every customer's features are current, the pattern it learned
-never appears in time, and it misses the churners it was built to catch.
+reader returns what the customer looks like *today*, and a customer who has left since has no
+fresh row at all, so those features are missing. The model learns "missing activity means churn"
+- from the future; its holdout (built the same way) is excellent. At serving every customer
+still has features, the pattern it learned never appears, and it misses the churners it was
+built to catch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import duckdb
+import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
@@ -26,14 +28,26 @@ from sandbox.faults.base import (
     Step,
 )
 from sandbox.faults.measure import batch_quality, served_versions
+from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import Release
 
 TRAINING_TABLE = "training.churn_training_set"
 TITLE = "training pipeline 3.0: features from the shared feature reader"
 
 
+# The feature views the new reader serves; the rest still come through the point-in-time join.
+FEATURE_VIEWS: dict[str, tuple[str, ...]] = {
+    "activity": ("sessions_7d", "sessions_28d", "sessions_trend", "days_since_last_session"),
+    "watch_time": ("avg_daily_minutes_7d", "avg_daily_minutes_28d", "minutes_per_session_28d"),
+    "all": tuple(MODEL_FEATURES),
+}
+
+
 class Params(FaultParams):
     ramp_days: int = Field(0, ge=0, le=0, description="A release is a step change.")
+    feature_view: Literal[tuple(FEATURE_VIEWS)] = Field(  # type: ignore[valid-type]
+        "activity", description="The feature view moved onto the new reader."
+    )
 
 
 class TrainingTimeTravel(Fault):
@@ -50,12 +64,12 @@ class TrainingTimeTravel(Fault):
     params: Params
 
     def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        onset = self.params.onset_day
         if point != "train.releases":
             return value
-        onset = self.params.onset_day
         release = Release(
             day=onset,
-            snapshot_features=True,
+            snapshot_features=FEATURE_VIEWS[self.params.feature_view],
             run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
             tags={"pipeline": "3.0"},
             note="retrain with the new training pipeline",
@@ -87,14 +101,16 @@ class TrainingTimeTravel(Fault):
                 f"The version trained on {trained} was built by a new pipeline that joins each "
                 "training row to the customer's latest feature values at training time instead "
                 "of the values known at the row's score time (no point-in-time join). Rows from "
-                "weeks ago carry features from after their score date - for churners, the "
-                "collapsed activity of their final days. The model learns from the future, the "
-                f"holdout agrees because it leaks the same way, and from {start} it serves "
-                "features that are current, so it misses churn it has never seen coming."
+                "weeks ago carry features from after their score date, and customers who "
+                "cancelled since then have no fresh row, so their "
+                f"{self.params.feature_view} features are NULL. The model learns that missing "
+                "values mean churn - from the future - and the holdout "
+                f"agrees because it leaks the same way. From {start} every served customer has "
+                "features, so the model misses churn it has never seen coming."
             ),
             propagation=[
                 "training pipeline: features joined as of training time, not score time",
-                "training set: feature_event_ts after score_ts; churners look already gone",
+                "training set: feature_event_ts after score_ts; churners' features NULL",
                 "model: holdout AUC well above the previous version's",
                 "serving: features are current; the leaked pattern is absent",
                 "labels (14 days later): production AUC and precision fall",
@@ -171,6 +187,19 @@ class TrainingTimeTravel(Fault):
                 finding="the new version's training rows carry features from after their "
                 "score time, by weeks",
                 found=lambda f: f["share_from_future"].max() >= 0.9,
+            ),
+            Step(
+                question="Which training rows have no feature values at all?",
+                sql=f"""
+                    SELECT model_version, churned, count(*) AS n,
+                           round(avg((feature_event_ts IS NULL)::INT), 3) AS share_without_features
+                    FROM {TRAINING_TABLE} GROUP BY 1, 2 ORDER BY 1, 2""",
+                evidence="future-features",
+                finding="in the new training set nearly every churner, and almost nobody else, "
+                "has no features",
+                found=lambda f: (
+                    f.filter(pl.col("churned") == 1)["share_without_features"].max() >= 0.5
+                ),
             ),
             Step(
                 question="How does the new version do in production against the old one?",

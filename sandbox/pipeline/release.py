@@ -22,8 +22,8 @@ class Release:
     day: int  # first serving day
     score_days: tuple[int, ...] = ()  # empty = the standard matured-label window
     features: tuple[str, ...] = tuple(MODEL_FEATURES)
-    # Join features as of training time instead of each row's score time (what not to do).
-    snapshot_features: bool = False
+    # Features joined as of training time instead of each row's score time (what not to do).
+    snapshot_features: tuple[str, ...] = ()
     positive_weight: float = 1.0
     alias: str | None = "champion"  # registry alias the release is given (None: just registered)
     served: bool = True  # whether the model servers switch to it

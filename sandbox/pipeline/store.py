@@ -46,9 +46,9 @@ def point_in_time_join(
     older than `ttl` at score time counts as missing, as Feast's TTL does: its features and
     `feature_event_ts` are NULL. Spine rows keep their order and their other columns.
 
-    `snapshot_at` instead takes, for every row, the newest values that existed at that one moment
-    and skips the TTL: the "latest snapshot" join that online-store readers use. Run on past score
-    times it leaks what happened after them into the training set.
+    `snapshot_at` instead takes, for every row, the values an online-store read would return at
+    that one moment: the newest row, NULL once it is older than `ttl` (a customer who left has no
+    fresh row). Run on past score times it leaks what happened after them into the training set.
     """
     ttl_seconds = int(ttl.total_seconds())
     fresh = (
@@ -57,7 +57,7 @@ def point_in_time_join(
     )
     known_at = pl.col("score_ts")
     if snapshot_at is not None:
-        fresh = "TRUE"
+        fresh = f"k.event_timestamp >= s._known_at - INTERVAL ({ttl_seconds}) SECOND"
         known_at = pl.lit(snapshot_at).cast(pl.Datetime("us"))
     values = ", ".join(f"CASE WHEN {fresh} THEN k.{c} END AS {c}" for c in MODEL_FEATURES)
     con.register(

@@ -67,10 +67,17 @@ def build_training_set(
     seed: int,
     release_day: int = 1,
     snapshot_at: dt.datetime | None = None,
+    snapshot_features: tuple[str, ...] = (),
 ) -> pl.DataFrame:
-    """Features as known at each score time, with the label; `snapshot_at` joins them as of that
-    one moment instead (see `store.point_in_time_join`)."""
-    features = store.point_in_time_join(con, spine, snapshot_at=snapshot_at)
+    """Features as known at each score time, with the label; `snapshot_features` are instead
+    joined as of `snapshot_at`, one moment for every row (see `store.point_in_time_join`)."""
+    features = store.point_in_time_join(con, spine)
+    if snapshot_features and snapshot_at is not None:
+        # Those features come from a reader that answers "as of now", not "as of score time".
+        snapshot = store.point_in_time_join(con, spine, snapshot_at=snapshot_at)
+        features = features.with_columns(
+            snapshot.select("feature_event_ts", *snapshot_features).get_columns()
+        )
     labels = churn_labels(spine, cancellations, calendar, horizon_days)
     dataset = features.join(
         labels.select("customer_id", "score_date", "churned", "label_available_at"),

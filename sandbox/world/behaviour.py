@@ -49,6 +49,9 @@ PAYMENT_FAIL_P = dict(zip(PAYMENT_METHODS, [0.045, 0.02, 0.06, 0.035], strict=Tr
 BILLING_CYCLE_DAYS = 30
 RETRY_AFTER_DAYS = 3
 MAX_PAYMENT_ATTEMPTS = 3
+# A card that bounced usually bounces again (expired, no funds): retries are what make failed
+# payments a real churn driver, as involuntary churn is in subscription businesses.
+RETRY_FAIL_P = 0.55
 OFFER_EFFECT = 0.9  # hazard multiplier while a retention offer is running
 OFFER_DAYS = 30
 HAZARD_BASE = -7.3
@@ -166,6 +169,7 @@ class WorldState:
         due = self.active & (cycle_due | (self.retry_day == day))
         idx = np.flatnonzero(due)
         p_fail = np.vectorize(PAYMENT_FAIL_P.get, otypes=[float])(self.payment_method[idx])
+        p_fail = np.where(self.payment_attempts[idx] > 0, RETRY_FAIL_P, p_fail)
         failed = g.random(len(idx)) < p_fail
         attempt = self.payment_attempts[idx] + 1
         self.payment_attempts[idx] = np.where(failed, attempt, 0)

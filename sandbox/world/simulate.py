@@ -251,7 +251,8 @@ class Simulation:
             self.faults,
             self.seed,
             release_day=release.day,
-            snapshot_at=trained_at if release.snapshot_features else None,
+            snapshot_at=trained_at,
+            snapshot_features=release.snapshot_features,
         )
         trained = train.fit(
             training_set, self.seed, list(release.features), release.positive_weight

@@ -59,11 +59,12 @@ def test_takes_the_latest_row_known_at_score_time() -> None:
 
 
 def test_a_snapshot_join_takes_what_was_known_later() -> None:
-    # The "latest values" reader: every row gets the values known at one moment, future included.
-    offline = offline_rows([(1, 10, 0, 2), (1, 20, 24, 26), (1, 30, 200, 202)])
-    out = join(offline, spine((1, 3), (1, 30)), snapshot_at=T0 + dt.timedelta(hours=100))
-    assert out["sessions_7d"].to_list() == [20.0, 20.0]
-    assert out["feature_event_ts"].to_list() == [T0 + dt.timedelta(hours=24)] * 2
+    # The online-store reader: every row gets the values known at one moment, future included,
+    # and a customer whose newest row is older than the TTL then (one who left) gets NULLs.
+    offline = offline_rows([(1, 10, 0, 2), (1, 20, 90, 92), (1, 30, 200, 202), (2, 5, 0, 2)])
+    out = join(offline, spine((1, 3), (1, 30), (2, 3)), snapshot_at=T0 + dt.timedelta(hours=100))
+    assert out["sessions_7d"].to_list() == [20.0, 20.0, None]
+    assert out["feature_event_ts"].to_list() == [T0 + dt.timedelta(hours=90)] * 2 + [None]
 
 
 def test_a_row_written_after_score_time_never_leaks() -> None:

@@ -1,0 +1,420 @@
+"""The online store silently stops refreshing: it keeps serving the values of the last good load.
+
+Story: the online store moves to a new cluster. Reads are cut over and the data copied, but the
+nightly materialization keeps writing to the old cluster for a shard of customers (or for all of
+them). The job still runs every morning and reports success with a fresh `materialized_at`; the
+values it leaves behind in the new cluster are those of the last good load, whose distribution
+looks exactly like a normal day's. Batch scoring and the online API therefore score a frozen picture:
+customers who have started to disengage are scored as they were before and never flagged, customers
+who signed up since have no online row and are never scored, and customers who cancelled keep being
+scored. Only the event and created timestamps of the served rows, and the materialization's
+`max_event_timestamp` when the whole store is stuck, tell that the values are old.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar, Literal
+
+import duckdb
+import polars as pl
+from pydantic import Field
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+)
+from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.rng import stable_unit
+
+FRESH_LAG_HOURS = 6.0  # a healthy load holds rows from the feature day that ended 4 hours earlier
+MIN_NEW_CUSTOMERS = 30  # customers who signed up after the stall, needed to measure who is missed
+
+
+class Params(FaultParams):
+    ramp_days: int = Field(
+        0,
+        ge=0,
+        le=21,
+        description="Kept for a uniform interface; a stall is a step change, so it is ignored.",
+    )
+    affected_share: float = Field(
+        1.0,
+        ge=0.1,
+        le=1.0,
+        description="Share of customers (stable per customer) in the shard that stops refreshing.",
+    )
+
+
+class OnlineStoreStale(Fault):
+    id: ClassVar[str] = "online-store-stale"
+    title: ClassVar[str] = "Online store silently stops refreshing and serves frozen features"
+    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    observation: ClassVar[str] = (
+        "Churn rises while the flagged list, the score distribution and every materialization "
+        "run look normal and successful."
+    )
+    hook_points: ClassVar[tuple[str, ...]] = ("materialize.online",)
+    Params: ClassVar[type[FaultParams]] = Params
+
+    params: Params
+
+    def __init__(self, params: FaultParams) -> None:
+        super().__init__(params)
+        self._snapshot: pl.DataFrame | None = None
+        self._last_day: int | None = None
+
+    def stalled(self, customer_id: pl.Series) -> pl.Series:
+        return pl.Series(stable_unit(customer_id.to_numpy(), self.id) < self.params.affected_share)
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        if point != "materialize.online":
+            return value
+        if self._last_day is not None and ctx.day <= self._last_day:
+            self._snapshot = None  # the days started over: a rebuild
+        self._last_day = ctx.day
+        if ctx.day < self.params.onset_day or self._snapshot is None:
+            # The last good load; with onset on the first day, that first load is the last one.
+            self._snapshot = value
+            return value
+        frozen = self._snapshot.filter(self.stalled(self._snapshot["customer_id"]))
+        if value.height:
+            # The job believes it wrote everything: the load time is today's for every row.
+            frozen = frozen.with_columns(
+                pl.lit(value["materialized_at"][0])
+                .cast(value.schema["materialized_at"])
+                .alias("materialized_at")
+            )
+        return pl.concat(
+            [value.filter(~self.stalled(value["customer_id"])), frozen.select(value.columns)]
+        ).sort("customer_id")
+
+    def _changelog_title(self) -> str:
+        return "online store: reads cut over to the new cluster"
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        return [
+            {
+                "day": max(self.params.onset_day - 1, 1),
+                "hour": 21.0,
+                "kind": "config",
+                "service": "online-store",
+                "title": self._changelog_title(),
+                "body": "Feature-server reads now go to the new Redis cluster (more memory, "
+                "faster failover); data copied at cutover. Old cluster to be decommissioned "
+                "next sprint.",
+                "author": "sre",
+            },
+        ]
+
+    def _snapshot_timestamp(self, calendar: Calendar) -> dt.datetime:
+        """event_timestamp of the rows in the last good load (the day before onset, or day 1)."""
+        return calendar.midnight(max(self.params.onset_day - 1, 1))
+
+    def _stale_from(self) -> int:
+        """First production day whose load is stale."""
+        return max(self.params.onset_day, 2)
+
+    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
+        return calendar.date(self._stale_from()), calendar.date(calendar.last_visible_day)
+
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        start, end = self._window(calendar)
+        pct = round(self.params.affected_share * 100)
+        snap = self._snapshot_timestamp(calendar)
+        scope = "every customer" if pct == 100 else f"a shard of about {pct}% of customers"
+        return AnswerKey(
+            fault_id=self.id,
+            title=self.title,
+            root_cause=(
+                f"From {start} the online store stops refreshing for {scope}: after the cutover "
+                "to a new cluster the materialization keeps writing to the old one, so the new "
+                f"cluster keeps serving the rows of the last good load (event_timestamp {snap}). "
+                "The job still runs daily and reports success with a fresh materialized_at, and "
+                "the frozen values look like any normal day's. Batch scoring and the online API "
+                "score that frozen picture: customers who start to disengage keep their old, "
+                "healthy features and are not flagged; customers who signed up since have no "
+                "online row and are never scored; customers who cancelled are still scored."
+            ),
+            propagation=[
+                f"infra: online-store cutover; materialization stops reaching {scope}",
+                "online store: rows keep the event_timestamp and created_timestamp of the last "
+                "good load while materialized_at stays fresh; the job reports success",
+                "serving: stalled customers are scored on frozen features (tenure_days stops "
+                "counting); new signups in the shard are never scored; cancelled ones still are",
+                "business: deteriorating customers are not flagged and get no retention offer; "
+                "churn rises",
+                "labels (14 days later): production AUC and precision fall; holdout stays high",
+            ],
+            evidence=[
+                Evidence(
+                    id="online-event-ts",
+                    kind="table_column",
+                    ref="feature_store.customer_features_online.event_timestamp",
+                    description=f"stalled rows carry event_timestamp {snap} although "
+                    "materialized_at is current",
+                    window_start=calendar.date(calendar.last_production_day),
+                    window_end=calendar.date(calendar.last_production_day),
+                ),
+                Evidence(
+                    id="materialization-lag",
+                    kind="table_column",
+                    ref="ops.materialization_runs.max_event_timestamp",
+                    description="max_event_timestamp stops advancing when every shard is stuck; "
+                    "rows stop matching the feature job's rows_out",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="served-vs-offline",
+                    kind="table_column",
+                    ref="serving.predictions.tenure_days",
+                    description="served features equal the offline row of the last good load, "
+                    "not today's (tenure_days stops increasing)",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="unscored-signups",
+                    kind="table_column",
+                    ref="raw.subscription_events.customer_id",
+                    description="customers who signed up after the stall never appear in batch "
+                    "scoring",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="scored-count",
+                    kind="metric",
+                    ref="active_subscribers",
+                    description="the number of customers scored each day stops following "
+                    "signups and cancellations",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="batch-rows",
+                    kind="log_pattern",
+                    ref=r'"rows": \d+',
+                    description="batch_finished lines: rows scored per day no longer track the "
+                    "feature job's rows_out",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="cutover",
+                    kind="changelog",
+                    ref=self._changelog_title(),
+                    description="the infra change after which the store stopped refreshing",
+                    window_start=start - dt.timedelta(days=1),
+                    window_end=end,
+                ),
+            ],
+            acceptable_fixes=[
+                "Point the materialization at the new cluster (or roll reads back), re-materialize "
+                "from the offline store, and re-score every customer, including new signups.",
+                "Make the materialization verify what it wrote: read back row counts and "
+                "event_timestamps per shard from the store the server reads.",
+                "Alert on served-feature freshness: the oldest event_timestamp among served rows "
+                "(not the newest), and on scored customers vs active customers.",
+                "Reach out to customers missed since the stall (new signups, those who "
+                "deteriorated) with the retention offer.",
+            ],
+            probes=[
+                "Why did the materialization job report success? What should it have checked?",
+                "Why did the score distribution and flagged share look normal?",
+                "How would you find every customer who was missed or scored on old data?",
+                "What experiment would you run next to confirm the store, not the model, is stale?",
+                "What freshness SLO and alert would you set, and on which timestamp?",
+            ],
+        )
+
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        share = self.params.affected_share
+        return [
+            Step(
+                question="How fresh are the rows in the online store?",
+                sql="""
+                    SELECT event_timestamp, max(materialized_at) AS materialized_at,
+                           event_timestamp < max(date_trunc('day', materialized_at))
+                               AS older_than_load_day,
+                           count(*) AS n, round(count(*) / sum(count(*)) OVER (), 3) AS share
+                    FROM feature_store.customer_features_online GROUP BY 1 ORDER BY 1""",
+                evidence="online-event-ts",
+                finding="a large block of rows holds an event_timestamp days older than the load "
+                "time, though materialized_at is current",
+                found=lambda f: (
+                    f.filter(pl.col("older_than_load_day"))["share"].sum() >= 0.5 * share
+                ),
+            ),
+            Step(
+                question="Does each online load match what the feature job produced?",
+                sql="""
+                    SELECT m.materialized_at, m.rows AS loaded_rows, f.rows_out AS job_rows,
+                           m.max_event_timestamp,
+                           round(date_diff('minute', m.max_event_timestamp, m.materialized_at)
+                                 / 60.0, 1) AS lag_hours
+                    FROM ops.materialization_runs m
+                    JOIN ops.feature_job_runs f
+                      ON f.feature_date = m.materialized_at::DATE - INTERVAL 1 DAY
+                    ORDER BY 1""",
+                evidence="materialization-lag",
+                finding="from the cutover the loaded rows stop matching the job's rows_out "
+                "(and, with every shard stuck, the lag grows by a day each day)",
+                found=lambda f: (f["loaded_rows"] != f["job_rows"]).any(),
+            ),
+            Step(
+                question="Were customers scored on today's features?",
+                sql="""
+                    SELECT p.request_ts::DATE AS score_date, count(*) AS scored,
+                           round(avg((o.customer_id IS NULL
+                                      OR p.tenure_days <> o.tenure_days)::INT), 3) AS stale_share
+                    FROM serving.predictions p
+                    LEFT JOIN feature_store.customer_features o
+                      ON o.customer_id = p.customer_id
+                     AND o.event_timestamp = p.request_ts::DATE::TIMESTAMP
+                    WHERE p.source = 'batch' GROUP BY 1 ORDER BY 1""",
+                evidence="served-vs-offline",
+                finding="from the stall on, a fixed share of scored customers carries features "
+                "older than the offline store's latest row",
+                found=lambda f: f["stale_share"].max() >= 0.5 * share,
+            ),
+            Step(
+                question="Does every customer who appears in the feature store get scored?",
+                sql="""
+                    WITH first_rows AS (
+                        SELECT customer_id, min(event_timestamp) AS first_ts
+                        FROM feature_store.customer_features GROUP BY 1
+                    ), scored AS (
+                        SELECT DISTINCT customer_id FROM serving.predictions
+                        WHERE source = 'batch'
+                    )
+                    SELECT date_trunc('week', f.first_ts) AS week, count(*) AS new_customers,
+                           round(avg((s.customer_id IS NULL)::INT), 3) AS never_scored
+                    FROM first_rows f LEFT JOIN scored s USING (customer_id)
+                    WHERE f.first_ts >= (SELECT min(request_ts)::DATE FROM serving.predictions)
+                    GROUP BY 1 ORDER BY 1""",
+                evidence="unscored-signups",
+                finding="a share of the customers who signed up after the stall have feature rows "
+                "but were never scored",
+                found=lambda f: (
+                    f.filter(pl.col("new_customers") >= 5)["never_scored"].max() >= 0.5 * share
+                ),
+            ),
+        ]
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        share = self.params.affected_share
+        stale_from = calendar.date(self._stale_from())
+        snap = self._snapshot_timestamp(calendar)
+        lag_before, lag_after = con.execute(
+            """
+            SELECT max(date_diff('minute', max_event_timestamp, materialized_at) / 60.0)
+                       FILTER (WHERE materialized_at::DATE < $start),
+                   min(date_diff('minute', max_event_timestamp, materialized_at) / 60.0)
+                       FILTER (WHERE materialized_at::DATE >= $start)
+            FROM ops.materialization_runs
+            """,
+            {"start": stale_from},
+        ).fetchall()[0]
+        # With part of the store still refreshing, the newest row stays fresh; only a full stall
+        # shows in max_event_timestamp.
+        whole = share >= 1.0
+        checks = [
+            Check(
+                name="materialization freshness goes stale after onset only",
+                passed=(lag_before is None or lag_before <= FRESH_LAG_HOURS)
+                and lag_after is not None
+                and (lag_after >= 24 if whole else lag_after <= FRESH_LAG_HOURS),
+                detail=f"hours from max_event_timestamp to materialized_at: at most "
+                f"{_fmt(lag_before, 1)} before onset, at least {_fmt(lag_after, 1)} after "
+                f"(expected <= {FRESH_LAG_HOURS} before; after, "
+                + (">= 24 with the whole store stuck)" if whole else "still fresh: a shard only)"),
+            )
+        ]
+        stale_online, n_online = con.execute(
+            """
+            SELECT avg((event_timestamp <= $snap)::INT), count(*)
+            FROM feature_store.customer_features_online
+            """,
+            {"snap": snap},
+        ).fetchall()[0]
+        checks.append(
+            Check(
+                name="online rows keep the last good load's event_timestamp",
+                passed=n_online > 0 and stale_online >= 0.8 * share,
+                detail=f"{_fmt(stale_online)} of {n_online} online rows have event_timestamp <= "
+                f"{snap} (expected >= {0.8 * share:.2f})",
+            )
+        )
+        features = " AND ".join(f"p.{c} = s.{c}" for c in MODEL_FEATURES)
+        before, after, n_after, frozen = con.execute(
+            f"""
+            WITH p AS (
+                SELECT * FROM serving.predictions WHERE source = 'batch'
+            )
+            SELECT avg(CASE WHEN p.request_ts::DATE < $start
+                            THEN (o.customer_id IS NULL OR p.tenure_days <> o.tenure_days)::INT END),
+                   avg(CASE WHEN p.request_ts::DATE >= $start
+                            THEN (o.customer_id IS NULL OR p.tenure_days <> o.tenure_days)::INT END),
+                   count(*) FILTER (WHERE p.request_ts::DATE >= $start),
+                   avg(CASE WHEN p.request_ts::DATE >= $start
+                             AND (o.customer_id IS NULL OR p.tenure_days <> o.tenure_days)
+                            THEN (s.customer_id IS NOT NULL AND {features})::INT END)
+            FROM p
+            LEFT JOIN feature_store.customer_features o
+              ON o.customer_id = p.customer_id
+             AND o.event_timestamp = p.request_ts::DATE::TIMESTAMP
+            LEFT JOIN feature_store.customer_features s
+              ON s.customer_id = p.customer_id AND s.event_timestamp = $snap
+            """,
+            {"start": stale_from, "snap": snap},
+        ).fetchall()[0]
+        checks.append(
+            Check(
+                name="batch scoring serves the frozen snapshot after onset only",
+                passed=(before is None or before <= 0.01)
+                and after is not None
+                and after >= 0.8 * share
+                and frozen is not None
+                and frozen >= 0.95,
+                detail=f"batch predictions not matching the offline row of their date: "
+                f"{_fmt(before)} before onset, {_fmt(after)} of {n_after} after (expected <= 0.01 "
+                f"then >= {0.8 * share:.2f}); {_fmt(frozen)} of those equal the {snap} row in "
+                "every feature (expected >= 0.95)",
+            )
+        )
+        missed, n_new = con.execute(
+            """
+            WITH first_rows AS (
+                SELECT customer_id, min(event_timestamp) AS first_ts
+                FROM feature_store.customer_features GROUP BY 1
+            ), scored AS (
+                SELECT DISTINCT customer_id FROM serving.predictions WHERE source = 'batch'
+            )
+            SELECT avg((s.customer_id IS NULL)::INT), count(*)
+            FROM first_rows f LEFT JOIN scored s USING (customer_id)
+            WHERE f.first_ts > $snap
+              AND f.first_ts <= (SELECT max(request_ts)::DATE::TIMESTAMP FROM serving.predictions)
+            """,
+            {"snap": snap},
+        ).fetchall()[0]
+        checks.append(
+            Check(
+                name="customers who sign up after onset are never scored",
+                passed=n_new >= MIN_NEW_CUSTOMERS and missed is not None and missed >= 0.5 * share,
+                detail=f"{_fmt(missed)} of {n_new} customers whose first feature row is newer "
+                f"than the last good load were never batch-scored (expected >= {0.5 * share:.2f})",
+            )
+        )
+        return checks
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

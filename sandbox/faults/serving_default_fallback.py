@@ -1,0 +1,410 @@
+"""At evening peak the model server scores a zero feature vector and still answers 200.
+
+Story: the ML platform team trims tail latency on the account page by lowering the model server's
+online feature-store lookup deadline from 50 ms to about 10 ms, rolled out replica by replica. At
+quiet hours the lookup finishes well inside that; at the evening peak the store is slower, and a
+growing share of lookups miss it. The server's feature client then hands the model an empty
+response, and the request vector is built from the wire format's defaults: every feature 0.0.
+Zeros rather than training means, because the server ships no training statistics — the "defaults"
+are simply what an unset protobuf field reads as. The model scores that vector, the server returns
+200 in about the deadline plus scoring time, and nothing logs an error. Batch scoring reads the
+online store in bulk at 06:00 and never hits the deadline, so the retention list stays right while
+the in-app prompts driven by online scores misfire every evening.
+
+Zeros also make the trace exact: monthly_price 0.0 cannot happen (the cheapest plan is 7.99), so
+rows whose features are all zero are the lookups that missed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar, Literal
+
+import duckdb
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from sandbox import rng
+from sandbox.clock import Calendar
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+)
+from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.world.behaviour import HOURLY_TRAFFIC
+
+PREVIOUS_DEADLINE_MS = 50
+CHANGE_HOUR = 11.0  # the config change lands late morning on the onset day
+LOAD_KNEE = 0.5  # below this share of peak traffic every lookup makes the deadline
+OVERHEAD_MS = (0.3, 1.2)  # scoring and serialisation after the lookup gives up
+LOAD = HOURLY_TRAFFIC / HOURLY_TRAFFIC.max()
+PEAK_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD >= 0.85))  # 19..21 with today's curve
+QUIET_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD < LOAD_KNEE))
+ALL_ZERO_SQL = " AND ".join(f"{{t}}{c} = 0" for c in MODEL_FEATURES)
+
+
+def load_curve(hours: np.ndarray) -> np.ndarray:
+    """Share of the peak-hour miss rate an hour of the day sees: 0 below the knee, 1 at peak."""
+    return np.clip((LOAD[hours] - LOAD_KNEE) / (1 - LOAD_KNEE), 0.0, 1.0)
+
+
+def all_zero(table: str = "") -> str:
+    """SQL predicate: every model feature of the row is 0 (`table` qualifies the columns)."""
+    return ALL_ZERO_SQL.format(t=f"{table}." if table else "")
+
+
+class Params(FaultParams):
+    ramp_days: int = Field(
+        3, ge=0, le=21, description="Days for the config to reach every replica (0 = all at once)."
+    )
+    peak_share: float = Field(
+        0.5,
+        ge=0.1,
+        le=1.0,
+        description="Share of online requests in the busiest hour that miss the lookup deadline "
+        "and are scored on the zero vector, once every replica has the new config; quieter hours "
+        "see less, and none below half of peak traffic.",
+    )
+    deadline_ms: float = Field(
+        10.0,
+        ge=4.0,
+        le=30.0,
+        description="The lowered lookup deadline; requests that miss it return just above it.",
+    )
+
+
+class ServingDefaultFallback(Fault):
+    id: ClassVar[str] = "serving-default-fallback"
+    title: ClassVar[str] = "Model server scores a zero feature vector at peak after a deadline cut"
+    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    observation: ClassVar[str] = (
+        "Evening online scores disagree with the same customers' morning batch scores, while "
+        "error rates, alerts and the batch retention list all look normal."
+    )
+    hook_points: ClassVar[tuple[str, ...]] = ("serve.features",)
+    Params: ClassVar[type[FaultParams]] = Params
+
+    params: Params
+
+    def miss_share(self, day: int, hours: np.ndarray) -> np.ndarray:
+        """Expected share of online requests scored on zeros, by (day, hour of day)."""
+        return self.params.peak_share * self.params.intensity(day) * load_curve(hours)
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        if point != "serve.features" or self.params.intensity(ctx.day) == 0 or value.height == 0:
+            return value
+        hours = value["request_ts"].dt.hour().to_numpy().astype(int)
+        g = rng.stream(ctx.seed, "model-server-lookup", ctx.day)
+        draw = g.random(value.height)
+        overhead = g.uniform(*OVERHEAD_MS, value.height)
+        missed = (
+            (pl.col("source") == "online")
+            & (pl.col("status") == "ok")
+            & (pl.col("request_ts") >= ctx.calendar.at(ctx.day, CHANGE_HOUR))
+            & pl.Series(draw < self.miss_share(ctx.day, hours))
+        )
+        zeros = [
+            pl.when(missed).then(0.0).otherwise(pl.col(c)).cast(value.schema[c]).alias(c)
+            for c in MODEL_FEATURES
+            if c in value.columns
+        ]
+        latency = pl.Series(np.round(self.params.deadline_ms + overhead, 2))
+        return value.with_columns(
+            *zeros,
+            pl.when(missed).then(latency).otherwise(pl.col("latency_ms")).alias("latency_ms"),
+        )
+
+    def _change_title(self) -> str:
+        return (
+            f"model-server: feature lookup deadline {PREVIOUS_DEADLINE_MS} ms -> "
+            f"{self.params.deadline_ms:g} ms"
+        )
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        days = max(self.params.ramp_days, 1)
+        return [
+            {
+                "day": self.params.onset_day,
+                "hour": CHANGE_HOUR,
+                "kind": "config",
+                "service": "model-server",
+                "title": self._change_title(),
+                "body": "Account page p99 budget is 40 ms end to end; the online store lookup was "
+                f"the long pole. Rolled out replica by replica over {days} day(s).",
+                "author": "ml-platform",
+            }
+        ]
+
+    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
+        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
+
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        start, end = self._window(calendar)
+        p = self.params
+        pct = round(p.peak_share * 100)
+        peak = ", ".join(f"{h}:00" for h in PEAK_HOURS)
+        return AnswerKey(
+            fault_id=self.id,
+            title=self.title,
+            root_cause=(
+                f"On {start} the model server's online feature-store lookup deadline was lowered "
+                f"from {PREVIOUS_DEADLINE_MS} ms to {p.deadline_ms:g} ms (rolled out over "
+                f"{p.ramp_days} days). At evening peak ({peak}) about {pct}% of lookups miss it, "
+                "and the feature client returns an empty response: every feature of the request "
+                "is 0.0 (unset protobuf defaults, not training means). The server scores that "
+                "vector and still returns 200, at the deadline plus ~1 ms. Below half of peak "
+                "traffic nothing misses. Batch scoring reads the store in bulk and is unaffected, "
+                "so the retention list, the error rate and every alert look normal."
+            ),
+            propagation=[
+                f"config: lookup deadline {PREVIOUS_DEADLINE_MS} ms -> {p.deadline_ms:g} ms",
+                "load: at evening peak the online store answers slower than the new deadline",
+                "model server: a missed lookup yields an all-zero feature vector, scored anyway",
+                "serving.predictions: online rows with every feature 0 (monthly_price 0 is "
+                "impossible) at peak hours, latency pinned just above the deadline, status ok",
+                "product: online scores (in-app retention prompts) at peak are one constant value "
+                "unrelated to the customer; batch scores for the same customers differ",
+                "monitoring: no errors, so no alert; p50/p95 latency even looks better at peak",
+            ],
+            evidence=[
+                Evidence(
+                    id="zero-vectors",
+                    kind="table_column",
+                    ref="serving.predictions.monthly_price",
+                    description="online rows whose features are all 0 (price 0 cannot happen), "
+                    "only at busy hours and only after the change",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="online-vs-batch",
+                    kind="table_column",
+                    ref="serving.predictions.score",
+                    description="online scores at peak differ from the same customer's batch "
+                    "score that morning; at quiet hours they match exactly",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="latency-at-deadline",
+                    kind="table_column",
+                    ref="serving.predictions.latency_ms",
+                    description=f"the zero-vector requests all took {p.deadline_ms:g}-"
+                    f"{p.deadline_ms + OVERHEAD_MS[1]:g} ms: the lookup deadline",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="no-errors",
+                    kind="metric",
+                    ref="error_ratio",
+                    description="model-server error ratio stays at its baseline: the misses are "
+                    "answered as successes",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="request-log",
+                    kind="log_pattern",
+                    ref=r'"status": 200',
+                    description="request lines for the zero-vector requests report 200, with a "
+                    "latency just above the deadline in the message",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="deadline-change",
+                    kind="changelog",
+                    ref=self._change_title(),
+                    description="the config change that introduced the misses",
+                    window_start=start,
+                    window_end=end,
+                ),
+            ],
+            acceptable_fixes=[
+                f"Restore the lookup deadline ({PREVIOUS_DEADLINE_MS} ms) or size it from the "
+                "online store's peak-hour latency, not the quiet-hour one.",
+                "Fail closed: on a missed lookup return an error (or no prompt) instead of scoring "
+                "an unset vector; never let the client substitute zeros silently.",
+                "Count and alert on lookups that missed (a 'degraded response' counter), and "
+                "check served vectors for impossible values (price 0).",
+                "Load-test the deadline at evening peak before rolling a latency budget change.",
+            ],
+            probes=[
+                "How did you tell these rows from genuinely inactive customers?",
+                "Why did no error alert fire, and what metric would have caught this?",
+                "Why is the morning batch unaffected while online scores are wrong?",
+                "Zeros or training means as a fallback: which is worse for this model, and is any "
+                "fallback acceptable here?",
+                "What experiment would you run next to confirm the deadline is the cause (e.g. "
+                "replay peak traffic with both deadlines)?",
+            ],
+        )
+
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        start = calendar.date(self.params.onset_day)
+        expected = self.params.peak_share * self.params.intensity(calendar.last_visible_day)
+        lo, hi = self.params.deadline_ms, self.params.deadline_ms + OVERHEAD_MS[1] + 0.01
+        return [
+            Step(
+                question="Do online requests carry impossible feature values, and when?",
+                sql=f"""
+                    SELECT hour(request_ts) AS hour, count(*) AS requests,
+                           round(avg(({all_zero()})::INT), 3) AS share_all_zero
+                    FROM serving.predictions
+                    WHERE source = 'online' AND status = 'ok' AND request_ts >= DATE '{start}'
+                    GROUP BY 1 ORDER BY 1""",
+                evidence="zero-vectors",
+                finding="at evening peak a large share of requests have every feature 0 "
+                "(monthly_price 0 is impossible); at quiet hours none do",
+                found=lambda f: (
+                    f.height > 0
+                    and f["share_all_zero"].max() >= 0.25 * expected
+                    and f.filter(pl.col("hour").is_in(QUIET_HOURS))["share_all_zero"].sum() == 0
+                ),
+            ),
+            Step(
+                question="Does the online score agree with the same customer's batch score?",
+                sql=f"""
+                    SELECT hour(o.request_ts) AS hour, count(*) AS requests,
+                           round(avg((abs(o.score - b.score) > 1e-6)::INT), 3) AS share_differs
+                    FROM serving.predictions o
+                    JOIN serving.predictions b
+                      ON b.customer_id = o.customer_id AND b.source = 'batch'
+                     AND b.request_ts::DATE = o.request_ts::DATE
+                    WHERE o.source = 'online' AND o.status = 'ok'
+                      AND hour(o.request_ts) >= 4 AND o.request_ts >= DATE '{start}'
+                    GROUP BY 1 ORDER BY 1""",
+                evidence="online-vs-batch",
+                finding="after 04:00 both read the same online store, so scores should match; "
+                "at peak many differ, at quiet hours none",
+                found=lambda f: f.height > 0 and f["share_differs"].max() >= 0.25 * expected,
+            ),
+            Step(
+                question="How long did the all-zero requests take, compared with the rest?",
+                sql=f"""
+                    SELECT ({all_zero()}) AS all_zero, count(*) AS requests,
+                           round(quantile_cont(latency_ms, 0.05), 2) AS p05_ms,
+                           round(quantile_cont(latency_ms, 0.5), 2) AS p50_ms,
+                           round(quantile_cont(latency_ms, 0.95), 2) AS p95_ms
+                    FROM serving.predictions
+                    WHERE source = 'online' AND status = 'ok'
+                      AND hour(request_ts) IN ({", ".join(map(str, PEAK_HOURS))})
+                      AND request_ts >= DATE '{start}'
+                    GROUP BY 1 ORDER BY 1""",
+                evidence="latency-at-deadline",
+                finding=f"nearly all took {lo:g}-{hi:.1f} ms: a deadline, not a slow model",
+                found=lambda f: (
+                    f.filter(pl.col("all_zero")).height == 1
+                    and f.filter(pl.col("all_zero"))["p05_ms"][0] >= lo
+                    and f.filter(pl.col("all_zero"))["p95_ms"][0] <= hi
+                ),
+            ),
+            Step(
+                question="What changed on the model server around then?",
+                sql="""
+                    SELECT ts, kind, title, body FROM ops.changelog
+                    WHERE service = 'model-server' ORDER BY ts""",
+                evidence="deadline-change",
+                finding="a config change lowered the feature lookup deadline on the onset day",
+                found=lambda f: self._change_title() in f["title"].to_list(),
+            ),
+        ]
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        change = calendar.at(self.params.onset_day, CHANGE_HOUR)
+        by_hour = con.sql(
+            f"""
+            SELECT request_ts::DATE AS day, hour(request_ts) AS hour,
+                   request_ts >= $change AS after, count(*) AS n,
+                   sum(({all_zero()})::INT) AS zero
+            FROM serving.predictions WHERE source = 'online' AND status = 'ok'
+            GROUP BY ALL
+            """,
+            params={"change": change},
+        ).pl()
+        after = by_hour.filter(pl.col("after"))
+        after = after.with_columns(
+            pl.Series(
+                "p",
+                [
+                    float(self.miss_share(calendar.day_of(d), np.array([h]))[0])
+                    for d, h in zip(after["day"], after["hour"], strict=True)
+                ],
+                dtype=pl.Float64,
+            )
+        )
+        expected = float((after["n"] * after["p"]).sum())
+        observed = int(after["zero"].sum() or 0)
+        before = int(by_hour.filter(~pl.col("after"))["zero"].sum() or 0)
+        quiet = int(after.filter(pl.col("hour").is_in(QUIET_HOURS))["zero"].sum() or 0)
+        checks = [
+            Check(
+                name="online requests at busy hours are scored on an all-zero vector",
+                passed=observed > 0 and observed >= 0.5 * expected and before == 0 and quiet == 0,
+                detail=f"{observed} all-zero online requests after the change (expected "
+                f"~{expected:.0f}), {before} before it, {quiet} at quiet hours after it",
+            )
+        ]
+        peak_rows = after.filter(pl.col("hour").is_in(PEAK_HOURS))
+        peak_n = int(peak_rows["n"].sum() or 0)
+        peak_expected = float((peak_rows["n"] * peak_rows["p"]).sum()) / peak_n if peak_n else 0.0
+        differs = con.execute(
+            f"""
+            SELECT o.request_ts >= $change AS after,
+                   count(*) AS n, avg((abs(o.score - b.score) > 1e-6)::INT) AS share
+            FROM serving.predictions o
+            JOIN serving.predictions b
+              ON b.customer_id = o.customer_id AND b.source = 'batch'
+             AND b.request_ts::DATE = o.request_ts::DATE
+            WHERE o.source = 'online' AND o.status = 'ok'
+              AND hour(o.request_ts) IN ({", ".join(map(str, PEAK_HOURS))})
+            GROUP BY 1
+            """,
+            {"change": change},
+        ).fetchall()
+        share = {a: (n, s) for a, n, s in differs}
+        n_after, share_after = share.get(True, (0, 0.0))
+        _, share_before = share.get(False, (0, 0.0))
+        checks.append(
+            Check(
+                name="online scores at peak disagree with the same customers' batch scores",
+                passed=share_after > 0
+                and share_after >= 0.5 * peak_expected
+                and share_before <= 0.01,
+                detail=f"share of peak-hour online scores differing from that morning's batch "
+                f"score: {share_before:.3f} before the change, {share_after:.3f} after "
+                f"({n_after} requests; expected ~{peak_expected:.3f})",
+            )
+        )
+        # Quantiles over the successes, not min/max: an unrelated incident or another change may
+        # slow or fail some of these requests after the client has filled in the zeros.
+        n_zero, lo, hi, not_ok = con.execute(
+            f"""
+            SELECT count(*) FILTER (WHERE status = 'ok'),
+                   quantile_cont(latency_ms, 0.05) FILTER (WHERE status = 'ok'),
+                   quantile_cont(latency_ms, 0.95) FILTER (WHERE status = 'ok'),
+                   count(*) FILTER (WHERE status <> 'ok')
+            FROM serving.predictions WHERE source = 'online' AND {all_zero()}
+            """
+        ).fetchall()[0]
+        limit = self.params.deadline_ms + OVERHEAD_MS[1] + 0.01
+        checks.append(
+            Check(
+                name="the all-zero requests answered 200 at the lookup deadline",
+                passed=n_zero > 0 and lo >= self.params.deadline_ms and hi <= limit,
+                detail=f"{n_zero} all-zero requests answered ok (and {not_ok} failed later), "
+                f"latency p05-p95 {_ms(lo)}-{_ms(hi)} ms (deadline {self.params.deadline_ms:g} ms)",
+            )
+        )
+        return checks
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -1,0 +1,393 @@
+"""A retrain changed the model's score scale; the servers kept the old decision threshold.
+
+Story: the churn model's mean score ran above the churn the team observed (the retention offers
+prevent some of the churn it predicts), so the ML team retrains it with churners down-weighted in
+training — a class weight below 1 — to pull the scores down. The retrain is promoted to champion
+as usual, and its MLflow run records the new decision threshold, the score that flags the top 10%
+on its holdout. But the model servers take their threshold from their own config, and the release
+only swapped the model artifact: from the next morning the servers compare the new, lower scores
+against the old cut-off. The ranking is as good as before; the retention team just gets a much
+shorter list (or, with churners up-weighted, a much longer one) than its 10% budget, and the flagged
+share stays inside the alert band, so nothing pages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import duckdb
+import numpy as np
+import polars as pl
+from pydantic import Field, field_validator
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+)
+from sandbox.faults.measure import served_versions
+from sandbox.pipeline.release import Release
+from sandbox.pipeline.train import FLAGGED_SHARE
+
+# Flagged share under the old threshold by churner class weight, measured on 10k-customer worlds
+# (the answer key quotes it; the checks only need the direction and MIN_SHIFT).
+MEASURED_SHARE = ((0.5, 0.037), (0.6, 0.048), (0.7, 0.063), (1.0, 0.1), (1.5, 0.16), (2.0, 0.21))
+MIN_SHIFT = 0.025  # the flagged share moves at least this far from the ~10% budget
+TARGET_BAND = (0.07, 0.13)  # where the flagged share sits while threshold and model agree
+QUANTILE_GAP = 0.2  # the new version's own 90th-percentile score differs this much (relative)
+# Offers per day move at least this much between versions. (Not a verify check: offers go only to
+# customers without a running 30-day offer, so day 1 and day 31 carry bursts in every world.)
+OFFERS_CHANGE = 0.2
+LOADED_PATTERN = r'"model_version": "([2-9]|[0-9]{2,})", "threshold"'
+
+
+class Params(FaultParams):
+    onset_day: int = Field(
+        15,
+        ge=2,
+        le=42,
+        description="First serving day of the retrained model (2..42: a threshold is only stale "
+        "if an earlier model set it).",
+    )
+    ramp_days: int = Field(0, ge=0, le=0, description="A release is a step change.")
+    positive_weight: float = Field(
+        0.6,
+        ge=0.55,
+        le=2.0,
+        description="Class weight of churners in the retrain (1 = unweighted). Below 1 the scores "
+        "fall and the old threshold flags fewer customers (0.6: about 5%); above 1 they rise and "
+        "it flags more (2.0: about 20%). The range keeps every day's flagged share inside the "
+        "3%..25% alert band.",
+    )
+
+    @field_validator("positive_weight")
+    @classmethod
+    def _must_shift_scores(cls, v: float) -> float:
+        if 0.7 < v < 1.4:
+            raise ValueError(
+                "must be at most 0.7 or at least 1.4: closer to 1 the score scale barely moves "
+                "and the old threshold still flags about 10%"
+            )
+        return v
+
+
+class StaleDecisionThreshold(Fault):
+    id: ClassVar[str] = "stale-decision-threshold"
+    title: ClassVar[str] = "Retrained model served with the previous model's decision threshold"
+    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
+    observation: ClassVar[str] = (
+        "After a routine retrain the retention list is a fraction (or a multiple) of its usual "
+        "length, while the new run's holdout metrics look as good as ever and no alert fires."
+    )
+    hook_points: ClassVar[tuple[str, ...]] = ("train.releases",)
+    Params: ClassVar[type[FaultParams]] = Params
+
+    params: Params
+
+    @property
+    def fewer(self) -> bool:
+        return self.params.positive_weight < 1
+
+    def _title(self, calendar: Calendar) -> str:
+        return f"churn-model retrain {calendar.date(self.params.onset_day - 1):%Y-%m-%d}: " + (
+            "calibration fix, promoted to champion"
+            if self.fewer
+            else "recall tuning, promoted to champion"
+        )
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        if point != "train.releases":
+            return value
+        onset = self.params.onset_day
+        release = Release(
+            day=onset,
+            positive_weight=self.params.positive_weight,
+            alias="champion",
+            served=True,
+            keep_threshold=True,
+            run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
+            tags={
+                "change": "churner class weight",
+                "reason": "mean score above observed churn"
+                if self.fewer
+                else "recall at the retention budget",
+            },
+            note="scheduled retrain with class weights",
+        )
+        return [r for r in value if r.day != onset] + [release]
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        weight = self.params.positive_weight
+        why = (
+            "Mean predicted churn ran above observed churn; churners weighted "
+            f"{weight:g} in training to bring the scores in line."
+            if self.fewer
+            else f"Churners weighted {weight:g} in training to lift recall on the retention list."
+        )
+        return [
+            {
+                "day": self.params.onset_day - 1,
+                "hour": 17.0,
+                "kind": "deploy",
+                "service": "churn-model",
+                "title": self._title(calendar),
+                "body": f"{why} Holdout AUC on par with the current champion. Model artifact "
+                "rolls out with tomorrow's 06:00 batch; no server config changes.",
+                "author": "ml-team",
+            }
+        ]
+
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        onset = self.params.onset_day
+        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        trained = calendar.date(onset - 1)
+        weight = self.params.positive_weight
+        direction = "fewer" if self.fewer else "more"
+        level = f"roughly {expected_share(weight):.0%}"
+        return AnswerKey(
+            fault_id=self.id,
+            title=self.title,
+            root_cause=(
+                f"The churn model retrained on {trained} used a class weight of {weight:g} for "
+                f"churners, which moves every score {'down' if self.fewer else 'up'}. Its MLflow "
+                "run (param decision_threshold, also the champion version's tag) records a new "
+                "threshold that flags the top 10% of its holdout, but the model servers kept the "
+                f"previous model's threshold. From the {start} batch the old cut-off flags "
+                f"{direction} customers than the retention budget of 10% ({level} instead), so "
+                f"{direction} retention offers go out. The ranking (AUC) is unchanged; the "
+                "flagged share stays inside the 3%..25% alert band, so nothing fires."
+            ),
+            propagation=[
+                f"training: retrain with churner class weight {weight:g}; scores shift "
+                f"{'down' if self.fewer else 'up'}",
+                "registry: new champion with its own decision_threshold param",
+                "model-server: loads the new model, keeps the old threshold (model_loaded log "
+                "line shows it)",
+                f"batch scoring: positive_rate moves from ~10% to {level}",
+                f"retention: {direction} offers per day; "
+                + (
+                    "at-risk customers go without an offer, churn rises"
+                    if self.fewer
+                    else "offers go to customers who would have stayed, cost rises"
+                ),
+            ],
+            evidence=[
+                Evidence(
+                    id="served-threshold",
+                    kind="table_column",
+                    ref="serving.predictions.threshold",
+                    description="the new model version is served with the previous version's "
+                    "threshold",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="flagged-share",
+                    kind="metric",
+                    ref="positive_rate",
+                    description=f"daily positive rate steps from ~10% to {level}",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="score-quantile",
+                    kind="metric",
+                    ref="score_p90",
+                    description="the 90th-percentile score moves away from the served threshold",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="offers",
+                    kind="table_column",
+                    ref="crm.retention_offers.offered_at",
+                    description=f"{direction} retention offers per day from onset",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="model-loaded",
+                    kind="log_pattern",
+                    ref=LOADED_PATTERN,
+                    description="model_loaded for the new version carries the old threshold",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="retrain-note",
+                    kind="changelog",
+                    ref=self._title(calendar),
+                    description="the retrain with class weights; 'no server config changes'",
+                    window_start=trained,
+                    window_end=end,
+                ),
+            ],
+            acceptable_fixes=[
+                "Set the servers' threshold to the new run's decision_threshold (or roll back "
+                "the model) right away; re-send the missed offers if flagging fewer.",
+                "Ship the threshold with the model (a registry tag or the model signature) and "
+                "have the server read it on load; refuse a load whose threshold is missing.",
+                "Define the decision as a share (top 10% of the day's scores) rather than a fixed "
+                "score, or recalibrate scores after weighted training.",
+                "Alert on a flagged share outside a tight band around the budget (e.g. 8%..12%), "
+                "not only 3%..25%.",
+            ],
+            probes=[
+                "Why did the class weight not change the ranking, yet change the list length?",
+                "Why did no alert fire, and what band would you alert on?",
+                "What would you ship first, and how would you confirm it worked?",
+                "What experiment would you run next to decide between a fixed threshold and a "
+                "quantile-based decision?",
+                "Whose job is the threshold: the model's release or the server's config?",
+            ],
+        )
+
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        return [
+            Step(
+                question="Is the daily retention list the usual length?",
+                sql="""
+                    SELECT request_ts::DATE AS day, model_version, any_value(threshold) AS threshold,
+                           round(avg(decision::INT), 4) AS flagged_share
+                    FROM serving.predictions WHERE source = 'batch' GROUP BY 1, 2 ORDER BY 1""",
+                evidence="flagged-share",
+                finding="the flagged share leaves ~10% the day a new version arrives",
+                found=lambda f: (
+                    f["model_version"].n_unique() >= 2
+                    and f["flagged_share"].max() - f["flagged_share"].min() >= MIN_SHIFT
+                ),
+            ),
+            Step(
+                question="Does each version's threshold fit its own scores?",
+                sql="""
+                    SELECT model_version, min(threshold) AS min_threshold,
+                           max(threshold) AS max_threshold,
+                           round(quantile_cont(score, 0.9), 5) AS score_p90,
+                           round(avg(decision::INT), 4) AS flagged_share
+                    FROM serving.predictions WHERE source = 'batch' GROUP BY 1 ORDER BY 1""",
+                evidence="served-threshold",
+                finding="both versions share one threshold, but the new version's 90th-percentile "
+                "score is far from it",
+                found=lambda f: f.height >= 2 and _stale(f),
+            ),
+            Step(
+                question="What threshold did the servers load with the new model?",
+                sql="""
+                    SELECT ts, service, event, message, attrs FROM telemetry.logs
+                    WHERE event IN ('model_registered', 'model_loaded') ORDER BY ts""",
+                evidence="model-loaded",
+                finding="the new version was loaded with exactly the previous threshold",
+                found=lambda f: _same_threshold_loaded(f),
+            ),
+            Step(
+                question="Did the retention team's volume change?",
+                sql="""
+                    SELECT model_version, count(DISTINCT offered_at::DATE) AS days,
+                           round(count(*) / count(DISTINCT offered_at::DATE), 1) AS offers_per_day
+                    FROM crm.retention_offers GROUP BY 1 ORDER BY 1""",
+                evidence="offers",
+                finding="offers per day under the new version are a fraction (or a multiple) of "
+                "the old version's; the day-1 and day-31 bursts are the 30-day offer cycle, and "
+                "the control shows the same bursts",
+                found=lambda f: (
+                    f.height >= 2
+                    and abs(f["offers_per_day"][-1] / f["offers_per_day"][0] - 1) >= OFFERS_CHANGE
+                ),
+            ),
+        ]
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        onset = calendar.midnight(self.params.onset_day)
+        share_before, share_after = con.execute(
+            """
+            SELECT avg(decision::INT) FILTER (WHERE request_ts < $onset),
+                   avg(decision::INT) FILTER (WHERE request_ts >= $onset)
+            FROM serving.predictions WHERE source = 'batch'
+            """,
+            {"onset": onset},
+        ).fetchall()[0]
+        low, high = TARGET_BAND
+        checks = [
+            Check(
+                name="flagged share leaves the 10% budget at onset only",
+                passed=share_before is not None
+                and share_after is not None
+                and low <= share_before <= high
+                and abs(share_after - share_before) >= MIN_SHIFT
+                and (share_after < share_before) == self.fewer,
+                detail=f"flagged share {_fmt(share_before)} before onset (expected "
+                f"{low}..{high}), {_fmt(share_after)} after (expected "
+                f"{'below' if self.fewer else 'above'} it by at least {MIN_SHIFT})",
+            )
+        ]
+        before = served_versions(con, calendar.date(1), calendar.date(self.params.onset_day - 1))
+        after = served_versions(
+            con, calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
+        )
+        old_thresholds = {t for t, _ in before.values()}
+        new_versions = sorted(set(after) - set(before))
+        checks.append(
+            Check(
+                name="the new version is served with the previous threshold",
+                passed=bool(new_versions)
+                and len(old_thresholds) == 1
+                and all(after[v][0] in old_thresholds for v in new_versions),
+                detail=f"before onset {_versions(before)}; after {_versions(after)}",
+            )
+        )
+        p90, threshold = con.execute(
+            """
+            SELECT quantile_cont(score, 1 - $share), any_value(threshold)
+            FROM serving.predictions WHERE source = 'batch' AND request_ts >= $onset
+            """,
+            {"onset": onset, "share": FLAGGED_SHARE},
+        ).fetchall()[0]
+        gap = abs(p90 / threshold - 1) if p90 is not None and threshold else 0.0
+        checks.append(
+            Check(
+                name="the served threshold no longer cuts at the 10% budget",
+                passed=gap >= QUANTILE_GAP,
+                detail=f"after onset the score flagging 10% is {_fmt(p90, 4)}, the served "
+                f"threshold {_fmt(threshold, 4)} (relative gap {gap:.2f}, expected at least "
+                f"{QUANTILE_GAP})",
+            )
+        )
+        return checks
+
+
+def expected_share(weight: float) -> float:
+    """Roughly the share the previous threshold flags under the retrained model's scores."""
+    weights, shares = zip(*MEASURED_SHARE, strict=True)
+    return float(np.interp(weight, weights, shares))
+
+
+def _stale(frame: pl.DataFrame) -> bool:
+    """One shared threshold, and some version whose own 90th percentile is far from it."""
+    thresholds = set(frame["min_threshold"].to_list()) | set(frame["max_threshold"].to_list())
+    if len(thresholds) != 1:
+        return False
+    threshold = thresholds.pop()
+    return bool(threshold) and any(
+        abs(p / threshold - 1) >= QUANTILE_GAP for p in frame["score_p90"].to_list()
+    )
+
+
+def _same_threshold_loaded(frame: pl.DataFrame) -> bool:
+    loads = frame.filter(pl.col("event") == "model_loaded").with_columns(
+        pl.col("attrs").str.json_path_match("$.threshold").alias("threshold"),
+        pl.col("attrs").str.json_path_match("$.model_version").alias("version"),
+    )
+    return loads["version"].n_unique() >= 2 and loads["threshold"].n_unique() == 1
+
+
+def _versions(versions: dict[str, tuple[float, int]]) -> str:
+    return ", ".join(f"v{v} at threshold {t}" for v, (t, _) in sorted(versions.items())) or "none"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

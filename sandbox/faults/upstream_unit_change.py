@@ -1,0 +1,487 @@
+"""One device's app release starts reporting watch time in seconds; the pipeline reads it as minutes.
+
+Story: the apps team ships a point release for one device family (by default the smart-TV app) that
+moves playback telemetry onto a shared media SDK. The SDK reports watch time in seconds; the
+ingestion contract says minutes and nobody converts. The release rolls out over a few days, so a
+growing share of that device's customers report `minutes_watched` about 60 times too high, tagged
+with the new `app_version`. The feature job averages whatever arrives: their watch-time features
+explode, the churn model reads them as the most engaged customers in the base and stops flagging
+them, while the dashboards show nothing worse than a "drifting" feature mean.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar, Literal
+
+import duckdb
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from sandbox import rng
+from sandbox.clock import Calendar
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+)
+from sandbox.rng import stable_unit
+from sandbox.world.behaviour import APP_RELEASES
+
+DEVICE_NAMES = {"ios": "iOS", "android": "Android", "web": "web", "smart_tv": "smart TV"}
+SCORE_DROP = 0.7  # affected customers' score change, at most this share of everyone else's
+UNDER_SCORED = 0.75  # affected customers' score/churn ratio, relative to everyone else's
+MIN_CHURNERS = 25  # matured churn labels an under-scoring check needs in the affected group
+
+
+class Params(FaultParams):
+    target_device: Literal["ios", "android", "web", "smart_tv"] = Field(
+        "smart_tv", description="Device family whose new app release reports seconds."
+    )
+    multiplier: float = Field(
+        60.0,
+        ge=10.0,
+        le=1000.0,
+        description="Factor the new release inflates minutes_watched by (60 = seconds).",
+    )
+    adoption_share: float = Field(
+        0.8,
+        ge=0.3,
+        le=1.0,
+        description="Share of the device's customers on the new release at full ramp.",
+    )
+
+
+def release_version(onset_day: int) -> str:
+    """A patch release on top of the newest app release out by the onset day."""
+    current = max((r for r in APP_RELEASES if r[1] <= onset_day), key=lambda r: r[1])[0]
+    major, minor, patch = (int(p) for p in current.split("."))
+    return f"{major}.{minor}.{patch + 1}"
+
+
+class UpstreamUnitChange(Fault):
+    id: ClassVar[str] = "upstream-unit-change"
+    title: ClassVar[str] = "One device's new app release reports watch time in seconds"
+    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    observation: ClassVar[str] = (
+        "Churn rises among one device's customers while the model flags fewer of them; the "
+        "watch-time feature means jump, but nothing errors and the holdout metrics look fine."
+    )
+    hook_points: ClassVar[tuple[str, ...]] = ("ingest.activity",)
+    Params: ClassVar[type[FaultParams]] = Params
+
+    params: Params
+
+    @property
+    def version(self) -> str:
+        return release_version(self.params.onset_day)
+
+    def on_release(self, customer_ids: np.ndarray, devices: np.ndarray, day: int) -> np.ndarray:
+        """Who runs the new release on `day`: a stable, growing share of the device's customers."""
+        share = self.params.adoption_share * self.params.intensity(day)
+        return (devices == self.params.target_device) & (stable_unit(customer_ids, self.id) < share)
+
+    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        if point != "ingest.activity" or self.params.intensity(ctx.day) == 0 or not value.height:
+            return value
+        updated = self.on_release(
+            value["customer_id"].to_numpy(), value["device"].to_numpy(), ctx.day
+        )
+        if not updated.any():
+            return value
+        # The SDK counts whole seconds of the true watch time (minutes arrive rounded to 0.1).
+        g = rng.stream(ctx.seed, self.id, ctx.day)
+        jitter = g.uniform(-0.05, 0.05, value.height)
+        reported = (
+            (pl.col("minutes_watched") + pl.Series(jitter)).clip(lower_bound=0.0)
+            * self.params.multiplier
+        ).round(0)
+        mask = pl.Series(updated)
+        return value.with_columns(
+            pl.when(mask)
+            .then(reported)
+            .otherwise(pl.col("minutes_watched"))
+            .alias("minutes_watched"),
+            pl.when(mask)
+            .then(pl.lit(self.version))
+            .otherwise(pl.col("app_version"))
+            .alias("app_version"),
+        )
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        device = DEVICE_NAMES[self.params.target_device]
+        return [
+            {
+                "day": self.params.onset_day,
+                "hour": 9.5,
+                "kind": "deploy",
+                "service": "mobile-apps",
+                "title": f"{device} app {self.version} staged rollout started",
+                "body": f"{device} only: player moved to the shared media SDK (playback and "
+                f"telemetry); auto-update over about {max(self.params.ramp_days, 1)} days.",
+                "author": "apps-team",
+            }
+        ]
+
+    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
+        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
+
+    def answer_key(self, calendar: Calendar) -> AnswerKey:
+        start, end = self._window(calendar)
+        device, version = self.params.target_device, self.version
+        mult, pct = self.params.multiplier, round(self.params.adoption_share * 100)
+        return AnswerKey(
+            fault_id=self.id,
+            title=self.title,
+            root_cause=(
+                f"On {start} the {DEVICE_NAMES[device]} app {version} starts its rollout (about "
+                f"{pct}% of {device} customers within {self.params.ramp_days} days). Its new media "
+                f"SDK reports watch time in a different unit (seconds: {mult:g}x the minutes the "
+                "ingestion contract expects), and nothing converts it. raw.viewing_activity."
+                f"minutes_watched for {device} rows on app_version {version} is {mult:g}x too "
+                "high, so avg_daily_minutes_7d/28d and minutes_per_session_28d explode for those "
+                "customers. The churn model reads them as its most engaged, most satisfied "
+                "viewers and stops flagging them, although they churn as often as before."
+            ),
+            propagation=[
+                f"upstream: {DEVICE_NAMES[device]} app {version} -> minutes_watched in seconds "
+                f"({mult:g}x) for its users",
+                f"raw: raw.viewing_activity.minutes_watched {mult:g}x for device = '{device}', "
+                f"app_version = '{version}'; sessions unchanged",
+                "features: avg_daily_minutes_7d/28d and minutes_per_session_28d jump for those "
+                "customers (feature_mean climbs; no NULLs, no errors)",
+                "serving: the model scores them as very engaged; far fewer of them are flagged",
+                f"business: at-risk {device} customers get no retention offer; churn rises",
+                "labels (14 days later): recall and AUC fall for the device segment; holdout "
+                "metrics stay high",
+            ],
+            evidence=[
+                Evidence(
+                    id="raw-minutes",
+                    kind="table_column",
+                    ref="raw.viewing_activity.minutes_watched",
+                    description=f"minutes per session ~{mult:g}x on {device} rows of {version}",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="new-release",
+                    kind="table_column",
+                    ref="raw.viewing_activity.app_version",
+                    description=f"app_version {version} appears at onset, on {device} only",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="feature-jump",
+                    kind="table_column",
+                    ref="feature_store.customer_features.minutes_per_session_28d",
+                    description=f"minutes features explode for {device} customers on {version}",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="feature-mean",
+                    kind="metric",
+                    ref="feature_mean",
+                    description="feature_mean of the minutes features climbs with the rollout",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="segment-recall",
+                    kind="table_column",
+                    ref="monitoring.model_performance_daily.flagged_rate",
+                    description=f"flagged rate and recall of the device = {device} segment fall",
+                    window_start=start,
+                    window_end=end,
+                ),
+                Evidence(
+                    id="app-rollout",
+                    kind="changelog",
+                    ref=f"{DEVICE_NAMES[device]} app {version} staged rollout started",
+                    description="the release that changed the telemetry",
+                    window_start=start,
+                    window_end=end,
+                ),
+            ],
+            acceptable_fixes=[
+                f"Convert the unit at ingestion for {version} (divide by {mult:g}) or have the "
+                "apps team fix the SDK field; add the unit to the telemetry contract.",
+                "Backfill raw and feature rows of the affected customers since onset, then "
+                "re-score them and consider outreach to the ones missed.",
+                "Add data contracts / range checks on raw minutes per session, segmented by "
+                "app_version and device, so a new release is validated before it is trusted.",
+                "Monitor feature distributions and model performance per device and app version.",
+            ],
+            probes=[
+                "How did you tell a unit change from real behaviour change or ordinary drift?",
+                "Why did no alert fire, and what check would have caught it at ingestion?",
+                "Would retraining on the current data have fixed it? What would it have learned?",
+                "What would you ship first, and how would you know it worked?",
+                "What experiment would you run next to size how many at-risk customers were "
+                "missed?",
+            ],
+        )
+
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        device, version, mult = self.params.target_device, self.version, self.params.multiplier
+        onset = calendar.date(self.params.onset_day)
+        return [
+            Step(
+                question="Did watch time per session change for any device or app version?",
+                sql="""
+                    SELECT device, app_version, count(*) AS rows,
+                           round(sum(minutes_watched) / sum(sessions), 1) AS minutes_per_session
+                    FROM raw.viewing_activity WHERE minutes_watched IS NOT NULL
+                    GROUP BY 1, 2 ORDER BY 1, 2""",
+                evidence="raw-minutes",
+                finding=f"{device} rows on {version} report ~{mult:g}x the minutes per session "
+                "of every other device and version",
+                found=lambda f: (
+                    f.height > 0
+                    and f["minutes_per_session"].max()
+                    >= 0.4 * mult * f["minutes_per_session"].median()
+                ),
+            ),
+            Step(
+                question="Which app versions run on which devices, and since when?",
+                sql="""
+                    SELECT app_version, count(DISTINCT device) AS devices,
+                           min(activity_date) AS first_seen, count(*) AS rows
+                    FROM raw.viewing_activity GROUP BY 1 ORDER BY 1""",
+                evidence="new-release",
+                finding=f"{version} runs on one device only and first appears at onset",
+                found=lambda f: (
+                    f.filter((pl.col("devices") == 1) & (pl.col("first_seen") >= onset)).height > 0
+                ),
+            ),
+            Step(
+                question="Did the watch-time features move for one device's customers?",
+                sql="""
+                    SELECT c.device, date_trunc('week', f.event_timestamp) AS week,
+                           round(avg(f.minutes_per_session_28d), 1) AS minutes_per_session_28d,
+                           round(avg(f.avg_daily_minutes_7d), 1) AS avg_daily_minutes_7d
+                    FROM feature_store.customer_features f JOIN raw.customers c USING (customer_id)
+                    GROUP BY 1, 2 ORDER BY 1, 2""",
+                evidence="feature-jump",
+                finding=f"{device} customers' minutes features multiply after onset; other "
+                "devices stay flat",
+                found=lambda f: _device_jump(f, device) >= 2.0,
+            ),
+            Step(
+                question="Are the customers on the new release scored lower than they churn?",
+                sql=f"""
+                    WITH upgraded AS (SELECT DISTINCT customer_id FROM raw.viewing_activity
+                                      WHERE app_version = '{version}' AND device = '{device}')
+                    SELECT p.customer_id IN (SELECT customer_id FROM upgraded) AS new_release,
+                           count(*) AS n, avg(p.score) AS mean_score,
+                           avg(p.decision::INT) AS flagged_rate, avg(l.churned) AS churn_rate
+                    FROM serving.predictions p JOIN labels.churn_labels l
+                      ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
+                    WHERE p.source = 'batch' AND p.request_ts::DATE > DATE '{onset}'
+                    GROUP BY 1 ORDER BY 1""",
+                evidence="segment-recall",
+                finding="they churn about as often as everyone else but score far lower and are "
+                "rarely flagged",
+                found=lambda f: (
+                    f.filter(pl.col("new_release")).height == 1
+                    and _ratio(f, "new_release", True)
+                    <= UNDER_SCORED * _ratio(f, "new_release", False)
+                ),
+            ),
+        ]
+
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        device, version, mult = self.params.target_device, self.version, self.params.multiplier
+        onset = calendar.date(self.params.onset_day)
+        checks: list[Check] = []
+
+        before_rows, after_rows, devices = con.execute(
+            """
+            SELECT count(*) FILTER (WHERE activity_date < $onset),
+                   count(*) FILTER (WHERE activity_date >= $onset),
+                   coalesce(string_agg(DISTINCT device, ','), '')
+            FROM raw.viewing_activity WHERE app_version = $version
+            """,
+            {"onset": onset, "version": version},
+        ).fetchall()[0]
+        checks.append(
+            Check(
+                name="new app release appears at onset on the target device only",
+                passed=before_rows == 0 and after_rows > 0 and devices == device,
+                detail=f"rows on app_version {version}: {before_rows} before onset, {after_rows} "
+                f"after; devices: {devices or 'none'} (expected {device})",
+            )
+        )
+
+        # Minutes per session (a ratio of sums, robust to NULL minutes from other changes).
+        stats = con.execute(
+            """
+            SELECT device = $device AS target, activity_date >= $onset AS after,
+                   app_version = $version AS updated,
+                   sum(minutes_watched) / sum(sessions) FILTER (WHERE minutes_watched IS NOT NULL)
+            FROM raw.viewing_activity GROUP BY ALL
+            """,
+            {"device": device, "onset": onset, "version": version},
+        ).fetchall()
+        mps = {(t, a, u): v for t, a, u, v in stats}
+        base = mps.get((True, False, False))
+        updated = mps.get((True, True, True))
+        old_after = mps.get((True, True, False))
+        others = (mps.get((False, False, False)), mps.get((False, True, False)))
+        ratio = updated / base if updated is not None and base else None
+        stable = [
+            after / before
+            for before, after in ((base, old_after), others)
+            if before and after is not None
+        ]
+        checks.append(
+            Check(
+                name="segment's minutes per session jump by the multiplier after onset",
+                passed=ratio is not None
+                and 0.7 * mult <= ratio <= 1.3 * mult
+                and len(stable) == 2
+                and all(0.85 <= r <= 1.15 for r in stable),
+                detail=f"{device} minutes per session: {_fmt(base)} before onset, {_fmt(updated)} "
+                f"on {version} after (x{_fmt(ratio)}, expected ~{mult:g}); unchanged elsewhere: "
+                + ", ".join(f"x{r:.2f}" for r in stable)
+                + " (the device's other versions, other devices)",
+            )
+        )
+
+        # Per customer, from the day they first report on the new release (the 7-day average
+        # reacts first; the 28-day per-session figure follows over the next weeks).
+        b7, a7, bs, as_, n_upgraded = con.execute(
+            f"""
+            WITH {_UPGRADED}
+            SELECT avg(f.avg_daily_minutes_7d) FILTER (WHERE f.event_timestamp::DATE <= u.d0),
+                   avg(f.avg_daily_minutes_7d) FILTER (WHERE f.event_timestamp::DATE > u.d0),
+                   avg(f.minutes_per_session_28d) FILTER (WHERE f.event_timestamp::DATE <= u.d0),
+                   avg(f.minutes_per_session_28d) FILTER (WHERE f.event_timestamp::DATE > u.d0),
+                   count(DISTINCT u.customer_id)
+            FROM feature_store.customer_features f JOIN upgraded u USING (customer_id)
+            """,
+            {"version": version, "device": device},
+        ).fetchall()[0]
+        ratio_7d = a7 / b7 if a7 is not None and b7 else None
+        ratio_ps = as_ / bs if as_ is not None and bs else None
+        checks.append(
+            Check(
+                name="minutes features explode for customers on the new release",
+                passed=ratio_7d is not None and ratio_7d >= 0.15 * mult,
+                detail=f"{n_upgraded} customers on {version}: mean avg_daily_minutes_7d "
+                f"{_fmt(b7)} before they updated, {_fmt(a7)} after (x{_fmt(ratio_7d)}; expected "
+                f">= x{0.15 * mult:.1f}); minutes_per_session_28d {_fmt(bs)} -> {_fmt(as_)} "
+                f"(x{_fmt(ratio_ps)})",
+            )
+        )
+
+        # Label-free: the same customers' scores before and after, against everyone else's.
+        scores = con.execute(
+            f"""
+            WITH {_UPGRADED},
+            p AS (SELECT p.customer_id, p.request_ts::DATE AS d, p.score, p.decision, u.d0
+                  FROM serving.predictions p LEFT JOIN upgraded u USING (customer_id)
+                  WHERE p.source = 'batch')
+            SELECT avg(score) FILTER (WHERE d0 IS NOT NULL AND d <= d0),
+                   avg(score) FILTER (WHERE d0 IS NOT NULL AND d > d0),
+                   avg(decision::INT) FILTER (WHERE d0 IS NOT NULL AND d <= d0),
+                   avg(decision::INT) FILTER (WHERE d0 IS NOT NULL AND d > d0),
+                   avg(score) FILTER (WHERE d0 IS NULL AND d <= $onset),
+                   avg(score) FILTER (WHERE d0 IS NULL AND d > $onset)
+            FROM p
+            """,
+            {"version": version, "device": device, "onset": onset},
+        ).fetchall()[0]
+        s_before, s_after, fl_before, fl_after, o_before, o_after = scores
+        own = s_after / s_before if s_after is not None and s_before else None
+        rest = o_after / o_before if o_after is not None and o_before else None
+        checks.append(
+            Check(
+                name="the model scores customers on the new release far lower",
+                passed=own is not None and rest is not None and own <= SCORE_DROP * rest,
+                detail=f"mean batch score of updated customers {_fmt(s_before, 4)} before their "
+                f"update, {_fmt(s_after, 4)} after (x{_fmt(own)}); everyone else x{_fmt(rest)}; "
+                f"their flagged rate {_fmt(fl_before, 3)} -> {_fmt(fl_after, 3)}",
+            )
+        )
+
+        # With matured labels: they churn as before, so score/churn falls against everyone else's.
+        labelled = con.execute(
+            f"""
+            WITH {_UPGRADED}
+            SELECT u.customer_id IS NOT NULL AND p.request_ts::DATE > u.d0 AS updated,
+                   count(*) AS n, sum(l.churned) AS churners, avg(p.score) AS mean_score,
+                   avg(l.churned) AS churn_rate
+            FROM serving.predictions p
+            JOIN labels.churn_labels l
+              ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
+            LEFT JOIN upgraded u ON u.customer_id = p.customer_id
+            WHERE p.source = 'batch' AND p.request_ts::DATE > $onset
+              AND l.label_available_at <= $matured
+            GROUP BY 1
+            """,
+            {
+                "version": version,
+                "device": device,
+                "onset": onset,
+                "matured": calendar.midnight(calendar.last_visible_day + 1),
+            },
+        ).fetchall()
+        groups = {g: (n, c, s / r if r else None) for g, n, c, s, r in labelled}
+        n_up, churners, ratio_up = groups.get(True, (0, 0, None))
+        _, _, ratio_rest = groups.get(False, (0, 0, None))
+        if churners < MIN_CHURNERS:
+            checks.append(
+                Check(
+                    name="updated customers are under-scored for their churn",
+                    passed=True,
+                    detail=f"not measurable: {churners} matured churn labels among updated "
+                    f"customers after onset (< {MIN_CHURNERS}); skipped",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    name="updated customers are under-scored for their churn",
+                    passed=ratio_up is not None
+                    and ratio_rest is not None
+                    and ratio_up <= UNDER_SCORED * ratio_rest,
+                    detail=f"{n_up} matured predictions of updated customers ({churners} "
+                    f"churned): mean score over churn rate {_fmt(ratio_up)} for them, "
+                    f"{_fmt(ratio_rest)} for everyone else",
+                )
+            )
+        return checks
+
+
+# Customers who report on the new release, and the first day they did.
+_UPGRADED = """upgraded AS (
+                SELECT customer_id, min(activity_date) AS d0 FROM raw.viewing_activity
+                WHERE app_version = $version AND device = $device GROUP BY 1)"""
+
+
+def _device_jump(frame: pl.DataFrame, device: str) -> float:
+    rows = frame.filter(pl.col("device") == device)
+    if not rows.height:
+        return 0.0
+    column = rows["minutes_per_session_28d"]
+    return float(column.max() / column.min()) if column.min() else float("inf")
+
+
+def _ratio(frame: pl.DataFrame, column: str, value: bool) -> float:
+    """Mean score over churn rate of one group (inf when the group is missing or never churns)."""
+    row = frame.filter(pl.col(column) == value)
+    if not row.height or not row["churn_rate"][0]:
+        return float("inf")
+    return float(row["mean_score"][0] / row["churn_rate"][0])
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

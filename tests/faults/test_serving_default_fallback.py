@@ -1,0 +1,159 @@
+"""The lookup-deadline fault: parameters, the zero vector at busy hours, and its story."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from sandbox import scenario
+from sandbox.clock import Calendar
+from sandbox.faults.base import HookContext
+from sandbox.faults.serving_default_fallback import (
+    OVERHEAD_MS,
+    PEAK_HOURS,
+    QUIET_HOURS,
+    Params,
+    ServingDefaultFallback,
+    load_curve,
+)
+from sandbox.pipeline.features import MODEL_FEATURES
+
+CAL = scenario.load(None).world.calendar()
+N = 4000  # requests per hour in the synthetic day
+FORBIDDEN = re.compile(
+    r"\bfault|inject|planted|answer|sabotag|\bbug\b|fallback|default|timeout", re.I
+)
+
+
+def fault(**params: object) -> ServingDefaultFallback:
+    return ServingDefaultFallback(Params(**params))
+
+
+def ctx(day: int, calendar: Calendar = CAL) -> HookContext:
+    return HookContext(seed=1, day=day, calendar=calendar)
+
+
+def requests(
+    day: int, hours: list[int], source: str = "online", status: str = "ok"
+) -> pl.DataFrame:
+    """N requests in each of `hours` of `day`, every feature 1.0, latency 6 ms."""
+    ts = [CAL.at(day, h + (i + 0.5) / N) for h in hours for i in range(N)]
+    n = len(ts)
+    return pl.DataFrame(
+        {
+            "customer_id": np.arange(n, dtype=np.int64),
+            "request_ts": pl.Series(ts, dtype=pl.Datetime("us")),
+            "source": [source] * n,
+            "latency_ms": [None if source == "batch" else 6.0] * n,
+            "status": [status] * n,
+            **{c: [1.0] * n for c in MODEL_FEATURES},
+        },
+        schema_overrides={"latency_ms": pl.Float64},
+    )
+
+
+def zero_share(frame: pl.DataFrame) -> float:
+    return float(
+        frame.select(pl.all_horizontal(pl.col(c) == 0 for c in MODEL_FEATURES)).mean().item()
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"peak_share": 0.05},
+        {"peak_share": 1.5},
+        {"deadline_ms": 2.0},
+        {"deadline_ms": 60.0},
+        {"onset_day": 43},
+        {"ramp_days": 22},
+        {"surprise": 1},
+    ],
+)
+def test_invalid_parameters_are_refused(params: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Params(**params)
+
+
+def test_load_curve_is_zero_when_quiet_and_one_at_the_peak() -> None:
+    curve = load_curve(np.arange(24))
+    assert curve.max() == 1.0 and int(np.argmax(curve)) in PEAK_HOURS
+    assert (curve[list(QUIET_HOURS)] == 0).all()
+    assert (curve[list(PEAK_HOURS)] >= 0.7).all()
+
+
+def test_busy_hours_get_the_zero_vector_at_the_deadline() -> None:
+    f = fault(onset_day=10, ramp_days=0, peak_share=0.5, deadline_ms=10.0)
+    frame = requests(12, [3, 20])
+    out = f.apply("serve.features", frame, ctx(12))
+    quiet = out.filter(pl.col("request_ts").dt.hour() == 3)
+    peak = out.filter(pl.col("request_ts").dt.hour() == 20)
+    assert quiet.equals(frame.filter(pl.col("request_ts").dt.hour() == 3))
+    assert zero_share(peak) == pytest.approx(0.5, abs=0.03)
+    zeroed = peak.filter(pl.col("monthly_price") == 0)
+    # Every feature at once, never a partial vector; latency just above the deadline; still ok.
+    assert zeroed.select(pl.sum_horizontal(MODEL_FEATURES)).to_series().max() == 0
+    assert zeroed["latency_ms"].min() >= 10.0 + OVERHEAD_MS[0] - 1e-9
+    assert zeroed["latency_ms"].max() <= 10.0 + OVERHEAD_MS[1] + 1e-9
+    assert (zeroed["status"] == "ok").all()
+    untouched = peak.filter(pl.col("monthly_price") != 0)
+    assert (untouched["latency_ms"] == 6.0).all()
+    assert out.schema == frame.schema
+
+
+def test_only_online_successes_after_the_change() -> None:
+    f = fault(onset_day=10, ramp_days=0, peak_share=1.0)
+    assert zero_share(f.apply("serve.features", requests(9, [20]), ctx(9))) == 0
+    assert zero_share(f.apply("serve.features", requests(12, [20]), ctx(12))) == 1.0
+    assert zero_share(f.apply("serve.features", requests(12, [20], "batch"), ctx(12))) == 0
+    assert zero_share(f.apply("serve.features", requests(12, [20], status="error"), ctx(12))) == 0
+
+
+def test_share_ramps_and_is_deterministic() -> None:
+    f = fault(onset_day=10, ramp_days=4, peak_share=0.8)
+    frame = requests(10, [20])
+    first = f.apply("serve.features", frame, ctx(10))
+    assert zero_share(first) == pytest.approx(0.2, abs=0.03)
+    assert first.equals(f.apply("serve.features", frame, ctx(10)))
+    later = requests(13, [20])
+    assert zero_share(f.apply("serve.features", later, ctx(13))) == pytest.approx(0.8, abs=0.03)
+
+
+def test_story_is_ordinary_and_the_key_is_complete() -> None:
+    f = fault(onset_day=15)
+    entries = f.changelog(CAL)
+    assert len(entries) == 1 and entries[0]["day"] == 15 and entries[0]["kind"] == "config"
+    for entry in entries:
+        assert not FORBIDDEN.search(entry["title"] + entry["body"])
+        assert f.id not in entry["title"] + entry["body"]
+    key = f.key(CAL)
+    assert key.root_cause and key.propagation and key.acceptable_fixes and key.probes
+    assert {e.kind for e in key.evidence} == {"table_column", "metric", "log_pattern", "changelog"}
+    assert all(e.window_start <= e.window_end for e in key.evidence)
+    assert key.evidence[-1].ref == entries[0]["title"]
+    assert 3 <= len(key.investigation) <= 5
+    assert any(p.startswith("What experiment") for p in key.probes)
+
+
+def test_investigation_tells_the_zero_vectors_from_a_clean_day() -> None:
+    steps = fault(onset_day=15).investigation(CAL)
+    hours = pl.Series("hour", list(range(24)), dtype=pl.Int64)
+    clean = pl.DataFrame({"hour": hours, "requests": [100] * 24, "share_all_zero": [0.0] * 24})
+    faulty = clean.with_columns(
+        pl.Series("share_all_zero", np.round(0.5 * load_curve(np.arange(24)), 3))
+    )
+    assert steps[0].found(faulty) and not steps[0].found(clean)
+    changelog = pl.DataFrame({"title": [fault(onset_day=15)._change_title()]})
+    assert steps[-1].found(changelog)
+    assert not steps[-1].found(pl.DataFrame({"title": ["model-server image 2.4.1"]}))
+
+
+def test_change_lands_on_the_onset_day() -> None:
+    entry = fault(onset_day=20).changelog(CAL)[0]
+    assert CAL.date(entry["day"]) == CAL.date(20)
+    assert dt.time(int(entry["hour"])) < dt.time(19)  # before the evening peak it breaks
