@@ -139,7 +139,8 @@ def fit(
     x_hold = holdout.select(features).to_numpy()
     y_hold = holdout["churned"].to_numpy()
     scores = model.predict_proba(x_hold)[:, 1]
-    threshold = float(np.round(np.quantile(scores, 1 - FLAGGED_SHARE), 4))
+    # Four significant digits, not decimals: a badly calibrated model can score everyone below 1e-4.
+    threshold = float(f"{np.quantile(scores, 1 - FLAGGED_SHARE):.4g}")
     flagged = scores >= threshold
     metrics = {
         "holdout_auc": roc_auc_score(y_hold, scores),
