@@ -19,17 +19,18 @@ import duckdb
 import polars as pl
 
 from sandbox import __version__
+from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext
 from sandbox.monitor import alerts, metrics, performance
 from sandbox.monitor.drift import DriftMonitor
-from sandbox.pipeline import label, registry, retrieve, train
+from sandbox.pipeline import deploy, label, registry, retrieve, train
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 from sandbox.pipeline.ops import changelog
 from sandbox.pipeline.release import Release
 from sandbox.scenario import Scenario
 from sandbox.world import corpus, descriptions
 from sandbox.world.layout import WorldPaths
-from sandbox.world.simulate import Simulation
+from sandbox.world.simulate import Simulation, SimulationResult
 from sandbox.world.warehouse import Warehouse, content_digest, row_counts
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -183,6 +184,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     for version, (later, first_day) in sorted(result.encoders.items()):
         if version != encoder.version:
             _register_encoder(later, None, paths, cal.date(first_day))
+    _write_deployment(result, paths, cal)
     paths.scenario.write_text(scenario.text)
     keys = [f.key(cal).model_dump(mode="json") for f in scenario.faults]
     decoys = [d.note(cal).model_dump(mode="json") for d in scenario.decoys]
@@ -216,6 +218,32 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
         },
         "sandbox_version": __version__,
     }
+
+
+def _write_deployment(result: SimulationResult, paths: WorldPaths, cal: Calendar) -> None:
+    """Hand the stack its state at the end of production: what the model servers load, and the
+    online store as each remaining day's materialization leaves it."""
+    server = result.serving
+    champion = [d.version for d in result.deployments if d.release.alias == "champion"]
+    follows_alias = bool(champion) and champion[-1] == server.model_version
+    loaded = next(
+        (d for d in reversed(result.deployments) if d.version == server.model_version), None
+    )
+    deploy.write_model_deployment(
+        paths.deploy,
+        deploy.ModelDeployment(
+            model_name=registry.CHURN_MODEL,
+            model_version=server.model_version,
+            model_uri=f"models:/{registry.CHURN_MODEL}@champion"
+            if follows_alias
+            else f"models:/{registry.CHURN_MODEL}/{server.model_version}",
+            threshold=server.threshold,
+            features=server.features,
+            deployed_at=cal.at(loaded.release.day if loaded else 1, 5.5),
+        ),
+    )
+    for _, online in sorted(result.online_snapshots.items()):
+        deploy.write_online_snapshot(paths.online_store, online)
 
 
 def _register_encoder(

@@ -5,12 +5,15 @@ DIR/candidate/              everything the candidate's tools may read
     world.duckdb            raw tables, feature store, predictions, logs, metrics, ops
     mlflow/                 tracking store + model registry (sqlite) and artifacts
     indexes/                the FAISS index and its build metadata
+    deploy/                 what the model servers load (deployment record)
+    online-store/           the online store's materializations for the days served live
     reports/                drift reports rendered on first view
     logs/                   structured JSON logs, one file per service
 DIR/interviewer/            never served to a candidate
     scenario.toml           the scenario as given
     answer_key.json         per planted fault: root cause, chain, evidence, fixes, probes
     truth.duckdb            the simulation's latent state
+DIR/run/                    the running stack's state: clock, telemetry spool (`sandbox up`)
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ class WorldPaths:
         return self.candidate / "indexes"
 
     @property
+    def deploy(self) -> Path:
+        return self.candidate / "deploy"
+
+    @property
+    def online_store(self) -> Path:
+        return self.candidate / "online-store"
+
+    @property
     def reports(self) -> Path:
         return self.candidate / "reports"
 
@@ -66,6 +77,10 @@ class WorldPaths:
     @property
     def truth(self) -> Path:
         return self.interviewer / "truth.duckdb"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
 
     @property
     def manifest(self) -> Path:

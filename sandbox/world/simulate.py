@@ -53,6 +53,8 @@ class SimulationResult:
     feature_job: FeatureJob
     logs: LogSink
     encoders: dict[int, tuple[retrieve.Encoder, int]]  # version -> (encoder, first day used)
+    serving: ModelServer  # as the world leaves it: the loaded version and its threshold
+    online_snapshots: dict[int, pl.DataFrame]  # the online store from the last production day on
 
     @property
     def initial(self) -> Deployment:
@@ -111,6 +113,7 @@ class Simulation:
         deployments: list[Deployment] = []
         self.encoders: dict[int, tuple[retrieve.Encoder, int]] = {}
         prev_active = np.empty(0, dtype=np.int64)
+        snapshots: dict[int, pl.DataFrame] = {}
         for day in range(cal.first_day - population.WARM_UP_DAYS, cal.first_day):
             state.warm_up(day)
 
@@ -145,6 +148,8 @@ class Simulation:
                 )
                 if day == cal.last_production_day:
                     self.wh.append(store.ONLINE_TABLE, online)
+                if cal.last_production_day <= day <= cal.last_visible_day:
+                    snapshots[day] = online
                 served = server.batch(day, online)
                 offered = state.grant_offers(
                     served.filter(pl.col("decision"))["customer_id"].to_numpy(), day
@@ -214,6 +219,8 @@ class Simulation:
             feature_job=job,
             logs=self.logs,
             encoders=self.encoders,
+            serving=server,
+            online_snapshots=snapshots,
         )
 
     def _releases(self) -> dict[int, Release]:

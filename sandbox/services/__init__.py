@@ -1,0 +1,1 @@
+"""The running stack (`sandbox up`): services, live traffic, scheduled jobs and their supervisor."""
