@@ -1,10 +1,12 @@
-"""Append-only telemetry files: how services hand predictions, searches and logs to the gateway.
+"""Append-only telemetry files: how live services hand their rows to the gateway.
 
 A service appends one JSON line per record *before* it answers the request the record describes, so
 whatever a client has seen acknowledged survives the service being killed (a write that reached the
 kernel outlives the process). The gateway, the telemetry's only owner, tails the files and loads
 new complete lines; a torn last line from a killed writer is left until it is completed or ignored.
-Records are plain JSON objects; timestamps are ISO strings in simulated time.
+Each file holds rows of one candidate-visible table (`LIVE_TABLES`), with that table's columns as
+JSON keys; timestamps are ISO strings in simulated time. Ids the world already uses (prediction and
+request ids) are left out: live rows get theirs from the gateway or as random 63-bit integers.
 """
 
 from __future__ import annotations
@@ -16,13 +18,34 @@ from pathlib import Path
 from typing import Any
 
 SPOOL_DIR = "spool"
-KINDS = ("predictions", "searches", "logs")
+# The tables live services add rows to; `retrieval.search_clicks` (request_id, clicked_article_id,
+# click_rank, clicked_at) is folded into `retrieval.search_log` by the gateway.
+LIVE_TABLES = (
+    "serving.predictions",
+    "retrieval.search_log",
+    "retrieval.search_clicks",
+    "telemetry.logs",
+    "telemetry.metrics",
+    "ops.materialization_runs",
+    "monitoring.drift_daily",
+    "monitoring.drift_feature_daily",
+)
 
 
-def spool_path(run_dir: Path, service: str, kind: str) -> Path:
-    if kind not in KINDS:
-        raise ValueError(f"unknown telemetry kind {kind!r}; one of {', '.join(KINDS)}")
-    return run_dir / SPOOL_DIR / f"{service}.{kind}.jsonl"
+def spool_path(run_dir: Path, service: str, table: str) -> Path:
+    if table not in LIVE_TABLES:
+        raise ValueError(f"no live table {table!r}; one of {', '.join(LIVE_TABLES)}")
+    return run_dir / SPOOL_DIR / f"{service}.{table}.jsonl"
+
+
+def spool_files(run_dir: Path) -> list[tuple[str, str, Path]]:
+    """(service, table, path) of every spool file present."""
+    found = []
+    for path in sorted((run_dir / SPOOL_DIR).glob("*.jsonl")):
+        service, _, table = path.name.removesuffix(".jsonl").partition(".")
+        if table in LIVE_TABLES:
+            found.append((service, table, path))
+    return found
 
 
 class SpoolWriter:
