@@ -1,0 +1,82 @@
+"""What every live process shares: where the world is, the simulated clock, telemetry and logs,
+and how it is started (`python -m sandbox.services.NAME --world DIR --port P`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from sandbox import scenario
+from sandbox.clock import Calendar
+from sandbox.services.simclock import SimClock
+from sandbox.services.spool import SpoolWriter, spool_path
+from sandbox.world.layout import WorldPaths
+
+HEALTH_PATH = "/health"
+
+
+@dataclass
+class ServiceContext:
+    """One live process's view of its world. `service` names it in logs and telemetry."""
+
+    world: Path
+    service: str
+    _writers: dict[str, SpoolWriter] = field(default_factory=dict)
+
+    @cached_property
+    def paths(self) -> WorldPaths:
+        return WorldPaths(self.world)
+
+    @cached_property
+    def scenario(self) -> scenario.Scenario:
+        # Server-side only: processes read the scenario for its calendar and to keep planted
+        # behaviour acting live; nothing from it is ever sent to a client.
+        return scenario.load(self.paths.scenario)
+
+    @cached_property
+    def calendar(self) -> Calendar:
+        return self.scenario.world.calendar()
+
+    @cached_property
+    def clock(self) -> SimClock:
+        return SimClock.load(self.paths.run)
+
+    def now(self) -> dt.datetime:
+        return self.clock.now()
+
+    def spool(self, table: str) -> SpoolWriter:
+        if table not in self._writers:
+            self._writers[table] = SpoolWriter(spool_path(self.paths.run, self.service, table))
+        return self._writers[table]
+
+    def log(self, level: str, event: str, message: str, **attrs: Any) -> None:
+        """A structured log line in the candidate's logs (telemetry.logs), stamped in sim time."""
+        self.spool("telemetry.logs").write(
+            {
+                "ts": self.now().isoformat(),
+                "service": self.service,
+                "level": level,
+                "event": event,
+                "message": message,
+                "attrs": json.dumps(attrs, sort_keys=True, default=str),
+            }
+        )
+
+
+def service_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    return parser.parse_args()
+
+
+def serve(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
