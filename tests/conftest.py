@@ -6,6 +6,7 @@ disturb each other share a world), so the catalog tests can check each one on a 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 
 from sandbox import scenario
 from sandbox.world.build import BuildSummary, build
+from sandbox.world.layout import IncompleteWorld, read_manifest
 
 SMALL_SCALE = 0.4  # 10,000 customers: stable weekly metrics; build time is mostly fixed costs
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +92,11 @@ def scenario_for(name: str) -> scenario.Scenario:
     return spec.with_overrides(seed=7, scale=SMALL_SCALE)
 
 
+# Local iteration only: worlds already built into $SANDBOX_TEST_WORLDS/NAME are reused across runs.
+# Stale the moment simulation code changes; CI never sets it.
+WORLD_CACHE = os.environ.get("SANDBOX_TEST_WORLDS")
+
+
 class Worlds:
     """Builds a named world on first use; later requests get the same build."""
 
@@ -99,8 +106,17 @@ class Worlds:
 
     def get(self, name: str) -> BuildSummary:
         if name not in self.built:
-            self.built[name] = build(scenario_for(name), self.factory.mktemp(name) / "world")
+            self.built[name] = self._build(name)
         return self.built[name]
+
+    def _build(self, name: str) -> BuildSummary:
+        if WORLD_CACHE:
+            root = Path(WORLD_CACHE) / name
+            try:
+                return BuildSummary(root=root, manifest=read_manifest(root), seconds=0.0)
+            except IncompleteWorld:
+                return build(scenario_for(name), root, force=True)
+        return build(scenario_for(name), self.factory.mktemp(name) / "world")
 
 
 @pytest.fixture(scope="session")
