@@ -24,9 +24,11 @@ app = typer.Typer(
 faults_app = typer.Typer(no_args_is_help=True, help="The fault catalog.")
 scenario_app = typer.Typer(no_args_is_help=True, help="Scenario files.")
 decoys_app = typer.Typer(no_args_is_help=True, help="Decoys: harmless changes beside the faults.")
+session_app = typer.Typer(no_args_is_help=True, help="Candidate sessions on a running stack.")
 app.add_typer(faults_app, name="faults")
 app.add_typer(decoys_app, name="decoys")
 app.add_typer(scenario_app, name="scenario")
+app.add_typer(session_app, name="session")
 console = Console()
 err = Console(stderr=True)
 
@@ -297,11 +299,85 @@ def scenario_schema() -> None:
     console.print_json(json.dumps(scenario_mod.json_schema()))
 
 
+def _serve(world: Path, host: str, port: int, speed: float, with_session: bool) -> None:
+    from sandbox.services import supervisor
+
+    def ready(sup: supervisor.Supervisor) -> None:
+        console.print(f"gateway:      {sup.url}   (health: {sup.url}/-/health)")
+        if with_session:
+            links = _create_session(world, "candidate")
+            console.print(f"candidate:    {links['candidate_url']}")
+            console.print(f"interviewer:  {links['interviewer_url']}")
+        else:
+            console.print(f"create a candidate session with: sandbox session create {world}")
+        console.print("Ctrl-C stops every process.")
+
+    try:
+        supervisor.run(world, host, port, speed, say=err.print, on_ready=ready)
+    except supervisor.StackError as exc:
+        _fail(str(exc))
+
+
+@app.command("up")
+def up(
+    world: Path,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Gateway port; 0 picks a free one.")] = 8000,
+    speed: Annotated[
+        float,
+        typer.Option("--speed", help="Simulated seconds per second (default: 3 days / 90 min)."),
+    ] = 48.0,
+) -> None:
+    """Start the running stack on a built world: gateway, services, live traffic, jobs, MLflow."""
+    if speed <= 0:
+        _fail("--speed must be positive")
+    _serve(world, host, port, speed, with_session=False)
+
+
+def _create_session(world: Path, candidate: str) -> dict[str, str]:
+    import httpx
+
+    from sandbox.services import stack
+    from sandbox.world.layout import WorldPaths
+
+    paths = WorldPaths(world)
+    try:
+        base = stack.gateway_url(paths.run)
+        reply = httpx.post(
+            base + "/api/sessions",
+            json={"candidate": candidate},
+            headers={"Authorization": f"Bearer {stack.admin_token(paths)}"},
+            timeout=10,
+        )
+        reply.raise_for_status()
+    except (OSError, httpx.HTTPError) as exc:
+        _fail(f"no running stack for {world} ({exc}); start it with: sandbox up {world}")
+    return reply.json()
+
+
+@session_app.command("create")
+def session_create(
+    world: Path,
+    candidate: Annotated[str, typer.Option("--candidate")] = "candidate",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create a candidate session on the running stack; prints the candidate and interviewer links."""
+    links = _create_session(world, candidate)
+    if as_json:
+        console.print_json(json.dumps(links))
+        return
+    console.print(f"session {links['session_id']} for {candidate}")
+    console.print(f"candidate:    {links['candidate_url']}")
+    console.print(f"interviewer:  {links['interviewer_url']}")
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out")] = DEFAULT_WORLD,
+    port: Annotated[int, typer.Option("--port")] = 8000,
 ) -> None:
-    """The main job: build the default world if it is not there yet and print its summary."""
+    """The main job: build the default world if absent, start the stack, create a session, print
+    the candidate and interviewer links."""
     from sandbox.world.layout import IncompleteWorld, read_manifest
 
     try:
@@ -309,8 +385,8 @@ def demo(
         console.print(f"world already built in {out}")
         _print_summary(manifest, out)
     except IncompleteWorld:
-        _run_build(_load(None), out, force=False)
-    console.print("verify it with: sandbox verify " + str(out))
+        _run_build(_load(None), out, force=True)
+    _serve(out, "127.0.0.1", port, 48.0, with_session=True)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ import polars as pl
 METRIC_TABLE = "telemetry.metrics"
 
 
-def _bucketed_requests(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+def _bucketed_requests(
+    con: duckdb.DuckDBPyConnection, table: str = "serving.predictions"
+) -> pl.DataFrame:
     return (
         con.sql(
-            """
+            f"""
         WITH b AS (
             SELECT time_bucket(INTERVAL 5 MINUTE, request_ts) AS ts,
                    count(*) / 300.0 AS requests_per_second,
@@ -24,7 +26,7 @@ def _bucketed_requests(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
                    quantile_cont(latency_ms, 0.5) AS latency_p50_ms,
                    quantile_cont(latency_ms, 0.95) AS latency_p95_ms,
                    quantile_cont(latency_ms, 0.99) AS latency_p99_ms
-            FROM serving.predictions WHERE source = 'online' GROUP BY 1
+            FROM {table} WHERE source = 'online' GROUP BY 1
         )
         UNPIVOT b ON requests_per_second, error_ratio, latency_p50_ms, latency_p95_ms,
                      latency_p99_ms
@@ -57,10 +59,10 @@ def _model_outputs(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     )
 
 
-def _retrieval(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+def _retrieval(con: duckdb.DuckDBPyConnection, table: str = "retrieval.search_log") -> pl.DataFrame:
     return (
         con.sql(
-            """
+            f"""
         WITH h AS (
             SELECT time_bucket(INTERVAL 1 HOUR, request_ts) AS ts,
                    count(*) / 3600.0 AS requests_per_second,
@@ -68,7 +70,7 @@ def _retrieval(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
                    avg(CASE WHEN clicked_article_id IS NOT NULL THEN 1.0 ELSE 0.0 END)
                        AS click_through_rate,
                    quantile_cont(latency_ms, 0.95) AS latency_p95_ms
-            FROM retrieval.search_log GROUP BY 1
+            FROM {table} GROUP BY 1
         )
         UNPIVOT h ON requests_per_second, top1_similarity, click_through_rate, latency_p95_ms
         INTO NAME metric VALUE value
@@ -108,20 +110,39 @@ def _business(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     )
 
 
-def build_series(con: duckdb.DuckDBPyConnection, feature_health: pl.DataFrame) -> pl.DataFrame:
-    """All metric series; `feature_health` comes from the feature job (ts, metric, label, value)."""
-    frames = [
-        _bucketed_requests(con),
-        _model_outputs(con),
-        _retrieval(con),
-        _business(con),
-        feature_health.with_columns(pl.lit("feature-job").alias("service")),
-    ]
-    columns = ["ts", "service", "metric", "label", "value"]
+SERIES_COLUMNS = ["ts", "service", "metric", "label", "value"]
+# The services that keep running live; their series are computed from live traffic instead.
+LIVE_SERIES_SERVICES = ("model-server", "retrieval")
+
+
+def live_service_series(
+    con: duckdb.DuckDBPyConnection, predictions: str, searches: str
+) -> pl.DataFrame:
+    """The request and retrieval series of LIVE_SERIES_SERVICES, from tables of live traffic."""
+    return _finish([_bucketed_requests(con, predictions), _retrieval(con, searches)])
+
+
+def _finish(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return (
         pl.concat(
-            [f.select(columns).cast({"ts": pl.Datetime("us"), "value": pl.Float64}) for f in frames]
+            [
+                f.select(SERIES_COLUMNS).cast({"ts": pl.Datetime("us"), "value": pl.Float64})
+                for f in frames
+            ]
         )
         .with_columns(pl.col("value").round(6))
         .sort("ts", "service", "metric", "label")
+    )
+
+
+def build_series(con: duckdb.DuckDBPyConnection, feature_health: pl.DataFrame) -> pl.DataFrame:
+    """All metric series; `feature_health` comes from the feature job (ts, metric, label, value)."""
+    return _finish(
+        [
+            _bucketed_requests(con),
+            _model_outputs(con),
+            _retrieval(con),
+            _business(con),
+            feature_health.with_columns(pl.lit("feature-job").alias("service")),
+        ]
     )

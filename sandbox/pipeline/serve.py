@@ -32,6 +32,15 @@ def _to_ts(calendar: Calendar, day: int, hours: np.ndarray) -> np.ndarray:
     )
 
 
+def unanswered_blank(scored: pl.DataFrame) -> pl.DataFrame:
+    """A request that failed was answered with an error: it has no score and no decision."""
+    failed = pl.col("status") == "error"
+    return scored.with_columns(
+        pl.when(failed).then(None).otherwise(pl.col("score")).alias("score"),
+        pl.when(failed).then(None).otherwise(pl.col("decision")).alias("decision"),
+    )
+
+
 class ModelServer:
     def __init__(
         self,
@@ -63,14 +72,21 @@ class ModelServer:
         return HookContext(seed=self.seed, day=day, calendar=self.calendar)
 
     def _score(self, day: int, requests: pl.DataFrame) -> pl.DataFrame:
-        """Score requests (customer_id, request_ts, source, latency_ms, status, features)."""
+        return self.score(requests, self._ctx(day))
+
+    def score(
+        self, requests: pl.DataFrame, ctx: HookContext, ids: np.ndarray | None = None
+    ) -> pl.DataFrame:
+        """Score requests (customer_id, request_ts, source, latency_ms, status, features), with
+        whatever acts at the serving hooks; `ids` are the prediction ids (else the next in turn)."""
         if self.model is None:
             raise RuntimeError("no model deployed")
-        requests = self.faults.apply("serve.features", requests, self._ctx(day))
+        requests = self.faults.apply("serve.features", requests, ctx)
         x = requests.select(self.features).to_numpy()
         scores = self.model.predict_proba(x)[:, 1] if len(x) else np.empty(0)  # type: ignore[attr-defined]
-        ids = np.arange(self._next_id, self._next_id + requests.height, dtype=np.int64)
-        self._next_id += requests.height
+        if ids is None:
+            ids = np.arange(self._next_id, self._next_id + requests.height, dtype=np.int64)
+            self._next_id += requests.height
         scored = requests.with_columns(
             pl.Series("prediction_id", ids),
             pl.Series("score", np.round(scores, 6)),
@@ -78,7 +94,7 @@ class ModelServer:
             pl.lit(self.model_version).alias("model_version"),
             pl.lit(self.threshold).alias("threshold"),
         ).with_columns((pl.col("score") >= pl.col("threshold")).alias("decision"))
-        return self.faults.apply("serve.scores", scored, self._ctx(day))
+        return self.faults.apply("serve.scores", scored, ctx)
 
     def batch(self, day: int, online_store: pl.DataFrame) -> pl.DataFrame:
         """Score every customer in the online store; flagged ones get a retention offer."""
@@ -143,16 +159,7 @@ class ModelServer:
             pl.Series("status", np.where(failed, "error", "ok")),
             *MODEL_FEATURES,
         )
-        scored = self._score(day, requests).with_columns(
-            pl.when(pl.col("status") == "error")
-            .then(None)
-            .otherwise(pl.col("score"))
-            .alias("score"),
-            pl.when(pl.col("status") == "error")
-            .then(None)
-            .otherwise(pl.col("decision"))
-            .alias("decision"),
-        )
+        scored = unanswered_blank(self._score(day, requests))
         self._log_requests(scored)
         return scored
 

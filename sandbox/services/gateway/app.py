@@ -1,0 +1,304 @@
+"""The gateway: the one door to the stack. Auth, the SQL API, the reverse proxy to the services
+and the MLflow UI, the health of the whole stack, and the history of everything a candidate does.
+
+Run as `python -m sandbox.services.gateway --world DIR --port P`; it reads the other services'
+addresses from `DIR/run/stack.json`, written by the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import duckdb
+import httpx
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+
+from sandbox.services import stack
+from sandbox.services.common import ServiceContext
+from sandbox.services.gateway import console
+from sandbox.services.gateway.sessions import Session, SessionStore
+from sandbox.services.gateway.telemetry import LiveTelemetry
+
+COOKIE = "sandbox_token"
+INGEST_INTERVAL_S = 0.5
+HEALTH_TIMEOUT_S = 2.0
+# The MLflow UI is for reading: it searches with POST, everything else that writes is refused.
+MLFLOW_POST_ALLOWED = ("/search", "/get", "/list")
+HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "host",
+    "content-length",
+    "content-encoding",
+    "authorization",
+    "cookie",
+}
+
+
+class SqlRequest(BaseModel):
+    sql: str = Field(min_length=1, max_length=100_000)
+
+
+class SessionRequest(BaseModel):
+    candidate: str = Field("candidate", min_length=1, max_length=200)
+
+
+class Caller(BaseModel):
+    role: str  # candidate | interviewer | admin
+    session_id: str | None = None
+
+
+def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = None) -> FastAPI:
+    ctx = ServiceContext(world, "gateway")
+    cal = ctx.calendar
+    answer_key = json.loads(ctx.paths.answer_key.read_text())
+    store = LiveTelemetry(
+        world,
+        ctx.clock,
+        cal.midnight(cal.last_production_day + 1),
+        ctx.scenario.fault_set,
+        ctx.scenario.world.seed,
+        cal,
+    )
+    sessions = SessionStore(ctx.paths.interviewer, answer_key)
+    admin_token = stack.admin_token(ctx.paths)
+    addresses = services if services is not None else stack.read_addresses(ctx.paths.run)
+    stop = threading.Event()
+
+    def ingest_loop() -> None:
+        while not stop.wait(INGEST_INTERVAL_S):
+            with contextlib.suppress(Exception):  # a bad line must not stop ingestion
+                store.ingest()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        thread = threading.Thread(target=ingest_loop, name="ingest", daemon=True)
+        thread.start()
+        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
+        yield
+        stop.set()
+        await app.state.http.aclose()
+        thread.join(timeout=2)
+        sessions.close()
+
+    app = FastAPI(title="ML Incident Sandbox", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.store = store
+    app.state.sessions = sessions
+    app.state.admin_token = admin_token
+
+    def record(who: Caller, kind: str, detail: dict[str, Any]) -> None:
+        if who.role == "candidate" and who.session_id:
+            sessions.record(who.session_id, ctx.now(), kind, detail)
+
+    @app.get("/-/health")
+    async def health(request: Request) -> JSONResponse:
+        client: httpx.AsyncClient = request.app.state.http
+
+        async def probe(address: stack.ServiceAddress) -> str:
+            try:
+                r = await client.get(address.url + address.health, timeout=HEALTH_TIMEOUT_S)
+                return "ok" if r.status_code == 200 else f"http {r.status_code}"
+            except httpx.HTTPError as exc:
+                return f"unreachable ({type(exc).__name__})"
+
+        names = list(addresses)
+        results = await asyncio.gather(*(probe(addresses[n]) for n in names))
+        status = {"gateway": "ok", **dict(zip(names, results, strict=True))}
+        healthy = all(v == "ok" for v in status.values())
+        return JSONResponse(
+            {
+                "status": "ok" if healthy else "degraded",
+                "services": status,
+                "sim_now": ctx.now().isoformat(),
+            },
+            status_code=200 if healthy else 503,
+        )
+
+    @app.get("/", response_class=HTMLResponse)
+    def home(request: Request) -> Response:
+        if request.query_params.get("token"):
+            return _sign_in(request)
+        return HTMLResponse(_home_page(ctx.now().isoformat(timespec="minutes")))
+
+    @app.post("/api/sql")
+    def sql(body: SqlRequest, who: Auth) -> JSONResponse:
+        detail: dict[str, Any] = {"sql": body.sql}
+        try:
+            result = console.run(store, body.sql)
+        except (console.QueryRefused, duckdb.Error) as exc:
+            detail["error"] = str(exc).splitlines()[0]
+            record(who, "sql", detail)
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        detail.update(rows=len(result.rows), elapsed_ms=result.elapsed_ms, tables=result.tables)
+        record(who, "sql", detail)
+        return JSONResponse(
+            {
+                "columns": result.columns,
+                "rows": result.rows,
+                "truncated": result.truncated,
+                "elapsed_ms": result.elapsed_ms,
+            }
+        )
+
+    @app.post("/api/sessions")
+    def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[str, str]:
+        if who.role != "admin":
+            raise HTTPException(403, "only the stack's operator creates sessions")
+        session = sessions.create(body.candidate)
+        base = str(request.base_url).rstrip("/")
+        return _links(session, base)
+
+    def interviewer_of(session_id: str, who: Caller) -> Session:
+        session = sessions.get(session_id)
+        if session is None:
+            raise HTTPException(404, f"no session {session_id}")
+        if who.role == "admin" or (who.role == "interviewer" and who.session_id == session_id):
+            return session
+        raise HTTPException(403, "interviewers only")
+
+    @app.get("/api/sessions/{session_id}/history")
+    def history(session_id: str, who: Auth) -> list[dict[str, Any]]:
+        interviewer_of(session_id, who)
+        return sessions.history(session_id)
+
+    @app.get("/api/sessions/{session_id}/answer-key")
+    def answer(session_id: str, who: Auth) -> dict[str, Any]:
+        interviewer_of(session_id, who)
+        return answer_key
+
+    @app.api_route(
+        "/services/{name}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
+    )
+    async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
+        address = addresses.get(stack.PROXIED.get(name, ""))
+        if address is None:
+            raise HTTPException(404, f"no service {name}; try {', '.join(stack.PROXIED)}")
+        if name == "mlflow" and request.method != "GET" and not path.endswith(MLFLOW_POST_ALLOWED):
+            raise HTTPException(405, "the model registry is read-only here")
+        upstream = address.url + (f"/services/mlflow/{path}" if name == "mlflow" else f"/{path}")
+        body = await request.body()
+        client: httpx.AsyncClient = request.app.state.http
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        try:
+            reply = await client.send(
+                client.build_request(
+                    request.method, upstream, params=params, headers=headers, content=body
+                ),
+                stream=True,
+            )
+        except httpx.HTTPError:
+            record(
+                who,
+                "service",
+                {"service": name, "method": request.method, "path": path, "status": 502},
+            )
+            raise HTTPException(
+                502, f"the {name} service is not answering; it may be restarting"
+            ) from None
+        if name != "mlflow" or request.method != "GET" or "ajax-api" in path:
+            detail: dict[str, Any] = {
+                "service": name,
+                "method": request.method,
+                "path": path,
+                "status": reply.status_code,
+            }
+            if body and len(body) < 10_000:
+                detail["body"] = body.decode(errors="replace")
+            record(who, "service", detail)
+        kept = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}
+        return _streamed(reply, kept)
+
+    return app
+
+
+def caller(request: Request) -> Caller:
+    """Who is asking: the operator, or a session's candidate or interviewer (401 otherwise)."""
+    token = _token(request)
+    if token and token == request.app.state.admin_token:
+        return Caller(role="admin")
+    found = request.app.state.sessions.by_token(token) if token else None
+    if found is None:
+        raise HTTPException(401, "sign in with your session link (or a Bearer token)")
+    session, role = found
+    return Caller(role=role, session_id=session.id)
+
+
+Auth = Annotated[Caller, Depends(caller)]
+
+
+def _streamed(reply: httpx.Response, headers: dict[str, str]) -> Response:
+    from fastapi.responses import StreamingResponse
+
+    return StreamingResponse(
+        reply.aiter_raw(),
+        status_code=reply.status_code,
+        headers=headers,
+        background=BackgroundTask(reply.aclose),
+    )
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.cookies.get(COOKIE) or request.query_params.get("token")
+
+
+def _sign_in(request: Request) -> Response:
+    """A session link carries its token once; from then on an http-only cookie does."""
+    token = request.query_params["token"]
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    target = (
+        request.url.replace_query_params(**dict(rest)) if rest else request.url.replace(query="")
+    )
+    response = RedirectResponse(str(target), status_code=303)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="lax")
+    return response
+
+
+def _links(session: Session, base: str) -> dict[str, str]:
+    return {
+        "session_id": session.id,
+        "candidate_url": f"{base}/?token={session.candidate_token}",
+        "interviewer_url": f"{base}/?token={session.interviewer_token}",
+        "candidate_token": session.candidate_token,
+        "interviewer_token": session.interviewer_token,
+    }
+
+
+def _home_page(sim_now: str) -> str:
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ML Incident Sandbox</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;line-height:1.5}}
+code{{background:#f3f3f3;padding:0 .2em}}</style></head><body>
+<h1>Production stack</h1><p>Simulated time: <b id="now">{sim_now}</b></p>
+<ul>
+<li><a href="/services/mlflow/">Model registry (MLflow)</a></li>
+<li><a href="/services/model/metadata">Model server metadata</a> &middot;
+    <code>POST /services/model/predict</code></li>
+<li><a href="/services/retrieval/metadata">Retrieval service metadata</a> &middot;
+    <code>POST /services/retrieval/search</code></li>
+<li>SQL: <code>POST /api/sql {{"sql": "SELECT ..."}}</code></li>
+</ul></body></html>"""
+
+
+def main() -> None:
+    from sandbox.services.common import serve, service_args
+
+    args = service_args("The gateway of the running stack.")
+    serve(create_app(args.world), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The candidate's SQL: one read-only statement at a time over the clock-filtered views.
+
+Protection is layered. The world file is attached read-only; the instance refuses files, extension
+installs and setting changes (`LiveTelemetry`); only query statements pass; a query may name the
+candidate's schemas only (not the unfiltered world catalog, not dynamic table functions); and each
+query runs under a time limit and returns at most `ROW_CAP` rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS, LiveTelemetry
+
+ROW_CAP = 5000
+ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN"}
+EXPLAIN_PREFIX = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
+# Table functions that would let a query name a table the parser cannot see.
+REFUSED_FUNCTIONS = {"query", "query_table", "getvariable"}
+
+
+class QueryRefused(ValueError):
+    """A query the console will not run; the message says why, in the candidate's terms."""
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+    elapsed_ms: float
+    tables: list[str] = field(default_factory=list)
+
+
+def run(store: LiveTelemetry, sql: str) -> QueryResult:
+    """Run one candidate statement; QueryRefused or duckdb.Error with a clear message otherwise.
+    A query over its time limit fails with DuckDB's interrupt error."""
+    statement = _single_statement(sql)
+    tables = touched_tables(store, statement)
+    cur = store.cursor()
+    try:
+        started = time.perf_counter()
+        result = cur.execute(statement)
+        columns = [d[0] for d in result.description or []]
+        rows = result.fetchmany(ROW_CAP + 1)
+        elapsed = (time.perf_counter() - started) * 1000
+    finally:
+        cur.close()
+    return QueryResult(
+        columns=columns,
+        rows=[[_json_value(v) for v in row] for row in rows[:ROW_CAP]],
+        truncated=len(rows) > ROW_CAP,
+        elapsed_ms=round(elapsed, 1),
+        tables=tables,
+    )
+
+
+def _single_statement(sql: str) -> str:
+    if not sql or not sql.strip():
+        raise QueryRefused("empty query")
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryRefused(str(exc)) from None
+    if len(statements) != 1:
+        raise QueryRefused(f"one statement per query, got {len(statements)}")
+    kind = statements[0].type.name
+    if kind not in ALLOWED_STATEMENTS:
+        raise QueryRefused(f"read-only console: {kind} statements are not allowed")
+    return sql.strip().rstrip(";")
+
+
+def touched_tables(store: LiveTelemetry, statement: str) -> list[str]:
+    """The tables a SELECT names (schema.table), refusing names outside the candidate's schemas."""
+    inner = EXPLAIN_PREFIX.sub("", statement)
+    cur = store.con.cursor()
+    try:
+        tree = json.loads(cur.execute("SELECT json_serialize_sql(?)", [inner]).fetchall()[0][0])
+    finally:
+        cur.close()
+    if tree.get("error"):
+        raise QueryRefused(tree.get("error_message") or "the console runs SELECT queries only")
+    ctes: set[str] = set()
+    found: list[str] = []
+    for node in _walk(tree):
+        if node.get("cte_map"):
+            ctes.update(entry["key"] for entry in node["cte_map"].get("map", []))
+        path: list[str] = []
+        if node.get("type") == "BASE_TABLE":
+            path = [p for p in node["qualified_name"]["path"] if p]
+        elif node.get("type") == "SHOW_REF" and "." in node.get("table_name", ""):
+            path = node["table_name"].split(".")  # DESCRIBE/SUMMARIZE of a table, not SHOW TABLES
+        if path:
+            if len(path) == 1 and path[0] in ctes:
+                continue
+            if len(path) == 3 and path[0] == "memory":
+                path = path[1:]
+            if len(path) != 2 or path[0] not in CANDIDATE_SCHEMAS:
+                raise QueryRefused(
+                    f"unknown table {'.'.join(path)}: name tables as schema.table, with a schema "
+                    f"among {', '.join(CANDIDATE_SCHEMAS)}"
+                )
+            found.append(".".join(path))
+        if str(node.get("function_name", "")).lower() in REFUSED_FUNCTIONS:
+            raise QueryRefused(f"the function {node['function_name']} is not available")
+    return sorted(set(found))
+
+
+def _walk(node: Any):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID | dt.timedelta):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)

@@ -1,0 +1,201 @@
+"""The gateway's telemetry store: the built world (attached read-only) plus the live rows the
+services spool, behind the clock-filtered views the candidate queries.
+
+The gateway is the only owner of live telemetry. It keeps it in an in-memory DuckDB rebuilt from
+the spool files on start: the spool is the durable log (written before a service acknowledges
+anything), the in-memory tables are its queryable copy, loaded again within a second of a write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from sandbox.faults.base import FaultSet, HookContext
+from sandbox.monitor import metrics
+from sandbox.services import spool
+from sandbox.services.gateway import views
+from sandbox.services.simclock import SimClock
+from sandbox.world.layout import WorldPaths
+
+WORLD_CATALOG = "world"
+# Every schema the world has; the candidate's queries may only name these.
+CANDIDATE_SCHEMAS = (
+    "raw",
+    "feature_store",
+    "training",
+    "serving",
+    "crm",
+    "labels",
+    "retrieval",
+    "monitoring",
+    "telemetry",
+    "ops",
+)
+CLICKS = "retrieval.search_clicks"
+ID_COLUMNS = {"serving.predictions": "prediction_id"}
+LIVE_METRICS = "live.computed_metrics"
+QUERY_TIME_LIMIT_S = 10
+
+
+class LiveTelemetry:
+    """One DuckDB instance: world views, live tables, and the ingest of spooled rows."""
+
+    def __init__(
+        self,
+        world: Path,
+        clock: SimClock,
+        live_start: dt.datetime,
+        faults: FaultSet,
+        seed: int,
+        calendar: Any,
+        memory_limit: str = "2GB",
+    ) -> None:
+        self.paths = WorldPaths(world)
+        self.clock = clock
+        self.live_start = live_start
+        self.faults = faults
+        self.seed = seed
+        self.calendar = calendar
+        self.con = duckdb.connect(":memory:", config={"memory_limit": memory_limit})
+        self.con.execute(f"ATTACH '{self.paths.duckdb}' AS {WORLD_CATALOG} (READ_ONLY)")
+        self._lock = threading.Lock()
+        self._offsets: dict[Path, int] = {}
+        self._next_id: dict[str, int] = {}
+        self.tables = self._world_tables()
+        self._create_live_tables()
+        self._create_views()
+        self.ingest()
+        # From here on no query may reach a file, install or load code, or change settings.
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET autoinstall_known_extensions = false")
+        self.con.execute("SET autoload_known_extensions = false")
+        self.con.execute(f"SET max_execution_time = {QUERY_TIME_LIMIT_S * 1000}")
+        self.con.execute("SET lock_configuration = true")
+
+    def _world_tables(self) -> dict[str, list[str]]:
+        rows = self.con.execute(
+            "SELECT schema_name || '.' || table_name, list(column_name ORDER BY column_index) "
+            "FROM duckdb_columns() WHERE database_name = ? GROUP BY ALL ORDER BY 1",
+            [WORLD_CATALOG],
+        ).fetchall()
+        return {name: columns for name, columns in rows}
+
+    def _create_live_tables(self) -> None:
+        self.con.execute("CREATE SCHEMA live")
+        for table in spool.LIVE_TABLES:
+            if table == CLICKS:
+                self.con.execute(
+                    f"CREATE TABLE {views.live_table(CLICKS)} (request_id BIGINT, "
+                    "clicked_article_id BIGINT, click_rank BIGINT, clicked_at TIMESTAMP)"
+                )
+                continue
+            target = views.live_table(table)
+            if table == "retrieval.search_log":
+                target = "live.search_requests"  # clicks are folded in by a view below
+            self.con.execute(
+                f"CREATE TABLE {target} AS SELECT * FROM {WORLD_CATALOG}.{table} LIMIT 0"
+            )
+            id_column = ID_COLUMNS.get(table)
+            if id_column:
+                top = self.con.execute(
+                    f"SELECT coalesce(max({id_column}), 0) FROM {WORLD_CATALOG}.{table}"
+                ).fetchall()[0][0]
+                self._next_id[table] = int(top) + 1
+        self.con.execute(
+            f"CREATE VIEW {views.live_table('retrieval.search_log')} AS "
+            "SELECT s.* REPLACE (c.clicked_article_id AS clicked_article_id, "
+            "c.click_rank AS click_rank) FROM live.search_requests s "
+            f"LEFT JOIN (SELECT DISTINCT ON (request_id) * FROM {views.live_table(CLICKS)} "
+            f"WHERE clicked_at <= {views.NOW} ORDER BY request_id, clicked_at) c USING (request_id)"
+        )
+        # Live series of the live services, recomputed on ingest; spooled series join them.
+        self.con.execute(
+            f"CREATE TABLE {LIVE_METRICS} AS SELECT * FROM {WORLD_CATALOG}.telemetry.metrics LIMIT 0"
+        )
+
+    def _create_views(self) -> None:
+        self.set_clock(self.con)
+        for schema in CANDIDATE_SCHEMAS:
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        for table, columns in self.tables.items():
+            sql = views.view_sql(table, WORLD_CATALOG, columns)
+            if table == "telemetry.metrics":
+                sql += f" UNION ALL BY NAME SELECT * FROM {LIVE_METRICS} WHERE "
+                sql += f"{views.METRIC_COMPLETE} <= {views.NOW}"
+            self.con.execute(f"CREATE VIEW {table} AS {sql}")
+
+    def set_clock(self, con: duckdb.DuckDBPyConnection) -> dt.datetime:
+        now = self.clock.now()
+        con.execute("SET VARIABLE sim_now = ?::TIMESTAMP", [now])
+        con.execute("SET VARIABLE live_start = ?::TIMESTAMP", [self.live_start])
+        return now
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection for one query, its clock variables set to the simulated now."""
+        cur = self.con.cursor()
+        self.set_clock(cur)
+        return cur
+
+    def ingest(self) -> int:
+        """Load complete spooled rows written since the last call; returns how many."""
+        with self._lock:
+            loaded = 0
+            for _service, table, path in spool.spool_files(self.paths.run):
+                records, offset = spool.read_new(path, self._offsets.get(path, 0))
+                self._offsets[path] = offset
+                if records:
+                    self._insert(table, records)
+                    loaded += len(records)
+            if loaded:
+                self._recompute_metrics()
+            return loaded
+
+    def _insert(self, table: str, records: list[dict[str, Any]]) -> None:
+        cur = self.con.cursor()
+        target = (
+            "live.search_requests" if table == "retrieval.search_log" else views.live_table(table)
+        )
+        schema = dict(cur.sql(f"SELECT * FROM {target} LIMIT 0").pl().schema)
+        frame = pl.DataFrame(records, infer_schema_length=None)
+        id_column = ID_COLUMNS.get(table)
+        if id_column:
+            start = self._next_id[table]
+            frame = frame.with_columns(pl.int_range(start, start + frame.height).alias(id_column))
+            self._next_id[table] = start + frame.height
+        frame = frame.select([_column(frame, name, dtype) for name, dtype in schema.items()])
+        cur.register("incoming", frame)
+        cur.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming")
+        cur.unregister("incoming")
+
+    def _recompute_metrics(self) -> None:
+        cur = self.cursor()
+        series = metrics.live_service_series(
+            cur, views.live_table("serving.predictions"), views.live_table("retrieval.search_log")
+        )
+        now = self.clock.now()
+        series = self.faults.apply(
+            "monitor.metrics",
+            series,
+            HookContext(self.seed, self.calendar.day_of(now), self.calendar),
+        )
+        cur.execute(f"DELETE FROM {LIVE_METRICS}")
+        cur.register("incoming", series)
+        cur.execute(f"INSERT INTO {LIVE_METRICS} BY NAME SELECT * FROM incoming")
+        cur.unregister("incoming")
+
+
+def _column(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
+    if name not in frame.columns:
+        return pl.lit(None, dtype=dtype).alias(name)
+    column = pl.col(name)
+    if isinstance(dtype, pl.Datetime):
+        return column.str.to_datetime(time_unit="us", strict=False).alias(name)
+    if dtype == pl.Date:
+        return column.str.to_date(strict=False).alias(name)
+    return column.cast(dtype, strict=False).alias(name)

@@ -1,0 +1,107 @@
+"""What the candidate's SQL sees: every world table as a view that reveals rows by simulated time,
+with the rows of the live services swapped for what they really did.
+
+The built world already holds the live days (the simulation ran them) and labels that mature after
+them. A row is shown once it *exists* at the simulated now — when it was ingested, written, loaded
+or became known — never earlier. For the processes that run live (the model server, the retrieval
+service, the scheduled materialization and drift jobs), the world's own rows stop at the start of
+live time and the rows those processes write while the stack runs take over.
+
+Views read `getvariable('sim_now')` and `getvariable('live_start')`, which the gateway sets on the
+connection before every query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NOW = "getvariable('sim_now')"
+LIVE_START = "getvariable('live_start')"
+
+
+# A metric point is stamped with the start of its bucket; it exists once the bucket is over.
+METRIC_COMPLETE = (
+    "CASE service WHEN 'model-server' THEN ts + INTERVAL 5 MINUTE "
+    "WHEN 'retrieval' THEN ts + INTERVAL 1 HOUR WHEN 'feature-job' THEN ts "
+    "ELSE ts + INTERVAL 1 DAY END"
+)
+
+
+@dataclass(frozen=True)
+class Reveal:
+    when: str  # SQL: the row exists by now
+    live: bool = False  # live processes add rows (table `live.<schema>__<table>`)
+
+
+# Tables not listed are shown whole: reference data and what was fixed before the session
+# (help articles, alert rules, the drift reference, training sets, the imputation policy).
+REVEAL: dict[str, Reveal] = {
+    "raw.customers": Reveal(f"signup_date <= {NOW}::DATE"),
+    "raw.viewing_activity": Reveal(f"ingested_at <= {NOW}"),
+    "raw.billing_events": Reveal(f"ingested_at <= {NOW}"),
+    "raw.support_tickets": Reveal(f"ingested_at <= {NOW}"),
+    "raw.subscription_events": Reveal(f"ingested_at <= {NOW}"),
+    "feature_store.customer_features": Reveal(f"created_timestamp <= {NOW}"),
+    "labels.churn_labels": Reveal(f"label_available_at <= {NOW}"),
+    "crm.retention_offers": Reveal(f"offered_at <= {NOW}"),
+    "serving.predictions": Reveal(
+        f"request_ts <= {NOW} AND (source = 'batch' OR request_ts < {LIVE_START})", live=True
+    ),
+    "retrieval.search_log": Reveal(f"request_ts < {LIVE_START}", live=True),
+    "monitoring.model_performance_daily": Reveal(f"label_available_at <= {NOW}"),
+    "monitoring.alerts": Reveal(f"started_at <= {NOW}"),
+    "monitoring.drift_daily": Reveal(f"report_date < {LIVE_START}::DATE", live=True),
+    "monitoring.drift_feature_daily": Reveal(f"report_date < {LIVE_START}::DATE", live=True),
+    "ops.changelog": Reveal(f"ts <= {NOW}"),
+    "ops.feature_job_runs": Reveal(f"finished_at <= {NOW}"),
+    "ops.materialization_runs": Reveal(f"materialized_at < {LIVE_START}", live=True),
+    "telemetry.logs": Reveal(
+        f"ts <= {NOW} AND (ts < {LIVE_START} OR service NOT IN ('model-server', "
+        "'retrieval-service', 'materialization', 'drift-monitor'))",
+        live=True,
+    ),
+    "telemetry.metrics": Reveal(
+        f"{METRIC_COMPLETE} <= {NOW} AND (ts < {LIVE_START} OR service NOT IN ('model-server', "
+        "'retrieval'))",
+        live=True,
+    ),
+}
+
+# Columns that describe a later moment than the row's own (a ticket resolved after now).
+MASKED: dict[str, dict[str, str]] = {
+    "raw.support_tickets": {"resolved_at": f"CASE WHEN resolved_at <= {NOW} THEN resolved_at END"},
+    "monitoring.alerts": {"last_breach_at": f"least(last_breach_at, {NOW})"},
+}
+
+
+def live_table(table: str) -> str:
+    schema, name = table.split(".")
+    return f"live.{schema}__{name}"
+
+
+def view_sql(table: str, world: str, columns: list[str]) -> str:
+    """The candidate-facing view of `table` from the world attached as catalog `world`."""
+    reveal = REVEAL.get(table)
+    masked = MASKED.get(table, {})
+    select = ", ".join(f"{masked[c]} AS {c}" if c in masked else c for c in columns)
+    body = f"SELECT {select} FROM {world}.{table}"
+    if reveal is None:
+        return body
+    body += f" WHERE {reveal.when}"
+    if reveal.live:
+        body += f" UNION ALL BY NAME SELECT {select} FROM {live_table(table)} WHERE "
+        body += METRIC_COMPLETE if table == "telemetry.metrics" else _time_column(table)
+        body += f" <= {NOW}"
+    return body
+
+
+def _time_column(table: str) -> str:
+    return {
+        "serving.predictions": "request_ts",
+        "retrieval.search_log": "request_ts",
+        "monitoring.drift_daily": "report_date",
+        "monitoring.drift_feature_daily": "report_date",
+        "ops.materialization_runs": "materialized_at",
+        "telemetry.logs": "ts",
+        "telemetry.metrics": "ts",
+    }[table]

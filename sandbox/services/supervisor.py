@@ -1,0 +1,351 @@
+"""`sandbox up`: start every process of the stack on loopback, keep them running, stop them all.
+
+Each service is a child process in its own process group, so one signal stops it with anything it
+spawned, and each dies with the supervisor even if the supervisor is killed outright (Linux parent
+-death signal). A child that exits on its own is restarted with backoff, and the restart is
+written to the candidate's logs, as a real platform's events would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from sandbox.pipeline import deploy, registry
+from sandbox.scenario import load as load_scenario
+from sandbox.services import stack
+from sandbox.services.simclock import DEFAULT_SPEED, SimClock
+from sandbox.services.spool import SpoolWriter, spool_path
+from sandbox.world.layout import IncompleteWorld, WorldPaths, read_manifest
+
+HEARTBEAT_FILE = "sim-now"
+READY_TIMEOUT_S = 90.0
+STOP_GRACE_S = 5.0
+MAX_BACKOFF_S = 10.0
+MLFLOW_PREFIX = "/services/mlflow"
+
+
+class StackError(RuntimeError):
+    """The stack cannot start; the message says what to do."""
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = 0.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_world(root: Path) -> WorldPaths:
+    """Refuse a missing, half-built or outdated world with a clear message."""
+    paths = WorldPaths(root)
+    try:
+        read_manifest(root)
+    except IncompleteWorld as exc:
+        raise StackError(f"{exc}; build one with: sandbox build --out {root}") from None
+    missing = [
+        p
+        for p in (
+            paths.duckdb,
+            paths.mlflow,
+            paths.indexes,
+            paths.scenario,
+            paths.deploy / deploy.MODEL_SERVER_RECORD,
+        )
+        if not p.exists()
+    ]
+    if missing or not deploy.online_snapshots(paths.online_store):
+        lacking = ", ".join(str(m) for m in missing) or "online-store snapshots"
+        raise StackError(
+            f"{root} lacks what the running stack needs ({lacking}); "
+            f"rebuild it with: sandbox build --out {root} --force"
+        )
+    return paths
+
+
+class Supervisor:
+    def __init__(
+        self,
+        world: Path,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        speed: float = DEFAULT_SPEED,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.paths = check_world(Path(world).resolve())
+        self.host = host
+        self.port = port or free_port(host)
+        self.speed = speed
+        self.say = say
+        self.children: dict[str, Child] = {}
+        self.stopping = False
+        self.calendar = load_scenario(self.paths.scenario).world.calendar()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self) -> None:
+        run = self.paths.run
+        run.mkdir(parents=True, exist_ok=True)
+        self._start_clock()
+        stack.admin_token(self.paths)
+        self.log = SpoolWriter(spool_path(run, "platform", "telemetry.logs"))
+        python = [sys.executable, "-m"]
+        world = ["--world", str(self.paths.root), "--host", self.host]
+        ports = {
+            name: free_port(self.host)
+            for name in ("model-server", "retrieval", "traffic", "jobs", "mlflow")
+        }
+        url = {name: f"http://{self.host}:{port}" for name, port in ports.items()}
+        addresses = {
+            "model-server": stack.ServiceAddress(url["model-server"], "/health"),
+            "retrieval": stack.ServiceAddress(url["retrieval"], "/health"),
+            "mlflow": stack.ServiceAddress(url["mlflow"], f"{MLFLOW_PREFIX}/health"),
+            "traffic": stack.ServiceAddress(url["traffic"], "/"),
+            "jobs": stack.ServiceAddress(url["jobs"], "/"),
+        }
+        stack.write_addresses(run, self.url, addresses)
+        for name, module in (
+            ("model-server", "sandbox.services.model_server"),
+            ("retrieval", "sandbox.services.retrieval"),
+            ("jobs", "sandbox.services.jobs"),
+        ):
+            self._add(Child(name, [*python, module, *world, "--port", str(ports[name])]))
+        self._add(
+            Child(
+                "traffic",
+                [
+                    *python,
+                    "sandbox.services.traffic",
+                    *world,
+                    "--port",
+                    str(ports["traffic"]),
+                    "--model-url",
+                    url["model-server"],
+                    "--retrieval-url",
+                    url["retrieval"],
+                ],
+            )
+        )
+        self._add(self._mlflow(ports["mlflow"]))
+        self._add(
+            Child(
+                "gateway",
+                [*python, "sandbox.services.gateway.app", *world, "--port", str(self.port)],
+            )
+        )
+        for child in self.children.values():
+            self._spawn(child)
+
+    def _start_clock(self) -> None:
+        heartbeat = self.paths.run / HEARTBEAT_FILE
+        resume = None
+        if heartbeat.exists():  # continue where the last run of this world left off
+            with contextlib.suppress(ValueError):
+                resume = dt.datetime.fromisoformat(heartbeat.read_text().strip())
+        self.clock = SimClock.starting(self.calendar, self.speed, resume_at=resume)
+        self.clock.save(self.paths.run)
+
+    def _mlflow(self, port: int) -> Child:
+        env = {
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **{k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")},
+        }
+        mlflow = Path(sys.executable).with_name("mlflow")
+        return Child(
+            "mlflow",
+            [
+                str(mlflow),
+                "server",
+                "--backend-store-uri",
+                registry.tracking_uri(self.paths.mlflow),
+                "--host",
+                self.host,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--static-prefix",
+                MLFLOW_PREFIX,
+            ],
+            env=env,
+        )
+
+    def _add(self, child: Child) -> None:
+        self.children[child.name] = child
+
+    def _spawn(self, child: Child) -> None:
+        logs = self.paths.run / "process-logs"
+        logs.mkdir(exist_ok=True)
+        out = (logs / f"{child.name}.log").open("ab")
+        child.process = subprocess.Popen(
+            child.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **child.env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        out.close()
+        child.started_at = time.monotonic()
+
+    # -- run --------------------------------------------------------------------------------
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while time.monotonic() < deadline:
+            if self.stopping:
+                raise StackError("stopped before the stack was healthy")
+            self.tend()
+            try:
+                r = httpx.get(self.url + "/-/health", timeout=2.0)
+                last = r.json()
+                if r.status_code == 200:
+                    return last
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.25)
+        failing = {k: v for k, v in last.get("services", {}).items() if v != "ok"}
+        raise StackError(
+            f"the stack did not become healthy within {timeout:.0f} s "
+            f"(not ready: {failing or 'gateway'}); see {self.paths.run / 'process-logs'}"
+        )
+
+    def tend(self) -> None:
+        """Restart children that exited; note the simulated time for a later resume."""
+        now = time.monotonic()
+        for child in self.children.values():
+            proc = child.process
+            if proc is None:
+                if now >= child.next_start:
+                    self._spawn(child)
+                    self._event(
+                        "info",
+                        "service_restarted",
+                        f"{child.name} restarted (pid {child.process.pid})",
+                        service_name=child.name,
+                        restarts=child.restarts,
+                    )
+                continue
+            code = proc.poll()
+            if code is None or self.stopping:
+                continue
+            child.restarts += 1
+            # Quick crashes back off; a service that ran a while restarts at once.
+            ran = now - child.started_at
+            backoff = 0.5 if ran > 30 else min(MAX_BACKOFF_S, 0.5 * 2 ** min(child.restarts, 5))
+            child.process = None
+            child.next_start = now + backoff
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            self._event(
+                "error",
+                "service_exited",
+                f"{child.name} exited ({how}); restarting",
+                service_name=child.name,
+                exit_code=code,
+            )
+        (self.paths.run / HEARTBEAT_FILE).write_text(self.clock.now().isoformat())
+
+    def _event(self, level: str, event: str, message: str, **attrs: object) -> None:
+        self.log.write(
+            {
+                "ts": self.clock.now().isoformat(),
+                "service": "platform",
+                "level": level,
+                "event": event,
+                "message": message,
+                "attrs": json.dumps(attrs, sort_keys=True),
+            }
+        )
+
+    def run_forever(self) -> None:
+        while not self.stopping:
+            self.tend()
+            time.sleep(0.5)
+
+    # -- stop -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stopping = True
+        procs = [c.process for c in self.children.values() if c.process is not None]
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for proc in procs:
+            _signal_group(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)
+        with contextlib.suppress(OSError):
+            (self.paths.run / HEARTBEAT_FILE).write_text(self.clock.now().isoformat())
+
+    def pids(self) -> dict[str, int]:
+        return {n: c.process.pid for n, c in self.children.items() if c.process is not None}
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to send SIGTERM when the supervisor dies, however it dies."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run(
+    world: Path,
+    host: str,
+    port: int,
+    speed: float,
+    say: Callable[[str], None],
+    on_ready: Callable[[Supervisor], None] | None = None,
+) -> None:
+    """Start the stack, report when it is healthy, and keep it up until Ctrl-C or SIGTERM."""
+    sup = Supervisor(world, host, port, speed, say)
+
+    def stop_signal(signum: int, frame: object) -> None:
+        sup.stopping = True
+
+    signal.signal(signal.SIGTERM, stop_signal)
+    signal.signal(signal.SIGINT, stop_signal)
+    started = time.monotonic()
+    try:
+        sup.start()
+        sup.wait_ready()
+        say(f"stack healthy in {time.monotonic() - started:.1f} s; gateway on {sup.url}")
+        if on_ready:
+            on_ready(sup)
+        sup.run_forever()
+    finally:
+        say("stopping the stack")
+        sup.stop()
