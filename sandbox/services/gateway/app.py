@@ -181,11 +181,11 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
         "/services/{name}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
     )
     async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
+        if name == "mlflow" and request.method != "GET" and not path.endswith(MLFLOW_POST_ALLOWED):
+            raise HTTPException(405, "the model registry is read-only here")
         address = addresses.get(stack.PROXIED.get(name, ""))
         if address is None:
             raise HTTPException(404, f"no service {name}; try {', '.join(stack.PROXIED)}")
-        if name == "mlflow" and request.method != "GET" and not path.endswith(MLFLOW_POST_ALLOWED):
-            raise HTTPException(405, "the model registry is read-only here")
         upstream = address.url + (f"/services/mlflow/{path}" if name == "mlflow" else f"/{path}")
         body = await request.body()
         client: httpx.AsyncClient = request.app.state.http

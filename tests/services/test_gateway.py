@@ -1,0 +1,269 @@
+"""The gateway in-process: clock-filtered SQL, live telemetry ingest, the console's refusals, auth,
+sessions and the recorded history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from collections.abc import Iterator
+
+import duckdb
+import pytest
+from fastapi.testclient import TestClient
+
+from sandbox import scenario
+from sandbox.services import stack
+from sandbox.services.gateway import console
+from sandbox.services.gateway.app import create_app
+from sandbox.services.gateway.sessions import SESSIONS_FILE
+from sandbox.services.gateway.telemetry import LiveTelemetry
+from sandbox.services.simclock import SimClock
+from sandbox.services.spool import SpoolWriter, spool_path
+from sandbox.world.build import BuildSummary
+from sandbox.world.layout import WorldPaths
+
+FROZEN = 1e-9  # a clock this slow stands still for the length of a test
+
+
+def _cleanup(paths: WorldPaths) -> None:
+    shutil.rmtree(paths.run, ignore_errors=True)
+    for name in (SESSIONS_FILE, stack.ADMIN_TOKEN_FILE):
+        (paths.interviewer / name).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def paths(faulty_world: BuildSummary) -> Iterator[WorldPaths]:
+    paths = WorldPaths(faulty_world.root)
+    _cleanup(paths)
+    yield paths
+    _cleanup(paths)
+
+
+def _calendar(paths: WorldPaths):
+    return scenario.load(paths.scenario).world.calendar()
+
+
+def _store(paths: WorldPaths, at: dt.datetime) -> LiveTelemetry:
+    spec = scenario.load(paths.scenario)
+    cal = spec.world.calendar()
+    clock = SimClock(at, time.time(), FROZEN, cal.midnight(cal.last_visible_day + 1))
+    live_start = cal.midnight(cal.last_production_day + 1)
+    return LiveTelemetry(paths.root, clock, live_start, spec.fault_set, spec.world.seed, cal)
+
+
+def _one(store: LiveTelemetry, sql: str):
+    return console.run(store, sql).rows[0][0]
+
+
+def test_rows_appear_only_once_they_exist_at_the_simulated_now(paths: WorldPaths) -> None:
+    cal = _calendar(paths)
+    start = cal.midnight(cal.last_production_day + 1)
+    early = _store(paths, start)
+    later = _store(paths, start + dt.timedelta(days=2, hours=7))
+    for store, now in ((early, start), (later, start + dt.timedelta(days=2, hours=7))):
+        newest_ingest = _one(store, "SELECT max(ingested_at) FROM raw.viewing_activity")
+        assert dt.datetime.fromisoformat(newest_ingest) <= now
+        newest_label = _one(store, "SELECT max(label_available_at) FROM labels.churn_labels")
+        assert dt.datetime.fromisoformat(newest_label) <= now
+    # The batch job of the live days is revealed at its hour; online traffic comes from live rows.
+    assert (
+        _one(early, f"SELECT count(*) FROM serving.predictions WHERE request_ts >= '{start}'") == 0
+    )
+    batch_day_two = _one(
+        later,
+        "SELECT count(*) FROM serving.predictions WHERE source = 'batch' AND request_ts >= "
+        f"'{start + dt.timedelta(days=1)}'",
+    )
+    assert batch_day_two > 0
+    assert (
+        _one(
+            later,
+            f"SELECT count(*) FROM serving.predictions WHERE source = 'online' "
+            f"AND request_ts >= '{start}'",
+        )
+        == 0
+    )
+    # Daily metric points show once their day is over.
+    newest_daily = _one(
+        later, "SELECT max(ts) FROM telemetry.metrics WHERE service = 'batch-scoring'"
+    )
+    assert dt.datetime.fromisoformat(newest_daily) + dt.timedelta(days=1) <= later.clock.now()
+
+
+def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
+    cal = _calendar(paths)
+    now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=10)
+    store = _store(paths, now)
+    with duckdb.connect(str(paths.duckdb), read_only=True) as world:
+        top_id = world.sql("SELECT max(prediction_id) FROM serving.predictions").fetchall()[0][0]
+    writer = SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions"))
+    row = {
+        "request_ts": (now - dt.timedelta(minutes=1)).isoformat(),
+        "source": "online",
+        "customer_id": 42,
+        "model_name": "churn-model",
+        "model_version": "1",
+        "score": 0.5,
+        "threshold": 0.1,
+        "decision": True,
+        "latency_ms": 7.5,
+        "status": "ok",
+        "sessions_7d": 3.0,
+    }
+    future = {**row, "request_ts": (now + dt.timedelta(hours=1)).isoformat(), "customer_id": 43}
+    writer.write(row, future)
+    with writer.path.open("a") as f:
+        f.write('{"request_ts": "2026-')  # a line torn by a killed writer
+    assert store.ingest() == 2
+    live = console.run(
+        store,
+        f"SELECT prediction_id, customer_id, sessions_7d, score FROM serving.predictions "
+        f"WHERE request_ts >= '{cal.midnight(cal.last_production_day + 1)}' AND source = 'online'",
+    ).rows
+    assert live == [[top_id + 1, 42, 3.0, 0.5]], (
+        "only the row that exists by now, with an id the world never used"
+    )
+    # The live online traffic feeds the model server's metric series.
+    rps = _one(
+        store,
+        "SELECT count(*) FROM telemetry.metrics WHERE service = 'model-server' "
+        f"AND ts >= '{cal.midnight(cal.last_production_day + 1)}'",
+    )
+    assert rps > 0
+    assert store.ingest() == 0, "nothing is loaded twice"
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT count(*) FROM world.serving.predictions", "unknown table world.serving"),
+        ("SUMMARIZE world.raw.customers", "unknown table world.raw"),
+        ("SELECT * FROM query_table('world.serving.predictions')", "query_table"),
+        ("DELETE FROM serving.predictions", "DELETE statements are not allowed"),
+        ("SELECT 1; SELECT 2", "one statement per query"),
+        ("SET VARIABLE sim_now = '2030-01-01'", "SET statements are not allowed"),
+        ("ATTACH '/tmp/x.db' AS x", "ATTACH statements are not allowed"),
+        ("SELECT * FROM live.serving__predictions", "unknown table live."),
+        ("", "empty query"),
+    ],
+)
+def test_the_console_refuses_what_is_not_a_read_of_the_candidates_tables(
+    paths: WorldPaths, sql: str, message: str
+) -> None:
+    store = _store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
+    with pytest.raises(console.QueryRefused, match=message):
+        console.run(store, sql)
+
+
+def test_the_console_cannot_reach_files_and_caps_rows(paths: WorldPaths) -> None:
+    store = _store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
+    with pytest.raises(Exception, match="disabled by configuration"):
+        console.run(store, "SELECT * FROM read_csv('/etc/passwd')")
+    big = console.run(store, "SELECT customer_id FROM raw.customers")
+    assert big.truncated and len(big.rows) == console.ROW_CAP
+    assert big.tables == ["raw.customers"]
+
+
+@pytest.fixture
+def client(paths: WorldPaths) -> Iterator[TestClient]:
+    SimClock.starting(_calendar(paths), speed=FROZEN).save(paths.run)
+    down = stack.ServiceAddress("http://127.0.0.1:9", "/health")  # discard port: nothing listens
+    app = create_app(paths.root, services={"model-server": down})
+    with TestClient(app) as c:
+        yield c
+
+
+def _session(client: TestClient, paths: WorldPaths) -> dict[str, str]:
+    admin = {"Authorization": f"Bearer {stack.admin_token(paths)}"}
+    reply = client.post("/api/sessions", json={"candidate": "ada"}, headers=admin)
+    assert reply.status_code == 200
+    return reply.json()
+
+
+def test_health_names_the_failing_service(client: TestClient) -> None:
+    reply = client.get("/-/health")
+    assert reply.status_code == 503
+    services = reply.json()["services"]
+    assert services["gateway"] == "ok" and services["model-server"].startswith("unreachable")
+
+
+def test_tokens_roles_and_the_recorded_history(client: TestClient, paths: WorldPaths) -> None:
+    links = _session(client, paths)
+    candidate = {"Authorization": f"Bearer {links['candidate_token']}"}
+    interviewer = {"Authorization": f"Bearer {links['interviewer_token']}"}
+    sid = links["session_id"]
+
+    assert client.post("/api/sql", json={"sql": "SELECT 1"}).status_code == 401
+    wrong = {"Authorization": "Bearer not-a-token"}
+    assert client.post("/api/sql", json={"sql": "SELECT 1"}, headers=wrong).status_code == 401
+    assert client.post("/api/sessions", json={}, headers=candidate).status_code == 403
+    assert client.get(f"/api/sessions/{sid}/answer-key", headers=candidate).status_code == 403
+    assert client.get(f"/api/sessions/{sid}/history", headers=candidate).status_code == 403
+
+    ok = client.post(
+        "/api/sql",
+        json={"sql": "SELECT fill_value FROM feature_store.imputation_policy"},
+        headers=candidate,
+    )
+    assert ok.status_code == 200 and set(ok.json()) == {
+        "columns",
+        "rows",
+        "truncated",
+        "elapsed_ms",
+    }
+    bad = client.post("/api/sql", json={"sql": "DROP TABLE raw.customers"}, headers=candidate)
+    assert bad.status_code == 400 and "not allowed" in bad.json()["error"]
+    assert client.post("/api/sql", json={}, headers=candidate).status_code == 422
+
+    key = client.get(f"/api/sessions/{sid}/answer-key", headers=interviewer)
+    assert key.status_code == 200 and key.json()["faults"]
+    events = client.get(f"/api/sessions/{sid}/history", headers=interviewer).json()
+    assert [e["kind"] for e in events] == ["sql", "sql"]
+    first, second = events
+    assert first["detail"]["tables"] == ["feature_store.imputation_policy"]
+    policy = [
+        e["id"]
+        for f in key.json()["faults"]
+        for e in f["evidence"]
+        if e["ref"] == "feature_store.imputation_policy.fill_value"
+    ]
+    assert policy and first["evidence"] == policy
+    assert "error" in second["detail"] and second["evidence"] == []
+
+
+def test_a_session_link_signs_in_with_a_cookie(client: TestClient, paths: WorldPaths) -> None:
+    links = _session(client, paths)
+    token = links["candidate_token"]
+    reply = client.get(f"/?token={token}", follow_redirects=False)
+    assert reply.status_code == 303 and "token" not in reply.headers["location"]
+    assert "httponly" in reply.headers["set-cookie"].lower()
+    client.cookies.set("sandbox_token", token)
+    assert client.post("/api/sql", json={"sql": "SELECT 1 AS x"}).json()["rows"] == [[1]]
+
+
+def test_nothing_the_candidate_gets_from_the_gateway_names_a_fault(
+    client: TestClient, paths: WorldPaths
+) -> None:
+    links = _session(client, paths)
+    candidate = {"Authorization": f"Bearer {links['candidate_token']}"}
+    key = json.loads(paths.answer_key.read_text())
+    ids = [f["fault_id"] for f in key["faults"]]
+    page = client.get("/", headers=candidate).text
+    logs = client.post(
+        "/api/sql", json={"sql": "SELECT * FROM telemetry.logs LIMIT 2000"}, headers=candidate
+    ).text
+    for text in (page, logs):
+        assert not any(i in text for i in ids)
+        assert "planted" not in text.lower() and "inject" not in text.lower()
+
+
+def test_the_mlflow_proxy_is_read_only(client: TestClient, paths: WorldPaths) -> None:
+    links = _session(client, paths)
+    candidate = {"Authorization": f"Bearer {links['candidate_token']}"}
+    reply = client.post(
+        "/services/mlflow/ajax-api/2.0/mlflow/registered-models/delete", headers=candidate
+    )
+    assert reply.status_code == 405
+    assert client.get("/services/nope/x", headers=candidate).status_code == 404
