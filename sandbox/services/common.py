@@ -15,7 +15,7 @@ from sandbox import scenario
 from sandbox.clock import Calendar
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
-from sandbox.world.layout import WorldPaths
+from sandbox.world.layout import WorldPaths, read_manifest
 
 HEALTH_PATH = "/health"
 
@@ -35,8 +35,12 @@ class ServiceContext:
     @cached_property
     def scenario(self) -> scenario.Scenario:
         # Server-side only: processes read the scenario for its calendar and to keep planted
-        # behaviour acting live; nothing from it is ever sent to a client.
-        return scenario.load(self.paths.scenario)
+        # behaviour acting live; nothing from it is ever sent to a client. The file is the
+        # scenario as given; the seed and scale the world was built with are in the manifest.
+        manifest = read_manifest(self.world)
+        return scenario.load(self.paths.scenario).with_overrides(
+            seed=manifest["seed"], scale=manifest["scale"]
+        )
 
     @cached_property
     def calendar(self) -> Calendar:

@@ -27,6 +27,10 @@ METRIC_COMPLETE = (
 )
 
 
+# Services whose log lines come from the live processes once live time starts.
+LIVE_LOG_SERVICES = "'model-server', 'retrieval', 'materialization', 'drift-monitor'"
+
+
 @dataclass(frozen=True)
 class Reveal:
     when: str  # SQL: the row exists by now
@@ -56,8 +60,7 @@ REVEAL: dict[str, Reveal] = {
     "ops.feature_job_runs": Reveal(f"finished_at <= {NOW}"),
     "ops.materialization_runs": Reveal(f"materialized_at < {LIVE_START}", live=True),
     "telemetry.logs": Reveal(
-        f"ts <= {NOW} AND (ts < {LIVE_START} OR service NOT IN ('model-server', "
-        "'retrieval-service', 'materialization', 'drift-monitor'))",
+        f"ts <= {NOW} AND (ts < {LIVE_START} OR service NOT IN ({LIVE_LOG_SERVICES}))",
         live=True,
     ),
     "telemetry.metrics": Reveal(

@@ -1,0 +1,385 @@
+"""The live retrieval service: help-center articles suggested for a support ticket's text.
+
+It serves what production serves: the ticket encoder behind the registry's `production` alias and
+the FAISS index of help articles, with the index's build metadata. Like the simulated service, it
+encodes queries with the encoder it is configured with and searches whatever index it was given.
+
+Every search is written to the telemetry spool (the `retrieval.search_log` columns) before it is
+answered; an agent's click on a suggestion arrives later through `POST /feedback`.
+
+    python -m sandbox.services.retrieval --world DIR --port P
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import faiss
+from fastapi import FastAPI, HTTPException, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sandbox.faults.base import HookContext
+from sandbox.pipeline import registry, retrieve
+from sandbox.services.common import HEALTH_PATH, ServiceContext, serve, service_args
+from sandbox.world.layout import IncompleteWorld, read_manifest
+
+# The name the world's metrics, alerts and changelog use for this service.
+SERVICE = "retrieval"
+ENCODER_ALIAS = "production"
+ENCODER_URI = f"models:/{registry.TICKET_ENCODER}@{ENCODER_ALIAS}"
+MAX_TEXT = 5000
+MAX_K = 20
+# Clicks arrive within minutes of a search; older requests are forgotten first.
+RECENT_REQUESTS = 10_000
+LOGGED_PATHS = ("/search", "/feedback")
+
+
+class SearchRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT, description="The ticket's text.")
+    k: int = Field(retrieve.TOP_K, ge=1, le=MAX_K, description="How many articles to suggest.")
+    ticket_id: int | None = Field(None, description="The ticket the search is for, if any.")
+
+
+class FeedbackRequest(BaseModel):
+    request_id: int = Field(description="The search the suggestion came from.")
+    article_id: int = Field(description="The suggested article the agent clicked.")
+
+
+@dataclass(frozen=True)
+class LoadedEncoder:
+    encoder: retrieve.Encoder
+    registry_version: str | None  # the registry's model version holding this encoder
+
+
+def _registry_encoders(mlflow_dir: Path) -> tuple[retrieve.Encoder, str, dict[int, str]]:
+    """The encoder behind the production alias, its registry version, and the registry version
+    of every encoder version registered."""
+    pipeline = registry.load_model(mlflow_dir, ENCODER_URI)
+    import mlflow  # imported (and configured) by load_model already
+
+    uri = registry.tracking_uri(mlflow_dir)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    by_encoder: dict[int, str] = {}
+    for mv in client.search_model_versions(f"name='{registry.TICKET_ENCODER}'"):
+        if "encoder_version" in mv.tags:
+            by_encoder.setdefault(int(mv.tags["encoder_version"]), str(mv.version))
+    current = client.get_model_version_by_alias(registry.TICKET_ENCODER, ENCODER_ALIAS)
+    version = current.tags.get("encoder_version")
+    if version is None:  # older registrations kept it only as a run parameter
+        version = client.get_run(current.run_id).data.params["encoder_version"]
+    return retrieve.Encoder(int(version), pipeline), str(current.version), by_encoder
+
+
+def _article_titles(duckdb_path: Path) -> dict[int, str]:
+    con = duckdb.connect(str(duckdb_path), read_only=True)
+    try:
+        rows = con.execute("SELECT article_id, title FROM retrieval.help_articles").fetchall()
+    finally:
+        con.close()
+    return {int(article_id): str(title) for article_id, title in rows}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.loaded = Gauge(
+            "retrieval_loaded_info",
+            "The encoder and index the service searches with (value 1).",
+            ["encoder_version", "index_version"],
+            registry=r,
+        )
+        self.searches = Counter(
+            "retrieval_searches",
+            "Searches answered.",
+            ["encoder_version", "index_version"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "retrieval_search_latency_seconds",
+            "Time to encode the query and search the index.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.top1 = Histogram(
+            "retrieval_top1_score",
+            "Similarity of the best suggestion.",
+            buckets=tuple(round(0.1 * i, 1) for i in range(1, 11)),
+            registry=r,
+        )
+        self.clicks = Counter(
+            "retrieval_clicks", "Suggestions clicked by agents.", ["rank"], registry=r
+        )
+        self.errors = Counter(
+            "retrieval_errors",
+            "Requests answered with an error status.",
+            ["path", "status"],
+            registry=r,
+        )
+
+
+class RetrievalService:
+    """The loaded encoder and index, the recent requests (for clicks), and the telemetry."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        # The seed the world was built with: a build may override the scenario file's seed.
+        try:
+            self.seed = int(read_manifest(ctx.world)["seed"])
+        except IncompleteWorld:
+            self.seed = ctx.scenario.world.seed
+        base, base_registry_version, self._registry_versions = _registry_encoders(ctx.paths.mlflow)
+        self._registry_versions[base.version] = base_registry_version
+        self.base = base
+        self.index = retrieve.load_index(ctx.paths.indexes)
+        self.index_version = str(self.index.meta["index_version"])
+        self.titles = _article_titles(ctx.paths.duckdb)
+        self.metrics = Metrics()
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[int, list[int]] = OrderedDict()
+        self._day: int | None = None
+        self._current: LoadedEncoder | None = None
+        self.ctx.log(
+            "info",
+            "index_loaded",
+            f"loaded article index {self.index_version} ({self.index.index.ntotal} articles)",
+            index_version=self.index_version,
+            doc_count=int(self.index.index.ntotal),
+        )
+        self.current()  # load today's encoder before the first request
+
+    def current(self) -> LoadedEncoder:
+        """The encoder serving today (simulated): what production runs on this day."""
+        day = self.ctx.calendar.day_of(self.ctx.now())
+        with self._lock:
+            if day != self._day or self._current is None:
+                hook = HookContext(self.seed, day, self.ctx.calendar)
+                encoder = self.ctx.scenario.fault_set.apply(
+                    "retrieve.query_encoder", self.base, hook
+                )
+                previous = self._current
+                self._current = LoadedEncoder(encoder, self._registry_versions.get(encoder.version))
+                self._day = day
+                if previous is None or previous.encoder.version != encoder.version:
+                    self._announce(self._current)
+            return self._current
+
+    def _announce(self, loaded: LoadedEncoder) -> None:
+        version = loaded.encoder.version
+        self.metrics.loaded.clear()
+        self.metrics.loaded.labels(str(version), self.index_version).set(1)
+        self.ctx.log(
+            "info",
+            "encoder_loaded",
+            f"loaded {registry.TICKET_ENCODER} version {version} ({ENCODER_URI})",
+            encoder_version=version,
+            registry_version=loaded.registry_version,
+            index_version=self.index_version,
+        )
+
+    def search(self, req: SearchRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        # FAISS's OpenMP thread count is per calling thread and starts at the core count in
+        # request threads; on a busy host one query then waits ~20 ms at an OpenMP barrier.
+        faiss.omp_set_num_threads(1)
+        encoder = self.current().encoder
+        ids, scores = self.index.search(encoder.encode([req.text]), req.k)
+        found = [(int(i), round(float(s), 4)) for i, s in zip(ids[0], scores[0], strict=True)]
+        found = [(i, s) for i, s in found if i >= 0]
+        elapsed = time.perf_counter() - started
+        request_id = secrets.randbits(63) or 1
+        request_ts = self.ctx.now().isoformat()
+        top1 = found[0][1] if found else None
+        # Telemetry first: whatever a client has seen acknowledged is on disk.
+        self.ctx.spool("retrieval.search_log").write(
+            {
+                "request_id": request_id,
+                "ticket_id": req.ticket_id,
+                "request_ts": request_ts,
+                "query_text": req.text,
+                "top_k_ids": [i for i, _ in found],
+                "top_k_scores": [s for _, s in found],
+                "top1_score": top1,
+                "encoder_version": encoder.version,
+                "index_version": self.index_version,
+                "latency_ms": round(elapsed * 1000, 2),
+                "clicked_article_id": None,
+                "click_rank": None,
+            }
+        )
+        with self._lock:
+            self._recent[request_id] = [i for i, _ in found]
+            while len(self._recent) > RECENT_REQUESTS:
+                self._recent.popitem(last=False)
+        self.metrics.searches.labels(str(encoder.version), self.index_version).inc()
+        self.metrics.latency.observe(elapsed)
+        if top1 is not None:
+            self.metrics.top1.observe(top1)
+        return {
+            "request_id": request_id,
+            "results": [
+                {"article_id": i, "title": self.titles.get(i, ""), "score": s, "rank": rank}
+                for rank, (i, s) in enumerate(found, start=1)
+            ],
+            "encoder_version": encoder.version,
+            "index_version": self.index_version,
+            "request_ts": request_ts,
+        }
+
+    def click(self, req: FeedbackRequest) -> dict[str, Any]:
+        with self._lock:
+            shown = self._recent.get(req.request_id)
+        if shown is None:
+            raise HTTPException(404, f"no recent search with request_id {req.request_id}")
+        if req.article_id not in shown:
+            raise HTTPException(
+                404, f"article {req.article_id} was not suggested by search {req.request_id}"
+            )
+        rank = shown.index(req.article_id) + 1
+        clicked_at = self.ctx.now().isoformat()
+        self.ctx.spool("retrieval.search_clicks").write(
+            {
+                "request_id": req.request_id,
+                "clicked_article_id": req.article_id,
+                "click_rank": rank,
+                "clicked_at": clicked_at,
+            }
+        )
+        self.metrics.clicks.labels(str(rank)).inc()
+        return {
+            "request_id": req.request_id,
+            "article_id": req.article_id,
+            "click_rank": rank,
+            "clicked_at": clicked_at,
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        loaded = self.current()
+        return {
+            "service": SERVICE,
+            "encoder_name": registry.TICKET_ENCODER,
+            "encoder_version": loaded.encoder.version,
+            "encoder_uri": ENCODER_URI,
+            "encoder_registry_version": loaded.registry_version,
+            "index_version": self.index_version,
+            "index_metadata": self.index.meta,
+            "article_count": int(self.index.index.ntotal),
+            "dimension": int(self.index.index.d),
+        }
+
+
+class RequestLog:
+    """One log line per search or click (and an error count), written as the response starts.
+
+    Plain ASGI rather than `@app.middleware("http")`, which costs a task and a stream per request.
+    Endpoints leave their attributes in `request.state.log_attrs`.
+    """
+
+    def __init__(self, app: ASGIApp, service: RetrievalService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in LOGGED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        logged = False
+
+        def log(status: int) -> None:
+            nonlocal logged
+            logged = True
+            path = scope["path"]
+            if status >= 400:
+                self.service.metrics.errors.labels(path, str(status)).inc()
+            ms = (time.perf_counter() - started) * 1000
+            self.service.ctx.log(
+                "info" if status < 400 else "warning" if status < 500 else "error",
+                "request",
+                f"{scope['method']} {path} {status} {ms:.1f}ms",
+                status=status,
+                **state.get("log_attrs", {}),
+            )
+
+        async def logging_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not logged:
+                log(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logging_send)
+        except Exception:
+            if not logged:
+                log(500)
+            raise
+
+
+def create_app(world: Path) -> FastAPI:
+    """The retrieval service over a built world; loads encoder and index before returning."""
+    ctx = ServiceContext(Path(world), SERVICE)
+    service = RetrievalService(ctx)
+    app = FastAPI(title="Retrieval service", version="1")
+    app.state.service = service
+
+    app.add_middleware(RequestLog, service=service)
+
+    @app.post("/search")
+    def search(body: SearchRequest, request: Request) -> dict[str, Any]:
+        answer = service.search(body)
+        request.state.log_attrs = {
+            "request_id": answer["request_id"],
+            "ticket_id": body.ticket_id,
+            "k": body.k,
+            "encoder_version": answer["encoder_version"],
+            "index_version": answer["index_version"],
+        }
+        return answer
+
+    @app.post("/feedback")
+    def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
+        request.state.log_attrs = {"request_id": body.request_id, "article_id": body.article_id}
+        return service.click(body)
+
+    @app.get("/metadata")
+    def metadata() -> dict[str, Any]:
+        return service.metadata()
+
+    @app.get(HEALTH_PATH)
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "service": SERVICE, "now": ctx.now().isoformat()}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def main() -> None:
+    args = service_args("The live retrieval service (help-article suggestions for tickets).")
+    # One query at a time over a few hundred articles: BLAS threads only cost on a shared host.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    serve(create_app(args.world), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""`sandbox up` end to end: every process on loopback, live traffic landing in the candidate's
+telemetry, a killed service restarted without losing what it acknowledged, Ctrl-C leaving nothing
+behind."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sandbox import scenario
+from sandbox.pipeline import deploy
+from sandbox.services.supervisor import free_port
+from sandbox.world.build import BuildSummary
+from sandbox.world.layout import WorldPaths
+
+SANDBOX = str(Path(sys.executable).with_name("sandbox"))
+SPEED = 600.0  # ten simulated minutes per second: live traffic shows up within seconds
+READY_S = 150.0
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen
+    world: Path
+    url: str
+    candidate: dict[str, str]
+    interviewer: dict[str, str]
+    session_id: str
+
+    def sql(self, query: str) -> dict:
+        reply = httpx.post(
+            self.url + "/api/sql", json={"sql": query}, headers=self.candidate, timeout=30
+        )
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def scalar(self, query: str):
+        return self.sql(query)["rows"][0][0]
+
+
+def _processes_of(world: Path) -> list[str]:
+    """Command lines of every live process started for this world."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(world) in cmd or f"{world}/candidate/mlflow" in cmd:
+            try:
+                state = (Path("/proc") / pid / "stat").read_text().split()[2]
+            except OSError:
+                continue
+            if state != "Z":
+                found.append(f"{pid} {cmd}")
+    return found
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "sandbox up exited"
+        try:
+            reply = httpx.get(url + "/-/health", timeout=2)
+            if reply.status_code == 200:
+                return reply.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not healthy within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    world = tmp_path_factory.mktemp("stack") / "world"
+    shutil.copytree(faulty_world.root, world, ignore=shutil.ignore_patterns("run"))
+    port = free_port()
+    process = subprocess.Popen(
+        [SANDBOX, "up", str(world), "--port", str(port), "--speed", str(SPEED)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        made = subprocess.run(
+            [SANDBOX, "session", "create", str(world), "--candidate", "ada", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        links = json.loads(made.stdout)
+        yield Stack(
+            process,
+            world,
+            url,
+            {"Authorization": f"Bearer {links['candidate_token']}"},
+            {"Authorization": f"Bearer {links['interviewer_token']}"},
+            links["session_id"],
+        )
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _live_start(world: Path) -> dt.datetime:
+    cal = scenario.load(WorldPaths(world).scenario).world.calendar()
+    return cal.midnight(cal.last_production_day + 1)
+
+
+def _a_customer(world: Path) -> int:
+    import polars as pl
+
+    _, newest = deploy.online_snapshots(WorldPaths(world).online_store)[0]
+    return int(pl.read_parquet(newest)["customer_id"][0])
+
+
+def test_every_service_is_healthy(stack: Stack) -> None:
+    health = httpx.get(stack.url + "/-/health").json()
+    assert health["status"] == "ok"
+    assert set(health["services"]) >= {
+        "gateway",
+        "model-server",
+        "retrieval",
+        "mlflow",
+        "traffic",
+        "jobs",
+    }
+
+
+def test_predict_and_search_through_the_gateway(stack: Stack) -> None:
+    customer = _a_customer(stack.world)
+    reply = httpx.post(
+        stack.url + "/services/model/predict",
+        json={"customer_id": customer},
+        headers=stack.candidate,
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["customer_id"] == customer and 0 <= body["score"] <= 1
+    meta = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate).json()
+    assert body["model_version"] == meta["model_version"]
+
+    found = httpx.post(
+        stack.url + "/services/retrieval/search",
+        json={"text": "my video keeps buffering on the tv app", "k": 3},
+        headers=stack.candidate,
+        timeout=10,
+    )
+    assert found.status_code == 200, found.text
+    assert len(found.json()["results"]) == 3
+
+
+def test_bad_requests_get_clear_errors(stack: Stack) -> None:
+    malformed = httpx.post(
+        stack.url + "/services/model/predict", json={"customer_id": "abc"}, headers=stack.candidate
+    )
+    assert malformed.status_code == 422 and "customer_id" in malformed.text
+    unknown = httpx.post(
+        stack.url + "/services/model/predict", json={"customer_id": 10**12}, headers=stack.candidate
+    )
+    assert unknown.status_code == 404 and str(10**12) in unknown.text
+    no_text = httpx.post(
+        stack.url + "/services/retrieval/search", json={"k": 3}, headers=stack.candidate
+    )
+    assert no_text.status_code == 422 and "text" in no_text.text
+
+
+def test_live_traffic_lands_in_the_candidates_telemetry(stack: Stack) -> None:
+    start = _live_start(stack.world)
+    deadline = time.monotonic() + 60
+    online = searches = 0
+    while time.monotonic() < deadline and not (online and searches):
+        online = stack.scalar(
+            "SELECT count(*) FROM serving.predictions WHERE source = 'online' "
+            f"AND request_ts >= '{start}'"
+        )
+        searches = stack.scalar(
+            f"SELECT count(*) FROM retrieval.search_log WHERE request_ts >= '{start}'"
+        )
+        time.sleep(1)
+    assert online > 0 and searches > 0
+    logs = stack.scalar(
+        f"SELECT count(*) FROM telemetry.logs WHERE service = 'model-server' AND ts >= '{start}'"
+    )
+    assert logs > 0
+    series = stack.scalar(
+        f"SELECT count(*) FROM telemetry.metrics WHERE service = 'model-server' AND ts >= '{start}'"
+    )
+    assert series > 0
+
+
+def test_the_interviewer_sees_the_candidates_requests(stack: Stack) -> None:
+    stack.sql("SELECT count(*) FROM ops.changelog")
+    events = httpx.get(
+        f"{stack.url}/api/sessions/{stack.session_id}/history", headers=stack.interviewer
+    ).json()
+    kinds = {e["kind"] for e in events}
+    assert {"sql", "service"} <= kinds
+    assert any(e["detail"].get("path") == "predict" for e in events)
+
+
+def test_a_killed_model_server_comes_back_without_losing_acknowledged_predictions(
+    stack: Stack,
+) -> None:
+    customer = _a_customer(stack.world)
+    acknowledged = []
+    for _ in range(5):
+        reply = httpx.post(
+            stack.url + "/services/model/predict",
+            json={"customer_id": customer},
+            headers=stack.candidate,
+            timeout=10,
+        )
+        assert reply.status_code == 200
+        acknowledged.append(reply.json()["request_ts"])
+    [victim] = [p for p in _processes_of(stack.world) if "sandbox.services.model_server" in p]
+    os.kill(int(victim.split()[0]), signal.SIGKILL)
+
+    deadline = time.monotonic() + 90
+    restarted = False
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(stack.url + "/-/health", timeout=2).status_code == 200:
+                again = [
+                    p for p in _processes_of(stack.world) if "sandbox.services.model_server" in p
+                ]
+                restarted = bool(again) and again[0] != victim
+                if restarted:
+                    break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    assert restarted, "the model server was not restarted"
+
+    stamps = ", ".join(f"'{ts}'" for ts in acknowledged)
+    deadline = time.monotonic() + 10
+    kept = 0
+    while time.monotonic() < deadline and kept < len(acknowledged):
+        kept = stack.scalar(
+            f"SELECT count(*) FROM serving.predictions WHERE customer_id = {customer} "
+            f"AND request_ts IN ({stamps})"
+        )
+        time.sleep(0.5)
+    assert kept == len(acknowledged)
+    deadline = time.monotonic() + 10
+    noted = 0
+    while time.monotonic() < deadline and not noted:
+        noted = stack.scalar(
+            "SELECT count(*) FROM telemetry.logs WHERE event = 'service_exited' "
+            "AND message LIKE 'model-server exited (signal 9)%'"
+        )
+        time.sleep(0.5)
+    assert noted, "the restart is visible in the candidate's logs"
+
+
+def test_ctrl_c_stops_every_process(stack: Stack) -> None:
+    assert _processes_of(stack.world)
+    stack.process.send_signal(signal.SIGINT)
+    stack.process.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _processes_of(stack.world):
+        time.sleep(0.3)
+    assert _processes_of(stack.world) == []
+
+
+def test_up_refuses_a_world_that_is_missing_or_half_built(tmp_path: Path) -> None:
+    missing = subprocess.run(
+        [SANDBOX, "up", str(tmp_path / "nope"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode != 0 and "sandbox build" in missing.stderr + missing.stdout
+    half = tmp_path / "half"
+    (half / "candidate").mkdir(parents=True)
+    refused = subprocess.run(
+        [SANDBOX, "up", str(half), "--port", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0
+    assert "did not finish" in refused.stderr + refused.stdout or "no manifest" in (
+        refused.stderr + refused.stdout
+    )
