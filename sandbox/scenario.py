@@ -7,6 +7,7 @@ fault's own parameters, and errors name the file and the exact field.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import tomllib
 from functools import cache
 from importlib.resources import files
@@ -148,6 +149,43 @@ class Scenario:
         if scale is not None:
             raw["world"]["scale"] = scale
         return Scenario(raw, self.source, self.text)
+
+
+    def as_toml(self) -> str:
+        """The scenario as it is built: the text as given, unless overrides changed it."""
+        if self.text and tomllib.loads(self.text) == self.raw:
+            return self.text
+        return dump_toml(self.raw)
+
+
+def dump_toml(raw: dict[str, Any]) -> str:
+    """TOML for a scenario's shape: top-level tables and arrays of tables of plain values."""
+    out: list[str] = []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out += [f"[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items()), ""]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                out += [f"[[{key}]]", *(f"{k} = {_toml_value(v)}" for k, v in item.items()), ""]
+        else:
+            out.insert(0, f"{key} = {_toml_value(value)}")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def _describe(exc: ValidationError, source: str) -> str:

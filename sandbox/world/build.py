@@ -185,7 +185,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
         if version != encoder.version:
             _register_encoder(later, None, paths, cal.date(first_day))
     _write_deployment(result, paths, cal)
-    paths.scenario.write_text(scenario.text)
+    paths.scenario.write_text(scenario.as_toml())
     keys = [f.key(cal).model_dump(mode="json") for f in scenario.faults]
     decoys = [d.note(cal).model_dump(mode="json") for d in scenario.decoys]
     paths.answer_key.write_text(json.dumps({"faults": keys, "decoys": decoys}, indent=2))

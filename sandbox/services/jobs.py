@@ -1,0 +1,538 @@
+"""The scheduled jobs of the running stack: each live day's online-store materialization and drift
+report, run when the shared simulated clock reaches their hour.
+
+Schedule, per live day D (`Calendar.last_production_day + 1 .. last_visible_day`):
+    materialize  D at MATERIALIZE_HOUR (04:00)  the day's online-store load -> ops.materialization_runs
+    drift        D at 00:30 on D + 1            D's batch-scored features -> monitoring.drift_daily
+                                                and monitoring.drift_feature_daily
+The clock stops at the end of the last visible day, so that day's drift report never falls due.
+
+What the jobs do is fixed by the built world: the online store's loads are on disk as snapshots
+(the model server reads them itself; this job records the load), and the drift report compares the
+day's batch-scored rows with the first deployment's training reference exactly as the build does
+for production days, with whatever acts at the monitor's reference hook. Their rows and log lines
+go to the spool, stamped with the run's scheduled time, so live rows look like history.
+
+Each job runs once per day: a run whose row is already in the spool is done. Runs that fell due
+while the process was down run at start. Evidently is heavy (seconds and hundreds of MB to import),
+so a drift run happens in a short-lived child process (`--drift-days`, its own process group, at a
+lower CPU priority), which `DriftMonitor` gives its own worker; the scheduler stays small at idle
+and a stop request kills the whole group.
+
+Run as `python -m sandbox.services.jobs --world DIR --port P`; the port serves Prometheus metrics
+on every path (so `GET /health` answers 200 once ready).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from sandbox import scenario
+from sandbox.clock import Calendar
+from sandbox.faults.base import HookContext
+from sandbox.monitor.drift import DriftMonitor
+from sandbox.pipeline.deploy import online_snapshots
+from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.pipeline.serve import MATERIALIZE_HOUR
+from sandbox.services.common import ServiceContext
+from sandbox.services.simclock import CLOCK_FILE, SimClock
+from sandbox.services.spool import read_new
+from sandbox.world.layout import WorldPaths
+
+SERVICE = "scheduler"
+MATERIALIZE = "materialize"
+DRIFT = "drift"
+JOBS = (MATERIALIZE, DRIFT)
+# The `service` of each job's log lines: the names the gateway swaps for live rows at live start.
+LOG_SERVICE = {MATERIALIZE: "materialization", DRIFT: "drift-monitor"}
+TABLE = {MATERIALIZE: "ops.materialization_runs", DRIFT: "monitoring.drift_daily"}
+FEATURE_TABLE = "monitoring.drift_feature_daily"
+DRIFT_DELAY = dt.timedelta(minutes=30)  # after the end of the report day
+# Batch days fed through the serving hook before a report: a reference hook may keep state from
+# the scored rows it saw (a trailing window, say); two weeks covers any window it is given.
+REPLAY_DAYS = 14
+SLICE = 0.25  # longest uninterrupted wait (wall seconds), so a stop request is honoured promptly
+CLOCK_CHECK_EVERY = 1.0  # wall seconds between looks at the clock file (pause, resume, new speed)
+CHILD_GRACE = 2.0  # wall seconds a stopped drift run gets before it is killed
+CHILD_NICE = 10
+CHILD_ENV = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+class JobError(RuntimeError):
+    """A run could not produce its output; the message names the job and the day."""
+
+
+class Stopped(RuntimeError):
+    """The process was asked to stop while a run was under way."""
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    due: dt.datetime
+    job: str
+    day: int
+
+
+def schedule(calendar: Calendar) -> list[Run]:
+    """Every job run of the live days, in due order."""
+    runs = []
+    for day in range(calendar.last_production_day + 1, calendar.last_visible_day + 1):
+        runs.append(Run(calendar.at(day, MATERIALIZE_HOUR), MATERIALIZE, day))
+        runs.append(Run(calendar.midnight(day + 1) + DRIFT_DELAY, DRIFT, day))
+    return sorted(runs)
+
+
+def completed(ctx: ServiceContext) -> set[tuple[str, int]]:
+    """(job, day) of every run whose row is already in the spool."""
+    done = set()
+    cal = ctx.calendar
+    for job, column in ((MATERIALIZE, "materialized_at"), (DRIFT, "report_date")):
+        records, _ = read_new(ctx.spool(TABLE[job]).path, 0)
+        for record in records:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                done.add((job, cal.day_of(dt.date.fromisoformat(str(record[column])[:10]))))
+    return done
+
+
+def _log(
+    ctx: ServiceContext,
+    ts: dt.datetime,
+    job: str,
+    level: str,
+    event: str,
+    message: str,
+    **attrs: Any,
+) -> None:
+    # ctx.log stamps the process's own name and now; a job's lines carry the job's service name
+    # and the run's scheduled time, as the history's lines do.
+    ctx.spool("telemetry.logs").write(
+        {
+            "ts": ts.isoformat(),
+            "service": LOG_SERVICE[job],
+            "level": level,
+            "event": event,
+            "message": message,
+            "attrs": json.dumps(attrs, sort_keys=True, default=str),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Materialization
+
+
+def run_materialization(ctx: ServiceContext, day: int) -> dict[str, Any]:
+    """Record day `day`'s online-store load: its ops.materialization_runs row and log line."""
+    cal = ctx.calendar
+    loads = [
+        (at, path)
+        for at, path in online_snapshots(ctx.paths.online_store)
+        if cal.day_of(at) == day and at <= cal.at(day, MATERIALIZE_HOUR)
+    ]
+    if not loads:
+        raise JobError(f"materialization for {cal.date(day)}: no online-store load on disk")
+    materialized_at, path = loads[-1]
+    rows, newest = (
+        pl.scan_parquet(path).select(pl.len(), pl.col("event_timestamp").max()).collect().row(0)
+    )
+    row = {
+        "materialized_at": materialized_at.isoformat(),
+        "rows": int(rows),
+        "max_event_timestamp": newest.isoformat() if newest is not None else None,
+        "status": "success",
+    }
+    ctx.spool(TABLE[MATERIALIZE]).write(row)
+    _log(
+        ctx,
+        materialized_at,
+        MATERIALIZE,
+        "info",
+        "materialization_finished",
+        f"online store loaded: {rows} rows, newest event_timestamp {row['max_event_timestamp']}",
+        rows=int(rows),
+        max_event_timestamp=row["max_event_timestamp"],
+    )
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Drift report
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """One day's rows, JSON-ready: `summary` as monitoring.drift_daily, `features` as
+    monitoring.drift_feature_daily (report_date as an ISO date)."""
+
+    summary: dict[str, Any]
+    features: list[dict[str, Any]]
+
+
+def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
+    """The drift reports of `days`, computed as the build computes production days' reports.
+
+    Runs in the calling process (Evidently in `DriftMonitor`'s own worker); the scheduler calls
+    it through `compute_drift`, in a child. A day without batch-scored rows gets no report.
+    """
+    wanted = sorted(set(days))
+    if not wanted:
+        return {}
+    paths = WorldPaths(Path(world))
+    spec = scenario.load(paths.scenario)  # a fresh load: hooks start without state
+    cal, seed, hooks = spec.world.calendar(), spec.world.seed, spec.fault_set
+    con = duckdb.connect(str(paths.duckdb), read_only=True)
+    try:
+        con.execute("SET threads = 1")
+        # The first deployment's training reference, rows in the build's order (the monitor
+        # samples it by position).
+        reference = con.sql(f"SELECT {', '.join(MODEL_FEATURES)} FROM monitoring.drift_reference")
+        submitted = []
+        with DriftMonitor(reference.pl(), MODEL_FEATURES, workers=1) as monitor:
+            for day in range(max(1, wanted[0] - REPLAY_DAYS), wanted[-1] + 1):
+                batch = con.sql(
+                    """
+                    SELECT * FROM serving.predictions
+                    WHERE source = 'batch' AND request_ts >= $start AND request_ts < $end
+                    ORDER BY request_ts, prediction_id
+                    """,
+                    params={"start": cal.midnight(day), "end": cal.midnight(day + 1)},
+                ).pl()
+                if batch.height == 0:
+                    continue
+                ctx = HookContext(seed, day, cal)
+                # As in the build: the serving hook sees each day's batch (the stored rows are
+                # its output), then the monitor asks for the day's reference. Days before the
+                # first report only bring the hooks' state up to date.
+                hooks.apply("serve.scores", batch, ctx)
+                if day in wanted:
+                    day_reference = hooks.apply("monitor.drift_reference", None, ctx)
+                    monitor.submit(cal.date(day), batch.select(MODEL_FEATURES), day_reference)
+                    submitted.append(day)
+            summary = monitor.summary_rows()
+            features = monitor.rows()
+    finally:
+        con.close()
+    return {
+        day: DriftReport(
+            summary=_json_row(
+                summary.filter(pl.col("report_date") == cal.date(day)).row(0, named=True)
+            ),
+            features=[
+                _json_row(r)
+                for r in features.filter(pl.col("report_date") == cal.date(day)).iter_rows(
+                    named=True
+                )
+            ],
+        )
+        for day in submitted
+    }
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in row.items()}
+
+
+def compute_drift(
+    world: Path, days: Sequence[int], stop: threading.Event | None = None
+) -> dict[int, DriftReport]:
+    """`drift_reports` in a short-lived child process; raises Stopped if `stop` is set first."""
+    stop = stop or threading.Event()
+    with tempfile.TemporaryDirectory(prefix="drift-") as tmp:
+        out = Path(tmp) / "reports.json"
+        command = [
+            sys.executable,
+            "-m",
+            "sandbox.services.jobs",
+            "--world",
+            str(world),
+            "--drift-days",
+            ",".join(str(d) for d in days),
+            "--out",
+            str(out),
+        ]
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, **CHILD_ENV},
+            start_new_session=True,  # one group with the monitor's worker: stopped together
+        )
+        try:
+            while child.poll() is None:
+                if stop.wait(SLICE):
+                    raise Stopped("stopped during a drift run")
+        finally:
+            if child.poll() is None:
+                _end_group(child)
+        if child.returncode != 0:
+            raise JobError(f"drift run for day(s) {list(days)} exited with {child.returncode}")
+        raw = json.loads(out.read_text())
+    return {int(day): DriftReport(**report) for day, report in raw.items()}
+
+
+def _end_group(child: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(CHILD_GRACE)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def write_drift(ctx: ServiceContext, day: int, report: DriftReport) -> None:
+    """Spool one day's drift rows (the summary last: it marks the day done) and its log line."""
+    cal = ctx.calendar
+    ctx.spool(FEATURE_TABLE).write(*report.features)
+    ctx.spool(TABLE[DRIFT]).write(report.summary)
+    s = report.summary
+    drifted = [r["feature"] for r in report.features if r["drifted"]]
+    _log(
+        ctx,
+        cal.midnight(day + 1) + DRIFT_DELAY,
+        DRIFT,
+        "warning" if s["dataset_drift"] else "info",
+        "drift_report_finished",
+        f"drift report for {s['report_date']}: {s['n_drifted']} of {s['n_features']} features "
+        f"drifted over {s['n_rows']} rows",
+        report_date=s["report_date"],
+        n_rows=s["n_rows"],
+        n_drifted=s["n_drifted"],
+        share_drifted=s["share_drifted"],
+        dataset_drift=s["dataset_drift"],
+        drifted_features=drifted,
+    )
+
+
+def run_drift(
+    ctx: ServiceContext, days: Sequence[int], stop: threading.Event | None = None
+) -> dict[int, DriftReport]:
+    """Compute `days`' drift reports in a child and spool them; a day that could not be computed
+    raises JobError after the others are written."""
+    reports = compute_drift(ctx.paths.root, days, stop)
+    for day in sorted(reports):
+        write_drift(ctx, day, reports[day])
+    missing = sorted(set(days) - set(reports))
+    if missing:
+        dates = ", ".join(str(ctx.calendar.date(d)) for d in missing)
+        raise JobError(f"drift report for {dates}: no batch-scored rows")
+    return reports
+
+
+# ---------------------------------------------------------------------------------------------
+# The scheduler
+
+
+class Scheduler:
+    """Runs every job as the clock reaches it; `run()` returns when stopped."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        registry: CollectorRegistry | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.stop = stop or threading.Event()
+        self.registry = registry or CollectorRegistry()
+        self.runs = schedule(ctx.calendar)
+        self.done = completed(ctx)
+        self.failed: set[tuple[str, int]] = set()  # retried at the next start, not in a loop
+        r = self.registry
+        self.run_count = Counter(
+            "scheduler_job_runs", "Job runs by job and outcome.", ["job", "status"], registry=r
+        )
+        self.last_success = Gauge(
+            "scheduler_job_last_success_timestamp_seconds",
+            "Wall-clock time of each job's last successful run.",
+            ["job"],
+            registry=r,
+        )
+        self.last_success_sim = Gauge(
+            "scheduler_job_last_success_sim_timestamp_seconds",
+            "Scheduled simulated time of each job's last successful run.",
+            ["job"],
+            registry=r,
+        )
+        self.pending_gauge = Gauge(
+            "scheduler_jobs_pending", "Runs of the live days not done yet.", registry=r
+        )
+        for job in JOBS:
+            for status in ("success", "error"):
+                self.run_count.labels(job, status)
+        self.pending_gauge.set_function(lambda: len(self.open_runs()))
+        self._clock_checked = 0.0
+        self._clock_mtime = self._clock_file_mtime()
+
+    def open_runs(self) -> list[Run]:
+        return [r for r in self.runs if (r.job, r.day) not in self.done | self.failed]
+
+    def due(self) -> list[Run]:
+        now = self.ctx.now()
+        return [r for r in self.open_runs() if r.due <= now]
+
+    def run_due(self) -> int:
+        """Run every job due by now that has not run (at start: the catch-up); returns how many
+        runs succeeded. Materializations first (cheap); all due drift days in one child."""
+        due = self.due()
+        ok = 0
+        for run in (r for r in due if r.job == MATERIALIZE):
+            if self.stop.is_set():
+                return ok
+            ok += self._record(run, lambda run=run: run_materialization(self.ctx, run.day))
+        drift = [r for r in due if r.job == DRIFT]
+        if drift and not self.stop.is_set():
+            ok += self._run_drift(drift)
+        return ok
+
+    def _run_drift(self, runs: list[Run]) -> int:
+        try:
+            reports = compute_drift(self.ctx.paths.root, [r.day for r in runs], self.stop)
+        except Stopped:
+            return 0
+        except Exception as exc:  # a failed run is logged and counted
+            for run in runs:
+                self._failed(run, exc)
+            return 0
+        ok = 0
+        for run in runs:
+            if run.day in reports:
+                ok += self._record(
+                    run, lambda run=run: write_drift(self.ctx, run.day, reports[run.day])
+                )
+            else:
+                self._failed(run, JobError("no batch-scored rows"))
+        return ok
+
+    def _record(self, run: Run, action: Any) -> int:
+        try:
+            action()
+        except Exception as exc:  # a failed run is logged and counted
+            self._failed(run, exc)
+            return 0
+        self.done.add((run.job, run.day))
+        self.run_count.labels(run.job, "success").inc()
+        self.last_success.labels(run.job).set_to_current_time()
+        self.last_success_sim.labels(run.job).set(run.due.timestamp())
+        return 1
+
+    def _failed(self, run: Run, exc: BaseException) -> None:
+        self.failed.add((run.job, run.day))
+        self.run_count.labels(run.job, "error").inc()
+        _log(
+            self.ctx,
+            run.due,
+            run.job,
+            "error",
+            f"{'materialization' if run.job == MATERIALIZE else 'drift_report'}_failed",
+            f"{run.job} run for {self.ctx.calendar.date(run.day)} failed: {exc}",
+        )
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self._refresh_clock()
+            self.run_due()
+            upcoming = self.open_runs()
+            clock = self.ctx.clock
+            if upcoming and clock.speed > 0:
+                wall = (upcoming[0].due - clock.now()).total_seconds() / clock.speed
+                self.stop.wait(min(max(wall, 0.001), SLICE))
+            else:
+                self.stop.wait(SLICE)
+
+    def _clock_file_mtime(self) -> float:
+        try:
+            return (self.ctx.paths.run / CLOCK_FILE).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _refresh_clock(self) -> None:
+        """Pick up a clock the supervisor rewrote (paused, resumed, sped up)."""
+        wall = time.monotonic()
+        if wall - self._clock_checked < CLOCK_CHECK_EVERY:
+            return
+        self._clock_checked = wall
+        mtime = self._clock_file_mtime()
+        if mtime and mtime != self._clock_mtime:
+            try:
+                self.ctx.clock = SimClock.load(self.ctx.paths.run)
+            except (OSError, ValueError, KeyError):
+                return  # keep the clock we have; look again next time
+            self._clock_mtime = mtime
+
+
+# ---------------------------------------------------------------------------------------------
+# Process
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    # common.service_args, plus the drift child's mode.
+    parser = argparse.ArgumentParser(description="Run the scheduled jobs of the live days.")
+    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--drift-days", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.drift_days is None and args.port is None:
+        parser.error("--port is required")
+    if args.drift_days is not None and args.out is None:
+        parser.error("--drift-days needs --out")
+    return args
+
+
+def _drift_child(args: argparse.Namespace) -> None:
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICE)  # a background batch job: the serving processes come first
+    days = [int(d) for d in args.drift_days.split(",") if d]
+    reports = drift_reports(args.world, days)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({str(d): asdict(r) for d, r in reports.items()}, default=str))
+    tmp.replace(args.out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.drift_days is not None:
+        _drift_child(args)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ctx = ServiceContext(args.world, SERVICE)
+    registry = CollectorRegistry()
+    scheduler = Scheduler(ctx, registry=registry, stop=stop)
+    server, _ = start_http_server(args.port, addr=args.host, registry=registry)
+    ctx.log(
+        "info",
+        "started",
+        f"{len(scheduler.open_runs())} job runs scheduled, {len(scheduler.due())} due now",
+    )
+    try:
+        scheduler.run()
+    finally:
+        ctx.log("info", "stopped", "scheduler stopped", remaining=len(scheduler.open_runs()))
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
