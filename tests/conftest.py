@@ -34,7 +34,7 @@ FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
         "decoys": [{"kind": "infra-incident", "day": 24}],
     },
     "time-travel": {
-        "faults": [{"id": "training-time-travel"}, {"id": "duplicate-billing-events"}],
+        "faults": [{"id": "training-time-travel"}, {"id": "metric-series-dropped"}],
         "decoys": [],
     },
     "version-mismatch": {
@@ -46,7 +46,7 @@ FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
         "decoys": [],
     },
     "monitoring": {
-        "faults": [{"id": "rolling-drift-reference"}, {"id": "metric-series-dropped"}],
+        "faults": [{"id": "rolling-drift-reference"}, {"id": "duplicate-billing-events"}],
         "decoys": [],
     },
 }

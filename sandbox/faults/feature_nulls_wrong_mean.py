@@ -29,7 +29,10 @@ from sandbox.faults.base import (
 from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
 from sandbox.rng import stable_unit
 
-UNDER_SCORED = 0.75  # imputed customers' score/churn ratio, relative to everyone else's
+# Imputed customers' score/churn ratio, relative to everyone else's, counts as mis-scored beyond
+# this factor either way: a fill that is too high on a feature where more means healthier makes
+# them look safe; a fill that is too low makes them look at risk.
+MISSCORED = 0.75
 
 
 class Params(FaultParams):
@@ -285,10 +288,10 @@ class FeatureNullsWrongMean(Fault):
                       ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
                     WHERE p.source = 'batch' GROUP BY 1 ORDER BY 1""",
                 evidence="imputed-spike",
-                finding="imputed customers churn about as often as others but score far lower",
+                finding="imputed customers score far from their real churn rate (usually far lower)",
                 found=lambda f: (
                     f.filter(pl.col("imputed")).height == 1
-                    and _ratio(f, True) <= UNDER_SCORED * _ratio(f, False)
+                    and _misscored(_ratio(f, True), _ratio(f, False))
                 ),
             ),
         ]
@@ -341,8 +344,8 @@ class FeatureNullsWrongMean(Fault):
                 f"{share_at_fill:.3f} of feature rows equal it at full ramp",
             )
         )
-        # The mechanism, measured: customers served the wrong fill value look engaged, so the
-        # model scores them far below their real churn rate and ranks them worse than the rest.
+        # The mechanism, measured: customers served the wrong fill value look more (or less)
+        # engaged than they are, so the model scores them far from their real churn rate.
         # (Overall AUC moves too, but week-to-week noise hides it in small worlds.)
         served = con.execute(
             f"""
@@ -363,17 +366,21 @@ class FeatureNullsWrongMean(Fault):
         _, ratio_other = by_group.get(False, (0, None))
         checks.append(
             Check(
-                name="customers served the fill value are under-scored",
+                name="customers served the fill value are mis-scored",
                 passed=fill_after is not None
                 and n_imputed >= 1000
                 and ratio is not None
                 and ratio_other is not None
-                and ratio <= UNDER_SCORED * ratio_other,
+                and _misscored(ratio, ratio_other),
                 detail=f"{n_imputed} predictions served the fill value after full ramp; mean score "
                 f"over observed churn rate: {_fmt(ratio)} for them, {_fmt(ratio_other)} for the rest",
             )
         )
         return checks
+
+
+def _misscored(ratio: float, ratio_other: float) -> bool:
+    return ratio <= MISSCORED * ratio_other or ratio * MISSCORED >= ratio_other
 
 
 def _ratio(frame: pl.DataFrame, imputed: bool) -> float:
