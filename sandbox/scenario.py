@@ -150,7 +150,6 @@ class Scenario:
             raw["world"]["scale"] = scale
         return Scenario(raw, self.source, self.text)
 
-
     def as_toml(self) -> str:
         """The scenario as it is built: the text as given, unless overrides changed it."""
         if self.text and tomllib.loads(self.text) == self.raw:
