@@ -42,7 +42,10 @@ class SimClock:
 
     def now(self, wall: float | None = None) -> dt.datetime:
         elapsed = (time.time() if wall is None else wall) - self.wall_start
-        return min(self.sim_start + dt.timedelta(seconds=elapsed * self.speed), self.sim_end)
+        advanced = elapsed * self.speed
+        if advanced >= (self.sim_end - self.sim_start).total_seconds():
+            return self.sim_end
+        return self.sim_start + dt.timedelta(seconds=advanced)
 
     def wall_time_of(self, sim: dt.datetime) -> float:
         """The wall-clock moment simulated time reaches `sim` (for sleeping until an event)."""
