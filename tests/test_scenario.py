@@ -97,3 +97,17 @@ def test_json_schema_describes_fault_parameters() -> None:
     text = str(schema)
     assert {"world", "brief", "faults"} <= set(schema["properties"])
     assert "null_share" in text and "feature-nulls-wrong-mean" in text
+
+
+def test_a_world_keeps_the_scenario_as_built() -> None:
+    import tomllib
+
+    from sandbox import scenario as scenario_mod
+
+    given = scenario_mod.load(None)
+    assert given.as_toml() == given.text, "unchanged scenarios keep their text and comments"
+    built = given.with_overrides(seed=11, scale=0.3)
+    again = scenario_mod.parse(built.as_toml(), "as built")
+    assert tomllib.loads(built.as_toml()) == built.raw
+    assert (again.world.seed, again.world.scale) == (11, 0.3)
+    assert [f.id for f in again.faults] == [f.id for f in given.faults]
