@@ -32,6 +32,13 @@ def _to_ts(calendar: Calendar, day: int, hours: np.ndarray) -> np.ndarray:
     )
 
 
+def churn_scores(model: object, x: np.ndarray) -> np.ndarray:
+    """Scores as served and logged: the churn-class probability, rounded to 6 places."""
+    if not len(x):
+        return np.empty(0)
+    return np.round(model.predict_proba(x)[:, 1], 6)  # type: ignore[attr-defined]
+
+
 def unanswered_blank(scored: pl.DataFrame) -> pl.DataFrame:
     """A request that failed was answered with an error: it has no score and no decision."""
     failed = pl.col("status") == "error"
@@ -82,14 +89,13 @@ class ModelServer:
         if self.model is None:
             raise RuntimeError("no model deployed")
         requests = self.faults.apply("serve.features", requests, ctx)
-        x = requests.select(self.features).to_numpy()
-        scores = self.model.predict_proba(x)[:, 1] if len(x) else np.empty(0)  # type: ignore[attr-defined]
+        scores = churn_scores(self.model, requests.select(self.features).to_numpy())
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + requests.height, dtype=np.int64)
             self._next_id += requests.height
         scored = requests.with_columns(
             pl.Series("prediction_id", ids),
-            pl.Series("score", np.round(scores, 6)),
+            pl.Series("score", scores),
             pl.lit(self.model_name).alias("model_name"),
             pl.lit(self.model_version).alias("model_version"),
             pl.lit(self.threshold).alias("threshold"),

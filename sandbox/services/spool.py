@@ -5,8 +5,9 @@ whatever a client has seen acknowledged survives the service being killed (a wri
 kernel outlives the process). The gateway, the telemetry's only owner, tails the files and loads
 new complete lines; a torn last line from a killed writer is left until it is completed or ignored.
 Each file holds rows of one candidate-visible table (`LIVE_TABLES`), with that table's columns as
-JSON keys; timestamps are ISO strings in simulated time. Ids the world already uses (prediction and
-request ids) are left out: live rows get theirs from the gateway or as random 63-bit integers.
+JSON keys; timestamps are ISO strings in simulated time. Live rows carry ids the service drew at
+random (63-bit), the same ids its responses show, or none, and the gateway numbers them after the
+world's own.
 """
 
 from __future__ import annotations

@@ -233,7 +233,7 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
             timeout=10,
         )
         assert reply.status_code == 200
-        acknowledged.append(reply.json()["request_ts"])
+        acknowledged.append(reply.json()["prediction_id"])
     [victim] = [p for p in _processes_of(stack.world) if "sandbox.services.model_server" in p]
     os.kill(int(victim.split()[0]), signal.SIGKILL)
 
@@ -253,13 +253,12 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
         time.sleep(0.5)
     assert restarted, "the model server was not restarted"
 
-    stamps = ", ".join(f"'{ts}'" for ts in acknowledged)
+    ids = ", ".join(str(i) for i in acknowledged)
     deadline = time.monotonic() + 10
     kept = 0
     while time.monotonic() < deadline and kept < len(acknowledged):
         kept = stack.scalar(
-            f"SELECT count(*) FROM serving.predictions WHERE customer_id = {customer} "
-            f"AND request_ts IN ({stamps})"
+            f"SELECT count(*) FROM serving.predictions WHERE prediction_id IN ({ids})"
         )
         time.sleep(0.5)
     assert kept == len(acknowledged)

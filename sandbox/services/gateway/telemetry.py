@@ -164,7 +164,7 @@ class LiveTelemetry:
         schema = dict(cur.sql(f"SELECT * FROM {target} LIMIT 0").pl().schema)
         frame = pl.DataFrame(records, infer_schema_length=None)
         id_column = ID_COLUMNS.get(table)
-        if id_column:
+        if id_column and id_column not in frame.columns:  # ids the service did not give itself
             start = self._next_id[table]
             frame = frame.with_columns(pl.int_range(start, start + frame.height).alias(id_column))
             self._next_id[table] = start + frame.height

@@ -1,0 +1,542 @@
+"""The live model server: the deployed churn model answering online requests in simulated time.
+
+It loads what the built world left deployed (the deployment record, the model it names, the online
+store's materializations) and scores the way the simulated server did: when anything acts at the
+serving hooks, requests go through `pipeline.serve.ModelServer.score` as request frames, so it keeps
+acting on live traffic; otherwise the same model call on plain arrays, without frames. Every
+prediction reaches the telemetry spool before its response is sent.
+
+    python -m sandbox.services.model_server --world DIR --port P
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import polars as pl
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from threadpoolctl import ThreadpoolController
+
+from sandbox.faults.base import HookContext
+from sandbox.logs import LogSink
+from sandbox.pipeline import deploy, registry
+from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.pipeline.serve import SERVICE, ModelServer, churn_scores, unanswered_blank
+from sandbox.services.common import HEALTH_PATH, ServiceContext, serve, service_args
+
+MAX_BATCH = 1000
+HTTP_STATUS = {"ok": 200, "error": 503}
+ENDPOINTS = ("/predict", "/predict/batch", "/metadata", HEALTH_PATH, "/metrics")
+UNAVAILABLE = "the request could not be served in time; retry later"
+_START = "sandbox.started"  # ASGI scope key: perf_counter() when the request arrived
+
+
+class PredictRequest(BaseModel):
+    """One prediction: a customer's features from the online store, or a full feature payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: Annotated[StrictInt, Field(ge=0, lt=2**63)] | None = Field(
+        None, description="Look the customer's features up in the online store."
+    )
+    features: dict[str, Any] | None = Field(
+        None,
+        description="Every model feature by name (a number, or null for a missing value); "
+        "customer_id is then optional and only recorded.",
+    )
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[PredictRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One materialization of the online store, indexed by customer id."""
+
+    loaded_at: dt.datetime
+    rows: dict[int, int]
+    values: np.ndarray  # (customers, MODEL_FEATURES), NaN where the store holds null
+
+
+class OnlineStore:
+    """Every materialization the world left; a request sees the newest one loaded by now."""
+
+    def __init__(self, directory: Path) -> None:
+        self.snapshots: list[Snapshot] = []
+        for loaded_at, path in deploy.online_snapshots(directory):
+            frame = pl.read_parquet(path, columns=["customer_id", *MODEL_FEATURES])
+            rows = {cid: i for i, cid in enumerate(frame["customer_id"].to_list())}
+            values = frame.select(pl.col(MODEL_FEATURES).cast(pl.Float64)).to_numpy()
+            self.snapshots.append(Snapshot(loaded_at, rows, np.ascontiguousarray(values)))
+        self._times = [s.loaded_at for s in self.snapshots]
+
+    def at(self, now: dt.datetime) -> Snapshot | None:
+        i = bisect.bisect_right(self._times, now)
+        return self.snapshots[i - 1] if i else None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "model_server_requests", "HTTP requests.", ["endpoint", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "model_server_request_duration_seconds",
+            "Wall-clock time to answer an HTTP request.",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "model_server_prediction_latency_seconds",
+            "Latency of each prediction as recorded in the predictions log.",
+            buckets=(0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
+            registry=r,
+        )
+        self.scores = Histogram(
+            "model_server_prediction_score",
+            "Churn scores served.",
+            buckets=(0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0),
+            registry=r,
+        )
+        self.predictions = Counter(
+            "model_server_predictions", "Predictions served, by decision.", ["decision"], registry=r
+        )
+        self.store_age = Gauge(
+            "model_server_online_store_age_seconds",
+            "Simulated seconds since the online-store materialization in use was loaded.",
+            registry=r,
+        )
+
+
+class LiveModelServer:
+    """Scores requests at the simulated now; framework-free so the app stays thin."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.record = deploy.read_model_deployment(ctx.paths.deploy)
+        self.seed = ctx.scenario.world.seed
+        # The request carries the stored features; a model input the store lacks comes from
+        # elsewhere at serving time (optional in a payload, null until then).
+        self.columns = [*MODEL_FEATURES] + [
+            f for f in self.record.features if f not in MODEL_FEATURES
+        ]
+        self.required = [f for f in self.record.features if f in MODEL_FEATURES]
+        self._model_columns = [self.columns.index(f) for f in self.record.features]
+        self.store = OnlineStore(ctx.paths.online_store)
+        # Scoring a few rows on several OpenMP threads costs more in hand-offs than it saves, and
+        # on a busy machine the hand-offs dominate the tail: the server scores on its own thread.
+        self._openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
+        self._one_thread()
+        model = registry.load_model(ctx.paths.mlflow, self.record.model_uri)
+        self.server = ModelServer(
+            self.seed, ctx.calendar, ctx.scenario.fault_set, self.record.model_name, LogSink()
+        )
+        self.server.deploy(
+            model, self.record.model_version, self.record.threshold, self.record.features
+        )
+        planted = self.server.faults
+        self.hooked = any(
+            point in item.hook_points
+            for item in [*planted.faults, *planted.decoys]
+            for point in ("serve.features", "serve.scores")
+        )
+        self.loaded_at = ctx.now()
+        ctx.log(
+            "info",
+            "model_loaded",
+            f"loaded {self.record.model_name} version {self.record.model_version}",
+            model_version=self.record.model_version,
+            threshold=self.record.threshold,
+        )
+
+    def _one_thread(self) -> None:
+        # Per call: the setting belongs to the calling thread, and test clients score elsewhere.
+        for lib in self._openmp:
+            lib.set_num_threads(1)
+
+    def store_age(self) -> float:
+        now = self.ctx.now()
+        snapshot = self.store.at(now)
+        return (now - snapshot.loaded_at).total_seconds() if snapshot else math.nan
+
+    def _payload(self, features: dict[str, Any], where: str) -> np.ndarray:
+        for name in features:
+            if name not in self.columns:
+                raise ApiError(
+                    422,
+                    f"{where}features.{name}: unknown feature; expected {', '.join(self.columns)}",
+                )
+        for name in self.required:
+            if name not in features:
+                raise ApiError(422, f"{where}features.{name}: missing (send null if unknown)")
+        row = np.full(len(self.columns), np.nan)
+        for j, name in enumerate(self.columns):
+            value = features.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ApiError(422, f"{where}features.{name}: must be a number or null")
+            try:
+                row[j] = float(value)
+            except OverflowError:
+                row[j] = math.inf
+            if not math.isfinite(row[j]):
+                raise ApiError(422, f"{where}features.{name}: must be a finite number")
+        return row
+
+    def _resolve(
+        self, items: list[PredictRequest], now: dt.datetime, batch: bool
+    ) -> tuple[list[int | None], np.ndarray]:
+        values = np.full((len(items), len(self.columns)), np.nan)
+        snapshot = self.store.at(now)
+        for i, item in enumerate(items):
+            where = f"requests[{i}]." if batch else ""
+            if item.features is not None:
+                values[i] = self._payload(item.features, where)
+            elif item.customer_id is not None:
+                row = snapshot.rows.get(item.customer_id) if snapshot else None
+                if row is None:
+                    raise ApiError(
+                        404,
+                        f"{where}customer_id: no online features for customer {item.customer_id}",
+                    )
+                values[i, : len(MODEL_FEATURES)] = snapshot.values[row]  # type: ignore[union-attr]
+            else:
+                raise ApiError(422, f"{where}customer_id or features: one of them is required")
+        return [item.customer_id for item in items], values
+
+    def predict(
+        self, items: list[PredictRequest], started: float, batch: bool = False
+    ) -> tuple[dt.datetime, list[dict[str, Any]]]:
+        """Score the items together; returns the simulated request time and one row per item,
+        with the spool row's columns plus prediction_id. Raises ApiError for a bad request."""
+        now = self.ctx.now()
+        customer_ids, values = self._resolve(items, now, batch)
+        ids = [secrets.randbits(63) for _ in items]
+        self._one_thread()
+        if self.hooked:
+            cols = self._score_frame(now, customer_ids, values, ids, started)
+        else:
+            cols = self._score_rows(customer_ids, values, ids)
+        measured = (time.perf_counter() - started) * 1000
+        # A slow dependency shows as a longer latency than this process measured.
+        latency = np.round(np.fmax(np.array(cols["latency_ms"], dtype=float), measured), 2)
+        ts = now.isoformat()
+        rows = [
+            {
+                "prediction_id": cols["prediction_id"][i],
+                "request_ts": ts,
+                "source": "online",
+                "customer_id": cols["customer_id"][i],
+                "model_name": cols["model_name"][i],
+                "model_version": cols["model_version"][i],
+                **{name: cols[name][i] for name in self.columns},
+                "score": cols["score"][i],
+                "threshold": cols["threshold"][i],
+                "decision": cols["decision"][i],
+                "latency_ms": float(latency[i]),
+                "status": cols["status"][i],
+            }
+            for i in range(len(items))
+        ]
+        self.ctx.spool("serving.predictions").write(
+            *({k: row[k] for k in SPOOL_COLUMNS} for row in rows)
+        )
+        return now, rows
+
+    def _score_frame(
+        self,
+        now: dt.datetime,
+        customer_ids: list[int | None],
+        values: np.ndarray,
+        ids: list[int],
+        started: float,
+    ) -> dict[str, list[Any]]:
+        """Score as the world's server did: request frames through the serving hooks."""
+        n = len(ids)
+        so_far = round((time.perf_counter() - started) * 1000, 2)
+        requests = pl.DataFrame(
+            [
+                pl.Series("customer_id", customer_ids, dtype=pl.Int64),
+                pl.Series("request_ts", [now] * n, dtype=pl.Datetime("us")),
+                pl.Series("source", ["online"] * n, dtype=pl.Utf8),
+                pl.Series("latency_ms", [so_far] * n, dtype=pl.Float64),
+                pl.Series("status", ["ok"] * n, dtype=pl.Utf8),
+                *(
+                    pl.Series(name, values[:, j], dtype=pl.Float64, nan_to_null=True)
+                    for j, name in enumerate(self.columns)
+                ),
+            ]
+        )
+        # One random stream per scoring call: with the world's seed every single-row request
+        # of a day would get the same draws, so per-request behaviour would be all-or-nothing.
+        hook_ctx = HookContext(
+            seed=secrets.randbits(32), day=self.ctx.calendar.day_of(now), calendar=self.ctx.calendar
+        )
+        scored = self.server.score(requests, hook_ctx, np.array(ids, dtype=np.int64))
+        kept = ["prediction_id", "customer_id", "model_name", "model_version", *self.columns]
+        kept += ["score", "threshold", "decision", "status", "latency_ms"]
+        return unanswered_blank(scored).select(kept).to_dict(as_series=False)
+
+    def _score_rows(
+        self, customer_ids: list[int | None], values: np.ndarray, ids: list[int]
+    ) -> dict[str, list[Any]]:
+        """The same scores without building frames, when nothing acts at the serving hooks."""
+        n = len(ids)
+        scores = churn_scores(self.server.model, values[:, self._model_columns])
+        nulls = np.isnan(values)
+        return {
+            "prediction_id": ids,
+            "customer_id": customer_ids,
+            "model_name": [self.server.model_name] * n,
+            "model_version": [self.server.model_version] * n,
+            **{
+                name: [None if null else v for v, null in zip(col, isnull, strict=True)]
+                for name, col, isnull in zip(
+                    self.columns, values.T.tolist(), nulls.T.tolist(), strict=True
+                )
+            },
+            "score": scores.tolist(),
+            "threshold": [self.server.threshold] * n,
+            "decision": (scores >= self.server.threshold).tolist(),
+            "status": ["ok"] * n,
+            "latency_ms": [0.0] * n,
+        }
+
+    def response(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "prediction_id": row["prediction_id"],
+            "customer_id": row["customer_id"],
+            "model_name": row["model_name"],
+            "model_version": row["model_version"],
+            "score": row["score"],
+            "threshold": row["threshold"],
+            "decision": row["decision"],
+            "features": {name: row[name] for name in self.columns},
+            "request_ts": row["request_ts"],
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        now = self.ctx.now()
+        snapshot = self.store.at(now)
+        return {
+            "model_name": self.record.model_name,
+            "model_version": self.record.model_version,
+            "model_uri": self.record.model_uri,
+            "features": list(self.record.features),
+            "threshold": self.record.threshold,
+            "deployed_at": self.record.deployed_at.isoformat(),
+            "loaded_at": self.loaded_at.isoformat(),
+            "now": now.isoformat(),
+            "online_store": {
+                "loaded_at": snapshot.loaded_at.isoformat() if snapshot else None,
+                "customers": len(snapshot.rows) if snapshot else 0,
+                "age_seconds": (now - snapshot.loaded_at).total_seconds() if snapshot else None,
+            },
+        }
+
+
+# The serving.predictions table's columns, bar the id the gateway assigns.
+SPOOL_COLUMNS = (
+    "prediction_id",
+    "request_ts",
+    "source",
+    "customer_id",
+    "model_name",
+    "model_version",
+    *MODEL_FEATURES,
+    "score",
+    "threshold",
+    "decision",
+    "latency_ms",
+    "status",
+)
+
+
+class _Instrument:
+    """Pure ASGI middleware: request count and duration per endpoint and status."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = scope[_START] = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def _elapsed_ms(request: Request) -> float:
+    return round((time.perf_counter() - request.scope.get(_START, time.perf_counter())) * 1000, 1)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "body"
+
+
+def create_app(world: Path) -> FastAPI:
+    ctx = ServiceContext(Path(world), SERVICE)
+    live = LiveModelServer(ctx)
+    metrics = Metrics()
+    metrics.store_age.set_function(live.store_age)
+    version = live.record.model_version
+
+    app = FastAPI(title="model-server", version=version, docs_url=None, redoc_url=None)
+    app.state.live = live
+    app.state.metrics = metrics
+    app.add_middleware(_Instrument, metrics=metrics)
+
+    def log_request(path: str, code: int, ms: float, **attrs: Any) -> None:
+        level = "info" if code < 400 else "warning" if code < 500 else "error"
+        ctx.log(
+            level,
+            "request",
+            f"POST {path} {code} {round(ms, 1)}ms",
+            **attrs,
+            model_version=version,
+            status=code,
+        )
+
+    def record(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            metrics.latency.observe(row["latency_ms"] / 1000)
+            if row["status"] == "ok":
+                metrics.scores.observe(row["score"])
+                metrics.predictions.labels(str(row["decision"]).lower()).inc()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        message = "; ".join(f"{_field(tuple(e['loc']))}: {e['msg']}" for e in errors[:5])
+        if request.url.path in ENDPOINTS:
+            log_request(request.url.path, 422, _elapsed_ms(request), customer_id=None)
+        return JSONResponse({"detail": message}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        ctx.log("error", "request", f"{request.method} {request.url.path} 500", status=500)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    @app.post("/predict")
+    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+        """Score one customer (by id, from the online store) or one full feature payload."""
+        started = request.scope.get(_START, time.perf_counter())
+        try:
+            _, rows = live.predict([body], started)
+        except ApiError as err:
+            log_request("/predict", err.status, _elapsed_ms(request), customer_id=body.customer_id)
+            return JSONResponse({"detail": err.message}, status_code=err.status)
+        row = rows[0]
+        record(rows)
+        code = HTTP_STATUS[row["status"]]
+        log_request("/predict", code, row["latency_ms"], customer_id=row["customer_id"])
+        if code != 200:
+            return JSONResponse({"detail": UNAVAILABLE}, status_code=code)
+        return JSONResponse(live.response(row))
+
+    @app.post("/predict/batch")
+    async def predict_batch(body: BatchRequest, request: Request) -> JSONResponse:
+        """Score up to 1000 requests (each as for /predict) together."""
+        started = request.scope.get(_START, time.perf_counter())
+        try:
+            _, rows = live.predict(body.requests, started, batch=True)
+        except ApiError as err:
+            log_request("/predict/batch", err.status, _elapsed_ms(request), rows=len(body.requests))
+            return JSONResponse({"detail": err.message}, status_code=err.status)
+        record(rows)
+        failed = sum(row["status"] != "ok" for row in rows)
+        log_request(
+            "/predict/batch",
+            200,
+            max(row["latency_ms"] for row in rows),
+            rows=len(rows),
+            failed=failed,
+        )
+        return JSONResponse(
+            {
+                "predictions": [
+                    {**live.response(row), "status": row["status"]}
+                    if row["status"] == "ok"
+                    else {**live.response(row), "status": row["status"], "detail": UNAVAILABLE}
+                    for row in rows
+                ],
+                "count": len(rows),
+                "failed": failed,
+            }
+        )
+
+    @app.get("/metadata")
+    async def metadata() -> JSONResponse:
+        """The deployed model and the online-store materialization requests read."""
+        return JSONResponse(live.metadata())
+
+    @app.get(HEALTH_PATH)
+    async def health() -> JSONResponse:
+        return JSONResponse(
+            {"status": "ok", "model_name": live.record.model_name, "model_version": version}
+        )
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def main() -> None:
+    args = service_args("The live model server: the deployed churn model in simulated time.")
+    serve(create_app(args.world), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
