@@ -13,8 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sandbox import scenario as scenario_mod
-from sandbox.decoys import registry as decoy_registry
-from sandbox.faults import registry
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -167,6 +165,8 @@ def faults_list(
     ] = False,
 ) -> None:
     """Every fault that can be planted."""
+    from sandbox.faults import registry
+
     entries = [_describe_fault(cls) for cls in registry.catalog().values()]
     if as_json:
         console.print_json(json.dumps(entries))
@@ -185,6 +185,8 @@ def faults_list(
 @faults_app.command("show")
 def faults_show(fault_id: str) -> None:
     """One fault: what it does, its parameters, what the candidate will observe."""
+    from sandbox.faults import registry
+
     try:
         cls = registry.get(fault_id)
     except KeyError as exc:
@@ -208,6 +210,8 @@ def faults_show(fault_id: str) -> None:
 @decoys_app.command("list")
 def decoys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every decoy a scenario can add (its `[[decoys]]` entries name them by `kind`)."""
+    from sandbox.decoys import registry as decoy_registry
+
     entries = [
         {
             "kind": cls.id,
@@ -231,6 +235,8 @@ def decoys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 
 
 def fault_table_markdown() -> str:
+    from sandbox.faults import registry
+
     rows = ["| id | stage | difficulty | the candidate observes |", "| --- | --- | --- | --- |"]
     for e in (_describe_fault(cls) for cls in registry.catalog().values()):
         stages = ", ".join(e["stages"])

@@ -17,8 +17,6 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sandbox.clock import Calendar
-from sandbox.decoys import registry as decoy_registry
-from sandbox.faults import registry
 from sandbox.faults.base import Decoy, DecoyParams, Fault, FaultParams, FaultSet
 
 MIN_CUSTOMERS = 500
@@ -85,8 +83,18 @@ def _union(entries: list[type[BaseModel]], discriminator: str) -> Any:
     return Annotated[Union[tuple(entries)], Field(discriminator=discriminator)]  # noqa: UP007
 
 
+def _registries() -> tuple[Any, Any]:
+    # Imported on use: the catalog pulls in every fault's dependencies, which processes that only
+    # need a world's calendar (`world_spec`) should not pay for.
+    from sandbox.decoys import registry as decoy_registry
+    from sandbox.faults import registry
+
+    return registry, decoy_registry
+
+
 @cache
 def scenario_model() -> type[BaseModel]:
+    registry, decoy_registry = _registries()
     faults = [_fault_entry_model(cls) for cls in registry.catalog().values()]
     decoys = [_decoy_entry_model(cls) for cls in decoy_registry.catalog().values()]
     return create_model(
@@ -119,7 +127,7 @@ class Scenario:
         self.brief: Brief = model.brief
         self.faults: list[Fault] = []
         for index, entry in enumerate(model.faults):
-            cls = registry.get(entry.id)
+            cls = _registries()[0].get(entry.id)
             params = cls.Params.model_validate(entry.model_dump(exclude={"id"}))
             if params.onset_day > self.world.production_days:
                 raise ScenarioError(
@@ -129,7 +137,7 @@ class Scenario:
             self.faults.append(cls(params))
         self.decoys: list[Decoy] = []
         for index, entry in enumerate(model.decoys):
-            decoy_cls = decoy_registry.get(entry.kind)
+            decoy_cls = _registries()[1].get(entry.kind)
             decoy_params = decoy_cls.Params.model_validate(entry.model_dump(exclude={"kind"}))
             if decoy_params.day > self.world.production_days:
                 raise ScenarioError(
@@ -189,6 +197,7 @@ def _toml_value(value: Any) -> str:
 
 def _describe(exc: ValidationError, source: str) -> str:
     lines = []
+    registry, decoy_registry = _registries()
     fault_ids = set(registry.catalog()) | set(decoy_registry.catalog())
     for err in exc.errors():
         # The discriminated union puts the fault id into the path; it reads better without it.
@@ -216,6 +225,15 @@ def load(path: Path | None) -> Scenario:
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
     return parse(text, str(path))
+
+
+def world_spec(path: Path) -> WorldSpec:
+    """Only the [world] table of a scenario file: enough for a calendar, without the catalog."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+        return WorldSpec.model_validate(raw.get("world", {}))
+    except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -44,7 +44,11 @@ class ServiceContext:
 
     @cached_property
     def calendar(self) -> Calendar:
-        return self.scenario.world.calendar()
+        return scenario.world_spec(self.paths.scenario).calendar()
+
+    @cached_property
+    def seed(self) -> int:
+        return int(read_manifest(self.world)["seed"])
 
     @cached_property
     def clock(self) -> SimClock:

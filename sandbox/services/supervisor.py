@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from sandbox.pipeline import deploy, registry
-from sandbox.scenario import load as load_scenario
+from sandbox.scenario import world_spec
 from sandbox.services import stack
 from sandbox.services.simclock import DEFAULT_SPEED, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
@@ -102,7 +102,7 @@ class Supervisor:
         self.say = say
         self.children: dict[str, Child] = {}
         self.stopping = False
-        self.calendar = load_scenario(self.paths.scenario).world.calendar()
+        self.calendar = world_spec(self.paths.scenario).calendar()
 
     @property
     def url(self) -> str:

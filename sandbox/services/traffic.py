@@ -214,7 +214,7 @@ class TrafficGenerator:
         self.retrieval_url = retrieval_url.rstrip("/")
         self.registry = registry or CollectorRegistry()
         self.metrics = _Metrics(self.registry)
-        self.seed = ctx.scenario.world.seed
+        self.seed = ctx.seed
         self.max_interval = 1.0 / max_rate
         self.max_behind = max_behind
         self.wall_grace = wall_grace
