@@ -16,6 +16,7 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.logs import LogSink
 from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.pipeline.train import SCORE_HOUR
 from sandbox.world.behaviour import HOURLY_TRAFFIC, hours_of_day
 
@@ -23,7 +24,6 @@ SERVICE = "model-server"
 BATCH_SERVICE = "batch-scoring"
 ONLINE_SHARE = 0.05  # online requests per active customer per day (app opens the account page)
 ERROR_RATE = 0.0015
-MATERIALIZE_HOUR = 4.0
 
 
 def _to_ts(calendar: Calendar, day: int, hours: np.ndarray) -> np.ndarray:

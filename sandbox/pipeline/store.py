@@ -18,6 +18,7 @@ from sandbox.pipeline.features import MODEL_FEATURES
 OFFLINE_TABLE = "feature_store.customer_features"
 ONLINE_TABLE = "feature_store.customer_features_online"
 DEFAULT_TTL = dt.timedelta(days=3)
+MATERIALIZE_HOUR = 4.0  # the daily load of the newest offline rows into the online store
 
 
 def materialize(rows: pl.DataFrame, materialized_at: dt.datetime) -> pl.DataFrame:

@@ -51,7 +51,7 @@ from sandbox.faults.base import HookContext
 from sandbox.monitor.drift import DriftMonitor
 from sandbox.pipeline.deploy import online_snapshots
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.pipeline.serve import MATERIALIZE_HOUR
+from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.services.common import ServiceContext
 from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.services.spool import read_new

@@ -26,7 +26,8 @@ from sandbox.pipeline.features import MODEL_FEATURES, FeatureJob
 from sandbox.pipeline.ingest import Ingest
 from sandbox.pipeline.registry import CHURN_MODEL
 from sandbox.pipeline.release import INITIAL_RELEASE, Release
-from sandbox.pipeline.serve import MATERIALIZE_HOUR, ModelServer
+from sandbox.pipeline.serve import ModelServer
+from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.scenario import Scenario
 from sandbox.world import population, support
 from sandbox.world.behaviour import WorldState
