@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from pathlib import Path
@@ -309,14 +310,16 @@ def _serve(world: Path, host: str, port: int, speed: float, with_session: bool) 
     from sandbox.services import supervisor
 
     def ready(sup: supervisor.Supervisor) -> None:
-        console.print(f"gateway:      {sup.url}   (health: {sup.url}/-/health)")
+        # Plain lines, flushed: the links are for copying, and scripts read them from a pipe.
+        say = functools.partial(print, flush=True)
+        say(f"gateway:      {sup.url}   (health: {sup.url}/-/health)")
         if with_session:
             links = _create_session(world, "candidate")
-            console.print(f"candidate:    {links['candidate_url']}")
-            console.print(f"interviewer:  {links['interviewer_url']}")
+            say(f"candidate:    {links['candidate_url']}")
+            say(f"interviewer:  {links['interviewer_url']}")
         else:
-            console.print(f"create a candidate session with: sandbox session create {world}")
-        console.print("Ctrl-C stops every process.")
+            say(f"create a candidate session with: sandbox session create {world}")
+        say("Ctrl-C stops every process.")
 
     try:
         supervisor.run(world, host, port, speed, say=err.print, on_ready=ready)
@@ -372,9 +375,9 @@ def session_create(
     if as_json:
         console.print_json(json.dumps(links))
         return
-    console.print(f"session {links['session_id']} for {candidate}")
-    console.print(f"candidate:    {links['candidate_url']}")
-    console.print(f"interviewer:  {links['interviewer_url']}")
+    print(f"session {links['session_id']} for {candidate}")
+    print(f"candidate:    {links['candidate_url']}")
+    print(f"interviewer:  {links['interviewer_url']}")
 
 
 @app.command("demo")

@@ -293,3 +293,40 @@ def test_up_refuses_a_world_that_is_missing_or_half_built(tmp_path: Path) -> Non
         said = " ".join((refused.stderr + refused.stdout).split())
         assert refused.returncode != 0
         assert "no manifest.json" in said and f"sandbox build --out {world}" in said
+
+
+def test_demo_starts_the_stack_and_prints_working_links(
+    faulty_world: BuildSummary, tmp_path: Path
+) -> None:
+    world = tmp_path / "demo"
+    shutil.copytree(faulty_world.root, world, ignore=shutil.ignore_patterns("run"))
+    port = free_port()
+    process = subprocess.Popen(
+        [SANDBOX, "demo", "--out", str(world), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        links: dict[str, str] = {}
+        deadline = time.monotonic() + READY_S
+        assert process.stdout is not None
+        while len(links) < 2 and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line, "sandbox demo exited before printing the links"
+            for role in ("candidate", "interviewer"):
+                if line.startswith(f"{role}:"):
+                    links[role] = line.split()[-1]
+        assert set(links) == {"candidate", "interviewer"}
+        with httpx.Client(follow_redirects=True) as browser:
+            page = browser.get(links["candidate"])
+            assert page.status_code == 200 and "token" not in str(page.url)
+            answer = browser.post(
+                f"http://127.0.0.1:{port}/api/sql",
+                json={"sql": "SELECT count(*) FROM raw.customers"},
+            )
+            assert answer.status_code == 200 and answer.json()["rows"][0][0] > 0
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert _processes_of(world) == []
