@@ -32,6 +32,7 @@ test: $(STAMP) chromium lint
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.build
+	$(VENV)/bin/python -m benchmarks.stack
 
 clean:
 	rm -rf $(VENV) worlds .pytest_cache .ruff_cache

@@ -12,7 +12,9 @@ from sandbox.world.build import BuildSummary
 
 def test_control_world_passes_every_health_check(control_world: BuildSummary) -> None:
     result = verify(control_world.root)
-    assert result.fault_checks == {}
+    # The control plants no fault; its one decoy (genuine drift) verifies like a fault would.
+    assert set(result.fault_checks) == {"decoy:competitor-launch"}
+    assert all(c.passed for c in result.fault_checks["decoy:competitor-launch"])
     failed = [c for c in result.health_checks if not c.passed]
     assert not failed, failed
 
