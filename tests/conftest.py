@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,7 @@ EDGE_WORLDS: dict[str, dict[str, list[dict[str, Any]]]] = {
 
 
 def scenario_for(name: str) -> scenario.Scenario:
-    source = {**FAULT_WORLDS, **EDGE_WORLDS}[name]
+    source = {**FAULT_WORLDS, **EDGE_WORLDS, "control": CONTROL_SCENARIO}[name]
     if source == Path("default"):
         spec = scenario.load(None)
     elif isinstance(source, Path):
@@ -97,31 +99,86 @@ def scenario_for(name: str) -> scenario.Scenario:
 WORLD_CACHE = os.environ.get("SANDBOX_TEST_WORLDS")
 
 
+# Worlds are built in this many worker processes ahead of the tests that need them (2 cores).
+BUILD_WORKERS = 2
+
+
+def _build_named(name: str, root: str) -> BuildSummary:
+    """A build in a worker process. One OpenMP thread: two builds share two cores, and idle
+    OpenMP threads spinning for work they will not get slow everything down."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return build(scenario_for(name), Path(root), force=True)
+
+
 class Worlds:
-    """Builds a named world on first use; later requests get the same build."""
+    """Builds a named world once per session; `prefetch` starts builds in worker processes so
+    they are ready by the time a test asks for them."""
 
     def __init__(self, factory: pytest.TempPathFactory) -> None:
         self.factory = factory
         self.built: dict[str, BuildSummary] = {}
+        self.pending: dict[str, Future[BuildSummary]] = {}
+        self.pool: ProcessPoolExecutor | None = None
+
+    def prefetch(self, names: list[str]) -> None:
+        for name in names:
+            if name in self.built or name in self.pending or self._cached(name):
+                continue
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(BUILD_WORKERS, mp_context=get_context("spawn"))
+            self.pending[name] = self.pool.submit(_build_named, name, str(self._root(name)))
 
     def get(self, name: str) -> BuildSummary:
         if name not in self.built:
-            self.built[name] = self._build(name)
+            cached = self._cached(name)
+            if cached:
+                self.built[name] = cached
+            elif name in self.pending:
+                self.built[name] = self.pending.pop(name).result()
+            else:
+                self.built[name] = build(scenario_for(name), self._root(name), force=True)
         return self.built[name]
 
-    def _build(self, name: str) -> BuildSummary:
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def _root(self, name: str) -> Path:
         if WORLD_CACHE:
-            root = Path(WORLD_CACHE) / name
-            try:
-                return BuildSummary(root=root, manifest=read_manifest(root), seconds=0.0)
-            except IncompleteWorld:
-                return build(scenario_for(name), root, force=True)
-        return build(scenario_for(name), self.factory.mktemp(name) / "world")
+            return Path(WORLD_CACHE) / name
+        return self.factory.mktemp(name) / "world"
+
+    def _cached(self, name: str) -> BuildSummary | None:
+        if not WORLD_CACHE:
+            return None
+        root = Path(WORLD_CACHE) / name
+        try:
+            return BuildSummary(root=root, manifest=read_manifest(root), seconds=0.0)
+        except IncompleteWorld:
+            return None
+
+
+def _worlds_in_test_order(items: list[pytest.Item]) -> list[str]:
+    """The named worlds the collected tests use, in the order they first need them."""
+    names = ["default", "control"]
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        world = callspec.params.get("world") if callspec else None
+        if isinstance(world, str) and world in {**FAULT_WORLDS, **EDGE_WORLDS}:
+            names.append(world)
+    return list(dict.fromkeys(names))
 
 
 @pytest.fixture(scope="session")
-def worlds(tmp_path_factory: pytest.TempPathFactory) -> Worlds:
-    return Worlds(tmp_path_factory)
+def worlds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    worlds = Worlds(tmp_path_factory)
+    # A run that reaches the fault catalog builds most worlds: start them all now, in parallel.
+    if any(item.path.name == "test_catalog.py" for item in request.session.items):
+        worlds.prefetch(_worlds_in_test_order(request.session.items))
+    yield worlds
+    worlds.close()
 
 
 @pytest.fixture(scope="session")
@@ -131,10 +188,9 @@ def faulty_world(worlds: Worlds) -> BuildSummary:
 
 
 @pytest.fixture(scope="session")
-def control_world(tmp_path_factory: pytest.TempPathFactory) -> BuildSummary:
+def control_world(worlds: Worlds) -> BuildSummary:
     """The no-fault control scenario, same seed and scale as every fault world."""
-    spec = scenario.load(CONTROL_SCENARIO).with_overrides(seed=7, scale=SMALL_SCALE)
-    return build(spec, tmp_path_factory.mktemp("nofaults") / "world")
+    return worlds.get("control")
 
 
 def connect(world: BuildSummary) -> duckdb.DuckDBPyConnection:
