@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -13,11 +14,12 @@ from typing import Any
 
 from sandbox import scenario
 from sandbox.clock import Calendar
-from sandbox.services.simclock import SimClock
+from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
 from sandbox.world.layout import WorldPaths, read_manifest
 
 HEALTH_PATH = "/health"
+CLOCK_CHECK_EVERY = 0.5  # wall seconds between looks at the clock file
 
 
 @dataclass
@@ -27,6 +29,9 @@ class ServiceContext:
     world: Path
     service: str
     _writers: dict[str, SpoolWriter] = field(default_factory=dict)
+    _clock: SimClock | None = None
+    _clock_mtime: int = 0
+    _clock_checked: float = 0.0
 
     @cached_property
     def paths(self) -> WorldPaths:
@@ -50,9 +55,21 @@ class ServiceContext:
     def seed(self) -> int:
         return int(read_manifest(self.world)["seed"])
 
-    @cached_property
+    @property
     def clock(self) -> SimClock:
-        return SimClock.load(self.paths.run)
+        """The shared clock, re-read when the supervisor rewrites it (it starts the clock once
+        the stack is healthy, and may resume, pause or change its speed)."""
+        wall = time.monotonic()
+        if self._clock is None or wall - self._clock_checked >= CLOCK_CHECK_EVERY:
+            self._clock_checked = wall
+            try:
+                mtime = (self.paths.run / CLOCK_FILE).stat().st_mtime_ns
+                if self._clock is None or mtime != self._clock_mtime:
+                    self._clock, self._clock_mtime = SimClock.load(self.paths.run), mtime
+            except (OSError, ValueError, KeyError):
+                if self._clock is None:
+                    raise
+        return self._clock
 
     def now(self) -> dt.datetime:
         return self.clock.now()

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +52,6 @@ from sandbox.pipeline.deploy import online_snapshots
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.services.common import ServiceContext
-from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.services.spool import read_new
 from sandbox.world.layout import WorldPaths
 
@@ -70,7 +68,6 @@ DRIFT_DELAY = dt.timedelta(minutes=30)  # after the end of the report day
 # the scored rows it saw (a trailing window, say); two weeks covers any window it is given.
 REPLAY_DAYS = 14
 SLICE = 0.25  # longest uninterrupted wait (wall seconds), so a stop request is honoured promptly
-CLOCK_CHECK_EVERY = 1.0  # wall seconds between looks at the clock file (pause, resume, new speed)
 CHILD_GRACE = 2.0  # wall seconds a stopped drift run gets before it is killed
 CHILD_NICE = 10
 CHILD_ENV = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -380,8 +377,6 @@ class Scheduler:
             for status in ("success", "error"):
                 self.run_count.labels(job, status)
         self.pending_gauge.set_function(lambda: len(self.open_runs()))
-        self._clock_checked = 0.0
-        self._clock_mtime = self._clock_file_mtime()
 
     def open_runs(self) -> list[Run]:
         return [r for r in self.runs if (r.job, r.day) not in self.done | self.failed]
@@ -449,7 +444,6 @@ class Scheduler:
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self._refresh_clock()
             self.run_due()
             upcoming = self.open_runs()
             clock = self.ctx.clock
@@ -458,26 +452,6 @@ class Scheduler:
                 self.stop.wait(min(max(wall, 0.001), SLICE))
             else:
                 self.stop.wait(SLICE)
-
-    def _clock_file_mtime(self) -> float:
-        try:
-            return (self.ctx.paths.run / CLOCK_FILE).stat().st_mtime
-        except OSError:
-            return 0.0
-
-    def _refresh_clock(self) -> None:
-        """Pick up a clock the supervisor rewrote (paused, resumed, sped up)."""
-        wall = time.monotonic()
-        if wall - self._clock_checked < CLOCK_CHECK_EVERY:
-            return
-        self._clock_checked = wall
-        mtime = self._clock_file_mtime()
-        if mtime and mtime != self._clock_mtime:
-            try:
-                self.ctx.clock = SimClock.load(self.ctx.paths.run)
-            except (OSError, ValueError, KeyError):
-                return  # keep the clock we have; look again next time
-            self._clock_mtime = mtime
 
 
 # ---------------------------------------------------------------------------------------------

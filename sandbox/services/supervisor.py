@@ -36,6 +36,7 @@ READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 5.0
 MAX_BACKOFF_S = 10.0
 MLFLOW_PREFIX = "/services/mlflow"
+FROZEN_SPEED = 1e-9
 
 
 class StackError(RuntimeError):
@@ -168,7 +169,13 @@ class Supervisor:
         if heartbeat.exists():  # continue where the last run of this world left off
             with contextlib.suppress(ValueError):
                 resume = dt.datetime.fromisoformat(heartbeat.read_text().strip())
-        self.clock = SimClock.starting(self.calendar, self.speed, resume_at=resume)
+        # Time stands still until every service is up (`start_time`): nothing happens in the
+        # world while the stack is still starting.
+        self.clock = SimClock.starting(self.calendar, FROZEN_SPEED, resume_at=resume)
+        self.clock.save(self.paths.run)
+
+    def start_time(self) -> None:
+        self.clock = SimClock.starting(self.calendar, self.speed, resume_at=self.clock.now())
         self.clock.save(self.paths.run)
 
     def _mlflow(self, port: int) -> Child:
@@ -219,18 +226,20 @@ class Supervisor:
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict:
         deadline = time.monotonic() + timeout
         last: dict = {}
-        while time.monotonic() < deadline:
-            if self.stopping:
-                raise StackError("stopped before the stack was healthy")
-            self.tend()
-            try:
-                r = httpx.get(self.url + "/-/health", timeout=2.0)
-                last = r.json()
-                if r.status_code == 200:
-                    return last
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.25)
+        # One client for all polls: a new one per poll costs more CPU than the services' checks.
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.stopping:
+                    raise StackError("stopped before the stack was healthy")
+                self.tend()
+                try:
+                    r = client.get(self.url + "/-/health")
+                    last = r.json()
+                    if r.status_code == 200:
+                        return last
+                except (httpx.HTTPError, ValueError):
+                    pass
+                time.sleep(0.25)
         failing = {k: v for k, v in last.get("services", {}).items() if v != "ok"}
         raise StackError(
             f"the stack did not become healthy within {timeout:.0f} s "
@@ -342,6 +351,7 @@ def run(
     try:
         sup.start()
         sup.wait_ready()
+        sup.start_time()
         say(f"stack healthy in {time.monotonic() - started:.1f} s; gateway on {sup.url}")
         if on_ready:
             on_ready(sup)

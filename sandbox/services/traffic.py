@@ -40,19 +40,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from sandbox import rng
 from sandbox.services.common import ServiceContext
-from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.world.support import CLICK_P_BY_RANK
 
 SERVICE = "traffic"
 TOP_K = 5
 MAX_RATE = 50.0  # requests per wall second, the ceiling while catching up
+UPSTREAM_WAIT_S = 120.0  # at start: how long to wait for the services to come up
 MAX_BEHIND = dt.timedelta(minutes=5)  # simulated; older events are dropped
 WALL_GRACE = 2.0  # ...unless they are less than this many wall seconds late (matters at high speed)
 RETRY_BACKOFF = (0.2, 0.6)  # wall seconds before each retry
 TIMEOUT = httpx.Timeout(2.0, connect=0.5)
 SLICE = 0.25  # longest uninterrupted sleep, so a stop request is honoured promptly
 WARN_EVERY = 5.0  # wall seconds between warning lines of one kind
-CLOCK_CHECK_EVERY = 1.0  # wall seconds between looks at the clock file (pause, resume, new speed)
 
 
 @dataclass(frozen=True)
@@ -225,8 +224,6 @@ class TrafficGenerator:
         # trust_env=False: a proxy configured for the outside world must not see loopback calls.
         self._client = httpx.Client(timeout=timeout, trust_env=False)
         self._next_send = 0.0
-        self._clock_checked = 0.0
-        self._clock_mtime = self._clock_file_mtime()
         self._warned: dict[str, float] = {}
         self._unreported: dict[str, int] = {}
         self.metrics.pending.set(len(self.events))
@@ -242,6 +239,19 @@ class TrafficGenerator:
 
     def close(self) -> None:
         self._client.close()
+
+    def await_upstreams(self, timeout: float = UPSTREAM_WAIT_S) -> None:
+        """At start, wait (quietly) until both services answer their health checks: the stack
+        starts every process at once, and a client that starts first is not an outage."""
+        deadline = time.monotonic() + timeout
+        for url in (self.model_url, self.retrieval_url):
+            while not self.stopped and time.monotonic() < deadline:
+                try:
+                    if self._client.get(url + "/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                self._stop.wait(0.25)
 
     def run(self) -> None:
         while self.position < len(self.events) and not self.stopped:
@@ -329,7 +339,6 @@ class TrafficGenerator:
     def _wait_for(self, ts: dt.datetime) -> bool:
         """Sleep until the simulated clock reaches `ts`; False if stopped first."""
         while not self.stopped:
-            self._refresh_clock()
             clock = self.ctx.clock
             now = clock.now()
             if now >= ts:
@@ -348,28 +357,6 @@ class TrafficGenerator:
         if seconds > 0:
             self._stop.wait(seconds)
         return not self.stopped
-
-    def _clock_file_mtime(self) -> float:
-        try:
-            return (self.ctx.paths.run / CLOCK_FILE).stat().st_mtime
-        except OSError:
-            return 0.0
-
-    def _refresh_clock(self) -> None:
-        """Pick up a clock the supervisor rewrote (paused, resumed, sped up)."""
-        wall = time.monotonic()
-        if wall - self._clock_checked < CLOCK_CHECK_EVERY:
-            return
-        self._clock_checked = wall
-        mtime = self._clock_file_mtime()
-        if mtime and mtime != self._clock_mtime:
-            try:
-                self.ctx.clock = SimClock.load(self.ctx.paths.run)
-            except (OSError, ValueError, KeyError):
-                return  # keep the clock we have; look again next time
-            self._clock_mtime = mtime
-
-    # -- logs ------------------------------------------------------------------------------
 
     def _warn(self, key: str, event: str, message: str) -> None:
         """A warning line, at most one per `warn_every` seconds per key, with how many it stands for."""
@@ -421,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     first = events[0].ts.isoformat() if events else "-"
     ctx.log("info", "started", f"{len(events)} requests scheduled from {first}", events=len(events))
     try:
+        generator.await_upstreams()
         generator.run()
         if not stop.is_set():
             ctx.log("info", "schedule_finished", "all scheduled requests sent")

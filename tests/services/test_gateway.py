@@ -50,7 +50,7 @@ def _store(paths: WorldPaths, at: dt.datetime) -> LiveTelemetry:
     cal = spec.world.calendar()
     clock = SimClock(at, time.time(), FROZEN, cal.midnight(cal.last_visible_day + 1))
     live_start = cal.midnight(cal.last_production_day + 1)
-    return LiveTelemetry(paths.root, clock, live_start, spec.fault_set, spec.world.seed, cal)
+    return LiveTelemetry(paths.root, clock.now, live_start, spec.fault_set, spec.world.seed, cal)
 
 
 def _one(store: LiveTelemetry, sql: str):
@@ -89,7 +89,7 @@ def test_rows_appear_only_once_they_exist_at_the_simulated_now(paths: WorldPaths
     newest_daily = _one(
         later, "SELECT max(ts) FROM telemetry.metrics WHERE service = 'batch-scoring'"
     )
-    assert dt.datetime.fromisoformat(newest_daily) + dt.timedelta(days=1) <= later.clock.now()
+    assert dt.datetime.fromisoformat(newest_daily) + dt.timedelta(days=1) <= later.now()
 
 
 def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:

@@ -204,6 +204,10 @@ def test_live_traffic_lands_in_the_candidates_telemetry(stack: Stack) -> None:
         f"SELECT count(*) FROM telemetry.logs WHERE service = 'model-server' AND ts >= '{start}'"
     )
     assert logs > 0
+    warned = stack.scalar(
+        "SELECT count(*) FROM telemetry.logs WHERE service = 'traffic' AND level = 'warning'"
+    )
+    assert warned == 0, "clients wait for the services at start: no outage is reported"
     series = stack.scalar(
         f"SELECT count(*) FROM telemetry.metrics WHERE service = 'model-server' AND ts >= '{start}'"
     )

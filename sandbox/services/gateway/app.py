@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
@@ -65,7 +66,7 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
     answer_key = json.loads(ctx.paths.answer_key.read_text())
     store = LiveTelemetry(
         world,
-        ctx.clock,
+        ctx.now,
         cal.midnight(cal.last_production_day + 1),
         ctx.scenario.fault_set,
         ctx.scenario.world.seed,
@@ -199,7 +200,8 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
                 stream=True,
             )
         except httpx.HTTPError:
-            record(
+            await run_in_threadpool(
+                record,
                 who,
                 "service",
                 {"service": name, "method": request.method, "path": path, "status": 502},
@@ -216,7 +218,7 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
             }
             if body and len(body) < 10_000:
                 detail["body"] = body.decode(errors="replace")
-            record(who, "service", detail)
+            await run_in_threadpool(record, who, "service", detail)
         kept = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}
         return _streamed(reply, kept)
 

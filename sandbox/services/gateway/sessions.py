@@ -34,6 +34,7 @@ class SessionStore:
     def __init__(self, interviewer_dir: Path, answer_key: dict[str, Any]) -> None:
         self.con = duckdb.connect(str(interviewer_dir / SESSIONS_FILE))
         self._lock = threading.Lock()
+        self._tokens: dict[str, tuple[Session, str]] = {}  # sessions never change once made
         self.evidence = [e for key in answer_key.get("faults", []) for e in key["evidence"]]
         self.con.execute(
             "CREATE TABLE IF NOT EXISTS sessions (id VARCHAR PRIMARY KEY, candidate VARCHAR, "
@@ -68,6 +69,8 @@ class SessionStore:
 
     def by_token(self, token: str) -> tuple[Session, str] | None:
         """The session a token belongs to and the role it grants ("candidate"/"interviewer")."""
+        if token in self._tokens:
+            return self._tokens[token]
         with self._lock:
             rows = self.con.execute(
                 "SELECT *, CASE WHEN candidate_token = ? THEN 'candidate' ELSE 'interviewer' END "
@@ -77,7 +80,8 @@ class SessionStore:
         if not rows:
             return None
         *fields, role = rows[0]
-        return Session(*fields), role
+        self._tokens[token] = (Session(*fields), role)
+        return self._tokens[token]
 
     def get(self, session_id: str) -> Session | None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,6 @@ from sandbox.faults.base import FaultSet, HookContext
 from sandbox.monitor import metrics
 from sandbox.services import spool
 from sandbox.services.gateway import views
-from sandbox.services.simclock import SimClock
 from sandbox.world.layout import WorldPaths
 
 WORLD_CATALOG = "world"
@@ -49,7 +49,7 @@ class LiveTelemetry:
     def __init__(
         self,
         world: Path,
-        clock: SimClock,
+        now: Callable[[], dt.datetime],
         live_start: dt.datetime,
         faults: FaultSet,
         seed: int,
@@ -57,7 +57,7 @@ class LiveTelemetry:
         memory_limit: str = "2GB",
     ) -> None:
         self.paths = WorldPaths(world)
-        self.clock = clock
+        self.now = now
         self.live_start = live_start
         self.faults = faults
         self.seed = seed
@@ -131,7 +131,7 @@ class LiveTelemetry:
             self.con.execute(f"CREATE VIEW {table} AS {sql}")
 
     def set_clock(self, con: duckdb.DuckDBPyConnection) -> dt.datetime:
-        now = self.clock.now()
+        now = self.now()
         con.execute("SET VARIABLE sim_now = ?::TIMESTAMP", [now])
         con.execute("SET VARIABLE live_start = ?::TIMESTAMP", [self.live_start])
         return now
@@ -178,7 +178,7 @@ class LiveTelemetry:
         series = metrics.live_service_series(
             cur, views.live_table("serving.predictions"), views.live_table("retrieval.search_log")
         )
-        now = self.clock.now()
+        now = self.now()
         series = self.faults.apply(
             "monitor.metrics",
             series,
