@@ -179,26 +179,32 @@ class Supervisor:
         self.clock.save(self.paths.run)
 
     def _mlflow(self, port: int) -> Child:
+        """The MLflow UI as one uvicorn process serving MLflow's own app. `mlflow server` would
+        start the same app as a child of a launcher process that holds as much memory again;
+        these are the variables it hands its child (MLflow is pinned to the versions that read
+        them)."""
         env = {
+            "_MLFLOW_SERVER_FILE_STORE": registry.tracking_uri(self.paths.mlflow),
+            "_MLFLOW_STATIC_PREFIX": MLFLOW_PREFIX,
+            "_MLFLOW_SGI_NAME": "uvicorn",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            **{k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")},
         }
-        mlflow = Path(sys.executable).with_name("mlflow")
         return Child(
             "mlflow",
             [
-                str(mlflow),
-                "server",
-                "--backend-store-uri",
-                registry.tracking_uri(self.paths.mlflow),
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "mlflow.server.fastapi_app:app",
                 "--host",
                 self.host,
                 "--port",
                 str(port),
                 "--workers",
                 "1",
-                "--static-prefix",
-                MLFLOW_PREFIX,
+                "--log-level",
+                "warning",
+                "--no-access-log",
             ],
             env=env,
         )

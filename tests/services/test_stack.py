@@ -50,24 +50,45 @@ class Stack:
         return self.sql(query)["rows"][0][0]
 
 
-def _processes_of(world: Path) -> list[str]:
-    """Command lines of every live process started for this world."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _tree(root: int) -> dict[int, str]:
+    """Every live descendant of `root` (pid -> command line), however deep."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
         try:
-            cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            )
         except OSError:
             continue
-        if str(world) in cmd or f"{world}/candidate/mlflow" in cmd:
-            try:
-                state = (Path("/proc") / pid / "stat").read_text().split()[2]
-            except OSError:
-                continue
-            if state != "Z":
-                found.append(f"{pid} {cmd}")
+        # The command name in parentheses may hold spaces: the fields after it are fixed.
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found[pid] = commands.get(pid, "")
+                frontier.append(pid)
     return found
+
+
+def _service_pid(stack: Stack, module: str) -> int:
+    [pid] = [p for p, cmd in _tree(stack.process.pid).items() if module in cmd]
+    return pid
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) -> dict:
@@ -238,8 +259,8 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
         )
         assert reply.status_code == 200
         acknowledged.append(reply.json()["prediction_id"])
-    [victim] = [p for p in _processes_of(stack.world) if "sandbox.services.model_server" in p]
-    os.kill(int(victim.split()[0]), signal.SIGKILL)
+    victim = _service_pid(stack, "sandbox.services.model_server")
+    os.kill(victim, signal.SIGKILL)
 
     deadline = time.monotonic() + 90
     restarted = False
@@ -247,7 +268,9 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
         try:
             if httpx.get(stack.url + "/-/health", timeout=2).status_code == 200:
                 again = [
-                    p for p in _processes_of(stack.world) if "sandbox.services.model_server" in p
+                    p
+                    for p, cmd in _tree(stack.process.pid).items()
+                    if "sandbox.services.model_server" in cmd
                 ]
                 restarted = bool(again) and again[0] != victim
                 if restarted:
@@ -277,14 +300,20 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
     assert noted, "the restart is visible in the candidate's logs"
 
 
-def test_ctrl_c_stops_every_process(stack: Stack) -> None:
-    assert _processes_of(stack.world)
-    stack.process.send_signal(signal.SIGINT)
-    stack.process.wait(timeout=30)
+def _stops_cleanly(process: subprocess.Popen) -> None:
+    """Ctrl-C: the supervisor exits, and every process it started, however deep, is gone."""
+    started = _tree(process.pid)
+    assert len(started) >= 6, started  # the gateway and five services
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _processes_of(stack.world):
+    while time.monotonic() < deadline and any(_alive(p) for p in started):
         time.sleep(0.3)
-    assert _processes_of(stack.world) == []
+    assert [cmd for p, cmd in started.items() if _alive(p)] == []
+
+
+def test_ctrl_c_stops_every_process(stack: Stack) -> None:
+    _stops_cleanly(stack.process)
 
 
 def test_up_refuses_a_world_that_is_missing_or_half_built(tmp_path: Path) -> None:
@@ -330,7 +359,7 @@ def test_demo_starts_the_stack_and_prints_working_links(
                 json={"sql": "SELECT count(*) FROM raw.customers"},
             )
             assert answer.status_code == 200 and answer.json()["rows"][0][0] > 0
+        _stops_cleanly(process)
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-    assert _processes_of(world) == []
+        if process.poll() is None:
+            process.kill()
