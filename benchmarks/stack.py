@@ -803,9 +803,15 @@ def prepare_world(args: argparse.Namespace, workdir: Path) -> World:
     world = World(workdir / "world", "")
     if args.world is not None:
         src = args.world.resolve()
-        print(f"copying {src} (without run/) to {world.path}…", file=sys.stderr)
+        print(f"copying {src} (without the stack's run state) to {world.path}…", file=sys.stderr)
         shutil.copytree(
-            src, world.path, ignore=lambda d, names: {"run"} if Path(d) == src else set()
+            src,
+            world.path,
+            ignore=lambda d, names: (
+                {n for n in names if n == "run" or n.startswith("run-")}
+                if Path(d) == src
+                else set()
+            ),
         )
         # MLflow keeps absolute artifact URIs, so the copy still loads models from `src`.
         world.source = f"copy of `{src}` (its MLflow artifacts are still read from there)"
