@@ -267,3 +267,19 @@ def test_the_mlflow_proxy_is_read_only(client: TestClient, paths: WorldPaths) ->
     )
     assert reply.status_code == 405
     assert client.get("/services/nope/x", headers=candidate).status_code == 404
+
+
+def test_every_table_with_time_in_it_is_revealed_by_time_or_known_whole(paths: WorldPaths) -> None:
+    """A new table that holds later days must get a reveal rule, or it leaks the future."""
+    from sandbox.services.gateway import views
+
+    with duckdb.connect(str(paths.duckdb), read_only=True) as world:
+        timed = {
+            f"{schema}.{table}"
+            for schema, table in world.sql(
+                "SELECT DISTINCT schema_name, table_name FROM duckdb_columns() "
+                "WHERE NOT internal AND (data_type LIKE 'TIMESTAMP%' OR data_type = 'DATE')"
+            ).fetchall()
+        }
+    assert timed - set(views.REVEAL) - views.WHOLE == set()
+    assert set(views.REVEAL) & views.WHOLE == set()
