@@ -55,3 +55,15 @@ def drift_report(root: Path, day: dt.date) -> Path:
     partial.write_text(html)
     partial.replace(path)  # atomic: a concurrent viewer never sees half a page
     return path
+
+
+def main() -> None:
+    """`python -m sandbox.monitor.reports WORLD_DIR YYYY-MM-DD`: render one day's report (the
+    gateway runs this in a child process to keep Evidently out of its own memory)."""
+    import sys
+
+    drift_report(Path(sys.argv[1]), dt.date.fromisoformat(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()

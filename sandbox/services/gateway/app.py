@@ -12,23 +12,24 @@ import contextlib
 import json
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import duckdb
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
-from sandbox.services.gateway import console
+from sandbox.services.gateway import console, pages, workspace
+from sandbox.services.gateway.auth import Auth, Caller
 from sandbox.services.gateway.sessions import Session, SessionStore
+from sandbox.services.gateway.state import Gateway
 from sandbox.services.gateway.telemetry import LiveTelemetry
 
-COOKIE = "sandbox_token"
 INGEST_INTERVAL_S = 0.5
 HEALTH_TIMEOUT_S = 2.0
 # The MLflow UI is for reading: it searches with POST, everything else that writes is refused.
@@ -53,11 +54,6 @@ class SqlRequest(BaseModel):
 
 class SessionRequest(BaseModel):
     candidate: str = Field("candidate", min_length=1, max_length=200)
-
-
-class Caller(BaseModel):
-    role: str  # candidate | interviewer | admin
-    session_id: str | None = None
 
 
 def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = None) -> FastAPI:
@@ -97,10 +93,10 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
     app.state.store = store
     app.state.sessions = sessions
     app.state.admin_token = admin_token
-
-    def record(who: Caller, kind: str, detail: dict[str, Any]) -> None:
-        if who.role == "candidate" and who.session_id:
-            sessions.record(who.session_id, ctx.now(), kind, detail)
+    app.state.gateway = gw = Gateway(ctx, store, sessions, addresses)
+    record = gw.record
+    app.include_router(workspace.router)
+    pages.install(app)
 
     @app.get("/-/health")
     async def health(request: Request) -> JSONResponse:
@@ -125,12 +121,6 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
             },
             status_code=200 if healthy else 503,
         )
-
-    @app.get("/", response_class=HTMLResponse)
-    def home(request: Request) -> Response:
-        if request.query_params.get("token"):
-            return _sign_in(request)
-        return HTMLResponse(_home_page(ctx.now().isoformat(timespec="minutes")))
 
     @app.post("/api/sql")
     def sql(body: SqlRequest, who: Auth) -> JSONResponse:
@@ -225,49 +215,13 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
     return app
 
 
-def caller(request: Request) -> Caller:
-    """Who is asking: the operator, or a session's candidate or interviewer (401 otherwise)."""
-    token = _token(request)
-    if token and token == request.app.state.admin_token:
-        return Caller(role="admin")
-    found = request.app.state.sessions.by_token(token) if token else None
-    if found is None:
-        raise HTTPException(401, "sign in with your session link (or a Bearer token)")
-    session, role = found
-    return Caller(role=role, session_id=session.id)
-
-
-Auth = Annotated[Caller, Depends(caller)]
-
-
 def _streamed(reply: httpx.Response, headers: dict[str, str]) -> Response:
-    from fastapi.responses import StreamingResponse
-
     return StreamingResponse(
         reply.aiter_raw(),
         status_code=reply.status_code,
         headers=headers,
         background=BackgroundTask(reply.aclose),
     )
-
-
-def _token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.cookies.get(COOKIE) or request.query_params.get("token")
-
-
-def _sign_in(request: Request) -> Response:
-    """A session link carries its token once; from then on an http-only cookie does."""
-    token = request.query_params["token"]
-    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-    target = (
-        request.url.replace_query_params(**dict(rest)) if rest else request.url.replace(query="")
-    )
-    response = RedirectResponse(str(target), status_code=303)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="lax")
-    return response
 
 
 def _links(session: Session, base: str) -> dict[str, str]:
@@ -278,21 +232,6 @@ def _links(session: Session, base: str) -> dict[str, str]:
         "candidate_token": session.candidate_token,
         "interviewer_token": session.interviewer_token,
     }
-
-
-def _home_page(sim_now: str) -> str:
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ML Incident Sandbox</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;line-height:1.5}}
-code{{background:#f3f3f3;padding:0 .2em}}</style></head><body>
-<h1>Production stack</h1><p>Simulated time: <b id="now">{sim_now}</b></p>
-<ul>
-<li><a href="/services/mlflow/">Model registry (MLflow)</a></li>
-<li><a href="/services/model/metadata">Model server metadata</a> &middot;
-    <code>POST /services/model/predict</code></li>
-<li><a href="/services/retrieval/metadata">Retrieval service metadata</a> &middot;
-    <code>POST /services/retrieval/search</code></li>
-<li>SQL: <code>POST /api/sql {{"sql": "SELECT ..."}}</code></li>
-</ul></body></html>"""
 
 
 def main() -> None:

@@ -42,15 +42,15 @@ class QueryResult:
     tables: list[str] = field(default_factory=list)
 
 
-def run(store: LiveTelemetry, sql: str) -> QueryResult:
+def run(store: LiveTelemetry, sql: str, params: dict[str, Any] | None = None) -> QueryResult:
     """Run one candidate statement; QueryRefused or duckdb.Error with a clear message otherwise.
-    A query over its time limit fails with DuckDB's interrupt error."""
+    A query over its time limit fails with DuckDB's interrupt error. `params` binds `$name`s."""
     statement = _single_statement(sql)
     tables = touched_tables(store, statement)
     cur = store.cursor()
     try:
         started = time.perf_counter()
-        result = cur.execute(statement)
+        result = cur.execute(statement, params) if params else cur.execute(statement)
         columns = [d[0] for d in result.description or []]
         rows = result.fetchmany(ROW_CAP + 1)
         elapsed = (time.perf_counter() - started) * 1000

@@ -21,6 +21,22 @@ import duckdb
 SESSIONS_FILE = "sessions.duckdb"
 
 
+class DiagnosisClosed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    version: int
+    ts: dt.datetime
+    fields: dict[str, str]
+    submitted: bool
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
 @dataclass(frozen=True)
 class Session:
     id: str
@@ -45,6 +61,14 @@ class SessionStore:
             "CREATE TABLE IF NOT EXISTS events (session_id VARCHAR, ts TIMESTAMP, "
             "sim_ts TIMESTAMP, kind VARCHAR, detail JSON, evidence VARCHAR[])"
         )
+        # When the candidate first opened the workspace: the session timer counts from here.
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS starts (session_id VARCHAR PRIMARY KEY, ts TIMESTAMP)"
+        )
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS diagnoses (session_id VARCHAR, version INTEGER, "
+            "ts TIMESTAMP, fields JSON, submitted BOOLEAN, PRIMARY KEY (session_id, version))"
+        )
 
     def create(self, candidate: str) -> Session:
         session = Session(
@@ -52,7 +76,7 @@ class SessionStore:
             candidate=candidate,
             candidate_token=secrets.token_urlsafe(24),
             interviewer_token=secrets.token_urlsafe(24),
-            created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+            created_at=_utcnow(),
         )
         with self._lock:
             self.con.execute(
@@ -97,7 +121,7 @@ class SessionStore:
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     session_id,
-                    dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                    _utcnow(),
                     sim_ts,
                     kind,
                     json.dumps(detail, default=str),
@@ -105,12 +129,22 @@ class SessionStore:
                 ],
             )
 
-    def history(self, session_id: str) -> list[dict[str, Any]]:
+    def started(self, session_id: str) -> dt.datetime:
+        """When the candidate first opened the workspace (now, on the first call)."""
+        with self._lock:
+            self.con.execute(
+                "INSERT INTO starts VALUES (?, ?) ON CONFLICT DO NOTHING", [session_id, _utcnow()]
+            )
+            return self.con.execute(
+                "SELECT ts FROM starts WHERE session_id = ?", [session_id]
+            ).fetchall()[0][0]
+
+    def history(self, session_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             rows = self.con.execute(
                 "SELECT ts, sim_ts, kind, detail, evidence FROM events WHERE session_id = ? "
-                "ORDER BY ts",
-                [session_id],
+                "AND (?::VARCHAR IS NULL OR kind = ?) ORDER BY ts, rowid",
+                [session_id, kind, kind],
             ).fetchall()
         return [
             {
@@ -122,6 +156,45 @@ class SessionStore:
             }
             for ts, sim_ts, kind, detail, evidence in rows
         ]
+
+    def diagnosis(self, session_id: str) -> Diagnosis | None:
+        """The latest saved version of the session's diagnosis."""
+        with self._lock:
+            rows = self.con.execute(
+                "SELECT version, ts, fields, submitted FROM diagnoses WHERE session_id = ? "
+                "ORDER BY version DESC LIMIT 1",
+                [session_id],
+            ).fetchall()
+        if not rows:
+            return None
+        version, ts, fields, submitted = rows[0]
+        return Diagnosis(version, ts, json.loads(fields), submitted)
+
+    def save_diagnosis(
+        self, session_id: str, fields: dict[str, str], submit: bool = False
+    ) -> Diagnosis:
+        """A new version, unless nothing changed; DiagnosisClosed once submitted."""
+        with self._lock:
+            rows = self.con.execute(
+                "SELECT version, fields, submitted FROM diagnoses WHERE session_id = ? "
+                "ORDER BY version DESC LIMIT 1",
+                [session_id],
+            ).fetchall()
+            version, previous, submitted = rows[0] if rows else (0, None, False)
+            if submitted:
+                raise DiagnosisClosed("the diagnosis was submitted; it can no longer change")
+            if previous is not None and json.loads(previous) == fields and not submit:
+                ts = self.con.execute(
+                    "SELECT ts FROM diagnoses WHERE session_id = ? AND version = ?",
+                    [session_id, version],
+                ).fetchall()[0][0]
+                return Diagnosis(version, ts, fields, False)
+            saved = Diagnosis(version + 1, _utcnow(), fields, submit)
+            self.con.execute(
+                "INSERT INTO diagnoses VALUES (?, ?, ?, ?, ?)",
+                [session_id, saved.version, saved.ts, json.dumps(fields), submit],
+            )
+        return saved
 
     def evidence_touched(self, detail: dict[str, Any]) -> list[str]:
         """Evidence a recorded request reached: a queried table.column, metric, log or changelog."""

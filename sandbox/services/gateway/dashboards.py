@@ -1,0 +1,137 @@
+"""Dashboards: definitions in `dashboards/*.toml` (a panel is a query and a chart), validated on
+load, their panels run through the candidate's clock-filtered views like any console query.
+
+A panel's SQL may use named parameters the page fills in:
+- `$start`, `$end`: the time range picked on the page (TIMESTAMPs; `$end` never after now);
+- `$bucket`: seconds per chart point, chosen from the range so a chart holds a few hundred points
+  (`time_bucket(to_seconds($bucket), ts)`);
+- one per dashboard variable (a segment filter), NULL for "all".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# The definitions live beside the package in the repository (DESIGN.md "Layout"); a deployment
+# may point elsewhere.
+DASHBOARDS_DIR = Path(
+    os.environ.get("SANDBOX_DASHBOARDS", Path(__file__).resolve().parents[3] / "dashboards")
+)
+PARAMETER = re.compile(r"\$([a-z_][a-z0-9_]*)")
+BUILTIN_PARAMETERS = {"start", "end", "bucket"}
+# Seconds per chart point, smallest first: the finest bucket that keeps a chart under MAX_POINTS.
+BUCKETS = (300, 900, 3600, 3 * 3600, 6 * 3600, 86400)
+MAX_POINTS = 400
+
+Chart = Literal["line", "area", "bar", "stat", "table"]
+SLUG = r"^[a-z0-9][a-z0-9-]*$"
+
+
+class DashboardError(ValueError):
+    pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Panel(Strict):
+    id: str = Field(pattern=SLUG)
+    title: str = Field(min_length=1)
+    description: str = ""
+    chart: Chart = "line"
+    sql: str = Field(min_length=1)
+    x: str = "t"  # the x column of line/area/bar charts
+    y: list[str] = Field(default_factory=lambda: ["value"])  # one series per column...
+    series: str | None = None  # ...or one per value of this column
+    unit: str = ""
+    width: Literal[1, 2] = 1  # a panel spans one or two grid columns
+    links: dict[str, str] = Field(default_factory=dict)  # table column -> URL template "{value}"
+
+
+class Variable(Strict):
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    label: str
+    options: list[str] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, name: str) -> str:
+        if name in BUILTIN_PARAMETERS:
+            raise ValueError(f"{name} is set by the time-range picker")
+        return name
+
+
+class Dashboard(Strict):
+    id: str = Field(pattern=SLUG)
+    title: str = Field(min_length=1)
+    description: str = ""
+    order: int = 100
+    variables: list[Variable] = Field(default_factory=list)
+    panels: list[Panel] = Field(min_length=1)
+
+    def panel(self, panel_id: str) -> Panel | None:
+        return next((p for p in self.panels if p.id == panel_id), None)
+
+
+def load_dir(directory: Path = DASHBOARDS_DIR) -> dict[str, Dashboard]:
+    """Every dashboard in `directory`, in menu order; DashboardError names the bad file and field."""
+    if not directory.is_dir():
+        raise DashboardError(f"no dashboard definitions at {directory}")
+    found: dict[str, Dashboard] = {}
+    for path in sorted(directory.glob("*.toml")):
+        board = load_file(path)
+        if board.id in found:
+            raise DashboardError(f"{path.name}: dashboard id {board.id!r} is used twice")
+        found[board.id] = board
+    return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
+
+
+def load_file(path: Path) -> Dashboard:
+    try:
+        board = Dashboard.model_validate(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise DashboardError(f"{path.name}: not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise DashboardError(f"{path.name}: {where}: {first['msg']}") from None
+    names = {v.name for v in board.variables} | BUILTIN_PARAMETERS
+    for panel in board.panels:
+        unknown = set(PARAMETER.findall(panel.sql)) - names
+        if unknown:
+            raise DashboardError(
+                f"{path.name}: panel {panel.id}: unknown parameter ${sorted(unknown)[0]}"
+            )
+    return board
+
+
+@cache
+def catalog() -> dict[str, Dashboard]:
+    return load_dir()
+
+
+def bucket_seconds(start: dt.datetime, end: dt.datetime) -> int:
+    span = max((end - start).total_seconds(), 1.0)
+    return next((b for b in BUCKETS if span / b <= MAX_POINTS), BUCKETS[-1])
+
+
+def parameters(
+    panel: Panel, start: dt.datetime, end: dt.datetime, choices: dict[str, str | None]
+) -> dict[str, Any]:
+    """The values of the parameters `panel` uses (DuckDB refuses unused ones)."""
+    values: dict[str, Any] = {
+        "start": start,
+        "end": end,
+        "bucket": bucket_seconds(start, end),
+        **choices,
+    }
+    return {name: values.get(name) for name in set(PARAMETER.findall(panel.sql))}

@@ -1,0 +1,156 @@
+"""The candidate's workspace in the browser: one page per tool, drawn by the browser from the JSON
+APIs (`workspace.py`, the SQL API, the proxied services). Every page view is recorded.
+
+Templates and static files live in `web/`; charts use the plotly.js that ships inside the installed
+`plotly` package, served with its version in the file name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import plotly
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sandbox.services.gateway import dashboards
+from sandbox.services.gateway.auth import Auth, caller, sign_in
+from sandbox.services.gateway.state import Gateway
+
+WEB = Path(__file__).parent / "web"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+PLOTLY_URL = f"/static/vendor/plotly-{plotly.__version__}.min.js"
+# Paths whose errors are for programs (JSON), not people.
+API_PREFIXES = ("/api/", "/services/", "/-/", "/static/")
+
+
+@dataclass(frozen=True)
+class Page:
+    name: str
+    title: str
+    path: str
+
+
+NAV = (
+    Page("brief", "Brief", "/brief"),
+    Page("dashboards", "Dashboards", "/dashboards"),
+    Page("sql", "SQL console", "/sql"),
+    Page("logs", "Logs", "/logs"),
+    Page("models", "Models", "/models"),
+    Page("retrieval", "Retrieval", "/retrieval"),
+    Page("model-server", "Model server", "/model-server"),
+    Page("changelog", "Changelog", "/changelog"),
+    Page("diagnosis", "Diagnosis", "/diagnosis"),
+)
+
+templates = Environment(
+    loader=PackageLoader("sandbox.services.gateway", "web/templates"),
+    autoescape=select_autoescape(["html", "j2"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def install(app: FastAPI) -> None:
+    """Add the pages, the static files and human-readable error pages to the gateway."""
+
+    @app.get(PLOTLY_URL, include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        return FileResponse(PLOTLY_JS, media_type="text/javascript")
+
+    app.mount(
+        "/static", StaticFiles(directory=WEB / "static"), name="static"
+    )  # after: it matches all
+
+    @app.exception_handler(StarletteHTTPException)
+    async def errors(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith(API_PREFIXES) or "text/html" not in request.headers.get(
+            "accept", ""
+        ):
+            return await http_exception_handler(request, exc)
+        html = templates.get_template("error.html.j2").render(
+            status=exc.status_code, message=exc.detail, nav=(), world=_world_name(request)
+        )
+        return HTMLResponse(html, status_code=exc.status_code)
+
+    @app.get("/", include_in_schema=False)
+    def home(request: Request) -> Response:
+        if request.query_params.get("token"):
+            return sign_in(request)
+        try:
+            caller(request)
+        except HTTPException:
+            html = templates.get_template("welcome.html.j2").render(
+                nav=(), world=_world_name(request)
+            )
+            return HTMLResponse(html)
+        return RedirectResponse("/brief", status_code=303)
+
+    @app.get("/brief", response_class=HTMLResponse)
+    def brief(request: Request, who: Auth) -> HTMLResponse:
+        gw = _gateway(request)
+        text = gw.ctx.scenario.brief.text.strip()
+        paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+        return _page(
+            request, who, "brief", title=gw.ctx.scenario.brief.title, paragraphs=paragraphs
+        )
+
+    @app.get("/dashboards", include_in_schema=False)
+    def dashboards_home() -> RedirectResponse:
+        first = next(iter(dashboards.catalog()))
+        return RedirectResponse(f"/dashboards/{first}", status_code=303)
+
+    @app.get("/dashboards/{board_id}", response_class=HTMLResponse)
+    def dashboard(board_id: str, request: Request, who: Auth) -> HTMLResponse:
+        board = dashboards.catalog().get(board_id)
+        if board is None:
+            raise HTTPException(404, f"no dashboard {board_id}")
+        return _page(
+            request,
+            who,
+            "dashboards",
+            board=board,
+            boards=list(dashboards.catalog().values()),
+            detail={"dashboard": board.id},
+        )
+
+    for page in NAV[2:]:
+        app.add_api_route(page.path, _simple_page(page.name), response_class=HTMLResponse)
+
+
+def _simple_page(name: str):
+    def view(request: Request, who: Auth) -> HTMLResponse:
+        return _page(request, who, name)
+
+    view.__name__ = f"page_{name.replace('-', '_')}"
+    return view
+
+
+def _page(
+    request: Request, who: Any, name: str, detail: dict[str, Any] | None = None, **context: Any
+) -> HTMLResponse:
+    gw = _gateway(request)
+    gw.record(who, "page", {"page": name, "path": request.url.path, **(detail or {})})
+    html = templates.get_template(f"{name}.html.j2").render(
+        nav=NAV,
+        active=name,
+        world=_world_name(request),
+        role=who.role,
+        plotly_url=PLOTLY_URL,
+        **context,
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def _world_name(request: Request) -> str:
+    return _gateway(request).ctx.scenario.world.name.capitalize()

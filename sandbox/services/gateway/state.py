@@ -1,0 +1,80 @@
+"""What every gateway route shares: the world's context, the telemetry store, the sessions, the
+other services' addresses, and the recorder."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.services import stack
+from sandbox.services.common import ServiceContext
+from sandbox.services.gateway.auth import Caller
+from sandbox.services.gateway.sessions import SessionStore
+from sandbox.services.gateway.telemetry import WORLD_CATALOG, LiveTelemetry
+
+
+@dataclass
+class Gateway:
+    ctx: ServiceContext
+    store: LiveTelemetry
+    sessions: SessionStore
+    addresses: dict[str, stack.ServiceAddress]
+    _schema: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def history_start(self) -> dt.datetime:
+        """The first production day: where the dashboards' whole-history range begins."""
+        return self.ctx.calendar.midnight(1)
+
+    def record(self, who: Caller, kind: str, detail: dict[str, Any]) -> None:
+        """Add an event to the caller's session history (candidates only: an interviewer
+        previewing the workspace leaves no trace in it). Returns once it is durable."""
+        if who.is_candidate:
+            self.sessions.record(who.session_id, self.ctx.now(), kind, detail)
+
+    def time_range(
+        self, start: dt.datetime | None, end: dt.datetime | None
+    ) -> tuple[dt.datetime, dt.datetime]:
+        """A requested range clamped to what exists: nothing after the simulated now."""
+        now = self.ctx.now()
+        end = min(_naive(end) or now, now)
+        start = _naive(start) or self.history_start
+        if start >= end:
+            start = end - dt.timedelta(hours=1)
+        return start, end
+
+    def schema(self) -> list[dict[str, Any]]:
+        if not self._schema:
+            cur = self.store.con.cursor()
+            try:
+                tables = cur.execute(
+                    "SELECT schema_name || '.' || table_name, comment FROM duckdb_tables() "
+                    "WHERE database_name = ? ORDER BY 1",
+                    [WORLD_CATALOG],
+                ).fetchall()
+                columns = cur.execute(
+                    "SELECT schema_name || '.' || table_name, column_name, data_type, comment "
+                    "FROM duckdb_columns() WHERE database_name = ? ORDER BY column_index",
+                    [WORLD_CATALOG],
+                ).fetchall()
+            finally:
+                cur.close()
+            by_table: dict[str, list[dict[str, str]]] = {}
+            for table, name, dtype, comment in columns:
+                by_table.setdefault(table, []).append(
+                    {"name": name, "type": dtype, "description": comment or ""}
+                )
+            self._schema = [
+                {"table": t, "description": c or "", "columns": by_table.get(t, [])}
+                for t, c in tables
+                if t in self.store.tables
+            ]
+        return self._schema
+
+
+def _naive(value: dt.datetime | None) -> dt.datetime | None:
+    """Simulated time is naive UTC; a browser may send an offset."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(dt.UTC).replace(tzinfo=None)

@@ -1,0 +1,55 @@
+// The model-server playground: POST /services/model/predict through the gateway (recorded).
+"use strict";
+
+(() => {
+  const { api, table, showError, formatValue } = sandbox;
+  const form = document.getElementById("predict-form");
+  const output = document.getElementById("predict-result");
+  const status = document.getElementById("predict-status");
+  let features = [];
+
+  function mode() { return form.elements.mode.value; }
+  function syncMode() {
+    document.querySelector(".mode-customer").hidden = mode() !== "customer";
+    document.querySelector(".mode-payload").hidden = mode() !== "payload";
+  }
+
+  async function loadMetadata() {
+    const box = document.getElementById("model-meta");
+    try {
+      const meta = await api("/services/model/metadata");
+      features = meta.features || [];
+      const rows = Object.entries(meta).filter(([k]) => k !== "features").map(([k, v]) => [k, formatValue(v)]);
+      rows.push(["features", features.join(", ")]);
+      box.replaceChildren(table(["field", "value"], rows));
+      const payload = document.getElementById("payload");
+      if (!payload.value) payload.value = JSON.stringify({ features: Object.fromEntries(features.map((f) => [f, 0])) }, null, 2);
+    } catch (e) { showError(box, e.message); }
+  }
+
+  form.addEventListener("change", syncMode);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    let body;
+    if (mode() === "customer") body = { customer_id: Number(document.getElementById("customer-id").value) };
+    else {
+      try { body = JSON.parse(document.getElementById("payload").value); }
+      catch (err) { status.textContent = ""; output.hidden = false; output.className = "response bad"; output.textContent = `Not valid JSON: ${err.message}`; return; }
+    }
+    status.textContent = "Sending…";
+    const started = performance.now();
+    try {
+      const reply = await api("/services/model/predict", { json: body });
+      output.className = "response";
+      output.textContent = JSON.stringify(reply, null, 2);
+      status.textContent = `200 · ${Math.round(performance.now() - started)} ms`;
+    } catch (err) {
+      output.className = "response bad";
+      output.textContent = `${err.status || ""} ${err.message}`;
+      status.textContent = `${err.status || "error"} · ${Math.round(performance.now() - started)} ms`;
+    }
+    output.hidden = false;
+  });
+  syncMode();
+  loadMetadata();
+})();

@@ -1,0 +1,304 @@
+"""The candidate's tools as JSON: clock, schema, dashboards' panels, logs, changelog, drift reports,
+their own query history and the diagnosis. Every read a candidate makes is recorded.
+
+The pages (`pages.py`) draw these; scripts may call them too. Nothing here returns answer-key
+evidence: the candidate's own history comes back without its evidence tags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+from typing import Annotated, Any
+
+import duckdb
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from sandbox.monitor.reports import report_path
+from sandbox.services.gateway import console, dashboards
+from sandbox.services.gateway.auth import Auth, CandidateAuth
+from sandbox.services.gateway.sessions import DiagnosisClosed
+from sandbox.services.gateway.state import Gateway
+
+router = APIRouter()
+
+LOG_PAGE = 100
+LOG_LEVELS = ("debug", "info", "warning", "error")
+REPORT_RENDER_TIMEOUT_S = 120
+DIAGNOSIS_FIELDS = ("root_cause", "evidence", "fix", "ship_first", "next_experiment")
+
+
+class DiagnosisBody(BaseModel):
+    root_cause: str = Field("", max_length=20_000)
+    evidence: str = Field("", max_length=20_000)
+    fix: str = Field("", max_length=20_000)
+    ship_first: str = Field("", max_length=20_000)
+    next_experiment: str = Field("", max_length=20_000)
+
+
+def gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+@router.get("/api/clock")
+def clock(request: Request, who: Auth) -> dict[str, Any]:
+    gw = gateway(request)
+    started = gw.sessions.started(who.session_id) if who.is_candidate else None
+    return {
+        "now": gw.ctx.now().isoformat(timespec="seconds"),
+        "speed": gw.ctx.clock.speed,
+        "history_start": gw.history_start.isoformat(),
+        "live_start": gw.store.live_start.isoformat(),
+        "session_started": started.isoformat(timespec="seconds") + "Z" if started else None,
+    }
+
+
+@router.get("/api/schema")
+def schema(request: Request, who: Auth) -> list[dict[str, Any]]:
+    """Every table the console can query: its columns, types and one-line descriptions."""
+    return gateway(request).schema()
+
+
+@router.get("/api/my/history")
+def my_history(
+    request: Request, who: CandidateAuth, kind: Annotated[str | None, Query()] = "sql"
+) -> list[dict[str, Any]]:
+    events = gateway(request).sessions.history(who.session_id, kind or None)
+    return [{"ts": e["ts"], "kind": e["kind"], "detail": e["detail"]} for e in events]
+
+
+@router.get("/api/dashboards")
+def dashboard_list(who: Auth) -> list[dict[str, Any]]:
+    return [board.model_dump() for board in dashboards.catalog().values()]
+
+
+@router.get("/api/dashboards/{board_id}/panels/{panel_id}")
+def panel_data(
+    board_id: str,
+    panel_id: str,
+    request: Request,
+    who: Auth,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> JSONResponse:
+    gw = gateway(request)
+    board = dashboards.catalog().get(board_id)
+    panel = board.panel(panel_id) if board else None
+    if board is None or panel is None:
+        raise HTTPException(404, f"no panel {board_id}/{panel_id}")
+    start, end = gw.time_range(start, end)
+    choices: dict[str, str | None] = {}
+    for variable in board.variables:
+        value = request.query_params.get(variable.name) or None
+        if value is not None and value not in variable.options:
+            raise HTTPException(
+                422, f"{variable.name}: choose one of {', '.join(variable.options)}"
+            )
+        choices[variable.name] = value
+    detail: dict[str, Any] = {
+        "dashboard": board.id,
+        "panel": panel.id,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        **{k: v for k, v in choices.items() if v is not None},
+        "sql": panel.sql,
+    }
+    try:
+        result = console.run(gw.store, panel.sql, dashboards.parameters(panel, start, end, choices))
+    except (console.QueryRefused, duckdb.Error) as exc:
+        gw.record(who, "panel", {**detail, "error": str(exc).splitlines()[0]})
+        return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=400)
+    gw.record(who, "panel", {**detail, "rows": len(result.rows), "tables": result.tables})
+    return JSONResponse(
+        {
+            "columns": result.columns,
+            "rows": result.rows,
+            "truncated": result.truncated,
+            "elapsed_ms": result.elapsed_ms,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "bucket_s": dashboards.bucket_seconds(start, end),
+        }
+    )
+
+
+@router.get("/api/logs")
+def logs(
+    request: Request,
+    who: Auth,
+    service: str | None = None,
+    level: str | None = None,
+    q: Annotated[str | None, Query(max_length=500)] = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    after: dt.datetime | None = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = LOG_PAGE,
+) -> dict[str, Any]:
+    """Log lines newest first. `end` pins a search so later pages stay put while time runs on;
+    `after` (the newest line shown) asks for the live tail."""
+    gw = gateway(request)
+    if level is not None and level not in LOG_LEVELS:
+        raise HTTPException(422, f"level: one of {', '.join(LOG_LEVELS)}")
+    # Logs go back before the first production day (the jobs ran during pre-history too).
+    start, end = gw.time_range(start or gw.ctx.calendar.midnight(gw.ctx.calendar.first_day), end)
+    params = {
+        "service": service or None,
+        "level": level,
+        "q": f"%{q}%" if q else None,
+        "start": max(start, after) if after else start,
+        "strict": after is not None,
+        "end": end,
+    }
+    where = (
+        "($service::VARCHAR IS NULL OR service = $service) "
+        "AND ($level::VARCHAR IS NULL OR level = $level) "
+        "AND ($q::VARCHAR IS NULL OR message ILIKE $q OR event ILIKE $q OR attrs ILIKE $q) "
+        "AND (ts > $start OR (NOT $strict AND ts = $start)) AND ts <= $end"
+    )
+    cur = gw.store.cursor()
+    try:
+        total = cur.execute(f"SELECT count(*) FROM telemetry.logs WHERE {where}", params).fetchall()
+        rows = cur.execute(
+            f"SELECT ts, service, level, event, message, attrs FROM telemetry.logs WHERE {where} "
+            f"ORDER BY ts DESC LIMIT {limit} OFFSET {offset}",
+            params,
+        ).fetchall()
+        services = [
+            r[0]
+            for r in cur.execute(
+                "SELECT DISTINCT service FROM telemetry.logs ORDER BY 1"
+            ).fetchall()
+        ]
+    finally:
+        cur.close()
+    search = {
+        "service": service,
+        "level": level,
+        "q": q,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "offset": offset,
+        "tail": after is not None,
+    }
+    if after is None:  # the live tail polls; the search that started it is the event
+        gw.record(
+            who,
+            "log_search",
+            {k: v for k, v in search.items() if v is not None} | {"tables": ["telemetry.logs"]},
+        )
+    return {
+        "total": total[0][0],
+        "offset": offset,
+        "end": end.isoformat(),
+        "services": services,
+        "lines": [
+            {
+                "ts": ts.isoformat(),
+                "service": svc,
+                "level": lvl,
+                "event": event,
+                "message": message,
+                "attrs": attrs,
+            }
+            for ts, svc, lvl, event, message, attrs in rows
+        ],
+    }
+
+
+@router.get("/api/changelog")
+def changelog(request: Request, who: Auth) -> list[dict[str, Any]]:
+    gw = gateway(request)
+    result = console.run(
+        gw.store,
+        "SELECT ts, kind, service, title, body, author FROM ops.changelog ORDER BY ts DESC",
+    )
+    gw.record(who, "changelog", {"entries": len(result.rows), "tables": ["ops.changelog"]})
+    return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+
+
+@router.get("/reports/drift/{day}")
+async def drift_report(day: dt.date, request: Request, who: Auth) -> FileResponse:
+    """A day's Evidently drift report, rendered on first view by a child process (Evidently is
+    too heavy to import into the gateway)."""
+    gw = gateway(request)
+    known = await run_in_threadpool(
+        console.run,
+        gw.store,
+        "SELECT count(*) FROM monitoring.drift_daily WHERE report_date = $day",
+        {"day": day},
+    )
+    if not known.rows[0][0]:
+        raise HTTPException(404, f"no drift report for {day}")
+    await run_in_threadpool(gw.record, who, "report", {"report": "drift", "day": day.isoformat()})
+    path = report_path(gw.ctx.world, day)
+    if not path.is_file():
+        await _render_report(gw, day)
+    return FileResponse(path, media_type="text/html")
+
+
+async def _render_report(gw: Gateway, day: dt.date) -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sandbox.monitor.reports",
+        str(gw.ctx.world),
+        day.isoformat(),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.wait_for(child.wait(), REPORT_RENDER_TIMEOUT_S)
+    except TimeoutError:
+        child.kill()
+        raise HTTPException(504, "the drift report took too long to render") from None
+    if child.returncode != 0:
+        gw.ctx.log("error", "report_failed", f"drift report for {day} failed to render")
+        raise HTTPException(500, f"the drift report for {day} could not be rendered")
+
+
+@router.get("/api/diagnosis")
+def diagnosis(request: Request, who: CandidateAuth) -> dict[str, Any]:
+    saved = gateway(request).sessions.diagnosis(who.session_id)
+    if saved is None:
+        return {"version": 0, "fields": dict.fromkeys(DIAGNOSIS_FIELDS, ""), "submitted": False}
+    return _diagnosis_json(saved)
+
+
+@router.put("/api/diagnosis")
+def save_diagnosis(body: DiagnosisBody, request: Request, who: CandidateAuth) -> dict[str, Any]:
+    return _save(request, who, body, submit=False)
+
+
+@router.post("/api/diagnosis/submit")
+def submit_diagnosis(body: DiagnosisBody, request: Request, who: CandidateAuth) -> dict[str, Any]:
+    return _save(request, who, body, submit=True)
+
+
+def _save(request: Request, who: Any, body: DiagnosisBody, submit: bool) -> dict[str, Any]:
+    gw = gateway(request)
+    before = gw.sessions.diagnosis(who.session_id)
+    try:
+        saved = gw.sessions.save_diagnosis(who.session_id, body.model_dump(), submit=submit)
+    except DiagnosisClosed as exc:
+        raise HTTPException(409, str(exc)) from None
+    if before is None or saved.version != before.version:
+        gw.record(
+            who,
+            "diagnosis",
+            {"version": saved.version, "submitted": saved.submitted, "fields": saved.fields},
+        )
+    return _diagnosis_json(saved)
+
+
+def _diagnosis_json(saved: Any) -> dict[str, Any]:
+    return {
+        "version": saved.version,
+        "saved_at": saved.ts.isoformat(timespec="seconds") + "Z",
+        "fields": saved.fields,
+        "submitted": saved.submitted,
+    }
