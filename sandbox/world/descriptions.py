@@ -110,6 +110,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
 
 
 def apply(warehouse: Warehouse, features: dict[str, Feature]) -> None:
+    warehouse.flush()  # tables appended last exist only once flushed
     existing = {
         r[0]
         for r in warehouse.con.execute(

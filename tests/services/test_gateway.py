@@ -5,40 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import time
-from collections.abc import Iterator
 
 import duckdb
 import pytest
 from fastapi.testclient import TestClient
 
 from sandbox import scenario
-from sandbox.services import stack
 from sandbox.services.gateway import console
-from sandbox.services.gateway.app import create_app
-from sandbox.services.gateway.sessions import SESSIONS_FILE
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
-from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths
-
-FROZEN = 1e-9  # a clock this slow stands still for the length of a test
-
-
-def _cleanup(paths: WorldPaths) -> None:
-    shutil.rmtree(paths.run, ignore_errors=True)
-    for name in (SESSIONS_FILE, stack.ADMIN_TOKEN_FILE):
-        (paths.interviewer / name).unlink(missing_ok=True)
-
-
-@pytest.fixture
-def paths(faulty_world: BuildSummary) -> Iterator[WorldPaths]:
-    paths = WorldPaths(faulty_world.root)
-    _cleanup(paths)
-    yield paths
-    _cleanup(paths)
+from tests.services.conftest import FROZEN, MakeSession
 
 
 def _calendar(paths: WorldPaths):
@@ -166,22 +145,6 @@ def test_the_console_cannot_reach_files_and_caps_rows(paths: WorldPaths) -> None
     assert big.tables == ["raw.customers"]
 
 
-@pytest.fixture
-def client(paths: WorldPaths) -> Iterator[TestClient]:
-    SimClock.starting(_calendar(paths), speed=FROZEN).save(paths.run)
-    down = stack.ServiceAddress("http://127.0.0.1:9", "/health")  # discard port: nothing listens
-    app = create_app(paths.root, services={"model-server": down})
-    with TestClient(app) as c:
-        yield c
-
-
-def _session(client: TestClient, paths: WorldPaths) -> dict[str, str]:
-    admin = {"Authorization": f"Bearer {stack.admin_token(paths)}"}
-    reply = client.post("/api/sessions", json={"candidate": "ada"}, headers=admin)
-    assert reply.status_code == 200
-    return reply.json()
-
-
 def test_health_names_the_failing_service(client: TestClient) -> None:
     reply = client.get("/-/health")
     assert reply.status_code == 503
@@ -189,8 +152,10 @@ def test_health_names_the_failing_service(client: TestClient) -> None:
     assert services["gateway"] == "ok" and services["model-server"].startswith("unreachable")
 
 
-def test_tokens_roles_and_the_recorded_history(client: TestClient, paths: WorldPaths) -> None:
-    links = _session(client, paths)
+def test_tokens_roles_and_the_recorded_history(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session()
     candidate = {"Authorization": f"Bearer {links['candidate_token']}"}
     interviewer = {"Authorization": f"Bearer {links['interviewer_token']}"}
     sid = links["session_id"]
@@ -233,8 +198,10 @@ def test_tokens_roles_and_the_recorded_history(client: TestClient, paths: WorldP
     assert "error" in second["detail"] and second["evidence"] == []
 
 
-def test_a_session_link_signs_in_with_a_cookie(client: TestClient, paths: WorldPaths) -> None:
-    links = _session(client, paths)
+def test_a_session_link_signs_in_with_a_cookie(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
     token = links["candidate_token"]
     reply = client.get(f"/?token={token}", follow_redirects=False)
     assert reply.status_code == 303 and "token" not in reply.headers["location"]
@@ -244,9 +211,9 @@ def test_a_session_link_signs_in_with_a_cookie(client: TestClient, paths: WorldP
 
 
 def test_nothing_the_candidate_gets_from_the_gateway_names_a_fault(
-    client: TestClient, paths: WorldPaths
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
 ) -> None:
-    links = _session(client, paths)
+    links = make_session()
     candidate = {"Authorization": f"Bearer {links['candidate_token']}"}
     key = json.loads(paths.answer_key.read_text())
     ids = [f["fault_id"] for f in key["faults"]]
@@ -259,8 +226,8 @@ def test_nothing_the_candidate_gets_from_the_gateway_names_a_fault(
         assert "planted" not in text.lower() and "inject" not in text.lower()
 
 
-def test_the_mlflow_proxy_is_read_only(client: TestClient, paths: WorldPaths) -> None:
-    links = _session(client, paths)
+def test_the_mlflow_proxy_is_read_only(client: TestClient, make_session: MakeSession) -> None:
+    links = make_session()
     candidate = {"Authorization": f"Bearer {links['candidate_token']}"}
     reply = client.post(
         "/services/mlflow/ajax-api/2.0/mlflow/registered-models/delete", headers=candidate

@@ -5,15 +5,12 @@ behind."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,30 +21,9 @@ from sandbox.pipeline import deploy
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths
+from tests.services.running import READY_S, SANDBOX, Stack, running_stack
 
-SANDBOX = str(Path(sys.executable).with_name("sandbox"))
 SPEED = 600.0  # ten simulated minutes per second: live traffic shows up within seconds
-READY_S = 150.0
-
-
-@dataclass
-class Stack:
-    process: subprocess.Popen
-    world: Path
-    url: str
-    candidate: dict[str, str]
-    interviewer: dict[str, str]
-    session_id: str
-
-    def sql(self, query: str) -> dict:
-        reply = httpx.post(
-            self.url + "/api/sql", json={"sql": query}, headers=self.candidate, timeout=30
-        )
-        assert reply.status_code == 200, reply.text
-        return reply.json()
-
-    def scalar(self, query: str):
-        return self.sql(query)["rows"][0][0]
 
 
 def _alive(pid: int) -> bool:
@@ -91,56 +67,10 @@ def _service_pid(stack: Stack, module: str) -> int:
     return pid
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "sandbox up exited"
-        try:
-            reply = httpx.get(url + "/-/health", timeout=2)
-            if reply.status_code == 200:
-                return reply.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not healthy within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    world = tmp_path_factory.mktemp("stack") / "world"
-    shutil.copytree(faulty_world.root, world, ignore=shutil.ignore_patterns("run"))
-    port = free_port()
-    process = subprocess.Popen(
-        [SANDBOX, "up", str(world), "--port", str(port), "--speed", str(SPEED)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process)
-        made = subprocess.run(
-            [SANDBOX, "session", "create", str(world), "--candidate", "ada", "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        links = json.loads(made.stdout)
-        yield Stack(
-            process,
-            world,
-            url,
-            {"Authorization": f"Bearer {links['candidate_token']}"},
-            {"Authorization": f"Bearer {links['interviewer_token']}"},
-            links["session_id"],
-        )
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with running_stack(faulty_world, tmp_path_factory, SPEED) as running:
+        yield running
 
 
 def _live_start(world: Path) -> dt.datetime:

@@ -1,0 +1,59 @@
+"""Fixtures for the gateway in-process: the shared small world with its run state cleared, a
+client on a frozen clock (no other service running), and candidate sessions."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sandbox import scenario
+from sandbox.services import stack
+from sandbox.services.gateway.app import create_app
+from sandbox.services.gateway.sessions import SESSIONS_FILE
+from sandbox.services.simclock import SimClock
+from sandbox.world.build import BuildSummary
+from sandbox.world.layout import WorldPaths
+
+FROZEN = 1e-9  # a clock this slow stands still for the length of a test
+MakeSession = Callable[..., dict[str, str]]
+
+
+def _cleanup(paths: WorldPaths) -> None:
+    shutil.rmtree(paths.run, ignore_errors=True)
+    for name in (SESSIONS_FILE, stack.ADMIN_TOKEN_FILE):
+        (paths.interviewer / name).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def paths(faulty_world: BuildSummary) -> Iterator[WorldPaths]:
+    paths = WorldPaths(faulty_world.root)
+    _cleanup(paths)
+    yield paths
+    _cleanup(paths)
+
+
+@pytest.fixture
+def client(paths: WorldPaths) -> Iterator[TestClient]:
+    """The gateway on a clock standing at the start of live time; its model server is down."""
+    calendar = scenario.load(paths.scenario).world.calendar()
+    SimClock.starting(calendar, speed=FROZEN).save(paths.run)
+    down = stack.ServiceAddress("http://127.0.0.1:9", "/health")  # discard port: nothing listens
+    app = create_app(paths.root, services={"model-server": down})
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def make_session(client: TestClient, paths: WorldPaths) -> MakeSession:
+    """Creates a session as the operator; returns its links and tokens."""
+
+    def make(candidate: str = "ada") -> dict[str, str]:
+        admin = {"Authorization": f"Bearer {stack.admin_token(paths)}"}
+        reply = client.post("/api/sessions", json={"candidate": candidate}, headers=admin)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    return make

@@ -1,0 +1,110 @@
+"""A real `sandbox up` on a copy of a built world, with one candidate session: what the stack and
+browser tests drive over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sandbox.services.supervisor import free_port
+from sandbox.world.build import BuildSummary
+
+SANDBOX = str(Path(sys.executable).with_name("sandbox"))
+READY_S = 150.0
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen
+    world: Path
+    url: str
+    candidate: dict[str, str]
+    interviewer: dict[str, str]
+    session_id: str
+    candidate_url: str
+
+    def sql(self, query: str) -> dict:
+        reply = httpx.post(
+            self.url + "/api/sql", json={"sql": query}, headers=self.candidate, timeout=30
+        )
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def scalar(self, query: str):
+        return self.sql(query)["rows"][0][0]
+
+    def history(self) -> list[dict]:
+        reply = httpx.get(
+            f"{self.url}/api/sessions/{self.session_id}/history",
+            headers=self.interviewer,
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "sandbox up exited"
+        try:
+            reply = httpx.get(url + "/-/health", timeout=2)
+            if reply.status_code == 200:
+                return reply.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not healthy within {timeout} s")
+
+
+@contextlib.contextmanager
+def running_stack(
+    built: BuildSummary, tmp_path_factory: pytest.TempPathFactory, speed: float
+) -> Iterator[Stack]:
+    """The stack on a copy of `built` (it writes into its world) on a free port; Ctrl-C at the end."""
+    world = tmp_path_factory.mktemp("stack") / "world"
+    shutil.copytree(built.root, world, ignore=shutil.ignore_patterns("run", "sessions.duckdb*"))
+    port = free_port()
+    process = subprocess.Popen(
+        [SANDBOX, "up", str(world), "--port", str(port), "--speed", str(speed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        made = subprocess.run(
+            [SANDBOX, "session", "create", str(world), "--candidate", "ada", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        links = json.loads(made.stdout)
+        yield Stack(
+            process,
+            world,
+            url,
+            {"Authorization": f"Bearer {links['candidate_token']}"},
+            {"Authorization": f"Bearer {links['interviewer_token']}"},
+            links["session_id"],
+            links["candidate_url"],
+        )
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,0 +1,250 @@
+"""Dashboards: every definition loads, every panel runs through the candidate's views over the whole
+production range for every variable choice and returns the columns it declares; a bad definition is
+refused with its file named; and no dashboard gives a planted problem away."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox import scenario
+from sandbox.faults import registry as fault_registry
+from sandbox.services.gateway import console, dashboards
+from sandbox.services.gateway.dashboards import DashboardError
+from sandbox.services.gateway.telemetry import LiveTelemetry
+from sandbox.services.simclock import SimClock
+from sandbox.world.build import BuildSummary
+from sandbox.world.layout import WorldPaths
+
+FROZEN = 1e-9  # a clock this slow stands still for the length of a test
+FILES = sorted(dashboards.DASHBOARDS_DIR.glob("*.toml"))
+REQUIRED = {
+    "service-health",
+    "model-outputs",
+    "model-quality",
+    "feature-health",
+    "drift",
+    "retrieval",
+    "business",
+}
+CHARTS_WITH_AXES = {"line", "area", "bar"}
+# Words that would tell the candidate something was planted, whole words or word stems.
+GIVEAWAYS = re.compile(r"fault|inject|planted|leak|broken|suspicious|\bbugs?\b", re.IGNORECASE)
+SLOW_MS = 2000  # a generous ceiling: panels take milliseconds on a small world
+
+
+@pytest.fixture(scope="module")
+def store(faulty_world: BuildSummary) -> Iterator[tuple[LiveTelemetry, dt.datetime, dt.datetime]]:
+    """The candidate's views at the start of live time, and the production range up to it."""
+    paths = WorldPaths(faulty_world.root)
+    spec = scenario.load(paths.scenario)
+    cal = spec.world.calendar()
+    live_start = cal.midnight(cal.last_production_day + 1)
+    clock = SimClock(live_start, time.time(), FROZEN, cal.midnight(cal.last_visible_day + 1))
+    telemetry = LiveTelemetry(
+        paths.root, clock.now, live_start, spec.fault_set, spec.world.seed, cal
+    )
+    yield telemetry, cal.midnight(1), live_start
+    telemetry.con.close()
+
+
+def _choices(board: dashboards.Dashboard) -> list[dict[str, str | None]]:
+    """Every variable on all (NULL), then each option of each variable with the others on all."""
+    choices: list[dict[str, str | None]] = [{v.name: None for v in board.variables}]
+    for variable in board.variables:
+        for option in variable.options:
+            choices.append({**choices[0], variable.name: option})
+    return choices
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_time(value: object) -> bool:
+    try:
+        dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def test_every_required_dashboard_loads_in_menu_order() -> None:
+    boards = dashboards.load_dir()
+    assert set(boards) == REQUIRED
+    assert list(boards) == [b.id for b in sorted(boards.values(), key=lambda b: (b.order, b.id))]
+    for path in FILES:
+        board = dashboards.load_file(path)
+        assert board.id == path.stem, "a file is named after its dashboard"
+        assert board.description and all(p.description for p in board.panels)
+        panel_ids = [p.id for p in board.panels]
+        assert len(panel_ids) == len(set(panel_ids)), f"{path.name}: a panel id is used twice"
+        for panel in board.panels:
+            assert not panel.links or panel.chart == "table", f"{panel.id}: links need a table"
+            assert all("{value}" in url for url in panel.links.values())
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_every_panel_returns_its_declared_columns_over_the_production_range(
+    path: Path, store: tuple[LiveTelemetry, dt.datetime, dt.datetime]
+) -> None:
+    telemetry, start, end = store
+    board = dashboards.load_file(path)
+    for choice in _choices(board):
+        for panel in board.panels:
+            where = f"{board.id}/{panel.id} {choice}"
+            params = dashboards.parameters(panel, start, end, choice)
+            result = console.run(telemetry, panel.sql, params)
+            assert result.rows, f"{where}: no rows"
+            assert not result.truncated, f"{where}: more rows than the console returns"
+            assert result.elapsed_ms < SLOW_MS, f"{where}: {result.elapsed_ms} ms"
+            columns = {name: i for i, name in enumerate(result.columns)}
+            declared = [*panel.links, *([panel.series] if panel.series else [])]
+            if panel.chart != "table":
+                declared += panel.y
+            if panel.chart in CHARTS_WITH_AXES:
+                declared.append(panel.x)
+            missing = [c for c in declared if c not in columns]
+            assert not missing, f"{where}: no column {missing} in {result.columns}"
+            if panel.chart == "stat":
+                assert len(result.rows) == 1, f"{where}: a stat is one row"
+            if panel.chart != "table":
+                for y in panel.y:
+                    values = [row[columns[y]] for row in result.rows]
+                    assert all(v is None or _is_number(v) for v in values), f"{where}: {y}"
+                    assert any(_is_number(v) for v in values), f"{where}: {y} is all NULL"
+            if panel.chart in CHARTS_WITH_AXES:
+                xs = {row[columns[panel.x]] for row in result.rows}
+                assert all(_is_time(x) for x in xs), f"{where}: {panel.x} is not a time"
+                assert len(xs) <= dashboards.MAX_POINTS + 1, f"{where}: {len(xs)} points"
+            for column in panel.links:
+                assert all(row[columns[column]] for row in result.rows), f"{where}: {column}"
+
+
+def test_drift_report_links_name_each_report_day(
+    store: tuple[LiveTelemetry, dt.datetime, dt.datetime],
+) -> None:
+    telemetry, start, end = store
+    board = dashboards.catalog()["drift"]
+    panel = next(p for p in board.panels if p.links)
+    (column, template), *_ = panel.links.items()
+    assert template == "/reports/drift/{value}"
+    result = console.run(telemetry, panel.sql, dashboards.parameters(panel, start, end, {}))
+    linked = [row[result.columns.index(column)] for row in result.rows]
+    days = console.run(
+        telemetry,
+        "SELECT strftime(report_date, '%Y-%m-%d') FROM monitoring.drift_daily "
+        f"WHERE report_date >= DATE '{start.date()}' AND report_date < DATE '{end.date()}'",
+    ).rows
+    assert sorted(linked) == sorted(day for (day,) in days)
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) for day in linked)
+
+
+def test_feature_filters_offer_every_model_feature(
+    store: tuple[LiveTelemetry, dt.datetime, dt.datetime],
+) -> None:
+    telemetry, _, _ = store
+    features = telemetry.tables["monitoring.drift_reference"]  # the features the model reads
+    boards = [b for b in dashboards.catalog().values() for v in b.variables if v.name == "feature"]
+    assert boards
+    for board in boards:
+        (variable,) = [v for v in board.variables if v.name == "feature"]
+        assert variable.options == features, board.id
+
+
+TEMPLATE = """
+id = "{id}"
+title = "A dashboard"
+[[panels]]
+id = "a-panel"
+title = "A panel"
+sql = "SELECT $start::TIMESTAMP AS t, 1 AS value"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('id = "x"\ntitle = [', "not valid TOML"),
+        (TEMPLATE.format(id="x") + 'colour = "red"\n', "panels.0.colour: Extra inputs"),
+        (
+            TEMPLATE.format(id="x").replace("$start::TIMESTAMP", "$region"),
+            "unknown parameter $region",
+        ),
+        (TEMPLATE.format(id="x") + 'chart = "pie"\n', "panels.0.chart: Input should be"),
+        (TEMPLATE.format(id="Not A Slug"), "id: String should match pattern"),
+        (
+            TEMPLATE.format(id="x")
+            + '[[variables]]\nname = "start"\nlabel = "S"\noptions = ["a"]\n',
+            "time-range picker",
+        ),
+    ],
+    ids=[
+        "bad-toml",
+        "unknown-field",
+        "unknown-parameter",
+        "unknown-chart",
+        "bad-id",
+        "builtin-name",
+    ],
+)
+def test_a_malformed_definition_is_refused_naming_its_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "good.toml").write_text(TEMPLATE.format(id="good"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(DashboardError, match=re.escape(message)) as raised:
+        dashboards.load_dir(tmp_path)
+    assert str(raised.value).startswith("bad.toml: ")
+    with pytest.raises(DashboardError, match=r"^bad\.toml: "):
+        dashboards.load_file(bad)
+
+
+def test_a_dashboard_id_used_twice_is_refused_naming_the_second_file(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(TEMPLATE.format(id="same"))
+    (tmp_path / "b.toml").write_text(TEMPLATE.format(id="same"))
+    with pytest.raises(DashboardError, match=r"^b\.toml: dashboard id 'same' is used twice"):
+        dashboards.load_dir(tmp_path)
+    with pytest.raises(DashboardError, match="no dashboard definitions"):
+        dashboards.load_dir(tmp_path / "missing")
+
+
+def test_longer_ranges_get_coarser_buckets_of_at_most_max_points() -> None:
+    start = dt.datetime(2026, 3, 2)
+    spans = [dt.timedelta(minutes=5), dt.timedelta(hours=6), dt.timedelta(days=1)]
+    spans += [dt.timedelta(days=d) for d in (3, 7, 14, 42, 100, 365)]
+    buckets = [dashboards.bucket_seconds(start, start + span) for span in spans]
+    assert buckets == sorted(buckets)
+    assert buckets[0] == dashboards.BUCKETS[0] and buckets[-1] == dashboards.BUCKETS[-1]
+    assert set(buckets) <= set(dashboards.BUCKETS)
+    for span, bucket in zip(spans, buckets, strict=True):
+        points = span.total_seconds() / bucket
+        assert points <= dashboards.MAX_POINTS or bucket == dashboards.BUCKETS[-1]
+        finer = [b for b in dashboards.BUCKETS if b < bucket]
+        assert all(span.total_seconds() / b > dashboards.MAX_POINTS for b in finer)
+    assert dashboards.bucket_seconds(start, start) == dashboards.BUCKETS[0]
+
+
+def test_a_panel_gets_only_the_parameters_its_sql_names() -> None:
+    board = dashboards.load_file(dashboards.DASHBOARDS_DIR / "model-outputs.toml")
+    start, end = dt.datetime(2026, 3, 2), dt.datetime(2026, 3, 9)
+    for panel in board.panels:
+        params = dashboards.parameters(panel, start, end, {"source": "batch"})
+        assert set(params) == set(dashboards.PARAMETER.findall(panel.sql))
+        assert params.get("bucket", 3600) == 3600
+        assert params.get("source", "batch") == "batch"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_no_dashboard_gives_a_planted_problem_away(path: Path) -> None:
+    text = path.read_text()
+    found = GIVEAWAYS.findall(text)
+    assert not found, f"{path.name}: {found}"
+    for fault_id in fault_registry.catalog():
+        assert fault_id not in text.lower(), f"{path.name} names {fault_id}"

@@ -1,0 +1,246 @@
+"""A candidate's journey through the workspace in headless Debian Chromium, against a running
+stack: brief, a dashboard's charts, SQL (a good query and a hostile one), logs, a model version,
+both playgrounds, a submitted diagnosis — and then the session's history holds each step, in order.
+
+Screenshots of every page go to test-output/workspace/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
+
+from sandbox.services.gateway import pages
+from sandbox.world.build import BuildSummary
+from tests.conftest import REPO
+from tests.services.running import Stack, running_stack
+
+SPEED = 120.0
+SHOTS = REPO / "test-output" / "workspace"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+HOSTILE_SQL = "COPY serving.predictions TO '/tmp/stolen.csv'"
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(faulty_world, tmp_path_factory, SPEED) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is missing: `make test` installs it")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Journey:
+    """One candidate's tab: screenshots each step and keeps what the browser complained about."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.console_errors: list[str] = []
+        self.failed_responses: list[str] = []
+        self.step = 0
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.console_errors.append(f"page error: {error}"))
+        page.on("response", self._response)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+    def _response(self, response: Response) -> None:
+        if response.status >= 400:
+            self.failed_responses.append(f"{response.status} {response.url}")
+
+    def open(self, nav_title: str) -> None:
+        self.page.get_by_role("link", name=nav_title, exact=True).first.click()
+        self.page.wait_for_load_state("domcontentloaded")
+
+    def shot(self, name: str) -> None:
+        self.step += 1
+        self.page.screenshot(path=str(SHOTS / f"{self.step:02d}-{name}.png"), full_page=True)
+
+
+def _in_order(
+    events: list[dict[str, Any]], steps: list[tuple[str, Callable[[dict], bool]]]
+) -> None:
+    """Each step's event appears in the history after the previous step's."""
+    position = 0
+    for label, matches in steps:
+        while position < len(events) and not matches(events[position]):
+            position += 1
+        assert position < len(events), f"no '{label}' event after the previous step"
+        position += 1
+
+
+def test_a_candidates_journey_is_drawn_and_recorded(stack: Stack, browser: Browser) -> None:
+    customer = stack.scalar("SELECT min(customer_id) FROM feature_store.customer_features_online")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    journey = Journey(context.new_page())
+    page = journey.page
+
+    # The link signs in and lands on the brief.
+    page.goto(stack.candidate_url)
+    assert page.url.endswith("/brief") and "token" not in page.url
+    assert "Churn is up" in page.locator("h1").inner_text()
+    page.wait_for_function("document.getElementById('sim-now').textContent.startsWith('20')")
+    journey.shot("brief")
+
+    # A dashboard: every panel drawn, real plotly charts that answer a hover.
+    journey.open("Dashboards")
+    page.wait_for_selector("body[data-dashboard-ready='true']", timeout=WAIT_MS)
+    assert page.locator(".panel .error").count() == 0
+    assert page.locator(".panel .js-plotly-plot").count() >= 2
+    plot = page.locator(".panel .js-plotly-plot").first
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5)
+    page.wait_for_selector(".hoverlayer .hovertext, .hoverlayer .legend", timeout=5000)
+    journey.shot("dashboard")
+
+    # SQL: a query's rows, then a hostile query refused with a clear message.
+    journey.open("SQL console")
+    page.wait_for_selector(".table-node")
+    editor = page.locator("#sql")
+    editor.fill(
+        "SELECT source, count(*) AS n\nFROM serving.predictions\nGROUP BY source ORDER BY 1"
+    )
+    editor.press("Control+Enter")
+    page.wait_for_selector("#grid table tbody tr")
+    assert page.locator("#grid tbody tr").count() >= 1
+    assert (
+        page.locator("#status")
+        .inner_text()
+        .startswith(f"{page.locator('#grid tbody tr').count()} row")
+    )
+    journey.shot("sql")
+    editor.fill(HOSTILE_SQL)
+    page.locator("#run").click()
+    refusal = page.locator("#status .error")
+    refusal.wait_for()
+    assert "not allowed" in refusal.inner_text()
+    journey.shot("sql-refused")
+
+    # Logs: a free-text search.
+    journey.open("Logs")
+    page.wait_for_selector("#log-table tbody tr")
+    page.locator("#q").fill("predict")
+    page.locator("#log-form button[type=submit]").click()
+    page.wait_for_function("document.getElementById('log-status').textContent.includes(' of ')")
+    messages = page.locator("#log-table tbody td.message").all_inner_texts()
+    assert messages and all("predict" in m.lower() for m in messages[:20])
+    journey.shot("logs")
+
+    # Models: a version's training run.
+    journey.open("Models")
+    page.wait_for_selector("#model-detail tbody tr.clickable")
+    page.locator("#model-detail tbody tr.clickable").first.click()
+    version = page.locator(".version")
+    version.wait_for()
+    assert "holdout metrics" in version.inner_text().lower()
+    page.wait_for_selector("#importances.js-plotly-plot")
+    journey.shot("models")
+
+    # Retrieval playground.
+    journey.open("Retrieval")
+    page.locator("#ticket").fill("I was charged twice for my subscription this month")
+    page.locator("#search-form button[type=submit]").click()
+    page.wait_for_selector("#search-result table tbody tr")
+    assert "encoder_version" in page.locator("#search-result").inner_text()
+    journey.shot("retrieval")
+
+    # Model-server playground.
+    journey.open("Model server")
+    page.locator("#customer-id").fill(str(customer))
+    page.locator("#predict-form button[type=submit]").click()
+    result = page.locator("#predict-result")
+    result.wait_for()
+    assert '"score"' in result.inner_text()
+    journey.shot("model-server")
+
+    # The diagnosis: autosaved, then submitted.
+    journey.open("Diagnosis")
+    page.locator("textarea[name=root_cause]").fill(
+        "A feature went partly missing and the fill value is wrong."
+    )
+    page.wait_for_function(
+        "document.getElementById('save-state').textContent.startsWith('Saved')", timeout=WAIT_MS
+    )
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#submit").click()
+    page.wait_for_selector("body[data-diagnosis='submitted']")
+    journey.shot("diagnosis")
+    context.close()
+
+    # The browser saw no error beyond the refusal the journey asked for.
+    assert journey.failed_responses == [f"400 {stack.url}/api/sql"]
+    unexpected = [
+        e for e in journey.console_errors if not re.search(r"status of 400 \(Bad Request\)", e)
+    ]
+    assert unexpected == []
+
+    history = stack.history()
+    _in_order(
+        history,
+        [
+            ("brief page", lambda e: e["kind"] == "page" and e["detail"]["page"] == "brief"),
+            (
+                "dashboard page",
+                lambda e: e["kind"] == "page" and e["detail"]["page"] == "dashboards",
+            ),
+            ("panel", lambda e: e["kind"] == "panel" and "start" in e["detail"]),
+            ("sql page", lambda e: e["kind"] == "page" and e["detail"]["page"] == "sql"),
+            (
+                "query",
+                lambda e: e["kind"] == "sql" and "serving.predictions" in e["detail"]["tables"],
+            ),
+            ("hostile query", lambda e: e["kind"] == "sql" and e["detail"]["sql"] == HOSTILE_SQL),
+            (
+                "log search",
+                lambda e: e["kind"] == "log_search" and e["detail"].get("q") == "predict",
+            ),
+            (
+                "model version",
+                lambda e: e["kind"] == "service" and "runs/get" in e["detail"]["path"],
+            ),
+            ("search", lambda e: e["kind"] == "service" and e["detail"]["path"] == "search"),
+            ("predict", lambda e: e["kind"] == "service" and e["detail"]["path"] == "predict"),
+            ("diagnosis save", lambda e: e["kind"] == "diagnosis" and not e["detail"]["submitted"]),
+            ("diagnosis submit", lambda e: e["kind"] == "diagnosis" and e["detail"]["submitted"]),
+        ],
+    )
+    hostile = next(e for e in history if e["kind"] == "sql" and e["detail"]["sql"] == HOSTILE_SQL)
+    assert "not allowed" in hostile["detail"]["error"]
+    assert sorted(p.name for p in SHOTS.glob("*.png"))[:1] == ["01-brief.png"]
+
+
+def test_pages_are_readable_at_1280_by_800(stack: Stack, browser: Browser) -> None:
+    """Nothing spills sideways: every page fits the width of a laptop screen."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(stack.candidate_url)
+    for nav in pages.NAV:
+        page.goto(stack.url + nav.path)
+        page.wait_for_load_state("networkidle")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 1280, f"{nav.path} is {width}px wide"
+    context.close()
