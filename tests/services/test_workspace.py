@@ -239,3 +239,25 @@ def test_a_days_drift_report_renders_on_first_view(
     assert "drift" in reply.text.lower() and len(reply.text) > 100_000
     [event] = [e for e in _history(client, links) if e["kind"] == "report"]
     assert event["detail"] == {"report": "drift", "day": day}
+
+
+def test_a_query_is_recorded_with_the_tables_and_columns_it_read(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    sql = (
+        "WITH daily AS (SELECT request_ts::DATE AS d, p.score AS s FROM serving.predictions p "
+        "JOIN raw.customers c USING (customer_id) WHERE c.region IS NOT NULL) "
+        "SELECT d, avg(s) FROM daily GROUP BY d"
+    )
+    reply = client.post("/api/sql", json={"sql": sql}, headers=_bearer(links["candidate_token"]))
+    assert reply.status_code == 200, reply.text
+    [event] = [e for e in _history(client, links) if e["kind"] == "sql"]
+    assert event["detail"]["tables"] == ["raw.customers", "serving.predictions"]
+    assert event["detail"]["columns"] == [
+        "raw.customers.region",
+        "serving.predictions.request_ts",
+        "serving.predictions.score",
+    ]
+    assert event["detail"]["rows"] == len(reply.json()["rows"])
+    assert event["detail"]["elapsed_ms"] == reply.json()["elapsed_ms"]

@@ -131,7 +131,12 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
             detail["error"] = str(exc).splitlines()[0]
             record(who, "sql", detail)
             return JSONResponse({"error": str(exc)}, status_code=400)
-        detail.update(rows=len(result.rows), elapsed_ms=result.elapsed_ms, tables=result.tables)
+        detail.update(
+            rows=len(result.rows),
+            elapsed_ms=result.elapsed_ms,
+            tables=result.tables,
+            columns=result.columns_read,
+        )
         record(who, "sql", detail)
         return JSONResponse(
             {

@@ -40,13 +40,14 @@ class QueryResult:
     truncated: bool
     elapsed_ms: float
     tables: list[str] = field(default_factory=list)
+    columns_read: list[str] = field(default_factory=list)  # schema.table.column or schema.table.*
 
 
 def run(store: LiveTelemetry, sql: str, params: dict[str, Any] | None = None) -> QueryResult:
     """Run one candidate statement; QueryRefused or duckdb.Error with a clear message otherwise.
     A query over its time limit fails with DuckDB's interrupt error. `params` binds `$name`s."""
     statement = _single_statement(sql)
-    tables = touched_tables(store, statement)
+    tables, columns_read = touched(store, statement)
     cur = store.cursor()
     try:
         started = time.perf_counter()
@@ -62,6 +63,7 @@ def run(store: LiveTelemetry, sql: str, params: dict[str, Any] | None = None) ->
         truncated=len(rows) > ROW_CAP,
         elapsed_ms=round(elapsed, 1),
         tables=tables,
+        columns_read=columns_read,
     )
 
 
@@ -80,8 +82,10 @@ def _single_statement(sql: str) -> str:
     return sql.strip().rstrip(";")
 
 
-def touched_tables(store: LiveTelemetry, statement: str) -> list[str]:
-    """The tables a SELECT names (schema.table), refusing names outside the candidate's schemas."""
+def touched(store: LiveTelemetry, statement: str) -> tuple[list[str], list[str]]:
+    """The tables a SELECT names (schema.table) and the columns it reads (schema.table.column;
+    `*` for all), refusing table names outside the candidate's schemas. The interviewer's review
+    matches these against where the evidence is."""
     inner = EXPLAIN_PREFIX.sub("", statement)
     cur = store.con.cursor()
     try:
@@ -92,7 +96,13 @@ def touched_tables(store: LiveTelemetry, statement: str) -> list[str]:
         raise QueryRefused(tree.get("error_message") or "the console runs SELECT queries only")
     ctes: set[str] = set()
     found: list[str] = []
+    aliases: dict[str, str] = {}  # alias or bare table name -> schema.table
+    refs: list[list[str]] = []  # column references, as written ([*] for a star)
     for node in _walk(tree):
+        if node.get("class") == "COLUMN_REF":
+            refs.append([n for n in node.get("column_names", []) if n])
+        elif node.get("class") == "STAR" and not node.get("columns"):
+            refs.append([node["relation_name"], "*"] if node.get("relation_name") else ["*"])
         if node.get("cte_map"):
             ctes.update(entry["key"] for entry in node["cte_map"].get("map", []))
         path: list[str] = []
@@ -110,10 +120,34 @@ def touched_tables(store: LiveTelemetry, statement: str) -> list[str]:
                     f"unknown table {'.'.join(path)}: name tables as schema.table, with a schema "
                     f"among {', '.join(CANDIDATE_SCHEMAS)}"
                 )
-            found.append(".".join(path))
+            table = ".".join(path)
+            found.append(table)
+            aliases[node.get("alias") or path[1]] = table
         if str(node.get("function_name", "")).lower() in REFUSED_FUNCTIONS:
             raise QueryRefused(f"the function {node['function_name']} is not available")
-    return sorted(set(found))
+    tables = sorted(set(found))
+    return tables, _resolve_columns(store, tables, aliases, refs)
+
+
+def _resolve_columns(
+    store: LiveTelemetry, tables: list[str], aliases: dict[str, str], refs: list[list[str]]
+) -> list[str]:
+    """Each reference to the table(s) it can belong to; names no table has (aliases of
+    expressions, CTE columns) are dropped."""
+    columns: set[str] = set()
+    for ref in refs:
+        *qualifier, name = ref
+        if qualifier:
+            owner = aliases.get(qualifier[-1])
+            candidates = [owner] if owner else []
+        else:
+            candidates = tables
+        for table in candidates:
+            if name == "*":
+                columns.add(f"{table}.*")
+            elif name.lower() in (c.lower() for c in store.tables.get(table, [])):
+                columns.add(f"{table}.{name.lower()}")
+    return sorted(columns)
 
 
 def _walk(node: Any):

@@ -112,7 +112,16 @@ def panel_data(
     except (console.QueryRefused, duckdb.Error) as exc:
         gw.record(who, "panel", {**detail, "error": str(exc).splitlines()[0]})
         return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=400)
-    gw.record(who, "panel", {**detail, "rows": len(result.rows), "tables": result.tables})
+    gw.record(
+        who,
+        "panel",
+        {
+            **detail,
+            "rows": len(result.rows),
+            "tables": result.tables,
+            "columns": result.columns_read,
+        },
+    )
     return JSONResponse(
         {
             "columns": result.columns,
