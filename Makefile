@@ -33,6 +33,7 @@ test: $(STAMP) chromium lint
 benchmark: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.build
 	$(VENV)/bin/python -m benchmarks.stack
+	$(VENV)/bin/python -m benchmarks.workspace
 
 clean:
 	rm -rf $(VENV) worlds .pytest_cache .ruff_cache

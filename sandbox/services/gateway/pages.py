@@ -62,7 +62,12 @@ def install(app: FastAPI) -> None:
 
     @app.get(PLOTLY_URL, include_in_schema=False)
     def plotly_js() -> FileResponse:
-        return FileResponse(PLOTLY_JS, media_type="text/javascript")
+        # The version is in the URL: a browser may keep it for good.
+        return FileResponse(
+            PLOTLY_JS,
+            media_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        )
 
     app.mount(
         "/static", StaticFiles(directory=WEB / "static"), name="static"
