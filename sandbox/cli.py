@@ -6,7 +6,7 @@ import functools
 import inspect
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -317,6 +317,7 @@ def _serve(world: Path, host: str, port: int, speed: float, with_session: bool) 
             links = _create_session(world, "candidate")
             say(f"candidate:    {links['candidate_url']}")
             say(f"interviewer:  {links['interviewer_url']}")
+            say(f"operator:     {sup.url}/?token={_operator_token(world)}   (all sessions)")
         else:
             say(f"create a candidate session with: sandbox session create {world}")
         say("Ctrl-C stops every process.")
@@ -343,41 +344,140 @@ def up(
     _serve(world, host, port, speed, with_session=False)
 
 
-def _create_session(world: Path, candidate: str) -> dict[str, str]:
+def _operator_token(world: Path) -> str:
+    from sandbox.services import stack
+    from sandbox.world.layout import WorldPaths
+
+    return stack.admin_token(WorldPaths(world))
+
+
+def _gateway_call(world: Path, method: str, path: str, body: dict | None = None) -> Any:
+    """A request to the world's running gateway as its operator; exits with a clear message
+    when no stack is running or the gateway refuses."""
     import httpx
 
     from sandbox.services import stack
     from sandbox.world.layout import WorldPaths
 
-    paths = WorldPaths(world)
     try:
-        base = stack.gateway_url(paths.run)
-        reply = httpx.post(
-            base + "/api/sessions",
-            json={"candidate": candidate},
-            headers={"Authorization": f"Bearer {stack.admin_token(paths)}"},
-            timeout=10,
+        base = stack.gateway_url(WorldPaths(world).run)
+        reply = httpx.request(
+            method,
+            base + path,
+            json=body,
+            headers={"Authorization": f"Bearer {_operator_token(world)}"},
+            timeout=30,
         )
-        reply.raise_for_status()
     except (OSError, httpx.HTTPError) as exc:
         _fail(f"no running stack for {world} ({exc}); start it with: sandbox up {world}")
-    return reply.json()
+    if reply.status_code >= 400:
+        detail = (
+            reply.json().get("detail") if "json" in reply.headers.get("content-type", "") else ""
+        )
+        _fail(f"the gateway refused: {detail or reply.status_code}")
+    return reply.json() if "json" in reply.headers.get("content-type", "") else reply.text
+
+
+def _create_session(
+    world: Path, candidate: str, time_limit_min: int | None = None
+) -> dict[str, str]:
+    return _gateway_call(
+        world, "POST", "/api/sessions", {"candidate": candidate, "time_limit_min": time_limit_min}
+    )
 
 
 @session_app.command("create")
 def session_create(
     world: Path,
     candidate: Annotated[str, typer.Option("--candidate")] = "candidate",
+    time_limit: Annotated[
+        int | None, typer.Option("--time-limit", help="Minutes from the candidate's first visit.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a candidate session on the running stack; prints the candidate and interviewer links."""
-    links = _create_session(world, candidate)
+    links = _create_session(world, candidate, time_limit)
     if as_json:
         console.print_json(json.dumps(links))
         return
     print(f"session {links['session_id']} for {candidate}")
     print(f"candidate:    {links['candidate_url']}")
     print(f"interviewer:  {links['interviewer_url']}")
+
+
+@session_app.command("list")
+def session_list(world: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The sessions on the running stack, with their state."""
+    sessions = _gateway_call(world, "GET", "/api/sessions")
+    if as_json:
+        console.print_json(json.dumps(sessions))
+        return
+    for s in sessions:
+        limit = f"{s['time_limit_min']} min" if s["time_limit_min"] else "no limit"
+        print(f"{s['id']}  {s['state']:<12} {s['candidate']}  ({limit})")
+
+
+@session_app.command("revoke")
+def session_revoke(world: Path, session_id: str) -> None:
+    """End a session: its candidate and interviewer links stop working at once."""
+    done = _gateway_call(world, "POST", f"/api/sessions/{session_id}/revoke")
+    print(f"session {done['id']} ({done['candidate']}) is {done['state']}")
+
+
+@app.command("review")
+def review(
+    session_id: str,
+    export: Annotated[Path, typer.Option("--export", help="FILE.html or FILE.md")],
+    world: Annotated[Path, typer.Option("--world")] = DEFAULT_WORLD,
+) -> None:
+    """Export a session's walk-through review: timeline, evidence marks, diagnosis, answer key,
+    scores. Reads the running stack, or the world's records when it is stopped."""
+    fmt = export.suffix.lstrip(".").lower()
+    if fmt not in ("html", "md"):
+        _fail(f"{export}: export as .html or .md")
+    from sandbox.services import stack
+    from sandbox.world.layout import WorldPaths
+
+    paths = WorldPaths(world)
+    if not paths.answer_key.is_file():
+        _fail(f"{world} is not a built world")
+    if (paths.run / stack.STACK_FILE).is_file() and _stack_answers(world):
+        text = _gateway_call(world, "GET", f"/api/sessions/{session_id}/export.{fmt}")
+    else:
+        text = _offline_review(paths, session_id, fmt)
+    export.write_text(text)
+    print(f"wrote {export}")
+
+
+def _stack_answers(world: Path) -> bool:
+    import httpx
+
+    from sandbox.services import stack
+    from sandbox.world.layout import WorldPaths
+
+    try:
+        base = stack.gateway_url(WorldPaths(world).run)
+        return httpx.get(base + "/-/health", timeout=3).status_code in (200, 503)
+    except (OSError, httpx.HTTPError, ValueError, KeyError):
+        return False
+
+
+def _offline_review(paths: Any, session_id: str, fmt: str) -> str:
+    from sandbox.review import export as review_export
+    from sandbox.services.gateway.interviewer import gather_review
+    from sandbox.services.gateway.sessions import SESSIONS_FILE, SessionStore
+
+    if not (paths.interviewer / SESSIONS_FILE).is_file():
+        _fail("no sessions were recorded for this world")
+    store = SessionStore(paths.interviewer, json.loads(paths.answer_key.read_text()))
+    try:
+        session = store.get(session_id)
+        if session is None:
+            _fail(f"no session {session_id}")
+        data = gather_review(store, json.loads(paths.answer_key.read_text()), session)
+    finally:
+        store.close()
+    return review_export.to_html(data) if fmt == "html" else review_export.to_markdown(data)
 
 
 @app.command("demo")

@@ -3,6 +3,7 @@ client on a frozen clock (no other service running), and candidate sessions."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Iterator
 
@@ -27,16 +28,19 @@ def _cleanup(paths: WorldPaths) -> None:
         (paths.interviewer / name).unlink(missing_ok=True)
 
 
-@pytest.fixture
-def paths(faulty_world: BuildSummary) -> Iterator[WorldPaths]:
-    paths = WorldPaths(faulty_world.root)
+@contextlib.contextmanager
+def world_paths(built: BuildSummary) -> Iterator[WorldPaths]:
+    """A shared world with no run state or sessions before and after."""
+    paths = WorldPaths(built.root)
     _cleanup(paths)
-    yield paths
-    _cleanup(paths)
+    try:
+        yield paths
+    finally:
+        _cleanup(paths)
 
 
-@pytest.fixture
-def client(paths: WorldPaths) -> Iterator[TestClient]:
+@contextlib.contextmanager
+def gateway_client(paths: WorldPaths) -> Iterator[TestClient]:
     """The gateway on a clock standing at the start of live time; its model server is down."""
     calendar = scenario.load(paths.scenario).world.calendar()
     SimClock.starting(calendar, speed=FROZEN).save(paths.run)
@@ -46,14 +50,34 @@ def client(paths: WorldPaths) -> Iterator[TestClient]:
         yield c
 
 
-@pytest.fixture
-def make_session(client: TestClient, paths: WorldPaths) -> MakeSession:
-    """Creates a session as the operator; returns its links and tokens."""
+def session_maker(client: TestClient, paths: WorldPaths) -> MakeSession:
+    """Creates sessions as the operator; each call returns a session's links and tokens."""
 
-    def make(candidate: str = "ada") -> dict[str, str]:
+    def make(candidate: str = "ada", time_limit_min: int | None = None) -> dict[str, str]:
         admin = {"Authorization": f"Bearer {stack.admin_token(paths)}"}
-        reply = client.post("/api/sessions", json={"candidate": candidate}, headers=admin)
+        reply = client.post(
+            "/api/sessions",
+            json={"candidate": candidate, "time_limit_min": time_limit_min},
+            headers=admin,
+        )
         assert reply.status_code == 200, reply.text
         return reply.json()
 
     return make
+
+
+@pytest.fixture
+def paths(faulty_world: BuildSummary) -> Iterator[WorldPaths]:
+    with world_paths(faulty_world) as paths:
+        yield paths
+
+
+@pytest.fixture
+def client(paths: WorldPaths) -> Iterator[TestClient]:
+    with gateway_client(paths) as c:
+        yield c
+
+
+@pytest.fixture
+def make_session(client: TestClient, paths: WorldPaths) -> MakeSession:
+    return session_maker(client, paths)

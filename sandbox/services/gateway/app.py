@@ -24,10 +24,10 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
-from sandbox.services.gateway import console, pages, workspace
-from sandbox.services.gateway.auth import Auth, Caller
-from sandbox.services.gateway.sessions import Session, SessionStore
-from sandbox.services.gateway.state import Gateway
+from sandbox.services.gateway import console, interviewer, pages, workspace
+from sandbox.services.gateway.auth import Auth
+from sandbox.services.gateway.sessions import SessionStore
+from sandbox.services.gateway.state import Gateway, shown_rows
 from sandbox.services.gateway.telemetry import LiveTelemetry
 
 INGEST_INTERVAL_S = 0.5
@@ -50,10 +50,6 @@ HOP_HEADERS = {
 
 class SqlRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000)
-
-
-class SessionRequest(BaseModel):
-    candidate: str = Field("candidate", min_length=1, max_length=200)
 
 
 def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = None) -> FastAPI:
@@ -93,9 +89,10 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
     app.state.store = store
     app.state.sessions = sessions
     app.state.admin_token = admin_token
-    app.state.gateway = gw = Gateway(ctx, store, sessions, addresses)
+    app.state.gateway = gw = Gateway(ctx, store, sessions, addresses, answer_key)
     record = gw.record
     app.include_router(workspace.router)
+    app.include_router(interviewer.router)
     pages.install(app)
 
     @app.get("/-/health")
@@ -137,7 +134,7 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
             tables=result.tables,
             columns=result.columns_read,
         )
-        record(who, "sql", detail)
+        record(who, "sql", detail, shown_rows(result.columns, result.rows))
         return JSONResponse(
             {
                 "columns": result.columns,
@@ -146,32 +143,6 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
                 "elapsed_ms": result.elapsed_ms,
             }
         )
-
-    @app.post("/api/sessions")
-    def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[str, str]:
-        if who.role != "admin":
-            raise HTTPException(403, "only the stack's operator creates sessions")
-        session = sessions.create(body.candidate)
-        base = str(request.base_url).rstrip("/")
-        return _links(session, base)
-
-    def interviewer_of(session_id: str, who: Caller) -> Session:
-        session = sessions.get(session_id)
-        if session is None:
-            raise HTTPException(404, f"no session {session_id}")
-        if who.role == "admin" or (who.role == "interviewer" and who.session_id == session_id):
-            return session
-        raise HTTPException(403, "interviewers only")
-
-    @app.get("/api/sessions/{session_id}/history")
-    def history(session_id: str, who: Auth) -> list[dict[str, Any]]:
-        interviewer_of(session_id, who)
-        return sessions.history(session_id)
-
-    @app.get("/api/sessions/{session_id}/answer-key")
-    def answer(session_id: str, who: Auth) -> dict[str, Any]:
-        interviewer_of(session_id, who)
-        return answer_key
 
     @app.api_route(
         "/services/{name}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -227,16 +198,6 @@ def _streamed(reply: httpx.Response, headers: dict[str, str]) -> Response:
         headers=headers,
         background=BackgroundTask(reply.aclose),
     )
-
-
-def _links(session: Session, base: str) -> dict[str, str]:
-    return {
-        "session_id": session.id,
-        "candidate_url": f"{base}/?token={session.candidate_token}",
-        "interviewer_url": f"{base}/?token={session.interviewer_token}",
-        "candidate_token": session.candidate_token,
-        "interviewer_token": session.interviewer_token,
-    }
 
 
 def main() -> None:

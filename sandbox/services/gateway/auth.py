@@ -33,6 +33,10 @@ def caller(request: Request) -> Caller:
     if found is None:
         raise HTTPException(401, "sign in with your session link (or a Bearer token)")
     session, role = found
+    if role == "candidate" and request.app.state.sessions.state(session) == "expired":
+        raise HTTPException(
+            403, "this session's time is up; everything you did until then is saved"
+        )
     return Caller(role=role, session_id=session.id)
 
 

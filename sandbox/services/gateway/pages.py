@@ -89,13 +89,13 @@ def install(app: FastAPI) -> None:
         if request.query_params.get("token"):
             return sign_in(request)
         try:
-            caller(request)
+            who = caller(request)
         except HTTPException:
             html = templates.get_template("welcome.html.j2").render(
                 nav=(), world=_world_name(request)
             )
             return HTMLResponse(html)
-        return RedirectResponse("/brief", status_code=303)
+        return RedirectResponse("/brief" if who.is_candidate else "/interviewer", status_code=303)
 
     @app.get("/brief", response_class=HTMLResponse)
     def brief(request: Request, who: Auth) -> HTMLResponse:
@@ -148,6 +148,21 @@ def _page(
         world=_world_name(request),
         role=who.role,
         plotly_url=PLOTLY_URL,
+        **context,
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+INTERVIEWER_NAV = (Page("sessions", "Sessions", "/interviewer"),)
+
+
+def interviewer_page(request: Request, name: str, **context: Any) -> HTMLResponse:
+    """An interviewer page (not recorded: the history is the candidate's)."""
+    html = templates.get_template(f"interviewer-{name}.html.j2").render(
+        nav=INTERVIEWER_NAV,
+        active="sessions",
+        world=_world_name(request),
+        interviewer=True,
         **context,
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})

@@ -3,6 +3,8 @@ interviewer half of the world directory.
 
 Every request a candidate makes through the gateway becomes an event; an event is tagged with the
 answer-key evidence it touched, so the interviewer's replay can show when evidence was first seen.
+A session is "not started" until its candidate first opens the workspace, then "active" until the
+diagnosis is submitted, its time limit passes ("expired") or an interviewer revokes it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any
 
 import duckdb
 
+from sandbox.review import evidence
+
 SESSIONS_FILE = "sessions.duckdb"
+STATES = ("not started", "active", "submitted", "expired", "revoked")
 
 
 class DiagnosisClosed(RuntimeError):
@@ -44,131 +49,191 @@ class Session:
     candidate_token: str
     interviewer_token: str
     created_at: dt.datetime
+    time_limit_min: int | None = None
 
 
 class SessionStore:
     def __init__(self, interviewer_dir: Path, answer_key: dict[str, Any]) -> None:
         self.con = duckdb.connect(str(interviewer_dir / SESSIONS_FILE))
         self._lock = threading.Lock()
-        self._tokens: dict[str, tuple[Session, str]] = {}  # sessions never change once made
+        self._tokens: dict[str, tuple[Session, str]] = {}
+        # Kept in memory so that every request can check its session's state without a query.
+        self._started: dict[str, dt.datetime] = {}
+        self._closed: dict[str, str] = {}  # session id -> "submitted" | "revoked"
         self.evidence = [e for key in answer_key.get("faults", []) for e in key["evidence"]]
-        self.con.execute(
+        for ddl in (
             "CREATE TABLE IF NOT EXISTS sessions (id VARCHAR PRIMARY KEY, candidate VARCHAR, "
             "candidate_token VARCHAR UNIQUE, interviewer_token VARCHAR UNIQUE, "
-            "created_at TIMESTAMP)"
-        )
-        self.con.execute(
-            "CREATE TABLE IF NOT EXISTS events (session_id VARCHAR, ts TIMESTAMP, "
-            "sim_ts TIMESTAMP, kind VARCHAR, detail JSON, evidence VARCHAR[])"
-        )
-        # When the candidate first opened the workspace: the session timer counts from here.
-        self.con.execute(
-            "CREATE TABLE IF NOT EXISTS starts (session_id VARCHAR PRIMARY KEY, ts TIMESTAMP)"
-        )
-        self.con.execute(
+            "created_at TIMESTAMP, time_limit_min INTEGER)",
+            "CREATE SEQUENCE IF NOT EXISTS event_seq",
+            "CREATE TABLE IF NOT EXISTS events (seq BIGINT DEFAULT nextval('event_seq'), "
+            "session_id VARCHAR, ts TIMESTAMP, sim_ts TIMESTAMP, kind VARCHAR, detail JSON, "
+            "evidence VARCHAR[])",
+            # When the candidate first opened the workspace: the session timer counts from here.
+            "CREATE TABLE IF NOT EXISTS starts (session_id VARCHAR PRIMARY KEY, ts TIMESTAMP)",
+            "CREATE TABLE IF NOT EXISTS revoked (session_id VARCHAR PRIMARY KEY, ts TIMESTAMP)",
             "CREATE TABLE IF NOT EXISTS diagnoses (session_id VARCHAR, version INTEGER, "
-            "ts TIMESTAMP, fields JSON, submitted BOOLEAN, PRIMARY KEY (session_id, version))"
-        )
+            "ts TIMESTAMP, fields JSON, submitted BOOLEAN, PRIMARY KEY (session_id, version))",
+            "CREATE TABLE IF NOT EXISTS scores (session_id VARCHAR, dimension VARCHAR, "
+            "level INTEGER, note VARCHAR, ts TIMESTAMP, PRIMARY KEY (session_id, dimension))",
+        ):
+            self.con.execute(ddl)
+        self._started = dict(self.con.execute("SELECT session_id, ts FROM starts").fetchall())
+        for (sid,) in self.con.execute(
+            "SELECT DISTINCT session_id FROM diagnoses WHERE submitted"
+        ).fetchall():
+            self._closed[sid] = "submitted"
+        for (sid,) in self.con.execute("SELECT session_id FROM revoked").fetchall():
+            self._closed[sid] = "revoked"
 
-    def create(self, candidate: str) -> Session:
+    def create(self, candidate: str, time_limit_min: int | None = None) -> Session:
         session = Session(
             id=uuid.uuid4().hex[:12],
             candidate=candidate,
             candidate_token=secrets.token_urlsafe(24),
             interviewer_token=secrets.token_urlsafe(24),
             created_at=_utcnow(),
+            time_limit_min=time_limit_min,
         )
         with self._lock:
             self.con.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     session.id,
                     session.candidate,
                     session.candidate_token,
                     session.interviewer_token,
                     session.created_at,
+                    session.time_limit_min,
                 ],
             )
         return session
 
     def by_token(self, token: str) -> tuple[Session, str] | None:
-        """The session a token belongs to and the role it grants ("candidate"/"interviewer")."""
-        if token in self._tokens:
-            return self._tokens[token]
-        with self._lock:
-            rows = self.con.execute(
-                "SELECT *, CASE WHEN candidate_token = ? THEN 'candidate' ELSE 'interviewer' END "
-                "FROM sessions WHERE candidate_token = ? OR interviewer_token = ?",
-                [token, token, token],
-            ).fetchall()
-        if not rows:
+        """The session a token belongs to and the role it grants ("candidate"/"interviewer");
+        None for an unknown token or a revoked session's."""
+        found = self._tokens.get(token)
+        if found is None:
+            with self._lock:
+                rows = self.con.execute(
+                    "SELECT *, CASE WHEN candidate_token = ? THEN 'candidate' "
+                    "ELSE 'interviewer' END FROM sessions "
+                    "WHERE candidate_token = ? OR interviewer_token = ?",
+                    [token, token, token],
+                ).fetchall()
+            if not rows:
+                return None
+            *fields, role = rows[0]
+            found = self._tokens[token] = (Session(*fields), role)
+        if self._closed.get(found[0].id) == "revoked":
             return None
-        *fields, role = rows[0]
-        self._tokens[token] = (Session(*fields), role)
-        return self._tokens[token]
+        return found
 
     def get(self, session_id: str) -> Session | None:
         with self._lock:
             rows = self.con.execute("SELECT * FROM sessions WHERE id = ?", [session_id]).fetchall()
         return Session(*rows[0]) if rows else None
 
-    def record(
-        self, session_id: str, sim_ts: dt.datetime, kind: str, detail: dict[str, Any]
-    ) -> None:
-        evidence = self.evidence_touched(detail)
+    def all(self) -> list[Session]:
+        with self._lock:
+            rows = self.con.execute("SELECT * FROM sessions ORDER BY created_at").fetchall()
+        return [Session(*row) for row in rows]
+
+    def state(self, session: Session, now: dt.datetime | None = None) -> str:
+        """One of STATES. `now` is wall time (UTC): a time limit is the interview's, not the
+        simulation's."""
+        closed = self._closed.get(session.id)
+        if closed:
+            return closed
+        started = self._started.get(session.id)
+        if started is None:
+            return "not started"
+        if session.time_limit_min is not None:
+            deadline = started + dt.timedelta(minutes=session.time_limit_min)
+            if (now or _utcnow()) >= deadline:
+                return "expired"
+        return "active"
+
+    def revoke(self, session_id: str) -> None:
+        """End a session: its tokens stop working at once."""
         with self._lock:
             self.con.execute(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    session_id,
-                    _utcnow(),
-                    sim_ts,
-                    kind,
-                    json.dumps(detail, default=str),
-                    evidence,
-                ],
+                "INSERT INTO revoked VALUES (?, ?) ON CONFLICT DO NOTHING", [session_id, _utcnow()]
+            )
+            self._closed[session_id] = "revoked"
+
+    def record(
+        self,
+        session_id: str,
+        sim_ts: dt.datetime,
+        kind: str,
+        detail: dict[str, Any],
+        shown: evidence.Shown = (),
+    ) -> None:
+        """Append an event, tagged with the evidence it touched; durable when this returns."""
+        touched = evidence.touched(self.evidence, kind, detail, list(shown))
+        with self._lock:
+            self.con.execute(
+                "INSERT INTO events (session_id, ts, sim_ts, kind, detail, evidence) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [session_id, _utcnow(), sim_ts, kind, json.dumps(detail, default=str), touched],
             )
 
     def started(self, session_id: str) -> dt.datetime:
         """When the candidate first opened the workspace (now, on the first call)."""
+        if session_id in self._started:
+            return self._started[session_id]
         with self._lock:
             self.con.execute(
                 "INSERT INTO starts VALUES (?, ?) ON CONFLICT DO NOTHING", [session_id, _utcnow()]
             )
-            return self.con.execute(
+            ts = self.con.execute(
                 "SELECT ts FROM starts WHERE session_id = ?", [session_id]
             ).fetchall()[0][0]
+        self._started[session_id] = ts
+        return ts
 
-    def history(self, session_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+    def started_at(self, session_id: str) -> dt.datetime | None:
+        return self._started.get(session_id)
+
+    def history(
+        self, session_id: str, kind: str | None = None, after: int = 0
+    ) -> list[dict[str, Any]]:
+        """Events oldest first; `after` (a `seq`) returns only newer ones, for a live view."""
         with self._lock:
             rows = self.con.execute(
-                "SELECT ts, sim_ts, kind, detail, evidence FROM events WHERE session_id = ? "
-                "AND (?::VARCHAR IS NULL OR kind = ?) ORDER BY ts, rowid",
-                [session_id, kind, kind],
+                "SELECT seq, ts, sim_ts, kind, detail, evidence FROM events "
+                "WHERE session_id = ? AND (?::VARCHAR IS NULL OR kind = ?) AND seq > ? "
+                "ORDER BY seq",
+                [session_id, kind, kind, after],
             ).fetchall()
         return [
             {
+                "seq": seq,
                 "ts": ts.isoformat(),
                 "sim_ts": sim_ts.isoformat() if sim_ts else None,
                 "kind": kind,
                 "detail": json.loads(detail),
                 "evidence": list(evidence or []),
             }
-            for ts, sim_ts, kind, detail, evidence in rows
+            for seq, ts, sim_ts, kind, detail, evidence in rows
         ]
 
     def diagnosis(self, session_id: str) -> Diagnosis | None:
         """The latest saved version of the session's diagnosis."""
+        versions = self.diagnoses(session_id, latest_only=True)
+        return versions[0] if versions else None
+
+    def diagnoses(self, session_id: str, latest_only: bool = False) -> list[Diagnosis]:
+        """Every saved version, oldest first (or only the latest)."""
+        order = "DESC LIMIT 1" if latest_only else "ASC"
         with self._lock:
             rows = self.con.execute(
                 "SELECT version, ts, fields, submitted FROM diagnoses WHERE session_id = ? "
-                "ORDER BY version DESC LIMIT 1",
+                f"ORDER BY version {order}",
                 [session_id],
             ).fetchall()
-        if not rows:
-            return None
-        version, ts, fields, submitted = rows[0]
-        return Diagnosis(version, ts, json.loads(fields), submitted)
+        return [Diagnosis(v, ts, json.loads(fields), sub) for v, ts, fields, sub in rows]
 
     def save_diagnosis(
         self, session_id: str, fields: dict[str, str], submit: bool = False
@@ -176,46 +241,38 @@ class SessionStore:
         """A new version, unless nothing changed; DiagnosisClosed once submitted."""
         with self._lock:
             rows = self.con.execute(
-                "SELECT version, fields, submitted FROM diagnoses WHERE session_id = ? "
+                "SELECT version, ts, fields, submitted FROM diagnoses WHERE session_id = ? "
                 "ORDER BY version DESC LIMIT 1",
                 [session_id],
             ).fetchall()
-            version, previous, submitted = rows[0] if rows else (0, None, False)
+            version, ts, previous, submitted = rows[0] if rows else (0, None, None, False)
             if submitted:
                 raise DiagnosisClosed("the diagnosis was submitted; it can no longer change")
             if previous is not None and json.loads(previous) == fields and not submit:
-                ts = self.con.execute(
-                    "SELECT ts FROM diagnoses WHERE session_id = ? AND version = ?",
-                    [session_id, version],
-                ).fetchall()[0][0]
                 return Diagnosis(version, ts, fields, False)
             saved = Diagnosis(version + 1, _utcnow(), fields, submit)
             self.con.execute(
                 "INSERT INTO diagnoses VALUES (?, ?, ?, ?, ?)",
                 [session_id, saved.version, saved.ts, json.dumps(fields), submit],
             )
+            if submit:
+                self._closed[session_id] = "submitted"
         return saved
 
-    def evidence_touched(self, detail: dict[str, Any]) -> list[str]:
-        """Evidence a recorded request reached: a queried table.column, metric, log or changelog."""
-        tables = set(detail.get("tables", []))
-        text = str(detail.get("sql", "")).lower()
-        found = []
-        for e in self.evidence:
-            ref = e["ref"]
-            kind = e["kind"]
-            if kind == "table_column":
-                table, _, column = ref.rpartition(".")
-                hit = table in tables and (column.lower() in text or "*" in text)
-            elif kind == "metric":
-                hit = "telemetry.metrics" in tables and ref.split("{")[0].lower() in text
-            elif kind == "log_pattern":
-                hit = "telemetry.logs" in tables
-            else:
-                hit = "ops.changelog" in tables
-            if hit:
-                found.append(e["id"])
-        return found
+    def scores(self, session_id: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self.con.execute(
+                "SELECT dimension, level, note, ts FROM scores WHERE session_id = ?",
+                [session_id],
+            ).fetchall()
+        return {d: {"level": lvl, "note": note, "ts": ts.isoformat()} for d, lvl, note, ts in rows}
+
+    def save_score(self, session_id: str, dimension: str, level: int | None, note: str) -> None:
+        with self._lock:
+            self.con.execute(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
+                [session_id, dimension, level, note, _utcnow()],
+            )
 
     def close(self) -> None:
         self.con.close()

@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.review.evidence import Shown
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway.auth import Caller
@@ -20,6 +21,7 @@ class Gateway:
     store: LiveTelemetry
     sessions: SessionStore
     addresses: dict[str, stack.ServiceAddress]
+    answer_key: dict[str, Any]  # interviewer-only: never in a candidate's response
     _schema: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -27,11 +29,13 @@ class Gateway:
         """The first production day: where the dashboards' whole-history range begins."""
         return self.ctx.calendar.midnight(1)
 
-    def record(self, who: Caller, kind: str, detail: dict[str, Any]) -> None:
+    def record(self, who: Caller, kind: str, detail: dict[str, Any], shown: Shown = ()) -> None:
         """Add an event to the caller's session history (candidates only: an interviewer
-        previewing the workspace leaves no trace in it). Returns once it is durable."""
+        previewing the workspace leaves no trace in it). Returns once it is durable.
+        `shown` is what the event put in front of the candidate, for evidence tagging."""
         if who.is_candidate:
-            self.sessions.record(who.session_id, self.ctx.now(), kind, detail)
+            self.sessions.started(who.session_id)  # the first action starts the session timer
+            self.sessions.record(who.session_id, self.ctx.now(), kind, detail, shown)
 
     def time_range(
         self, start: dt.datetime | None, end: dt.datetime | None
@@ -78,3 +82,15 @@ def _naive(value: dt.datetime | None) -> dt.datetime | None:
     if value is None or value.tzinfo is None:
         return value
     return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def shown_rows(columns: list[str], rows: list[list[Any]]) -> Shown:
+    """Result rows as evidence lines, dated by their `ts` column when they have one."""
+    ts_at = columns.index("ts") if "ts" in columns else None
+    return [
+        (
+            str(row[ts_at]) if ts_at is not None and row[ts_at] is not None else None,
+            " | ".join("" if v is None else str(v) for v in row),
+        )
+        for row in rows
+    ]

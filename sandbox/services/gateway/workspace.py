@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import duckdb
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -22,7 +22,7 @@ from sandbox.monitor.reports import report_path
 from sandbox.services.gateway import console, dashboards
 from sandbox.services.gateway.auth import Auth, CandidateAuth
 from sandbox.services.gateway.sessions import DiagnosisClosed
-from sandbox.services.gateway.state import Gateway
+from sandbox.services.gateway.state import Gateway, shown_rows
 
 router = APIRouter()
 
@@ -198,7 +198,8 @@ def logs(
         gw.record(
             who,
             "log_search",
-            {k: v for k, v in search.items() if v is not None} | {"tables": ["telemetry.logs"]},
+            {k: v for k, v in search.items() if v is not None} | {"rows": len(rows)},
+            [(ts.isoformat(), " ".join(str(v) for v in rest)) for ts, *rest in rows],
         )
     return {
         "total": total[0][0],
@@ -226,7 +227,12 @@ def changelog(request: Request, who: Auth) -> list[dict[str, Any]]:
         gw.store,
         "SELECT ts, kind, service, title, body, author FROM ops.changelog ORDER BY ts DESC",
     )
-    gw.record(who, "changelog", {"entries": len(result.rows), "tables": ["ops.changelog"]})
+    gw.record(
+        who,
+        "changelog",
+        {"entries": len(result.rows), "tables": ["ops.changelog"]},
+        shown_rows(result.columns, result.rows),
+    )
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
 
@@ -268,6 +274,20 @@ async def _render_report(gw: Gateway, day: dt.date) -> None:
     if child.returncode != 0:
         gw.ctx.log("error", "report_failed", f"drift report for {day} failed to render")
         raise HTTPException(500, f"the drift report for {day} could not be rendered")
+
+
+class ClientEvent(BaseModel):
+    """What only the browser sees: a paste into the diagnosis, time away from the tab."""
+
+    kind: Literal["paste", "away"]
+    field: Literal[DIAGNOSIS_FIELDS] | None = None  # type: ignore[valid-type]
+    chars: int = Field(0, ge=0, le=10_000_000)
+    seconds: float = Field(0, ge=0, le=86_400)
+
+
+@router.post("/api/events", status_code=204)
+def client_event(body: ClientEvent, request: Request, who: CandidateAuth) -> None:
+    gateway(request).record(who, body.kind, body.model_dump(exclude_none=True, exclude={"kind"}))
 
 
 @router.get("/api/diagnosis")

@@ -118,6 +118,19 @@ const sandbox = (() => {
     setInterval(tick, 1000);
   }
 
+  // Time away from the workspace tab is an integrity signal for the interviewer, never a verdict.
+  const AWAY_MIN_S = 30;
+  let hiddenAt = null;
+  if (document.body.dataset.role === "candidate") {
+    document.addEventListener("visibilitychange", () => {
+      if (document.hidden) { hiddenAt = Date.now(); return; }
+      if (hiddenAt === null) return;
+      const seconds = (Date.now() - hiddenAt) / 1000;
+      hiddenAt = null;
+      if (seconds >= AWAY_MIN_S) api("/api/events", { json: { kind: "away", seconds } }).catch(() => {});
+    });
+  }
+
   function onClock(f) { clockListeners.push(f); if (clock) f(clock); }
   function clockInfo() { return clock; }
 

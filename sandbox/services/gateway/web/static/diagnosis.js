@@ -45,6 +45,10 @@
     timer = setTimeout(save, AUTOSAVE_MS);
   });
   form.addEventListener("focusout", save);
+  form.addEventListener("paste", (e) => {
+    const chars = (e.clipboardData && e.clipboardData.getData("text") || "").length;
+    if (chars) api("/api/events", { json: { kind: "paste", field: e.target.name, chars } }).catch(() => {});
+  });
   window.addEventListener("beforeunload", (e) => { if (dirty) { save(); e.preventDefault(); } });
 
   submitButton.addEventListener("click", async () => {

@@ -1,0 +1,79 @@
+"""Which answer-key evidence a recorded event touched.
+
+An event touches evidence when the candidate actually had it in front of them, inside the
+evidence's time window:
+- a table column: a query or panel read that column (or `*` of its table);
+- a metric: a query or panel over `telemetry.metrics` named the metric or returned rows of it;
+- a log pattern: a log search or query returned a line matching the pattern, dated in the window;
+- a changelog entry: the changelog page, or a query that returned the entry.
+
+Events carry what they showed as `Shown` lines: (ISO timestamp or None, text).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+Shown = list[tuple[str | None, str]]
+QUERY_KINDS = {"sql", "panel"}
+
+
+def touched(
+    evidence: list[dict[str, Any]], kind: str, detail: dict[str, Any], shown: Shown
+) -> list[str]:
+    """The ids of the evidence entries this event touched."""
+    return [e["id"] for e in evidence if _touches(e, kind, detail, shown)]
+
+
+def _touches(e: dict[str, Any], kind: str, detail: dict[str, Any], shown: Shown) -> bool:
+    start, end = _window(e)
+    if not _overlaps(detail, start, end):
+        return False
+    ref = e["ref"]
+    tables = set(detail.get("tables", []))
+    text = str(detail.get("sql", "")).lower()
+    if e["kind"] == "table_column":
+        if kind not in QUERY_KINDS:
+            return False
+        table = ref.rpartition(".")[0]
+        columns = set(detail.get("columns", []))
+        return ref in columns or f"{table}.*" in columns
+    if e["kind"] == "metric":
+        name = ref.split("{")[0]
+        return (
+            kind in QUERY_KINDS
+            and "telemetry.metrics" in tables
+            and (name.lower() in text or any(name in line for _, line in shown))
+        )
+    if e["kind"] == "log_pattern":
+        if kind not in QUERY_KINDS | {"log_search"}:
+            return False
+        pattern = re.compile(ref)
+        return any(
+            pattern.search(line) and (ts is None or start <= _day(ts) <= end) for ts, line in shown
+        )
+    if e["kind"] == "changelog":
+        if kind == "changelog" or (kind in QUERY_KINDS and "ops.changelog" in tables):
+            return any(ref in line for _, line in shown)
+        return False
+    return False
+
+
+def _window(e: dict[str, Any]) -> tuple[dt.date, dt.date]:
+    return dt.date.fromisoformat(str(e["window_start"])), dt.date.fromisoformat(
+        str(e["window_end"])
+    )
+
+
+def _overlaps(detail: dict[str, Any], start: dt.date, end: dt.date) -> bool:
+    """A time-ranged view (a panel, a log search) must cover part of the window; a query is
+    taken to cover whatever it selected."""
+    if "start" not in detail or "end" not in detail:
+        return True
+    return _day(detail["start"]) <= end and _day(detail["end"]) >= start
+
+
+def _day(iso: str) -> dt.date:
+    return dt.date.fromisoformat(str(iso)[:10])

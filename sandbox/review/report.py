@@ -1,0 +1,239 @@
+"""The walk-through review of one session, as plain data: the timeline with idle stretches
+compressed, per planted fault when its evidence was first touched and whether the diagnosis names
+it, the dead ends, the diagnosis versions with their changes, the rubric and the probes.
+
+Pure functions over what the gateway recorded; the pages and the exports draw the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+from typing import Any
+
+from sandbox.review import rubric
+
+IDLE_GAP_S = 180  # a pause longer than this is shown compressed
+DEAD_END_EVENTS = 6  # this many reads in a row that touch no evidence make a dead end
+EXPLORING = {"sql", "panel", "log_search", "service", "changelog", "report"}
+DIAGNOSIS_FIELDS = ("root_cause", "evidence", "fix", "ship_first", "next_experiment")
+GENERIC_PROBES = (
+    "What is the next experiment you would run, and what result would change your mind?",
+    "What would you ship first, and how would you know it worked?",
+    "What would you monitor so this cannot happen silently again?",
+)
+
+
+def build(
+    session: dict[str, Any],
+    history: list[dict[str, Any]],
+    diagnoses: list[dict[str, Any]],
+    answer_key: dict[str, Any],
+    scores: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """`session`: id, candidate, state, created_at, started_at (ISO, may be None); `history`:
+    the recorded events oldest first; `diagnoses`: version, ts, fields, submitted."""
+    start = _start(session, history)
+    timeline = _timeline(history, start)
+    final = diagnoses[-1]["fields"] if diagnoses else dict.fromkeys(DIAGNOSIS_FIELDS, "")
+    return {
+        "session": session,
+        "timeline": timeline,
+        "faults": [_fault(key, timeline, final) for key in answer_key.get("faults", [])],
+        "decoys": answer_key.get("decoys", []),
+        "dead_ends": _dead_ends(timeline),
+        "diagnosis": {"final": final, "versions": _versions(diagnoses, start)},
+        "counts": _counts(timeline),
+        "rubric": {
+            "dimensions": rubric.as_json(),
+            "levels": {str(k): v for k, v in rubric.LEVELS.items()},
+            "scores": scores,
+            "summary": rubric.summary(scores),
+        },
+        "probes": [p for key in answer_key.get("faults", []) for p in key.get("probes", [])]
+        + list(GENERIC_PROBES),
+    }
+
+
+def _start(session: dict[str, Any], history: list[dict[str, Any]]) -> dt.datetime | None:
+    if session.get("started_at"):
+        return _ts(session["started_at"])
+    return _ts(history[0]["ts"]) if history else None
+
+
+def _ts(iso: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(iso.rstrip("Z"))
+
+
+def _timeline(history: list[dict[str, Any]], start: dt.datetime | None) -> list[dict[str, Any]]:
+    items = []
+    previous: dt.datetime | None = None
+    for event in history:
+        ts = _ts(event["ts"])
+        gap = (ts - previous).total_seconds() if previous else 0.0
+        items.append(
+            {
+                **event,
+                "offset_s": round((ts - start).total_seconds(), 1) if start else 0.0,
+                "idle_before_s": round(gap) if gap > IDLE_GAP_S else 0,
+                "summary": summarize(event),
+            }
+        )
+        previous = ts
+    return items
+
+
+def summarize(event: dict[str, Any]) -> str:
+    """One line a person reads in the timeline."""
+    d = event["detail"]
+    kind = event["kind"]
+    if kind == "page":
+        return f"opened {d.get('dashboard') or d.get('page')}"
+    if kind == "panel":
+        return f"panel {d['dashboard']}/{d['panel']} · {d['start'][:16]} → {d['end'][:16]}"
+    if kind == "sql":
+        first = " ".join(str(d.get("sql", "")).split())[:160]
+        outcome = f"error: {d['error']}" if d.get("error") else f"{d.get('rows', 0)} rows"
+        return f"{first} · {outcome}"
+    if kind == "log_search":
+        filters = ", ".join(f"{k}={d[k]}" for k in ("service", "level", "q") if d.get(k))
+        return f"log search {filters or '(all)'} · {d.get('rows', 0)} lines"
+    if kind == "service":
+        return f"{d.get('method')} {d.get('service')}/{d.get('path')} → {d.get('status')}"
+    if kind == "diagnosis":
+        return (
+            f"diagnosis {'submitted' if d.get('submitted') else 'saved'} (version {d['version']})"
+        )
+    if kind == "report":
+        return f"opened the {d.get('report')} report of {d.get('day')}"
+    if kind == "changelog":
+        return "read the changelog"
+    if kind == "paste":
+        return f"pasted {d.get('chars', 0)} characters into {d.get('field', 'the diagnosis')}"
+    if kind == "away":
+        return f"left the workspace tab for {round(float(d.get('seconds', 0)))} s"
+    return kind
+
+
+def _fault(
+    key: dict[str, Any], timeline: list[dict[str, Any]], final: dict[str, str]
+) -> dict[str, Any]:
+    first_seen: dict[str, dict[str, Any]] = {}
+    for item in timeline:
+        for evidence_id in item["evidence"]:
+            first_seen.setdefault(evidence_id, item)
+    evidence = []
+    for e in key["evidence"]:
+        hit = first_seen.get(e["id"])
+        evidence.append(
+            {
+                **e,
+                "first_seq": hit["seq"] if hit else None,
+                "first_offset_s": hit["offset_s"] if hit else None,
+            }
+        )
+    offsets = [e["first_offset_s"] for e in evidence if e["first_offset_s"] is not None]
+    mentions = diagnosis_mentions(key, final)
+    return {
+        "fault_id": key["fault_id"],
+        "title": key["title"],
+        "root_cause": key["root_cause"],
+        "propagation": key.get("propagation", []),
+        "acceptable_fixes": key.get("acceptable_fixes", []),
+        "evidence": evidence,
+        "evidence_found": sum(e["first_seq"] is not None for e in evidence),
+        "time_to_first_evidence_s": min(offsets) if offsets else None,
+        "diagnosis_mentions": mentions,
+        "named_in_diagnosis": "yes" if len(mentions) >= 2 else "partly" if mentions else "no",
+    }
+
+
+def diagnosis_mentions(key: dict[str, Any], fields: dict[str, str]) -> list[str]:
+    """The fault's own vocabulary (the columns, metrics and changes its evidence points at) that
+    the diagnosis uses: a hint for the interviewer, who judges the diagnosis."""
+    text = _normal(" ".join(fields.get(f, "") for f in ("root_cause", "evidence", "fix")))
+    found = []
+    for term in _terms(key):
+        if _normal(term) in text and term not in found:
+            found.append(term)
+    return found
+
+
+def _terms(key: dict[str, Any]) -> list[str]:
+    terms = []
+    for e in key["evidence"]:
+        if e["kind"] == "table_column":
+            terms.append(e["ref"].rsplit(".", 1)[-1])
+        elif e["kind"] in ("metric", "changelog"):
+            terms.append(e["ref"].split("{")[0])
+    return [t for t in terms if len(t) >= 4]
+
+
+def _normal(text: str) -> str:
+    return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()) + " "
+
+
+def _dead_ends(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Long runs of reads that touched no evidence, ended by evidence or the session's end.
+    Page views do not end a run (they are navigation); a diagnosis save does not either."""
+    found = []
+    run: list[dict[str, Any]] = []
+
+    def close() -> None:
+        if len(run) >= DEAD_END_EVENTS:
+            found.append(
+                {
+                    "from_seq": run[0]["seq"],
+                    "to_seq": run[-1]["seq"],
+                    "from_offset_s": run[0]["offset_s"],
+                    "seconds": round(run[-1]["offset_s"] - run[0]["offset_s"]),
+                    "events": len(run),
+                    "tables": sorted({t for i in run for t in i["detail"].get("tables", [])}),
+                }
+            )
+        run.clear()
+
+    for item in timeline:
+        if item["evidence"]:
+            close()
+        elif item["kind"] in EXPLORING:
+            run.append(item)
+    close()
+    return found
+
+
+def _versions(diagnoses: list[dict[str, Any]], start: dt.datetime | None) -> list[dict[str, Any]]:
+    out = []
+    previous = dict.fromkeys(DIAGNOSIS_FIELDS, "")
+    for d in diagnoses:
+        changes = {}
+        for field in DIAGNOSIS_FIELDS:
+            before, after = previous.get(field, ""), d["fields"].get(field, "")
+            if before != after:
+                changes[field] = [
+                    line
+                    for line in difflib.unified_diff(
+                        before.splitlines(), after.splitlines(), lineterm="", n=1
+                    )
+                    if not line.startswith(("---", "+++", "@@"))
+                ]
+        ts = _ts(d["ts"])
+        out.append(
+            {
+                "version": d["version"],
+                "ts": d["ts"],
+                "offset_s": round((ts - start).total_seconds(), 1) if start else 0.0,
+                "submitted": d["submitted"],
+                "changes": changes,
+            }
+        )
+        previous = d["fields"]
+    return out
+
+
+def _counts(timeline: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in timeline:
+        counts[item["kind"]] = counts.get(item["kind"], 0) + 1
+    return counts

@@ -1,0 +1,194 @@
+"""The interviewer's side of the gateway: sessions (create, list, revoke), the live history, the
+answer key, the walk-through review with its rubric, and the exports.
+
+The stack's operator token reaches every session; a session's interviewer token reaches that
+session only; a candidate token reaches none of it (403).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+
+from sandbox.review import export, report, rubric
+from sandbox.services.gateway import pages
+from sandbox.services.gateway.auth import Auth, Caller, caller
+from sandbox.services.gateway.sessions import Session, SessionStore
+from sandbox.services.gateway.state import Gateway
+
+router = APIRouter()
+MAX_TIME_LIMIT_MIN = 24 * 60
+
+
+class SessionRequest(BaseModel):
+    candidate: str = Field("candidate", min_length=1, max_length=200)
+    time_limit_min: int | None = Field(None, ge=1, le=MAX_TIME_LIMIT_MIN)
+
+
+class ScoreRequest(BaseModel):
+    dimension: str
+    level: int | None = Field(None, ge=1, le=max(rubric.LEVELS))
+    note: str = Field("", max_length=5000)
+
+
+def interviewer(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    if who.role not in ("admin", "interviewer"):
+        raise HTTPException(403, "interviewers only")
+    return who
+
+
+Interviewer = Annotated[Caller, Depends(interviewer)]
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def session_of(request: Request, session_id: str, who: Caller) -> Session:
+    """The session, if this interviewer may see it (403 otherwise, 404 if there is none)."""
+    if who.role == "interviewer" and who.session_id != session_id:
+        raise HTTPException(403, "this interviewer link is for another session")
+    session = _gateway(request).sessions.get(session_id)
+    if session is None:
+        raise HTTPException(404, f"no session {session_id}")
+    return session
+
+
+def describe(gw: Gateway | SessionStore, session: Session) -> dict[str, Any]:
+    store = gw.sessions if isinstance(gw, Gateway) else gw
+    started = store.started_at(session.id)
+    return {
+        "id": session.id,
+        "candidate": session.candidate,
+        "state": store.state(session),
+        "created_at": session.created_at.isoformat(timespec="seconds") + "Z",
+        "started_at": started.isoformat(timespec="seconds") + "Z" if started else None,
+        "time_limit_min": session.time_limit_min,
+    }
+
+
+def links(session: Session, base: str) -> dict[str, str]:
+    return {
+        "session_id": session.id,
+        "candidate_url": f"{base}/?token={session.candidate_token}",
+        "interviewer_url": f"{base}/?token={session.interviewer_token}",
+        "candidate_token": session.candidate_token,
+        "interviewer_token": session.interviewer_token,
+    }
+
+
+@router.post("/api/sessions")
+def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[str, Any]:
+    if who.role != "admin":
+        raise HTTPException(403, "only the stack's operator creates sessions")
+    session = _gateway(request).sessions.create(body.candidate, body.time_limit_min)
+    return links(session, str(request.base_url).rstrip("/")) | {
+        "time_limit_min": body.time_limit_min
+    }
+
+
+@router.get("/api/sessions")
+def list_sessions(request: Request, who: Interviewer) -> list[dict[str, Any]]:
+    gw = _gateway(request)
+    mine = gw.sessions.all()
+    if who.role == "interviewer":
+        mine = [s for s in mine if s.id == who.session_id]
+    return [describe(gw, s) for s in mine]
+
+
+@router.get("/api/sessions/{session_id}")
+def session_detail(session_id: str, request: Request, who: Interviewer) -> dict[str, Any]:
+    return describe(_gateway(request), session_of(request, session_id, who))
+
+
+@router.post("/api/sessions/{session_id}/revoke")
+def revoke(session_id: str, request: Request, who: Interviewer) -> dict[str, Any]:
+    gw = _gateway(request)
+    session = session_of(request, session_id, who)
+    gw.sessions.revoke(session.id)
+    return describe(gw, session)
+
+
+@router.get("/api/sessions/{session_id}/history")
+def history(
+    session_id: str, request: Request, who: Interviewer, after: int = 0
+) -> list[dict[str, Any]]:
+    session_of(request, session_id, who)
+    return _gateway(request).sessions.history(session_id, after=after)
+
+
+@router.get("/api/sessions/{session_id}/answer-key")
+def answer_key(session_id: str, request: Request, who: Interviewer) -> dict[str, Any]:
+    session_of(request, session_id, who)
+    return _gateway(request).answer_key
+
+
+def gather_review(
+    store: SessionStore, answer_key: dict[str, Any], session: Session
+) -> dict[str, Any]:
+    """The review of `session` from what the store recorded (the CLI calls this when no stack
+    is running)."""
+    diagnoses = [
+        {"version": d.version, "ts": d.ts.isoformat(), "fields": d.fields, "submitted": d.submitted}
+        for d in store.diagnoses(session.id)
+    ]
+    return report.build(
+        describe(store, session),
+        store.history(session.id),
+        diagnoses,
+        answer_key,
+        store.scores(session.id),
+    )
+
+
+def build_review(request: Request, session_id: str, who: Caller) -> dict[str, Any]:
+    gw = _gateway(request)
+    return gather_review(gw.sessions, gw.answer_key, session_of(request, session_id, who))
+
+
+@router.get("/api/sessions/{session_id}/review")
+def review(session_id: str, request: Request, who: Interviewer) -> dict[str, Any]:
+    return build_review(request, session_id, who)
+
+
+@router.put("/api/sessions/{session_id}/rubric")
+def score(
+    session_id: str, body: ScoreRequest, request: Request, who: Interviewer
+) -> dict[str, Any]:
+    session = session_of(request, session_id, who)
+    if body.dimension not in rubric.BY_ID:
+        raise HTTPException(422, f"dimension: one of {', '.join(rubric.BY_ID)}")
+    sessions = _gateway(request).sessions
+    sessions.save_score(session.id, body.dimension, body.level, body.note)
+    scores = sessions.scores(session.id)
+    return {"scores": scores, "summary": rubric.summary(scores)}
+
+
+@router.get("/api/sessions/{session_id}/export.{fmt}")
+def export_review(session_id: str, fmt: str, request: Request, who: Interviewer) -> Response:
+    if fmt not in ("html", "md"):
+        raise HTTPException(404, "export as .html or .md")
+    data = build_review(request, session_id, who)
+    filename = f"review-{session_id}.{fmt}"
+    disposition = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if fmt == "html":
+        return HTMLResponse(export.to_html(data), headers=disposition)
+    return PlainTextResponse(
+        export.to_markdown(data), media_type="text/markdown", headers=disposition
+    )
+
+
+@router.get("/interviewer", include_in_schema=False)
+def interviewer_home(request: Request, who: Interviewer) -> Response:
+    if who.role == "interviewer":
+        return RedirectResponse(f"/interviewer/sessions/{who.session_id}", status_code=303)
+    return pages.interviewer_page(request, "sessions")
+
+
+@router.get("/interviewer/sessions/{session_id}", include_in_schema=False)
+def review_page(session_id: str, request: Request, who: Interviewer) -> Response:
+    session = session_of(request, session_id, who)
+    return pages.interviewer_page(request, "review", session=describe(_gateway(request), session))

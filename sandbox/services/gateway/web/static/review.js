@@ -1,0 +1,124 @@
+// The walk-through review: the candidate's timeline with evidence marks (refreshed while the
+// session runs), per-fault findings, the diagnosis next to the answer key, the rubric, probes.
+"use strict";
+
+(() => {
+  const { api, el, fill, showError } = sandbox;
+  const root = document.querySelector(".review");
+  const sessionId = root.dataset.session;
+  const hiddenKinds = new Set();
+  const REFRESH_MS = 4000;
+  let lastSeq = -1;
+  let rubricDrawn = false;
+
+  function clock(seconds) {
+    if (seconds === null || seconds === undefined) return "—";
+    const t = Math.max(0, Math.round(seconds));
+    const h = Math.floor(t / 3600), m = Math.floor(t / 60) % 60, s = t % 60;
+    return (h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`) + `:${String(s).padStart(2, "0")}`;
+  }
+
+  function drawFaults(r) {
+    fill(document.getElementById("faults"), r.faults.map((f) => el("div", { class: "fault", "data-fault": f.fault_id },
+      el("h3", {}, f.title),
+      el("p", { class: "small" },
+        el("b", {}, `${f.evidence_found} / ${f.evidence.length}`), " evidence touched · first at ", el("b", {}, clock(f.time_to_first_evidence_s)),
+        " · named in the diagnosis: ", el("b", { class: f.named_in_diagnosis === "yes" ? "good" : f.named_in_diagnosis === "no" ? "bad" : "" }, f.named_in_diagnosis),
+        f.diagnosis_mentions.length ? ` (${f.diagnosis_mentions.join(", ")})` : ""),
+      el("ul", { class: "evidence-list small" }, f.evidence.map((e) => el("li", {},
+        e.first_seq !== null ? el("span", { class: "good" }, `✔ ${clock(e.first_offset_s)} `) : el("span", { class: "bad" }, "✘ "),
+        el("code", {}, e.ref), ` — ${e.description}`))))));
+    const dead = document.getElementById("dead-ends");
+    fill(dead, r.dead_ends.length ? [el("h3", {}, "Dead ends"), el("ul", { class: "small" }, r.dead_ends.map((d) =>
+      el("li", {}, `from ${clock(d.from_offset_s)}: ${clock(d.seconds)} over ${d.events} reads of ${d.tables.join(", ") || "pages and services"}, no evidence`)))] : []);
+  }
+
+  function drawTimeline(r) {
+    const filters = document.getElementById("kind-filters");
+    if (!filters.children.length || filters.children.length !== Object.keys(r.counts).length) {
+      fill(filters, Object.entries(r.counts).map(([kind, n]) => el("label", { class: "check" },
+        el("input", { type: "checkbox", checked: !hiddenKinds.has(kind), onchange: (e) => { e.target.checked ? hiddenKinds.delete(kind) : hiddenKinds.add(kind); drawTimeline(r); } }),
+        `${kind} (${n})`)));
+    }
+    const rows = [];
+    for (const i of r.timeline) {
+      if (hiddenKinds.has(i.kind)) continue;
+      if (i.idle_before_s) rows.push(el("tr", { class: "idle" }, el("td", { colspan: 4 }, `— idle ${clock(i.idle_before_s)} —`)));
+      rows.push(el("tr", { class: i.evidence.length ? "evidence" : "", "data-seq": i.seq, "data-kind": i.kind },
+        el("td", { class: "nowrap" }, clock(i.offset_s)), el("td", { class: "kind" }, i.kind),
+        el("td", { class: "what", title: i.detail.sql || "" }, i.summary),
+        el("td", {}, i.evidence.map((e) => el("span", { class: "mark" }, e)))));
+    }
+    fill(document.querySelector("#timeline tbody"), rows.length ? rows : [el("tr", {}, el("td", { class: "muted" }, "Nothing recorded yet."))]);
+  }
+
+  function drawDiagnosis(r) {
+    const names = { root_cause: "Root cause", evidence: "Evidence", fix: "Proposed fix", ship_first: "Ship first", next_experiment: "Next experiment" };
+    const versions = r.diagnosis.versions;
+    const last = versions[versions.length - 1];
+    fill(document.getElementById("diagnosis"),
+      el("p", { class: "muted small" }, versions.length ? `${versions.length} versions${last.submitted ? `, submitted at ${clock(last.offset_s)}` : ", not submitted"}` : "Nothing written yet."),
+      el("div", { class: "grid-2" },
+        el("div", {}, el("h3", {}, "Candidate"), Object.entries(r.diagnosis.final).map(([k, v]) => el("p", { class: "small" }, el("b", {}, names[k] || k), el("br"), v || "—"))),
+        el("div", {}, el("h3", {}, "Answer key"), r.faults.map((f) => el("div", { class: "small" }, el("p", {}, el("b", {}, f.title), el("br"), f.root_cause),
+          el("p", { class: "muted" }, "Fixes: ", f.acceptable_fixes.join(" · ")))))),
+      versions.length ? el("details", {}, el("summary", {}, "Versions and changes"), versions.map((v) => el("div", { class: "small" },
+        el("p", {}, el("b", {}, `Version ${v.version}`), ` at ${clock(v.offset_s)}${v.submitted ? " (submitted)" : ""}`),
+        Object.entries(v.changes).map(([field, lines]) => el("pre", { class: "diff" }, `${names[field] || field}\n${lines.join("\n")}`))))) : null);
+  }
+
+  function drawRubric(r) {
+    const form = document.getElementById("rubric");
+    if (!rubricDrawn) {
+      fill(form, r.rubric.dimensions.map((d) => {
+        const s = r.rubric.scores[d.id] || {};
+        return el("div", { class: "dimension", "data-dimension": d.id },
+          el("label", {}, el("b", {}, d.title + (d.must_have ? " (must-have)" : "")),
+            el("select", { name: d.id }, el("option", { value: "" }, "not scored"),
+              Object.entries(d.anchors).map(([level, text]) => { const o = el("option", { value: level, title: text }, `${level} · ${r.rubric.levels[level]} — ${text}`); if (String(s.level) === level) o.selected = true; return o; }))),
+          el("textarea", { name: `${d.id}-note`, rows: 2, placeholder: "Notes" }, s.note || ""));
+      }));
+      form.addEventListener("change", (e) => save(e.target.closest(".dimension")));
+      rubricDrawn = true;
+    }
+    drawSummary(r.rubric.summary);
+  }
+
+  function drawSummary(summary) {
+    document.getElementById("rubric-summary").textContent = summary.level
+      ? `Summary: ${summary.level} · ${summary.label} (limited by ${summary.limited_by.join(", ")})`
+      : `Summary: not scored yet (${summary.missing.length} must-have dimension${summary.missing.length === 1 ? "" : "s"} left)`;
+  }
+
+  async function save(box) {
+    const dimension = box.dataset.dimension;
+    const level = box.querySelector("select").value;
+    const note = box.querySelector("textarea").value;
+    try {
+      const reply = await api(`/api/sessions/${sessionId}/rubric`, { method: "PUT", json: { dimension, level: level ? Number(level) : null, note } });
+      drawSummary(reply.summary);
+      box.dataset.saved = "true";
+    } catch (e) { showError(document.getElementById("rubric-summary"), e.message); }
+  }
+
+  async function load() {
+    try {
+      const r = await api(`/api/sessions/${sessionId}/review`);
+      const s = r.session;
+      document.getElementById("session-line").textContent = `${s.state} · started ${s.started_at ? sandbox.simTime(s.started_at) : "—"}${s.time_limit_min ? ` · limit ${s.time_limit_min} min` : ""} · ${r.timeline.length} events`;
+      const seq = r.timeline.length ? r.timeline[r.timeline.length - 1].seq : 0;
+      if (seq !== lastSeq) {
+        lastSeq = seq;
+        drawFaults(r);
+        drawTimeline(r);
+        drawDiagnosis(r);
+      }
+      drawRubric(r);
+      if (!document.getElementById("probes").children.length) fill(document.getElementById("probes"), r.probes.map((p) => el("li", {}, p)));
+      root.dataset.ready = "true";
+    } catch (e) { showError(document.getElementById("faults"), e.message); }
+  }
+
+  load();
+  setInterval(() => { if (!document.hidden) load(); }, REFRESH_MS);
+})();

@@ -1,0 +1,265 @@
+"""The interviewer's side in-process: a scripted investigation through the candidate's API and
+the review that marks exactly the events that touched planted evidence; sessions' states, limits
+and revocation; candidate tokens refused on every interviewer route; the exports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from sandbox.services.gateway import interviewer
+from sandbox.services.gateway.sessions import SessionStore
+from sandbox.world.layout import WorldPaths
+from tests.conftest import Worlds
+from tests.services.conftest import MakeSession, gateway_client, session_maker, world_paths
+
+# Reads that look for the problem in the wrong places: the dead end.
+DEAD_END = [
+    "SELECT count(*) FROM retrieval.search_log",
+    "SELECT status, count(*) FROM raw.billing_events GROUP BY status",
+    "SELECT device, count(*) FROM raw.customers GROUP BY device",
+    "SELECT avg(latency_ms) FROM serving.predictions WHERE source = 'online'",
+    "SELECT count(*) FROM raw.support_tickets",
+    "SELECT plan, count(*) FROM raw.customers GROUP BY plan",
+]
+# The queries that expose the fault of the default world: the raw column going NULL, the
+# feature's fill value piling up, and the fill value itself.
+FINDINGS = {
+    "SELECT date_trunc('week', activity_date) AS week, avg((minutes_watched IS NULL)::INT) "
+    "FROM raw.viewing_activity GROUP BY 1 ORDER BY 1": "raw-nulls",
+    "SELECT avg_daily_minutes_7d, count(*) AS n FROM feature_store.customer_features "
+    "GROUP BY 1 ORDER BY n DESC LIMIT 5": "imputed-spike",
+    "SELECT feature, fill_value, effective_from FROM feature_store.imputation_policy": (
+        "policy-change"
+    ),
+}
+DIAGNOSIS = {
+    "root_cause": "Since mid-March raw minutes_watched arrives NULL for a growing share of "
+    "customers; the feature job imputes avg_daily_minutes_7d with a fill_value far above the "
+    "real mean, so those customers look engaged.",
+    "evidence": "Weekly NULL share of minutes_watched; identical avg_daily_minutes_7d values.",
+    "fix": "Restore the fill value to the training mean and fix the upstream column.",
+    "ship_first": "The fill value.",
+    "next_experiment": "Re-score last week's customers with the corrected value.",
+}
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _sql(client: TestClient, token: str, sql: str) -> None:
+    reply = client.post("/api/sql", json={"sql": sql}, headers=_bearer(token))
+    assert reply.status_code == 200, reply.text
+
+
+def _review(client: TestClient, links: dict[str, str]) -> dict:
+    reply = client.get(
+        f"/api/sessions/{links['session_id']}/review", headers=_bearer(links["interviewer_token"])
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_the_review_marks_exactly_the_evidence_the_investigation_touched(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    token = links["candidate_token"]
+    client.get("/brief", headers=_bearer(token))
+    for sql in DEAD_END:
+        _sql(client, token, sql)
+    for sql in FINDINGS:
+        _sql(client, token, sql)
+    reply = client.post("/api/diagnosis/submit", json=DIAGNOSIS, headers=_bearer(token))
+    assert reply.status_code == 200
+
+    review = _review(client, links)
+    marked = {i["detail"].get("sql"): i["evidence"] for i in review["timeline"] if i["evidence"]}
+    assert marked == {sql: [evidence] for sql, evidence in FINDINGS.items()}
+
+    [fault] = review["faults"]
+    assert fault["fault_id"] == "feature-nulls-wrong-mean"
+    first = next(i for i in review["timeline"] if i["evidence"])
+    assert fault["time_to_first_evidence_s"] == first["offset_s"]
+    found = {e["id"] for e in fault["evidence"] if e["first_seq"] is not None}
+    assert found == set(FINDINGS.values())
+    assert fault["named_in_diagnosis"] == "yes"
+    assert {"minutes_watched", "avg_daily_minutes_7d", "fill_value"} <= set(
+        fault["diagnosis_mentions"]
+    )
+
+    [dead_end] = review["dead_ends"]
+    assert dead_end["events"] == len(DEAD_END)
+    assert "retrieval.search_log" in dead_end["tables"]
+    assert review["diagnosis"]["final"] == DIAGNOSIS
+    assert review["diagnosis"]["versions"][-1]["submitted"]
+    assert review["session"]["state"] == "submitted"
+    assert any("next experiment" in p for p in review["probes"])
+
+
+@pytest.fixture(scope="module")
+def composite(worlds: Worlds) -> Iterator[tuple[TestClient, WorldPaths]]:
+    with world_paths(worlds.get("composite")) as paths, gateway_client(paths) as client:
+        yield client, paths
+
+
+def test_with_two_faults_the_review_tells_the_found_from_the_missed(
+    composite: tuple[TestClient, WorldPaths],
+) -> None:
+    client, paths = composite
+    links = session_maker(client, paths)()
+    key = client.get(
+        f"/api/sessions/{links['session_id']}/answer-key",
+        headers=_bearer(links["interviewer_token"]),
+    ).json()
+    assert len(key["faults"]) == 2
+    found, missed = key["faults"]
+    # The reference investigation of one fault only, then a diagnosis naming only that one.
+    for step in found["investigation"]:
+        _sql(client, links["candidate_token"], step["sql"])
+    mentions = [e["ref"].rsplit(".", 1)[-1] for e in found["evidence"]]
+    client.put(
+        "/api/diagnosis",
+        json={"root_cause": " ".join(m for m in mentions if "{" not in m)},
+        headers=_bearer(links["candidate_token"]),
+    )
+    faults = {f["fault_id"]: f for f in _review(client, links)["faults"]}
+    assert faults[found["fault_id"]]["evidence_found"] >= 1
+    assert faults[found["fault_id"]]["time_to_first_evidence_s"] is not None
+    assert faults[found["fault_id"]]["named_in_diagnosis"] == "yes"
+    assert faults[missed["fault_id"]]["evidence_found"] == 0
+    assert faults[missed["fault_id"]]["time_to_first_evidence_s"] is None
+    assert faults[missed["fault_id"]]["named_in_diagnosis"] == "no"
+
+
+def test_a_candidate_token_is_refused_on_every_interviewer_route(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    token = _bearer(links["candidate_token"])
+    routes = [r for r in interviewer.router.routes if isinstance(r, APIRoute)]
+    assert len(routes) >= 10
+    for route in routes:
+        path = route.path.replace("{session_id}", links["session_id"]).replace("{fmt}", "html")
+        for method in route.methods:
+            reply = client.request(method, path, headers=token, json={})
+            assert reply.status_code == 403, f"{method} {path}: {reply.status_code}"
+
+
+def test_an_interviewer_sees_only_their_own_session(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    ada, bob = make_session("ada"), make_session("bob")
+    ada_interviewer = _bearer(ada["interviewer_token"])
+    assert [s["id"] for s in client.get("/api/sessions", headers=ada_interviewer).json()] == [
+        ada["session_id"]
+    ]
+    for path in ("history", "review", "answer-key", "export.md"):
+        other = client.get(f"/api/sessions/{bob['session_id']}/{path}", headers=ada_interviewer)
+        assert other.status_code == 403, path
+    assert (
+        client.get(
+            "/api/sessions/nope/review", headers=_bearer(ada["interviewer_token"])
+        ).status_code
+        == 403
+    )
+
+
+def test_session_states_time_limits_and_revocation(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session(time_limit_min=90)
+    admin = _bearer((paths.interviewer / "operator-token").read_text().strip())
+    token = _bearer(links["candidate_token"])
+
+    def state() -> str:
+        return client.get(f"/api/sessions/{links['session_id']}", headers=admin).json()["state"]
+
+    assert state() == "not started"
+    assert client.get("/brief", headers=token).status_code == 200
+    assert state() == "active"
+    store: SessionStore = client.app.state.sessions
+    session = store.get(links["session_id"])
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=91)
+    assert store.state(session, now=later) == "expired"
+
+    revoked = client.post(f"/api/sessions/{links['session_id']}/revoke", headers=admin).json()
+    assert revoked["state"] == "revoked"
+    assert client.get("/brief", headers=token).status_code == 401
+    assert client.get("/api/my/history", headers=token).status_code == 401
+    # Its history stays readable for the review.
+    assert client.get(f"/api/sessions/{links['session_id']}/history", headers=admin).json()
+
+
+def test_an_expired_session_refuses_the_candidate(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session(time_limit_min=1)
+    token = _bearer(links["candidate_token"])
+    assert client.get("/brief", headers=token).status_code == 200
+    store: SessionStore = client.app.state.sessions
+    store._started[links["session_id"]] -= dt.timedelta(minutes=2)  # a minute and more ago
+    refused = client.post("/api/sql", json={"sql": "SELECT 1"}, headers=token)
+    assert refused.status_code == 403 and "time is up" in refused.json()["detail"]
+
+
+def test_the_rubric_summary_is_the_lowest_must_have(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    who = _bearer(links["interviewer_token"])
+    url = f"/api/sessions/{links['session_id']}/rubric"
+    levels = {"investigation": 4, "root_cause": 2, "fix": 3, "communication": 1}
+    for dimension, level in levels.items():
+        reply = client.put(
+            url, json={"dimension": dimension, "level": level, "note": "n"}, headers=who
+        )
+        assert reply.status_code == 200
+    summary = reply.json()["summary"]
+    assert summary["level"] == 2 and summary["limited_by"] == ["root_cause"]
+    assert client.put(url, json={"dimension": "charm", "level": 3}, headers=who).status_code == 422
+    assert client.put(url, json={"dimension": "fix", "level": 9}, headers=who).status_code == 422
+    scores = _review(client, links)["rubric"]["scores"]
+    assert scores["communication"]["level"] == 1 and scores["root_cause"]["note"] == "n"
+
+
+def test_paste_and_time_away_show_on_the_timeline(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    token = _bearer(links["candidate_token"])
+    assert (
+        client.post(
+            "/api/events", json={"kind": "paste", "field": "fix", "chars": 812}, headers=token
+        ).status_code
+        == 204
+    )
+    assert (
+        client.post("/api/events", json={"kind": "away", "seconds": 340}, headers=token).status_code
+        == 204
+    )
+    assert client.post("/api/events", json={"kind": "sql"}, headers=token).status_code == 422
+    summaries = [i["summary"] for i in _review(client, links)["timeline"]]
+    assert summaries == ["pasted 812 characters into fix", "left the workspace tab for 340 s"]
+
+
+def test_the_exports_hold_the_timeline_and_the_answer_key(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    _sql(client, links["candidate_token"], next(iter(FINDINGS)))
+    who = _bearer(links["interviewer_token"])
+    html = client.get(f"/api/sessions/{links['session_id']}/export.html", headers=who)
+    assert html.status_code == 200 and "attachment" in html.headers["content-disposition"]
+    assert 'id="timeline"' in html.text and "raw-nulls" in html.text
+    assert not re.search(r"<script|https?://", html.text)  # self-contained
+    markdown = client.get(f"/api/sessions/{links['session_id']}/export.md", headers=who).text
+    assert "## Timeline" in markdown and "raw-nulls" in markdown
+    assert json.dumps(links["session_id"])[1:-1] in markdown
