@@ -51,8 +51,12 @@ def build(
             "scores": scores,
             "summary": rubric.summary(scores),
         },
-        "probes": [p for key in answer_key.get("faults", []) for p in key.get("probes", [])]
-        + list(GENERIC_PROBES),
+        "probes": list(
+            dict.fromkeys(
+                [p for key in answer_key.get("faults", []) for p in key.get("probes", [])]
+                + list(GENERIC_PROBES)
+            )
+        ),
     }
 
 

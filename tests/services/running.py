@@ -33,6 +33,7 @@ class Stack:
     interviewer: dict[str, str]
     session_id: str
     candidate_url: str
+    interviewer_url: str
 
     def sql(self, query: str) -> dict:
         reply = httpx.post(
@@ -100,6 +101,7 @@ def running_stack(
             {"Authorization": f"Bearer {links['interviewer_token']}"},
             links["session_id"],
             links["candidate_url"],
+            links["interviewer_url"],
         )
     finally:
         if process.poll() is None:

@@ -263,3 +263,40 @@ def test_the_exports_hold_the_timeline_and_the_answer_key(
     markdown = client.get(f"/api/sessions/{links['session_id']}/export.md", headers=who).text
     assert "## Timeline" in markdown and "raw-nulls" in markdown
     assert json.dumps(links["session_id"])[1:-1] in markdown
+
+
+def test_sandbox_review_exports_a_stopped_stacks_session(paths: WorldPaths, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from sandbox.cli import app
+
+    answer_key = json.loads(paths.answer_key.read_text())
+    store = SessionStore(paths.interviewer, answer_key)
+    session = store.create("grace")
+    store.record(
+        session.id,
+        dt.datetime(2026, 4, 13, 1),
+        "sql",
+        {
+            "sql": "SELECT fill_value FROM feature_store.imputation_policy",
+            "rows": 2,
+            "tables": ["feature_store.imputation_policy"],
+            "columns": ["feature_store.imputation_policy.fill_value"],
+        },
+    )
+    store.close()
+    out = tmp_path / "review.md"
+    result = CliRunner().invoke(
+        app, ["review", session.id, "--world", str(paths.root), "--export", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "grace" in text and "policy-change" in text and "## Answer key" in text
+    missing = CliRunner().invoke(
+        app, ["review", "nope", "--world", str(paths.root), "--export", str(out)]
+    )
+    assert missing.exit_code != 0 and "no session nope" in missing.output
+    wrong = CliRunner().invoke(
+        app, ["review", session.id, "--world", str(paths.root), "--export", "x.pdf"]
+    )
+    assert wrong.exit_code != 0 and ".html or .md" in wrong.output

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,11 +54,11 @@ def browser() -> Iterator[Browser]:
 class Journey:
     """One candidate's tab: screenshots each step and keeps what the browser complained about."""
 
-    def __init__(self, page: Page) -> None:
+    def __init__(self, page: Page, first_step: int = 1) -> None:
         self.page = page
         self.console_errors: list[str] = []
         self.failed_responses: list[str] = []
-        self.step = 0
+        self.step = first_step - 1
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.console_errors.append(f"page error: {error}"))
         page.on("response", self._response)
@@ -244,3 +245,40 @@ def test_pages_are_readable_at_1280_by_800(stack: Stack, browser: Browser) -> No
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 1280, f"{nav.path} is {width}px wide"
     context.close()
+
+
+def test_the_interviewer_reviews_the_session_in_the_browser(
+    stack: Stack, browser: Browser, tmp_path: Path
+) -> None:
+    evidence_sql = (
+        "SELECT date_trunc('week', activity_date) AS week, avg((minutes_watched IS NULL)::INT) "
+        "FROM raw.viewing_activity GROUP BY 1 ORDER BY 1"
+    )
+    stack.sql(evidence_sql)
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    journey = Journey(context.new_page(), first_step=20)
+    page = journey.page
+    page.goto(stack.interviewer_url)
+    assert f"/interviewer/sessions/{stack.session_id}" in page.url
+    page.wait_for_selector(".review[data-ready='true']", timeout=WAIT_MS)
+    assert page.locator("#timeline tbody tr").count() >= 3
+    marked = page.locator("#timeline tr.evidence", has_text="minutes_watched")
+    assert marked.count() == 1 and marked.locator(".mark").inner_text() == "raw-nulls"
+    assert "✔" in page.locator(".fault").first.inner_text()
+
+    page.select_option("#rubric select[name=root_cause]", "3")
+    page.wait_for_selector(".dimension[data-dimension=root_cause][data-saved=true]")
+    journey.shot("review")
+    page.reload()
+    page.wait_for_selector(".review[data-ready='true']", timeout=WAIT_MS)
+    assert page.locator("#rubric select[name=root_cause]").input_value() == "3"
+
+    with page.expect_download() as download:
+        page.locator("#export-html").click()
+    exported = tmp_path / "review.html"
+    download.value.save_as(exported)
+    page.goto(exported.as_uri())
+    assert page.locator("#timeline tbody tr").count() >= 3
+    assert "raw-nulls" in page.locator("#timeline").inner_text()
+    context.close()
+    assert journey.console_errors == [] and journey.failed_responses == []
