@@ -183,6 +183,11 @@ sql = "SELECT $start::TIMESTAMP AS t, 1 AS value"
             + '[[variables]]\nname = "start"\nlabel = "S"\noptions = ["a"]\n',
             "time-range picker",
         ),
+        (
+            TEMPLATE.format(id="x")
+            + '[[panels]]\nid = "a-panel"\ntitle = "Again"\nsql = "SELECT 1"\n',
+            "panel id 'a-panel' is used twice",
+        ),
     ],
     ids=[
         "bad-toml",
@@ -191,6 +196,7 @@ sql = "SELECT $start::TIMESTAMP AS t, 1 AS value"
         "unknown-chart",
         "bad-id",
         "builtin-name",
+        "panel-id-twice",
     ],
 )
 def test_a_malformed_definition_is_refused_naming_its_file(

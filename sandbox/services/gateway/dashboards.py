@@ -105,7 +105,11 @@ def load_file(path: Path) -> Dashboard:
         where = ".".join(str(p) for p in first["loc"])
         raise DashboardError(f"{path.name}: {where}: {first['msg']}") from None
     names = {v.name for v in board.variables} | BUILTIN_PARAMETERS
+    seen: set[str] = set()
     for panel in board.panels:
+        if panel.id in seen:
+            raise DashboardError(f"{path.name}: panel id {panel.id!r} is used twice")
+        seen.add(panel.id)
         unknown = set(PARAMETER.findall(panel.sql)) - names
         if unknown:
             raise DashboardError(
