@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sandbox import catalog
 from sandbox import scenario as scenario_mod
 
 app = typer.Typer(
@@ -46,9 +46,22 @@ def _load(path: Path | None, seed: int | None = None, scale: float | None = None
         _fail(str(exc))
 
 
-def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool) -> None:
+def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool, as_json: bool = False) -> None:
     from sandbox.pipeline.train import TooFewCustomers
     from sandbox.world.build import WorldExists, build
+
+    if as_json:
+        say = functools.partial(print, flush=True)
+
+        def report(stage: str, done: int, total: int) -> None:
+            say(json.dumps({"stage": stage, "done": done, "total": total}))
+
+        try:
+            summary = build(spec, out, force=force, progress=report)
+        except (WorldExists, TooFewCustomers) as exc:
+            _fail(str(exc))
+        say(json.dumps({"done": True, "seed": summary.manifest["seed"], "out": str(out)}))
+        return
 
     columns = (
         TextColumn("{task.description:<24}"),
@@ -100,13 +113,18 @@ def build_cmd(
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
     scale: Annotated[float | None, typer.Option(help="Multiply the customer count.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing world.")] = False,
+    progress: Annotated[
+        str, typer.Option("--progress", help="bar, or json: one line per update, for programs.")
+    ] = "bar",
 ) -> None:
     """Build a world: six simulated weeks of a production ML system with planted faults."""
     if scale is not None and scale <= 0:
         _fail("--scale must be greater than 0")
     if seed is not None and seed < 0:
         _fail("--seed must be 0 or more")
-    _run_build(_load(scenario, seed, scale), out, force)
+    if progress not in ("bar", "json"):
+        _fail("--progress: bar or json")
+    _run_build(_load(scenario, seed, scale), out, force, as_json=progress == "json")
 
 
 @app.command("verify")
@@ -166,14 +184,13 @@ def faults_list(
     ] = False,
 ) -> None:
     """Every fault that can be planted."""
-    from sandbox.faults import registry
 
-    entries = [_describe_fault(cls) for cls in registry.catalog().values()]
+    entries = catalog.faults()
     if as_json:
         console.print_json(json.dumps(entries))
         return
     if markdown:
-        typer.echo(fault_table_markdown())
+        typer.echo(catalog.fault_table_markdown())
         return
     table = Table(title="fault catalog")
     for col in ("id", "stages", "difficulty", "title"):
@@ -192,7 +209,7 @@ def faults_show(fault_id: str) -> None:
         cls = registry.get(fault_id)
     except KeyError as exc:
         _fail(str(exc.args[0]))
-    e = _describe_fault(cls)
+    e = catalog.describe_fault(cls)
     console.print(f"[bold]{e['id']}[/]: {e['title']}")
     console.print(
         f"stages: {', '.join(e['stages'])}   hooks: {', '.join(e['hooks'])}   "
@@ -211,18 +228,8 @@ def faults_show(fault_id: str) -> None:
 @decoys_app.command("list")
 def decoys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every decoy a scenario can add (its `[[decoys]]` entries name them by `kind`)."""
-    from sandbox.decoys import registry as decoy_registry
 
-    entries = [
-        {
-            "kind": cls.id,
-            "title": cls.title,
-            "hooks": list(cls.hook_points),
-            "doc": _paragraphs(inspect.getdoc(inspect.getmodule(cls)) or ""),
-            "parameters": _describe_params(cls),
-        }
-        for cls in decoy_registry.catalog().values()
-    ]
+    entries = catalog.decoys()
     if as_json:
         console.print_json(json.dumps(entries))
         return
@@ -233,60 +240,6 @@ def decoys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         params = ", ".join(f"{p['name']}={json.dumps(p['default'])}" for p in e["parameters"])
         table.add_row(e["kind"], e["title"], params)
     console.print(table)
-
-
-def fault_table_markdown() -> str:
-    from sandbox.faults import registry
-
-    rows = ["| id | stage | difficulty | the candidate observes |", "| --- | --- | --- | --- |"]
-    for e in (_describe_fault(cls) for cls in registry.catalog().values()):
-        stages = ", ".join(e["stages"])
-        rows.append(
-            f"| `{e['id']}`: {e['title']} | {stages} | {e['difficulty']} | {e['observation']} |"
-        )
-    return "\n".join(rows)
-
-
-def _describe_params(cls: type) -> list[dict]:
-    schema = cls.Params.model_json_schema()
-    params = []
-    for name, prop in schema["properties"].items():
-        if "enum" in prop:
-            rng = " | ".join(map(str, prop["enum"]))
-        else:
-            lo = prop.get("minimum", prop.get("exclusiveMinimum", ""))
-            hi = prop.get("maximum", prop.get("exclusiveMaximum", ""))
-            rng = f"{lo}..{hi}" if lo != "" or hi != "" else ""
-        params.append(
-            {
-                "name": name,
-                "default": prop.get("default"),
-                "range": rng,
-                "description": prop.get("description", ""),
-                "type": prop.get("type"),
-            }
-        )
-    return params
-
-
-def _describe_fault(cls: type) -> dict:
-    params = _describe_params(cls)
-    hooks = list(cls.hook_points)
-    return {
-        "id": cls.id,
-        "title": cls.title,
-        "stages": list(dict.fromkeys(h.split(".")[0] for h in hooks)),
-        "hooks": hooks,
-        "difficulty": cls.difficulty,
-        "observation": cls.observation,
-        "doc": _paragraphs(inspect.getdoc(inspect.getmodule(cls)) or ""),
-        "parameters": params,
-    }
-
-
-def _paragraphs(text: str) -> str:
-    """Docstring paragraphs as flowing text, so the terminal can wrap them."""
-    return "\n\n".join(" ".join(p.split()) for p in text.split("\n\n"))
 
 
 @scenario_app.command("validate")
@@ -474,7 +427,7 @@ def _offline_review(paths: Any, session_id: str, fmt: str) -> str:
         session = store.get(session_id)
         if session is None:
             _fail(f"no session {session_id}")
-        data = gather_review(store, json.loads(paths.answer_key.read_text()), session)
+        data = gather_review(store, json.loads(paths.answer_key.read_text()), session, paths.root)
     finally:
         store.close()
     return review_export.to_html(data) if fmt == "html" else review_export.to_markdown(data)

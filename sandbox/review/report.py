@@ -31,14 +31,17 @@ def build(
     diagnoses: list[dict[str, Any]],
     answer_key: dict[str, Any],
     scores: dict[str, dict[str, Any]],
+    world: dict[str, Any],
 ) -> dict[str, Any]:
     """`session`: id, candidate, state, created_at, started_at (ISO, may be None); `history`:
-    the recorded events oldest first; `diagnoses`: version, ts, fields, submitted."""
+    the recorded events oldest first; `diagnoses`: version, ts, fields, submitted; `world`: the
+    manifest of the world the session ran on (which variant: name, seed, scale, content hash)."""
     start = _start(session, history)
     timeline = _timeline(history, start)
     final = diagnoses[-1]["fields"] if diagnoses else dict.fromkeys(DIAGNOSIS_FIELDS, "")
     return {
         "session": session,
+        "world": {k: world.get(k) for k in ("name", "seed", "scale", "content_hash")},
         "timeline": timeline,
         "faults": [_fault(key, timeline, final) for key in answer_key.get("faults", [])],
         "decoys": answer_key.get("decoys", []),

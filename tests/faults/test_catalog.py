@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from sandbox import scenario
-from sandbox.cli import fault_table_markdown
+from sandbox.catalog import fault_table_markdown
 from sandbox.decoys import registry as decoy_registry
 from sandbox.faults import registry
 from sandbox.faults.base import Decoy, Evidence, Fault

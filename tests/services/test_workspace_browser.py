@@ -282,3 +282,27 @@ def test_the_interviewer_reviews_the_session_in_the_browser(
     assert "raw-nulls" in page.locator("#timeline").inner_text()
     context.close()
     assert journey.console_errors == [] and journey.failed_responses == []
+
+
+def test_the_scenario_builder_validates_in_the_page(stack: Stack, browser: Browser) -> None:
+    operator = (stack.world / "interviewer" / "operator-token").read_text().strip()
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    journey = Journey(context.new_page(), first_step=30)
+    page = journey.page
+    page.goto(f"{stack.url}/?token={operator}")
+    assert page.url.endswith("/interviewer")
+    page.get_by_role("link", name="Scenario builder").click()
+    page.wait_for_selector(".catalog-entry input[name='fault:feature-nulls-wrong-mean']:checked")
+    page.fill("input[name='fault:feature-nulls-wrong-mean.null_share']", "7")
+    page.locator("#validate").click()
+    error = page.locator("#verdict .error")
+    error.wait_for()
+    assert "null_share" in error.inner_text()
+    page.fill("input[name='fault:feature-nulls-wrong-mean.null_share']", "0.3")
+    page.locator("#validate").click()
+    page.wait_for_selector("#verdict .good")
+    assert "churn is up" in page.locator("#brief-preview").inner_text().lower()
+    journey.shot("builder")
+    context.close()
+    assert journey.console_errors == [f for f in journey.console_errors if "422" in f]
+    assert all("/api/builder/validate" in r for r in journey.failed_responses)

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
-from sandbox.services.gateway import console, interviewer, pages, workspace
+from sandbox.services.gateway import builder, console, interviewer, pages, workspace
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.sessions import SessionStore
 from sandbox.services.gateway.state import Gateway, shown_rows
@@ -93,6 +93,7 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
     record = gw.record
     app.include_router(workspace.router)
     app.include_router(interviewer.router)
+    app.include_router(builder.router)
     pages.install(app)
 
     @app.get("/-/health")

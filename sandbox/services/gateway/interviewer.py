@@ -7,6 +7,7 @@ session only; a candidate token reaches none of it (403).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -18,6 +19,7 @@ from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
 from sandbox.services.gateway.sessions import Session, SessionStore
 from sandbox.services.gateway.state import Gateway
+from sandbox.world.layout import read_manifest
 
 router = APIRouter()
 MAX_TIME_LIMIT_MIN = 24 * 60
@@ -127,7 +129,7 @@ def answer_key(session_id: str, request: Request, who: Interviewer) -> dict[str,
 
 
 def gather_review(
-    store: SessionStore, answer_key: dict[str, Any], session: Session
+    store: SessionStore, answer_key: dict[str, Any], session: Session, world: Path
 ) -> dict[str, Any]:
     """The review of `session` from what the store recorded (the CLI calls this when no stack
     is running)."""
@@ -141,12 +143,15 @@ def gather_review(
         diagnoses,
         answer_key,
         store.scores(session.id),
+        read_manifest(world),
     )
 
 
 def build_review(request: Request, session_id: str, who: Caller) -> dict[str, Any]:
     gw = _gateway(request)
-    return gather_review(gw.sessions, gw.answer_key, session_of(request, session_id, who))
+    return gather_review(
+        gw.sessions, gw.answer_key, session_of(request, session_id, who), gw.ctx.world
+    )
 
 
 @router.get("/api/sessions/{session_id}/review")

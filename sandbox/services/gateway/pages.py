@@ -153,14 +153,17 @@ def _page(
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
-INTERVIEWER_NAV = (Page("sessions", "Sessions", "/interviewer"),)
+INTERVIEWER_NAV = (
+    Page("sessions", "Sessions", "/interviewer"),
+    Page("builder", "Scenario builder", "/interviewer/builder"),
+)
 
 
 def interviewer_page(request: Request, name: str, **context: Any) -> HTMLResponse:
     """An interviewer page (not recorded: the history is the candidate's)."""
     html = templates.get_template(f"interviewer-{name}.html.j2").render(
         nav=INTERVIEWER_NAV,
-        active="sessions",
+        active="builder" if name == "builder" else "sessions",
         world=_world_name(request),
         interviewer=True,
         **context,

@@ -105,7 +105,7 @@
     try {
       const r = await api(`/api/sessions/${sessionId}/review`);
       const s = r.session;
-      document.getElementById("session-line").textContent = `${s.state} · started ${s.started_at ? sandbox.simTime(s.started_at) : "—"}${s.time_limit_min ? ` · limit ${s.time_limit_min} min` : ""} · ${r.timeline.length} events`;
+      document.getElementById("session-line").textContent = `world ${r.world.name} seed ${r.world.seed} · ${s.state} · started ${s.started_at ? sandbox.simTime(s.started_at) : "—"}${s.time_limit_min ? ` · limit ${s.time_limit_min} min` : ""} · ${r.timeline.length} events`;
       const seq = r.timeline.length ? r.timeline[r.timeline.length - 1].seq : 0;
       if (seq !== lastSeq) {
         lastSeq = seq;
