@@ -13,7 +13,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from sandbox.services.gateway import interviewer
+from sandbox.services.gateway import builder, interviewer
 from sandbox.services.gateway.sessions import SessionStore
 from sandbox.world.layout import WorldPaths
 from tests.conftest import Worlds
@@ -144,10 +144,16 @@ def test_a_candidate_token_is_refused_on_every_interviewer_route(
 ) -> None:
     links = make_session()
     token = _bearer(links["candidate_token"])
-    routes = [r for r in interviewer.router.routes if isinstance(r, APIRoute)]
+    routes = [
+        r for r in [*interviewer.router.routes, *builder.router.routes] if isinstance(r, APIRoute)
+    ]
     assert len(routes) >= 10
     for route in routes:
-        path = route.path.replace("{session_id}", links["session_id"]).replace("{fmt}", "html")
+        path = (
+            route.path.replace("{session_id}", links["session_id"])
+            .replace("{fmt}", "html")
+            .replace("{build_id}", "any")
+        )
         for method in route.methods:
             reply = client.request(method, path, headers=token, json={})
             assert reply.status_code == 403, f"{method} {path}: {reply.status_code}"
