@@ -261,3 +261,35 @@ def test_a_query_is_recorded_with_the_tables_and_columns_it_read(
     ]
     assert event["detail"]["rows"] == len(reply.json()["rows"])
     assert event["detail"]["elapsed_ms"] == reply.json()["elapsed_ms"]
+
+
+TELLTALE = re.compile(r"\b(faults?|inject\w*|planted|answer[ -]?key|evidence)\b", re.IGNORECASE)
+
+
+def test_nothing_a_candidate_can_load_speaks_of_faults(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    """Pages, public scripts and styles, dashboards: no fault id, no telltale word. The
+    interviewer's scripts are behind the interviewer's token."""
+    links = make_session()
+    who = {**HTML, **_bearer(links["candidate_token"])}
+    bodies = {page.path: client.get(page.path, headers=who).text for page in pages.NAV}
+    bodies["/api/dashboards"] = client.get("/api/dashboards", headers=who).text
+    for path in sorted((pages.WEB / "static").iterdir()):
+        reply = client.get(f"/static/{path.name}", headers=who)
+        assert reply.status_code == 200
+        bodies[f"/static/{path.name}"] = reply.text
+    ids = set(registry.catalog())
+    for where, body in bodies.items():
+        words = {w.lower() for w in TELLTALE.findall(body)}
+        # The diagnosis form asks for the candidate's own evidence: that word is theirs.
+        if where in ("/diagnosis", "/static/diagnosis.js"):
+            words.discard("evidence")
+        assert not words, f"{where}: {words}"
+        assert not [i for i in ids if i in body], where
+    for asset in ("review.js", "builder.js", "sessions.js", "interviewer.css"):
+        assert client.get(f"/interviewer/assets/{asset}", headers=who).status_code == 403
+        assert client.get(f"/interviewer/assets/{asset}").status_code == 401
+    interviewer = _bearer(links["interviewer_token"])
+    assert client.get("/interviewer/assets/review.js", headers=interviewer).status_code == 200
+    assert client.get("/interviewer/assets/..%2fapp.py", headers=interviewer).status_code == 404

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from pydantic import BaseModel, Field
 
 from sandbox.review import export, report, rubric
@@ -184,6 +190,19 @@ def export_review(session_id: str, fmt: str, request: Request, who: Interviewer)
     return PlainTextResponse(
         export.to_markdown(data), media_type="text/markdown", headers=disposition
     )
+
+
+# The interviewer's scripts and styles speak of faults and answers: never public static files.
+ASSETS = Path(__file__).parent / "web" / "interviewer"
+ASSET_TYPES = {".js": "text/javascript", ".css": "text/css"}
+
+
+@router.get("/interviewer/assets/{name}", include_in_schema=False)
+def asset(name: str, who: Interviewer) -> FileResponse:
+    path = ASSETS / name
+    if path.suffix not in ASSET_TYPES or path.name != name or not path.is_file():
+        raise HTTPException(404, f"no asset {name}")
+    return FileResponse(path, media_type=ASSET_TYPES[path.suffix])
 
 
 @router.get("/interviewer", include_in_schema=False)
