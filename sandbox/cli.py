@@ -422,7 +422,12 @@ def _offline_review(paths: Any, session_id: str, fmt: str) -> str:
 
     if not (paths.interviewer / SESSIONS_FILE).is_file():
         _fail("no sessions were recorded for this world")
-    store = SessionStore(paths.interviewer, json.loads(paths.answer_key.read_text()))
+    import duckdb
+
+    try:
+        store = SessionStore(paths.interviewer, json.loads(paths.answer_key.read_text()))
+    except duckdb.IOException:
+        _fail("the sessions are held by a stack that is not answering; stop it, then retry")
     try:
         session = store.get(session_id)
         if session is None:

@@ -2,12 +2,15 @@
 
 An event touches evidence when the candidate actually had it in front of them, inside the
 evidence's time window:
-- a table column: a query or panel read that column (or `*` of its table);
-- a metric: a query or panel over `telemetry.metrics` named the metric or returned rows of it;
-- a log pattern: a log search or query returned a line matching the pattern, dated in the window;
-- a changelog entry: the changelog page, or a query that returned the entry.
+- a table column: a query or panel that returned rows read that column (or `*` of its table);
+  when the rows are dated, one of them falls in the window;
+- a metric: a query or panel over `telemetry.metrics` that returned rows named the metric in its
+  SQL or its rows;
+- a log pattern: a log search, or a query over `telemetry.logs`, returned a line matching the
+  pattern, dated in the window;
+- a changelog entry: the changelog page, or a query over `ops.changelog` that returned the entry.
 
-Events carry what they showed as `Shown` lines: (ISO timestamp or None, text).
+Events carry what they showed as `Shown` lines: (ISO date or timestamp of the row, or None; text).
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ def _touches(e: dict[str, Any], kind: str, detail: dict[str, Any], shown: Shown)
     ref = e["ref"]
     tables = set(detail.get("tables", []))
     text = str(detail.get("sql", "")).lower()
+    if kind in QUERY_KINDS and not shown:
+        return False  # nothing came back: nothing was seen
     if e["kind"] == "table_column":
         if kind not in QUERY_KINDS:
             return False
         table = ref.rpartition(".")[0]
         columns = set(detail.get("columns", []))
-        return ref in columns or f"{table}.*" in columns
+        dates = [_day(ts) for ts, _ in shown if ts]
+        in_window = not dates or any(start <= d <= end for d in dates)
+        return (ref in columns or f"{table}.*" in columns) and in_window
     if e["kind"] == "metric":
         name = ref.split("{")[0]
         return (
@@ -48,6 +55,8 @@ def _touches(e: dict[str, Any], kind: str, detail: dict[str, Any], shown: Shown)
             and (name.lower() in text or any(name in line for _, line in shown))
         )
     if e["kind"] == "log_pattern":
+        if kind in QUERY_KINDS and "telemetry.logs" not in tables:
+            return False
         if kind not in QUERY_KINDS | {"log_search"}:
             return False
         pattern = re.compile(ref)

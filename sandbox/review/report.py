@@ -70,7 +70,9 @@ def _start(session: dict[str, Any], history: list[dict[str, Any]]) -> dt.datetim
 
 
 def _ts(iso: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(iso.rstrip("Z"))
+    """Naive UTC, whether the text carries "Z", an offset, or nothing."""
+    value = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return value if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def _timeline(history: list[dict[str, Any]], start: dt.datetime | None) -> list[dict[str, Any]]:
@@ -98,7 +100,8 @@ def summarize(event: dict[str, Any]) -> str:
     if kind == "page":
         return f"opened {d.get('dashboard') or d.get('page')}"
     if kind == "panel":
-        return f"panel {d['dashboard']}/{d['panel']} · {d['start'][:16]} → {d['end'][:16]}"
+        span = f"{str(d.get('start', ''))[:16]} → {str(d.get('end', ''))[:16]}"
+        return f"panel {d.get('dashboard')}/{d.get('panel')} · {span}"
     if kind == "sql":
         first = " ".join(str(d.get("sql", "")).split())[:160]
         outcome = f"error: {d['error']}" if d.get("error") else f"{d.get('rows', 0)} rows"
@@ -119,7 +122,9 @@ def summarize(event: dict[str, Any]) -> str:
     if kind == "paste":
         return f"pasted {d.get('chars', 0)} characters into {d.get('field', 'the diagnosis')}"
     if kind == "away":
-        return f"left the workspace tab for {round(float(d.get('seconds', 0)))} s"
+        seconds = d.get("seconds", 0)
+        shown = round(seconds) if isinstance(seconds, int | float) else seconds
+        return f"left the workspace tab for {shown} s"
     return kind
 
 
@@ -204,10 +209,18 @@ def _dead_ends(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for item in timeline:
         if item["evidence"]:
             close()
-        elif item["kind"] in EXPLORING:
+        elif item["kind"] in EXPLORING and not _same_dashboard_load(run, item):
             run.append(item)
     close()
     return found
+
+
+def _same_dashboard_load(run: list[dict[str, Any]], item: dict[str, Any]) -> bool:
+    """A dashboard draws all its panels at once: one look, however many panels."""
+    if item["kind"] != "panel" or not run or run[-1]["kind"] != "panel":
+        return False
+    key = ("dashboard", "start", "end")
+    return all(run[-1]["detail"].get(k) == item["detail"].get(k) for k in key)
 
 
 def _versions(diagnoses: list[dict[str, Any]], start: dt.datetime | None) -> list[dict[str, Any]]:

@@ -40,12 +40,14 @@ def world_paths(built: BuildSummary) -> Iterator[WorldPaths]:
 
 
 @contextlib.contextmanager
-def gateway_client(paths: WorldPaths) -> Iterator[TestClient]:
+def gateway_client(paths: WorldPaths, query_time_limit_s: float = 10.0) -> Iterator[TestClient]:
     """The gateway on a clock standing at the start of live time; its model server is down."""
     calendar = scenario.load(paths.scenario).world.calendar()
     SimClock.starting(calendar, speed=FROZEN).save(paths.run)
     down = stack.ServiceAddress("http://127.0.0.1:9", "/health")  # discard port: nothing listens
-    app = create_app(paths.root, services={"model-server": down})
+    app = create_app(
+        paths.root, services={"model-server": down}, query_time_limit_s=query_time_limit_s
+    )
     with TestClient(app) as c:
         yield c
 

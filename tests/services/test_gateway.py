@@ -138,8 +138,11 @@ def test_the_console_refuses_what_is_not_a_read_of_the_candidates_tables(
 
 def test_the_console_cannot_reach_files_and_caps_rows(paths: WorldPaths) -> None:
     store = _store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
-    with pytest.raises(Exception, match="disabled by configuration"):
+    with pytest.raises(console.QueryRefused, match="not available"):
         console.run(store, "SELECT * FROM read_csv('/etc/passwd')")
+    # The second layer: the instance itself refuses files, should a query get past the first.
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        store.cursor().execute("SELECT * FROM read_csv('/etc/passwd')")
     big = console.run(store, "SELECT customer_id FROM raw.customers")
     assert big.truncated and len(big.rows) == console.ROW_CAP
     assert big.tables == ["raw.customers"]

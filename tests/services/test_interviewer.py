@@ -200,8 +200,11 @@ def test_session_states_time_limits_and_revocation(
     assert revoked["state"] == "revoked"
     assert client.get("/brief", headers=token).status_code == 401
     assert client.get("/api/my/history", headers=token).status_code == 401
-    # Its history stays readable for the review.
+    # Its history stays readable for the review, by the operator and by its interviewer.
     assert client.get(f"/api/sessions/{links['session_id']}/history", headers=admin).json()
+    interviewer = _bearer(links["interviewer_token"])
+    review = client.get(f"/api/sessions/{links['session_id']}/review", headers=interviewer)
+    assert review.status_code == 200 and review.json()["session"]["state"] == "revoked"
 
 
 def test_an_expired_session_refuses_the_candidate(
@@ -285,10 +288,11 @@ def test_sandbox_review_exports_a_stopped_stacks_session(paths: WorldPaths, tmp_
         "sql",
         {
             "sql": "SELECT fill_value FROM feature_store.imputation_policy",
-            "rows": 2,
+            "rows": 1,
             "tables": ["feature_store.imputation_policy"],
             "columns": ["feature_store.imputation_policy.fill_value"],
         },
+        [(None, "212.5")],
     )
     store.close()
     out = tmp_path / "review.md"
@@ -306,3 +310,43 @@ def test_sandbox_review_exports_a_stopped_stacks_session(paths: WorldPaths, tmp_
         app, ["review", session.id, "--world", str(paths.root), "--export", "x.pdf"]
     )
     assert wrong.exit_code != 0 and ".html or .md" in wrong.output
+
+
+# A query and the evidence of the default world it shows, or none when it shows nothing of it.
+EVIDENCE_CASES = [
+    ("SELECT fill_value FROM feature_store.imputation_policy", {"policy-change"}),
+    ("SELECT * FROM feature_store.imputation_policy", {"policy-change"}),
+    ("SELECT COLUMNS('fill_.*') FROM feature_store.imputation_policy", {"policy-change"}),
+    ("SUMMARIZE feature_store.imputation_policy", {"policy-change"}),
+    ("DESCRIBE feature_store.imputation_policy", set()),
+    ("SELECT * EXCLUDE (fill_value) FROM feature_store.imputation_policy", set()),
+    ("SELECT * FROM feature_store.imputation_policy LIMIT 0", set()),
+    # Rows dated before the evidence's window show nothing of it.
+    (
+        "SELECT feature_date, nulls_imputed FROM ops.feature_job_runs "
+        "WHERE feature_date < DATE '2026-01-01'",
+        set(),
+    ),
+    (
+        "SELECT feature_date, nulls_imputed FROM ops.feature_job_runs "
+        "WHERE feature_date > DATE '2026-04-01'",
+        {"job-imputations"},
+    ),
+    ("SELECT 'feature_null_ratio' AS x FROM telemetry.metrics LIMIT 0", set()),
+    ("SELECT 'nulls_imputed' AS x", set()),
+    (
+        "SELECT ts, attrs FROM telemetry.logs WHERE attrs LIKE '%nulls_imputed%' "
+        "AND ts > TIMESTAMP '2026-04-01'",
+        {"job-log"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), EVIDENCE_CASES, ids=range(len(EVIDENCE_CASES)))
+def test_evidence_is_marked_only_when_it_was_shown(
+    client: TestClient, make_session: MakeSession, sql: str, expected: set[str]
+) -> None:
+    links = make_session()
+    _sql(client, links["candidate_token"], sql)
+    [event] = [e for e in _review(client, links)["timeline"] if e["kind"] == "sql"]
+    assert set(event["evidence"]) == expected

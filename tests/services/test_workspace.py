@@ -293,3 +293,28 @@ def test_nothing_a_candidate_can_load_speaks_of_faults(
     interviewer = _bearer(links["interviewer_token"])
     assert client.get("/interviewer/assets/review.js", headers=interviewer).status_code == 200
     assert client.get("/interviewer/assets/..%2fapp.py", headers=interviewer).status_code == 404
+
+
+def test_log_text_matches_literally_and_offsets_are_understood(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    who = _bearer(links["candidate_token"])
+    underscored = client.get("/api/logs", params={"q": "nulls_imputed"}, headers=who).json()
+    assert underscored["total"] > 0
+    wildcards = client.get("/api/logs", params={"q": "%_"}, headers=who).json()
+    assert wildcards["total"] == 0
+    end = underscored["end"]
+    zoned = client.get("/api/logs", params={"after": end + "Z", "end": end + "+00:00"}, headers=who)
+    assert zoned.status_code == 200 and zoned.json()["lines"] == []
+
+
+def test_the_api_description_is_the_operators(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session()
+    assert client.get("/openapi.json").status_code == 404
+    for token in (links["candidate_token"], links["interviewer_token"]):
+        assert client.get("/api/openapi.json", headers=_bearer(token)).status_code == 403
+    operator = _bearer((paths.interviewer / "operator-token").read_text().strip())
+    assert "/api/sql" in client.get("/api/openapi.json", headers=operator).json()["paths"]

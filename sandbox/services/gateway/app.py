@@ -28,7 +28,7 @@ from sandbox.services.gateway import builder, console, interviewer, pages, works
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.sessions import SessionStore
 from sandbox.services.gateway.state import Gateway, shown_rows
-from sandbox.services.gateway.telemetry import LiveTelemetry
+from sandbox.services.gateway.telemetry import QUERY_TIME_LIMIT_S, LiveTelemetry
 
 INGEST_INTERVAL_S = 0.5
 HEALTH_TIMEOUT_S = 2.0
@@ -52,7 +52,11 @@ class SqlRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000)
 
 
-def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = None) -> FastAPI:
+def create_app(
+    world: Path,
+    services: dict[str, stack.ServiceAddress] | None = None,
+    query_time_limit_s: float = QUERY_TIME_LIMIT_S,
+) -> FastAPI:
     ctx = ServiceContext(world, "gateway")
     cal = ctx.calendar
     answer_key = json.loads(ctx.paths.answer_key.read_text())
@@ -63,6 +67,7 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
         ctx.scenario.fault_set,
         ctx.scenario.world.seed,
         cal,
+        time_limit_s=query_time_limit_s,
     )
     sessions = SessionStore(ctx.paths.interviewer, answer_key)
     admin_token = stack.admin_token(ctx.paths)
@@ -85,7 +90,14 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
         thread.join(timeout=2)
         sessions.close()
 
-    app = FastAPI(title="ML Incident Sandbox", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # The API description names the interviewer's routes: only the operator gets it.
+    app = FastAPI(
+        title="ML Incident Sandbox",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.store = store
     app.state.sessions = sessions
     app.state.admin_token = admin_token
@@ -135,7 +147,7 @@ def create_app(world: Path, services: dict[str, stack.ServiceAddress] | None = N
             tables=result.tables,
             columns=result.columns_read,
         )
-        record(who, "sql", detail, shown_rows(result.columns, result.rows))
+        record(who, "sql", detail, shown_rows(result))
         return JSONResponse(
             {
                 "columns": result.columns,

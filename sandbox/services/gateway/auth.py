@@ -33,10 +33,14 @@ def caller(request: Request) -> Caller:
     if found is None:
         raise HTTPException(401, "sign in with your session link (or a Bearer token)")
     session, role = found
-    if role == "candidate" and request.app.state.sessions.state(session) == "expired":
-        raise HTTPException(
-            403, "this session's time is up; everything you did until then is saved"
-        )
+    if role == "candidate":
+        state = request.app.state.sessions.state(session)
+        if state == "revoked":
+            raise HTTPException(401, "this session has ended")
+        if state == "expired":
+            raise HTTPException(
+                403, "this session's time is up; everything you did until then is saved"
+            )
     return Caller(role=role, session_id=session.id)
 
 

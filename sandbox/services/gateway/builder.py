@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,8 @@ def _parse(body: ScenarioText) -> scenario.Scenario:
         return scenario.parse(text, "scenario")
     except (scenario.ScenarioError, TypeError) as exc:
         raise HTTPException(422, str(exc)) from None
+    except RecursionError:
+        raise HTTPException(422, "scenario: nested too deeply") from None
 
 
 @router.get("/api/catalog")
@@ -124,7 +127,8 @@ def start_build(body: BuildRequest, request: Request, who: Operator) -> dict[str
     out = Path(request.app.state.gateway.ctx.world).resolve().parent / body.name
     if out.exists():
         raise HTTPException(409, f"name: {out} already exists; pick another name")
-    source = Path(tempfile.mkdtemp(prefix="scenario-")) / "scenario.toml"
+    scratch = Path(tempfile.mkdtemp(prefix="scenario-"))
+    source = scratch / "scenario.toml"
     source.write_text(spec.as_toml())
     process = subprocess.Popen(
         [*BUILD_COMMAND, str(source), "--out", str(out), "--progress", "json"],
@@ -134,24 +138,30 @@ def start_build(body: BuildRequest, request: Request, who: Operator) -> dict[str
     )
     build = Build(uuid.uuid4().hex[:12], body.name, out, process)
     BUILDS[build.id] = build
-    threading.Thread(target=_follow, args=(build,), name=f"build-{build.id}", daemon=True).start()
+    threading.Thread(
+        target=_follow, args=(build, scratch), name=f"build-{build.id}", daemon=True
+    ).start()
     return _status(build)
 
 
-def _follow(build: Build) -> None:
+def _follow(build: Build, scratch: Path) -> None:
+    """Read the build's output to the end (a reader that stopped would block the build)."""
     assert build.process.stdout is not None
     for line in build.process.stdout:
         line = line.rstrip()
         try:
             update = json.loads(line)
-        except ValueError:
+            if update.get("done") is True:
+                build.seed = int(update["seed"])
+            else:
+                build.stages[str(update["stage"])] = {
+                    "done": int(update["done"]),
+                    "total": int(update["total"]),
+                }
+        except (ValueError, TypeError, KeyError, AttributeError):
             build.lines.append(line)
-            continue
-        if update.get("done") is True:
-            build.seed = update["seed"]
-        elif "stage" in update:
-            build.stages[update["stage"]] = {"done": update["done"], "total": update["total"]}
     build.process.wait()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @router.get("/api/builder/builds/{build_id}")

@@ -25,8 +25,13 @@ from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS, LiveTelemetry
 ROW_CAP = 5000
 ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN"}
 EXPLAIN_PREFIX = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
-# Table functions that would let a query name a table the parser cannot see.
+# Table functions that would let a query name a table the parser cannot see, or read the
+# unfiltered world's catalog and statistics (which count rows not revealed yet).
 REFUSED_FUNCTIONS = {"query", "query_table", "getvariable"}
+REFUSED_PREFIXES = ("pragma_", "duckdb_")
+# The only table functions in FROM: generators. Everything else (file readers, catalog and
+# settings listings) is refused before it runs; the instance refuses files again if one slipped.
+TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
 
 
 class QueryRefused(ValueError):
@@ -40,12 +45,14 @@ class QueryResult:
     truncated: bool
     elapsed_ms: float
     tables: list[str] = field(default_factory=list)
+    column_types: list[str] = field(default_factory=list)
     columns_read: list[str] = field(default_factory=list)  # schema.table.column or schema.table.*
 
 
 def run(store: LiveTelemetry, sql: str, params: dict[str, Any] | None = None) -> QueryResult:
-    """Run one candidate statement; QueryRefused or duckdb.Error with a clear message otherwise.
-    A query over its time limit fails with DuckDB's interrupt error. `params` binds `$name`s."""
+    """Run one candidate statement; QueryRefused or duckdb.Error with a clear message otherwise
+    (a query past the time or memory limit is cut off with QueryRefused). `params` binds
+    `$name`s."""
     statement = _single_statement(sql)
     tables, columns_read = touched(store, statement)
     cur = store.cursor()
@@ -53,8 +60,19 @@ def run(store: LiveTelemetry, sql: str, params: dict[str, Any] | None = None) ->
         started = time.perf_counter()
         result = cur.execute(statement, params) if params else cur.execute(statement)
         columns = [d[0] for d in result.description or []]
+        types = [str(d[1]) for d in result.description or []]
         rows = result.fetchmany(ROW_CAP + 1)
         elapsed = (time.perf_counter() - started) * 1000
+    except duckdb.InterruptException:
+        raise QueryRefused(
+            f"the query was stopped at the console's {store.time_limit_s:g} s time limit: "
+            "filter, aggregate or add LIMIT"
+        ) from None
+    except duckdb.OutOfMemoryException:
+        raise QueryRefused(
+            f"the query needs more than the console's memory limit ({store.memory_limit}): "
+            "filter or aggregate first"
+        ) from None
     finally:
         cur.close()
     return QueryResult(
@@ -63,6 +81,7 @@ def run(store: LiveTelemetry, sql: str, params: dict[str, Any] | None = None) ->
         truncated=len(rows) > ROW_CAP,
         elapsed_ms=round(elapsed, 1),
         tables=tables,
+        column_types=types,
         columns_read=columns_read,
     )
 
@@ -74,6 +93,8 @@ def _single_statement(sql: str) -> str:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         raise QueryRefused(str(exc)) from None
+    if not statements:
+        raise QueryRefused("empty query")
     if len(statements) != 1:
         raise QueryRefused(f"one statement per query, got {len(statements)}")
     kind = statements[0].type.name
@@ -97,12 +118,27 @@ def touched(store: LiveTelemetry, statement: str) -> tuple[list[str], list[str]]
     ctes: set[str] = set()
     found: list[str] = []
     aliases: dict[str, str] = {}  # alias or bare table name -> schema.table
-    refs: list[list[str]] = []  # column references, as written ([*] for a star)
+    refs: list[ColumnRef] = []
+    describe_only = False  # DESCRIBE reads no data, only names and types
     for node in _walk(tree):
         if node.get("class") == "COLUMN_REF":
-            refs.append([n for n in node.get("column_names", []) if n])
-        elif node.get("class") == "STAR" and not node.get("columns"):
-            refs.append([node["relation_name"], "*"] if node.get("relation_name") else ["*"])
+            *qualifier, name = [n for n in node.get("column_names", []) if n]
+            refs.append(ColumnRef(qualifier[-1] if qualifier else None, name=name))
+        elif node.get("class") == "STAR":
+            pattern = (
+                (node.get("expr") or {}).get("literal", {}).get("text")
+                if node.get("columns")
+                else None
+            )
+            refs.append(
+                ColumnRef(
+                    node.get("relation_name") or None,
+                    exclude={e.lower() for e in node.get("exclude_list") or []},
+                    pattern=pattern,
+                )
+            )
+        elif node.get("type") == "SHOW_REF" and node.get("show_type") == "DESCRIBE":
+            describe_only = True
         if node.get("cte_map"):
             ctes.update(entry["key"] for entry in node["cte_map"].get("map", []))
         path: list[str] = []
@@ -123,31 +159,63 @@ def touched(store: LiveTelemetry, statement: str) -> tuple[list[str], list[str]]
             table = ".".join(path)
             found.append(table)
             aliases[node.get("alias") or path[1]] = table
-        if str(node.get("function_name", "")).lower() in REFUSED_FUNCTIONS:
+        if node.get("type") == "TABLE_FUNCTION":
+            name = str((node.get("function") or {}).get("function_name", "")).lower()
+            if name not in TABLE_FUNCTIONS:
+                raise QueryRefused(
+                    f"the table function {name} is not available: query the tables of "
+                    f"{', '.join(CANDIDATE_SCHEMAS)}"
+                )
+        function = str(node.get("function_name", "")).lower()
+        if function in REFUSED_FUNCTIONS or function.startswith(REFUSED_PREFIXES):
             raise QueryRefused(f"the function {node['function_name']} is not available")
     tables = sorted(set(found))
+    if describe_only:
+        return tables, []
     return tables, _resolve_columns(store, tables, aliases, refs)
 
 
+@dataclass(frozen=True)
+class ColumnRef:
+    """A column reference as written: a name, or a star (maybe with EXCLUDE or COLUMNS(regex))."""
+
+    qualifier: str | None
+    name: str | None = None  # None: a star
+    exclude: frozenset[str] | set[str] = frozenset()
+    pattern: str | None = None
+
+
 def _resolve_columns(
-    store: LiveTelemetry, tables: list[str], aliases: dict[str, str], refs: list[list[str]]
+    store: LiveTelemetry, tables: list[str], aliases: dict[str, str], refs: list[ColumnRef]
 ) -> list[str]:
     """Each reference to the table(s) it can belong to; names no table has (aliases of
-    expressions, CTE columns) are dropped."""
+    expressions, CTE columns) are dropped. A plain star reads every column (`table.*`)."""
     columns: set[str] = set()
     for ref in refs:
-        *qualifier, name = ref
-        if qualifier:
-            owner = aliases.get(qualifier[-1])
+        if ref.qualifier:
+            owner = aliases.get(ref.qualifier)
             candidates = [owner] if owner else []
         else:
             candidates = tables
         for table in candidates:
-            if name == "*":
+            names = [c.lower() for c in store.tables.get(table, [])]
+            if ref.name is not None:
+                if ref.name.lower() in names:
+                    columns.add(f"{table}.{ref.name.lower()}")
+            elif ref.pattern is not None:
+                columns.update(f"{table}.{n}" for n in names if _matches(ref.pattern, n))
+            elif ref.exclude:
+                columns.update(f"{table}.{n}" for n in names if n not in ref.exclude)
+            else:
                 columns.add(f"{table}.*")
-            elif name.lower() in (c.lower() for c in store.tables.get(table, [])):
-                columns.add(f"{table}.{name.lower()}")
     return sorted(columns)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    try:
+        return re.search(pattern, name) is not None
+    except re.error:
+        return False
 
 
 def _walk(node: Any):

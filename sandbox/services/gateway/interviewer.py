@@ -88,6 +88,13 @@ def links(session: Session, base: str) -> dict[str, str]:
     }
 
 
+@router.get("/api/openapi.json", include_in_schema=False)
+def openapi(request: Request, who: Interviewer) -> dict[str, Any]:
+    if who.role != "admin":
+        raise HTTPException(403, "the API description is for the stack's operator")
+    return request.app.openapi()
+
+
 @router.post("/api/sessions")
 def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[str, Any]:
     if who.role != "admin":

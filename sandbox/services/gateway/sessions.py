@@ -76,6 +76,9 @@ class SessionStore:
             "ts TIMESTAMP, fields JSON, submitted BOOLEAN, PRIMARY KEY (session_id, version))",
             "CREATE TABLE IF NOT EXISTS scores (session_id VARCHAR, dimension VARCHAR, "
             "level INTEGER, note VARCHAR, ts TIMESTAMP, PRIMARY KEY (session_id, dimension))",
+            # Session files written before these columns existed.
+            "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS time_limit_min INTEGER",
+            "ALTER TABLE events ADD COLUMN IF NOT EXISTS seq BIGINT DEFAULT nextval('event_seq')",
         ):
             self.con.execute(ddl)
         self._started = dict(self.con.execute("SELECT session_id, ts FROM starts").fetchall())
@@ -111,7 +114,8 @@ class SessionStore:
 
     def by_token(self, token: str) -> tuple[Session, str] | None:
         """The session a token belongs to and the role it grants ("candidate"/"interviewer");
-        None for an unknown token or a revoked session's."""
+        None for an unknown token. A revoked or expired session's candidate is refused by the
+        caller; its interviewer keeps reviewing it."""
         found = self._tokens.get(token)
         if found is None:
             with self._lock:
@@ -125,8 +129,6 @@ class SessionStore:
                 return None
             *fields, role = rows[0]
             found = self._tokens[token] = (Session(*fields), role)
-        if self._closed.get(found[0].id) == "revoked":
-            return None
         return found
 
     def get(self, session_id: str) -> Session | None:
@@ -237,8 +239,9 @@ class SessionStore:
 
     def save_diagnosis(
         self, session_id: str, fields: dict[str, str], submit: bool = False
-    ) -> Diagnosis:
-        """A new version, unless nothing changed; DiagnosisClosed once submitted."""
+    ) -> tuple[Diagnosis, bool]:
+        """A new version (and True), unless nothing changed (the latest, and False);
+        DiagnosisClosed once submitted."""
         with self._lock:
             rows = self.con.execute(
                 "SELECT version, ts, fields, submitted FROM diagnoses WHERE session_id = ? "
@@ -249,7 +252,7 @@ class SessionStore:
             if submitted:
                 raise DiagnosisClosed("the diagnosis was submitted; it can no longer change")
             if previous is not None and json.loads(previous) == fields and not submit:
-                return Diagnosis(version, ts, fields, False)
+                return Diagnosis(version, ts, fields, False), False
             saved = Diagnosis(version + 1, _utcnow(), fields, submit)
             self.con.execute(
                 "INSERT INTO diagnoses VALUES (?, ?, ?, ?, ?)",
@@ -257,7 +260,7 @@ class SessionStore:
             )
             if submit:
                 self._closed[session_id] = "submitted"
-        return saved
+        return saved, True
 
     def scores(self, session_id: str) -> dict[str, dict[str, Any]]:
         with self._lock:

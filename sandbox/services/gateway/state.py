@@ -11,6 +11,7 @@ from sandbox.review.evidence import Shown
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway.auth import Caller
+from sandbox.services.gateway.console import QueryResult
 from sandbox.services.gateway.sessions import SessionStore
 from sandbox.services.gateway.telemetry import WORLD_CATALOG, LiveTelemetry
 
@@ -42,8 +43,8 @@ class Gateway:
     ) -> tuple[dt.datetime, dt.datetime]:
         """A requested range clamped to what exists: nothing after the simulated now."""
         now = self.ctx.now()
-        end = min(_naive(end) or now, now)
-        start = _naive(start) or self.history_start
+        end = min(naive_utc(end) or now, now)
+        start = naive_utc(start) or self.history_start
         if start >= end:
             start = end - dt.timedelta(hours=1)
         return start, end
@@ -77,20 +78,23 @@ class Gateway:
         return self._schema
 
 
-def _naive(value: dt.datetime | None) -> dt.datetime | None:
+def naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     """Simulated time is naive UTC; a browser may send an offset."""
     if value is None or value.tzinfo is None:
         return value
     return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def shown_rows(columns: list[str], rows: list[list[Any]]) -> Shown:
-    """Result rows as evidence lines, dated by their `ts` column when they have one."""
-    ts_at = columns.index("ts") if "ts" in columns else None
+def shown_rows(result: QueryResult) -> Shown:
+    """Result rows as evidence lines, dated by their first date or timestamp column."""
+    dated = next(
+        (i for i, t in enumerate(result.column_types) if t.startswith(("DATE", "TIMESTAMP"))),
+        None,
+    )
     return [
         (
-            str(row[ts_at]) if ts_at is not None and row[ts_at] is not None else None,
+            str(row[dated]) if dated is not None and row[dated] is not None else None,
             " | ".join("" if v is None else str(v) for v in row),
         )
-        for row in rows
+        for row in result.rows
     ]

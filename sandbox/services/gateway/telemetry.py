@@ -55,8 +55,11 @@ class LiveTelemetry:
         seed: int,
         calendar: Any,
         memory_limit: str = "2GB",
+        time_limit_s: float = QUERY_TIME_LIMIT_S,
     ) -> None:
         self.paths = WorldPaths(world)
+        self.memory_limit = memory_limit
+        self.time_limit_s = time_limit_s
         self.now = now
         self.live_start = live_start
         self.faults = faults
@@ -75,7 +78,8 @@ class LiveTelemetry:
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET autoinstall_known_extensions = false")
         self.con.execute("SET autoload_known_extensions = false")
-        self.con.execute(f"SET max_execution_time = {QUERY_TIME_LIMIT_S * 1000}")
+        # GLOBAL: a LOCAL setting would bind this connection only, not the per-query cursors.
+        self.con.execute(f"SET GLOBAL max_execution_time = {round(time_limit_s * 1000)}")
         self.con.execute("SET lock_configuration = true")
 
     def _world_tables(self) -> dict[str, list[str]]:

@@ -22,7 +22,7 @@ from sandbox.monitor.reports import report_path
 from sandbox.services.gateway import console, dashboards
 from sandbox.services.gateway.auth import Auth, CandidateAuth
 from sandbox.services.gateway.sessions import DiagnosisClosed
-from sandbox.services.gateway.state import Gateway, shown_rows
+from sandbox.services.gateway.state import Gateway, naive_utc, shown_rows
 
 router = APIRouter()
 
@@ -84,7 +84,10 @@ def panel_data(
     who: Auth,
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
+    refresh: bool = False,
 ) -> JSONResponse:
+    """One panel's rows for the range. An auto-refresh (`refresh=true`) is not recorded again:
+    the history keeps what the candidate chose to look at."""
     gw = gateway(request)
     board = dashboards.catalog().get(board_id)
     panel = board.panel(panel_id) if board else None
@@ -107,12 +110,13 @@ def panel_data(
         **{k: v for k, v in choices.items() if v is not None},
         "sql": panel.sql,
     }
+    record = gw.record if not refresh else _ignore
     try:
         result = console.run(gw.store, panel.sql, dashboards.parameters(panel, start, end, choices))
     except (console.QueryRefused, duckdb.Error) as exc:
-        gw.record(who, "panel", {**detail, "error": str(exc).splitlines()[0]})
+        record(who, "panel", {**detail, "error": str(exc).splitlines()[0]})
         return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=400)
-    gw.record(
+    record(
         who,
         "panel",
         {
@@ -121,6 +125,7 @@ def panel_data(
             "tables": result.tables,
             "columns": result.columns_read,
         },
+        shown_rows(result),
     )
     return JSONResponse(
         {
@@ -133,6 +138,15 @@ def panel_data(
             "bucket_s": dashboards.bucket_seconds(start, end),
         }
     )
+
+
+def _ignore(*_: Any) -> None:
+    pass
+
+
+def _like_escaped(text: str) -> str:
+    """Free text matches literally: % and _ are not wildcards here."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 @router.get("/api/logs")
@@ -155,10 +169,11 @@ def logs(
         raise HTTPException(422, f"level: one of {', '.join(LOG_LEVELS)}")
     # Logs go back before the first production day (the jobs ran during pre-history too).
     start, end = gw.time_range(start or gw.ctx.calendar.midnight(gw.ctx.calendar.first_day), end)
+    after = naive_utc(after)
     params = {
         "service": service or None,
         "level": level,
-        "q": f"%{q}%" if q else None,
+        "q": f"%{_like_escaped(q)}%" if q else None,
         "start": max(start, after) if after else start,
         "strict": after is not None,
         "end": end,
@@ -166,7 +181,8 @@ def logs(
     where = (
         "($service::VARCHAR IS NULL OR service = $service) "
         "AND ($level::VARCHAR IS NULL OR level = $level) "
-        "AND ($q::VARCHAR IS NULL OR message ILIKE $q OR event ILIKE $q OR attrs ILIKE $q) "
+        "AND ($q::VARCHAR IS NULL OR message ILIKE $q ESCAPE '\\' OR event ILIKE $q ESCAPE '\\' "
+        "OR attrs ILIKE $q ESCAPE '\\') "
         "AND (ts > $start OR (NOT $strict AND ts = $start)) AND ts <= $end"
     )
     cur = gw.store.cursor()
@@ -223,15 +239,18 @@ def logs(
 @router.get("/api/changelog")
 def changelog(request: Request, who: Auth) -> list[dict[str, Any]]:
     gw = gateway(request)
-    result = console.run(
-        gw.store,
-        "SELECT ts, kind, service, title, body, author FROM ops.changelog ORDER BY ts DESC",
-    )
+    try:
+        result = console.run(
+            gw.store,
+            "SELECT ts, kind, service, title, body, author FROM ops.changelog ORDER BY ts DESC",
+        )
+    except (console.QueryRefused, duckdb.Error) as exc:
+        raise HTTPException(503, f"the changelog is not available right now: {exc}") from None
     gw.record(
         who,
         "changelog",
         {"entries": len(result.rows), "tables": ["ops.changelog"]},
-        shown_rows(result.columns, result.rows),
+        shown_rows(result),
     )
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
@@ -241,18 +260,26 @@ async def drift_report(day: dt.date, request: Request, who: Auth) -> FileRespons
     """A day's Evidently drift report, rendered on first view by a child process (Evidently is
     too heavy to import into the gateway)."""
     gw = gateway(request)
-    known = await run_in_threadpool(
-        console.run,
-        gw.store,
-        "SELECT count(*) FROM monitoring.drift_daily WHERE report_date = $day",
-        {"day": day},
-    )
+    try:
+        known = await run_in_threadpool(
+            console.run,
+            gw.store,
+            "SELECT count(*) FROM monitoring.drift_daily WHERE report_date = $day",
+            {"day": day},
+        )
+    except (console.QueryRefused, duckdb.Error) as exc:
+        raise HTTPException(503, f"drift reports are not available right now: {exc}") from None
     if not known.rows[0][0]:
         raise HTTPException(404, f"no drift report for {day}")
     await run_in_threadpool(gw.record, who, "report", {"report": "drift", "day": day.isoformat()})
     path = report_path(gw.ctx.world, day)
-    if not path.is_file():
-        await _render_report(gw, day)
+    state = request.app.state
+    if not hasattr(state, "render_slot"):  # made here: asyncio locks belong to one event loop
+        state.render_slot, state.rendering = asyncio.Semaphore(1), {}
+    async with state.rendering.setdefault(day, asyncio.Lock()):  # one render per day...
+        if not path.is_file():
+            async with state.render_slot:  # ...and one at a time: each costs seconds and memory
+                await _render_report(gw, day)
     return FileResponse(path, media_type="text/html")
 
 
@@ -270,6 +297,7 @@ async def _render_report(gw: Gateway, day: dt.date) -> None:
         await asyncio.wait_for(child.wait(), REPORT_RENDER_TIMEOUT_S)
     except TimeoutError:
         child.kill()
+        await child.wait()
         raise HTTPException(504, "the drift report took too long to render") from None
     if child.returncode != 0:
         gw.ctx.log("error", "report_failed", f"drift report for {day} failed to render")
@@ -310,12 +338,13 @@ def submit_diagnosis(body: DiagnosisBody, request: Request, who: CandidateAuth) 
 
 def _save(request: Request, who: Any, body: DiagnosisBody, submit: bool) -> dict[str, Any]:
     gw = gateway(request)
-    before = gw.sessions.diagnosis(who.session_id)
     try:
-        saved = gw.sessions.save_diagnosis(who.session_id, body.model_dump(), submit=submit)
+        saved, created = gw.sessions.save_diagnosis(
+            who.session_id, body.model_dump(), submit=submit
+        )
     except DiagnosisClosed as exc:
         raise HTTPException(409, str(exc)) from None
-    if before is None or saved.version != before.version:
+    if created:
         gw.record(
             who,
             "diagnosis",

@@ -101,7 +101,13 @@
   }
 
   async function follow(id) {
-    const status = await api(`/api/builder/builds/${id}`);
+    let status;
+    try { status = await api(`/api/builder/builds/${id}`); }
+    catch (e) {
+      showError(document.getElementById("built"), `Lost track of the build (${e.message}); retrying…`);
+      setTimeout(() => follow(id), 5000);
+      return;
+    }
     fill(document.getElementById("stages"), Object.entries(status.stages).map(([stage, s]) =>
       el("div", { class: "stage" }, el("span", {}, stage), el("progress", { max: s.total || 1, value: s.done }), el("span", { class: "muted small" }, `${s.done}/${s.total}`))));
     document.getElementById("build-log").textContent = status.log.join("\n");

@@ -10,6 +10,7 @@
   const REFRESH_MS = 4000;
   let lastSeq = -1;
   let rubricDrawn = false;
+  let latest = null; // the newest review: the kind filters redraw from it
 
   function clock(seconds) {
     if (seconds === null || seconds === undefined) return "—";
@@ -35,9 +36,11 @@
 
   function drawTimeline(r) {
     const filters = document.getElementById("kind-filters");
-    if (!filters.children.length || filters.children.length !== Object.keys(r.counts).length) {
+    const labels = Object.entries(r.counts).map(([kind, n]) => `${kind} (${n})`).join();
+    if (filters.dataset.labels !== labels) {
+      filters.dataset.labels = labels;
       fill(filters, Object.entries(r.counts).map(([kind, n]) => el("label", { class: "check" },
-        el("input", { type: "checkbox", checked: !hiddenKinds.has(kind), onchange: (e) => { e.target.checked ? hiddenKinds.delete(kind) : hiddenKinds.add(kind); drawTimeline(r); } }),
+        el("input", { type: "checkbox", checked: !hiddenKinds.has(kind), onchange: (e) => { e.target.checked ? hiddenKinds.delete(kind) : hiddenKinds.add(kind); drawTimeline(latest); } }),
         `${kind} (${n})`)));
     }
     const rows = [];
@@ -104,6 +107,7 @@
   async function load() {
     try {
       const r = await api(`/api/sessions/${sessionId}/review`);
+      latest = r;
       const s = r.session;
       document.getElementById("session-line").textContent = `world ${r.world.name} seed ${r.world.seed} · ${s.state} · started ${s.started_at ? sandbox.simTime(s.started_at) : "—"}${s.time_limit_min ? ` · limit ${s.time_limit_min} min` : ""} · ${r.timeline.length} events`;
       const seq = r.timeline.length ? r.timeline[r.timeline.length - 1].seq : 0;

@@ -22,7 +22,8 @@
 
   async function revoke(s) {
     if (!confirm(`Revoke ${s.candidate}'s session? Their link stops working at once.`)) return;
-    await api(`/api/sessions/${s.id}/revoke`, { method: "POST" });
+    try { await api(`/api/sessions/${s.id}/revoke`, { method: "POST" }); }
+    catch (e) { alert(`Not revoked: ${e.message}`); }
     load();
   }
 

@@ -114,11 +114,12 @@
     Plotly.react(plot, traces(panel, data), layout, { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] });
   }
 
-  async function load() {
+  async function load(refresh = false) {
     const clock = sandbox.clockInfo() || (await sandbox.refreshClock(), sandbox.clockInfo());
     if (!clock) { setTimeout(load, 1000); return; }
     const mine = ++generation;
     const q = query(clock);
+    if (refresh) q.set("refresh", "true");
     document.body.dataset.panelsDrawn = "0";
     let drawn = 0;
     await Promise.all(board.panels.map(async (panel) => {
@@ -144,7 +145,7 @@
   form.addEventListener("submit", (e) => e.preventDefault());
   setInterval(() => {
     if (document.getElementById("auto-refresh").checked && rangeSelect.value !== "custom" && !document.hidden) {
-      sandbox.refreshClock().then(load);
+      sandbox.refreshClock().then(() => load(true));
     }
   }, REFRESH_MS);
   load();

@@ -40,7 +40,7 @@
       if (!search.has("end")) search.set("end", page.end);
       fillServices(page.services);
       body.replaceChildren(...page.lines.map((l) => row(l, false)));
-      if (offset === 0 && page.lines.length) newest = page.lines[0].ts;
+      if (offset === 0) newest = page.lines.length ? page.lines[0].ts : page.end;
       const last = Math.min(offset + page.lines.length, page.total);
       status.textContent = page.total
         ? `${(offset + 1).toLocaleString()}–${last.toLocaleString()} of ${page.total.toLocaleString()} lines, newest first`
@@ -59,7 +59,8 @@
   }
 
   async function tail() {
-    if (!document.getElementById("tail").checked || offset !== 0 || !newest || document.hidden) return;
+    // The tail follows "now": a search that ends at a chosen moment has nothing to tail.
+    if (!document.getElementById("tail").checked || offset !== 0 || !newest || document.hidden || form.elements.end.value) return;
     const q = new URLSearchParams(search);
     q.delete("end");
     q.set("after", newest);
