@@ -3,6 +3,7 @@ action landing in the session's history (without its evidence tags reaching the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 
@@ -318,3 +319,46 @@ def test_the_api_description_is_the_operators(
         assert client.get("/api/openapi.json", headers=_bearer(token)).status_code == 403
     operator = _bearer((paths.interviewer / "operator-token").read_text().strip())
     assert "/api/sql" in client.get("/api/openapi.json", headers=operator).json()["paths"]
+
+
+def test_a_change_another_site_asks_for_is_refused(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    """The session cookie rides along with cross-site requests; their Origin gives them away."""
+    links = make_session()
+    client.get(f"/?token={links['candidate_token']}")
+    body = {"root_cause": "written by someone else"}
+    evil = client.put("/api/diagnosis", json=body, headers={"origin": "http://127.0.0.1:9999"})
+    assert evil.status_code == 403 and "cross-site" in evil.json()["detail"]
+    referer = client.put("/api/diagnosis", json=body, headers={"referer": "http://evil.test/x"})
+    assert referer.status_code == 403
+    own = client.put("/api/diagnosis", json=body, headers={"origin": "http://testserver"})
+    assert own.status_code == 200
+    # A script with the token in a header is not a browser riding on a cookie.
+    bearer = client.put(
+        "/api/diagnosis",
+        json={"root_cause": "from a script"},
+        headers={**_bearer(links["candidate_token"]), "origin": "http://elsewhere"},
+    )
+    assert bearer.status_code == 200
+
+
+def test_tokens_are_kept_hashed_and_expire(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    from sandbox.services.gateway.sessions import TOKEN_LIFETIME
+
+    links = make_session()
+    store = client.app.state.sessions
+    stored = store.get(links["session_id"])
+    assert links["candidate_token"] not in (stored.candidate_token, stored.interviewer_token)
+    assert stored.candidate_token.startswith("sha256:")
+    for stored_file in paths.interviewer.glob("sessions.duckdb*"):  # the file and its WAL
+        assert links["candidate_token"].encode() not in stored_file.read_bytes()
+    assert client.get("/brief", headers=_bearer(links["candidate_token"])).status_code == 200
+    old = store._tokens[next(k for k, v in store._tokens.items() if v[0].id == stored.id)]
+    aged = dataclasses.replace(old[0], created_at=old[0].created_at - TOKEN_LIFETIME)
+    for key, (session, role) in list(store._tokens.items()):
+        if session.id == stored.id:
+            store._tokens[key] = (aged, role)
+    assert client.get("/brief", headers=_bearer(links["candidate_token"])).status_code == 401

@@ -7,6 +7,7 @@ send `Authorization: Bearer TOKEN`.
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
@@ -24,9 +25,14 @@ class Caller(BaseModel):
         return self.role == "candidate" and self.session_id is not None
 
 
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
 def caller(request: Request) -> Caller:
     """The caller of this request (401 without a known token)."""
     token = _token(request)
+    if token and request.method not in SAFE_METHODS and _from_cookie(request):
+        _same_origin(request)
     if token and token == request.app.state.admin_token:
         return Caller(role="admin")
     found = request.app.state.sessions.by_token(token) if token else None
@@ -53,6 +59,21 @@ def candidate(who: Annotated[Caller, Depends(caller)]) -> Caller:
 
 Auth = Annotated[Caller, Depends(caller)]
 CandidateAuth = Annotated[Caller, Depends(candidate)]
+
+
+def _from_cookie(request: Request) -> bool:
+    return not request.headers.get("authorization") and COOKIE in request.cookies
+
+
+def _same_origin(request: Request) -> None:
+    """A browser sends the cookie with requests other sites make it send; it also says where
+    they come from. A change asked for by another origin is refused."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin:
+        return  # not a browser's cross-site request: browsers name the origin of those
+    source = urlsplit(origin)
+    if (source.scheme, source.netloc) != (request.url.scheme, request.url.netloc):
+        raise HTTPException(403, "cross-site request refused")
 
 
 def _token(request: Request) -> str | None:

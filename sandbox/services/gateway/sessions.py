@@ -10,6 +10,7 @@ diagnosis is submitted, its time limit passes ("expired") or an interviewer revo
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import secrets
 import threading
@@ -24,6 +25,14 @@ from sandbox.review import evidence
 
 SESSIONS_FILE = "sessions.duckdb"
 STATES = ("not started", "active", "submitted", "expired", "revoked")
+# Links stop working this long after the session was made, whatever its state.
+TOKEN_LIFETIME = dt.timedelta(days=14)
+HASHED = "sha256:"
+
+
+def token_hash(token: str) -> str:
+    """Tokens are kept hashed: the sessions file alone lets nobody in."""
+    return HASHED + hashlib.sha256(token.encode()).hexdigest()
 
 
 class DiagnosisClosed(RuntimeError):
@@ -44,6 +53,9 @@ def _utcnow() -> dt.datetime:
 
 @dataclass(frozen=True)
 class Session:
+    """A session. Its tokens are in the clear only on the object `create` returns; stored and
+    loaded ones are hashes."""
+
     id: str
     candidate: str
     candidate_token: str
@@ -79,6 +91,10 @@ class SessionStore:
             # Session files written before these columns existed.
             "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS time_limit_min INTEGER",
             "ALTER TABLE events ADD COLUMN IF NOT EXISTS seq BIGINT DEFAULT nextval('event_seq')",
+            # ...and before tokens were hashed.
+            f"UPDATE sessions SET candidate_token = '{HASHED}' || sha256(candidate_token), "
+            f"interviewer_token = '{HASHED}' || sha256(interviewer_token) "
+            f"WHERE NOT starts_with(candidate_token, '{HASHED}')",
         ):
             self.con.execute(ddl)
         self._started = dict(self.con.execute("SELECT session_id, ts FROM starts").fetchall())
@@ -104,8 +120,8 @@ class SessionStore:
                 [
                     session.id,
                     session.candidate,
-                    session.candidate_token,
-                    session.interviewer_token,
+                    token_hash(session.candidate_token),
+                    token_hash(session.interviewer_token),
                     session.created_at,
                     session.time_limit_min,
                 ],
@@ -116,19 +132,22 @@ class SessionStore:
         """The session a token belongs to and the role it grants ("candidate"/"interviewer");
         None for an unknown token. A revoked or expired session's candidate is refused by the
         caller; its interviewer keeps reviewing it."""
-        found = self._tokens.get(token)
+        hashed = token_hash(token)
+        found = self._tokens.get(hashed)
         if found is None:
             with self._lock:
                 rows = self.con.execute(
                     "SELECT *, CASE WHEN candidate_token = ? THEN 'candidate' "
                     "ELSE 'interviewer' END FROM sessions "
                     "WHERE candidate_token = ? OR interviewer_token = ?",
-                    [token, token, token],
+                    [hashed, hashed, hashed],
                 ).fetchall()
             if not rows:
                 return None
             *fields, role = rows[0]
-            found = self._tokens[token] = (Session(*fields), role)
+            found = self._tokens[hashed] = (Session(*fields), role)
+        if _utcnow() - found[0].created_at > TOKEN_LIFETIME:
+            return None
         return found
 
     def get(self, session_id: str) -> Session | None:
