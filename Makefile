@@ -1,12 +1,13 @@
 # The two commands a user needs: `make demo` (main job) and `make test` (whole suite).
 # Both set up what they need themselves: a virtualenv with the package, and for the tests
-# Debian's chromium (browser tests drive it through Playwright; nothing is downloaded at run time).
+# Debian's chromium (browser tests drive it through Playwright; nothing is downloaded at run
+# time), prometheus and docker-compose.
 
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint chromium benchmark clean
+.PHONY: demo test lint system-tools benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +19,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sandbox demo
 
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing Debian's chromium for browser tests"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+# Debian packages the tests drive: chromium (browser tests), prometheus (the metric history),
+# docker-compose (checks compose/ without a Docker engine). Installed once, when missing.
+SYSTEM_TOOLS := chromium prometheus docker-compose
+
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian's$$missing for the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sandbox tests benchmarks
 	$(VENV)/bin/ruff format --check sandbox tests benchmarks
 
-test: $(STAMP) chromium lint
+test: $(STAMP) system-tools lint
 	$(VENV)/bin/python -m pytest
 
 benchmark: $(STAMP)

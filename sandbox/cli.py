@@ -259,7 +259,9 @@ def scenario_schema() -> None:
     console.print_json(json.dumps(scenario_mod.json_schema()))
 
 
-def _serve(world: Path, host: str, port: int, speed: float, with_session: bool) -> None:
+def _serve(
+    world: Path, host: str, port: int, speed: float, with_session: bool, prometheus: bool = False
+) -> None:
     from sandbox.services import supervisor
 
     def ready(sup: supervisor.Supervisor) -> None:
@@ -276,7 +278,9 @@ def _serve(world: Path, host: str, port: int, speed: float, with_session: bool) 
         say("Ctrl-C stops every process.")
 
     try:
-        supervisor.run(world, host, port, speed, say=err.print, on_ready=ready)
+        supervisor.run(
+            world, host, port, speed, say=err.print, on_ready=ready, prometheus=prometheus
+        )
     except supervisor.StackError as exc:
         _fail(str(exc))
 
@@ -290,11 +294,17 @@ def up(
         float,
         typer.Option("--speed", help="Simulated seconds per second (default: 3 days / 90 min)."),
     ] = 48.0,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus", help="Also run Prometheus with the metric history (needs Debian's)."
+        ),
+    ] = False,
 ) -> None:
     """Start the running stack on a built world: gateway, services, live traffic, jobs, MLflow."""
     if speed <= 0:
         _fail("--speed must be positive")
-    _serve(world, host, port, speed, with_session=False)
+    _serve(world, host, port, speed, with_session=False, prometheus=prometheus)
 
 
 def _operator_token(world: Path) -> str:

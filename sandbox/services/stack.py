@@ -14,7 +14,12 @@ from sandbox.world.layout import WorldPaths
 STACK_FILE = "stack.json"
 ADMIN_TOKEN_FILE = "operator-token"
 # Path segment under /services/ -> the service it reaches.
-PROXIED = {"model": "model-server", "retrieval": "retrieval", "mlflow": "mlflow"}
+PROXIED = {
+    "model": "model-server",
+    "retrieval": "retrieval",
+    "mlflow": "mlflow",
+    "prometheus": "prometheus",
+}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import httpx
 
 from sandbox.pipeline import deploy, registry
 from sandbox.scenario import world_spec
+from sandbox.services import prometheus as promstack
 from sandbox.services import stack
 from sandbox.services.simclock import DEFAULT_SPEED, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
@@ -95,8 +96,15 @@ class Supervisor:
         port: int = 8000,
         speed: float = DEFAULT_SPEED,
         say: Callable[[str], None] = print,
+        prometheus: bool = False,
     ) -> None:
         self.paths = check_world(Path(world).resolve())
+        self.prometheus = prometheus
+        if prometheus:
+            try:
+                promstack.binaries()
+            except promstack.PrometheusMissing as exc:
+                raise StackError(str(exc)) from None
         self.host = host
         self.port = port or free_port(host)
         self.speed = speed
@@ -118,10 +126,8 @@ class Supervisor:
         self.log = SpoolWriter(spool_path(run, "platform", "telemetry.logs"))
         python = [sys.executable, "-m"]
         world = ["--world", str(self.paths.root), "--host", self.host]
-        ports = {
-            name: free_port(self.host)
-            for name in ("model-server", "retrieval", "traffic", "jobs", "mlflow")
-        }
+        names = ["model-server", "retrieval", "traffic", "jobs", "mlflow"]
+        ports = {name: free_port(self.host) for name in names + ["prometheus"] * self.prometheus}
         url = {name: f"http://{self.host}:{port}" for name, port in ports.items()}
         addresses = {
             "model-server": stack.ServiceAddress(url["model-server"], "/health"),
@@ -130,6 +136,9 @@ class Supervisor:
             "traffic": stack.ServiceAddress(url["traffic"], "/"),
             "jobs": stack.ServiceAddress(url["jobs"], "/"),
         }
+        if self.prometheus:
+            addresses["prometheus"] = stack.ServiceAddress(url["prometheus"], "/-/ready")
+            self._add(self._prometheus(ports, url))
         stack.write_addresses(run, self.url, addresses)
         for name, module in (
             ("model-server", "sandbox.services.model_server"),
@@ -177,6 +186,33 @@ class Supervisor:
     def start_time(self) -> None:
         self.clock = SimClock.starting(self.calendar, self.speed, resume_at=self.clock.now())
         self.clock.save(self.paths.run)
+
+    def _prometheus(self, ports: dict[str, int], url: dict[str, str]) -> Child:
+        """History backfilled so that it ends now, then every service scraped live."""
+        home = self.paths.run / "prometheus"
+        if not (home / "data").exists():
+            shift = dt.datetime.now(dt.UTC).replace(tzinfo=None) - self.clock.now()
+            history = home / promstack.HISTORY_FILE
+            samples = promstack.write_history(
+                self.paths,
+                self.calendar.midnight(self.calendar.last_production_day + 1),
+                shift,
+                history,
+            )
+            promstack.backfill(history, home / "data")
+            self.say(f"prometheus: {samples:,} samples of history backfilled")
+        scraped = {n: f"{self.host}:{ports[n]}" for n in ("model-server", "retrieval", "jobs")}
+        promstack.write_config(scraped, home / "prometheus.yml")
+        return Child(
+            "prometheus",
+            promstack.argv(
+                home / "prometheus.yml",
+                home / "data",
+                self.host,
+                ports["prometheus"],
+                f"{self.url}/services/prometheus/",
+            ),
+        )
 
     def _mlflow(self, port: int) -> Child:
         """The MLflow UI as one uvicorn process serving MLflow's own app. `mlflow server` would
@@ -344,9 +380,10 @@ def run(
     speed: float,
     say: Callable[[str], None],
     on_ready: Callable[[Supervisor], None] | None = None,
+    prometheus: bool = False,
 ) -> None:
     """Start the stack, report when it is healthy, and keep it up until Ctrl-C or SIGTERM."""
-    sup = Supervisor(world, host, port, speed, say)
+    sup = Supervisor(world, host, port, speed, say, prometheus=prometheus)
 
     def stop_signal(signum: int, frame: object) -> None:
         sup.stopping = True

@@ -71,14 +71,17 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) 
 
 @contextlib.contextmanager
 def running_stack(
-    built: BuildSummary, tmp_path_factory: pytest.TempPathFactory, speed: float
+    built: BuildSummary,
+    tmp_path_factory: pytest.TempPathFactory,
+    speed: float,
+    options: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     """The stack on a copy of `built` (it writes into its world) on a free port; Ctrl-C at the end."""
     world = tmp_path_factory.mktemp("stack") / "world"
     shutil.copytree(built.root, world, ignore=shutil.ignore_patterns("run", "sessions.duckdb*"))
     port = free_port()
     process = subprocess.Popen(
-        [SANDBOX, "up", str(world), "--port", str(port), "--speed", str(speed)],
+        [SANDBOX, "up", str(world), "--port", str(port), "--speed", str(speed), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

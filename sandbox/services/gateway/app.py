@@ -34,6 +34,10 @@ INGEST_INTERVAL_S = 0.5
 HEALTH_TIMEOUT_S = 2.0
 # The MLflow UI is for reading: it searches with POST, everything else that writes is refused.
 MLFLOW_POST_ALLOWED = ("/search", "/get", "/list")
+# Prometheus's UI runs its queries with POST; nothing else of it may be posted to.
+PROMETHEUS_POST_ALLOWED = ("api/v1/query", "api/v1/query_range", "api/v1/series", "api/v1/labels")
+# Not passed through the proxy either way. The body is streamed as it came (maybe compressed), so
+# its content-encoding stays with it.
 HOP_HEADERS = {
     "connection",
     "keep-alive",
@@ -42,7 +46,6 @@ HOP_HEADERS = {
     "upgrade",
     "host",
     "content-length",
-    "content-encoding",
     "authorization",
     "cookie",
 }
@@ -163,6 +166,12 @@ def create_app(
     async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
         if name == "mlflow" and request.method != "GET" and not path.endswith(MLFLOW_POST_ALLOWED):
             raise HTTPException(405, "the model registry is read-only here")
+        if (
+            name == "prometheus"
+            and request.method != "GET"
+            and not (request.method == "POST" and path in PROMETHEUS_POST_ALLOWED)
+        ):
+            raise HTTPException(405, "Prometheus is read-only here")
         address = addresses.get(stack.PROXIED.get(name, ""))
         if address is None:
             raise HTTPException(404, f"no service {name}; try {', '.join(stack.PROXIED)}")

@@ -1,0 +1,102 @@
+"""`sandbox up --prometheus`: the world's metric history backfilled into Prometheus so that it
+ends when the stack starts, the services scraped live, and Prometheus behind the gateway,
+read-only for the candidate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from collections.abc import Iterator
+
+import duckdb
+import httpx
+import pytest
+
+from sandbox import scenario
+from sandbox.world.build import BuildSummary
+from tests.services.running import Stack, running_stack
+
+SPEED = 120.0
+
+
+@pytest.fixture(scope="module")
+def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if shutil.which("prometheus") is None:
+        pytest.fail("Debian's prometheus is missing: `make test` installs it")
+    with running_stack(faulty_world, tmp_path_factory, SPEED, ("--prometheus",)) as running:
+        yield running
+
+
+def _prometheus(stack: Stack) -> str:
+    stack_file = json.loads((stack.world / "run" / "stack.json").read_text())
+    return stack_file["services"]["prometheus"]["url"]
+
+
+def _query(stack: Stack, promql: str, **params: object) -> list[dict]:
+    reply = httpx.get(
+        f"{stack.url}/services/prometheus/api/v1/query",
+        params={"query": promql, **params},
+        headers=stack.candidate,
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()["data"]["result"]
+
+
+def test_the_history_holds_the_worlds_daily_values(stack: Stack) -> None:
+    spec = scenario.load(stack.world / "interviewer" / "scenario.toml")
+    cal = spec.world.calendar()
+    live_start = cal.midnight(cal.last_production_day + 1)
+    con = duckdb.connect(str(stack.world / "candidate" / "world.duckdb"), read_only=True)
+    days = con.execute(
+        "SELECT ts, value FROM telemetry.metrics WHERE service = 'business' "
+        "AND metric = 'daily_churn_rate' AND ts + INTERVAL 1 DAY <= ? ORDER BY ts",
+        [live_start],
+    ).fetchall()
+    con.close()
+    assert len(days) >= 40
+    [raw] = _query(stack, "business_daily_churn_rate[7d]")  # the samples themselves
+    last_at = float(raw["values"][-1][0])
+    # The history ends when the stack started: its last day sits just before wall-clock now.
+    shift = last_at - days[-1][0].replace(tzinfo=dt.UTC).timestamp()
+    assert abs(time.time() - shift - live_start.replace(tzinfo=dt.UTC).timestamp()) < 3600
+    for ts, value in days[:: max(1, len(days) // 8)]:
+        at = ts.replace(tzinfo=dt.UTC).timestamp() + shift
+        [sample] = _query(stack, "business_daily_churn_rate", time=at)
+        assert float(sample["value"][1]) == pytest.approx(value, rel=1e-9), ts
+    # Nothing of the live days is in the history: they arrive as time passes.
+    future = _query(stack, "business_daily_churn_rate", time=time.time() + 86_400 * 3)
+    assert future == []
+
+
+def test_live_samples_arrive_from_every_service(stack: Stack) -> None:
+    deadline = time.monotonic() + 90
+    jobs: set[str] = set()
+    while time.monotonic() < deadline:
+        jobs = {r["metric"]["job"] for r in _query(stack, "up == 1")}
+        if {"model-server", "retrieval", "jobs"} <= jobs and _query(
+            stack, "sum(model_server_requests_total) > 0"
+        ):
+            break
+        time.sleep(2)
+    assert {"model-server", "retrieval", "jobs"} <= jobs
+
+
+def test_prometheus_is_read_only_and_recorded_for_the_candidate(stack: Stack) -> None:
+    for method, path in (("POST", "api/v1/admin/tsdb/delete_series"), ("PUT", "api/v1/query")):
+        reply = httpx.request(
+            method, f"{stack.url}/services/prometheus/{path}", headers=stack.candidate, timeout=10
+        )
+        assert reply.status_code == 405, path
+    posted = httpx.post(
+        f"{stack.url}/services/prometheus/api/v1/query",
+        data={"query": "up"},
+        headers=stack.candidate,
+        timeout=10,
+    )
+    assert posted.status_code == 200
+    assert httpx.get(_prometheus(stack) + "/-/ready", timeout=5).status_code == 200
+    calls = [e for e in stack.history() if e["detail"].get("service") == "prometheus"]
+    assert calls and any("api/v1/query" in e["detail"]["path"] for e in calls)
