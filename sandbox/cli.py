@@ -28,6 +28,8 @@ app.add_typer(faults_app, name="faults")
 app.add_typer(decoys_app, name="decoys")
 app.add_typer(scenario_app, name="scenario")
 app.add_typer(session_app, name="session")
+dashboards_app = typer.Typer(no_args_is_help=True, help="The dashboards of dashboards/.")
+app.add_typer(dashboards_app, name="dashboards")
 console = Console()
 err = Console(stderr=True)
 
@@ -446,6 +448,34 @@ def _offline_review(paths: Any, session_id: str, fmt: str) -> str:
     finally:
         store.close()
     return review_export.to_html(data) if fmt == "html" else review_export.to_markdown(data)
+
+
+@app.command("compose-init")
+def compose_init(
+    world: Path,
+    speed: Annotated[float, typer.Option("--speed")] = 48.0,
+    scale: Annotated[float, typer.Option("--scale")] = 1.0,
+) -> None:
+    """Make a world ready for the containers of compose/: build it if it is missing, then write
+    the run state they share (addresses, clock, metric history, Grafana dashboards)."""
+    from sandbox.services import compose
+    from sandbox.world.layout import IncompleteWorld, read_manifest
+
+    try:
+        read_manifest(world)
+    except IncompleteWorld:
+        _run_build(_load(None, None, scale), world, force=True)
+    compose.prepare(world, speed)
+    print(f"{world} is ready for the stack's containers")
+
+
+@dashboards_app.command("grafana")
+def dashboards_grafana(out: Path) -> None:
+    """Write the dashboards as Grafana JSON (their Prometheus panels) into OUT."""
+    from sandbox.services import grafana
+
+    for path in grafana.export(out):
+        print(path)
 
 
 @app.command("demo")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from sandbox import scenario
+from sandbox.services.gateway import dashboards
 from sandbox.world.build import BuildSummary
 from tests.services.running import Stack, running_stack
 
@@ -100,3 +102,42 @@ def test_prometheus_is_read_only_and_recorded_for_the_candidate(stack: Stack) ->
     assert httpx.get(_prometheus(stack) + "/-/ready", timeout=5).status_code == 200
     calls = [e for e in stack.history() if e["detail"].get("service") == "prometheus"]
     assert calls and any("api/v1/query" in e["detail"]["path"] for e in calls)
+
+
+def test_the_grafana_dashboards_query_only_what_prometheus_holds(stack: Stack) -> None:
+    """Every expression of the exported dashboards runs, and every metric it names exists."""
+    exprs = [e for board in dashboards.catalog().values() for p in board.panels for e in p.promql]
+    assert exprs
+    outside = re.compile(r"\b(by|without)\s*\([^)]*\)|\{[^}]*\}|\[[^\]]*\]")
+    used = {e: set(METRIC.findall(outside.sub("", e))) for e in exprs}
+    # A labelled counter exists from its first increment: make sure both services served.
+    httpx.post(
+        f"{stack.url}/services/retrieval/search",
+        json={"text": "my payment failed twice"},
+        headers=stack.candidate,
+        timeout=30,
+    )
+    names: set[str] = set()
+    wanted = set().union(*used.values())
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not wanted <= names:
+        reply = httpx.get(
+            f"{stack.url}/services/prometheus/api/v1/label/__name__/values",
+            headers=stack.candidate,
+            timeout=30,
+        )
+        names = set(reply.json()["data"])
+        time.sleep(3)
+    for expr in exprs:
+        assert used[expr] and used[expr] <= names, (expr, used[expr] - names)
+        ran = httpx.get(
+            f"{stack.url}/services/prometheus/api/v1/query",
+            params={"query": expr},
+            headers=stack.candidate,
+            timeout=30,
+        )
+        assert ran.status_code == 200 and ran.json()["status"] == "success", (expr, ran.text)
+
+
+# A name not followed by "(" (a function) once grouping, matchers and ranges are taken out.
+METRIC = re.compile(r"\b([a-z_][a-z0-9_]*)\b(?!\s*\()")

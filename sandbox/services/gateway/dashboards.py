@@ -55,6 +55,9 @@ class Panel(Strict):
     unit: str = ""
     width: Literal[1, 2] = 1  # a panel spans one or two grid columns
     links: dict[str, str] = Field(default_factory=dict)  # table column -> URL template "{value}"
+    # The same panel in Grafana over Prometheus (`sandbox up --prometheus`, compose/): one
+    # expression per series, over the live services' metrics and the backfilled history.
+    promql: list[str] = Field(default_factory=list)
 
 
 class Variable(Strict):

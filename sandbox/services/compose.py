@@ -1,0 +1,55 @@
+"""Getting a world ready for the containers of `compose/` (`sandbox compose-init DIR`): what the
+supervisor does before it starts processes, for services that compose starts instead — the world
+built if it is missing, the address book naming the other containers, the shared clock, the
+metric history for Prometheus to backfill and the Grafana dashboards."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from pathlib import Path
+
+from sandbox.scenario import world_spec
+from sandbox.services import grafana, stack
+from sandbox.services import prometheus as promstack
+from sandbox.services.simclock import SimClock
+from sandbox.services.supervisor import HEARTBEAT_FILE, MLFLOW_PREFIX
+from sandbox.world.layout import WorldPaths
+
+# Container name -> (port, health path), as compose/compose.yaml runs them.
+SERVICES = {
+    "model-server": (8001, "/health"),
+    "retrieval": (8002, "/health"),
+    "traffic": (8003, "/"),
+    "jobs": (8004, "/"),
+    "mlflow": (5000, f"{MLFLOW_PREFIX}/health"),
+    "prometheus": (9090, "/-/ready"),
+}
+GATEWAY_PORT = 8000
+
+
+def prepare(world: Path, speed: float) -> WorldPaths:
+    """Write the run state the containers share; the world must be built."""
+    paths = WorldPaths(world)
+    run = paths.run
+    run.mkdir(parents=True, exist_ok=True)
+    addresses = {
+        name: stack.ServiceAddress(f"http://{name}:{port}", health)
+        for name, (port, health) in SERVICES.items()
+    }
+    stack.write_addresses(run, f"http://gateway:{GATEWAY_PORT}", addresses)
+    stack.admin_token(paths)
+    calendar = world_spec(paths.scenario).calendar()
+    resume = None
+    with contextlib.suppress(OSError, ValueError):
+        resume = dt.datetime.fromisoformat((run / HEARTBEAT_FILE).read_text().strip())
+    clock = SimClock.starting(calendar, speed, resume_at=resume)
+    clock.save(run)
+    history = run / "prometheus" / promstack.HISTORY_FILE
+    if not history.exists():
+        shift = dt.datetime.now(dt.UTC).replace(tzinfo=None) - clock.now()
+        promstack.write_history(
+            paths, calendar.midnight(calendar.last_production_day + 1), shift, history
+        )
+    grafana.export(run / "grafana")
+    return paths

@@ -1,0 +1,91 @@
+"""compose/: the stack as containers. There is no Docker engine here, so the compose file is
+checked by Debian's docker-compose, and against the processes `sandbox up` runs; `sandbox
+compose-init` prepares a real world for the containers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sandbox.cli import app
+from sandbox.services import compose
+from sandbox.services.simclock import SimClock
+from sandbox.world.build import BuildSummary
+from tests.conftest import REPO
+
+COMPOSE = REPO / "compose" / "compose.yaml"
+# The processes of `sandbox up`, plus the observability tools.
+PROCESSES = {"gateway", "model-server", "retrieval", "traffic", "jobs", "mlflow"}
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    if shutil.which("docker-compose") is None:
+        pytest.fail("Debian's docker-compose is missing: `make test` installs it")
+    done = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)  # the file as compose resolved it
+
+
+def test_one_service_per_process_each_with_a_health_check(config: dict) -> None:
+    services = config["services"]
+    assert PROCESSES | {"prometheus", "grafana", "world"} == set(services)
+    for name in PROCESSES | {"prometheus", "grafana"}:
+        assert services[name].get("healthcheck", {}).get("test"), name
+    for name, service in services.items():
+        for needed, how in service.get("depends_on", {}).items():
+            assert how["condition"] in ("service_healthy", "service_completed_successfully"), (
+                name,
+                needed,
+            )
+    gateway_needs = set(services["gateway"]["depends_on"])
+    assert PROCESSES - {"gateway"} <= gateway_needs
+
+
+def test_every_command_runs_a_module_of_the_package(config: dict) -> None:
+    for name in PROCESSES:
+        command = config["services"][name]["command"]
+        module = command[command.index("-m") + 1]
+        if module == "uvicorn":
+            module = command[command.index("-m") + 2].split(":")[0]
+        assert importlib.util.find_spec(module) is not None, (name, module)
+        ports = {p for p in command if p.isdigit()}
+        if name in compose.SERVICES:
+            assert str(compose.SERVICES[name][0]) in ports, name
+
+
+def test_the_image_is_multi_stage_and_runs_as_a_user() -> None:
+    dockerfile = (REPO / "compose" / "Dockerfile").read_text()
+    stages = [line for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert len(stages) >= 2
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_compose_init_prepares_a_world_for_the_containers(
+    faulty_world: BuildSummary, tmp_path: Path
+) -> None:
+    world = tmp_path / "world"
+    shutil.copytree(faulty_world.root, world, ignore=shutil.ignore_patterns("run", "sessions*"))
+    result = CliRunner().invoke(app, ["compose-init", str(world), "--speed", "60"])
+    assert result.exit_code == 0, result.output
+    run = world / "run"
+    addresses = json.loads((run / "stack.json").read_text())["services"]
+    for name, (port, health) in compose.SERVICES.items():
+        assert addresses[name] == {"url": f"http://{name}:{port}", "health": health}
+    assert SimClock.load(run).speed == 60
+    history = (run / "prometheus" / "history.om").read_text()
+    assert history.rstrip().endswith("# EOF") and "business_daily_churn_rate" in history
+    provisioned = (REPO / "compose/grafana/provisioning/dashboards/sandbox.yaml").read_text()
+    assert "/world/run/grafana" in provisioned
+    assert sorted(p.stem for p in (run / "grafana").glob("*.json"))
+    assert (world / "interviewer" / "operator-token").exists()
