@@ -141,3 +141,17 @@ def test_the_grafana_dashboards_query_only_what_prometheus_holds(stack: Stack) -
 
 # A name not followed by "(" (a function) once grouping, matchers and ranges are taken out.
 METRIC = re.compile(r"\b([a-z_][a-z0-9_]*)\b(?!\s*\()")
+
+
+def test_the_workspace_links_to_prometheus(stack: Stack) -> None:
+    page = httpx.get(f"{stack.url}/brief", headers=stack.candidate, timeout=10).text
+    assert 'href="/services/prometheus/"' in page
+    # Prometheus redirects to its UI at its external address, which is behind the gateway.
+    graph = httpx.get(
+        f"{stack.url}/services/prometheus/",
+        headers=stack.candidate,
+        timeout=10,
+        follow_redirects=True,
+    )
+    assert graph.status_code == 200 and "Prometheus" in graph.text
+    assert str(graph.url).startswith(f"{stack.url}/services/prometheus/")

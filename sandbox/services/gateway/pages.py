@@ -148,6 +148,7 @@ def _page(
         world=_world_name(request),
         role=who.role,
         plotly_url=PLOTLY_URL,
+        prometheus="prometheus" in gw.addresses,
         **context,
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
