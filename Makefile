@@ -41,6 +41,7 @@ benchmark: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.build
 	$(VENV)/bin/python -m benchmarks.stack
 	$(VENV)/bin/python -m benchmarks.workspace
+	$(VENV)/bin/python -m benchmarks.hardening
 
 clean:
 	rm -rf $(VENV) worlds .pytest_cache .ruff_cache

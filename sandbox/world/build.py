@@ -74,7 +74,10 @@ def build(
     seconds = time.perf_counter() - started
     manifest["build_seconds"] = round(seconds, 1)
     manifest["complete"] = True
-    paths.manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    # Written last and whole (a rename): a build killed now leaves no half manifest.
+    partial = paths.manifest.with_suffix(".partial")
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    partial.replace(paths.manifest)
     return BuildSummary(root=out, manifest=manifest, seconds=seconds)
 
 

@@ -107,7 +107,12 @@ def read_manifest(root: Path) -> dict[str, Any]:
     path = WorldPaths(Path(root)).manifest
     if not path.is_file():
         raise IncompleteWorld(f"{root}: no {MANIFEST}; not a world, or its build did not finish")
-    manifest = json.loads(path.read_text())
-    if manifest.get("complete") is not True:
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError):
+        raise IncompleteWorld(
+            f"{root}: its {MANIFEST} is unreadable; the build did not finish"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
         raise IncompleteWorld(f"{root}: the build did not finish")
     return manifest
