@@ -65,7 +65,11 @@ class LiveTelemetry:
         self.faults = faults
         self.seed = seed
         self.calendar = calendar
-        self.con = duckdb.connect(":memory:", config={"memory_limit": memory_limit})
+        # Spills go under run/, not into whatever directory the stack was started from.
+        spill = self.paths.run / "duckdb-spill"
+        self.con = duckdb.connect(
+            ":memory:", config={"memory_limit": memory_limit, "temp_directory": str(spill)}
+        )
         self.con.execute(f"ATTACH '{self.paths.duckdb}' AS {WORLD_CATALOG} (READ_ONLY)")
         self._lock = threading.Lock()
         self._offsets: dict[Path, int] = {}
