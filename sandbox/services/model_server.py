@@ -65,6 +65,23 @@ class PredictRequest(BaseModel):
     )
 
 
+class ErrorMessage(BaseModel):
+    """What a refused request gets: one line naming the wrong or missing field."""
+
+    detail: str
+
+
+# The model server answers every 422 (and its 404/503) with one readable line, not FastAPI's list.
+ERRORS = {
+    code: {"model": ErrorMessage, "description": text}
+    for code, text in (
+        (404, "unknown customer"),
+        (422, "a wrong or missing field, named"),
+        (503, "the prediction could not be made in time"),
+    )
+}
+
+
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -467,7 +484,7 @@ def create_app(world: Path) -> FastAPI:
         ctx.log("error", "request", f"{request.method} {request.url.path} 500", status=500)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    @app.post("/predict")
+    @app.post("/predict", responses=ERRORS)
     async def predict(body: PredictRequest, request: Request) -> JSONResponse:
         """Score one customer (by id, from the online store) or one full feature payload."""
         started = request.scope.get(_START, time.perf_counter())
@@ -484,7 +501,7 @@ def create_app(world: Path) -> FastAPI:
             return JSONResponse({"detail": UNAVAILABLE}, status_code=code)
         return JSONResponse(live.response(row))
 
-    @app.post("/predict/batch")
+    @app.post("/predict/batch", responses=ERRORS)
     async def predict_batch(body: BatchRequest, request: Request) -> JSONResponse:
         """Score up to 1000 requests (each as for /predict) together."""
         started = request.scope.get(_START, time.perf_counter())

@@ -53,12 +53,14 @@ LOGGED_PATHS = ("/search", "/feedback")
 class SearchRequest(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_TEXT, description="The ticket's text.")
     k: int = Field(retrieve.TOP_K, ge=1, le=MAX_K, description="How many articles to suggest.")
-    ticket_id: int | None = Field(None, description="The ticket the search is for, if any.")
+    ticket_id: int | None = Field(
+        None, ge=0, lt=2**63, description="The ticket the search is for, if any."
+    )
 
 
 class FeedbackRequest(BaseModel):
-    request_id: int = Field(description="The search the suggestion came from.")
-    article_id: int = Field(description="The suggested article the agent clicked.")
+    request_id: int = Field(ge=0, lt=2**63, description="The search the suggestion came from.")
+    article_id: int = Field(ge=0, lt=2**63, description="The suggested article the agent clicked.")
 
 
 @dataclass(frozen=True)

@@ -253,3 +253,31 @@ def test_every_table_with_time_in_it_is_revealed_by_time_or_known_whole(paths: W
         }
     assert timed - set(views.REVEAL) - views.WHOLE == set()
     assert set(views.REVEAL) & views.WHOLE == set()
+
+
+def test_a_spooled_row_no_table_can_hold_costs_that_row_only(paths: WorldPaths) -> None:
+    cal = _calendar(paths)
+    now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=2)
+    writer = SpoolWriter(spool_path(paths.run, "retrieval", "retrieval.search_log"))
+    base = 10**15  # ids the world's own searches do not use
+    for request_id, ticket_id in ((base + 1, 5), (base + 2, 2**200), (base + 3, 6)):
+        writer.write(
+            {
+                "request_id": request_id,
+                "ticket_id": ticket_id,
+                "request_ts": (now - dt.timedelta(minutes=5)).isoformat(),
+                "query_text": "refund",
+                "top_k_ids": [1],
+                "top_k_scores": [0.5],
+                "top1_score": 0.5,
+                "encoder_version": 1,
+                "index_version": "i",
+                "latency_ms": 1.0,
+            }
+        )
+    store = _store(paths, now)  # the gateway starts, whatever the spool holds
+    assert store.dropped == 1
+    kept = console.run(
+        store, f"SELECT ticket_id FROM retrieval.search_log WHERE request_id > {base}"
+    )
+    assert sorted(r[0] for r in kept.rows) == [5, 6]

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from sandbox import catalog, scenario
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Caller, caller
+from sandbox.services.gateway.errors import invalid
 from sandbox.world.layout import WorldPaths
 
 router = APIRouter()
@@ -84,12 +85,12 @@ def _parse(body: ScenarioText) -> scenario.Scenario:
         elif body.scenario is not None:
             text = scenario.dump_toml(body.scenario)
         else:
-            raise HTTPException(422, "send a scenario: toml (text) or scenario (object)")
+            raise invalid("body", "toml", "send a scenario: toml (text) or scenario (object)")
         return scenario.parse(text, "scenario")
     except (scenario.ScenarioError, TypeError) as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise invalid("body", "scenario", str(exc)) from None
     except RecursionError:
-        raise HTTPException(422, "scenario: nested too deeply") from None
+        raise invalid("body", "scenario", "nested too deeply") from None
 
 
 @router.get("/api/catalog")
@@ -122,7 +123,7 @@ def validate(body: ScenarioText, who: Operator) -> dict[str, Any]:
 @router.post("/api/builder/builds")
 def start_build(body: BuildRequest, request: Request, who: Operator) -> dict[str, Any]:
     if not NAME.match(body.name):
-        raise HTTPException(422, "name: lowercase letters, digits and dashes")
+        raise invalid("body", "name", "lowercase letters, digits and dashes")
     spec = _parse(body)
     out = Path(request.app.state.gateway.ctx.world).resolve().parent / body.name
     if out.exists():

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from sandbox.review import export, report, rubric
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
+from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.sessions import Session, SessionStore
 from sandbox.services.gateway.state import Gateway
 from sandbox.world.layout import read_manifest
@@ -178,7 +179,7 @@ def score(
 ) -> dict[str, Any]:
     session = session_of(request, session_id, who)
     if body.dimension not in rubric.BY_ID:
-        raise HTTPException(422, f"dimension: one of {', '.join(rubric.BY_ID)}")
+        raise invalid("body", "dimension", f"one of {', '.join(rubric.BY_ID)}")
     sessions = _gateway(request).sessions
     sessions.save_score(session.id, body.dimension, body.level, body.note)
     scores = sessions.scores(session.id)

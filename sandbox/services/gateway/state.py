@@ -15,6 +15,10 @@ from sandbox.services.gateway.console import QueryResult
 from sandbox.services.gateway.sessions import SessionStore
 from sandbox.services.gateway.telemetry import WORLD_CATALOG, LiveTelemetry
 
+# No range reaches before this: the world's calendar is years later, and arithmetic near the
+# smallest datetime overflows.
+EARLIEST = dt.datetime(1970, 1, 1)
+
 
 @dataclass
 class Gateway:
@@ -43,8 +47,8 @@ class Gateway:
     ) -> tuple[dt.datetime, dt.datetime]:
         """A requested range clamped to what exists: nothing after the simulated now."""
         now = self.ctx.now()
-        end = min(naive_utc(end) or now, now)
-        start = naive_utc(start) or self.history_start
+        end = max(min(naive_utc(end) or now, now), EARLIEST)
+        start = max(naive_utc(start) or self.history_start, EARLIEST)
         if start >= end:
             start = end - dt.timedelta(hours=1)
         return start, end
@@ -82,7 +86,10 @@ def naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     """Simulated time is naive UTC; a browser may send an offset."""
     if value is None or value.tzinfo is None:
         return value
-    return value.astimezone(dt.UTC).replace(tzinfo=None)
+    try:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    except OverflowError:  # within hours of year 1 or 9999: nothing is there either way
+        return value.replace(tzinfo=None)
 
 
 def shown_rows(result: QueryResult) -> Shown:

@@ -8,6 +8,7 @@ anything), the in-memory tables are its queryable copy, loaded again within a se
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class LiveTelemetry:
         self.con.execute(f"ATTACH '{self.paths.duckdb}' AS {WORLD_CATALOG} (READ_ONLY)")
         self._lock = threading.Lock()
         self._offsets: dict[Path, int] = {}
+        self.dropped = 0  # spooled rows no table could hold
         self._next_id: dict[str, int] = {}
         self.tables = self._world_tables()
         self._create_live_tables()
@@ -158,11 +160,25 @@ class LiveTelemetry:
                 records, offset = spool.read_new(path, self._offsets.get(path, 0))
                 self._offsets[path] = offset
                 if records:
-                    self._insert(table, records)
-                    loaded += len(records)
+                    loaded += self._insert_valid(table, records)
             if loaded:
                 self._recompute_metrics()
             return loaded
+
+    def _insert_valid(self, table: str, records: list[dict[str, Any]]) -> int:
+        """Insert a batch; if it fails, row by row, so that one row the table cannot hold
+        (a value out of range) costs that row only, never the batch or the gateway's start."""
+        try:
+            self._insert(table, records)
+            return len(records)
+        except Exception:
+            kept = 0
+            for record in records:
+                with contextlib.suppress(Exception):
+                    self._insert(table, [record])
+                    kept += 1
+            self.dropped += len(records) - kept
+            return kept
 
     def _insert(self, table: str, records: list[dict[str, Any]]) -> None:
         cur = self.con.cursor()

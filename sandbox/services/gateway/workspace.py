@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from sandbox.monitor.reports import report_path
 from sandbox.services.gateway import console, dashboards
 from sandbox.services.gateway.auth import Auth, CandidateAuth
+from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.sessions import DiagnosisClosed
 from sandbox.services.gateway.state import Gateway, naive_utc, shown_rows
 
@@ -98,9 +99,7 @@ def panel_data(
     for variable in board.variables:
         value = request.query_params.get(variable.name) or None
         if value is not None and value not in variable.options:
-            raise HTTPException(
-                422, f"{variable.name}: choose one of {', '.join(variable.options)}"
-            )
+            raise invalid("query", variable.name, f"choose one of {', '.join(variable.options)}")
         choices[variable.name] = value
     detail: dict[str, Any] = {
         "dashboard": board.id,
@@ -166,7 +165,7 @@ def logs(
     `after` (the newest line shown) asks for the live tail."""
     gw = gateway(request)
     if level is not None and level not in LOG_LEVELS:
-        raise HTTPException(422, f"level: one of {', '.join(LOG_LEVELS)}")
+        raise invalid("query", "level", f"one of {', '.join(LOG_LEVELS)}")
     # Logs go back before the first production day (the jobs ran during pre-history too).
     start, end = gw.time_range(start or gw.ctx.calendar.midnight(gw.ctx.calendar.first_day), end)
     after = naive_utc(after)
