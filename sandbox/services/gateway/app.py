@@ -160,9 +160,6 @@ def create_app(
             }
         )
 
-    @app.api_route(
-        "/services/{name}/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
-    )
     async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
         if name == "mlflow" and request.method != "GET" and not path.endswith(MLFLOW_POST_ALLOWED):
             raise HTTPException(405, "the model registry is read-only here")
@@ -210,6 +207,13 @@ def create_app(
         kept = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}
         return _streamed(reply, kept)
 
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):  # one operation id each
+        app.add_api_route(
+            "/services/{name}/{path:path}",
+            proxy,
+            methods=[method],
+            operation_id=f"proxy_{method.lower()}",
+        )
     return app
 
 
