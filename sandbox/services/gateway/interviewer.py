@@ -7,6 +7,7 @@ session only; a candidate token reaches none of it (403).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +31,7 @@ from sandbox.world.layout import read_manifest
 
 router = APIRouter()
 MAX_TIME_LIMIT_MIN = 24 * 60
+PUBLIC_URL = "SANDBOX_PUBLIC_URL"
 
 
 class SessionRequest(BaseModel):
@@ -101,9 +103,9 @@ def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[st
     if who.role != "admin":
         raise HTTPException(403, "only the stack's operator creates sessions")
     session = _gateway(request).sessions.create(body.candidate, body.time_limit_min)
-    return links(session, str(request.base_url).rstrip("/")) | {
-        "time_limit_min": body.time_limit_min
-    }
+    # Behind a container network the gateway's own address is not the one people open.
+    base = os.environ.get(PUBLIC_URL) or str(request.base_url)
+    return links(session, base.rstrip("/")) | {"time_limit_min": body.time_limit_min}
 
 
 @router.get("/api/sessions")
