@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,14 +76,92 @@ def set_alias(mlflow: Any, name: str, alias: str, version: str, tags: dict[str, 
 
 
 def load_model(mlflow_dir: Path, uri: str) -> Any:
-    """Load a scikit-learn model from the world's registry, e.g. `models:/churn-model@champion`.
+    """Load a scikit-learn model from the world's registry, e.g. `models:/churn-model@champion`
+    or `models:/churn-model/3`.
 
-    The registry belongs to the world the build wrote, so deserializing its models is trusted.
+    Read straight from the registry's tables and the model's skops file: the serving processes
+    need neither MLflow's import (tens of MB each) nor the absolute paths the build recorded, so
+    a copied world serves its own files. The registry belongs to the world the build wrote, so
+    deserializing its models is trusted.
     """
-    quiet_mlflow_env()
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
-    import mlflow
+    import skops.io
 
-    mlflow.set_tracking_uri(tracking_uri(mlflow_dir))
-    mlflow.set_registry_uri(tracking_uri(mlflow_dir))
-    return mlflow.sklearn.load_model(uri)
+    version = model_version(mlflow_dir, uri)
+    path = local_artifacts(mlflow_dir, version["storage_location"]) / SKOPS_FILE
+    return skops.io.load(path, trusted=SKOPS_TRUSTED_TYPES)
+
+
+SKOPS_FILE = "model.skops"
+ARTIFACTS_MARKER = "/mlflow/artifacts/"
+
+
+def model_version(mlflow_dir: Path, uri: str) -> dict[str, Any]:
+    """The registry row `uri` names, with its tags; LookupError when there is none."""
+    if not uri.startswith("models:/"):
+        raise LookupError(f"not a registry URI: {uri}")
+    ref = uri.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        where, args = "a.name = ? AND a.alias = ?", [name, alias]
+        join = "JOIN registered_model_aliases a ON a.name = mv.name AND a.version = mv.version"
+    else:
+        name, number = ref.rsplit("/", 1)
+        where, args, join = "mv.name = ? AND mv.version = ?", [name, int(number)], ""
+    con = sqlite3.connect(f"file:{mlflow_dir / 'mlflow.db'}?mode=ro", uri=True)
+    try:
+        row = con.execute(
+            f"SELECT mv.name, mv.version, mv.storage_location, mv.run_id FROM model_versions mv "
+            f"{join} WHERE {where}",
+            args,
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"the registry has no {uri}")
+        tags = dict(
+            con.execute(
+                "SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?",
+                [row[0], row[1]],
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    return {
+        "name": row[0],
+        "version": str(row[1]),
+        "storage_location": row[2],
+        "run_id": row[3],
+        "tags": tags,
+    }
+
+
+def model_versions(mlflow_dir: Path, name: str) -> list[dict[str, Any]]:
+    """Every registered version of `name`, oldest first, with its tags."""
+    con = sqlite3.connect(f"file:{mlflow_dir / 'mlflow.db'}?mode=ro", uri=True)
+    try:
+        numbers = [
+            v
+            for (v,) in con.execute(
+                "SELECT version FROM model_versions WHERE name = ? ORDER BY version", [name]
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    return [model_version(mlflow_dir, f"models:/{name}/{n}") for n in numbers]
+
+
+def run_param(mlflow_dir: Path, run_id: str, key: str) -> str | None:
+    con = sqlite3.connect(f"file:{mlflow_dir / 'mlflow.db'}?mode=ro", uri=True)
+    try:
+        row = con.execute(
+            "SELECT value FROM params WHERE run_uuid = ? AND key = ?", [run_id, key]
+        ).fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def local_artifacts(mlflow_dir: Path, storage_location: str) -> Path:
+    """Where a recorded artifact location is in this world's own directory."""
+    location = storage_location.removeprefix("file://")
+    if ARTIFACTS_MARKER in location:
+        return mlflow_dir / "artifacts" / location.split(ARTIFACTS_MARKER, 1)[1]
+    return Path(location)

@@ -73,19 +73,15 @@ def _registry_encoders(mlflow_dir: Path) -> tuple[retrieve.Encoder, str, dict[in
     """The encoder behind the production alias, its registry version, and the registry version
     of every encoder version registered."""
     pipeline = registry.load_model(mlflow_dir, ENCODER_URI)
-    import mlflow  # imported (and configured) by load_model already
-
-    uri = registry.tracking_uri(mlflow_dir)
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     by_encoder: dict[int, str] = {}
-    for mv in client.search_model_versions(f"name='{registry.TICKET_ENCODER}'"):
-        if "encoder_version" in mv.tags:
-            by_encoder.setdefault(int(mv.tags["encoder_version"]), str(mv.version))
-    current = client.get_model_version_by_alias(registry.TICKET_ENCODER, ENCODER_ALIAS)
-    version = current.tags.get("encoder_version")
+    for mv in registry.model_versions(mlflow_dir, registry.TICKET_ENCODER):
+        if "encoder_version" in mv["tags"]:
+            by_encoder.setdefault(int(mv["tags"]["encoder_version"]), mv["version"])
+    current = registry.model_version(mlflow_dir, ENCODER_URI)
+    version = current["tags"].get("encoder_version")
     if version is None:  # older registrations kept it only as a run parameter
-        version = client.get_run(current.run_id).data.params["encoder_version"]
-    return retrieve.Encoder(int(version), pipeline), str(current.version), by_encoder
+        version = registry.run_param(mlflow_dir, current["run_id"], "encoder_version")
+    return retrieve.Encoder(int(version), pipeline), current["version"], by_encoder
 
 
 def _article_titles(duckdb_path: Path) -> dict[int, str]:
