@@ -19,6 +19,9 @@ from sandbox.services.spool import SpoolWriter, spool_path
 from sandbox.world.layout import WorldPaths, read_manifest
 
 HEALTH_PATH = "/health"
+# The gateway names the candidate session a proxied call comes from, so the rows the call produces
+# are that session's own; a client's own value is dropped at the gateway.
+SESSION_HEADER = "x-sandbox-session"
 CLOCK_CHECK_EVERY = 0.5  # wall seconds between looks at the clock file
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -24,13 +22,14 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
-from sandbox.services.gateway import builder, console, interviewer, pages, workspace
+from sandbox.services.gateway import builder, interviewer, pages, workspace
 from sandbox.services.gateway.auth import Auth
+from sandbox.services.gateway.console import QueryRefused
+from sandbox.services.gateway.console_pool import ConsoleBusy, ConsolePool
 from sandbox.services.gateway.sessions import SessionStore
 from sandbox.services.gateway.state import Gateway, shown_rows
-from sandbox.services.gateway.telemetry import QUERY_TIME_LIMIT_S, LiveTelemetry
+from sandbox.services.gateway.telemetry import QUERY_TIME_LIMIT_S
 
-INGEST_INTERVAL_S = 0.5
 HEALTH_TIMEOUT_S = 2.0
 # The MLflow UI is for reading: it searches with POST, everything else that writes is refused.
 MLFLOW_POST_ALLOWED = ("/search", "/get", "/list")
@@ -61,36 +60,19 @@ def create_app(
     query_time_limit_s: float = QUERY_TIME_LIMIT_S,
 ) -> FastAPI:
     ctx = ServiceContext(world, "gateway")
-    cal = ctx.calendar
     answer_key = json.loads(ctx.paths.answer_key.read_text())
-    store = LiveTelemetry(
-        world,
-        ctx.now,
-        cal.midnight(cal.last_production_day + 1),
-        ctx.scenario.fault_set,
-        ctx.scenario.world.seed,
-        cal,
-        time_limit_s=query_time_limit_s,
-    )
+    pool = ConsolePool(world, query_time_limit_s)
     sessions = SessionStore(ctx.paths.interviewer, answer_key)
     admin_token = stack.admin_token(ctx.paths)
     addresses = services if services is not None else stack.read_addresses(ctx.paths.run)
-    stop = threading.Event()
-
-    def ingest_loop() -> None:
-        while not stop.wait(INGEST_INTERVAL_S):
-            with contextlib.suppress(Exception):  # a bad line must not stop ingestion
-                store.ingest()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        thread = threading.Thread(target=ingest_loop, name="ingest", daemon=True)
-        thread.start()
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
+        await pool.start()
         yield
-        stop.set()
+        pool.close()
         await app.state.http.aclose()
-        thread.join(timeout=2)
         sessions.close()
 
     # The API description names the interviewer's routes: only the operator gets it.
@@ -101,10 +83,10 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.store = store
+    app.state.console = pool
     app.state.sessions = sessions
     app.state.admin_token = admin_token
-    app.state.gateway = gw = Gateway(ctx, store, sessions, addresses, answer_key)
+    app.state.gateway = gw = Gateway(ctx, pool, sessions, addresses, answer_key)
     record = gw.record
     app.include_router(workspace.router)
     app.include_router(interviewer.router)
@@ -124,25 +106,35 @@ def create_app(
 
         names = list(addresses)
         results = await asyncio.gather(*(probe(addresses[n]) for n in names))
-        status = {"gateway": "ok", **dict(zip(names, results, strict=True))}
+        console_status = pool.status()
+        status = {
+            "gateway": "ok",
+            "console": "saturated" if console_status["saturated"] else "ok",
+            **dict(zip(names, results, strict=True)),
+        }
         healthy = all(v == "ok" for v in status.values())
         return JSONResponse(
             {
                 "status": "ok" if healthy else "degraded",
                 "services": status,
+                "console": console_status,
                 "sim_now": ctx.now().isoformat(),
             },
             status_code=200 if healthy else 503,
         )
 
     @app.post("/api/sql")
-    def sql(body: SqlRequest, who: Auth) -> JSONResponse:
+    async def sql(body: SqlRequest, who: Auth) -> JSONResponse:
         detail: dict[str, Any] = {"sql": body.sql}
         try:
-            result = console.run(store, body.sql)
-        except (console.QueryRefused, duckdb.Error) as exc:
+            result = await gw.query(who, body.sql)
+        except ConsoleBusy as exc:
+            detail["error"] = str(exc)
+            await run_in_threadpool(record, who, "sql", detail)
+            return JSONResponse({"error": str(exc)}, status_code=429)
+        except QueryRefused as exc:
             detail["error"] = str(exc).splitlines()[0]
-            record(who, "sql", detail)
+            await run_in_threadpool(record, who, "sql", detail)
             return JSONResponse({"error": str(exc)}, status_code=400)
         detail.update(
             rows=len(result.rows),
@@ -150,7 +142,7 @@ def create_app(
             tables=result.tables,
             columns=result.columns_read,
         )
-        record(who, "sql", detail, shown_rows(result))
+        await run_in_threadpool(record, who, "sql", detail, shown_rows(result))
         return JSONResponse(
             {
                 "columns": result.columns,

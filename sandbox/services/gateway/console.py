@@ -23,6 +23,9 @@ import duckdb
 from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS, LiveTelemetry
 
 ROW_CAP = 5000
+# A response's values, roughly as JSON: a few rows of huge strings are cut like many rows are.
+MAX_BYTES = 20_000_000
+FETCH_CHUNK = 500
 ALLOWED_STATEMENTS = {"SELECT", "EXPLAIN"}
 EXPLAIN_PREFIX = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
 # Table functions that would let a query name a table the parser cannot see, or read the
@@ -49,41 +52,83 @@ class QueryResult:
     columns_read: list[str] = field(default_factory=list)  # schema.table.column or schema.table.*
 
 
-def run(store: LiveTelemetry, sql: str, params: dict[str, Any] | None = None) -> QueryResult:
+def run(
+    store: LiveTelemetry,
+    sql: str,
+    params: dict[str, Any] | None = None,
+    session_id: str | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> QueryResult:
     """Run one candidate statement; QueryRefused or duckdb.Error with a clear message otherwise
     (a query past the time or memory limit is cut off with QueryRefused). `params` binds
-    `$name`s."""
+    `$name`s; `session_id` is whose own live rows the views show. At most `ROW_CAP` rows and
+    about `max_bytes` of values come back."""
     statement = _single_statement(sql)
     tables, columns_read = touched(store, statement)
-    cur = store.cursor()
+    cur = store.cursor(session_id)
     try:
         started = time.perf_counter()
         result = cur.execute(statement, params) if params else cur.execute(statement)
         columns = [d[0] for d in result.description or []]
         types = [str(d[1]) for d in result.description or []]
-        rows = result.fetchmany(ROW_CAP + 1)
+        rows, truncated = _fetch_capped(result, max_bytes)
         elapsed = (time.perf_counter() - started) * 1000
     except duckdb.InterruptException:
         raise QueryRefused(
             f"the query was stopped at the console's {store.time_limit_s:g} s time limit: "
             "filter, aggregate or add LIMIT"
         ) from None
-    except duckdb.OutOfMemoryException:
-        raise QueryRefused(
-            f"the query needs more than the console's memory limit ({store.memory_limit}): "
-            "filter or aggregate first"
-        ) from None
+    except (duckdb.OutOfMemoryException, MemoryError):
+        raise QueryRefused(memory_message(store)) from None
     finally:
         cur.close()
     return QueryResult(
         columns=columns,
-        rows=[[_json_value(v) for v in row] for row in rows[:ROW_CAP]],
-        truncated=len(rows) > ROW_CAP,
+        rows=rows,
+        truncated=truncated,
         elapsed_ms=round(elapsed, 1),
         tables=tables,
         column_types=types,
         columns_read=columns_read,
     )
+
+
+def memory_message(store: LiveTelemetry) -> str:
+    return (
+        f"the query needs more than the console's memory limit ({store.memory_limit}): "
+        "filter or aggregate first"
+    )
+
+
+def _fetch_capped(
+    result: duckdb.DuckDBPyConnection, max_bytes: int
+) -> tuple[list[list[Any]], bool]:
+    """Rows as JSON values, stopping at `ROW_CAP` rows or about `max_bytes`; True when cut."""
+    rows: list[list[Any]] = []
+    size = 0
+    while chunk := result.fetchmany(FETCH_CHUNK):
+        for row in chunk:
+            values = [_json_value(v) for v in row]
+            size += sum(_size(v) for v in values)
+            if len(rows) == ROW_CAP or (size > max_bytes and rows):
+                return rows, True
+            if size > max_bytes:  # one row alone is too large to send
+                raise QueryRefused(
+                    f"one row of the result is larger than the console sends "
+                    f"({max_bytes // 1_000_000} MB): select fewer or shorter values"
+                )
+            rows.append(values)
+    return rows, False
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, list):
+        return sum(_size(v) for v in value) + 2
+    if isinstance(value, dict):
+        return sum(len(k) + _size(v) for k, v in value.items()) + 2
+    return 8
 
 
 def _single_statement(sql: str) -> str:

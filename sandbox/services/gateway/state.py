@@ -7,13 +7,17 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
+
 from sandbox.review.evidence import Shown
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway.auth import Caller
 from sandbox.services.gateway.console import QueryResult
+from sandbox.services.gateway.console_pool import ConsolePool
 from sandbox.services.gateway.sessions import SessionStore
-from sandbox.services.gateway.telemetry import WORLD_CATALOG, LiveTelemetry
+from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS
+from sandbox.world.layout import WorldPaths
 
 # No range reaches before this: the world's calendar is years later, and arithmetic near the
 # smallest datetime overflows.
@@ -23,11 +27,29 @@ EARLIEST = dt.datetime(1970, 1, 1)
 @dataclass
 class Gateway:
     ctx: ServiceContext
-    store: LiveTelemetry
+    console: ConsolePool
     sessions: SessionStore
     addresses: dict[str, stack.ServiceAddress]
     answer_key: dict[str, Any]  # interviewer-only: never in a candidate's response
     _schema: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def live_start(self) -> dt.datetime:
+        """Where live time begins: the first day after the six production weeks."""
+        cal = self.ctx.calendar
+        return cal.midnight(cal.last_production_day + 1)
+
+    async def query(
+        self, who: Caller, sql: str, params: dict[str, Any] | None = None
+    ) -> QueryResult:
+        """Run one console statement for `who` in a worker: a candidate's views show their own
+        live rows; each caller has its own share of the workers (ConsoleBusy past it)."""
+        # Interviewers and the operator have shares of their own, apart from every candidate.
+        owner = "session:" if who.is_candidate else f"{who.role}:"
+        session = who.session_id if who.is_candidate else None
+        return await self.console.run(
+            sql, params, owner=owner + (who.session_id or ""), session_id=session
+        )
 
     @property
     def history_start(self) -> dt.datetime:
@@ -55,31 +77,33 @@ class Gateway:
 
     def schema(self) -> list[dict[str, Any]]:
         if not self._schema:
-            cur = self.store.con.cursor()
-            try:
-                tables = cur.execute(
-                    "SELECT schema_name || '.' || table_name, comment FROM duckdb_tables() "
-                    "WHERE database_name = ? ORDER BY 1",
-                    [WORLD_CATALOG],
-                ).fetchall()
-                columns = cur.execute(
-                    "SELECT schema_name || '.' || table_name, column_name, data_type, comment "
-                    "FROM duckdb_columns() WHERE database_name = ? ORDER BY column_index",
-                    [WORLD_CATALOG],
-                ).fetchall()
-            finally:
-                cur.close()
-            by_table: dict[str, list[dict[str, str]]] = {}
-            for table, name, dtype, comment in columns:
-                by_table.setdefault(table, []).append(
-                    {"name": name, "type": dtype, "description": comment or ""}
-                )
-            self._schema = [
-                {"table": t, "description": c or "", "columns": by_table.get(t, [])}
-                for t, c in tables
-                if t in self.store.tables
-            ]
+            self._schema = read_schema(WorldPaths(self.ctx.world))
         return self._schema
+
+
+def read_schema(paths: WorldPaths) -> list[dict[str, Any]]:
+    """Every candidate table with its columns, types and descriptions, from the world file's
+    own catalog (the built world is immutable while the stack serves it)."""
+    with duckdb.connect(str(paths.duckdb), read_only=True) as con:
+        tables = con.execute(
+            "SELECT schema_name || '.' || table_name, comment FROM duckdb_tables() "
+            "WHERE database_name = current_database() AND NOT internal ORDER BY 1"
+        ).fetchall()
+        columns = con.execute(
+            "SELECT schema_name || '.' || table_name, column_name, data_type, comment "
+            "FROM duckdb_columns() WHERE database_name = current_database() "
+            "ORDER BY column_index"
+        ).fetchall()
+    by_table: dict[str, list[dict[str, str]]] = {}
+    for table, name, dtype, comment in columns:
+        by_table.setdefault(table, []).append(
+            {"name": name, "type": dtype, "description": comment or ""}
+        )
+    return [
+        {"table": t, "description": c or "", "columns": by_table.get(t, [])}
+        for t, c in tables
+        if t.split(".")[0] in CANDIDATE_SCHEMAS
+    ]
 
 
 def naive_utc(value: dt.datetime | None) -> dt.datetime | None:

@@ -146,10 +146,12 @@ class LiveTelemetry:
         con.execute("SET VARIABLE live_start = ?::TIMESTAMP", [self.live_start])
         return now
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A connection for one query, its clock variables set to the simulated now."""
+    def cursor(self, session_id: str | None = None) -> duckdb.DuckDBPyConnection:
+        """A connection for one query, its clock variables set to the simulated now and its
+        session (whose own live rows the views show) to `session_id`."""
         cur = self.con.cursor()
         self.set_clock(cur)
+        cur.execute("SET VARIABLE session_id = ?::VARCHAR", [session_id])
         return cur
 
     def ingest(self) -> int:

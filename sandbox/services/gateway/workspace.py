@@ -12,15 +12,16 @@ import datetime as dt
 import sys
 from typing import Annotated, Any, Literal
 
-import duckdb
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from sandbox.monitor.reports import report_path
-from sandbox.services.gateway import console, dashboards
+from sandbox.services.gateway import dashboards
 from sandbox.services.gateway.auth import Auth, CandidateAuth
+from sandbox.services.gateway.console import QueryRefused
+from sandbox.services.gateway.console_pool import ConsoleBusy
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.sessions import DiagnosisClosed
 from sandbox.services.gateway.state import Gateway, naive_utc, shown_rows
@@ -53,7 +54,7 @@ def clock(request: Request, who: Auth) -> dict[str, Any]:
         "now": gw.ctx.now().isoformat(timespec="seconds"),
         "speed": gw.ctx.clock.speed,
         "history_start": gw.history_start.isoformat(),
-        "live_start": gw.store.live_start.isoformat(),
+        "live_start": gw.live_start.isoformat(),
         "session_started": started.isoformat(timespec="seconds") + "Z" if started else None,
     }
 
@@ -78,7 +79,7 @@ def dashboard_list(who: Auth) -> list[dict[str, Any]]:
 
 
 @router.get("/api/dashboards/{board_id}/panels/{panel_id}")
-def panel_data(
+async def panel_data(
     board_id: str,
     panel_id: str,
     request: Request,
@@ -111,11 +112,14 @@ def panel_data(
     }
     record = gw.record if not refresh else _ignore
     try:
-        result = console.run(gw.store, panel.sql, dashboards.parameters(panel, start, end, choices))
-    except (console.QueryRefused, duckdb.Error) as exc:
-        record(who, "panel", {**detail, "error": str(exc).splitlines()[0]})
+        result = await gw.query(who, panel.sql, dashboards.parameters(panel, start, end, choices))
+    except ConsoleBusy as exc:
+        return JSONResponse({"error": str(exc)}, status_code=429)
+    except QueryRefused as exc:
+        await run_in_threadpool(record, who, "panel", {**detail, "error": str(exc).splitlines()[0]})
         return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=400)
-    record(
+    await run_in_threadpool(
+        record,
         who,
         "panel",
         {
@@ -149,7 +153,7 @@ def _like_escaped(text: str) -> str:
 
 
 @router.get("/api/logs")
-def logs(
+async def logs(
     request: Request,
     who: Auth,
     service: str | None = None,
@@ -184,22 +188,26 @@ def logs(
         "OR attrs ILIKE $q ESCAPE '\\') "
         "AND (ts > $start OR (NOT $strict AND ts = $start)) AND ts <= $end"
     )
-    cur = gw.store.cursor()
     try:
-        total = cur.execute(f"SELECT count(*) FROM telemetry.logs WHERE {where}", params).fetchall()
-        rows = cur.execute(
-            f"SELECT ts, service, level, event, message, attrs FROM telemetry.logs WHERE {where} "
-            f"ORDER BY ts DESC LIMIT {limit} OFFSET {offset}",
-            params,
-        ).fetchall()
+        total = await gw.query(who, f"SELECT count(*) FROM telemetry.logs WHERE {where}", params)
+        rows = (
+            await gw.query(
+                who,
+                f"SELECT ts, service, level, event, message, attrs FROM telemetry.logs "
+                f"WHERE {where} ORDER BY ts DESC LIMIT {limit} OFFSET {offset}",
+                params,
+            )
+        ).rows
         services = [
             r[0]
-            for r in cur.execute(
-                "SELECT DISTINCT service FROM telemetry.logs ORDER BY 1"
-            ).fetchall()
+            for r in (
+                await gw.query(who, "SELECT DISTINCT service FROM telemetry.logs ORDER BY 1")
+            ).rows
         ]
-    finally:
-        cur.close()
+    except ConsoleBusy as exc:
+        raise HTTPException(429, str(exc)) from None
+    except QueryRefused as exc:
+        raise HTTPException(503, f"the logs are not available right now: {exc}") from None
     search = {
         "service": service,
         "level": level,
@@ -210,20 +218,21 @@ def logs(
         "tail": after is not None,
     }
     if after is None:  # the live tail polls; the search that started it is the event
-        gw.record(
+        await run_in_threadpool(
+            gw.record,
             who,
             "log_search",
             {k: v for k, v in search.items() if v is not None} | {"rows": len(rows)},
-            [(ts.isoformat(), " ".join(str(v) for v in rest)) for ts, *rest in rows],
+            [(ts, " ".join(str(v) for v in rest)) for ts, *rest in rows],
         )
     return {
-        "total": total[0][0],
+        "total": total.rows[0][0],
         "offset": offset,
         "end": end.isoformat(),
         "services": services,
         "lines": [
             {
-                "ts": ts.isoformat(),
+                "ts": ts,
                 "service": svc,
                 "level": lvl,
                 "event": event,
@@ -236,16 +245,18 @@ def logs(
 
 
 @router.get("/api/changelog")
-def changelog(request: Request, who: Auth) -> list[dict[str, Any]]:
+async def changelog(request: Request, who: Auth) -> list[dict[str, Any]]:
     gw = gateway(request)
     try:
-        result = console.run(
-            gw.store,
-            "SELECT ts, kind, service, title, body, author FROM ops.changelog ORDER BY ts DESC",
+        result = await gw.query(
+            who, "SELECT ts, kind, service, title, body, author FROM ops.changelog ORDER BY ts DESC"
         )
-    except (console.QueryRefused, duckdb.Error) as exc:
+    except ConsoleBusy as exc:
+        raise HTTPException(429, str(exc)) from None
+    except QueryRefused as exc:
         raise HTTPException(503, f"the changelog is not available right now: {exc}") from None
-    gw.record(
+    await run_in_threadpool(
+        gw.record,
         who,
         "changelog",
         {"entries": len(result.rows), "tables": ["ops.changelog"]},
@@ -260,13 +271,14 @@ async def drift_report(day: dt.date, request: Request, who: Auth) -> FileRespons
     too heavy to import into the gateway)."""
     gw = gateway(request)
     try:
-        known = await run_in_threadpool(
-            console.run,
-            gw.store,
+        known = await gw.query(
+            who,
             "SELECT count(*) FROM monitoring.drift_daily WHERE report_date = $day",
             {"day": day},
         )
-    except (console.QueryRefused, duckdb.Error) as exc:
+    except ConsoleBusy as exc:
+        raise HTTPException(429, str(exc)) from None
+    except QueryRefused as exc:
         raise HTTPException(503, f"drift reports are not available right now: {exc}") from None
     if not known.rows[0][0]:
         raise HTTPException(404, f"no drift report for {day}")

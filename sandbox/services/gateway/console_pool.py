@@ -1,0 +1,275 @@
+"""The console's worker processes, shared fairly between the sessions on one stack.
+
+Every query the gateway runs for a caller (console, dashboard panels, logs, changelog) goes to a
+worker process (`console_worker`), so no query can take the gateway's memory or threads:
+- a worker caps its own address space, and one that outlives the time limit by
+  `KILL_GRACE_S` is killed and replaced;
+- a caller (a session, or the interviewers) may have `per_owner` queries running or waiting;
+  one more is refused at once with `ConsoleBusy` (HTTP 429), never queued behind its own;
+- the pool grows to `max_workers` when every worker is busy, so one flooding session leaves
+  workers for the others, and shrinks back when the flood is over.
+
+Workers are forked from a preloaded server process: a new one is ready in a fraction of a
+second, and the imported code is shared between them rather than loaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import multiprocessing
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from sandbox.services.gateway import console_worker
+from sandbox.services.gateway.console import QueryRefused, QueryResult
+from sandbox.services.gateway.console_worker import Limits, Request
+
+KILL_GRACE_S = 0.5  # past the time limit, before a worker that did not stop is killed
+START_TIMEOUT_S = 60.0  # the first worker waits for the preloaded server to import everything
+IDLE_RETIRE_S = 60.0  # extra workers idle this long go away
+# Paths and file names never reach the candidate, not even inside an engine's error message.
+HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@%+~-]+){2,}/?")
+
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["sandbox.services.gateway.console_worker"])
+
+
+class ConsoleBusy(RuntimeError):
+    """The caller already has as many queries running as it may; the message says so."""
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: Any  # multiprocessing.Process
+    conn: Connection
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+class ConsolePool:
+    def __init__(
+        self,
+        world: Path,
+        time_limit_s: float,
+        *,
+        workers: int = 2,
+        max_workers: int = 4,
+        per_owner: int = 2,
+        memory_mb: int = 1024,
+        max_bytes: int = 20_000_000,
+    ) -> None:
+        self.world = Path(world).resolve()
+        self.limits = Limits(time_limit_s=time_limit_s, memory_mb=memory_mb, max_bytes=max_bytes)
+        self.min_workers = workers
+        self.max_workers = max(max_workers, workers)
+        self.per_owner = per_owner
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._count = 0  # workers alive or starting
+        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        self._owners: collections.Counter[str] = collections.Counter()
+        self._running = 0
+        self._replies = anyio.CapacityLimiter(self.max_workers)  # threads waiting on workers
+        self.killed = 0  # workers stopped at the deadline or dead mid-query
+
+    async def start(self) -> None:
+        """Start the standing workers (the first start also starts the preloaded server)."""
+        self._count += self.min_workers
+        started = await asyncio.gather(
+            *(self._spawn() for _ in range(self.min_workers)), return_exceptions=True
+        )
+        for worker in started:
+            if isinstance(worker, BaseException):
+                self._count -= 1
+            else:
+                self._release(worker)
+
+    def close(self) -> None:
+        for worker in list(self._all):
+            self._stop(worker)
+        self._idle.clear()
+
+    def status(self) -> dict[str, Any]:
+        busy = self._running
+        return {
+            "workers": self._count,
+            "busy": busy,
+            "waiting": len(self._waiters),
+            "saturated": busy >= self.max_workers and bool(self._waiters),
+            "killed": self.killed,
+        }
+
+    async def run(
+        self,
+        sql: str,
+        params: dict[str, Any] | None = None,
+        *,
+        owner: str,
+        session_id: str | None = None,
+    ) -> QueryResult:
+        """Run one statement for `owner` (the fairness key: a session id, or "interviewer").
+        Raises QueryRefused (bad query, limits) or ConsoleBusy (too many of the owner's)."""
+        if self._owners[owner] >= self.per_owner:
+            raise ConsoleBusy(
+                f"{self.per_owner} of your queries are still running; wait for one to finish "
+                "(or cancel it) before starting another"
+            )
+        self._owners[owner] += 1
+        try:
+            worker = await self._acquire()
+            self._running += 1
+            try:
+                verdict, value = await anyio.to_thread.run_sync(
+                    self._exchange, worker, Request(sql, params, session_id), limiter=self._replies
+                )
+            finally:
+                self._running -= 1
+        finally:
+            self._owners[owner] -= 1
+            if not self._owners[owner]:
+                del self._owners[owner]
+        if verdict == "ok":
+            return value
+        raise QueryRefused(scrub(value))
+
+    def _exchange(self, worker: _Worker, request: Request) -> tuple[str, Any]:
+        """Send one request and wait for its answer, at most until the deadline (a thread)."""
+        deadline = self.limits.time_limit_s + KILL_GRACE_S
+        try:
+            worker.conn.send(request)
+            if worker.conn.poll(deadline):
+                answer = worker.conn.recv()
+                self._hand_back(worker)
+                return answer
+            stopped = (
+                f"the query was stopped at the console's {self.limits.time_limit_s:g} s time "
+                "limit: filter, aggregate or add LIMIT"
+            )
+        except (EOFError, OSError):  # the worker died: its address-space cap, most likely
+            stopped = (
+                "the query needed more memory than the console allows "
+                f"({self.limits.memory_mb} MB): filter or aggregate first"
+            )
+        self.killed += 1
+        self._stop(worker)
+        self._replace_soon()
+        return "refused", stopped
+
+    def _hand_back(self, worker: _Worker) -> None:
+        self._loop.call_soon_threadsafe(self._release, worker)
+
+    def _replace_soon(self) -> None:
+        self._loop.call_soon_threadsafe(self._replace)
+
+    def _replace(self) -> None:
+        async def replace() -> None:
+            try:
+                worker = await self._spawn()
+            except Exception:
+                self._count -= 1
+                self._fail_waiters_if_empty()
+                return
+            self._release(worker)
+
+        self._loop.create_task(replace())
+
+    async def _acquire(self) -> _Worker:
+        self._loop = asyncio.get_running_loop()
+        self._retire_idle()
+        if self._idle:
+            return self._idle.pop()
+        if self._count < self.max_workers:
+            self._count += 1
+            try:
+                return await self._spawn()
+            except Exception as exc:
+                self._count -= 1
+                raise QueryRefused(f"the console could not start a worker: {exc}") from None
+        waiter: asyncio.Future[_Worker] = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, self.limits.time_limit_s * 2)
+        except TimeoutError:
+            raise QueryRefused(
+                "the console is busy with other queries; try again in a moment"
+            ) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _release(self, worker: _Worker) -> None:
+        """Give a free worker to the longest waiter, or keep it idle."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(worker)
+                return
+        worker.idle_since = time.monotonic()
+        self._idle.append(worker)
+
+    def _retire_idle(self) -> None:
+        now = time.monotonic()
+        while len(self._idle) > self.min_workers and now - self._idle[0].idle_since > IDLE_RETIRE_S:
+            self._stop(self._idle.pop(0))
+            self._count -= 1
+
+    def _fail_waiters_if_empty(self) -> None:
+        if self._count == 0:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(QueryRefused("the console is restarting; try again"))
+
+    def _stop(self, worker: _Worker) -> None:
+        self._all.discard(worker)
+        _kill(worker)
+
+    async def _spawn(self) -> _Worker:
+        self._loop = asyncio.get_running_loop()
+        ours, theirs = _CONTEXT.Pipe()
+        process = _CONTEXT.Process(
+            target=console_worker.serve,
+            args=(theirs, str(self.world), self.limits),
+            name="console-worker",
+            daemon=True,
+        )
+        await anyio.to_thread.run_sync(process.start)
+        theirs.close()
+        worker = _Worker(process, ours)
+        self._all.add(worker)
+        ready = await anyio.to_thread.run_sync(ours.poll, START_TIMEOUT_S)
+        if not ready:
+            self._stop(worker)
+            raise RuntimeError("no worker was ready in time")
+        try:
+            ours.recv()
+        except (EOFError, OSError):
+            self._stop(worker)
+            raise RuntimeError(f"the worker exited ({process.exitcode})") from None
+        return worker
+
+
+def _kill(worker: _Worker) -> None:
+    with contextlib.suppress(Exception):
+        worker.conn.close()
+    pid = worker.process.pid
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            worker.process.join(timeout=2)
+
+
+def scrub(message: str) -> str:
+    """An engine's message without the host's paths in it."""
+    return HOST_PATH.sub("…", message)

@@ -1,0 +1,99 @@
+"""One console worker: a child process of the gateway that runs the candidate's queries.
+
+A query runs here, never in the gateway, because DuckDB's own `memory_limit` does not bound every
+allocation (a `list_value` or `repeat` bomb grows a process by gigabytes) and its time limit does
+not stop every operator. The worker caps its own address space, so a bomb fails here (or kills
+this process) while the gateway stays small; the pool kills a worker that outlives the deadline.
+
+Each worker keeps its own queryable copy of the telemetry: the built world attached read-only
+plus the live rows loaded from the services' spool files, the durable log they all read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from sandbox.services.common import ServiceContext
+from sandbox.services.gateway import console
+from sandbox.services.gateway.telemetry import LiveTelemetry
+
+# Live rows are loaded before a query when the last load is older than this: a row the services
+# spooled shows in the console within a second, without every query paying for a load.
+INGEST_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    time_limit_s: float
+    memory_mb: int  # growth allowed past the worker's size once started
+    max_bytes: int  # of one response's rows
+
+
+@dataclass(frozen=True)
+class Request:
+    sql: str
+    params: dict[str, Any] | None = None
+    session_id: str | None = None
+
+
+def serve(conn: Connection, world: str, limits: Limits) -> None:
+    """Answer requests on `conn` until it closes: ("ok", QueryResult) or ("refused", message)."""
+    ctx = ServiceContext(Path(world), "console")
+    cal = ctx.calendar
+    store = LiveTelemetry(
+        ctx.world,
+        ctx.now,
+        cal.midnight(cal.last_production_day + 1),
+        ctx.scenario.fault_set,
+        ctx.scenario.world.seed,
+        cal,
+        # DuckDB's own limit answers most heavy queries with a clean error; the address-space
+        # limit below catches the allocations it does not count.
+        memory_limit=f"{max(limits.memory_mb // 2, 64)}MB",
+        time_limit_s=limits.time_limit_s,
+    )
+    _cap_address_space(limits.memory_mb)
+    loaded_at = time.monotonic()
+    conn.send(("ready", None))
+    while True:
+        try:
+            request: Request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if time.monotonic() - loaded_at >= INGEST_EVERY_S:
+            with contextlib.suppress(Exception):  # a bad spool line must not stop the console
+                store.ingest()
+            loaded_at = time.monotonic()
+        conn.send(_answer(store, request, limits))
+
+
+def _answer(store: LiveTelemetry, request: Request, limits: Limits) -> tuple[str, Any]:
+    try:
+        result = console.run(
+            store,
+            request.sql,
+            request.params,
+            session_id=request.session_id,
+            max_bytes=limits.max_bytes,
+        )
+    except (console.QueryRefused, duckdb.Error) as exc:
+        return "refused", str(exc)
+    except MemoryError:
+        return "refused", console.memory_message(store)
+    return "ok", result
+
+
+def _cap_address_space(growth_mb: int) -> None:
+    """Allow the process `growth_mb` more address space than it has now."""
+    with open("/proc/self/status") as status:
+        size_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    cap = size_kb * 1024 + growth_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
