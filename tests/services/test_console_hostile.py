@@ -4,6 +4,7 @@ refused or cut off with a clear message, and the console answers a normal query 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ from sandbox.world.build import BuildSummary
 from tests.services.conftest import gateway_client, session_maker, world_paths
 
 TIME_LIMIT_S = 2.0
+HOST_PATH = re.compile(r"/(tmp|work|home|root|usr|opt|var)/")
 NORMAL = "SELECT count(*) FROM serving.predictions"
 NORMAL_WITHIN_S = 2.0
 BOMB = "SELECT count(*) FROM serving.predictions a, serving.predictions b, serving.predictions c"
@@ -78,8 +80,40 @@ HOSTILE: list[tuple[str, str]] = [
         "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r",
         "limit",
     ),
-    ("SELECT count(*) FROM range(1000000000000) a, range(1000000000000) b", "time limit"),
+    ("SELECT count(*) FROM range(1000000000000) a, range(1000000000000) b", "limit"),
     ("SELECT string_agg(repeat('x', 100000), '') FROM range(1000000)", "limit"),
+    # A CTE or alias that shadows a system table, and the catalog reached by bare names.
+    (
+        "SELECT * FROM (WITH duckdb_databases AS (SELECT 1 x) SELECT * FROM duckdb_databases) a, "
+        "duckdb_databases b",
+        "system table",
+    ),
+    (
+        "SELECT * FROM (WITH duckdb_tables AS (SELECT 1 x) SELECT * FROM duckdb_tables) a, "
+        "duckdb_tables b",
+        "system table",
+    ),
+    ("WITH sqlite_master AS (SELECT 1) SELECT * FROM sqlite_master", "system table"),
+    ("SELECT * FROM serving.predictions AS duckdb_settings LIMIT 1", "system table"),
+    ("SELECT * FROM duckdb_views", "unknown table"),
+    ("SELECT * FROM duckdb_databases", "unknown table"),
+    ("SELECT * FROM sqlite_master", "unknown table"),
+    ("SELECT * FROM information_schema.tables", "unknown table"),
+    ("SELECT * FROM pg_catalog.pg_settings", "unknown table"),
+    ("SHOW ALL TABLES", "not available"),
+    ("SHOW DATABASES", "not available"),
+    ("SHOW TABLES", "not available"),
+    ("SELECT current_setting('temp_directory')", "not available"),
+    ("SELECT current_database(), current_schema()", "not available"),
+    ("SELECT stats(score) FROM serving.predictions", "not available"),
+    ("SELECT system.main.current_setting('memory_limit')", "plain name"),
+    ("SELECT pg_sleep(100)", "not available"),
+    ("SELECT version()", "not available"),
+    ("SELECT now()", "wall clock"),
+    ("PIVOT serving.predictions ON source USING count(*)", "IN ("),
+    # Bombs DuckDB's own memory limit does not count: they end in the worker, not the gateway.
+    ("SELECT len(list_value(range(100000000)))", "memory"),
+    ("SELECT length(repeat('x', 2000000000))", "memory"),
     ("", "empty"),
     ("   ;  ", "empty"),
     ("SELEC * FRM nowhere", "syntax"),
@@ -113,6 +147,7 @@ def test_a_hostile_query_is_refused_clearly_and_the_console_carries_on(
         assert reply.status_code == 400, f"{sql!r} -> {reply.status_code} {reply.text[:200]}"
         error = reply.json()["error"]
         assert says.lower() in error.lower(), f"{sql!r}: {error}"
+        assert not HOST_PATH.search(error), f"a host path in {error!r}"
     _still_answers(client, who)
 
 
@@ -140,3 +175,17 @@ def test_the_hostile_queries_are_in_the_history_with_their_refusals(
     mine = client.get("/api/my/history", headers=who).json()
     refused = [e for e in mine if e["detail"].get("error")]
     assert len(refused) >= 40
+
+
+def test_a_pivot_with_its_values_listed_runs(console: tuple[TestClient, dict[str, str]]) -> None:
+    client, who = console
+    reply = client.post(
+        "/api/sql",
+        json={
+            "sql": "PIVOT serving.predictions ON source IN ('batch', 'online') "
+            "USING count(*) GROUP BY model_version"
+        },
+        headers=who,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["columns"] == ["model_version", "batch", "online"]

@@ -42,7 +42,11 @@ IDLE_RETIRE_S = 60.0  # extra workers idle this long go away
 HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@%+~-]+){2,}/?")
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["sandbox.services.gateway.console_worker"])
+# The fault catalog is imported here once (the planted faults act on live metrics), not in
+# every worker: it pulls in scikit-learn, seconds of imports.
+_CONTEXT.set_forkserver_preload(
+    ["sandbox.services.gateway.console_worker", "sandbox.faults.registry"]
+)
 
 
 class ConsoleBusy(RuntimeError):
@@ -81,6 +85,7 @@ class ConsolePool:
         self._running = 0
         self._replies = anyio.CapacityLimiter(self.max_workers)  # threads waiting on workers
         self.killed = 0  # workers stopped at the deadline or dead mid-query
+        self._closed = False
 
     async def start(self) -> None:
         """Start the standing workers (the first start also starts the preloaded server)."""
@@ -95,6 +100,7 @@ class ConsolePool:
                 self._release(worker)
 
     def close(self) -> None:
+        self._closed = True
         for worker in list(self._all):
             self._stop(worker)
         self._idle.clear()
@@ -140,7 +146,8 @@ class ConsolePool:
                 del self._owners[owner]
         if verdict == "ok":
             return value
-        raise QueryRefused(scrub(value))
+        message, reach = value
+        raise QueryRefused(scrub(message), reach)
 
     def _exchange(self, worker: _Worker, request: Request) -> tuple[str, Any]:
         """Send one request and wait for its answer, at most until the deadline (a thread)."""
@@ -148,9 +155,13 @@ class ConsolePool:
         try:
             worker.conn.send(request)
             if worker.conn.poll(deadline):
-                answer = worker.conn.recv()
-                self._hand_back(worker)
-                return answer
+                verdict, value, retire = worker.conn.recv()
+                if retire:
+                    self._stop(worker)
+                    self._replace_soon()
+                else:
+                    self._hand_back(worker)
+                return verdict, value
             stopped = (
                 f"the query was stopped at the console's {self.limits.time_limit_s:g} s time "
                 "limit: filter, aggregate or add LIMIT"
@@ -163,7 +174,7 @@ class ConsolePool:
         self.killed += 1
         self._stop(worker)
         self._replace_soon()
-        return "refused", stopped
+        return "refused", (stopped, None)
 
     def _hand_back(self, worker: _Worker) -> None:
         self._loop.call_soon_threadsafe(self._release, worker)
@@ -172,9 +183,15 @@ class ConsolePool:
         self._loop.call_soon_threadsafe(self._replace)
 
     def _replace(self) -> None:
+        if self._closed:
+            return
+
         async def replace() -> None:
             try:
                 worker = await self._spawn()
+                if self._closed:
+                    self._stop(worker)
+                    return
             except Exception:
                 self._count -= 1
                 self._fail_waiters_if_empty()
@@ -187,7 +204,13 @@ class ConsolePool:
         self._loop = asyncio.get_running_loop()
         self._retire_idle()
         if self._idle:
-            return self._idle.pop()
+            worker = self._idle.pop()
+            if not self._idle and self._count < self.max_workers:
+                # The last free worker is taken: start a spare now, so the next caller does not
+                # wait for one to start on a machine the running queries keep busy.
+                self._count += 1
+                self._replace()
+            return worker
         if self._count < self.max_workers:
             self._count += 1
             try:
@@ -252,10 +275,12 @@ class ConsolePool:
             self._stop(worker)
             raise RuntimeError("no worker was ready in time")
         try:
-            ours.recv()
+            said, why = ours.recv()
         except (EOFError, OSError):
+            said, why = "failed", f"exit code {process.exitcode}"
+        if said != "ready":
             self._stop(worker)
-            raise RuntimeError(f"the worker exited ({process.exitcode})") from None
+            raise RuntimeError(f"the worker did not start: {why}")
         return worker
 
 

@@ -45,21 +45,13 @@ class Request:
 
 
 def serve(conn: Connection, world: str, limits: Limits) -> None:
-    """Answer requests on `conn` until it closes: ("ok", QueryResult) or ("refused", message)."""
-    ctx = ServiceContext(Path(world), "console")
-    cal = ctx.calendar
-    store = LiveTelemetry(
-        ctx.world,
-        ctx.now,
-        cal.midnight(cal.last_production_day + 1),
-        ctx.scenario.fault_set,
-        ctx.scenario.world.seed,
-        cal,
-        # DuckDB's own limit answers most heavy queries with a clean error; the address-space
-        # limit below catches the allocations it does not count.
-        memory_limit=f"{max(limits.memory_mb // 2, 64)}MB",
-        time_limit_s=limits.time_limit_s,
-    )
+    """Answer requests on `conn` until it closes: ("ok", QueryResult, retire) or
+    ("refused", (message, reach), retire)."""
+    try:
+        store = _open_store(Path(world), limits)
+    except Exception as exc:  # said to the pool, which reports it; no traceback on stderr
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
     _cap_address_space(limits.memory_mb)
     loaded_at = time.monotonic()
     conn.send(("ready", None))
@@ -75,7 +67,28 @@ def serve(conn: Connection, world: str, limits: Limits) -> None:
         conn.send(_answer(store, request, limits))
 
 
-def _answer(store: LiveTelemetry, request: Request, limits: Limits) -> tuple[str, Any]:
+def _open_store(world: Path, limits: Limits) -> LiveTelemetry:
+    ctx = ServiceContext(world, "console")
+    cal = ctx.calendar
+    return LiveTelemetry(
+        ctx.world,
+        ctx.now,
+        cal.midnight(cal.last_production_day + 1),
+        ctx.scenario.fault_set,
+        ctx.scenario.world.seed,
+        cal,
+        # DuckDB's own limit answers most heavy queries with a clean error; the address-space
+        # limit below catches the allocations it does not count.
+        memory_limit=f"{max(limits.memory_mb // 2, 64)}MB",
+        time_limit_s=limits.time_limit_s,
+        # One core per query: a heavy query leaves the other core to everyone else's.
+        threads=1,
+    )
+
+
+def _answer(store: LiveTelemetry, request: Request, limits: Limits) -> tuple[str, Any, bool]:
+    """(verdict, value, retire): a worker that ran out of memory asks to be replaced, since the
+    allocator keeps what it reserved and the next query would start near the cap."""
     try:
         result = console.run(
             store,
@@ -84,16 +97,27 @@ def _answer(store: LiveTelemetry, request: Request, limits: Limits) -> tuple[str
             session_id=request.session_id,
             max_bytes=limits.max_bytes,
         )
-    except (console.QueryRefused, duckdb.Error) as exc:
-        return "refused", str(exc)
-    except MemoryError:
-        return "refused", console.memory_message(store)
-    return "ok", result
+    except console.QueryRefused as exc:
+        return "refused", (str(exc), exc.reach), exc.reach is None and _near_cap(limits)
+    except (duckdb.Error, MemoryError) as exc:
+        if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+            return "refused", (console.memory_message(store), None), True
+        return "refused", (str(exc), None), _near_cap(limits)
+    return "ok", result, _near_cap(limits)
+
+
+def _near_cap(limits: Limits) -> bool:
+    """Whether this process has used up most of the growth it was allowed."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return _vm_size() > soft - limits.memory_mb * 1024 * 1024 // 2
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
 
 
 def _cap_address_space(growth_mb: int) -> None:
     """Allow the process `growth_mb` more address space than it has now."""
-    with open("/proc/self/status") as status:
-        size_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
-    cap = size_kb * 1024 + growth_mb * 1024 * 1024
+    cap = _vm_size() + growth_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))

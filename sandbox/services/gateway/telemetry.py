@@ -56,6 +56,7 @@ class LiveTelemetry:
         seed: int,
         calendar: Any,
         memory_limit: str = "2GB",
+        threads: int | None = None,
         time_limit_s: float = QUERY_TIME_LIMIT_S,
     ) -> None:
         self.paths = WorldPaths(world)
@@ -69,7 +70,9 @@ class LiveTelemetry:
         # Spills go under run/, not into whatever directory the stack was started from.
         spill = self.paths.run / "duckdb-spill"
         self.con = duckdb.connect(
-            ":memory:", config={"memory_limit": memory_limit, "temp_directory": str(spill)}
+            ":memory:",
+            config={"memory_limit": memory_limit, "temp_directory": str(spill)}
+            | ({"threads": threads} if threads else {}),
         )
         self.con.execute(f"ATTACH '{self.paths.duckdb}' AS {WORLD_CATALOG} (READ_ONLY)")
         self._lock = threading.Lock()
