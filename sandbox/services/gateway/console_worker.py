@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import signal
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -47,6 +48,9 @@ class Request:
 def serve(conn: Connection, world: str, limits: Limits) -> None:
     """Answer requests on `conn` until it closes: ("ok", QueryResult, retire) or
     ("refused", (message, reach), retire)."""
+    # Ctrl-C reaches the whole process group: the gateway stops first, and a worker follows
+    # when its connection closes, without a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         store = _open_store(Path(world), limits)
     except Exception as exc:  # said to the pool, which reports it; no traceback on stderr
