@@ -1,19 +1,24 @@
 """The world's MLflow tracking store and model registry (sqlite, inside the world directory).
 
-MLflow's own run ids and timestamps come from the wall clock; everything about simulated time goes
-into tags, and none of it enters the world's content hash.
+Runs are logged through MLflow and then restamped (`registry_stamp`): their times follow the
+simulated calendar and their artifact locations are relative to the world's `artifacts/`. MLflow's
+own run and model ids are random; none of the registry enters the world's content hash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import logging
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from sandbox.pipeline import registry_stamp
 
 CHURN_MODEL = "churn-model"
 TICKET_ENCODER = "ticket-encoder"
@@ -54,11 +59,27 @@ def connect(mlflow_dir: Path, experiment: str) -> Any:
     mlflow.set_tracking_uri(tracking_uri(mlflow_dir))
     mlflow.set_registry_uri(tracking_uri(mlflow_dir))
     if mlflow.get_experiment_by_name(experiment) is None:
+        # Logging needs a location MLflow can write to; `registry_stamp.seal` makes it relative.
         mlflow.create_experiment(
             experiment, artifact_location=(mlflow_dir / "artifacts" / experiment).resolve().as_uri()
         )
     mlflow.set_experiment(experiment)
     return mlflow
+
+
+@contextlib.contextmanager
+def job_run(
+    mlflow: Any,
+    mlflow_dir: Path,
+    run_name: str,
+    job: registry_stamp.Job,
+    finished_at: dt.datetime,
+) -> Iterator[Any]:
+    """An MLflow run of `job` that finished at `finished_at` (simulated time); what it logged
+    and registered is restamped when it ends."""
+    with mlflow.start_run(run_name=run_name) as run:
+        yield run
+    registry_stamp.stamp_run(mlflow_dir, run.info.run_id, job, finished_at)
 
 
 @contextlib.contextmanager
@@ -80,9 +101,9 @@ def load_model(mlflow_dir: Path, uri: str) -> Any:
     or `models:/churn-model/3`.
 
     Read straight from the registry's tables and the model's skops file: the serving processes
-    need neither MLflow's import (tens of MB each) nor the absolute paths the build recorded, so
-    a copied world serves its own files. The registry belongs to the world the build wrote, so
-    deserializing its models is trusted.
+    need no MLflow import (tens of MB each), and the recorded locations are relative to the
+    world's `artifacts/`, so a copied world serves its own files. The registry belongs to the
+    world the build wrote, so deserializing its models is trusted.
     """
     import skops.io
 
@@ -92,7 +113,6 @@ def load_model(mlflow_dir: Path, uri: str) -> Any:
 
 
 SKOPS_FILE = "model.skops"
-ARTIFACTS_MARKER = "/mlflow/artifacts/"
 
 
 def model_version(mlflow_dir: Path, uri: str) -> dict[str, Any]:
@@ -159,9 +179,14 @@ def run_param(mlflow_dir: Path, run_id: str, key: str) -> str | None:
     return row[0] if row else None
 
 
-def local_artifacts(mlflow_dir: Path, storage_location: str) -> Path:
-    """Where a recorded artifact location is in this world's own directory."""
-    location = storage_location.removeprefix("file://")
-    if ARTIFACTS_MARKER in location:
-        return mlflow_dir / "artifacts" / location.split(ARTIFACTS_MARKER, 1)[1]
-    return Path(location)
+def local_artifacts(mlflow_dir: Path, location: str) -> Path:
+    """Where a recorded artifact location is. MLflow's proxied form (`mlflow-artifacts:/<path>`)
+    and relative paths are inside this world's own `artifacts/`, wherever the world is now, as the
+    MLflow UI serves them; a `file:` URI or an absolute path is taken as it is."""
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "mlflow-artifacts":
+        return mlflow_dir / "artifacts" / urllib.parse.unquote(parsed.path).lstrip("/")
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    path = Path(location)
+    return path if path.is_absolute() else mlflow_dir / "artifacts" / path

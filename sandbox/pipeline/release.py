@@ -15,6 +15,7 @@ from sandbox.pipeline.features import MODEL_FEATURES
 TRAINING_SNAPSHOTS = 8  # score dates in a training set
 SNAPSHOT_SPACING_DAYS = 5  # staggered, so every weekday appears
 LABEL_GAP_DAYS = 14  # the newest score date is this far back: its label has matured
+TRAINING_HOUR = 16.0  # a release is trained (and registered) at this hour the day before it serves
 
 
 @dataclass(frozen=True)

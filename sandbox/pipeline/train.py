@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
-from sandbox.pipeline import registry, store
+from sandbox.pipeline import registry, registry_stamp, store
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.label import churn_labels
 
@@ -182,19 +182,27 @@ def register(
     trained: TrainedModel,
     mlflow_dir: Path,
     dataset: pl.DataFrame,
-    trained_on: dt.date,
+    trained_at: dt.datetime,
     deployed_on: dt.date,
     alias: str | None = registry.CHAMPION,
     run_name: str = "",
     tags: dict[str, str] | None = None,
 ) -> str:
-    """Log the run and register the model (with `alias`, if any); returns the model version."""
+    """Log the run of the training job that finished at `trained_at` (simulated time) and
+    register the model (with `alias`, if any); returns the model version."""
     mlflow = registry.connect(mlflow_dir, "churn-model-training")
     from mlflow.models import infer_signature
 
+    trained_on = trained_at.date()
     x = dataset.select(trained.features).head(200).to_pandas()
     signature = infer_signature(x, trained.model.predict_proba(x.to_numpy())[:, 1])
-    with mlflow.start_run(run_name=run_name or f"churn-gbm-{trained_on:%Y%m%d}"):
+    with registry.job_run(
+        mlflow,
+        mlflow_dir,
+        run_name or f"churn-gbm-{trained_on:%Y%m%d}",
+        registry_stamp.TRAINING_JOB,
+        trained_at,
+    ):
         mlflow.log_params(trained.params)
         mlflow.log_metrics(trained.metrics)
         mlflow.log_metrics({f"importance_{k}": v for k, v in trained.importances.items()})

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from sandbox.pipeline import deploy, registry
+from sandbox.pipeline import deploy, registry, registry_stamp
 from sandbox.scenario import world_spec
 from sandbox.services import prometheus as promstack
 from sandbox.services import stack
@@ -86,6 +86,43 @@ def check_world(root: Path) -> WorldPaths:
             f"rebuild it with: sandbox build --out {root} --force"
         )
     return paths
+
+
+def mlflow_ui(mlflow_dir: Path, host: str, port: int) -> Child:
+    """The MLflow UI as one uvicorn process serving MLflow's own app. `mlflow server` would
+    start the same app as a child of a launcher process that holds as much memory again; these
+    are the variables it hands its child for `--serve-artifacts --artifacts-destination
+    <world>/candidate/mlflow/artifacts` (MLflow is pinned to the versions that read them). The
+    registry records artifact locations as `mlflow-artifacts:/...`, served from this world's own
+    directory, wherever it is."""
+    env = {
+        "_MLFLOW_SERVER_FILE_STORE": registry.tracking_uri(mlflow_dir),
+        "_MLFLOW_SERVER_ARTIFACT_ROOT": registry_stamp.PROXIED,
+        "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
+        "_MLFLOW_SERVER_ARTIFACT_DESTINATION": str((mlflow_dir / "artifacts").resolve()),
+        "_MLFLOW_STATIC_PREFIX": MLFLOW_PREFIX,
+        "_MLFLOW_SGI_NAME": "uvicorn",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    return Child(
+        "mlflow",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "mlflow.server.fastapi_app:app",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+    )
 
 
 class Supervisor:
@@ -162,7 +199,7 @@ class Supervisor:
                 ],
             )
         )
-        self._add(self._mlflow(ports["mlflow"]))
+        self._add(mlflow_ui(self.paths.mlflow, self.host, ports["mlflow"]))
         self._add(
             Child(
                 "gateway",
@@ -212,37 +249,6 @@ class Supervisor:
                 ports["prometheus"],
                 f"{self.url}/services/prometheus/",
             ),
-        )
-
-    def _mlflow(self, port: int) -> Child:
-        """The MLflow UI as one uvicorn process serving MLflow's own app. `mlflow server` would
-        start the same app as a child of a launcher process that holds as much memory again;
-        these are the variables it hands its child (MLflow is pinned to the versions that read
-        them)."""
-        env = {
-            "_MLFLOW_SERVER_FILE_STORE": registry.tracking_uri(self.paths.mlflow),
-            "_MLFLOW_STATIC_PREFIX": MLFLOW_PREFIX,
-            "_MLFLOW_SGI_NAME": "uvicorn",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        }
-        return Child(
-            "mlflow",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "mlflow.server.fastapi_app:app",
-                "--host",
-                self.host,
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env=env,
         )
 
     def _add(self, child: Child) -> None:

@@ -23,10 +23,10 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext
 from sandbox.monitor import alerts, metrics, performance
 from sandbox.monitor.drift import DriftMonitor
-from sandbox.pipeline import deploy, label, registry, retrieve, train
+from sandbox.pipeline import deploy, label, registry, registry_stamp, retrieve, train
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 from sandbox.pipeline.ops import changelog
-from sandbox.pipeline.release import Release
+from sandbox.pipeline.release import TRAINING_HOUR, Release
 from sandbox.scenario import Scenario
 from sandbox.world import corpus, descriptions
 from sandbox.world.layout import WorldPaths
@@ -94,7 +94,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     encoder = retrieve.fit_encoder(seed, version=1)
     index = retrieve.build_index(encoder, articles, built_on=cal.date(cal.first_day))
     index.save(paths.indexes)
-    _register_encoder(encoder, index, paths, cal.date(cal.first_day))
+    _register_encoder(encoder, index, paths, cal, cal.first_day)
     progress("retrieval index", 1, 1)
 
     drift: DriftMonitor | None = None
@@ -111,7 +111,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
             trained,
             paths.mlflow,
             training_set,
-            trained_on=cal.date(release.day - 1),
+            trained_at=cal.at(release.trained_at_day(), TRAINING_HOUR),
             deployed_on=cal.date(release.day),
             alias=release.alias,
             run_name=release.run_name,
@@ -186,7 +186,8 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
 
     for version, (later, first_day) in sorted(result.encoders.items()):
         if version != encoder.version:
-            _register_encoder(later, None, paths, cal.date(first_day))
+            _register_encoder(later, None, paths, cal, first_day)
+    registry_stamp.seal(paths.mlflow)  # the last MLflow write of the build
     _write_deployment(result, paths, cal)
     paths.scenario.write_text(scenario.as_toml())
     keys = [f.key(cal).model_dump(mode="json") for f in scenario.faults]
@@ -253,12 +254,20 @@ def _register_encoder(
     encoder: retrieve.Encoder,
     index: retrieve.ArticleIndex | None,
     paths: WorldPaths,
-    built_on: object,
+    cal: Calendar,
+    serving_day: int,
 ) -> None:
-    """Register an encoder version and make it the production alias; `index` is the article
-    index built with it, if one was."""
+    """Register an encoder version, fitted the day before `serving_day` like a model release,
+    and make it the production alias; `index` is the article index built with it, if one was."""
+    trained_at = cal.at(serving_day - 1, TRAINING_HOUR)
     mlflow = registry.connect(paths.mlflow, "ticket-encoder")
-    with mlflow.start_run(run_name=f"ticket-encoder-v{encoder.version}"):
+    with registry.job_run(
+        mlflow,
+        paths.mlflow,
+        f"ticket-encoder-v{encoder.version}",
+        registry_stamp.ENCODER_JOB,
+        trained_at,
+    ):
         mlflow.log_params(
             {
                 "kind": "tfidf+svd",
@@ -266,7 +275,7 @@ def _register_encoder(
                 "encoder_version": encoder.version,
             }
         )
-        tags = {"training_date": str(built_on)}
+        tags = {"training_date": str(trained_at.date())}
         if index is not None:
             tags["index_version"] = str(index.meta["index_version"])
         mlflow.set_tags(tags)
@@ -282,7 +291,7 @@ def _register_encoder(
         registry.TICKET_ENCODER,
         "production",
         str(info.registered_model_version),
-        {"encoder_version": str(encoder.version), "deployed_on": str(built_on)},
+        {"encoder_version": str(encoder.version), "deployed_on": str(cal.date(serving_day))},
     )
 
 
