@@ -41,6 +41,7 @@ from sandbox.logs import LogSink
 from sandbox.pipeline import deploy, registry
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.serve import SERVICE, ModelServer, churn_scores, unanswered_blank
+from sandbox.services import caller, limits
 from sandbox.services.common import HEALTH_PATH, ServiceContext, serve, service_args
 
 MAX_BATCH = 1000
@@ -255,10 +256,15 @@ class LiveModelServer:
         return [item.customer_id for item in items], values
 
     def predict(
-        self, items: list[PredictRequest], started: float, batch: bool = False
+        self,
+        items: list[PredictRequest],
+        started: float,
+        batch: bool = False,
+        session_id: str | None = None,
     ) -> tuple[dt.datetime, list[dict[str, Any]]]:
         """Score the items together; returns the simulated request time and one row per item,
-        with the spool row's columns plus prediction_id. Raises ApiError for a bad request."""
+        with the spool row's columns plus prediction_id. Raises ApiError for a bad request.
+        The spooled rows carry `session_id` when a session's call asked for them."""
         now = self.ctx.now()
         customer_ids, values = self._resolve(items, now, batch)
         ids = [secrets.randbits(63) for _ in items]
@@ -289,7 +295,7 @@ class LiveModelServer:
             for i in range(len(items))
         ]
         self.ctx.spool("serving.predictions").write(
-            *({k: row[k] for k in SPOOL_COLUMNS} for row in rows)
+            *(caller.marked({k: row[k] for k in SPOOL_COLUMNS}, session_id) for row in rows)
         )
         return now, rows
 
@@ -403,7 +409,8 @@ SPOOL_COLUMNS = (
 
 
 class _Instrument:
-    """Pure ASGI middleware: request count and duration per endpoint and status."""
+    """Pure ASGI middleware: request count and duration per endpoint and status, of
+    production's calls only (a session's calls are its own, see `caller`)."""
 
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
@@ -425,9 +432,10 @@ class _Instrument:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+            if caller.session_of(scope) is None:
+                endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+                self.metrics.requests.labels(endpoint, str(status)).inc()
+                self.metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def _elapsed_ms(request: Request) -> float:
@@ -449,13 +457,17 @@ def create_app(world: Path) -> FastAPI:
     version = live.record.model_version
 
     app = FastAPI(title="model-server", version=version, docs_url=None, redoc_url=None)
+    limits.install(app)  # innermost: the middleware added below sees its refusals
     app.state.live = live
     app.state.metrics = metrics
     app.add_middleware(_Instrument, metrics=metrics)
+    app.add_middleware(caller.SessionCalls)  # outermost: the others read the session it finds
 
-    def log_request(path: str, code: int, ms: float, **attrs: Any) -> None:
+    def log_request(request: Request, path: str, code: int, ms: float, **attrs: Any) -> None:
         level = "info" if code < 400 else "warning" if code < 500 else "error"
-        ctx.log(
+        caller.log(
+            ctx,
+            caller.session_of(request.scope),
             level,
             "request",
             f"POST {path} {code} {round(ms, 1)}ms",
@@ -464,7 +476,9 @@ def create_app(world: Path) -> FastAPI:
             status=code,
         )
 
-    def record(rows: list[dict[str, Any]]) -> None:
+    def record(request: Request, rows: list[dict[str, Any]]) -> None:
+        if caller.session_of(request.scope) is not None:
+            return
         for row in rows:
             metrics.latency.observe(row["latency_ms"] / 1000)
             if row["status"] == "ok":
@@ -476,27 +490,37 @@ def create_app(world: Path) -> FastAPI:
         errors = exc.errors()
         message = "; ".join(f"{_field(tuple(e['loc']))}: {e['msg']}" for e in errors[:5])
         if request.url.path in ENDPOINTS:
-            log_request(request.url.path, 422, _elapsed_ms(request), customer_id=None)
+            log_request(request, request.url.path, 422, _elapsed_ms(request), customer_id=None)
         return JSONResponse({"detail": message}, status_code=422)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
-        ctx.log("error", "request", f"{request.method} {request.url.path} 500", status=500)
+        caller.log(
+            ctx,
+            caller.session_of(request.scope),
+            "error",
+            "request",
+            f"{request.method} {request.url.path} 500",
+            status=500,
+        )
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     @app.post("/predict", responses=ERRORS)
     async def predict(body: PredictRequest, request: Request) -> JSONResponse:
         """Score one customer (by id, from the online store) or one full feature payload."""
         started = request.scope.get(_START, time.perf_counter())
+        session = caller.session_of(request.scope)
         try:
-            _, rows = live.predict([body], started)
+            _, rows = live.predict([body], started, session_id=session)
         except ApiError as err:
-            log_request("/predict", err.status, _elapsed_ms(request), customer_id=body.customer_id)
+            log_request(
+                request, "/predict", err.status, _elapsed_ms(request), customer_id=body.customer_id
+            )
             return JSONResponse({"detail": err.message}, status_code=err.status)
         row = rows[0]
-        record(rows)
+        record(request, rows)
         code = HTTP_STATUS[row["status"]]
-        log_request("/predict", code, row["latency_ms"], customer_id=row["customer_id"])
+        log_request(request, "/predict", code, row["latency_ms"], customer_id=row["customer_id"])
         if code != 200:
             return JSONResponse({"detail": UNAVAILABLE}, status_code=code)
         return JSONResponse(live.response(row))
@@ -505,14 +529,18 @@ def create_app(world: Path) -> FastAPI:
     async def predict_batch(body: BatchRequest, request: Request) -> JSONResponse:
         """Score up to 1000 requests (each as for /predict) together."""
         started = request.scope.get(_START, time.perf_counter())
+        session = caller.session_of(request.scope)
         try:
-            _, rows = live.predict(body.requests, started, batch=True)
+            _, rows = live.predict(body.requests, started, batch=True, session_id=session)
         except ApiError as err:
-            log_request("/predict/batch", err.status, _elapsed_ms(request), rows=len(body.requests))
+            log_request(
+                request, "/predict/batch", err.status, _elapsed_ms(request), rows=len(body.requests)
+            )
             return JSONResponse({"detail": err.message}, status_code=err.status)
-        record(rows)
+        record(request, rows)
         failed = sum(row["status"] != "ok" for row in rows)
         log_request(
+            request,
             "/predict/batch",
             200,
             max(row["latency_ms"] for row in rows),

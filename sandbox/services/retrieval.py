@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.faults.base import HookContext
 from sandbox.pipeline import registry, retrieve
+from sandbox.services import caller, limits
 from sandbox.services.common import HEALTH_PATH, ServiceContext, serve, service_args
 from sandbox.world.layout import IncompleteWorld, read_manifest
 
@@ -150,7 +151,8 @@ class RetrievalService:
         self.titles = _article_titles(ctx.paths.duckdb)
         self.metrics = Metrics()
         self._lock = threading.Lock()
-        self._recent: OrderedDict[int, list[int]] = OrderedDict()
+        # request_id -> (the session that searched, or None for production; articles shown)
+        self._recent: OrderedDict[int, tuple[str | None, list[int]]] = OrderedDict()
         self._day: int | None = None
         self._current: LoadedEncoder | None = None
         self.ctx.log(
@@ -191,7 +193,8 @@ class RetrievalService:
             index_version=self.index_version,
         )
 
-    def search(self, req: SearchRequest) -> dict[str, Any]:
+    def search(self, req: SearchRequest, session_id: str | None = None) -> dict[str, Any]:
+        """Suggest articles; a session's search is spooled as its own and counted nowhere else."""
         started = time.perf_counter()
         # FAISS's OpenMP thread count is per calling thread and starts at the core count in
         # request threads; on a busy host one query then waits ~20 ms at an OpenMP barrier.
@@ -206,29 +209,33 @@ class RetrievalService:
         top1 = found[0][1] if found else None
         # Telemetry first: whatever a client has seen acknowledged is on disk.
         self.ctx.spool("retrieval.search_log").write(
-            {
-                "request_id": request_id,
-                "ticket_id": req.ticket_id,
-                "request_ts": request_ts,
-                "query_text": req.text,
-                "top_k_ids": [i for i, _ in found],
-                "top_k_scores": [s for _, s in found],
-                "top1_score": top1,
-                "encoder_version": encoder.version,
-                "index_version": self.index_version,
-                "latency_ms": round(elapsed * 1000, 2),
-                "clicked_article_id": None,
-                "click_rank": None,
-            }
+            caller.marked(
+                {
+                    "request_id": request_id,
+                    "ticket_id": req.ticket_id,
+                    "request_ts": request_ts,
+                    "query_text": req.text,
+                    "top_k_ids": [i for i, _ in found],
+                    "top_k_scores": [s for _, s in found],
+                    "top1_score": top1,
+                    "encoder_version": encoder.version,
+                    "index_version": self.index_version,
+                    "latency_ms": round(elapsed * 1000, 2),
+                    "clicked_article_id": None,
+                    "click_rank": None,
+                },
+                session_id,
+            )
         )
         with self._lock:
-            self._recent[request_id] = [i for i, _ in found]
+            self._recent[request_id] = (session_id, [i for i, _ in found])
             while len(self._recent) > RECENT_REQUESTS:
                 self._recent.popitem(last=False)
-        self.metrics.searches.labels(str(encoder.version), self.index_version).inc()
-        self.metrics.latency.observe(elapsed)
-        if top1 is not None:
-            self.metrics.top1.observe(top1)
+        if session_id is None:
+            self.metrics.searches.labels(str(encoder.version), self.index_version).inc()
+            self.metrics.latency.observe(elapsed)
+            if top1 is not None:
+                self.metrics.top1.observe(top1)
         return {
             "request_id": request_id,
             "results": [
@@ -240,10 +247,13 @@ class RetrievalService:
             "request_ts": request_ts,
         }
 
-    def click(self, req: FeedbackRequest) -> dict[str, Any]:
+    def click(self, req: FeedbackRequest, session_id: str | None = None) -> dict[str, Any]:
+        """An agent's click on a suggestion. A click belongs to the search's caller: a session
+        cannot click on production's searches (nor production on a session's), so no session
+        moves the click-through everyone sees."""
         with self._lock:
-            shown = self._recent.get(req.request_id)
-        if shown is None:
+            searcher, shown = self._recent.get(req.request_id, (None, None))
+        if shown is None or searcher != session_id:
             raise HTTPException(404, f"no recent search with request_id {req.request_id}")
         if req.article_id not in shown:
             raise HTTPException(
@@ -252,14 +262,18 @@ class RetrievalService:
         rank = shown.index(req.article_id) + 1
         clicked_at = self.ctx.now().isoformat()
         self.ctx.spool("retrieval.search_clicks").write(
-            {
-                "request_id": req.request_id,
-                "clicked_article_id": req.article_id,
-                "click_rank": rank,
-                "clicked_at": clicked_at,
-            }
+            caller.marked(
+                {
+                    "request_id": req.request_id,
+                    "clicked_article_id": req.article_id,
+                    "click_rank": rank,
+                    "clicked_at": clicked_at,
+                },
+                session_id,
+            )
         )
-        self.metrics.clicks.labels(str(rank)).inc()
+        if session_id is None:
+            self.metrics.clicks.labels(str(rank)).inc()
         return {
             "request_id": req.request_id,
             "article_id": req.article_id,
@@ -283,7 +297,8 @@ class RetrievalService:
 
 
 class RequestLog:
-    """One log line per search or click (and an error count), written as the response starts.
+    """One log line per search or click (and an error count of production's calls), written as
+    the response starts; a session's call writes its line as its own.
 
     Plain ASGI rather than `@app.middleware("http")`, which costs a task and a stream per request.
     Endpoints leave their attributes in `request.state.log_attrs`.
@@ -305,10 +320,13 @@ class RequestLog:
             nonlocal logged
             logged = True
             path = scope["path"]
-            if status >= 400:
+            session = caller.session_of(scope)
+            if status >= 400 and session is None:
                 self.service.metrics.errors.labels(path, str(status)).inc()
             ms = (time.perf_counter() - started) * 1000
-            self.service.ctx.log(
+            caller.log(
+                self.service.ctx,
+                session,
                 "info" if status < 400 else "warning" if status < 500 else "error",
                 "request",
                 f"{scope['method']} {path} {status} {ms:.1f}ms",
@@ -334,13 +352,15 @@ def create_app(world: Path) -> FastAPI:
     ctx = ServiceContext(Path(world), SERVICE)
     service = RetrievalService(ctx)
     app = FastAPI(title="Retrieval service", version="1")
+    limits.install(app)  # innermost: the middleware added below sees its refusals
     app.state.service = service
 
     app.add_middleware(RequestLog, service=service)
+    app.add_middleware(caller.SessionCalls)  # outermost: the others read the session it finds
 
     @app.post("/search")
     def search(body: SearchRequest, request: Request) -> dict[str, Any]:
-        answer = service.search(body)
+        answer = service.search(body, caller.session_of(request.scope))
         request.state.log_attrs = {
             "request_id": answer["request_id"],
             "ticket_id": body.ticket_id,
@@ -353,7 +373,7 @@ def create_app(world: Path) -> FastAPI:
     @app.post("/feedback")
     def feedback(body: FeedbackRequest, request: Request) -> dict[str, Any]:
         request.state.log_attrs = {"request_id": body.request_id, "article_id": body.article_id}
-        return service.click(body)
+        return service.click(body, caller.session_of(request.scope))
 
     @app.get("/metadata")
     def metadata() -> dict[str, Any]:

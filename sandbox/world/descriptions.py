@@ -108,6 +108,23 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
     "telemetry.logs": ("Structured logs from every job and service.", {}),
 }
 
+# Columns the console's views add to a world table (sandbox/services/gateway/views.py): not in the
+# built world, described here like the rest.
+VIEW_COLUMNS: dict[str, dict[str, str]] = {
+    "serving.predictions": {
+        "client": "Who requested the prediction: production (the daily batch job and the "
+        "production API callers) or workspace (requests sent from this workspace).",
+    },
+    "retrieval.search_log": {
+        "client": "Who sent the search: production (the support desk) or workspace (searches "
+        "sent from this workspace).",
+    },
+    "telemetry.logs": {
+        "client": "workspace for lines about requests sent from this workspace; production "
+        "otherwise.",
+    },
+}
+
 
 def apply(warehouse: Warehouse, features: dict[str, Feature]) -> None:
     warehouse.flush()  # tables appended last exist only once flushed

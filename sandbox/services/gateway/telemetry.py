@@ -39,6 +39,8 @@ CANDIDATE_SCHEMAS = (
     "ops",
 )
 CLICKS = "retrieval.search_clicks"
+PREDICTIONS = "serving.predictions"
+SEARCHES = "retrieval.search_log"
 ID_COLUMNS = {"serving.predictions": "prediction_id"}
 LIVE_METRICS = "live.computed_metrics"
 QUERY_TIME_LIMIT_S = 10
@@ -82,6 +84,8 @@ class LiveTelemetry:
         self.tables = self._world_tables()
         self._create_live_tables()
         self._create_views()
+        # From here on: what the candidate's views have, columns the views add included.
+        self.tables = {t: views.view_columns(t, columns) for t, columns in self.tables.items()}
         self.ingest()
         # From here on no query may reach a file, install or load code, or change settings.
         self.con.execute("SET enable_external_access = false")
@@ -100,19 +104,23 @@ class LiveTelemetry:
         return {name: columns for name, columns in rows}
 
     def _create_live_tables(self) -> None:
+        """Live tables have the world table's columns plus `session_id`: the session whose own
+        call produced the row, NULL for production's (see `views`)."""
         self.con.execute("CREATE SCHEMA live")
         for table in spool.LIVE_TABLES:
             if table == CLICKS:
                 self.con.execute(
                     f"CREATE TABLE {views.live_table(CLICKS)} (request_id BIGINT, "
-                    "clicked_article_id BIGINT, click_rank BIGINT, clicked_at TIMESTAMP)"
+                    "clicked_article_id BIGINT, click_rank BIGINT, clicked_at TIMESTAMP, "
+                    "session_id VARCHAR)"
                 )
                 continue
             target = views.live_table(table)
             if table == "retrieval.search_log":
                 target = "live.search_requests"  # clicks are folded in by a view below
             self.con.execute(
-                f"CREATE TABLE {target} AS SELECT * FROM {WORLD_CATALOG}.{table} LIMIT 0"
+                f"CREATE TABLE {target} AS SELECT *, NULL::VARCHAR AS session_id "
+                f"FROM {WORLD_CATALOG}.{table} LIMIT 0"
             )
             id_column = ID_COLUMNS.get(table)
             if id_column:
@@ -120,13 +128,21 @@ class LiveTelemetry:
                     f"SELECT coalesce(max({id_column}), 0) FROM {WORLD_CATALOG}.{table}"
                 ).fetchall()[0][0]
                 self._next_id[table] = int(top) + 1
+        # A click counts for a search of the same caller only (the service refuses others).
         self.con.execute(
             f"CREATE VIEW {views.live_table('retrieval.search_log')} AS "
             "SELECT s.* REPLACE (c.clicked_article_id AS clicked_article_id, "
             "c.click_rank AS click_rank) FROM live.search_requests s "
             f"LEFT JOIN (SELECT DISTINCT ON (request_id) * FROM {views.live_table(CLICKS)} "
-            f"WHERE clicked_at <= {views.NOW} ORDER BY request_id, clicked_at) c USING (request_id)"
+            f"WHERE clicked_at <= {views.NOW} ORDER BY request_id, clicked_at) c "
+            "ON c.request_id = s.request_id AND c.session_id IS NOT DISTINCT FROM s.session_id"
         )
+        # What the shared metric series are computed from: no session's calls move them.
+        for table in (PREDICTIONS, SEARCHES):
+            self.con.execute(
+                f"CREATE VIEW {views.production_table(table)} AS "
+                f"SELECT * FROM {views.live_table(table)} WHERE session_id IS NULL"
+            )
         # Live series of the live services, recomputed on ingest; spooled series join them.
         self.con.execute(
             f"CREATE TABLE {LIVE_METRICS} AS SELECT * FROM {WORLD_CATALOG}.telemetry.metrics LIMIT 0"
@@ -205,7 +221,7 @@ class LiveTelemetry:
     def _recompute_metrics(self) -> None:
         cur = self.cursor()
         series = metrics.live_service_series(
-            cur, views.live_table("serving.predictions"), views.live_table("retrieval.search_log")
+            cur, views.production_table(PREDICTIONS), views.production_table(SEARCHES)
         )
         now = self.now()
         series = self.faults.apply(

@@ -9,14 +9,34 @@ live time and the rows those processes write while the stack runs take over.
 
 Views read `getvariable('sim_now')` and `getvariable('live_start')`, which the gateway sets on the
 connection before every query.
+
+A live row is production's, or one candidate session's own: the live services mark the rows a
+session's calls produce with its `session_id`. A view shows production's live rows and those of the
+session asking (`getvariable('session_id')`, set with the clock), never another session's, and says
+whose call a row came from in an ordinary-looking `client` column; the session id itself is never
+shown. The operator and an interviewer previewing a workspace query without a session
+(`Gateway.query`): they see production's rows only, the same for every session, and the
+interviewer reads a candidate's own calls in the recorded history instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sandbox.world import descriptions
+
 NOW = "getvariable('sim_now')"
 LIVE_START = "getvariable('live_start')"
+SESSION = "getvariable('session_id')"
+# Of a live table's rows, those the asking session may see.
+VISIBLE = f"(session_id IS NULL OR session_id = {SESSION})"
+
+# The tables a session's calls to the live services add rows to, and the column their views add to
+# say whose call a row came from: production's callers and jobs, or this workspace.
+CLIENT = "client"
+CLIENT_TABLES = ("serving.predictions", "retrieval.search_log", "telemetry.logs")
+PRODUCTION_CLIENT = "production"
+WORKSPACE_CLIENT = "workspace"
 
 
 # A metric point is stamped with the start of its bucket; it exists once the bucket is over.
@@ -90,19 +110,46 @@ def live_table(table: str) -> str:
     return f"live.{schema}__{name}"
 
 
+def production_table(table: str) -> str:
+    """The view of `table`'s live rows that production made, none of any session's own."""
+    schema, name = table.split(".")
+    return f"live.production__{schema}__{name}"
+
+
+def view_columns(table: str, columns: list[str]) -> list[str]:
+    """The columns of the candidate-facing view of `table`, whose world table has `columns`."""
+    return [*columns, CLIENT] if table in CLIENT_TABLES else list(columns)
+
+
+def added_columns() -> list[tuple[str, str, str, str]]:
+    """What the views add to the world's tables, for the schema browser: (table, column, type,
+    description)."""
+    return [
+        (table, CLIENT, "VARCHAR", descriptions.VIEW_COLUMNS[table][CLIENT])
+        for table in CLIENT_TABLES
+    ]
+
+
 def view_sql(table: str, world: str, columns: list[str]) -> str:
     """The candidate-facing view of `table` from the world attached as catalog `world`."""
     reveal = REVEAL.get(table)
     masked = MASKED.get(table, {})
     select = ", ".join(f"{masked[c]} AS {c}" if c in masked else c for c in columns)
-    body = f"SELECT {select} FROM {world}.{table}"
+    world_select = live_select = select
+    if table in CLIENT_TABLES:
+        world_select += f", '{PRODUCTION_CLIENT}' AS {CLIENT}"
+        live_select += (
+            f", CASE WHEN session_id IS NULL THEN '{PRODUCTION_CLIENT}' "
+            f"ELSE '{WORKSPACE_CLIENT}' END AS {CLIENT}"
+        )
+    body = f"SELECT {world_select} FROM {world}.{table}"
     if reveal is None:
         return body
     body += f" WHERE {reveal.when}"
     if reveal.live:
-        body += f" UNION ALL BY NAME SELECT {select} FROM {live_table(table)} WHERE "
+        body += f" UNION ALL BY NAME SELECT {live_select} FROM {live_table(table)} WHERE "
         body += METRIC_COMPLETE if table == "telemetry.metrics" else _time_column(table)
-        body += f" <= {NOW}"
+        body += f" <= {NOW} AND {VISIBLE}"
     return body
 
 
