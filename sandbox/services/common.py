@@ -104,7 +104,30 @@ def service_args(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def server_options(host: str, port: int) -> dict[str, Any]:
+    """How every service's uvicorn runs (`uvicorn.run`/`uvicorn.Config` keywords): the request
+    limits of `limits` on the connection."""
+    from sandbox.services import limits
+
+    return dict(
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        # h11 refuses a header block over its cap (httptools, the default when installed, buffers
+        # any size), and this subclass closes a connection whose headers are late: uvicorn has no
+        # header deadline of its own, so a client could hold connections open a byte at a time.
+        http=limits.BoundedH11,
+        h11_max_incomplete_event_size=limits.MAX_HEADER_BYTES,
+        # An idle kept-alive connection is closed this soon: browsers reconnect at no cost.
+        timeout_keep_alive=limits.KEEP_ALIVE_S,
+        # Beyond this many requests in flight, 503 at once: each may buffer a body up to the
+        # body cap, so this bounds the memory requests can take.
+        limit_concurrency=limits.MAX_CONCURRENT,
+    )
+
+
 def serve(app: Any, host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, **server_options(host, port))

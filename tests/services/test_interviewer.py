@@ -13,7 +13,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from sandbox.services.gateway import builder, interviewer
+from sandbox.services.gateway import builder, interviewer, sessions
 from sandbox.services.gateway.sessions import SessionStore
 from sandbox.world.layout import WorldPaths
 from tests.conftest import Worlds
@@ -240,7 +240,7 @@ def test_the_rubric_summary_is_the_lowest_must_have(
 
 
 def test_paste_and_time_away_show_on_the_timeline(
-    client: TestClient, make_session: MakeSession
+    client: TestClient, make_session: MakeSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     links = make_session()
     token = _bearer(links["candidate_token"])
@@ -250,6 +250,8 @@ def test_paste_and_time_away_show_on_the_timeline(
         ).status_code
         == 204
     )
+    later = sessions._utcnow() + dt.timedelta(seconds=400)  # time away must have passed
+    monkeypatch.setattr(sessions, "_utcnow", lambda: later)
     assert (
         client.post("/api/events", json={"kind": "away", "seconds": 340}, headers=token).status_code
         == 204

@@ -14,12 +14,15 @@ import hashlib
 import json
 import secrets
 import threading
+import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+from fastapi import HTTPException
 
 from sandbox.review import evidence
 
@@ -28,6 +31,16 @@ STATES = ("not started", "active", "submitted", "expired", "revoked")
 # Links stop working this long after the session was made, whatever its state.
 TOKEN_LIFETIME = dt.timedelta(days=14)
 HASHED = "sha256:"
+# What one session's history may hold. A long, busy session records a few thousand events and a
+# few MB (every diagnosis version whole, SQL up to 100,000 characters); the review reads it all.
+MAX_HISTORY_EVENTS = 10_000
+MAX_HISTORY_BYTES = 8 * 1024 * 1024
+# The diagnosis event's own keys (version, submitted) around its fields.
+DIAGNOSIS_EVENT_OVERHEAD = 256
+# What only the browser reports (pastes, time away): a person causes a few a minute.
+CLIENT_EVENTS_PER_MINUTE = 30
+# Time away is measured by the browser's clock and posted a moment after the tab is back.
+AWAY_SLACK_S = 2.0
 
 
 def token_hash(token: str) -> str:
@@ -37,6 +50,38 @@ def token_hash(token: str) -> str:
 
 class DiagnosisClosed(RuntimeError):
     pass
+
+
+class HistoryFull(HTTPException):
+    """The session's history has no room for this event. Every route records what it did, so
+    the refusal is that request's answer: 429 when the count is reached, 413 when the event does
+    not fit in the bytes left."""
+
+
+class ImplausibleEvent(ValueError):
+    """An event the browser could not have sent (time away that did not pass)."""
+
+
+class RateQuota:
+    """At most `limit` admissions per session in any `window_s` seconds (wall time)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, session_id: str) -> float | None:
+        """None if admitted; else the seconds until the next admission."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.setdefault(session_id, deque())
+            while seen and now - seen[0] >= self.window_s:
+                seen.popleft()
+            if len(seen) >= self.limit:
+                return self.window_s - (now - seen[0])
+            seen.append(now)
+        return None
 
 
 @dataclass(frozen=True)
@@ -65,9 +110,20 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, interviewer_dir: Path, answer_key: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        interviewer_dir: Path,
+        answer_key: dict[str, Any],
+        max_events: int = MAX_HISTORY_EVENTS,
+        max_bytes: int = MAX_HISTORY_BYTES,
+    ) -> None:
         self.con = duckdb.connect(str(interviewer_dir / SESSIONS_FILE))
         self._lock = threading.Lock()
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        # session id -> (events, bytes of their details), counted from the file on first use
+        self._usage: dict[str, tuple[int, int]] = {}
+        self.client_events = RateQuota(CLIENT_EVENTS_PER_MINUTE)
         self._tokens: dict[str, tuple[Session, str]] = {}
         # Kept in memory so that every request can check its session's state without a query.
         self._started: dict[str, dt.datetime] = {}
@@ -191,13 +247,59 @@ class SessionStore:
         detail: dict[str, Any],
         shown: evidence.Shown = (),
     ) -> None:
-        """Append an event, tagged with the evidence it touched; durable when this returns."""
+        """Append an event, tagged with the evidence it touched; durable when this returns.
+        HistoryFull when the session's history has no room for it, ImplausibleEvent for time
+        away that did not pass; either way nothing is written."""
         touched = evidence.touched(self.evidence, kind, detail, list(shown))
+        payload = json.dumps(detail, default=str)
         with self._lock:
+            now = _utcnow()
+            self._make_room(session_id, len(payload))
+            if kind == "away":
+                self._check_away(session_id, detail.get("seconds", 0), now)
             self.con.execute(
                 "INSERT INTO events (session_id, ts, sim_ts, kind, detail, evidence) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [session_id, _utcnow(), sim_ts, kind, json.dumps(detail, default=str), touched],
+                [session_id, now, sim_ts, kind, payload, touched],
+            )
+            events, size = self._usage[session_id]
+            self._usage[session_id] = (events + 1, size + len(payload))
+
+    def _make_room(self, session_id: str, size: int) -> None:
+        """HistoryFull unless an event of `size` bytes fits. Called with the lock held."""
+        if session_id not in self._usage:
+            events, total = self.con.execute(
+                "SELECT count(*), coalesce(sum(strlen(detail::VARCHAR)), 0) FROM events "
+                "WHERE session_id = ?",
+                [session_id],
+            ).fetchall()[0]
+            self._usage[session_id] = (int(events), int(total))
+        events, total = self._usage[session_id]
+        if events + 1 > self.max_events:
+            raise HistoryFull(
+                429, f"this session's history is full: it holds {self.max_events:,} events"
+            )
+        if total + size > self.max_bytes:
+            raise HistoryFull(
+                413,
+                f"this session's history is full: it holds {self.max_bytes // 1024 // 1024} MB, "
+                f"and this request would add {size // 1024 + 1} KB to the {total // 1024} KB "
+                "recorded",
+            )
+
+    def _check_away(self, session_id: str, seconds: Any, now: dt.datetime) -> None:
+        """Time away is the time since the tab was hidden: it began after the session started
+        and after the previous absence ended (when that was recorded), so absences can never
+        add up to more than the time that passed. Called with the lock held."""
+        last = self.con.execute(
+            "SELECT max(ts) FROM events WHERE session_id = ? AND kind = 'away'", [session_id]
+        ).fetchall()[0][0]
+        since = last or self._started.get(session_id) or now
+        possible = (now - since).total_seconds() + AWAY_SLACK_S
+        if not isinstance(seconds, int | float) or seconds > possible:
+            raise ImplausibleEvent(
+                f"{seconds} s away is more than the {max(0, round(possible))} s that passed "
+                "since the session started or the last time away ended"
             )
 
     def started(self, session_id: str) -> dt.datetime:
@@ -272,6 +374,9 @@ class SessionStore:
                 raise DiagnosisClosed("the diagnosis was submitted; it can no longer change")
             if previous is not None and json.loads(previous) == fields and not submit:
                 return Diagnosis(version, ts, fields, False), False
+            # A version the history has no room to record is not saved either: the review shows
+            # every version with the event that saved it.
+            self._make_room(session_id, len(json.dumps(fields)) + DIAGNOSIS_EVENT_OVERHEAD)
             saved = Diagnosis(version + 1, _utcnow(), fields, submit)
             self.con.execute(
                 "INSERT INTO diagnoses VALUES (?, ?, ?, ?, ?)",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import sys
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from sandbox.monitor.reports import report_path
@@ -23,7 +24,7 @@ from sandbox.services.gateway.auth import Auth, CandidateAuth
 from sandbox.services.gateway.console import QueryRefused
 from sandbox.services.gateway.console_pool import ConsoleBusy
 from sandbox.services.gateway.errors import invalid
-from sandbox.services.gateway.sessions import DiagnosisClosed
+from sandbox.services.gateway.sessions import DiagnosisClosed, ImplausibleEvent
 from sandbox.services.gateway.state import Gateway, naive_utc, shown_rows
 
 router = APIRouter()
@@ -316,17 +317,40 @@ async def _render_report(gw: Gateway, day: dt.date) -> None:
 
 
 class ClientEvent(BaseModel):
-    """What only the browser sees: a paste into the diagnosis, time away from the tab."""
+    """What only the browser sees: a paste into the diagnosis, time away from the tab. Nothing
+    else rides along: the history keeps what the browser measured, not what a script adds."""
+
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["paste", "away"]
     field: Literal[DIAGNOSIS_FIELDS] | None = None  # type: ignore[valid-type]
-    chars: int = Field(0, ge=0, le=10_000_000)
+    # No more than a diagnosis field holds (the browser caps what it reports at that).
+    chars: int = Field(0, ge=0, le=20_000)
+    # At most the time since the session started or since the last time away ended (checked
+    # when it is recorded).
     seconds: float = Field(0, ge=0, le=86_400)
+
+    def detail(self) -> dict[str, Any]:
+        if self.kind == "away":
+            return {"seconds": self.seconds}
+        return self.model_dump(exclude_none=True, include={"field", "chars"})
 
 
 @router.post("/api/events", status_code=204)
 def client_event(body: ClientEvent, request: Request, who: CandidateAuth) -> None:
-    gateway(request).record(who, body.kind, body.model_dump(exclude_none=True, exclude={"kind"}))
+    gw = gateway(request)
+    wait = gw.sessions.client_events.admit(who.session_id)
+    if wait is not None:
+        raise HTTPException(
+            429,
+            f"too many browser events from this session; at most "
+            f"{gw.sessions.client_events.limit} a minute",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    try:
+        gw.record(who, body.kind, body.detail())
+    except ImplausibleEvent as exc:
+        raise invalid("body", "seconds", str(exc)) from None
 
 
 @router.get("/api/diagnosis")
