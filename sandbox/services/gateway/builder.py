@@ -38,8 +38,9 @@ BUILD_COMMAND = (sys.executable, "-m", "sandbox", "build")
 MAX_SCENARIO_CHARS = 200_000
 
 
-def operator(who: Annotated[Caller, Depends(caller)]) -> Caller:
+def operator(request: Request, who: Annotated[Caller, Depends(caller)]) -> Caller:
     if who.role != "admin":
+        request.app.state.gateway.refused(who, request.method, request.url.path, "operator tools")
         raise HTTPException(403, "the scenario builder is for the stack's operator")
     return who
 

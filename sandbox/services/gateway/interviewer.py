@@ -45,8 +45,10 @@ class ScoreRequest(BaseModel):
     note: str = Field("", max_length=5000)
 
 
-def interviewer(who: Annotated[Caller, Depends(caller)]) -> Caller:
+def interviewer(request: Request, who: Annotated[Caller, Depends(caller)]) -> Caller:
     if who.role not in ("admin", "interviewer"):
+        # A candidate reaching for the interviewer's side shows in their review as probing.
+        _gateway(request).refused(who, request.method, request.url.path, "interviewer data")
         raise HTTPException(403, "interviewers only")
     return who
 

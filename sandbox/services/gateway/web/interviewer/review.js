@@ -29,6 +29,10 @@
       el("ul", { class: "evidence-list small" }, f.evidence.map((e) => el("li", {},
         e.first_seq !== null ? el("span", { class: "good" }, `✔ ${clock(e.first_offset_s)} `) : el("span", { class: "bad" }, "✘ "),
         el("code", {}, e.ref), ` — ${e.description}`))))));
+    const signals = document.getElementById("signals");
+    fill(signals, r.signals.length ? [el("h3", {}, "Signals"), el("ul", { class: "small" }, r.signals.map((s) =>
+      el("li", { "data-signal": s.kind }, el("b", {}, s.kind), ` — ${s.summary} · events `,
+        ...s.events.flatMap((seq, n) => [n ? ", " : "", el("a", { href: `#event-${seq}` }, `#${seq}`)]))))] : []);
     const dead = document.getElementById("dead-ends");
     fill(dead, r.dead_ends.length ? [el("h3", {}, "Dead ends"), el("ul", { class: "small" }, r.dead_ends.map((d) =>
       el("li", {}, `from ${clock(d.from_offset_s)}: ${clock(d.seconds)} over ${d.events} reads of ${d.tables.join(", ") || "pages and services"}, no evidence`)))] : []);
@@ -47,7 +51,7 @@
     for (const i of r.timeline) {
       if (hiddenKinds.has(i.kind)) continue;
       if (i.idle_before_s) rows.push(el("tr", { class: "idle" }, el("td", { colspan: 4 }, `— idle ${clock(i.idle_before_s)} —`)));
-      rows.push(el("tr", { class: i.evidence.length ? "evidence" : "", "data-seq": i.seq, "data-kind": i.kind },
+      rows.push(el("tr", { id: `event-${i.seq}`, class: i.evidence.length ? "evidence" : "", "data-seq": i.seq, "data-kind": i.kind },
         el("td", { class: "nowrap" }, clock(i.offset_s)), el("td", { class: "kind" }, i.kind),
         el("td", { class: "what", title: i.detail.sql || "" }, i.summary),
         el("td", {}, i.evidence.map((e) => el("span", { class: "mark" }, e)))));
