@@ -110,6 +110,8 @@ HOSTILE: list[tuple[str, str]] = [
     ("SELECT pg_sleep(100)", "not available"),
     ("SELECT version()", "not available"),
     ("SELECT now()", "wall clock"),
+    ("EXPLAIN SELECT count(*) FROM labels.churn_labels", "not available"),
+    ("EXPLAIN ANALYZE SELECT count(*) FROM labels.churn_labels", "not available"),
     ("PIVOT serving.predictions ON source USING count(*)", "IN ("),
     # Bombs DuckDB's own memory limit does not count: they end in the worker, not the gateway.
     ("SELECT len(list_value(range(100000000)))", "memory"),

@@ -1,6 +1,7 @@
 """The console's limits hold for real: bombs end in a worker process, not the gateway; a worker
 that outlives the deadline is killed and replaced; responses are capped in bytes; one flooding
-session leaves the others and the interviewer their latency; health shows a saturated console;
+session leaves the others and the interviewer their latency, while a dashboard's panels sent
+together all get their turn; health shows a saturated console;
 and a reach for the system catalog is recorded as such."""
 
 from __future__ import annotations
@@ -127,13 +128,15 @@ def test_a_worker_past_the_deadline_is_killed_and_replaced(
 
 
 def test_one_session_flooding_leaves_the_others_and_the_interviewer_their_latency(
-    stack_under_test: tuple[TestClient, WorldPaths],
+    stack_under_test: tuple[TestClient, WorldPaths], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, paths = stack_under_test
     flooder, _ = _candidate(client, paths, "flood")
     other, _ = _candidate(client, paths, "calm")
     links = session_maker(client, paths)("watched")
     interviewer = _bearer(links["interviewer_token"])
+    pool = client.app.state.console
+    monkeypatch.setattr(pool, "per_owner_waiting", 4)
     flood_size = 12
 
     def flood_one(_: int) -> int:
@@ -154,12 +157,31 @@ def test_one_session_flooding_leaves_the_others_and_the_interviewer_their_latenc
             review_s.append(time.monotonic() - started)
             assert review.status_code == 200
         codes = [f.result() for f in flood]
-    assert codes.count(429) >= flood_size - 2, codes
+    # Two run, four wait their turn behind them, the rest are refused at once.
+    assert codes.count(429) >= flood_size - pool.per_owner - 4, codes
     assert set(codes) <= {400, 429}, codes  # the accepted ones end at the time limit
     assert _p95(other_s) < 1.0, other_s
     assert _p95(review_s) < 1.0, review_s
     refused = client.post("/api/sql", json={"sql": SLOW}, headers=flooder)
     assert refused.status_code in (400, 200)  # the flood is over: the session may query again
+
+
+def test_a_dashboards_panels_sent_together_all_get_their_turn(
+    stack_under_test: tuple[TestClient, WorldPaths],
+) -> None:
+    client, paths = stack_under_test
+    who, _ = _candidate(client, paths, "dashboard")
+    panels = 11  # the largest built-in dashboard
+    sql = "SELECT count(*) FROM serving.predictions WHERE customer_id % {n} = 0"
+    with concurrent.futures.ThreadPoolExecutor(panels) as threads:
+        replies = list(
+            threads.map(
+                lambda n: client.post("/api/sql", json={"sql": sql.format(n=n + 2)}, headers=who),
+                range(panels),
+            )
+        )
+    assert [r.status_code for r in replies] == [200] * panels, [r.text for r in replies]
+    assert client.app.state.console.status()["waiting"] == 0
 
 
 def test_health_reports_a_saturated_console(

@@ -188,6 +188,13 @@ def test_tokens_roles_and_the_recorded_history(
     key = client.get(f"/api/sessions/{sid}/answer-key", headers=interviewer)
     assert key.status_code == 200 and key.json()["faults"]
     events = client.get(f"/api/sessions/{sid}/history", headers=interviewer).json()
+    # The candidate's reaches for the interviewer's routes are recorded as refused.
+    refused = [e for e in events if e["kind"] == "refused"]
+    assert [e["detail"]["path"] for e in refused] == [
+        f"/api/sessions/{sid}/answer-key",
+        f"/api/sessions/{sid}/history",
+    ]
+    events = [e for e in events if e["kind"] != "refused"]
     assert [e["kind"] for e in events] == ["sql", "sql"]
     first, second = events
     assert first["detail"]["tables"] == ["feature_store.imputation_policy"]

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from sandbox.services import stack
+from sandbox.services import limits, stack
 from sandbox.services.common import ServiceContext
-from sandbox.services.gateway import builder, interviewer, pages, workspace
+from sandbox.services.gateway import builder, interviewer, pages, proxy, workspace
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.console import QueryRefused
 from sandbox.services.gateway.console_pool import ConsoleBusy, ConsolePool
@@ -31,23 +30,6 @@ from sandbox.services.gateway.state import Gateway, shown_rows
 from sandbox.services.gateway.telemetry import QUERY_TIME_LIMIT_S
 
 HEALTH_TIMEOUT_S = 2.0
-# The MLflow UI is for reading: it searches with POST, everything else that writes is refused.
-MLFLOW_POST_ALLOWED = ("/search", "/get", "/list")
-# Prometheus's UI runs its queries with POST; nothing else of it may be posted to.
-PROMETHEUS_POST_ALLOWED = ("api/v1/query", "api/v1/query_range", "api/v1/series", "api/v1/labels")
-# Not passed through the proxy either way. The body is streamed as it came (maybe compressed), so
-# its content-encoding stays with it.
-HOP_HEADERS = {
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "host",
-    "content-length",
-    "authorization",
-    "cookie",
-}
 
 
 class SqlRequest(BaseModel):
@@ -83,6 +65,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
+    limits.install(app)
     app.state.console = pool
     app.state.sessions = sessions
     app.state.admin_token = admin_token
@@ -134,6 +117,8 @@ def create_app(
             return JSONResponse({"error": str(exc)}, status_code=429)
         except QueryRefused as exc:
             detail["error"] = str(exc).splitlines()[0]
+            if exc.reach:
+                detail["refused"] = exc.reach
             await run_in_threadpool(record, who, "sql", detail)
             return JSONResponse({"error": str(exc)}, status_code=400)
         detail.update(
@@ -152,70 +137,8 @@ def create_app(
             }
         )
 
-    async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
-        if name == "mlflow" and request.method != "GET" and not path.endswith(MLFLOW_POST_ALLOWED):
-            raise HTTPException(405, "the model registry is read-only here")
-        if (
-            name == "prometheus"
-            and request.method != "GET"
-            and not (request.method == "POST" and path in PROMETHEUS_POST_ALLOWED)
-        ):
-            raise HTTPException(405, "Prometheus is read-only here")
-        address = addresses.get(stack.PROXIED.get(name, ""))
-        if address is None:
-            raise HTTPException(404, f"no service {name}; try {', '.join(stack.PROXIED)}")
-        upstream = address.url + (f"/services/mlflow/{path}" if name == "mlflow" else f"/{path}")
-        body = await request.body()
-        client: httpx.AsyncClient = request.app.state.http
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-        try:
-            reply = await client.send(
-                client.build_request(
-                    request.method, upstream, params=params, headers=headers, content=body
-                ),
-                stream=True,
-            )
-        except httpx.HTTPError:
-            await run_in_threadpool(
-                record,
-                who,
-                "service",
-                {"service": name, "method": request.method, "path": path, "status": 502},
-            )
-            raise HTTPException(
-                502, f"the {name} service is not answering; it may be restarting"
-            ) from None
-        if name != "mlflow" or request.method != "GET" or "ajax-api" in path:
-            detail: dict[str, Any] = {
-                "service": name,
-                "method": request.method,
-                "path": path,
-                "status": reply.status_code,
-            }
-            if body and len(body) < 10_000:
-                detail["body"] = body.decode(errors="replace")
-            await run_in_threadpool(record, who, "service", detail)
-        kept = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}
-        return _streamed(reply, kept)
-
-    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):  # one operation id each
-        app.add_api_route(
-            "/services/{name}/{path:path}",
-            proxy,
-            methods=[method],
-            operation_id=f"proxy_{method.lower()}",
-        )
+    app.include_router(proxy.router)
     return app
-
-
-def _streamed(reply: httpx.Response, headers: dict[str, str]) -> Response:
-    return StreamingResponse(
-        reply.aiter_raw(),
-        status_code=reply.status_code,
-        headers=headers,
-        background=BackgroundTask(reply.aclose),
-    )
 
 
 def main() -> None:

@@ -4,10 +4,13 @@ Every query the gateway runs for a caller (console, dashboard panels, logs, chan
 worker process (`console_worker`), so no query can take the gateway's memory or threads:
 - a worker caps its own address space, and one that outlives the time limit by
   `KILL_GRACE_S` is killed and replaced;
-- a caller (a session, or the interviewers) may have `per_owner` queries running or waiting;
-  one more is refused at once with `ConsoleBusy` (HTTP 429), never queued behind its own;
-- the pool grows to `max_workers` when every worker is busy, so one flooding session leaves
-  workers for the others, and shrinks back when the flood is over.
+- a caller (a session, or the interviewers) runs at most `per_owner` queries at once; more wait
+  in the caller's own queue (a dashboard sends all its panels together), and past
+  `per_owner_waiting` waiting one more is refused at once with `ConsoleBusy` (HTTP 429);
+- a free worker goes to the callers with something waiting in turn, so a session that floods
+  waits behind itself, never in front of another session or the interviewer;
+- the pool grows to `max_workers` when every worker is busy and shrinks back when the flood
+  is over.
 
 Workers are forked from a preloaded server process: a new one is ready in a fraction of a
 second, and the imported code is shared between them rather than loaded again.
@@ -69,6 +72,7 @@ class ConsolePool:
         workers: int = 2,
         max_workers: int = 4,
         per_owner: int = 2,
+        per_owner_waiting: int = 24,
         memory_mb: int = 1024,
         max_bytes: int = 20_000_000,
     ) -> None:
@@ -77,18 +81,24 @@ class ConsolePool:
         self.min_workers = workers
         self.max_workers = max(max_workers, workers)
         self.per_owner = per_owner
+        self.per_owner_waiting = per_owner_waiting
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._count = 0  # workers alive or starting
-        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
-        self._owners: collections.Counter[str] = collections.Counter()
-        self._running = 0
+        self._starting = 0  # of which still starting
+        # Owners with queries waiting, in the order they are served: the one served last goes
+        # to the back, so no owner's queue can keep the others from their turn.
+        self._queues: collections.OrderedDict[str, collections.deque[asyncio.Future[_Worker]]] = (
+            collections.OrderedDict()
+        )
+        self._holding: collections.Counter[str] = collections.Counter()  # workers held per owner
         self._replies = anyio.CapacityLimiter(self.max_workers)  # threads waiting on workers
         self.killed = 0  # workers stopped at the deadline or dead mid-query
         self._closed = False
 
     async def start(self) -> None:
         """Start the standing workers (the first start also starts the preloaded server)."""
+        self._loop = asyncio.get_running_loop()
         self._count += self.min_workers
         started = await asyncio.gather(
             *(self._spawn() for _ in range(self.min_workers)), return_exceptions=True
@@ -106,12 +116,13 @@ class ConsolePool:
         self._idle.clear()
 
     def status(self) -> dict[str, Any]:
-        busy = self._running
+        busy = sum(self._holding.values())
+        waiting = self._waiting()
         return {
             "workers": self._count,
             "busy": busy,
-            "waiting": len(self._waiters),
-            "saturated": busy >= self.max_workers and bool(self._waiters),
+            "waiting": waiting,
+            "saturated": busy >= self.max_workers and waiting > 0,
             "killed": self.killed,
         }
 
@@ -125,25 +136,19 @@ class ConsolePool:
     ) -> QueryResult:
         """Run one statement for `owner` (the fairness key: a session id, or "interviewer").
         Raises QueryRefused (bad query, limits) or ConsoleBusy (too many of the owner's)."""
-        if self._owners[owner] >= self.per_owner:
+        queued = len(self._queues.get(owner, ()))
+        if self._holding[owner] + queued >= self.per_owner + self.per_owner_waiting:
             raise ConsoleBusy(
-                f"{self.per_owner} of your queries are still running; wait for one to finish "
-                "(or cancel it) before starting another"
+                f"{self._holding[owner] + queued} of your queries are running or waiting; wait "
+                "for them to finish (or cancel them) before starting another"
             )
-        self._owners[owner] += 1
+        worker = await self._acquire(owner)
         try:
-            worker = await self._acquire()
-            self._running += 1
-            try:
-                verdict, value = await anyio.to_thread.run_sync(
-                    self._exchange, worker, Request(sql, params, session_id), limiter=self._replies
-                )
-            finally:
-                self._running -= 1
+            verdict, value = await anyio.to_thread.run_sync(
+                self._exchange, worker, Request(sql, params, session_id), limiter=self._replies
+            )
         finally:
-            self._owners[owner] -= 1
-            if not self._owners[owner]:
-                del self._owners[owner]
+            self._let_go(owner)
         if verdict == "ok":
             return value
         message, reach = value
@@ -183,62 +188,102 @@ class ConsolePool:
         self._loop.call_soon_threadsafe(self._replace)
 
     def _replace(self) -> None:
+        """Start a worker in place of one that went away (its slot is still counted)."""
         if self._closed:
+            self._count -= 1
             return
+        self._starting += 1
+        self._loop.create_task(self._start_one())
 
-        async def replace() -> None:
-            try:
-                worker = await self._spawn()
-                if self._closed:
-                    self._stop(worker)
-                    return
-            except Exception:
-                self._count -= 1
-                self._fail_waiters_if_empty()
-                return
-            self._release(worker)
-
-        self._loop.create_task(replace())
-
-    async def _acquire(self) -> _Worker:
+    async def _acquire(self, owner: str) -> _Worker:
+        """A worker for `owner`, at its turn."""
         self._loop = asyncio.get_running_loop()
         self._retire_idle()
-        if self._idle:
-            worker = self._idle.pop()
-            if not self._idle and self._count < self.max_workers:
-                # The last free worker is taken: start a spare now, so the next caller does not
-                # wait for one to start on a machine the running queries keep busy.
-                self._count += 1
-                self._replace()
-            return worker
-        if self._count < self.max_workers:
-            self._count += 1
-            try:
-                return await self._spawn()
-            except Exception as exc:
-                self._count -= 1
-                raise QueryRefused(f"the console could not start a worker: {exc}") from None
         waiter: asyncio.Future[_Worker] = self._loop.create_future()
-        self._waiters.append(waiter)
+        self._queues.setdefault(owner, collections.deque()).append(waiter)
+        self._dispatch()
         try:
-            return await asyncio.wait_for(waiter, self.limits.time_limit_s * 2)
+            # Long enough to wait behind the owner's own queries (a dashboard's panels run
+            # `per_owner` at a time) and a full round of everyone else's.
+            return await asyncio.wait_for(waiter, self.limits.time_limit_s * 4)
         except TimeoutError:
             raise QueryRefused(
                 "the console is busy with other queries; try again in a moment"
             ) from None
+        except BaseException:
+            # Cancelled (the caller went away) after a worker was handed over: give it back.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._let_go(owner)
+                self._release(waiter.result())
+            raise
         finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+            queue = self._queues.get(owner)
+            if queue is not None:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+                if not queue:
+                    del self._queues[owner]
+
+    def _let_go(self, owner: str) -> None:
+        self._holding[owner] -= 1
+        if self._holding[owner] <= 0:
+            del self._holding[owner]
+        self._dispatch()  # the owner's next query may run now
 
     def _release(self, worker: _Worker) -> None:
-        """Give a free worker to the longest waiter, or keep it idle."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(worker)
-                return
+        """A free worker: to the next owner in turn, or kept idle."""
         worker.idle_since = time.monotonic()
         self._idle.append(worker)
+        self._dispatch()
+
+    def _next_in_turn(self) -> tuple[str, asyncio.Future[_Worker]] | None:
+        for owner, queue in self._queues.items():
+            if self._holding[owner] >= self.per_owner:
+                continue
+            while queue and queue[0].done():  # timed out or cancelled
+                queue.popleft()
+            if queue:
+                return owner, queue.popleft()
+        return None
+
+    def _dispatch(self) -> None:
+        """Hand idle workers to waiting queries, owner by owner in turn; start workers when the
+        waiting outnumber the idle and the pool may grow."""
+        while self._idle and (turn := self._next_in_turn()):
+            owner, waiter = turn
+            worker = self._idle.pop()
+            self._holding[owner] += 1
+            waiter.set_result(worker)
+            self._queues.move_to_end(owner)
+            if not self._queues[owner]:
+                del self._queues[owner]
+        runnable = sum(
+            min(len(queue), max(self.per_owner - self._holding[owner], 0))
+            for owner, queue in self._queues.items()
+        )
+        spare = 1 if not self._idle and self._starting == 0 else 0  # ready for the next caller
+        while self._count < self.max_workers and self._starting < runnable + spare:
+            spare = 0
+            self._count += 1
+            self._starting += 1
+            self._loop.create_task(self._start_one())
+
+    async def _start_one(self) -> None:
+        try:
+            worker = await self._spawn()
+        except Exception:
+            self._count -= 1
+            self._fail_waiters_if_empty()
+            return
+        finally:
+            self._starting -= 1
+        if self._closed:
+            self._stop(worker)
+            return
+        self._release(worker)
+
+    def _waiting(self) -> int:
+        return sum(sum(not w.done() for w in queue) for queue in self._queues.values())
 
     def _retire_idle(self) -> None:
         now = time.monotonic()
@@ -248,10 +293,10 @@ class ConsolePool:
 
     def _fail_waiters_if_empty(self) -> None:
         if self._count == 0:
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    waiter.set_exception(QueryRefused("the console is restarting; try again"))
+            for queue in self._queues.values():
+                for waiter in queue:
+                    if not waiter.done():
+                        waiter.set_exception(QueryRefused("the console is restarting; try again"))
 
     def _stop(self, worker: _Worker) -> None:
         self._all.discard(worker)

@@ -12,6 +12,7 @@ import duckdb
 from sandbox.review.evidence import Shown
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
+from sandbox.services.gateway import views
 from sandbox.services.gateway.auth import Caller
 from sandbox.services.gateway.console import QueryResult
 from sandbox.services.gateway.console_pool import ConsolePool
@@ -64,6 +65,11 @@ class Gateway:
             self.sessions.started(who.session_id)  # the first action starts the session timer
             self.sessions.record(who.session_id, self.ctx.now(), kind, detail, shown)
 
+    def refused(self, who: Caller, method: str, path: str, reach: str) -> None:
+        """Record a request refused because it reached outside the candidate's workspace (the
+        interviewer's data, the operator's tools): the review shows these as probing."""
+        self.record(who, "refused", {"method": method, "path": path, "refused": reach})
+
     def time_range(
         self, start: dt.datetime | None, end: dt.datetime | None
     ) -> tuple[dt.datetime, dt.datetime]:
@@ -83,7 +89,8 @@ class Gateway:
 
 def read_schema(paths: WorldPaths) -> list[dict[str, Any]]:
     """Every candidate table with its columns, types and descriptions, from the world file's
-    own catalog (the built world is immutable while the stack serves it)."""
+    own catalog (the built world is immutable while the stack serves it) and the columns the
+    console's views add to it."""
     with duckdb.connect(str(paths.duckdb), read_only=True) as con:
         tables = con.execute(
             "SELECT schema_name || '.' || table_name, comment FROM duckdb_tables() "
@@ -95,7 +102,7 @@ def read_schema(paths: WorldPaths) -> list[dict[str, Any]]:
             "ORDER BY column_index"
         ).fetchall()
     by_table: dict[str, list[dict[str, str]]] = {}
-    for table, name, dtype, comment in columns:
+    for table, name, dtype, comment in [*columns, *views.added_columns()]:
         by_table.setdefault(table, []).append(
             {"name": name, "type": dtype, "description": comment or ""}
         )
