@@ -2,7 +2,7 @@
 SIGKILL mid-session, and hostile SQL through the console.
 
     python -m benchmarks.hardening [--world DIR] [--scale X] [--candidates 20] [--seconds 120]
-                                   [--think S] [--keep]
+                                   [--think S] [--flood-seconds 20] [--keep]
 
 Without --world the default scenario is built at --scale (default 1) by the real CLI; a given
 world is copied first (without its run/), because the stack writes into it. The stack is started
@@ -23,6 +23,9 @@ loopback only:
 3. Hostile SQL: every query of `HOSTILE` in tests/services/test_console_hostile.py through
    `POST /api/sql` (a 400 with an error message counts as refused; any other outcome is listed),
    each followed by a normal query, timed.
+4. Bombs and a flood (benchmarks/flood.py): each memory bomb with the gateway's and the console
+   workers' RSS, then one session flooding the console while another session and an
+   interviewer go on: their p95, and the gateway's peak RSS.
 
 The report goes to stdout and to benchmarks/reports/; nothing is asserted, but the exit status
 is non-zero if the stack fails to start.
@@ -44,6 +47,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import flood as flooding
 from benchmarks.build import LOG_TAIL_LINES, REPORTS, _mem_total_gib, _table, log_tail
 from benchmarks.stack import (
     Phase,
@@ -378,6 +382,8 @@ def render(
     load: LoadRun | None,
     durable: Durability | None,
     hostile: list[Hostile] | None,
+    bombs: list[flooding.Bomb] | None,
+    flood: flooding.Flood | None,
     phases: list[Phase],
     failures: list[str],
     problems: list[str],
@@ -388,7 +394,7 @@ def render(
     m = world.manifest or {}
     customers = f"{m['customers']:,} customers" if "customers" in m else "customers unknown"
     lines = [
-        f"# Hardening benchmark (load, kill -9, hostile SQL), {started:%Y-%m-%d %H:%M:%S} UTC",
+        f"# Hardening benchmark (load, kill -9, hostile SQL, bombs, flood), {started:%Y-%m-%d %H:%M:%S} UTC",
         "",
         f"Machine: {os.cpu_count()} cores, {_mem_total_gib():.1f} GiB RAM. World: {world.source}, "
         f"scale {float(m.get('scale', 0) or 0):g}, {customers}. Stack: `sandbox up` at its "
@@ -407,6 +413,14 @@ def render(
         "## Hostile SQL",
         "",
         *hostile_section(hostile),
+        "",
+        "## Memory bombs, one at a time",
+        "",
+        *flooding.bombs_section(bombs),
+        "",
+        "## One session flooding the console",
+        "",
+        *flooding.flood_section(flood),
         "",
     ]
     if run is not None and run.stop is not None:
@@ -458,6 +472,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--candidates", type=int, default=CANDIDATES, help="parallel sessions")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="length of the load")
     parser.add_argument("--think", type=float, default=THINK_S, help="mean pause, s (0: none)")
+    parser.add_argument(
+        "--flood-seconds", type=float, default=flooding.FLOOD_SECONDS, help="length of the flood"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the world copy and logs")
     args = parser.parse_args(argv)
     if args.scale <= 0:
@@ -510,6 +527,34 @@ def drive(
     return load, durable, hostile
 
 
+def drive_flood(
+    world: Path, run: StackRun, args: argparse.Namespace, phases: list[Phase], failures: list[str]
+) -> tuple[list[flooding.Bomb] | None, flooding.Flood | None]:
+    """The memory bombs, then one session flooding the console."""
+    assert run.tree is not None
+    memory = flooding.GatewayMemory(run.tree)
+    memory.start()
+    bombs = flood = None
+    try:
+        print(f"  {len(flooding.BOMBS)} memory bombs…", file=sys.stderr)
+        before = Usage.now(run.tree)
+        try:
+            bombs = flooding.run_bombs(run.url, create_session(run.url, world, "bombs"), memory)
+        except Exception as exc:
+            failures.append(f"bombs: {exc!r}")
+        phases.append(Phase("memory bombs", before, Usage.now(run.tree)))
+        print(f"  one session flooding for {args.flood_seconds:g} s…", file=sys.stderr)
+        before = Usage.now(run.tree)
+        try:
+            flood = flooding.run_flood(run.url, world, memory, args.flood_seconds)
+        except Exception as exc:
+            failures.append(f"flood: {exc!r}")
+        phases.append(Phase("one session flooding", before, Usage.now(run.tree)))
+    finally:
+        memory.stop()
+    return bombs, flood
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # The stack runs in its own session: on SIGTERM, unwind so the `finally` below stops it.
@@ -521,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     load: LoadRun | None = None
     durable: Durability | None = None
     hostile: list[Hostile] | None = None
+    bombs: list[flooding.Bomb] | None = None
+    flood: flooding.Flood | None = None
     phases: list[Phase] = []
     failures: list[str] = []
     if world.manifest is not None:
@@ -532,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  health: {health} s {run.failure or ''}", file=sys.stderr)
             if run.failure is None:
                 load, durable, hostile = drive(world.path, run, args, phases, failures)
+                bombs, flood = drive_flood(world.path, run, args, phases, failures)
         finally:
             print("  stopping (SIGINT)…", file=sys.stderr)
             stop_stack(run, world.path)
@@ -544,7 +592,19 @@ def main(argv: list[str] | None = None) -> int:
             *scan_events({"hardening": world.path / "run"}),
         ]
     report = render(
-        world, run, load, durable, hostile, phases, failures, problems, started, workdir, args
+        world,
+        run,
+        load,
+        durable,
+        hostile,
+        bombs,
+        flood,
+        phases,
+        failures,
+        problems,
+        started,
+        workdir,
+        args,
     )
     print(report)
     print(f"report written to {write_report(report, started)}", file=sys.stderr)

@@ -123,6 +123,8 @@ def proc_table() -> dict[int, Proc]:
             continue  # exited between listing and reading
         # comm may contain spaces and ')' itself, so the fields start after the last ')'.
         fields = data[data.rindex(b")") + 2 :].split()
+        if fields[0] == b"Z":
+            continue  # exited; an orphan's zombie waits for an init that may never reap it
         pid = int(entry.name)
         table[pid] = Proc(
             pid=pid,

@@ -314,6 +314,9 @@ class Supervisor:
             if code is None or self.stopping:
                 continue
             child.restarts += 1
+            # What the service started (the gateway's console workers) goes with it, so a
+            # restart never runs beside its predecessor's leftovers.
+            _signal_group(proc, signal.SIGKILL)
             # Quick crashes back off; a service that ran a while restarts at once.
             ran = now - child.started_at
             backoff = 0.5 if ran > 30 else min(MAX_BACKOFF_S, 0.5 * 2 ** min(child.restarts, 5))

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,26 @@ def test_a_gateway_killed_mid_session_keeps_every_acknowledged_event_once(stack:
     ]  # a version lost with the gateway may leave a gap, never a repeat
     assert versions == sorted(set(versions))
     assert run.diagnosis_after["version"] == versions[-1]
+    # Nothing the killed gateway started (its console workers) outlives it.
+    assert _group_alive(run.victim, within_s=5.0) == []
+
+
+def _group_alive(pgid: int, within_s: float) -> list[int]:
+    """The processes of group `pgid` still alive after up to `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(state[2]) == pgid and state[0] != "Z":
+                    alive.append(int(entry.name))
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
 
 
 def _kill_build_at(out: Path, stage: str, share: float) -> None:
