@@ -1,8 +1,8 @@
 """The console's limits hold for real: bombs end in a worker process, not the gateway; a worker
 that outlives the deadline is killed and replaced; responses are capped in bytes; one flooding
 session leaves the others and the interviewer their latency, while a dashboard's panels sent
-together all get their turn; health shows a saturated console;
-and a reach for the system catalog is recorded as such."""
+together all get their turn; health shows a saturated console, and an interviewer still comes
+first; a reach for the system catalog is recorded as such."""
 
 from __future__ import annotations
 
@@ -190,6 +190,7 @@ def test_health_reports_a_saturated_console(
     client, paths = stack_under_test
     pool = client.app.state.console
     sessions = [_candidate(client, paths, f"busy{i}")[0] for i in range(3)]
+    interviewer = _bearer(session_maker(client, paths)("staff")["interviewer_token"])
     with concurrent.futures.ThreadPoolExecutor(8) as threads:
         running = [
             threads.submit(client.post, "/api/sql", json={"sql": SLOW}, headers=who)
@@ -202,6 +203,10 @@ def test_health_reports_a_saturated_console(
             health = client.get("/-/health")
             if health.json()["services"]["console"] == "saturated":
                 seen = health
+                # Candidates hold every worker: the interviewer still comes first.
+                started = time.monotonic()
+                mine = client.post("/api/sql", json={"sql": "SELECT 1"}, headers=interviewer)
+                interviewer_s = time.monotonic() - started
                 break
             time.sleep(0.05)
         for f in running:
@@ -209,6 +214,8 @@ def test_health_reports_a_saturated_console(
     assert seen is not None, "the console never showed as saturated"
     assert seen.status_code == 503
     assert seen.json()["console"]["waiting"] >= 1
+    assert mine.status_code == 200 and mine.json()["rows"] == [[1]], mine.text
+    assert interviewer_s < 1.5, f"the interviewer waited {interviewer_s:.1f} s"
 
 
 def test_a_reach_for_the_catalog_is_recorded_as_such(

@@ -9,6 +9,9 @@ worker process (`console_worker`), so no query can take the gateway's memory or 
   `per_owner_waiting` waiting one more is refused at once with `ConsoleBusy` (HTTP 429);
 - a free worker goes to the callers with something waiting in turn, so a session that floods
   waits behind itself, never in front of another session or the interviewer;
+- interviewers and the operator come first: the next free worker is theirs, and candidates
+  together never hold more than `max_workers`, so when they do, the pool keeps
+  `staff_reserve` more ready for the interviewers;
 - the pool grows to `max_workers` when every worker is busy and shrinks back when the flood
   is over.
 
@@ -73,6 +76,7 @@ class ConsolePool:
         max_workers: int = 4,
         per_owner: int = 2,
         per_owner_waiting: int = 24,
+        staff_reserve: int = 1,
         memory_mb: int = 1024,
         max_bytes: int = 20_000_000,
     ) -> None:
@@ -82,6 +86,8 @@ class ConsolePool:
         self.max_workers = max(max_workers, workers)
         self.per_owner = per_owner
         self.per_owner_waiting = per_owner_waiting
+        self.staff_reserve = staff_reserve
+        self._staff: set[str] = set()  # owners served first
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._count = 0  # workers alive or starting
@@ -92,7 +98,8 @@ class ConsolePool:
             collections.OrderedDict()
         )
         self._holding: collections.Counter[str] = collections.Counter()  # workers held per owner
-        self._replies = anyio.CapacityLimiter(self.max_workers)  # threads waiting on workers
+        # One thread per worker waits for its answer, the interviewers' reserve included.
+        self._replies = anyio.CapacityLimiter(self.max_workers + staff_reserve)
         self.killed = 0  # workers stopped at the deadline or dead mid-query
         self._closed = False
 
@@ -133,15 +140,19 @@ class ConsolePool:
         *,
         owner: str,
         session_id: str | None = None,
+        staff: bool = False,
     ) -> QueryResult:
-        """Run one statement for `owner` (the fairness key: a session id, or "interviewer").
-        Raises QueryRefused (bad query, limits) or ConsoleBusy (too many of the owner's)."""
+        """Run one statement for `owner` (the fairness key: a session, or an interviewer);
+        `staff` owners are served before candidates. Raises QueryRefused (bad query, limits) or
+        ConsoleBusy (too many of the owner's)."""
         queued = len(self._queues.get(owner, ()))
         if self._holding[owner] + queued >= self.per_owner + self.per_owner_waiting:
             raise ConsoleBusy(
                 f"{self._holding[owner] + queued} of your queries are running or waiting; wait "
                 "for them to finish (or cancel them) before starting another"
             )
+        if staff:
+            self._staff.add(owner)
         worker = await self._acquire(owner)
         try:
             verdict, value = await anyio.to_thread.run_sync(
@@ -223,11 +234,15 @@ class ConsolePool:
                     queue.remove(waiter)
                 if not queue:
                     del self._queues[owner]
+            if owner not in self._queues and owner not in self._holding:
+                self._staff.discard(owner)
 
     def _let_go(self, owner: str) -> None:
         self._holding[owner] -= 1
         if self._holding[owner] <= 0:
             del self._holding[owner]
+            if owner not in self._queues:
+                self._staff.discard(owner)
         self._dispatch()  # the owner's next query may run now
 
     def _release(self, worker: _Worker) -> None:
@@ -236,14 +251,25 @@ class ConsolePool:
         self._idle.append(worker)
         self._dispatch()
 
+    def _runnable(self, owner: str) -> int:
+        """How many of the owner's waiting queries may start now."""
+        queue = self._queues.get(owner, ())
+        while queue and queue[0].done():  # timed out or cancelled
+            queue.popleft()
+        return min(len(queue), max(self.per_owner - self._holding[owner], 0))
+
+    def _candidates_room(self) -> int:
+        """How many more workers candidates may hold together."""
+        held = sum(n for owner, n in self._holding.items() if owner not in self._staff)
+        return max(self.max_workers - held, 0)
+
     def _next_in_turn(self) -> tuple[str, asyncio.Future[_Worker]] | None:
-        for owner, queue in self._queues.items():
-            if self._holding[owner] >= self.per_owner:
-                continue
-            while queue and queue[0].done():  # timed out or cancelled
-                queue.popleft()
-            if queue:
-                return owner, queue.popleft()
+        staff_first = sorted(self._queues, key=lambda owner: owner not in self._staff)
+        for owner in staff_first:  # a stable sort: each group keeps its turn order
+            if owner not in self._staff and not self._candidates_room():
+                break
+            if self._runnable(owner):
+                return owner, self._queues[owner].popleft()
         return None
 
     def _dispatch(self) -> None:
@@ -257,12 +283,14 @@ class ConsolePool:
             self._queues.move_to_end(owner)
             if not self._queues[owner]:
                 del self._queues[owner]
-        runnable = sum(
-            min(len(queue), max(self.per_owner - self._holding[owner], 0))
-            for owner, queue in self._queues.items()
+        staff = sum(self._runnable(owner) for owner in self._queues if owner in self._staff)
+        candidates = sum(
+            self._runnable(owner) for owner in self._queues if owner not in self._staff
         )
+        runnable = staff + min(candidates, self._candidates_room())
         spare = 1 if not self._idle and self._starting == 0 else 0  # ready for the next caller
-        while self._count < self.max_workers and self._starting < runnable + spare:
+        ceiling = self.max_workers + self.staff_reserve
+        while self._count < ceiling and self._starting < runnable + spare:
             spare = 0
             self._count += 1
             self._starting += 1

@@ -45,11 +45,15 @@ class Gateway:
     ) -> QueryResult:
         """Run one console statement for `who` in a worker: a candidate's views show their own
         live rows; each caller has its own share of the workers (ConsoleBusy past it)."""
-        # Interviewers and the operator have shares of their own, apart from every candidate.
+        # Interviewers and the operator have shares of their own, and come before candidates.
         owner = "session:" if who.is_candidate else f"{who.role}:"
         session = who.session_id if who.is_candidate else None
         return await self.console.run(
-            sql, params, owner=owner + (who.session_id or ""), session_id=session
+            sql,
+            params,
+            owner=owner + (who.session_id or ""),
+            session_id=session,
+            staff=not who.is_candidate,
         )
 
     @property
