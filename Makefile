@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint system-tools benchmark clean
+.PHONY: demo test test-fast lint system-tools benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(STAMP)
 
 test: $(STAMP) system-tools lint
 	$(VENV)/bin/python -m pytest
+
+# Every test that needs no built world and starts no stack: the tier to run while editing.
+test-fast: $(STAMP) system-tools lint
+	$(VENV)/bin/python -m pytest -m "not world"
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.build

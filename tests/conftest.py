@@ -1,12 +1,19 @@
-"""Shared worlds: built once per test session at a small scale and reused by every test.
+"""Shared worlds: built at a small scale, once per machine while the code that shapes them is
+unchanged, and reused by every test.
 
 Every registered fault and decoy is planted in exactly one of `FAULT_WORLDS` (faults that do not
 disturb each other share a world), so the catalog tests can check each one on a real build.
+
+Tests that use a built world (or a running stack) are marked `world`; `make test-fast` runs the
+others.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import os
+import shutil
 import tomllib
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
@@ -94,9 +101,41 @@ def scenario_for(name: str) -> scenario.Scenario:
     return spec.with_overrides(seed=7, scale=SMALL_SCALE)
 
 
-# Local iteration only: worlds already built into $SANDBOX_TEST_WORLDS/NAME are reused across runs.
-# Stale the moment simulation code changes; CI never sets it.
-WORLD_CACHE = os.environ.get("SANDBOX_TEST_WORLDS")
+# Built worlds are kept here, each under a key of everything that shapes it (the simulation's
+# sources, the libraries that compute it, the scenario, seed and scale), so a run reuses what an
+# earlier run on this machine built from the same code. Services and the review read worlds but
+# do not shape them.
+WORLD_CACHE = Path(
+    os.environ.get("SANDBOX_TEST_WORLDS")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    / "ml-incident-sandbox"
+    / "test-worlds"
+)
+NOT_SHAPING = ("services", "review", "__pycache__")
+SHAPING_LIBRARIES = ("numpy", "polars", "duckdb", "scikit-learn", "faiss-cpu", "mlflow", "pandas")
+
+
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    package = REPO / "sandbox"
+    for path in sorted(package.rglob("*")):
+        relative = path.relative_to(package)
+        if path.is_file() and not set(relative.parts) & set(NOT_SHAPING):
+            digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
+    for library in SHAPING_LIBRARIES:
+        try:
+            digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{library} missing".encode())
+    return digest.hexdigest()
+
+
+SOURCES_DIGEST = _sources_digest()
+
+
+def world_key(name: str) -> str:
+    spec = scenario_for(name)
+    return hashlib.sha256((SOURCES_DIGEST + spec.as_toml()).encode()).hexdigest()[:16]
 
 
 # Worlds are built in this many worker processes ahead of the tests that need them (2 cores).
@@ -104,12 +143,25 @@ BUILD_WORKERS = 2
 
 
 def _build_named(name: str, root: str) -> BuildSummary:
-    """A build in a worker process. One OpenMP thread: two builds share two cores, and idle
-    OpenMP threads spinning for work they will not get slow everything down."""
+    """A build (in a worker process), written beside its place in the cache and moved in whole,
+    so a run that stops halfway or races another leaves nothing half-built there. One OpenMP
+    thread: two builds share two cores, and idle OpenMP threads spinning for work they will not
+    get slow everything down."""
     from threadpoolctl import threadpool_limits
 
+    final = Path(root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
     with threadpool_limits(limits=1, user_api="openmp"):
-        return build(scenario_for(name), Path(root), force=True)
+        build(scenario_for(name), partial, force=True)
+    try:
+        partial.rename(final)
+    except OSError:  # another run put the same world there first: theirs is as good
+        shutil.rmtree(partial, ignore_errors=True)
+    for stale in final.parent.glob(f"{name}-*"):  # earlier code's builds of this world
+        if stale != final and not stale.name.startswith(f"{final.name}.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+    return BuildSummary(root=final, manifest=read_manifest(final), seconds=0.0)
 
 
 class Worlds:
@@ -138,7 +190,7 @@ class Worlds:
             elif name in self.pending:
                 self.built[name] = self.pending.pop(name).result()
             else:
-                self.built[name] = build(scenario_for(name), self._root(name), force=True)
+                self.built[name] = _build_named(name, str(self._root(name)))
         return self.built[name]
 
     def close(self) -> None:
@@ -146,14 +198,10 @@ class Worlds:
             self.pool.shutdown(cancel_futures=True)
 
     def _root(self, name: str) -> Path:
-        if WORLD_CACHE:
-            return Path(WORLD_CACHE) / name
-        return self.factory.mktemp(name) / "world"
+        return WORLD_CACHE / f"{name}-{world_key(name)}"
 
     def _cached(self, name: str) -> BuildSummary | None:
-        if not WORLD_CACHE:
-            return None
-        root = Path(WORLD_CACHE) / name
+        root = self._root(name)
         try:
             return BuildSummary(root=root, manifest=read_manifest(root), seconds=0.0)
         except IncompleteWorld:
@@ -209,3 +257,10 @@ def control_db(control_world: BuildSummary):
     con = connect(control_world)
     yield con
     con.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for a built world, directly or through its fixtures, is a `world` test."""
+    for item in items:
+        if "worlds" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.world)

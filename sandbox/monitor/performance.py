@@ -1,24 +1,62 @@
-"""Model quality once labels arrive: daily AUC, PR-AUC, Brier, precision and recall, by segment."""
+"""Model quality once labels arrive: daily AUC, PR-AUC, Brier, precision and recall, by segment.
+
+Computed for every (day, segment) group at once in Polars, with the definitions sklearn uses:
+AUC as the Mann-Whitney statistic (ties count half), PR-AUC as average precision over the
+distinct scores from the highest down.
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 SEGMENTS = ("device", "plan", "region")
+KEY = ["score_date", "segment", "segment_value"]
 
 
-def _metrics(y: np.ndarray, score: np.ndarray, decision: np.ndarray) -> dict[str, float | None]:
-    both = 0 < y.sum() < len(y)
-    flagged = decision.sum()
-    return {
-        "auc": roc_auc_score(y, score) if both else None,
-        "pr_auc": average_precision_score(y, score) if both else None,
-        "brier": brier_score_loss(y, score) if len(y) else None,
-        "precision": float(y[decision].mean()) if flagged else None,
-        "recall": float(decision[y == 1].mean()) if y.sum() else None,
-    }
+def _long(scored: pl.DataFrame) -> pl.DataFrame:
+    """One row per prediction and segment it belongs to, segment 'all' for everyone."""
+    columns = ["score", "decision", "churned", "label_available_at"]
+    everyone = scored.select(
+        "score_date",
+        pl.lit("all").alias("segment"),
+        pl.lit("all").alias("segment_value"),
+        *columns,
+    )
+    by_segment = [
+        scored.select(
+            "score_date",
+            pl.lit(s).alias("segment"),
+            pl.col(s).cast(pl.String).alias("segment_value"),
+            *columns,
+        )
+        for s in SEGMENTS
+    ]
+    return pl.concat([everyone, *by_segment]).with_columns(
+        pl.col("churned").cast(pl.Int64), pl.col("decision").cast(pl.Boolean)
+    )
+
+
+def _average_precision(long: pl.DataFrame) -> pl.DataFrame:
+    """Per group: Σ over distinct scores, highest first, of (new positives / all positives) ×
+    precision at that score."""
+    at_score = (
+        long.group_by(*KEY, "score")
+        .agg(pl.col("churned").sum().alias("pos"), pl.len().alias("n"))
+        .sort(*KEY, "score", descending=[False, False, False, True])
+    )
+    return (
+        at_score.with_columns(
+            pl.col("pos").cum_sum().over(KEY).alias("tp"),
+            pl.col("n").cum_sum().over(KEY).alias("seen"),
+            pl.col("pos").sum().over(KEY).alias("positives"),
+        )
+        .group_by(KEY)
+        .agg(
+            (pl.col("pos") / pl.col("positives") * pl.col("tp") / pl.col("seen"))
+            .sum()
+            .alias("pr_auc")
+        )
+    )
 
 
 def daily_performance(scored: pl.DataFrame) -> pl.DataFrame:
@@ -27,45 +65,49 @@ def daily_performance(scored: pl.DataFrame) -> pl.DataFrame:
     Columns needed: score_date, score, decision, churned, label_available_at, and SEGMENTS.
     One row per (score_date, segment, segment_value), segment 'all' for everyone.
     """
-    groups = [
-        scored.with_columns(pl.lit("all").alias("segment"), pl.lit("all").alias("segment_value"))
-    ]
-    groups += [
-        scored.with_columns(pl.lit(s).alias("segment"), pl.col(s).alias("segment_value"))
-        for s in SEGMENTS
-    ]
-    long = pl.concat(
-        [
-            g.select(
-                "score_date",
-                "segment",
-                "segment_value",
-                "score",
-                "decision",
-                "churned",
-                "label_available_at",
-            )
-            for g in groups
-        ]
-    )
-    rows = []
-    # One sklearn call per (day, segment) group: a few hundred groups, each vectorized inside.
-    for key, part in long.group_by("score_date", "segment", "segment_value", maintain_order=True):
-        y = part["churned"].to_numpy().astype(int)
-        score = part["score"].to_numpy()
-        decision = part["decision"].to_numpy().astype(bool)
-        rows.append(
-            {
-                "score_date": key[0],
-                "segment": key[1],
-                "segment_value": key[2],
-                "scored": len(y),
-                "churned": int(y.sum()),
-                "churn_rate": float(y.mean()),
-                "flagged_rate": float(decision.mean()),
-                **_metrics(y, score, decision),
-                "label_available_at": part["label_available_at"].max(),
-            }
+    long = _long(scored).with_columns(pl.col("score").rank("average").over(KEY).alias("rank"))
+    y, decision = pl.col("churned"), pl.col("decision")
+    positives = y.sum()
+    negatives = pl.len() - positives
+    both = (positives > 0) & (negatives > 0)
+    flagged = decision.sum()
+    frame = long.group_by(KEY).agg(
+        pl.len().alias("scored"),
+        positives.alias("churned"),
+        y.mean().cast(pl.Float64).alias("churn_rate"),
+        decision.cast(pl.Float64).mean().alias("flagged_rate"),
+        pl.when(both)
+        .then(
+            (pl.col("rank").filter(y == 1).sum() - positives * (positives + 1) / 2)
+            / (positives * negatives)
         )
-    frame = pl.DataFrame(rows).sort("score_date", "segment", "segment_value")
-    return frame.with_columns(pl.col(pl.Float64).round(5))
+        .alias("auc"),
+        ((pl.col("score") - y) ** 2).mean().alias("brier"),
+        pl.when(flagged > 0).then(y.filter(decision).cast(pl.Float64).mean()).alias("precision"),
+        pl.when(positives > 0)
+        .then(decision.filter(y == 1).cast(pl.Float64).mean())
+        .alias("recall"),
+        pl.col("label_available_at").max(),
+    )
+    pr_auc = _average_precision(long)
+    frame = frame.join(pr_auc, on=KEY, how="left").with_columns(
+        pl.when(pl.col("auc").is_not_null()).then(pl.col("pr_auc")).alias("pr_auc")
+    )
+    columns = [
+        *KEY,
+        "scored",
+        "churned",
+        "churn_rate",
+        "flagged_rate",
+        "auc",
+        "pr_auc",
+        "brier",
+        "precision",
+        "recall",
+        "label_available_at",
+    ]
+    return (
+        frame.select(columns)
+        .sort(KEY)
+        .with_columns(pl.col(pl.Float64).round(5), pl.col("scored", "churned").cast(pl.Int64))
+    )

@@ -7,9 +7,11 @@ version and the latency, which is what lets a candidate compare serving with tra
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 import numpy as np
 import polars as pl
+from threadpoolctl import ThreadpoolController
 
 from sandbox import rng
 from sandbox.clock import Calendar
@@ -32,11 +34,20 @@ def _to_ts(calendar: Calendar, day: int, hours: np.ndarray) -> np.ndarray:
     )
 
 
+@functools.cache
+def _threads() -> ThreadpoolController:
+    """Made on first use: it only sees thread pools of libraries loaded by then (the model's)."""
+    return ThreadpoolController()
+
+
 def churn_scores(model: object, x: np.ndarray) -> np.ndarray:
     """Scores as served and logged: the churn-class probability, rounded to 6 places."""
     if not len(x):
         return np.empty(0)
-    return np.round(model.predict_proba(x)[:, 1], 6)  # type: ignore[attr-defined]
+    # One thread: a day's requests are too few for OpenMP's fork and join per tree to pay, and
+    # on a busy machine the extra threads spin waiting for each other (several times slower).
+    with _threads().limit(limits=1, user_api="openmp"):
+        return np.round(model.predict_proba(x)[:, 1], 6)  # type: ignore[attr-defined]
 
 
 def unanswered_blank(scored: pl.DataFrame) -> pl.DataFrame:

@@ -13,6 +13,9 @@ from polars.testing import assert_frame_equal
 
 from sandbox.monitor.drift import DriftMonitor, DriftReportError, render_report_html
 
+# Drift runs in worker processes that import Evidently: seconds each, so not in the fast tier.
+pytestmark = pytest.mark.world
+
 COLUMNS = ["basket_value", "session_minutes", "income", "tenure_days"]
 REFERENCE_ROWS = 5_000
 DAY_ROWS = 2_000

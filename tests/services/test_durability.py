@@ -113,6 +113,7 @@ def _kill_build_at(out: Path, stage: str, share: float) -> None:
     assert build.returncode == -signal.SIGKILL
 
 
+@pytest.mark.world  # a real build, killed
 def test_a_build_killed_halfway_is_not_accepted_as_a_world(tmp_path: Path) -> None:
     """Killed halfway through simulating the world's days, its tables half written."""
     out = tmp_path / "half"

@@ -50,7 +50,7 @@ from sandbox.services.spool import read_new
 from sandbox.world.build import BuildSummary
 from tests.conftest import scenario_for
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.world
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,7 @@ def test_health_and_metadata_describe_the_deployment(live: Live) -> None:
     )
 
 
+@pytest.mark.world  # its world fixture is picked by name, so collection cannot see it
 @pytest.mark.parametrize("name", ["live", "peak"])
 def test_served_version_and_threshold_are_the_deployment_records(
     name: str, request: pytest.FixtureRequest

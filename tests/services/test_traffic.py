@@ -33,7 +33,7 @@ from sandbox.services.traffic import (
 )
 from sandbox.world.build import BuildSummary
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.world
 
 Behaviour = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
 
