@@ -9,14 +9,13 @@ production's calls only, for the same reason: no session's calls may move what a
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sandbox.services.common import SESSION_HEADER, ServiceContext
+from sandbox.services.common import SESSION_HEADER
 
 # Session ids are short tokens; anything else is not from the gateway and never reaches a row.
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -67,29 +66,3 @@ class SessionCalls:
 def marked(record: dict[str, Any], session_id: str | None) -> dict[str, Any]:
     """A spool record, carrying the session when a session's call produced it."""
     return record if session_id is None else {**record, "session_id": session_id}
-
-
-def log(
-    ctx: ServiceContext,
-    session_id: str | None,
-    level: str,
-    event: str,
-    message: str,
-    **attrs: Any,
-) -> None:
-    """`ctx.log`, the line carrying the session when a session's call wrote it."""
-    if session_id is None:
-        ctx.log(level, event, message, **attrs)
-        return
-    # The line ctx.log writes, plus the session: ctx.log itself has no place for it.
-    ctx.spool("telemetry.logs").write(
-        {
-            "ts": ctx.now().isoformat(),
-            "service": ctx.service,
-            "level": level,
-            "event": event,
-            "message": message,
-            "attrs": json.dumps(attrs, sort_keys=True, default=str),
-            "session_id": session_id,
-        }
-    )

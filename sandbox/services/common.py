@@ -82,18 +82,22 @@ class ServiceContext:
             self._writers[table] = SpoolWriter(spool_path(self.paths.run, self.service, table))
         return self._writers[table]
 
-    def log(self, level: str, event: str, message: str, **attrs: Any) -> None:
-        """A structured log line in the candidate's logs (telemetry.logs), stamped in sim time."""
-        self.spool("telemetry.logs").write(
-            {
-                "ts": self.now().isoformat(),
-                "service": self.service,
-                "level": level,
-                "event": event,
-                "message": message,
-                "attrs": json.dumps(attrs, sort_keys=True, default=str),
-            }
-        )
+    def log(
+        self, level: str, event: str, message: str, *, session_id: str | None = None, **attrs: Any
+    ) -> None:
+        """A structured log line in the candidate's logs (telemetry.logs), stamped in sim time;
+        `session_id` when a candidate session's call wrote it (only that session sees it)."""
+        line = {
+            "ts": self.now().isoformat(),
+            "service": self.service,
+            "level": level,
+            "event": event,
+            "message": message,
+            "attrs": json.dumps(attrs, sort_keys=True, default=str),
+        }
+        if session_id is not None:
+            line["session_id"] = session_id
+        self.spool("telemetry.logs").write(line)
 
 
 def service_args(description: str) -> argparse.Namespace:

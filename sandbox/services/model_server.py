@@ -465,12 +465,11 @@ def create_app(world: Path) -> FastAPI:
 
     def log_request(request: Request, path: str, code: int, ms: float, **attrs: Any) -> None:
         level = "info" if code < 400 else "warning" if code < 500 else "error"
-        caller.log(
-            ctx,
-            caller.session_of(request.scope),
+        ctx.log(
             level,
             "request",
             f"POST {path} {code} {round(ms, 1)}ms",
+            session_id=caller.session_of(request.scope),
             **attrs,
             model_version=version,
             status=code,
@@ -495,12 +494,11 @@ def create_app(world: Path) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
-        caller.log(
-            ctx,
-            caller.session_of(request.scope),
+        ctx.log(
             "error",
             "request",
             f"{request.method} {request.url.path} 500",
+            session_id=caller.session_of(request.scope),
             status=500,
         )
         return JSONResponse({"detail": "internal error"}, status_code=500)

@@ -324,12 +324,11 @@ class RequestLog:
             if status >= 400 and session is None:
                 self.service.metrics.errors.labels(path, str(status)).inc()
             ms = (time.perf_counter() - started) * 1000
-            caller.log(
-                self.service.ctx,
-                session,
+            self.service.ctx.log(
                 "info" if status < 400 else "warning" if status < 500 else "error",
                 "request",
                 f"{scope['method']} {path} {status} {ms:.1f}ms",
+                session_id=session,
                 status=status,
                 **state.get("log_attrs", {}),
             )

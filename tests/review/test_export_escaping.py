@@ -13,28 +13,8 @@ from typing import Any
 from markdown_it import MarkdownIt
 
 from sandbox.review import export, report
+from tests.review.test_report import KEY, START
 
-KEY = {
-    "faults": [
-        {
-            "fault_id": "f",
-            "title": "A planted fault",
-            "root_cause": "why",
-            "evidence": [
-                {
-                    "id": "col",
-                    "kind": "table_column",
-                    "ref": "raw.t.minutes_watched",
-                    "description": "d",
-                    "window_start": "2026-03-01",
-                    "window_end": "2026-04-01",
-                }
-            ],
-            "probes": ["What next?"],
-        }
-    ]
-}
-START = dt.datetime(2026, 11, 30, 9)
 # What a candidate may type to forge a line of the report, or run script in whoever opens it.
 HOSTILE = [
     "<script>alert('FORGED')</script>",
