@@ -8,6 +8,7 @@ writes into candidate-visible data must read like ordinary production data: no f
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.clock import Calendar
+from sandbox.faults.hooks import HOOK_POINTS
 
 
 class FaultParams(BaseModel):
@@ -105,6 +107,26 @@ class HookContext:
     calendar: Calendar
 
 
+class UnknownHookPoint(TypeError):
+    """A fault, decoy or stage named a hook point that no stage exposes."""
+
+
+def check_hook_point(point: str, who: str) -> None:
+    """Refuse a hook point no stage exposes, naming it and the nearest real one: a misspelled
+    hook would otherwise be planted and silently never act."""
+    if point not in HOOK_POINTS:
+        near = difflib.get_close_matches(point, HOOK_POINTS, n=1)
+        hint = (
+            f"; did you mean {near[0]!r}?" if near else f"; hook points: {', '.join(HOOK_POINTS)}"
+        )
+        raise UnknownHookPoint(f"{who}: unknown hook point {point!r}{hint}")
+
+
+def _check_hook_points(cls: type) -> None:
+    for point in cls.__dict__.get("hook_points", ()):
+        check_hook_point(point, cls.__name__)
+
+
 class Fault(ABC):
     id: ClassVar[str]
     title: ClassVar[str]
@@ -112,6 +134,10 @@ class Fault(ABC):
     observation: ClassVar[str]  # what the candidate will see, in one line
     hook_points: ClassVar[tuple[str, ...]]
     Params: ClassVar[type[FaultParams]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_hook_points(cls)
 
     def __init__(self, params: FaultParams) -> None:
         self.params = params
@@ -172,6 +198,10 @@ class Decoy(ABC):
     hook_points: ClassVar[tuple[str, ...]]
     Params: ClassVar[type[DecoyParams]]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_hook_points(cls)
+
     def __init__(self, params: DecoyParams) -> None:
         self.params = params
 
@@ -197,7 +227,18 @@ class FaultSet:
         self.faults = faults
         self.decoys = decoys or []
 
+    def acts_at(self, *points: str) -> bool:
+        """Whether anything planted acts at any of `points`."""
+        for point in points:
+            check_hook_point(point, "FaultSet.acts_at")
+        return any(
+            point in planted.hook_points
+            for planted in [*self.faults, *self.decoys]
+            for point in points
+        )
+
     def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+        check_hook_point(point, "FaultSet.apply")
         for planted in [*self.faults, *self.decoys]:
             if point in planted.hook_points:
                 value = planted.apply(point, value, ctx)

@@ -184,12 +184,7 @@ class LiveModelServer:
         self.server.deploy(
             model, self.record.model_version, self.record.threshold, self.record.features
         )
-        planted = self.server.faults
-        self.hooked = any(
-            point in item.hook_points
-            for item in [*planted.faults, *planted.decoys]
-            for point in ("serve.features", "serve.scores")
-        )
+        self.hooked = self.server.faults.acts_at("serve.features", "serve.scores")
         self.loaded_at = ctx.now()
         ctx.log(
             "info",
