@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Decoy, DecoyParams, Fault, FaultParams, FaultSet
+from sandbox.faults.base import Decoy, DecoyParams, Fault, FaultParams, FaultSet, HookContext
+from sandbox.pipeline.release import INITIAL_RELEASE
 
 MIN_CUSTOMERS = 500
 
@@ -145,6 +146,25 @@ class Scenario:
                     f"production day ({self.world.production_days})"
                 )
             self.decoys.append(decoy_cls(decoy_params))
+        self._refuse_colliding_releases(source)
+
+    def _refuse_colliding_releases(self, source: str) -> None:
+        """Two faults releasing a model on the same day: the simulation keeps one release per
+        day, so one fault would silently vanish while its answer key stayed."""
+        ctx = HookContext(self.world.seed, 0, self.world.calendar())
+        released: dict[int, str] = {}
+        for index, fault in enumerate(self.faults):
+            if "train.releases" not in fault.hook_points:
+                continue
+            mine = f"faults[{index}] ({fault.id})"
+            days = {r.day for r in fault.apply("train.releases", [INITIAL_RELEASE], ctx)}
+            for day in sorted(days - {INITIAL_RELEASE.day}):
+                if day in released:
+                    raise ScenarioError(
+                        f"{source}: {released[day]} and {mine} both release a model on "
+                        f"production day {day}, and a day has one release: move one onset_day"
+                    )
+                released[day] = mine
 
     @property
     def fault_set(self) -> FaultSet:

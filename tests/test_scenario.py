@@ -70,6 +70,24 @@ def test_onset_after_the_production_window_is_refused(tmp_path: Path) -> None:
         scenario.load(write(tmp_path, text))
 
 
+def test_two_faults_releasing_a_model_on_one_day_are_refused_naming_both(
+    tmp_path: Path,
+) -> None:
+    text = BRIEF + '[[faults]]\nid = "stale-decision-threshold"\nonset_day = 20\n'
+    text += '[[faults]]\nid = "training-time-travel"\nonset_day = 20\n'
+    with pytest.raises(scenario.ScenarioError) as exc:
+        scenario.load(write(tmp_path, text))
+    message = str(exc.value)
+    assert "faults[0] (stale-decision-threshold)" in message
+    assert "faults[1] (training-time-travel)" in message and "day 20" in message
+    # A day apart, both releases happen.
+    apart = text.replace("onset_day = 20\n[brief]", "").replace(
+        'time-travel"\nonset_day = 20', 'time-travel"\nonset_day = 21'
+    )
+    spec = scenario.load(write(tmp_path, apart))
+    assert [f.id for f in spec.faults] == ["stale-decision-threshold", "training-time-travel"]
+
+
 def test_malformed_toml_is_a_clear_error(tmp_path: Path) -> None:
     path = write(tmp_path, "[world\nseed = 1\n")
     with pytest.raises(scenario.ScenarioError, match="not valid TOML"):
