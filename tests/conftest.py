@@ -158,10 +158,28 @@ def _build_named(name: str, root: str) -> BuildSummary:
         partial.rename(final)
     except OSError:  # another run put the same world there first: theirs is as good
         shutil.rmtree(partial, ignore_errors=True)
-    for stale in final.parent.glob(f"{name}-*"):  # earlier code's builds of this world
-        if stale != final and not stale.name.startswith(f"{final.name}.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
+    _prune(final, name)
     return BuildSummary(root=final, manifest=read_manifest(final), seconds=0.0)
+
+
+def _prune(final: Path, name: str) -> None:
+    """Earlier code's builds of this world, and halves left by runs that were killed."""
+    for stale in final.parent.glob(f"{name}-*"):
+        if ".partial-" in stale.name:
+            if not _running(int(stale.name.rsplit("-", 1)[1])):
+                shutil.rmtree(stale, ignore_errors=True)
+        elif stale != final:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Worlds:
