@@ -10,27 +10,16 @@ import polars as pl
 import pytest
 
 from sandbox.faults import registry
-from sandbox.faults.base import Decoy, Fault, FaultParams, FaultSet, HookContext, UnknownHookPoint
+from sandbox.faults.base import Decoy, Fault, FaultSet, HookContext, UnknownHookPoint
+from sandbox.faults.duplicate_billing_events import DuplicateBillingEvents
 from sandbox.faults.hooks import HOOK_POINTS
 
 
 def _define_fault(points: tuple[str, ...]) -> type[Fault]:
-    class Misspelled(Fault):
-        id = "misspelled"
-        title = "A fault"
-        difficulty = "easy"
-        observation = "nothing"
+    """A real fault, moved onto `points`."""
+
+    class Misspelled(DuplicateBillingEvents):
         hook_points: ClassVar[tuple[str, ...]] = points
-        Params = FaultParams
-
-        def answer_key(self, calendar: Any) -> Any:
-            raise NotImplementedError
-
-        def investigation(self, *args: Any) -> Any:
-            raise NotImplementedError
-
-        def verify(self, *args: Any) -> Any:
-            raise NotImplementedError
 
     return Misspelled
 
@@ -63,7 +52,7 @@ def test_a_fault_on_real_hook_points_is_defined_and_acts_only_there() -> None:
         def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
             return value * 2
 
-    planted = FaultSet([Doubler(FaultParams())])
+    planted = FaultSet([Doubler(DuplicateBillingEvents.Params())])
     ctx = HookContext(seed=1, day=3, calendar=None)  # type: ignore[arg-type]
     assert planted.acts_at("serve.traffic") and planted.acts_at("serve.scores", "serve.traffic")
     assert not planted.acts_at("serve.scores")
