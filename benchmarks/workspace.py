@@ -62,7 +62,7 @@ from benchmarks.stack import (
     stop_stack,
     stop_table,
 )
-from sandbox.services.gateway.dashboards import DASHBOARDS_DIR
+from sandbox.services.gateway.dashboards import DASHBOARDS_DIR, definition_files
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -725,7 +725,7 @@ def render(
     if setup is not None and setup.predictions is not None:
         predictions = f"{setup.predictions:,}"
     dashboards_dir = DASHBOARDS_DIR  # the gateway's own default, or $SANDBOX_DASHBOARDS
-    definitions = sorted(p.name for p in dashboards_dir.glob("*.toml"))
+    definitions = [p.name for p in definition_files(dashboards_dir)]
     lines = [
         f"# Workspace benchmark (dashboards, SQL console), {started:%Y-%m-%d %H:%M:%S} UTC",
         "",

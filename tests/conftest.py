@@ -111,7 +111,7 @@ WORLD_CACHE = Path(
     / "ml-incident-sandbox"
     / "test-worlds"
 )
-NOT_SHAPING = ("services", "review", "__pycache__")
+NOT_SHAPING = ("services", "review", "dashboards", "__pycache__")
 SHAPING_LIBRARIES = ("numpy", "polars", "duckdb", "scikit-learn", "faiss-cpu", "mlflow", "pandas")
 
 

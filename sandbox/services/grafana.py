@@ -1,6 +1,6 @@
-"""The dashboards of `dashboards/` as Grafana dashboards over Prometheus, generated from the same
-definitions (their panels' `promql`), so the two never drift apart. Compose provisions them;
-`sandbox dashboards grafana OUT` writes them anywhere."""
+"""The dashboards of `sandbox/dashboards/` as Grafana dashboards over Prometheus, generated from
+the same definitions (their panels' `promql`), so the two never drift apart. Compose provisions
+them; `sandbox dashboards grafana OUT` writes them anywhere."""
 
 from __future__ import annotations
 

@@ -5,7 +5,10 @@ refused with its file named; and no dashboard gives a planted problem away."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +23,10 @@ from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths
+from tests.conftest import REPO
 
 FROZEN = 1e-9  # a clock this slow stands still for the length of a test
-FILES = sorted(dashboards.DASHBOARDS_DIR.glob("*.toml"))
+FILES = dashboards.definition_files()
 REQUIRED = {
     "service-health",
     "model-outputs",
@@ -219,6 +223,20 @@ def test_a_dashboard_id_used_twice_is_refused_naming_the_second_file(tmp_path: P
         dashboards.load_dir(tmp_path)
     with pytest.raises(DashboardError, match="no dashboard definitions"):
         dashboards.load_dir(tmp_path / "missing")
+
+
+def test_sandbox_dashboards_serves_another_directory_of_definitions(tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text(TEMPLATE.format(id="mine"))
+    show = "from sandbox.services.gateway import dashboards; print(list(dashboards.catalog()))"
+    done = subprocess.run(
+        [sys.executable, "-c", show],
+        env={**os.environ, "SANDBOX_DASHBOARDS": str(tmp_path)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['mine']"
 
 
 def test_longer_ranges_get_coarser_buckets_of_at_most_max_points() -> None:

@@ -1,5 +1,6 @@
-"""Dashboards: definitions in `dashboards/*.toml` (a panel is a query and a chart), validated on
-load, their panels run through the candidate's clock-filtered views like any console query.
+"""Dashboards: definitions in `sandbox/dashboards/*.toml` (a panel is a query and a chart),
+validated on load, their panels run through the candidate's clock-filtered views like any console
+query.
 
 A panel's SQL may use named parameters the page fills in:
 - `$start`, `$end`: the time range picked on the page (TIMESTAMPs; `$end` never after now);
@@ -15,15 +16,19 @@ import os
 import re
 import tomllib
 from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# The definitions live beside the package in the repository (DESIGN.md "Layout"); a deployment
-# may point elsewhere.
-DASHBOARDS_DIR = Path(
-    os.environ.get("SANDBOX_DASHBOARDS", Path(__file__).resolve().parents[3] / "dashboards")
+# The definitions ship inside the package, so an installed wheel has them wherever it lands;
+# SANDBOX_DASHBOARDS points a deployment at its own directory of definitions instead.
+DASHBOARDS_DIR: Traversable = (
+    Path(os.environ["SANDBOX_DASHBOARDS"])
+    if os.environ.get("SANDBOX_DASHBOARDS")
+    else resources.files("sandbox") / "dashboards"
 )
 PARAMETER = re.compile(r"\$([a-z_][a-z0-9_]*)")
 BUILTIN_PARAMETERS = {"start", "end", "bucket"}
@@ -85,12 +90,18 @@ class Dashboard(Strict):
         return next((p for p in self.panels if p.id == panel_id), None)
 
 
-def load_dir(directory: Path = DASHBOARDS_DIR) -> dict[str, Dashboard]:
-    """Every dashboard in `directory`, in menu order; DashboardError names the bad file and field."""
+def definition_files(directory: Traversable = DASHBOARDS_DIR) -> list[Traversable]:
+    """The definition files in `directory` (`*.toml`), by name."""
     if not directory.is_dir():
         raise DashboardError(f"no dashboard definitions at {directory}")
+    files = [p for p in directory.iterdir() if p.name.endswith(".toml") and p.is_file()]
+    return sorted(files, key=lambda p: p.name)
+
+
+def load_dir(directory: Traversable = DASHBOARDS_DIR) -> dict[str, Dashboard]:
+    """Every dashboard in `directory`, in menu order; DashboardError names the bad file and field."""
     found: dict[str, Dashboard] = {}
-    for path in sorted(directory.glob("*.toml")):
+    for path in definition_files(directory):
         board = load_file(path)
         if board.id in found:
             raise DashboardError(f"{path.name}: dashboard id {board.id!r} is used twice")
@@ -98,9 +109,9 @@ def load_dir(directory: Path = DASHBOARDS_DIR) -> dict[str, Dashboard]:
     return dict(sorted(found.items(), key=lambda item: (item[1].order, item[0])))
 
 
-def load_file(path: Path) -> Dashboard:
+def load_file(path: Traversable) -> Dashboard:
     try:
-        board = Dashboard.model_validate(tomllib.loads(path.read_text()))
+        board = Dashboard.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
     except tomllib.TOMLDecodeError as exc:
         raise DashboardError(f"{path.name}: not valid TOML: {exc}") from None
     except ValidationError as exc:
