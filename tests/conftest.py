@@ -11,7 +11,6 @@ others.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 import shutil
 import tomllib
@@ -26,6 +25,7 @@ import pytest
 from sandbox import scenario
 from sandbox.world.build import BuildSummary, build
 from sandbox.world.layout import IncompleteWorld, read_manifest
+from sandbox.world.libraries import library_versions
 
 SMALL_SCALE = 0.4  # 10,000 customers: stable weekly metrics; build time is mostly fixed costs
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +103,8 @@ def scenario_for(name: str) -> scenario.Scenario:
 
 # Built worlds are kept here, each under a key of everything that shapes it (the simulation's
 # sources, the libraries that compute it, the scenario, seed and scale), so a run reuses what an
-# earlier run on this machine built from the same code. Services and the review read worlds but
-# do not shape them.
+# earlier run on this machine built from the same code. Services, the review and the dashboards
+# read worlds but do not shape them.
 WORLD_CACHE = Path(
     os.environ.get("SANDBOX_TEST_WORLDS")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -112,7 +112,6 @@ WORLD_CACHE = Path(
     / "test-worlds"
 )
 NOT_SHAPING = ("services", "review", "dashboards", "__pycache__")
-SHAPING_LIBRARIES = ("numpy", "polars", "duckdb", "scikit-learn", "faiss-cpu", "mlflow", "pandas")
 
 
 def _sources_digest() -> str:
@@ -122,11 +121,8 @@ def _sources_digest() -> str:
         relative = path.relative_to(package)
         if path.is_file() and not set(relative.parts) & set(NOT_SHAPING):
             digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
-    for library in SHAPING_LIBRARIES:
-        try:
-            digest.update(f"{library}=={importlib.metadata.version(library)}".encode())
-        except importlib.metadata.PackageNotFoundError:
-            digest.update(f"{library} missing".encode())
+    for library, version in library_versions().items():
+        digest.update(f"{library}=={version}".encode())
     return digest.hexdigest()
 
 

@@ -30,6 +30,7 @@ from sandbox.pipeline.release import TRAINING_HOUR, Release
 from sandbox.scenario import Scenario
 from sandbox.world import corpus, descriptions
 from sandbox.world.layout import WorldPaths
+from sandbox.world.libraries import library_versions
 from sandbox.world.simulate import Simulation, SimulationResult
 from sandbox.world.warehouse import Warehouse, content_digest, row_counts
 
@@ -221,6 +222,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
             **{k: v for k, v in result.initial.trained.metrics.items() if k.startswith("holdout_")},
         },
         "sandbox_version": __version__,
+        "libraries": library_versions(),
     }
 
 

@@ -14,6 +14,7 @@ import pytest
 from sandbox import scenario
 from sandbox.world.build import BuildSummary, WorldExists, build
 from sandbox.world.layout import IncompleteWorld, read_manifest
+from sandbox.world.libraries import SHAPING_LIBRARIES, library_versions
 from tests.conftest import CONTROL_SCENARIO, SMALL_SCALE
 
 EXPECTED_TABLES = {
@@ -54,6 +55,11 @@ def test_manifest_describes_the_world(faulty_world: BuildSummary) -> None:
     for table, rows in manifest["tables"].items():
         assert con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] == rows
     assert all(manifest["tables"][t] > 0 for t in EXPECTED_TABLES - {"monitoring.alerts"})
+    # The versions that computed it, as the test-world cache keyed it.
+    assert manifest["libraries"] == library_versions()
+    assert set(manifest["libraries"]) == set(SHAPING_LIBRARIES) and all(
+        manifest["libraries"].values()
+    )
 
 
 def test_layout_splits_candidate_and_interviewer(faulty_world: BuildSummary) -> None:
