@@ -1,4 +1,4 @@
-"""Benchmark `sandbox build` at several scales against the design doc's budgets.
+"""Benchmark `sandbox build` at several scales against the README's performance budgets.
 
     python -m benchmarks.build [--scales 1,10] [--keep] [--workdir DIR]
 
@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-GB = 1_000_000_000  # the design doc's budgets are in decimal GB
+GB = 1_000_000_000  # the budgets are in decimal GB
 POLL_SECONDS = 0.2
 LOG_TAIL_LINES = 60
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -49,7 +49,7 @@ class Budget:
     peak_rss_bytes: int | None = None
 
 
-# From the design doc (2 cores, 24 GiB); scales not listed are measured but not judged.
+# The README's performance budgets (2 cores, 24 GiB); scales not listed are measured but not judged.
 BUDGETS: dict[float, Budget] = {
     1.0: Budget(wall_s=120, goal_wall_s=30, peak_rss_bytes=3 * GB),
     10.0: Budget(wall_s=600, goal_wall_s=180),
@@ -376,7 +376,7 @@ def render(runs: list[Run], started: datetime, workdir: Path) -> str:
         "",
         *summary_table(runs),
         "",
-        "## Budgets (design doc)",
+        "## Budgets (README, Performance)",
         "",
         *budget_table(runs),
         "",

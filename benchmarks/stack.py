@@ -1,4 +1,4 @@
-"""Benchmark the running stack (`sandbox up`) against the design doc's budgets.
+"""Benchmark the running stack (`sandbox up`) against the README's performance budgets.
 
     python -m benchmarks.stack [--world DIR] [--scale X] [--keep]
 
@@ -87,7 +87,7 @@ class Budget:
     unit: str
 
 
-# From the design doc's performance budgets (2 cores, 24 GiB), which hold at scale 1.
+# The README's performance budgets (2 cores, 24 GiB), which hold at scale 1.
 STARTUP = Budget("`sandbox up` until health is green", 20, 8, "s")
 IDLE_RSS = Budget("whole stack idle, RSS summed", 1.5, 0.8, "GB")
 P99_AT_200 = Budget("model server p99 at 200 req/s (direct)", 25, 10, "ms")
@@ -1236,7 +1236,7 @@ def render(
         f"scale {scale:g}, {customers}. Command: `{' '.join(sandbox_command())} up DIR --port P`. "
         f"Logs: `{workdir}`.",
         "",
-        "## Budgets (design doc)",
+        "## Budgets (README, Performance)",
         "",
         *budget_table(runs, loads, scale),
         "",

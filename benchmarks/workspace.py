@@ -1,4 +1,5 @@
-"""Benchmark the candidate's workspace (dashboards, SQL console) against the design doc's budgets.
+"""Benchmark the candidate's workspace (dashboards, SQL console) against the README's performance
+budgets.
 
     python -m benchmarks.workspace [--world DIR] [--scale X] [--reloads N] [--repeats N] [--keep]
 
@@ -83,7 +84,7 @@ PREDICTIONS = "serving.predictions"
 NOT_FEATURES = {"score", "threshold", "latency_ms"}
 SERVER_MS = re.compile(r"([\d.]+)\s*ms")
 
-# From the design doc's performance budgets (2 cores, 24 GiB), which hold at scale 1.
+# The README's performance budgets (2 cores, 24 GiB), which hold at scale 1.
 DASHBOARD = Budget("dashboard, time to last panel drawn", 2, 1, "s")
 SQL_P95 = Budget("SQL console p95, aggregates over the whole predictions log", 300, 100, "ms")
 
@@ -737,7 +738,7 @@ def render(
         f"Dashboard definitions the gateway read at its start (`{dashboards_dir}`): "
         + (", ".join(f"`{d}`" for d in definitions) or "none"),
         "",
-        "## Budgets (design doc)",
+        "## Budgets (README, Performance)",
         "",
         *budget_table(boards, queries, scale),
         "",

@@ -1,4 +1,6 @@
-"""Nothing the candidate can see names a planted fault (DESIGN.md, "Secrecy")."""
+"""Nothing the candidate can see names a planted fault: not a table, column, text value, log file,
+registry entry or file name of the candidate's half of a world, whichever faults and decoys it
+holds. A name there would hand the candidate the answer the session is meant to find."""
 
 from __future__ import annotations
 

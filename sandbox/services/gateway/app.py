@@ -1,7 +1,7 @@
 """The gateway: the one door to the stack. Auth, the SQL API, the reverse proxy to the services
 and the MLflow UI, the health of the whole stack, and the history of everything a candidate does.
 
-Run as `python -m sandbox.services.gateway --world DIR --port P`; it reads the other services'
+Run as `python -m sandbox.services.gateway.app --world DIR --port P`; it reads the other services'
 addresses from `DIR/run/stack.json`, written by the supervisor.
 """
 
