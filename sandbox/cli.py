@@ -429,8 +429,8 @@ def _stack_answers(world: Path) -> bool:
 
 def _offline_review(paths: Any, session_id: str, fmt: str) -> str:
     from sandbox.review import export as review_export
-    from sandbox.services.gateway.interviewer import gather_review
-    from sandbox.services.gateway.sessions import SESSIONS_FILE, SessionStore
+    from sandbox.review.gather import gather_review
+    from sandbox.review.store import SESSIONS_FILE, SessionStore
 
     if not (paths.interviewer / SESSIONS_FILE).is_file():
         _fail("no sessions were recorded for this world")

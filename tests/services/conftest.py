@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sandbox import scenario
+from sandbox.review.store import SESSIONS_FILE
 from sandbox.services import stack
 from sandbox.services.gateway.app import create_app
-from sandbox.services.gateway.sessions import SESSIONS_FILE
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths

@@ -23,9 +23,9 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance
 from schemathesis.python import asgi
 
 from sandbox import scenario
+from sandbox.review.store import SESSIONS_FILE
 from sandbox.services import model_server, retrieval, stack
 from sandbox.services.gateway import app as gateway_app
-from sandbox.services.gateway.sessions import SESSIONS_FILE
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths

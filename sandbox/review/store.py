@@ -1,8 +1,8 @@
-"""Candidate sessions and their recorded history, kept by the gateway (their only writer) in the
-interviewer half of the world directory.
+"""Candidate sessions and their recorded history, in the interviewer half of the world directory.
 
-Every request a candidate makes through the gateway becomes an event; an event is tagged with the
-answer-key evidence it touched, so the interviewer's replay can show when evidence was first seen.
+The gateway is their only writer: every request a candidate makes through it becomes an event,
+tagged with the answer-key evidence it touched, so the interviewer's replay can show when evidence
+was first seen.
 A session is "not started" until its candidate first opens the workspace, then "active" until the
 diagnosis is submitted, its time limit passes ("expired") or an interviewer revokes it.
 """
@@ -14,15 +14,12 @@ import hashlib
 import json
 import secrets
 import threading
-import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
-from fastapi import HTTPException
 
 from sandbox.review import evidence
 
@@ -37,8 +34,6 @@ MAX_HISTORY_EVENTS = 10_000
 MAX_HISTORY_BYTES = 8 * 1024 * 1024
 # The diagnosis event's own keys (version, submitted) around its fields.
 DIAGNOSIS_EVENT_OVERHEAD = 256
-# What only the browser reports (pastes, time away): a person causes a few a minute.
-CLIENT_EVENTS_PER_MINUTE = 30
 # Time away is measured by the browser's clock and posted a moment after the tab is back.
 AWAY_SLACK_S = 2.0
 
@@ -52,36 +47,19 @@ class DiagnosisClosed(RuntimeError):
     pass
 
 
-class HistoryFull(HTTPException):
+class HistoryFull(RuntimeError):
     """The session's history has no room for this event. Every route records what it did, so
-    the refusal is that request's answer: 429 when the count is reached, 413 when the event does
-    not fit in the bytes left."""
+    the refusal is that request's answer: `status_code` 429 when the count is reached, 413 when
+    the event does not fit in the bytes left."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
 
 
 class ImplausibleEvent(ValueError):
     """An event the browser could not have sent (time away that did not pass)."""
-
-
-class RateQuota:
-    """At most `limit` admissions per session in any `window_s` seconds (wall time)."""
-
-    def __init__(self, limit: int, window_s: float = 60.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._seen: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def admit(self, session_id: str) -> float | None:
-        """None if admitted; else the seconds until the next admission."""
-        now = time.monotonic()
-        with self._lock:
-            seen = self._seen.setdefault(session_id, deque())
-            while seen and now - seen[0] >= self.window_s:
-                seen.popleft()
-            if len(seen) >= self.limit:
-                return self.window_s - (now - seen[0])
-            seen.append(now)
-        return None
 
 
 @dataclass(frozen=True)
@@ -123,7 +101,6 @@ class SessionStore:
         self.max_bytes = max_bytes
         # session id -> (events, bytes of their details), counted from the file on first use
         self._usage: dict[str, tuple[int, int]] = {}
-        self.client_events = RateQuota(CLIENT_EVENTS_PER_MINUTE)
         self._tokens: dict[str, tuple[Session, str]] = {}
         # Kept in memory so that every request can check its session's state without a query.
         self._started: dict[str, dt.datetime] = {}
