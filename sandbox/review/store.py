@@ -1,29 +1,36 @@
 """Candidate sessions and their recorded history, in the interviewer half of the world directory.
 
-The gateway is their only writer: every request a candidate makes through it becomes an event,
-tagged with the answer-key evidence it touched, so the interviewer's replay can show when evidence
-was first seen.
-A session is "not started" until its candidate first opens the workspace, then "active" until the
-diagnosis is submitted, its time limit passes ("expired") or an interviewer revokes it.
+The gateway is their writer: every request a candidate makes through it becomes an event, tagged
+with the answer-key evidence it touched, so the interviewer's replay can show when evidence was
+first seen. A session is "not started" until its candidate first opens the workspace, then
+"active" until the diagnosis is submitted, its time limit passes ("expired") or an interviewer
+revokes it.
+
+The store is an SQLite file in WAL mode: other processes (`sandbox review`) read it while the
+gateway writes, each reader seeing whole events as of its query. An event is durable (on disk,
+synced) when `record` returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import secrets
+import sqlite3
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from sandbox.review import evidence
 
-SESSIONS_FILE = "sessions.duckdb"
+SESSIONS_FILE = "sessions.sqlite"
+# Where sessions were kept before: imported once into SESSIONS_FILE, then left as it was.
+LEGACY_SESSIONS_FILE = "sessions.duckdb"
 STATES = ("not started", "active", "submitted", "expired", "revoked")
 # Links stop working this long after the session was made, whatever its state.
 TOKEN_LIFETIME = dt.timedelta(days=14)
@@ -36,6 +43,27 @@ MAX_HISTORY_BYTES = 8 * 1024 * 1024
 DIAGNOSIS_EVENT_OVERHEAD = 256
 # Time away is measured by the browser's clock and posted a moment after the tab is back.
 AWAY_SLACK_S = 2.0
+# How long a statement waits for another process's write to finish before it gives up.
+BUSY_TIMEOUT_MS = 10_000
+SCHEMA_VERSION = 1
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, candidate TEXT NOT NULL, "
+    "candidate_token TEXT UNIQUE NOT NULL, interviewer_token TEXT UNIQUE NOT NULL, "
+    "created_at TEXT NOT NULL, time_limit_min INTEGER)",
+    # `seq` orders every event of the store: unique, increasing, never reused.
+    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "session_id TEXT NOT NULL, ts TEXT NOT NULL, sim_ts TEXT, kind TEXT NOT NULL, "
+    "detail TEXT NOT NULL, evidence TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS events_of_session ON events (session_id, seq)",
+    # When the candidate first opened the workspace: the session timer counts from here.
+    "CREATE TABLE IF NOT EXISTS starts (session_id TEXT PRIMARY KEY, ts TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS revoked (session_id TEXT PRIMARY KEY, ts TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS diagnoses (session_id TEXT NOT NULL, version INTEGER NOT NULL, "
+    "ts TEXT NOT NULL, fields TEXT NOT NULL, submitted INTEGER NOT NULL, "
+    "PRIMARY KEY (session_id, version))",
+    "CREATE TABLE IF NOT EXISTS scores (session_id TEXT NOT NULL, dimension TEXT NOT NULL, "
+    "level INTEGER, note TEXT NOT NULL, ts TEXT NOT NULL, PRIMARY KEY (session_id, dimension))",
+)
 
 
 def token_hash(token: str) -> str:
@@ -58,6 +86,10 @@ class HistoryFull(RuntimeError):
         self.detail = detail
 
 
+class StoreUnavailable(RuntimeError):
+    """The sessions cannot be opened now (another process holds what they must be read from)."""
+
+
 class ImplausibleEvent(ValueError):
     """An event the browser could not have sent (time away that did not pass)."""
 
@@ -74,6 +106,15 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def _text(ts: dt.datetime | None) -> str | None:
+    """Times are kept as naive UTC ISO text of fixed width: their order is the text's."""
+    return ts.isoformat(timespec="microseconds") if ts is not None else None
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(text) if text is not None else None
+
+
 @dataclass(frozen=True)
 class Session:
     """A session. Its tokens are in the clear only on the object `create` returns; stored and
@@ -86,8 +127,21 @@ class Session:
     created_at: dt.datetime
     time_limit_min: int | None = None
 
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Session:
+        sid, candidate, candidate_token, interviewer_token, created_at, limit = row
+        return cls(sid, candidate, candidate_token, interviewer_token, _time(created_at), limit)
+
+
+def exists(interviewer_dir: Path) -> bool:
+    """Whether any session was ever recorded for this world."""
+    return any((interviewer_dir / f).is_file() for f in (SESSIONS_FILE, LEGACY_SESSIONS_FILE))
+
 
 class SessionStore:
+    """One connection to the sessions file. Any number of processes may open it: the gateway
+    writes while others read."""
+
     def __init__(
         self,
         interviewer_dir: Path,
@@ -95,8 +149,12 @@ class SessionStore:
         max_events: int = MAX_HISTORY_EVENTS,
         max_bytes: int = MAX_HISTORY_BYTES,
     ) -> None:
-        self.con = duckdb.connect(str(interviewer_dir / SESSIONS_FILE))
-        self._lock = threading.Lock()
+        self.path = interviewer_dir / SESSIONS_FILE
+        # Autocommit: every statement is its own transaction unless a method begins one.
+        self.con = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self._lock = threading.RLock()
         self.max_events = max_events
         self.max_bytes = max_bytes
         # session id -> (events, bytes of their details), counted from the file on first use
@@ -106,37 +164,52 @@ class SessionStore:
         self._started: dict[str, dt.datetime] = {}
         self._closed: dict[str, str] = {}  # session id -> "submitted" | "revoked"
         self.evidence = [e for key in answer_key.get("faults", []) for e in key["evidence"]]
-        for ddl in (
-            "CREATE TABLE IF NOT EXISTS sessions (id VARCHAR PRIMARY KEY, candidate VARCHAR, "
-            "candidate_token VARCHAR UNIQUE, interviewer_token VARCHAR UNIQUE, "
-            "created_at TIMESTAMP, time_limit_min INTEGER)",
-            "CREATE SEQUENCE IF NOT EXISTS event_seq",
-            "CREATE TABLE IF NOT EXISTS events (seq BIGINT DEFAULT nextval('event_seq'), "
-            "session_id VARCHAR, ts TIMESTAMP, sim_ts TIMESTAMP, kind VARCHAR, detail JSON, "
-            "evidence VARCHAR[])",
-            # When the candidate first opened the workspace: the session timer counts from here.
-            "CREATE TABLE IF NOT EXISTS starts (session_id VARCHAR PRIMARY KEY, ts TIMESTAMP)",
-            "CREATE TABLE IF NOT EXISTS revoked (session_id VARCHAR PRIMARY KEY, ts TIMESTAMP)",
-            "CREATE TABLE IF NOT EXISTS diagnoses (session_id VARCHAR, version INTEGER, "
-            "ts TIMESTAMP, fields JSON, submitted BOOLEAN, PRIMARY KEY (session_id, version))",
-            "CREATE TABLE IF NOT EXISTS scores (session_id VARCHAR, dimension VARCHAR, "
-            "level INTEGER, note VARCHAR, ts TIMESTAMP, PRIMARY KEY (session_id, dimension))",
-            # Session files written before these columns existed.
-            "ALTER TABLE sessions ADD COLUMN IF NOT EXISTS time_limit_min INTEGER",
-            "ALTER TABLE events ADD COLUMN IF NOT EXISTS seq BIGINT DEFAULT nextval('event_seq')",
-            # ...and before tokens were hashed.
-            f"UPDATE sessions SET candidate_token = '{HASHED}' || sha256(candidate_token), "
-            f"interviewer_token = '{HASHED}' || sha256(interviewer_token) "
-            f"WHERE NOT starts_with(candidate_token, '{HASHED}')",
-        ):
-            self.con.execute(ddl)
-        self._started = dict(self.con.execute("SELECT session_id, ts FROM starts").fetchall())
-        for (sid,) in self.con.execute(
-            "SELECT DISTINCT session_id FROM diagnoses WHERE submitted"
-        ).fetchall():
+        self.con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.con.execute("PRAGMA journal_mode = WAL")
+        # Synced at every commit: an acknowledged event survives the machine, not only the process.
+        self.con.execute("PRAGMA synchronous = FULL")
+        if self.con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            try:
+                self._create(interviewer_dir / LEGACY_SESSIONS_FILE)
+            except BaseException:
+                self.con.close()
+                raise
+        self._started = {
+            sid: _time(ts) for sid, ts in self.con.execute("SELECT session_id, ts FROM starts")
+        }
+        for (sid,) in self.con.execute("SELECT DISTINCT session_id FROM diagnoses WHERE submitted"):
             self._closed[sid] = "submitted"
-        for (sid,) in self.con.execute("SELECT session_id FROM revoked").fetchall():
+        for (sid,) in self.con.execute("SELECT session_id FROM revoked"):
             self._closed[sid] = "revoked"
+
+    def _create(self, legacy: Path) -> None:
+        """The tables, and what a sessions file of an earlier version holds, in one transaction:
+        a process stopped halfway leaves nothing to build on."""
+        with self._transaction("IMMEDIATE"):
+            if self.con.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return  # another process made them first
+            for ddl in SCHEMA:
+                self.con.execute(ddl)
+            if legacy.is_file():
+                _import_legacy(legacy, self.con)
+            self.con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def _transaction(self, mode: str = "DEFERRED") -> Iterator[None]:
+        with self._lock:
+            self.con.execute(f"BEGIN {mode}")
+            try:
+                yield
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see the store as of one moment, whatever is written meanwhile."""
+        with self._transaction():
+            yield
 
     def create(self, candidate: str, time_limit_min: int | None = None) -> Session:
         session = Session(
@@ -150,14 +223,14 @@ class SessionStore:
         with self._lock:
             self.con.execute(
                 "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
-                [
+                (
                     session.id,
                     session.candidate,
                     token_hash(session.candidate_token),
                     token_hash(session.interviewer_token),
-                    session.created_at,
+                    _text(session.created_at),
                     session.time_limit_min,
-                ],
+                ),
             )
         return session
 
@@ -169,29 +242,29 @@ class SessionStore:
         found = self._tokens.get(hashed)
         if found is None:
             with self._lock:
-                rows = self.con.execute(
+                row = self.con.execute(
                     "SELECT *, CASE WHEN candidate_token = ? THEN 'candidate' "
                     "ELSE 'interviewer' END FROM sessions "
                     "WHERE candidate_token = ? OR interviewer_token = ?",
-                    [hashed, hashed, hashed],
-                ).fetchall()
-            if not rows:
+                    (hashed, hashed, hashed),
+                ).fetchone()
+            if row is None:
                 return None
-            *fields, role = rows[0]
-            found = self._tokens[hashed] = (Session(*fields), role)
+            *fields, role = row
+            found = self._tokens[hashed] = (Session.from_row(tuple(fields)), role)
         if _utcnow() - found[0].created_at > TOKEN_LIFETIME:
             return None
         return found
 
     def get(self, session_id: str) -> Session | None:
         with self._lock:
-            rows = self.con.execute("SELECT * FROM sessions WHERE id = ?", [session_id]).fetchall()
-        return Session(*rows[0]) if rows else None
+            row = self.con.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return Session.from_row(row) if row else None
 
     def all(self) -> list[Session]:
         with self._lock:
             rows = self.con.execute("SELECT * FROM sessions ORDER BY created_at").fetchall()
-        return [Session(*row) for row in rows]
+        return [Session.from_row(row) for row in rows]
 
     def state(self, session: Session, now: dt.datetime | None = None) -> str:
         """One of STATES. `now` is wall time (UTC): a time limit is the interview's, not the
@@ -212,7 +285,8 @@ class SessionStore:
         """End a session: its tokens stop working at once."""
         with self._lock:
             self.con.execute(
-                "INSERT INTO revoked VALUES (?, ?) ON CONFLICT DO NOTHING", [session_id, _utcnow()]
+                "INSERT INTO revoked VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (session_id, _text(_utcnow())),
             )
             self._closed[session_id] = "revoked"
 
@@ -237,7 +311,7 @@ class SessionStore:
             self.con.execute(
                 "INSERT INTO events (session_id, ts, sim_ts, kind, detail, evidence) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [session_id, now, sim_ts, kind, payload, touched],
+                (session_id, _text(now), _text(sim_ts), kind, payload, json.dumps(touched)),
             )
             events, size = self._usage[session_id]
             self._usage[session_id] = (events + 1, size + len(payload))
@@ -246,10 +320,10 @@ class SessionStore:
         """HistoryFull unless an event of `size` bytes fits. Called with the lock held."""
         if session_id not in self._usage:
             events, total = self.con.execute(
-                "SELECT count(*), coalesce(sum(strlen(detail::VARCHAR)), 0) FROM events "
+                "SELECT count(*), coalesce(sum(length(detail)), 0) FROM events "
                 "WHERE session_id = ?",
-                [session_id],
-            ).fetchall()[0]
+                (session_id,),
+            ).fetchone()
             self._usage[session_id] = (int(events), int(total))
         events, total = self._usage[session_id]
         if events + 1 > self.max_events:
@@ -268,10 +342,10 @@ class SessionStore:
         """Time away is the time since the tab was hidden: it began after the session started
         and after the previous absence ended (when that was recorded), so absences can never
         add up to more than the time that passed. Called with the lock held."""
-        last = self.con.execute(
-            "SELECT max(ts) FROM events WHERE session_id = ? AND kind = 'away'", [session_id]
-        ).fetchall()[0][0]
-        since = last or self._started.get(session_id) or now
+        (last,) = self.con.execute(
+            "SELECT max(ts) FROM events WHERE session_id = ? AND kind = 'away'", (session_id,)
+        ).fetchone()
+        since = _time(last) or self._started.get(session_id) or now
         possible = (now - since).total_seconds() + AWAY_SLACK_S
         if not isinstance(seconds, int | float) or seconds > possible:
             raise ImplausibleEvent(
@@ -284,14 +358,13 @@ class SessionStore:
         if session_id in self._started:
             return self._started[session_id]
         with self._lock:
-            self.con.execute(
-                "INSERT INTO starts VALUES (?, ?) ON CONFLICT DO NOTHING", [session_id, _utcnow()]
-            )
-            ts = self.con.execute(
-                "SELECT ts FROM starts WHERE session_id = ?", [session_id]
-            ).fetchall()[0][0]
-        self._started[session_id] = ts
-        return ts
+            (ts,) = self.con.execute(
+                "INSERT INTO starts VALUES (?, ?) "
+                "ON CONFLICT DO UPDATE SET ts = ts RETURNING ts",  # the first start stays
+                (session_id, _text(_utcnow())),
+            ).fetchone()
+        self._started[session_id] = started = _time(ts)
+        return started
 
     def started_at(self, session_id: str) -> dt.datetime | None:
         return self._started.get(session_id)
@@ -303,18 +376,18 @@ class SessionStore:
         with self._lock:
             rows = self.con.execute(
                 "SELECT seq, ts, sim_ts, kind, detail, evidence FROM events "
-                "WHERE session_id = ? AND (?::VARCHAR IS NULL OR kind = ?) AND seq > ? "
+                "WHERE session_id = ? AND (? IS NULL OR kind = ?) AND seq > ? "
                 "ORDER BY seq",
-                [session_id, kind, kind, after],
+                (session_id, kind, kind, after),
             ).fetchall()
         return [
             {
                 "seq": seq,
-                "ts": ts.isoformat(),
-                "sim_ts": sim_ts.isoformat() if sim_ts else None,
+                "ts": _time(ts).isoformat(),
+                "sim_ts": _time(sim_ts).isoformat() if sim_ts else None,
                 "kind": kind,
                 "detail": json.loads(detail),
-                "evidence": list(evidence or []),
+                "evidence": json.loads(evidence),
             }
             for seq, ts, sim_ts, kind, detail, evidence in rows
         ]
@@ -331,52 +404,128 @@ class SessionStore:
             rows = self.con.execute(
                 "SELECT version, ts, fields, submitted FROM diagnoses WHERE session_id = ? "
                 f"ORDER BY version {order}",
-                [session_id],
+                (session_id,),
             ).fetchall()
-        return [Diagnosis(v, ts, json.loads(fields), sub) for v, ts, fields, sub in rows]
+        return [Diagnosis(v, _time(ts), json.loads(f), bool(sub)) for v, ts, f, sub in rows]
 
     def save_diagnosis(
         self, session_id: str, fields: dict[str, str], submit: bool = False
     ) -> tuple[Diagnosis, bool]:
         """A new version (and True), unless nothing changed (the latest, and False);
         DiagnosisClosed once submitted."""
-        with self._lock:
-            rows = self.con.execute(
+        with self._transaction("IMMEDIATE"):
+            row = self.con.execute(
                 "SELECT version, ts, fields, submitted FROM diagnoses WHERE session_id = ? "
                 "ORDER BY version DESC LIMIT 1",
-                [session_id],
-            ).fetchall()
-            version, ts, previous, submitted = rows[0] if rows else (0, None, None, False)
+                (session_id,),
+            ).fetchone()
+            version, ts, previous, submitted = row or (0, None, None, False)
             if submitted:
                 raise DiagnosisClosed("the diagnosis was submitted; it can no longer change")
             if previous is not None and json.loads(previous) == fields and not submit:
-                return Diagnosis(version, ts, fields, False), False
+                return Diagnosis(version, _time(ts), fields, False), False
             # A version the history has no room to record is not saved either: the review shows
             # every version with the event that saved it.
             self._make_room(session_id, len(json.dumps(fields)) + DIAGNOSIS_EVENT_OVERHEAD)
             saved = Diagnosis(version + 1, _utcnow(), fields, submit)
             self.con.execute(
                 "INSERT INTO diagnoses VALUES (?, ?, ?, ?, ?)",
-                [session_id, saved.version, saved.ts, json.dumps(fields), submit],
+                (session_id, saved.version, _text(saved.ts), json.dumps(fields), int(submit)),
             )
-            if submit:
-                self._closed[session_id] = "submitted"
+        if submit:
+            self._closed[session_id] = "submitted"
         return saved, True
 
     def scores(self, session_id: str) -> dict[str, dict[str, Any]]:
         with self._lock:
             rows = self.con.execute(
                 "SELECT dimension, level, note, ts FROM scores WHERE session_id = ?",
-                [session_id],
+                (session_id,),
             ).fetchall()
-        return {d: {"level": lvl, "note": note, "ts": ts.isoformat()} for d, lvl, note, ts in rows}
+        return {
+            d: {"level": lvl, "note": note, "ts": _time(ts).isoformat()}
+            for d, lvl, note, ts in rows
+        }
 
     def save_score(self, session_id: str, dimension: str, level: int | None, note: str) -> None:
         with self._lock:
             self.con.execute(
                 "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
-                [session_id, dimension, level, note, _utcnow()],
+                (session_id, dimension, level, note, _text(_utcnow())),
             )
 
     def close(self) -> None:
-        self.con.close()
+        with self._lock:
+            self.con.close()
+
+
+def _import_legacy(path: Path, con: sqlite3.Connection) -> None:
+    """Copy the sessions of a DuckDB sessions file (of any earlier version: without time limits,
+    event `seq` numbers or hashed tokens) into the new file's tables."""
+    import duckdb
+
+    try:
+        old = duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as exc:
+        raise StoreUnavailable(
+            f"{path} holds this world's earlier sessions and another process has it open "
+            f"({exc}); stop it, then retry"
+        ) from None
+    with old:
+        tables = {t for (t,) in old.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+        def rows(table: str, columns: list[str], order: list[str]) -> list[tuple[Any, ...]]:
+            """`columns` of every row of `table`, NULL for those it lacks, ordered by those of
+            `order` it has."""
+            if table not in tables:
+                return []
+            have = {
+                c
+                for (c,) in old.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
+                ).fetchall()
+            }
+            select = ", ".join(c if c in have else f"NULL AS {c}" for c in columns)
+            by = ", ".join(c for c in order if c in have) or "1"
+            return old.execute(f"SELECT {select} FROM {table} ORDER BY {by}").fetchall()
+
+        session_columns = ["id", "candidate", "candidate_token", "interviewer_token"]
+        for sid, candidate, c_token, i_token, created_at, limit in rows(
+            "sessions", [*session_columns, "created_at", "time_limit_min"], ["created_at"]
+        ):
+            if not c_token.startswith(HASHED):
+                c_token, i_token = token_hash(c_token), token_hash(i_token)
+            con.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                (sid, candidate, c_token, i_token, _text(created_at), limit),
+            )
+        # Events in the order they were recorded: by wall time, then by `seq` where it exists.
+        for sid, ts, sim_ts, kind, detail, touched in rows(
+            "events",
+            ["session_id", "ts", "sim_ts", "kind", "detail", "evidence"],
+            ["ts", "seq"],
+        ):
+            con.execute(
+                "INSERT INTO events (session_id, ts, sim_ts, kind, detail, evidence) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (sid, _text(ts), _text(sim_ts), kind, detail, json.dumps(list(touched or []))),
+            )
+        for table in ("starts", "revoked"):
+            for sid, ts in rows(table, ["session_id", "ts"], ["ts"]):
+                con.execute(f"INSERT INTO {table} VALUES (?, ?)", (sid, _text(ts)))
+        for sid, version, ts, fields, submitted in rows(
+            "diagnoses",
+            ["session_id", "version", "ts", "fields", "submitted"],
+            ["session_id", "version"],
+        ):
+            con.execute(
+                "INSERT INTO diagnoses VALUES (?, ?, ?, ?, ?)",
+                (sid, version, _text(ts), fields, int(bool(submitted))),
+            )
+        for sid, dimension, level, note, ts in rows(
+            "scores", ["session_id", "dimension", "level", "note", "ts"], ["ts"]
+        ):
+            con.execute(
+                "INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
+                (sid, dimension, level, note or "", _text(ts)),
+            )

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sandbox import scenario
-from sandbox.review.store import SESSIONS_FILE
+from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
 from sandbox.services import stack
 from sandbox.services.gateway.app import create_app
 from sandbox.services.simclock import SimClock
@@ -24,8 +24,10 @@ MakeSession = Callable[..., dict[str, str]]
 
 def _cleanup(paths: WorldPaths) -> None:
     shutil.rmtree(paths.run, ignore_errors=True)
-    for name in (SESSIONS_FILE, stack.ADMIN_TOKEN_FILE):
-        (paths.interviewer / name).unlink(missing_ok=True)
+    for name in (SESSIONS_FILE, LEGACY_SESSIONS_FILE):
+        for stored in paths.interviewer.glob(name + "*"):  # the file, its WAL and shared memory
+            stored.unlink(missing_ok=True)
+    (paths.interviewer / stack.ADMIN_TOKEN_FILE).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
