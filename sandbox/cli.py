@@ -396,58 +396,23 @@ def review(
     world: Annotated[Path, typer.Option("--world")] = DEFAULT_WORLD,
 ) -> None:
     """Export a session's walk-through review: timeline, evidence marks, diagnosis, answer key,
-    scores. Reads the running stack, or the world's records when it is stopped."""
+    scores. Reads the world's records, while its stack runs or after it has stopped."""
     fmt = export.suffix.lstrip(".").lower()
     if fmt not in ("html", "md"):
         _fail(f"{export}: export as .html or .md")
-    from sandbox.services import stack
+    from sandbox.review import export as review_export
+    from sandbox.review.gather import NoReview, review_of
     from sandbox.world.layout import WorldPaths
 
-    paths = WorldPaths(world)
-    if not paths.answer_key.is_file():
+    if not WorldPaths(world).answer_key.is_file():
         _fail(f"{world} is not a built world")
-    if (paths.run / stack.STACK_FILE).is_file() and _stack_answers(world):
-        text = _gateway_call(world, "GET", f"/api/sessions/{session_id}/export.{fmt}")
-    else:
-        text = _offline_review(paths, session_id, fmt)
+    try:
+        data = review_of(world, session_id)
+    except NoReview as exc:
+        _fail(str(exc))
+    text = review_export.to_html(data) if fmt == "html" else review_export.to_markdown(data)
     export.write_text(text)
     print(f"wrote {export}")
-
-
-def _stack_answers(world: Path) -> bool:
-    import httpx
-
-    from sandbox.services import stack
-    from sandbox.world.layout import WorldPaths
-
-    try:
-        base = stack.gateway_url(WorldPaths(world).run)
-        return httpx.get(base + "/-/health", timeout=3).status_code in (200, 503)
-    except (OSError, httpx.HTTPError, ValueError, KeyError):
-        return False
-
-
-def _offline_review(paths: Any, session_id: str, fmt: str) -> str:
-    from sandbox.review import export as review_export
-    from sandbox.services.gateway.interviewer import gather_review
-    from sandbox.services.gateway.sessions import SESSIONS_FILE, SessionStore
-
-    if not (paths.interviewer / SESSIONS_FILE).is_file():
-        _fail("no sessions were recorded for this world")
-    import duckdb
-
-    try:
-        store = SessionStore(paths.interviewer, json.loads(paths.answer_key.read_text()))
-    except duckdb.IOException:
-        _fail("the sessions are held by a stack that is not answering; stop it, then retry")
-    try:
-        session = store.get(session_id)
-        if session is None:
-            _fail(f"no session {session_id}")
-        data = gather_review(store, json.loads(paths.answer_key.read_text()), session, paths.root)
-    finally:
-        store.close()
-    return review_export.to_html(data) if fmt == "html" else review_export.to_markdown(data)
 
 
 @app.command("compose-init")

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sandbox import scenario
+from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
 from sandbox.services import stack
 from sandbox.services.gateway.app import create_app
-from sandbox.services.gateway.sessions import SESSIONS_FILE
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths
@@ -24,8 +24,10 @@ MakeSession = Callable[..., dict[str, str]]
 
 def _cleanup(paths: WorldPaths) -> None:
     shutil.rmtree(paths.run, ignore_errors=True)
-    for name in (SESSIONS_FILE, stack.ADMIN_TOKEN_FILE):
-        (paths.interviewer / name).unlink(missing_ok=True)
+    for name in (SESSIONS_FILE, LEGACY_SESSIONS_FILE):
+        for stored in paths.interviewer.glob(name + "*"):  # the file, its WAL and shared memory
+            stored.unlink(missing_ok=True)
+    (paths.interviewer / stack.ADMIN_TOKEN_FILE).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

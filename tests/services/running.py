@@ -78,7 +78,7 @@ def running_stack(
 ) -> Iterator[Stack]:
     """The stack on a copy of `built` (it writes into its world) on a free port; Ctrl-C at the end."""
     world = tmp_path_factory.mktemp("stack") / "world"
-    shutil.copytree(built.root, world, ignore=shutil.ignore_patterns("run", "sessions.duckdb*"))
+    shutil.copytree(built.root, world, ignore=shutil.ignore_patterns("run", "sessions.*"))
     port = free_port()
     process = subprocess.Popen(
         [SANDBOX, "up", str(world), "--port", str(port), "--speed", str(speed), *options],

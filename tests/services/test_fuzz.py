@@ -23,9 +23,9 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance
 from schemathesis.python import asgi
 
 from sandbox import scenario
+from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
 from sandbox.services import model_server, retrieval, stack
 from sandbox.services.gateway import app as gateway_app
-from sandbox.services.gateway.sessions import SESSIONS_FILE
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths
@@ -68,7 +68,7 @@ def _served_view(world: BuildSummary, into: Path) -> WorldPaths:
     (into / "manifest.json").symlink_to(source.manifest.resolve())
     (into / "interviewer").mkdir()
     for item in source.interviewer.iterdir():
-        if not item.name.startswith((SESSIONS_FILE, stack.ADMIN_TOKEN_FILE)):
+        if not item.name.startswith((SESSIONS_FILE, LEGACY_SESSIONS_FILE, stack.ADMIN_TOKEN_FILE)):
             (into / "interviewer" / item.name).symlink_to(item.resolve())
     paths = WorldPaths(into)
     calendar = scenario.load(paths.scenario).world.calendar()

@@ -7,17 +7,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from sandbox.services.gateway import builder, interviewer, sessions
-from sandbox.services.gateway.sessions import SessionStore
+from sandbox.review import store as sessions
+from sandbox.review.store import SessionStore
+from sandbox.services.gateway import builder, interviewer
 from sandbox.world.layout import WorldPaths
 from tests.conftest import Worlds
 from tests.services.conftest import MakeSession, gateway_client, session_maker, world_paths
+from tests.services.running import SANDBOX
 
 # Reads that look for the problem in the wrong places: the dead end.
 DEAD_END = [
@@ -312,6 +316,54 @@ def test_sandbox_review_exports_a_stopped_stacks_session(paths: WorldPaths, tmp_
         app, ["review", session.id, "--world", str(paths.root), "--export", "x.pdf"]
     )
     assert wrong.exit_code != 0 and ".html or .md" in wrong.output
+
+
+def _cli_review(paths: WorldPaths, session_id: str, out: Path) -> str:
+    """`sandbox review` in a process of its own, as an interviewer runs it beside the stack."""
+    done = subprocess.run(
+        [SANDBOX, "review", session_id, "--world", str(paths.root), "--export", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out.read_text()
+
+
+def test_sandbox_review_exports_a_session_while_its_gateway_writes(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession, tmp_path: Path
+) -> None:
+    links = make_session()
+    token, who = links["candidate_token"], _bearer(links["interviewer_token"])
+    for sql in FINDINGS:
+        _sql(client, token, sql)
+    saved = client.put("/api/diagnosis", json=DIAGNOSIS, headers=_bearer(token))
+    assert saved.status_code == 200, saved.text
+    scored = client.put(
+        f"/api/sessions/{links['session_id']}/rubric",
+        json={"dimension": "fix", "level": 3, "note": "restores the fill value"},
+        headers=who,
+    )
+    assert scored.status_code == 200, scored.text
+
+    # The gateway holds the sessions open; the command reads them from another process.
+    text = _cli_review(paths, links["session_id"], tmp_path / "review.md")
+    served = client.get(f"/api/sessions/{links['session_id']}/export.md", headers=who).text
+    assert text == served
+    history = client.get(f"/api/sessions/{links['session_id']}/history", headers=who).json()
+    timeline = text.split("## Timeline", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in timeline.splitlines() if line.startswith("| ") and ":" in line]
+    assert len(rows) == len(history) == len(FINDINGS) + 1  # the queries and the diagnosis
+    for evidence_id in FINDINGS.values():
+        assert evidence_id in timeline
+    assert "restores the fill value" in text and "state: active" in text
+
+    # The gateway goes on recording, and the next export has what it recorded since.
+    _sql(client, token, "SELECT 42 AS answer")
+    again = _cli_review(paths, links["session_id"], tmp_path / "review.html")
+    assert "SELECT 42 AS answer" in again
+    now = client.get(f"/api/sessions/{links['session_id']}/history", headers=who).json()
+    assert now[:-1] == history and now[-1]["detail"]["sql"] == "SELECT 42 AS answer"
 
 
 # A query and the evidence of the default world it shows, or none when it shows nothing of it.

@@ -21,10 +21,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from sandbox import scenario
+from sandbox.review import store as sessions
+from sandbox.review.store import HistoryFull, SessionStore
 from sandbox.services import limits, model_server, retrieval, spool
 from sandbox.services.common import server_options
-from sandbox.services.gateway import sessions
-from sandbox.services.gateway.sessions import HistoryFull, SessionStore
+from sandbox.services.gateway import state
 from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
@@ -368,7 +369,7 @@ def test_client_events_are_rate_limited_per_session(
     paste = {"kind": "paste", "field": "fix", "chars": 10}
     answers = [client.post("/api/events", json=paste, headers=token) for _ in range(300)]
     codes = [a.status_code for a in answers]
-    allowed = sessions.CLIENT_EVENTS_PER_MINUTE
+    allowed = state.CLIENT_EVENTS_PER_MINUTE
     assert codes == [204] * allowed + [429] * (300 - allowed)
     assert "too many" in answers[-1].json()["detail"] and int(answers[-1].headers["retry-after"])
     other = _bearer(make_session("grace")["candidate_token"])

@@ -346,14 +346,14 @@ def test_a_change_another_site_asks_for_is_refused(
 def test_tokens_are_kept_hashed_and_expire(
     client: TestClient, paths: WorldPaths, make_session: MakeSession
 ) -> None:
-    from sandbox.services.gateway.sessions import TOKEN_LIFETIME
+    from sandbox.review.store import SESSIONS_FILE, TOKEN_LIFETIME
 
     links = make_session()
     store = client.app.state.sessions
     stored = store.get(links["session_id"])
     assert links["candidate_token"] not in (stored.candidate_token, stored.interviewer_token)
     assert stored.candidate_token.startswith("sha256:")
-    for stored_file in paths.interviewer.glob("sessions.duckdb*"):  # the file and its WAL
+    for stored_file in paths.interviewer.glob(SESSIONS_FILE + "*"):  # the file and its WAL
         assert links["candidate_token"].encode() not in stored_file.read_bytes()
     assert client.get("/brief", headers=_bearer(links["candidate_token"])).status_code == 200
     old = store._tokens[next(k for k, v in store._tokens.items() if v[0].id == stored.id)]

@@ -19,13 +19,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from sandbox.review.store import SessionStore
 from sandbox.services import limits, stack
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway import builder, interviewer, pages, proxy, workspace
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.console import QueryRefused
 from sandbox.services.gateway.console_pool import ConsoleBusy, ConsolePool
-from sandbox.services.gateway.sessions import SessionStore
 from sandbox.services.gateway.state import Gateway, shown_rows
 from sandbox.services.gateway.telemetry import QUERY_TIME_LIMIT_S
 

@@ -21,13 +21,12 @@ from fastapi.responses import (
 )
 from pydantic import BaseModel, Field
 
-from sandbox.review import export, report, rubric
+from sandbox.review import export, gather, rubric
+from sandbox.review.store import Session
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
 from sandbox.services.gateway.errors import invalid
-from sandbox.services.gateway.sessions import Session, SessionStore
 from sandbox.services.gateway.state import Gateway
-from sandbox.world.layout import read_manifest
 
 router = APIRouter()
 MAX_TIME_LIMIT_MIN = 24 * 60
@@ -70,17 +69,8 @@ def session_of(request: Request, session_id: str, who: Caller) -> Session:
     return session
 
 
-def describe(gw: Gateway | SessionStore, session: Session) -> dict[str, Any]:
-    store = gw.sessions if isinstance(gw, Gateway) else gw
-    started = store.started_at(session.id)
-    return {
-        "id": session.id,
-        "candidate": session.candidate,
-        "state": store.state(session),
-        "created_at": session.created_at.isoformat(timespec="seconds") + "Z",
-        "started_at": started.isoformat(timespec="seconds") + "Z" if started else None,
-        "time_limit_min": session.time_limit_min,
-    }
+def describe(gw: Gateway, session: Session) -> dict[str, Any]:
+    return gather.describe(gw.sessions, session)
 
 
 def links(session: Session, base: str) -> dict[str, str]:
@@ -146,28 +136,9 @@ def answer_key(session_id: str, request: Request, who: Interviewer) -> dict[str,
     return _gateway(request).answer_key
 
 
-def gather_review(
-    store: SessionStore, answer_key: dict[str, Any], session: Session, world: Path
-) -> dict[str, Any]:
-    """The review of `session` from what the store recorded (the CLI calls this when no stack
-    is running)."""
-    diagnoses = [
-        {"version": d.version, "ts": d.ts.isoformat(), "fields": d.fields, "submitted": d.submitted}
-        for d in store.diagnoses(session.id)
-    ]
-    return report.build(
-        describe(store, session),
-        store.history(session.id),
-        diagnoses,
-        answer_key,
-        store.scores(session.id),
-        read_manifest(world),
-    )
-
-
 def build_review(request: Request, session_id: str, who: Caller) -> dict[str, Any]:
     gw = _gateway(request)
-    return gather_review(
+    return gather.gather_review(
         gw.sessions, gw.answer_key, session_of(request, session_id, who), gw.ctx.world
     )
 

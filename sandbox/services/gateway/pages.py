@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sandbox.review.store import HistoryFull
 from sandbox.services.gateway import dashboards
 from sandbox.services.gateway.auth import Auth, caller, sign_in
 from sandbox.services.gateway.state import Gateway
@@ -83,6 +84,11 @@ def install(app: FastAPI) -> None:
             status=exc.status_code, message=exc.detail, nav=(), world=_world_name(request)
         )
         return HTMLResponse(html, status_code=exc.status_code)
+
+    @app.exception_handler(HistoryFull)
+    async def history_full(request: Request, exc: HistoryFull) -> Response:
+        # Every route records what it did: a history with no room refuses the request.
+        return await errors(request, StarletteHTTPException(exc.status_code, exc.detail))
 
     @app.get("/", include_in_schema=False)
     def home(request: Request) -> Response:

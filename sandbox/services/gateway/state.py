@@ -4,25 +4,52 @@ other services' addresses, and the recorder."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 
 from sandbox.review.evidence import Shown
+from sandbox.review.store import SessionStore
 from sandbox.services import stack
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway import views
 from sandbox.services.gateway.auth import Caller
 from sandbox.services.gateway.console import QueryResult
 from sandbox.services.gateway.console_pool import ConsolePool
-from sandbox.services.gateway.sessions import SessionStore
 from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS
 from sandbox.world.layout import WorldPaths
 
 # No range reaches before this: the world's calendar is years later, and arithmetic near the
 # smallest datetime overflows.
 EARLIEST = dt.datetime(1970, 1, 1)
+# What only the browser reports (pastes, time away): a person causes a few a minute.
+CLIENT_EVENTS_PER_MINUTE = 30
+
+
+class RateQuota:
+    """At most `limit` admissions per session in any `window_s` seconds (wall time)."""
+
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, session_id: str) -> float | None:
+        """None if admitted; else the seconds until the next admission."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.setdefault(session_id, deque())
+            while seen and now - seen[0] >= self.window_s:
+                seen.popleft()
+            if len(seen) >= self.limit:
+                return self.window_s - (now - seen[0])
+            seen.append(now)
+        return None
 
 
 @dataclass
@@ -33,6 +60,7 @@ class Gateway:
     addresses: dict[str, stack.ServiceAddress]
     answer_key: dict[str, Any]  # interviewer-only: never in a candidate's response
     _schema: list[dict[str, Any]] = field(default_factory=list)
+    client_events: RateQuota = field(default_factory=lambda: RateQuota(CLIENT_EVENTS_PER_MINUTE))
 
     @property
     def live_start(self) -> dt.datetime:

@@ -19,12 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from sandbox.monitor.reports import report_path
+from sandbox.review.store import DiagnosisClosed, ImplausibleEvent
 from sandbox.services.gateway import dashboards
 from sandbox.services.gateway.auth import Auth, CandidateAuth
 from sandbox.services.gateway.console import QueryRefused
 from sandbox.services.gateway.console_pool import ConsoleBusy
 from sandbox.services.gateway.errors import invalid
-from sandbox.services.gateway.sessions import DiagnosisClosed, ImplausibleEvent
 from sandbox.services.gateway.state import Gateway, naive_utc, shown_rows
 
 router = APIRouter()
@@ -339,12 +339,11 @@ class ClientEvent(BaseModel):
 @router.post("/api/events", status_code=204)
 def client_event(body: ClientEvent, request: Request, who: CandidateAuth) -> None:
     gw = gateway(request)
-    wait = gw.sessions.client_events.admit(who.session_id)
+    wait = gw.client_events.admit(who.session_id)
     if wait is not None:
         raise HTTPException(
             429,
-            f"too many browser events from this session; at most "
-            f"{gw.sessions.client_events.limit} a minute",
+            f"too many browser events from this session; at most {gw.client_events.limit} a minute",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
     try:
