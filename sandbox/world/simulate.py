@@ -85,7 +85,7 @@ class Simulation:
 
     # -- helpers -----------------------------------------------------------------------------
     def _ctx(self, day: int) -> HookContext:
-        return HookContext(self.seed, day, self.calendar)
+        return HookContext(self.seed, day, self.calendar, self.data)
 
     def _visible(self, day: int) -> bool:
         return day <= self.calendar.last_visible_day
