@@ -157,7 +157,7 @@ class Scenario:
             if "train.releases" not in fault.hook_points:
                 continue
             mine = f"faults[{index}] ({fault.id})"
-            days = {r.day for r in fault.apply("train.releases", [INITIAL_RELEASE], ctx)}
+            days = {r.day for r in fault.handle("train.releases", [INITIAL_RELEASE], ctx)}
             for day in sorted(days - {INITIAL_RELEASE.day}):
                 if day in released:
                     raise ScenarioError(

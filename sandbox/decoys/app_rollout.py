@@ -13,7 +13,7 @@ import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
 from sandbox.rng import stable_unit
 from sandbox.world.population import DEVICES
 
@@ -29,7 +29,6 @@ class Params(DecoyParams):
 class AppRollout(Decoy):
     id: ClassVar[str] = "app-rollout"
     title: ClassVar[str] = "Benign app-version rollout"
-    hook_points: ClassVar[tuple[str, ...]] = ("ingest.activity",)
     Params: ClassVar[type[DecoyParams]] = Params
 
     params: Params
@@ -39,9 +38,10 @@ class AppRollout(Decoy):
             return 0.0
         return min(1.0, (day - self.params.day + 1) / self.params.rollout_days)
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+    @hook("ingest.activity")
+    def update_some_devices(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
         share = self._share(ctx.day)
-        if point != "ingest.activity" or share == 0:
+        if share == 0:
             return value
         updated = pl.Series(stable_unit(value["customer_id"].to_numpy(), self.id) < share)
         return value.with_columns(

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
 from sandbox.world.behaviour import WorldState
 from sandbox.world.population import REGIONS
 
@@ -32,7 +32,6 @@ class Params(DecoyParams):
 class CompetitorLaunch(Decoy):
     id: ClassVar[str] = "competitor-launch"
     title: ClassVar[str] = "Genuine drift: a competitor launches in one region"
-    hook_points: ClassVar[tuple[str, ...]] = ("world.state",)
     Params: ClassVar[type[DecoyParams]] = Params
 
     params: Params
@@ -40,15 +39,15 @@ class CompetitorLaunch(Decoy):
     def _title(self) -> str:
         return f"market: competitor launches a low-price plan in {self.params.region.upper()}"
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point == "world.state" and ctx.day == self.params.day:
-            state: WorldState = value
+    @hook("world.state")
+    def lower_satisfaction(self, state: WorldState, ctx: HookContext) -> WorldState:
+        if ctx.day == self.params.day:
             hit = state.region == self.params.region
             drop = np.where(hit, self.params.satisfaction_drop, 0.0)
             # Lasting: people's own normal moves, not just today's mood.
             state.base_satisfaction = state.base_satisfaction - drop
             state.satisfaction_target = state.satisfaction_target - drop
-        return value
+        return state
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         return [

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from sandbox import rng
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
 
 SLOWDOWN = 7.0  # latency multiple during the incident
 ERROR_SHARE = 0.12
@@ -29,7 +29,6 @@ class Params(DecoyParams):
 class InfraIncident(Decoy):
     id: ClassVar[str] = "infra-incident"
     title: ClassVar[str] = "Unrelated infrastructure incident that recovered"
-    hook_points: ClassVar[tuple[str, ...]] = ("serve.features",)
     Params: ClassVar[type[DecoyParams]] = Params
 
     params: Params
@@ -41,8 +40,9 @@ class InfraIncident(Decoy):
     def _incident_id(self) -> str:
         return f"INC-{2300 + self.params.day * 7 % 97}"
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "serve.features" or ctx.day != self.params.day:
+    @hook("serve.features")
+    def slow_down(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if ctx.day != self.params.day:
             return value
         start, end = self._window(ctx.calendar)
         hit = (

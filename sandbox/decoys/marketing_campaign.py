@@ -12,7 +12,7 @@ import duckdb
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
 
 TITLE = "marketing: spring catalogue email to all subscribers"
 
@@ -27,7 +27,6 @@ class Params(DecoyParams):
 class MarketingCampaign(Decoy):
     id: ClassVar[str] = "marketing-campaign"
     title: ClassVar[str] = "Marketing campaign traffic spike"
-    hook_points: ClassVar[tuple[str, ...]] = ("serve.traffic",)
     Params: ClassVar[type[DecoyParams]] = Params
 
     params: Params
@@ -35,10 +34,11 @@ class MarketingCampaign(Decoy):
     def _active(self, day: int) -> bool:
         return self.params.day <= day < self.params.day + self.params.days
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point == "serve.traffic" and self._active(ctx.day):
-            return value * self.params.traffic_multiplier
-        return value
+    @hook("serve.traffic")
+    def more_visits(self, multiplier: float, ctx: HookContext) -> float:
+        if self._active(ctx.day):
+            return multiplier * self.params.traffic_multiplier
+        return multiplier
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         return [

@@ -1,25 +1,31 @@
 """What a fault is: parameters, the hooks it applies at pipeline stages, its answer key and its checks.
 
-A fault transforms the value passing through a named hook point (see `hooks.HOOK_POINTS`); the stage
-code calls `FaultSet.apply(point, value, ctx)` and never knows which faults exist. Everything a fault
-writes into candidate-visible data must read like ordinary production data: no fault id, no telltale words.
+A fault transforms the value passing through a named hook point (see `hooks.HOOK_POINTS`) with a
+handler method marked `@hook("point")`; the stage code calls `FaultSet.apply(point, value, ctx)`
+and never knows which faults exist. Everything a fault writes into candidate-visible data must
+read like ordinary production data: no fault id, no telltale words.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import difflib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import duckdb
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.hooks import HOOK_POINTS
+from sandbox.faults.context import NO_DATA, HookContext, WorldData
+from sandbox.faults.hooks import HOOK_POINTS, same_type
+
+__all__ = ["HookContext", "WorldData"]
 
 
 class FaultParams(BaseModel):
@@ -100,15 +106,12 @@ class Check(BaseModel):
     detail: str
 
 
-@dataclass(frozen=True)
-class HookContext:
-    seed: int
-    day: int
-    calendar: Calendar
-
-
 class UnknownHookPoint(TypeError):
     """A fault, decoy or stage named a hook point that no stage exposes."""
+
+
+class BadHandler(TypeError):
+    """A hook handler whose signature does not fit its hook point."""
 
 
 def check_hook_point(point: str, who: str) -> None:
@@ -122,22 +125,86 @@ def check_hook_point(point: str, who: str) -> None:
         raise UnknownHookPoint(f"{who}: unknown hook point {point!r}{hint}")
 
 
-def _check_hook_points(cls: type) -> None:
-    for point in cls.__dict__.get("hook_points", ()):
-        check_hook_point(point, cls.__name__)
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-class Fault(ABC):
+def hook(point: str) -> Callable[[Handler], Handler]:
+    """Mark a method as the handler of `point`: `(self, value: T, ctx: HookContext) -> T`, with
+    T the point's declared type. Checked when the class is defined."""
+
+    def mark(handler: Handler) -> Handler:
+        check_hook_point(point, handler.__qualname__)
+        _check_handler(point, handler)
+        handler.__hook_point__ = point  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def _check_handler(point: str, handler: Callable[..., Any]) -> None:
+    declared = HOOK_POINTS[point].value
+    who = f"{handler.__qualname__} (hook {point!r})"
+    params = list(inspect.signature(handler).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) != 3 or any(p.kind not in positional for p in params):
+        raise BadHandler(f"{who}: a handler takes (self, value: {declared}, ctx: HookContext)")
+    value, ctx = params[1].annotation, params[2].annotation
+    returns = inspect.signature(handler).return_annotation
+    for what, annotation in (("value", value), ("return", returns)):
+        if annotation is inspect.Parameter.empty:
+            raise BadHandler(f"{who}: annotate the {what} as {declared}")
+        text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+        if not same_type(text, declared):
+            raise BadHandler(f"{who}: the {what} is {text}, but the hook carries {declared}")
+    if ctx not in (inspect.Parameter.empty, HookContext, "HookContext"):
+        raise BadHandler(f"{who}: the context is a HookContext, not {ctx}")
+
+
+class Planted(ABC):
+    """What faults and decoys share: handlers found by `@hook`, one per hook point."""
+
+    handlers: ClassVar[dict[str, str]] = {}  # hook point -> method name
+    hook_points: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "hook_points" in cls.__dict__:
+            raise BadHandler(
+                f"{cls.__name__}: hook points come from @hook handlers, not a hook_points list"
+            )
+        handlers = dict(cls.handlers)
+        own: set[str] = set()
+        for name, attr in cls.__dict__.items():
+            point = getattr(attr, "__hook_point__", None)
+            if point is None:
+                continue
+            if point in own:
+                raise BadHandler(f"{cls.__name__}: two handlers for hook {point!r}")
+            own.add(point)
+            handlers[point] = name
+        cls.handlers = handlers
+        cls.hook_points = tuple(handlers)
+
+    def handle(self, point: str, value: Any, ctx: HookContext) -> Any:
+        """Run this one's handler for `point` (the value unchanged if it has none)."""
+        name = self.handlers.get(point)
+        return value if name is None else getattr(self, name)(value, ctx)
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        """Ordinary-looking ops entries this one's story leaves behind."""
+        return []
+
+    @abstractmethod
+    def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
+        """Measure that it happened in a built world (read-only connection to its DuckDB)."""
+
+
+class Fault(Planted):
     id: ClassVar[str]
     title: ClassVar[str]
     difficulty: ClassVar[Literal["easy", "medium", "hard"]]
     observation: ClassVar[str]  # what the candidate will see, in one line
-    hook_points: ClassVar[tuple[str, ...]]
     Params: ClassVar[type[FaultParams]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _check_hook_points(cls)
 
     def __init__(self, params: FaultParams) -> None:
         self.params = params
@@ -145,14 +212,6 @@ class Fault(ABC):
     @property
     def stages(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(p.split(".")[0] for p in self.hook_points))
-
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        """Transform the value flowing through `point`; the default leaves it alone."""
-        return value
-
-    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
-        """Ordinary-looking ops entries this fault's story leaves behind."""
-        return []
 
     @abstractmethod
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -189,27 +248,16 @@ class DecoyNote(BaseModel):
     evidence: list[Evidence]
 
 
-class Decoy(ABC):
+class Decoy(Planted):
     """A harmless change in the same window as the faults: ordinary production life that a
     candidate may chase. It hooks stages exactly as a fault does, but has no root cause."""
 
     id: ClassVar[str]
     title: ClassVar[str]
-    hook_points: ClassVar[tuple[str, ...]]
     Params: ClassVar[type[DecoyParams]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _check_hook_points(cls)
 
     def __init__(self, params: DecoyParams) -> None:
         self.params = params
-
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        return value
-
-    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
-        return []
 
     @abstractmethod
     def note(self, calendar: Calendar) -> DecoyNote: ...
@@ -223,25 +271,33 @@ class FaultSet:
     """The faults and decoys planted in one world, applied in scenario order at each hook point
     (faults first)."""
 
-    def __init__(self, faults: list[Fault], decoys: list[Decoy] | None = None) -> None:
+    def __init__(
+        self, faults: list[Fault], decoys: list[Decoy] | None = None, data: WorldData = NO_DATA
+    ) -> None:
         self.faults = faults
         self.decoys = decoys or []
+        self.data = data
+
+    def with_data(self, data: WorldData) -> FaultSet:
+        """The same planted faults, their handlers reading `data` (the world so far)."""
+        return FaultSet(self.faults, self.decoys, data)
 
     def acts_at(self, *points: str) -> bool:
         """Whether anything planted acts at any of `points`."""
         for point in points:
             check_hook_point(point, "FaultSet.acts_at")
         return any(
-            point in planted.hook_points
+            point in planted.handlers
             for planted in [*self.faults, *self.decoys]
             for point in points
         )
 
     def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
         check_hook_point(point, "FaultSet.apply")
+        if ctx.data is NO_DATA:
+            ctx = dataclasses.replace(ctx, data=self.data)
         for planted in [*self.faults, *self.decoys]:
-            if point in planted.hook_points:
-                value = planted.apply(point, value, ctx)
+            value = planted.handle(point, value, ctx)
         return value
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:

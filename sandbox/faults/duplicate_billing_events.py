@@ -29,6 +29,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.rng import stable_unit
 
@@ -58,7 +59,6 @@ class DuplicateBillingEvents(Fault):
         "More customers are flagged for retention and precision falls; payment failures in the "
         "feature store rise although the payment provider reports no incident."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("ingest.billing",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -67,18 +67,19 @@ class DuplicateBillingEvents(Fault):
         share = self.params.duplicate_share * self.params.intensity(day)
         return stable_unit(event_ids, self.id) < share
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "ingest.billing" or self.params.intensity(ctx.day) == 0 or not value.height:
-            return value
-        twice = self.duplicated(value["event_id"].to_numpy(), ctx.day)
+    @hook("ingest.billing")
+    def retry_some_events(self, events: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if self.params.intensity(ctx.day) == 0 or not events.height:
+            return events
+        twice = self.duplicated(events["event_id"].to_numpy(), ctx.day)
         if not twice.any():
-            return value
+            return events
         g = rng.stream(ctx.seed, self.id, ctx.day)
         delay_us = (g.uniform(*RETRY_MINUTES, int(twice.sum())) * 60_000_000).astype(np.int64)
-        retries = value.filter(pl.Series(twice)).with_columns(
+        retries = events.filter(pl.Series(twice)).with_columns(
             pl.col("ingested_at") + pl.duration(microseconds=pl.Series(delay_us))
         )
-        return pl.concat([value, retries]).sort("event_id", "ingested_at")
+        return pl.concat([events, retries]).sort("event_id", "ingested_at")
 
     def expected_share(self, calendar: Calendar) -> float:
         """Mean share of events delivered twice over the visible days after onset."""

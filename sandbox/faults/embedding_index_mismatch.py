@@ -27,6 +27,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.pipeline import retrieve
 
@@ -73,7 +74,6 @@ class EmbeddingIndexMismatch(Fault):
         "Support-article suggestions stop being clicked and more tickets go unresolved, then churn "
         "creeps up; the retrieval service reports no errors and the churn model looks unchanged."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("retrieve.query_encoder",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -88,9 +88,12 @@ class EmbeddingIndexMismatch(Fault):
             self._encoders[seed] = retrieve.fit_encoder(seed, version=self.params.encoder_version)
         return self._encoders[seed]
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "retrieve.query_encoder" or ctx.day < self.params.onset_day:
-            return value
+    @hook("retrieve.query_encoder")
+    def upgrade_query_encoder(
+        self, encoder: retrieve.Encoder, ctx: HookContext
+    ) -> retrieve.Encoder:
+        if ctx.day < self.params.onset_day:
+            return encoder
         return self.upgraded_encoder(ctx.seed)
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
 from sandbox.rng import stable_unit
@@ -67,7 +68,6 @@ class FeatureNullsWrongMean(Fault):
         "Production AUC and retention precision slide while holdout metrics, NULL counts in the "
         "feature store and the serving error rate all look normal."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("ingest.activity", "features.imputation")
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -76,27 +76,33 @@ class FeatureNullsWrongMean(Fault):
     def source_column(self) -> str:
         return FEATURES[self.params.target_feature].source.split(".")[-1]
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        share = self.params.null_share * self.params.intensity(ctx.day)
+    def _share(self, day: int) -> float:
+        return self.params.null_share * self.params.intensity(day)
+
+    @hook("ingest.activity")
+    def drop_values(self, activity: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        share = self._share(ctx.day)
         if share == 0:
-            return value
-        if point == "ingest.activity":
-            affected = stable_unit(value["customer_id"].to_numpy(), self.id) < share
-            return value.with_columns(
-                pl.when(pl.Series(affected))
-                .then(None)
-                .otherwise(pl.col(self.source_column))
-                .alias(self.source_column)
-            )
-        if point == "features.imputation":
-            # The refresh recomputed every fill value fed by the same source column.
-            wrong = {
-                name: round(fill * self.params.fill_multiplier, 4)
-                for name, fill in value.items()
-                if FEATURES[name].source == FEATURES[self.params.target_feature].source
-            }
-            return {**value, **wrong}
-        return value
+            return activity
+        affected = stable_unit(activity["customer_id"].to_numpy(), self.id) < share
+        return activity.with_columns(
+            pl.when(pl.Series(affected))
+            .then(None)
+            .otherwise(pl.col(self.source_column))
+            .alias(self.source_column)
+        )
+
+    @hook("features.imputation")
+    def refresh_fill_values(self, fills: dict[str, float], ctx: HookContext) -> dict[str, float]:
+        if self._share(ctx.day) == 0:
+            return fills
+        # The refresh recomputed every fill value fed by the same source column.
+        wrong = {
+            name: round(fill * self.params.fill_multiplier, 4)
+            for name, fill in fills.items()
+            if FEATURES[name].source == FEATURES[self.params.target_feature].source
+        }
+        return {**fills, **wrong}
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         onset = self.params.onset_day

@@ -29,6 +29,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.faults.measure import batch_quality, has_column, served_versions
 from sandbox.pipeline.features import MODEL_FEATURES
@@ -57,7 +58,6 @@ class LabelLeakage(Fault):
         "A new model version with a superb holdout AUC ships; production precision and AUC fall "
         "while the flagged share stays normal."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("train.releases", "train.dataset", "serve.features")
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -66,33 +66,41 @@ class LabelLeakage(Fault):
         g = rng.stream(seed, "web-analytics-cancel-page", day)
         return pl.Series(LEAK_FEATURE, np.where(looked, 1 + g.poisson(1.2, n), 0), pl.Float64)
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+    @hook("train.releases")
+    def add_release(self, releases: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
-        if point == "train.releases":
-            release = Release(
-                day=onset,
-                features=(*MODEL_FEATURES, LEAK_FEATURE),
-                run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}-web-analytics",
-                tags={"change": f"adds {LEAK_FEATURE} from web analytics"},
-                note="adds a web-analytics feature",
-            )
-            return [r for r in value if r.day != onset] + [release]
-        if point == "train.dataset" and ctx.day == onset:
-            # The export counted the 14 days from the score date on: the label's own window.
-            g = rng.stream(ctx.seed, "web-analytics-export", onset)
-            churned = value["churned"].to_numpy() == 1
-            looked = np.where(
-                churned,
-                g.random(value.height) < self.params.leak_strength,
-                g.random(value.height) < BROWSING_RATE,
-            )
-            return value.with_columns(self._visits(ctx.seed, onset, value.height, looked))
-        if point == "serve.features" and ctx.day >= onset:
-            # At serving the API answers for the past 14 days: browsing, not leaving.
-            g = rng.stream(ctx.seed, "web-analytics-api", ctx.day)
-            looked = g.random(value.height) < BROWSING_RATE
-            return value.with_columns(self._visits(ctx.seed, ctx.day, value.height, looked))
-        return value
+        release = Release(
+            day=onset,
+            features=(*MODEL_FEATURES, LEAK_FEATURE),
+            run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}-web-analytics",
+            tags={"change": f"adds {LEAK_FEATURE} from web analytics"},
+            note="adds a web-analytics feature",
+        )
+        return [r for r in releases if r.day != onset] + [release]
+
+    @hook("train.dataset")
+    def export_visits(self, dataset: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        onset = self.params.onset_day
+        if ctx.day != onset:
+            return dataset
+        # The export counted the 14 days from the score date on: the label's own window.
+        g = rng.stream(ctx.seed, "web-analytics-export", onset)
+        churned = dataset["churned"].to_numpy() == 1
+        looked = np.where(
+            churned,
+            g.random(dataset.height) < self.params.leak_strength,
+            g.random(dataset.height) < BROWSING_RATE,
+        )
+        return dataset.with_columns(self._visits(ctx.seed, onset, dataset.height, looked))
+
+    @hook("serve.features")
+    def serve_visits(self, requests: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if ctx.day < self.params.onset_day:
+            return requests
+        # At serving the API answers for the past 14 days: browsing, not leaving.
+        g = rng.stream(ctx.seed, "web-analytics-api", ctx.day)
+        looked = g.random(requests.height) < BROWSING_RATE
+        return requests.with_columns(self._visits(ctx.seed, ctx.day, requests.height, looked))
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         onset = self.params.onset_day

@@ -31,6 +31,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.monitor.alerts import RULES
 from sandbox.world.behaviour import HOURLY_TRAFFIC
@@ -93,7 +94,6 @@ class MetricSeriesDropped(Fault):
         "A large share of evening requests fail in the predictions log and request logs, yet "
         "the critical model-server error alert never fires and its series has no data."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("serve.features", "monitor.metrics")
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -105,17 +105,11 @@ class MetricSeriesDropped(Fault):
         """Expected share of online requests failing, by (day, hour of day)."""
         return self.params.peak_error_share * self.params.intensity(day) * load_curve(hours)
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        deployed = self.deploy_time(ctx.calendar)
-        if point == "monitor.metrics":
-            gone = (
-                (pl.col("service") == SERVICE)
-                & pl.col("metric").is_in(self.params.dropped_series)
-                & (pl.col("ts") >= deployed)
-            )
-            return value.filter(~gone)
-        if point != "serve.features" or self.params.intensity(ctx.day) == 0 or value.height == 0:
+    @hook("serve.features")
+    def fail_requests(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if self.params.intensity(ctx.day) == 0 or value.height == 0:
             return value
+        deployed = self.deploy_time(ctx.calendar)
         hours = value["request_ts"].dt.hour().to_numpy().astype(int)
         draw = rng.stream(ctx.seed, "model-server-pool", ctx.day).random(value.height)
         failing = (
@@ -130,6 +124,15 @@ class MetricSeriesDropped(Fault):
             .otherwise(pl.col("latency_ms"))
             .alias("latency_ms"),
         )
+
+    @hook("monitor.metrics")
+    def drop_series(self, series: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        gone = (
+            (pl.col("service") == SERVICE)
+            & pl.col("metric").is_in(self.params.dropped_series)
+            & (pl.col("ts") >= self.deploy_time(ctx.calendar))
+        )
+        return series.filter(~gone)
 
     def _deploy_title(self) -> str:
         return "model-server 2.5.0: async workers, OpenTelemetry metrics exporter"

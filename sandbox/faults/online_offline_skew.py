@@ -30,6 +30,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.rng import stable_unit
@@ -103,7 +104,6 @@ class OnlineOfflineSkew(Fault):
         "The model's scores and flagged list shift after a platform migration while the feature "
         "store, the training data and the model's holdout metrics all look unchanged."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("materialize.online",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -119,8 +119,9 @@ class OnlineOfflineSkew(Fault):
     def on_new_path(self, customer_id: np.ndarray, day: int) -> np.ndarray:
         return stable_unit(customer_id, self.id) < self.params.share(day)
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "materialize.online" or self.params.share(ctx.day) == 0 or value.height == 0:
+    @hook("materialize.online")
+    def load_through_new_path(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if self.params.share(ctx.day) == 0 or value.height == 0:
             return value
         feature = self.params.target_feature
         migrated = pl.Series(self.on_new_path(value["customer_id"].to_numpy(), ctx.day))

@@ -29,8 +29,10 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
-from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.pipeline import store
+from sandbox.pipeline.features import MODEL_FEATURES, feature_timestamp
 from sandbox.rng import stable_unit
 
 FRESH_LAG_HOURS = 6.0  # a healthy load holds rows from the feature day that ended 4 hours earlier
@@ -60,30 +62,30 @@ class OnlineStoreStale(Fault):
         "Churn rises while the flagged list, the score distribution and every materialization "
         "run look normal and successful."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("materialize.online",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
 
-    def __init__(self, params: FaultParams) -> None:
-        super().__init__(params)
-        self._snapshot: pl.DataFrame | None = None
-        self._last_day: int | None = None
-
     def stalled(self, customer_id: pl.Series) -> pl.Series:
         return pl.Series(stable_unit(customer_id.to_numpy(), self.id) < self.params.affected_share)
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "materialize.online":
+    def last_good_load(self) -> int:
+        """The day of the last load the new cluster got (with onset on the first day, that
+        first load)."""
+        return max(self.params.onset_day - 1, 1)
+
+    @hook("materialize.online")
+    def freeze_some_customers(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        good = self.last_good_load()
+        if ctx.day < self.params.onset_day or ctx.day <= good:
             return value
-        if self._last_day is not None and ctx.day <= self._last_day:
-            self._snapshot = None  # the days started over: a rebuild
-        self._last_day = ctx.day
-        if ctx.day < self.params.onset_day or self._snapshot is None:
-            # The last good load; with onset on the first day, that first load is the last one.
-            self._snapshot = value
-            return value
-        frozen = self._snapshot.filter(self.stalled(self._snapshot["customer_id"]))
+        # What that load wrote: the offline rows of the day before it.
+        loaded = ctx.data.sql(
+            f"SELECT * FROM {store.OFFLINE_TABLE} WHERE event_timestamp = $ts",
+            {"ts": feature_timestamp(ctx.calendar, good - 1)},
+        )
+        snapshot = store.materialize(loaded, ctx.calendar.at(good, store.MATERIALIZE_HOUR))
+        frozen = snapshot.filter(self.stalled(snapshot["customer_id"]))
         if value.height:
             # The job believes it wrote everything: the load time is today's for every row.
             frozen = frozen.with_columns(
@@ -92,7 +94,10 @@ class OnlineStoreStale(Fault):
                 .alias("materialized_at")
             )
         return pl.concat(
-            [value.filter(~self.stalled(value["customer_id"])), frozen.select(value.columns)]
+            [
+                value.filter(~self.stalled(value["customer_id"])),
+                frozen.select(value.columns).cast(value.schema),  # type: ignore[arg-type]
+            ]
         ).sort("customer_id")
 
     def _changelog_title(self) -> str:

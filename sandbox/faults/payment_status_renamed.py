@@ -27,6 +27,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.rng import stable_unit
 
@@ -62,7 +63,6 @@ class PaymentStatusRenamed(Fault):
         "Payment failures in the feature store fall to almost nothing for one payment method "
         "while billing tickets and cancellations carry on; nothing errors and no alert fires."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("ingest.billing",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -74,8 +74,9 @@ class PaymentStatusRenamed(Fault):
             stable_unit(customer_ids, self.id) < share
         )
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "ingest.billing" or self.params.intensity(ctx.day) == 0 or not value.height:
+    @hook("ingest.billing")
+    def rename_status(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if self.params.intensity(ctx.day) == 0 or not value.height:
             return value
         migrated = self.migrated(
             value["customer_id"].to_numpy(), value["payment_method"].to_numpy(), ctx.day

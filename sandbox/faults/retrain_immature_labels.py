@@ -24,6 +24,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.faults.measure import batch_quality, served_versions
 from sandbox.pipeline.release import TRAINING_SNAPSHOTS, Release
@@ -52,7 +53,6 @@ class RetrainImmatureLabels(Fault):
         "After a routine retrain, scores drop across the board and production quality slips; "
         "the new run's holdout metrics look ordinary."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("train.releases",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -61,9 +61,8 @@ class RetrainImmatureLabels(Fault):
         newest = self.params.onset_day - 1 - self.params.newest_label_age_days
         return tuple(newest - SNAPSHOT_SPACING_DAYS * k for k in range(TRAINING_SNAPSHOTS))
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "train.releases":
-            return value
+    @hook("train.releases")
+    def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
         release = Release(
             day=onset,

@@ -31,6 +31,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 
@@ -88,18 +89,9 @@ class RollingDriftReference(Fault):
         "More customers are flagged for retention every week and watch time keeps falling, yet "
         "the drift monitor's daily rows flag no feature."
     )
-    hook_points: ClassVar[tuple[str, ...]] = (
-        "ingest.activity",
-        "serve.scores",
-        "monitor.drift_reference",
-    )
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
-
-    def __init__(self, params: FaultParams) -> None:
-        super().__init__(params)
-        self._served: dict[int, pl.DataFrame] = {}  # batch day -> features as served
 
     # -- the creep ------------------------------------------------------------------------------
     def factor(self, day: int) -> float:
@@ -114,36 +106,31 @@ class RollingDriftReference(Fault):
         return float(np.mean([self.factor(t) for t in range(day - 7, day)]))
 
     # -- hooks ------------------------------------------------------------------------------------
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        p = self.params
-        if point == "ingest.activity":
-            if ctx.day < p.onset_day:
-                return value
-            return value.with_columns((pl.col(COLUMN) * self.factor(ctx.day)).round(1))
-        if point == "serve.scores":
-            # Observed after every serve.features change: the rows the drift monitor receives.
-            if value.height and value["source"][0] == "batch":
-                self._observe(ctx.day, value)
-            return value
-        if point == "monitor.drift_reference":
-            if ctx.day < p.onset_day:
-                return value
-            window = [
-                self._served[d]
-                for d in range(ctx.day - p.window_days, ctx.day)
-                if d in self._served
-            ]
-            return pl.concat(window) if window else value
-        return value
+    @hook("ingest.activity")
+    def creep(self, activity: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if ctx.day < self.params.onset_day:
+            return activity
+        return activity.with_columns((pl.col(COLUMN) * self.factor(ctx.day)).round(1))
 
-    def _observe(self, day: int, batch: pl.DataFrame) -> None:
-        if self._served and day <= max(self._served):  # a new build from the start
-            self._served.clear()
-        if day < self.params.onset_day - self.params.window_days:
-            return
-        self._served[day] = batch.select(MODEL_FEATURES)
-        for old in [d for d in self._served if d < day - self.params.window_days]:
-            del self._served[old]
+    @hook("monitor.drift_reference")
+    def trailing_window(
+        self, reference: pl.DataFrame | None, ctx: HookContext
+    ) -> pl.DataFrame | None:
+        """The batch-served features of the previous `window_days` days, as logged."""
+        if ctx.day < self.params.onset_day:
+            return reference
+        window = ctx.data.sql(
+            f"""
+            SELECT {", ".join(MODEL_FEATURES)} FROM serving.predictions
+            WHERE source = 'batch' AND request_ts >= $start AND request_ts < $end
+            ORDER BY request_ts, prediction_id
+            """,
+            {
+                "start": ctx.calendar.midnight(ctx.day - self.params.window_days),
+                "end": ctx.calendar.midnight(ctx.day),
+            },
+        )
+        return window if window.height else reference
 
     # -- story ------------------------------------------------------------------------------------
     def _config_title(self) -> str:

@@ -29,6 +29,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.faults.measure import batch_quality, served_versions
 from sandbox.pipeline.features import MODEL_FEATURES
@@ -103,7 +104,6 @@ class ServedVersionMismatch(Fault):
         "Production AUC and retention precision drop from one day to the next while the registry "
         "shows the same champion, the flagged share stays near 10% and nothing errors."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("train.releases",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -122,15 +122,13 @@ class ServedVersionMismatch(Fault):
     def _words(self) -> str:
         return " and ".join(GROUP_WORDS[g] for g in self.params.dropped_groups)
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "train.releases":
-            return value
+    @hook("train.releases")
+    def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
         release = Release(
             day=onset,
             features=self.features,
             alias=ALIAS,
-            served=True,
             run_name=f"churn-gbm-ablation-no-{self._slug()}",
             tags={
                 "purpose": "ablation",

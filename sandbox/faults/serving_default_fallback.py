@@ -35,6 +35,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.world.behaviour import HOURLY_TRAFFIC
@@ -87,7 +88,6 @@ class ServingDefaultFallback(Fault):
         "Evening online scores disagree with the same customers' morning batch scores, while "
         "error rates, alerts and the batch retention list all look normal."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("serve.features",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -96,8 +96,9 @@ class ServingDefaultFallback(Fault):
         """Expected share of online requests scored on zeros, by (day, hour of day)."""
         return self.params.peak_share * self.params.intensity(day) * load_curve(hours)
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "serve.features" or self.params.intensity(ctx.day) == 0 or value.height == 0:
+    @hook("serve.features")
+    def time_out_lookups(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if self.params.intensity(ctx.day) == 0 or value.height == 0:
             return value
         hours = value["request_ts"].dt.hour().to_numpy().astype(int)
         g = rng.stream(ctx.seed, "model-server-lookup", ctx.day)

@@ -13,6 +13,7 @@ share stays inside the alert band, so nothing pages.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, Literal
 
 import duckdb
@@ -29,9 +30,10 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.faults.measure import served_versions
-from sandbox.pipeline.release import Release
+from sandbox.pipeline.release import Release, Rollout
 from sandbox.pipeline.train import FLAGGED_SHARE
 
 # Flagged share under the old threshold by churner class weight, measured on 10k-customer worlds
@@ -84,7 +86,6 @@ class StaleDecisionThreshold(Fault):
         "After a routine retrain the retention list is a fraction (or a multiple) of its usual "
         "length, while the new run's holdout metrics look as good as ever and no alert fires."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("train.releases",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -100,16 +101,12 @@ class StaleDecisionThreshold(Fault):
             else "recall tuning, promoted to champion"
         )
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "train.releases":
-            return value
+    @hook("train.releases")
+    def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
         release = Release(
             day=onset,
-            positive_weight=self.params.positive_weight,
             alias="champion",
-            served=True,
-            keep_threshold=True,
             run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
             tags={
                 "change": "churner class weight",
@@ -120,6 +117,18 @@ class StaleDecisionThreshold(Fault):
             note="scheduled retrain with class weights",
         )
         return [r for r in value if r.day != onset] + [release]
+
+    @hook("train.class_weight")
+    def weight_churners(self, weight: float, ctx: HookContext) -> float:
+        return self.params.positive_weight if ctx.day == self.params.onset_day else weight
+
+    @hook("serve.rollout")
+    def keep_server_threshold(self, rollout: Rollout, ctx: HookContext) -> Rollout:
+        """The release swaps only the model artifact: the servers' own config keeps its
+        threshold."""
+        if ctx.day != self.params.onset_day or rollout.current_threshold is None:
+            return rollout
+        return dataclasses.replace(rollout, threshold=rollout.current_threshold)
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         weight = self.params.positive_weight

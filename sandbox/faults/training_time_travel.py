@@ -26,10 +26,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.faults.measure import batch_quality, served_versions
+from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.pipeline.release import Release
+from sandbox.pipeline.release import TRAINING_HOUR, Release
 
 TRAINING_TABLE = "training.churn_training_set"
 TITLE = "training pipeline 3.0: features from the shared feature reader"
@@ -58,23 +60,32 @@ class TrainingTimeTravel(Fault):
         "A retrained version with better holdout metrics than ever serves worse than the model it "
         "replaced; nothing in the feature store or the services looks wrong."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("train.releases",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
+    @hook("train.releases")
+    def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
-        if point != "train.releases":
-            return value
         release = Release(
             day=onset,
-            snapshot_features=FEATURE_VIEWS[self.params.feature_view],
             run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
             tags={"pipeline": "3.0"},
             note="retrain with the new training pipeline",
         )
         return [r for r in value if r.day != onset] + [release]
+
+    @hook("train.dataset")
+    def read_as_of_now(self, dataset: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        """The new pipeline reads the view's features from a reader that answers "as of now"
+        (training time), not "as of each row's score time"."""
+        if ctx.day != self.params.onset_day:
+            return dataset
+        trained_at = ctx.calendar.at(ctx.day - 1, TRAINING_HOUR)
+        spine = dataset.select("customer_id", "score_date", "score_ts")
+        snapshot = store.point_in_time_join(ctx.data, spine, snapshot_at=trained_at)
+        view = FEATURE_VIEWS[self.params.feature_view]
+        return dataset.with_columns(snapshot.select("feature_event_ts", *view).get_columns())
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         return [

@@ -29,6 +29,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    hook,
 )
 from sandbox.rng import stable_unit
 from sandbox.world.behaviour import APP_RELEASES
@@ -72,7 +73,6 @@ class UpstreamUnitChange(Fault):
         "Churn rises among one device's customers while the model flags fewer of them; the "
         "watch-time feature means jump, but nothing errors and the holdout metrics look fine."
     )
-    hook_points: ClassVar[tuple[str, ...]] = ("ingest.activity",)
     Params: ClassVar[type[FaultParams]] = Params
 
     params: Params
@@ -86,8 +86,9 @@ class UpstreamUnitChange(Fault):
         share = self.params.adoption_share * self.params.intensity(day)
         return (devices == self.params.target_device) & (stable_unit(customer_ids, self.id) < share)
 
-    def apply(self, point: str, value: Any, ctx: HookContext) -> Any:
-        if point != "ingest.activity" or self.params.intensity(ctx.day) == 0 or not value.height:
+    @hook("ingest.activity")
+    def report_seconds(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        if self.params.intensity(ctx.day) == 0 or not value.height:
             return value
         updated = self.on_release(
             value["customer_id"].to_numpy(), value["device"].to_numpy(), ctx.day

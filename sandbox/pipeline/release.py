@@ -23,12 +23,7 @@ class Release:
     day: int  # first serving day
     score_days: tuple[int, ...] = ()  # empty = the standard matured-label window
     features: tuple[str, ...] = tuple(MODEL_FEATURES)
-    # Features joined as of training time instead of each row's score time (what not to do).
-    snapshot_features: tuple[str, ...] = ()
-    positive_weight: float = 1.0
     alias: str | None = "champion"  # registry alias the release is given (None: just registered)
-    served: bool = True  # whether the model servers switch to it
-    keep_threshold: bool = False  # servers keep the previous decision threshold
     run_name: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     note: str = "scheduled retrain"
@@ -44,3 +39,14 @@ class Release:
 
 
 INITIAL_RELEASE = Release(day=1, note="initial model")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What the model servers do with a newly registered release (the `serve.rollout` hook)."""
+
+    version: str
+    trained_threshold: float  # the cut-off its training run chose (top FLAGGED_SHARE of holdout)
+    current_threshold: float | None  # what the servers use today (None: nothing served yet)
+    threshold: float  # what they will use with it
+    deploy: bool = True  # whether they switch to it at all

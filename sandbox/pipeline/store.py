@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-import duckdb
 import polars as pl
 
+from sandbox.faults.context import WorldData
 from sandbox.pipeline.features import MODEL_FEATURES
 
 OFFLINE_TABLE = "feature_store.customer_features"
@@ -32,7 +32,7 @@ def materialize(rows: pl.DataFrame, materialized_at: dt.datetime) -> pl.DataFram
 
 
 def point_in_time_join(
-    con: duckdb.DuckDBPyConnection,
+    data: WorldData,
     spine: pl.DataFrame,
     ttl: dt.timedelta = DEFAULT_TTL,
     offline_table: str = OFFLINE_TABLE,
@@ -61,26 +61,20 @@ def point_in_time_join(
         fresh = f"k.event_timestamp >= s._known_at - INTERVAL ({ttl_seconds}) SECOND"
         known_at = pl.lit(snapshot_at).cast(pl.Datetime("us"))
     values = ", ".join(f"CASE WHEN {fresh} THEN k.{c} END AS {c}" for c in MODEL_FEATURES)
-    con.register(
-        "_pit_spine",
-        spine.with_row_index("_spine_row").with_columns(known_at.alias("_known_at")).to_arrow(),
-    )
-    try:
-        return con.sql(
-            f"""
-            WITH known AS (
-                SELECT s._spine_row, f.*
-                FROM _pit_spine s
-                ASOF JOIN {offline_table} f
-                  ON f.customer_id = s.customer_id AND s._known_at >= f.created_timestamp
-            )
-            SELECT s.* EXCLUDE (_spine_row, _known_at),
-                   CASE WHEN {fresh} THEN k.event_timestamp END AS feature_event_ts,
-                   {values}
+    return data.sql(
+        f"""
+        WITH known AS (
+            SELECT s._spine_row, f.*
             FROM _pit_spine s
-            LEFT JOIN known k ON k._spine_row = s._spine_row
-            ORDER BY s._spine_row
-            """
-        ).pl()
-    finally:
-        con.unregister("_pit_spine")
+            ASOF JOIN {offline_table} f
+              ON f.customer_id = s.customer_id AND s._known_at >= f.created_timestamp
+        )
+        SELECT s.* EXCLUDE (_spine_row, _known_at),
+               CASE WHEN {fresh} THEN k.event_timestamp END AS feature_event_ts,
+               {values}
+        FROM _pit_spine s
+        LEFT JOIN known k ON k._spine_row = s._spine_row
+        ORDER BY s._spine_row
+        """,
+        _pit_spine=spine.with_row_index("_spine_row").with_columns(known_at.alias("_known_at")),
+    )

@@ -8,7 +8,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import polars as pl
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -58,33 +57,22 @@ def training_spine(active: pl.DataFrame, calendar: Calendar, score_days: list[in
 
 
 def build_training_set(
-    con: duckdb.DuckDBPyConnection,
     spine: pl.DataFrame,
     cancellations: pl.DataFrame,
     calendar: Calendar,
     horizon_days: int,
     faults: FaultSet,
-    seed: int,
-    release_day: int = 1,
-    snapshot_at: dt.datetime | None = None,
-    snapshot_features: tuple[str, ...] = (),
+    ctx: HookContext,
 ) -> pl.DataFrame:
-    """Features as known at each score time, with the label; `snapshot_features` are instead
-    joined as of `snapshot_at`, one moment for every row (see `store.point_in_time_join`)."""
-    features = store.point_in_time_join(con, spine)
-    if snapshot_features and snapshot_at is not None:
-        # Those features come from a reader that answers "as of now", not "as of score time".
-        snapshot = store.point_in_time_join(con, spine, snapshot_at=snapshot_at)
-        features = features.with_columns(
-            snapshot.select("feature_event_ts", *snapshot_features).get_columns()
-        )
+    """Features as known at each score time, with the label (`ctx.day`: the release's first
+    serving day)."""
+    features = store.point_in_time_join(ctx.data, spine)
     labels = churn_labels(spine, cancellations, calendar, horizon_days)
     dataset = features.join(
         labels.select("customer_id", "score_date", "churned", "label_available_at"),
         on=["customer_id", "score_date"],
         how="left",
     )
-    ctx = HookContext(seed=seed, day=release_day, calendar=calendar)
     return faults.apply("train.dataset", dataset, ctx)
 
 

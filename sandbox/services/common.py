@@ -14,6 +14,7 @@ from typing import Any
 
 from sandbox import scenario
 from sandbox.clock import Calendar
+from sandbox.faults.base import FaultSet, WorldData
 from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
 from sandbox.world.layout import WorldPaths, read_manifest
@@ -49,6 +50,11 @@ class ServiceContext:
         return scenario.load(self.paths.scenario).with_overrides(
             seed=manifest["seed"], scale=manifest["scale"]
         )
+
+    @cached_property
+    def fault_set(self) -> FaultSet:
+        """What is planted, acting live; hooks read the built world."""
+        return self.scenario.fault_set.with_data(WorldData.read_only(self.paths.duckdb))
 
     @cached_property
     def calendar(self) -> Calendar:

@@ -46,7 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from sandbox import scenario
 from sandbox.clock import Calendar
-from sandbox.faults.base import HookContext
+from sandbox.faults.base import HookContext, WorldData
 from sandbox.monitor.drift import DriftMonitor
 from sandbox.pipeline.deploy import online_snapshots
 from sandbox.pipeline.features import MODEL_FEATURES
@@ -64,9 +64,6 @@ LOG_SERVICE = {MATERIALIZE: "materialization", DRIFT: "drift-monitor"}
 TABLE = {MATERIALIZE: "ops.materialization_runs", DRIFT: "monitoring.drift_daily"}
 FEATURE_TABLE = "monitoring.drift_feature_daily"
 DRIFT_DELAY = dt.timedelta(minutes=30)  # after the end of the report day
-# Batch days fed through the serving hook before a report: a reference hook may keep state from
-# the scored rows it saw (a trailing window, say); two weeks covers any window it is given.
-REPLAY_DAYS = 14
 SLICE = 0.25  # longest uninterrupted wait (wall seconds), so a stop request is honoured promptly
 CHILD_GRACE = 2.0  # wall seconds a stopped drift run gets before it is killed
 CHILD_NICE = 10
@@ -193,9 +190,10 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
     if not wanted:
         return {}
     paths = WorldPaths(Path(world))
-    spec = scenario.load(paths.scenario)  # a fresh load: hooks start without state
-    cal, seed, hooks = spec.world.calendar(), spec.world.seed, spec.fault_set
+    spec = scenario.load(paths.scenario)
+    cal, seed = spec.world.calendar(), spec.world.seed
     con = duckdb.connect(str(paths.duckdb), read_only=True)
+    hooks = spec.fault_set.with_data(WorldData(con))
     try:
         con.execute("SET threads = 1")
         # The first deployment's training reference, rows in the build's order (the monitor
@@ -203,7 +201,7 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
         reference = con.sql(f"SELECT {', '.join(MODEL_FEATURES)} FROM monitoring.drift_reference")
         submitted = []
         with DriftMonitor(reference.pl(), MODEL_FEATURES, workers=1) as monitor:
-            for day in range(max(1, wanted[0] - REPLAY_DAYS), wanted[-1] + 1):
+            for day in wanted:
                 batch = con.sql(
                     """
                     SELECT * FROM serving.predictions
@@ -214,15 +212,12 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
                 ).pl()
                 if batch.height == 0:
                     continue
-                ctx = HookContext(seed, day, cal)
-                # As in the build: the serving hook sees each day's batch (the stored rows are
-                # its output), then the monitor asks for the day's reference. Days before the
-                # first report only bring the hooks' state up to date.
-                hooks.apply("serve.scores", batch, ctx)
-                if day in wanted:
-                    day_reference = hooks.apply("monitor.drift_reference", None, ctx)
-                    monitor.submit(cal.date(day), batch.select(MODEL_FEATURES), day_reference)
-                    submitted.append(day)
+                # As in the build: the reference hooks see the world as logged so far.
+                reference = hooks.apply(
+                    "monitor.drift_reference", None, HookContext(seed, day, cal)
+                )
+                monitor.submit(cal.date(day), batch.select(MODEL_FEATURES), reference)
+                submitted.append(day)
             summary = monitor.summary_rows()
             features = monitor.rows()
     finally:

@@ -179,7 +179,7 @@ class LiveModelServer:
         self._one_thread()
         model = registry.load_model(ctx.paths.mlflow, self.record.model_uri)
         self.server = ModelServer(
-            self.seed, ctx.calendar, ctx.scenario.fault_set, self.record.model_name, LogSink()
+            self.seed, ctx.calendar, ctx.fault_set, self.record.model_name, LogSink()
         )
         self.server.deploy(
             model, self.record.model_version, self.record.threshold, self.record.features

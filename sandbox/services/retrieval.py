@@ -170,9 +170,7 @@ class RetrievalService:
         with self._lock:
             if day != self._day or self._current is None:
                 hook = HookContext(self.seed, day, self.ctx.calendar)
-                encoder = self.ctx.scenario.fault_set.apply(
-                    "retrieve.query_encoder", self.base, hook
-                )
+                encoder = self.ctx.fault_set.apply("retrieve.query_encoder", self.base, hook)
                 previous = self._current
                 self._current = LoadedEncoder(encoder, self._registry_versions.get(encoder.version))
                 self._day = day

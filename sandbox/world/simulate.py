@@ -19,13 +19,13 @@ import polars as pl
 
 from sandbox import rng
 from sandbox.clock import Calendar
-from sandbox.faults.base import HookContext
+from sandbox.faults.base import HookContext, WorldData
 from sandbox.logs import LogSink
 from sandbox.pipeline import retrieve, store, train
 from sandbox.pipeline.features import MODEL_FEATURES, FeatureJob
 from sandbox.pipeline.ingest import Ingest
 from sandbox.pipeline.registry import CHURN_MODEL
-from sandbox.pipeline.release import INITIAL_RELEASE, Release
+from sandbox.pipeline.release import INITIAL_RELEASE, Release, Rollout
 from sandbox.pipeline.serve import ModelServer
 from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.scenario import Scenario
@@ -74,14 +74,19 @@ class Simulation:
         self.scenario = scenario
         self.seed = scenario.world.seed
         self.calendar = scenario.world.calendar()
-        self.faults = scenario.fault_set
         self.wh = warehouse
+        # Hooks read what has been written so far; buffered rows are written first.
+        self.data = WorldData(warehouse.con, before_read=warehouse.flush)
+        self.faults = scenario.fault_set.with_data(self.data)
         self.truth = truth
         self.register_model = register_model
         self.on_day = on_day
         self.logs = LogSink()
 
     # -- helpers -----------------------------------------------------------------------------
+    def _ctx(self, day: int) -> HookContext:
+        return HookContext(self.seed, day, self.calendar, self.data)
+
     def _visible(self, day: int) -> bool:
         return day <= self.calendar.last_visible_day
 
@@ -120,7 +125,7 @@ class Simulation:
 
         for day in range(cal.first_day, cal.last_simulated_day + 1):
             state.start_day(day)
-            self.faults.apply("world.state", state, HookContext(self.seed, day, cal))
+            self.faults.apply("world.state", state, self._ctx(day))
             served: pl.DataFrame | None = None
             if day - 1 >= cal.first_feature_day:
                 rows = job.run(day - 1, prev_active)
@@ -132,9 +137,7 @@ class Simulation:
                 before = online if online is not None else rows[:0]
                 materialized_at = cal.at(day, MATERIALIZE_HOUR)
                 online = store.materialize(rows, materialized_at)
-                online = self.faults.apply(
-                    "materialize.online", online, HookContext(self.seed, day, cal)
-                )
+                online = self.faults.apply("materialize.online", online, self._ctx(day))
                 self._append(
                     day,
                     "ops.materialization_runs",
@@ -226,9 +229,7 @@ class Simulation:
 
     def _releases(self) -> dict[int, Release]:
         cal = self.calendar
-        planned = self.faults.apply(
-            "train.releases", [INITIAL_RELEASE], HookContext(self.seed, 0, cal)
-        )
+        planned = self.faults.apply("train.releases", [INITIAL_RELEASE], self._ctx(0))
         by_day = {r.day: r for r in sorted(planned, key=lambda r: r.day)}
         if 1 not in by_day or any(d < 1 or d > cal.last_production_day for d in by_day):
             raise ValueError("releases must include day 1 and fall within production")
@@ -250,21 +251,17 @@ class Simulation:
             self._active_lifecycle(state), cal, list(release.training_days())
         )
         known = pl.concat(cancellations).filter(pl.col("event_ts") < cal.midnight(release.day))
+        ctx = self._ctx(release.day)
         training_set = train.build_training_set(
-            self.wh.con,
             spine,
             known,
             cal,
             self.scenario.world.label_horizon_days,
             self.faults,
-            self.seed,
-            release_day=release.day,
-            snapshot_at=trained_at,
-            snapshot_features=release.snapshot_features,
+            ctx,
         )
-        trained = train.fit(
-            training_set, self.seed, list(release.features), release.positive_weight
-        )
+        weight = self.faults.apply("train.class_weight", 1.0, ctx)
+        trained = train.fit(training_set, self.seed, list(release.features), weight)
         version = self.register_model(release, trained, training_set)
         self.logs.emit(
             trained_at,
@@ -275,9 +272,14 @@ class Simulation:
             + (f" and aliased {release.alias}" if release.alias else ""),
             **trained.metrics,
         )
-        if release.served:
-            keep = release.keep_threshold and server.model is not None
-            threshold = server.threshold if keep else trained.threshold
+        current = server.threshold if server.model is not None else None
+        rollout = self.faults.apply(
+            "serve.rollout",
+            Rollout(version, trained.threshold, current, threshold=trained.threshold),
+            ctx,
+        )
+        if rollout.deploy:
+            threshold = rollout.threshold
             server.deploy(trained.model, version, threshold, trained.features)
             self.logs.emit(
                 cal.at(release.day, 5.5),
@@ -304,7 +306,7 @@ class Simulation:
         tickets = support.open_tickets(
             self.seed, day, cal, demand, ingest.ticket_ids(demand.height)
         )
-        ctx = HookContext(self.seed, day, cal)
+        ctx = self._ctx(day)
         query_encoder = self.faults.apply("retrieve.query_encoder", encoder, ctx)
         self.encoders.setdefault(query_encoder.version, (query_encoder, day))
         if tickets.height:

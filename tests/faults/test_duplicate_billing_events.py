@@ -60,7 +60,7 @@ def test_invalid_parameters_are_refused(params: dict[str, object]) -> None:
 
 def test_nothing_changes_before_onset() -> None:
     rows = billing()
-    assert fault(onset_day=10).apply("ingest.billing", rows, ctx(9)).equals(rows)
+    assert fault(onset_day=10).handle("ingest.billing", rows, ctx(9)).equals(rows)
 
 
 def test_share_delivered_twice_ramps_up() -> None:
@@ -68,7 +68,7 @@ def test_share_delivered_twice_ramps_up() -> None:
     rows = billing()
 
     def extra(day: int) -> float:
-        return f.apply("ingest.billing", rows, ctx(day)).height / N - 1
+        return f.handle("ingest.billing", rows, ctx(day)).height / N - 1
 
     assert extra(10) == pytest.approx(0.1, abs=0.015)
     assert extra(13) == pytest.approx(0.4, abs=0.015)
@@ -78,7 +78,7 @@ def test_share_delivered_twice_ramps_up() -> None:
 def test_copies_are_identical_and_arrive_later() -> None:
     f = fault(onset_day=1, ramp_days=0, duplicate_share=0.3)
     rows = billing()
-    out = f.apply("ingest.billing", rows, ctx(5))
+    out = f.handle("ingest.billing", rows, ctx(5))
     assert out.columns == rows.columns and out.schema == rows.schema
     assert out["event_id"].n_unique() == N  # nothing lost, nothing new
     assert out.group_by("event_id").len()["len"].max() == 2
@@ -95,7 +95,7 @@ def test_copies_are_identical_and_arrive_later() -> None:
 
 def test_failed_charges_are_duplicated_like_any_other() -> None:
     f = fault(onset_day=1, ramp_days=0, duplicate_share=0.3)
-    out = f.apply("ingest.billing", billing(), ctx(5))
+    out = f.handle("ingest.billing", billing(), ctx(5))
     failed = out.filter(pl.col("status") == "failed")
     assert failed.height / failed["event_id"].n_unique() - 1 == pytest.approx(0.3, abs=0.05)
 
@@ -104,19 +104,19 @@ def test_which_events_repeat_is_stable_and_deterministic() -> None:
     f = fault(onset_day=1, ramp_days=10)
     rows = billing()
     early = set(
-        f.apply("ingest.billing", rows, ctx(3)).filter(pl.col("event_id").is_duplicated())[
+        f.handle("ingest.billing", rows, ctx(3)).filter(pl.col("event_id").is_duplicated())[
             "event_id"
         ]
     )
     later = set(
-        f.apply("ingest.billing", rows, ctx(8)).filter(pl.col("event_id").is_duplicated())[
+        f.handle("ingest.billing", rows, ctx(8)).filter(pl.col("event_id").is_duplicated())[
             "event_id"
         ]
     )
     assert early < later
-    assert f.apply("ingest.billing", rows, ctx(8)).equals(f.apply("ingest.billing", rows, ctx(8)))
-    assert f.apply("ingest.activity", rows, ctx(8)) is rows
-    assert f.apply("ingest.billing", rows.head(0), ctx(8)).height == 0
+    assert f.handle("ingest.billing", rows, ctx(8)).equals(f.handle("ingest.billing", rows, ctx(8)))
+    assert f.handle("ingest.activity", rows, ctx(8)) is rows
+    assert f.handle("ingest.billing", rows.head(0), ctx(8)).height == 0
 
 
 def test_candidate_visible_text_names_nothing() -> None:

@@ -52,13 +52,13 @@ def test_ramp_must_be_a_step_with_a_clear_message() -> None:
 
 def test_the_service_switches_encoders_at_onset(v1: retrieve.Encoder) -> None:
     fault = EmbeddingIndexMismatch(Params(onset_day=10, encoder_version=3))
-    assert fault.apply("retrieve.query_encoder", v1, ctx(9)) is v1
-    after = fault.apply("retrieve.query_encoder", v1, ctx(10))
+    assert fault.handle("retrieve.query_encoder", v1, ctx(9)) is v1
+    after = fault.handle("retrieve.query_encoder", v1, ctx(10))
     assert after.version == 3
     # Fitted once per world and reused every day after onset.
-    assert fault.apply("retrieve.query_encoder", v1, ctx(30)) is after
+    assert fault.handle("retrieve.query_encoder", v1, ctx(30)) is after
     # Other hook points pass through.
-    assert fault.apply("serve.traffic", 1.0, ctx(20)) == 1.0
+    assert fault.handle("serve.traffic", 1.0, ctx(20)) == 1.0
 
 
 def test_the_new_encoder_is_deterministic_and_has_the_same_dimension(

@@ -45,23 +45,23 @@ def test_null_share_ramps_from_onset() -> None:
     rows = pl.DataFrame({"customer_id": list(range(20_000)), "minutes_watched": [30.0] * 20_000})
 
     def share(day: int) -> float:
-        return f.apply("ingest.activity", rows, ctx(day))["minutes_watched"].null_count() / 20_000
+        return f.handle("ingest.activity", rows, ctx(day))["minutes_watched"].null_count() / 20_000
 
     assert share(9) == 0.0
     assert share(10) == pytest.approx(0.125, abs=0.02)
     assert share(13) == pytest.approx(0.5, abs=0.02)
     assert share(30) == pytest.approx(0.5, abs=0.02)
     # The same customers stay affected: a rollout, not random noise.
-    day_13 = f.apply("ingest.activity", rows, ctx(13))["minutes_watched"].is_null()
-    day_20 = f.apply("ingest.activity", rows, ctx(20))["minutes_watched"].is_null()
+    day_13 = f.handle("ingest.activity", rows, ctx(13))["minutes_watched"].is_null()
+    day_20 = f.handle("ingest.activity", rows, ctx(20))["minutes_watched"].is_null()
     assert (day_13 == day_20).all()
 
 
 def test_fill_value_goes_wrong_at_onset() -> None:
     f = fault(onset_day=10, fill_multiplier=2.5)
     policy = {"avg_daily_minutes_7d": 40.0, "avg_daily_minutes_28d": 41.0, "tenure_days": 9.0}
-    assert f.apply("features.imputation", policy, ctx(9)) == policy
-    after = f.apply("features.imputation", policy, ctx(10))
+    assert f.handle("features.imputation", policy, ctx(9)) == policy
+    after = f.handle("features.imputation", policy, ctx(10))
     # Every feature fed by the same source column is refilled wrongly; others are untouched.
     assert after == {
         "avg_daily_minutes_7d": 100.0,

@@ -29,7 +29,7 @@ def test_invalid_parameters_are_refused(params: dict[str, object]) -> None:
 
 def test_a_release_with_the_extra_feature_serves_from_onset() -> None:
     fault = LabelLeakage(Params(onset_day=12))
-    releases = fault.apply("train.releases", [INITIAL_RELEASE], ctx(0))
+    releases = fault.handle("train.releases", [INITIAL_RELEASE], ctx(0))
     assert [r.day for r in releases] == [1, 12]
     assert LEAK_FEATURE in releases[1].features and releases[1].alias == "champion"
     assert LEAK_FEATURE not in releases[0].features
@@ -39,12 +39,12 @@ def test_training_column_copies_the_label_and_serving_is_noise() -> None:
     fault = LabelLeakage(Params(onset_day=12, leak_strength=0.9))
     churned = (np.arange(20_000) % 10 == 0).astype(np.int8)
     dataset = pl.DataFrame({"customer_id": np.arange(20_000), "churned": churned})
-    assert fault.apply("train.dataset", dataset, ctx(1)).equals(dataset)  # other releases
-    leaky = fault.apply("train.dataset", dataset, ctx(12))
+    assert fault.handle("train.dataset", dataset, ctx(1)).equals(dataset)  # other releases
+    leaky = fault.handle("train.dataset", dataset, ctx(12))
     visited = leaky[LEAK_FEATURE].to_numpy() > 0
     assert visited[churned == 1].mean() == pytest.approx(0.9, abs=0.03)
     assert visited[churned == 0].mean() == pytest.approx(0.05, abs=0.01)
     requests = pl.DataFrame({"customer_id": np.arange(20_000)})
-    assert fault.apply("serve.features", requests, ctx(11)).equals(requests)
-    served = fault.apply("serve.features", requests, ctx(12))[LEAK_FEATURE].to_numpy()
+    assert fault.handle("serve.features", requests, ctx(11)).equals(requests)
+    served = fault.handle("serve.features", requests, ctx(12))[LEAK_FEATURE].to_numpy()
     assert (served > 0).mean() == pytest.approx(0.05, abs=0.01)

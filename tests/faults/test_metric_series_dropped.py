@@ -99,7 +99,7 @@ def test_several_series_may_go() -> None:
 def test_peak_requests_fail_from_the_deploy() -> None:
     f = fault(onset_day=10, ramp_days=0, peak_error_share=0.4)
     frame = requests(12, [3, 20])
-    out = f.apply("serve.features", frame, ctx(12))
+    out = f.handle("serve.features", frame, ctx(12))
     peak = out.filter(pl.col("request_ts").dt.hour() == 20)
     quiet = out.filter(pl.col("request_ts").dt.hour() == 3)
     assert (quiet["status"] == "ok").all()
@@ -108,13 +108,13 @@ def test_peak_requests_fail_from_the_deploy() -> None:
     assert (failed["latency_ms"] == FAILED_LATENCY_MS).all()
     # Features are not touched: the requests fail, they are not scored differently.
     assert out.select(MODEL_FEATURES).equals(frame.select(MODEL_FEATURES))
-    assert f.apply("serve.features", requests(9, [20]), ctx(9))["status"].eq("ok").all()
+    assert f.handle("serve.features", requests(9, [20]), ctx(9))["status"].eq("ok").all()
     batch = requests(12, [20], "batch")
-    assert f.apply("serve.features", batch, ctx(12)).equals(batch)
+    assert f.handle("serve.features", batch, ctx(12)).equals(batch)
     # Deterministic, and ramping when asked to.
-    assert out.equals(f.apply("serve.features", frame, ctx(12)))
+    assert out.equals(f.handle("serve.features", frame, ctx(12)))
     ramped = fault(onset_day=10, ramp_days=4, peak_error_share=0.4)
-    first = ramped.apply("serve.features", requests(10, [20]), ctx(10))
+    first = ramped.handle("serve.features", requests(10, [20]), ctx(10))
     assert (first["status"] == "error").mean() == pytest.approx(0.1, abs=0.02)
 
 
@@ -123,7 +123,7 @@ def test_series_vanish_from_the_deploy_and_the_alert_goes_blind() -> None:
     full = series(range(8, 13), error_ratio=0.3)
     # Without the fault every evening breaches the rule.
     assert alerts.evaluate(full).filter(pl.col("alert") == ALERT.name).height == 5
-    out = f.apply("monitor.metrics", full, ctx(CAL.last_visible_day))
+    out = f.handle("monitor.metrics", full, ctx(CAL.last_visible_day))
     deployed = CAL.at(10, DEPLOY_HOUR)
     server = out.filter(pl.col("service") == "model-server")
     after = server.filter(pl.col("ts") >= deployed)

@@ -73,10 +73,10 @@ def test_rollout_ramps_and_sticks_to_customers() -> None:
     rows = online_rows()
 
     def moved(day: int) -> pl.Series:
-        out = f.apply("materialize.online", rows, ctx(day))
+        out = f.handle("materialize.online", rows, ctx(day))
         return (out["sessions_trend"] - rows["sessions_trend"]).abs() > 1e-6
 
-    assert f.apply("materialize.online", rows, ctx(9)).equals(rows)
+    assert f.handle("materialize.online", rows, ctx(9)).equals(rows)
     differs = (STREAMING["sessions_trend"].expr.round(4) != pl.col("sessions_trend")).mean()
     can_differ = float(rows.select(differs).item())
     assert moved(10).mean() == pytest.approx(0.125 * can_differ, abs=0.02)
@@ -91,7 +91,7 @@ def test_rollout_ramps_and_sticks_to_customers() -> None:
 def test_only_the_target_feature_changes(feature: str) -> None:
     f = fault(target_feature=feature, onset_day=5, ramp_days=0)
     rows = online_rows()
-    out = f.apply("materialize.online", rows, ctx(5))
+    out = f.handle("materialize.online", rows, ctx(5))
     assert out.columns == rows.columns and out.height == rows.height
     assert out.drop(feature).equals(rows.drop(feature))
     assert (out[feature] != rows[feature]).mean() >= 0.5
@@ -125,7 +125,7 @@ def test_sql_definition_matches_the_applied_one(feature: str) -> None:
     """verify() and the investigation recompute the streaming value in SQL: it must agree."""
     f = fault(target_feature=feature, onset_day=1, ramp_days=0)
     rows = online_rows(2_000)
-    applied = f.apply("materialize.online", rows, ctx(3))[feature].to_numpy()
+    applied = f.handle("materialize.online", rows, ctx(3))[feature].to_numpy()
     con = duckdb.connect()
     con.register("o", rows.to_arrow())
     in_sql = np.array(

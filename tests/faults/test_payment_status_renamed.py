@@ -65,7 +65,7 @@ def test_invalid_parameters_are_refused(params: dict[str, object]) -> None:
 
 def test_nothing_changes_before_onset() -> None:
     rows = billing()
-    assert fault(onset_day=10).apply("ingest.billing", rows, ctx(9)).equals(rows)
+    assert fault(onset_day=10).handle("ingest.billing", rows, ctx(9)).equals(rows)
 
 
 def test_only_failed_charges_of_the_method_are_renamed_as_it_migrates() -> None:
@@ -74,14 +74,14 @@ def test_only_failed_charges_of_the_method_are_renamed_as_it_migrates() -> None:
     failed_paypal = (rows["status"] == "failed") & (rows["payment_method"] == "paypal")
 
     def renamed(day: int) -> pl.Series:
-        return f.apply("ingest.billing", rows, ctx(day))["status"] == NEW_STATUS
+        return f.handle("ingest.billing", rows, ctx(day))["status"] == NEW_STATUS
 
     assert not renamed(10).filter(~failed_paypal).any()
     assert renamed(10).filter(failed_paypal).mean() == pytest.approx(0.25, abs=0.05)
     assert renamed(13).filter(failed_paypal).all()
     # Migrated customers stay migrated.
     assert (renamed(11) & ~renamed(12)).sum() == 0
-    out = f.apply("ingest.billing", rows, ctx(13))
+    out = f.handle("ingest.billing", rows, ctx(13))
     assert out.drop("status").equals(rows.drop("status"))
     paypal = out.filter(pl.col("payment_method") == "paypal")["status"]
     assert "failed" not in paypal.to_list() and NEW_STATUS in paypal.to_list()
@@ -91,7 +91,7 @@ def test_migrated_share_caps_the_rollout() -> None:
     f = fault(onset_day=1, ramp_days=0, migrated_share=0.5)
     rows = billing()
     failed_card = (rows["status"] == "failed") & (rows["payment_method"] == "card")
-    out = f.apply("ingest.billing", rows, ctx(20))
+    out = f.handle("ingest.billing", rows, ctx(20))
     assert (out["status"] == NEW_STATUS).filter(failed_card).mean() == pytest.approx(0.5, abs=0.05)
 
 
@@ -107,7 +107,7 @@ def test_composes_with_duplicate_deliveries(rename_first: bool) -> None:
     copies = out.filter(pl.col("event_id").is_duplicated())
     assert (copies["status"] == NEW_STATUS).any()
     assert not (out.filter(pl.col("payment_method") == "card")["status"] == "failed").any()
-    alone = rename.apply("ingest.billing", billing(), ctx(5))
+    alone = rename.handle("ingest.billing", billing(), ctx(5))
     assert out.unique("event_id").sort("event_id")["status"].equals(alone["status"])
 
 

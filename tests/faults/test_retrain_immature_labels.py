@@ -21,7 +21,7 @@ def test_invalid_parameters_are_refused(params: dict[str, object]) -> None:
 
 def test_the_retrain_uses_score_dates_whose_labels_are_not_in() -> None:
     fault = RetrainImmatureLabels(Params(onset_day=20, newest_label_age_days=1))
-    releases = fault.apply("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
+    releases = fault.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
     assert [r.day for r in releases] == [1, 20]
     days = releases[1].training_days()
     assert max(days) == 18  # trained on day 19: one day old

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from sandbox import scenario
 from sandbox.clock import Calendar
-from sandbox.faults.base import FaultSet, HookContext
+from sandbox.faults.base import FaultSet, HookContext, WorldData
 from sandbox.faults.rolling_drift_reference import CREPT, Params, RollingDriftReference
 from sandbox.pipeline.features import MODEL_FEATURES
 
@@ -71,21 +72,53 @@ def test_source_declines_compounding_from_onset() -> None:
     assert ramped.factor(10) == pytest.approx(0.995)
     assert ramped.factor(12) == pytest.approx(0.995 * 0.99 * 0.99)
     rows = pl.DataFrame({"customer_id": [1, 2, 3], "minutes_watched": [100.0, None, 33.3]})
-    assert f.apply("ingest.activity", rows, ctx(9)).equals(rows)
-    out = f.apply("ingest.activity", rows, ctx(11))
+    assert f.handle("ingest.activity", rows, ctx(9)).equals(rows)
+    out = f.handle("ingest.activity", rows, ctx(11))
     assert out["minutes_watched"].to_list() == [98.0, None, 32.6]
     assert f.served_factor(10) == 1.0  # the day-10 batch reads raw days 3..9
     assert f.served_factor(12) == pytest.approx((0.99 + 0.99**2 + 5) / 7)
 
 
+class Predictions:
+    """The predictions log in a real DuckDB, as the hook reads it; each day's batch rows carry
+    features equal to the day, so a reference's days can be read off."""
+
+    def __init__(self) -> None:
+        self.con = duckdb.connect()
+        self.con.execute("CREATE SCHEMA serving")
+        self.data = WorldData(self.con)
+        self.next_id = 0
+
+    def log(self, day: int, source: str = "batch") -> None:
+        rows = batch(day if source == "batch" else day + 100, source).with_columns(
+            prediction_id=pl.int_range(self.next_id, self.next_id + 50),
+            request_ts=pl.lit(CAL.at(day, 6.0)).cast(pl.Datetime("us")),
+        )
+        self.next_id += 50
+        self.con.register("rows", rows.to_arrow())
+        exists = self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'predictions'"
+        ).fetchone()
+        verb = (
+            "INSERT INTO serving.predictions"
+            if exists and exists[0]
+            else ("CREATE TABLE serving.predictions AS")
+        )
+        self.con.execute(f"{verb} SELECT * FROM rows")
+        self.con.unregister("rows")
+
+    def reference(self, faults: FaultSet, day: int) -> pl.DataFrame | None:
+        return faults.with_data(self.data).apply("monitor.drift_reference", None, ctx(day))
+
+
 def test_reference_is_the_trailing_window_of_batch_rows_from_onset() -> None:
-    f = fault(onset_day=15, window_days=3)
-    faults = FaultSet([f])
+    faults = FaultSet([fault(onset_day=15, window_days=3)])
+    log = Predictions()
 
     def live(day: int) -> pl.DataFrame | None:
-        faults.apply("serve.scores", batch(day), ctx(day))
-        faults.apply("serve.scores", batch(day + 100, "online"), ctx(day))  # never kept
-        return faults.apply("monitor.drift_reference", None, ctx(day))
+        log.log(day)
+        log.log(day, "online")  # never in the reference
+        return log.reference(faults, day)
 
     assert all(live(d) is None for d in range(1, 15))
     ref_15 = live(15)
@@ -93,19 +126,19 @@ def test_reference_is_the_trailing_window_of_batch_rows_from_onset() -> None:
     assert ref_15.columns == MODEL_FEATURES and ref_15.height == 150
     ref_16 = live(16)
     assert ref_16 is not None and sorted(set(ref_16["tenure_days"])) == [13.0, 14.0, 15.0]
-    assert len(f._served) <= 4
-    # A second build with the same instance starts over: nothing from the first run leaks in.
-    assert all(live(d) is None for d in range(1, 15))
-    assert sorted(set(live(15)["tenure_days"])) == [12.0, 13.0, 14.0]
+    # Asked again later (a scheduler starting mid-history), a day gets the same reference.
+    live(17)
+    again = log.reference(faults, 15)
+    assert again is not None and again.equals(ref_15)
 
 
 def test_onset_on_the_first_day_uses_the_training_reference_until_a_day_was_served() -> None:
-    f = fault(onset_day=1, window_days=2)
-    faults = FaultSet([f])
-    faults.apply("serve.scores", batch(1), ctx(1))
-    assert faults.apply("monitor.drift_reference", None, ctx(1)) is None
-    faults.apply("serve.scores", batch(2), ctx(2))
-    ref = faults.apply("monitor.drift_reference", None, ctx(2))
+    faults = FaultSet([fault(onset_day=1, window_days=2)])
+    log = Predictions()
+    log.log(1)
+    assert log.reference(faults, 1) is None
+    log.log(2)
+    ref = log.reference(faults, 2)
     assert ref is not None and set(ref["tenure_days"]) == {1.0}
 
 

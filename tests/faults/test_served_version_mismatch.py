@@ -18,7 +18,7 @@ from sandbox.faults.served_version_mismatch import (
     _challengers_loaded,
 )
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.pipeline.release import INITIAL_RELEASE
+from sandbox.pipeline.release import INITIAL_RELEASE, Rollout
 
 CAL = scenario.load(None).world.calendar()
 TELLTALE = re.compile(
@@ -61,10 +61,13 @@ def test_feature_groups_cover_every_model_feature_once() -> None:
 
 def test_the_ablation_is_registered_as_challenger_and_served() -> None:
     f = fault(onset_day=12, dropped_groups=["watch_time", "playback"])
-    releases = f.apply("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
+    releases = f.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
     assert [r.day for r in releases] == [1, 12]
     ablation = releases[1]
-    assert ablation.alias == "challenger" and ablation.served and not ablation.keep_threshold
+    assert ablation.alias == "challenger"
+    # The servers load it with the threshold its own run chose.
+    rollout = Rollout("2", trained_threshold=0.03, current_threshold=0.05, threshold=0.03)
+    assert f.handle("serve.rollout", rollout, HookContext(1, 12, CAL)) == rollout
     assert ablation.features == tuple(
         x
         for x in MODEL_FEATURES
@@ -77,12 +80,12 @@ def test_the_ablation_is_registered_as_challenger_and_served() -> None:
         }
     )
     assert releases[0] == INITIAL_RELEASE  # the champion is untouched
-    assert f.apply("serve.traffic", 1.0, HookContext(1, 20, CAL)) == 1.0
+    assert f.handle("serve.traffic", 1.0, HookContext(1, 20, CAL)) == 1.0
 
 
 def test_registry_and_changelog_text_reads_like_ordinary_work() -> None:
     f = fault(onset_day=12, dropped_groups=["watch_time", "billing"])
-    release = f.apply("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))[1]
+    release = f.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))[1]
     texts = [release.run_name, release.note, *release.tags, *release.tags.values()]
     for entry in f.changelog(CAL):
         texts += [entry["title"], entry["body"]]

@@ -90,7 +90,7 @@ def test_load_curve_is_zero_when_quiet_and_one_at_the_peak() -> None:
 def test_busy_hours_get_the_zero_vector_at_the_deadline() -> None:
     f = fault(onset_day=10, ramp_days=0, peak_share=0.5, deadline_ms=10.0)
     frame = requests(12, [3, 20])
-    out = f.apply("serve.features", frame, ctx(12))
+    out = f.handle("serve.features", frame, ctx(12))
     quiet = out.filter(pl.col("request_ts").dt.hour() == 3)
     peak = out.filter(pl.col("request_ts").dt.hour() == 20)
     assert quiet.equals(frame.filter(pl.col("request_ts").dt.hour() == 3))
@@ -108,20 +108,20 @@ def test_busy_hours_get_the_zero_vector_at_the_deadline() -> None:
 
 def test_only_online_successes_after_the_change() -> None:
     f = fault(onset_day=10, ramp_days=0, peak_share=1.0)
-    assert zero_share(f.apply("serve.features", requests(9, [20]), ctx(9))) == 0
-    assert zero_share(f.apply("serve.features", requests(12, [20]), ctx(12))) == 1.0
-    assert zero_share(f.apply("serve.features", requests(12, [20], "batch"), ctx(12))) == 0
-    assert zero_share(f.apply("serve.features", requests(12, [20], status="error"), ctx(12))) == 0
+    assert zero_share(f.handle("serve.features", requests(9, [20]), ctx(9))) == 0
+    assert zero_share(f.handle("serve.features", requests(12, [20]), ctx(12))) == 1.0
+    assert zero_share(f.handle("serve.features", requests(12, [20], "batch"), ctx(12))) == 0
+    assert zero_share(f.handle("serve.features", requests(12, [20], status="error"), ctx(12))) == 0
 
 
 def test_share_ramps_and_is_deterministic() -> None:
     f = fault(onset_day=10, ramp_days=4, peak_share=0.8)
     frame = requests(10, [20])
-    first = f.apply("serve.features", frame, ctx(10))
+    first = f.handle("serve.features", frame, ctx(10))
     assert zero_share(first) == pytest.approx(0.2, abs=0.03)
-    assert first.equals(f.apply("serve.features", frame, ctx(10)))
+    assert first.equals(f.handle("serve.features", frame, ctx(10)))
     later = requests(13, [20])
-    assert zero_share(f.apply("serve.features", later, ctx(13))) == pytest.approx(0.8, abs=0.03)
+    assert zero_share(f.handle("serve.features", later, ctx(13))) == pytest.approx(0.8, abs=0.03)
 
 
 def test_story_is_ordinary_and_the_key_is_complete() -> None:

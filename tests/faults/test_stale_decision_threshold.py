@@ -17,7 +17,7 @@ from sandbox.faults.stale_decision_threshold import (
     _same_threshold_loaded,
     _stale,
 )
-from sandbox.pipeline.release import INITIAL_RELEASE
+from sandbox.pipeline.release import INITIAL_RELEASE, Rollout
 
 CAL = scenario.load(None).world.calendar()
 TELLTALE = re.compile(r"\bfault|inject|planted|answer|sabotag|\bbug\b|stale", re.IGNORECASE)
@@ -53,11 +53,18 @@ def test_a_weight_near_one_is_refused_with_a_reason() -> None:
 @pytest.mark.parametrize("weight", [0.6, 1.8])
 def test_the_retrain_is_promoted_and_keeps_the_old_threshold(weight: float) -> None:
     f = fault(onset_day=18, positive_weight=weight)
-    releases = f.apply("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
+    releases = f.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
     assert [r.day for r in releases] == [1, 18]
     retrain = releases[1]
-    assert retrain.alias == "champion" and retrain.served and retrain.keep_threshold
-    assert retrain.positive_weight == weight
+    assert retrain.alias == "champion"
+    # Churners get the class weight in that release's training only.
+    assert f.handle("train.class_weight", 1.0, HookContext(1, 18, CAL)) == weight
+    assert f.handle("train.class_weight", 1.0, HookContext(1, 17, CAL)) == 1.0
+    # The servers switch to it but keep their threshold; later releases ship their own.
+    rollout = Rollout("2", trained_threshold=0.03, current_threshold=0.05, threshold=0.03)
+    kept = f.handle("serve.rollout", rollout, HookContext(1, 18, CAL))
+    assert kept.deploy and kept.threshold == 0.05
+    assert f.handle("serve.rollout", rollout, HookContext(1, 25, CAL)) == rollout
     assert not retrain.score_days  # the standard matured-label window
     texts = [retrain.run_name, retrain.note, *retrain.tags, *retrain.tags.values()]
     texts += [v for e in f.changelog(CAL) for v in (e["title"], e["body"])]

@@ -75,7 +75,7 @@ def test_release_is_a_patch_on_the_newest_app_release() -> None:
 
 def test_nothing_changes_before_onset() -> None:
     rows = activity()
-    assert fault(onset_day=10).apply("ingest.activity", rows, ctx(9)).equals(rows)
+    assert fault(onset_day=10).handle("ingest.activity", rows, ctx(9)).equals(rows)
 
 
 def test_adoption_ramps_on_the_target_device_only() -> None:
@@ -84,7 +84,7 @@ def test_adoption_ramps_on_the_target_device_only() -> None:
     is_web = rows["device"] == "web"
 
     def adopted(day: int) -> pl.Series:
-        return f.apply("ingest.activity", rows, ctx(day))["app_version"] == f.version
+        return f.handle("ingest.activity", rows, ctx(day))["app_version"] == f.version
 
     assert not adopted(10).filter(~is_web).any()
     assert adopted(10).filter(is_web).mean() == pytest.approx(0.2, abs=0.03)
@@ -98,7 +98,7 @@ def test_adoption_ramps_on_the_target_device_only() -> None:
 def test_updated_rows_report_whole_multiples_of_the_minutes() -> None:
     f = fault(onset_day=1, ramp_days=0, adoption_share=1.0, multiplier=60.0)
     rows = activity()
-    out = f.apply("ingest.activity", rows, ctx(5))
+    out = f.handle("ingest.activity", rows, ctx(5))
     hit = (out["app_version"] == "5.1.1").to_numpy()
     assert hit.sum() == (rows["device"] == "smart_tv").sum()
     before = rows["minutes_watched"].to_numpy()[hit]
@@ -119,9 +119,11 @@ def test_updated_rows_report_whole_multiples_of_the_minutes() -> None:
 def test_apply_is_deterministic_and_ignores_other_hooks() -> None:
     f = fault(onset_day=1, ramp_days=0)
     rows = activity(2_000)
-    assert f.apply("ingest.activity", rows, ctx(3)).equals(f.apply("ingest.activity", rows, ctx(3)))
-    assert f.apply("ingest.billing", rows, ctx(3)) is rows
-    assert f.apply("ingest.activity", rows.head(0), ctx(3)).height == 0
+    assert f.handle("ingest.activity", rows, ctx(3)).equals(
+        f.handle("ingest.activity", rows, ctx(3))
+    )
+    assert f.handle("ingest.billing", rows, ctx(3)) is rows
+    assert f.handle("ingest.activity", rows.head(0), ctx(3)).height == 0
 
 
 def test_candidate_visible_text_names_nothing() -> None:

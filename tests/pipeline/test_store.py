@@ -8,6 +8,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from sandbox.faults.context import WorldData
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES
 
@@ -39,7 +40,7 @@ def join(
     con.register("o", offline.to_arrow())
     con.execute(f"CREATE TABLE {store.OFFLINE_TABLE} AS SELECT * FROM o")
     return store.point_in_time_join(
-        con, spine, ttl=dt.timedelta(hours=ttl_hours), snapshot_at=snapshot_at
+        WorldData(con), spine, ttl=dt.timedelta(hours=ttl_hours), snapshot_at=snapshot_at
     )
 
 
@@ -104,7 +105,7 @@ def test_matches_brute_force_on_a_built_world(faulty_db: duckdb.DuckDBPyConnecti
             "score_ts": [bounds[0] + dt.timedelta(seconds=float(s)) for s in g.random(150) * span],
         }
     ).cast({"score_ts": pl.Datetime("us")})
-    joined = store.point_in_time_join(faulty_db, sample)
+    joined = store.point_in_time_join(WorldData(faulty_db), sample)
     ids = sample["customer_id"].to_list()
     history = faulty_db.sql(
         "SELECT * FROM feature_store.customer_features WHERE customer_id IN "

@@ -78,7 +78,7 @@ def _open_store(world: Path, limits: Limits) -> LiveTelemetry:
         ctx.world,
         ctx.now,
         cal.midnight(cal.last_production_day + 1),
-        ctx.scenario.fault_set,
+        ctx.fault_set,
         ctx.scenario.world.seed,
         cal,
         # DuckDB's own limit answers most heavy queries with a clean error; the address-space
