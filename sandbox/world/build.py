@@ -27,8 +27,9 @@ from sandbox.pipeline import deploy, label, registry, registry_stamp, retrieve, 
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 from sandbox.pipeline.ops import changelog
 from sandbox.pipeline.release import TRAINING_HOUR, Release
+from sandbox.product import corpus
 from sandbox.scenario import Scenario
-from sandbox.world import corpus, descriptions
+from sandbox.world import descriptions
 from sandbox.world.layout import WorldPaths
 from sandbox.world.simulate import Simulation, SimulationResult
 from sandbox.world.warehouse import Warehouse, content_digest, row_counts
