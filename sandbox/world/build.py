@@ -21,6 +21,7 @@ import polars as pl
 from sandbox import __version__
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
+from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics, performance
 from sandbox.monitor.drift import DriftMonitor
 from sandbox.pipeline import deploy, label, registry, registry_stamp, retrieve, train
@@ -30,7 +31,6 @@ from sandbox.pipeline.release import TRAINING_HOUR, Release
 from sandbox.product import corpus
 from sandbox.scenario import Scenario
 from sandbox.world import descriptions
-from sandbox.world.layout import WorldPaths
 from sandbox.world.simulate import Simulation, SimulationResult
 from sandbox.world.warehouse import Warehouse, content_digest, row_counts
 

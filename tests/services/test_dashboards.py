@@ -14,12 +14,12 @@ import pytest
 
 from sandbox import scenario
 from sandbox.faults import registry as fault_registry
+from sandbox.layout import WorldPaths
 from sandbox.services.gateway import console, dashboards
 from sandbox.services.gateway.dashboards import DashboardError
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 
 FROZEN = 1e-9  # a clock this slow stands still for the length of a test
 FILES = sorted(dashboards.DASHBOARDS_DIR.glob("*.toml"))

@@ -13,9 +13,9 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from sandbox.layout import WorldPaths
 from sandbox.services.gateway import builder, interviewer, sessions
 from sandbox.services.gateway.sessions import SessionStore
-from sandbox.world.layout import WorldPaths
 from tests.conftest import Worlds
 from tests.services.conftest import MakeSession, gateway_client, session_maker, world_paths
 

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sandbox.faults import registry
+from sandbox.layout import WorldPaths
 from sandbox.services.gateway import dashboards, pages
-from sandbox.world.layout import WorldPaths
 from tests.services.conftest import MakeSession
 
 HTML = {"accept": "text/html"}

@@ -12,8 +12,8 @@ import duckdb
 import pytest
 
 from sandbox import scenario
+from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.world.build import BuildSummary, WorldExists, build
-from sandbox.world.layout import IncompleteWorld, read_manifest
 from tests.conftest import CONTROL_SCENARIO, SMALL_SCALE
 
 EXPECTED_TABLES = {

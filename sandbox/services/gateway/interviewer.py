@@ -21,13 +21,13 @@ from fastapi.responses import (
 )
 from pydantic import BaseModel, Field
 
+from sandbox.layout import read_manifest
 from sandbox.review import export, report, rubric
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.sessions import Session, SessionStore
 from sandbox.services.gateway.state import Gateway
-from sandbox.world.layout import read_manifest
 
 router = APIRouter()
 MAX_TIME_LIMIT_MIN = 24 * 60

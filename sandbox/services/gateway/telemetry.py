@@ -19,10 +19,10 @@ import duckdb
 import polars as pl
 
 from sandbox.faults.base import FaultSet, HookContext
+from sandbox.layout import WorldPaths
 from sandbox.monitor import metrics
 from sandbox.services import spool
 from sandbox.services.gateway import views
-from sandbox.world.layout import WorldPaths
 
 WORLD_CATALOG = "world"
 # Every schema the world has; the candidate's queries may only name these.
