@@ -62,7 +62,7 @@ from benchmarks.stack import (
     stop_stack,
     stop_table,
 )
-from sandbox.services.gateway.dashboards import DASHBOARDS_DIR
+from sandbox.services.dashboards import DASHBOARDS_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -15,8 +15,9 @@ import pytest
 from sandbox import scenario
 from sandbox.faults import registry as fault_registry
 from sandbox.layout import WorldPaths
-from sandbox.services.gateway import console, dashboards
-from sandbox.services.gateway.dashboards import DashboardError
+from sandbox.services import dashboards
+from sandbox.services.dashboards import DashboardError
+from sandbox.services.gateway import console
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary

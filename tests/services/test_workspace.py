@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from sandbox.faults import registry
 from sandbox.layout import WorldPaths
-from sandbox.services.gateway import dashboards, pages
+from sandbox.services import dashboards
+from sandbox.services.gateway import pages
 from tests.services.conftest import MakeSession
 
 HTML = {"accept": "text/html"}

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sandbox.services.gateway import dashboards
+from sandbox.services import dashboards
 from sandbox.services.gateway.auth import Auth, caller, sign_in
 from sandbox.services.gateway.state import Gateway
 

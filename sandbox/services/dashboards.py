@@ -1,5 +1,6 @@
 """Dashboards: definitions in `dashboards/*.toml` (a panel is a query and a chart), validated on
-load, their panels run through the candidate's clock-filtered views like any console query.
+load, their panels run through the candidate's clock-filtered views like any console query. The
+gateway's workspace shows them; `grafana` makes Grafana dashboards of their PromQL forms.
 
 A panel's SQL may use named parameters the page fills in:
 - `$start`, `$end`: the time range picked on the page (TIMESTAMPs; `$end` never after now);
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # The definitions live beside the package in the repository (DESIGN.md "Layout"); a deployment
 # may point elsewhere.
 DASHBOARDS_DIR = Path(
-    os.environ.get("SANDBOX_DASHBOARDS", Path(__file__).resolve().parents[3] / "dashboards")
+    os.environ.get("SANDBOX_DASHBOARDS", Path(__file__).resolve().parents[2] / "dashboards")
 )
 PARAMETER = re.compile(r"\$([a-z_][a-z0-9_]*)")
 BUILTIN_PARAMETERS = {"start", "end", "bucket"}
