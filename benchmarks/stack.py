@@ -759,8 +759,8 @@ def in_process(world: Path, snapshot: Path, ids: list[int]) -> Baseline:
     import polars as pl
     from threadpoolctl import threadpool_limits
 
+    from sandbox.layout import WorldPaths
     from sandbox.pipeline import deploy, registry
-    from sandbox.world.layout import WorldPaths
 
     paths = WorldPaths(world)
     record = deploy.read_model_deployment(paths.deploy)
@@ -838,8 +838,8 @@ def request_ids(world: Path, model_url: str) -> tuple[list[int], Path, Path, int
     also holds (a newer customer would get a 404). Returns (ids, newest, in use, dropped)."""
     import polars as pl
 
+    from sandbox.layout import WorldPaths
     from sandbox.pipeline import deploy
-    from sandbox.world.layout import WorldPaths
 
     snapshots = deploy.online_snapshots(WorldPaths(world).online_store)
     newest = snapshots[-1][1]

@@ -63,7 +63,7 @@ from benchmarks.stack import (
     stop_stack,
     stop_table,
 )
-from sandbox.services.gateway.dashboards import DASHBOARDS_DIR, definition_files
+from sandbox.services.dashboards import DASHBOARDS_DIR, definition_files
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -135,8 +135,8 @@ def verify_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check that every planted fault shows its symptom and the rest of the world is healthy."""
+    from sandbox.layout import IncompleteWorld
     from sandbox.verify import verify
-    from sandbox.world.layout import IncompleteWorld
 
     try:
         result = verify(world)
@@ -168,8 +168,8 @@ def report_cmd(
     """Render (or reuse) one day's drift report and print its path."""
     import datetime as dt
 
+    from sandbox.layout import IncompleteWorld, read_manifest
     from sandbox.monitor.reports import NoReport, drift_report
-    from sandbox.world.layout import IncompleteWorld, read_manifest
 
     try:
         read_manifest(world)
@@ -310,8 +310,8 @@ def up(
 
 
 def _operator_token(world: Path) -> str:
+    from sandbox.layout import WorldPaths
     from sandbox.services import stack
-    from sandbox.world.layout import WorldPaths
 
     return stack.admin_token(WorldPaths(world))
 
@@ -321,8 +321,8 @@ def _gateway_call(world: Path, method: str, path: str, body: dict | None = None)
     when no stack is running or the gateway refuses."""
     import httpx
 
+    from sandbox.layout import WorldPaths
     from sandbox.services import stack
-    from sandbox.world.layout import WorldPaths
 
     try:
         base = stack.gateway_url(WorldPaths(world).run)
@@ -400,9 +400,9 @@ def review(
     fmt = export.suffix.lstrip(".").lower()
     if fmt not in ("html", "md"):
         _fail(f"{export}: export as .html or .md")
+    from sandbox.layout import WorldPaths
     from sandbox.review import export as review_export
     from sandbox.review.gather import NoReview, review_of
-    from sandbox.world.layout import WorldPaths
 
     if not WorldPaths(world).answer_key.is_file():
         _fail(f"{world} is not a built world")
@@ -423,8 +423,8 @@ def compose_init(
 ) -> None:
     """Make a world ready for the containers of compose/: build it if it is missing, then write
     the run state they share (addresses, clock, metric history, Grafana dashboards)."""
+    from sandbox.layout import IncompleteWorld, read_manifest
     from sandbox.services import compose
-    from sandbox.world.layout import IncompleteWorld, read_manifest
 
     try:
         read_manifest(world)
@@ -450,7 +450,7 @@ def demo(
 ) -> None:
     """The main job: build the default world if absent, start the stack, create a session, print
     the candidate and interviewer links."""
-    from sandbox.world.layout import IncompleteWorld, read_manifest
+    from sandbox.layout import IncompleteWorld, read_manifest
 
     try:
         manifest = read_manifest(out)

@@ -9,8 +9,8 @@ import duckdb
 
 from sandbox import scenario as scenario_mod
 from sandbox.faults.base import Check
+from sandbox.layout import WorldPaths, read_manifest
 from sandbox.world import health
-from sandbox.world.layout import WorldPaths, read_manifest
 
 
 @dataclass

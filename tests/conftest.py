@@ -23,8 +23,8 @@ import duckdb
 import pytest
 
 from sandbox import scenario
+from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.world.build import BuildSummary, build
-from sandbox.world.layout import IncompleteWorld, read_manifest
 from sandbox.world.libraries import library_versions
 
 SMALL_SCALE = 0.4  # 10,000 customers: stable weekly metrics; build time is mostly fixed costs

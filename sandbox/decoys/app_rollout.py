@@ -14,8 +14,8 @@ from pydantic import Field
 
 from sandbox.clock import Calendar
 from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
+from sandbox.product import DEVICES
 from sandbox.rng import stable_unit
-from sandbox.world.population import DEVICES
 
 
 class Params(DecoyParams):

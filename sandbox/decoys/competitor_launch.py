@@ -8,7 +8,7 @@ perhaps add a region signal), not hunt for a broken pipeline.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import duckdb
 import numpy as np
@@ -16,8 +16,12 @@ from pydantic import Field
 
 from sandbox.clock import Calendar
 from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
-from sandbox.world.behaviour import WorldState
-from sandbox.world.population import REGIONS
+from sandbox.product import REGIONS
+
+if TYPE_CHECKING:
+    # The world hands its state to the `world.state` hook; the world sits above the decoys, so
+    # only the annotation names it (the hook checker compares annotation text).
+    from sandbox.world.behaviour import WorldState
 
 
 class Params(DecoyParams):

@@ -34,7 +34,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.monitor.alerts import RULES
-from sandbox.world.behaviour import HOURLY_TRAFFIC
+from sandbox.product import HOURLY_TRAFFIC
 
 SERVICE = "model-server"
 SERIES = (

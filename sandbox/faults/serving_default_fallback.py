@@ -38,7 +38,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.world.behaviour import HOURLY_TRAFFIC
+from sandbox.product import HOURLY_TRAFFIC
 
 PREVIOUS_DEADLINE_MS = 50
 CHANGE_HOUR = 11.0  # the config change lands late morning on the onset day

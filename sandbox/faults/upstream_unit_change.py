@@ -31,8 +31,8 @@ from sandbox.faults.base import (
     Step,
     hook,
 )
+from sandbox.product import APP_RELEASES
 from sandbox.rng import stable_unit
-from sandbox.world.behaviour import APP_RELEASES
 
 DEVICE_NAMES = {"ios": "iOS", "android": "Android", "web": "web", "smart_tv": "smart TV"}
 SCORE_DROP = 0.7  # affected customers' score change, at most this share of everyone else's

@@ -11,6 +11,12 @@ import duckdb
 import polars as pl
 
 METRIC_TABLE = "telemetry.metrics"
+# A metric point is stamped with the start of its bucket; it exists once the bucket is over.
+METRIC_COMPLETE = (
+    "CASE service WHEN 'model-server' THEN ts + INTERVAL 5 MINUTE "
+    "WHEN 'retrieval' THEN ts + INTERVAL 1 HOUR WHEN 'feature-job' THEN ts "
+    "ELSE ts + INTERVAL 1 DAY END"
+)
 
 
 def _bucketed_requests(

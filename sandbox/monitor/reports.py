@@ -12,9 +12,9 @@ from pathlib import Path
 
 import duckdb
 
+from sandbox.layout import WorldPaths
 from sandbox.monitor.drift import render_report_html
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.world.layout import WorldPaths
 
 
 class NoReport(LookupError):

@@ -9,7 +9,7 @@ import polars as pl
 
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet
-from sandbox.world.behaviour import APP_RELEASES
+from sandbox.product import APP_RELEASES
 
 # (day, hour, kind, service, title, body, author)
 ROUTINE: list[tuple[int, float, str, str, str, str, str]] = [

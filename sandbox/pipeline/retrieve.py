@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
 
 from sandbox import rng
-from sandbox.world import corpus
+from sandbox.product import corpus
 
 ENCODER_DIM = 64
 TOP_K = 5

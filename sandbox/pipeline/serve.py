@@ -20,7 +20,7 @@ from sandbox.logs import LogSink
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.pipeline.train import SCORE_HOUR
-from sandbox.world.behaviour import HOURLY_TRAFFIC, hours_of_day
+from sandbox.product import HOURLY_TRAFFIC, hours_of_day
 
 SERVICE = "model-server"
 BATCH_SERVICE = "batch-scoring"

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sandbox.layout import WorldPaths, read_manifest
 from sandbox.review import report
 from sandbox.review.store import Session, SessionStore, StoreUnavailable, exists
-from sandbox.world.layout import WorldPaths, read_manifest
 
 
 class NoReview(LookupError):

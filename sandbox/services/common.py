@@ -15,9 +15,9 @@ from typing import Any
 from sandbox import scenario
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, WorldData
+from sandbox.layout import WorldPaths, read_manifest
 from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
-from sandbox.world.layout import WorldPaths, read_manifest
 
 HEALTH_PATH = "/health"
 # The gateway names the candidate session a proxied call comes from, so the rows the call produces

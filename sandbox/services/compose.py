@@ -9,12 +9,12 @@ import contextlib
 import datetime as dt
 from pathlib import Path
 
+from sandbox.layout import WorldPaths
 from sandbox.scenario import world_spec
 from sandbox.services import grafana, stack
 from sandbox.services import prometheus as promstack
 from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import HEARTBEAT_FILE, MLFLOW_PREFIX
-from sandbox.world.layout import WorldPaths
 
 # Container name -> (port, health path), as compose/compose.yaml runs them.
 SERVICES = {

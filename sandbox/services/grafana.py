@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sandbox.services.gateway import dashboards
+from sandbox.services import dashboards
 
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 GRID_WIDTH = 24

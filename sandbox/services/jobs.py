@@ -47,13 +47,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from sandbox import scenario
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
+from sandbox.layout import WorldPaths
 from sandbox.monitor.drift import DriftMonitor
 from sandbox.pipeline.deploy import online_snapshots
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.services.common import ServiceContext
 from sandbox.services.spool import read_new
-from sandbox.world.layout import WorldPaths
 
 SERVICE = "scheduler"
 MATERIALIZE = "materialize"

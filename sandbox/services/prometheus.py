@@ -18,8 +18,8 @@ from pathlib import Path
 
 import duckdb
 
-from sandbox.services.gateway.views import METRIC_COMPLETE
-from sandbox.world.layout import WorldPaths
+from sandbox.layout import WorldPaths
+from sandbox.monitor.metrics import METRIC_COMPLETE
 
 HISTORY_FILE = "history.om"
 RETENTION = "400d"  # the history reaches back months before the stack starts

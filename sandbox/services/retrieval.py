@@ -35,10 +35,10 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.faults.base import HookContext
+from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.pipeline import registry, retrieve
 from sandbox.services import caller, limits
 from sandbox.services.common import HEALTH_PATH, ServiceContext, serve, service_args
-from sandbox.world.layout import IncompleteWorld, read_manifest
 
 # The name the world's metrics, alerts and changelog use for this service.
 SERVICE = "retrieval"

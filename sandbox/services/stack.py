@@ -9,7 +9,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sandbox.world.layout import WorldPaths
+from sandbox.layout import WorldPaths
 
 STACK_FILE = "stack.json"
 ADMIN_TOKEN_FILE = "operator-token"

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import httpx
 
+from sandbox.layout import IncompleteWorld, WorldPaths, read_manifest
 from sandbox.pipeline import deploy, registry, registry_stamp
 from sandbox.scenario import world_spec
 from sandbox.services import prometheus as promstack
 from sandbox.services import stack
 from sandbox.services.simclock import DEFAULT_SPEED, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
-from sandbox.world.layout import IncompleteWorld, WorldPaths, read_manifest
 
 HEARTBEAT_FILE = "sim-now"
 READY_TIMEOUT_S = 90.0

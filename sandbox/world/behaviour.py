@@ -12,38 +12,10 @@ import polars as pl
 
 from sandbox import rng
 from sandbox.clock import Calendar
+from sandbox.product import APP_RELEASES, hours_of_day
 from sandbox.world.population import PAYMENT_METHODS
 
 WEEKLY_SEASON = np.array([0.95, 0.92, 0.94, 1.0, 1.1, 1.28, 1.22])  # Mon..Sun
-HOURLY_TRAFFIC = np.array(
-    [
-        3,
-        2,
-        1.5,
-        1.2,
-        1.2,
-        1.6,
-        2.5,
-        3.5,
-        4,
-        4,
-        4.2,
-        4.5,
-        5,
-        5,
-        4.8,
-        4.8,
-        5.2,
-        6,
-        7.5,
-        9,
-        9.5,
-        8.5,
-        6.5,
-        4.5,
-    ]
-)
-APP_RELEASES = [("5.0.0", -10_000), ("5.1.0", -45), ("5.2.0", 9), ("5.3.0", 33)]
 APP_UPGRADE_P = 0.12
 PAYMENT_FAIL_P = dict(zip(PAYMENT_METHODS, [0.045, 0.02, 0.06, 0.035], strict=True))
 BILLING_CYCLE_DAYS = 30
@@ -55,12 +27,6 @@ RETRY_FAIL_P = 0.55
 OFFER_EFFECT = 0.9  # hazard multiplier while a retention offer is running
 OFFER_DAYS = 30
 HAZARD_BASE = -7.3
-
-
-def hours_of_day(g: np.random.Generator, n: int) -> np.ndarray:
-    """Event times (fractional hours) that follow the daily traffic curve."""
-    p = HOURLY_TRAFFIC / HOURLY_TRAFFIC.sum()
-    return g.choice(24, n, p=p) + g.random(n)
 
 
 class WorldState:

@@ -21,15 +21,16 @@ import polars as pl
 from sandbox import __version__
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
+from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics, performance
 from sandbox.monitor.drift import DriftMonitor
 from sandbox.pipeline import deploy, label, registry, registry_stamp, retrieve, train
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 from sandbox.pipeline.ops import changelog
 from sandbox.pipeline.release import TRAINING_HOUR, Release
+from sandbox.product import corpus
 from sandbox.scenario import Scenario
-from sandbox.world import corpus, descriptions
-from sandbox.world.layout import WorldPaths
+from sandbox.world import descriptions
 from sandbox.world.libraries import library_versions
 from sandbox.world.simulate import Simulation, SimulationResult
 from sandbox.world.warehouse import Warehouse, content_digest, row_counts

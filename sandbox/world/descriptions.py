@@ -1,4 +1,5 @@
-"""One-line descriptions of every candidate-visible table and column (the schema browser shows them)."""
+"""One-line descriptions of every table and column of a built world the candidate sees (the schema
+browser shows them; the columns the running stack's views add are described with those views)."""
 
 from __future__ import annotations
 
@@ -106,23 +107,6 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
     "monitoring.alert_rules": ("The alert rules in force.", {}),
     "telemetry.metrics": ("Service metric time series (ts, service, metric, label, value).", {}),
     "telemetry.logs": ("Structured logs from every job and service.", {}),
-}
-
-# Columns the console's views add to a world table (sandbox/services/gateway/views.py): not in the
-# built world, described here like the rest.
-VIEW_COLUMNS: dict[str, dict[str, str]] = {
-    "serving.predictions": {
-        "client": "Who requested the prediction: production (the daily batch job and the "
-        "production API callers) or workspace (requests sent from this workspace).",
-    },
-    "retrieval.search_log": {
-        "client": "Who sent the search: production (the support desk) or workspace (searches "
-        "sent from this workspace).",
-    },
-    "telemetry.logs": {
-        "client": "workspace for lines about requests sent from this workspace; production "
-        "otherwise.",
-    },
 }
 
 

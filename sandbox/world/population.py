@@ -7,11 +7,12 @@ import polars as pl
 
 from sandbox import rng
 from sandbox.clock import Calendar
+from sandbox.product import DEVICES, REGIONS
 
 PLANS = {"basic": 7.99, "standard": 12.99, "premium": 17.99}
 PLAN_P = [0.45, 0.38, 0.17]
-REGIONS, REGION_P = ["na", "eu", "latam", "apac"], [0.40, 0.30, 0.18, 0.12]
-DEVICES, DEVICE_P = ["ios", "android", "web", "smart_tv"], [0.30, 0.32, 0.18, 0.20]
+REGION_P = [0.40, 0.30, 0.18, 0.12]  # shares of REGIONS
+DEVICE_P = [0.30, 0.32, 0.18, 0.20]  # shares of DEVICES
 CHANNELS, CHANNEL_P = ["organic", "paid_social", "referral", "partner"], [0.45, 0.25, 0.18, 0.12]
 PAYMENT_METHODS = ["card", "paypal", "direct_debit", "gift_card"]
 PAYMENT_P = [0.55, 0.22, 0.18, 0.05]

@@ -7,7 +7,7 @@ import polars as pl
 
 from sandbox import rng
 from sandbox.clock import Calendar
-from sandbox.world import corpus
+from sandbox.product import corpus
 
 CLICK_P_BY_RANK = np.array([0.85, 0.7, 0.55, 0.4, 0.3])
 AGENT_RESOLVES_P = 0.55  # without a useful suggestion an agent still solves about half

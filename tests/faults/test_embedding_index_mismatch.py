@@ -14,7 +14,7 @@ from sandbox import rng, scenario
 from sandbox.faults.base import HookContext
 from sandbox.faults.embedding_index_mismatch import EmbeddingIndexMismatch, Params
 from sandbox.pipeline import retrieve
-from sandbox.world import corpus
+from sandbox.product import corpus
 
 CAL = scenario.load(None).world.calendar()
 TELLTALE = re.compile(r"\bfault|inject|planted|answer|sabotag|\bbug\b|mismatch", re.IGNORECASE)

@@ -10,8 +10,7 @@ from pydantic import ValidationError
 from sandbox import scenario
 from sandbox.faults.base import HookContext
 from sandbox.faults.upstream_unit_change import Params, UpstreamUnitChange, release_version
-from sandbox.world.behaviour import APP_RELEASES
-from sandbox.world.population import DEVICES
+from sandbox.product import APP_RELEASES, DEVICES
 
 CAL = scenario.load(None).world.calendar()
 N = 20_000

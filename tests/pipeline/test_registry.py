@@ -26,11 +26,11 @@ import httpx
 import pytest
 
 from sandbox.clock import Calendar
+from sandbox.layout import WorldPaths
 from sandbox.pipeline import registry
 from sandbox.scenario import world_spec
 from sandbox.services.supervisor import MLFLOW_PREFIX, free_port, mlflow_ui
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.conftest import Worlds
 
 # A world with one release, one with a second encoder version, one with a retrain.

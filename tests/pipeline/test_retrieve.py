@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from sandbox.pipeline import registry, retrieve
-from sandbox.world import corpus
+from sandbox.product import corpus
 from sandbox.world.build import BuildSummary
 
 

@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sandbox import scenario
+from sandbox.layout import WorldPaths
 from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
 from sandbox.services import stack
 from sandbox.services.gateway.app import create_app
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 
 FROZEN = 1e-9  # a clock this slow stands still for the length of a test
 MakeSession = Callable[..., dict[str, str]]

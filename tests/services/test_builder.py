@@ -11,8 +11,8 @@ import time
 from fastapi.testclient import TestClient
 
 from sandbox.faults import registry
+from sandbox.layout import WorldPaths, read_manifest
 from sandbox.services import stack
-from sandbox.world.layout import WorldPaths, read_manifest
 from tests.services.conftest import MakeSession
 
 VARIANT_SCALE = 0.04  # 1,000 customers: the smallest world that trains a model comfortably

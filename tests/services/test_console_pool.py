@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from sandbox.layout import WorldPaths
 from sandbox.services import stack
 from sandbox.services.gateway.console import allowed_functions, reserved_names
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.services.conftest import gateway_client, session_maker, world_paths
 
 TIME_LIMIT_S = 2.0

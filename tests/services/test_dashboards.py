@@ -17,12 +17,13 @@ import pytest
 
 from sandbox import scenario
 from sandbox.faults import registry as fault_registry
-from sandbox.services.gateway import console, dashboards
-from sandbox.services.gateway.dashboards import DashboardError
+from sandbox.layout import WorldPaths
+from sandbox.services import dashboards
+from sandbox.services.dashboards import DashboardError
+from sandbox.services.gateway import console
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.conftest import REPO
 
 FROZEN = 1e-9  # a clock this slow stands still for the length of a test
@@ -227,7 +228,7 @@ def test_a_dashboard_id_used_twice_is_refused_naming_the_second_file(tmp_path: P
 
 def test_sandbox_dashboards_serves_another_directory_of_definitions(tmp_path: Path) -> None:
     (tmp_path / "mine.toml").write_text(TEMPLATE.format(id="mine"))
-    show = "from sandbox.services.gateway import dashboards; print(list(dashboards.catalog()))"
+    show = "from sandbox.services import dashboards; print(list(dashboards.catalog()))"
     done = subprocess.run(
         [sys.executable, "-c", show],
         env={**os.environ, "SANDBOX_DASHBOARDS": str(tmp_path)},

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import IncompleteWorld, read_manifest
 from tests.services.candidates import Session, kill_gateway_while_writing
 from tests.services.running import SANDBOX, Stack, running_stack
 

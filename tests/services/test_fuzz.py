@@ -23,12 +23,12 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance
 from schemathesis.python import asgi
 
 from sandbox import scenario
+from sandbox.layout import WorldPaths
 from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
 from sandbox.services import model_server, retrieval, stack
 from sandbox.services.gateway import app as gateway_app
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.services.conftest import FROZEN
 
 EXAMPLES = 25  # per operation, valid and invalid requests together

@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sandbox import scenario
+from sandbox.layout import WorldPaths
 from sandbox.services.gateway import console
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
-from sandbox.world.layout import WorldPaths
 from tests.services.conftest import FROZEN, MakeSession
 
 

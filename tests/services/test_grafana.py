@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from typer.testing import CliRunner
 
 from sandbox.cli import app
-from sandbox.services import grafana
-from sandbox.services.gateway import dashboards
+from sandbox.services import dashboards, grafana
 
 
 class Strict(BaseModel):

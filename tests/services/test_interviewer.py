@@ -15,10 +15,10 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from sandbox.layout import WorldPaths
 from sandbox.review import store as sessions
 from sandbox.review.store import SessionStore
 from sandbox.services.gateway import builder, interviewer
-from sandbox.world.layout import WorldPaths
 from tests.conftest import Worlds
 from tests.services.conftest import MakeSession, gateway_client, session_maker, world_paths
 from tests.services.running import SANDBOX

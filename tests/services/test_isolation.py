@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox import scenario
+from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
 from sandbox.services import model_server, retrieval, stack, traffic
 from sandbox.services.common import SESSION_HEADER
@@ -25,7 +26,6 @@ from sandbox.services.gateway.app import create_app
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import read_new, spool_path
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.services.conftest import FROZEN, session_maker, world_paths
 
 A_TEXT = "ada-7f3: the TV app signs me out every evening and my watchlist is gone"

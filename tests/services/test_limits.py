@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from sandbox import scenario
+from sandbox.layout import WorldPaths
 from sandbox.review import store as sessions
 from sandbox.review.store import HistoryFull, SessionStore
 from sandbox.services import limits, model_server, retrieval, spool
@@ -29,7 +30,6 @@ from sandbox.services.gateway import state
 from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.services.conftest import FROZEN, MakeSession
 
 MB = 1024 * 1024

@@ -20,13 +20,13 @@ from sandbox import scenario
 from sandbox.clock import Calendar
 from sandbox.faults import registry as fault_registry
 from sandbox.faults import serving_default_fallback as fallback
+from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.services import spool
 from sandbox.services.model_server import MAX_BATCH, SERVICE, create_app
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.conftest import Worlds, connect
 
 PEAK_HOUR = int(np.argmax(fallback.LOAD))

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from sandbox import scenario
-from sandbox.services.gateway import dashboards
+from sandbox.services import dashboards
 from sandbox.world.build import BuildSummary
 from tests.services.running import Stack, running_stack
 

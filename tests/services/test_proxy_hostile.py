@@ -31,13 +31,13 @@ import pytest
 import uvicorn
 
 from sandbox import scenario
+from sandbox.layout import WorldPaths
 from sandbox.services import stack
 from sandbox.services.common import SESSION_HEADER
 from sandbox.services.gateway.app import create_app
 from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import free_port, mlflow_ui
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.services.conftest import FROZEN, world_paths
 
 MLFLOW_READY_S = 90.0

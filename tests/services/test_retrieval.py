@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 
 from sandbox import scenario
 from sandbox.faults import registry as fault_registry
+from sandbox.layout import WorldPaths
 from sandbox.pipeline import registry, retrieve
 from sandbox.services import spool
 from sandbox.services.retrieval import SERVICE, create_app
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.conftest import Worlds, connect
 
 

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
 from sandbox.faults import registry
-from sandbox.services.gateway import dashboards, pages
+from sandbox.services import dashboards
+from sandbox.services.gateway import pages
 from tests.services.conftest import MakeSession
 from tests.world.test_secrecy import TELLTALE
 

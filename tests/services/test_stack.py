@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from sandbox import scenario
+from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
-from sandbox.world.layout import WorldPaths
 from tests.services.running import READY_S, SANDBOX, Stack, running_stack
 
 SPEED = 600.0  # ten simulated minutes per second: live traffic shows up within seconds

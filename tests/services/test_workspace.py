@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sandbox.faults import registry
-from sandbox.services.gateway import dashboards, pages
-from sandbox.world.layout import WorldPaths
+from sandbox.layout import WorldPaths
+from sandbox.services import dashboards
+from sandbox.services.gateway import pages
 from tests.services.conftest import MakeSession
 
 HTML = {"accept": "text/html"}

@@ -12,8 +12,8 @@ import duckdb
 import pytest
 
 from sandbox import scenario
+from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.world.build import BuildSummary, WorldExists, build
-from sandbox.world.layout import IncompleteWorld, read_manifest
 from sandbox.world.libraries import SHAPING_LIBRARIES, library_versions
 from tests.conftest import CONTROL_SCENARIO, SMALL_SCALE
 

@@ -26,10 +26,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from sandbox import catalog, scenario
+from sandbox.layout import WorldPaths
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Caller, caller
 from sandbox.services.gateway.errors import invalid
-from sandbox.world.layout import WorldPaths
 
 router = APIRouter()
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

@@ -20,7 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sandbox.review.store import HistoryFull
-from sandbox.services.gateway import dashboards
+from sandbox.services import dashboards
 from sandbox.services.gateway.auth import Auth, caller, sign_in
 from sandbox.services.gateway.state import Gateway
 

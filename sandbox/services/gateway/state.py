@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 
+from sandbox.layout import WorldPaths
 from sandbox.review.evidence import Shown
 from sandbox.review.store import SessionStore
 from sandbox.services import stack
@@ -21,7 +22,6 @@ from sandbox.services.gateway.auth import Caller
 from sandbox.services.gateway.console import QueryResult
 from sandbox.services.gateway.console_pool import ConsolePool
 from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS
-from sandbox.world.layout import WorldPaths
 
 # No range reaches before this: the world's calendar is years later, and arithmetic near the
 # smallest datetime overflows.

@@ -19,10 +19,10 @@ import duckdb
 import polars as pl
 
 from sandbox.faults.base import FaultSet, HookContext
+from sandbox.layout import WorldPaths
 from sandbox.monitor import metrics
 from sandbox.services import spool
 from sandbox.services.gateway import views
-from sandbox.world.layout import WorldPaths
 
 WORLD_CATALOG = "world"
 # Every schema the world has; the candidate's queries may only name these.
@@ -156,7 +156,7 @@ class LiveTelemetry:
             sql = views.view_sql(table, WORLD_CATALOG, columns)
             if table == "telemetry.metrics":
                 sql += f" UNION ALL BY NAME SELECT * FROM {LIVE_METRICS} WHERE "
-                sql += f"{views.METRIC_COMPLETE} <= {views.NOW}"
+                sql += f"{metrics.METRIC_COMPLETE} <= {views.NOW}"
             self.con.execute(f"CREATE VIEW {table} AS {sql}")
 
     def set_clock(self, con: duckdb.DuckDBPyConnection) -> dt.datetime:

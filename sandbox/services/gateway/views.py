@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sandbox.world import descriptions
+from sandbox.monitor.metrics import METRIC_COMPLETE
 
 NOW = "getvariable('sim_now')"
 LIVE_START = "getvariable('live_start')"
@@ -37,14 +37,21 @@ CLIENT = "client"
 CLIENT_TABLES = ("serving.predictions", "retrieval.search_log", "telemetry.logs")
 PRODUCTION_CLIENT = "production"
 WORKSPACE_CLIENT = "workspace"
-
-
-# A metric point is stamped with the start of its bucket; it exists once the bucket is over.
-METRIC_COMPLETE = (
-    "CASE service WHEN 'model-server' THEN ts + INTERVAL 5 MINUTE "
-    "WHEN 'retrieval' THEN ts + INTERVAL 1 HOUR WHEN 'feature-job' THEN ts "
-    "ELSE ts + INTERVAL 1 DAY END"
-)
+# The schema browser's descriptions of those columns: not in the built world, described here.
+VIEW_COLUMNS: dict[str, dict[str, str]] = {
+    "serving.predictions": {
+        "client": "Who requested the prediction: production (the daily batch job and the "
+        "production API callers) or workspace (requests sent from this workspace).",
+    },
+    "retrieval.search_log": {
+        "client": "Who sent the search: production (the support desk) or workspace (searches "
+        "sent from this workspace).",
+    },
+    "telemetry.logs": {
+        "client": "workspace for lines about requests sent from this workspace; production "
+        "otherwise.",
+    },
+}
 
 
 # Services whose log lines come from the live processes once live time starts.
@@ -124,10 +131,7 @@ def view_columns(table: str, columns: list[str]) -> list[str]:
 def added_columns() -> list[tuple[str, str, str, str]]:
     """What the views add to the world's tables, for the schema browser: (table, column, type,
     description)."""
-    return [
-        (table, CLIENT, "VARCHAR", descriptions.VIEW_COLUMNS[table][CLIENT])
-        for table in CLIENT_TABLES
-    ]
+    return [(table, CLIENT, "VARCHAR", VIEW_COLUMNS[table][CLIENT]) for table in CLIENT_TABLES]
 
 
 def view_sql(table: str, world: str, columns: list[str]) -> str:

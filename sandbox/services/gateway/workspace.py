@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.monitor.reports import report_path
 from sandbox.review.store import DiagnosisClosed, ImplausibleEvent
-from sandbox.services.gateway import dashboards
+from sandbox.services import dashboards
 from sandbox.services.gateway.auth import Auth, CandidateAuth
 from sandbox.services.gateway.console import QueryRefused
 from sandbox.services.gateway.console_pool import ConsoleBusy
