@@ -278,3 +278,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "worlds" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.world)
+    # The tests on the shared stack run last, together: it stays up from the first of them to
+    # the end of the session, and no other stack starts meanwhile.
+    shared = [i for i in items if "shared_stack" in getattr(i, "fixturenames", ())]
+    items[:] = [i for i in items if i not in shared] + shared

@@ -17,6 +17,7 @@ from sandbox.services import stack
 from sandbox.services.gateway.app import create_app
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
+from tests.services.running import Stack, running_stack
 
 FROZEN = 1e-9  # a clock this slow stands still for the length of a test
 MakeSession = Callable[..., dict[str, str]]
@@ -85,3 +86,19 @@ def client(paths: WorldPaths) -> Iterator[TestClient]:
 @pytest.fixture
 def make_session(client: TestClient, paths: WorldPaths) -> MakeSession:
     return session_maker(client, paths)
+
+
+SHARED_SPEED = 120.0  # two simulated minutes a second: live rows arrive while a test waits
+
+
+@pytest.fixture(scope="session")
+def shared_stack(
+    faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """One `sandbox up --prometheus` for the tests that leave the stack as they found it (each
+    module drives it through a session of its own). Starting a stack costs ~10 s, so they share
+    it; those tests run last (tests/conftest.py), so it never runs beside another stack."""
+    if shutil.which("prometheus") is None:
+        pytest.fail("Debian's prometheus is missing: `make test` installs it")
+    with running_stack(faulty_world, tmp_path_factory, SHARED_SPEED, ("--prometheus",)) as running:
+        yield running

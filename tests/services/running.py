@@ -4,6 +4,7 @@ browser tests drive over HTTP."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import signal
@@ -69,6 +70,25 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) 
     raise AssertionError(f"not healthy within {timeout} s")
 
 
+def new_session(stack: Stack, candidate: str) -> Stack:
+    """The same running stack, driven through a new candidate session of its own."""
+    made = subprocess.run(
+        [SANDBOX, "session", "create", str(stack.world), "--candidate", candidate, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    links = json.loads(made.stdout)
+    return dataclasses.replace(
+        stack,
+        candidate={"Authorization": f"Bearer {links['candidate_token']}"},
+        interviewer={"Authorization": f"Bearer {links['interviewer_token']}"},
+        session_id=links["session_id"],
+        candidate_url=links["candidate_url"],
+        interviewer_url=links["interviewer_url"],
+    )
+
+
 @contextlib.contextmanager
 def running_stack(
     built: BuildSummary,
@@ -89,23 +109,7 @@ def running_stack(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        made = subprocess.run(
-            [SANDBOX, "session", "create", str(world), "--candidate", "ada", "--json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        links = json.loads(made.stdout)
-        yield Stack(
-            process,
-            world,
-            url,
-            {"Authorization": f"Bearer {links['candidate_token']}"},
-            {"Authorization": f"Bearer {links['interviewer_token']}"},
-            links["session_id"],
-            links["candidate_url"],
-            links["interviewer_url"],
-        )
+        yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada")
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)

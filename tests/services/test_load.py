@@ -5,12 +5,10 @@ holding exactly its own candidate's acknowledged actions. p95 latency per route 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from sandbox.world.build import BuildSummary
 from tests.services.candidates import (
     TAG,
     Candidate,
@@ -22,18 +20,16 @@ from tests.services.candidates import (
     run_candidates,
     stats_table,
 )
-from tests.services.running import Stack, running_stack
+from tests.services.running import Stack, new_session
 
-SPEED = 48.0
 CANDIDATES = 5
 SECONDS = 15.0
 THINK_S = 0.05  # mean pause between a candidate's actions
 
 
 @pytest.fixture(scope="module")
-def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(faulty_world, tmp_path_factory, SPEED) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return new_session(shared_stack, "crowd-host")
 
 
 @pytest.fixture(scope="module")

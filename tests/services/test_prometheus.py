@@ -7,9 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
 import time
-from collections.abc import Iterator
 
 import duckdb
 import httpx
@@ -17,18 +15,12 @@ import pytest
 
 from sandbox import scenario
 from sandbox.services import dashboards
-from sandbox.world.build import BuildSummary
-from tests.services.running import Stack, running_stack
-
-SPEED = 120.0
+from tests.services.running import Stack, new_session
 
 
 @pytest.fixture(scope="module")
-def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if shutil.which("prometheus") is None:
-        pytest.fail("Debian's prometheus is missing: `make test` installs it")
-    with running_stack(faulty_world, tmp_path_factory, SPEED, ("--prometheus",)) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return new_session(shared_stack, "metrics")
 
 
 def _prometheus(stack: Stack) -> str:

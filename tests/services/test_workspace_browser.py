@@ -17,11 +17,9 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
 
 from sandbox.services.gateway import pages
-from sandbox.world.build import BuildSummary
 from tests.conftest import REPO
-from tests.services.running import Stack, running_stack
+from tests.services.running import Stack, new_session
 
-SPEED = 120.0
 SHOTS = REPO / "test-output" / "workspace"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -35,9 +33,8 @@ WAIT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(faulty_world, tmp_path_factory, SPEED) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    return new_session(shared_stack, "browser")
 
 
 @pytest.fixture(scope="module")
