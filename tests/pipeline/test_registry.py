@@ -7,6 +7,7 @@ production jobs, never the machine, user or directories the world was built with
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -17,7 +18,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from sandbox.scenario import world_spec
 from sandbox.services.supervisor import MLFLOW_PREFIX, free_port, mlflow_ui
 from sandbox.world.build import BuildSummary
 from tests.conftest import Worlds
+from tests.waiting import until
 
 # A world with one release, one with a second encoder version, one with a retrain.
 REGISTRY_WORLDS = ["default", "embedding", "leakage"]
@@ -243,15 +244,14 @@ def moved_ui(
     )
     url = f"http://127.0.0.1:{port}{MLFLOW_PREFIX}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "MLflow UI did not start"
-            time.sleep(0.5)
+
+        def healthy() -> bool:
+            assert process.poll() is None, "the MLflow UI exited"
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}/health").status_code == 200
+            return False
+
+        until(healthy, "the MLflow UI", timeout=90, every=0.5)
         yield url, copy
     finally:
         process.terminate()

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from tests.services.test_stack import _tree
+from tests.waiting import until
 
 TAG = re.compile(r"tag-[0-9a-z]+-[0-9]+")
 OPERATOR_TOKEN = Path("interviewer") / "operator-token"
@@ -436,12 +437,12 @@ class Durability:
 
 
 def _wait_for(check: Callable[[], bool], timeout: float, poll: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(poll)
-    return check()
+    """Whether `check` came to hold in time (the caller records it; it does not fail here)."""
+    try:
+        until(check, "a condition of the restart", timeout=timeout, every=poll)
+    except AssertionError:
+        return False
+    return True
 
 
 def _healthy(url: str) -> bool:

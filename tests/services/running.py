@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
+from tests.waiting import until
 
 SANDBOX = str(Path(sys.executable).with_name("sandbox"))
 READY_S = 150.0
@@ -57,17 +57,15 @@ class Stack:
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def health() -> dict | None:
         assert process.poll() is None, "sandbox up exited"
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             reply = httpx.get(url + "/-/health", timeout=2)
             if reply.status_code == 200:
                 return reply.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"not healthy within {timeout} s")
+        return None
+
+    return until(health, "the stack healthy", timeout=timeout, every=0.5)
 
 
 def new_session(stack: Stack, candidate: str) -> Stack:

@@ -6,6 +6,7 @@ else; production's traffic is the same for every session."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from sandbox.services.simclock import SimClock
 from sandbox.services.spool import read_new, spool_path
 from sandbox.world.build import BuildSummary
 from tests.services.conftest import FROZEN, session_maker, world_paths
+from tests.waiting import until
 
 A_TEXT = "ada-7f3: the TV app signs me out every evening and my watchlist is gone"
 PRODUCTION_TEXTS = ("My card was charged twice this month", "Video keeps buffering on my phone")
@@ -83,12 +85,15 @@ def _as(session: dict[str, str]) -> dict[str, str]:
 
 def _eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 20.0) -> T:
     """`read()` once `done` holds of it: live rows reach the console within a second or so."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
+    seen: list[T] = []
+
+    def check() -> bool:
+        seen.append(read())
+        return done(seen[-1])
+
+    with contextlib.suppress(AssertionError):  # the caller asserts on what was last seen
+        until(check, "live rows in the console", timeout=timeout)
+    return seen[-1]
 
 
 def _customers(paths: WorldPaths, at: dt.datetime) -> list[int]:

@@ -4,6 +4,7 @@ and the process (health, metrics, a prompt stop that takes its drift run with it
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -49,6 +50,7 @@ from sandbox.services.simclock import SimClock
 from sandbox.services.spool import read_new
 from sandbox.world.build import BuildSummary
 from tests.conftest import scenario_for
+from tests.waiting import until
 
 pytestmark = pytest.mark.world
 
@@ -433,11 +435,12 @@ def test_scheduler_at_high_speed_runs_each_due_job_once(clock, world, default_re
     thread = threading.Thread(target=scheduler.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 240
-        while [(r.job, r.day) for r in scheduler.open_runs()] != [(DRIFT, 47)]:
+
+        def only_the_last_report_open() -> bool:
             assert thread.is_alive()
-            assert time.monotonic() < deadline, f"still open: {scheduler.open_runs()}"
-            time.sleep(0.2)
+            return [(r.job, r.day) for r in scheduler.open_runs()] == [(DRIFT, 47)]
+
+        until(only_the_last_report_open, "every due run done but day 47's report", timeout=240)
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -465,20 +468,21 @@ def test_process_serves_health_and_stops_promptly_during_a_drift_run(clock, worl
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def health() -> httpx.Response | None:
             assert proc.poll() is None, "the jobs process exited"
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "no health endpoint"
-                time.sleep(0.2)
-        assert health.status_code == 200
+            with contextlib.suppress(httpx.TransportError):
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False)
+            return None
+
+        assert until(health, "the jobs process's health endpoint", timeout=60).status_code == 200
+
         # Catch-up: three materializations at once, then the drift reports in a child.
-        while not (children := descendants(proc.pid)):
-            assert proc.poll() is None and time.monotonic() < deadline, "no drift run started"
-            time.sleep(0.1)
+        def drift_child() -> list[int]:
+            assert proc.poll() is None, "the jobs process exited"
+            return descendants(proc.pid)
+
+        children = until(drift_child, "a drift run in a child", timeout=60, every=0.1)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
         assert 'scheduler_job_runs_total{job="materialize",status="success"} 3.0' in metrics
         assert "scheduler_job_last_success_timestamp_seconds" in metrics

@@ -16,6 +16,7 @@ import pytest
 from sandbox import scenario
 from sandbox.services import dashboards
 from tests.services.running import Stack, new_session
+from tests.waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +67,12 @@ def test_the_history_holds_the_worlds_daily_values(stack: Stack) -> None:
 
 
 def test_live_samples_arrive_from_every_service(stack: Stack) -> None:
-    deadline = time.monotonic() + 90
-    jobs: set[str] = set()
-    while time.monotonic() < deadline:
+    def scraped() -> set[str]:
         jobs = {r["metric"]["job"] for r in _query(stack, "up == 1")}
-        if {"model-server", "retrieval", "jobs"} <= jobs and _query(
-            stack, "sum(model_server_requests_total) > 0"
-        ):
-            break
-        time.sleep(2)
-    assert {"model-server", "retrieval", "jobs"} <= jobs
+        served = _query(stack, "sum(model_server_requests_total) > 0")
+        return jobs if {"model-server", "retrieval", "jobs"} <= jobs and served else set()
+
+    until(scraped, "every service scraped, with requests counted", timeout=90, every=1)
 
 
 def test_prometheus_is_read_only_and_recorded_for_the_candidate(stack: Stack) -> None:
@@ -109,17 +106,18 @@ def test_the_grafana_dashboards_query_only_what_prometheus_holds(stack: Stack) -
         headers=stack.candidate,
         timeout=30,
     )
-    names: set[str] = set()
     wanted = set().union(*used.values())
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not wanted <= names:
+
+    def names_once_complete() -> set[str]:
         reply = httpx.get(
             f"{stack.url}/services/prometheus/api/v1/label/__name__/values",
             headers=stack.candidate,
             timeout=30,
         )
         names = set(reply.json()["data"])
-        time.sleep(3)
+        return names if wanted <= names else set()
+
+    names = until(names_once_complete, "every metric the dashboards name", timeout=90, every=1)
     for expr in exprs:
         assert used[expr] and used[expr] <= names, (expr, used[expr] - names)
         ran = httpx.get(

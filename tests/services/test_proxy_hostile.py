@@ -39,6 +39,7 @@ from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import free_port, mlflow_ui
 from sandbox.world.build import BuildSummary
 from tests.services.conftest import FROZEN, world_paths
+from tests.waiting import until
 
 MLFLOW_READY_S = 90.0
 MLFLOW_PREFIXES = ("api/2.0/mlflow", "ajax-api/2.0/mlflow")
@@ -186,14 +187,14 @@ def running_mlflow(mlflow_dir: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + MLFLOW_READY_S
-        while True:
+
+        def healthy() -> bool:
             assert process.poll() is None, (mlflow_dir.parent / "mlflow.log").read_text()
-            assert time.monotonic() < deadline, "the MLflow UI did not start"
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/services/mlflow/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
+                return httpx.get(url + "/services/mlflow/health", timeout=2).status_code == 200
+            return False
+
+        until(healthy, "the MLflow UI up behind the gateway", timeout=MLFLOW_READY_S, every=0.5)
         yield url
     finally:
         process.terminate()

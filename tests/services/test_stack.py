@@ -4,6 +4,7 @@ behind."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -22,6 +23,7 @@ from sandbox.pipeline import deploy
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
 from tests.services.running import READY_S, SANDBOX, Stack, running_stack
+from tests.waiting import until
 
 SPEED = 600.0  # ten simulated minutes per second: live traffic shows up within seconds
 
@@ -139,18 +141,23 @@ def test_bad_requests_get_clear_errors(stack: Stack) -> None:
 
 def test_live_traffic_lands_in_the_candidates_telemetry(stack: Stack) -> None:
     start = _live_start(stack.world)
-    deadline = time.monotonic() + 60
-    online = searches = 0
-    while time.monotonic() < deadline and not (online and searches):
-        online = stack.scalar(
+    until(
+        lambda: stack.scalar(
             "SELECT count(*) FROM serving.predictions WHERE source = 'online' "
             f"AND request_ts >= '{start}'"
-        )
-        searches = stack.scalar(
+        ),
+        "live predictions in the candidate's views",
+        timeout=60,
+        every=0.5,
+    )
+    until(
+        lambda: stack.scalar(
             f"SELECT count(*) FROM retrieval.search_log WHERE request_ts >= '{start}'"
-        )
-        time.sleep(1)
-    assert online > 0 and searches > 0
+        ),
+        "live searches in the candidate's views",
+        timeout=60,
+        every=0.5,
+    )
     logs = stack.scalar(
         f"SELECT count(*) FROM telemetry.logs WHERE service = 'model-server' AND ts >= '{start}'"
     )
@@ -192,42 +199,38 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
     victim = _service_pid(stack, "sandbox.services.model_server")
     os.kill(victim, signal.SIGKILL)
 
-    deadline = time.monotonic() + 90
-    restarted = False
-    while time.monotonic() < deadline:
-        try:
+    def restarted() -> bool:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(stack.url + "/-/health", timeout=2).status_code == 200:
                 again = [
                     p
                     for p, cmd in _tree(stack.process.pid).items()
                     if "sandbox.services.model_server" in cmd
                 ]
-                restarted = bool(again) and again[0] != victim
-                if restarted:
-                    break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    assert restarted, "the model server was not restarted"
+                return bool(again) and again[0] != victim
+        return False
+
+    until(restarted, "the model server restarted, and the stack healthy", timeout=90, every=0.5)
 
     ids = ", ".join(str(i) for i in acknowledged)
-    deadline = time.monotonic() + 10
-    kept = 0
-    while time.monotonic() < deadline and kept < len(acknowledged):
-        kept = stack.scalar(
-            f"SELECT count(*) FROM serving.predictions WHERE prediction_id IN ({ids})"
-        )
-        time.sleep(0.5)
-    assert kept == len(acknowledged)
-    deadline = time.monotonic() + 10
-    noted = 0
-    while time.monotonic() < deadline and not noted:
-        noted = stack.scalar(
+    until(
+        lambda: (
+            stack.scalar(f"SELECT count(*) FROM serving.predictions WHERE prediction_id IN ({ids})")
+            == len(acknowledged)
+        ),
+        "every acknowledged prediction in the log",
+        timeout=10,
+        every=0.5,
+    )
+    until(
+        lambda: stack.scalar(
             "SELECT count(*) FROM telemetry.logs WHERE event = 'service_exited' "
             "AND message LIKE 'model-server exited (signal 9)%'"
-        )
-        time.sleep(0.5)
-    assert noted, "the restart is visible in the candidate's logs"
+        ),
+        "the restart, visible in the candidate's logs",
+        timeout=10,
+        every=0.5,
+    )
 
 
 def _stops_cleanly(process: subprocess.Popen) -> None:
@@ -236,10 +239,12 @@ def _stops_cleanly(process: subprocess.Popen) -> None:
     assert len(started) >= 6, started  # the gateway and five services
     process.send_signal(signal.SIGINT)
     process.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in started):
-        time.sleep(0.3)
-    assert [cmd for p, cmd in started.items() if _alive(p)] == []
+    until(
+        lambda: not any(_alive(p) for p in started),
+        "every process the supervisor started, gone",
+        timeout=10,
+        every=0.3,
+    )
 
 
 def test_ctrl_c_stops_every_process(stack: Stack) -> None:
