@@ -126,6 +126,16 @@ class Settings(BaseModel):
         200, ge=1, description="Requests in flight at once per process; more get 503."
     )
 
+    # The operator's scenario builder
+    builds_at_once: int = Field(
+        1, ge=1, description="World builds that run at once; more wait in a queue."
+    )
+    builds_kept: int = Field(
+        20,
+        ge=1,
+        description="Finished builds whose status the builder keeps; older ones are forgotten.",
+    )
+
     # Where the stack is
     public_url: str | None = Field(
         None,

@@ -57,12 +57,14 @@ def create_app(
     )
     admin_token = stack.admin_token(ctx.paths)
     addresses = services if services is not None else stack.read_addresses(ctx.paths.run)
+    builds = builder.BuildQueue(settings.builds_at_once, settings.builds_kept)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
         await pool.start()
         yield
+        await run_in_threadpool(builds.close)
         pool.close()
         await app.state.http.aclose()
         sessions.close()
@@ -79,6 +81,7 @@ def create_app(
     app.state.console = pool
     app.state.sessions = sessions
     app.state.admin_token = admin_token
+    app.state.builds = builds
     app.state.gateway = gw = Gateway(ctx, pool, sessions, addresses, answer_key, settings)
     record = gw.record
     app.include_router(workspace.router)
