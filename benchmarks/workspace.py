@@ -64,6 +64,7 @@ from benchmarks.stack import (
     stop_table,
 )
 from sandbox.services.dashboards import DASHBOARDS_DIR, definition_files
+from sandbox.services.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -725,7 +726,8 @@ def render(
     predictions = "—"
     if setup is not None and setup.predictions is not None:
         predictions = f"{setup.predictions:,}"
-    dashboards_dir = DASHBOARDS_DIR  # the gateway's own default, or $SANDBOX_DASHBOARDS
+    # What the gateway serves: the `dashboards` setting (SANDBOX_DASHBOARDS), or the packaged ones.
+    dashboards_dir = Settings.from_env().dashboards or DASHBOARDS_DIR
     definitions = [p.name for p in definition_files(dashboards_dir)]
     lines = [
         f"# Workspace benchmark (dashboards, SQL console), {started:%Y-%m-%d %H:%M:%S} UTC",

@@ -41,6 +41,17 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _settings():
+    """The stack's settings from the environment (`SANDBOX_...`); a bad value is an error naming
+    its variable."""
+    from sandbox.services.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
 def _load(path: Path | None, seed: int | None = None, scale: float | None = None):
     try:
         return scenario_mod.load(path).with_overrides(seed=seed, scale=scale)
@@ -426,11 +437,12 @@ def compose_init(
     from sandbox.layout import IncompleteWorld, read_manifest
     from sandbox.services import compose
 
+    settings = _settings()
     try:
         read_manifest(world)
     except IncompleteWorld:
         _run_build(_load(None, None, scale), world, force=True)
-    compose.prepare(world, speed)
+    compose.prepare(world, speed, settings)
     print(f"{world} is ready for the stack's containers")
 
 
@@ -439,7 +451,7 @@ def dashboards_grafana(out: Path) -> None:
     """Write the dashboards as Grafana JSON (their Prometheus panels) into OUT."""
     from sandbox.services import grafana
 
-    for path in grafana.export(out):
+    for path in grafana.export(out, directory=_settings().dashboards):
         print(path)
 
 

@@ -32,7 +32,9 @@ SESSIONS_FILE = "sessions.sqlite"
 # Where sessions were kept before: imported once into SESSIONS_FILE, then left as it was.
 LEGACY_SESSIONS_FILE = "sessions.duckdb"
 STATES = ("not started", "active", "submitted", "expired", "revoked")
-# Links stop working this long after the session was made, whatever its state.
+# Links stop working this long after the session was made, whatever its state. This and the
+# history limits below are the store's defaults; the gateway hands it the stack's settings
+# (`sandbox.services.settings`), whose defaults these are.
 TOKEN_LIFETIME = dt.timedelta(days=14)
 HASHED = "sha256:"
 # What one session's history may hold. A long, busy session records a few thousand events and a
@@ -148,6 +150,7 @@ class SessionStore:
         answer_key: dict[str, Any],
         max_events: int = MAX_HISTORY_EVENTS,
         max_bytes: int = MAX_HISTORY_BYTES,
+        token_lifetime: dt.timedelta = TOKEN_LIFETIME,
     ) -> None:
         self.path = interviewer_dir / SESSIONS_FILE
         # Autocommit: every statement is its own transaction unless a method begins one.
@@ -157,6 +160,7 @@ class SessionStore:
         self._lock = threading.RLock()
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.token_lifetime = token_lifetime
         # session id -> (events, bytes of their details), counted from the file on first use
         self._usage: dict[str, tuple[int, int]] = {}
         self._tokens: dict[str, tuple[Session, str]] = {}
@@ -252,7 +256,7 @@ class SessionStore:
                 return None
             *fields, role = row
             found = self._tokens[hashed] = (Session.from_row(tuple(fields)), role)
-        if _utcnow() - found[0].created_at > TOKEN_LIFETIME:
+        if _utcnow() - found[0].created_at > self.token_lifetime:
             return None
         return found
 

@@ -16,6 +16,7 @@ from sandbox import scenario
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, WorldData
 from sandbox.layout import WorldPaths, read_manifest
+from sandbox.services.settings import Settings, SettingsError
 from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
 
@@ -114,9 +115,9 @@ def service_args(description: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def server_options(host: str, port: int) -> dict[str, Any]:
+def server_options(host: str, port: int, settings: Settings) -> dict[str, Any]:
     """How every service's uvicorn runs (`uvicorn.run`/`uvicorn.Config` keywords): the request
-    limits of `limits` on the connection."""
+    limits of `limits` on the connection, as the settings have them."""
     from sandbox.services import limits
 
     return dict(
@@ -127,17 +128,26 @@ def server_options(host: str, port: int) -> dict[str, Any]:
         # h11 refuses a header block over its cap (httptools, the default when installed, buffers
         # any size), and this subclass closes a connection whose headers are late: uvicorn has no
         # header deadline of its own, so a client could hold connections open a byte at a time.
-        http=limits.BoundedH11,
-        h11_max_incomplete_event_size=limits.MAX_HEADER_BYTES,
+        http=limits.BoundedH11.bounded(settings.header_timeout_s),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         # An idle kept-alive connection is closed this soon: browsers reconnect at no cost.
-        timeout_keep_alive=limits.KEEP_ALIVE_S,
+        timeout_keep_alive=settings.keep_alive_s,
         # Beyond this many requests in flight, 503 at once: each may buffer a body up to the
         # body cap, so this bounds the memory requests can take.
-        limit_concurrency=limits.MAX_CONCURRENT,
+        limit_concurrency=settings.max_concurrent_requests,
     )
 
 
-def serve(app: Any, host: str, port: int) -> None:
+def serve(app: Any, host: str, port: int, settings: Settings) -> None:
     import uvicorn
 
-    uvicorn.run(app, **server_options(host, port))
+    uvicorn.run(app, **server_options(host, port, settings))
+
+
+def settings_or_exit() -> Settings:
+    """The settings from the environment, for a service's start: a bad value stops the process
+    with the message naming the variable, and no traceback."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None

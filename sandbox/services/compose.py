@@ -13,6 +13,7 @@ from sandbox.layout import WorldPaths
 from sandbox.scenario import world_spec
 from sandbox.services import grafana, stack
 from sandbox.services import prometheus as promstack
+from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import HEARTBEAT_FILE, MLFLOW_PREFIX
 
@@ -28,7 +29,7 @@ SERVICES = {
 GATEWAY_PORT = 8000
 
 
-def prepare(world: Path, speed: float) -> WorldPaths:
+def prepare(world: Path, speed: float, settings: Settings) -> WorldPaths:
     """Write the run state the containers share; the world must be built."""
     paths = WorldPaths(world)
     run = paths.run
@@ -51,5 +52,5 @@ def prepare(world: Path, speed: float) -> WorldPaths:
         promstack.write_history(
             paths, calendar.midnight(calendar.last_production_day + 1), shift, history
         )
-    grafana.export(run / "grafana")
+    grafana.export(run / "grafana", directory=settings.dashboards)
     return paths

@@ -12,24 +12,18 @@ A panel's SQL may use named parameters the page fills in:
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import tomllib
 from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# The definitions ship inside the package, so an installed wheel has them wherever it lands;
-# SANDBOX_DASHBOARDS points a deployment at its own directory of definitions instead.
-DASHBOARDS_DIR: Traversable = (
-    Path(os.environ["SANDBOX_DASHBOARDS"])
-    if os.environ.get("SANDBOX_DASHBOARDS")
-    else resources.files("sandbox") / "dashboards"
-)
+# The definitions ship inside the package, so an installed wheel has them wherever it lands; the
+# `dashboards` setting (SANDBOX_DASHBOARDS) points a deployment at its own directory instead.
+DASHBOARDS_DIR: Traversable = resources.files("sandbox") / "dashboards"
 PARAMETER = re.compile(r"\$([a-z_][a-z0-9_]*)")
 BUILTIN_PARAMETERS = {"start", "end", "bucket"}
 # Seconds per chart point, smallest first: the finest bucket that keeps a chart under MAX_POINTS.
@@ -132,9 +126,14 @@ def load_file(path: Traversable) -> Dashboard:
     return board
 
 
+def catalog(directory: Traversable | None = None) -> dict[str, Dashboard]:
+    """The dashboards of `directory` (the packaged ones by default), loaded once."""
+    return _catalog(directory or DASHBOARDS_DIR)
+
+
 @cache
-def catalog() -> dict[str, Dashboard]:
-    return load_dir()
+def _catalog(directory: Traversable) -> dict[str, Dashboard]:
+    return load_dir(directory)
 
 
 def bucket_seconds(start: dt.datetime, end: dt.datetime) -> int:

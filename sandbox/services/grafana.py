@@ -63,11 +63,17 @@ def dashboard_json(board: dashboards.Dashboard) -> dict[str, Any] | None:
     }
 
 
-def export(out_dir: Path, boards: dict[str, dashboards.Dashboard] | None = None) -> list[Path]:
-    """Write a JSON file per dashboard that has PromQL panels; returns the files."""
+def export(
+    out_dir: Path,
+    boards: dict[str, dashboards.Dashboard] | None = None,
+    directory: Path | None = None,
+) -> list[Path]:
+    """Write a JSON file per dashboard that has PromQL panels; returns the files. The dashboards
+    are `boards`, or those of `directory` (the `dashboards` setting; the packaged ones when
+    None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for board in (boards or dashboards.catalog()).values():
+    for board in (boards or dashboards.catalog(directory)).values():
         doc = dashboard_json(board)
         if doc is not None:
             path = out_dir / f"{board.id}.json"

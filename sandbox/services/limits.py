@@ -20,23 +20,22 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-# The largest legitimate bodies are far below this: SQL of 100,000 characters, a diagnosis of five
-# 20,000-character fields, a scenario file of 200,000 characters, a batch of 1,000 full feature
-# payloads (about 600 KB). Anything bigger is refused unread.
-MAX_BODY_BYTES = 1024 * 1024
-# A body of the largest size arrives in this time at 17 KB/s; a client trickling one in more
-# slowly holds a connection and its buffer for nothing.
-BODY_TIMEOUT_S = 60.0
-# The header block h11 buffers before it refuses the request (its own default, said out loud):
-# browsers send a few KB, cookies included.
-MAX_HEADER_BYTES = 16 * 1024
-# A connection must have sent a request's headers this long after it opened or after its previous
-# response; uvicorn itself has no such deadline.
-HEADER_TIMEOUT_S = 10.0
-KEEP_ALIVE_S = 5
-# Requests in flight at once per process: with the body cap, what they can buffer stays bounded.
-# Far above what a stack serves (a candidate, an interviewer, the replayed traffic).
-MAX_CONCURRENT = 200
+from sandbox.services.settings import Settings
+
+# The sizes and deadlines are the stack's settings (`sandbox.services.settings`):
+# - the body cap (`max_body_bytes`, 1 MiB): the largest legitimate bodies are far below it (SQL of
+#   100,000 characters, a diagnosis of five 20,000-character fields, a scenario file of 200,000
+#   characters, a batch of 1,000 full feature payloads, about 600 KB); anything bigger is refused
+#   unread;
+# - the body deadline (`body_timeout_s`, 60 s): a body of the largest size arrives in it at
+#   17 KB/s; a client trickling one in more slowly holds a connection and its buffer for nothing;
+# - the header block h11 buffers before it refuses the request (`max_header_bytes`, 16 KiB, its
+#   own default said out loud): browsers send a few KB, cookies included;
+# - the header deadline (`header_timeout_s`, 10 s): a connection must have sent a request's
+#   headers this long after it opened or after its previous response; uvicorn itself has none;
+# - requests in flight at once per process (`max_concurrent_requests`, 200): with the body cap,
+#   what they can buffer stays bounded; far above what a stack serves (a candidate, an
+#   interviewer, the replayed traffic).
 
 # A UTF-16 surrogate written as a JSON escape, or encoded as UTF-8 (which `json.loads` accepts).
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}|\xed[\xa0-\xbf]")
@@ -48,16 +47,12 @@ NOT_UTF8 = "the request body is not valid UTF-8"
 
 
 class RequestLimits:
-    """Pure ASGI middleware: reads the whole body before the app does, within MAX_BODY_BYTES and
-    BODY_TIMEOUT_S, and hands it on only if its JSON text is valid Unicode. A declared length
-    over the cap is refused before a byte is read; a chunked body is counted as it streams in."""
+    """Pure ASGI middleware: reads the whole body before the app does, within `max_body_bytes`
+    and `body_timeout_s`, and hands it on only if its JSON text is valid Unicode. A declared
+    length over the cap is refused before a byte is read; a chunked body is counted as it streams
+    in."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_body_bytes: int = MAX_BODY_BYTES,
-        body_timeout_s: float = BODY_TIMEOUT_S,
-    ) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
@@ -180,10 +175,14 @@ async def _unencodable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": NOT_UNICODE}, status_code=400)
 
 
-def install(app: FastAPI, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+def install(app: FastAPI, settings: Settings) -> None:
     """The request limits on one of the stack's apps. Middleware added after this one wraps it,
     so it still sees (and counts) the refusals."""
-    app.add_middleware(RequestLimits, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
     app.add_exception_handler(UnicodeEncodeError, _unencodable)
 
 
@@ -191,9 +190,14 @@ class BoundedH11(H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request's header block. h11 bounds the
     block's size (httptools, uvicorn's default when installed, buffers a header of any size);
     without a deadline a client sending its headers a byte at a time holds the connection for
-    good."""
+    good. `bounded` makes the class with a given deadline."""
 
-    header_timeout_s: float = HEADER_TIMEOUT_S
+    header_timeout_s: float = Settings.model_fields["header_timeout_s"].default
+
+    @classmethod
+    def bounded(cls, header_timeout_s: float) -> type[BoundedH11]:
+        """This protocol with headers due within `header_timeout_s` (uvicorn takes a class)."""
+        return type(cls.__name__, (cls,), {"header_timeout_s": header_timeout_s})
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)

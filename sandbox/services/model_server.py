@@ -42,7 +42,14 @@ from sandbox.pipeline import deploy, registry
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.serve import SERVICE, ModelServer, churn_scores, unanswered_blank
 from sandbox.services import caller, limits
-from sandbox.services.common import HEALTH_PATH, ServiceContext, serve, service_args
+from sandbox.services.common import (
+    HEALTH_PATH,
+    ServiceContext,
+    serve,
+    service_args,
+    settings_or_exit,
+)
+from sandbox.services.settings import Settings
 
 MAX_BATCH = 1000
 HTTP_STATUS = {"ok": 200, "error": 503}
@@ -444,7 +451,7 @@ def _field(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def create_app(world: Path) -> FastAPI:
+def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     ctx = ServiceContext(Path(world), SERVICE)
     live = LiveModelServer(ctx)
     metrics = Metrics()
@@ -452,7 +459,8 @@ def create_app(world: Path) -> FastAPI:
     version = live.record.model_version
 
     app = FastAPI(title="model-server", version=version, docs_url=None, redoc_url=None)
-    limits.install(app)  # innermost: the middleware added below sees its refusals
+    # Innermost: the middleware added below sees its refusals.
+    limits.install(app, settings or Settings())
     app.state.live = live
     app.state.metrics = metrics
     app.add_middleware(_Instrument, metrics=metrics)
@@ -573,7 +581,8 @@ def create_app(world: Path) -> FastAPI:
 
 def main() -> None:
     args = service_args("The live model server: the deployed churn model in simulated time.")
-    serve(create_app(args.world), args.host, args.port)
+    settings = settings_or_exit()
+    serve(create_app(args.world, settings), args.host, args.port, settings)
 
 
 if __name__ == "__main__":

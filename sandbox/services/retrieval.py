@@ -38,7 +38,14 @@ from sandbox.faults.base import HookContext
 from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.pipeline import registry, retrieve
 from sandbox.services import caller, limits
-from sandbox.services.common import HEALTH_PATH, ServiceContext, serve, service_args
+from sandbox.services.common import (
+    HEALTH_PATH,
+    ServiceContext,
+    serve,
+    service_args,
+    settings_or_exit,
+)
+from sandbox.services.settings import Settings
 
 # The name the world's metrics, alerts and changelog use for this service.
 SERVICE = "retrieval"
@@ -344,12 +351,13 @@ class RequestLog:
             raise
 
 
-def create_app(world: Path) -> FastAPI:
+def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     """The retrieval service over a built world; loads encoder and index before returning."""
     ctx = ServiceContext(Path(world), SERVICE)
     service = RetrievalService(ctx)
     app = FastAPI(title="Retrieval service", version="1")
-    limits.install(app)  # innermost: the middleware added below sees its refusals
+    # Innermost: the middleware added below sees its refusals.
+    limits.install(app, settings or Settings())
     app.state.service = service
 
     app.add_middleware(RequestLog, service=service)
@@ -393,7 +401,8 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    serve(create_app(args.world), args.host, args.port)
+    settings = settings_or_exit()
+    serve(create_app(args.world, settings), args.host, args.port, settings)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from sandbox.pipeline import deploy, registry, registry_stamp
 from sandbox.scenario import world_spec
 from sandbox.services import prometheus as promstack
 from sandbox.services import stack
+from sandbox.services.settings import Settings, SettingsError
 from sandbox.services.simclock import DEFAULT_SPEED, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
 
@@ -392,6 +393,10 @@ def run(
     prometheus: bool = False,
 ) -> None:
     """Start the stack, report when it is healthy, and keep it up until Ctrl-C or SIGTERM."""
+    try:  # every process reads these at its start: a bad value stops the stack before it starts
+        Settings.from_env()
+    except SettingsError as exc:
+        raise StackError(str(exc)) from None
     sup = Supervisor(world, host, port, speed, say, prometheus=prometheus)
 
     def stop_signal(signum: int, frame: object) -> None:

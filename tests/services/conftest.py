@@ -15,6 +15,7 @@ from sandbox.layout import WorldPaths
 from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
 from sandbox.services import stack
 from sandbox.services.gateway.app import create_app
+from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
 from tests.services.running import Stack, running_stack
@@ -43,14 +44,16 @@ def world_paths(built: BuildSummary) -> Iterator[WorldPaths]:
 
 
 @contextlib.contextmanager
-def gateway_client(paths: WorldPaths, query_time_limit_s: float = 10.0) -> Iterator[TestClient]:
-    """The gateway on a clock standing at the start of live time; its model server is down."""
+def gateway_client(
+    paths: WorldPaths, query_time_limit_s: float = 10.0, settings: Settings | None = None
+) -> Iterator[TestClient]:
+    """The gateway on a clock standing at the start of live time; its model server is down.
+    `settings` are the stack's (their defaults with `query_time_limit_s` when None)."""
     calendar = scenario.load(paths.scenario).world.calendar()
     SimClock.starting(calendar, speed=FROZEN).save(paths.run)
     down = stack.ServiceAddress("http://127.0.0.1:9", "/health")  # discard port: nothing listens
-    app = create_app(
-        paths.root, services={"model-server": down}, query_time_limit_s=query_time_limit_s
-    )
+    settings = settings or Settings(query_time_limit_s=query_time_limit_s)
+    app = create_app(paths.root, services={"model-server": down}, settings=settings)
     with TestClient(app) as c:
         yield c
 

@@ -1,22 +1,42 @@
-"""The scenario builder through the gateway: the catalog, validation that names the field, and a
-real build of a re-seeded variant of the running world's scenario, followed to the end."""
+"""The scenario builder through the gateway: the catalog, validation that names the field, a
+real build of a re-seeded variant of the running world's scenario, followed to the end, and the
+queue builds wait in (at most `builds_at_once` run; the gateway stopping stops them)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import shutil
+import sys
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from sandbox.faults import registry
 from sandbox.layout import WorldPaths, read_manifest
 from sandbox.services import stack
-from tests.services.conftest import MakeSession
+from sandbox.services.gateway.builder import Build, BuildQueue, BuildsClosed
+from sandbox.services.settings import Settings
+from tests.services.conftest import MakeSession, gateway_client
 
 VARIANT_SCALE = 0.04  # 1,000 customers: the smallest world that trains a model comfortably
 BUILD_TIMEOUT_S = 600
+# Stands in for `sandbox build SCENARIO --out OUT --progress json`: makes OUT, reports a stage,
+# and finishes once OUT.go exists (at once when it already does), as a build reports its seed.
+FAKE_BUILD = """
+import json, sys, time
+from pathlib import Path
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+out.mkdir()
+print(json.dumps({"stage": "simulate", "done": 0, "total": 1}), flush=True)
+while not out.with_suffix(".go").exists():
+    time.sleep(0.01)
+print(json.dumps({"done": True, "seed": 7}), flush=True)
+"""
 
 
 def _operator(paths: WorldPaths) -> dict[str, str]:
@@ -104,3 +124,144 @@ def test_a_reseeded_variant_builds_beside_the_running_world(
         assert again.status_code == 409 and "already exists" in again.json()["detail"]
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+# The queue, with builds that stand in for real ones
+
+
+@pytest.fixture
+def queue() -> Iterator[Callable[..., BuildQueue]]:
+    made: list[BuildQueue] = []
+
+    def make(at_once: int = 1, kept: int = 20) -> BuildQueue:
+        made.append(BuildQueue(at_once, kept, command=(sys.executable, "-c", FAKE_BUILD)))
+        return made[-1]
+
+    yield make
+    for q in made:
+        q.close()
+
+
+def _until(check: Callable[[], Any], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _finish(build: Build) -> None:
+    build.out.with_suffix(".go").touch()
+    _until(lambda: not build.active)
+
+
+def test_builds_past_the_limit_wait_in_order_and_start_as_slots_free(
+    queue: Callable[..., BuildQueue], tmp_path: Path
+) -> None:
+    builds = queue(at_once=2)
+    first, second, third, fourth = (
+        builds.submit(name, tmp_path / name, "") for name in ("a", "b", "c", "d")
+    )
+    assert [b.state for b in (first, second, third, fourth)] == [
+        "building",
+        "building",
+        "queued",
+        "queued",
+    ]
+    assert (builds.ahead(third), builds.ahead(fourth)) == (0, 1)
+    assert third.process is None and not third.out.exists()
+    _until(lambda: "simulate" in first.stages)
+    _finish(first)
+    assert first.state == "built" and first.seed == 7
+    _until(lambda: third.state == "building")
+    assert fourth.state == "queued" and builds.ahead(fourth) == 0
+    assert builds.cancel(fourth.id) is fourth and fourth.state == "cancelled"
+    assert fourth.process is None  # it never started
+    builds.cancel(second.id)  # running: stopped, and what it wrote removed
+    assert second.state == "cancelled" and not second.out.exists()
+    assert second.process is not None and second.process.poll() is not None
+    _finish(third)
+    assert [b.state for b in builds.all()] == ["built", "cancelled", "built", "cancelled"]
+    assert builds.cancel(first.id) is first and first.state == "built" and first.out.exists()
+
+
+def test_only_the_last_finished_builds_are_kept(
+    queue: Callable[..., BuildQueue], tmp_path: Path
+) -> None:
+    builds = queue(at_once=1, kept=2)
+    done = []
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.go").touch()  # finishes at once
+        done.append(builds.submit(name, tmp_path / name, ""))
+        _until(lambda: not done[-1].active)
+    running = builds.submit("d", tmp_path / "d", "")
+    assert builds.get(done[0].id) is None
+    assert [b.name for b in builds.all()] == ["b", "c", "d"] and running.active
+
+
+def test_one_output_gets_one_build_at_a_time(
+    queue: Callable[..., BuildQueue], tmp_path: Path
+) -> None:
+    builds = queue()
+    builds.submit("a", tmp_path / "a", "")
+    with pytest.raises(FileExistsError, match="already queued or running"):
+        builds.submit("a", tmp_path / "a", "")
+
+
+def test_closing_cancels_the_waiting_builds_and_stops_the_running_ones(
+    queue: Callable[..., BuildQueue], tmp_path: Path
+) -> None:
+    builds = queue()
+    running, waiting = (
+        builds.submit("a", tmp_path / "a", ""),
+        builds.submit("b", tmp_path / "b", ""),
+    )
+    _until(lambda: running.out.exists())
+    builds.close()
+    assert (running.state, waiting.state) == ("cancelled", "cancelled")
+    assert running.process is not None and running.process.poll() is not None
+    assert waiting.process is None and not running.out.exists()
+    with pytest.raises(BuildsClosed):
+        builds.submit("c", tmp_path / "c", "")
+
+
+# The queue through the gateway, with real builds
+
+
+def test_a_second_build_waits_and_the_gateway_stopping_cancels_every_build(
+    paths: WorldPaths,
+) -> None:
+    with gateway_client(paths, settings=Settings(builds_at_once=1)) as client:
+        running = client.get("/api/catalog", headers=_operator(paths)).json()["running"]
+        variant = copy.deepcopy(running)
+        variant["world"].update(scale=VARIANT_SCALE)
+        outs = [paths.root.parent / f"queued-test-{n}" for n in range(3)]
+        for out in outs:
+            shutil.rmtree(out, ignore_errors=True)
+        started = [
+            client.post(
+                "/api/builder/builds",
+                json={"scenario": variant, "name": out.name},
+                headers=_operator(paths),
+            ).json()
+            for out in outs
+        ]
+        assert [s["status"] for s in started] == ["building", "queued", "queued"]
+        assert [s["ahead"] for s in started] == [None, 0, 1]
+        second = client.get(f"/api/builder/builds/{started[1]['id']}", headers=_operator(paths))
+        assert second.json()["status"] == "queued" and second.json()["answer_key"] is None
+        listed = client.get("/api/builder/builds", headers=_operator(paths)).json()
+        assert [b["status"] for b in listed] == ["queued", "queued", "building"]  # newest first
+        again = client.post(
+            "/api/builder/builds",
+            json={"scenario": variant, "name": outs[1].name},
+            headers=_operator(paths),
+        )
+        assert again.status_code == 409 and "already queued" in again.json()["detail"]
+        cancelled = client.delete(
+            f"/api/builder/builds/{started[2]['id']}", headers=_operator(paths)
+        )
+        assert cancelled.json()["status"] == "cancelled"
+        builds: BuildQueue = client.app.state.builds  # type: ignore[attr-defined]
+    # The gateway stopped: the waiting build never started, the running one was stopped.
+    assert [b.state for b in builds.all()] == ["cancelled"] * 3
+    assert not any(out.exists() for out in outs)

@@ -5,10 +5,7 @@ refused with its file named; and no dashboard gives a planted problem away."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +19,9 @@ from sandbox.services import dashboards
 from sandbox.services.dashboards import DashboardError
 from sandbox.services.gateway import console
 from sandbox.services.gateway.telemetry import LiveTelemetry
+from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
-from tests.conftest import REPO
 
 FROZEN = 1e-9  # a clock this slow stands still for the length of a test
 FILES = dashboards.definition_files()
@@ -52,7 +49,14 @@ def store(faulty_world: BuildSummary) -> Iterator[tuple[LiveTelemetry, dt.dateti
     live_start = cal.midnight(cal.last_production_day + 1)
     clock = SimClock(live_start, time.time(), FROZEN, cal.midnight(cal.last_visible_day + 1))
     telemetry = LiveTelemetry(
-        paths.root, clock.now, live_start, spec.fault_set, spec.world.seed, cal
+        paths.root,
+        clock.now,
+        live_start,
+        spec.fault_set,
+        spec.world.seed,
+        cal,
+        memory_limit="2GB",
+        time_limit_s=Settings().query_time_limit_s,
     )
     yield telemetry, cal.midnight(1), live_start
     telemetry.con.close()
@@ -226,18 +230,13 @@ def test_a_dashboard_id_used_twice_is_refused_naming_the_second_file(tmp_path: P
         dashboards.load_dir(tmp_path / "missing")
 
 
-def test_sandbox_dashboards_serves_another_directory_of_definitions(tmp_path: Path) -> None:
+def test_the_dashboards_setting_serves_another_directory_of_definitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "mine.toml").write_text(TEMPLATE.format(id="mine"))
-    show = "from sandbox.services import dashboards; print(list(dashboards.catalog()))"
-    done = subprocess.run(
-        [sys.executable, "-c", show],
-        env={**os.environ, "SANDBOX_DASHBOARDS": str(tmp_path)},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['mine']"
+    monkeypatch.setenv("SANDBOX_DASHBOARDS", str(tmp_path))
+    assert list(dashboards.catalog(Settings.from_env().dashboards)) == ["mine"]
+    assert "mine" not in dashboards.catalog()  # the packaged ones, without the setting
 
 
 def test_longer_ranges_get_coarser_buckets_of_at_most_max_points() -> None:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sandbox import scenario
 from sandbox.layout import WorldPaths
 from sandbox.services.gateway import console
+from sandbox.services.gateway.console import DEFAULTS
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
@@ -29,7 +30,16 @@ def _store(paths: WorldPaths, at: dt.datetime) -> LiveTelemetry:
     cal = spec.world.calendar()
     clock = SimClock(at, time.time(), FROZEN, cal.midnight(cal.last_visible_day + 1))
     live_start = cal.midnight(cal.last_production_day + 1)
-    return LiveTelemetry(paths.root, clock.now, live_start, spec.fault_set, spec.world.seed, cal)
+    return LiveTelemetry(
+        paths.root,
+        clock.now,
+        live_start,
+        spec.fault_set,
+        spec.world.seed,
+        cal,
+        memory_limit="2GB",
+        time_limit_s=DEFAULTS.query_time_limit_s,
+    )
 
 
 def _one(store: LiveTelemetry, sql: str):
@@ -144,7 +154,7 @@ def test_the_console_cannot_reach_files_and_caps_rows(paths: WorldPaths) -> None
     with pytest.raises(duckdb.Error, match="disabled by configuration"):
         store.cursor().execute("SELECT * FROM read_csv('/etc/passwd')")
     big = console.run(store, "SELECT customer_id FROM raw.customers")
-    assert big.truncated and len(big.rows) == console.ROW_CAP
+    assert big.truncated and len(big.rows) == DEFAULTS.row_cap
     assert big.tables == ["raw.customers"]
 
 

@@ -404,11 +404,3 @@ def test_evidence_is_marked_only_when_it_was_shown(
     _sql(client, links["candidate_token"], sql)
     [event] = [e for e in _review(client, links)["timeline"] if e["kind"] == "sql"]
     assert set(event["evidence"]) == expected
-
-
-def test_session_links_use_the_public_address_when_one_is_set(
-    client: TestClient, paths: WorldPaths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SANDBOX_PUBLIC_URL", "https://sandbox.example.com/")
-    links = session_maker(client, paths)()
-    assert links["candidate_url"].startswith("https://sandbox.example.com/?token=")

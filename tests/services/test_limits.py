@@ -26,7 +26,7 @@ from sandbox.review import store as sessions
 from sandbox.review.store import HistoryFull, SessionStore
 from sandbox.services import limits, model_server, retrieval, spool
 from sandbox.services.common import server_options
-from sandbox.services.gateway import state
+from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
@@ -37,6 +37,7 @@ CHUNK = 64 * 1024
 LONE = "\ud800"  # a lone surrogate: JSON can carry it, UTF-8 cannot
 # A lone surrogate as JSON text carries it: escaped, and as the bytes `json.loads` also accepts.
 LONE_BODIES = (b'"\\ud800"', b'"\xed\xa0\x80"')
+DEFAULTS = Settings()
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -119,7 +120,7 @@ def test_a_body_over_the_cap_is_refused_before_auth_and_the_largest_real_ones_pa
     client: TestClient, make_session: MakeSession
 ) -> None:
     json_type = {"content-type": "application/json"}
-    reply = client.post("/api/sql", content=b" " * (limits.MAX_BODY_BYTES + 1), headers=json_type)
+    reply = client.post("/api/sql", content=b" " * (DEFAULTS.max_body_bytes + 1), headers=json_type)
     assert reply.status_code == 413, reply.text
     assert "larger than 1024 KiB" in reply.json()["detail"]
     assert reply.headers["connection"] == "close"  # the rest of the body is not waited for
@@ -142,7 +143,7 @@ def test_a_300_mb_upload_without_a_token_is_refused_without_being_held(
     )
     assert status == 413 and b"larger than" in body
     # A declared length is refused before a byte is read; a streamed body once past the cap.
-    assert pulled == (0 if declared else limits.MAX_BODY_BYTES + CHUNK)
+    assert pulled == (0 if declared else DEFAULTS.max_body_bytes + CHUNK)
     assert growth_mb < 8, f"the gateway grew by {growth_mb:.0f} MB"
 
 
@@ -240,7 +241,7 @@ def test_every_service_refuses_oversized_and_non_unicode_bodies_before_its_route
                 assert data.endswith(b"\n")
                 if "telemetry" not in name:
                     assert data == before.get(name, b""), name
-        too_big = json.dumps({"text": "x" * limits.MAX_BODY_BYTES}).encode()
+        too_big = json.dumps({"text": "x" * DEFAULTS.max_body_bytes}).encode()
         reply = client.post(path, content=too_big, headers=json_type)
         assert reply.status_code == 413 and "larger than" in reply.json()["detail"]
 
@@ -249,19 +250,19 @@ def test_every_service_refuses_oversized_and_non_unicode_bodies_before_its_route
 
 
 @pytest.fixture
-def small_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def small_server() -> Iterator[int]:
     """A real uvicorn, started as the services start theirs, around one route; headers are due
     within half a second."""
-    monkeypatch.setattr(limits.BoundedH11, "header_timeout_s", 0.5)
+    settings = Settings(header_timeout_s=0.5)
     app = FastAPI()
-    limits.install(app)
+    limits.install(app, settings)
 
     @app.post("/echo")
     def echo(body: dict[str, Any]) -> dict[str, Any]:
         return body
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, **server_options("127.0.0.1", port)))
+    server = uvicorn.Server(uvicorn.Config(app, **server_options("127.0.0.1", port, settings)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -323,7 +324,9 @@ def test_a_body_that_stops_arriving_is_answered_408() -> None:
 
     scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
     started = time.monotonic()
-    asyncio.run(limits.RequestLimits(app, body_timeout_s=0.2)(scope, stalled, send))
+    asyncio.run(
+        limits.RequestLimits(app, DEFAULTS.max_body_bytes, body_timeout_s=0.2)(scope, stalled, send)
+    )
     assert time.monotonic() - started < 2
     assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
     assert b"did not arrive within 0.2 s" in sent[1]["body"]
@@ -369,7 +372,7 @@ def test_client_events_are_rate_limited_per_session(
     paste = {"kind": "paste", "field": "fix", "chars": 10}
     answers = [client.post("/api/events", json=paste, headers=token) for _ in range(300)]
     codes = [a.status_code for a in answers]
-    allowed = state.CLIENT_EVENTS_PER_MINUTE
+    allowed = DEFAULTS.client_events_per_minute
     assert codes == [204] * allowed + [429] * (300 - allowed)
     assert "too many" in answers[-1].json()["detail"] and int(answers[-1].headers["retry-after"])
     other = _bearer(make_session("grace")["candidate_token"])

@@ -2,7 +2,8 @@
 and the MLflow UI, the health of the whole stack, and the history of everything a candidate does.
 
 Run as `python -m sandbox.services.gateway.app --world DIR --port P`; it reads the other services'
-addresses from `DIR/run/stack.json`, written by the supervisor.
+addresses from `DIR/run/stack.json`, written by the supervisor, and its settings from the
+environment (`sandbox.services.settings`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.review.store import SessionStore
 from sandbox.services import limits, stack
-from sandbox.services.common import ServiceContext
+from sandbox.services.common import ServiceContext, serve, service_args, settings_or_exit
 from sandbox.services.gateway import builder, interviewer, pages, proxy, workspace
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.console import QueryRefused
 from sandbox.services.gateway.console_pool import ConsoleBusy, ConsolePool
 from sandbox.services.gateway.state import Gateway, shown_rows
-from sandbox.services.gateway.telemetry import QUERY_TIME_LIMIT_S
+from sandbox.services.settings import Settings
 
 HEALTH_TIMEOUT_S = 2.0
 
@@ -39,20 +40,31 @@ class SqlRequest(BaseModel):
 def create_app(
     world: Path,
     services: dict[str, stack.ServiceAddress] | None = None,
-    query_time_limit_s: float = QUERY_TIME_LIMIT_S,
+    settings: Settings | None = None,
 ) -> FastAPI:
+    """The gateway over a built world. `services` are the other services' addresses (read from
+    the run state when None); `settings` are the stack's (their defaults when None)."""
+    settings = settings or Settings()
     ctx = ServiceContext(world, "gateway")
     answer_key = json.loads(ctx.paths.answer_key.read_text())
-    pool = ConsolePool(world, query_time_limit_s)
-    sessions = SessionStore(ctx.paths.interviewer, answer_key)
+    pool = ConsolePool(world, settings)
+    sessions = SessionStore(
+        ctx.paths.interviewer,
+        answer_key,
+        max_events=settings.history_max_events,
+        max_bytes=settings.history_max_bytes,
+        token_lifetime=settings.token_lifetime,
+    )
     admin_token = stack.admin_token(ctx.paths)
     addresses = services if services is not None else stack.read_addresses(ctx.paths.run)
+    builds = builder.BuildQueue(settings.builds_at_once, settings.builds_kept)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
         await pool.start()
         yield
+        await run_in_threadpool(builds.close)
         pool.close()
         await app.state.http.aclose()
         sessions.close()
@@ -65,11 +77,12 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    limits.install(app)
+    limits.install(app, settings)
     app.state.console = pool
     app.state.sessions = sessions
     app.state.admin_token = admin_token
-    app.state.gateway = gw = Gateway(ctx, pool, sessions, addresses, answer_key)
+    app.state.builds = builds
+    app.state.gateway = gw = Gateway(ctx, pool, sessions, addresses, answer_key, settings)
     record = gw.record
     app.include_router(workspace.router)
     app.include_router(interviewer.router)
@@ -142,10 +155,9 @@ def create_app(
 
 
 def main() -> None:
-    from sandbox.services.common import serve, service_args
-
     args = service_args("The gateway of the running stack.")
-    serve(create_app(args.world), args.host, args.port)
+    settings = settings_or_exit()
+    serve(create_app(args.world, settings=settings), args.host, args.port, settings)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The interviewer's scenario builder: the catalog to pick from, validation of a composed or
-pasted scenario (errors name the field), and world builds in a child process with progress.
+pasted scenario (errors name the field), and world builds in child processes with progress,
+through a queue: at most the `builds_at_once` setting run at once, the others wait (`queued`).
 
 A build writes a new world beside the running one (`WORLDS/NAME`); the stack keeps serving its
 own world, and `sandbox up WORLDS/NAME` starts the new one. A re-seeded copy of a scenario (same
@@ -8,13 +9,17 @@ faults and parameters, other data) is how each candidate gets their own variant.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 import uuid
 from collections import deque
@@ -57,25 +62,213 @@ class BuildRequest(ScenarioText):
     name: str = Field(min_length=1, max_length=63)
 
 
-@dataclass
+STATES = ("queued", "building", "built", "failed", "cancelled")
+# A build asked to stop gets this long to go before it is killed.
+STOP_GRACE_S = 5.0
+
+
+@dataclass(eq=False)
 class Build:
     id: str
     name: str
     out: Path
-    process: subprocess.Popen
+    toml: str  # the scenario, written for the build's process when it starts
+    state: str = "queued"  # one of STATES
+    process: subprocess.Popen | None = None
     stages: dict[str, dict[str, int]] = field(default_factory=dict)
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     seed: int | None = None
+    follower: threading.Thread | None = None  # reads its output while it runs
+    stopping: bool = False  # cancelled while it ran: it ends as "cancelled", its output removed
 
     @property
-    def status(self) -> str:
-        code = self.process.poll()
-        if code is None:
-            return "building"
-        return "built" if code == 0 and self.seed is not None else "failed"
+    def active(self) -> bool:
+        return self.state in ("queued", "building")
 
 
-BUILDS: dict[str, Build] = {}
+class BuildsClosed(RuntimeError):
+    """The gateway is stopping: no build starts any more."""
+
+
+class BuildQueue:
+    """The operator's world builds, each a child process (`sandbox build`). At most `at_once`
+    run at a time; the others wait, first come first served, and start as running ones end.
+    Every waiting and running build is kept, and the last `kept` finished ones (built, failed,
+    cancelled); older ones are forgotten. `close` (the gateway stopping) cancels the waiting
+    builds and stops the running ones."""
+
+    def __init__(self, at_once: int, kept: int, command: tuple[str, ...] = BUILD_COMMAND) -> None:
+        self.at_once = at_once
+        self.kept = kept
+        self.command = command
+        self._builds: dict[str, Build] = {}  # in the order they were asked for
+        self._finished: deque[str] = deque()  # ids of finished builds, oldest first
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, name: str, out: Path, toml: str) -> Build:
+        """A new build into `out`, started now if a slot is free, else queued. BuildsClosed
+        when the gateway is stopping; FileExistsError when another build goes into `out`."""
+        with self._lock:
+            if self._closed:
+                raise BuildsClosed("the gateway is stopping; start the build again once it is up")
+            if any(b.out == out and b.active for b in self._builds.values()):
+                raise FileExistsError(f"a build into {out} is already queued or running")
+            build = Build(uuid.uuid4().hex[:12], name, out, toml)
+            self._builds[build.id] = build
+            self._start_waiting()
+        return build
+
+    def get(self, build_id: str) -> Build | None:
+        return self._builds.get(build_id)
+
+    def all(self) -> list[Build]:
+        with self._lock:
+            return list(self._builds.values())
+
+    def ahead(self, build: Build) -> int:
+        """How many queued builds start before this queued one (0 when it is next)."""
+        with self._lock:
+            waiting = [b for b in self._builds.values() if b.state == "queued"]
+        return waiting.index(build) if build in waiting else 0
+
+    def cancel(self, build_id: str) -> Build | None:
+        """Stop a build: a queued one never starts; a running one is stopped (killed if it has
+        not gone within `STOP_GRACE_S`) and what it wrote removed. A build that has ended, or
+        is ending on its own, stays as it ends. None for an unknown id."""
+        with self._lock:
+            build = self._builds.get(build_id)
+            if build is None or not build.active:
+                return build
+            if build.state == "queued":
+                self._end(build, "cancelled")
+                return build
+            build.stopping = _running(build)
+        _stop([build])
+        return build
+
+    def close(self) -> None:
+        """The gateway is stopping: cancel the waiting builds, stop the running ones, and
+        return once they are gone."""
+        with self._lock:
+            self._closed = True
+            running = []
+            for build in list(self._builds.values()):
+                if build.state == "queued":
+                    self._end(build, "cancelled")
+                elif build.state == "building":
+                    build.stopping = _running(build)
+                    running.append(build)
+        _stop(running)
+
+    def _start_waiting(self) -> None:
+        """Start queued builds while slots are free. Called with the lock held."""
+        running = sum(b.state == "building" for b in self._builds.values())
+        for build in list(self._builds.values()):
+            if running >= self.at_once or self._closed:
+                return
+            if build.state == "queued":
+                self._start(build)
+                running += build.state == "building"
+
+    def _start(self, build: Build) -> None:
+        if build.out.exists():  # made since the build was asked for: not this build's to replace
+            build.lines.append(f"{build.out} already exists; pick another name")
+            self._end(build, "failed")
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="scenario-"))
+        source = scratch / "scenario.toml"
+        source.write_text(build.toml)
+        try:
+            build.process = subprocess.Popen(
+                [*self.command, str(source), "--out", str(build.out), "--progress", "json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                # Its own process group: stopping the build stops the processes it started too.
+                process_group=0,
+            )
+        except OSError as exc:
+            shutil.rmtree(scratch, ignore_errors=True)
+            build.lines.append(f"the build did not start: {exc}")
+            self._end(build, "failed")
+            return
+        build.state = "building"
+        build.follower = threading.Thread(
+            target=self._follow, args=(build, scratch), name=f"build-{build.id}", daemon=True
+        )
+        build.follower.start()
+
+    def _follow(self, build: Build, scratch: Path) -> None:
+        """Read the build's output to the end (a reader that stopped would block the build),
+        then record how it ended and start the next one."""
+        process = build.process
+        assert process is not None and process.stdout is not None
+        for line in process.stdout:
+            _read_update(build, line.rstrip())
+        code = process.wait()  # from here on, `cancel` leaves the build to end as it did
+        shutil.rmtree(scratch, ignore_errors=True)
+        with self._lock:
+            stopped = build.stopping
+        if stopped:
+            # Nothing was at `out` when the build started: what is there now is its own.
+            shutil.rmtree(build.out, ignore_errors=True)
+        with self._lock:
+            if stopped:
+                self._end(build, "cancelled")
+            else:
+                self._end(build, "built" if code == 0 and build.seed is not None else "failed")
+            self._start_waiting()
+
+    def _end(self, build: Build, state: str) -> None:
+        """Record a build as finished, forgetting the oldest finished ones past `kept`. Called
+        with the lock held."""
+        build.state = state
+        self._finished.append(build.id)
+        while len(self._finished) > self.kept:
+            self._builds.pop(self._finished.popleft(), None)
+
+
+def _read_update(build: Build, line: str) -> None:
+    try:
+        update = json.loads(line)
+        if update.get("done") is True:
+            build.seed = int(update["seed"])
+        else:
+            build.stages[str(update["stage"])] = {
+                "done": int(update["done"]),
+                "total": int(update["total"]),
+            }
+    except (ValueError, TypeError, KeyError, AttributeError):
+        build.lines.append(line)
+
+
+def _running(build: Build) -> bool:
+    """Whether the build's process is still running (not ending on its own already)."""
+    return build.process is not None and build.process.poll() is None
+
+
+def _stop(builds: list[Build]) -> None:
+    """Stop the builds marked `stopping`, and wait until every one of `builds` has ended: each
+    gets `STOP_GRACE_S` to go, then its processes are killed."""
+    for build in builds:
+        if build.stopping:
+            _signal_group(build, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for build in builds:
+        if build.follower is not None:
+            build.follower.join(max(deadline - time.monotonic(), 0))
+    for build in builds:
+        if build.follower is not None and build.follower.is_alive():
+            _signal_group(build, signal.SIGKILL)
+            build.follower.join(STOP_GRACE_S)
+
+
+def _signal_group(build: Build, signum: int) -> None:
+    """Signal the build's process and every process it started (its process group)."""
+    if build.process is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(build.process.pid, signum)
 
 
 def _parse(body: ScenarioText) -> scenario.Scenario:
@@ -121,72 +314,78 @@ def validate(body: ScenarioText, who: Operator) -> dict[str, Any]:
     }
 
 
+def _queue(request: Request) -> BuildQueue:
+    return request.app.state.builds
+
+
 @router.post("/api/builder/builds")
 def start_build(body: BuildRequest, request: Request, who: Operator) -> dict[str, Any]:
+    """Build a world beside the running one: at once when no other build holds the slots,
+    else `queued` until it is its turn."""
     if not NAME.match(body.name):
         raise invalid("body", "name", "lowercase letters, digits and dashes")
     spec = _parse(body)
     out = Path(request.app.state.gateway.ctx.world).resolve().parent / body.name
     if out.exists():
         raise HTTPException(409, f"name: {out} already exists; pick another name")
-    scratch = Path(tempfile.mkdtemp(prefix="scenario-"))
-    source = scratch / "scenario.toml"
-    source.write_text(spec.as_toml())
-    process = subprocess.Popen(
-        [*BUILD_COMMAND, str(source), "--out", str(out), "--progress", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    build = Build(uuid.uuid4().hex[:12], body.name, out, process)
-    BUILDS[build.id] = build
-    threading.Thread(
-        target=_follow, args=(build, scratch), name=f"build-{build.id}", daemon=True
-    ).start()
-    return _status(build)
+    queue = _queue(request)
+    try:
+        build = queue.submit(body.name, out, spec.as_toml())
+    except FileExistsError as exc:
+        raise HTTPException(409, f"name: {exc}; pick another name") from None
+    except BuildsClosed as exc:
+        raise HTTPException(503, str(exc)) from None
+    return _status(queue, build)
 
 
-def _follow(build: Build, scratch: Path) -> None:
-    """Read the build's output to the end (a reader that stopped would block the build)."""
-    assert build.process.stdout is not None
-    for line in build.process.stdout:
-        line = line.rstrip()
-        try:
-            update = json.loads(line)
-            if update.get("done") is True:
-                build.seed = int(update["seed"])
-            else:
-                build.stages[str(update["stage"])] = {
-                    "done": int(update["done"]),
-                    "total": int(update["total"]),
-                }
-        except (ValueError, TypeError, KeyError, AttributeError):
-            build.lines.append(line)
-    build.process.wait()
-    shutil.rmtree(scratch, ignore_errors=True)
+@router.get("/api/builder/builds")
+def list_builds(request: Request, who: Operator) -> list[dict[str, Any]]:
+    """The builds the gateway knows, newest first: waiting, running and the last finished."""
+    queue = _queue(request)
+    return [_summary(queue, b) for b in reversed(queue.all())]
 
 
 @router.get("/api/builder/builds/{build_id}")
-def build_status(build_id: str, who: Operator) -> dict[str, Any]:
-    build = BUILDS.get(build_id)
+def build_status(build_id: str, request: Request, who: Operator) -> dict[str, Any]:
+    queue = _queue(request)
+    build = queue.get(build_id)
     if build is None:
         raise HTTPException(404, f"no build {build_id}")
-    return _status(build)
+    return _status(queue, build)
 
 
-def _status(build: Build) -> dict[str, Any]:
-    status = build.status
-    answer = WorldPaths(build.out).answer_key
+@router.delete("/api/builder/builds/{build_id}")
+def cancel_build(build_id: str, request: Request, who: Operator) -> dict[str, Any]:
+    """Cancel a queued build, or stop a running one (what it wrote is removed); a finished
+    build is left as it ended."""
+    queue = _queue(request)
+    build = queue.cancel(build_id)
+    if build is None:
+        raise HTTPException(404, f"no build {build_id}")
+    return _status(queue, build)
+
+
+def _summary(queue: BuildQueue, build: Build) -> dict[str, Any]:
     return {
         "id": build.id,
         "name": build.name,
         "out": str(build.out),
-        "status": status,
-        "stages": build.stages,
-        "log": list(build.lines)[-20:],
+        "status": build.state,
+        # Queued builds that start before this one (None unless it is queued).
+        "ahead": queue.ahead(build) if build.state == "queued" else None,
         "seed": build.seed,
+    }
+
+
+def _status(queue: BuildQueue, build: Build) -> dict[str, Any]:
+    summary = _summary(queue, build)
+    built = summary["status"] == "built"
+    answer = WorldPaths(build.out).answer_key
+    return summary | {
+        "stages": dict(build.stages),
+        "log": list(build.lines)[-20:],
         "up_command": f"sandbox up {build.out}",
-        "answer_key": json.loads(answer.read_text()) if status == "built" else None,
+        "answer_key": json.loads(answer.read_text()) if built else None,
     }
 
 

@@ -3,7 +3,7 @@
 Protection is layered. The world file is attached read-only; the instance refuses files, extension
 installs and setting changes (`LiveTelemetry`); only query statements pass; a query may name the
 candidate's schemas only (not the unfiltered world catalog, not dynamic table functions); and each
-query runs under a time limit and returns at most `ROW_CAP` rows.
+query runs under a time limit and returns at most the settings' `row_cap` rows.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 import duckdb
 
 from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS, LiveTelemetry
+from sandbox.services.settings import Settings
 
-ROW_CAP = 5000
-# A response's values, roughly as JSON: a few rows of huge strings are cut like many rows are.
-MAX_BYTES = 20_000_000
+# For a direct call (tests, tools); the gateway's workers pass the deployment's settings.
+DEFAULTS = Settings()
 FETCH_CHUNK = 500
 ALLOWED_STATEMENTS = {"SELECT"}
 # The only table functions in FROM: generators. Everything else (file readers, catalog and
@@ -96,12 +96,14 @@ def run(
     sql: str,
     params: dict[str, Any] | None = None,
     session_id: str | None = None,
-    max_bytes: int = MAX_BYTES,
+    max_bytes: int = DEFAULTS.console_max_bytes,
+    row_cap: int = DEFAULTS.row_cap,
 ) -> QueryResult:
     """Run one candidate statement; QueryRefused or duckdb.Error with a clear message otherwise
     (a query past the time or memory limit is cut off with QueryRefused). `params` binds
-    `$name`s; `session_id` is whose own live rows the views show. At most `ROW_CAP` rows and
-    about `max_bytes` of values come back."""
+    `$name`s; `session_id` is whose own live rows the views show. At most `row_cap` rows and
+    about `max_bytes` of values come back (a response's values, roughly as JSON: a few rows of
+    huge strings are cut like many rows are)."""
     statement = _single_statement(sql)
     tables, columns_read = touched(store, statement)
     cur = store.cursor(session_id)
@@ -110,7 +112,7 @@ def run(
         result = cur.execute(statement, params) if params else cur.execute(statement)
         columns = [d[0] for d in result.description or []]
         types = [str(d[1]) for d in result.description or []]
-        rows, truncated = _fetch_capped(result, max_bytes)
+        rows, truncated = _fetch_capped(result, max_bytes, row_cap)
         elapsed = (time.perf_counter() - started) * 1000
     except duckdb.InterruptException:
         raise QueryRefused(
@@ -140,16 +142,16 @@ def memory_message(store: LiveTelemetry) -> str:
 
 
 def _fetch_capped(
-    result: duckdb.DuckDBPyConnection, max_bytes: int
+    result: duckdb.DuckDBPyConnection, max_bytes: int, row_cap: int
 ) -> tuple[list[list[Any]], bool]:
-    """Rows as JSON values, stopping at `ROW_CAP` rows or about `max_bytes`; True when cut."""
+    """Rows as JSON values, stopping at `row_cap` rows or about `max_bytes`; True when cut."""
     rows: list[list[Any]] = []
     size = 0
     while chunk := result.fetchmany(FETCH_CHUNK):
         for row in chunk:
             values = [_json_value(v) for v in row]
             size += sum(_size(v) for v in values)
-            if len(rows) == ROW_CAP or (size > max_bytes and rows):
+            if len(rows) == row_cap or (size > max_bytes and rows):
                 return rows, True
             if size > max_bytes:  # one row alone is too large to send
                 raise QueryRefused(

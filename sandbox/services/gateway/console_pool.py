@@ -15,6 +15,8 @@ worker process (`console_worker`), so no query can take the gateway's memory or 
 - the pool grows to `max_workers` when every worker is busy and shrinks back when the flood
   is over.
 
+The sizes and limits here are the stack's settings (`sandbox.services.settings`, `console_*`).
+
 Workers are forked from a preloaded server process: a new one is ready in a fraction of a
 second, and the imported code is shared between them rather than loaded again.
 """
@@ -40,6 +42,7 @@ import anyio.to_thread
 from sandbox.services.gateway import console_worker
 from sandbox.services.gateway.console import QueryRefused, QueryResult
 from sandbox.services.gateway.console_worker import Limits, Request
+from sandbox.services.settings import Settings
 
 KILL_GRACE_S = 0.5  # past the time limit, before a worker that did not stop is killed
 START_TIMEOUT_S = 60.0  # the first worker waits for the preloaded server to import everything
@@ -67,26 +70,14 @@ class _Worker:
 
 
 class ConsolePool:
-    def __init__(
-        self,
-        world: Path,
-        time_limit_s: float,
-        *,
-        workers: int = 2,
-        max_workers: int = 4,
-        per_owner: int = 2,
-        per_owner_waiting: int = 24,
-        staff_reserve: int = 1,
-        memory_mb: int = 1024,
-        max_bytes: int = 20_000_000,
-    ) -> None:
+    def __init__(self, world: Path, settings: Settings) -> None:
         self.world = Path(world).resolve()
-        self.limits = Limits(time_limit_s=time_limit_s, memory_mb=memory_mb, max_bytes=max_bytes)
-        self.min_workers = workers
-        self.max_workers = max(max_workers, workers)
-        self.per_owner = per_owner
-        self.per_owner_waiting = per_owner_waiting
-        self.staff_reserve = staff_reserve
+        self.limits = Limits.of(settings)
+        self.min_workers = settings.console_workers
+        self.max_workers = max(settings.console_max_workers, settings.console_workers)
+        self.per_owner = settings.console_per_owner
+        self.per_owner_waiting = settings.console_per_owner_waiting
+        self.staff_reserve = settings.console_staff_reserve
         self._staff: set[str] = set()  # owners served first
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
@@ -99,7 +90,7 @@ class ConsolePool:
         )
         self._holding: collections.Counter[str] = collections.Counter()  # workers held per owner
         # One thread per worker waits for its answer, the interviewers' reserve included.
-        self._replies = anyio.CapacityLimiter(self.max_workers + staff_reserve)
+        self._replies = anyio.CapacityLimiter(self.max_workers + self.staff_reserve)
         self.killed = 0  # workers stopped at the deadline or dead mid-query
         self._closed = False
 

@@ -25,6 +25,7 @@ import duckdb
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway import console
 from sandbox.services.gateway.telemetry import LiveTelemetry
+from sandbox.services.settings import Settings
 
 # Live rows are loaded before a query when the last load is older than this: a row the services
 # spooled shows in the console within a second, without every query paying for a load.
@@ -33,9 +34,21 @@ INGEST_EVERY_S = 0.5
 
 @dataclass(frozen=True)
 class Limits:
+    """What one worker allows a query, from the stack's settings."""
+
     time_limit_s: float
     memory_mb: int  # growth allowed past the worker's size once started
     max_bytes: int  # of one response's rows
+    row_cap: int  # rows of one response
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            time_limit_s=settings.query_time_limit_s,
+            memory_mb=settings.console_memory_mb,
+            max_bytes=settings.console_max_bytes,
+            row_cap=settings.row_cap,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ def _answer(store: LiveTelemetry, request: Request, limits: Limits) -> tuple[str
             request.params,
             session_id=request.session_id,
             max_bytes=limits.max_bytes,
+            row_cap=limits.row_cap,
         )
     except console.QueryRefused as exc:
         return "refused", (str(exc), exc.reach), exc.reach is None and _near_cap(limits)

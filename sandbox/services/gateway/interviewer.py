@@ -7,7 +7,6 @@ session only; a candidate token reaches none of it (403).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +29,6 @@ from sandbox.services.gateway.state import Gateway
 
 router = APIRouter()
 MAX_TIME_LIMIT_MIN = 24 * 60
-PUBLIC_URL = "SANDBOX_PUBLIC_URL"
 
 
 class SessionRequest(BaseModel):
@@ -96,7 +94,7 @@ def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[st
         raise HTTPException(403, "only the stack's operator creates sessions")
     session = _gateway(request).sessions.create(body.candidate, body.time_limit_min)
     # Behind a container network the gateway's own address is not the one people open.
-    base = os.environ.get(PUBLIC_URL) or str(request.base_url)
+    base = _gateway(request).settings.public_url or str(request.base_url)
     return links(session, base.rstrip("/")) | {"time_limit_min": body.time_limit_min}
 
 

@@ -20,7 +20,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sandbox.review.store import HistoryFull
-from sandbox.services import dashboards
 from sandbox.services.gateway.auth import Auth, caller, sign_in
 from sandbox.services.gateway.state import Gateway
 
@@ -113,13 +112,14 @@ def install(app: FastAPI) -> None:
         )
 
     @app.get("/dashboards", include_in_schema=False)
-    def dashboards_home() -> RedirectResponse:
-        first = next(iter(dashboards.catalog()))
+    def dashboards_home(request: Request) -> RedirectResponse:
+        first = next(iter(_gateway(request).boards()))
         return RedirectResponse(f"/dashboards/{first}", status_code=303)
 
     @app.get("/dashboards/{board_id}", response_class=HTMLResponse)
     def dashboard(board_id: str, request: Request, who: Auth) -> HTMLResponse:
-        board = dashboards.catalog().get(board_id)
+        boards = _gateway(request).boards()
+        board = boards.get(board_id)
         if board is None:
             raise HTTPException(404, f"no dashboard {board_id}")
         return _page(
@@ -127,7 +127,7 @@ def install(app: FastAPI) -> None:
             who,
             "dashboards",
             board=board,
-            boards=list(dashboards.catalog().values()),
+            boards=list(boards.values()),
             detail={"dashboard": board.id},
         )
 

@@ -1,5 +1,5 @@
 """What every gateway route shares: the world's context, the telemetry store, the sessions, the
-other services' addresses, and the recorder."""
+other services' addresses, the stack's settings, and the recorder."""
 
 from __future__ import annotations
 
@@ -15,19 +15,18 @@ import duckdb
 from sandbox.layout import WorldPaths
 from sandbox.review.evidence import Shown
 from sandbox.review.store import SessionStore
-from sandbox.services import stack
+from sandbox.services import dashboards, stack
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway import views
 from sandbox.services.gateway.auth import Caller
 from sandbox.services.gateway.console import QueryResult
 from sandbox.services.gateway.console_pool import ConsolePool
 from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS
+from sandbox.services.settings import Settings
 
 # No range reaches before this: the world's calendar is years later, and arithmetic near the
 # smallest datetime overflows.
 EARLIEST = dt.datetime(1970, 1, 1)
-# What only the browser reports (pastes, time away): a person causes a few a minute.
-CLIENT_EVENTS_PER_MINUTE = 30
 
 
 class RateQuota:
@@ -59,8 +58,17 @@ class Gateway:
     sessions: SessionStore
     addresses: dict[str, stack.ServiceAddress]
     answer_key: dict[str, Any]  # interviewer-only: never in a candidate's response
+    settings: Settings
     _schema: list[dict[str, Any]] = field(default_factory=list)
-    client_events: RateQuota = field(default_factory=lambda: RateQuota(CLIENT_EVENTS_PER_MINUTE))
+    # What only the browser reports (pastes, time away): a person causes a few a minute.
+    client_events: RateQuota = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client_events = RateQuota(self.settings.client_events_per_minute)
+
+    def boards(self) -> dict[str, dashboards.Dashboard]:
+        """The dashboards this stack serves (the `dashboards` setting, or the packaged ones)."""
+        return dashboards.catalog(self.settings.dashboards)
 
     @property
     def live_start(self) -> dt.datetime:

@@ -43,11 +43,12 @@ PREDICTIONS = "serving.predictions"
 SEARCHES = "retrieval.search_log"
 ID_COLUMNS = {"serving.predictions": "prediction_id"}
 LIVE_METRICS = "live.computed_metrics"
-QUERY_TIME_LIMIT_S = 10
 
 
 class LiveTelemetry:
-    """One DuckDB instance: world views, live tables, and the ingest of spooled rows."""
+    """One DuckDB instance: world views, live tables, and the ingest of spooled rows. Its
+    `memory_limit` (DuckDB's, such as "512MB") and query `time_limit_s` are its owner's to set:
+    a console worker's come from the stack's settings."""
 
     def __init__(
         self,
@@ -57,9 +58,10 @@ class LiveTelemetry:
         faults: FaultSet,
         seed: int,
         calendar: Any,
-        memory_limit: str = "2GB",
+        *,
+        memory_limit: str,
+        time_limit_s: float,
         threads: int | None = None,
-        time_limit_s: float = QUERY_TIME_LIMIT_S,
     ) -> None:
         self.paths = WorldPaths(world)
         self.memory_limit = memory_limit

@@ -75,8 +75,8 @@ def my_history(
 
 
 @router.get("/api/dashboards")
-def dashboard_list(who: Auth) -> list[dict[str, Any]]:
-    return [board.model_dump() for board in dashboards.catalog().values()]
+def dashboard_list(request: Request, who: Auth) -> list[dict[str, Any]]:
+    return [board.model_dump() for board in gateway(request).boards().values()]
 
 
 @router.get("/api/dashboards/{board_id}/panels/{panel_id}")
@@ -92,7 +92,7 @@ async def panel_data(
     """One panel's rows for the range. An auto-refresh (`refresh=true`) is not recorded again:
     the history keeps what the candidate chose to look at."""
     gw = gateway(request)
-    board = dashboards.catalog().get(board_id)
+    board = gw.boards().get(board_id)
     panel = board.panel(panel_id) if board else None
     if board is None or panel is None:
         raise HTTPException(404, f"no panel {board_id}/{panel_id}")

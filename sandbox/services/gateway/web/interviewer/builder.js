@@ -1,5 +1,6 @@
 // The scenario builder: compose a scenario from the catalog, validate it on the server (errors
-// name the field), preview the brief, build a world and follow its progress.
+// name the field), preview the brief, build a world and follow its progress. Builds run one at a
+// time (the builds_at_once setting); the others wait in a queue, and any of them can be cancelled.
 "use strict";
 
 (() => {
@@ -100,6 +101,31 @@
     } catch (e) { showError(verdict, e.message); }
   }
 
+  function waiting(status) {
+    if (status.status === "queued") {
+      return status.ahead ? `Queued: ${status.ahead} queued build(s) start before this one.` : "Queued: it starts when the running build ends.";
+    }
+    return "Building…";
+  }
+
+  async function cancel(id) {
+    try { await api(`/api/builder/builds/${id}`, { method: "DELETE" }); }
+    catch (e) { showError(document.getElementById("built"), e.message); }
+    listBuilds();
+  }
+
+  async function listBuilds() {
+    let builds;
+    try { builds = await api("/api/builder/builds"); }
+    catch (e) { showError(document.getElementById("builds"), e.message); return; }
+    document.getElementById("builds-card").hidden = builds.length === 0;
+    fill(document.getElementById("builds"), builds.map((b) =>
+      el("div", { class: "row small", "data-status": b.status },
+        el("b", {}, b.name),
+        el("span", { class: "muted" }, b.status === "queued" ? `queued (${b.ahead} ahead)` : b.status),
+        ["queued", "building"].includes(b.status) ? el("button", { type: "button", onclick: () => cancel(b.id) }, "Cancel") : null)));
+  }
+
   async function follow(id) {
     let status;
     try { status = await api(`/api/builder/builds/${id}`); }
@@ -108,11 +134,17 @@
       setTimeout(() => follow(id), 5000);
       return;
     }
+    listBuilds();
     fill(document.getElementById("stages"), Object.entries(status.stages).map(([stage, s]) =>
       el("div", { class: "stage" }, el("span", {}, stage), el("progress", { max: s.total || 1, value: s.done }), el("span", { class: "muted small" }, `${s.done}/${s.total}`))));
     document.getElementById("build-log").textContent = status.log.join("\n");
     const built = document.getElementById("built");
-    if (status.status === "building") { fill(built, el("p", { class: "muted" }, "Building…")); setTimeout(() => follow(id), 1500); return; }
+    if (status.status === "queued" || status.status === "building") {
+      fill(built, el("p", { class: "muted" }, waiting(status)), el("button", { type: "button", onclick: () => cancel(id) }, "Cancel build"));
+      setTimeout(() => follow(id), 1500);
+      return;
+    }
+    if (status.status === "cancelled") { fill(built, el("p", { class: "muted" }, "The build was cancelled; nothing it wrote was kept.")); return; }
     if (status.status === "failed") { showError(built, "The build failed; see its output above."); return; }
     fill(built, el("p", { class: "good" }, `Built into ${status.out} (seed ${status.seed}).`),
       el("p", {}, "Start it with ", el("code", {}, status.up_command)),
@@ -129,4 +161,5 @@
     form.elements.out_name.value = form.elements.out_name.value.replace(/-seed\d+$/, "") + `-seed${seed}`;
   });
   api("/api/catalog").then((c) => { catalog = c; fillForm(c.running); }).catch((e) => showError(document.getElementById("faults"), e.message));
+  listBuilds();
 })();
