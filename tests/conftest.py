@@ -30,7 +30,7 @@ from sandbox.world.layout import IncompleteWorld, read_manifest
 SMALL_SCALE = 0.4  # 10,000 customers: stable weekly metrics; build time is mostly fixed costs
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "scenarios"
-CONTROL_SCENARIO = EXAMPLES / "control.toml"
+CONTROL_SCENARIO = scenario.builtin_path("control")
 
 # name -> an example scenario file, or the faults and decoys to plant with the default brief.
 FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
