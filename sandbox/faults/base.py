@@ -170,14 +170,15 @@ def hook(point: str) -> Callable[[Handler], Handler]:
 
     def mark(handler: Handler) -> Handler:
         check_hook_point(point, handler.__qualname__)
-        _check_handler(point, handler)
+        check_handler(point, handler)
         handler.__hook_point__ = point  # type: ignore[attr-defined]
         return handler
 
     return mark
 
 
-def _check_handler(point: str, handler: Callable[..., Any]) -> None:
+def check_handler(point: str, handler: Callable[..., Any]) -> None:
+    """Refuse a handler whose signature does not fit `point` (BadHandler, naming both)."""
     declared = HOOK_POINTS[point].value
     who = f"{handler.__qualname__} (hook {point!r})"
     params = list(inspect.signature(handler).parameters.values())

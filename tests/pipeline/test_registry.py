@@ -29,9 +29,9 @@ from sandbox.clock import Calendar
 from sandbox.pipeline import registry
 from sandbox.scenario import world_spec
 from sandbox.services.supervisor import MLFLOW_PREFIX, free_port, mlflow_ui
+from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths
-from tests.conftest import Worlds
 
 # A world with one release, one with a second encoder version, one with a retrain.
 REGISTRY_WORLDS = ["default", "embedding", "leakage"]

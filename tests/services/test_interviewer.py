@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from sandbox.services.gateway import builder, interviewer, sessions
 from sandbox.services.gateway.sessions import SessionStore
+from sandbox.testing import Worlds
 from sandbox.world.layout import WorldPaths
-from tests.conftest import Worlds
 from tests.services.conftest import MakeSession, gateway_client, session_maker, world_paths
 
 # Reads that look for the problem in the wrong places: the dead end.

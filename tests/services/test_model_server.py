@@ -25,9 +25,9 @@ from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.services import spool
 from sandbox.services.model_server import MAX_BATCH, SERVICE, create_app
 from sandbox.services.simclock import SimClock
+from sandbox.testing import Worlds, connect
 from sandbox.world.build import BuildSummary
 from sandbox.world.layout import WorldPaths
-from tests.conftest import Worlds, connect
 
 PEAK_HOUR = int(np.argmax(toolkit.LOAD))
 QUIET_HOUR = 10

@@ -12,9 +12,9 @@ import duckdb
 import pytest
 
 from sandbox import scenario
+from sandbox.testing import SMALL_SCALE
 from sandbox.world.build import BuildSummary, WorldExists, build
 from sandbox.world.layout import IncompleteWorld, read_manifest
-from tests.conftest import CONTROL_SCENARIO, SMALL_SCALE
 
 EXPECTED_TABLES = {
     "raw.customers",
@@ -98,13 +98,12 @@ def test_labels_arrive_late(faulty_db: duckdb.DuckDBPyConnection) -> None:
     assert lag[0] == 14 and 0.005 < lag[1] < 0.06
 
 
-def _build_fresh(source: str | None, seed: int | None, out: str) -> dict:
-    """A build in a worker process, with one OpenMP thread (the two share two cores)."""
+def _build_fresh(builtin: str, seed: int | None, out: str) -> dict:
+    """A build of a built-in scenario in a worker process, with one OpenMP thread (the two share
+    two cores)."""
     from threadpoolctl import threadpool_limits
 
-    spec = scenario.load(Path(source) if source else None).with_overrides(
-        seed=seed, scale=SMALL_SCALE
-    )
+    spec = scenario.builtin(builtin).with_overrides(seed=seed, scale=SMALL_SCALE)
     with threadpool_limits(limits=1, user_api="openmp"):
         return build(spec, Path(out)).manifest
 
@@ -115,8 +114,8 @@ def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict
     fresh processes, never from the cache of shared worlds."""
     out = tmp_path_factory.mktemp("rebuilt")
     with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
-        again = pool.submit(_build_fresh, None, None, str(out / "again"))
-        other = pool.submit(_build_fresh, str(CONTROL_SCENARIO), 8, str(out / "other"))
+        again = pool.submit(_build_fresh, "default", None, str(out / "again"))
+        other = pool.submit(_build_fresh, "control", 8, str(out / "other"))
         manifests = {"again": again.result(), "other": other.result()}
     yield manifests
 
