@@ -97,7 +97,8 @@ def _calendar(world: World | None, calendar: Calendar | None) -> Calendar:
 
 
 def _fail(fault: Fault | type[Fault], what: str) -> FaultFailure:
-    return FaultFailure(f"{fault.id}: {what}")
+    cls = fault if isinstance(fault, type) else type(fault)
+    return FaultFailure(f"{getattr(cls, 'id', None) or cls.__name__}: {what}")
 
 
 def _describe(checks: list[Check]) -> str:
@@ -108,11 +109,11 @@ def _describe(checks: list[Check]) -> str:
 def assert_documented(cls: type[Fault]) -> None:
     """The module docstring tells the story; the class has an id (lowercase, dashes), title,
     difficulty and observation, and parameters whose defaults validate."""
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", getattr(cls, "id", "")):
+        raise FaultFailure(f"{cls.__name__}: its id is lowercase words joined by dashes")
     module = __import__(cls.__module__, fromlist=["__doc__"])
     if not (module.__doc__ and len(module.__doc__) > 200):
         raise _fail(cls, f"the docstring of {cls.__module__} should tell the fault's story")
-    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", getattr(cls, "id", "")):
-        raise FaultFailure(f"{cls.__name__}: its id is lowercase words joined by dashes")
     for attribute in ("title", "observation"):
         if not getattr(cls, attribute, ""):
             raise _fail(cls, f"{attribute} is missing")
