@@ -140,12 +140,22 @@ def build_cmd(
     _run_build(_load(scenario, seed, scale), out, force, as_json=progress == "json")
 
 
+VERIFY_OUTCOMES = {
+    "passed": "[green]pass[/]",
+    "failed": "[red]FAIL[/]",
+    "not measurable": "[yellow]not measurable[/]",
+}
+
+
 @app.command("verify")
 def verify_cmd(
     world: Annotated[Path, typer.Argument(help="A built world directory.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check that every planted fault shows its symptom and the rest of the world is healthy."""
+    """Check that every planted fault shows its symptom and the rest of the world is healthy.
+
+    Each check passes, fails, or is not measurable (the world cannot decide it yet); exits 1
+    when a check fails or a planted fault or decoy has no check that passed."""
     from sandbox.layout import IncompleteWorld
     from sandbox.verify import verify
 
@@ -164,10 +174,15 @@ def verify_cmd(
             ("healthy world", result.health_checks),
         ]:
             for c in checks:
-                table.add_row(
-                    scope, c.name, "[green]pass[/]" if c.passed else "[red]FAIL[/]", c.detail
-                )
+                table.add_row(scope, c.name, VERIFY_OUTCOMES[c.outcome], c.detail)
         console.print(table)
+        counts = result.counts
+        console.print(
+            f"{counts['passed']} passed, {counts['failed']} failed, "
+            f"{counts['not measurable']} not measurable"
+        )
+        if result.unconfirmed:
+            console.print(f"no check that passed shows: {', '.join(result.unconfirmed)}")
     raise typer.Exit(0 if result.passed else 1)
 
 

@@ -235,11 +235,26 @@ def parse(text: str, source: str) -> Scenario:
     return Scenario(raw, source, text)
 
 
+BUILTIN = ("default", "control")
+
+
+def builtin(name: str) -> Scenario:
+    """A scenario that ships with the package: "default" (one planted fault) or "control" (no
+    fault; the same world with one genuine change in it)."""
+    return parse(builtin_path(name).read_text(), f"{name}.toml")
+
+
+def builtin_path(name: str) -> Path:
+    """The file of a built-in scenario."""
+    if name not in BUILTIN:
+        raise ScenarioError(f"no built-in scenario {name!r}; built in: {', '.join(BUILTIN)}")
+    return Path(str(files("sandbox") / "scenarios" / f"{name}.toml"))
+
+
 def load(path: Path | None) -> Scenario:
     """Load a scenario file; None means the built-in default scenario."""
     if path is None:
-        resource = files("sandbox") / "scenarios" / "default.toml"
-        return parse(resource.read_text(), "default.toml")
+        return builtin("default")
     try:
         text = Path(path).read_text()
     except OSError as exc:

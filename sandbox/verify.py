@@ -1,31 +1,55 @@
-"""`sandbox verify`: run every planted fault's verification and the healthy-world checks."""
+"""`sandbox verify`: run every planted fault's verification and the healthy-world checks.
+
+A check passes, fails, or is not measurable (the world cannot decide it: too few labels have
+matured, too few customers are affected). A world passes when no check fails and every planted
+fault and decoy has at least one check that passed; checks that were not measurable are counted
+and listed on their own, never as passed.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import duckdb
 
 from sandbox import scenario as scenario_mod
-from sandbox.faults.base import Check
+from sandbox.faults.base import Check, Outcome
 from sandbox.layout import WorldPaths, read_manifest
 from sandbox.world import health
+
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 @dataclass
 class Verification:
-    fault_checks: dict[str, list[Check]]
+    fault_checks: dict[str, list[Check]]  # fault id, or "decoy:<id>" -> its checks
     health_checks: list[Check]
 
     @property
+    def checks(self) -> list[Check]:
+        return [c for cs in self.fault_checks.values() for c in cs] + self.health_checks
+
+    @property
+    def counts(self) -> dict[Outcome, int]:
+        return {o: sum(c.outcome == o for c in self.checks) for o in OUTCOMES}
+
+    @property
+    def unconfirmed(self) -> list[str]:
+        """Planted faults and decoys that no check that passed shows (none failed, perhaps, but
+        none was measurable either)."""
+        return [scope for scope, cs in self.fault_checks.items() if not any(c.passed for c in cs)]
+
+    @property
     def passed(self) -> bool:
-        every = [c for cs in self.fault_checks.values() for c in cs] + self.health_checks
-        return all(c.passed for c in every)
+        return self.counts["failed"] == 0 and not self.unconfirmed
 
     def as_json(self) -> dict[str, object]:
         return {
             "passed": self.passed,
+            "counts": self.counts,
+            "unconfirmed": self.unconfirmed,
             "faults": {k: [c.model_dump() for c in v] for k, v in self.fault_checks.items()},
             "health": [c.model_dump() for c in self.health_checks],
         }

@@ -19,8 +19,8 @@ The layers, lowest first (a module belongs to the longest entry that names it or
   annotation imports it under `if TYPE_CHECKING:`).
 - scenario: a scenario file's faults and decoys, and the catalog that documents them.
 - world: the simulation that builds a world from a scenario, plus its health checks.
-- review: what reads a built world and judges it: `verify`, and the interviewer's review of a
-  session.
+- review: what reads a built world and judges it: `verify`, the interviewer's review of a
+  session, and `testing`, the bar a fault meets (it builds small worlds to judge them).
 - services: the running stack's processes (`sandbox up`) over a built world and what they share
   (`common`, `spool`, `stack`, `dashboards`, ...).
 - gateway: the one door of the running stack. Its internals are its own: the supervisor starts it
@@ -66,7 +66,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("faults", ("sandbox.faults", "sandbox.decoys")),
     ("scenario", ("sandbox.scenario", "sandbox.catalog")),
     ("world", ("sandbox.world",)),
-    ("review", ("sandbox.verify", "sandbox.review")),
+    ("review", ("sandbox.verify", "sandbox.review", "sandbox.testing")),
     ("services", ("sandbox.services",)),
     ("gateway", ("sandbox.services.gateway",)),
     ("cli", ("sandbox.cli", "sandbox.__main__")),

@@ -26,7 +26,7 @@ def test_default_scenario_plants_the_null_imputation_fault() -> None:
 
 
 def test_control_scenario_has_no_faults() -> None:
-    spec = scenario.load(Path(__file__).parents[1] / "scenarios" / "control.toml")
+    spec = scenario.builtin("control")
     assert spec.faults == []
 
 

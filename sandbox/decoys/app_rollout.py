@@ -13,7 +13,8 @@ import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.toolkit import window
 from sandbox.product import DEVICES
 from sandbox.rng import stable_unit
 
@@ -69,8 +70,8 @@ class AppRollout(Decoy):
         ]
 
     def note(self, calendar: Calendar) -> DecoyNote:
-        start = calendar.date(self.params.day)
-        end = calendar.date(calendar.last_visible_day)
+        w = window(calendar, self.params.day)
+        start = w.start
         return DecoyNote(
             decoy_id=self.id,
             title=self.title,
@@ -79,22 +80,12 @@ class AppRollout(Decoy):
             why_harmless="Only the app_version label changes: watch time, sessions, errors and "
             "churn of its users match the users of the previous version.",
             evidence=[
-                Evidence(
-                    id="app-version",
-                    kind="table_column",
-                    ref="raw.viewing_activity.app_version",
-                    description="the new version's share grows after the rollout",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "app-version",
+                    "raw.viewing_activity.app_version",
+                    "the new version's share grows after the rollout",
                 ),
-                Evidence(
-                    id="app-release-note",
-                    kind="changelog",
-                    ref=self._title(),
-                    description="the rollout announcement",
-                    window_start=start,
-                    window_end=end,
-                ),
+                w.changelog("app-release-note", self._title(), "the rollout announcement"),
             ],
         )
 

@@ -15,7 +15,8 @@ import numpy as np
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.toolkit import window
 from sandbox.product import REGIONS
 
 if TYPE_CHECKING:
@@ -67,8 +68,8 @@ class CompetitorLaunch(Decoy):
         ]
 
     def note(self, calendar: Calendar) -> DecoyNote:
-        start = calendar.date(self.params.day)
-        end = calendar.date(calendar.last_visible_day)
+        w = window(calendar, self.params.day)
+        start = w.start
         return DecoyNote(
             decoy_id=self.id,
             title=self.title,
@@ -77,22 +78,12 @@ class CompetitorLaunch(Decoy):
             why_harmless="It is not a pipeline or model fault: the data describe the world "
             "correctly. Retraining on recent data (and watching the region) is the right answer.",
             evidence=[
-                Evidence(
-                    id="regional-watch-time",
-                    kind="table_column",
-                    ref="raw.viewing_activity.minutes_watched",
-                    description=f"watch time in {self.params.region} falls after the launch",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "regional-watch-time",
+                    "raw.viewing_activity.minutes_watched",
+                    f"watch time in {self.params.region} falls after the launch",
                 ),
-                Evidence(
-                    id="competitor-notice",
-                    kind="changelog",
-                    ref=self._title(),
-                    description="the market notice",
-                    window_start=start,
-                    window_end=end,
-                ),
+                w.changelog("competitor-notice", self._title(), "the market notice"),
             ],
         )
 

@@ -15,7 +15,8 @@ from pydantic import Field
 
 from sandbox import rng
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.toolkit import Window
 
 SLOWDOWN = 7.0  # latency multiple during the incident
 ERROR_SHARE = 0.12
@@ -82,6 +83,7 @@ class InfraIncident(Decoy):
 
     def note(self, calendar: Calendar) -> DecoyNote:
         start, end = self._window(calendar)
+        w = Window(start.date(), end.date())
         return DecoyNote(
             decoy_id=self.id,
             title=self.title,
@@ -91,21 +93,11 @@ class InfraIncident(Decoy):
             why_harmless="It lasted under a few hours and affected availability only: scores, "
             "features and the model are the same before and after.",
             evidence=[
-                Evidence(
-                    id="incident-latency",
-                    kind="metric",
-                    ref="latency_p99_ms",
-                    description="p99 latency spike during the incident",
-                    window_start=start.date(),
-                    window_end=end.date(),
+                w.metric(
+                    "incident-latency", "latency_p99_ms", "p99 latency spike during the incident"
                 ),
-                Evidence(
-                    id="incident-record",
-                    kind="changelog",
-                    ref=self.changelog(calendar)[0]["title"],
-                    description="the incident record",
-                    window_start=start.date(),
-                    window_end=end.date(),
+                w.changelog(
+                    "incident-record", self.changelog(calendar)[0]["title"], "the incident record"
                 ),
             ],
         )

@@ -12,7 +12,8 @@ import duckdb
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, Evidence, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.toolkit import window
 
 TITLE = "marketing: spring catalogue email to all subscribers"
 
@@ -55,8 +56,8 @@ class MarketingCampaign(Decoy):
         ]
 
     def note(self, calendar: Calendar) -> DecoyNote:
-        start = calendar.date(self.params.day)
-        end = calendar.date(self.params.day + self.params.days - 1)
+        w = window(calendar, self.params.day, self.params.day + self.params.days - 1)
+        start, end = w
         return DecoyNote(
             decoy_id=self.id,
             title=self.title,
@@ -65,22 +66,12 @@ class MarketingCampaign(Decoy):
             why_harmless="More requests from the same customers, scored by the same model on the "
             "same features; traffic and latency return to normal afterwards.",
             evidence=[
-                Evidence(
-                    id="campaign-traffic",
-                    kind="metric",
-                    ref="requests_per_second",
-                    description="model-server request rate jumps for the campaign days",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "campaign-traffic",
+                    "requests_per_second",
+                    "model-server request rate jumps for the campaign days",
                 ),
-                Evidence(
-                    id="campaign-notice",
-                    kind="changelog",
-                    ref=TITLE,
-                    description="the campaign announcement",
-                    window_start=start,
-                    window_end=end,
-                ),
+                w.changelog("campaign-notice", TITLE, "the campaign announcement"),
             ],
         )
 

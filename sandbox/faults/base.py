@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import duckdb
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from sandbox.clock import Calendar
 from sandbox.faults.context import NO_DATA, HookContext, WorldData
@@ -46,12 +46,20 @@ class FaultParams(BaseModel):
             return 1.0
         return min(1.0, (day - self.onset_day + 1) / self.ramp_days)
 
+    def mean_intensity(self, last_day: int) -> float:
+        """The mean intensity over the days from onset to `last_day`."""
+        days = range(self.onset_day, last_day + 1)
+        return sum(self.intensity(d) for d in days) / max(len(days), 1)
+
+
+EvidenceKind = Literal["table_column", "metric", "log_pattern", "changelog"]
+
 
 class Evidence(BaseModel):
     """Where the planted evidence lives, and when: used to mark the candidate's history in review."""
 
     id: str
-    kind: Literal["table_column", "metric", "log_pattern", "changelog"]
+    kind: EvidenceKind
     ref: str = Field(description="table.column, metric name, log regex, or changelog title.")
     description: str
     window_start: dt.date
@@ -98,12 +106,40 @@ class Step:
         )
 
 
+Outcome = Literal["passed", "failed", "not measurable"]
+
+
 class Check(BaseModel):
-    """One measured verification: what was expected, what the world shows."""
+    """One verification: what was expected, and what the world shows.
+
+    A check measures and passes or fails: `Check(name=..., passed=..., detail=...)`. When the
+    world cannot decide it (too few labels have matured, too few customers are affected), it is
+    `Check(name=..., outcome="not measurable", detail=...)`, which neither passes nor fails and
+    says why in its detail.
+    """
 
     name: str
-    passed: bool
+    outcome: Outcome
     detail: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outcome_from_passed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "passed" in data:
+            data = dict(data)
+            passed = data.pop("passed")
+            if "outcome" not in data:
+                data["outcome"] = "passed" if passed else "failed"
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "passed"
+
+    @property
+    def measured(self) -> bool:
+        return self.outcome != "not measurable"
 
 
 class UnknownHookPoint(TypeError):
@@ -134,14 +170,15 @@ def hook(point: str) -> Callable[[Handler], Handler]:
 
     def mark(handler: Handler) -> Handler:
         check_hook_point(point, handler.__qualname__)
-        _check_handler(point, handler)
+        check_handler(point, handler)
         handler.__hook_point__ = point  # type: ignore[attr-defined]
         return handler
 
     return mark
 
 
-def _check_handler(point: str, handler: Callable[..., Any]) -> None:
+def check_handler(point: str, handler: Callable[..., Any]) -> None:
+    """Refuse a handler whose signature does not fit `point` (BadHandler, naming both)."""
     declared = HOOK_POINTS[point].value
     who = f"{handler.__qualname__} (hook {point!r})"
     params = list(inspect.signature(handler).parameters.values())

@@ -24,13 +24,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.measure import visible_end
+from sandbox.faults.toolkit import fmt, window
 from sandbox.rng import stable_unit
 
 RETRY_MINUTES = (2.0, 45.0)  # how much later the provider's retry lands
@@ -83,9 +84,7 @@ class DuplicateBillingEvents(Fault):
 
     def expected_share(self, calendar: Calendar) -> float:
         """Mean share of events delivered twice over the visible days after onset."""
-        days = range(self.params.onset_day, calendar.last_visible_day + 1)
-        mean = sum(self.params.intensity(d) for d in days) / max(len(days), 1)
-        return self.params.duplicate_share * mean
+        return self.params.duplicate_share * self.params.mean_intensity(calendar.last_visible_day)
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         return [
@@ -102,11 +101,9 @@ class DuplicateBillingEvents(Fault):
             }
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         pct = round(self.params.duplicate_share * 100)
         return AnswerKey(
             fault_id=self.id,
@@ -134,54 +131,36 @@ class DuplicateBillingEvents(Fault):
                 "below the rest; holdout metrics stay high",
             ],
             evidence=[
-                Evidence(
-                    id="duplicate-events",
-                    kind="table_column",
-                    ref="raw.billing_events.event_id",
-                    description="count(*) exceeds count(DISTINCT event_id) from onset",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "duplicate-events",
+                    "raw.billing_events.event_id",
+                    "count(*) exceeds count(DISTINCT event_id) from onset",
                 ),
-                Evidence(
-                    id="late-copies",
-                    kind="table_column",
-                    ref="raw.billing_events.ingested_at",
-                    description="repeated events are exact copies ingested minutes later",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "late-copies",
+                    "raw.billing_events.ingested_at",
+                    "repeated events are exact copies ingested minutes later",
                 ),
-                Evidence(
-                    id="inflated-feature",
-                    kind="table_column",
-                    ref="feature_store.customer_features.payment_failures_30d",
-                    description="payment_failures_30d exceeds the distinct failed events in its "
-                    "window",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "inflated-feature",
+                    "feature_store.customer_features.payment_failures_30d",
+                    "payment_failures_30d exceeds the distinct failed events in its window",
                 ),
-                Evidence(
-                    id="feature-mean",
-                    kind="metric",
-                    ref="feature_mean",
-                    description="feature_mean of payment_failures_30d rises after onset",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "feature-mean",
+                    "feature_mean",
+                    "feature_mean of payment_failures_30d rises after onset",
                 ),
-                Evidence(
-                    id="job-input",
-                    kind="log_pattern",
-                    ref=r'"rows_in"',
-                    description="feature-job run_finished lines report more input rows",
-                    window_start=start,
-                    window_end=end,
+                w.log(
+                    "job-input",
+                    r'"rows_in"',
+                    "feature-job run_finished lines report more input rows",
                 ),
-                Evidence(
-                    id="receiver-change",
-                    kind="changelog",
-                    ref="billing-ingest 3.4: webhook receiver moved to the event bus",
-                    description="the deploy after which deliveries started repeating",
-                    window_start=start - dt.timedelta(days=1),
-                    window_end=end,
+                w.changelog(
+                    "receiver-change",
+                    "billing-ingest 3.4: webhook receiver moved to the event bus",
+                    "the deploy after which deliveries started repeating",
+                    start=start - dt.timedelta(days=1),
                 ),
             ],
             acceptable_fixes=[
@@ -320,7 +299,7 @@ class DuplicateBillingEvents(Fault):
                 and 0.6 * expected <= extra <= 1.4 * expected + 0.01,
                 detail=f"days with repeated event_ids: {dup_days_b} of {n_days_b} before onset, "
                 f"{dup_days_a} of {n_days_a} after; rows over distinct event_ids {rows_b}/"
-                f"{events_b} before, {rows_a}/{events_a} after (extra {_fmt(extra, 3)}, "
+                f"{events_b} before, {rows_a}/{events_a} after (extra {fmt(extra, '.3f')}, "
                 f"expected ~{expected:.3f}); failed charges after onset: {failed_rows} rows for "
                 f"{failed_events} events",
             )
@@ -374,9 +353,9 @@ class DuplicateBillingEvents(Fault):
                 and stored_a == rows_a2
                 and stored_a > events_a2,
                 detail=f"payment_failures_30d over distinct failed events in its window: "
-                f"{_fmt(before_ratio, 3)} before onset; after onset {n_inflated} of {n_a} "
+                f"{fmt(before_ratio, '.3f')} before onset; after onset {n_inflated} of {n_a} "
                 f"feature rows are inflated, the feature sums to {stored_a or 0:.0f} = {rows_a2} failed "
-                f"rows for {events_a2} distinct events ({_fmt(counted_twice, 3)} extra per "
+                f"rows for {events_a2} distinct events ({fmt(counted_twice, '.3f')} extra per "
                 f"distinct failure since onset; ~{expected:.3f} of events repeat)",
             )
         )
@@ -398,15 +377,16 @@ class DuplicateBillingEvents(Fault):
         n_ok, c_ok, s_ok, f_ok = by_group.get(False, (0, 0, None, None))
         scores = (
             f"batch predictions after one failed charge since onset: counted twice "
-            f"{_fmt(s_inf, 4)} mean score, flagged {_fmt(f_inf, 3)} (n={n_inf}, {c_inf} "
-            f"customers); counted once {_fmt(s_ok, 4)}, flagged {_fmt(f_ok, 3)} (n={n_ok}, {c_ok} "
-            "customers)"
+            f"{fmt(s_inf, '.4f')} mean score, flagged {fmt(f_inf, '.3f')} (n={n_inf}, {c_inf} "
+            f"customers); counted once {fmt(s_ok, '.4f')}, flagged {fmt(f_ok, '.3f')} "
+            f"(n={n_ok}, {c_ok} customers)"
         )
+        name = "customers served an inflated count score higher"
         if n_inf and min(c_inf, c_ok) < MIN_CUSTOMERS:
             checks.append(
                 Check(
-                    name="customers served an inflated count score higher",
-                    passed=True,
+                    name=name,
+                    outcome="not measurable",
                     detail=f"not measurable with fewer than {MIN_CUSTOMERS} customers per group; "
                     f"skipped: {scores}",
                 )
@@ -414,7 +394,7 @@ class DuplicateBillingEvents(Fault):
         else:
             checks.append(
                 Check(
-                    name="customers served an inflated count score higher",
+                    name=name,
                     passed=n_inf > 0
                     and s_inf is not None
                     and s_ok is not None
@@ -436,7 +416,7 @@ class DuplicateBillingEvents(Fault):
               AND l.label_available_at <= $matured
             GROUP BY 1
             """,
-            {"onset": onset, "matured": calendar.midnight(calendar.last_visible_day + 1)},
+            {"onset": onset, "matured": visible_end(calendar)},
         ).fetchall()
         by_label = {g: (n, c, s / r if r else None, p) for g, n, c, s, r, p in labelled}
         n_l_inf, churn_inf, ratio_inf, prec_inf = by_label.get(True, (0, 0, None, None))
@@ -446,7 +426,7 @@ class DuplicateBillingEvents(Fault):
             checks.append(
                 Check(
                     name=name,
-                    passed=True,
+                    outcome="not measurable",
                     detail=f"not measurable: {churn_inf} / {churn_ok} matured churn labels with "
                     f"inflated / correct counts (< {MIN_CHURNERS}); skipped",
                 )
@@ -459,9 +439,9 @@ class DuplicateBillingEvents(Fault):
                     and ratio_ok is not None
                     and ratio_inf >= OVER_CALIBRATED * ratio_ok,
                     detail=f"mean score over churn rate after one failed charge since onset: "
-                    f"{_fmt(ratio_inf)} counted twice (n={n_l_inf}, {churn_inf} churned), "
-                    f"{_fmt(ratio_ok)} counted once (n={n_l_ok}, {churn_ok} churned); precision "
-                    f"of their flags {_fmt(prec_inf, 3)} vs {_fmt(prec_ok, 3)}",
+                    f"{fmt(ratio_inf)} counted twice (n={n_l_inf}, {churn_inf} churned), "
+                    f"{fmt(ratio_ok)} counted once (n={n_l_ok}, {churn_ok} churned); precision "
+                    f"of their flags {fmt(prec_inf, '.3f')} vs {fmt(prec_ok, '.3f')}",
                 )
             )
         return checks
@@ -500,7 +480,3 @@ _SERVED = f"""{_FAILS},
                    AND f.d BETWEEN p.request_ts::DATE - 30 AND p.request_ts::DATE - 1
                   WHERE p.source = 'batch' AND p.payment_failures_30d > 0
                   GROUP BY 1)"""
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"

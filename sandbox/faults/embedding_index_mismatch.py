@@ -22,13 +22,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.measure import visible_end
+from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline import retrieve
 
 TOP1_DROP = 0.10  # the top-1 similarity falls by at least this much (it falls by ~0.2)
@@ -122,11 +123,9 @@ class EmbeddingIndexMismatch(Fault):
             },
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         version = self.params.encoder_version
         return AnswerKey(
             fault_id=self.id,
@@ -159,87 +158,57 @@ class EmbeddingIndexMismatch(Fault):
                 "no errors, and the click-through alert fires without saying why",
             ],
             evidence=[
-                Evidence(
-                    id="encoder-version",
-                    kind="table_column",
-                    ref="retrieval.search_log.encoder_version",
-                    description=f"searches switch to encoder v{version} while index_version "
-                    "stays at e1",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "encoder-version",
+                    "retrieval.search_log.encoder_version",
+                    f"searches switch to encoder v{version} while index_version stays at e1",
                 ),
-                Evidence(
-                    id="index-version",
-                    kind="table_column",
-                    ref="retrieval.search_log.index_version",
-                    description="the index the searches ran against was built with encoder v1",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "index-version",
+                    "retrieval.search_log.index_version",
+                    "the index the searches ran against was built with encoder v1",
                 ),
-                Evidence(
-                    id="top1-score",
-                    kind="table_column",
-                    ref="retrieval.search_log.top1_score",
-                    description="top-1 similarity falls by about 0.2 at onset",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "top1-score",
+                    "retrieval.search_log.top1_score",
+                    "top-1 similarity falls by about 0.2 at onset",
                 ),
-                Evidence(
-                    id="clicks",
-                    kind="table_column",
-                    ref="retrieval.search_log.clicked_article_id",
-                    description="clicked suggestions collapse for searches by the new encoder",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "clicks",
+                    "retrieval.search_log.clicked_article_id",
+                    "clicked suggestions collapse for searches by the new encoder",
                 ),
-                Evidence(
-                    id="unresolved",
-                    kind="table_column",
-                    ref="raw.support_tickets.resolved_at",
-                    description="the share of tickets never resolved jumps from ~1%",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "unresolved",
+                    "raw.support_tickets.resolved_at",
+                    "the share of tickets never resolved jumps from ~1%",
                 ),
-                Evidence(
-                    id="unresolved-feature",
-                    kind="table_column",
-                    ref="serving.predictions.unresolved_tickets_30d",
-                    description="more scored customers carry unresolved tickets, and they churn "
+                w.column(
+                    "unresolved-feature",
+                    "serving.predictions.unresolved_tickets_30d",
+                    "more scored customers carry unresolved tickets, and they churn "
                     "about twice as often as customers whose tickets were resolved",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="similarity-metric",
-                    kind="metric",
-                    ref="top1_similarity",
-                    description="hourly mean top-1 similarity steps down at onset",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "similarity-metric",
+                    "top1_similarity",
+                    "hourly mean top-1 similarity steps down at onset",
                 ),
-                Evidence(
-                    id="ctr-metric",
-                    kind="metric",
-                    ref="click_through_rate",
-                    description="hourly click-through rate steps down at onset",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "ctr-metric",
+                    "click_through_rate",
+                    "hourly click-through rate steps down at onset",
                 ),
-                Evidence(
-                    id="ctr-alert",
-                    kind="table_column",
-                    ref="monitoring.alerts.alert",
-                    description="RetrievalClickThroughLow fires (a symptom; it does not say why)",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "ctr-alert",
+                    "monitoring.alerts.alert",
+                    "RetrievalClickThroughLow fires (a symptom; it does not say why)",
                 ),
-                Evidence(
-                    id="encoder-rollout",
-                    kind="changelog",
-                    ref=f"retrieval: ticket-encoder v{version} rollout",
-                    description="the deploy that swapped the encoder without rebuilding the index",
-                    window_start=start - dt.timedelta(days=1),
-                    window_end=end,
+                w.changelog(
+                    "encoder-rollout",
+                    f"retrieval: ticket-encoder v{version} rollout",
+                    "the deploy that swapped the encoder without rebuilding the index",
+                    start=start - dt.timedelta(days=1),
                 ),
             ],
             acceptable_fixes=[
@@ -358,8 +327,8 @@ class EmbeddingIndexMismatch(Fault):
                 passed=n_after > 0
                 and (mismatched_after or 0) >= 0.99
                 and (n_before == 0 or (matched_before or 0) >= 0.99),
-                detail=f"{n_before} searches before onset, {_pct(matched_before)} with the "
-                f"index's encoder; {n_after} after, {_pct(mismatched_after)} with encoder "
+                detail=f"{n_before} searches before onset, {fmt(matched_before, '.1%')} with the "
+                f"index's encoder; {n_after} after, {fmt(mismatched_after, '.1%')} with encoder "
                 f"v{version} against a v1 index",
             )
         ]
@@ -367,8 +336,8 @@ class EmbeddingIndexMismatch(Fault):
             Check(
                 name="top-1 similarity falls at onset",
                 passed=_drop(top1_before, top1_after) >= TOP1_DROP,
-                detail=f"mean top-1 similarity {_fmt(top1_before)} before onset, "
-                f"{_fmt(top1_after)} after (expected a drop of at least {TOP1_DROP})",
+                detail=f"mean top-1 similarity {fmt(top1_before, '.3f')} before onset, "
+                f"{fmt(top1_after, '.3f')} after (expected a drop of at least {TOP1_DROP})",
             )
         )
         checks.append(
@@ -377,8 +346,8 @@ class EmbeddingIndexMismatch(Fault):
                 passed=ctr_before is not None
                 and ctr_after is not None
                 and ctr_after <= CLICK_RATIO * ctr_before,
-                detail=f"click-through {_fmt(ctr_before)} before onset, {_fmt(ctr_after)} after "
-                f"(expected at most {CLICK_RATIO}x)",
+                detail=f"click-through {fmt(ctr_before, '.3f')} before onset, "
+                f"{fmt(ctr_after, '.3f')} after (expected at most {CLICK_RATIO}x)",
             )
         )
         un_before, un_after = con.execute(
@@ -393,8 +362,8 @@ class EmbeddingIndexMismatch(Fault):
             Check(
                 name="more tickets end unresolved",
                 passed=un_after is not None and un_after >= (un_before or 0.0) + UNRESOLVED_RISE,
-                detail=f"unresolved share of tickets {_fmt(un_before)} before onset, "
-                f"{_fmt(un_after)} after (expected a rise of at least {UNRESOLVED_RISE})",
+                detail=f"unresolved share of tickets {fmt(un_before, '.3f')} before onset, "
+                f"{fmt(un_after, '.3f')} after (expected a rise of at least {UNRESOLVED_RISE})",
             )
         )
         share_before, share_after = con.execute(
@@ -415,7 +384,7 @@ class EmbeddingIndexMismatch(Fault):
                 and share_after >= 3 * (share_before or 0.0)
                 and share_after - (share_before or 0.0) >= 0.005,
                 detail="share of scored customers with unresolved_tickets_30d > 0: "
-                f"{_pct(share_before)} before onset, {_pct(share_after)} from "
+                f"{fmt(share_before, '.1%')} before onset, {fmt(share_after, '.1%')} from "
                 f"{FEATURE_LAG_DAYS} days after (expected at least 3x)",
             )
         )
@@ -438,7 +407,7 @@ class EmbeddingIndexMismatch(Fault):
             """,
             {
                 "onset": calendar.midnight(self.params.onset_day),
-                "visible": calendar.midnight(calendar.last_visible_day + 1),
+                "visible": visible_end(calendar),
             },
         ).fetchall()
         groups = {unresolved: (n, churners, rate) for unresolved, n, churners, rate in rows}
@@ -446,14 +415,15 @@ class EmbeddingIndexMismatch(Fault):
         n_res, churners_res, rate_res = groups.get(False, (0, 0, None))
         name = "customers left with an unresolved ticket churn more"
         detail = (
-            f"14-day churn rate after onset: {_fmt(rate_un)} for customers with an unresolved "
-            f"ticket ({churners_un} churners in {n_un} scores), {_fmt(rate_res)} for those whose "
-            f"tickets were resolved ({churners_res} in {n_res})"
+            f"14-day churn rate after onset: {fmt(rate_un, '.3f')} for customers with an "
+            f"unresolved ticket ({churners_un} churners in {n_un} scores), "
+            f"{fmt(rate_res, '.3f')} for those whose tickets were resolved ({churners_res} in "
+            f"{n_res})"
         )
         if churners_un < MIN_CHURNERS or churners_res < MIN_CHURNERS:
             return Check(
                 name=name,
-                passed=True,
+                outcome="not measurable",
                 detail=f"not measurable yet (labels mature 14 days late): {detail}",
             )
         return Check(
@@ -472,11 +442,3 @@ def _group(frame: pl.DataFrame, contact: str, column: str) -> float:
 
 def _drop(before: float | None, after: float | None) -> float:
     return before - after if before is not None and after is not None else 0.0
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"

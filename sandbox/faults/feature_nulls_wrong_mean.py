@@ -20,13 +20,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.measure import score_over_churn
+from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
 from sandbox.rng import stable_unit
 
@@ -128,11 +129,9 @@ class FeatureNullsWrongMean(Fault):
             },
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         feature, column = self.params.target_feature, self.source_column
         pct = round(self.params.null_share * 100)
         return AnswerKey(
@@ -157,69 +156,46 @@ class FeatureNullsWrongMean(Fault):
                 "labels (14 days later): production AUC and precision fall; holdout stays high",
             ],
             evidence=[
-                Evidence(
-                    id="raw-nulls",
-                    kind="table_column",
-                    ref=f"raw.viewing_activity.{column}",
-                    description=f"NULL share of {column} rises from ~1% to ~{pct}%",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "raw-nulls",
+                    f"raw.viewing_activity.{column}",
+                    f"NULL share of {column} rises from ~1% to ~{pct}%",
                 ),
-                Evidence(
-                    id="imputed-spike",
-                    kind="table_column",
-                    ref=f"feature_store.customer_features.{feature}",
-                    description="a large share of rows hold exactly the fill value",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "imputed-spike",
+                    f"feature_store.customer_features.{feature}",
+                    "a large share of rows hold exactly the fill value",
                 ),
-                Evidence(
-                    id="policy-change",
-                    kind="table_column",
-                    ref="feature_store.imputation_policy.fill_value",
-                    description=f"fill value for {feature} changed at onset",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "policy-change",
+                    "feature_store.imputation_policy.fill_value",
+                    f"fill value for {feature} changed at onset",
                 ),
-                Evidence(
-                    id="job-imputations",
-                    kind="table_column",
-                    ref="ops.feature_job_runs.nulls_imputed",
-                    description="imputed NULLs per run jump by an order of magnitude",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "job-imputations",
+                    "ops.feature_job_runs.nulls_imputed",
+                    "imputed NULLs per run jump by an order of magnitude",
                 ),
-                Evidence(
-                    id="null-metric",
-                    kind="metric",
-                    ref="feature_null_ratio",
-                    description=f"feature_null_ratio for {feature} climbs with the rollout",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "null-metric",
+                    "feature_null_ratio",
+                    f"feature_null_ratio for {feature} climbs with the rollout",
                 ),
-                Evidence(
-                    id="job-log",
-                    kind="log_pattern",
-                    ref=r"nulls_imputed",
-                    description="feature-job run_finished lines report many imputed NULLs",
-                    window_start=start,
-                    window_end=end,
+                w.log(
+                    "job-log",
+                    r"nulls_imputed",
+                    "feature-job run_finished lines report many imputed NULLs",
                 ),
-                Evidence(
-                    id="sdk-rollout",
-                    kind="changelog",
-                    ref="player SDK 7.2 staged rollout",
-                    description="the upstream change that stopped the telemetry",
-                    window_start=start - dt.timedelta(days=1),
-                    window_end=end,
+                w.changelog(
+                    "sdk-rollout",
+                    "player SDK 7.2 staged rollout",
+                    "the upstream change that stopped the telemetry",
+                    start=start - dt.timedelta(days=1),
                 ),
-                Evidence(
-                    id="imputation-refresh",
-                    kind="changelog",
-                    ref="feature store: imputation defaults refreshed",
-                    description="the config change that made the fill value wrong",
-                    window_start=start,
-                    window_end=end,
+                w.changelog(
+                    "imputation-refresh",
+                    "feature store: imputation defaults refreshed",
+                    "the config change that made the fill value wrong",
                 ),
             ],
             acceptable_fixes=[
@@ -297,7 +273,9 @@ class FeatureNullsWrongMean(Fault):
                 finding="imputed customers score far from their real churn rate (usually far lower)",
                 found=lambda f: (
                     f.filter(pl.col("imputed")).height == 1
-                    and _misscored(_ratio(f, True), _ratio(f, False))
+                    and _misscored(
+                        score_over_churn(f, "imputed", True), score_over_churn(f, "imputed", False)
+                    )
                 ),
             ),
         ]
@@ -379,7 +357,7 @@ class FeatureNullsWrongMean(Fault):
                 and ratio_other is not None
                 and _misscored(ratio, ratio_other),
                 detail=f"{n_imputed} predictions served the fill value after full ramp; mean score "
-                f"over observed churn rate: {_fmt(ratio)} for them, {_fmt(ratio_other)} for the rest",
+                f"over observed churn rate: {fmt(ratio)} for them, {fmt(ratio_other)} for the rest",
             )
         )
         return checks
@@ -387,12 +365,3 @@ class FeatureNullsWrongMean(Fault):
 
 def _misscored(ratio: float, ratio_other: float) -> bool:
     return ratio <= MISSCORED * ratio_other or ratio * MISSCORED >= ratio_other
-
-
-def _ratio(frame: pl.DataFrame, imputed: bool) -> float:
-    row = frame.filter(pl.col("imputed") == imputed)
-    return float(row["mean_score"][0] / row["churn_rate"][0]) if row.height else float("inf")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"

@@ -24,14 +24,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
-from sandbox.faults.measure import batch_quality, has_column, served_versions
+from sandbox.faults.measure import has_column, quality_around, quality_check, versions_around
+from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import Release
 
@@ -119,7 +119,8 @@ class LabelLeakage(Fault):
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day
-        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        w = window(calendar, onset)
+        start = w.start
         trained = calendar.date(onset - 1)
         pct = round(self.params.leak_strength * 100)
         return AnswerKey(
@@ -144,45 +145,33 @@ class LabelLeakage(Fault):
                 "labels (14 days later): production precision and AUC fall below the old model",
             ],
             evidence=[
-                Evidence(
-                    id="new-version",
-                    kind="table_column",
-                    ref="serving.predictions.model_version",
-                    description="a new model version serves from the release day",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "new-version",
+                    "serving.predictions.model_version",
+                    "a new model version serves from the release day",
                 ),
-                Evidence(
-                    id="leaky-column",
-                    kind="table_column",
-                    ref=f"{TRAINING_TABLE}.{LEAK_FEATURE}",
-                    description="in the new training set the column almost equals churned",
-                    window_start=trained,
-                    window_end=end,
+                w.column(
+                    "leaky-column",
+                    f"{TRAINING_TABLE}.{LEAK_FEATURE}",
+                    "in the new training set the column almost equals churned",
+                    start=trained,
                 ),
-                Evidence(
-                    id="quality-drop",
-                    kind="table_column",
-                    ref="monitoring.model_performance_daily.precision",
-                    description="production precision falls once the new version's labels arrive",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "quality-drop",
+                    "monitoring.model_performance_daily.precision",
+                    "production precision falls once the new version's labels arrive",
                 ),
-                Evidence(
-                    id="model-loaded",
-                    kind="log_pattern",
-                    ref=r'"model_version": "\d+", "threshold"',
-                    description="model-server model_loaded line for the new version",
-                    window_start=start,
-                    window_end=start,
+                w.log(
+                    "model-loaded",
+                    r'"model_version": "\d+", "threshold"',
+                    "model-server model_loaded line for the new version",
+                    end=start,
                 ),
-                Evidence(
-                    id="release-note",
-                    kind="changelog",
-                    ref="churn-model: new version with web-analytics signal promoted to champion",
-                    description="the release that added the feature",
-                    window_start=trained,
-                    window_end=end,
+                w.changelog(
+                    "release-note",
+                    "churn-model: new version with web-analytics signal promoted to champion",
+                    "the release that added the feature",
+                    start=trained,
                 ),
             ],
             acceptable_fixes=[
@@ -278,12 +267,11 @@ class LabelLeakage(Fault):
                 passed=churner_share is not None
                 and churner_share >= 0.8 * self.params.leak_strength
                 and other_share <= 2 * BROWSING_RATE,
-                detail=f"{LEAK_FEATURE} > 0 for {_pct(churner_share)} of churners and "
-                f"{_pct(other_share)} of others",
+                detail=f"{LEAK_FEATURE} > 0 for {fmt(churner_share, '.1%')} of churners and "
+                f"{fmt(other_share, '.1%')} of others",
             )
         )
-        before = served_versions(con, calendar.date(1), calendar.date(onset - 1))
-        after = served_versions(con, calendar.date(onset), calendar.date(calendar.last_visible_day))
+        before, after = versions_around(con, calendar, onset)
         # Released on day 1, the new version replaced the first model: there is no "before".
         switched = not before if onset == 1 else len(before) == 1 and set(before) != set(after)
         checks.append(
@@ -293,19 +281,18 @@ class LabelLeakage(Fault):
                 detail=f"versions before: {sorted(before)}, from the release: {sorted(after)}",
             )
         )
-        old = batch_quality(con, calendar, 1, onset - 1)
-        new = batch_quality(con, calendar, onset, calendar.last_production_day)
-        if old.measurable and new.measurable:
-            assert old.precision is not None and new.precision is not None
-            checks.append(
-                Check(
-                    name="production precision falls with the new version",
-                    passed=new.precision < 0.8 * old.precision,
-                    detail=f"before: {old.describe()}; after: {new.describe()}",
-                )
+        old, new = quality_around(con, calendar, onset)
+        checks.append(
+            quality_check(
+                "production precision falls with the new version",
+                old,
+                new,
+                lambda old, new: (
+                    new.precision is not None
+                    and old.precision is not None
+                    and new.precision < 0.8 * old.precision
+                ),
+                detail=f"before: {old.describe()}; after: {new.describe()}",
             )
+        )
         return checks
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"

@@ -1,15 +1,19 @@
-"""Measurements several faults' verifications share: what served when, and how well it did."""
+"""Measurements several faults share: what served when, how well it did, and which labels had
+matured by the end of the window the candidate sees."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import polars as pl
 from sklearn.metrics import roc_auc_score
 
 from sandbox.clock import Calendar
+from sandbox.faults.base import Check
 
 MIN_LABELLED = 2000  # batch predictions with a matured label before a quality figure counts
 
@@ -38,11 +42,15 @@ class Quality:
         return f"AUC {auc}, precision {precision} on {self.n} labelled scores"
 
 
+def visible_end(calendar: Calendar) -> dt.datetime:
+    """The first moment after the last visible day: labels available by then have matured."""
+    return calendar.midnight(calendar.last_visible_day + 1)
+
+
 def batch_quality(
     con: duckdb.DuckDBPyConnection, calendar: Calendar, first_day: int, last_day: int
 ) -> Quality:
     """Quality of the 06:00 batch scores of production days first_day..last_day."""
-    visible_end = calendar.midnight(calendar.last_visible_day + 1)
     rows = con.execute(
         """
         SELECT p.score, p.decision::INT AS decision, l.churned
@@ -52,7 +60,7 @@ def batch_quality(
         WHERE p.source = 'batch' AND p.request_ts::DATE BETWEEN ? AND ?
           AND l.label_available_at <= ?
         """,
-        [calendar.date(first_day), calendar.date(last_day), visible_end],
+        [calendar.date(first_day), calendar.date(last_day), visible_end(calendar)],
     ).fetchnumpy()
     score = np.asarray(rows["score"], dtype=float)
     decision = np.asarray(rows["decision"], dtype=int)
@@ -72,6 +80,37 @@ def batch_quality(
     )
 
 
+def quality_around(
+    con: duckdb.DuckDBPyConnection, calendar: Calendar, onset: int, lookback_days: int | None = None
+) -> tuple[Quality, Quality]:
+    """Batch-scoring quality before onset (from day 1, or the last `lookback_days` days) and
+    from onset to the last production day."""
+    first = 1 if lookback_days is None else max(1, onset - lookback_days)
+    return (
+        batch_quality(con, calendar, first, onset - 1),
+        batch_quality(con, calendar, onset, calendar.last_production_day),
+    )
+
+
+def quality_check(
+    name: str,
+    before: Quality,
+    after: Quality,
+    passed: Callable[[Quality, Quality], bool],
+    detail: str,
+) -> Check:
+    """A check on production quality before and after onset: not measurable until enough labels
+    have matured on both sides (they arrive 14 days late)."""
+    if not (before.measurable and after.measurable):
+        return Check(
+            name=name,
+            outcome="not measurable",
+            detail=f"not measurable yet (labels mature 14 days late): before {before.describe()}"
+            f"; after {after.describe()}",
+        )
+    return Check(name=name, passed=passed(before, after), detail=detail)
+
+
 def served_versions(
     con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date
 ) -> dict[str, tuple[float, int]]:
@@ -86,6 +125,30 @@ def served_versions(
         [start, end],
     ).fetchall()
     return {version: (threshold, n) for version, threshold, n in rows}
+
+
+def versions_around(
+    con: duckdb.DuckDBPyConnection, calendar: Calendar, onset: int
+) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]]]:
+    """`served_versions` before onset (from day 1) and from onset to the last visible day."""
+    return (
+        served_versions(con, calendar.date(1), calendar.date(onset - 1)),
+        served_versions(con, calendar.date(onset), calendar.date(calendar.last_visible_day)),
+    )
+
+
+def only_version(versions: dict[str, tuple[float, int]]) -> str | None:
+    """The one version that served, if exactly one did."""
+    return next(iter(versions)) if len(versions) == 1 else None
+
+
+def score_over_churn(frame: pl.DataFrame, column: str, value: object) -> float:
+    """Mean score over churn rate of the group where `column` equals `value`, from a frame with
+    mean_score and churn_rate per group (inf when the group is missing or never churns)."""
+    row = frame.filter(pl.col(column) == value)
+    if not row.height or not row["churn_rate"][0]:
+        return float("inf")
+    return float(row["mean_score"][0] / row["churn_rate"][0])
 
 
 def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:

@@ -26,15 +26,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.toolkit import PEAK_HOURS, expected_by_hour, load_curve, window
 from sandbox.monitor.alerts import RULES
-from sandbox.product import HOURLY_TRAFFIC
 
 SERVICE = "model-server"
 SERIES = (
@@ -46,17 +45,9 @@ SERIES = (
 )
 DEPLOY_HOUR = 10.0
 FAILED_LATENCY_MS = 2000.0  # the gateway gives up on a queued request
-LOAD_KNEE = 0.5  # below this share of peak traffic the smaller pool keeps up
-LOAD = HOURLY_TRAFFIC / HOURLY_TRAFFIC.max()
-PEAK_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD >= 0.85))  # 19..21 with today's curve
 ALERT = next(r for r in RULES if r.service == SERVICE and r.metric == "error_ratio")
 BUCKET_MINUTES = 5  # the metric exporter's resolution (see monitor.metrics)
 ONCALL_AFTER_DAYS = 6
-
-
-def load_curve(hours: np.ndarray) -> np.ndarray:
-    """Share of the peak-hour failure rate an hour of the day sees: 0 below the knee, 1 at peak."""
-    return np.clip((LOAD[hours] - LOAD_KNEE) / (1 - LOAD_KNEE), 0.0, 1.0)
 
 
 class Params(FaultParams):
@@ -163,11 +154,9 @@ class MetricSeriesDropped(Fault):
             },
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         p = self.params
         pct = round(p.peak_error_share * 100)
         dropped = ", ".join(p.dropped_series)
@@ -200,55 +189,38 @@ class MetricSeriesDropped(Fault):
                 "retry",
             ],
             evidence=[
-                Evidence(
-                    id="series-gap",
-                    kind="metric",
-                    ref="error_ratio",
-                    description=f"{SERVICE} error_ratio has points every 5 minutes before the "
+                w.metric(
+                    "series-gap",
+                    "error_ratio",
+                    f"{SERVICE} error_ratio has points every 5 minutes before the "
                     "deploy and none after it, while requests_per_second continues",
-                    window_start=start - dt.timedelta(days=7),
-                    window_end=end,
+                    start=start - dt.timedelta(days=7),
                 ),
-                Evidence(
-                    id="errors-by-hour",
-                    kind="table_column",
-                    ref="serving.predictions.status",
-                    description=f"online error share at {peak} rises far above "
+                w.column(
+                    "errors-by-hour",
+                    "serving.predictions.status",
+                    f"online error share at {peak} rises far above "
                     f"{ALERT.above:.0%} after the deploy; quiet hours stay clean",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="rule-still-there",
-                    kind="table_column",
-                    ref="monitoring.alert_rules.metric",
-                    description=f"{ALERT.name} still watches {ALERT.metric}",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "rule-still-there",
+                    "monitoring.alert_rules.metric",
+                    f"{ALERT.name} still watches {ALERT.metric}",
                 ),
-                Evidence(
-                    id="no-alerts",
-                    kind="table_column",
-                    ref="monitoring.alerts.alert",
-                    description=f"no {ALERT.name} episode after the deploy",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "no-alerts",
+                    "monitoring.alerts.alert",
+                    f"no {ALERT.name} episode after the deploy",
                 ),
-                Evidence(
-                    id="request-log-503",
-                    kind="log_pattern",
-                    ref=r'"status": 503',
-                    description="request lines with status 503 and ~2000 ms every evening",
-                    window_start=start,
-                    window_end=end,
+                w.log(
+                    "request-log-503",
+                    r'"status": 503',
+                    "request lines with status 503 and ~2000 ms every evening",
                 ),
-                Evidence(
-                    id="deploy",
-                    kind="changelog",
-                    ref=self._deploy_title(),
-                    description="the deploy that changed the pool and the exporter",
-                    window_start=start,
-                    window_end=end,
+                w.changelog(
+                    "deploy",
+                    self._deploy_title(),
+                    "the deploy that changed the pool and the exporter",
                 ),
             ],
             acceptable_fixes=[
@@ -412,10 +384,7 @@ class MetricSeriesDropped(Fault):
         ).pl()
         peak = by_hour.filter(pl.col("hour").is_in(PEAK_HOURS))
         after = peak.filter(pl.col("after"))
-        expected = [
-            float(self.error_share(calendar.day_of(d), np.array([h]))[0])
-            for d, h in zip(after["day"], after["hour"], strict=True)
-        ]
+        expected = expected_by_hour(after, self.error_share, calendar)
         n_after = int(after["n"].sum() or 0)
         want = float((after["n"] * pl.Series(expected, dtype=pl.Float64)).sum()) / max(n_after, 1)
         share_after = int(after["errors"].sum() or 0) / max(n_after, 1)

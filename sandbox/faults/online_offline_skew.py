@@ -25,13 +25,13 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.rng import stable_unit
 
@@ -156,11 +156,9 @@ class OnlineOfflineSkew(Fault):
             },
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         feature = self.params.target_feature
         pct = round(self.params.rollout_share * 100)
         last = calendar.date(calendar.last_production_day)
@@ -190,58 +188,42 @@ class OnlineOfflineSkew(Fault):
                 "labels (14 days later): production AUC and precision slip while holdout holds",
             ],
             evidence=[
-                Evidence(
-                    id="served-vs-offline",
-                    kind="table_column",
-                    ref=f"serving.predictions.{feature}",
-                    description=f"served {feature} differs from the offline row of the same "
+                w.column(
+                    "served-vs-offline",
+                    f"serving.predictions.{feature}",
+                    f"served {feature} differs from the offline row of the same "
                     "customer and feature date for migrated customers",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="online-vs-offline",
-                    kind="table_column",
-                    ref=f"feature_store.customer_features_online.{feature}",
-                    description=f"the online row's {feature} differs from the offline row with "
+                w.column(
+                    "online-vs-offline",
+                    f"feature_store.customer_features_online.{feature}",
+                    f"the online row's {feature} differs from the offline row with "
                     "the same event_timestamp",
-                    window_start=last,
-                    window_end=last,
+                    start=last,
+                    end=last,
                 ),
-                Evidence(
-                    id="offline-unchanged",
-                    kind="table_column",
-                    ref=f"feature_store.customer_features.{feature}",
-                    description="the offline store (and training) keeps the batch definition; "
+                w.column(
+                    "offline-unchanged",
+                    f"feature_store.customer_features.{feature}",
+                    "the offline store (and training) keeps the batch definition; "
                     "its feature_mean shows no change",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="score-shift",
-                    kind="metric",
-                    ref="score_p50",
-                    description="batch-scoring score quantiles move with the migration while the "
+                w.metric(
+                    "score-shift",
+                    "score_p50",
+                    "batch-scoring score quantiles move with the migration while the "
                     "offline feature means stay flat",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="flagged-count",
-                    kind="log_pattern",
-                    ref=r'"flagged": \d+',
-                    description="batch_finished lines: the number flagged each day moves with "
-                    "the migration",
-                    window_start=start,
-                    window_end=end,
+                w.log(
+                    "flagged-count",
+                    r'"flagged": \d+',
+                    "batch_finished lines: the number flagged each day moves with the migration",
                 ),
-                Evidence(
-                    id="migration",
-                    kind="changelog",
-                    ref=self._changelog_title(),
-                    description="the deploy that moved the online store to the streaming job",
-                    window_start=start - dt.timedelta(days=1),
-                    window_end=end,
+                w.changelog(
+                    "migration",
+                    self._changelog_title(),
+                    "the deploy that moved the online store to the streaming job",
+                    start=start - dt.timedelta(days=1),
                 ),
             ],
             acceptable_fixes=[
@@ -376,10 +358,10 @@ class OnlineOfflineSkew(Fault):
                 and after >= floor,
                 detail=f"batch predictions whose {feature} differs from the offline row of the "
                 f"same customer and date (where the definitions disagree): "
-                f"{_fmt(before)} before onset, {_fmt(after)} over {n_after} rows from {onset} "
-                f"(rollout share over those rows {_fmt(expected)}; expected <= 0.01 then >= "
-                f"{floor:.3f}); {_fmt(streaming_after)} of the mismatches equal the streaming "
-                "definition",
+                f"{fmt(before, '.3f')} before onset, {fmt(after, '.3f')} over {n_after} rows "
+                f"from {onset} (rollout share over those rows {fmt(expected, '.3f')}; expected "
+                f"<= 0.01 then >= {floor:.3f}); {fmt(streaming_after, '.3f')} of the mismatches "
+                "equal the streaming definition",
             )
         ]
         online_share, n_online = con.execute(
@@ -398,8 +380,8 @@ class OnlineOfflineSkew(Fault):
                 passed=online_share is not None
                 and n_online >= 100
                 and online_share >= online_floor,
-                detail=f"{_fmt(online_share)} of {n_online} online rows differ from the offline "
-                f"row with the same event_timestamp (expected >= {online_floor:.3f})",
+                detail=f"{fmt(online_share, '.3f')} of {n_online} online rows differ from the "
+                f"offline row with the same event_timestamp (expected >= {online_floor:.3f})",
             )
         )
         checks.append(self._score_shift(con, calendar))
@@ -443,7 +425,7 @@ class OnlineOfflineSkew(Fault):
         if n_moved == 0:
             return Check(
                 name="scores move for customers when they are migrated",
-                passed=True,
+                outcome="not measurable",
                 detail="no customer moves to the streaming path between two visible batch days "
                 "(migration complete on the first production day); nothing to compare",
             )
@@ -451,9 +433,10 @@ class OnlineOfflineSkew(Fault):
         return Check(
             name="scores move for customers when they are migrated",
             passed=n_moved >= 100 and shift is not None and abs(shift) >= MIN_SHIFT,
-            detail=f"mean day-over-day log score change: {_fmt(moved)} for {n_moved} customers on "
-            f"the day they move to the streaming path, {_fmt(stayed)} for {n_stayed} "
-            f"customer-days on the batch path (expected a difference of at least {MIN_SHIFT})",
+            detail=f"mean day-over-day log score change: {fmt(moved, '.3f')} for {n_moved} "
+            f"customers on the day they move to the streaming path, {fmt(stayed, '.3f')} for "
+            f"{n_stayed} customer-days on the batch path (expected a difference of at least "
+            f"{MIN_SHIFT})",
         )
 
 
@@ -468,7 +451,3 @@ def _floor(expected: float | None, n: int) -> float:
         return 1.0
     sampling = expected - 4 * (expected * (1 - expected) / n) ** 0.5
     return max(min(0.8 * expected, sampling), 0.5 / n)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -24,13 +24,13 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES, feature_timestamp
 from sandbox.rng import stable_unit
@@ -126,11 +126,9 @@ class OnlineStoreStale(Fault):
         """First production day whose load is stale."""
         return max(self.params.onset_day, 2)
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self._stale_from()), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self._stale_from())
+        start = w.start
         pct = round(self.params.affected_share * 100)
         snap = self._snapshot_timestamp(calendar)
         scope = "every customer" if pct == 100 else f"a shard of about {pct}% of customers"
@@ -158,67 +156,48 @@ class OnlineStoreStale(Fault):
                 "labels (14 days later): production AUC and precision fall; holdout stays high",
             ],
             evidence=[
-                Evidence(
-                    id="online-event-ts",
-                    kind="table_column",
-                    ref="feature_store.customer_features_online.event_timestamp",
-                    description=f"stalled rows carry event_timestamp {snap} although "
+                w.column(
+                    "online-event-ts",
+                    "feature_store.customer_features_online.event_timestamp",
+                    f"stalled rows carry event_timestamp {snap} although "
                     "materialized_at is current",
-                    window_start=calendar.date(calendar.last_production_day),
-                    window_end=calendar.date(calendar.last_production_day),
+                    start=calendar.date(calendar.last_production_day),
+                    end=calendar.date(calendar.last_production_day),
                 ),
-                Evidence(
-                    id="materialization-lag",
-                    kind="table_column",
-                    ref="ops.materialization_runs.max_event_timestamp",
-                    description="max_event_timestamp stops advancing when every shard is stuck; "
+                w.column(
+                    "materialization-lag",
+                    "ops.materialization_runs.max_event_timestamp",
+                    "max_event_timestamp stops advancing when every shard is stuck; "
                     "rows stop matching the feature job's rows_out",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="served-vs-offline",
-                    kind="table_column",
-                    ref="serving.predictions.tenure_days",
-                    description="served features equal the offline row of the last good load, "
+                w.column(
+                    "served-vs-offline",
+                    "serving.predictions.tenure_days",
+                    "served features equal the offline row of the last good load, "
                     "not today's (tenure_days stops increasing)",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="unscored-signups",
-                    kind="table_column",
-                    ref="raw.subscription_events.customer_id",
-                    description="customers who signed up after the stall never appear in batch "
-                    "scoring",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "unscored-signups",
+                    "raw.subscription_events.customer_id",
+                    "customers who signed up after the stall never appear in batch scoring",
                 ),
-                Evidence(
-                    id="scored-count",
-                    kind="metric",
-                    ref="active_subscribers",
-                    description="the number of customers scored each day stops following "
+                w.metric(
+                    "scored-count",
+                    "active_subscribers",
+                    "the number of customers scored each day stops following "
                     "signups and cancellations",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="batch-rows",
-                    kind="log_pattern",
-                    ref=r'"rows": \d+',
-                    description="batch_finished lines: rows scored per day no longer track the "
+                w.log(
+                    "batch-rows",
+                    r'"rows": \d+',
+                    "batch_finished lines: rows scored per day no longer track the "
                     "feature job's rows_out",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="cutover",
-                    kind="changelog",
-                    ref=self._changelog_title(),
-                    description="the infra change after which the store stopped refreshing",
-                    window_start=start - dt.timedelta(days=1),
-                    window_end=end,
+                w.changelog(
+                    "cutover",
+                    self._changelog_title(),
+                    "the infra change after which the store stopped refreshing",
+                    start=start - dt.timedelta(days=1),
                 ),
             ],
             acceptable_fixes=[
@@ -338,7 +317,7 @@ class OnlineStoreStale(Fault):
                 and lag_after is not None
                 and (lag_after >= 24 if whole else lag_after <= FRESH_LAG_HOURS),
                 detail=f"hours from max_event_timestamp to materialized_at: at most "
-                f"{_fmt(lag_before, 1)} before onset, at least {_fmt(lag_after, 1)} after "
+                f"{fmt(lag_before, '.1f')} before onset, at least {fmt(lag_after, '.1f')} after "
                 f"(expected <= {FRESH_LAG_HOURS} before; after, "
                 + (">= 24 with the whole store stuck)" if whole else "still fresh: a shard only)"),
             )
@@ -354,8 +333,8 @@ class OnlineStoreStale(Fault):
             Check(
                 name="online rows keep the last good load's event_timestamp",
                 passed=n_online > 0 and stale_online >= 0.8 * share,
-                detail=f"{_fmt(stale_online)} of {n_online} online rows have event_timestamp <= "
-                f"{snap} (expected >= {0.8 * share:.2f})",
+                detail=f"{fmt(stale_online, '.3f')} of {n_online} online rows have "
+                f"event_timestamp <= {snap} (expected >= {0.8 * share:.2f})",
             )
         )
         features = " AND ".join(f"p.{c} = s.{c}" for c in MODEL_FEATURES)
@@ -390,9 +369,9 @@ class OnlineStoreStale(Fault):
                 and frozen is not None
                 and frozen >= 0.95,
                 detail=f"batch predictions not matching the offline row of their date: "
-                f"{_fmt(before)} before onset, {_fmt(after)} of {n_after} after (expected <= 0.01 "
-                f"then >= {0.8 * share:.2f}); {_fmt(frozen)} of those equal the {snap} row in "
-                "every feature (expected >= 0.95)",
+                f"{fmt(before, '.3f')} before onset, {fmt(after, '.3f')} of {n_after} after "
+                f"(expected <= 0.01 then >= {0.8 * share:.2f}); {fmt(frozen, '.3f')} of those "
+                f"equal the {snap} row in every feature (expected >= 0.95)",
             )
         )
         missed, n_new = con.execute(
@@ -414,12 +393,9 @@ class OnlineStoreStale(Fault):
             Check(
                 name="customers who sign up after onset are never scored",
                 passed=n_new >= MIN_NEW_CUSTOMERS and missed is not None and missed >= 0.5 * share,
-                detail=f"{_fmt(missed)} of {n_new} customers whose first feature row is newer "
-                f"than the last good load were never batch-scored (expected >= {0.5 * share:.2f})",
+                detail=f"{fmt(missed, '.3f')} of {n_new} customers whose first feature row is "
+                "newer than the last good load were never batch-scored (expected >= "
+                f"{0.5 * share:.2f})",
             )
         )
         return checks
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"

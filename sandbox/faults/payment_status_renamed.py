@@ -10,7 +10,6 @@ exactly for the customers whose cards keep bouncing.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, ClassVar, Literal
 
 import duckdb
@@ -22,13 +21,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.measure import visible_end
+from sandbox.faults.toolkit import fmt, window
 from sandbox.rng import stable_unit
 
 NEW_STATUS = "declined"
@@ -90,9 +90,7 @@ class PaymentStatusRenamed(Fault):
 
     def expected_share(self, calendar: Calendar) -> float:
         """Mean share of the method's charges on the new API over the visible days after onset."""
-        days = range(self.params.onset_day, calendar.last_visible_day + 1)
-        mean = sum(self.params.intensity(d) for d in days) / max(len(days), 1)
-        return self.params.migrated_share * mean
+        return self.params.migrated_share * self.params.mean_intensity(calendar.last_visible_day)
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         method = METHOD_NAMES[self.params.target_payment_method]
@@ -110,11 +108,9 @@ class PaymentStatusRenamed(Fault):
             }
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         method = self.params.target_payment_method
         pct = round(self.params.migrated_share * 100)
         return AnswerKey(
@@ -144,47 +140,32 @@ class PaymentStatusRenamed(Fault):
                 "their scores are not; holdout metrics stay high",
             ],
             evidence=[
-                Evidence(
-                    id="new-status",
-                    kind="table_column",
-                    ref="raw.billing_events.status",
-                    description=f"status '{NEW_STATUS}' appears at onset, for {method} only; "
+                w.column(
+                    "new-status",
+                    "raw.billing_events.status",
+                    f"status '{NEW_STATUS}' appears at onset, for {method} only; "
                     "the 'failed' share of that method collapses",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="feature-drop",
-                    kind="table_column",
-                    ref="feature_store.customer_features.payment_failures_30d",
-                    description=f"payment_failures_30d is 0 for {method} customers whose only "
+                w.column(
+                    "feature-drop",
+                    "feature_store.customer_features.payment_failures_30d",
+                    f"payment_failures_30d is 0 for {method} customers whose only "
                     f"recent failures are '{NEW_STATUS}'",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="feature-mean",
-                    kind="metric",
-                    ref="feature_mean",
-                    description="feature_mean of payment_failures_30d drifts down after onset",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "feature-mean",
+                    "feature_mean",
+                    "feature_mean of payment_failures_30d drifts down after onset",
                 ),
-                Evidence(
-                    id="billing-tickets",
-                    kind="table_column",
-                    ref="raw.support_tickets.topic",
-                    description="billing tickets continue at the usual rate",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "billing-tickets",
+                    "raw.support_tickets.topic",
+                    "billing tickets continue at the usual rate",
                 ),
-                Evidence(
-                    id="api-migration",
-                    kind="changelog",
-                    ref=f"payments: {METHOD_NAMES[method]} charges moving to provider API v3",
-                    description="the upstream migration that changed the status vocabulary",
-                    window_start=start,
-                    window_end=end,
+                w.changelog(
+                    "api-migration",
+                    f"payments: {METHOD_NAMES[method]} charges moving to provider API v3",
+                    "the upstream migration that changed the status vocabulary",
                 ),
             ],
             acceptable_fixes=[
@@ -324,8 +305,8 @@ class PaymentStatusRenamed(Fault):
                 and failed_before is not None
                 and failed_after <= failed_before * (1 - 0.4 * expected),
                 detail=f"{method}: share of unsuccessful charges reported '{NEW_STATUS}' after "
-                f"onset {_fmt(renamed_after, 3)} (expected ~{expected:.3f}); 'failed' share "
-                f"{_fmt(failed_before, 4)} before onset, {_fmt(failed_after, 4)} after",
+                f"onset {fmt(renamed_after, '.3f')} (expected ~{expected:.3f}); 'failed' share "
+                f"{fmt(failed_before, '.4f')} before onset, {fmt(failed_after, '.4f')} after",
             )
         )
         ratio = (
@@ -337,8 +318,8 @@ class PaymentStatusRenamed(Fault):
             Check(
                 name="the method's charges keep failing at the usual rate",
                 passed=ratio is not None and 0.6 <= ratio <= 1.6,
-                detail=f"{method}: unsuccessful share {_fmt(unsuccessful_before, 4)} before "
-                f"onset, {_fmt(unsuccessful_after, 4)} after (x{_fmt(ratio)})",
+                detail=f"{method}: unsuccessful share {fmt(unsuccessful_before, '.4f')} before "
+                f"onset, {fmt(unsuccessful_after, '.4f')} after (x{fmt(ratio)})",
             )
         )
 
@@ -363,8 +344,9 @@ class PaymentStatusRenamed(Fault):
                 and value_counted is not None
                 and value_counted >= 0.95,
                 detail=f"feature rows after onset whose window holds only '{NEW_STATUS}' "
-                f"charges: {n_renamed}, mean payment_failures_30d {_fmt(value_renamed, 3)}; "
-                f"rows holding only 'failed' charges: {n_counted}, mean {_fmt(value_counted, 3)}",
+                f"charges: {n_renamed}, mean payment_failures_30d {fmt(value_renamed, '.3f')}; "
+                f"rows holding only 'failed' charges: {n_counted}, mean "
+                f"{fmt(value_counted, '.3f')}",
             )
         )
 
@@ -388,8 +370,8 @@ class PaymentStatusRenamed(Fault):
         n_old, score_old, flag_old = by_status.get("failed", (0, None, None))
         scores = (
             f"batch score the day after a charge failed, since onset: '{NEW_STATUS}' "
-            f"{_fmt(score_new, 4)} (n={n_new}, flagged {_fmt(flag_new, 3)}), 'failed' "
-            f"{_fmt(score_old, 4)} (n={n_old}, flagged {_fmt(flag_old, 3)})"
+            f"{fmt(score_new, '.4f')} (n={n_new}, flagged {fmt(flag_new, '.3f')}), 'failed' "
+            f"{fmt(score_old, '.4f')} (n={n_old}, flagged {fmt(flag_old, '.3f')})"
         )
         name = "customers with renamed failures score lower than those with counted ones"
         if n_new and min(n_new, n_old) < MIN_ROWS:
@@ -397,7 +379,7 @@ class PaymentStatusRenamed(Fault):
             checks.append(
                 Check(
                     name=name,
-                    passed=True,
+                    outcome="not measurable",
                     detail=f"not measurable with fewer than {MIN_ROWS} charges per group; "
                     f"skipped: {scores}",
                 )
@@ -430,17 +412,18 @@ class PaymentStatusRenamed(Fault):
             {
                 "onset": onset,
                 "new": NEW_STATUS,
-                "matured": calendar.midnight(calendar.last_visible_day + 1),
+                "matured": visible_end(calendar),
             },
         ).fetchall()
         by_label = {s: (n, c, score / rate if rate else None) for s, n, c, score, rate in labelled}
         _, churn_new, ratio_new = by_label.get(NEW_STATUS, (0, 0, None))
         _, churn_old, ratio_old = by_label.get("failed", (0, 0, None))
+        name = "renamed-failure customers are under-scored for their churn"
         if min(churn_new, churn_old) < MIN_CHURNERS:
             checks.append(
                 Check(
-                    name="renamed-failure customers are under-scored for their churn",
-                    passed=True,
+                    name=name,
+                    outcome="not measurable",
                     detail=f"not measurable: {churn_new} / {churn_old} matured churn labels after "
                     f"'{NEW_STATUS}' / 'failed' charges (< {MIN_CHURNERS}); skipped",
                 )
@@ -448,13 +431,13 @@ class PaymentStatusRenamed(Fault):
         else:
             checks.append(
                 Check(
-                    name="renamed-failure customers are under-scored for their churn",
+                    name=name,
                     passed=ratio_new is not None
                     and ratio_old is not None
                     and ratio_new <= UNDER_SCORED * ratio_old,
                     detail=f"mean score over churn rate the day after a failed charge: "
-                    f"'{NEW_STATUS}' {_fmt(ratio_new)} ({churn_new} churned), 'failed' "
-                    f"{_fmt(ratio_old)} ({churn_old} churned)",
+                    f"'{NEW_STATUS}' {fmt(ratio_new)} ({churn_new} churned), 'failed' "
+                    f"{fmt(ratio_old)} ({churn_old} churned)",
                 )
             )
         return checks
@@ -508,7 +491,3 @@ def _score_gap(frame: pl.DataFrame) -> float:
     if not (renamed.height and failed.height and failed["mean_score"][0]):
         return float("inf")
     return float(renamed["mean_score"][0] / failed["mean_score"][0])
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -19,14 +19,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
-from sandbox.faults.measure import batch_quality, served_versions
+from sandbox.faults.measure import only_version, quality_around, versions_around
+from sandbox.faults.toolkit import window
 from sandbox.pipeline.release import TRAINING_SNAPSHOTS, Release
 
 TRAINING_TABLE = "training.churn_training_set"
@@ -89,7 +89,8 @@ class RetrainImmatureLabels(Fault):
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day
-        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        w = window(calendar, onset)
+        start = w.start
         trained = calendar.date(onset - 1)
         days = self.score_days()
         first, last = calendar.date(min(days)), calendar.date(max(days))
@@ -113,38 +114,21 @@ class RetrainImmatureLabels(Fault):
                 "labels (14 days later): production AUC and precision slip",
             ],
             evidence=[
-                Evidence(
-                    id="immature-training-labels",
-                    kind="table_column",
-                    ref=f"{TRAINING_TABLE}.label_available_at",
-                    description="most of the new training set's labels were not available at "
-                    "training time",
-                    window_start=trained,
-                    window_end=end,
+                w.column(
+                    "immature-training-labels",
+                    f"{TRAINING_TABLE}.label_available_at",
+                    "most of the new training set's labels were not available at training time",
+                    start=trained,
                 ),
-                Evidence(
-                    id="training-churn-rate",
-                    kind="table_column",
-                    ref=f"{TRAINING_TABLE}.churned",
-                    description="the new training set's churn rate is a fraction of the old one",
-                    window_start=trained,
-                    window_end=end,
+                w.column(
+                    "training-churn-rate",
+                    f"{TRAINING_TABLE}.churned",
+                    "the new training set's churn rate is a fraction of the old one",
+                    start=trained,
                 ),
-                Evidence(
-                    id="score-drop",
-                    kind="metric",
-                    ref="score_p90",
-                    description="batch score quantiles drop at the release",
-                    window_start=start,
-                    window_end=end,
-                ),
-                Evidence(
-                    id="retrain-note",
-                    kind="changelog",
-                    ref=TITLE,
-                    description="the retrain that moved the window",
-                    window_start=trained,
-                    window_end=end,
+                w.metric("score-drop", "score_p90", "batch score quantiles drop at the release"),
+                w.changelog(
+                    "retrain-note", TITLE, "the retrain that moved the window", start=trained
                 ),
             ],
             acceptable_fixes=[
@@ -220,8 +204,7 @@ class RetrainImmatureLabels(Fault):
             [trained_at],
         ).fetchall()
         immature = {v: (share, rate) for v, share, rate in versions}
-        new = served_versions(con, calendar.date(onset), calendar.date(calendar.last_visible_day))
-        new_version = next(iter(new)) if len(new) == 1 else None
+        new_version = only_version(versions_around(con, calendar, onset)[1])
         share, rate = immature.get(new_version, (0.0, None)) if new_version else (0.0, None)
         checks = [
             Check(
@@ -232,23 +215,46 @@ class RetrainImmatureLabels(Fault):
             )
         ]
         old_rates = [r for v, (s, r) in immature.items() if v != new_version]
+        name = "its training churn rate is far below the previous version's"
         if old_rates and rate is not None:
             checks.append(
                 Check(
-                    name="its training churn rate is far below the previous version's",
+                    name=name,
                     passed=rate < 0.7 * old_rates[0],
                     detail=f"training churn rate {rate:.4f} vs {old_rates[0]:.4f} before",
                 )
             )
-        old = batch_quality(con, calendar, 1, onset - 1)
-        after = batch_quality(con, calendar, onset, calendar.last_production_day)
+        else:
+            checks.append(
+                Check(
+                    name=name,
+                    outcome="not measurable",
+                    detail="not measurable: "
+                    + (
+                        f"no training set for the version serving from day {onset}"
+                        if rate is None
+                        else f"no version before {new_version} to compare with"
+                    ),
+                )
+            )
+        old, after = quality_around(con, calendar, onset)
+        name = "scores drop across the board with the new version"
         if old.mean_score is not None and after.mean_score is not None:
             checks.append(
                 Check(
-                    name="scores drop across the board with the new version",
+                    name=name,
                     passed=after.mean_score < 0.75 * old.mean_score,
                     detail=f"mean batch score {old.mean_score:.4f} before, "
                     f"{after.mean_score:.4f} after",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    name=name,
+                    outcome="not measurable",
+                    detail="not measurable yet (labels mature 14 days late): before "
+                    f"{old.describe()}; after {after.describe()}",
                 )
             )
         return checks

@@ -26,13 +26,13 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 
 SOURCE = "raw.viewing_activity.minutes_watched"
@@ -168,11 +168,9 @@ class RollingDriftReference(Fault):
             },
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         p = self.params
         weekly = 1 - (1 - p.daily_decline) ** 7
         last = calendar.last_production_day
@@ -204,79 +202,53 @@ class RollingDriftReference(Fault):
                 "reports: reference_mean in drift_feature_daily walks down with the data",
             ],
             evidence=[
-                Evidence(
-                    id="reference-moves",
-                    kind="table_column",
-                    ref="monitoring.drift_feature_daily.reference_mean",
-                    description="constant (the training mean) before onset, then changes every "
+                w.column(
+                    "reference-moves",
+                    "monitoring.drift_feature_daily.reference_mean",
+                    "constant (the training mean) before onset, then changes every "
                     "day, following the served data down",
-                    window_start=start,
-                    window_end=calendar.date(last),
+                    end=calendar.date(last),
                 ),
-                Evidence(
-                    id="never-drifted",
-                    kind="table_column",
-                    ref="monitoring.drift_feature_daily.drifted",
-                    description="false every day for the watch-time features",
-                    window_start=start,
-                    window_end=calendar.date(last),
+                w.column(
+                    "never-drifted",
+                    "monitoring.drift_feature_daily.drifted",
+                    "false every day for the watch-time features",
+                    end=calendar.date(last),
                 ),
-                Evidence(
-                    id="training-reference",
-                    kind="table_column",
-                    ref=f"monitoring.drift_reference.{WATCHED}",
-                    description="the training reference mean, far above what is served",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "training-reference",
+                    f"monitoring.drift_reference.{WATCHED}",
+                    "the training reference mean, far above what is served",
                 ),
-                Evidence(
-                    id="served-decline",
-                    kind="table_column",
-                    ref=f"serving.predictions.{WATCHED}",
-                    description="served watch-time features fall week after week",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "served-decline",
+                    f"serving.predictions.{WATCHED}",
+                    "served watch-time features fall week after week",
                 ),
-                Evidence(
-                    id="source-decline",
-                    kind="table_column",
-                    ref=SOURCE,
-                    description="minutes watched per active day falls from onset",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "source-decline", SOURCE, "minutes watched per active day falls from onset"
                 ),
-                Evidence(
-                    id="feature-mean-metric",
-                    kind="metric",
-                    ref="feature_mean",
-                    description=f"feature-job feature_mean for {WATCHED} slides steadily",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "feature-mean-metric",
+                    "feature_mean",
+                    f"feature-job feature_mean for {WATCHED} slides steadily",
                 ),
-                Evidence(
-                    id="positive-rate",
-                    kind="metric",
-                    ref="positive_rate",
-                    description="batch-scoring positive rate climbs week after week (more "
+                w.metric(
+                    "positive-rate",
+                    "positive_rate",
+                    "batch-scoring positive rate climbs week after week (more "
                     "customers flagged, lower precision) without reaching its alert band",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="reference-config",
-                    kind="changelog",
-                    ref=self._config_title(),
-                    description="the monitoring change that made the creep invisible",
-                    window_start=start,
-                    window_end=end,
+                w.changelog(
+                    "reference-config",
+                    self._config_title(),
+                    "the monitoring change that made the creep invisible",
                 ),
-                Evidence(
-                    id="collector-migration",
-                    kind="changelog",
-                    ref=self._upstream_title(),
-                    description="the upstream change behind the creep",
-                    window_start=start - dt.timedelta(days=1),
-                    window_end=end,
+                w.changelog(
+                    "collector-migration",
+                    self._upstream_title(),
+                    "the upstream change behind the creep",
+                    start=start - dt.timedelta(days=1),
                 ),
             ],
             acceptable_fixes=[
@@ -475,7 +447,7 @@ class RollingDriftReference(Fault):
             Check(
                 name="served watch time creeps down after onset",
                 passed=now is not None and want > 0 and drop >= 0.5 * want - NATURAL_DRIFT,
-                detail=f"{WATCHED} served on {last}: {_fmt(now)} vs {baseline:.2f} in the week "
+                detail=f"{WATCHED} served on {last}: {fmt(now)} vs {baseline:.2f} in the week "
                 f"before onset, down {drop:.1%} (expected ~{want:.1%})",
             )
         )
@@ -513,7 +485,3 @@ def _training_stats_sql() -> str:
         "FROM monitoring.drift_reference"
         for c in CREPT
     )
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"

@@ -24,14 +24,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
-from sandbox.faults.measure import batch_quality, served_versions
+from sandbox.faults.measure import quality_around, quality_check, versions_around
+from sandbox.faults.toolkit import window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.registry import CHAMPION
 from sandbox.pipeline.release import Release
@@ -167,7 +167,8 @@ class ServedVersionMismatch(Fault):
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day
-        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        w = window(calendar, onset)
+        start = w.start
         registered = calendar.date(onset - 1)
         dropped = ", ".join(self.dropped)
         return AnswerKey(
@@ -196,65 +197,46 @@ class ServedVersionMismatch(Fault):
                 "metrics in the registry still look fine",
             ],
             evidence=[
-                Evidence(
-                    id="served-version",
-                    kind="table_column",
-                    ref="serving.predictions.model_version",
-                    description="every prediction from onset carries the ablation's version, not "
+                w.column(
+                    "served-version",
+                    "serving.predictions.model_version",
+                    "every prediction from onset carries the ablation's version, not "
                     "the champion's",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="offers-version",
-                    kind="table_column",
-                    ref="crm.retention_offers.model_version",
-                    description="retention offers are sent from the ablation's scores",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "offers-version",
+                    "crm.retention_offers.model_version",
+                    "retention offers are sent from the ablation's scores",
                 ),
-                Evidence(
-                    id="model-loaded",
-                    kind="log_pattern",
-                    ref=LOADED_PATTERN,
-                    description="model-server model_loaded line for the new version, while the "
+                w.log(
+                    "model-loaded",
+                    LOADED_PATTERN,
+                    "model-server model_loaded line for the new version, while the "
                     "training log says that version was aliased challenger",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="training-set",
-                    kind="table_column",
-                    ref="training.churn_training_set.model_version",
-                    description="a second training set appears the day before onset; the MLflow "
+                w.column(
+                    "training-set",
+                    "training.churn_training_set.model_version",
+                    "a second training set appears the day before onset; the MLflow "
                     "run behind it lists fewer features and ablation tags",
-                    window_start=registered,
-                    window_end=end,
+                    start=registered,
                 ),
-                Evidence(
-                    id="production-auc",
-                    kind="table_column",
-                    ref="monitoring.model_performance_daily.auc",
-                    description="daily production AUC steps down at onset (visible once labels "
-                    "mature)",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "production-auc",
+                    "monitoring.model_performance_daily.auc",
+                    "daily production AUC steps down at onset (visible once labels mature)",
                 ),
-                Evidence(
-                    id="model-source-change",
-                    kind="changelog",
-                    ref="model-server: model source switched to registry lookup",
-                    description="the config change that made servers load the newest version",
-                    window_start=calendar.date(max(onset - 3, 1)),
-                    window_end=end,
+                w.changelog(
+                    "model-source-change",
+                    "model-server: model source switched to registry lookup",
+                    "the config change that made servers load the newest version",
+                    start=calendar.date(max(onset - 3, 1)),
                 ),
-                Evidence(
-                    id="ablation-registered",
-                    kind="changelog",
-                    ref=f"churn-model: {self._words()} ablation registered as challenger",
-                    description="the experiment that became the served model",
-                    window_start=registered,
-                    window_end=end,
+                w.changelog(
+                    "ablation-registered",
+                    f"churn-model: {self._words()} ablation registered as challenger",
+                    "the experiment that became the served model",
+                    start=registered,
                 ),
             ],
             acceptable_fixes=[
@@ -335,9 +317,7 @@ class ServedVersionMismatch(Fault):
 
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         onset = self.params.onset_day
-        last = calendar.last_visible_day
-        before = served_versions(con, calendar.date(1), calendar.date(onset - 1))
-        after = served_versions(con, calendar.date(onset), calendar.date(last))
+        before, after = versions_around(con, calendar, onset)
         aliases = _registered_aliases(con)
         champions = {v for v, alias in aliases.items() if alias == CHAMPION}
         served_after = sorted(after)
@@ -369,27 +349,20 @@ class ServedVersionMismatch(Fault):
                 detail=f"offer versions before onset {offers[0]}, after {offers[1]}",
             )
         )
-        checks.append(self._quality_check(con, calendar))
-        return checks
-
-    def _quality_check(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> Check:
-        onset = self.params.onset_day
-        old = batch_quality(con, calendar, max(1, onset - 28), onset - 1)
-        new = batch_quality(con, calendar, onset, calendar.last_production_day)
-        name = "production AUC falls after onset"
-        if not (old.measurable and new.measurable):
-            return Check(
-                name=name,
-                passed=True,
-                detail=f"not measurable yet (labels mature 14 days late): before {old.describe()}"
-                f"; after {new.describe()}",
+        old, new = quality_around(con, calendar, onset, lookback_days=28)
+        checks.append(
+            quality_check(
+                "production AUC falls after onset",
+                old,
+                new,
+                lambda old, new: (
+                    new.auc is not None and old.auc is not None and new.auc <= old.auc - AUC_DROP
+                ),
+                detail=f"before onset {old.describe()}; after {new.describe()} (expected an AUC "
+                f"drop of at least {AUC_DROP})",
             )
-        return Check(
-            name=name,
-            passed=new.auc is not None and old.auc is not None and new.auc <= old.auc - AUC_DROP,
-            detail=f"before onset {old.describe()}; after {new.describe()} (expected an AUC drop "
-            f"of at least {AUC_DROP})",
         )
+        return checks
 
 
 def _registered_aliases(con: duckdb.DuckDBPyConnection) -> dict[str, str | None]:
@@ -415,7 +388,3 @@ def _challengers_loaded(events: Any, messages: Any, attrs: Any) -> set[str]:
         elif event == "model_loaded" and (match := re.search(r'"model_version": "(\d+)"', attr)):
             loaded.add(match.group(1))
     return {v for v in loaded if aliases.get(v) == ALIAS}
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -17,7 +17,6 @@ rows whose features are all zero are the lookups that missed.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, ClassVar, Literal
 
 import duckdb
@@ -30,29 +29,26 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.toolkit import (
+    PEAK_HOURS,
+    QUIET_HOURS,
+    expected_by_hour,
+    fmt,
+    load_curve,
+    window,
+)
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.product import HOURLY_TRAFFIC
 
 PREVIOUS_DEADLINE_MS = 50
 CHANGE_HOUR = 11.0  # the config change lands late morning on the onset day
-LOAD_KNEE = 0.5  # below this share of peak traffic every lookup makes the deadline
 OVERHEAD_MS = (0.3, 1.2)  # scoring and serialisation after the lookup gives up
-LOAD = HOURLY_TRAFFIC / HOURLY_TRAFFIC.max()
-PEAK_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD >= 0.85))  # 19..21 with today's curve
-QUIET_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD < LOAD_KNEE))
 ALL_ZERO_SQL = " AND ".join(f"{{t}}{c} = 0" for c in MODEL_FEATURES)
-
-
-def load_curve(hours: np.ndarray) -> np.ndarray:
-    """Share of the peak-hour miss rate an hour of the day sees: 0 below the knee, 1 at peak."""
-    return np.clip((LOAD[hours] - LOAD_KNEE) / (1 - LOAD_KNEE), 0.0, 1.0)
 
 
 def all_zero(table: str = "") -> str:
@@ -142,11 +138,9 @@ class ServingDefaultFallback(Fault):
             }
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         p = self.params
         pct = round(p.peak_share * 100)
         peak = ", ".join(f"{h}:00" for h in PEAK_HOURS)
@@ -174,58 +168,40 @@ class ServingDefaultFallback(Fault):
                 "monitoring: no errors, so no alert; p50/p95 latency even looks better at peak",
             ],
             evidence=[
-                Evidence(
-                    id="zero-vectors",
-                    kind="table_column",
-                    ref="serving.predictions.monthly_price",
-                    description="online rows whose features are all 0 (price 0 cannot happen), "
+                w.column(
+                    "zero-vectors",
+                    "serving.predictions.monthly_price",
+                    "online rows whose features are all 0 (price 0 cannot happen), "
                     "only at busy hours and only after the change",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="online-vs-batch",
-                    kind="table_column",
-                    ref="serving.predictions.score",
-                    description="online scores at peak differ from the same customer's batch "
+                w.column(
+                    "online-vs-batch",
+                    "serving.predictions.score",
+                    "online scores at peak differ from the same customer's batch "
                     "score that morning; at quiet hours they match exactly",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="latency-at-deadline",
-                    kind="table_column",
-                    ref="serving.predictions.latency_ms",
-                    description=f"the zero-vector requests all took {p.deadline_ms:g}-"
+                w.column(
+                    "latency-at-deadline",
+                    "serving.predictions.latency_ms",
+                    f"the zero-vector requests all took {p.deadline_ms:g}-"
                     f"{p.deadline_ms + OVERHEAD_MS[1]:g} ms: the lookup deadline",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="no-errors",
-                    kind="metric",
-                    ref="error_ratio",
-                    description="model-server error ratio stays at its baseline: the misses are "
+                w.metric(
+                    "no-errors",
+                    "error_ratio",
+                    "model-server error ratio stays at its baseline: the misses are "
                     "answered as successes",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="request-log",
-                    kind="log_pattern",
-                    ref=r'"status": 200',
-                    description="request lines for the zero-vector requests report 200, with a "
+                w.log(
+                    "request-log",
+                    r'"status": 200',
+                    "request lines for the zero-vector requests report 200, with a "
                     "latency just above the deadline in the message",
-                    window_start=start,
-                    window_end=end,
                 ),
-                Evidence(
-                    id="deadline-change",
-                    kind="changelog",
-                    ref=self._change_title(),
-                    description="the config change that introduced the misses",
-                    window_start=start,
-                    window_end=end,
+                w.changelog(
+                    "deadline-change",
+                    self._change_title(),
+                    "the config change that introduced the misses",
                 ),
             ],
             acceptable_fixes=[
@@ -332,14 +308,7 @@ class ServingDefaultFallback(Fault):
         ).pl()
         after = by_hour.filter(pl.col("after"))
         after = after.with_columns(
-            pl.Series(
-                "p",
-                [
-                    float(self.miss_share(calendar.day_of(d), np.array([h]))[0])
-                    for d, h in zip(after["day"], after["hour"], strict=True)
-                ],
-                dtype=pl.Float64,
-            )
+            pl.Series("p", expected_by_hour(after, self.miss_share, calendar), dtype=pl.Float64)
         )
         expected = float((after["n"] * after["p"]).sum())
         observed = int(after["zero"].sum() or 0)
@@ -401,11 +370,7 @@ class ServingDefaultFallback(Fault):
                 name="the all-zero requests answered 200 at the lookup deadline",
                 passed=n_zero > 0 and lo >= self.params.deadline_ms and hi <= limit,
                 detail=f"{n_zero} all-zero requests answered ok (and {not_ok} failed later), "
-                f"latency p05-p95 {_ms(lo)}-{_ms(hi)} ms (deadline {self.params.deadline_ms:g} ms)",
+                f"latency p05-p95 {fmt(lo)}-{fmt(hi)} ms (deadline {self.params.deadline_ms:g} ms)",
             )
         )
         return checks
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"

@@ -25,14 +25,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
-from sandbox.faults.measure import served_versions
+from sandbox.faults.measure import versions_around
+from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline.release import Release, Rollout
 from sandbox.pipeline.train import FLAGGED_SHARE
 
@@ -153,7 +153,8 @@ class StaleDecisionThreshold(Fault):
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day
-        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        w = window(calendar, onset)
+        start = w.start
         trained = calendar.date(onset - 1)
         weight = self.params.positive_weight
         direction = "fewer" if self.fewer else "more"
@@ -186,54 +187,36 @@ class StaleDecisionThreshold(Fault):
                 ),
             ],
             evidence=[
-                Evidence(
-                    id="served-threshold",
-                    kind="table_column",
-                    ref="serving.predictions.threshold",
-                    description="the new model version is served with the previous version's "
-                    "threshold",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "served-threshold",
+                    "serving.predictions.threshold",
+                    "the new model version is served with the previous version's threshold",
                 ),
-                Evidence(
-                    id="flagged-share",
-                    kind="metric",
-                    ref="positive_rate",
-                    description=f"daily positive rate steps from ~10% to {level}",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "flagged-share",
+                    "positive_rate",
+                    f"daily positive rate steps from ~10% to {level}",
                 ),
-                Evidence(
-                    id="score-quantile",
-                    kind="metric",
-                    ref="score_p90",
-                    description="the 90th-percentile score moves away from the served threshold",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "score-quantile",
+                    "score_p90",
+                    "the 90th-percentile score moves away from the served threshold",
                 ),
-                Evidence(
-                    id="offers",
-                    kind="table_column",
-                    ref="crm.retention_offers.offered_at",
-                    description=f"{direction} retention offers per day from onset",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "offers",
+                    "crm.retention_offers.offered_at",
+                    f"{direction} retention offers per day from onset",
                 ),
-                Evidence(
-                    id="model-loaded",
-                    kind="log_pattern",
-                    ref=LOADED_PATTERN,
-                    description="model_loaded for the new version carries the old threshold",
-                    window_start=start,
-                    window_end=end,
+                w.log(
+                    "model-loaded",
+                    LOADED_PATTERN,
+                    "model_loaded for the new version carries the old threshold",
                 ),
-                Evidence(
-                    id="retrain-note",
-                    kind="changelog",
-                    ref=self._title(calendar),
-                    description="the retrain with class weights; 'no server config changes'",
-                    window_start=trained,
-                    window_end=end,
+                w.changelog(
+                    "retrain-note",
+                    self._title(calendar),
+                    "the retrain with class weights; 'no server config changes'",
+                    start=trained,
                 ),
             ],
             acceptable_fixes=[
@@ -329,15 +312,12 @@ class StaleDecisionThreshold(Fault):
                 and low <= share_before <= high
                 and abs(share_after - share_before) >= MIN_SHIFT
                 and (share_after < share_before) == self.fewer,
-                detail=f"flagged share {_fmt(share_before)} before onset (expected "
-                f"{low}..{high}), {_fmt(share_after)} after (expected "
+                detail=f"flagged share {fmt(share_before, '.3f')} before onset (expected "
+                f"{low}..{high}), {fmt(share_after, '.3f')} after (expected "
                 f"{'below' if self.fewer else 'above'} it by at least {MIN_SHIFT})",
             )
         ]
-        before = served_versions(con, calendar.date(1), calendar.date(self.params.onset_day - 1))
-        after = served_versions(
-            con, calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-        )
+        before, after = versions_around(con, calendar, self.params.onset_day)
         old_thresholds = {t for t, _ in before.values()}
         new_versions = sorted(set(after) - set(before))
         checks.append(
@@ -361,8 +341,8 @@ class StaleDecisionThreshold(Fault):
             Check(
                 name="the served threshold no longer cuts at the 10% budget",
                 passed=gap >= QUANTILE_GAP,
-                detail=f"after onset the score flagging 10% is {_fmt(p90, 4)}, the served "
-                f"threshold {_fmt(threshold, 4)} (relative gap {gap:.2f}, expected at least "
+                detail=f"after onset the score flagging 10% is {fmt(p90, '.4f')}, the served "
+                f"threshold {fmt(threshold, '.4f')} (relative gap {gap:.2f}, expected at least "
                 f"{QUANTILE_GAP})",
             )
         )
@@ -396,7 +376,3 @@ def _same_threshold_loaded(frame: pl.DataFrame) -> bool:
 
 def _versions(versions: dict[str, tuple[float, int]]) -> str:
     return ", ".join(f"v{v} at threshold {t}" for v, (t, _) in sorted(versions.items())) or "none"
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -21,14 +21,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
-from sandbox.faults.measure import batch_quality, served_versions
+from sandbox.faults.measure import only_version, quality_around, quality_check, versions_around
+from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import TRAINING_HOUR, Release
@@ -103,7 +103,8 @@ class TrainingTimeTravel(Fault):
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day
-        start, end = calendar.date(onset), calendar.date(calendar.last_visible_day)
+        w = window(calendar, onset)
+        start = w.start
         trained = calendar.date(onset - 1)
         return AnswerKey(
             fault_id=self.id,
@@ -127,37 +128,27 @@ class TrainingTimeTravel(Fault):
                 "labels (14 days later): production AUC and precision fall",
             ],
             evidence=[
-                Evidence(
-                    id="future-features",
-                    kind="table_column",
-                    ref=f"{TRAINING_TABLE}.feature_event_ts",
-                    description="feature timestamps after the rows' score times",
-                    window_start=trained,
-                    window_end=end,
+                w.column(
+                    "future-features",
+                    f"{TRAINING_TABLE}.feature_event_ts",
+                    "feature timestamps after the rows' score times",
+                    start=trained,
                 ),
-                Evidence(
-                    id="new-version",
-                    kind="table_column",
-                    ref="serving.predictions.model_version",
-                    description="the retrained version serves from the release day",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "new-version",
+                    "serving.predictions.model_version",
+                    "the retrained version serves from the release day",
                 ),
-                Evidence(
-                    id="quality-drop",
-                    kind="table_column",
-                    ref="monitoring.model_performance_daily.auc",
-                    description="production AUC below the previous version's once labels arrive",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "quality-drop",
+                    "monitoring.model_performance_daily.auc",
+                    "production AUC below the previous version's once labels arrive",
                 ),
-                Evidence(
-                    id="pipeline-change",
-                    kind="changelog",
-                    ref=TITLE,
-                    description="the pipeline change that dropped the point-in-time join",
-                    window_start=trained,
-                    window_end=end,
+                w.changelog(
+                    "pipeline-change",
+                    TITLE,
+                    "the pipeline change that dropped the point-in-time join",
+                    start=trained,
                 ),
             ],
             acceptable_fixes=[
@@ -231,8 +222,7 @@ class TrainingTimeTravel(Fault):
 
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         onset = self.params.onset_day
-        new = served_versions(con, calendar.date(onset), calendar.date(calendar.last_visible_day))
-        new_version = next(iter(new)) if len(new) == 1 else ""
+        new_version = only_version(versions_around(con, calendar, onset)[1]) or ""
         share, days_ahead = con.execute(
             f"""
             SELECT avg((feature_event_ts > score_ts)::INT),
@@ -245,23 +235,22 @@ class TrainingTimeTravel(Fault):
             Check(
                 name="the serving version's training features come from after the score time",
                 passed=share is not None and share >= 0.9,
-                detail=f"version {new_version or 'n/a'}: {_fmt(share)} of training rows have "
+                detail=f"version {new_version or 'n/a'}: {fmt(share, '.0%')} of training rows have "
                 f"features from after their score time (median {days_ahead} days ahead)",
             )
         ]
-        old = batch_quality(con, calendar, 1, onset - 1)
-        after = batch_quality(con, calendar, onset, calendar.last_production_day)
-        if old.measurable and after.measurable:
-            assert old.precision is not None and after.precision is not None
-            checks.append(
-                Check(
-                    name="production precision falls with the new version",
-                    passed=after.precision < 0.85 * old.precision,
-                    detail=f"before: {old.describe()}; after: {after.describe()}",
-                )
+        old, after = quality_around(con, calendar, onset)
+        checks.append(
+            quality_check(
+                "production precision falls with the new version",
+                old,
+                after,
+                lambda old, after: (
+                    after.precision is not None
+                    and old.precision is not None
+                    and after.precision < 0.85 * old.precision
+                ),
+                detail=f"before: {old.describe()}; after: {after.describe()}",
             )
+        )
         return checks
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"

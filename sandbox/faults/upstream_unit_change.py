@@ -11,7 +11,6 @@ them, while the dashboards show nothing worse than a "drifting" feature mean.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, ClassVar, Literal
 
 import duckdb
@@ -24,13 +23,14 @@ from sandbox.clock import Calendar
 from sandbox.faults.base import (
     AnswerKey,
     Check,
-    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
+from sandbox.faults.measure import score_over_churn, visible_end
+from sandbox.faults.toolkit import fmt, window
 from sandbox.product import APP_RELEASES
 from sandbox.rng import stable_unit
 
@@ -129,11 +129,9 @@ class UpstreamUnitChange(Fault):
             }
         ]
 
-    def _window(self, calendar: Calendar) -> tuple[dt.date, dt.date]:
-        return calendar.date(self.params.onset_day), calendar.date(calendar.last_visible_day)
-
     def answer_key(self, calendar: Calendar) -> AnswerKey:
-        start, end = self._window(calendar)
+        w = window(calendar, self.params.onset_day)
+        start = w.start
         device, version = self.params.target_device, self.version
         mult, pct = self.params.multiplier, round(self.params.adoption_share * 100)
         return AnswerKey(
@@ -162,53 +160,35 @@ class UpstreamUnitChange(Fault):
                 "metrics stay high",
             ],
             evidence=[
-                Evidence(
-                    id="raw-minutes",
-                    kind="table_column",
-                    ref="raw.viewing_activity.minutes_watched",
-                    description=f"minutes per session ~{mult:g}x on {device} rows of {version}",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "raw-minutes",
+                    "raw.viewing_activity.minutes_watched",
+                    f"minutes per session ~{mult:g}x on {device} rows of {version}",
                 ),
-                Evidence(
-                    id="new-release",
-                    kind="table_column",
-                    ref="raw.viewing_activity.app_version",
-                    description=f"app_version {version} appears at onset, on {device} only",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "new-release",
+                    "raw.viewing_activity.app_version",
+                    f"app_version {version} appears at onset, on {device} only",
                 ),
-                Evidence(
-                    id="feature-jump",
-                    kind="table_column",
-                    ref="feature_store.customer_features.minutes_per_session_28d",
-                    description=f"minutes features explode for {device} customers on {version}",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "feature-jump",
+                    "feature_store.customer_features.minutes_per_session_28d",
+                    f"minutes features explode for {device} customers on {version}",
                 ),
-                Evidence(
-                    id="feature-mean",
-                    kind="metric",
-                    ref="feature_mean",
-                    description="feature_mean of the minutes features climbs with the rollout",
-                    window_start=start,
-                    window_end=end,
+                w.metric(
+                    "feature-mean",
+                    "feature_mean",
+                    "feature_mean of the minutes features climbs with the rollout",
                 ),
-                Evidence(
-                    id="segment-recall",
-                    kind="table_column",
-                    ref="monitoring.model_performance_daily.flagged_rate",
-                    description=f"flagged rate and recall of the device = {device} segment fall",
-                    window_start=start,
-                    window_end=end,
+                w.column(
+                    "segment-recall",
+                    "monitoring.model_performance_daily.flagged_rate",
+                    f"flagged rate and recall of the device = {device} segment fall",
                 ),
-                Evidence(
-                    id="app-rollout",
-                    kind="changelog",
-                    ref=f"{DEVICE_NAMES[device]} app {version} staged rollout started",
-                    description="the release that changed the telemetry",
-                    window_start=start,
-                    window_end=end,
+                w.changelog(
+                    "app-rollout",
+                    f"{DEVICE_NAMES[device]} app {version} staged rollout started",
+                    "the release that changed the telemetry",
                 ),
             ],
             acceptable_fixes=[
@@ -292,8 +272,8 @@ class UpstreamUnitChange(Fault):
                 "rarely flagged",
                 found=lambda f: (
                     f.filter(pl.col("new_release")).height == 1
-                    and _ratio(f, "new_release", True)
-                    <= UNDER_SCORED * _ratio(f, "new_release", False)
+                    and score_over_churn(f, "new_release", True)
+                    <= UNDER_SCORED * score_over_churn(f, "new_release", False)
                 ),
             ),
         ]
@@ -349,8 +329,8 @@ class UpstreamUnitChange(Fault):
                 and 0.7 * mult <= ratio <= 1.3 * mult
                 and len(stable) == 2
                 and all(0.85 <= r <= 1.15 for r in stable),
-                detail=f"{device} minutes per session: {_fmt(base)} before onset, {_fmt(updated)} "
-                f"on {version} after (x{_fmt(ratio)}, expected ~{mult:g}); unchanged elsewhere: "
+                detail=f"{device} minutes per session: {fmt(base)} before onset, {fmt(updated)} "
+                f"on {version} after (x{fmt(ratio)}, expected ~{mult:g}); unchanged elsewhere: "
                 + ", ".join(f"x{r:.2f}" for r in stable)
                 + " (the device's other versions, other devices)",
             )
@@ -377,9 +357,9 @@ class UpstreamUnitChange(Fault):
                 name="minutes features explode for customers on the new release",
                 passed=ratio_7d is not None and ratio_7d >= 0.15 * mult,
                 detail=f"{n_upgraded} customers on {version}: mean avg_daily_minutes_7d "
-                f"{_fmt(b7)} before they updated, {_fmt(a7)} after (x{_fmt(ratio_7d)}; expected "
-                f">= x{0.15 * mult:.1f}); minutes_per_session_28d {_fmt(bs)} -> {_fmt(as_)} "
-                f"(x{_fmt(ratio_ps)})",
+                f"{fmt(b7)} before they updated, {fmt(a7)} after (x{fmt(ratio_7d)}; expected "
+                f">= x{0.15 * mult:.1f}); minutes_per_session_28d {fmt(bs)} -> {fmt(as_)} "
+                f"(x{fmt(ratio_ps)})",
             )
         )
 
@@ -407,9 +387,9 @@ class UpstreamUnitChange(Fault):
             Check(
                 name="the model scores customers on the new release far lower",
                 passed=own is not None and rest is not None and own <= SCORE_DROP * rest,
-                detail=f"mean batch score of updated customers {_fmt(s_before, 4)} before their "
-                f"update, {_fmt(s_after, 4)} after (x{_fmt(own)}); everyone else x{_fmt(rest)}; "
-                f"their flagged rate {_fmt(fl_before, 3)} -> {_fmt(fl_after, 3)}",
+                detail=f"mean batch score of updated customers {fmt(s_before, '.4f')} before their "
+                f"update, {fmt(s_after, '.4f')} after (x{fmt(own)}); everyone else x{fmt(rest)}; "
+                f"their flagged rate {fmt(fl_before, '.3f')} -> {fmt(fl_after, '.3f')}",
             )
         )
 
@@ -432,17 +412,18 @@ class UpstreamUnitChange(Fault):
                 "version": version,
                 "device": device,
                 "onset": onset,
-                "matured": calendar.midnight(calendar.last_visible_day + 1),
+                "matured": visible_end(calendar),
             },
         ).fetchall()
         groups = {g: (n, c, s / r if r else None) for g, n, c, s, r in labelled}
         n_up, churners, ratio_up = groups.get(True, (0, 0, None))
         _, _, ratio_rest = groups.get(False, (0, 0, None))
+        name = "updated customers are under-scored for their churn"
         if churners < MIN_CHURNERS:
             checks.append(
                 Check(
-                    name="updated customers are under-scored for their churn",
-                    passed=True,
+                    name=name,
+                    outcome="not measurable",
                     detail=f"not measurable: {churners} matured churn labels among updated "
                     f"customers after onset (< {MIN_CHURNERS}); skipped",
                 )
@@ -450,13 +431,13 @@ class UpstreamUnitChange(Fault):
         else:
             checks.append(
                 Check(
-                    name="updated customers are under-scored for their churn",
+                    name=name,
                     passed=ratio_up is not None
                     and ratio_rest is not None
                     and ratio_up <= UNDER_SCORED * ratio_rest,
                     detail=f"{n_up} matured predictions of updated customers ({churners} "
-                    f"churned): mean score over churn rate {_fmt(ratio_up)} for them, "
-                    f"{_fmt(ratio_rest)} for everyone else",
+                    f"churned): mean score over churn rate {fmt(ratio_up)} for them, "
+                    f"{fmt(ratio_rest)} for everyone else",
                 )
             )
         return checks
@@ -474,15 +455,3 @@ def _device_jump(frame: pl.DataFrame, device: str) -> float:
         return 0.0
     column = rows["minutes_per_session_28d"]
     return float(column.max() / column.min()) if column.min() else float("inf")
-
-
-def _ratio(frame: pl.DataFrame, column: str, value: bool) -> float:
-    """Mean score over churn rate of one group (inf when the group is missing or never churns)."""
-    row = frame.filter(pl.col(column) == value)
-    if not row.height or not row["churn_rate"][0]:
-        return float("inf")
-    return float(row["mean_score"][0] / row["churn_rate"][0])
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"

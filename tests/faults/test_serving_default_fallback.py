@@ -13,14 +13,8 @@ from pydantic import ValidationError
 from sandbox import scenario
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext
-from sandbox.faults.serving_default_fallback import (
-    OVERHEAD_MS,
-    PEAK_HOURS,
-    QUIET_HOURS,
-    Params,
-    ServingDefaultFallback,
-    load_curve,
-)
+from sandbox.faults.serving_default_fallback import OVERHEAD_MS, Params, ServingDefaultFallback
+from sandbox.faults.toolkit import load_curve
 from sandbox.pipeline.features import MODEL_FEATURES
 
 CAL = scenario.load(None).world.calendar()
@@ -78,13 +72,6 @@ def zero_share(frame: pl.DataFrame) -> float:
 def test_invalid_parameters_are_refused(params: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Params(**params)
-
-
-def test_load_curve_is_zero_when_quiet_and_one_at_the_peak() -> None:
-    curve = load_curve(np.arange(24))
-    assert curve.max() == 1.0 and int(np.argmax(curve)) in PEAK_HOURS
-    assert (curve[list(QUIET_HOURS)] == 0).all()
-    assert (curve[list(PEAK_HOURS)] >= 0.7).all()
 
 
 def test_busy_hours_get_the_zero_vector_at_the_deadline() -> None:

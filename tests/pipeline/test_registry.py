@@ -30,8 +30,8 @@ from sandbox.layout import WorldPaths
 from sandbox.pipeline import registry
 from sandbox.scenario import world_spec
 from sandbox.services.supervisor import MLFLOW_PREFIX, free_port, mlflow_ui
+from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
-from tests.conftest import Worlds
 from tests.waiting import until
 
 # A world with one release, one with a second encoder version, one with a retrain.

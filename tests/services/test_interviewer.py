@@ -19,7 +19,7 @@ from sandbox.layout import WorldPaths
 from sandbox.review import store as sessions
 from sandbox.review.store import SessionStore
 from sandbox.services.gateway import builder, interviewer
-from tests.conftest import Worlds
+from sandbox.testing import Worlds
 from tests.services.conftest import MakeSession, gateway_client, session_maker, world_paths
 from tests.services.running import SANDBOX
 

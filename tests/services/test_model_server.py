@@ -19,19 +19,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from sandbox import scenario
 from sandbox.clock import Calendar
 from sandbox.faults import registry as fault_registry
-from sandbox.faults import serving_default_fallback as fallback
+from sandbox.faults import toolkit
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.services import spool
 from sandbox.services.model_server import MAX_BATCH, SERVICE, create_app
 from sandbox.services.simclock import SimClock
+from sandbox.testing import Worlds, connect
 from sandbox.world.build import BuildSummary
-from tests.conftest import Worlds, connect
 
-PEAK_HOUR = int(np.argmax(fallback.LOAD))
+PEAK_HOUR = int(np.argmax(toolkit.LOAD))
 QUIET_HOUR = 10
-assert QUIET_HOUR in fallback.QUIET_HOURS
+assert QUIET_HOUR in toolkit.QUIET_HOURS
 
 
 @dataclass

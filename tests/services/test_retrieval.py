@@ -20,8 +20,8 @@ from sandbox.pipeline import registry, retrieve
 from sandbox.services import spool
 from sandbox.services.retrieval import SERVICE, create_app
 from sandbox.services.simclock import SimClock
+from sandbox.testing import Worlds, connect
 from sandbox.world.build import BuildSummary
-from tests.conftest import Worlds, connect
 
 
 def _serve(world: BuildSummary) -> Iterator[TestClient]:

@@ -13,11 +13,11 @@ import pytest
 
 from sandbox import scenario
 from sandbox.layout import IncompleteWorld, read_manifest
+from sandbox.testing import SMALL_SCALE
 from sandbox.world import population
 from sandbox.world.behaviour import WorldState
 from sandbox.world.build import BuildSummary, WorldExists, build
 from sandbox.world.libraries import SHAPING_LIBRARIES, library_versions
-from tests.conftest import SMALL_SCALE
 
 EXPECTED_TABLES = {
     "raw.customers",
@@ -106,13 +106,12 @@ def test_labels_arrive_late(faulty_db: duckdb.DuckDBPyConnection) -> None:
     assert lag[0] == 14 and 0.005 < lag[1] < 0.06
 
 
-def _build_fresh(source: str | None, seed: int | None, out: str) -> dict:
-    """A build in a worker process, with one OpenMP thread (the test session shares the cores)."""
+def _build_fresh(builtin: str, seed: int | None, out: str) -> dict:
+    """A build of a built-in scenario in a worker process, with one OpenMP thread (the test
+    session shares the cores)."""
     from threadpoolctl import threadpool_limits
 
-    spec = scenario.load(Path(source) if source else None).with_overrides(
-        seed=seed, scale=SMALL_SCALE
-    )
+    spec = scenario.builtin(builtin).with_overrides(seed=seed, scale=SMALL_SCALE)
     with threadpool_limits(limits=1, user_api="openmp"):
         return build(spec, Path(out)).manifest
 
@@ -123,7 +122,7 @@ def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     worlds (which a run on another day, in another process, may have built)."""
     out = tmp_path_factory.mktemp("rebuilt")
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        yield pool.submit(_build_fresh, None, None, str(out / "again")).result()
+        yield pool.submit(_build_fresh, "default", None, str(out / "again")).result()
 
 
 def test_same_scenario_and_seed_give_the_same_world(

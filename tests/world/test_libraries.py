@@ -7,9 +7,9 @@ import importlib.metadata
 
 import pytest
 
+from sandbox.testing import worlds
 from sandbox.world import libraries
 from sandbox.world.libraries import library_versions
-from tests import conftest
 
 
 def test_every_library_that_computes_a_world_is_read_as_installed() -> None:
@@ -30,8 +30,9 @@ def test_a_library_not_installed_is_recorded_as_missing(monkeypatch: pytest.Monk
 
 
 def test_the_test_world_key_follows_the_library_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = conftest._sources_digest()
-    assert conftest._sources_digest() == before
+    digest = worlds.sources_digest.__wrapped__  # uncached: each call reads the versions again
+    before = digest()
+    assert digest() == before
     other = {**library_versions(), "numpy": "0.0.1"}
-    monkeypatch.setattr(conftest, "library_versions", lambda: other)
-    assert conftest._sources_digest() != before
+    monkeypatch.setattr(worlds, "library_versions", lambda: other)
+    assert digest() != before

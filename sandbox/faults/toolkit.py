@@ -1,0 +1,139 @@
+"""The mechanics faults repeat, written once: the window their evidence lies in, evidence built in
+that window, numbers in a check's detail, and the evening peak that load-driven faults follow.
+
+A fault's story happens in a window of days, usually from its onset to the last day the candidate
+can see. `window` gives it, and builds the answer key's evidence in it:
+
+    w = window(calendar, self.params.onset_day)
+    evidence = [
+        w.column("raw-nulls", "raw.viewing_activity.minutes_watched", "NULL share rises"),
+        w.metric("null-metric", "feature_null_ratio", "the ratio climbs with the rollout"),
+        w.log("job-log", r"nulls_imputed", "run_finished lines report imputed NULLs"),
+        w.changelog("rollout", "player SDK 7.2 staged rollout", "the upstream change",
+                    start=w.start - dt.timedelta(days=1)),
+    ]
+
+A check's detail writes measured numbers with `fmt` ("n/a" when there is none). A check the world
+cannot decide is `Check(name=..., outcome="not measurable", detail=...)` (see `base.Check`); the
+measurements several faults' checks share are in `measure`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import polars as pl
+
+from sandbox.clock import Calendar
+from sandbox.faults.base import Evidence, EvidenceKind
+from sandbox.product import HOURLY_TRAFFIC
+
+
+class Window(NamedTuple):
+    """The days from `start` to `end` (both included) in which evidence lies. Each builder makes
+    one `Evidence` in the window; `start=` or `end=` moves a bound for that item only."""
+
+    start: dt.date
+    end: dt.date
+
+    def column(
+        self,
+        id: str,
+        ref: str,
+        description: str,
+        *,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+    ) -> Evidence:
+        """A table column, `schema.table.column`."""
+        return self._evidence(id, "table_column", ref, description, start, end)
+
+    def metric(
+        self,
+        id: str,
+        ref: str,
+        description: str,
+        *,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+    ) -> Evidence:
+        """A metric series of telemetry.metrics, by name."""
+        return self._evidence(id, "metric", ref, description, start, end)
+
+    def log(
+        self,
+        id: str,
+        pattern: str,
+        description: str,
+        *,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+    ) -> Evidence:
+        """Log lines whose attributes match a regular expression."""
+        return self._evidence(id, "log_pattern", pattern, description, start, end)
+
+    def changelog(
+        self,
+        id: str,
+        title: str,
+        description: str,
+        *,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+    ) -> Evidence:
+        """An ops.changelog entry, by its title."""
+        return self._evidence(id, "changelog", title, description, start, end)
+
+    def _evidence(
+        self,
+        id: str,
+        kind: EvidenceKind,
+        ref: str,
+        description: str,
+        start: dt.date | None,
+        end: dt.date | None,
+    ) -> Evidence:
+        return Evidence(
+            id=id,
+            kind=kind,
+            ref=ref,
+            description=description,
+            window_start=self.start if start is None else start,
+            window_end=self.end if end is None else end,
+        )
+
+
+def window(calendar: Calendar, first_day: int, last_day: int | None = None) -> Window:
+    """Production days `first_day` to `last_day` (by default the last day the candidate sees)."""
+    last = calendar.last_visible_day if last_day is None else last_day
+    return Window(calendar.date(first_day), calendar.date(last))
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    """A measured number for a check's detail, in a format spec (".3f", ".1%"); "n/a" for none."""
+    return "n/a" if value is None else format(value, spec)
+
+
+# -- the evening peak ---------------------------------------------------------------------------
+LOAD = HOURLY_TRAFFIC / HOURLY_TRAFFIC.max()  # each hour's traffic as a share of the busiest's
+LOAD_KNEE = 0.5  # below this share of peak traffic the serving path keeps up
+PEAK_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD >= 0.85))  # 19..21 with today's curve
+QUIET_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD < LOAD_KNEE))
+
+
+def load_curve(hours: np.ndarray) -> np.ndarray:
+    """Share of the peak hour's rate an hour of the day sees: 0 below the knee, 1 at peak."""
+    return np.clip((LOAD[hours] - LOAD_KNEE) / (1 - LOAD_KNEE), 0.0, 1.0)
+
+
+def expected_by_hour(
+    rows: pl.DataFrame, share: Callable[[int, np.ndarray], np.ndarray], calendar: Calendar
+) -> list[float]:
+    """The expected share of each row of (`day` date, `hour`), from `share(day, hours)`."""
+    return [
+        float(share(calendar.day_of(d), np.array([h]))[0])
+        for d, h in zip(rows["day"], rows["hour"], strict=True)
+    ]

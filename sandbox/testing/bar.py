@@ -1,0 +1,380 @@
+"""The bar every fault is held to, as plain functions.
+
+The project's catalog tests run them on every registered fault; a package that adds a fault
+through the `sandbox.faults` entry point runs them on its own. Each raises `FaultFailure` (an
+AssertionError, so pytest shows it as a failed assertion) naming the fault and what falls short.
+
+Without a world:
+- `assert_documented(cls)`: the module tells the story; id, title, difficulty, observation and
+  default parameters are there.
+- `assert_hooks_well_formed(cls)`: handlers on real hook points, with fitting signatures.
+- `assert_answer_key_complete(fault)`: root cause, propagation, fixes, probes, a reference
+  investigation of 3-6 steps, evidence dated inside the fault's window.
+
+On built worlds (a world directory, a `BuildSummary`, or a read-only DuckDB connection):
+- `assert_verifies_where_planted(fault, world)`: no check fails and the first (the symptom)
+  passes; a check the world cannot decide may be not measurable.
+- `assert_absent_without_it(fault, control)`: its first check fails in a world without it.
+- `assert_investigation_reaches_evidence(fault, world, control)`: every step finds its evidence
+  where the fault is planted; at least one finds nothing in the world without it.
+- `assert_evidence_exists(fault, world)`: the answer key points at tables and columns, metrics,
+  log patterns and changelog titles that exist.
+- `assert_nothing_names(world, names)`: nothing candidate-visible carries a telltale word or
+  the fault's id or class name (needs the world directory).
+
+`assert_meets_the_bar(fault, world, control)` runs them all and reports every shortfall at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from sandbox import scenario
+from sandbox.clock import Calendar
+from sandbox.faults.base import (
+    BadHandler,
+    Check,
+    Evidence,
+    Fault,
+    FaultParams,
+    UnknownHookPoint,
+    check_handler,
+    check_hook_point,
+)
+from sandbox.layout import WorldPaths
+from sandbox.world.build import BuildSummary
+
+World = BuildSummary | Path | str | duckdb.DuckDBPyConnection
+TELLTALE_WORDS = (r"\bfault", r"inject", r"planted", r"answer", r"sabotag", r"\bbug\b")
+MIN_STEPS, MAX_STEPS = 3, 6
+
+
+class FaultFailure(AssertionError):
+    """A fault falls short of the bar; the message names the fault and says where."""
+
+
+# -- worlds --------------------------------------------------------------------------------------
+def _root(world: World) -> Path | None:
+    if isinstance(world, BuildSummary):
+        return world.root
+    if isinstance(world, str | Path):
+        return Path(world)
+    return None
+
+
+@contextmanager
+def _connection(world: World) -> Iterator[duckdb.DuckDBPyConnection]:
+    root = _root(world)
+    if root is None:
+        assert isinstance(world, duckdb.DuckDBPyConnection)
+        yield world
+        return
+    con = duckdb.connect(str(WorldPaths(root).duckdb), read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _calendar(world: World | None, calendar: Calendar | None) -> Calendar:
+    """The calendar given, else the built world's, else the default world's (the one `planted`
+    scenarios use)."""
+    if calendar is not None:
+        return calendar
+    root = None if world is None else _root(world)
+    if root is not None:
+        return scenario.world_spec(WorldPaths(root).scenario).calendar()
+    return scenario.load(None).world.calendar()
+
+
+def _fail(fault: Fault | type[Fault], what: str) -> FaultFailure:
+    cls = fault if isinstance(fault, type) else type(fault)
+    return FaultFailure(f"{getattr(cls, 'id', None) or cls.__name__}: {what}")
+
+
+def _describe(checks: list[Check]) -> str:
+    return "\n".join(f"  [{c.outcome}] {c.name}: {c.detail}" for c in checks)
+
+
+# -- without a world -----------------------------------------------------------------------------
+def assert_documented(cls: type[Fault]) -> None:
+    """The module docstring tells the story; the class has an id (lowercase, dashes), title,
+    difficulty and observation, and parameters whose defaults validate."""
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", getattr(cls, "id", "")):
+        raise FaultFailure(f"{cls.__name__}: its id is lowercase words joined by dashes")
+    module = __import__(cls.__module__, fromlist=["__doc__"])
+    if not (module.__doc__ and len(module.__doc__) > 200):
+        raise _fail(cls, f"the docstring of {cls.__module__} should tell the fault's story")
+    for attribute in ("title", "observation"):
+        if not getattr(cls, attribute, ""):
+            raise _fail(cls, f"{attribute} is missing")
+    if getattr(cls, "difficulty", None) not in ("easy", "medium", "hard"):
+        raise _fail(cls, "difficulty is easy, medium or hard")
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, FaultParams)):
+        raise _fail(cls, "Params is a FaultParams subclass")
+    try:
+        params()
+    except ValueError as exc:
+        raise _fail(cls, f"its default parameters do not validate: {exc}") from None
+
+
+def assert_hooks_well_formed(cls: type[Fault]) -> None:
+    """Handlers declared with `@hook` on hook points that stages expose, each with a signature
+    that fits its point, and no hand-written dispatch."""
+    if not cls.hook_points:
+        raise _fail(cls, "no @hook handlers: it never acts")
+    if hasattr(cls, "apply"):
+        raise _fail(cls, "dispatches by hand (an `apply` method); declare @hook handlers")
+    for point, name in cls.handlers.items():
+        handler = getattr(cls, name, None)
+        if handler is None or getattr(handler, "__hook_point__", None) != point:
+            raise _fail(cls, f"the handler of {point!r} ({name}) is not marked @hook({point!r})")
+        try:
+            check_hook_point(point, f"{cls.__name__}.{name}")
+            check_handler(point, handler)
+        except (UnknownHookPoint, BadHandler) as exc:
+            raise _fail(cls, str(exc)) from None
+
+
+def assert_answer_key_complete(fault: Fault, calendar: Calendar | None = None) -> None:
+    """Root cause, propagation, fixes and probes (one asks for the next experiment); a reference
+    investigation of 3-6 steps, each reaching evidence of the key; evidence dated inside the
+    fault's window (ending on or after onset, starting by the last visible day)."""
+    cal = _calendar(None, calendar)
+    key = fault.key(cal)
+    if key.fault_id != fault.id or not key.title:
+        raise _fail(fault, f"the answer key names {key.fault_id!r}, titled {key.title!r}")
+    if not key.root_cause or len(key.propagation) < 3 or not key.acceptable_fixes:
+        raise _fail(fault, "the answer key needs a root cause, 3+ propagation steps and fixes")
+    if not any("experiment" in probe for probe in key.probes):
+        raise _fail(fault, "one probe asks for the next experiment")
+    ids = [e.id for e in key.evidence]
+    if not ids or len(set(ids)) != len(ids):
+        raise _fail(fault, f"evidence ids are missing or repeated: {ids}")
+    if not MIN_STEPS <= len(key.investigation) <= MAX_STEPS:
+        raise _fail(
+            fault,
+            f"the reference investigation has {len(key.investigation)} steps "
+            f"({MIN_STEPS}-{MAX_STEPS})",
+        )
+    for step in key.investigation:
+        if step.evidence not in ids:
+            raise _fail(fault, f"step {step.question!r} reaches unknown evidence {step.evidence!r}")
+    onset, last = cal.date(fault.params.onset_day), cal.date(cal.last_visible_day)
+    for e in key.evidence:
+        if not (
+            e.window_start <= e.window_end and e.window_end >= onset and e.window_start <= last
+        ):
+            raise _fail(
+                fault,
+                f"evidence {e.id!r} is dated {e.window_start}..{e.window_end}, outside the "
+                f"fault's window {onset}..{last}",
+            )
+
+
+# -- on built worlds -----------------------------------------------------------------------------
+def assert_verifies_where_planted(
+    fault: Fault, world: World, calendar: Calendar | None = None
+) -> list[Check]:
+    """Its checks on a world where it is planted: none fails and the first (the symptom) passes.
+    The others may be not measurable (too few labels matured, too few customers affected), but
+    a fault never gets through on checks that were not measurable alone."""
+    with _connection(world) as con:
+        checks = fault.verify(con, _calendar(world, calendar))
+    if not checks:
+        raise _fail(fault, "its verification has no checks")
+    if checks[0].outcome != "passed" or any(c.outcome == "failed" for c in checks):
+        raise _fail(
+            fault, f"its verification does not pass where it is planted:\n{_describe(checks)}"
+        )
+    return checks
+
+
+def assert_absent_without_it(
+    fault: Fault, control: World, calendar: Calendar | None = None
+) -> Check:
+    """Its first check (the symptom) fails in a world without the fault."""
+    with _connection(control) as con:
+        checks = fault.verify(con, _calendar(control, calendar))
+    if not checks or checks[0].outcome != "failed":
+        raise _fail(
+            fault,
+            "its first check should fail in a world without it:\n" + _describe(checks[:1]),
+        )
+    return checks[0]
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame | None:
+    try:
+        return con.sql(sql).pl()
+    except duckdb.Error:
+        return None  # a column or table that only exists when the fault is planted
+
+
+def assert_investigation_reaches_evidence(
+    fault: Fault, world: World, control: World, calendar: Calendar | None = None
+) -> None:
+    """Every step of the reference investigation finds its evidence where the fault is planted,
+    and at least one step finds nothing in the world without it (or the investigation proves
+    nothing)."""
+    cal = _calendar(world, calendar)
+    steps = fault.investigation(cal)
+    ids = {e.id for e in fault.answer_key(cal).evidence}
+    if not MIN_STEPS <= len(steps) <= MAX_STEPS:
+        raise _fail(fault, f"the investigation has {len(steps)} steps ({MIN_STEPS}-{MAX_STEPS})")
+    with _connection(world) as con:
+        for number, step in enumerate(steps, 1):
+            if step.evidence not in ids:
+                raise _fail(fault, f"step {number} reaches unknown evidence {step.evidence!r}")
+            try:
+                result = con.sql(step.sql).pl()
+            except duckdb.Error as exc:
+                raise _fail(fault, f"step {number} ({step.question!r}) fails: {exc}") from None
+            if not step.found(result):
+                raise _fail(
+                    fault,
+                    f"step {number} ({step.question!r}) does not find its evidence:\n{result}",
+                )
+    with _connection(control) as con:
+        for step in steps:
+            result = _run(con, step.sql)
+            if result is None or not step.found(result):
+                return
+    raise _fail(fault, "every step also finds its evidence in a world without it")
+
+
+def evidence_exists(con: duckdb.DuckDBPyConnection, evidence: Evidence) -> bool:
+    """Whether the table column, metric, log pattern or changelog title is in the world."""
+    if evidence.kind == "table_column":
+        schema, table, column = evidence.ref.split(".")
+        query = (
+            "SELECT count(*) FROM duckdb_columns() "
+            "WHERE schema_name = ? AND table_name = ? AND column_name = ?"
+        )
+        return con.execute(query, [schema, table, column]).fetchall()[0][0] == 1
+    if evidence.kind == "metric":
+        query = "SELECT count(*) FROM telemetry.metrics WHERE metric = ?"
+    elif evidence.kind == "changelog":
+        query = "SELECT count(*) FROM ops.changelog WHERE title = ?"
+    else:
+        re.compile(evidence.ref)
+        query = "SELECT count(*) FROM telemetry.logs WHERE regexp_matches(attrs, ?)"
+    return con.execute(query, [evidence.ref]).fetchall()[0][0] > 0
+
+
+def assert_evidence_exists(fault: Fault, world: World, calendar: Calendar | None = None) -> None:
+    """Every piece of evidence in its answer key is in a world where it is planted."""
+    key = fault.answer_key(_calendar(world, calendar))
+    with _connection(world) as con:
+        missing = [
+            f"{e.id} ({e.kind} {e.ref!r})" for e in key.evidence if not evidence_exists(con, e)
+        ]
+    if missing:
+        raise _fail(fault, f"its answer key points at evidence the world lacks: {missing}")
+
+
+def telltale(names: Iterable[str] = ()) -> re.Pattern[str]:
+    """Words that would give a planted fault away: the generic ones and `names` (fault and
+    decoy ids, class names)."""
+    return re.compile("|".join([*TELLTALE_WORDS, *map(re.escape, names)]), re.IGNORECASE)
+
+
+def candidate_texts(world: BuildSummary | Path | str) -> Iterator[tuple[str, list[str]]]:
+    """(where, texts) for everything a candidate can read in a built world: file names, table
+    and column names and descriptions, every text value in the warehouse, log lines, index
+    metadata and the model registry."""
+    root = Path(world.root if isinstance(world, BuildSummary) else world)
+    candidate = root / "candidate"
+    yield "file names", [str(p.relative_to(root)) for p in candidate.rglob("*")]
+    con = duckdb.connect(str(WorldPaths(root).duckdb), read_only=True)
+    try:
+        described = con.sql(
+            "SELECT schema_name, table_name, comment FROM duckdb_tables() WHERE NOT internal "
+            "UNION ALL SELECT schema_name, column_name, comment FROM duckdb_columns() "
+            "WHERE NOT internal"
+        ).fetchall()
+        yield "tables, columns and descriptions", [v for row in described for v in row if v]
+        columns = con.sql(
+            "SELECT schema_name || '.' || table_name, column_name FROM duckdb_columns() "
+            "WHERE data_type = 'VARCHAR' AND NOT internal AND database_name = current_database()"
+        ).fetchall()
+        if not columns:
+            raise AssertionError(f"{root}: the warehouse has no text columns to read")
+        for table, column in columns:
+            values = con.sql(f'SELECT DISTINCT "{column}" FROM {table}').fetchall()
+            yield f"{table}.{column}", [v[0] for v in values if v[0]]
+    finally:
+        con.close()
+    for path in [*(candidate / "logs").glob("*.jsonl"), *(candidate / "indexes").glob("*.json")]:
+        yield str(path.relative_to(root)), path.read_text().splitlines()
+    registry = sqlite3.connect(candidate / "mlflow" / "mlflow.db")
+    try:
+        texts: list[str] = []
+        tables = [
+            r[0] for r in registry.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        for table in tables:
+            for row in registry.execute(f'SELECT * FROM "{table}"'):
+                texts += [v for v in row if isinstance(v, str)]
+    finally:
+        registry.close()
+    if len(texts) <= 20:
+        raise AssertionError(f"{root}: the model registry holds almost no text ({len(texts)})")
+    yield "model registry", texts
+
+
+def assert_nothing_names(world: BuildSummary | Path | str, names: Iterable[str] = ()) -> None:
+    """Nothing a candidate can read carries a telltale word or one of `names`."""
+    pattern = telltale(names)
+    found = {}
+    for where, texts in candidate_texts(world):
+        hits = sorted({t for t in texts if t and pattern.search(t)})
+        if hits:
+            found[where] = hits[:3]
+    if found:
+        raise FaultFailure(
+            "candidate-visible text gives a planted fault away:\n"
+            + "\n".join(f"  {where}: {json.dumps(hits)[:300]}" for where, hits in found.items())
+        )
+
+
+def assert_meets_the_bar(
+    fault: Fault,
+    world: BuildSummary | Path | str,
+    control: World,
+    calendar: Calendar | None = None,
+) -> None:
+    """Everything above, on a built world where the fault is planted and a control world of the
+    same seed and scale without it; every shortfall is reported at once."""
+    cls = type(fault)
+    parts: list[tuple[str, Any]] = [
+        ("documented", lambda: assert_documented(cls)),
+        ("hooks", lambda: assert_hooks_well_formed(cls)),
+        ("answer key", lambda: assert_answer_key_complete(fault, _calendar(world, calendar))),
+        ("verification", lambda: assert_verifies_where_planted(fault, world, calendar)),
+        ("control", lambda: assert_absent_without_it(fault, control, calendar)),
+        (
+            "investigation",
+            lambda: assert_investigation_reaches_evidence(fault, world, control, calendar),
+        ),
+        ("evidence", lambda: assert_evidence_exists(fault, world, calendar)),
+        ("secrecy", lambda: assert_nothing_names(world, [fault.id, cls.__name__])),
+    ]
+    failures = []
+    for what, run in parts:
+        try:
+            run()
+        except FaultFailure as exc:
+            failures.append(f"{what}: {exc}")
+    if failures:
+        raise FaultFailure(f"{fault.id} falls short of the bar:\n" + "\n".join(failures))
