@@ -34,6 +34,7 @@ system-tools:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sandbox tests benchmarks
 	$(VENV)/bin/ruff format --check sandbox tests benchmarks
+	$(VENV)/bin/mypy
 
 test: $(STAMP) system-tools lint
 	$(VENV)/bin/python -m pytest
@@ -49,4 +50,4 @@ benchmark: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.hardening
 
 clean:
-	rm -rf $(VENV) worlds .pytest_cache .ruff_cache
+	rm -rf $(VENV) worlds .pytest_cache .ruff_cache .mypy_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tomllib
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Decoy, DecoyParams, Fault, FaultParams, FaultSet, HookContext
+from sandbox.faults.base import Decoy, Fault, FaultSet, HookContext
 from sandbox.pipeline.release import INITIAL_RELEASE
 
 MIN_CUSTOMERS = 500
@@ -62,23 +63,15 @@ class Brief(BaseModel):
     text: str = Field(min_length=1)
 
 
-def _fault_entry_model(cls: type[Fault]) -> type[FaultParams]:
-    return create_model(
-        f"{cls.__name__}Entry",
-        __base__=cls.Params,
-        id=(Literal[cls.id], Field(description=cls.title)),  # type: ignore[valid-type]
-    )
+# The scenario file's model is made at run time from whatever faults and decoys are registered
+# (entry points included), so its field types are values here, not annotations: `Any` to mypy.
+def _entry_model(cls: type[Fault[Any]] | type[Decoy[Any]], key: str) -> Any:
+    tag: Any = Literal[cls.id]  # type: ignore[valid-type]
+    fields: dict[str, Any] = {key: (tag, Field(description=cls.title))}
+    return create_model(f"{cls.__name__}Entry", __base__=cls.Params, **fields)
 
 
-def _decoy_entry_model(cls: type[Decoy]) -> type[DecoyParams]:
-    return create_model(
-        f"{cls.__name__}Entry",
-        __base__=cls.Params,
-        kind=(Literal[cls.id], Field(description=cls.title)),  # type: ignore[valid-type]
-    )
-
-
-def _union(entries: list[type[BaseModel]], discriminator: str) -> Any:
+def _union(entries: Sequence[Any], discriminator: str) -> Any:
     if len(entries) == 1:
         return entries[0]
     return Annotated[Union[tuple(entries)], Field(discriminator=discriminator)]  # noqa: UP007
@@ -96,22 +89,25 @@ def _registries() -> tuple[Any, Any]:
 @cache
 def scenario_model() -> type[BaseModel]:
     registry, decoy_registry = _registries()
-    faults = [_fault_entry_model(cls) for cls in registry.catalog().values()]
-    decoys = [_decoy_entry_model(cls) for cls in decoy_registry.catalog().values()]
-    return create_model(
-        "Scenario",
-        __config__=ConfigDict(extra="forbid"),
-        world=(WorldSpec, Field(default_factory=WorldSpec)),
-        brief=(Brief, ...),
-        faults=(list[_union(faults, "id")], Field(default_factory=list)),  # type: ignore[misc]
-        decoys=(list[_union(decoys, "kind")], Field(default_factory=list)),  # type: ignore[misc]
+    faults = [_entry_model(cls, "id") for cls in registry.catalog().values()]
+    decoys = [_entry_model(cls, "kind") for cls in decoy_registry.catalog().values()]
+    fields: dict[str, Any] = {
+        "world": (WorldSpec, Field(default_factory=WorldSpec)),
+        "brief": (Brief, ...),
+        "faults": (list[_union(faults, "id")], Field(default_factory=list)),  # type: ignore[misc]
+        "decoys": (list[_union(decoys, "kind")], Field(default_factory=list)),  # type: ignore[misc]
+    }
+    model: type[BaseModel] = create_model(
+        "Scenario", __config__=ConfigDict(extra="forbid"), **fields
     )
+    return model
 
 
 class Scenario:
     """A validated scenario: the world spec, the brief, and the fault instances."""
 
     def __init__(self, raw: dict[str, Any], source: str, text: str = "") -> None:
+        model: Any  # the run-time model's instance (see `_entry_model`)
         try:
             model = scenario_model().model_validate(raw)
         except ValidationError as exc:

@@ -27,12 +27,9 @@ class Params(DecoyParams):
     rollout_days: int = Field(5, ge=1, le=14, description="Days until every customer has it.")
 
 
-class AppRollout(Decoy):
+class AppRollout(Decoy[Params]):
     id: ClassVar[str] = "app-rollout"
     title: ClassVar[str] = "Benign app-version rollout"
-    Params: ClassVar[type[DecoyParams]] = Params
-
-    params: Params
 
     def _share(self, day: int) -> float:
         if day < self.params.day:

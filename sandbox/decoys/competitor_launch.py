@@ -34,12 +34,9 @@ class Params(DecoyParams):
     )
 
 
-class CompetitorLaunch(Decoy):
+class CompetitorLaunch(Decoy[Params]):
     id: ClassVar[str] = "competitor-launch"
     title: ClassVar[str] = "Genuine drift: a competitor launches in one region"
-    Params: ClassVar[type[DecoyParams]] = Params
-
-    params: Params
 
     def _title(self) -> str:
         return f"market: competitor launches a low-price plan in {self.params.region.upper()}"

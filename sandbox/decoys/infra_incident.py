@@ -27,12 +27,9 @@ class Params(DecoyParams):
     minutes: int = Field(45, ge=15, le=180, description="How long until it is mitigated.")
 
 
-class InfraIncident(Decoy):
+class InfraIncident(Decoy[Params]):
     id: ClassVar[str] = "infra-incident"
     title: ClassVar[str] = "Unrelated infrastructure incident that recovered"
-    Params: ClassVar[type[DecoyParams]] = Params
-
-    params: Params
 
     def _window(self, calendar: Calendar) -> tuple[dt.datetime, dt.datetime]:
         start = calendar.at(self.params.day, self.params.hour)

@@ -25,12 +25,9 @@ class Params(DecoyParams):
     )
 
 
-class MarketingCampaign(Decoy):
+class MarketingCampaign(Decoy[Params]):
     id: ClassVar[str] = "marketing-campaign"
     title: ClassVar[str] = "Marketing campaign traffic spike"
-    Params: ClassVar[type[DecoyParams]] = Params
-
-    params: Params
 
     def _active(self, day: int) -> bool:
         return self.params.day <= day < self.params.day + self.params.days

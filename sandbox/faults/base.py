@@ -12,14 +12,15 @@ import dataclasses
 import datetime as dt
 import difflib
 import inspect
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import duckdb
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from sandbox.clock import Calendar
 from sandbox.faults.context import NO_DATA, HookContext, WorldData
@@ -122,15 +123,19 @@ class Check(BaseModel):
     outcome: Outcome
     detail: str
 
-    @model_validator(mode="before")
-    @classmethod
-    def _outcome_from_passed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "passed" in data:
-            data = dict(data)
-            passed = data.pop("passed")
-            if "outcome" not in data:
-                data["outcome"] = "passed" if passed else "failed"
-        return data
+    def __init__(
+        self,
+        *,
+        name: str,
+        detail: str,
+        passed: bool | None = None,
+        outcome: Outcome | None = None,
+    ) -> None:
+        if outcome is None:
+            if passed is None:
+                raise TypeError(f"check {name!r}: say whether it passed, or give its outcome")
+            outcome = "passed" if passed else "failed"
+        super().__init__(name=name, outcome=outcome, detail=detail)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -200,11 +205,18 @@ def check_handler(point: str, handler: Callable[..., Any]) -> None:
 class Planted(ABC):
     """What faults and decoys share: handlers found by `@hook`, one per hook point."""
 
+    Params: ClassVar[type[BaseModel]]  # from the class's type argument: Fault[Params]
     handlers: ClassVar[dict[str, str]] = {}  # hook point -> method name
     hook_points: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        # `class X(Fault[Params])` names the parameters once: X.Params is that class.
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            origin, args = typing.get_origin(base), typing.get_args(base)
+            planted = isinstance(origin, type) and issubclass(origin, Planted)
+            if planted and args and isinstance(args[0], type):
+                cls.Params = args[0]
         if "hook_points" in cls.__dict__:
             raise BadHandler(
                 f"{cls.__name__}: hook points come from @hook handlers, not a hook_points list"
@@ -236,14 +248,19 @@ class Planted(ABC):
         """Measure that it happened in a built world (read-only connection to its DuckDB)."""
 
 
-class Fault(Planted):
+P = TypeVar("P", bound="FaultParams")
+
+
+class Fault(Planted, Generic[P]):
+    """A planted fault; `Fault[Params]` types `self.params` as the fault's own parameters."""
+
     id: ClassVar[str]
     title: ClassVar[str]
     difficulty: ClassVar[Literal["easy", "medium", "hard"]]
     observation: ClassVar[str]  # what the candidate will see, in one line
     Params: ClassVar[type[FaultParams]]
 
-    def __init__(self, params: FaultParams) -> None:
+    def __init__(self, params: P) -> None:
         self.params = params
 
     @property
@@ -285,7 +302,10 @@ class DecoyNote(BaseModel):
     evidence: list[Evidence]
 
 
-class Decoy(Planted):
+D = TypeVar("D", bound="DecoyParams")
+
+
+class Decoy(Planted, Generic[D]):
     """A harmless change in the same window as the faults: ordinary production life that a
     candidate may chase. It hooks stages exactly as a fault does, but has no root cause."""
 
@@ -293,7 +313,7 @@ class Decoy(Planted):
     title: ClassVar[str]
     Params: ClassVar[type[DecoyParams]]
 
-    def __init__(self, params: DecoyParams) -> None:
+    def __init__(self, params: D) -> None:
         self.params = params
 
     @abstractmethod

@@ -31,7 +31,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import visible_end
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.rng import stable_unit
 
 RETRY_MINUTES = (2.0, 45.0)  # how much later the provider's retry lands
@@ -50,7 +50,7 @@ class Params(FaultParams):
     )
 
 
-class DuplicateBillingEvents(Fault):
+class DuplicateBillingEvents(Fault[Params]):
     id: ClassVar[str] = "duplicate-billing-events"
     title: ClassVar[str] = (
         "Webhook retries deliver billing events twice; failures are counted twice"
@@ -60,9 +60,6 @@ class DuplicateBillingEvents(Fault):
         "More customers are flagged for retention and precision falls; payment failures in the "
         "feature store rise although the payment provider reports no incident."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     def duplicated(self, event_ids: np.ndarray, day: int) -> np.ndarray:
         share = self.params.duplicate_share * self.params.intensity(day)
@@ -78,7 +75,8 @@ class DuplicateBillingEvents(Fault):
         g = rng.stream(ctx.seed, self.id, ctx.day)
         delay_us = (g.uniform(*RETRY_MINUTES, int(twice.sum())) * 60_000_000).astype(np.int64)
         retries = events.filter(pl.Series(twice)).with_columns(
-            pl.col("ingested_at") + pl.duration(microseconds=pl.Series(delay_us))
+            # Polars takes a Series here (one duration per row); its stubs name only scalars.
+            pl.col("ingested_at") + pl.duration(microseconds=pl.Series(delay_us))  # type: ignore[arg-type]
         )
         return pl.concat([events, retries]).sort("event_id", "ingested_at")
 
@@ -191,7 +189,7 @@ class DuplicateBillingEvents(Fault):
                     FROM raw.billing_events GROUP BY 1 ORDER BY 1""",
                 evidence="duplicate-events",
                 finding="from onset, a growing share of rows repeat an event_id",
-                found=lambda f: f.height > 0 and f["extra_share"].max() >= 0.4 * share,
+                found=lambda f: f.height > 0 and num(f["extra_share"].max()) >= 0.4 * share,
             ),
             Step(
                 question="What do the repeated events look like?",

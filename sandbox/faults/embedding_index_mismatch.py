@@ -29,7 +29,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import visible_end
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline import retrieve
 
 TOP1_DROP = 0.10  # the top-1 similarity falls by at least this much (it falls by ~0.2)
@@ -67,7 +67,7 @@ class Params(FaultParams):
         return v
 
 
-class EmbeddingIndexMismatch(Fault):
+class EmbeddingIndexMismatch(Fault[Params]):
     id: ClassVar[str] = "embedding-index-mismatch"
     title: ClassVar[str] = "Ticket encoder upgraded while the article index still holds old vectors"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
@@ -75,11 +75,8 @@ class EmbeddingIndexMismatch(Fault):
         "Support-article suggestions stop being clicked and more tickets go unresolved, then churn "
         "creeps up; the retrieval service reports no errors and the churn model looks unchanged."
     )
-    Params: ClassVar[type[FaultParams]] = Params
 
-    params: Params
-
-    def __init__(self, params: FaultParams) -> None:
+    def __init__(self, params: Params) -> None:
         super().__init__(params)
         self._encoders: dict[int, retrieve.Encoder] = {}  # seed -> the upgraded encoder
 
@@ -241,7 +238,9 @@ class EmbeddingIndexMismatch(Fault):
                     FROM retrieval.search_log GROUP BY 1 ORDER BY 1""",
                 evidence="clicks",
                 finding="click-through and top-1 similarity step down from the onset week",
-                found=lambda f: f["click_through"].max() >= 0.9 and f["click_through"].min() <= 0.6,
+                found=lambda f: (
+                    num(f["click_through"].max()) >= 0.9 and num(f["click_through"].min()) <= 0.6
+                ),
             ),
             Step(
                 question="Which encoder served the queries, against which index?",
@@ -271,7 +270,8 @@ class EmbeddingIndexMismatch(Fault):
                 evidence="unresolved",
                 finding="the unresolved share jumps from ~1% to over 40%",
                 found=lambda f: (
-                    f["unresolved_share"].min() <= 0.05 and f["unresolved_share"].max() >= 0.2
+                    num(f["unresolved_share"].min()) <= 0.05
+                    and num(f["unresolved_share"].max()) >= 0.2
                 ),
             ),
             Step(

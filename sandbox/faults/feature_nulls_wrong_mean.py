@@ -27,7 +27,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import score_over_churn
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
 from sandbox.rng import stable_unit
 
@@ -61,7 +61,7 @@ class Params(FaultParams):
         return v
 
 
-class FeatureNullsWrongMean(Fault):
+class FeatureNullsWrongMean(Fault[Params]):
     id: ClassVar[str] = "feature-nulls-wrong-mean"
     title: ClassVar[str] = "Feature goes 40% null and is imputed with a wrong mean"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
@@ -69,9 +69,6 @@ class FeatureNullsWrongMean(Fault):
         "Production AUC and retention precision slide while holdout metrics, NULL counts in the "
         "feature store and the serving error rate all look normal."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     @property
     def source_column(self) -> str:
@@ -227,8 +224,8 @@ class FeatureNullsWrongMean(Fault):
                 evidence="raw-nulls",
                 finding=f"the NULL share of {column} climbs from ~1% to the rollout share",
                 found=lambda f: (
-                    f["null_share"].max() >= 0.5 * self.params.null_share
-                    and f["null_share"].min() <= 0.03
+                    num(f["null_share"].max()) >= 0.5 * self.params.null_share
+                    and num(f["null_share"].min()) <= 0.03
                 ),
             ),
             Step(
@@ -255,7 +252,7 @@ class FeatureNullsWrongMean(Fault):
                     FROM serving.predictions WHERE source = 'batch' GROUP BY 1 ORDER BY 1""",
                 evidence="imputed-spike",
                 finding="a large share of scored customers hold the identical fill value",
-                found=lambda f: f["share_at_fill"].max() >= 0.5 * self.params.null_share,
+                found=lambda f: num(f["share_at_fill"].max()) >= 0.5 * self.params.null_share,
             ),
             Step(
                 question="Are the customers who were served the fill value scored too low?",

@@ -50,7 +50,7 @@ class Params(FaultParams):
     )
 
 
-class LabelLeakage(Fault):
+class LabelLeakage(Fault[Params]):
     id: ClassVar[str] = "label-leakage"
     title: ClassVar[str] = "Label leakage through a near-duplicate feature"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
@@ -58,9 +58,6 @@ class LabelLeakage(Fault):
         "A new model version with a superb holdout AUC ships; production precision and AUC fall "
         "while the flagged share stays normal."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     def _visits(self, seed: int, day: int, n: int, looked: np.ndarray) -> pl.Series:
         g = rng.stream(seed, "web-analytics-cancel-page", day)

@@ -32,7 +32,7 @@ from sandbox.faults.base import (
     Step,
     hook,
 )
-from sandbox.faults.toolkit import PEAK_HOURS, expected_by_hour, load_curve, window
+from sandbox.faults.toolkit import PEAK_HOURS, expected_by_hour, load_curve, num, window
 from sandbox.monitor.alerts import RULES
 
 SERVICE = "model-server"
@@ -77,7 +77,7 @@ class Params(FaultParams):
         return v
 
 
-class MetricSeriesDropped(Fault):
+class MetricSeriesDropped(Fault[Params]):
     id: ClassVar[str] = "metric-series-dropped"
     title: ClassVar[str] = "Errors at peak while the error-ratio series is no longer exported"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
@@ -85,9 +85,6 @@ class MetricSeriesDropped(Fault):
         "A large share of evening requests fail in the predictions log and request logs, yet "
         "the critical model-server error alert never fires and its series has no data."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     def deploy_time(self, calendar: Calendar) -> dt.datetime:
         return calendar.at(self.params.onset_day, DEPLOY_HOUR)
@@ -263,7 +260,7 @@ class MetricSeriesDropped(Fault):
                 finding=f"evening hours fail far above the {ALERT.above:.0%} alert threshold, "
                 "each failure after ~2 s",
                 found=lambda f: (
-                    f.height > 0 and f["error_share"].max() >= max(0.25 * expected, 0.02)
+                    f.height > 0 and num(f["error_share"].max()) >= max(0.25 * expected, 0.02)
                 ),
             ),
             Step(
@@ -326,7 +323,7 @@ class MetricSeriesDropped(Fault):
                 finding="503 lines appear every day after the deploy, a few per day before",
                 found=lambda f: (
                     f.height > 0
-                    and (f["failed"] / f["requests"]).max() >= max(0.05 * expected, 0.01)
+                    and num((f["failed"] / f["requests"]).max()) >= max(0.05 * expected, 0.01)
                 ),
             ),
             Step(
@@ -428,7 +425,7 @@ class MetricSeriesDropped(Fault):
         ).fetchall()[0][0]
         # Too weak a failure share to breach the threshold twice in a row is possible only at
         # the smallest severities with a late onset and a long ramp.
-        breachable = want >= 2 * ALERT.above
+        breachable = ALERT.above is not None and want >= 2 * ALERT.above
         checks.append(
             Check(
                 name=f"{ALERT.name} stays silent although the requests breach its rule",

@@ -31,7 +31,7 @@ from sandbox.faults.base import (
     Step,
     hook,
 )
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.rng import stable_unit
 
@@ -96,7 +96,7 @@ class Params(FaultParams):
         return self.rollout_share * self.intensity(day)
 
 
-class OnlineOfflineSkew(Fault):
+class OnlineOfflineSkew(Fault[Params]):
     id: ClassVar[str] = "online-offline-skew"
     title: ClassVar[str] = "Online store computes a feature differently from the training data"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
@@ -104,9 +104,6 @@ class OnlineOfflineSkew(Fault):
         "The model's scores and flagged list shift after a platform migration while the feature "
         "store, the training data and the model's holdout metrics all look unchanged."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     @property
     def definition(self) -> StreamingDefinition:
@@ -279,7 +276,7 @@ class OnlineOfflineSkew(Fault):
                 evidence="served-vs-offline",
                 finding=f"served {feature} stops matching the offline value for a growing share "
                 "of customers from the migration on; the other features still match",
-                found=lambda f: f[f"{feature}_mismatch"].max() >= MIN_MISMATCH,
+                found=lambda f: num(f[f"{feature}_mismatch"].max()) >= MIN_MISMATCH,
             ),
             Step(
                 question="Does the online store itself disagree with the offline store?",

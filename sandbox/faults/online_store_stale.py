@@ -30,7 +30,7 @@ from sandbox.faults.base import (
     Step,
     hook,
 )
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES, feature_timestamp
 from sandbox.rng import stable_unit
@@ -54,7 +54,7 @@ class Params(FaultParams):
     )
 
 
-class OnlineStoreStale(Fault):
+class OnlineStoreStale(Fault[Params]):
     id: ClassVar[str] = "online-store-stale"
     title: ClassVar[str] = "Online store silently stops refreshing and serves frozen features"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
@@ -62,9 +62,6 @@ class OnlineStoreStale(Fault):
         "Churn rises while the flagged list, the score distribution and every materialization "
         "run look normal and successful."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     def stalled(self, customer_id: pl.Series) -> pl.Series:
         return pl.Series(stable_unit(customer_id.to_numpy(), self.id) < self.params.affected_share)
@@ -267,7 +264,7 @@ class OnlineStoreStale(Fault):
                 evidence="served-vs-offline",
                 finding="from the stall on, a fixed share of scored customers carries features "
                 "older than the offline store's latest row",
-                found=lambda f: f["stale_share"].max() >= 0.5 * share,
+                found=lambda f: num(f["stale_share"].max()) >= 0.5 * share,
             ),
             Step(
                 question="Does every customer who appears in the feature store get scored?",
@@ -288,7 +285,7 @@ class OnlineStoreStale(Fault):
                 finding="a share of the customers who signed up after the stall have feature rows "
                 "but were never scored",
                 found=lambda f: (
-                    f.filter(pl.col("new_customers") >= 5)["never_scored"].max() >= 0.5 * share
+                    num(f.filter(pl.col("new_customers") >= 5)["never_scored"].max()) >= 0.5 * share
                 ),
             ),
         ]

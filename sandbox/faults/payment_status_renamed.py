@@ -28,7 +28,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import visible_end
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.rng import stable_unit
 
 NEW_STATUS = "declined"
@@ -55,7 +55,7 @@ class Params(FaultParams):
     )
 
 
-class PaymentStatusRenamed(Fault):
+class PaymentStatusRenamed(Fault[Params]):
     id: ClassVar[str] = "payment-status-renamed"
     title: ClassVar[str] = "Provider API migration renames failed charges to 'declined'"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
@@ -63,9 +63,6 @@ class PaymentStatusRenamed(Fault):
         "Payment failures in the feature store fall to almost nothing for one payment method "
         "while billing tickets and cancellations carry on; nothing errors and no alert fires."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     def migrated(self, customer_ids: np.ndarray, methods: np.ndarray, day: int) -> np.ndarray:
         """Whose charges go through the new API on `day`: a stable, growing share of the method."""
@@ -464,12 +461,12 @@ def _collapsed(frame: pl.DataFrame) -> bool:
     """The failed share drops far below its usual level while the unsuccessful share holds."""
     if frame.height < 3:
         return False
-    usual = frame["failed_share"].median()
+    usual = num(frame["failed_share"].median())
     low = frame.sort("failed_share").row(0, named=True)
     return bool(
         usual
         and low["failed_share"] <= 0.4 * usual
-        and low["unsuccessful_share"] >= 0.5 * frame["unsuccessful_share"].median()
+        and low["unsuccessful_share"] >= 0.5 * num(frame["unsuccessful_share"].median())
     )
 
 
@@ -479,8 +476,8 @@ def _uncounted(frame: pl.DataFrame) -> bool:
     return bool(
         renamed.height
         and failed.height
-        and renamed["payment_failures_30d"].max() <= 0.5
-        and failed["payment_failures_30d"].min() >= 0.9
+        and num(renamed["payment_failures_30d"].max()) <= 0.5
+        and num(failed["payment_failures_30d"].min()) >= 0.9
     )
 
 

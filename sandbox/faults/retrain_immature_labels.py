@@ -26,7 +26,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import only_version, quality_around, versions_around
-from sandbox.faults.toolkit import window
+from sandbox.faults.toolkit import num, window
 from sandbox.pipeline.release import TRAINING_SNAPSHOTS, Release
 
 TRAINING_TABLE = "training.churn_training_set"
@@ -45,7 +45,7 @@ class Params(FaultParams):
     )
 
 
-class RetrainImmatureLabels(Fault):
+class RetrainImmatureLabels(Fault[Params]):
     id: ClassVar[str] = "retrain-immature-labels"
     title: ClassVar[str] = "Retraining on labels that have not matured"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
@@ -53,9 +53,6 @@ class RetrainImmatureLabels(Fault):
         "After a routine retrain, scores drop across the board and production quality slips; "
         "the new run's holdout metrics look ordinary."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     def score_days(self) -> tuple[int, ...]:
         newest = self.params.onset_day - 1 - self.params.newest_label_age_days
@@ -189,7 +186,7 @@ class RetrainImmatureLabels(Fault):
                 evidence="immature-training-labels",
                 finding="labels of the new training set became available after its newest "
                 "score date, i.e. after training",
-                found=lambda f: f["share_labels_after_release"].max() >= 0.5,
+                found=lambda f: num(f["share_labels_after_release"].max()) >= 0.5,
             ),
         ]
 

@@ -32,7 +32,7 @@ from sandbox.faults.base import (
     Step,
     hook,
 )
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 
 SOURCE = "raw.viewing_activity.minutes_watched"
@@ -81,7 +81,7 @@ class Params(FaultParams):
         return self
 
 
-class RollingDriftReference(Fault):
+class RollingDriftReference(Fault[Params]):
     id: ClassVar[str] = "rolling-drift-reference"
     title: ClassVar[str] = "Drift reference switched to a trailing window hides a slow creep"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
@@ -89,9 +89,6 @@ class RollingDriftReference(Fault):
         "More customers are flagged for retention every week and watch time keeps falling, yet "
         "the drift monitor's daily rows flag no feature."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     # -- the creep ------------------------------------------------------------------------------
     def factor(self, day: int) -> float:
@@ -344,7 +341,7 @@ class RollingDriftReference(Fault):
                 "reference would have flagged it",
                 found=lambda f: (
                     f.height == len(CREPT)
-                    and f["shift_in_training_sd"].max()
+                    and num(f["shift_in_training_sd"].max())
                     >= 0.5 * self._expected_normed_shift(calendar, f) - 0.02
                 ),
             ),

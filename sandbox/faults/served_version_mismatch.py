@@ -71,7 +71,7 @@ class Params(FaultParams):
     )
     ramp_days: int = Field(0, ge=0, le=0, description="A model load is a step change.")
     dropped_groups: list[FeatureGroup] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["watch_time"],
+        default_factory=lambda: ["watch_time"],  # type: ignore[arg-type]
         min_length=1,
         description="Feature groups the ablation was trained without; must include watch_time "
         "(the only group the model cannot do without: production AUC falls from ~0.75 to ~0.66); "
@@ -96,7 +96,7 @@ class Params(FaultParams):
         return v
 
 
-class ServedVersionMismatch(Fault):
+class ServedVersionMismatch(Fault[Params]):
     id: ClassVar[str] = "served-version-mismatch"
     title: ClassVar[str] = "Servers load the newest registered model, not the champion"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
@@ -104,9 +104,6 @@ class ServedVersionMismatch(Fault):
         "Production AUC and retention precision drop from one day to the next while the registry "
         "shows the same champion, the flagged share stays near 10% and nothing errors."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     @property
     def dropped(self) -> tuple[str, ...]:

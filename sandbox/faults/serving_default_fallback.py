@@ -41,6 +41,7 @@ from sandbox.faults.toolkit import (
     expected_by_hour,
     fmt,
     load_curve,
+    num,
     window,
 )
 from sandbox.pipeline.features import MODEL_FEATURES
@@ -76,7 +77,7 @@ class Params(FaultParams):
     )
 
 
-class ServingDefaultFallback(Fault):
+class ServingDefaultFallback(Fault[Params]):
     id: ClassVar[str] = "serving-default-fallback"
     title: ClassVar[str] = "Model server scores a zero feature vector at peak after a deadline cut"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
@@ -84,9 +85,6 @@ class ServingDefaultFallback(Fault):
         "Evening online scores disagree with the same customers' morning batch scores, while "
         "error rates, alerts and the batch retention list all look normal."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     def miss_share(self, day: int, hours: np.ndarray) -> np.ndarray:
         """Expected share of online requests scored on zeros, by (day, hour of day)."""
@@ -242,7 +240,7 @@ class ServingDefaultFallback(Fault):
                 "(monthly_price 0 is impossible); at quiet hours none do",
                 found=lambda f: (
                     f.height > 0
-                    and f["share_all_zero"].max() >= 0.25 * expected
+                    and num(f["share_all_zero"].max()) >= 0.25 * expected
                     and f.filter(pl.col("hour").is_in(QUIET_HOURS))["share_all_zero"].sum() == 0
                 ),
             ),
@@ -261,7 +259,7 @@ class ServingDefaultFallback(Fault):
                 evidence="online-vs-batch",
                 finding="after 04:00 both read the same online store, so scores should match; "
                 "at peak many differ, at quiet hours none",
-                found=lambda f: f.height > 0 and f["share_differs"].max() >= 0.25 * expected,
+                found=lambda f: f.height > 0 and num(f["share_differs"].max()) >= 0.25 * expected,
             ),
             Step(
                 question="How long did the all-zero requests take, compared with the rest?",

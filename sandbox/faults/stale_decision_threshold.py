@@ -32,7 +32,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import versions_around
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline.release import Release, Rollout
 from sandbox.pipeline.train import FLAGGED_SHARE
 
@@ -78,7 +78,7 @@ class Params(FaultParams):
         return v
 
 
-class StaleDecisionThreshold(Fault):
+class StaleDecisionThreshold(Fault[Params]):
     id: ClassVar[str] = "stale-decision-threshold"
     title: ClassVar[str] = "Retrained model served with the previous model's decision threshold"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
@@ -86,9 +86,6 @@ class StaleDecisionThreshold(Fault):
         "After a routine retrain the retention list is a fraction (or a multiple) of its usual "
         "length, while the new run's holdout metrics look as good as ever and no alert fires."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     @property
     def fewer(self) -> bool:
@@ -251,7 +248,7 @@ class StaleDecisionThreshold(Fault):
                 finding="the flagged share leaves ~10% the day a new version arrives",
                 found=lambda f: (
                     f["model_version"].n_unique() >= 2
-                    and f["flagged_share"].max() - f["flagged_share"].min() >= MIN_SHIFT
+                    and num(f["flagged_share"].max()) - num(f["flagged_share"].min()) >= MIN_SHIFT
                 ),
             ),
             Step(

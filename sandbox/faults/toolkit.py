@@ -117,6 +117,16 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def num(value: object) -> float:
+    """An aggregate of a query's result (a column's max, a row's value) as a float: Polars types
+    them as any Python value. None (an empty column, a NULL) is NaN, which compares false."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, int | float):
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
+
+
 # -- the evening peak ---------------------------------------------------------------------------
 LOAD = HOURLY_TRAFFIC / HOURLY_TRAFFIC.max()  # each hour's traffic as a share of the busiest's
 LOAD_KNEE = 0.5  # below this share of peak traffic the serving path keeps up

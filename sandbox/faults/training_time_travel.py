@@ -28,7 +28,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import only_version, quality_around, quality_check, versions_around
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import TRAINING_HOUR, Release
@@ -52,7 +52,7 @@ class Params(FaultParams):
     )
 
 
-class TrainingTimeTravel(Fault):
+class TrainingTimeTravel(Fault[Params]):
     id: ClassVar[str] = "training-time-travel"
     title: ClassVar[str] = "Time travel in the training set build"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
@@ -60,9 +60,6 @@ class TrainingTimeTravel(Fault):
         "A retrained version with better holdout metrics than ever serves worse than the model it "
         "replaced; nothing in the feature store or the services looks wrong."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     @hook("train.releases")
     def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
@@ -188,7 +185,7 @@ class TrainingTimeTravel(Fault):
                 evidence="future-features",
                 finding="the new version's training rows carry features from after their "
                 "score time, by weeks",
-                found=lambda f: f["share_from_future"].max() >= 0.9,
+                found=lambda f: num(f["share_from_future"].max()) >= 0.9,
             ),
             Step(
                 question="Which training rows have no feature values at all?",
@@ -200,7 +197,7 @@ class TrainingTimeTravel(Fault):
                 finding="in the new training set nearly every churner, and almost nobody else, "
                 "has no features",
                 found=lambda f: (
-                    f.filter(pl.col("churned") == 1)["share_without_features"].max() >= 0.5
+                    num(f.filter(pl.col("churned") == 1)["share_without_features"].max()) >= 0.5
                 ),
             ),
             Step(

@@ -30,7 +30,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import score_over_churn, visible_end
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import fmt, num, window
 from sandbox.product import APP_RELEASES
 from sandbox.rng import stable_unit
 
@@ -65,7 +65,7 @@ def release_version(onset_day: int) -> str:
     return f"{major}.{minor}.{patch + 1}"
 
 
-class UpstreamUnitChange(Fault):
+class UpstreamUnitChange(Fault[Params]):
     id: ClassVar[str] = "upstream-unit-change"
     title: ClassVar[str] = "One device's new app release reports watch time in seconds"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
@@ -73,9 +73,6 @@ class UpstreamUnitChange(Fault):
         "Churn rises among one device's customers while the model flags fewer of them; the "
         "watch-time feature means jump, but nothing errors and the holdout metrics look fine."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     @property
     def version(self) -> str:
@@ -226,8 +223,8 @@ class UpstreamUnitChange(Fault):
                 "of every other device and version",
                 found=lambda f: (
                     f.height > 0
-                    and f["minutes_per_session"].max()
-                    >= 0.4 * mult * f["minutes_per_session"].median()
+                    and num(f["minutes_per_session"].max())
+                    >= 0.4 * mult * num(f["minutes_per_session"].median())
                 ),
             ),
             Step(
@@ -454,4 +451,4 @@ def _device_jump(frame: pl.DataFrame, device: str) -> float:
     if not rows.height:
         return 0.0
     column = rows["minutes_per_session_28d"]
-    return float(column.max() / column.min()) if column.min() else float("inf")
+    return float(num(column.max()) / num(column.min())) if num(column.min()) else float("inf")

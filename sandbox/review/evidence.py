@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from typing import Any
 
-Shown = list[tuple[str | None, str]]
+Shown = Sequence[tuple[str | None, str]]  # (table, column) pairs a page displayed
 QUERY_KINDS = {"sql", "panel"}
 
 

@@ -113,8 +113,12 @@ def _text(ts: dt.datetime | None) -> str | None:
     return ts.isoformat(timespec="microseconds") if ts is not None else None
 
 
-def _time(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text) if text is not None else None
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def _maybe_time(text: str | None) -> dt.datetime | None:
+    return _time(text) if text is not None else None
 
 
 @dataclass(frozen=True)
@@ -349,7 +353,7 @@ class SessionStore:
         (last,) = self.con.execute(
             "SELECT max(ts) FROM events WHERE session_id = ? AND kind = 'away'", (session_id,)
         ).fetchone()
-        since = _time(last) or self._started.get(session_id) or now
+        since = _maybe_time(last) or self._started.get(session_id) or now
         possible = (now - since).total_seconds() + AWAY_SLACK_S
         if not isinstance(seconds, int | float) or seconds > possible:
             raise ImplausibleEvent(
@@ -427,6 +431,7 @@ class SessionStore:
             if submitted:
                 raise DiagnosisClosed("the diagnosis was submitted; it can no longer change")
             if previous is not None and json.loads(previous) == fields and not submit:
+                assert ts is not None  # a saved version has its time
                 return Diagnosis(version, _time(ts), fields, False), False
             # A version the history has no room to record is not saved either: the review shows
             # every version with the event that saved it.

@@ -42,7 +42,7 @@ class Params(FaultParams):
     )
 
 
-class BillingUnitChange(Fault):
+class BillingUnitChange(Fault[Params]):
     id: ClassVar[str] = "billing-unit-change"
     title: ClassVar[str] = "Payment amounts arrive in cents for one payment method"
     difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
@@ -50,9 +50,6 @@ class BillingUnitChange(Fault):
         "Revenue from one payment method jumps a hundredfold overnight while charges, failures "
         "and customers look the same."
     )
-    Params: ClassVar[type[FaultParams]] = Params
-
-    params: Params
 
     @hook("ingest.billing")
     def amounts_in_cents(self, events: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
