@@ -34,6 +34,7 @@ from sandbox.faults.base import (
 from sandbox.faults.measure import batch_quality, has_column, served_versions
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import Release
+from sandbox.schema import Column
 
 LEAK_FEATURE = "cancel_page_visits_14d"
 BROWSING_RATE = 0.05  # share of customers who look at the cancellation page in any 14 days
@@ -59,6 +60,12 @@ class LabelLeakage(Fault):
         "while the flagged share stays normal."
     )
     Params: ClassVar[type[FaultParams]] = Params
+    # The new release's training rows carry the feature; the served rows keep the store's.
+    adds_columns: ClassVar[dict[str, tuple[Column, ...]]] = {
+        TRAINING_TABLE: (
+            Column(LEAK_FEATURE, "DOUBLE", "Cancellation-page visits in the last 14 days."),
+        )
+    }
 
     params: Params
 

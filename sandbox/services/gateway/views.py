@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sandbox.monitor.metrics import METRIC_COMPLETE
+from sandbox.schema import METRIC_COMPLETE
 
 NOW = "getvariable('sim_now')"
 LIVE_START = "getvariable('live_start')"
