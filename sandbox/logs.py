@@ -8,14 +8,9 @@ from typing import Any
 
 import polars as pl
 
-LOG_SCHEMA = {
-    "ts": pl.Datetime("us"),
-    "service": pl.Utf8,
-    "level": pl.Utf8,
-    "event": pl.Utf8,
-    "message": pl.Utf8,
-    "attrs": pl.Utf8,
-}
+from sandbox import schema
+
+LOG_SCHEMA = schema.polars_schema("telemetry.logs")
 
 
 class LogSink:

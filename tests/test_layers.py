@@ -4,9 +4,10 @@ below it, never from a layer above.
 The layers, lowest first (a module belongs to the longest entry that names it or its package):
 
 - foundation: the clock, keyed random streams, log rows, where things live in a world directory
-  (`layout`) and the facts of the streaming product every layer shares (`product`: devices,
-  regions, app releases, the daily traffic curve, the help-center corpus). They know nothing of
-  how a world is simulated, served or judged, so anything may use them.
+  (`layout`), the facts of the streaming product every layer shares (`product`: devices,
+  regions, app releases, the daily traffic curve, the help-center corpus) and the data model
+  (`schema`: every candidate table's columns, types, descriptions, reveal rule and live writers).
+  They know nothing of how a world is simulated, served or judged, so anything may use them.
 - hooks: the hook points and the machinery faults and decoys plug into (`FaultSet`,
   `HookContext`, the `Fault` and `Decoy` base classes). The pipeline's stages call
   `FaultSet.apply` at their hook points without knowing any fault, so this sits below them.
@@ -58,6 +59,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sandbox.logs",
             "sandbox.layout",
             "sandbox.product",
+            "sandbox.schema",
         ),
     ),
     ("hooks", ("sandbox.faults.base", "sandbox.faults.context", "sandbox.faults.hooks")),

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from sandbox.clock import Calendar
 from sandbox.faults.context import NO_DATA, HookContext, WorldData
 from sandbox.faults.hooks import HOOK_POINTS, same_type
+from sandbox.schema import Column
 
 __all__ = ["HookContext", "WorldData"]
 
@@ -208,6 +209,10 @@ class Planted(ABC):
     Params: ClassVar[type[BaseModel]]  # from the class's type argument: Fault[Params]
     handlers: ClassVar[dict[str, str]] = {}  # hook point -> method name
     hook_points: ClassVar[tuple[str, ...]] = ()
+    # Columns this one's rows add to declared candidate tables (`sandbox.schema`), by table: the
+    # world it is planted in has them after the declared columns. Undeclared, the build refuses
+    # the rows.
+    adds_columns: ClassVar[dict[str, tuple[Column, ...]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -359,6 +364,15 @@ class FaultSet:
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         return [e for planted in [*self.faults, *self.decoys] for e in planted.changelog(calendar)]
+
+    def added_columns(self) -> dict[str, list[Column]]:
+        """The columns what is planted adds to candidate tables, by table, in scenario order."""
+        added: dict[str, list[Column]] = {}
+        for planted in [*self.faults, *self.decoys]:
+            for table, columns in planted.adds_columns.items():
+                have = added.setdefault(table, [])
+                have += [c for c in columns if c not in have]
+        return added
 
     @property
     def earliest_onset(self) -> int | None:

@@ -34,6 +34,7 @@ from sandbox.faults.measure import has_column, quality_around, quality_check, ve
 from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import Release
+from sandbox.schema import Column
 
 LEAK_FEATURE = "cancel_page_visits_14d"
 BROWSING_RATE = 0.05  # share of customers who look at the cancellation page in any 14 days
@@ -58,6 +59,12 @@ class LabelLeakage(Fault[Params]):
         "A new model version with a superb holdout AUC ships; production precision and AUC fall "
         "while the flagged share stays normal."
     )
+    # The new release's training rows carry the feature; the served rows keep the store's.
+    adds_columns: ClassVar[dict[str, tuple[Column, ...]]] = {
+        TRAINING_TABLE: (
+            Column(LEAK_FEATURE, "DOUBLE", "Cancellation-page visits in the last 14 days."),
+        )
+    }
 
     def _visits(self, seed: int, day: int, n: int, looked: np.ndarray) -> pl.Series:
         g = rng.stream(seed, "web-analytics-cancel-page", day)

@@ -39,6 +39,8 @@ from typing import Any, Self
 import numpy as np
 import polars as pl
 
+from sandbox import schema
+
 REFERENCE_SAMPLE_ROWS = 20_000
 SAMPLE_SEED = 20_240_101
 DECIMALS = 6
@@ -47,25 +49,8 @@ DECIMALS = 6
 # time; setting them guarantees nothing tries to reach the network, which this machine lacks.
 NO_TELEMETRY_ENV = {"DO_NOT_TRACK": "1", "ITERATIVE_DO_NOT_TRACK": "1"}
 
-ROW_SCHEMA: dict[str, Any] = {
-    "report_date": pl.Date,
-    "feature": pl.Utf8,
-    "stattest": pl.Utf8,
-    "drift_score": pl.Float64,
-    "threshold": pl.Float64,
-    "drifted": pl.Boolean,
-    "reference_mean": pl.Float64,
-    "current_mean": pl.Float64,
-    "current_null_share": pl.Float64,
-}
-SUMMARY_SCHEMA: dict[str, Any] = {
-    "report_date": pl.Date,
-    "n_rows": pl.Int64,
-    "n_features": pl.Int64,
-    "n_drifted": pl.Int64,
-    "share_drifted": pl.Float64,
-    "dataset_drift": pl.Boolean,
-}
+ROW_SCHEMA = schema.polars_schema("monitoring.drift_feature_daily")
+SUMMARY_SCHEMA = schema.polars_schema("monitoring.drift_daily")
 
 
 class DriftReportError(RuntimeError):

@@ -10,13 +10,9 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
+from sandbox import schema
+
 METRIC_TABLE = "telemetry.metrics"
-# A metric point is stamped with the start of its bucket; it exists once the bucket is over.
-METRIC_COMPLETE = (
-    "CASE service WHEN 'model-server' THEN ts + INTERVAL 5 MINUTE "
-    "WHEN 'retrieval' THEN ts + INTERVAL 1 HOUR WHEN 'feature-job' THEN ts "
-    "ELSE ts + INTERVAL 1 DAY END"
-)
 
 
 def _bucketed_requests(
@@ -116,7 +112,7 @@ def _business(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     )
 
 
-SERIES_COLUMNS = ["ts", "service", "metric", "label", "value"]
+SERIES_SCHEMA = schema.polars_schema(METRIC_TABLE)
 # The services that keep running live; their series are computed from live traffic instead.
 LIVE_SERIES_SERVICES = ("model-server", "retrieval")
 
@@ -130,12 +126,7 @@ def live_service_series(
 
 def _finish(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return (
-        pl.concat(
-            [
-                f.select(SERIES_COLUMNS).cast({"ts": pl.Datetime("us"), "value": pl.Float64})
-                for f in frames
-            ]
-        )
+        pl.concat([f.select(list(SERIES_SCHEMA)).cast(SERIES_SCHEMA) for f in frames])
         .with_columns(pl.col("value").round(6))
         .sort("ts", "service", "metric", "label")
     )

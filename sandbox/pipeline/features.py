@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -18,51 +17,12 @@ from sandbox import rng
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.logs import LogSink
+from sandbox.schema import FEATURES
 
 SERVICE = "feature-job"
 JOB_NAME = "customer_features_daily"
-
-
-@dataclass(frozen=True)
-class Feature:
-    description: str
-    source: str
-
-
-FEATURES: dict[str, Feature] = {
-    "tenure_days": Feature("Days since signup.", "raw.customers.signup_date"),
-    "monthly_price": Feature("Current plan price (USD).", "raw.customers.monthly_price"),
-    "sessions_7d": Feature("Viewing sessions in the last 7 days.", "raw.viewing_activity.sessions"),
-    "sessions_28d": Feature(
-        "Viewing sessions in the last 28 days.", "raw.viewing_activity.sessions"
-    ),
-    "sessions_trend": Feature(
-        "Daily sessions, last 7 days over last 28 days.", "raw.viewing_activity.sessions"
-    ),
-    "days_since_last_session": Feature(
-        "Days since the last viewing session (28 = none in 28 days).", "raw.viewing_activity"
-    ),
-    "avg_daily_minutes_7d": Feature(
-        "Average minutes watched per day, last 7 days.", "raw.viewing_activity.minutes_watched"
-    ),
-    "avg_daily_minutes_28d": Feature(
-        "Average minutes watched per day, last 28 days.", "raw.viewing_activity.minutes_watched"
-    ),
-    "minutes_per_session_28d": Feature(
-        "Average minutes per viewing session, last 28 days.",
-        "raw.viewing_activity.minutes_watched",
-    ),
-    "playback_errors_7d": Feature(
-        "Playback errors in the last 7 days.", "raw.viewing_activity.playback_errors"
-    ),
-    "payment_failures_30d": Feature(
-        "Failed payment attempts in the last 30 days.", "raw.billing_events.status"
-    ),
-    "tickets_30d": Feature("Support tickets opened in the last 30 days.", "raw.support_tickets"),
-    "unresolved_tickets_30d": Feature(
-        "Tickets from the last 30 days still unresolved.", "raw.support_tickets.resolved_at"
-    ),
-}
+# The features, with their descriptions and sources, are declared with the tables that hold them
+# (`sandbox.schema`).
 MODEL_FEATURES: list[str] = list(FEATURES)
 IMPUTED_FEATURES: tuple[str, ...] = (
     "avg_daily_minutes_7d",

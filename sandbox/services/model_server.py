@@ -36,6 +36,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from threadpoolctl import ThreadpoolController
 
+from sandbox import schema
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
 from sandbox.pipeline import deploy, registry
@@ -393,21 +394,8 @@ class LiveModelServer:
         }
 
 
-# The serving.predictions table's columns, bar the id the gateway assigns.
-SPOOL_COLUMNS = (
-    "prediction_id",
-    "request_ts",
-    "source",
-    "customer_id",
-    "model_name",
-    "model_version",
-    *MODEL_FEATURES,
-    "score",
-    "threshold",
-    "decision",
-    "latency_ms",
-    "status",
-)
+# A spooled prediction has the declared columns of the table it joins.
+SPOOL_COLUMNS = tuple(schema.names("serving.predictions"))
 
 
 class _Instrument:

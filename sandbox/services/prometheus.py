@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from sandbox.layout import WorldPaths
-from sandbox.monitor.metrics import METRIC_COMPLETE
+from sandbox.schema import METRIC_COMPLETE
 
 HISTORY_FILE = "history.om"
 RETENTION = "400d"  # the history reaches back months before the stack starts

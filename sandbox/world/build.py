@@ -18,19 +18,18 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from sandbox import __version__
+from sandbox import __version__, schema
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
 from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics, performance
 from sandbox.monitor.drift import DriftMonitor
 from sandbox.pipeline import deploy, label, registry, registry_stamp, retrieve, train
-from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
+from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.ops import changelog
 from sandbox.pipeline.release import TRAINING_HOUR, Release
 from sandbox.product import corpus
 from sandbox.scenario import Scenario
-from sandbox.world import descriptions
 from sandbox.world.libraries import library_versions
 from sandbox.world.simulate import Simulation, SimulationResult
 from sandbox.world.warehouse import Warehouse, content_digest, row_counts
@@ -86,7 +85,8 @@ def build(
 def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> dict[str, Any]:
     cal = scenario.world.calendar()
     seed = scenario.world.seed
-    wh = Warehouse(paths.duckdb)
+    # The candidate's tables as declared, with the columns the planted faults add.
+    wh = Warehouse(paths.duckdb, schema.with_added(scenario.fault_set.added_columns()))
     truth = Warehouse(paths.truth)
 
     progress("retrieval index", 0, 1)
@@ -179,7 +179,6 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
 
     logs = result.logs.frame().filter(pl.col("ts") < cutoff)
     wh.append("telemetry.logs", logs)
-    descriptions.apply(wh, FEATURES)
     wh.close()
     truth.close()
     _export_logs(logs, paths)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from sandbox import rng
+from sandbox import rng, schema
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
 from sandbox.logs import LogSink
 from sandbox.pipeline import retrieve, store, train
-from sandbox.pipeline.features import MODEL_FEATURES, FeatureJob
+from sandbox.pipeline.features import FeatureJob
 from sandbox.pipeline.ingest import Ingest
 from sandbox.pipeline.registry import CHURN_MODEL
 from sandbox.pipeline.release import INITIAL_RELEASE, Release, Rollout
@@ -360,20 +360,9 @@ class Simulation:
 
 
 def _prediction_rows(scored: pl.DataFrame) -> pl.DataFrame:
-    return scored.select(
-        "prediction_id",
-        "request_ts",
-        "source",
-        "customer_id",
-        "model_name",
-        "model_version",
-        *MODEL_FEATURES,
-        "score",
-        "threshold",
-        "decision",
-        "latency_ms",
-        "status",
-    ).cast({"request_ts": pl.Datetime("us"), "latency_ms": pl.Float64})
+    """Scored requests as `serving.predictions` rows: its declared columns and types."""
+    columns = schema.polars_schema("serving.predictions")
+    return scored.select(list(columns)).cast(columns)
 
 
 def _signup_rows(seed: int, customers: pl.DataFrame, cal: Calendar) -> pl.DataFrame:

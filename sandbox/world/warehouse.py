@@ -3,23 +3,47 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
+from sandbox.schema import Table
+
+
+class UndeclaredColumn(ValueError):
+    """Rows for a table, or a column, the world's declaration does not have."""
+
 
 class Warehouse:
-    """The only writer of a world's DuckDB file; after the build every process opens it read-only."""
+    """The only writer of a world's DuckDB file; after the build every process opens it read-only.
 
-    def __init__(self, path: Path) -> None:
+    With `tables` (the candidate's world: `sandbox.schema`), each table is created from its
+    declaration, with its descriptions, when rows are first written to it, and the file is closed
+    with every declared table in it; rows for an undeclared table or column are refused, and a
+    column a frame lacks is NULL. Without (the interviewer's truth file), a table takes its
+    columns from the first rows written to it."""
+
+    def __init__(self, path: Path, tables: Mapping[str, Table] | None = None) -> None:
         self.path = path
         self.con = duckdb.connect(str(path))
+        self.declared = dict(tables) if tables is not None else None
         self._tables: set[str] = set()
         self._pending: dict[str, list[pl.DataFrame]] = {}
 
     def append(self, table: str, frame: pl.DataFrame) -> None:
         """Buffer rows for `table`; one bulk insert per table at `flush` beats many small ones."""
+        if self.declared is not None:
+            declared = self.declared.get(table)
+            if declared is None:
+                raise UndeclaredColumn(f"{table}: not a declared table (sandbox.schema)")
+            undeclared = [c for c in frame.columns if c not in declared.names]
+            if undeclared:
+                raise UndeclaredColumn(
+                    f"{table}.{undeclared[0]}: not a declared column of {table} "
+                    f"(declared: {', '.join(declared.names)})"
+                )
         if frame.width:
             self._pending.setdefault(table, []).append(frame)
 
@@ -28,28 +52,36 @@ class Warehouse:
         for table, frames in pending.items():
             self._write(table, pl.concat(frames, how="diagonal_relaxed"))
 
+    def _create(self, table: str) -> None:
+        """A declared table, empty, with its descriptions."""
+        assert self.declared is not None
+        declared = self.declared[table]
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {declared.schema}")
+        self.con.execute(declared.create_sql())
+        for statement in declared.comment_sql():
+            self.con.execute(statement)
+        self._tables.add(table)
+
     def _write(self, table: str, frame: pl.DataFrame) -> None:
-        schema = table.split(".")[0]
-        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        if self.declared is not None and table not in self._tables:
+            self._create(table)
         self.con.register("_incoming", frame.to_arrow())
         try:
             if table in self._tables:
                 self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
             else:
+                schema = table.split(".")[0]
+                self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
                 self.con.execute(f"CREATE TABLE {table} AS SELECT * FROM _incoming")
                 self._tables.add(table)
         finally:
             self.con.unregister("_incoming")
 
-    def comment(self, table: str, text: str, columns: dict[str, str] | None = None) -> None:
-        """Descriptions the SQL console's schema browser shows."""
-        self.flush()
-        self.con.execute(f"COMMENT ON TABLE {table} IS $${text}$$")
-        for column, description in (columns or {}).items():
-            self.con.execute(f"COMMENT ON COLUMN {table}.{column} IS $${description}$$")
-
     def close(self) -> None:
         self.flush()
+        for table in self.declared or ():  # a declared table no rows were written to
+            if table not in self._tables:
+                self._create(table)
         self.con.execute("CHECKPOINT")
         self.con.close()
 

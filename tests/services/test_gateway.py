@@ -11,8 +11,9 @@ import duckdb
 import pytest
 from fastapi.testclient import TestClient
 
-from sandbox import scenario
+from sandbox import scenario, schema
 from sandbox.layout import WorldPaths
+from sandbox.schema import FEATURES
 from sandbox.services.gateway import console
 from sandbox.services.gateway.console import DEFAULTS
 from sandbox.services.gateway.telemetry import LiveTelemetry
@@ -88,19 +89,20 @@ def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
     with duckdb.connect(str(paths.duckdb), read_only=True) as world:
         top_id = world.sql("SELECT max(prediction_id) FROM serving.predictions").fetchall()[0][0]
     writer = SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions"))
-    row = {
+    row = {  # no prediction_id: the gateway numbers it
         "request_ts": (now - dt.timedelta(minutes=1)).isoformat(),
         "source": "online",
         "customer_id": 42,
         "model_name": "churn-model",
         "model_version": "1",
+        **dict.fromkeys(FEATURES),
         "score": 0.5,
         "threshold": 0.1,
         "decision": True,
         "latency_ms": 7.5,
         "status": "ok",
-        "sessions_7d": 3.0,
     }
+    row["sessions_7d"] = 3.0
     future = {**row, "request_ts": (now + dt.timedelta(hours=1)).isoformat(), "customer_id": 43}
     writer.write(row, future)
     with writer.path.open("a") as f:
@@ -256,30 +258,32 @@ def test_the_mlflow_proxy_is_read_only(client: TestClient, make_session: MakeSes
     assert client.get("/services/nope/x", headers=candidate).status_code == 404
 
 
-def test_every_table_with_time_in_it_is_revealed_by_time_or_known_whole(paths: WorldPaths) -> None:
-    """A new table that holds later days must get a reveal rule, or it leaks the future."""
-    from sandbox.services.gateway import views
-
-    with duckdb.connect(str(paths.duckdb), read_only=True) as world:
-        timed = {
-            f"{schema}.{table}"
-            for schema, table in world.sql(
-                "SELECT DISTINCT schema_name, table_name FROM duckdb_columns() "
-                "WHERE NOT internal AND (data_type LIKE 'TIMESTAMP%' OR data_type = 'DATE')"
-            ).fetchall()
-        }
-    assert timed - set(views.REVEAL) - views.WHOLE == set()
-    assert set(views.REVEAL) & views.WHOLE == set()
+def test_every_table_the_candidate_queries_is_declared_with_its_reveal_rule(
+    paths: WorldPaths,
+) -> None:
+    """A table that holds later days must be revealed by time, or it leaks the future: every
+    world table is declared, and so has a reveal rule, which its view applies."""
+    store = _store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
+    assert set(store.tables) == set(schema.TABLES)
+    for name, table in schema.TABLES.items():
+        sql = store.con.sql(
+            "SELECT sql FROM duckdb_views() WHERE schema_name || '.' || view_name = ?",
+            params=[name],
+        ).fetchall()[0][0]
+        if table.reveal.column is not None:
+            assert "sim_now" in sql, name
 
 
 def test_a_spooled_row_no_table_can_hold_costs_that_row_only(paths: WorldPaths) -> None:
     cal = _calendar(paths)
     now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=2)
-    writer = SpoolWriter(spool_path(paths.run, "retrieval", "retrieval.search_log"))
+    path = spool_path(paths.run, "retrieval", "retrieval.search_log")
+    path.parent.mkdir(parents=True, exist_ok=True)
     base = 10**15  # ids the world's own searches do not use
-    for request_id, ticket_id in ((base + 1, 5), (base + 2, 2**200), (base + 3, 6)):
-        writer.write(
-            {
+    # Written past the writer's check, as a file from anything else might be.
+    with path.open("a") as f:
+        for request_id, ticket_id in ((base + 1, 5), (base + 2, 2**200), (base + 3, 6)):
+            row = {
                 "request_id": request_id,
                 "ticket_id": ticket_id,
                 "request_ts": (now - dt.timedelta(minutes=5)).isoformat(),
@@ -290,11 +294,21 @@ def test_a_spooled_row_no_table_can_hold_costs_that_row_only(paths: WorldPaths) 
                 "encoder_version": 1,
                 "index_version": "i",
                 "latency_ms": 1.0,
+                "clicked_article_id": None,
+                "click_rank": None,
             }
-        )
+            f.write(json.dumps(row) + "\n")
+        f.write(json.dumps({**row, "request_id": base + 4, "latency_ms": "fast"}) + "\n")
+        f.write(json.dumps({**row, "request_id": base + 5, "ticket_id": None}) + "\n")
+        f.write(json.dumps({k: v for k, v in row.items() if k != "click_rank"}) + "\n")
     store = _store(paths, now)  # the gateway starts, whatever the spool holds
-    assert store.dropped == 1
+    assert store.dropped == 3
+    assert list(store.refusals) == [
+        f"retrieval.search_log.ticket_id: {2**200} is out of range for BIGINT",
+        "retrieval.search_log.latency_ms: DOUBLE expects a number, got 'fast'",
+        "retrieval.search_log.click_rank: missing (send null for no value)",
+    ]
     kept = console.run(
         store, f"SELECT ticket_id FROM retrieval.search_log WHERE request_id > {base}"
     )
-    assert sorted(r[0] for r in kept.rows) == [5, 6]
+    assert sorted((r[0] for r in kept.rows), key=str) == [5, 6, None]

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sandbox import scenario
+from sandbox import scenario, schema
 from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.testing import SMALL_SCALE
 from sandbox.world import population
@@ -19,33 +19,7 @@ from sandbox.world.behaviour import WorldState
 from sandbox.world.build import BuildSummary, WorldExists, build
 from sandbox.world.libraries import SHAPING_LIBRARIES, library_versions
 
-EXPECTED_TABLES = {
-    "raw.customers",
-    "raw.viewing_activity",
-    "raw.billing_events",
-    "raw.support_tickets",
-    "raw.subscription_events",
-    "feature_store.customer_features",
-    "feature_store.customer_features_online",
-    "feature_store.imputation_policy",
-    "ops.feature_job_runs",
-    "ops.materialization_runs",
-    "ops.changelog",
-    "training.churn_training_set",
-    "serving.predictions",
-    "crm.retention_offers",
-    "labels.churn_labels",
-    "retrieval.help_articles",
-    "retrieval.search_log",
-    "monitoring.model_performance_daily",
-    "monitoring.drift_feature_daily",
-    "monitoring.drift_daily",
-    "monitoring.drift_reference",
-    "monitoring.alerts",
-    "monitoring.alert_rules",
-    "telemetry.metrics",
-    "telemetry.logs",
-}
+EXPECTED_TABLES = set(schema.TABLES)
 
 
 def test_manifest_describes_the_world(faulty_world: BuildSummary) -> None:

@@ -4,13 +4,17 @@ services spool, behind the clock-filtered views the candidate queries.
 The gateway is the only owner of live telemetry. It keeps it in an in-memory DuckDB rebuilt from
 the spool files on start: the spool is the durable log (written before a service acknowledges
 anything), the in-memory tables are its queryable copy, loaded again within a second of a write.
+Live tables are created from the tables' declarations (`sandbox.schema`) and every spooled row is
+checked against them before it is loaded (`spool.check`): a row that does not fit is refused, with
+a message naming its table and column, and costs that row only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
+import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from sandbox import schema
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.layout import WorldPaths
 from sandbox.monitor import metrics
@@ -26,23 +31,13 @@ from sandbox.services.gateway import views
 
 WORLD_CATALOG = "world"
 # Every schema the world has; the candidate's queries may only name these.
-CANDIDATE_SCHEMAS = (
-    "raw",
-    "feature_store",
-    "training",
-    "serving",
-    "crm",
-    "labels",
-    "retrieval",
-    "monitoring",
-    "telemetry",
-    "ops",
-)
-CLICKS = "retrieval.search_clicks"
+CANDIDATE_SCHEMAS = schema.SCHEMAS
+CLICKS = schema.SEARCH_CLICKS.name
 PREDICTIONS = "serving.predictions"
 SEARCHES = "retrieval.search_log"
-ID_COLUMNS = {"serving.predictions": "prediction_id"}
+METRICS = "telemetry.metrics"
 LIVE_METRICS = "live.computed_metrics"
+REFUSALS_KEPT = 100  # the latest messages about refused rows, for whoever looks
 
 
 class LiveTelemetry:
@@ -81,7 +76,8 @@ class LiveTelemetry:
         self.con.execute(f"ATTACH '{self.paths.duckdb}' AS {WORLD_CATALOG} (READ_ONLY)")
         self._lock = threading.Lock()
         self._offsets: dict[Path, int] = {}
-        self.dropped = 0  # spooled rows no table could hold
+        self.dropped = 0  # spooled rows refused or that no table could hold
+        self.refusals: deque[str] = deque(maxlen=REFUSALS_KEPT)
         self._next_id: dict[str, int] = {}
         self.tables = self._world_tables()
         self._create_live_tables()
@@ -106,33 +102,20 @@ class LiveTelemetry:
         return {name: columns for name, columns in rows}
 
     def _create_live_tables(self) -> None:
-        """Live tables have the world table's columns plus `session_id`: the session whose own
-        call produced the row, NULL for production's (see `views`)."""
+        """Live tables have the declared columns plus `session_id`: the session whose own call
+        produced the row, NULL for production's (see `views`)."""
         self.con.execute("CREATE SCHEMA live")
         for table in spool.LIVE_TABLES:
-            if table == CLICKS:
-                self.con.execute(
-                    f"CREATE TABLE {views.live_table(CLICKS)} (request_id BIGINT, "
-                    "clicked_article_id BIGINT, click_rank BIGINT, clicked_at TIMESTAMP, "
-                    "session_id VARCHAR)"
-                )
-                continue
-            target = views.live_table(table)
-            if table == "retrieval.search_log":
-                target = "live.search_requests"  # clicks are folded in by a view below
-            self.con.execute(
-                f"CREATE TABLE {target} AS SELECT *, NULL::VARCHAR AS session_id "
-                f"FROM {WORLD_CATALOG}.{table} LIMIT 0"
-            )
-            id_column = ID_COLUMNS.get(table)
-            if id_column:
+            declared = schema.SPOOLED[table]
+            self.con.execute(declared.create_sql(self._target(table), extra=[schema.SESSION]))
+            if declared.id and declared.column(declared.id).type == "BIGINT":
                 top = self.con.execute(
-                    f"SELECT coalesce(max({id_column}), 0) FROM {WORLD_CATALOG}.{table}"
+                    f"SELECT coalesce(max({declared.id}), 0) FROM {WORLD_CATALOG}.{table}"
                 ).fetchall()[0][0]
                 self._next_id[table] = int(top) + 1
         # A click counts for a search of the same caller only (the service refuses others).
         self.con.execute(
-            f"CREATE VIEW {views.live_table('retrieval.search_log')} AS "
+            f"CREATE VIEW {views.live_table(SEARCHES)} AS "
             "SELECT s.* REPLACE (c.clicked_article_id AS clicked_article_id, "
             "c.click_rank AS click_rank) FROM live.search_requests s "
             f"LEFT JOIN (SELECT DISTINCT ON (request_id) * FROM {views.live_table(CLICKS)} "
@@ -145,20 +128,24 @@ class LiveTelemetry:
                 f"CREATE VIEW {views.production_table(table)} AS "
                 f"SELECT * FROM {views.live_table(table)} WHERE session_id IS NULL"
             )
-        # Live series of the live services, recomputed on ingest; spooled series join them.
-        self.con.execute(
-            f"CREATE TABLE {LIVE_METRICS} AS SELECT * FROM {WORLD_CATALOG}.telemetry.metrics LIMIT 0"
-        )
+        # Live series of the live services, recomputed on ingest (`schema.Live.spooled` false).
+        self.con.execute(schema.TABLES[METRICS].create_sql(LIVE_METRICS))
+
+    @staticmethod
+    def _target(table: str) -> str:
+        """The live table a spooled table's rows are loaded into; searches are joined with their
+        clicks by a view of that name."""
+        return "live.search_requests" if table == SEARCHES else views.live_table(table)
 
     def _create_views(self) -> None:
         self.set_clock(self.con)
-        for schema in CANDIDATE_SCHEMAS:
-            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        for name in CANDIDATE_SCHEMAS:
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
         for table, columns in self.tables.items():
             sql = views.view_sql(table, WORLD_CATALOG, columns)
-            if table == "telemetry.metrics":
+            if table == METRICS:
                 sql += f" UNION ALL BY NAME SELECT * FROM {LIVE_METRICS} WHERE "
-                sql += f"{metrics.METRIC_COMPLETE} <= {views.NOW}"
+                sql += views.exists(schema.TABLES[METRICS])
             self.con.execute(f"CREATE VIEW {table} AS {sql}")
 
     def set_clock(self, con: duckdb.DuckDBPyConnection) -> dt.datetime:
@@ -189,35 +176,48 @@ class LiveTelemetry:
             return loaded
 
     def _insert_valid(self, table: str, records: list[dict[str, Any]]) -> int:
-        """Insert a batch; if it fails, row by row, so that one row the table cannot hold
-        (a value out of range) costs that row only, never the batch or the gateway's start."""
+        """Insert the records that fit the table's declaration, refusing the others; if the batch
+        fails, row by row, so that one row the table cannot hold costs that row only, never the
+        batch or the gateway's start."""
+        rows = []
+        for record in records:
+            try:
+                rows.append(spool.check(table, record))
+            except spool.BadRow as err:
+                self._refuse(str(err))
         try:
-            self._insert(table, records)
-            return len(records)
+            self._insert(table, rows)
+            return len(rows)
         except Exception:
             kept = 0
-            for record in records:
-                with contextlib.suppress(Exception):
-                    self._insert(table, [record])
+            for row in rows:
+                try:
+                    self._insert(table, [row])
                     kept += 1
-            self.dropped += len(records) - kept
+                except Exception as err:
+                    self._refuse(f"{table}: a row could not be loaded: {err}")
             return kept
 
-    def _insert(self, table: str, records: list[dict[str, Any]]) -> None:
+    def _refuse(self, message: str) -> None:
+        self.dropped += 1
+        self.refusals.append(message)
+        print(f"refused a spooled row: {message}", file=sys.stderr, flush=True)
+
+    def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Load checked rows (`spool.check`); a row without its id gets the next one after the
+        world's own."""
+        if not rows:
+            return
+        declared = schema.SPOOLED[table]
+        if declared.id and table in self._next_id:
+            for row in rows:
+                if row[declared.id] is None:
+                    row[declared.id] = self._next_id[table]
+                    self._next_id[table] += 1
+        types = declared.polars_schema() | {schema.SESSION.name: pl.Utf8()}
         cur = self.con.cursor()
-        target = (
-            "live.search_requests" if table == "retrieval.search_log" else views.live_table(table)
-        )
-        schema = dict(cur.sql(f"SELECT * FROM {target} LIMIT 0").pl().schema)
-        frame = pl.DataFrame(records, infer_schema_length=None)
-        id_column = ID_COLUMNS.get(table)
-        if id_column and id_column not in frame.columns:  # ids the service did not give itself
-            start = self._next_id[table]
-            frame = frame.with_columns(pl.int_range(start, start + frame.height).alias(id_column))
-            self._next_id[table] = start + frame.height
-        frame = frame.select([_column(frame, name, dtype) for name, dtype in schema.items()])
-        cur.register("incoming", frame)
-        cur.execute(f"INSERT INTO {target} BY NAME SELECT * FROM incoming")
+        cur.register("incoming", pl.DataFrame(rows, schema=types))
+        cur.execute(f"INSERT INTO {self._target(table)} BY NAME SELECT * FROM incoming")
         cur.unregister("incoming")
 
     def _recompute_metrics(self) -> None:
@@ -235,14 +235,3 @@ class LiveTelemetry:
         cur.register("incoming", series)
         cur.execute(f"INSERT INTO {LIVE_METRICS} BY NAME SELECT * FROM incoming")
         cur.unregister("incoming")
-
-
-def _column(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
-    if name not in frame.columns:
-        return pl.lit(None, dtype=dtype).alias(name)
-    column = pl.col(name)
-    if isinstance(dtype, pl.Datetime):
-        return column.str.to_datetime(time_unit="us", strict=False).alias(name)
-    if dtype == pl.Date:
-        return column.str.to_date(strict=False).alias(name)
-    return column.cast(dtype, strict=False).alias(name)

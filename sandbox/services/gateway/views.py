@@ -7,8 +7,10 @@ or became known — never earlier. For the processes that run live (the model se
 service, the scheduled materialization and drift jobs), the world's own rows stop at the start of
 live time and the rows those processes write while the stack runs take over.
 
-Views read `getvariable('sim_now')` and `getvariable('live_start')`, which the gateway sets on the
-connection before every query.
+How each table reveals its rows by time, which of its rows live processes replace and which of
+its columns name a later moment are declared with the table (`sandbox.schema`); this module turns
+the declaration into SQL. Views read `getvariable('sim_now')` and `getvariable('live_start')`,
+which the gateway sets on the connection before every query.
 
 A live row is production's, or one candidate session's own: the live services mark the rows a
 session's calls produce with its `session_id`. A view shows production's live rows and those of the
@@ -21,9 +23,7 @@ interviewer reads a candidate's own calls in the recorded history instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from sandbox.monitor.metrics import METRIC_COMPLETE
+from sandbox import schema
 
 NOW = "getvariable('sim_now')"
 LIVE_START = "getvariable('live_start')"
@@ -31,96 +31,27 @@ SESSION = "getvariable('session_id')"
 # Of a live table's rows, those the asking session may see.
 VISIBLE = f"(session_id IS NULL OR session_id = {SESSION})"
 
-# The tables a session's calls to the live services add rows to, and the column their views add to
-# say whose call a row came from: production's callers and jobs, or this workspace.
+# The column the views of tables a session's calls add rows to (`schema.Live.client`) add to say
+# whose call a row came from: production's callers and jobs, or this workspace.
 CLIENT = "client"
-CLIENT_TABLES = ("serving.predictions", "retrieval.search_log", "telemetry.logs")
+# The schema browser's descriptions of that column, by table.
+CLIENT_DESCRIPTIONS = {
+    name: t.live.client for name, t in schema.TABLES.items() if t.live and t.live.client
+}
+CLIENT_TABLES = tuple(CLIENT_DESCRIPTIONS)
 PRODUCTION_CLIENT = "production"
 WORKSPACE_CLIENT = "workspace"
-# The schema browser's descriptions of those columns: not in the built world, described here.
-VIEW_COLUMNS: dict[str, dict[str, str]] = {
-    "serving.predictions": {
-        "client": "Who requested the prediction: production (the daily batch job and the "
-        "production API callers) or workspace (requests sent from this workspace).",
-    },
-    "retrieval.search_log": {
-        "client": "Who sent the search: production (the support desk) or workspace (searches "
-        "sent from this workspace).",
-    },
-    "telemetry.logs": {
-        "client": "workspace for lines about requests sent from this workspace; production "
-        "otherwise.",
-    },
-}
-
-
-# Services whose log lines come from the live processes once live time starts.
-LIVE_LOG_SERVICES = "'model-server', 'retrieval', 'materialization', 'drift-monitor'"
-
-
-@dataclass(frozen=True)
-class Reveal:
-    when: str  # SQL: the row exists by now
-    live: bool = False  # live processes add rows (table `live.<schema>__<table>`)
-
-
-# Shown whole: reference data and what was settled before live time (policies, training sets).
-WHOLE = {
-    "retrieval.help_articles",
-    "monitoring.alert_rules",
-    "monitoring.drift_reference",
-    "training.churn_training_set",  # every release is trained within production
-    "feature_store.imputation_policy",
-    "feature_store.customer_features_online",  # the store as production left it
-}
-
-REVEAL: dict[str, Reveal] = {
-    "raw.customers": Reveal(f"signup_date <= {NOW}::DATE"),
-    "raw.viewing_activity": Reveal(f"ingested_at <= {NOW}"),
-    "raw.billing_events": Reveal(f"ingested_at <= {NOW}"),
-    "raw.support_tickets": Reveal(f"ingested_at <= {NOW}"),
-    "raw.subscription_events": Reveal(f"ingested_at <= {NOW}"),
-    "feature_store.customer_features": Reveal(f"created_timestamp <= {NOW}"),
-    "labels.churn_labels": Reveal(f"label_available_at <= {NOW}"),
-    "crm.retention_offers": Reveal(f"offered_at <= {NOW}"),
-    "serving.predictions": Reveal(
-        f"request_ts <= {NOW} AND (source = 'batch' OR request_ts < {LIVE_START})", live=True
-    ),
-    "retrieval.search_log": Reveal(f"request_ts < {LIVE_START}", live=True),
-    "monitoring.model_performance_daily": Reveal(f"label_available_at <= {NOW}"),
-    "monitoring.alerts": Reveal(f"started_at <= {NOW}"),
-    "monitoring.drift_daily": Reveal(f"report_date < {LIVE_START}::DATE", live=True),
-    "monitoring.drift_feature_daily": Reveal(f"report_date < {LIVE_START}::DATE", live=True),
-    "ops.changelog": Reveal(f"ts <= {NOW}"),
-    "ops.feature_job_runs": Reveal(f"finished_at <= {NOW}"),
-    "ops.materialization_runs": Reveal(f"materialized_at < {LIVE_START}", live=True),
-    "telemetry.logs": Reveal(
-        f"ts <= {NOW} AND (ts < {LIVE_START} OR service NOT IN ({LIVE_LOG_SERVICES}))",
-        live=True,
-    ),
-    "telemetry.metrics": Reveal(
-        f"{METRIC_COMPLETE} <= {NOW} AND (ts < {LIVE_START} OR service NOT IN ('model-server', "
-        "'retrieval'))",
-        live=True,
-    ),
-}
-
-# Columns that describe a later moment than the row's own (a ticket resolved after now).
-MASKED: dict[str, dict[str, str]] = {
-    "raw.support_tickets": {"resolved_at": f"CASE WHEN resolved_at <= {NOW} THEN resolved_at END"},
-    "monitoring.alerts": {"last_breach_at": f"least(last_breach_at, {NOW})"},
-}
 
 
 def live_table(table: str) -> str:
-    schema, name = table.split(".")
-    return f"live.{schema}__{name}"
+    schema_name, name = table.split(".")
+    return f"live.{schema_name}__{name}"
 
 
 def production_table(table: str) -> str:
     """The view of `table`'s live rows that production made, none of any session's own."""
-    schema, name = table.split(".")
-    return f"live.production__{schema}__{name}"
+    schema_name, name = table.split(".")
+    return f"live.production__{schema_name}__{name}"
 
 
 def view_columns(table: str, columns: list[str]) -> list[str]:
@@ -131,14 +62,41 @@ def view_columns(table: str, columns: list[str]) -> list[str]:
 def added_columns() -> list[tuple[str, str, str, str]]:
     """What the views add to the world's tables, for the schema browser: (table, column, type,
     description)."""
-    return [(table, CLIENT, "VARCHAR", VIEW_COLUMNS[table][CLIENT]) for table in CLIENT_TABLES]
+    return [(table, CLIENT, "VARCHAR", text) for table, text in CLIENT_DESCRIPTIONS.items()]
+
+
+def exists(table: schema.Table) -> str:
+    """SQL: a row of `table` exists by now (its reveal rule; a DATE counts from its start)."""
+    reveal = table.reveal
+    if reveal.exists is not None:
+        return f"{reveal.exists} <= {NOW}"
+    assert reveal.column is not None
+    date = table.column(reveal.column).type == "DATE"
+    return f"{reveal.column} <= {NOW}{'::DATE' if date else ''}"
+
+
+def _before_live(table: schema.Table) -> str:
+    column = table.reveal.column
+    assert column is not None
+    date = table.column(column).type == "DATE"
+    return f"{column} < {LIVE_START}{'::DATE' if date else ''}"
+
+
+def _shown(column: schema.Column) -> str:
+    name = column.name
+    if column.later == "hidden":  # NULL until the moment it names has passed
+        return f"CASE WHEN {name} <= {NOW} THEN {name} END AS {name}"
+    if column.later == "capped":  # no later than now
+        return f"least({name}, {NOW}) AS {name}"
+    return name
 
 
 def view_sql(table: str, world: str, columns: list[str]) -> str:
-    """The candidate-facing view of `table` from the world attached as catalog `world`."""
-    reveal = REVEAL.get(table)
-    masked = MASKED.get(table, {})
-    select = ", ".join(f"{masked[c]} AS {c}" if c in masked else c for c in columns)
+    """The candidate-facing view of `table` from the world attached as catalog `world`, whose
+    table has `columns` (the declared ones, and any a planted fault added after them)."""
+    declared = schema.TABLES[table]
+    later = {c.name: _shown(c) for c in declared.columns if c.later}
+    select = ", ".join(later.get(c, c) for c in columns)
     world_select = live_select = select
     if table in CLIENT_TABLES:
         world_select += f", '{PRODUCTION_CLIENT}' AS {CLIENT}"
@@ -147,23 +105,15 @@ def view_sql(table: str, world: str, columns: list[str]) -> str:
             f"ELSE '{WORKSPACE_CLIENT}' END AS {CLIENT}"
         )
     body = f"SELECT {world_select} FROM {world}.{table}"
-    if reveal is None:
+    if declared.reveal.column is None:
         return body
-    body += f" WHERE {reveal.when}"
-    if reveal.live:
+    body += f" WHERE {exists(declared)}"
+    live = declared.live
+    if live is not None:
+        # From live start the world's rows give way to the live ones, but for those it keeps.
+        kept = f" OR {live.kept}" if live.kept else ""
+        body += f" AND ({_before_live(declared)}{kept})"
+    if live is not None and live.spooled:
         body += f" UNION ALL BY NAME SELECT {live_select} FROM {live_table(table)} WHERE "
-        body += METRIC_COMPLETE if table == "telemetry.metrics" else _time_column(table)
-        body += f" <= {NOW} AND {VISIBLE}"
+        body += f"{exists(declared)} AND {VISIBLE}"
     return body
-
-
-def _time_column(table: str) -> str:
-    return {
-        "serving.predictions": "request_ts",
-        "retrieval.search_log": "request_ts",
-        "monitoring.drift_daily": "report_date",
-        "monitoring.drift_feature_daily": "report_date",
-        "ops.materialization_runs": "materialized_at",
-        "telemetry.logs": "ts",
-        "telemetry.metrics": "ts",
-    }[table]
