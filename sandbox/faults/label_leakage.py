@@ -30,7 +30,7 @@ from sandbox.faults.base import (
     Step,
     hook,
 )
-from sandbox.faults.measure import has_column, quality_around, quality_check, versions_around
+from sandbox.faults.measure import has_column, precision_falls, quality_around, versions_around
 from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import Release
@@ -62,7 +62,9 @@ class LabelLeakage(Fault[Params]):
     # The new release's training rows carry the feature; the served rows keep the store's.
     adds_columns: ClassVar[dict[str, tuple[Column, ...]]] = {
         TRAINING_TABLE: (
-            Column(LEAK_FEATURE, "DOUBLE", "Cancellation-page visits in the last 14 days."),
+            Column(
+                LEAK_FEATURE, "DOUBLE", "Cancellation-page visits from web analytics (14 days)."
+            ),
         )
     }
 
@@ -286,17 +288,5 @@ class LabelLeakage(Fault[Params]):
             )
         )
         old, new = quality_around(con, calendar, onset)
-        checks.append(
-            quality_check(
-                "production precision falls with the new version",
-                old,
-                new,
-                lambda old, new: (
-                    new.precision is not None
-                    and old.precision is not None
-                    and new.precision < 0.8 * old.precision
-                ),
-                detail=f"before: {old.describe()}; after: {new.describe()}",
-            )
-        )
+        checks.append(precision_falls(old, new, 0.8))
         return checks

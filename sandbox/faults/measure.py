@@ -111,6 +111,21 @@ def quality_check(
     return Check(name=name, passed=passed(before, after), detail=detail)
 
 
+def precision_falls(before: Quality, after: Quality, ratio: float) -> Check:
+    """Production precision after a release is below `ratio` of what it was before."""
+    return quality_check(
+        "production precision falls with the new version",
+        before,
+        after,
+        lambda before, after: (
+            after.precision is not None
+            and before.precision is not None
+            and after.precision < ratio * before.precision
+        ),
+        detail=f"before: {before.describe()}; after: {after.describe()}",
+    )
+
+
 def served_versions(
     con: duckdb.DuckDBPyConnection, start: dt.date, end: dt.date
 ) -> dict[str, tuple[float, int]]:

@@ -27,7 +27,7 @@ from sandbox.faults.base import (
     Step,
     hook,
 )
-from sandbox.faults.measure import only_version, quality_around, quality_check, versions_around
+from sandbox.faults.measure import only_version, precision_falls, quality_around, versions_around
 from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES
@@ -237,17 +237,5 @@ class TrainingTimeTravel(Fault[Params]):
             )
         ]
         old, after = quality_around(con, calendar, onset)
-        checks.append(
-            quality_check(
-                "production precision falls with the new version",
-                old,
-                after,
-                lambda old, after: (
-                    after.precision is not None
-                    and old.precision is not None
-                    and after.precision < 0.85 * old.precision
-                ),
-                detail=f"before: {old.describe()}; after: {after.describe()}",
-            )
-        )
+        checks.append(precision_falls(old, after, 0.85))
         return checks

@@ -20,7 +20,6 @@ import polars as pl
 
 from sandbox import __version__, schema
 from sandbox.clock import Calendar
-from sandbox.faults.base import HookContext, WorldData
 from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics, performance
 from sandbox.monitor.drift import DriftMonitor
@@ -99,8 +98,6 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     _register_encoder(encoder, index, paths, cal, cal.first_day)
     progress("retrieval index", 1, 1)
 
-    # Hooks read the world as written so far (buffered rows are written first).
-    planted = scenario.fault_set.with_data(WorldData(wh.con, before_read=wh.flush))
     drift: DriftMonitor | None = None
     reports_due = cal.last_production_day
     total_days = cal.last_simulated_day - cal.first_day + 1
@@ -125,7 +122,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     def on_day(day: int, served: pl.DataFrame | None) -> None:
         progress("simulate", day - cal.first_day + 1, total_days)
         if drift is not None and served is not None and day <= reports_due:
-            reference = planted.apply("monitor.drift_reference", None, HookContext(seed, day, cal))
+            reference = sim.faults.apply("monitor.drift_reference", None, sim.context(day))
             drift.submit(cal.date(day), served.select(MODEL_FEATURES), reference)
 
     sim = Simulation(scenario, wh, truth, register_model, on_day)
@@ -137,7 +134,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     cutoff = cal.midnight(cal.last_visible_day + 1)
     wh.append("ops.feature_job_runs", job.run_frame().filter(pl.col("started_at") < cutoff))
     wh.append("feature_store.imputation_policy", job.policy_frame())
-    wh.append("ops.changelog", changelog(cal, planted))
+    wh.append("ops.changelog", changelog(cal, sim.faults))
     for deployment in result.deployments:
         dataset = deployment.training_set
         wh.append(
@@ -163,7 +160,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     scored = batch.join(labels, on=["customer_id", "score_date"]).join(segments, on="customer_id")
     wh.append("monitoring.model_performance_daily", performance.daily_performance(scored))
     series = metrics.build_series(wh.con, job.health_frame().filter(pl.col("ts") < cutoff))
-    series = planted.apply("monitor.metrics", series, HookContext(seed, cal.last_visible_day, cal))
+    series = sim.faults.apply("monitor.metrics", series, sim.context(cal.last_visible_day))
     wh.append(metrics.METRIC_TABLE, series)
     wh.append("monitoring.alerts", alerts.evaluate(series))
     wh.append("monitoring.alert_rules", alerts.rules_frame())

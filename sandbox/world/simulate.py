@@ -84,7 +84,8 @@ class Simulation:
         self.logs = LogSink()
 
     # -- helpers -----------------------------------------------------------------------------
-    def _ctx(self, day: int) -> HookContext:
+    def context(self, day: int) -> HookContext:
+        """What a hook sees on `day`: the world's seed and calendar, and its data so far."""
         return HookContext(self.seed, day, self.calendar, self.data)
 
     def _visible(self, day: int) -> bool:
@@ -125,7 +126,7 @@ class Simulation:
 
         for day in range(cal.first_day, cal.last_simulated_day + 1):
             state.start_day(day)
-            self.faults.apply("world.state", state, self._ctx(day))
+            self.faults.apply("world.state", state, self.context(day))
             served: pl.DataFrame | None = None
             if day - 1 >= cal.first_feature_day:
                 rows = job.run(day - 1, prev_active)
@@ -137,7 +138,7 @@ class Simulation:
                 before = online if online is not None else rows[:0]
                 materialized_at = cal.at(day, MATERIALIZE_HOUR)
                 online = store.materialize(rows, materialized_at)
-                online = self.faults.apply("materialize.online", online, self._ctx(day))
+                online = self.faults.apply("materialize.online", online, self.context(day))
                 self._append(
                     day,
                     "ops.materialization_runs",
@@ -229,7 +230,7 @@ class Simulation:
 
     def _releases(self) -> dict[int, Release]:
         cal = self.calendar
-        planned = self.faults.apply("train.releases", [INITIAL_RELEASE], self._ctx(0))
+        planned = self.faults.apply("train.releases", [INITIAL_RELEASE], self.context(0))
         by_day = {r.day: r for r in sorted(planned, key=lambda r: r.day)}
         if 1 not in by_day or any(d < 1 or d > cal.last_production_day for d in by_day):
             raise ValueError("releases must include day 1 and fall within production")
@@ -251,7 +252,7 @@ class Simulation:
             self._active_lifecycle(state), cal, list(release.training_days())
         )
         known = pl.concat(cancellations).filter(pl.col("event_ts") < cal.midnight(release.day))
-        ctx = self._ctx(release.day)
+        ctx = self.context(release.day)
         training_set = train.build_training_set(
             spine,
             known,
@@ -306,7 +307,7 @@ class Simulation:
         tickets = support.open_tickets(
             self.seed, day, cal, demand, ingest.ticket_ids(demand.height)
         )
-        ctx = self._ctx(day)
+        ctx = self.context(day)
         query_encoder = self.faults.apply("retrieve.query_encoder", encoder, ctx)
         self.encoders.setdefault(query_encoder.version, (query_encoder, day))
         if tickets.height:

@@ -4,7 +4,9 @@ client on a frozen clock (no other service running), and candidate sessions."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import shutil
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,6 +17,7 @@ from sandbox.layout import WorldPaths
 from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
 from sandbox.services import stack
 from sandbox.services.gateway.app import create_app
+from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
@@ -105,3 +108,20 @@ def shared_stack(
         pytest.fail("Debian's prometheus is missing: `make test` installs it")
     with running_stack(faulty_world, tmp_path_factory, SHARED_SPEED, ("--prometheus",)) as running:
         yield running
+
+
+def live_store(paths: WorldPaths, at: dt.datetime) -> LiveTelemetry:
+    """The candidate's views of `paths`' world on a clock standing at `at`."""
+    spec = scenario.load(paths.scenario)
+    cal = spec.world.calendar()
+    clock = SimClock(at, time.time(), FROZEN, cal.midnight(cal.last_visible_day + 1))
+    return LiveTelemetry(
+        paths.root,
+        clock.now,
+        cal.midnight(cal.last_production_day + 1),
+        spec.fault_set,
+        spec.world.seed,
+        cal,
+        memory_limit="2GB",
+        time_limit_s=Settings().query_time_limit_s,
+    )

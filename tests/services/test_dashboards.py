@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from sandbox.services.dashboards import DashboardError
 from sandbox.services.gateway import console
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.settings import Settings
-from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
+from tests.services.conftest import live_store
 
 FROZEN = 1e-9  # a clock this slow stands still for the length of a test
 FILES = dashboards.definition_files()
@@ -47,17 +46,7 @@ def store(faulty_world: BuildSummary) -> Iterator[tuple[LiveTelemetry, dt.dateti
     spec = scenario.load(paths.scenario)
     cal = spec.world.calendar()
     live_start = cal.midnight(cal.last_production_day + 1)
-    clock = SimClock(live_start, time.time(), FROZEN, cal.midnight(cal.last_visible_day + 1))
-    telemetry = LiveTelemetry(
-        paths.root,
-        clock.now,
-        live_start,
-        spec.fault_set,
-        spec.world.seed,
-        cal,
-        memory_limit="2GB",
-        time_limit_s=Settings().query_time_limit_s,
-    )
+    telemetry = live_store(paths, live_start)
     yield telemetry, cal.midnight(1), live_start
     telemetry.con.close()
 

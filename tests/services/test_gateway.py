@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 
 import duckdb
 import pytest
@@ -17,30 +16,12 @@ from sandbox.schema import FEATURES
 from sandbox.services.gateway import console
 from sandbox.services.gateway.console import DEFAULTS
 from sandbox.services.gateway.telemetry import LiveTelemetry
-from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
-from tests.services.conftest import FROZEN, MakeSession
+from tests.services.conftest import MakeSession, live_store
 
 
 def _calendar(paths: WorldPaths):
     return scenario.load(paths.scenario).world.calendar()
-
-
-def _store(paths: WorldPaths, at: dt.datetime) -> LiveTelemetry:
-    spec = scenario.load(paths.scenario)
-    cal = spec.world.calendar()
-    clock = SimClock(at, time.time(), FROZEN, cal.midnight(cal.last_visible_day + 1))
-    live_start = cal.midnight(cal.last_production_day + 1)
-    return LiveTelemetry(
-        paths.root,
-        clock.now,
-        live_start,
-        spec.fault_set,
-        spec.world.seed,
-        cal,
-        memory_limit="2GB",
-        time_limit_s=DEFAULTS.query_time_limit_s,
-    )
 
 
 def _one(store: LiveTelemetry, sql: str):
@@ -50,8 +31,8 @@ def _one(store: LiveTelemetry, sql: str):
 def test_rows_appear_only_once_they_exist_at_the_simulated_now(paths: WorldPaths) -> None:
     cal = _calendar(paths)
     start = cal.midnight(cal.last_production_day + 1)
-    early = _store(paths, start)
-    later = _store(paths, start + dt.timedelta(days=2, hours=7))
+    early = live_store(paths, start)
+    later = live_store(paths, start + dt.timedelta(days=2, hours=7))
     for store, now in ((early, start), (later, start + dt.timedelta(days=2, hours=7))):
         newest_ingest = _one(store, "SELECT max(ingested_at) FROM raw.viewing_activity")
         assert dt.datetime.fromisoformat(newest_ingest) <= now
@@ -85,7 +66,7 @@ def test_rows_appear_only_once_they_exist_at_the_simulated_now(paths: WorldPaths
 def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
     cal = _calendar(paths)
     now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=10)
-    store = _store(paths, now)
+    store = live_store(paths, now)
     with duckdb.connect(str(paths.duckdb), read_only=True) as world:
         top_id = world.sql("SELECT max(prediction_id) FROM serving.predictions").fetchall()[0][0]
     writer = SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions"))
@@ -143,13 +124,13 @@ def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
 def test_the_console_refuses_what_is_not_a_read_of_the_candidates_tables(
     paths: WorldPaths, sql: str, message: str
 ) -> None:
-    store = _store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
+    store = live_store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
     with pytest.raises(console.QueryRefused, match=message):
         console.run(store, sql)
 
 
 def test_the_console_cannot_reach_files_and_caps_rows(paths: WorldPaths) -> None:
-    store = _store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
+    store = live_store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
     with pytest.raises(console.QueryRefused, match="not available"):
         console.run(store, "SELECT * FROM read_csv('/etc/passwd')")
     # The second layer: the instance itself refuses files, should a query get past the first.
@@ -263,7 +244,7 @@ def test_every_table_the_candidate_queries_is_declared_with_its_reveal_rule(
 ) -> None:
     """A table that holds later days must be revealed by time, or it leaks the future: every
     world table is declared, and so has a reveal rule, which its view applies."""
-    store = _store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
+    store = live_store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
     assert set(store.tables) == set(schema.TABLES)
     for name, table in schema.TABLES.items():
         sql = store.con.sql(
@@ -301,7 +282,7 @@ def test_a_spooled_row_no_table_can_hold_costs_that_row_only(paths: WorldPaths) 
         f.write(json.dumps({**row, "request_id": base + 4, "latency_ms": "fast"}) + "\n")
         f.write(json.dumps({**row, "request_id": base + 5, "ticket_id": None}) + "\n")
         f.write(json.dumps({k: v for k, v in row.items() if k != "click_rank"}) + "\n")
-    store = _store(paths, now)  # the gateway starts, whatever the spool holds
+    store = live_store(paths, now)  # the gateway starts, whatever the spool holds
     assert store.dropped == 3
     assert list(store.refusals) == [
         f"retrieval.search_log.ticket_id: {2**200} is out of range for BIGINT",
