@@ -102,6 +102,7 @@ def test_environment_overrides_reach_the_running_gateway(
         reply = client.post("/api/sql", json={"sql": "SELECT * FROM range(10)"}, headers=token)
         assert reply.status_code == 200, reply.text
         assert reply.json()["rows"] == [[0], [1], [2]] and reply.json()["truncated"]
+        assert "up to 3 rows shown" in client.get("/sql", headers=token).text  # the page says so
         big = client.post("/api/sql", json={"sql": "SELECT 1 -- " + "x" * 5000}, headers=token)
         assert big.status_code == 413 and "larger than 4 KiB" in big.json()["detail"]
         paste = {"kind": "paste", "field": "fix", "chars": 10}

@@ -155,6 +155,7 @@ def _page(
         role=who.role,
         plotly_url=PLOTLY_URL,
         prometheus="prometheus" in gw.addresses,
+        settings=gw.settings,
         **context,
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
