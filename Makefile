@@ -36,12 +36,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check sandbox tests benchmarks
 	$(VENV)/bin/mypy
 
+# Two test processes on two cores: the tests that share one stack run together on one of them.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) system-tools lint
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Every test that needs no built world and starts no stack: the tier to run while editing.
 test-fast: $(STAMP) system-tools lint
-	$(VENV)/bin/python -m pytest -m "not world"
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not world"
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.build

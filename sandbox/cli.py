@@ -37,7 +37,8 @@ DEFAULT_WORLD = Path("worlds/demo")
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Not wrapped: a path or field name broken across lines cannot be copied or searched for.
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

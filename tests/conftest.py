@@ -10,6 +10,8 @@ others.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +113,14 @@ def worlds(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
-def faulty_world(worlds: Worlds) -> BuildSummary:
-    """The default scenario (with its planted fault) at a small scale."""
-    return worlds.get("default")
+def faulty_world(worlds: Worlds, tmp_path_factory: pytest.TempPathFactory) -> BuildSummary:
+    """The default scenario (with its planted fault) at a small scale: this run's own copy, since
+    the service tests write run state and sessions into it, and the suite's parallel workers
+    must not share those."""
+    cached = worlds.get("default")
+    root = tmp_path_factory.mktemp("default-world") / cached.root.name
+    shutil.copytree(cached.root, root, ignore=shutil.ignore_patterns("run"))
+    return dataclasses.replace(cached, root=root)
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +148,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "worlds" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.world)
-    # The tests on the shared stack run last, together: it stays up from the first of them to
-    # the end of the session, and no other stack starts meanwhile.
+    # The tests on the shared stack run last, together, on one worker (`--dist loadgroup`): it
+    # stays up from the first of them to the end of that worker's session.
     shared = [i for i in items if "shared_stack" in getattr(i, "fixturenames", ())]
+    for item in shared:
+        item.add_marker(pytest.mark.xdist_group("shared-stack"))
     items[:] = [i for i in items if i not in shared] + shared

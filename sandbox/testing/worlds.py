@@ -13,13 +13,15 @@ its place in the cache and moved in whole, so a run that stops halfway leaves no
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import sys
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import cache
 from multiprocessing import get_context
@@ -163,14 +165,29 @@ def control_world() -> BuildSummary:
     return cached_world(CONTROL, control_scenario())
 
 
+@contextlib.contextmanager
+def _building(final: Path, name: str) -> Iterator[None]:
+    """Held while `name` is built: test processes running side by side build each world once,
+    the later ones waiting for it instead of building it again."""
+    locks = final.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _build_into_cache(name: str, text: str, root: str) -> BuildSummary:
-    """Build (perhaps in a worker process) beside its place in the cache and move it in whole.
-    One OpenMP thread: two builds share two cores, and idle OpenMP threads spinning for work
-    they will not get slow everything down."""
+    """Build (perhaps in a worker process) beside its place in the cache and move it in whole,
+    unless another process has meanwhile. One OpenMP thread: two builds share two cores, and
+    idle OpenMP threads spinning for work they will not get slow everything down."""
+    final = Path(root)
+    with _building(final, name):
+        return cached(final) or _build_unlocked(name, text, final)
+
+
+def _build_unlocked(name: str, text: str, final: Path) -> BuildSummary:
     from threadpoolctl import threadpool_limits
 
-    final = Path(root)
-    final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
     with threadpool_limits(limits=1, user_api="openmp"):
         build(scenario.parse(text, f"<test world {name}>"), partial, force=True)
