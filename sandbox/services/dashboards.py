@@ -182,5 +182,5 @@ def partial_periods(
         first = dt.datetime.fromisoformat(str(x))
         covered = min(first + length, end) - max(first, start)
         if covered < length:
-            partial[str(x)] = round(max(covered.total_seconds(), 0.0) / 86400, 1)
+            partial[str(x)] = round(max(covered.total_seconds(), 0.0) / 86400, 2)
     return partial

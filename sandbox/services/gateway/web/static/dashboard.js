@@ -105,11 +105,12 @@
     if (!isPartial.some(Boolean)) return [{ ...trace, ...style }];
     const days = PERIOD_DAYS[panel.period];
     const label = `partial ${panel.period}`;
+    const held = (x) => (partial[x] >= 1 ? `${partial[x]} of ${days} days` : `${partial[x] * 24 < 1 ? "under an hour" : Math.round(partial[x] * 24) + " h"} of ${days} days`);
     if (style.type === "bar") {
       return [{
         ...trace, ...style,
         marker: { ...style.marker, opacity: isPartial.map((p) => (p ? 0.4 : 1)) },
-        customdata: trace.x.map((x) => (x in partial ? ` · ${label}: ${partial[x]} of ${days} days` : "")),
+        customdata: trace.x.map((x) => (x in partial ? ` · ${label}: ${held(x)}` : "")),
         hovertemplate: hover(panel, "%{customdata}"),
       }];
     }
@@ -123,7 +124,7 @@
       ...style, name: trace.name, mode: "markers", showlegend: false, legendgroup: trace.name,
       x: trace.x.filter((_, i) => isPartial[i]), y: trace.y.filter((_, i) => isPartial[i]),
       marker: { ...style.marker, symbol: "circle-open", size: 8 },
-      customdata: trace.x.filter((_, i) => isPartial[i]).map((x) => `${label}: ${partial[x]} of ${days} days so far`),
+      customdata: trace.x.filter((_, i) => isPartial[i]).map((x) => `${label}: ${held(x)} in range`),
       hovertemplate: hover(panel, " · %{customdata}"),
       meta: "partial",
     };
