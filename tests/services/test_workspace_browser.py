@@ -262,6 +262,8 @@ def test_charts_read_for_what_they_show(stack: Stack, browser: Browser) -> None:
     assert all(
         y is None for t in solid for x, y in zip(t["x"], t["y"], strict=True) if x == last_week
     ), "the solid line stops before the partial week"
+    stat = page.locator('[data-panel="active-subscribers-latest"] .stat span').inner_text()
+    assert stat == "active subscribers", "a number says what it counts, in words"
     notes = [a["text"] for a in weekly["layout"].get("annotations", [])]
     assert "partial week" in notes
     page.evaluate(

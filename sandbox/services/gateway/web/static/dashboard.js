@@ -199,7 +199,7 @@
       const row = data.rows[data.rows.length - 1];
       body.replaceChildren(el("div", { class: "stats" }, panel.y.map((column) => {
         const v = row[data.columns.indexOf(column)];
-        return el("div", { class: "stat" }, el("b", {}, formatValue(v)), el("span", {}, `${column}${panel.unit ? " (" + panel.unit + ")" : ""}`));
+        return el("div", { class: "stat" }, el("b", {}, formatValue(v)), el("span", {}, `${(panel.labels || {})[column] || column.replaceAll("_", " ")}${panel.unit ? " (" + panel.unit + ")" : ""}`));
       })));
       return;
     }
