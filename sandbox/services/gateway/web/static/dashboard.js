@@ -151,7 +151,8 @@
     if (!partial.length) return { shapes: [], annotations: [] };
     const days = PERIOD_DAYS[panel.period] * 864e5;
     const iso = (d) => new Date(d).toISOString().slice(0, 19);
-    const at = (x) => Date.parse(/[zZ]|[+-]\d\d:\d\d$/.test(x) ? x : x + "Z");
+    // The server's times are UTC without a zone; a DATE is its midnight.
+    const at = (x) => Date.parse(/^\d{4}-\d\d-\d\d$/.test(x) ? `${x}T00:00:00Z` : /[zZ]|[+-]\d\d:\d\d$/.test(x) ? x : x + "Z");
     const shapes = [], annotations = [];
     for (const x of partial) {
       const from = Math.max(at(x), at(data.start)), to = Math.min(at(x) + days, at(data.end));
