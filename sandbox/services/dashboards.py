@@ -57,6 +57,7 @@ class Panel(Strict):
     # x holds the start of each calendar period: a period the range cuts short (the current
     # week, or one the range starts inside) is drawn as partial rather than as a drop.
     period: Literal["week"] | None = None
+    coverage: str | None = None  # a column with the days of its period a row's data covers
     # One small chart per value of this column, each on its own y axis: series of different
     # scales (features) stay readable side by side.
     facet: str | None = None
@@ -129,6 +130,8 @@ def load_file(path: Traversable) -> Dashboard:
             raise DashboardError(
                 f"{path.name}: panel {panel.id}: a label for {sorted(unlabeled)[0]}, not in y"
             )
+        if panel.coverage and not panel.period:
+            raise DashboardError(f"{path.name}: panel {panel.id}: coverage needs a period")
         if panel.id in seen:
             raise DashboardError(f"{path.name}: panel id {panel.id!r} is used twice")
         seen.add(panel.id)
@@ -169,18 +172,28 @@ def parameters(
 
 
 def partial_periods(
-    panel: Panel, xs: list[Any], start: dt.datetime, end: dt.datetime
+    panel: Panel,
+    columns: list[str],
+    rows: list[list[Any]],
+    start: dt.datetime,
+    end: dt.datetime,
 ) -> dict[str, float]:
-    """Of `panel`'s x values (period starts, as the panel's rows give them), those whose period
-    the range [start, end) covers only in part, with the days it covers: the current week is
-    not over yet, and a range may start inside a week."""
-    if panel.period is None:
+    """Of `panel`'s x values (period starts, as its rows give them), those whose period is only
+    partly there, with the days it holds: the range cuts it short (the current week is not over,
+    a range may start inside a week), or its rows say they cover fewer days (`coverage`: labels
+    that have not matured for the whole week yet)."""
+    if panel.period is None or panel.x not in columns:
         return {}
     length = dt.timedelta(seconds=PERIOD_SECONDS[panel.period])
-    partial: dict[str, float] = {}
-    for x in xs:
-        first = dt.datetime.fromisoformat(str(x))
-        covered = min(first + length, end) - max(first, start)
-        if covered < length:
-            partial[str(x)] = round(max(covered.total_seconds(), 0.0) / 86400, 2)
-    return partial
+    xi = columns.index(panel.x)
+    ci = columns.index(panel.coverage) if panel.coverage in columns else None
+    covered: dict[str, float] = {}
+    for row in rows:
+        first = dt.datetime.fromisoformat(str(row[xi]))
+        held = (min(first + length, end) - max(first, start)).total_seconds() / 86400
+        if ci is not None and row[ci] is not None:
+            held = min(held, float(row[ci]))
+        key = str(row[xi])
+        covered[key] = max(covered.get(key, 0.0), held)  # the fullest series of the period
+    whole = length.total_seconds() / 86400
+    return {x: round(max(days, 0.0), 2) for x, days in covered.items() if days < whole}

@@ -121,7 +121,7 @@ def test_every_panel_returns_its_declared_columns_over_the_production_range(
             assert result.elapsed_ms < SLOW_MS, f"{where}: {result.elapsed_ms} ms"
             columns = {name: i for i, name in enumerate(result.columns)}
             declared = [*panel.links, *([panel.series] if panel.series else [])]
-            declared += [panel.facet] if panel.facet else []
+            declared += [c for c in (panel.facet, panel.coverage) if c]
             if panel.chart != "table":
                 declared += panel.y
             if panel.chart in CHARTS_WITH_AXES:
@@ -213,6 +213,7 @@ sql = "SELECT $start::TIMESTAMP AS t, 1 AS value"
             TEMPLATE.format(id="x") + 'labels = { valu = "typo" }\n',
             "panel a-panel: a label for valu, not in y",
         ),
+        (TEMPLATE.format(id="x") + 'coverage = "days"\n', "coverage needs a period"),
     ],
     ids=[
         "bad-toml",
@@ -223,6 +224,7 @@ sql = "SELECT $start::TIMESTAMP AS t, 1 AS value"
         "builtin-name",
         "panel-id-twice",
         "label-for-no-column",
+        "coverage-without-period",
     ],
 )
 def test_a_malformed_definition_is_refused_naming_its_file(
@@ -277,14 +279,33 @@ def test_a_week_the_range_cuts_short_is_partial_with_the_days_it_holds() -> None
     monday = dt.datetime(2026, 3, 2)
     start, end = monday + dt.timedelta(days=2), monday + dt.timedelta(days=17, hours=12)
     weeks = [monday.isoformat(), (monday + dt.timedelta(days=7)).isoformat(), "2026-03-16"]
-    assert dashboards.partial_periods(panel, weeks, start, end) == {
+    rows = [[w, 0.5] for w in weeks]
+    assert dashboards.partial_periods(panel, ["t", "value"], rows, start, end) == {
         weeks[0]: 5.0,  # the range starts on Wednesday
         "2026-03-16": 3.5,  # the current week, half-way through Thursday
     }
-    whole = dashboards.partial_periods(panel, weeks[:2], monday, monday + dt.timedelta(days=14))
+    whole = dashboards.partial_periods(
+        panel, ["t", "value"], rows[:2], monday, monday + dt.timedelta(days=14)
+    )
     assert whole == {}
     daily = panel.model_copy(update={"period": None})
-    assert dashboards.partial_periods(daily, weeks, start, end) == {}
+    assert dashboards.partial_periods(daily, ["t", "value"], rows, start, end) == {}
+
+
+def test_a_week_its_rows_cover_in_part_is_partial_too() -> None:
+    panel = dashboards.Panel(
+        id="weekly", title="Weekly", sql="SELECT 1", period="week", coverage="days"
+    )
+    monday = dt.datetime(2026, 3, 2)
+    second = (monday + dt.timedelta(days=7)).isoformat()
+    rows = [
+        [monday.isoformat(), "eu", 7, 0.7],
+        [second, "eu", 2, 0.6],  # labels for two days of the week so far
+        [second, "us", 1, 0.5],
+    ]
+    columns = ["t", "segment", "days", "value"]
+    end = monday + dt.timedelta(days=28)
+    assert dashboards.partial_periods(panel, columns, rows, monday, end) == {second: 2.0}
 
 
 def test_weekly_panels_declare_their_period() -> None:

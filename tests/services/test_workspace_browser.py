@@ -283,6 +283,18 @@ def test_charts_read_for_what_they_show(stack: Stack, browser: Browser) -> None:
     ), versions["legend"]
     journey.shot("legends")
 
+    page.goto(f"{stack.url}/dashboards/model-quality?range=whole&segment=app_version")
+    page.wait_for_selector("body[data-dashboard-ready='true']", timeout=WAIT_MS)
+    legend = page.locator('[data-panel="weekly-auc"] .legendtext').all_text_contents()
+    assert legend and all(name.startswith("app version ") for name in legend), legend
+    # The newest score week has labels for a few of its days only: drawn as partial.
+    matured = page.evaluate(
+        """() => document.querySelector('[data-panel="weekly-auc"] .js-plotly-plot').data
+                   .filter((t) => t.meta === "partial").flatMap((t) => t.customdata)"""
+    )
+    assert matured and all("partial week" in c for c in matured), matured
+    journey.shot("app-version-segment")
+
     features = _plot(page, stack.url, "feature-health", "null-ratio")
     assert features["facets"] >= 10, "one small chart per feature"
     titles = {a["text"] for a in features["layout"]["annotations"]}

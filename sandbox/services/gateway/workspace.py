@@ -141,22 +141,13 @@ async def panel_data(
             "start": start.isoformat(),
             "end": end.isoformat(),
             "bucket_s": dashboards.bucket_seconds(start, end),
-            "partial": dashboards.partial_periods(
-                panel, _distinct(result.columns, result.rows, panel.x), start, end
-            ),
+            "partial": dashboards.partial_periods(panel, result.columns, result.rows, start, end),
         }
     )
 
 
 def _ignore(*_: Any) -> None:
     pass
-
-
-def _distinct(columns: list[str], rows: list[list[Any]], column: str) -> list[Any]:
-    if column not in columns:
-        return []
-    i = columns.index(column)
-    return list(dict.fromkeys(row[i] for row in rows))
 
 
 def _like_escaped(text: str) -> str:
