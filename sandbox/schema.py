@@ -551,7 +551,8 @@ _DECLARED = (
         live=Live(
             (EVERY_SERVICE,),
             # The lines of the processes that run live come from them once live time starts.
-            kept="service NOT IN ('model-server', 'retrieval', 'materialization', 'drift-monitor')",
+            kept="service NOT IN ('model-server', 'feature-server', 'retrieval', 'materialization', "
+            "'drift-monitor')",
             client="workspace for lines about requests sent from this workspace; production "
             "otherwise.",
         ),

@@ -148,18 +148,23 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, **params: Any) -> pl.DataFr
     return con.sql(sql, params=params or None).pl().cast(LOG_SCHEMA)  # type: ignore[arg-type]
 
 
+def online_lookup_path(customer_id: int | None) -> str:
+    """The feature server's path for one customer's online row (its collection without one)."""
+    base = "/online/customer_features"
+    return base if customer_id is None else f"{base}/{customer_id}"
+
+
 def _feature_server(con: duckdb.DuckDBPyConnection, _: Calendar) -> pl.DataFrame:
-    # Each online prediction read its customer's row from the feature server.
+    # Each online prediction read its customer's row from the feature server first.
     return _frame(
         con,
         f"""
-        SELECT date_trunc('hour', request_ts) + INTERVAL 1 HOUR AS ts, '{FEATURE_SERVER}' AS service,
-               'info' AS level, 'lookups_served' AS event,
-               format('served {{}} online feature lookups in the last hour', count(*)) AS message,
-               format('{{{{"lookups": {{}}}}}}', count(*)) AS attrs
+        SELECT request_ts AS ts, '{FEATURE_SERVER}' AS service, 'info' AS level,
+               'lookup' AS event,
+               format('GET {online_lookup_path(None)}/{{}} 200', customer_id) AS message,
+               format('{{{{"customer_id": {{}}, "status": 200}}}}', customer_id) AS attrs
         FROM serving.predictions
         WHERE source = 'online'
-        GROUP BY 1
         """,
     )
 
