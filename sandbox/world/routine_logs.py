@@ -4,8 +4,9 @@ the label job, alert evaluation and the retrieval service's requests.
 
 Every line is derived from the tables the component acted on, after the build wrote them, so the
 logs agree with the data: a component the changelog names has its everyday lines, whatever else
-happened to it. The materialization and drift lines are the ones the scheduled jobs write live
-(`sandbox.services.jobs` formats with the functions here), so history and live look alike.
+happened to it. The materialization, drift and feature-server lines are the ones the scheduled
+jobs and the model server write live (they format with the functions here), so history and live
+look alike.
 """
 
 from __future__ import annotations
