@@ -61,10 +61,12 @@ class Reveal:
     """When the candidate's view shows a row: once `column` (a TIMESTAMP or DATE of the row) is at
     or before the simulated now, or, if `exists` is given, once that SQL expression over the row
     is. A DATE column counts as reached from the start of its day. `column` None: the table is
-    shown whole (reference data, and what was settled before live time)."""
+    shown whole (reference data, and what was settled before live time). `newest`: of the rows
+    revealed, only those with the newest `column` (a store each load replaces whole)."""
 
     column: str | None
     exists: str | None = None
+    newest: bool = False
 
 
 WHOLE = Reveal(None)
@@ -311,7 +313,7 @@ _DECLARED = (
     ),
     Table(
         "feature_store.customer_features_online",
-        "Online store: latest row per customer.",
+        "Online store: latest row per customer, as of the newest load.",
         _columns(
             "customer_id BIGINT",
             "event_timestamp TIMESTAMP",
@@ -321,7 +323,7 @@ _DECLARED = (
                 "materialized_at", "TIMESTAMP", "When the row was loaded into the online store."
             ),
         ),
-        WHOLE,  # the store as production left it
+        Reveal("materialized_at", newest=True),
         id="customer_id",
     ),
     Table(
@@ -549,7 +551,8 @@ _DECLARED = (
         live=Live(
             (EVERY_SERVICE,),
             # The lines of the processes that run live come from them once live time starts.
-            kept="service NOT IN ('model-server', 'retrieval', 'materialization', 'drift-monitor')",
+            kept="service NOT IN ('model-server', 'feature-server', 'retrieval', 'materialization', "
+            "'drift-monitor')",
             client="workspace for lines about requests sent from this workspace; production "
             "otherwise.",
         ),

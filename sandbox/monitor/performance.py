@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-SEGMENTS = ("device", "plan", "region")
+SEGMENTS = ("device", "plan", "region", "app_version")
 KEY = ["score_date", "segment", "segment_value"]
 
 

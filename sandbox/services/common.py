@@ -94,9 +94,23 @@ class ServiceContext:
     ) -> None:
         """A structured log line in the candidate's logs (telemetry.logs), stamped in sim time;
         `session_id` when a candidate session's call wrote it (only that session sees it)."""
+        self.log_as(self.service, level, event, message, session_id=session_id, **attrs)
+
+    def log_as(
+        self,
+        service: str,
+        level: str,
+        event: str,
+        message: str,
+        *,
+        session_id: str | None = None,
+        **attrs: Any,
+    ) -> None:
+        """`log` for a component this process plays the part of (the model server reads the
+        online store in-process; its reads are the feature server's lines)."""
         line = {
             "ts": self.now().isoformat(),
-            "service": self.service,
+            "service": service,
             "level": level,
             "event": event,
             "message": message,

@@ -29,6 +29,7 @@ BUILTIN_PARAMETERS = {"start", "end", "bucket"}
 # Seconds per chart point, smallest first: the finest bucket that keeps a chart under MAX_POINTS.
 BUCKETS = (300, 900, 3600, 3 * 3600, 6 * 3600, 86400)
 MAX_POINTS = 400
+PERIOD_SECONDS = {"week": 7 * 86400}
 
 Chart = Literal["line", "area", "bar", "stat", "table"]
 SLUG = r"^[a-z0-9][a-z0-9-]*$"
@@ -50,7 +51,16 @@ class Panel(Strict):
     sql: str = Field(min_length=1)
     x: str = "t"  # the x column of line/area/bar charts
     y: list[str] = Field(default_factory=lambda: ["value"])  # one series per column...
-    series: str | None = None  # ...or one per value of this column
+    series: str | None = None  # ...or one per value of this column (which reads as its legend)
+    # The legend of each y column: what the series is, in words ("online-store load").
+    labels: dict[str, str] = Field(default_factory=dict)
+    # x holds the start of each calendar period: a period the range cuts short (the current
+    # week, or one the range starts inside) is drawn as partial rather than as a drop.
+    period: Literal["week"] | None = None
+    coverage: str | None = None  # a column with the days of its period a row's data covers
+    # One small chart per value of this column, each on its own y axis: series of different
+    # scales (features) stay readable side by side.
+    facet: str | None = None
     unit: str = ""
     width: Literal[1, 2] = 1  # a panel spans one or two grid columns
     links: dict[str, str] = Field(default_factory=dict)  # table column -> URL template "{value}"
@@ -115,6 +125,13 @@ def load_file(path: Traversable) -> Dashboard:
     names = {v.name for v in board.variables} | BUILTIN_PARAMETERS
     seen: set[str] = set()
     for panel in board.panels:
+        unlabeled = set(panel.labels) - set(panel.y)
+        if unlabeled:
+            raise DashboardError(
+                f"{path.name}: panel {panel.id}: a label for {sorted(unlabeled)[0]}, not in y"
+            )
+        if panel.coverage and not panel.period:
+            raise DashboardError(f"{path.name}: panel {panel.id}: coverage needs a period")
         if panel.id in seen:
             raise DashboardError(f"{path.name}: panel id {panel.id!r} is used twice")
         seen.add(panel.id)
@@ -152,3 +169,31 @@ def parameters(
         **choices,
     }
     return {name: values.get(name) for name in set(PARAMETER.findall(panel.sql))}
+
+
+def partial_periods(
+    panel: Panel,
+    columns: list[str],
+    rows: list[list[Any]],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> dict[str, float]:
+    """Of `panel`'s x values (period starts, as its rows give them), those whose period is only
+    partly there, with the days it holds: the range cuts it short (the current week is not over,
+    a range may start inside a week), or its rows say they cover fewer days (`coverage`: labels
+    that have not matured for the whole week yet)."""
+    if panel.period is None or panel.x not in columns:
+        return {}
+    length = dt.timedelta(seconds=PERIOD_SECONDS[panel.period])
+    xi = columns.index(panel.x)
+    ci = columns.index(panel.coverage) if panel.coverage in columns else None
+    covered: dict[str, float] = {}
+    for row in rows:
+        first = dt.datetime.fromisoformat(str(row[xi]))
+        held = (min(first + length, end) - max(first, start)).total_seconds() / 86400
+        if ci is not None and row[ci] is not None:
+            held = min(held, float(row[ci]))
+        key = str(row[xi])
+        covered[key] = max(covered.get(key, 0.0), held)  # the fullest series of the period
+    whole = length.total_seconds() / 86400
+    return {x: round(max(days, 0.0), 2) for x, days in covered.items() if days < whole}

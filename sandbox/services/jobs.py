@@ -54,13 +54,19 @@ from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.services.common import ServiceContext
 from sandbox.services.spool import read_new
+from sandbox.world.routine_logs import (
+    DRIFT_MONITOR,
+    MATERIALIZATION,
+    drift_message,
+    materialization_message,
+)
 
 SERVICE = "scheduler"
 MATERIALIZE = "materialize"
 DRIFT = "drift"
 JOBS = (MATERIALIZE, DRIFT)
 # The `service` of each job's log lines: the names the gateway swaps for live rows at live start.
-LOG_SERVICE = {MATERIALIZE: "materialization", DRIFT: "drift-monitor"}
+LOG_SERVICE = {MATERIALIZE: MATERIALIZATION, DRIFT: DRIFT_MONITOR}
 TABLE = {MATERIALIZE: "ops.materialization_runs", DRIFT: "monitoring.drift_daily"}
 FEATURE_TABLE = "monitoring.drift_feature_daily"
 DRIFT_DELAY = dt.timedelta(minutes=30)  # after the end of the report day
@@ -160,7 +166,7 @@ def run_materialization(ctx: ServiceContext, day: int) -> dict[str, Any]:
         MATERIALIZE,
         "info",
         "materialization_finished",
-        f"online store loaded: {rows} rows, newest event_timestamp {row['max_event_timestamp']}",
+        materialization_message(int(rows), row["max_event_timestamp"]),
         rows=int(rows),
         max_event_timestamp=row["max_event_timestamp"],
     )
@@ -304,8 +310,7 @@ def write_drift(ctx: ServiceContext, day: int, report: DriftReport) -> None:
         DRIFT,
         "warning" if s["dataset_drift"] else "info",
         "drift_report_finished",
-        f"drift report for {s['report_date']}: {s['n_drifted']} of {s['n_features']} features "
-        f"drifted over {s['n_rows']} rows",
+        drift_message(s["report_date"], s["n_drifted"], s["n_features"], s["n_rows"]),
         report_date=s["report_date"],
         n_rows=s["n_rows"],
         n_drifted=s["n_drifted"],

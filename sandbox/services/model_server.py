@@ -51,6 +51,7 @@ from sandbox.services.common import (
     settings_or_exit,
 )
 from sandbox.services.settings import Settings
+from sandbox.world.routine_logs import FEATURE_SERVER, online_lookup_path
 
 MAX_BATCH = 1000
 HTTP_STATUS = {"ok": 200, "error": 503}
@@ -466,6 +467,26 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
             status=code,
         )
 
+    def log_lookup(request: Request, items: list[PredictRequest], code: int) -> None:
+        """The online-store reads a request made, as the feature server logs them (the world's
+        history has the same lines: `sandbox.world.routine_logs`)."""
+        keys = [i.customer_id for i in items if i.features is None and i.customer_id is not None]
+        if not keys:
+            return
+        if len(keys) == 1:
+            path, attrs = online_lookup_path(keys[0]), {"customer_id": keys[0]}
+        else:
+            path, attrs = f"{online_lookup_path(None)}/batch", {"keys": len(keys)}
+        ctx.log_as(
+            FEATURE_SERVER,
+            "info" if code < 400 else "warning",
+            "lookup",
+            f"GET {path} {code}",
+            session_id=caller.session_of(request.scope),
+            **attrs,
+            status=code,
+        )
+
     def record(request: Request, rows: list[dict[str, Any]]) -> None:
         if caller.session_of(request.scope) is not None:
             return
@@ -502,10 +523,13 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
         try:
             _, rows = live.predict([body], started, session_id=session)
         except ApiError as err:
+            if err.status == 404:
+                log_lookup(request, [body], 404)
             log_request(
                 request, "/predict", err.status, _elapsed_ms(request), customer_id=body.customer_id
             )
             return JSONResponse({"detail": err.message}, status_code=err.status)
+        log_lookup(request, [body], 200)
         row = rows[0]
         record(request, rows)
         code = HTTP_STATUS[row["status"]]
@@ -522,10 +546,13 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
         try:
             _, rows = live.predict(body.requests, started, batch=True, session_id=session)
         except ApiError as err:
+            if err.status == 404:
+                log_lookup(request, body.requests, 404)
             log_request(
                 request, "/predict/batch", err.status, _elapsed_ms(request), rows=len(body.requests)
             )
             return JSONResponse({"detail": err.message}, status_code=err.status)
+        log_lookup(request, body.requests, 200)
         record(request, rows)
         failed = sum(row["status"] != "ok" for row in rows)
         log_request(

@@ -30,6 +30,7 @@ from sandbox.pipeline.release import TRAINING_HOUR, Release
 from sandbox.product import corpus
 from sandbox.scenario import Scenario
 from sandbox.world.libraries import library_versions
+from sandbox.world.routine_logs import routine_logs
 from sandbox.world.simulate import Simulation, SimulationResult
 from sandbox.world.warehouse import Warehouse, content_digest, row_counts
 
@@ -157,7 +158,11 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     progress("labels and monitoring", 2, 3)
 
     segments = wh.con.sql("SELECT customer_id, device, plan, region FROM raw.customers").pl()
-    scored = batch.join(labels, on=["customer_id", "score_date"]).join(segments, on="customer_id")
+    scored = (
+        batch.join(labels, on=["customer_id", "score_date"])
+        .join(segments, on="customer_id")
+        .join(_app_versions(wh.con), on=["customer_id", "score_date"], how="left")
+    )
     wh.append("monitoring.model_performance_daily", performance.daily_performance(scored))
     series = metrics.build_series(wh.con, job.health_frame().filter(pl.col("ts") < cutoff))
     series = sim.faults.apply("monitor.metrics", series, sim.context(cal.last_visible_day))
@@ -174,7 +179,12 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     wh.append("monitoring.drift_reference", _drift_reference(result.initial.training_set))
     progress("drift reports", 1, 1)
 
-    logs = result.logs.frame().filter(pl.col("ts") < cutoff)
+    wh.flush()  # the routine lines are read off the tables
+    logs = (
+        pl.concat([result.logs.frame(), routine_logs(wh.con, cal)])
+        .filter(pl.col("ts") < cutoff)
+        .sort("ts", "service", "event", "message", maintain_order=True)
+    )
     wh.append("telemetry.logs", logs)
     wh.close()
     truth.close()
@@ -290,6 +300,21 @@ def _register_encoder(
         str(info.registered_model_version),
         {"encoder_version": str(encoder.version), "deployed_on": str(cal.date(serving_day))},
     )
+
+
+def _app_versions(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """The app version each batch-scored customer last used on or before the score date
+    ('none' before their first session)."""
+    return con.sql(
+        """
+        SELECT p.customer_id, p.request_ts::DATE AS score_date,
+               coalesce(v.app_version, 'none') AS app_version
+        FROM serving.predictions p
+        ASOF LEFT JOIN raw.viewing_activity v
+          ON v.customer_id = p.customer_id AND v.activity_date <= p.request_ts::DATE
+        WHERE p.source = 'batch'
+        """
+    ).pl()
 
 
 def _export_logs(logs: pl.DataFrame, paths: WorldPaths) -> None:

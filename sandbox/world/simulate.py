@@ -151,9 +151,9 @@ class Simulation:
                         }
                     ),
                 )
-                if day == cal.last_production_day:
-                    self.wh.append(store.ONLINE_TABLE, online)
+                # The loads the live days reveal one by one, after the one live time starts on.
                 if cal.last_production_day <= day <= cal.last_visible_day:
+                    self.wh.append(store.ONLINE_TABLE, online)
                     snapshots[day] = online
                 served = server.batch(day, online)
                 offered = state.grant_offers(

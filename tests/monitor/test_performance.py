@@ -37,6 +37,7 @@ def _scored(seed: int) -> pl.DataFrame:
             "device": g.choice(["ios", "android", "web"], n),
             "plan": g.choice(["basic", "premium"], n),
             "region": g.choice(["eu", "us", "apac", "latam"], n),
+            "app_version": g.choice(["5.1.0", "5.2.0", "none"], n),
         }
     )
 

@@ -37,6 +37,7 @@ CHARTS_WITH_AXES = {"line", "area", "bar"}
 # Words that would tell the candidate something was planted, whole words or word stems.
 GIVEAWAYS = re.compile(r"fault|inject|planted|leak|broken|suspicious|\bbugs?\b", re.IGNORECASE)
 SLOW_MS = 2000  # a generous ceiling: panels take milliseconds on a small world
+VAGUE = {"all", "value", "series", "none", "null", "total"}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,23 @@ def _is_time(value: object) -> bool:
     return True
 
 
+def _self_describing(name: str) -> bool:
+    """A legend entry that says what it is: words, not a bare number, version or placeholder."""
+    return bool(re.search(r"[a-z]{2}", name, re.IGNORECASE)) and name.lower() not in VAGUE
+
+
+def test_every_legend_entry_of_a_column_is_labeled_in_words() -> None:
+    for board in dashboards.load_dir().values():
+        for panel in board.panels:
+            if panel.chart not in CHARTS_WITH_AXES or panel.series:
+                continue
+            for column in panel.y:
+                label = panel.labels.get(column, "")
+                assert _self_describing(label) and "_" not in label, (
+                    f"{board.id}/{panel.id}: {column} has no legend label in words"
+                )
+
+
 def test_every_required_dashboard_loads_in_menu_order() -> None:
     boards = dashboards.load_dir()
     assert set(boards) == REQUIRED
@@ -103,6 +121,7 @@ def test_every_panel_returns_its_declared_columns_over_the_production_range(
             assert result.elapsed_ms < SLOW_MS, f"{where}: {result.elapsed_ms} ms"
             columns = {name: i for i, name in enumerate(result.columns)}
             declared = [*panel.links, *([panel.series] if panel.series else [])]
+            declared += [c for c in (panel.facet, panel.coverage) if c]
             if panel.chart != "table":
                 declared += panel.y
             if panel.chart in CHARTS_WITH_AXES:
@@ -122,6 +141,10 @@ def test_every_panel_returns_its_declared_columns_over_the_production_range(
                 assert len(xs) <= dashboards.MAX_POINTS + 1, f"{where}: {len(xs)} points"
             for column in panel.links:
                 assert all(row[columns[column]] for row in result.rows), f"{where}: {column}"
+            if panel.series and panel.chart in CHARTS_WITH_AXES:
+                names = {str(row[columns[panel.series]]) for row in result.rows}
+                vague = sorted(n for n in names if not _self_describing(n))
+                assert not vague, f"{where}: legend entries {vague} do not say what they are"
 
 
 def test_drift_report_links_name_each_report_day(
@@ -186,6 +209,11 @@ sql = "SELECT $start::TIMESTAMP AS t, 1 AS value"
             + '[[panels]]\nid = "a-panel"\ntitle = "Again"\nsql = "SELECT 1"\n',
             "panel id 'a-panel' is used twice",
         ),
+        (
+            TEMPLATE.format(id="x") + 'labels = { valu = "typo" }\n',
+            "panel a-panel: a label for valu, not in y",
+        ),
+        (TEMPLATE.format(id="x") + 'coverage = "days"\n', "coverage needs a period"),
     ],
     ids=[
         "bad-toml",
@@ -195,6 +223,8 @@ sql = "SELECT $start::TIMESTAMP AS t, 1 AS value"
         "bad-id",
         "builtin-name",
         "panel-id-twice",
+        "label-for-no-column",
+        "coverage-without-period",
     ],
 )
 def test_a_malformed_definition_is_refused_naming_its_file(
@@ -242,6 +272,48 @@ def test_longer_ranges_get_coarser_buckets_of_at_most_max_points() -> None:
         finer = [b for b in dashboards.BUCKETS if b < bucket]
         assert all(span.total_seconds() / b > dashboards.MAX_POINTS for b in finer)
     assert dashboards.bucket_seconds(start, start) == dashboards.BUCKETS[0]
+
+
+def test_a_week_the_range_cuts_short_is_partial_with_the_days_it_holds() -> None:
+    panel = dashboards.Panel(id="weekly", title="Weekly", sql="SELECT 1", period="week")
+    monday = dt.datetime(2026, 3, 2)
+    start, end = monday + dt.timedelta(days=2), monday + dt.timedelta(days=17, hours=12)
+    weeks = [monday.isoformat(), (monday + dt.timedelta(days=7)).isoformat(), "2026-03-16"]
+    rows = [[w, 0.5] for w in weeks]
+    assert dashboards.partial_periods(panel, ["t", "value"], rows, start, end) == {
+        weeks[0]: 5.0,  # the range starts on Wednesday
+        "2026-03-16": 3.5,  # the current week, half-way through Thursday
+    }
+    whole = dashboards.partial_periods(
+        panel, ["t", "value"], rows[:2], monday, monday + dt.timedelta(days=14)
+    )
+    assert whole == {}
+    daily = panel.model_copy(update={"period": None})
+    assert dashboards.partial_periods(daily, ["t", "value"], rows, start, end) == {}
+
+
+def test_a_week_its_rows_cover_in_part_is_partial_too() -> None:
+    panel = dashboards.Panel(
+        id="weekly", title="Weekly", sql="SELECT 1", period="week", coverage="days"
+    )
+    monday = dt.datetime(2026, 3, 2)
+    second = (monday + dt.timedelta(days=7)).isoformat()
+    rows = [
+        [monday.isoformat(), "eu", 7, 0.7],
+        [second, "eu", 2, 0.6],  # labels for two days of the week so far
+        [second, "us", 1, 0.5],
+    ]
+    columns = ["t", "segment", "days", "value"]
+    end = monday + dt.timedelta(days=28)
+    assert dashboards.partial_periods(panel, columns, rows, monday, end) == {second: 2.0}
+
+
+def test_weekly_panels_declare_their_period() -> None:
+    for board in dashboards.load_dir().values():
+        for panel in board.panels:
+            weekly = "date_trunc('week'" in panel.sql or "INTERVAL 7 DAY" in panel.sql
+            if panel.chart in CHARTS_WITH_AXES and weekly:
+                assert panel.period == "week", f"{board.id}/{panel.id}"
 
 
 def test_a_panel_gets_only_the_parameters_its_sql_names() -> None:

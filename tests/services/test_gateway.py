@@ -63,6 +63,36 @@ def test_rows_appear_only_once_they_exist_at_the_simulated_now(paths: WorldPaths
     assert dt.datetime.fromisoformat(newest_daily) + dt.timedelta(days=1) <= later.now()
 
 
+def test_the_online_store_is_the_newest_load_by_the_simulated_now(paths: WorldPaths) -> None:
+    """Each morning's load replaces the store: the console shows the one production reads, the
+    live day's 04:00 load once its hour has passed, never rows of two loads."""
+    cal = _calendar(paths)
+    live_day = cal.last_production_day + 1
+    store_sql = (
+        "SELECT count(DISTINCT materialized_at), min(materialized_at), count(*), "
+        "count(DISTINCT customer_id) FROM feature_store.customer_features_online"
+    )
+    for now, load in (
+        (cal.at(live_day, 3.5), cal.at(live_day - 1, 4.0)),
+        (cal.at(live_day, 4.5), cal.at(live_day, 4.0)),
+        (cal.at(live_day + 1, 12.0), cal.at(live_day + 1, 4.0)),
+    ):
+        loads, loaded_at, rows, customers = console.run(live_store(paths, now), store_sql).rows[0]
+        assert loads == 1, f"at {now}: rows of {loads} loads"
+        assert dt.datetime.fromisoformat(loaded_at) == load, f"at {now}"
+        assert rows == customers, "one row per customer"
+        # The world's own record of the load says as many rows (the live job's comes from the
+        # same load once the scheduler runs).
+        world = duckdb.connect(str(paths.duckdb), read_only=True)
+        try:
+            recorded = world.execute(
+                "SELECT rows FROM ops.materialization_runs WHERE materialized_at = ?", [load]
+            ).fetchone()
+        finally:
+            world.close()
+        assert recorded is not None and recorded[0] == rows, f"at {now}"
+
+
 def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
     cal = _calendar(paths)
     now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=10)

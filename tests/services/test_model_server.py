@@ -238,11 +238,13 @@ def test_an_unknown_customer_is_404_naming_it(live: Live) -> None:
     reply = live.client.post("/predict", json={"customer_id": missing})
     assert reply.status_code == 404
     assert str(missing) in reply.json()["detail"]
-    [line] = [
+    lookup, line = [
         r
         for r in live.spooled("telemetry.logs")
         if json.loads(r["attrs"]).get("customer_id") == missing
     ]
+    assert lookup["service"] == "feature-server" and lookup["level"] == "warning"
+    assert lookup["message"] == f"GET /online/customer_features/{missing} 404"
     assert line["level"] == "warning" and line["message"].startswith("POST /predict 404 ")
 
 
@@ -316,7 +318,15 @@ def test_requests_are_logged_like_the_worlds_model_server(live: Live) -> None:
     assert (
         logs[0]["message"] == f"loaded {live.record.model_name} version {live.record.model_version}"
     )
-    line = logs[-1]
+    lookup, line = logs[-2:]
+    # The online row is read first, as the world's feature server logs it.
+    assert lookup["service"] == "feature-server" and lookup["event"] == "lookup"
+    assert lookup["message"] == f"GET /online/customer_features/{customer} 200"
+    assert json.loads(lookup["attrs"]) == {"customer_id": customer, "status": 200}
+    assert lookup["ts"] <= line["ts"]
+    payload = live.client.post("/predict", json=_payload(live))
+    assert payload.status_code == 200
+    assert live.spooled("telemetry.logs")[-1]["service"] == "model-server", "no lookup"
     assert line["service"] == "model-server" and line["event"] == "request"
     assert line["level"] == "info"
     assert re.fullmatch(r"POST /predict 200 \d+\.\dms", line["message"]), line["message"]

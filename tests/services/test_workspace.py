@@ -141,6 +141,65 @@ def test_a_panel_runs_for_the_picked_range_and_is_recorded(
     assert missing.status_code == 404
 
 
+def test_a_weekly_panel_says_which_weeks_the_range_holds_in_part(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    who = _bearer(make_session()["candidate_token"])
+    now = dt.datetime.fromisoformat(client.get("/api/clock", headers=who).json()["now"])
+    start = now - dt.timedelta(days=20)
+    reply = client.get(
+        "/api/dashboards/model-quality/panels/weekly-auc",
+        params={"start": start.isoformat(), "segment": "app_version"},
+        headers=who,
+    )
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    weeks = sorted({row[0] for row in data["rows"]})
+    assert weeks and set(data["partial"]) <= set(weeks)
+    # Twenty days from a time of day never hold three whole weeks: the first one is cut short.
+    assert weeks[0] in data["partial"] and 0 < data["partial"][weeks[0]] < 7
+    assert all(name.startswith("app version ") for name in {row[1] for row in data["rows"]})
+    daily = client.get(
+        "/api/dashboards/model-quality/panels/daily-auc",
+        params={"start": start.isoformat()},
+        headers=who,
+    )
+    assert daily.json()["partial"] == {}
+
+
+def test_the_model_server_page_offers_ids_the_online_store_holds(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    who = _bearer(links["candidate_token"])
+    ids = client.get("/api/customers/examples", headers=who).json()
+    assert len(ids) == 6 and ids == sorted(set(ids))
+    held = client.post(
+        "/api/sql",
+        json={
+            "sql": "SELECT count(*) FROM feature_store.customer_features_online "
+            f"WHERE customer_id IN ({', '.join(map(str, ids))})"
+        },
+        headers=who,
+    ).json()
+    assert held["rows"] == [[6]]
+    # Spread over the store, not its first rows.
+    assert (
+        ids
+        != client.post(
+            "/api/sql",
+            json={
+                "sql": "SELECT customer_id FROM feature_store.customer_features_online "
+                "ORDER BY 1 LIMIT 6"
+            },
+            headers=who,
+        ).json()["rows"]
+    )
+    assert client.get("/api/customers/examples", params={"n": 99}, headers=who).status_code == 422
+    page = client.get("/model-server", headers=who | HTML)
+    assert 'id="customer-examples"' in page.text
+
+
 def test_a_segment_filter_takes_only_its_options(
     client: TestClient, make_session: MakeSession
 ) -> None:

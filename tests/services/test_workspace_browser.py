@@ -231,6 +231,99 @@ def test_a_candidates_journey_is_drawn_and_recorded(stack: Stack, browser: Brows
     assert sorted(p.name for p in SHOTS.glob("*.png"))[:1] == ["01-brief.png"]
 
 
+def _plot(page: Page, url: str, board: str, panel: str) -> Any:
+    """Plotly's figure of a drawn panel on the stack at `url`: its traces and layout."""
+    page.goto(f"{url}/dashboards/{board}")
+    page.wait_for_selector("body[data-dashboard-ready='true']", timeout=WAIT_MS)
+    return page.evaluate(
+        """(id) => {
+          const gd = document.querySelector(`[data-panel="${id}"] .js-plotly-plot`);
+          return { data: gd.data, layout: gd.layout, facets: Number(gd.dataset.facets),
+                   legend: [...gd.querySelectorAll('.legendtext')].map((t) => t.textContent) };
+        }""",
+        panel,
+    )
+
+
+def test_charts_read_for_what_they_show(stack: Stack, browser: Browser) -> None:
+    """The unfinished week is marked partial, not drawn as a drop; legends say what a series is;
+    features of different scales get a chart each; the model server offers ids to try."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    journey = Journey(context.new_page(), first_step=40)
+    page = journey.page
+    page.goto(stack.candidate_url)
+
+    weekly = _plot(page, stack.url, "business", "weekly-churn-by-segment")
+    marks = [t for t in weekly["data"] if t.get("meta") == "partial"]
+    assert marks, "the current week is drawn apart"
+    assert all("partial week" in c and "of 7 days" in c for t in marks for c in t["customdata"])
+    solid = [t for t in weekly["data"] if t.get("showlegend", True)]
+    last_week = max(x for t in marks for x in t["x"])
+    assert all(
+        y is None for t in solid for x, y in zip(t["x"], t["y"], strict=True) if x == last_week
+    ), "the solid line stops before the partial week"
+    stat = page.locator('[data-panel="active-subscribers-latest"] .stat span').inner_text()
+    assert stat == "active subscribers", "a number says what it counts, in words"
+    notes = [a["text"] for a in weekly["layout"].get("annotations", [])]
+    assert "partial week" in notes
+    page.evaluate(
+        """([id, curve]) => {
+          const gd = document.querySelector(`[data-panel="${id}"] .js-plotly-plot`);
+          const last = gd.data[curve].x.length - 1;
+          Plotly.Fx.hover(gd, [{ curveNumber: curve, pointNumber: last }]);
+        }""",
+        ["weekly-churn-by-segment", weekly["data"].index(marks[0])],
+    )
+    page.wait_for_selector(".hoverlayer >> text=/partial week/", timeout=5000)
+    journey.shot("partial-week")
+
+    versions = _plot(page, stack.url, "model-outputs", "predictions-per-day")
+    assert versions["legend"] and all(
+        re.fullmatch(r"model v\d+", name) for name in versions["legend"]
+    ), versions["legend"]
+    journey.shot("legends")
+
+    page.goto(f"{stack.url}/dashboards/model-quality?range=whole&segment=app_version")
+    page.wait_for_selector("body[data-dashboard-ready='true']", timeout=WAIT_MS)
+    legend = page.locator('[data-panel="weekly-auc"] .legendtext').all_text_contents()
+    assert legend and all(name.startswith("app version ") for name in legend), legend
+    # The newest score week has labels for a few of its days only: drawn as partial.
+    matured = page.evaluate(
+        """() => document.querySelector('[data-panel="weekly-auc"] .js-plotly-plot').data
+                   .filter((t) => t.meta === "partial").flatMap((t) => t.customdata)"""
+    )
+    assert matured and all("partial week" in c for c in matured), matured
+    journey.shot("app-version-segment")
+
+    features = _plot(page, stack.url, "feature-health", "null-ratio")
+    assert features["facets"] >= 10, "one small chart per feature"
+    titles = {a["text"] for a in features["layout"]["annotations"]}
+    assert {"tenure_days", "sessions_7d"} <= titles
+    assert all(f"yaxis{i}" in features["layout"] for i in range(2, features["facets"] + 1))
+    journey.shot("small-multiples")
+    page.select_option("select[name=feature]", "tenure_days")
+    # A single feature is one ordinary chart.
+    page.wait_for_function(
+        "document.querySelector('[data-panel=\"null-ratio\"] .js-plotly-plot')"
+        ".dataset.facets === '0'",
+        timeout=WAIT_MS,
+    )
+    journey.shot("one-feature")
+
+    page.goto(f"{stack.url}/model-server")
+    chip = page.locator("#customer-examples button.chip").first
+    chip.wait_for()
+    chip.click()
+    assert page.locator("#customer-id").input_value() == chip.inner_text()
+    page.locator("#predict-form button[type=submit]").click()
+    result = page.locator("#predict-result")
+    result.wait_for()
+    assert '"score"' in result.inner_text()
+    journey.shot("customer-examples")
+    context.close()
+    assert journey.console_errors == [] and journey.failed_responses == []
+
+
 def test_pages_are_readable_at_1280_by_800(stack: Stack, browser: Browser) -> None:
     """Nothing spills sideways: every page fits the width of a laptop screen."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})

@@ -116,4 +116,7 @@ def view_sql(table: str, world: str, columns: list[str]) -> str:
     if live is not None and live.spooled:
         body += f" UNION ALL BY NAME SELECT {live_select} FROM {live_table(table)} WHERE "
         body += f"{exists(declared)} AND {VISIBLE}"
+    if declared.reveal.newest:
+        newest = declared.reveal.column
+        body = f"SELECT * FROM ({body}) QUALIFY {newest} = max({newest}) OVER ()"
     return body

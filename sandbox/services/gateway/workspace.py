@@ -30,6 +30,7 @@ from sandbox.services.gateway.state import Gateway, naive_utc, shown_rows
 router = APIRouter()
 
 LOG_PAGE = 100
+EXAMPLE_CUSTOMERS = 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REPORT_RENDER_TIMEOUT_S = 120
 DIAGNOSIS_FIELDS = ("root_cause", "evidence", "fix", "ship_first", "next_experiment")
@@ -140,6 +141,7 @@ async def panel_data(
             "start": start.isoformat(),
             "end": end.isoformat(),
             "bucket_s": dashboards.bucket_seconds(start, end),
+            "partial": dashboards.partial_periods(panel, result.columns, result.rows, start, end),
         }
     )
 
@@ -243,6 +245,28 @@ async def logs(
             for ts, svc, lvl, event, message, attrs in rows
         ],
     }
+
+
+@router.get("/api/customers/examples")
+async def customer_examples(
+    request: Request, who: Auth, n: Annotated[int, Query(ge=1, le=EXAMPLE_CUSTOMERS)] = 6
+) -> list[int]:
+    """A few customer ids the online store holds now, spread over the id range, for the model
+    server page to offer. Not recorded: ids are all it shows, and the request a candidate sends
+    with one is."""
+    gw = gateway(request)
+    try:
+        result = await gw.query(
+            who,
+            "SELECT customer_id FROM feature_store.customer_features_online "
+            "ORDER BY hash(customer_id), customer_id LIMIT $n",
+            {"n": n},
+        )
+    except ConsoleBusy as exc:
+        raise HTTPException(429, str(exc)) from None
+    except QueryRefused as exc:
+        raise HTTPException(503, f"the online store is not available right now: {exc}") from None
+    return sorted(int(row[0]) for row in result.rows)
 
 
 @router.get("/api/changelog")

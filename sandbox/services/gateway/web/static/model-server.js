@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { api, table, showError, formatValue } = sandbox;
+  const { api, el, table, showError, formatValue } = sandbox;
   const form = document.getElementById("predict-form");
   const output = document.getElementById("predict-result");
   const status = document.getElementById("predict-status");
@@ -10,8 +10,22 @@
 
   function mode() { return form.elements.mode.value; }
   function syncMode() {
-    document.querySelector(".mode-customer").hidden = mode() !== "customer";
+    for (const node of document.querySelectorAll(".mode-customer")) node.hidden = mode() !== "customer";
     document.querySelector(".mode-payload").hidden = mode() !== "payload";
+  }
+
+  // A few ids the online store holds, one click to put in the request.
+  async function loadExamples() {
+    const box = document.getElementById("customer-examples");
+    const input = document.getElementById("customer-id");
+    try {
+      const ids = await api("/api/customers/examples");
+      box.append(...ids.map((id) => el("button", {
+        type: "button", class: "chip", "data-customer": String(id),
+        onclick: () => { input.value = String(id); input.focus(); },
+      }, String(id))));
+      if (ids.length && input.value === "1" && !ids.includes(1)) input.value = String(ids[0]);
+    } catch (e) { box.hidden = true; }
   }
 
   async function loadMetadata() {
@@ -52,4 +66,5 @@
   });
   syncMode();
   loadMetadata();
+  loadExamples();
 })();
