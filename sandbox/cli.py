@@ -172,6 +172,7 @@ def verify_cmd(
         for scope, checks in [
             *result.fault_checks.items(),
             ("healthy world", result.health_checks),
+            ("brief", result.brief_checks),
         ]:
             for c in checks:
                 table.add_row(scope, c.name, VERIFY_OUTCOMES[c.outcome], c.detail)
