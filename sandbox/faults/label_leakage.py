@@ -59,6 +59,8 @@ class LabelLeakage(Fault[Params]):
         "A new model version with a superb holdout AUC ships; production precision and AUC fall "
         "while the flagged share stays normal."
     )
+    # The fall in production precision needs a few hundred labelled churners a week.
+    min_customers: ClassVar[int] = 5_000
     # The new release's training rows carry the feature; the served rows keep the store's.
     adds_columns: ClassVar[dict[str, tuple[Column, ...]]] = {
         TRAINING_TABLE: (
