@@ -245,6 +245,8 @@ def faults_show(fault_id: str) -> None:
         f"difficulty: {e['difficulty']}"
     )
     console.print(f"candidate observes: {e['observation']}")
+    if e["min_customers"]:
+        console.print(f"needs a world of at least {e['min_customers']:,} customers")
     console.print(e["doc"])
     table = Table(title="parameters")
     for col in ("name", "default", "range / choices", "description"):

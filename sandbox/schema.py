@@ -393,8 +393,8 @@ _DECLARED = (
     Table(
         "finance.weekly_plan",
         "Finance's weekly plan for production, made before it started: the subscriber base on "
-        "its pre-history trend, churn rate and revenue per subscriber at their pre-history "
-        "averages.",
+        "its pre-history trend, revenue per subscriber at its pre-history average, and the "
+        "pre-history churn rate less the retention offers' planned saving.",
         _columns(
             Column(
                 "week_start", "DATE", "First day of the plan week; weeks run from production day 1."
@@ -407,6 +407,11 @@ _DECLARED = (
                 "weekly_churn_rate",
                 "DOUBLE",
                 "Planned cancellations per active subscriber per week.",
+            ),
+            Column(
+                "retention_saving",
+                "DOUBLE",
+                "Share of pre-history's churn rate the retention offers were planned to save.",
             ),
             Column("revenue", "DOUBLE", "Planned revenue from successful charges, USD."),
             Column("planned_at", "TIMESTAMP", "When the plan was signed off."),

@@ -2,9 +2,11 @@
 production started, and the actual weeks to hold against it.
 
 The plan is what a finance team would have written from the last weeks of pre-history: the
-subscriber base continues its linear trend, and the weekly churn rate and the revenue per
-subscriber stay at their pre-history averages. Everything is computed in DuckDB from the raw
-tables the candidate sees, so anyone can redo the plan with the SQL console.
+subscriber base continues its linear trend, the revenue per subscriber stays at its pre-history
+average, and so does the weekly churn rate, less the share of cancellations the retention
+programme (which starts with production) was budgeted to save. Everything but that budget is
+computed in DuckDB from the raw tables the candidate sees, so anyone can redo the plan with the
+SQL console.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ PLAN_TABLE = "finance.weekly_plan"
 BASIS_WEEKS = 8  # the pre-history weeks the plan is fitted on
 PLANNED_ON_DAY = -4  # the plan was signed off in the week before production
 PLANNED_AT_HOUR = 15.0
+# What the retention programme's business case promised: about what a healthy churn model's
+# offers do save in the simulated world (`sandbox.world.behaviour.OFFER_EFFECT`).
+RETENTION_SAVING = 0.05
 
 
 def week_start_day(week: int) -> int:
@@ -78,8 +83,10 @@ def weekly_plan(con: duckdb.DuckDBPyConnection, calendar: Calendar) -> pl.DataFr
         )
         SELECT p.week_start,
                round(p.subscribers)::BIGINT AS active_subscribers,
-               round(p.subscribers * c.n / f.subscriber_weeks)::BIGINT AS cancellations,
-               round(c.n / f.subscriber_weeks, 5) AS weekly_churn_rate,
+               round(p.subscribers * c.n / f.subscriber_weeks * (1 - $saving))::BIGINT
+                 AS cancellations,
+               round(c.n / f.subscriber_weeks * (1 - $saving), 5) AS weekly_churn_rate,
+               $saving AS retention_saving,
                round(p.subscribers * r.amount / f.subscriber_weeks, 2) AS revenue,
                $planned_at::TIMESTAMP AS planned_at
         FROM planned p, fit f, cancels c, revenue r
@@ -90,6 +97,7 @@ def weekly_plan(con: duckdb.DuckDBPyConnection, calendar: Calendar) -> pl.DataFr
             "first": first_week,
             "weeks": weeks,
             "planned_at": calendar.at(PLANNED_ON_DAY, PLANNED_AT_HOUR),
+            "saving": RETENTION_SAVING,
         },
     ).pl()
     return frame.select(schema.names(PLAN_TABLE)).cast(schema.polars_schema(PLAN_TABLE))

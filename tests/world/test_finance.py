@@ -71,7 +71,9 @@ def test_the_plan_continues_the_pre_history_trend_and_rates() -> None:
     for planned, want in zip(plan["active_subscribers"], expected, strict=True):
         assert abs(planned - want) <= LEAVING_PER_WEEK, (planned, want)
     rate = plan["weekly_churn_rate"][0]
-    assert 0.9 * LEAVING_PER_WEEK / 1_900 <= rate <= 1.1 * LEAVING_PER_WEEK / 1_900
+    assert (plan["retention_saving"] == finance.RETENTION_SAVING).all()
+    pre_history_rate = rate / (1 - finance.RETENTION_SAVING)
+    assert 0.9 * LEAVING_PER_WEEK / 1_900 <= pre_history_rate <= 1.1 * LEAVING_PER_WEEK / 1_900
     for row in plan.iter_rows(named=True):
         assert abs(row["cancellations"] - rate * row["active_subscribers"]) <= 1
         assert abs(row["revenue"] - PRICE * row["active_subscribers"]) <= 0.05 * row["revenue"]
