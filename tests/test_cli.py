@@ -79,6 +79,6 @@ def test_a_scale_too_small_for_a_fault_is_refused_before_the_build(tmp_path: Pat
     result = runner.invoke(app, ["build", str(leakage), "--out", str(out), "--scale", "0.1"])
     assert result.exit_code == 2, result.stdout
     message = " ".join(result.stderr.split())
-    assert "faults[0] (label-leakage) needs at least 10,000 customers" in message
-    assert "scale 0.1 gives 2,500" in message and "--scale 0.4" in message
+    assert "faults[0] (label-leakage) needs at least 5,000 customers" in message
+    assert "scale 0.1 gives 2,500" in message and "--scale 0.2" in message
     assert not out.exists()
