@@ -48,14 +48,19 @@ def _batch_at_six(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _training_window(con: duckdb.DuckDBPyConnection) -> None:
-    ts, match = _entry(con, r"churn-model trained on (\d+) score dates over (\d+) weeks")
-    dates, span = con.execute(
-        "SELECT count(DISTINCT score_date), date_diff('day', min(score_date), max(score_date)) "
-        "FROM training.churn_training_set WHERE model_version = "
+    ts, match = _entry(
+        con,
+        r"churn-model trained on (\d+) score dates over (\d+) weeks.*"
+        r"Newest score date (\d+) days before training",
+    )
+    dates, span, newest = con.execute(
+        "SELECT count(DISTINCT score_date), date_diff('day', min(score_date), max(score_date)), "
+        "max(score_date) FROM training.churn_training_set WHERE model_version = "
         "(SELECT min(model_version::INT)::VARCHAR FROM training.churn_training_set)"
     ).fetchall()[0]
     assert dates == int(match[1])
     assert round(span / 7) == int(match[2])
+    assert (ts.date() - newest).days == int(match[3])
     assert ts.date() == CAL.date(0)
 
 
