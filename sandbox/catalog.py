@@ -70,6 +70,7 @@ def describe_fault(cls: type) -> dict:
         "hooks": hooks,
         "difficulty": cls.difficulty,
         "observation": cls.observation,
+        "min_customers": cls.min_customers,
         "doc": _paragraphs(inspect.getdoc(inspect.getmodule(cls)) or ""),
         "parameters": params,
     }

@@ -173,6 +173,7 @@ def verify_cmd(
         for scope, checks in [
             *result.fault_checks.items(),
             ("healthy world", result.health_checks),
+            ("brief", result.brief_checks),
         ]:
             for c in checks:
                 table.add_row(scope, c.name, VERIFY_OUTCOMES[c.outcome], c.detail)
@@ -245,6 +246,8 @@ def faults_show(fault_id: str) -> None:
         f"difficulty: {e['difficulty']}"
     )
     console.print(f"candidate observes: {e['observation']}")
+    if e["min_customers"]:
+        console.print(f"needs a world of at least {e['min_customers']:,} customers")
     console.print(e["doc"])
     table = Table(title="parameters")
     for col in ("name", "default", "range / choices", "description"):

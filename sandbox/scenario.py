@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import tomllib
 from collections.abc import Sequence
 from functools import cache
@@ -15,7 +16,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from sandbox.clock import Calendar
 from sandbox.faults.base import Decoy, Fault, FaultSet, HookContext
@@ -56,11 +64,34 @@ class WorldSpec(BaseModel):
         )
 
 
+class Claim(BaseModel):
+    """A statement of the brief about the business that the built world must bear out: over
+    production weeks `weeks` (first, last; week 1 starts on production day 1), actual `metric`
+    is `direction` finance's plan (`finance.weekly_plan`). `sandbox verify` checks it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["cancellations", "revenue"]
+    direction: Literal["above", "below", "not below", "not above"]
+    weeks: tuple[int, int] = Field(description="First and last production week, inclusive.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Claim:
+        first, last = self.weeks
+        if not 1 <= first <= last:
+            raise ValueError(f"weeks: {list(self.weeks)} is not a range of production weeks")
+        return self
+
+
 class Brief(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str = Field(min_length=1, max_length=200)
     text: str = Field(min_length=1)
+    claims: list[Claim] = Field(
+        default_factory=list,
+        description="What the text says about the business, for `sandbox verify` to check.",
+    )
 
 
 # The scenario file's model is made at run time from whatever faults and decoys are registered
@@ -122,6 +153,13 @@ class Scenario:
                 f"{self.world.n_customers}; a world needs at least {MIN_CUSTOMERS} to train a model"
             )
         self.brief: Brief = model.brief
+        complete_weeks = self.world.production_days // 7
+        for index, claim in enumerate(self.brief.claims):
+            if claim.weeks[1] > complete_weeks:
+                raise ScenarioError(
+                    f"{source}: brief.claims[{index}].weeks: week {claim.weeks[1]} is not a "
+                    f"complete production week (there are {complete_weeks})"
+                )
         self.faults: list[Fault] = []
         for index, entry in enumerate(model.faults):
             cls = _registries()[0].get(entry.id)
@@ -132,6 +170,7 @@ class Scenario:
                     f"production day ({self.world.production_days})"
                 )
             self.faults.append(cls(params))
+            self._refuse_too_small(index, cls, source)
         self.decoys: list[Decoy] = []
         for index, entry in enumerate(model.decoys):
             decoy_cls = _registries()[1].get(entry.kind)
@@ -143,6 +182,19 @@ class Scenario:
                 )
             self.decoys.append(decoy_cls(decoy_params))
         self._refuse_colliding_releases(source)
+
+    def _refuse_too_small(self, index: int, cls: type[Fault[Any]], source: str) -> None:
+        """A fault whose symptom this many customers would drown in noise: the world would
+        build, and `sandbox verify` would fail on it."""
+        world = self.world
+        if world.n_customers >= cls.min_customers:
+            return
+        scale = math.ceil(cls.min_customers / world.customers * 100) / 100
+        raise ScenarioError(
+            f"{source}: faults[{index}] ({cls.id}) needs at least {cls.min_customers:,} "
+            f"customers to show; scale {world.scale} gives {world.n_customers:,}. "
+            f"Use --scale {scale} or more."
+        )
 
     def _refuse_colliding_releases(self, source: str) -> None:
         """Two faults releasing a model on the same day: the simulation keeps one release per

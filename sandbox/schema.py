@@ -393,6 +393,35 @@ _DECLARED = (
         Reveal("offered_at"),
     ),
     Table(
+        "finance.weekly_plan",
+        "Finance's weekly plan for production, made before it started: the subscriber base on "
+        "its pre-history trend, revenue per subscriber at its pre-history average, and the "
+        "pre-history churn rate less the retention offers' planned saving.",
+        _columns(
+            Column(
+                "week_start", "DATE", "First day of the plan week; weeks run from production day 1."
+            ),
+            Column(
+                "active_subscribers", "BIGINT", "Planned active subscribers at the week's start."
+            ),
+            Column("cancellations", "BIGINT", "Planned cancellations in the week."),
+            Column(
+                "weekly_churn_rate",
+                "DOUBLE",
+                "Planned cancellations per active subscriber per week.",
+            ),
+            Column(
+                "retention_saving",
+                "DOUBLE",
+                "Share of pre-history's churn rate the retention offers were planned to save.",
+            ),
+            Column("revenue", "DOUBLE", "Planned revenue from successful charges, USD."),
+            Column("planned_at", "TIMESTAMP", "When the plan was signed off."),
+        ),
+        WHOLE,  # the plan was made before production
+        id="week_start",
+    ),
+    Table(
         "labels.churn_labels",
         "Delayed churn labels per scored customer and day.",
         _columns(

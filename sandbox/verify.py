@@ -3,12 +3,13 @@
 A check passes, fails, or is not measurable (the world cannot decide it: too few labels have
 matured, too few customers are affected). A world passes when no check fails and every planted
 fault and decoy has at least one check that passed; checks that were not measurable are counted
-and listed on their own, never as passed.
+and listed on their own, never as passed. The brief's claims about the business are checks too:
+a brief that says something the world does not show fails.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
@@ -17,7 +18,7 @@ import duckdb
 from sandbox import scenario as scenario_mod
 from sandbox.faults.base import Check, Outcome
 from sandbox.layout import WorldPaths, read_manifest
-from sandbox.world import health
+from sandbox.world import claims, health
 
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
@@ -26,10 +27,12 @@ OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 class Verification:
     fault_checks: dict[str, list[Check]]  # fault id, or "decoy:<id>" -> its checks
     health_checks: list[Check]
+    brief_checks: list[Check] = field(default_factory=list)
 
     @property
     def checks(self) -> list[Check]:
-        return [c for cs in self.fault_checks.values() for c in cs] + self.health_checks
+        faults = [c for cs in self.fault_checks.values() for c in cs]
+        return faults + self.health_checks + self.brief_checks
 
     @property
     def counts(self) -> dict[Outcome, int]:
@@ -52,6 +55,7 @@ class Verification:
             "unconfirmed": self.unconfirmed,
             "faults": {k: [c.model_dump() for c in v] for k, v in self.fault_checks.items()},
             "health": [c.model_dump() for c in self.health_checks],
+            "brief": [c.model_dump() for c in self.brief_checks],
         }
 
 
@@ -69,6 +73,7 @@ def verify(root: Path) -> Verification:
         faults = {f.id: f.verify(con, cal) for f in spec.faults}
         faults |= {f"decoy:{d.id}": d.verify(con, cal) for d in spec.decoys}
         healthy = health.checks(con, cal, manifest["model"]["holdout_auc"], healthy_until)
+        brief = claims.checks(con, cal, spec.brief.claims)
     finally:
         con.close()
-    return Verification(fault_checks=faults, health_checks=healthy)
+    return Verification(fault_checks=faults, health_checks=healthy, brief_checks=brief)

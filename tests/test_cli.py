@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from sandbox.cli import app
 from sandbox.world.build import BuildSummary
+from tests.conftest import EXAMPLES
 
 runner = CliRunner()
 
@@ -60,6 +61,7 @@ def test_verify_reports_checks_and_exit_code(faulty_world: BuildSummary, tmp_pat
     assert result.exit_code == 0, result.stdout
     report = json.loads(result.stdout)
     assert report["passed"] is True and report["faults"]["feature-nulls-wrong-mean"]
+    assert report["brief"] and all(c["outcome"] == "passed" for c in report["brief"])
     not_a_world = runner.invoke(app, ["verify", str(tmp_path)])
     assert not_a_world.exit_code == 2 and "manifest" in not_a_world.stderr
 
@@ -69,3 +71,14 @@ def test_a_world_too_small_to_model_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "world.scale" in result.stderr
     assert "at least 500" in result.stderr
     assert not (tmp_path / "tiny").exists()
+
+
+def test_a_scale_too_small_for_a_fault_is_refused_before_the_build(tmp_path: Path) -> None:
+    leakage = EXAMPLES / "label-leakage.toml"
+    out = tmp_path / "w"
+    result = runner.invoke(app, ["build", str(leakage), "--out", str(out), "--scale", "0.1"])
+    assert result.exit_code == 2, result.stdout
+    message = " ".join(result.stderr.split())
+    assert "faults[0] (label-leakage) needs at least 5,000 customers" in message
+    assert "scale 0.1 gives 2,500" in message and "--scale 0.2" in message
+    assert not out.exists()

@@ -129,3 +129,39 @@ def test_a_world_keeps_the_scenario_as_built() -> None:
     assert tomllib.loads(built.as_toml()) == built.raw
     assert (again.world.seed, again.world.scale) == (11, 0.3)
     assert [f.id for f in again.faults] == [f.id for f in given.faults]
+
+
+def test_a_fault_needing_more_customers_than_the_scale_gives_is_refused_before_the_build(
+    tmp_path: Path,
+) -> None:
+    from sandbox.faults.label_leakage import LabelLeakage
+
+    need = LabelLeakage.min_customers
+    assert need > scenario.MIN_CUSTOMERS
+    text = "[world]\nscale = {}\n" + BRIEF + '[[faults]]\nid = "label-leakage"\n'
+    too_small = round(need / 25_000 * 0.9, 3)
+    with pytest.raises(scenario.ScenarioError) as exc:
+        scenario.load(write(tmp_path, text.format(too_small)))
+    message = str(exc.value)
+    assert "faults[0] (label-leakage)" in message and f"{need:,} customers" in message
+    assert f"scale {too_small} gives {round(25_000 * too_small):,}" in message
+    enough = float(message.split("--scale ")[1].split(" ")[0])
+    assert scenario.load(write(tmp_path, text.format(enough))).world.n_customers >= need
+
+
+def test_every_fault_at_its_default_parameters_builds_at_the_tests_small_scale() -> None:
+    from sandbox.faults import registry
+    from sandbox.testing import SMALL_SCALE
+
+    small = round(25_000 * SMALL_SCALE)
+    assert all(cls.min_customers <= small for cls in registry.catalog().values())
+
+
+def test_brief_claims_name_complete_production_weeks(tmp_path: Path) -> None:
+    claim = '[[brief.claims]]\nmetric = "cancellations"\ndirection = "above"\nweeks = [{}, {}]\n'
+    ok = write(tmp_path, BRIEF + claim.format(4, 6))
+    assert scenario.load(ok).brief.claims[0].weeks == (4, 6)
+    for first, last, why in ((4, 7, "not a complete production week"), (3, 2, "not a range")):
+        with pytest.raises(scenario.ScenarioError) as exc:
+            scenario.load(write(tmp_path, BRIEF + claim.format(first, last)))
+        assert "brief.claims[0]" in str(exc.value) and why in str(exc.value)

@@ -264,6 +264,9 @@ class Fault(Planted, Generic[P]):
     difficulty: ClassVar[Literal["easy", "medium", "hard"]]
     observation: ClassVar[str]  # what the candidate will see, in one line
     Params: ClassVar[type[FaultParams]]
+    # Customers a world needs for the symptom to stand out of its noise (`verify` passes); a
+    # scenario whose scale gives fewer is refused before the build.
+    min_customers: ClassVar[int] = 0
 
     def __init__(self, params: P) -> None:
         self.params = params

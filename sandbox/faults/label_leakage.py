@@ -59,6 +59,9 @@ class LabelLeakage(Fault[Params]):
         "A new model version with a superb holdout AUC ships; production precision and AUC fall "
         "while the flagged share stays normal."
     )
+    # The fall in production precision needs a few hundred labelled churners a week: at 2,500
+    # customers it drowns in noise, from 3,750 it verifies; 5,000 leaves a margin.
+    min_customers: ClassVar[int] = 5_000
     # The new release's training rows carry the feature; the served rows keep the store's.
     adds_columns: ClassVar[dict[str, tuple[Column, ...]]] = {
         TRAINING_TABLE: (

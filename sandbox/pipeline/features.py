@@ -31,6 +31,11 @@ IMPUTED_FEATURES: tuple[str, ...] = (
 )
 FEATURE_SCHEMA = {name: pl.Float64 for name in MODEL_FEATURES}
 MIN_COVERAGE = 0.75  # share of a window's active days that must report watch time
+# The job's one release in the production weeks (the changelog announces it): window aggregates
+# moved to polars. Deployed at 11:00 on its day, so that night's run is the first on it.
+FAST_RELEASE = "1.8.0"
+FAST_RELEASE_DAY = 29
+FAST_RELEASE_SPEEDUP = 3.0
 
 
 def feature_timestamp(calendar: Calendar, day: int) -> dt.datetime:
@@ -195,7 +200,10 @@ class FeatureJob:
         features = self.faults.apply("features.rows", features, ctx)
         nulls_left = int(sum(features[c].null_count() for c in MODEL_FEATURES))
         rows_in = sum(f.height for f in self.activity) + sum(f.height for f in self.billing)
-        duration = round(18 + rows_in / 9000 + g.gamma(2.0, 3.0), 2)
+        duration = 18 + rows_in / 9000 + g.gamma(2.0, 3.0)
+        if day >= FAST_RELEASE_DAY:
+            duration /= FAST_RELEASE_SPEEDUP
+        duration = round(duration, 2)
         finished = started + dt.timedelta(seconds=duration)
         run = {
             "run_id": f"{JOB_NAME}-{self.calendar.date(day):%Y%m%d}",

@@ -1,6 +1,9 @@
 """Stage 9: the ops changelog — deploys, config changes, upstream notices, incidents, on-call notes.
 
-Most entries are the ordinary churn of a production system; they make a realistic haystack.
+Most entries are the ordinary churn of a production system; they make a realistic haystack. An
+entry that states a fact the tables can show (a schedule, a duration, a training window, a
+label delay) states it from the same constants the pipeline runs on, so the log and the data
+agree.
 """
 
 from __future__ import annotations
@@ -9,6 +12,14 @@ import polars as pl
 
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet
+from sandbox.pipeline.features import FAST_RELEASE, FAST_RELEASE_DAY, FAST_RELEASE_SPEEDUP
+from sandbox.pipeline.release import (
+    INITIAL_RELEASE,
+    LABEL_GAP_DAYS,
+    SNAPSHOT_SPACING_DAYS,
+    TRAINING_HOUR,
+    TRAINING_SNAPSHOTS,
+)
 from sandbox.product import APP_RELEASES
 
 # (day, hour, kind, service, title, body, author)
@@ -48,15 +59,6 @@ ROUTINE: list[tuple[int, float, str, str, str, str, str]] = [
         "model-server image 2.4.1 (uvicorn bump)",
         "Dependency refresh; no behaviour change.",
         "ml-platform",
-    ),
-    (
-        0,
-        16.0,
-        "deploy",
-        "churn-model",
-        "churn-model trained on 8 weeks; promoted to champion",
-        "Holdout metrics in the registry run. Deploys with tomorrow's batch.",
-        "ml-team",
     ),
     (
         4,
@@ -122,15 +124,6 @@ ROUTINE: list[tuple[int, float, str, str, str, str, str]] = [
         "sre",
     ),
     (
-        29,
-        11.0,
-        "deploy",
-        "feature-job",
-        "feature-job 1.8.0: pandas -> polars for window aggregates",
-        "Same outputs on the backfill comparison; 3x faster.",
-        "data-platform",
-    ),
-    (
         32,
         14.0,
         "oncall",
@@ -138,15 +131,6 @@ ROUTINE: list[tuple[int, float, str, str, str, str, str]] = [
         "on-call handoff",
         "Quiet. One flaky alert on model-server latency.",
         "oncall",
-    ),
-    (
-        37,
-        10.0,
-        "config",
-        "labels",
-        "label job: delay raised from 12 to 14 days",
-        "Matches the churn definition in the model card.",
-        "ml-team",
     ),
     (
         39,
@@ -160,10 +144,49 @@ ROUTINE: list[tuple[int, float, str, str, str, str, str]] = [
 ]
 
 
+def _pipeline_facts(calendar: Calendar) -> list[tuple[int, float, str, str, str, str, str]]:
+    """Entries about the pipeline's own stages, worded from what the stages do."""
+    window_weeks = SNAPSHOT_SPACING_DAYS * (TRAINING_SNAPSHOTS - 1) // 7
+    horizon = calendar.label_horizon_days
+    return [
+        (
+            INITIAL_RELEASE.trained_at_day(),
+            TRAINING_HOUR,
+            "deploy",
+            "churn-model",
+            f"churn-model trained on {TRAINING_SNAPSHOTS} score dates over {window_weeks} "
+            "weeks; promoted to champion",
+            f"Newest score date {LABEL_GAP_DAYS} days before training. "
+            "Holdout metrics in the registry run. Deploys with tomorrow's batch.",
+            "ml-team",
+        ),
+        (
+            FAST_RELEASE_DAY,
+            11.0,
+            "deploy",
+            "feature-job",
+            f"feature-job {FAST_RELEASE}: pandas -> polars for window aggregates",
+            "Same outputs on the backfill comparison; "
+            f"{FAST_RELEASE_SPEEDUP:.0f}x faster. First run on it tonight.",
+            "data-platform",
+        ),
+        (
+            37,
+            10.0,
+            "config",
+            "labels",
+            f"label job: churn labels audited, horizon stays {horizon} days",
+            f"Every label is joined {horizon} days after its score date, as the churn "
+            "definition in the model card says. No change to the job.",
+            "ml-team",
+        ),
+    ]
+
+
 def changelog(calendar: Calendar, faults: FaultSet) -> pl.DataFrame:
     rows = [
         {"day": d, "hour": h, "kind": k, "service": s, "title": t, "body": b, "author": a}
-        for d, h, k, s, t, b, a in ROUTINE
+        for d, h, k, s, t, b, a in [*ROUTINE, *_pipeline_facts(calendar)]
     ]
     for version, release_day in APP_RELEASES[1:]:
         rows.append(
@@ -173,7 +196,7 @@ def changelog(calendar: Calendar, faults: FaultSet) -> pl.DataFrame:
                 "kind": "deploy",
                 "service": "mobile-apps",
                 "title": f"apps {version} staged rollout started",
-                "body": "iOS, Android and TV apps; auto-update over about a week.",
+                "body": "iOS, Android and TV apps; auto-update over about two weeks.",
                 "author": "apps-team",
             }
         )

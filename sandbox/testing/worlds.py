@@ -65,7 +65,8 @@ def planted(
     default = tomllib.loads(scenario.load(None).text)
     raw = {
         "world": default["world"],
-        "brief": default["brief"],
+        # The default brief's claims are about the default fault's world, not these faults'.
+        "brief": {k: v for k, v in default["brief"].items() if k != "claims"},
         "faults": list(faults),
         "decoys": list(decoys),
     }

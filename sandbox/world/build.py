@@ -29,6 +29,7 @@ from sandbox.pipeline.ops import changelog
 from sandbox.pipeline.release import TRAINING_HOUR, Release
 from sandbox.product import corpus
 from sandbox.scenario import Scenario
+from sandbox.world import finance
 from sandbox.world.libraries import library_versions
 from sandbox.world.routine_logs import routine_logs
 from sandbox.world.simulate import Simulation, SimulationResult
@@ -149,6 +150,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
             ),
         )
     wh.flush()
+    wh.append(finance.PLAN_TABLE, finance.weekly_plan(wh.con, cal))
     batch = wh.con.sql(
         "SELECT customer_id, request_ts::DATE AS score_date, score, decision "
         "FROM serving.predictions WHERE source = 'batch'"

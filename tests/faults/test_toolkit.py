@@ -80,6 +80,10 @@ def test_verification_counts_the_three_outcomes_apart() -> None:
     assert only_unknown.as_json()["counts"] == {"passed": 1, "failed": 0, "not measurable": 1}
     failed = Verification({"f": [ok, Check(name="c", passed=False, detail="d")]}, [ok])
     assert not failed.passed and failed.counts["failed"] == 1
+    # A brief that says what the world does not show fails the world, faults verified or not.
+    untrue = Verification({"f": [ok]}, [ok], [Check(name="brief", passed=False, detail="d")])
+    assert not untrue.passed and untrue.counts["failed"] == 1
+    assert untrue.as_json()["brief"][0]["outcome"] == "failed"
 
 
 def test_mean_intensity_follows_the_ramp() -> None:

@@ -59,7 +59,7 @@ def test_the_brief_is_the_scenarios_and_names_no_fault(
 ) -> None:
     links = make_session()
     text = client.get("/brief", headers=_bearer(links["candidate_token"])).text
-    assert "Churn is up" in text  # the default scenario's title
+    assert "flagging the wrong customers" in text  # the default scenario's title
     for fault_id, cls in registry.catalog().items():
         assert fault_id not in text and cls.__module__.rsplit(".", 1)[-1] not in text
     assert not re.search(r"\b(fault|inject|planted|answer key)", text, re.IGNORECASE)

@@ -99,7 +99,7 @@ def test_a_candidates_journey_is_drawn_and_recorded(stack: Stack, browser: Brows
     # The link signs in and lands on the brief.
     page.goto(stack.candidate_url)
     assert page.url.endswith("/brief") and "token" not in page.url
-    assert "Churn is up" in page.locator("h1").inner_text()
+    assert "flagging the wrong customers" in page.locator("h1").inner_text()
     page.wait_for_function("document.getElementById('sim-now').textContent.startsWith('20')")
     journey.shot("brief")
 
