@@ -129,3 +129,42 @@ def test_a_world_keeps_the_scenario_as_built() -> None:
     assert tomllib.loads(built.as_toml()) == built.raw
     assert (again.world.seed, again.world.scale) == (11, 0.3)
     assert [f.id for f in again.faults] == [f.id for f in given.faults]
+
+
+def test_the_difficulty_is_standard_unless_set_and_a_fault_entry_overrides_it(
+    tmp_path: Path,
+) -> None:
+    fault = '[[faults]]\nid = "feature-nulls-wrong-mean"\n'
+    unset = scenario.load(write(tmp_path, BRIEF + fault))
+    assert unset.difficulty == "standard" and unset.faults[0].tier == "standard"
+    hard = scenario.load(write(tmp_path, 'difficulty = "hard"\n' + BRIEF + fault))
+    assert hard.faults[0].tier == "hard"
+    mixed = scenario.load(
+        write(tmp_path, 'difficulty = "hard"\n' + BRIEF + fault + 'difficulty = "guided"\n')
+    )
+    assert (mixed.difficulty, mixed.faults[0].tier) == ("hard", "guided")
+    assert mixed.faults[0].key(mixed.world.calendar()).difficulty == "guided"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('difficulty = "expert"\n' + BRIEF, "s.toml: difficulty:"),
+        (
+            BRIEF + '[[faults]]\nid = "label-leakage"\ndifficulty = "easy"\n',
+            "s.toml: faults[0].difficulty:",
+        ),
+    ],
+)
+def test_a_malformed_difficulty_names_the_file_and_field(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    with pytest.raises(scenario.ScenarioError, match=r"guided.*standard.*hard") as exc:
+        scenario.load(write(tmp_path, text))
+    assert field in str(exc.value)
+
+
+def test_a_difficulty_override_survives_the_scenario_as_built() -> None:
+    built = scenario.load(None).with_overrides(seed=11, difficulty="hard")
+    again = scenario.parse(built.as_toml(), "as built")
+    assert (again.difficulty, again.world.seed, again.faults[0].tier) == ("hard", 11, "hard")

@@ -54,7 +54,7 @@ class Params(FaultParams):
 class LabelLeakage(Fault[Params]):
     id: ClassVar[str] = "label-leakage"
     title: ClassVar[str] = "Label leakage through a near-duplicate feature"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "A new model version with a superb holdout AUC ships; production precision and AUC fall "
         "while the flagged share stays normal."

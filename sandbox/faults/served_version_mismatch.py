@@ -99,7 +99,7 @@ class Params(FaultParams):
 class ServedVersionMismatch(Fault[Params]):
     id: ClassVar[str] = "served-version-mismatch"
     title: ClassVar[str] = "Servers load the newest registered model, not the champion"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "Production AUC and retention precision drop from one day to the next while the registry "
         "shows the same champion, the flagged share stays near 10% and nothing errors."
