@@ -221,3 +221,18 @@ def test_the_tells_scan_catches_a_tell_on_a_dashboard(faulty_world: BuildSummary
     shown = [("dashboard feature-health", ["Null rate before imputation by feature"])]
     with pytest.raises(testing.FaultFailure, match="Null rate before imputation"):
         testing.assert_no_tells(fault, faulty_world, shown)
+
+
+@pytest.mark.parametrize(
+    ("fault_id", "world"), [(f, w) for f, w in TIERED if scenario_for(w).difficulty == "guided"]
+)
+def test_the_guided_world_shows_what_harder_tiers_hide(
+    worlds: Worlds, fault_id: str, world: str
+) -> None:
+    """The tells are real: each tier that hides any has one the guided world shows."""
+    fault, built = _fault(world, fault_id), worlds.get(world)
+    texts = [*testing.candidate_texts(built), *_dashboard_texts(built)]
+    for tier in ("standard", "hard"):
+        tells = [t.lower() for t in fault.tells(tier)]  # type: ignore[arg-type]
+        shown = {t for t in tells for _, values in texts for v in values if t in v.lower()}
+        assert shown, f"{fault_id}: no tell of {tier} shows at guided: {tells}"
