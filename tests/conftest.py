@@ -57,6 +57,10 @@ FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
 TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
     "default-guided": ("default", "guided"),
     "default-hard": EXAMPLES / "feature-nulls-wrong-mean-hard.toml",
+    "leakage-guided": ("leakage", "guided"),
+    "leakage-hard": EXAMPLES / "label-leakage-hard.toml",
+    "version-mismatch-guided": ("version-mismatch", "guided"),
+    "version-mismatch-hard": ("version-mismatch", "hard"),
 }
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.
