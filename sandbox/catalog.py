@@ -1,10 +1,12 @@
 """The fault and decoy catalog as plain data, documented from the code: what `sandbox faults`
-prints, what the README's table holds, and what the interviewer's scenario builder offers."""
+prints, what the README's tables hold, and what the interviewer's scenario builder offers."""
 
 from __future__ import annotations
 
 import inspect
 from typing import Any
+
+from sandbox.difficulty import TIERS
 
 
 def faults() -> list[dict[str, Any]]:
@@ -29,11 +31,11 @@ def decoys() -> list[dict[str, Any]]:
 
 
 def fault_table_markdown() -> str:
-    rows = ["| id | stage | difficulty | the candidate observes |", "| --- | --- | --- | --- |"]
+    rows = ["| id | stage | rating | the candidate observes |", "| --- | --- | --- | --- |"]
     for e in faults():
         stages = ", ".join(e["stages"])
         rows.append(
-            f"| `{e['id']}`: {e['title']} | {stages} | {e['difficulty']} | {e['observation']} |"
+            f"| `{e['id']}`: {e['title']} | {stages} | {e['rating']} | {e['observation']} |"
         )
     return "\n".join(rows)
 
@@ -42,8 +44,10 @@ def describe_params(cls: type) -> list[dict]:
     schema = cls.Params.model_json_schema()
     params = []
     for name, prop in schema["properties"].items():
-        if "enum" in prop:
-            rng = " | ".join(map(str, prop["enum"]))
+        # An optional choice (`Tier | None`) is a choice that may be left unset.
+        choice = next((p for p in prop.get("anyOf", []) if "enum" in p), prop)
+        if "enum" in choice:
+            rng = " | ".join(map(str, choice["enum"]))
         else:
             lo = prop.get("minimum", prop.get("exclusiveMinimum", ""))
             hi = prop.get("maximum", prop.get("exclusiveMaximum", ""))
@@ -68,12 +72,49 @@ def describe_fault(cls: type) -> dict:
         "title": cls.title,
         "stages": list(dict.fromkeys(h.split(".")[0] for h in hooks)),
         "hooks": hooks,
-        "difficulty": cls.difficulty,
+        "rating": cls.rating,
         "observation": cls.observation,
         "min_customers": cls.min_customers,
+        "tiers": describe_tiers(cls),
         "doc": _paragraphs(inspect.getdoc(inspect.getmodule(cls)) or ""),
         "parameters": params,
     }
+
+
+def describe_tiers(cls: type) -> dict[str, dict[str, Any]] | None:
+    """Per difficulty: the tells hidden in a world of that tier and the queries the reference
+    investigation takes; None for a fault whose trail is the same at every tier."""
+    from sandbox.faults.base import Fault
+    from sandbox.scenario import builtin
+
+    if cls.tells is Fault.tells:
+        return None
+    calendar = builtin("default").world.calendar()
+    tiers = {}
+    for tier in TIERS:
+        fault = cls(cls.Params(), tier)
+        tiers[tier] = {
+            "hidden": list(fault.tells(tier)),
+            "queries": len(fault.investigation(calendar)),
+        }
+    return tiers
+
+
+def tier_table_markdown() -> str:
+    """Per fault and difficulty, the queries its reference investigation takes (README)."""
+    rows = [
+        "| fault | " + " | ".join(TIERS) + " |",
+        "| --- |" + " --- |" * len(TIERS),
+    ]
+    for e in faults():
+        tiers = e["tiers"]
+        cells = (
+            [str(tiers[t]["queries"]) for t in TIERS]
+            if tiers
+            else ["same trail at every tier"] + [""] * (len(TIERS) - 1)
+        )
+        rows.append(f"| `{e['id']}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def _paragraphs(text: str) -> str:

@@ -212,6 +212,10 @@ def faults_list(
     markdown: Annotated[
         bool, typer.Option("--markdown", help="The table the README's catalog section holds.")
     ] = False,
+    tiers: Annotated[
+        bool,
+        typer.Option("--tiers", help="The README's table of queries per fault and difficulty."),
+    ] = False,
 ) -> None:
     """Every fault that can be planted."""
 
@@ -222,11 +226,14 @@ def faults_list(
     if markdown:
         typer.echo(catalog.fault_table_markdown())
         return
+    if tiers:
+        typer.echo(catalog.tier_table_markdown())
+        return
     table = Table(title="fault catalog")
-    for col in ("id", "stages", "difficulty", "title"):
+    for col in ("id", "stages", "rating", "title"):
         table.add_column(col)
     for e in entries:
-        table.add_row(e["id"], ", ".join(e["stages"]), e["difficulty"], e["title"])
+        table.add_row(e["id"], ", ".join(e["stages"]), e["rating"], e["title"])
     console.print(table)
 
 
@@ -242,13 +249,21 @@ def faults_show(fault_id: str) -> None:
     e = catalog.describe_fault(cls)
     console.print(f"[bold]{e['id']}[/]: {e['title']}")
     console.print(
-        f"stages: {', '.join(e['stages'])}   hooks: {', '.join(e['hooks'])}   "
-        f"difficulty: {e['difficulty']}"
+        f"stages: {', '.join(e['stages'])}   hooks: {', '.join(e['hooks'])}   rating: {e['rating']}"
     )
     console.print(f"candidate observes: {e['observation']}")
     if e["min_customers"]:
         console.print(f"needs a world of at least {e['min_customers']:,} customers")
     console.print(e["doc"])
+    if e["tiers"] is None:
+        console.print("difficulty: the same trail at every tier (guided, standard, hard)")
+    else:
+        tiers = Table(title="difficulty (the scenario's `difficulty`, or this fault's own)")
+        for col in ("tier", "queries to find it", "hidden from the candidate"):
+            tiers.add_column(col)
+        for tier, about in e["tiers"].items():
+            tiers.add_row(tier, str(about["queries"]), "; ".join(about["hidden"]) or "nothing")
+        console.print(tiers)
     table = Table(title="parameters")
     for col in ("name", "default", "range / choices", "description"):
         table.add_column(col)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox.difficulty import Tier
+
 MANIFEST = "manifest.json"
 
 
@@ -116,3 +118,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("complete") is not True:
         raise IncompleteWorld(f"{root}: the build did not finish")
     return manifest
+
+
+def world_difficulty(root: Path) -> Tier:
+    """The difficulty a complete world was built at. A world built before difficulty tiers
+    existed shows everything, as guided does."""
+    tier: Tier = read_manifest(root).get("difficulty", "guided")
+    return tier

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import DEFAULT, Tier
 from sandbox.faults.base import Decoy, Fault, FaultSet, HookContext
 from sandbox.pipeline.release import INITIAL_RELEASE
 
@@ -123,6 +124,14 @@ def scenario_model() -> type[BaseModel]:
     faults = [_entry_model(cls, "id") for cls in registry.catalog().values()]
     decoys = [_entry_model(cls, "kind") for cls in decoy_registry.catalog().values()]
     fields: dict[str, Any] = {
+        "difficulty": (
+            Tier,
+            Field(
+                DEFAULT,
+                description="How much of each fault's trail the world shows, and how mature "
+                "its monitoring is: guided, standard or hard. A fault entry may override it.",
+            ),
+        ),
         "world": (WorldSpec, Field(default_factory=WorldSpec)),
         "brief": (Brief, ...),
         "faults": (list[_union(faults, "id")], Field(default_factory=list)),  # type: ignore[misc]
@@ -147,6 +156,7 @@ class Scenario:
         self.raw = raw
         self.text = text
         self.world: WorldSpec = model.world
+        self.difficulty: Tier = model.difficulty
         if self.world.n_customers < MIN_CUSTOMERS:
             raise ScenarioError(
                 f"{source}: world.scale: {self.world.scale} x {self.world.customers} customers is "
@@ -169,7 +179,7 @@ class Scenario:
                     f"{source}: faults[{index}].onset_day: {params.onset_day} is after the last "
                     f"production day ({self.world.production_days})"
                 )
-            self.faults.append(cls(params))
+            self.faults.append(cls(params, self.difficulty))
             self._refuse_too_small(index, cls, source)
         self.decoys: list[Decoy] = []
         for index, entry in enumerate(model.decoys):
@@ -218,8 +228,12 @@ class Scenario:
     def fault_set(self) -> FaultSet:
         return FaultSet(self.faults, self.decoys)
 
-    def with_overrides(self, seed: int | None = None, scale: float | None = None) -> Scenario:
+    def with_overrides(
+        self, seed: int | None = None, scale: float | None = None, difficulty: Tier | None = None
+    ) -> Scenario:
         raw = {**self.raw, "world": {**self.raw.get("world", {})}}
+        if difficulty is not None:
+            raw = {"difficulty": difficulty, **{k: v for k, v in raw.items() if k != "difficulty"}}
         if seed is not None:
             raw["world"]["seed"] = seed
         if scale is not None:

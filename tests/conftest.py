@@ -2,7 +2,9 @@
 that shapes them is unchanged, and reused by every test.
 
 Every registered fault and decoy is planted in exactly one of `FAULT_WORLDS` (faults that do not
-disturb each other share a world), so the catalog tests can check each one on a real build.
+disturb each other share a world), so the catalog tests can check each one on a real build. Those
+worlds are at the standard difficulty; `TIER_WORLDS` plant the faults that declare their tells per
+tier at the other two.
 
 Tests that use a built world (or a running stack) are marked `world`; `make test-fast` runs the
 others.
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from sandbox import scenario, testing
+from sandbox.difficulty import Tier
 from sandbox.testing import Worlds, connect
 from sandbox.world.build import BuildSummary
 
@@ -51,6 +54,16 @@ FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
         "decoys": [],
     },
 }
+# name -> (a FAULT_WORLDS world, the difficulty it is built at instead of standard), or an example
+# scenario file at its own difficulty.
+TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
+    "default-guided": ("default", "guided"),
+    "default-hard": EXAMPLES / "feature-nulls-wrong-mean-hard.toml",
+    "leakage-guided": ("leakage", "guided"),
+    "leakage-hard": EXAMPLES / "label-leakage-hard.toml",
+    "version-mismatch-guided": ("version-mismatch", "guided"),
+    "version-mismatch-hard": ("version-mismatch", "hard"),
+}
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.
 EDGE_WORLDS: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -83,7 +96,10 @@ EDGE_WORLDS: dict[str, dict[str, list[dict[str, Any]]]] = {
 def scenario_for(name: str) -> scenario.Scenario:
     if name == "control":
         return testing.control_scenario()
-    source = {**FAULT_WORLDS, **EDGE_WORLDS}[name]
+    tiered = TIER_WORLDS.get(name)
+    if isinstance(tiered, tuple):
+        return scenario_for(tiered[0]).with_overrides(difficulty=tiered[1])
+    source = {**FAULT_WORLDS, **EDGE_WORLDS, **TIER_WORLDS}[name]
     if source == Path("default"):
         return testing.small(scenario.load(None))
     if isinstance(source, Path):
@@ -97,7 +113,7 @@ def _worlds_in_test_order(items: list[pytest.Item]) -> list[str]:
     for item in items:
         callspec = getattr(item, "callspec", None)
         world = callspec.params.get("world") if callspec else None
-        if isinstance(world, str) and world in {**FAULT_WORLDS, **EDGE_WORLDS}:
+        if isinstance(world, str) and world in {**FAULT_WORLDS, **EDGE_WORLDS, **TIER_WORLDS}:
             names.append(world)
     return list(dict.fromkeys(names))
 

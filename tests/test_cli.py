@@ -27,6 +27,13 @@ def test_faults_list_json_documents_the_catalog() -> None:
 def test_faults_show_and_unknown_fault() -> None:
     shown = runner.invoke(app, ["faults", "show", "feature-nulls-wrong-mean"])
     assert shown.exit_code == 0 and "null_share" in shown.stdout
+    # Each tier, what it hides and how many queries the reference investigation takes.
+    assert "difficulty" in shown.stdout and "SDK 7.2" in shown.stdout
+    assert all(tier in shown.stdout for tier in ("guided", "standard", "hard"))
+    untiered = runner.invoke(app, ["faults", "show", "embedding-index-mismatch"])
+    assert "the same trail at every tier" in untiered.stdout
+    tiers = runner.invoke(app, ["faults", "list", "--tiers"])
+    assert "| `feature-nulls-wrong-mean` | 4 | 4 | 4 |" in tiers.stdout
     missing = runner.invoke(app, ["faults", "show", "nope"])
     assert missing.exit_code == 2 and "unknown fault" in missing.stderr
 

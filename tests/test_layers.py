@@ -3,8 +3,8 @@ below it, never from a layer above.
 
 The layers, lowest first (a module belongs to the longest entry that names it or its package):
 
-- foundation: the clock, keyed random streams, log rows, where things live in a world directory
-  (`layout`), the facts of the streaming product every layer shares (`product`: devices,
+- foundation: the clock, the difficulty tiers, keyed random streams, log rows, where things live
+  in a world directory (`layout`), the facts of the streaming product every layer shares (`product`: devices,
   regions, app releases, the daily traffic curve, the help-center corpus) and the data model
   (`schema`: every candidate table's columns, types, descriptions, reveal rule and live writers).
   They know nothing of how a world is simulated, served or judged, so anything may use them.
@@ -55,6 +55,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "sandbox",
             "sandbox.clock",
+            "sandbox.difficulty",
             "sandbox.rng",
             "sandbox.logs",
             "sandbox.layout",

@@ -165,3 +165,42 @@ def test_brief_claims_name_complete_production_weeks(tmp_path: Path) -> None:
         with pytest.raises(scenario.ScenarioError) as exc:
             scenario.load(write(tmp_path, BRIEF + claim.format(first, last)))
         assert "brief.claims[0]" in str(exc.value) and why in str(exc.value)
+
+
+def test_the_difficulty_is_standard_unless_set_and_a_fault_entry_overrides_it(
+    tmp_path: Path,
+) -> None:
+    fault = '[[faults]]\nid = "feature-nulls-wrong-mean"\n'
+    unset = scenario.load(write(tmp_path, BRIEF + fault))
+    assert unset.difficulty == "standard" and unset.faults[0].tier == "standard"
+    hard = scenario.load(write(tmp_path, 'difficulty = "hard"\n' + BRIEF + fault))
+    assert hard.faults[0].tier == "hard"
+    mixed = scenario.load(
+        write(tmp_path, 'difficulty = "hard"\n' + BRIEF + fault + 'difficulty = "guided"\n')
+    )
+    assert (mixed.difficulty, mixed.faults[0].tier) == ("hard", "guided")
+    assert mixed.faults[0].key(mixed.world.calendar()).difficulty == "guided"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('difficulty = "expert"\n' + BRIEF, "s.toml: difficulty:"),
+        (
+            BRIEF + '[[faults]]\nid = "label-leakage"\ndifficulty = "easy"\n',
+            "s.toml: faults[0].difficulty:",
+        ),
+    ],
+)
+def test_a_malformed_difficulty_names_the_file_and_field(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    with pytest.raises(scenario.ScenarioError, match=r"guided.*standard.*hard") as exc:
+        scenario.load(write(tmp_path, text))
+    assert field in str(exc.value)
+
+
+def test_a_difficulty_override_survives_the_scenario_as_built() -> None:
+    built = scenario.load(None).with_overrides(seed=11, difficulty="hard")
+    again = scenario.parse(built.as_toml(), "as built")
+    assert (again.difficulty, again.world.seed, again.faults[0].tier) == ("hard", 11, "hard")

@@ -23,6 +23,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import DEFAULT, Tier
 from sandbox.faults.context import NO_DATA, HookContext, WorldData
 from sandbox.faults.hooks import HOOK_POINTS, same_type
 from sandbox.schema import Column
@@ -38,6 +39,11 @@ class FaultParams(BaseModel):
     onset_day: int = Field(15, ge=1, le=42, description="Production day the fault starts (1..42).")
     ramp_days: int = Field(
         7, ge=0, le=21, description="Days from onset until full severity (0 = a step change)."
+    )
+    difficulty: Tier | None = Field(
+        None,
+        description="How explicit this fault's trail is (guided, standard, hard); unset, the "
+        "scenario's difficulty.",
     )
 
     def intensity(self, day: int) -> float:
@@ -80,6 +86,7 @@ class InvestigationStep(BaseModel):
 class AnswerKey(BaseModel):
     fault_id: str
     title: str
+    difficulty: Tier = DEFAULT
     root_cause: str
     propagation: list[str]
     evidence: list[Evidence]
@@ -261,15 +268,19 @@ class Fault(Planted, Generic[P]):
 
     id: ClassVar[str]
     title: ClassVar[str]
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]]
+    # How hard the fault is to find with its full trail shown; the tier (`self.tier`) is how
+    # much of that trail a world shows.
+    rating: ClassVar[Literal["easy", "medium", "hard"]]
     observation: ClassVar[str]  # what the candidate will see, in one line
     Params: ClassVar[type[FaultParams]]
     # Customers a world needs for the symptom to stand out of its noise (`verify` passes); a
     # scenario whose scale gives fewer is refused before the build.
     min_customers: ClassVar[int] = 0
 
-    def __init__(self, params: P) -> None:
+    def __init__(self, params: P, tier: Tier = DEFAULT) -> None:
         self.params = params
+        # The fault entry's own difficulty wins over the scenario's.
+        self.tier: Tier = params.difficulty or tier
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -286,8 +297,16 @@ class Fault(Planted, Generic[P]):
 
     def key(self, calendar: Calendar) -> AnswerKey:
         key = self.answer_key(calendar)
+        key.difficulty = self.tier
         key.investigation = [step.public() for step in self.investigation(calendar)]
         return key
+
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        """Phrases and names (case-insensitive) that must not appear in candidate-visible text
+        when this fault is planted at `tier`: each alone would point at the root cause. A fault
+        declares them for every tier (guided usually none); the catalog tests hold it to them.
+        One that declares none shows the same trail at every tier."""
+        return ()
 
     @abstractmethod
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:

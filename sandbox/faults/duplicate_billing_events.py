@@ -55,7 +55,7 @@ class DuplicateBillingEvents(Fault[Params]):
     title: ClassVar[str] = (
         "Webhook retries deliver billing events twice; failures are counted twice"
     )
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "More customers are flagged for retention and precision falls; payment failures in the "
         "feature store rise although the payment provider reports no incident."

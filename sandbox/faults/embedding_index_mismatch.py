@@ -19,6 +19,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import DEFAULT, Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
@@ -70,14 +71,14 @@ class Params(FaultParams):
 class EmbeddingIndexMismatch(Fault[Params]):
     id: ClassVar[str] = "embedding-index-mismatch"
     title: ClassVar[str] = "Ticket encoder upgraded while the article index still holds old vectors"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "Support-article suggestions stop being clicked and more tickets go unresolved, then churn "
         "creeps up; the retrieval service reports no errors and the churn model looks unchanged."
     )
 
-    def __init__(self, params: Params) -> None:
-        super().__init__(params)
+    def __init__(self, params: Params, tier: Tier = DEFAULT) -> None:
+        super().__init__(params, tier)
         self._encoders: dict[int, retrieve.Encoder] = {}  # seed -> the upgraded encoder
 
     def upgraded_encoder(self, seed: int) -> retrieve.Encoder:

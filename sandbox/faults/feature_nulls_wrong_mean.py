@@ -5,6 +5,11 @@ watch-time column arrives NULL. The feature job imputes NULLs with the policy's 
 policy was refreshed the same week from an extract of heavy viewers, so the fill value is far too
 high. The offline and online stores show no NULLs at all; the model sees a large group of
 customers who all look like steady viewers, and stops flagging the ones who are drifting away.
+
+Its trail by difficulty: guided names the rollout's telemetry change and the imputation refresh in
+the changelog; standard logs the same two changes in vague words; hard logs neither, but other app
+releases around the onset, and an earlier, correct refresh of the same fill values, so the wrong
+fill is found only by joining the served values to the policy.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -35,6 +42,19 @@ from sandbox.rng import stable_unit
 # this factor either way: a fill that is too high on a feature where more means healthier makes
 # them look safe; a fill that is too low makes them look at risk.
 MISSCORED = 0.75
+# At hard, a routine refresh some days before onset recomputes the fill values correctly: they
+# move by a few percent, as a fresh extract of the whole base moves them.
+ROUTINE_REFRESH_DAYS_BEFORE = 8
+ROUTINE_REFRESH_FACTOR = 1.04
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = (
+    "imputation defaults refreshed",
+    "telemetry batching",
+    "engagement extract",
+    "Null rate before imputation",
+    "null before imputation",
+)
+HARD_TELLS = (*STANDARD_TELLS, "SDK 7.2", "imputation defaults", "config sync")
 
 
 class Params(FaultParams):
@@ -64,7 +84,7 @@ class Params(FaultParams):
 class FeatureNullsWrongMean(Fault[Params]):
     id: ClassVar[str] = "feature-nulls-wrong-mean"
     title: ClassVar[str] = "Feature goes 40% null and is imputed with a wrong mean"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "Production AUC and retention precision slide while holdout metrics, NULL counts in the "
         "feature store and the serving error rate all look normal."
@@ -92,27 +112,61 @@ class FeatureNullsWrongMean(Fault[Params]):
 
     @hook("features.imputation")
     def refresh_fill_values(self, fills: dict[str, float], ctx: HookContext) -> dict[str, float]:
-        if self._share(ctx.day) == 0:
-            return fills
-        # The refresh recomputed every fill value fed by the same source column.
-        wrong = {
-            name: round(fill * self.params.fill_multiplier, 4)
-            for name, fill in fills.items()
+        # A refresh recomputes every fill value fed by the same source column.
+        fed = [
+            name
+            for name in fills
             if FEATURES[name].source == FEATURES[self.params.target_feature].source
-        }
-        return {**fills, **wrong}
+        ]
+        if self._share(ctx.day) > 0:
+            factor = self.params.fill_multiplier
+        elif self.tier == "hard" and ctx.day >= self._routine_refresh_day:
+            factor = ROUTINE_REFRESH_FACTOR
+        else:
+            return fills
+        return {**fills, **{name: round(fills[name] * factor, 4) for name in fed}}
+
+    @property
+    def _routine_refresh_day(self) -> int:
+        return self.params.onset_day - ROUTINE_REFRESH_DAYS_BEFORE
+
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
+    def _titles(self) -> tuple[str | None, str | None]:
+        """The changelog titles of the rollout and of the refresh at this tier (None: absent)."""
+        return {
+            "guided": (
+                "player SDK 7.2 staged rollout",
+                "feature store: imputation defaults refreshed",
+            ),
+            "standard": ("player SDK 7.2 staged rollout", "feature-job: config sync"),
+            "hard": (None, None),
+        }[self.tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
-        onset = self.params.onset_day
+        onset, days = self.params.onset_day, max(self.params.ramp_days, 1)
+        rollout, refresh = self._titles()
+        if self.tier == "hard":
+            return _app_release_noise(onset)
+        bodies = {
+            "guided": (
+                f"New playback telemetry batching; rollout over about {days} days.",
+                "Fill values recomputed from the latest engagement extract.",
+            ),
+            "standard": (
+                f"Rollout over about {days} days.",
+                "Job settings synced from the data-platform repository.",
+            ),
+        }[self.tier]
         return [
             {
                 "day": onset - 1,
                 "hour": 10.0,
                 "kind": "upstream",
                 "service": "mobile-apps",
-                "title": "player SDK 7.2 staged rollout",
-                "body": "New playback telemetry batching; rollout over about "
-                f"{max(self.params.ramp_days, 1)} days.",
+                "title": rollout,
+                "body": bodies[0],
                 "author": "apps-team",
             },
             {
@@ -120,8 +174,8 @@ class FeatureNullsWrongMean(Fault[Params]):
                 "hour": 15.0,
                 "kind": "config",
                 "service": "feature-job",
-                "title": "feature store: imputation defaults refreshed",
-                "body": "Fill values recomputed from the latest engagement extract.",
+                "title": refresh,
+                "body": bodies[1],
                 "author": "data-platform",
             },
         ]
@@ -183,17 +237,7 @@ class FeatureNullsWrongMean(Fault[Params]):
                     r"nulls_imputed",
                     "feature-job run_finished lines report many imputed NULLs",
                 ),
-                w.changelog(
-                    "sdk-rollout",
-                    "player SDK 7.2 staged rollout",
-                    "the upstream change that stopped the telemetry",
-                    start=start - dt.timedelta(days=1),
-                ),
-                w.changelog(
-                    "imputation-refresh",
-                    "feature store: imputation defaults refreshed",
-                    "the config change that made the fill value wrong",
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Fix or roll back the SDK telemetry so the column is populated again.",
@@ -211,6 +255,29 @@ class FeatureNullsWrongMean(Fault[Params]):
                 "Would retraining on the current data have helped or made it worse? Why?",
             ],
         )
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        w = window(calendar, self.params.onset_day)
+        rollout, refresh = self._titles()
+        evidence = []
+        if rollout is not None:
+            evidence.append(
+                w.changelog(
+                    "sdk-rollout",
+                    rollout,
+                    "the upstream change that stopped the telemetry",
+                    start=w.start - dt.timedelta(days=1),
+                )
+            )
+        if refresh is not None:
+            evidence.append(
+                w.changelog(
+                    "imputation-refresh",
+                    refresh,
+                    "the config change that made the fill value wrong",
+                )
+            )
+        return evidence
 
     def investigation(self, calendar: Calendar) -> list[Step]:
         column, feature = self.source_column, self.params.target_feature
@@ -362,3 +429,32 @@ class FeatureNullsWrongMean(Fault[Params]):
 
 def _misscored(ratio: float, ratio_other: float) -> bool:
     return ratio <= MISSCORED * ratio_other or ratio * MISSCORED >= ratio_other
+
+
+def _app_release_noise(onset: int) -> list[dict[str, Any]]:
+    """Ordinary client releases around the onset, none of them telling which one mattered."""
+    entries = [
+        (-5, 11.0, "web-player", "web player 4.8 release", "Queue and resume polish.", "web-team"),
+        (-9, 10.0, "mobile-apps", "player SDK 7.1.5 patch", "Crash reporting fixes.", "apps-team"),
+        (
+            3,
+            16.5,
+            "mobile-apps",
+            "iOS app 7.1.4 hotfix",
+            "Crash fix on older devices.",
+            "apps-team",
+        ),
+        (6, 9.5, "tv-apps", "TV app 3.3 release", "Home screen rows reordered.", "tv-team"),
+    ]
+    return [
+        {
+            "day": max(onset + offset, 1),
+            "hour": hour,
+            "kind": "upstream",
+            "service": service,
+            "title": title,
+            "body": body,
+            "author": author,
+        }
+        for offset, hour, service, title, body, author in entries
+    ]

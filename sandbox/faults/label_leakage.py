@@ -8,10 +8,16 @@ and the new version's holdout AUC jumps. It ships as champion. At serving, the m
 the analytics API for the last 14 days, where a visit says little about the next two weeks: the
 model's strongest feature is now noise, the flagged list fills with customers who merely looked,
 and precision falls while the registry shows the best holdout metrics the model ever had.
+
+Its trail by difficulty: guided's run name, tag and release note name the web-analytics feature
+and say that training used an export while serving reads the API; standard's say only that a new
+version with a new feature set was promoted; hard's release looks like every scheduled retrain,
+no changelog entry announces it, and another version registered the week before never serves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, Literal
 
 import duckdb
@@ -21,9 +27,11 @@ from pydantic import Field
 
 from sandbox import rng
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -33,12 +41,16 @@ from sandbox.faults.base import (
 from sandbox.faults.measure import has_column, precision_falls, quality_around, versions_around
 from sandbox.faults.toolkit import fmt, window
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.pipeline.release import Release
+from sandbox.pipeline.release import Release, Rollout
 from sandbox.schema import Column
 
 LEAK_FEATURE = "cancel_page_visits_14d"
 BROWSING_RATE = 0.05  # share of customers who look at the cancellation page in any 14 days
 TRAINING_TABLE = "training.churn_training_set"
+# At hard, a candidate version is registered this many days before the release and never served.
+UNSERVED_CANDIDATE_DAYS = 7
+STANDARD_TELLS = ("analytics export", "analytics API", "web-analytics signal", "Holdout AUC well")
+HARD_TELLS = (*STANDARD_TELLS, "-web-analytics", "new feature set", "new version promoted")
 
 
 class Params(FaultParams):
@@ -54,7 +66,7 @@ class Params(FaultParams):
 class LabelLeakage(Fault[Params]):
     id: ClassVar[str] = "label-leakage"
     title: ClassVar[str] = "Label leakage through a near-duplicate feature"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "A new model version with a superb holdout AUC ships; production precision and AUC fall "
         "while the flagged share stays normal."
@@ -75,17 +87,52 @@ class LabelLeakage(Fault[Params]):
         g = rng.stream(seed, "web-analytics-cancel-page", day)
         return pl.Series(LEAK_FEATURE, np.where(looked, 1 + g.poisson(1.2, n), 0), pl.Float64)
 
+    @property
+    def _unserved_day(self) -> int | None:
+        """At hard, the day of a registered candidate that never serves (None: none)."""
+        day = self.params.onset_day - UNSERVED_CANDIDATE_DAYS
+        return day if self.tier == "hard" and day >= 2 else None
+
     @hook("train.releases")
     def add_release(self, releases: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
+        date = ctx.calendar.date(onset - 1)
+        run_name, tags = {
+            "guided": (
+                f"churn-gbm-{date:%Y%m%d}-web-analytics",
+                {"change": f"adds {LEAK_FEATURE} from web analytics"},
+            ),
+            "standard": (f"churn-gbm-{date:%Y%m%d}", {"change": "new feature set"}),
+            "hard": ("", {}),  # named and tagged like every scheduled retrain
+        }[self.tier]
         release = Release(
             day=onset,
             features=(*MODEL_FEATURES, LEAK_FEATURE),
-            run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}-web-analytics",
-            tags={"change": f"adds {LEAK_FEATURE} from web analytics"},
+            run_name=run_name,
+            tags=tags,
             note="adds a web-analytics feature",
         )
-        return [r for r in releases if r.day != onset] + [release]
+        kept = [r for r in releases if r.day not in (onset, self._unserved_day)]
+        if self._unserved_day is not None:
+            kept.append(Release(day=self._unserved_day, alias=None))
+        return [*kept, release]
+
+    @hook("serve.rollout")
+    def leave_candidate_unserved(self, rollout: Rollout, ctx: HookContext) -> Rollout:
+        # The week before, a retrained candidate was registered, compared offline and dropped.
+        if ctx.day == self._unserved_day:
+            return dataclasses.replace(rollout, deploy=False)
+        return rollout
+
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
+    def _release_title(self) -> str | None:
+        return {
+            "guided": "churn-model: new version with web-analytics signal promoted to champion",
+            "standard": "churn-model: new version promoted to champion",
+            "hard": None,
+        }[self.tier]
 
     @hook("train.dataset")
     def export_visits(self, dataset: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
@@ -112,16 +159,41 @@ class LabelLeakage(Fault[Params]):
         return requests.with_columns(self._visits(ctx.seed, ctx.day, requests.height, looked))
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
-        onset = self.params.onset_day
+        onset, title = self.params.onset_day, self._release_title()
+        if title is None:
+            return [
+                {
+                    "day": max(onset - 4, 1),
+                    "hour": 10.5,
+                    "kind": "deploy",
+                    "service": "feature-job",
+                    "title": "feature-job: moved to the new batch cluster",
+                    "body": "Same code and schedule; runs finish a few minutes earlier.",
+                    "author": "data-platform",
+                },
+                {
+                    "day": onset + 2,
+                    "hour": 15.0,
+                    "kind": "config",
+                    "service": "crm",
+                    "title": "retention offers: new email template",
+                    "body": "Copy refresh from marketing; same offer terms.",
+                    "author": "retention-team",
+                },
+            ]
+        body = {
+            "guided": f"Adds {LEAK_FEATURE} (web analytics export). Holdout AUC well above the "
+            "current champion; serving reads the analytics API. Live with tomorrow's batch.",
+            "standard": "Holdout metrics above the current champion. Live with tomorrow's batch.",
+        }[self.tier]
         return [
             {
                 "day": onset - 1,
                 "hour": 17.0,
                 "kind": "deploy",
                 "service": "churn-model",
-                "title": "churn-model: new version with web-analytics signal promoted to champion",
-                "body": f"Adds {LEAK_FEATURE} (web analytics export). Holdout AUC well above the "
-                "current champion; serving reads the analytics API. Live with tomorrow's batch.",
+                "title": title,
+                "body": body,
                 "author": "ml-team",
             }
         ]
@@ -176,12 +248,7 @@ class LabelLeakage(Fault[Params]):
                     "model-server model_loaded line for the new version",
                     end=start,
                 ),
-                w.changelog(
-                    "release-note",
-                    "churn-model: new version with web-analytics signal promoted to champion",
-                    "the release that added the feature",
-                    start=trained,
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Roll back to the previous champion now.",
@@ -199,6 +266,16 @@ class LabelLeakage(Fault[Params]):
                 "What is the next experiment you would run to confirm the fix works in production?",
             ],
         )
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = self._release_title()
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        trained = calendar.date(self.params.onset_day - 1)
+        return [
+            w.changelog("release-note", title, "the release that added the feature", start=trained)
+        ]
 
     def investigation(self, calendar: Calendar) -> list[Step]:
         return [

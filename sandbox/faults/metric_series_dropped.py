@@ -80,7 +80,7 @@ class Params(FaultParams):
 class MetricSeriesDropped(Fault[Params]):
     id: ClassVar[str] = "metric-series-dropped"
     title: ClassVar[str] = "Errors at peak while the error-ratio series is no longer exported"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "A large share of evening requests fail in the predictions log and request logs, yet "
         "the critical model-server error alert never fires and its series has no data."

@@ -99,7 +99,7 @@ class Params(FaultParams):
 class OnlineOfflineSkew(Fault[Params]):
     id: ClassVar[str] = "online-offline-skew"
     title: ClassVar[str] = "Online store computes a feature differently from the training data"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (
         "The model's scores and flagged list shift after a platform migration while the feature "
         "store, the training data and the model's holdout metrics all look unchanged."

@@ -57,7 +57,7 @@ class Params(FaultParams):
 class OnlineStoreStale(Fault[Params]):
     id: ClassVar[str] = "online-store-stale"
     title: ClassVar[str] = "Online store silently stops refreshing and serves frozen features"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "Churn rises while the flagged list, the score distribution and every materialization "
         "run look normal and successful."

@@ -58,7 +58,7 @@ class Params(FaultParams):
 class PaymentStatusRenamed(Fault[Params]):
     id: ClassVar[str] = "payment-status-renamed"
     title: ClassVar[str] = "Provider API migration renames failed charges to 'declined'"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (
         "Payment failures in the feature store fall to almost nothing for one payment method "
         "while billing tickets and cancellations carry on; nothing errors and no alert fires."

@@ -48,7 +48,7 @@ class Params(FaultParams):
 class RetrainImmatureLabels(Fault[Params]):
     id: ClassVar[str] = "retrain-immature-labels"
     title: ClassVar[str] = "Retraining on labels that have not matured"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (
         "After a routine retrain, scores drop across the board and production quality slips; "
         "the new run's holdout metrics look ordinary."

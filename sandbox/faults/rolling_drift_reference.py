@@ -84,7 +84,7 @@ class Params(FaultParams):
 class RollingDriftReference(Fault[Params]):
     id: ClassVar[str] = "rolling-drift-reference"
     title: ClassVar[str] = "Drift reference switched to a trailing window hides a slow creep"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (
         "More customers are flagged for retention every week and watch time keeps falling, yet "
         "the drift monitor's daily rows flag no feature."

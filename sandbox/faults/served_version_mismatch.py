@@ -10,10 +10,17 @@ morning after it is registered. Nothing errors: its inputs are a subset of the s
 calibrated its own threshold so the flagged share stays near 10%, and the registry still shows v1 as
 champion. The retention list is simply built by a weaker model, and churn among the customers it
 misses goes up.
+
+Its trail by difficulty: guided names the ablation in its run name, tags and changelog, and the
+registry lookup in the model server's changelog entry; standard registers it as a plain
+challenger run, and the changelog speaks of a config update; hard gives it an ordinary run name
+and tags, logs neither change, and registers an earlier challenger that never serves, so only
+comparing the versions served with the versions registered shows which one took over.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, ClassVar, Literal
 
@@ -21,9 +28,11 @@ import duckdb
 from pydantic import Field, field_validator
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -31,10 +40,10 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import quality_around, quality_check, versions_around
-from sandbox.faults.toolkit import window
+from sandbox.faults.toolkit import num, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.registry import CHAMPION
-from sandbox.pipeline.release import Release
+from sandbox.pipeline.release import Release, Rollout
 
 ALIAS = "challenger"
 FeatureGroup = Literal["watch_time", "viewing", "support", "billing", "playback", "account"]
@@ -59,6 +68,8 @@ GROUP_WORDS = {
 AUC_DROP = 0.03
 REGISTERED = re.compile(r"version (\d+) registered(?: and aliased (\w+))?")
 LOADED_PATTERN = r'"model_version": "([2-9]|[0-9]{2,})", "threshold"'
+# At hard, another challenger is registered this many days before the ablation and never served.
+EARLIER_CHALLENGER_DAYS = 10
 
 
 class Params(FaultParams):
@@ -99,7 +110,7 @@ class Params(FaultParams):
 class ServedVersionMismatch(Fault[Params]):
     id: ClassVar[str] = "served-version-mismatch"
     title: ClassVar[str] = "Servers load the newest registered model, not the champion"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "Production AUC and retention precision drop from one day to the next while the registry "
         "shows the same champion, the flagged share stays near 10% and nothing errors."
@@ -119,35 +130,94 @@ class ServedVersionMismatch(Fault[Params]):
     def _words(self) -> str:
         return " and ".join(GROUP_WORDS[g] for g in self.params.dropped_groups)
 
+    @property
+    def _earlier_challenger_day(self) -> int | None:
+        """At hard, the day an earlier challenger is registered (never served); None when
+        there is none (other tiers, or no day for it after the initial release)."""
+        day = self.params.onset_day - EARLIER_CHALLENGER_DAYS
+        return day if self.tier == "hard" and day >= 2 else None
+
     @hook("train.releases")
     def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
+        date = ctx.calendar.date(onset - 1)
+        run_name, tags = {
+            "guided": (
+                f"churn-gbm-ablation-no-{self._slug()}",
+                {
+                    "purpose": "ablation",
+                    "ablation_dropped": ",".join(self.params.dropped_groups),
+                    "requested_by": "ml-team",
+                    "notes": f"Sizes the model's dependence on {self._words()} features.",
+                },
+            ),
+            "standard": (
+                f"churn-gbm-{date:%Y%m%d}-challenger",
+                {"purpose": "experiment", "requested_by": "ml-team"},
+            ),
+            "hard": ("", {}),  # named and tagged like every scheduled retrain
+        }[self.tier]
         release = Release(
-            day=onset,
-            features=self.features,
-            alias=ALIAS,
-            run_name=f"churn-gbm-ablation-no-{self._slug()}",
-            tags={
-                "purpose": "ablation",
-                "ablation_dropped": ",".join(self.params.dropped_groups),
-                "requested_by": "ml-team",
-                "notes": f"Sizes the model's dependence on {self._words()} features.",
-            },
-            note="feature-group ablation",
+            day=onset, features=self.features, alias=ALIAS, run_name=run_name, tags=tags
         )
-        return [r for r in value if r.day != onset] + [release]
+        releases = [r for r in value if r.day != onset] + [release]
+        earlier = self._earlier_challenger_day
+        if earlier is not None:
+            releases = [r for r in releases if r.day != earlier] + [
+                Release(day=earlier, alias=ALIAS)
+            ]
+        return sorted(releases, key=lambda r: r.day)
+
+    @hook("serve.rollout")
+    def keep_earlier_challenger_offline(self, rollout: Rollout, ctx: HookContext) -> Rollout:
+        # Before the model source changed, a challenger was registered and left unserved.
+        if ctx.day == self._earlier_challenger_day:
+            return dataclasses.replace(rollout, deploy=False)
+        return rollout
+
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        standard = ("ablation", "registry lookup", f"no-{self._slug()}")
+        hard = (*standard, "challenger registered", "model source", "-challenger")
+        return {"guided": (), "standard": standard, "hard": hard}[tier]
+
+    def _source_change_title(self) -> str | None:
+        return {
+            "guided": "model-server: model source switched to registry lookup",
+            "standard": "model-server: config update",
+            "hard": None,
+        }[self.tier]
+
+    def _registered_title(self) -> str | None:
+        return {
+            "guided": f"churn-model: {self._words()} ablation registered as challenger",
+            "standard": "churn-model: challenger registered for offline comparison",
+            "hard": None,
+        }[self.tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         onset = self.params.onset_day
+        if self.tier == "hard":
+            return self._hard_noise()
+        bodies = {
+            "guided": (
+                "Servers resolve churn-model from the registry at startup and on each "
+                "nightly restart, so a new version no longer needs an image redeploy.",
+                f"Same pipeline without the {self._words()} features, to size how much "
+                "we depend on them. Registered for offline comparison; champion unchanged.",
+            ),
+            "standard": (
+                "Model-server settings moved to the shared deployment config.",
+                "Registered for offline comparison; champion unchanged.",
+            ),
+        }[self.tier]
         return [
             {
                 "day": max(onset - 3, 1),
                 "hour": 14.0,
                 "kind": "config",
                 "service": "model-server",
-                "title": "model-server: model source switched to registry lookup",
-                "body": "Servers resolve churn-model from the registry at startup and on each "
-                "nightly restart, so a new version no longer needs an image redeploy.",
+                "title": self._source_change_title(),
+                "body": bodies[0],
                 "author": "ml-platform",
             },
             {
@@ -155,12 +225,39 @@ class ServedVersionMismatch(Fault[Params]):
                 "hour": 16.5,
                 "kind": "experiment",
                 "service": "churn-model",
-                "title": f"churn-model: {self._words()} ablation registered as challenger",
-                "body": f"Same pipeline without the {self._words()} features, to size how much "
-                "we depend on them. Registered for offline comparison; champion unchanged.",
+                "title": self._registered_title(),
+                "body": bodies[1],
                 "author": "ml-team",
             },
         ]
+
+    def _hard_noise(self) -> list[dict[str, Any]]:
+        """Ordinary entries around the onset: the earlier challenger's, and a server patch."""
+        onset, earlier = self.params.onset_day, self._earlier_challenger_day
+        entries = [
+            {
+                "day": max(onset - 3, 1),
+                "hour": 14.0,
+                "kind": "deploy",
+                "service": "model-server",
+                "title": "model-server: base image patched",
+                "body": "OS and Python security updates; no functional change.",
+                "author": "ml-platform",
+            }
+        ]
+        if earlier is not None:
+            entries.append(
+                {
+                    "day": earlier - 1,
+                    "hour": 16.5,
+                    "kind": "experiment",
+                    "service": "churn-model",
+                    "title": "churn-model: new candidate version for offline comparison",
+                    "body": "Retrained on a fresh window; compared offline before any promotion.",
+                    "author": "ml-team",
+                }
+            )
+        return entries
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day
@@ -223,18 +320,7 @@ class ServedVersionMismatch(Fault[Params]):
                     "monitoring.model_performance_daily.auc",
                     "daily production AUC steps down at onset (visible once labels mature)",
                 ),
-                w.changelog(
-                    "model-source-change",
-                    "model-server: model source switched to registry lookup",
-                    "the config change that made servers load the newest version",
-                    start=calendar.date(max(onset - 3, 1)),
-                ),
-                w.changelog(
-                    "ablation-registered",
-                    f"churn-model: {self._words()} ablation registered as challenger",
-                    "the experiment that became the served model",
-                    start=registered,
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Pin the servers to models:/churn-model@champion (or an explicit version) and "
@@ -254,6 +340,66 @@ class ServedVersionMismatch(Fault[Params]):
                 "with the champion and compare against the labels)?",
                 "How would you design model loading so this cannot happen again?",
             ],
+        )
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        onset = self.params.onset_day
+        w = window(calendar, onset)
+        source, registered = self._source_change_title(), self._registered_title()
+        evidence = []
+        if source is not None:
+            evidence.append(
+                w.changelog(
+                    "model-source-change",
+                    source,
+                    "the config change that made servers load the newest version",
+                    start=calendar.date(max(onset - 3, 1)),
+                )
+            )
+        if registered is not None:
+            evidence.append(
+                w.changelog(
+                    "ablation-registered",
+                    registered,
+                    "the experiment that became the served model",
+                    start=calendar.date(onset - 1),
+                )
+            )
+        return evidence
+
+    def _last_step(self, calendar: Calendar) -> Step:
+        """What ties the version switch to a change: the changelog while it tells, else the
+        registered versions against the served ones."""
+        source = self._source_change_title()
+        if source is None:
+            return Step(
+                question="Which registered versions were ever served, and from when?",
+                sql="""
+                    SELECT t.model_version, min(t.score_date) AS trained_from,
+                           count(DISTINCT p.request_ts::DATE) AS days_served
+                    FROM training.churn_training_set t
+                    LEFT JOIN serving.predictions p
+                      ON p.model_version = t.model_version AND p.source = 'batch'
+                    GROUP BY 1 ORDER BY t.model_version::INT""",
+                evidence="training-set",
+                finding="an earlier challenger never served, yet the next version registered "
+                "as challenger serves every day from onset: the servers load the newest version",
+                found=lambda f: (
+                    f.height >= 3
+                    and (f["days_served"] == 0).any()
+                    and num(f["days_served"][-1]) > 0
+                ),
+            )
+        return Step(
+            question="What changed around the day the version switched?",
+            sql=f"""
+                SELECT ts, kind, service, title, body FROM ops.changelog
+                WHERE ts::DATE BETWEEN DATE '{calendar.date(max(self.params.onset_day - 5, 1))}'
+                                   AND DATE '{calendar.date(self.params.onset_day)}'
+                ORDER BY ts""",
+            evidence="model-source-change",
+            finding="a model-server config change, then a challenger registered",
+            found=lambda f: (f["title"] == source).any(),
         )
 
     def investigation(self, calendar: Calendar) -> list[Step]:
@@ -299,17 +445,7 @@ class ServedVersionMismatch(Fault[Params]):
                     and f["precision"][-1] < 0.85 * f["precision"][0]
                 ),
             ),
-            Step(
-                question="What changed around the day the version switched?",
-                sql=f"""
-                    SELECT ts, kind, service, title, body FROM ops.changelog
-                    WHERE ts::DATE BETWEEN DATE '{calendar.date(max(self.params.onset_day - 5, 1))}'
-                                       AND DATE '{calendar.date(self.params.onset_day)}'
-                    ORDER BY ts""",
-                evidence="model-source-change",
-                finding="a model-server source change and an ablation registered as challenger",
-                found=lambda f: f["title"].str.contains("registry lookup").any(),
-            ),
+            self._last_step(calendar),
         ]
 
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:

@@ -80,7 +80,7 @@ class Params(FaultParams):
 class ServingDefaultFallback(Fault[Params]):
     id: ClassVar[str] = "serving-default-fallback"
     title: ClassVar[str] = "Model server scores a zero feature vector at peak after a deadline cut"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (
         "Evening online scores disagree with the same customers' morning batch scores, while "
         "error rates, alerts and the batch retention list all look normal."

@@ -81,7 +81,7 @@ class Params(FaultParams):
 class StaleDecisionThreshold(Fault[Params]):
     id: ClassVar[str] = "stale-decision-threshold"
     title: ClassVar[str] = "Retrained model served with the previous model's decision threshold"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
     observation: ClassVar[str] = (
         "After a routine retrain the retention list is a fraction (or a multiple) of its usual "
         "length, while the new run's holdout metrics look as good as ever and no alert fires."

@@ -55,7 +55,7 @@ class Params(FaultParams):
 class TrainingTimeTravel(Fault[Params]):
     id: ClassVar[str] = "training-time-travel"
     title: ClassVar[str] = "Time travel in the training set build"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (
         "A retrained version with better holdout metrics than ever serves worse than the model it "
         "replaced; nothing in the feature store or the services looks wrong."

@@ -68,7 +68,7 @@ def release_version(onset_day: int) -> str:
 class UpstreamUnitChange(Fault[Params]):
     id: ClassVar[str] = "upstream-unit-change"
     title: ClassVar[str] = "One device's new app release reports watch time in seconds"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
         "Churn rises among one device's customers while the model flags fewer of them; the "
         "watch-time feature means jump, but nothing errors and the holdout metrics look fine."

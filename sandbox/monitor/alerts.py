@@ -1,7 +1,8 @@
 """Alert rules over the metric series, as an on-call team would have set them up.
 
 Thresholds are the ones teams actually pick: loose enough not to page every night, so a few fire on
-ordinary noise and a slow problem can stay under them.
+ordinary noise and a slow problem can stay under them. A rule that only a mature team would have
+says so (`shown_up_to`): a world of a harder difficulty has no such rule.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
+
+from sandbox.difficulty import Tier, shown
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class Rule:
     for_points: int  # consecutive breaching points before it fires
     severity: str
     summary: str
+    shown_up_to: Tier = "hard"  # the hardest difficulty whose world has this rule
 
 
 RULES: tuple[Rule, ...] = (
@@ -73,6 +77,7 @@ RULES: tuple[Rule, ...] = (
         1,
         "warning",
         "a feature is more than 50% null before imputation",
+        shown_up_to="guided",
     ),
     Rule(
         "DailyChurnHigh",
@@ -85,6 +90,11 @@ RULES: tuple[Rule, ...] = (
         "daily churn above 1% for two days",
     ),
 )
+
+
+def rules_for(tier: Tier) -> tuple[Rule, ...]:
+    """The rules a team at `tier`'s monitoring maturity has set up."""
+    return tuple(rule for rule in RULES if shown(rule.shown_up_to, tier))
 
 
 def evaluate(series: pl.DataFrame, rules: tuple[Rule, ...] = RULES) -> pl.DataFrame:
@@ -140,5 +150,5 @@ def evaluate(series: pl.DataFrame, rules: tuple[Rule, ...] = RULES) -> pl.DataFr
     return pl.concat(episodes).cast(schema).sort("started_at", "alert", "label")
 
 
-def rules_frame() -> pl.DataFrame:
-    return pl.DataFrame([r.__dict__ for r in RULES])
+def rules_frame(rules: tuple[Rule, ...] = RULES) -> pl.DataFrame:
+    return pl.DataFrame([r.__dict__ for r in rules]).drop("shown_up_to")

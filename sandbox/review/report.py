@@ -41,7 +41,11 @@ def build(
     final = diagnoses[-1]["fields"] if diagnoses else dict.fromkeys(DIAGNOSIS_FIELDS, "")
     return {
         "session": session,
-        "world": {k: world.get(k) for k in ("name", "seed", "scale", "content_hash")},
+        "world": {
+            **{k: world.get(k) for k in ("name", "seed", "scale", "content_hash")},
+            # Worlds built before difficulty tiers showed every trail, as guided does.
+            "difficulty": world.get("difficulty", "guided"),
+        },
         "timeline": timeline,
         "faults": [_fault(key, timeline, final) for key in answer_key.get("faults", [])],
         "decoys": answer_key.get("decoys", []),
@@ -188,6 +192,7 @@ def _fault(
     return {
         "fault_id": key["fault_id"],
         "title": key["title"],
+        "difficulty": key.get("difficulty", "guided"),
         "root_cause": key["root_cause"],
         "propagation": key.get("propagation", []),
         "acceptable_fixes": key.get("acceptable_fixes", []),

@@ -14,8 +14,9 @@ from typing import Any
 
 from sandbox import scenario
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import FaultSet, WorldData
-from sandbox.layout import WorldPaths, read_manifest
+from sandbox.layout import WorldPaths, read_manifest, world_difficulty
 from sandbox.services.settings import Settings, SettingsError
 from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
@@ -60,6 +61,10 @@ class ServiceContext:
     @cached_property
     def calendar(self) -> Calendar:
         return scenario.world_spec(self.paths.scenario).calendar()
+
+    @cached_property
+    def difficulty(self) -> Tier:
+        return world_difficulty(self.world)
 
     @cached_property
     def seed(self) -> int:

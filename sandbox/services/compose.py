@@ -9,9 +9,9 @@ import contextlib
 import datetime as dt
 from pathlib import Path
 
-from sandbox.layout import WorldPaths
+from sandbox.layout import WorldPaths, world_difficulty
 from sandbox.scenario import world_spec
-from sandbox.services import grafana, stack
+from sandbox.services import dashboards, grafana, stack
 from sandbox.services import prometheus as promstack
 from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
@@ -52,5 +52,6 @@ def prepare(world: Path, speed: float, settings: Settings) -> WorldPaths:
         promstack.write_history(
             paths, calendar.midnight(calendar.last_production_day + 1), shift, history
         )
-    grafana.export(run / "grafana", directory=settings.dashboards)
+    boards = dashboards.for_tier(dashboards.catalog(settings.dashboards), world_difficulty(world))
+    grafana.export(run / "grafana", boards)
     return paths

@@ -7,6 +7,9 @@ A panel's SQL may use named parameters the page fills in:
 - `$bucket`: seconds per chart point, chosen from the range so a chart holds a few hundred points
   (`time_bucket(to_seconds($bucket), ts)`);
 - one per dashboard variable (a segment filter), NULL for "all".
+
+A panel only a mature team would have says so (`shown_up_to = "guided"`): a world of a harder
+difficulty is served without it (`for_tier`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from importlib.resources.abc import Traversable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sandbox.difficulty import Tier, shown
 
 # The definitions ship inside the package, so an installed wheel has them wherever it lands; the
 # `dashboards` setting (SANDBOX_DASHBOARDS) points a deployment at its own directory instead.
@@ -67,6 +72,7 @@ class Panel(Strict):
     # The same panel in Grafana over Prometheus (`sandbox up --prometheus`, compose/): one
     # expression per series, over the live services' metrics and the backfilled history.
     promql: list[str] = Field(default_factory=list)
+    shown_up_to: Tier = "hard"  # the hardest difficulty whose world has this panel
 
 
 class Variable(Strict):
@@ -151,6 +157,17 @@ def catalog(directory: Traversable | None = None) -> dict[str, Dashboard]:
 @cache
 def _catalog(directory: Traversable) -> dict[str, Dashboard]:
     return load_dir(directory)
+
+
+def for_tier(boards: dict[str, Dashboard], tier: Tier) -> dict[str, Dashboard]:
+    """The dashboards as a team at `tier`'s monitoring maturity has them: without the panels
+    it would not have, and without a dashboard left with none."""
+    out = {}
+    for board_id, board in boards.items():
+        panels = [p for p in board.panels if shown(p.shown_up_to, tier)]
+        if panels:
+            out[board_id] = board.model_copy(update={"panels": panels})
+    return out
 
 
 def bucket_seconds(start: dt.datetime, end: dt.datetime) -> int:

@@ -5,11 +5,13 @@ through the `sandbox.faults` entry point runs them on its own. Each raises `Faul
 AssertionError, so pytest shows it as a failed assertion) naming the fault and what falls short.
 
 Without a world:
-- `assert_documented(cls)`: the module tells the story; id, title, difficulty, observation and
+- `assert_documented(cls)`: the module tells the story; id, title, rating, observation and
   default parameters are there.
 - `assert_hooks_well_formed(cls)`: handlers on real hook points, with fitting signatures.
 - `assert_answer_key_complete(fault)`: root cause, propagation, fixes, probes, a reference
   investigation of 3-6 steps, evidence dated inside the fault's window.
+- `assert_investigation_fits_tier(fault)`: at hard, the reference investigation takes at least
+  4 queries and one of them reads two tables together.
 
 On built worlds (a world directory, a `BuildSummary`, or a read-only DuckDB connection):
 - `assert_verifies_where_planted(fault, world)`: no check fails and the first (the symptom)
@@ -21,6 +23,8 @@ On built worlds (a world directory, a `BuildSummary`, or a read-only DuckDB conn
   log patterns and changelog titles that exist.
 - `assert_nothing_names(world, names)`: nothing candidate-visible carries a telltale word or
   the fault's id or class name (needs the world directory).
+- `assert_no_tells(fault, world)`: none of the tells the fault declares for its tier appears in
+  what the candidate can read.
 
 `assert_meets_the_bar(fault, world, control)` runs them all and reports every shortfall at once.
 """
@@ -56,6 +60,7 @@ from sandbox.world.build import BuildSummary
 World = BuildSummary | Path | str | duckdb.DuckDBPyConnection
 TELLTALE_WORDS = (r"\bfault", r"inject", r"planted", r"answer", r"sabotag", r"\bbug\b")
 MIN_STEPS, MAX_STEPS = 3, 6
+HARD_MIN_STEPS = 4  # at hard, an investigation is more than a lookup or two
 
 
 class FaultFailure(AssertionError):
@@ -108,7 +113,7 @@ def _describe(checks: list[Check]) -> str:
 # -- without a world -----------------------------------------------------------------------------
 def assert_documented(cls: type[Fault]) -> None:
     """The module docstring tells the story; the class has an id (lowercase, dashes), title,
-    difficulty and observation, and parameters whose defaults validate."""
+    rating and observation, and parameters whose defaults validate."""
     if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", getattr(cls, "id", "")):
         raise FaultFailure(f"{cls.__name__}: its id is lowercase words joined by dashes")
     module = __import__(cls.__module__, fromlist=["__doc__"])
@@ -117,8 +122,8 @@ def assert_documented(cls: type[Fault]) -> None:
     for attribute in ("title", "observation"):
         if not getattr(cls, attribute, ""):
             raise _fail(cls, f"{attribute} is missing")
-    if getattr(cls, "difficulty", None) not in ("easy", "medium", "hard"):
-        raise _fail(cls, "difficulty is easy, medium or hard")
+    if getattr(cls, "rating", None) not in ("easy", "medium", "hard"):
+        raise _fail(cls, "rating is easy, medium or hard")
     params = getattr(cls, "Params", None)
     if not (isinstance(params, type) and issubclass(params, FaultParams)):
         raise _fail(cls, "Params is a FaultParams subclass")
@@ -180,6 +185,48 @@ def assert_answer_key_complete(fault: Fault, calendar: Calendar | None = None) -
                 f"evidence {e.id!r} is dated {e.window_start}..{e.window_end}, outside the "
                 f"fault's window {onset}..{last}",
             )
+
+
+def tables_read(sql: str) -> set[str]:
+    """The tables a query reads (schema.table as written; not its own CTEs), from DuckDB's own
+    parse of it."""
+    con = duckdb.connect()
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    finally:
+        con.close()
+    if tree.get("error"):
+        raise ValueError(f"not a query DuckDB parses: {tree.get('error_message')}")
+    found: set[str] = set()
+    ctes: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ctes.update(entry["key"] for entry in (node.get("cte_map") or {}).get("map", []))
+            if node.get("type") == "BASE_TABLE":
+                found.add(f"{node.get('schema_name') or ''}.{node['table_name']}".lstrip("."))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tree)
+    return found - ctes
+
+
+def assert_investigation_fits_tier(fault: Fault, calendar: Calendar | None = None) -> None:
+    """At hard, no single lookup finds the fault: the reference investigation takes at least
+    HARD_MIN_STEPS queries, and at least one reads two tables together (a join or a subquery)."""
+    if fault.tier != "hard":
+        return
+    steps = fault.investigation(_calendar(None, calendar))
+    if len(steps) < HARD_MIN_STEPS:
+        raise _fail(
+            fault, f"at hard the investigation has {len(steps)} steps (at least {HARD_MIN_STEPS})"
+        )
+    if not any(len(tables_read(step.sql)) >= 2 for step in steps):
+        raise _fail(fault, "at hard no step of the investigation reads two tables together")
 
 
 # -- on built worlds -----------------------------------------------------------------------------
@@ -333,18 +380,43 @@ def candidate_texts(world: BuildSummary | Path | str) -> Iterator[tuple[str, lis
     yield "model registry", texts
 
 
-def assert_nothing_names(world: BuildSummary | Path | str, names: Iterable[str] = ()) -> None:
-    """Nothing a candidate can read carries a telltale word or one of `names`."""
-    pattern = telltale(names)
+def _scan(texts: Iterable[tuple[str, list[str]]], pattern: re.Pattern[str]) -> dict[str, list[str]]:
+    """Where the texts match `pattern`: a few matching texts per place."""
     found = {}
-    for where, texts in candidate_texts(world):
-        hits = sorted({t for t in texts if t and pattern.search(t)})
+    for where, values in texts:
+        hits = sorted({t for t in values if t and pattern.search(t)})
         if hits:
             found[where] = hits[:3]
+    return found
+
+
+def _listing(found: dict[str, list[str]]) -> str:
+    return "\n".join(f"  {where}: {json.dumps(hits)[:300]}" for where, hits in found.items())
+
+
+def assert_nothing_names(world: BuildSummary | Path | str, names: Iterable[str] = ()) -> None:
+    """Nothing a candidate can read carries a telltale word or one of `names`."""
+    found = _scan(candidate_texts(world), telltale(names))
     if found:
-        raise FaultFailure(
-            "candidate-visible text gives a planted fault away:\n"
-            + "\n".join(f"  {where}: {json.dumps(hits)[:300]}" for where, hits in found.items())
+        raise FaultFailure("candidate-visible text gives a planted fault away:\n" + _listing(found))
+
+
+def assert_no_tells(
+    fault: Fault,
+    world: BuildSummary | Path | str,
+    also: Iterable[tuple[str, list[str]]] = (),
+) -> None:
+    """None of the tells `fault` declares for its tier appears in what the candidate can read
+    in `world`, nor in `also` ((where, texts) the world's files do not hold, such as the titles
+    and descriptions of the dashboards the stack serves at the world's difficulty)."""
+    tells = fault.tells(fault.tier)
+    if not tells:
+        return
+    pattern = re.compile("|".join(map(re.escape, tells)), re.IGNORECASE)
+    found = _scan([*candidate_texts(world), *also], pattern)
+    if found:
+        raise _fail(
+            fault, f"at {fault.tier}, candidate-visible text carries its tells:\n{_listing(found)}"
         )
 
 
@@ -361,6 +433,7 @@ def assert_meets_the_bar(
         ("documented", lambda: assert_documented(cls)),
         ("hooks", lambda: assert_hooks_well_formed(cls)),
         ("answer key", lambda: assert_answer_key_complete(fault, _calendar(world, calendar))),
+        ("tier", lambda: assert_investigation_fits_tier(fault, _calendar(world, calendar))),
         ("verification", lambda: assert_verifies_where_planted(fault, world, calendar)),
         ("control", lambda: assert_absent_without_it(fault, control, calendar)),
         (
@@ -369,6 +442,7 @@ def assert_meets_the_bar(
         ),
         ("evidence", lambda: assert_evidence_exists(fault, world, calendar)),
         ("secrecy", lambda: assert_nothing_names(world, [fault.id, cls.__name__])),
+        ("tells", lambda: assert_no_tells(fault, world)),
     ]
     failures = []
     for what, run in parts:

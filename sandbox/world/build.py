@@ -169,8 +169,9 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     series = metrics.build_series(wh.con, job.health_frame().filter(pl.col("ts") < cutoff))
     series = sim.faults.apply("monitor.metrics", series, sim.context(cal.last_visible_day))
     wh.append(metrics.METRIC_TABLE, series)
-    wh.append("monitoring.alerts", alerts.evaluate(series))
-    wh.append("monitoring.alert_rules", alerts.rules_frame())
+    rules = alerts.rules_for(scenario.difficulty)
+    wh.append("monitoring.alerts", alerts.evaluate(series, rules))
+    wh.append("monitoring.alert_rules", alerts.rules_frame(rules))
     progress("labels and monitoring", 3, 3)
 
     progress("drift reports", 0, 1)
@@ -212,6 +213,8 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     return {
         "name": scenario.world.name,
         "seed": seed,
+        # The services show the dashboards panels of this difficulty.
+        "difficulty": scenario.difficulty,
         "scale": scenario.world.scale,
         "customers": scenario.world.n_customers,
         "content_hash": digest.hexdigest(),

@@ -1,20 +1,27 @@
 """Every registered fault meets the bar of `sandbox.testing` on a real small world: it verifies
 where planted and not in the control world, its reference investigation reaches its evidence,
 its answer key points at real data. The parts of the bar that need no world run on every fault
-as it is planted, without building anything."""
+as it is planted, without building anything.
+
+Difficulty: every fault world is at standard; the faults that declare their tells per tier are
+also held to the bar at guided and hard (`TIER_WORLDS`), and at each tier none of their tells is
+in what the candidate can read, dashboards included."""
 
 from __future__ import annotations
 
 import pytest
 
 from sandbox import scenario, testing
-from sandbox.catalog import fault_table_markdown
+from sandbox.catalog import fault_table_markdown, tier_table_markdown
 from sandbox.decoys import registry as decoy_registry
+from sandbox.difficulty import TIERS
 from sandbox.faults import registry
 from sandbox.faults.base import Decoy, Fault
+from sandbox.layout import world_difficulty
+from sandbox.services import dashboards
 from sandbox.testing import Worlds, connect
 from sandbox.world.build import BuildSummary
-from tests.conftest import EDGE_WORLDS, FAULT_WORLDS, REPO, scenario_for
+from tests.conftest import EDGE_WORLDS, FAULT_WORLDS, REPO, TIER_WORLDS, scenario_for
 
 CAL = scenario.load(None).world.calendar()
 
@@ -30,6 +37,25 @@ def _fault(world: str, fault_id: str) -> Fault:
 
 FAULTS = sorted(_planted().items())
 EDGE = [(name, f.id) for name in EDGE_WORLDS for f in scenario_for(name).faults]
+# The faults whose trail is the same at every tier: they declare no tells yet. This list only
+# shrinks; a fault leaves it when it declares its tells and a world plants it at every tier.
+UNTIERED = {
+    "duplicate-billing-events",
+    "embedding-index-mismatch",
+    "metric-series-dropped",
+    "online-offline-skew",
+    "online-store-stale",
+    "payment-status-renamed",
+    "retrain-immature-labels",
+    "rolling-drift-reference",
+    "serving-default-fallback",
+    "stale-decision-threshold",
+    "training-time-travel",
+    "upstream-unit-change",
+}
+# (fault id, world) for every fault planted at a tier other than standard: the tiered faults,
+# and the untiered ones that share their worlds (held to the bar there too).
+TIERED = sorted((f.id, name) for name in TIER_WORLDS for f in scenario_for(name).faults)
 
 
 def test_every_registered_fault_and_decoy_is_exercised() -> None:
@@ -58,6 +84,12 @@ def test_the_readme_fault_table_is_current() -> None:
     readme = (REPO / "README.md").read_text()
     table = readme.split("<!-- fault-table -->\n")[1].split("\n<!-- /fault-table -->")[0]
     assert table == fault_table_markdown(), "regenerate it: sandbox faults list --markdown"
+
+
+def test_the_readme_tier_table_is_current() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("<!-- tier-table -->\n")[1].split("\n<!-- /tier-table -->")[0]
+    assert table == tier_table_markdown(), "regenerate it: sandbox faults list --tiers"
 
 
 @pytest.mark.parametrize(("fault_id", "world"), [*FAULTS, *((f, w) for w, f in EDGE)])
@@ -111,3 +143,96 @@ def test_decoys_happen_and_are_explained_to_the_interviewer(worlds: Worlds, worl
     key = (built.root / "interviewer" / "answer_key.json").read_text()
     for decoy in spec.decoys:
         assert decoy.id in key
+
+
+def _declares_tells(fault_id: str) -> bool:
+    return registry.get(fault_id).tells is not Fault.tells
+
+
+def test_the_untiered_list_is_exactly_the_faults_without_tells() -> None:
+    untiered = {fault_id for fault_id in registry.catalog() if not _declares_tells(fault_id)}
+    assert untiered == UNTIERED, "a fault that declares its tells leaves UNTIERED"
+
+
+def test_every_tiered_fault_is_planted_at_every_tier() -> None:
+    for fault_id in set(registry.catalog()) - UNTIERED:
+        cls = registry.get(fault_id)
+        assert cls(cls.Params()).tells("hard"), f"{fault_id}: hides nothing at hard"
+        planted = {
+            f.tier
+            for name in [*FAULT_WORLDS, *TIER_WORLDS]
+            for f in scenario_for(name).faults
+            if f.id == fault_id
+        }
+        assert planted == set(TIERS), f"{fault_id} is planted at {sorted(planted)}"
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("fault_id", sorted(registry.catalog()))
+def test_the_investigation_fits_each_tier(fault_id: str, tier: str) -> None:
+    cls = registry.get(fault_id)
+    fault = cls(cls.Params(), tier)  # type: ignore[arg-type]
+    testing.assert_answer_key_complete(fault, CAL)
+    if fault_id not in UNTIERED:
+        testing.assert_investigation_fits_tier(fault, CAL)
+        assert fault.key(CAL).difficulty == tier
+
+
+@pytest.mark.parametrize(("fault_id", "world"), TIERED)
+def test_tiered_fault_meets_the_bar_at_its_tier(
+    worlds: Worlds, control_world: BuildSummary, fault_id: str, world: str
+) -> None:
+    fault, built = _fault(world, fault_id), worlds.get(world)
+    testing.assert_verifies_where_planted(fault, built, CAL)
+    testing.assert_investigation_reaches_evidence(fault, built, control_world, CAL)
+    testing.assert_evidence_exists(fault, built, CAL)
+    testing.assert_nothing_names(built, [fault.id, type(fault).__name__])
+
+
+def _dashboard_texts(built: BuildSummary) -> list[tuple[str, list[str]]]:
+    """The titles and descriptions of the dashboards the stack serves for this world."""
+    boards = dashboards.for_tier(dashboards.catalog(), world_difficulty(built.root))
+    return [
+        (
+            f"dashboard {board.id}",
+            [board.title, board.description]
+            + [text for p in board.panels for text in (p.title, p.description)],
+        )
+        for board in boards.values()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault_id", "world"),
+    [*((f, w) for f, w in FAULTS if f not in UNTIERED), *TIERED],
+)
+def test_no_tell_of_the_tier_is_candidate_visible(
+    worlds: Worlds, fault_id: str, world: str
+) -> None:
+    built = worlds.get(world)
+    fault = _fault(world, fault_id)
+    assert world_difficulty(built.root) == scenario_for(world).difficulty
+    testing.assert_no_tells(fault, built, _dashboard_texts(built))
+
+
+def test_the_tells_scan_catches_a_tell_on_a_dashboard(faulty_world: BuildSummary) -> None:
+    fault = _fault("default", "feature-nulls-wrong-mean")
+    shown = [("dashboard feature-health", ["Null rate before imputation by feature"])]
+    with pytest.raises(testing.FaultFailure, match="Null rate before imputation"):
+        testing.assert_no_tells(fault, faulty_world, shown)
+
+
+@pytest.mark.parametrize(
+    ("fault_id", "world"),
+    [(f, w) for f, w in TIERED if f not in UNTIERED and scenario_for(w).difficulty == "guided"],
+)
+def test_the_guided_world_shows_what_harder_tiers_hide(
+    worlds: Worlds, fault_id: str, world: str
+) -> None:
+    """The tells are real: each tier that hides any has one the guided world shows."""
+    fault, built = _fault(world, fault_id), worlds.get(world)
+    texts = [*testing.candidate_texts(built), *_dashboard_texts(built)]
+    for tier in ("standard", "hard"):
+        tells = [t.lower() for t in fault.tells(tier)]  # type: ignore[arg-type]
+        shown = {t for t in tells for _, values in texts for v in values if t in v.lower()}
+        assert shown, f"{fault_id}: no tell of {tier} shows at guided: {tells}"

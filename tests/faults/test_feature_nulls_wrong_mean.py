@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from sandbox import scenario
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import HookContext
 from sandbox.faults.feature_nulls_wrong_mean import FeatureNullsWrongMean, Params
 
@@ -79,3 +80,42 @@ def test_no_default_alert_names_the_cause(faulty_db: duckdb.DuckDBPyConnection) 
         "SELECT count(*) FROM monitoring.alerts WHERE label LIKE '%minutes%'"
     ).fetchall()[0][0]
     assert nulls == 0 and alerts == 0
+
+
+def tiered(tier: Tier, **params: object) -> FeatureNullsWrongMean:
+    return FeatureNullsWrongMean(Params(**params), tier)
+
+
+def test_guided_keeps_the_explicit_trail() -> None:
+    entries = tiered("guided", onset_day=15, ramp_days=7).changelog(CAL)
+    assert [(e["day"], e["title"], e["body"]) for e in entries] == [
+        (
+            14,
+            "player SDK 7.2 staged rollout",
+            "New playback telemetry batching; rollout over about 7 days.",
+        ),
+        (
+            15,
+            "feature store: imputation defaults refreshed",
+            "Fill values recomputed from the latest engagement extract.",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("tier", ["standard", "hard"])
+def test_the_changelog_carries_no_tell_of_its_tier(tier: Tier) -> None:
+    f = tiered(tier)
+    text = " ".join(f"{e['title']} {e['body']}" for e in f.changelog(CAL)).lower()
+    assert text, "the changelog keeps entries around the onset"
+    assert not [tell for tell in f.tells(tier) if tell.lower() in text]
+    assert set(f.tells("standard")) <= set(f.tells("hard")) and not f.tells("guided")
+
+
+def test_hard_adds_an_earlier_correct_refresh_of_the_same_fill_values() -> None:
+    policy = {"avg_daily_minutes_7d": 40.0, "tenure_days": 9.0}
+    hard, standard = tiered("hard", onset_day=15), tiered("standard", onset_day=15)
+    assert standard.handle("features.imputation", policy, ctx(8)) == policy
+    assert hard.handle("features.imputation", policy, ctx(6)) == policy
+    routine = hard.handle("features.imputation", policy, ctx(7))
+    assert routine == {"avg_daily_minutes_7d": 41.6, "tenure_days": 9.0}
+    assert hard.handle("features.imputation", policy, ctx(15))["avg_daily_minutes_7d"] == 100.0

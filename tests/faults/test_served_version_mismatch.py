@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from sandbox import scenario
+from sandbox.difficulty import Tier
 from sandbox.faults.base import HookContext
 from sandbox.faults.served_version_mismatch import (
     FEATURE_GROUPS,
@@ -164,3 +165,43 @@ def test_the_core_check_needs_a_served_challenger() -> None:
     assert broken[0].passed, broken[0]
     assert not healthy[0].passed, healthy[0]
     assert [c.outcome for c in broken] == ["passed", "passed", "not measurable"], broken
+
+
+def _trail(f: ServedVersionMismatch) -> list[str]:
+    """The run names, tags and changelog text this fault writes."""
+    texts = []
+    for release in f.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL)):
+        texts += [release.run_name, *release.tags, *release.tags.values()]
+    return texts + [text for e in f.changelog(CAL) for text in (e["title"], e["body"])]
+
+
+def test_guided_keeps_the_ablation_run_name_tags_and_changelog() -> None:
+    f = ServedVersionMismatch(Params(), "guided")
+    texts = _trail(f)
+    assert "churn-gbm-ablation-no-watch-time" in texts and "ablation" in texts
+    assert "model-server: model source switched to registry lookup" in texts
+
+
+@pytest.mark.parametrize("tier", ["standard", "hard"])
+def test_the_trail_carries_no_tell_of_its_tier(tier: Tier) -> None:
+    f = ServedVersionMismatch(Params(), tier)
+    text = " ".join(_trail(f)).lower()
+    assert not [tell for tell in f.tells(tier) if tell.lower() in text]
+    titles = {e.ref for e in f.answer_key(CAL).evidence if e.kind == "changelog"}
+    assert titles <= {e["title"] for e in f.changelog(CAL)}
+
+
+def test_hard_registers_an_earlier_challenger_that_never_serves() -> None:
+    f = ServedVersionMismatch(Params(onset_day=15), "hard")
+    releases = f.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
+    assert [(r.day, r.alias, r.run_name) for r in releases] == [
+        (1, "champion", ""),
+        (5, "challenger", ""),
+        (15, "challenger", ""),
+    ]
+    rollout = Rollout("2", trained_threshold=0.03, current_threshold=0.05, threshold=0.03)
+    assert not f.handle("serve.rollout", rollout, HookContext(1, 5, CAL)).deploy
+    assert f.handle("serve.rollout", rollout, HookContext(1, 15, CAL)).deploy
+    standard = ServedVersionMismatch(Params(onset_day=15), "standard")
+    assert len(standard.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))) == 2
+    assert standard.handle("serve.rollout", rollout, HookContext(1, 5, CAL)).deploy

@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from sandbox import scenario, testing
+from sandbox.difficulty import Tier
 from sandbox.faults.base import Check, Evidence, HookContext, Step, hook
 from sandbox.faults.duplicate_billing_events import DuplicateBillingEvents
 from sandbox.testing import FaultFailure
@@ -180,3 +181,30 @@ def test_nothing_a_candidate_can_read_may_name_a_planted_fault(tmp_path: Path) -
     assert testing.telltale(["x-y"]).search("the X-Y change") and not testing.telltale().search(
         "a debugger"
     )
+
+
+def fault_with_steps(tier: Tier, *sqls: str) -> DuplicateBillingEvents:
+    class Investigated(DuplicateBillingEvents):
+        def investigation(self, calendar: object) -> list[Step]:
+            return [
+                Step(question="q", sql=sql, evidence="e", finding="f", found=lambda f: True)
+                for sql in sqls
+            ]
+
+    return Investigated(DuplicateBillingEvents.Params(), tier)
+
+
+def test_at_hard_an_investigation_takes_four_queries_one_reading_two_tables() -> None:
+    one = "SELECT * FROM raw.a"
+    joined = "SELECT * FROM raw.a JOIN raw.b USING (k)"
+    nested = "WITH x AS (SELECT k FROM raw.a) SELECT * FROM raw.b WHERE k IN (SELECT k FROM x)"
+    testing.assert_investigation_fits_tier(fault_with_steps("hard", one, one, one, joined), CAL)
+    testing.assert_investigation_fits_tier(fault_with_steps("hard", one, one, one, nested), CAL)
+    testing.assert_investigation_fits_tier(fault_with_steps("standard", one, one, one), CAL)
+    with pytest.raises(FaultFailure, match=r"at hard the investigation has 3 steps"):
+        testing.assert_investigation_fits_tier(fault_with_steps("hard", one, one, joined), CAL)
+    with pytest.raises(FaultFailure, match="no step of the investigation reads two tables"):
+        self_join = "WITH x AS (SELECT * FROM raw.a) SELECT * FROM x JOIN raw.a USING (k)"
+        testing.assert_investigation_fits_tier(
+            fault_with_steps("hard", one, one, one, self_join), CAL
+        )

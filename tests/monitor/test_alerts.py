@@ -6,7 +6,7 @@ import datetime as dt
 
 import polars as pl
 
-from sandbox.monitor.alerts import Rule, evaluate
+from sandbox.monitor.alerts import RULES, Rule, evaluate, rules_for, rules_frame
 
 RULE = Rule("Latency", "model-server", "latency_p99_ms", 60.0, None, 3, "warning", "slow")
 
@@ -34,3 +34,11 @@ def test_only_sustained_breaches_fire() -> None:
 
 def test_quiet_series_fires_nothing() -> None:
     assert evaluate(series([10.0] * 50), (RULE,)).height == 0
+
+
+def test_a_rule_only_a_mature_team_has_is_gone_at_harder_tiers() -> None:
+    names = {tier: {r.name for r in rules_for(tier)} for tier in ("guided", "standard", "hard")}
+    assert names["guided"] == {r.name for r in RULES}
+    assert "FeatureNullRatioHigh" in names["guided"] - names["standard"]
+    assert names["hard"] <= names["standard"] < names["guided"]
+    assert set(rules_frame(rules_for("hard"))["name"]) == names["hard"]

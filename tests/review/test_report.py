@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sandbox.review import report
+from sandbox.review import export, report
 
 KEY = {
     "faults": [
@@ -106,3 +106,15 @@ def test_the_diagnosis_versions_carry_their_changes_and_the_key_terms() -> None:
     assert review["probes"][0] == "What next?" and len(set(review["probes"])) == len(
         review["probes"]
     )
+
+
+def test_the_review_and_its_exports_carry_the_difficulty() -> None:
+    hard_key = {"faults": [{**KEY["faults"][0], "difficulty": "hard"}]}
+    world = {"name": "w", "seed": 1, "difficulty": "hard"}
+    review = report.build(SESSION, [], [], hard_key, {}, world)
+    assert review["world"]["difficulty"] == review["faults"][0]["difficulty"] == "hard"
+    assert "(hard, seed 1" in export.to_markdown(review)
+    assert "| A planted fault | hard |" in export.to_markdown(review)
+    assert "<td>A planted fault</td><td>hard</td>" in export.to_html(review)
+    # A world built before the tiers showed every trail.
+    assert _build([])["world"]["difficulty"] == _build([])["faults"][0]["difficulty"] == "guided"

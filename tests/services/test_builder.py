@@ -54,6 +54,8 @@ def test_the_builder_is_the_operators(
         assert reply.status_code == 403
     catalog = client.get("/api/catalog", headers=_operator(paths)).json()
     assert {f["id"] for f in catalog["faults"]} == set(registry.catalog())
+    assert catalog["difficulties"] == ["guided", "standard", "hard"]
+    assert catalog["default_difficulty"] == "standard"
     assert catalog["running"]["faults"][0]["id"] == "feature-nulls-wrong-mean"
 
 
@@ -75,6 +77,16 @@ def test_validation_names_the_field(client: TestClient, paths: WorldPaths) -> No
         "/api/builder/validate", json={"scenario": unknown}, headers=_operator(paths)
     )
     assert reply.status_code == 422 and "faults[1]" in str(reply.json()["detail"])
+    hard = {**running, "difficulty": "hard"}
+    reply = client.post("/api/builder/validate", json={"scenario": hard}, headers=_operator(paths))
+    assert reply.status_code == 200 and "hard" in reply.json()["summary"]
+    assert reply.json()["toml"].startswith('difficulty = "hard"')
+    reply = client.post(
+        "/api/builder/validate",
+        json={"scenario": {**running, "difficulty": "expert"}},
+        headers=_operator(paths),
+    )
+    assert reply.status_code == 422 and "difficulty" in str(reply.json()["detail"])
     broken = client.post("/api/builder/validate", json={"toml": "[world"}, headers=_operator(paths))
     assert broken.status_code == 422 and "not valid TOML" in str(broken.json()["detail"])
     empty = client.post("/api/builder/validate", json={}, headers=_operator(paths))
@@ -87,6 +99,7 @@ def test_a_reseeded_variant_builds_beside_the_running_world(
     running = client.get("/api/catalog", headers=_operator(paths)).json()["running"]
     variant = copy.deepcopy(running)
     variant["world"].update(seed=running["world"]["seed"] + 1000, scale=VARIANT_SCALE)
+    variant["difficulty"] = "hard"
     out = paths.root.parent / "variant-test"
     shutil.rmtree(out, ignore_errors=True)
     try:
@@ -114,6 +127,8 @@ def test_a_reseeded_variant_builds_beside_the_running_world(
         assert "simulate" in status["stages"] and status["up_command"] == f"sandbox up {out}"
         manifest = read_manifest(out)
         assert manifest["seed"] == variant["world"]["seed"] and manifest["scale"] == VARIANT_SCALE
+        assert manifest["difficulty"] == status["difficulty"] == "hard"
+        assert {f["difficulty"] for f in status["answer_key"]["faults"]} == {"hard"}
         original = [f["fault_id"] for f in json.loads(paths.answer_key.read_text())["faults"]]
         assert [f["fault_id"] for f in status["answer_key"]["faults"]] == original
         again = client.post(

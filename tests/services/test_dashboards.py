@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import scenario
+from sandbox.difficulty import Tier
 from sandbox.faults import registry as fault_registry
 from sandbox.layout import WorldPaths
 from sandbox.services import dashboards
@@ -333,3 +334,17 @@ def test_no_dashboard_gives_a_planted_problem_away(path: Path) -> None:
     assert not found, f"{path.name}: {found}"
     for fault_id in fault_registry.catalog():
         assert fault_id not in text.lower(), f"{path.name} names {fault_id}"
+
+
+def test_a_panel_only_a_mature_team_has_is_served_up_to_its_tier() -> None:
+    boards = dashboards.catalog()
+
+    def panels(tier: Tier) -> set[str]:
+        served = dashboards.for_tier(boards, tier)
+        return {f"{b.id}/{p.id}" for b in served.values() for p in b.panels}
+
+    every = {f"{b.id}/{p.id}" for b in boards.values() for p in b.panels}
+    assert panels("guided") == every
+    assert "feature-health/null-ratio" in every - panels("standard")
+    assert "feature-health/nulls-per-run" in panels("standard") - panels("hard")
+    assert panels("hard") < panels("standard") < every

@@ -356,6 +356,20 @@ def test_nothing_a_candidate_can_load_speaks_of_faults(
     assert client.get("/interviewer/assets/..%2fapp.py", headers=interviewer).status_code == 404
 
 
+def test_the_dashboards_served_are_those_of_the_worlds_difficulty(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    """The default world is standard: no panel only a mature team has, and nothing says which
+    panels a tier leaves out."""
+    who = _bearer(make_session()["candidate_token"])
+    reply = client.get("/api/dashboards", headers=who)
+    panels = {f"{b['id']}/{p['id']}" for b in reply.json() for p in b["panels"]}
+    assert "feature-health/nulls-per-run" in panels
+    assert "feature-health/null-ratio" not in panels and "shown_up_to" not in reply.text
+    hidden = client.get("/api/dashboards/feature-health/panels/null-ratio", headers=who)
+    assert hidden.status_code == 404
+
+
 def test_log_text_matches_literally_and_offsets_are_understood(
     client: TestClient, make_session: MakeSession
 ) -> None:

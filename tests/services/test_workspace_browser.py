@@ -389,9 +389,15 @@ def test_the_scenario_builder_validates_in_the_page(stack: Stack, browser: Brows
     error.wait_for()
     assert "null_share" in error.inner_text()
     page.fill("input[name='fault:feature-nulls-wrong-mean.null_share']", "0.3")
+    assert page.locator("select[name='difficulty']").input_value() == "standard"
+    page.select_option("select[name='difficulty']", "hard")
     page.locator("#validate").click()
     page.wait_for_selector("#verdict .good")
     assert "churn is up" in page.locator("#brief-preview").inner_text().lower()
+    # The fault follows the scenario's difficulty unless its own is picked.
+    assert "hard" in page.locator("#verdict").inner_text()
+    toml = page.locator("#toml-preview").text_content() or ""
+    assert 'difficulty = "hard"' in toml.splitlines() and toml.count("difficulty") == 1
     journey.shot("builder")
     context.close()
     assert journey.console_errors == [f for f in journey.console_errors if "422" in f]

@@ -31,6 +31,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from sandbox import catalog, scenario
+from sandbox.difficulty import DEFAULT, TIERS
 from sandbox.layout import WorldPaths
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Caller, caller
@@ -294,6 +295,8 @@ def catalog_json(request: Request, who: Operator) -> dict[str, Any]:
     return {
         "faults": catalog.faults(),
         "decoys": catalog.decoys(),
+        "difficulties": list(TIERS),
+        "default_difficulty": DEFAULT,
         "running": tomllib.loads(running),
         "schema": scenario.json_schema(),
     }
@@ -307,7 +310,7 @@ def validate(body: ScenarioText, who: Operator) -> dict[str, Any]:
         "toml": spec.as_toml(),
         "brief": {"title": spec.brief.title, "text": spec.brief.text.strip()},
         "summary": (
-            f"world {spec.world.name!r}, seed {spec.world.seed}, "
+            f"world {spec.world.name!r}, {spec.difficulty}, seed {spec.world.seed}, "
             f"{spec.world.n_customers:,} customers, {len(spec.faults)} fault(s), "
             f"{len(spec.decoys)} decoy(s)"
         ),
@@ -374,6 +377,7 @@ def _summary(queue: BuildQueue, build: Build) -> dict[str, Any]:
         # Queued builds that start before this one (None unless it is queued).
         "ahead": queue.ahead(build) if build.state == "queued" else None,
         "seed": build.seed,
+        "difficulty": tomllib.loads(build.toml).get("difficulty", DEFAULT),
     }
 
 

@@ -67,8 +67,11 @@ class Gateway:
         self.client_events = RateQuota(self.settings.client_events_per_minute)
 
     def boards(self) -> dict[str, dashboards.Dashboard]:
-        """The dashboards this stack serves (the `dashboards` setting, or the packaged ones)."""
-        return dashboards.catalog(self.settings.dashboards)
+        """The dashboards this stack serves (the `dashboards` setting, or the packaged ones), as
+        the world's difficulty has them."""
+        return dashboards.for_tier(
+            dashboards.catalog(self.settings.dashboards), self.ctx.difficulty
+        )
 
     @property
     def live_start(self) -> dt.datetime:

@@ -77,7 +77,9 @@ def my_history(
 
 @router.get("/api/dashboards")
 def dashboard_list(request: Request, who: Auth) -> list[dict[str, Any]]:
-    return [board.model_dump() for board in gateway(request).boards().values()]
+    # Which tiers a panel is shown at would say what this world leaves out.
+    hidden = {"panels": {"__all__": {"shown_up_to"}}}
+    return [board.model_dump(exclude=hidden) for board in gateway(request).boards().values()]
 
 
 @router.get("/api/dashboards/{board_id}/panels/{panel_id}")

@@ -45,7 +45,7 @@ class Params(FaultParams):
 class BillingUnitChange(Fault[Params]):
     id: ClassVar[str] = "billing-unit-change"
     title: ClassVar[str] = "Payment amounts arrive in cents for one payment method"
-    difficulty: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
+    rating: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
     observation: ClassVar[str] = (
         "Revenue from one payment method jumps a hundredfold overnight while charges, failures "
         "and customers look the same."

@@ -14,7 +14,9 @@
     const current = value !== undefined ? value : p.default;
     let input;
     if (p.range.includes(" | ")) {
-      input = el("select", { name }, p.range.split(" | ").map((o) => { const opt = el("option", { value: o }, o); if (String(current) === o) opt.selected = true; return opt; }));
+      // A choice that may be left unset (a fault's own difficulty) offers "unset" first.
+      const options = (p.default === null ? [""] : []).concat(p.range.split(" | "));
+      input = el("select", { name }, options.map((o) => { const opt = el("option", { value: o }, o || "(the scenario's)"); if (String(current ?? "") === o) opt.selected = true; return opt; }));
     } else if (p.type === "integer" || p.type === "number") {
       const [lo, hi] = p.range.split("..");
       input = el("input", { type: "number", name, min: lo || undefined, max: hi || undefined, step: p.type === "integer" ? "1" : "any", value: current ?? "" });
@@ -32,7 +34,7 @@
     box.addEventListener("change", () => { params.hidden = !box.checked; });
     return el("div", { class: "catalog-entry", "data-id": id },
       el("label", { class: "check" }, box, el("b", {}, id), el("span", { class: "muted" }, ` — ${item.title}`)),
-      item.difficulty ? el("p", { class: "muted small" }, `${item.difficulty} · ${item.observation}`) : null,
+      item.rating ? el("p", { class: "muted small" }, `${item.rating} · ${item.observation}`) : null,
       params);
   }
 
@@ -40,6 +42,8 @@
     form.elements.out_name.value = `${raw.world.name}-seed${raw.world.seed}`;
     form.elements.seed.value = raw.world.seed;
     form.elements.scale.value = raw.world.scale ?? 1;
+    fill(form.elements.difficulty, catalog.difficulties.map((d) => el("option", { value: d }, d)));
+    form.elements.difficulty.value = raw.difficulty ?? catalog.default_difficulty;
     form.elements.brief_title.value = raw.brief.title;
     form.elements.brief_text.value = raw.brief.text.trim();
     const faults = Object.fromEntries((raw.faults || []).map((f) => [f.id, f]));
@@ -66,6 +70,7 @@
       return out;
     });
     return {
+      difficulty: form.elements.difficulty.value,
       world: { ...catalog.running.world, seed: Number(form.elements.seed.value), scale: Number(form.elements.scale.value) },
       brief: { title: form.elements.brief_title.value, text: form.elements.brief_text.value },
       faults: chosen("fault"),
@@ -146,7 +151,7 @@
     }
     if (status.status === "cancelled") { fill(built, el("p", { class: "muted" }, "The build was cancelled; nothing it wrote was kept.")); return; }
     if (status.status === "failed") { showError(built, "The build failed; see its output above."); return; }
-    fill(built, el("p", { class: "good" }, `Built into ${status.out} (seed ${status.seed}).`),
+    fill(built, el("p", { class: "good" }, `Built into ${status.out} (seed ${status.seed}, ${status.difficulty}).`),
       el("p", {}, "Start it with ", el("code", {}, status.up_command)),
       el("details", {}, el("summary", {}, "Answer key"), el("pre", { class: "response small" }, JSON.stringify(status.answer_key, null, 2))));
     document.body.dataset.built = "true";

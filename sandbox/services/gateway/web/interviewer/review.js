@@ -21,7 +21,7 @@
 
   function drawFaults(r) {
     fill(document.getElementById("faults"), r.faults.map((f) => el("div", { class: "fault", "data-fault": f.fault_id },
-      el("h3", {}, f.title),
+      el("h3", {}, f.title, el("span", { class: "muted small" }, ` · ${f.difficulty}`)),
       el("p", { class: "small" },
         el("b", {}, `${f.evidence_found} / ${f.evidence.length}`), " evidence touched · first at ", el("b", {}, clock(f.time_to_first_evidence_s)),
         " · named in the diagnosis: ", el("b", { class: f.named_in_diagnosis === "yes" ? "good" : f.named_in_diagnosis === "no" ? "bad" : "" }, f.named_in_diagnosis),
