@@ -26,6 +26,8 @@ TEST_WORLD = {
     "label-leakage.toml": "leakage",
     "embedding-index-mismatch.toml": "embedding",
     "composite.toml": "composite",
+    "feature-nulls-wrong-mean-hard.toml": "default-hard",
+    "label-leakage-hard.toml": "leakage-hard",
 }
 CAL = scenario.load(None).world.calendar()
 
