@@ -295,7 +295,7 @@ def test_charts_read_for_what_they_show(stack: Stack, browser: Browser) -> None:
     assert matured and all("partial week" in c for c in matured), matured
     journey.shot("app-version-segment")
 
-    features = _plot(page, stack.url, "feature-health", "null-ratio")
+    features = _plot(page, stack.url, "feature-health", "feature-mean")
     assert features["facets"] >= 10, "one small chart per feature"
     titles = {a["text"] for a in features["layout"]["annotations"]}
     assert {"tenure_days", "sessions_7d"} <= titles
@@ -304,7 +304,7 @@ def test_charts_read_for_what_they_show(stack: Stack, browser: Browser) -> None:
     page.select_option("select[name=feature]", "tenure_days")
     # A single feature is one ordinary chart.
     page.wait_for_function(
-        "document.querySelector('[data-panel=\"null-ratio\"] .js-plotly-plot')"
+        "document.querySelector('[data-panel=\"feature-mean\"] .js-plotly-plot')"
         ".dataset.facets === '0'",
         timeout=WAIT_MS,
     )
@@ -393,7 +393,7 @@ def test_the_scenario_builder_validates_in_the_page(stack: Stack, browser: Brows
     page.select_option("select[name='difficulty']", "hard")
     page.locator("#validate").click()
     page.wait_for_selector("#verdict .good")
-    assert "churn is up" in page.locator("#brief-preview").inner_text().lower()
+    assert "flagging the wrong customers" in page.locator("#brief-preview").inner_text().lower()
     # The fault follows the scenario's difficulty unless its own is picked.
     assert "hard" in page.locator("#verdict").inner_text()
     toml = page.locator("#toml-preview").text_content() or ""
