@@ -114,8 +114,12 @@ class UpstreamUnitChange(Fault[Params]):
         if self.tier != "hard" or share <= 0:
             return value
         devices = value["device"].to_numpy()
-        updated = (devices == self.routine_device) & (
-            stable_unit(value["customer_id"].to_numpy(), f"{self.id}/routine") < share
+        # Customers already on the next full release do not go back to a patch of this one.
+        later = [v for v, d in APP_RELEASES if d > self._routine_day]
+        updated = (
+            (devices == self.routine_device)
+            & ~value["app_version"].is_in(later).to_numpy()
+            & (stable_unit(value["customer_id"].to_numpy(), f"{self.id}/routine") < share)
         )
         return value.with_columns(
             pl.when(pl.Series(updated))
