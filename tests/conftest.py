@@ -63,6 +63,8 @@ TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
     "leakage-hard": EXAMPLES / "label-leakage-hard.toml",
     "version-mismatch-guided": ("version-mismatch", "guided"),
     "version-mismatch-hard": ("version-mismatch", "hard"),
+    "immature-labels-guided": ("immature-labels", "guided"),
+    "immature-labels-hard": ("immature-labels", "hard"),
 }
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.

@@ -8,6 +8,11 @@ watch time is averaged over the days with a session instead of over seven days. 
 rates and freshness all match, so the parity check passes. The offline store and every training set
 keep the batch definition; batch scoring and the online API read the streaming values, so the model
 scores customers on a feature it never saw, and its scores move for every migrated customer.
+
+Its trail by difficulty: guided names the move to the streaming pipeline and its parity check in
+the changelog; standard logs a feature-server release in vague words; hard logs none of it, but
+the feature server gets ordinary maintenance changes in the same weeks, so the skew is found only
+by joining the served or online values to the offline store.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -38,6 +45,9 @@ from sandbox.rng import stable_unit
 MIN_SHIFT = 0.08  # |mean log score change| of migrated customers beyond everyone else's
 TOLERANCE = 1e-3  # values are stored rounded to 4 decimals
 MIN_MISMATCH = 0.001  # served and offline values of the same row agree exactly without the skew
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = ("streaming pipeline", "streaming job", "parity check", "nightly batch load")
+HARD_TELLS = (*STANDARD_TELLS, "feature-server 2.0")
 
 
 @dataclass(frozen=True)
@@ -129,11 +139,32 @@ class OnlineOfflineSkew(Fault[Params]):
             .alias(feature)
         )
 
-    def _changelog_title(self) -> str:
-        return "feature-server 2.0: online features from the streaming pipeline"
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
+    def _changelog_title(self) -> str | None:
+        return {
+            "guided": "feature-server 2.0: online features from the streaming pipeline",
+            "standard": "feature-server 2.0 release",
+            "hard": None,
+        }[self.tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         ramp = max(self.params.ramp_days, 1)
+        if self.tier == "hard":
+            return self._maintenance_noise()
+        if self.tier == "standard":
+            return [
+                {
+                    "day": self.params.onset_day - 1,
+                    "hour": 16.0,
+                    "kind": "deploy",
+                    "service": "feature-server",
+                    "title": self._changelog_title(),
+                    "body": f"Rolled out shard by shard over about {ramp} days.",
+                    "author": "data-platform",
+                },
+            ]
         scope = (
             "all customer shards"
             if self.params.rollout_share >= 1.0
@@ -151,6 +182,40 @@ class OnlineOfflineSkew(Fault[Params]):
                 "counts, NULL rates and freshness passed.",
                 "author": "data-platform",
             },
+        ]
+
+    def _maintenance_noise(self) -> list[dict[str, Any]]:
+        """Ordinary feature-server changes around the onset, none of them touching a value."""
+        entries = [
+            (-6, 11.0, "feature-server: base image patched", "OS and library security updates."),
+            (-1, 16.0, "feature-server: connection pool resized", "Fewer idle connections."),
+            (5, 10.5, "feature-server: health check interval tuned", "No change to responses."),
+        ]
+        return [
+            {
+                "day": max(self.params.onset_day + offset, 1),
+                "hour": hour,
+                "kind": "config",
+                "service": "feature-server",
+                "title": title,
+                "body": body,
+                "author": "data-platform",
+            }
+            for offset, hour, title, body in entries
+        ]
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = self._changelog_title()
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        return [
+            w.changelog(
+                "migration",
+                title,
+                "the deploy that moved the online store to the streaming job",
+                start=w.start - dt.timedelta(days=1),
+            )
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -216,12 +281,7 @@ class OnlineOfflineSkew(Fault[Params]):
                     r'"flagged": \d+',
                     "batch_finished lines: the number flagged each day moves with the migration",
                 ),
-                w.changelog(
-                    "migration",
-                    self._changelog_title(),
-                    "the deploy that moved the online store to the streaming job",
-                    start=start - dt.timedelta(days=1),
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Roll the online store back to the batch load (or pin the old path) until the "
@@ -293,16 +353,7 @@ class OnlineOfflineSkew(Fault[Params]):
                 finding="the online rows carry a different value for the same event_timestamp",
                 found=lambda f: (f["mismatch_share"][0] or 0.0) >= MIN_MISMATCH,
             ),
-            Step(
-                question="What changed in how the online store is loaded?",
-                sql="""
-                    SELECT ts, service, title, body FROM ops.changelog
-                    WHERE service ILIKE '%feature%' OR title ILIKE '%online%'
-                       OR title ILIKE '%stream%' ORDER BY ts""",
-                evidence="migration",
-                finding="feature-server 2.0 moved the online store onto the streaming pipeline",
-                found=lambda f: f.filter(pl.col("title") == self._changelog_title()).height == 1,
-            ),
+            self._third_step(feature),
             Step(
                 question="How do the served values relate to the offline ones?",
                 sql=f"""
@@ -317,6 +368,44 @@ class OnlineOfflineSkew(Fault[Params]):
                 found=lambda f: f["mismatched"][0] > 0 and f["matches_alternative"][0] >= 0.9,
             ),
         ]
+
+    def _third_step(self, feature: str) -> Step:
+        """Below hard the changelog names the release; at hard only the weekly means tell the
+        feature the model is served from the one it was trained on."""
+        if self.tier != "hard":
+            return Step(
+                question="What changed in how the online store is loaded?",
+                sql="""
+                    SELECT ts, service, title, body FROM ops.changelog
+                    WHERE service ILIKE '%feature%' OR title ILIKE '%online%'
+                       OR title ILIKE '%stream%' ORDER BY ts""",
+                evidence="migration",
+                finding="feature-server 2.0 moved the online store onto the streaming pipeline"
+                if self.tier == "guided"
+                else "a feature-server 2.0 release went out shard by shard just before onset",
+                found=lambda f: f.filter(pl.col("title") == self._changelog_title()).height == 1,
+            )
+        return Step(
+            question="Did the offline values move with the scores, or only the served ones?",
+            sql=f"""
+                SELECT date_trunc('week', p.request_ts) AS week,
+                       round(avg(p.{feature}), 4) AS served_mean,
+                       round(avg(o.{feature}), 4) AS offline_mean
+                FROM serving.predictions p
+                JOIN feature_store.customer_features o
+                  ON o.customer_id = p.customer_id
+                 AND o.event_timestamp = p.request_ts::DATE::TIMESTAMP
+                WHERE p.source = 'batch' GROUP BY 1 ORDER BY 1""",
+            evidence="offline-unchanged",
+            finding="served and offline means agree in the first weeks; from the migration on the "
+            "served mean departs while the offline one holds, so the maintenance changes in the "
+            "changelog do not explain it and the model is served values it was not trained on",
+            found=lambda f: (
+                f.height > 1
+                and _departure(f.row(0, named=True)) <= 0.01
+                and max(_departure(r) for r in f.iter_rows(named=True)) >= 0.05
+            ),
+        )
 
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         p = self.params
@@ -435,6 +524,12 @@ class OnlineOfflineSkew(Fault[Params]):
             f"{n_stayed} customer-days on the batch path (expected a difference of at least "
             f"{MIN_SHIFT})",
         )
+
+
+def _departure(row: dict[str, Any]) -> float:
+    """How far a week's served mean is from its offline mean, relative to the offline one."""
+    served, offline = num(row["served_mean"]), num(row["offline_mean"])
+    return abs(served / offline - 1) if offline else float("inf")
 
 
 def _share(part: float, whole: float) -> float | None:

@@ -7,6 +7,11 @@ growing share of that device's customers report `minutes_watched` about 60 times
 with the new `app_version`. The feature job averages whatever arrives: their watch-time features
 explode, the churn model reads them as the most engaged customers in the base and stops flagging
 them, while the dashboards show nothing worse than a "drifting" feature mean.
+
+Its trail by difficulty: guided names the release and its move to the shared media SDK in the
+changelog; standard logs the release by its version only; hard does not log it, but another
+device family gets an ordinary patch release a few days later, logged as usual, so the changed
+release is found only by joining minutes per session to the app versions and devices.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from pydantic import Field
 
 from sandbox import rng
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -38,6 +45,10 @@ DEVICE_NAMES = {"ios": "iOS", "android": "Android", "web": "web", "smart_tv": "s
 SCORE_DROP = 0.7  # affected customers' score change, at most this share of everyone else's
 UNDER_SCORED = 0.75  # affected customers' score/churn ratio, relative to everyone else's
 MIN_CHURNERS = 25  # matured churn labels an under-scoring check needs in the affected group
+# At hard, another device family's patch release starts this many days after onset; it changes
+# nothing but the version its customers report.
+ROUTINE_RELEASE_DAYS_AFTER = 4
+STANDARD_TELLS = ("media SDK", "playback and telemetry")
 
 
 class Params(FaultParams):
@@ -58,11 +69,11 @@ class Params(FaultParams):
     )
 
 
-def release_version(onset_day: int) -> str:
-    """A patch release on top of the newest app release out by the onset day."""
+def release_version(onset_day: int, patches: int = 1) -> str:
+    """A patch release (`patches` patches) on top of the newest app release out by the onset day."""
     current = max((r for r in APP_RELEASES if r[1] <= onset_day), key=lambda r: r[1])[0]
     major, minor, patch = (int(p) for p in current.split("."))
-    return f"{major}.{minor}.{patch + 1}"
+    return f"{major}.{minor}.{patch + patches}"
 
 
 class UpstreamUnitChange(Fault[Params]):
@@ -83,9 +94,46 @@ class UpstreamUnitChange(Fault[Params]):
         share = self.params.adoption_share * self.params.intensity(day)
         return (devices == self.params.target_device) & (stable_unit(customer_ids, self.id) < share)
 
+    @property
+    def routine_device(self) -> str:
+        """At hard, the device family whose ordinary patch release follows the changed one."""
+        return next(d for d in DEVICE_NAMES if d != self.params.target_device)
+
+    @property
+    def routine_version(self) -> str:
+        return release_version(self.params.onset_day, patches=2)
+
+    @property
+    def _routine_day(self) -> int:
+        return self.params.onset_day + ROUTINE_RELEASE_DAYS_AFTER
+
+    def _routine_update(self, value: pl.DataFrame, day: int) -> pl.DataFrame:
+        """The routine release's customers report its version; nothing else changes."""
+        days = max(self.params.ramp_days, 1)
+        share = self.params.adoption_share * min(1.0, (day - self._routine_day + 1) / days)
+        if self.tier != "hard" or share <= 0:
+            return value
+        devices = value["device"].to_numpy()
+        # Customers already on the next full release do not go back to a patch of this one.
+        later = [v for v, d in APP_RELEASES if d > self._routine_day]
+        updated = (
+            (devices == self.routine_device)
+            & ~value["app_version"].is_in(later).to_numpy()
+            & (stable_unit(value["customer_id"].to_numpy(), f"{self.id}/routine") < share)
+        )
+        return value.with_columns(
+            pl.when(pl.Series(updated))
+            .then(pl.lit(self.routine_version))
+            .otherwise(pl.col("app_version"))
+            .alias("app_version")
+        )
+
     @hook("ingest.activity")
     def report_seconds(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
-        if self.params.intensity(ctx.day) == 0 or not value.height:
+        if not value.height:
+            return value
+        value = self._routine_update(value, ctx.day)
+        if self.params.intensity(ctx.day) == 0:
             return value
         updated = self.on_release(
             value["customer_id"].to_numpy(), value["device"].to_numpy(), ctx.day
@@ -111,19 +159,56 @@ class UpstreamUnitChange(Fault[Params]):
             .alias("app_version"),
         )
 
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        hard = (*STANDARD_TELLS, self._rollout_title())
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": hard}[tier]
+
+    def _rollout_title(self) -> str:
+        return (
+            f"{DEVICE_NAMES[self.params.target_device]} app {self.version} staged rollout started"
+        )
+
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         device = DEVICE_NAMES[self.params.target_device]
+        days = max(self.params.ramp_days, 1)
+        if self.tier == "hard":
+            return [
+                {
+                    "day": self._routine_day,
+                    "hour": 10.0,
+                    "kind": "deploy",
+                    "service": "mobile-apps",
+                    "title": f"{DEVICE_NAMES[self.routine_device]} app {self.routine_version} "
+                    "staged rollout started",
+                    "body": f"Auto-update over about {days} days.",
+                    "author": "apps-team",
+                }
+            ]
+        body = {
+            "guided": f"{device} only: player moved to the shared media SDK (playback and "
+            f"telemetry); auto-update over about {days} days.",
+            "standard": f"Auto-update over about {days} days.",
+        }[self.tier]
         return [
             {
                 "day": self.params.onset_day,
                 "hour": 9.5,
                 "kind": "deploy",
                 "service": "mobile-apps",
-                "title": f"{device} app {self.version} staged rollout started",
-                "body": f"{device} only: player moved to the shared media SDK (playback and "
-                f"telemetry); auto-update over about {max(self.params.ramp_days, 1)} days.",
+                "title": self._rollout_title(),
+                "body": body,
                 "author": "apps-team",
             }
+        ]
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        if self.tier == "hard":
+            return []
+        w = window(calendar, self.params.onset_day)
+        return [
+            w.changelog(
+                "app-rollout", self._rollout_title(), "the release that changed the telemetry"
+            )
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -182,11 +267,7 @@ class UpstreamUnitChange(Fault[Params]):
                     "monitoring.model_performance_daily.flagged_rate",
                     f"flagged rate and recall of the device = {device} segment fall",
                 ),
-                w.changelog(
-                    "app-rollout",
-                    f"{DEVICE_NAMES[device]} app {version} staged rollout started",
-                    "the release that changed the telemetry",
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 f"Convert the unit at ingestion for {version} (divide by {mult:g}) or have the "
@@ -234,7 +315,13 @@ class UpstreamUnitChange(Fault[Params]):
                            min(activity_date) AS first_seen, count(*) AS rows
                     FROM raw.viewing_activity GROUP BY 1 ORDER BY 1""",
                 evidence="new-release",
-                finding=f"{version} runs on one device only and first appears at onset",
+                finding=f"{version} runs on one device only and first appears at onset"
+                + (
+                    f"; {self.routine_version} on {self.routine_device} follows days later, "
+                    "with ordinary minutes per session"
+                    if self.tier == "hard"
+                    else ""
+                ),
                 found=lambda f: (
                     f.filter((pl.col("devices") == 1) & (pl.col("first_seen") >= onset)).height > 0
                 ),

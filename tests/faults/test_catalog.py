@@ -43,7 +43,6 @@ UNTIERED = {
     "duplicate-billing-events",
     "embedding-index-mismatch",
     "metric-series-dropped",
-    "online-offline-skew",
     "online-store-stale",
     "payment-status-renamed",
     "retrain-immature-labels",
@@ -51,7 +50,6 @@ UNTIERED = {
     "serving-default-fallback",
     "stale-decision-threshold",
     "training-time-travel",
-    "upstream-unit-change",
 }
 # (fault id, world) for every fault planted at a tier other than standard: the tiered faults,
 # and the untiered ones that share their worlds (held to the bar there too).

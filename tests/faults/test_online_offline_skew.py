@@ -161,3 +161,26 @@ def test_verify_floor_stays_positive_and_below_the_expected_share() -> None:
     tiny = _floor(0.005, 9000)
     assert 0 < tiny < 0.8 * 0.005
     assert _floor(0.0, 9000) == 1.0 and _floor(0.5, 0) == 1.0
+
+
+def test_the_changelog_names_the_migration_at_guided_only() -> None:
+    entries = {
+        tier: OnlineOfflineSkew(Params(), tier).changelog(CAL)  # type: ignore[arg-type]
+        for tier in ("guided", "standard", "hard")
+    }
+    text = {t: " ".join(e["title"] + " " + e["body"] for e in es) for t, es in entries.items()}
+    assert "streaming pipeline" in text["guided"] and "parity check" in text["guided"].lower()
+    for tier in ("standard", "hard"):
+        assert "stream" not in text[tier] and "parity" not in text[tier].lower()
+    assert "feature-server 2.0" in text["standard"] and "2.0" not in text["hard"]
+    # At hard the feature server still changes in the same weeks, as ordinary maintenance.
+    days = [e["day"] for e in entries["hard"]]
+    assert len(days) >= 2 and all(e["service"] == "feature-server" for e in entries["hard"])
+    assert min(days) < Params().onset_day <= max(days)
+
+
+def test_the_hard_investigation_reads_no_changelog() -> None:
+    f = OnlineOfflineSkew(Params(), "hard")
+    steps = f.investigation(CAL)
+    assert not any("ops.changelog" in s.sql for s in steps)
+    assert {e.kind for e in f.key(CAL).evidence} == {"table_column", "metric", "log_pattern"}

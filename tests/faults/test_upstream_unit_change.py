@@ -145,3 +145,51 @@ def test_answer_key_names_the_release_and_the_multiplier() -> None:
     assert {e.ref for e in key.evidence if e.kind == "changelog"} <= titles
     assert any("experiment" in p for p in key.probes)
     assert 3 <= len(key.investigation) <= 6
+
+
+def test_hard_adds_a_routine_patch_release_on_another_device() -> None:
+    f = UpstreamUnitChange(Params(onset_day=10, ramp_days=0, adoption_share=1.0), "hard")
+    rows = activity()
+    out = f.handle("ingest.activity", rows, ctx(10 + 4))
+    assert f.routine_device != f.params.target_device
+    assert f.routine_version not in {f.version, *(v for v, _ in APP_RELEASES)}
+    routine = (out["app_version"] == f.routine_version).to_numpy()
+    on_device = (rows["device"] == f.routine_device).to_numpy()
+    assert routine[on_device].all() and not routine[~on_device].any()
+    # It changes the version its customers report, and nothing else.
+    assert (
+        out.filter(pl.Series(routine))
+        .drop("app_version")
+        .equals(rows.filter(pl.Series(routine)).drop("app_version"))
+    )
+    # Its changelog entry names it, and not the release that changed the unit.
+    titles = [e["title"] for e in f.changelog(CAL)]
+    assert any(f.routine_version in t for t in titles)
+    assert not any(f.version in t for t in titles)
+
+
+def test_customers_on_the_next_release_stay_on_it() -> None:
+    f = UpstreamUnitChange(Params(onset_day=10, ramp_days=0, adoption_share=1.0), "hard")
+    newer = next(v for v, d in APP_RELEASES if d > 10 + 4)
+    rows = activity().with_columns(pl.lit(newer).alias("app_version"))
+    out = f.handle("ingest.activity", rows, ctx(30))
+    assert not (out["app_version"] == f.routine_version).any()
+
+
+@pytest.mark.parametrize("tier", ["guided", "standard"])
+def test_below_hard_there_is_no_routine_release(tier: str) -> None:
+    f = UpstreamUnitChange(Params(onset_day=10, ramp_days=0), tier)  # type: ignore[arg-type]
+    out = f.handle("ingest.activity", activity(), ctx(30))
+    assert not (out["app_version"] == f.routine_version).any()
+    assert [e["title"] for e in f.changelog(CAL)] == [
+        f"smart TV app {f.version} staged rollout started"
+    ]
+
+
+def test_only_guided_names_the_mechanism() -> None:
+    bodies = {
+        tier: " ".join(e["body"] for e in UpstreamUnitChange(Params(), tier).changelog(CAL))
+        for tier in ("guided", "standard", "hard")
+    }
+    assert "media SDK" in bodies["guided"]
+    assert "SDK" not in bodies["standard"] and "SDK" not in bodies["hard"]
