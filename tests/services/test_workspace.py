@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from sandbox.faults import registry
 from sandbox.layout import WorldPaths
-from sandbox.services import dashboards
+from sandbox.services import dashboards, stack
 from sandbox.services.gateway import pages
 from tests.services.conftest import MakeSession
 
@@ -168,12 +168,15 @@ def test_a_weekly_panel_says_which_weeks_the_range_holds_in_part(
 
 
 def test_the_model_server_page_offers_ids_the_online_store_holds(
-    client: TestClient, make_session: MakeSession
+    client: TestClient, make_session: MakeSession, paths: WorldPaths
 ) -> None:
     links = make_session()
     who = _bearer(links["candidate_token"])
     ids = client.get("/api/customers/examples", headers=who).json()
     assert len(ids) == 6 and ids == sorted(set(ids))
+    admin = _bearer(stack.admin_token(paths))
+    history = client.get(f"/api/sessions/{links['session_id']}/history", headers=admin).json()
+    assert [e["detail"]["ids"] for e in history if e["kind"] == "customer_examples"] == [ids]
     held = client.post(
         "/api/sql",
         json={

@@ -254,8 +254,7 @@ async def customer_examples(
     request: Request, who: Auth, n: Annotated[int, Query(ge=1, le=EXAMPLE_CUSTOMERS)] = 6
 ) -> list[int]:
     """A few customer ids the online store holds now, spread over the id range, for the model
-    server page to offer. Not recorded: ids are all it shows, and the request a candidate sends
-    with one is."""
+    server page to offer; recorded like every read, so the history shows where an id came from."""
     gw = gateway(request)
     try:
         result = await gw.query(
@@ -268,7 +267,15 @@ async def customer_examples(
         raise HTTPException(429, str(exc)) from None
     except QueryRefused as exc:
         raise HTTPException(503, f"the online store is not available right now: {exc}") from None
-    return sorted(int(row[0]) for row in result.rows)
+    ids = sorted(int(row[0]) for row in result.rows)
+    await run_in_threadpool(
+        gw.record,
+        who,
+        "customer_examples",
+        {"ids": ids, "tables": ["feature_store.customer_features_online"]},
+        shown_rows(result),
+    )
+    return ids
 
 
 @router.get("/api/changelog")
