@@ -8,9 +8,11 @@ evidence: the candidate's own history comes back without its evidence tags.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -193,7 +195,7 @@ async def logs(
         "OR attrs ILIKE $q ESCAPE '\\') "
         "AND (ts > $start OR (NOT $strict AND ts = $start)) AND ts <= $end"
     )
-    try:
+    with _unavailable_as("the logs are"):
         total = await gw.query(who, f"SELECT count(*) FROM telemetry.logs WHERE {where}", params)
         rows = (
             await gw.query(
@@ -209,10 +211,6 @@ async def logs(
                 await gw.query(who, "SELECT DISTINCT service FROM telemetry.logs ORDER BY 1")
             ).rows
         ]
-    except ConsoleBusy as exc:
-        raise HTTPException(429, str(exc)) from None
-    except QueryRefused as exc:
-        raise HTTPException(503, f"the logs are not available right now: {exc}") from None
     search = {
         "service": service,
         "level": level,
@@ -256,17 +254,13 @@ async def customer_examples(
     """A few customer ids the online store holds now, spread over the id range, for the model
     server page to offer; recorded like every read, so the history shows where an id came from."""
     gw = gateway(request)
-    try:
+    with _unavailable_as("the online store is"):
         result = await gw.query(
             who,
             "SELECT customer_id FROM feature_store.customer_features_online "
             "ORDER BY hash(customer_id), customer_id LIMIT $n",
             {"n": n},
         )
-    except ConsoleBusy as exc:
-        raise HTTPException(429, str(exc)) from None
-    except QueryRefused as exc:
-        raise HTTPException(503, f"the online store is not available right now: {exc}") from None
     ids = sorted(int(row[0]) for row in result.rows)
     await run_in_threadpool(
         gw.record,
@@ -281,14 +275,10 @@ async def customer_examples(
 @router.get("/api/changelog")
 async def changelog(request: Request, who: Auth) -> list[dict[str, Any]]:
     gw = gateway(request)
-    try:
+    with _unavailable_as("the changelog is"):
         result = await gw.query(
             who, "SELECT ts, kind, service, title, body, author FROM ops.changelog ORDER BY ts DESC"
         )
-    except ConsoleBusy as exc:
-        raise HTTPException(429, str(exc)) from None
-    except QueryRefused as exc:
-        raise HTTPException(503, f"the changelog is not available right now: {exc}") from None
     await run_in_threadpool(
         gw.record,
         who,
@@ -304,16 +294,12 @@ async def drift_report(day: dt.date, request: Request, who: Auth) -> FileRespons
     """A day's Evidently drift report, rendered on first view by a child process (Evidently is
     too heavy to import into the gateway)."""
     gw = gateway(request)
-    try:
+    with _unavailable_as("drift reports are"):
         known = await gw.query(
             who,
             "SELECT count(*) FROM monitoring.drift_daily WHERE report_date = $day",
             {"day": day},
         )
-    except ConsoleBusy as exc:
-        raise HTTPException(429, str(exc)) from None
-    except QueryRefused as exc:
-        raise HTTPException(503, f"drift reports are not available right now: {exc}") from None
     if not known.rows[0][0]:
         raise HTTPException(404, f"no drift report for {day}")
     await run_in_threadpool(gw.record, who, "report", {"report": "drift", "day": day.isoformat()})
@@ -427,3 +413,14 @@ def _diagnosis_json(saved: Any) -> dict[str, Any]:
         "fields": saved.fields,
         "submitted": saved.submitted,
     }
+
+
+@contextlib.contextmanager
+def _unavailable_as(what: str) -> Iterator[None]:
+    """A busy console is 429; a refused read of what a page needs is 503, saying what `what` is."""
+    try:
+        yield
+    except ConsoleBusy as exc:
+        raise HTTPException(429, str(exc)) from None
+    except QueryRefused as exc:
+        raise HTTPException(503, f"{what} not available right now: {exc}") from None
