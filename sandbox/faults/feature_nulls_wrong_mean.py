@@ -432,19 +432,35 @@ def _misscored(ratio: float, ratio_other: float) -> bool:
 
 
 def _app_release_noise(onset: int) -> list[dict[str, Any]]:
-    """Ordinary client releases around the onset, none of them telling which one mattered."""
+    """Ordinary client changes around the onset, none of them telling which one mattered. None
+    names an app version: every version the apps report is in the activity data, and these
+    changes ship inside the versions already there."""
     entries = [
-        (-5, 11.0, "web-player", "web player 4.8 release", "Queue and resume polish.", "web-team"),
         (-9, 10.0, "mobile-apps", "player SDK 7.1.5 patch", "Crash reporting fixes.", "apps-team"),
+        (
+            -5,
+            11.0,
+            "web-player",
+            "web player: queue and resume polish",
+            "Resume position kept across tabs.",
+            "web-team",
+        ),
         (
             3,
             16.5,
             "mobile-apps",
-            "iOS app 7.1.4 hotfix",
-            "Crash fix on older devices.",
+            "iOS: download quality default",
+            "Downloads default to high quality on Wi-Fi (remote config).",
             "apps-team",
         ),
-        (6, 9.5, "tv-apps", "TV app 3.3 release", "Home screen rows reordered.", "tv-team"),
+        (
+            6,
+            9.5,
+            "tv-apps",
+            "smart TV: home screen rows reordered",
+            "Continue watching moved above new releases.",
+            "tv-team",
+        ),
     ]
     return [
         {

@@ -375,12 +375,17 @@ class ServedVersionMismatch(Fault[Params]):
             return Step(
                 question="Which registered versions were ever served, and from when?",
                 sql="""
-                    SELECT t.model_version, min(t.score_date) AS trained_from,
-                           count(DISTINCT p.request_ts::DATE) AS days_served
-                    FROM training.churn_training_set t
-                    LEFT JOIN serving.predictions p
-                      ON p.model_version = t.model_version AND p.source = 'batch'
-                    GROUP BY 1 ORDER BY t.model_version::INT""",
+                    WITH trained AS (
+                        SELECT model_version, min(score_date) AS trained_from
+                        FROM training.churn_training_set GROUP BY 1
+                    ), served AS (
+                        SELECT model_version, count(DISTINCT request_ts::DATE) AS days_served
+                        FROM serving.predictions WHERE source = 'batch' GROUP BY 1
+                    )
+                    SELECT t.model_version, t.trained_from,
+                           coalesce(s.days_served, 0) AS days_served
+                    FROM trained t LEFT JOIN served s USING (model_version)
+                    ORDER BY t.model_version::INT""",
                 evidence="training-set",
                 finding="an earlier challenger never served, yet the next version registered "
                 "as challenger serves every day from onset: the servers load the newest version",

@@ -103,7 +103,7 @@ def shared_stack(
 ) -> Iterator[Stack]:
     """One `sandbox up --prometheus` for the tests that leave the stack as they found it (each
     module drives it through a session of its own). Starting a stack costs ~10 s, so they share
-    it; those tests run last (tests/conftest.py), so it never runs beside another stack."""
+    it; run in one process those tests come last (tests/conftest.py)."""
     if shutil.which("prometheus") is None:
         pytest.fail("Debian's prometheus is missing: `make test` installs it")
     with running_stack(faulty_world, tmp_path_factory, SHARED_SPEED, ("--prometheus",)) as running:

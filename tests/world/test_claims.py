@@ -1,9 +1,10 @@
 """The brief's claims about the business: every shipped scenario's brief is true of its world, a
 claim the data does not show fails, and a brief that speaks of cancellations or the plan says
-so in claims that can be checked."""
+so in claims that can be checked. The changelog's app releases are ones the clients report."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +15,7 @@ from sandbox.scenario import Claim
 from sandbox.testing import Worlds
 from sandbox.world import claims
 from sandbox.world.build import BuildSummary
-from tests.conftest import EXAMPLES, connect
+from tests.conftest import EDGE_WORLDS, EXAMPLES, FAULT_WORLDS, TIER_WORLDS, connect
 
 SHIPPED = sorted(
     [*(scenario.builtin_path(name) for name in scenario.BUILTIN), *EXAMPLES.glob("*.toml")]
@@ -96,3 +97,32 @@ def test_a_clear_difference_beats_the_counts_noise_and_the_margin() -> None:
     # +30 on 100: 30%, and three times its noise (3 x 10): clear. +60 on 1,000: over the 5%
     # margin, but under three times its noise (95): not clear.
     assert [rise(w) for w in (1, 2, 3, 4)] == [False, True, False, False]
+
+
+# An app release named in the changelog: "apps 5.2.0 staged rollout", "iOS app 5.2.2 ...".
+APP_VERSION_NAMED = re.compile(r"\bapps? (\d+\.\d+\.\d+)\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("world", sorted({*FAULT_WORLDS, *TIER_WORLDS, *EDGE_WORLDS}))
+def test_every_app_version_the_changelog_names_is_reported_from_its_release(
+    worlds: Worlds, world: str
+) -> None:
+    con = connect(worlds.get(world))
+    try:
+        entries = con.sql("SELECT ts::DATE AS day, title, body FROM ops.changelog").pl()
+        first_seen = dict(
+            con.sql(
+                "SELECT app_version, min(activity_date) FROM raw.viewing_activity GROUP BY 1"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    named = [
+        (day, version)
+        for day, title, body in entries.iter_rows()
+        for version in APP_VERSION_NAMED.findall(f"{title} {body}")
+    ]
+    assert named, "the changelog names no app release"
+    for day, version in named:
+        assert version in first_seen, f"{day}: app {version} is named, but no client reports it"
+        assert first_seen[version] >= day, f"app {version} is reported before its release {day}"
