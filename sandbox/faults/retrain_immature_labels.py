@@ -6,6 +6,12 @@ days. The label is "cancelled within 14 days of the score date", so for any scor
 a world where almost nobody churns: its scores drop across the board, it learns only the customers
 already on their way out that day, and it misses the slower leavers. The retrain ran and
 registered like any other; the holdout, cut from the same immature window, looks fine.
+
+Its trail by difficulty: guided's changelog entry says the training window moved to the most
+recent days and its run is tagged `window=recent`; standard's entry says only that a retrain was
+promoted to keep up with the catalogue; hard logs no entry and tags nothing, but a scheduled
+retrain on the usual matured window serves the week before, logged as usual, so the bad retrain is
+found only by joining its training rows to the labels as they matured.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import duckdb
 from pydantic import Field
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -27,11 +35,35 @@ from sandbox.faults.base import (
 )
 from sandbox.faults.measure import only_version, quality_around, versions_around
 from sandbox.faults.toolkit import num, window
-from sandbox.pipeline.release import TRAINING_SNAPSHOTS, Release
+from sandbox.pipeline.release import (
+    LABEL_GAP_DAYS,
+    TRAINING_SNAPSHOTS,
+    Release,
+)
+from sandbox.pipeline.release import SNAPSHOT_SPACING_DAYS as ROUTINE_SPACING_DAYS
 
 TRAINING_TABLE = "training.churn_training_set"
+LABELS_TABLE = "labels.churn_labels"
 SNAPSHOT_SPACING_DAYS = 1
-TITLE = "churn-model retrain: training window moved to the most recent days"
+# At hard, a scheduled retrain on the usual matured window serves from this many days before onset.
+ROUTINE_RETRAIN_DAYS_BEFORE = 7
+# The same training rows' labels, once matured, churn at least this many times as often.
+UNDER_LABELLED = 1.5
+TITLES: dict[Tier, str | None] = {
+    "guided": "churn-model retrain: training window moved to the most recent days",
+    "standard": "churn-model refresh promoted to champion",
+    "hard": None,  # no entry: the retrain is logged nowhere but the registry
+}
+ROUTINE_TITLE = "churn-model: scheduled retrain promoted to champion"
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = (
+    "training window moved",
+    "most recent days",
+    "freshest snapshots",
+    "immature",
+    "censor",
+)
+HARD_TELLS = (*STANDARD_TELLS, "churn-model refresh", "spring catalogue")
 
 
 class Params(FaultParams):
@@ -58,30 +90,83 @@ class RetrainImmatureLabels(Fault[Params]):
         newest = self.params.onset_day - 1 - self.params.newest_label_age_days
         return tuple(newest - SNAPSHOT_SPACING_DAYS * k for k in range(TRAINING_SNAPSHOTS))
 
+    @property
+    def _routine_day(self) -> int | None:
+        """At hard, the first serving day of the scheduled retrain before onset (None: none)."""
+        day = self.params.onset_day - ROUTINE_RETRAIN_DAYS_BEFORE
+        return day if self.tier == "hard" and day >= 2 else None
+
     @hook("train.releases")
     def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
+        # Guided tags the run with its window; the other tiers register it like any retrain.
+        tags = {"window": "recent"} if self.tier == "guided" else {}
         release = Release(
             day=onset,
             score_days=self.score_days(),
             run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
-            tags={"window": "recent"},
+            tags=tags,
             note="retrain on recent data",
         )
-        return [r for r in value if r.day != onset] + [release]
+        kept = [r for r in value if r.day != onset]
+        routine = self._routine_day
+        if routine is not None and all(r.day != routine for r in kept):
+            # The usual window: its newest score date's label has matured.
+            kept.append(Release(day=routine))
+        return [*kept, release]
+
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        title = TITLES[self.tier]
+        if title is None:
+            return self._routine_changelog()
+        body = {
+            "guided": "Retrained on the freshest snapshots so the model keeps up with the "
+            "spring catalogue; promoted to champion, live with tomorrow's batch.",
+            "standard": "So the model keeps up with the spring catalogue; live with tomorrow's "
+            "batch.",
+        }[self.tier]
         return [
             {
                 "day": self.params.onset_day - 1,
                 "hour": 17.0,
                 "kind": "deploy",
                 "service": "churn-model",
-                "title": TITLE,
-                "body": "Retrained on the freshest snapshots so the model keeps up with the "
-                "spring catalogue; promoted to champion, live with tomorrow's batch.",
+                "title": title,
+                "body": body,
                 "author": "ml-team",
             }
+        ]
+
+    def _routine_changelog(self) -> list[dict[str, Any]]:
+        """The scheduled retrain's entry, stating its window as the training set shows it."""
+        routine = self._routine_day
+        if routine is None:
+            return []
+        weeks = ROUTINE_SPACING_DAYS * (TRAINING_SNAPSHOTS - 1) // 7
+        return [
+            {
+                "day": routine - 1,
+                "hour": 17.0,
+                "kind": "deploy",
+                "service": "churn-model",
+                "title": ROUTINE_TITLE,
+                "body": f"Usual window: {TRAINING_SNAPSHOTS} score dates over {weeks} weeks, "
+                f"newest {LABEL_GAP_DAYS} days before training. Live with tomorrow's batch.",
+                "author": "ml-team",
+            }
+        ]
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = TITLES[self.tier]
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        trained = calendar.date(self.params.onset_day - 1)
+        return [
+            w.changelog("retrain-note", title, "the retrain that moved the window", start=trained)
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -101,6 +186,12 @@ class RetrainImmatureLabels(Fault[Params]):
                 "training time and were labelled as staying. The new version learned a far lower "
                 "churn rate and only the most imminent leavers; it scores everyone lower and "
                 "ranks slow leavers worse, while its holdout (same immature window) looks normal."
+                + (
+                    f" The scheduled retrain serving from {calendar.date(self._routine_day)} "
+                    "trained on the usual matured window and is not the cause."
+                    if self._routine_day is not None
+                    else ""
+                )
             ),
             propagation=[
                 "training job: window moved to the most recent score dates",
@@ -123,10 +214,15 @@ class RetrainImmatureLabels(Fault[Params]):
                     "the new training set's churn rate is a fraction of the old one",
                     start=trained,
                 ),
-                w.metric("score-drop", "score_p90", "batch score quantiles drop at the release"),
-                w.changelog(
-                    "retrain-note", TITLE, "the retrain that moved the window", start=trained
+                w.column(
+                    "matured-labels",
+                    f"{LABELS_TABLE}.churned",
+                    "the new training rows' matured labels churn far more often than the "
+                    "training set says",
+                    start=trained,
                 ),
+                w.metric("score-drop", "score_p90", "batch score quantiles drop at the release"),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Roll back to the previous version.",
@@ -185,8 +281,37 @@ class RetrainImmatureLabels(Fault[Params]):
                     GROUP BY 1, 2 ORDER BY 1""",
                 evidence="immature-training-labels",
                 finding="labels of the new training set became available after its newest "
-                "score date, i.e. after training",
+                "score date, i.e. after training"
+                + (
+                    "; the scheduled retrain the week before trained on labels that had all matured"
+                    if self._routine_day is not None
+                    else ""
+                ),
                 found=lambda f: num(f["share_labels_after_release"].max()) >= 0.5,
+            ),
+            Step(
+                question="Do the training labels agree with the churn that has matured since?",
+                sql=f"""
+                    SELECT t.model_version, count(*) AS rows,
+                           round(avg(t.churned), 4) AS training_churn_rate,
+                           round(avg(l.churned), 4) AS matured_churn_rate
+                    FROM {TRAINING_TABLE} t JOIN {LABELS_TABLE} l USING (customer_id, score_date)
+                    GROUP BY 1 ORDER BY 1""",
+                evidence="matured-labels",
+                finding="the same customers and score dates, labelled once their 14 days had "
+                "passed, churn several times as often as the new training set says: recent "
+                "churners were trained on as staying",
+                found=lambda f: (
+                    f.height > 0
+                    and any(
+                        m >= UNDER_LABELLED * t and m > 0
+                        for t, m in zip(
+                            f["training_churn_rate"].to_list(),
+                            f["matured_churn_rate"].to_list(),
+                            strict=True,
+                        )
+                    )
+                ),
             ),
         ]
 

@@ -166,6 +166,19 @@ def fit(
     )
 
 
+def label_horizon_days(dataset: pl.DataFrame) -> int:
+    """The label horizon the training set's rows carry: days from score date to availability."""
+    days = (
+        (pl.col("label_available_at") - pl.col("score_date").cast(pl.Datetime("us")))
+        .dt.total_days()
+        .unique()
+    )
+    horizons = dataset.select(days)["label_available_at"].to_list()
+    if len(horizons) != 1:
+        raise ValueError(f"the training set mixes label horizons: {sorted(horizons)}")
+    return int(horizons[0])
+
+
 def register(
     trained: TrainedModel,
     mlflow_dir: Path,
@@ -201,7 +214,7 @@ def register(
                 "data_window_end": str(dataset["score_date"].max()),
                 "dataset_digest": trained.dataset_digest,
                 "dataset_rows": str(trained.rows),
-                "label": "cancelled within 14 days of score date",
+                "label": f"cancelled within {label_horizon_days(dataset)} days of score date",
                 **(tags or {}),
             }
         )

@@ -45,7 +45,6 @@ UNTIERED = {
     "metric-series-dropped",
     "online-store-stale",
     "payment-status-renamed",
-    "retrain-immature-labels",
     "rolling-drift-reference",
     "serving-default-fallback",
     "stale-decision-threshold",
