@@ -249,7 +249,7 @@ class EmbeddingIndexMismatch(Fault[Params]):
             index_trail = (
                 "its metadata, candidate/indexes/help_articles.json, says encoder_version 1; the "
                 f"index ids name only the build date, and the build searched since, rebuilt on "
-                f"{built}, served v1's queries for a week before the switch"
+                f"{built}, served v1's queries in the days before the switch"
             )
             switch = (
                 f"searches switch to encoder v{version} on the same index build that served v1 "
@@ -265,7 +265,8 @@ class EmbeddingIndexMismatch(Fault[Params]):
             root_cause=(
                 f"From {start} the retrieval service encodes ticket queries with ticket-encoder "
                 f"v{version} (registered in MLflow, alias production moved to it), but the FAISS "
-                f"index of help articles was built with v1 and not rebuilt ({index_trail}). "
+                f"index of help articles was built with v1 and not rebuilt with v{version} "
+                f"({index_trail}). "
                 "Both encoders output 64 dimensions, so nothing errors; the query "
                 "and article vectors simply live in different spaces. Top-1 similarity falls from "
                 "~0.57 to ~0.35, the suggested articles stop matching the problem, agents stop "
@@ -515,7 +516,7 @@ class EmbeddingIndexMismatch(Fault[Params]):
                 and (n_before == 0 or (matched_before or 0) >= 0.99),
                 detail=f"{n_before} searches before onset, {fmt(matched_before, '.1%')} with the "
                 f"index's encoder; {n_after} after, {fmt(mismatched_after, '.1%')} with encoder "
-                f"v{version} against an index built with another (its first searches' encoder)",
+                f"v{version} against an index build first searched with another encoder",
             )
         ]
         checks.append(

@@ -85,7 +85,7 @@ _POINTS = (
         "retrieve.index",
         "ArticleIndex",
         "the help-article index the retrieval service searches that day (vectors and build "
-        "metadata; the build keeps the one the first live day has)",
+        "metadata); the world's saved index, which the live service loads, is the live start's",
     ),
     HookPoint(
         "monitor.metrics",
