@@ -7,6 +7,14 @@ and nobody rebuilt it: queries and articles now live in two different vector spa
 are close to noise, the suggested articles stop matching the ticket, agents stop clicking them, and
 many more tickets end unresolved. Customers left with an unresolved problem are far more likely to
 cancel, so churn rises a few days later, while the churn model and its features look healthy.
+
+Its trail by difficulty: guided's changelog announces the encoder rollout as a same-dimension
+drop-in, and every search's index_version names the encoder its index was built with (`-e1`);
+standard logs only a routine retrieval-service release, with the same index ids; hard logs no
+release at all but ordinary retrieval changes around the onset (among them a rebuild of the
+article index with the old encoder the week before), and its index ids name only the build date,
+so the mismatch shows only when the searches' encoder switch is read against the index's own
+metadata or the registry.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from sandbox.difficulty import DEFAULT, Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -39,6 +48,14 @@ UNRESOLVED_RISE = 0.15  # the unresolved share of tickets rises by at least this
 FEATURE_LAG_DAYS = 3  # unresolved tickets show in the next days' features
 CHURN_RATIO = 1.2  # churn of customers with an unresolved ticket vs those whose were resolved
 MIN_CHURNERS = 30  # distinct churners among them before the churn comparison counts
+# At hard, the article index is rebuilt (with the encoder serving then, v1) this many days before
+# the onset: a routine rebuild, and the build the new encoder's queries then search.
+INDEX_REBUILD_DAYS_BEFORE = 6
+ON_TOPIC = 0.8  # share of searches whose top article is on the ticket's topic while healthy
+OFF_TOPIC = 0.5  # at most this share once queries and articles live in different spaces
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = ("drop-in", "64-dim", "Encoder refit", "alias production moved")
+HARD_TELLS = (*STANDARD_TELLS, "retrieval: service release", '-e1"')
 
 
 class Params(FaultParams):
@@ -80,6 +97,8 @@ class EmbeddingIndexMismatch(Fault[Params]):
     def __init__(self, params: Params, tier: Tier = DEFAULT) -> None:
         super().__init__(params, tier)
         self._encoders: dict[int, retrieve.Encoder] = {}  # seed -> the upgraded encoder
+        # (seed, build date) -> the article index as that build left it
+        self._builds: dict[tuple[int, dt.date], retrieve.ArticleIndex] = {}
 
     def upgraded_encoder(self, seed: int) -> retrieve.Encoder:
         """The new encoder version, fitted once per world seed (deterministic)."""
@@ -95,20 +114,65 @@ class EmbeddingIndexMismatch(Fault[Params]):
             return encoder
         return self.upgraded_encoder(ctx.seed)
 
+    @property
+    def _rebuild_day(self) -> int | None:
+        """At hard, the day the article index is rebuilt with the old encoder (None: never)."""
+        return self.params.onset_day - INDEX_REBUILD_DAYS_BEFORE if self.tier == "hard" else None
+
+    @hook("retrieve.index")
+    def name_index_builds(
+        self, index: retrieve.ArticleIndex, ctx: HookContext
+    ) -> retrieve.ArticleIndex:
+        # At hard the team's index ids are build dates, and the index was rebuilt (same encoder,
+        # same articles: the same vectors) the week before the encoder switch.
+        rebuild = self._rebuild_day
+        if rebuild is None:
+            return index
+        if ctx.day >= rebuild:
+            built_on = ctx.calendar.date(rebuild)
+        else:
+            built_on = dt.date.fromisoformat(str(index.meta["built_on"]))
+        key = (ctx.seed, built_on)
+        if key not in self._builds:
+            self._builds[key] = retrieve.rebuilt(index, built_on, names_encoder=False)
+        return self._builds[key]
+
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        named = f"ticket-encoder v{self.params.encoder_version}"
+        return {"guided": (), "standard": (named, *STANDARD_TELLS), "hard": (named, *HARD_TELLS)}[
+            tier
+        ]
+
+    def _rollout_title(self) -> str | None:
+        """The changelog title of the release that swapped the encoder (None: not logged)."""
+        return {
+            "guided": f"retrieval: ticket-encoder v{self.params.encoder_version} rollout",
+            "standard": "retrieval: service release",
+            "hard": None,
+        }[self.tier]
+
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
-        onset, version = self.params.onset_day, self.params.encoder_version
-        return [
+        onset, title = self.params.onset_day, self._rollout_title()
+        body = {
+            "guided": "Encoder refit on last quarter's ticket text (new product names, more "
+            "device slang). Same 64-dim output, so it is a drop-in swap; goes live with "
+            "tonight's retrieval-service restart. Registry alias production moved.",
+            "standard": "Routine release; goes live with tonight's retrieval-service restart.",
+            "hard": "",
+        }[self.tier]
+        release = [
             {
                 "day": onset - 1,
                 "hour": 17.0,
                 "kind": "deploy",
                 "service": "retrieval",
-                "title": f"retrieval: ticket-encoder v{version} rollout",
-                "body": "Encoder refit on last quarter's ticket text (new product names, more "
-                "device slang). Same 64-dim output, so it is a drop-in swap; goes live with "
-                "tonight's retrieval-service restart. Registry alias production moved.",
+                "title": title,
+                "body": body,
                 "author": "search-team",
-            },
+            }
+        ]
+        return [
+            *(release if title is not None else self._retrieval_noise()),
             {
                 "day": onset + 4,
                 "hour": 11.0,
@@ -121,19 +185,89 @@ class EmbeddingIndexMismatch(Fault[Params]):
             },
         ]
 
+    def _retrieval_noise(self) -> list[dict[str, Any]]:
+        """At hard, ordinary retrieval changes around the onset; each holds in the data (the
+        rebuild is a real one, with the encoder serving that day)."""
+        rebuild = self._rebuild_day
+        assert rebuild is not None
+        onset = self.params.onset_day
+        entries = [
+            (
+                rebuild - 1,
+                16.0,
+                "deploy",
+                "retrieval",
+                "retrieval: help-article index rebuilt",
+                "Rebuilt from the help-center export; same article count. Live with tonight's "
+                "restart.",
+            ),
+            (
+                onset - 3,
+                11.0,
+                "deploy",
+                "retrieval",
+                "retrieval: base image and dependency patches",
+                "Security patch updates; no API change.",
+            ),
+            (
+                onset + 2,
+                15.0,
+                "config",
+                "support-desk",
+                "support desk: suggestion panel layout",
+                "Article titles wrap instead of truncating; still "
+                f"{retrieve.TOP_K} suggestions per ticket.",
+            ),
+        ]
+        return [
+            {
+                "day": day,
+                "hour": hour,
+                "kind": kind,
+                "service": service,
+                "title": title,
+                "body": body,
+                "author": "support-ops" if service == "support-desk" else "search-team",
+            }
+            for day, hour, kind, service, title, body in entries
+        ]
+
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)
         start = w.start
         version = self.params.encoder_version
+        rebuild = self._rebuild_day
+        if rebuild is None:
+            index_trail = (
+                "its metadata, candidate/indexes/help_articles.json, and every search_log row's "
+                "index_version still say e1"
+            )
+            switch = f"searches switch to encoder v{version} while index_version stays at e1"
+            index_built = "the index the searches ran against was built with encoder v1"
+        else:
+            built = calendar.date(rebuild)
+            index_trail = (
+                "its metadata, candidate/indexes/help_articles.json, says encoder_version 1; the "
+                f"index ids name only the build date, and the build searched since, rebuilt on "
+                f"{built}, served v1's queries in the days before the switch"
+            )
+            switch = (
+                f"searches switch to encoder v{version} on the same index build that served v1 "
+                "the days before"
+            )
+            index_built = (
+                f"the index searched after the switch is the build of {built}, made with encoder "
+                "v1 (its metadata says so; the id is only a date)"
+            )
         return AnswerKey(
             fault_id=self.id,
             title=self.title,
             root_cause=(
                 f"From {start} the retrieval service encodes ticket queries with ticket-encoder "
                 f"v{version} (registered in MLflow, alias production moved to it), but the FAISS "
-                "index of help articles was built with v1 and never rebuilt (its metadata, "
-                "candidate/indexes/help_articles.json, and every search_log row's index_version "
-                "still say e1). Both encoders output 64 dimensions, so nothing errors; the query "
+                f"index of help articles was built with v1 and not rebuilt with v{version} "
+                f"({index_trail}). "
+                "Both encoders output 64 dimensions, so nothing errors; the query "
                 "and article vectors simply live in different spaces. Top-1 similarity falls from "
                 "~0.57 to ~0.35, the suggested articles stop matching the problem, agents stop "
                 "clicking them, and over 40% of tickets now end unresolved instead of ~1%. "
@@ -156,16 +290,8 @@ class EmbeddingIndexMismatch(Fault[Params]):
                 "no errors, and the click-through alert fires without saying why",
             ],
             evidence=[
-                w.column(
-                    "encoder-version",
-                    "retrieval.search_log.encoder_version",
-                    f"searches switch to encoder v{version} while index_version stays at e1",
-                ),
-                w.column(
-                    "index-version",
-                    "retrieval.search_log.index_version",
-                    "the index the searches ran against was built with encoder v1",
-                ),
+                w.column("encoder-version", "retrieval.search_log.encoder_version", switch),
+                w.column("index-version", "retrieval.search_log.index_version", index_built),
                 w.column(
                     "top1-score",
                     "retrieval.search_log.top1_score",
@@ -175,6 +301,12 @@ class EmbeddingIndexMismatch(Fault[Params]):
                     "clicks",
                     "retrieval.search_log.clicked_article_id",
                     "clicked suggestions collapse for searches by the new encoder",
+                ),
+                w.column(
+                    "off-topic",
+                    "retrieval.help_articles.topic",
+                    "the top suggestion's topic stops matching the ticket's topic: the "
+                    "suggestions are unrelated, not merely scored lower",
                 ),
                 w.column(
                     "unresolved",
@@ -202,12 +334,7 @@ class EmbeddingIndexMismatch(Fault[Params]):
                     "monitoring.alerts.alert",
                     "RetrievalClickThroughLow fires (a symptom; it does not say why)",
                 ),
-                w.changelog(
-                    "encoder-rollout",
-                    f"retrieval: ticket-encoder v{version} rollout",
-                    "the deploy that swapped the encoder without rebuilding the index",
-                    start=start - dt.timedelta(days=1),
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Roll the retrieval service back to encoder v1 (matches the index) right away.",
@@ -228,29 +355,90 @@ class EmbeddingIndexMismatch(Fault[Params]):
             ],
         )
 
-    def investigation(self, calendar: Calendar) -> list[Step]:
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        w = window(calendar, self.params.onset_day)
+        title = self._rollout_title()
+        if title is not None:
+            return [
+                w.changelog(
+                    "encoder-rollout",
+                    title,
+                    "the deploy that swapped the encoder without rebuilding the index",
+                    start=w.start - dt.timedelta(days=1),
+                )
+            ]
+        rebuild = self._rebuild_day
+        assert rebuild is not None
         return [
-            Step(
-                question="Did the support-article suggestions get worse?",
-                sql="""
-                    SELECT date_trunc('week', request_ts) AS week, count(*) AS searches,
-                           round(avg(top1_score), 3) AS top1,
-                           round(avg((clicked_article_id IS NOT NULL)::INT), 3) AS click_through
-                    FROM retrieval.search_log GROUP BY 1 ORDER BY 1""",
-                evidence="clicks",
-                finding="click-through and top-1 similarity step down from the onset week",
-                found=lambda f: (
-                    num(f["click_through"].max()) >= 0.9 and num(f["click_through"].min()) <= 0.6
-                ),
+            w.changelog(
+                "index-rebuild",
+                "retrieval: help-article index rebuilt",
+                "a routine rebuild with the encoder of its day (v1): the build the new encoder's "
+                "queries then search; no entry announces the encoder",
+                start=calendar.date(rebuild - 1),
+            )
+        ]
+
+    def investigation(self, calendar: Calendar) -> list[Step]:
+        weekly = Step(
+            question="Did the support-article suggestions get worse?",
+            sql="""
+                SELECT date_trunc('week', request_ts) AS week, count(*) AS searches,
+                       round(avg(top1_score), 3) AS top1,
+                       round(avg((clicked_article_id IS NOT NULL)::INT), 3) AS click_through
+                FROM retrieval.search_log GROUP BY 1 ORDER BY 1""",
+            evidence="clicks",
+            finding="click-through and top-1 similarity step down from the onset week",
+            found=lambda f: (
+                num(f["click_through"].max()) >= 0.9 and num(f["click_through"].min()) <= 0.6
             ),
-            Step(
+        )
+        versions_sql = """
+                SELECT encoder_version, index_version, min(request_ts) AS first_search,
+                       max(request_ts) AS last_search, count(*) AS searches,
+                       round(avg(top1_score), 3) AS top1,
+                       round(avg((clicked_article_id IS NOT NULL)::INT), 3) AS click_through
+                FROM retrieval.search_log GROUP BY 1, 2 ORDER BY first_search"""
+        tickets = Step(
+            question="What happened to the tickets?",
+            sql="""
+                SELECT date_trunc('week', created_at) AS week, count(*) AS tickets,
+                       round(avg((resolved_at IS NULL)::INT), 3) AS unresolved_share
+                FROM raw.support_tickets GROUP BY 1 ORDER BY 1""",
+            evidence="unresolved",
+            finding="the unresolved share jumps from ~1% to over 40%",
+            found=lambda f: (
+                num(f["unresolved_share"].min()) <= 0.05 and num(f["unresolved_share"].max()) >= 0.2
+            ),
+        )
+        churn = Step(
+            question="Do customers left with an unresolved ticket churn more?",
+            sql=f"""
+                SELECT CASE WHEN p.unresolved_tickets_30d > 0 THEN 'unresolved ticket'
+                            WHEN p.tickets_30d > 0 THEN 'tickets all resolved'
+                            ELSE 'no ticket' END AS support_contact,
+                       count(*) AS scored,
+                       count(DISTINCT p.customer_id) FILTER (WHERE l.churned = 1) AS churners,
+                       round(avg(p.score), 4) AS mean_score,
+                       round(avg(l.churned), 4) AS churn_rate
+                FROM serving.predictions p JOIN labels.churn_labels l
+                  ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
+                WHERE p.source = 'batch'
+                  AND p.request_ts >= TIMESTAMP '{calendar.midnight(self.params.onset_day)}'
+                GROUP BY 1 ORDER BY 1""",
+            evidence="unresolved-feature",
+            finding="thousands of scores for customers with an unresolved ticket; they churn "
+            "about twice as often as customers whose tickets were resolved",
+            found=lambda f: (
+                _group(f, "unresolved ticket", "scored") >= 1000
+                and _group(f, "unresolved ticket", "churn_rate")
+                >= CHURN_RATIO * _group(f, "tickets all resolved", "churn_rate")
+            ),
+        )
+        if self.tier != "hard":
+            versions = Step(
                 question="Which encoder served the queries, against which index?",
-                sql="""
-                    SELECT encoder_version, index_version, min(request_ts) AS first_search,
-                           max(request_ts) AS last_search, count(*) AS searches,
-                           round(avg(top1_score), 3) AS top1,
-                           round(avg((clicked_article_id IS NOT NULL)::INT), 3) AS click_through
-                    FROM retrieval.search_log GROUP BY 1, 2 ORDER BY first_search""",
+                sql=versions_sql,
                 evidence="encoder-version",
                 finding="from onset the queries use a newer encoder than the index's e1 vectors, "
                 "with far lower similarity and clicks",
@@ -261,51 +449,50 @@ class EmbeddingIndexMismatch(Fault[Params]):
                     ).height
                     >= 1
                 ),
+            )
+            return [weekly, versions, tickets, churn]
+        # At hard the index ids do not name the encoder: the searches show an encoder switch on
+        # an index build that served the old encoder; the index's metadata (or the registry)
+        # says which encoder built it, and the suggestions' topics show the spaces no longer meet.
+        versions = Step(
+            question="Which encoder served the queries, against which index build?",
+            sql=versions_sql,
+            evidence="encoder-version",
+            finding="from onset a newer encoder searches the index build that served the old "
+            "one the week before, with far lower similarity and clicks; the index's metadata "
+            "says it was built with encoder v1",
+            found=lambda f: _encoders_per_build(f) >= 2,
+        )
+        topics = Step(
+            question="Is the top suggestion still about the ticket's problem?",
+            sql="""
+                SELECT s.encoder_version, s.index_version, count(*) AS searches,
+                       round(avg((a.topic = t.topic)::INT), 3) AS top1_on_topic
+                FROM retrieval.search_log s
+                JOIN raw.support_tickets t ON t.ticket_id = s.ticket_id
+                JOIN retrieval.help_articles a ON a.article_id = s.top_k_ids[1]
+                GROUP BY 1, 2 ORDER BY min(s.request_ts)""",
+            evidence="off-topic",
+            finding="with encoder v1 the top article is on the ticket's topic almost always; "
+            "with the new encoder on the same index, about as often as chance",
+            found=lambda f: (
+                num(f["top1_on_topic"].max()) >= ON_TOPIC
+                and num(f["top1_on_topic"].min()) <= OFF_TOPIC
             ),
-            Step(
-                question="What happened to the tickets?",
-                sql="""
-                    SELECT date_trunc('week', created_at) AS week, count(*) AS tickets,
-                           round(avg((resolved_at IS NULL)::INT), 3) AS unresolved_share
-                    FROM raw.support_tickets GROUP BY 1 ORDER BY 1""",
-                evidence="unresolved",
-                finding="the unresolved share jumps from ~1% to over 40%",
-                found=lambda f: (
-                    num(f["unresolved_share"].min()) <= 0.05
-                    and num(f["unresolved_share"].max()) >= 0.2
-                ),
-            ),
-            Step(
-                question="Do customers left with an unresolved ticket churn more?",
-                sql=f"""
-                    SELECT CASE WHEN p.unresolved_tickets_30d > 0 THEN 'unresolved ticket'
-                                WHEN p.tickets_30d > 0 THEN 'tickets all resolved'
-                                ELSE 'no ticket' END AS support_contact,
-                           count(*) AS scored,
-                           count(DISTINCT p.customer_id) FILTER (WHERE l.churned = 1) AS churners,
-                           round(avg(p.score), 4) AS mean_score,
-                           round(avg(l.churned), 4) AS churn_rate
-                    FROM serving.predictions p JOIN labels.churn_labels l
-                      ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
-                    WHERE p.source = 'batch'
-                      AND p.request_ts >= TIMESTAMP '{calendar.midnight(self.params.onset_day)}'
-                    GROUP BY 1 ORDER BY 1""",
-                evidence="unresolved-feature",
-                finding="thousands of scores for customers with an unresolved ticket; they churn "
-                "about twice as often as customers whose tickets were resolved",
-                found=lambda f: (
-                    _group(f, "unresolved ticket", "scored") >= 1000
-                    and _group(f, "unresolved ticket", "churn_rate")
-                    >= CHURN_RATIO * _group(f, "tickets all resolved", "churn_rate")
-                ),
-            ),
-        ]
+        )
+        return [weekly, versions, topics, tickets, churn]
 
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         onset = calendar.midnight(self.params.onset_day)
         version = self.params.encoder_version
+        # The encoder an index build holds is the one its first searches used: a build goes live
+        # with the encoder it was made with (the index ids need not name it, and at hard do not).
         row = con.execute(
-            r"""
+            """
+            WITH builds AS (
+                SELECT index_version, arg_min(encoder_version, request_ts) AS idx
+                FROM retrieval.search_log GROUP BY 1
+            )
             SELECT count(*) FILTER (WHERE request_ts < $onset),
                    avg((encoder_version = idx)::INT) FILTER (WHERE request_ts < $onset),
                    count(*) FILTER (WHERE request_ts >= $onset),
@@ -315,8 +502,7 @@ class EmbeddingIndexMismatch(Fault[Params]):
                    avg(top1_score) FILTER (WHERE request_ts >= $onset),
                    avg((clicked_article_id IS NOT NULL)::INT) FILTER (WHERE request_ts < $onset),
                    avg((clicked_article_id IS NOT NULL)::INT) FILTER (WHERE request_ts >= $onset)
-            FROM (SELECT *, regexp_extract(index_version, '-e(\d+)$', 1)::INT AS idx
-                  FROM retrieval.search_log)
+            FROM retrieval.search_log JOIN builds USING (index_version)
             """,
             {"onset": onset, "version": version},
         ).fetchall()[0]
@@ -330,7 +516,7 @@ class EmbeddingIndexMismatch(Fault[Params]):
                 and (n_before == 0 or (matched_before or 0) >= 0.99),
                 detail=f"{n_before} searches before onset, {fmt(matched_before, '.1%')} with the "
                 f"index's encoder; {n_after} after, {fmt(mismatched_after, '.1%')} with encoder "
-                f"v{version} against a v1 index",
+                f"v{version} against an index build first searched with another encoder",
             )
         ]
         checks.append(
@@ -439,6 +625,12 @@ class EmbeddingIndexMismatch(Fault[Params]):
 def _group(frame: pl.DataFrame, contact: str, column: str) -> float:
     row = frame.filter(pl.col("support_contact") == contact)
     return float(row[column][0]) if row.height and row[column][0] is not None else 0.0
+
+
+def _encoders_per_build(frame: pl.DataFrame) -> float:
+    """The most encoder versions one index build served."""
+    per_build = frame.group_by("index_version").agg(pl.col("encoder_version").n_unique())
+    return num(per_build["encoder_version"].max()) if per_build.height else 0.0
 
 
 def _drop(before: float | None, after: float | None) -> float:

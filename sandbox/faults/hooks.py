@@ -82,6 +82,12 @@ _POINTS = (
     ),
     HookPoint("retrieve.query_encoder", "Encoder", "the ticket encoder the retrieval service uses"),
     HookPoint(
+        "retrieve.index",
+        "ArticleIndex",
+        "the help-article index the retrieval service searches that day (vectors and build "
+        "metadata); the world's saved index, which the live service loads, is the live start's",
+    ),
+    HookPoint(
         "monitor.metrics",
         "pl.DataFrame",
         "every metric series before it is stored and alerted on",

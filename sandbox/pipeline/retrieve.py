@@ -76,12 +76,17 @@ class ArticleIndex:
         (directory / INDEX_META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
 
 
+def index_version(built_on: dt.date, encoder_version: int, names_encoder: bool = True) -> str:
+    """A build's id: its date, and the encoder version where the team's ids name it."""
+    return f"articles-{built_on:%Y%m%d}" + (f"-e{encoder_version}" if names_encoder else "")
+
+
 def build_index(encoder: Encoder, articles: pl.DataFrame, built_on: dt.date) -> ArticleIndex:
     vectors = encoder.encode(articles["title"] + ". " + articles["body"])
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
     index.add_with_ids(vectors, articles["article_id"].to_numpy().astype(np.int64))
     meta = {
-        "index_version": f"articles-{built_on:%Y%m%d}-e{encoder.version}",
+        "index_version": index_version(built_on, encoder.version),
         "encoder_name": "ticket-encoder",
         "encoder_version": encoder.version,
         "dimension": int(vectors.shape[1]),
@@ -90,6 +95,18 @@ def build_index(encoder: Encoder, articles: pl.DataFrame, built_on: dt.date) -> 
         "built_on": str(built_on),
     }
     return ArticleIndex(index=index, meta=meta)
+
+
+def rebuilt(index: ArticleIndex, built_on: dt.date, names_encoder: bool = True) -> ArticleIndex:
+    """`index` as a build on `built_on` from the same encoder and articles leaves it: the same
+    vectors (the encoder's output is deterministic), under that build's id and date."""
+    version = int(index.meta["encoder_version"])  # type: ignore[call-overload]
+    meta = {
+        **index.meta,
+        "index_version": index_version(built_on, version, names_encoder),
+        "built_on": str(built_on),
+    }
+    return ArticleIndex(index=index.index, meta=meta)
 
 
 def load_index(directory: Path) -> ArticleIndex:

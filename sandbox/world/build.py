@@ -20,6 +20,7 @@ import polars as pl
 
 from sandbox import __version__, schema
 from sandbox.clock import Calendar
+from sandbox.faults.base import HookContext
 from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics, performance
 from sandbox.monitor.drift import DriftMonitor
@@ -96,8 +97,15 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     truth.append("sim.article_coverage", articles.select("article_id", "problem", "device"))
     encoder = retrieve.fit_encoder(seed, version=1)
     index = retrieve.build_index(encoder, articles, built_on=cal.date(cal.first_day))
-    index.save(paths.indexes)
-    _register_encoder(encoder, index, paths, cal, cal.first_day)
+
+    def index_on(day: int) -> retrieve.ArticleIndex:
+        """The index production searches on `day` (the simulation asks the same each day)."""
+        return scenario.fault_set.apply("retrieve.index", index, HookContext(seed, day, cal))
+
+    # The live service loads the index the stack's first day has; the encoder is registered
+    # with the one it was first built into.
+    index_on(cal.last_production_day + 1).save(paths.indexes)
+    _register_encoder(encoder, index_on(cal.first_day), paths, cal, cal.first_day)
     progress("retrieval index", 1, 1)
 
     drift: DriftMonitor | None = None

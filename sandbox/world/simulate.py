@@ -309,6 +309,7 @@ class Simulation:
         )
         ctx = self.context(day)
         query_encoder = self.faults.apply("retrieve.query_encoder", encoder, ctx)
+        index = self.faults.apply("retrieve.index", index, ctx)
         self.encoders.setdefault(query_encoder.version, (query_encoder, day))
         if tickets.height:
             ids, scores = index.search(query_encoder.encode(tickets["body"]))

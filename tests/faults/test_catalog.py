@@ -41,7 +41,6 @@ EDGE = [(name, f.id) for name in EDGE_WORLDS for f in scenario_for(name).faults]
 # shrinks; a fault leaves it when it declares its tells and a world plants it at every tier.
 UNTIERED = {
     "duplicate-billing-events",
-    "embedding-index-mismatch",
     "metric-series-dropped",
     "online-store-stale",
     "payment-status-renamed",

@@ -140,3 +140,78 @@ def test_the_churn_step_needs_many_unresolved_customers_churning_more() -> None:
     assert step.found(frame(9000, 0.047))
     assert not step.found(frame(300, 0.047))  # the control has a few hundred at most
     assert not step.found(frame(9000, 0.027))
+
+
+# -- difficulty tiers ---------------------------------------------------------------------------
+def _changelog_text(fault: EmbeddingIndexMismatch) -> str:
+    return " ".join(f"{e['title']} {e['body']}" for e in fault.changelog(CAL))
+
+
+def test_only_guided_names_the_encoder_and_its_mechanism() -> None:
+    guided, standard, hard = (
+        EmbeddingIndexMismatch(Params(), tier)  # type: ignore[arg-type]
+        for tier in ("guided", "standard", "hard")
+    )
+    assert "ticket-encoder v2" in _changelog_text(guided) and "drop-in" in _changelog_text(guided)
+    for fault in (standard, hard):
+        text = _changelog_text(fault).lower()
+        assert not [t for t in fault.tells(fault.tier) if t.lower() in text], fault.tier
+        assert "encoder" not in text and "dimension" not in text
+    # Standard still logs a release the evening before onset; hard logs none.
+    assert any(e["day"] == 14 and e["service"] == "retrieval" for e in standard.changelog(CAL))
+    assert not any(e["day"] == 14 for e in hard.changelog(CAL))
+
+
+def test_at_hard_the_noise_is_retrieval_changes_around_the_onset() -> None:
+    fault = EmbeddingIndexMismatch(Params(onset_day=20), "hard")
+    entries = fault.changelog(CAL)
+    assert sorted(e["day"] for e in entries) == [13, 17, 22, 24]
+    assert sum(e["service"] == "retrieval" for e in entries) >= 2
+    for entry in entries:
+        assert not TELLTALE.search(f"{entry['title']} {entry['body']}"), entry
+    titles = {e.ref for e in fault.answer_key(CAL).evidence if e.kind == "changelog"}
+    assert titles == {"retrieval: help-article index rebuilt"}
+
+
+def test_at_hard_the_index_ids_are_build_dates_and_the_index_is_rebuilt_before_onset(
+    v1: retrieve.Encoder,
+) -> None:
+    base = retrieve.build_index(v1, corpus.help_articles(), built_on=CAL.date(CAL.first_day))
+    assert base.meta["index_version"].endswith("-e1")
+    for tier in ("guided", "standard"):
+        fault = EmbeddingIndexMismatch(Params(), tier)  # type: ignore[arg-type]
+        assert fault.handle("retrieve.index", base, ctx(30)) is base
+    fault = EmbeddingIndexMismatch(Params(onset_day=15), "hard")
+    first, before, rebuilt, later = (
+        fault.handle("retrieve.index", base, ctx(day)) for day in (CAL.first_day, 8, 9, 40)
+    )
+    assert first is before and rebuilt is later
+    assert first.meta["index_version"] == f"articles-{CAL.date(CAL.first_day):%Y%m%d}"
+    assert rebuilt.meta["index_version"] == f"articles-{CAL.date(9):%Y%m%d}"
+    assert rebuilt.meta["built_on"] == str(CAL.date(9))
+    # A rebuild with the same encoder and articles: the same vectors, the same encoder.
+    assert rebuilt.index is base.index
+    assert rebuilt.meta["encoder_version"] == 1
+    assert {k: v for k, v in rebuilt.meta.items() if k not in ("index_version", "built_on")} == {
+        k: v for k, v in base.meta.items() if k not in ("index_version", "built_on")
+    }
+
+
+def test_at_hard_the_versions_step_needs_one_build_serving_two_encoders() -> None:
+    steps = EmbeddingIndexMismatch(Params(), "hard").investigation(CAL)
+    assert len(steps) >= 4
+    by_version = next(s for s in steps if s.evidence == "encoder-version")
+    healthy = pl.DataFrame(
+        {"encoder_version": [1, 1], "index_version": ["articles-20260101", "articles-20260308"]}
+    )
+    broken = pl.DataFrame(
+        {
+            "encoder_version": [1, 1, 2],
+            "index_version": ["articles-20260101", "articles-20260308", "articles-20260308"],
+        }
+    )
+    assert not by_version.found(healthy)
+    assert by_version.found(broken)
+    topics = next(s for s in steps if s.evidence == "off-topic")
+    assert topics.found(pl.DataFrame({"top1_on_topic": [0.93, 0.94, 0.2]}))
+    assert not topics.found(pl.DataFrame({"top1_on_topic": [0.93, 0.94, 0.92]}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,6 +273,37 @@ def test_live_service_reproduces_the_mismatched_encoder(
         healthy.append(live.post("/search", json={"text": text}).json()["results"][0]["score"])
     assert np.mean(degraded) <= np.mean(healthy) - 0.1
     assert np.mean(degraded) < 0.45 < np.mean(healthy)
+
+
+@pytest.fixture(scope="module")
+def embedding_hard_world(worlds: Worlds) -> BuildSummary:
+    return worlds.get("embedding-hard")
+
+
+def test_at_hard_the_live_service_searches_the_rebuilt_index_by_its_build_id(
+    embedding_hard_world: BuildSummary,
+) -> None:
+    """At hard the index ids are build dates: the live service loads the build the world's last
+    days searched, says so under the same id, and answers as those days did."""
+    searches = _live_searches(embedding_hard_world, days=1)[:10]
+    con = connect(embedding_hard_world)
+    try:
+        last_index = con.execute(
+            "SELECT index_version FROM retrieval.search_log ORDER BY request_ts DESC LIMIT 1"
+        ).fetchall()[0]
+    finally:
+        con.close()
+    for client in _serve(embedding_hard_world):
+        meta = client.get("/metadata").json()
+        assert meta["index_version"] == last_index[0] == meta["index_metadata"]["index_version"]
+        assert re.fullmatch(r"articles-\d{8}", meta["index_version"])
+        assert meta["index_metadata"]["built_on"].replace("-", "") == meta["index_version"][9:]
+        assert meta["encoder_version"] != meta["index_metadata"]["encoder_version"] == 1
+        for ticket_id, text, world_ids, world_top1 in searches:
+            body = client.post("/search", json={"text": text, "ticket_id": ticket_id}).json()
+            assert body["index_version"] == meta["index_version"]
+            assert [r["article_id"] for r in body["results"]] == world_ids
+            assert body["results"][0]["score"] == pytest.approx(world_top1, abs=1e-4)
 
 
 def test_nothing_served_names_a_planted_fault(

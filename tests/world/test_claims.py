@@ -29,6 +29,7 @@ TEST_WORLD = {
     "composite.toml": "composite",
     "feature-nulls-wrong-mean-hard.toml": "default-hard",
     "label-leakage-hard.toml": "leakage-hard",
+    "embedding-index-mismatch-hard.toml": "embedding-hard",
 }
 CAL = scenario.load(None).world.calendar()
 
