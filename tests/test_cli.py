@@ -8,6 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from sandbox.cli import app
+from sandbox.difficulty import TIERS
+from sandbox.faults import registry
 from sandbox.world.build import BuildSummary
 from tests.conftest import EXAMPLES
 
@@ -30,8 +32,10 @@ def test_faults_show_and_unknown_fault() -> None:
     # Each tier, what it hides and how many queries the reference investigation takes.
     assert "difficulty" in shown.stdout and "SDK 7.2" in shown.stdout
     assert all(tier in shown.stdout for tier in ("guided", "standard", "hard"))
-    untiered = runner.invoke(app, ["faults", "show", "embedding-index-mismatch"])
-    assert "the same trail at every tier" in untiered.stdout
+    for fault_id, cls in registry.catalog().items():
+        same = not any(cls(cls.Params(), tier).tells(tier) for tier in TIERS)
+        shown = runner.invoke(app, ["faults", "show", fault_id])
+        assert ("the same trail at every tier" in shown.stdout) == same, fault_id
     tiers = runner.invoke(app, ["faults", "list", "--tiers"])
     assert "| `feature-nulls-wrong-mean` | 4 | 4 | 4 |" in tiers.stdout
     missing = runner.invoke(app, ["faults", "show", "nope"])
