@@ -65,6 +65,8 @@ TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
     "version-mismatch-hard": ("version-mismatch", "hard"),
     "immature-labels-guided": ("immature-labels", "guided"),
     "immature-labels-hard": ("immature-labels", "hard"),
+    "threshold-guided": ("threshold", "guided"),
+    "threshold-hard": ("threshold", "hard"),
 }
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.

@@ -47,8 +47,6 @@ UNTIERED = {
     "payment-status-renamed",
     "retrain-immature-labels",
     "rolling-drift-reference",
-    "serving-default-fallback",
-    "stale-decision-threshold",
     "training-time-travel",
 }
 # (fault id, world) for every fault planted at a tier other than standard: the tiered faults,
