@@ -68,6 +68,8 @@ TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
     "immature-labels-hard": ("immature-labels", "hard"),
     "embedding-guided": ("embedding", "guided"),
     "embedding-hard": EXAMPLES / "embedding-index-mismatch-hard.toml",
+    "threshold-guided": ("threshold", "guided"),
+    "threshold-hard": ("threshold", "hard"),
 }
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.

@@ -13,6 +13,14 @@ the in-app prompts driven by online scores misfire every evening.
 
 Zeros also make the trace exact: monthly_price 0.0 cannot happen (the cheapest plan is 7.99), so
 rows whose features are all zero are the lookups that missed.
+
+Its trail by difficulty: guided logs the deadline cut in the changelog, with the latency budget
+behind it; standard logs a model-server config update rolled out replica by replica, without
+saying what it set; hard logs neither, but the model server gets ordinary changes in the same
+days (a faster response serializer two days before onset, which really takes about half a
+millisecond off every online request, and an OS patch after it), so the missed lookups are found
+only in the served rows: all-zero vectors at busy hours, at the deadline, for customers whose
+stored features are not zero.
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from pydantic import Field
 
 from sandbox import rng
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -50,6 +60,17 @@ PREVIOUS_DEADLINE_MS = 50
 CHANGE_HOUR = 11.0  # the config change lands late morning on the onset day
 OVERHEAD_MS = (0.3, 1.2)  # scoring and serialisation after the lookup gives up
 ALL_ZERO_SQL = " AND ".join(f"{{t}}{c} = 0" for c in MODEL_FEATURES)
+# At hard, a response serializer change this many days before onset takes this much off every
+# successful online request: a real, harmless latency change on the same service.
+SERIALIZER_DAYS_BEFORE = 2
+SERIALIZER_HOUR = 14.0
+SERIALIZER_SAVING_MS = 0.5
+OS_PATCH_DAYS_AFTER = 4
+# The stored features of the customers scored on zeros: a price of 0 cannot happen.
+STORED_PRICED = 0.99
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = ("lookup deadline", "feature lookup", "long pole", "p99 budget")
+HARD_TELLS = (*STANDARD_TELLS, "account-page config")
 
 
 def all_zero(table: str = "") -> str:
@@ -90,9 +111,36 @@ class ServingDefaultFallback(Fault[Params]):
         """Expected share of online requests scored on zeros, by (day, hour of day)."""
         return self.params.peak_share * self.params.intensity(day) * load_curve(hours)
 
+    @property
+    def _serializer_day(self) -> int | None:
+        """At hard, the day a faster response serializer reaches the model server (None:
+        none)."""
+        day = self.params.onset_day - SERIALIZER_DAYS_BEFORE
+        return day if self.tier == "hard" and day >= 1 else None
+
+    def _faster_responses(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        """From the serializer change on, successful online requests take a little less."""
+        day = self._serializer_day
+        if day is None or ctx.day < day or "latency_ms" not in value.columns:
+            return value
+        faster = (
+            (pl.col("source") == "online")
+            & (pl.col("status") == "ok")
+            & (pl.col("request_ts") >= ctx.calendar.at(day, SERIALIZER_HOUR))
+        )
+        return value.with_columns(
+            pl.when(faster)
+            .then((pl.col("latency_ms") - SERIALIZER_SAVING_MS).clip(lower_bound=0.5).round(2))
+            .otherwise(pl.col("latency_ms"))
+            .alias("latency_ms")
+        )
+
     @hook("serve.features")
     def time_out_lookups(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
-        if self.params.intensity(ctx.day) == 0 or value.height == 0:
+        if value.height == 0:
+            return value
+        value = self._faster_responses(value, ctx)
+        if self.params.intensity(ctx.day) == 0:
             return value
         hours = value["request_ts"].dt.hour().to_numpy().astype(int)
         g = rng.stream(ctx.seed, "model-server-lookup", ctx.day)
@@ -115,14 +163,27 @@ class ServingDefaultFallback(Fault[Params]):
             pl.when(missed).then(latency).otherwise(pl.col("latency_ms")).alias("latency_ms"),
         )
 
-    def _change_title(self) -> str:
-        return (
-            f"model-server: feature lookup deadline {PREVIOUS_DEADLINE_MS} ms -> "
-            f"{self.params.deadline_ms:g} ms"
-        )
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
+    def _change_title(self) -> str | None:
+        """The changelog title of the deadline change at this tier (None: not logged)."""
+        return {
+            "guided": f"model-server: feature lookup deadline {PREVIOUS_DEADLINE_MS} ms -> "
+            f"{self.params.deadline_ms:g} ms",
+            "standard": "model-server: account-page config update",
+            "hard": None,
+        }[self.tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        if self.tier == "hard":
+            return self._maintenance()
         days = max(self.params.ramp_days, 1)
+        body = {
+            "guided": "Account page p99 budget is 40 ms end to end; the online store lookup was "
+            f"the long pole. Rolled out replica by replica over {days} day(s).",
+            "standard": f"Rolled out replica by replica over {days} day(s).",
+        }[self.tier]
         return [
             {
                 "day": self.params.onset_day,
@@ -130,10 +191,70 @@ class ServingDefaultFallback(Fault[Params]):
                 "kind": "config",
                 "service": "model-server",
                 "title": self._change_title(),
-                "body": "Account page p99 budget is 40 ms end to end; the online store lookup was "
-                f"the long pole. Rolled out replica by replica over {days} day(s).",
+                "body": body,
                 "author": "ml-platform",
             }
+        ]
+
+    def _maintenance(self) -> list[dict[str, Any]]:
+        """At hard, ordinary model-server changes around the onset, both true in the data: the
+        serializer's saving shows in every online request's latency, the patch changes
+        nothing."""
+        entries = []
+        if self._serializer_day is not None:
+            entries.append(
+                {
+                    "day": self._serializer_day,
+                    "hour": SERIALIZER_HOUR,
+                    "kind": "deploy",
+                    "service": "model-server",
+                    "title": "model-server: faster JSON serializer for responses",
+                    "body": f"Takes about {SERIALIZER_SAVING_MS:g} ms off every online response.",
+                    "author": "ml-platform",
+                }
+            )
+        entries.append(
+            {
+                "day": min(self.params.onset_day + OS_PATCH_DAYS_AFTER, 42),
+                "hour": 10.0,
+                "kind": "deploy",
+                "service": "model-server",
+                "title": "model-server: OS security patches",
+                "body": "Rolling restart of the replicas; requests and responses unchanged.",
+                "author": "ml-platform",
+            }
+        )
+        return entries
+
+    def _hard_note(self, calendar: Calendar) -> str:
+        if self.tier != "hard":
+            return ""
+        faster = (
+            f"a faster response serializer from {calendar.date(self._serializer_day)} (it "
+            f"really takes ~{SERIALIZER_SAVING_MS:g} ms off online requests) and "
+            if self._serializer_day is not None
+            else ""
+        )
+        return (
+            " (At this difficulty the deadline change is not in the changelog; the model "
+            f"server's entries there are {faster}an OS patch, neither of which touches a "
+            "feature.)"
+        )
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = self._change_title()
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        return [
+            w.changelog(
+                "deadline-change",
+                title,
+                "the config change that introduced the misses"
+                if self.tier == "guided"
+                else "the config change that introduced the misses, in words that do not say "
+                "what it set",
+            )
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -154,6 +275,7 @@ class ServingDefaultFallback(Fault[Params]):
                 "vector and still returns 200, at the deadline plus ~1 ms. Below half of peak "
                 "traffic nothing misses. Batch scoring reads the store in bulk and is unaffected, "
                 "so the retention list, the error rate and every alert look normal."
+                + self._hard_note(calendar)
             ),
             propagation=[
                 f"config: lookup deadline {PREVIOUS_DEADLINE_MS} ms -> {p.deadline_ms:g} ms",
@@ -196,11 +318,13 @@ class ServingDefaultFallback(Fault[Params]):
                     "request lines for the zero-vector requests report 200, with a "
                     "latency just above the deadline in the message",
                 ),
-                w.changelog(
-                    "deadline-change",
-                    self._change_title(),
-                    "the config change that introduced the misses",
+                w.column(
+                    "stored-values",
+                    "feature_store.customer_features.monthly_price",
+                    "the customers scored on zeros have ordinary features in the store that "
+                    "day (a price above 0): the zeros were never stored, the server made them",
                 ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 f"Restore the lookup deadline ({PREVIOUS_DEADLINE_MS} ms) or size it from the "
@@ -281,16 +405,54 @@ class ServingDefaultFallback(Fault[Params]):
                     and f.filter(pl.col("all_zero"))["p95_ms"][0] <= hi
                 ),
             ),
-            Step(
+            self._last_step(),
+        ]
+
+    def _last_step(self) -> Step:
+        """What ties the zeros to the server: the changelog while it tells, else the store's own
+        values for the same customers and days."""
+        title = self._change_title()
+        if title is not None:
+            return Step(
                 question="What changed on the model server around then?",
                 sql="""
                     SELECT ts, kind, title, body FROM ops.changelog
                     WHERE service = 'model-server' ORDER BY ts""",
                 evidence="deadline-change",
-                finding="a config change lowered the feature lookup deadline on the onset day",
-                found=lambda f: self._change_title() in f["title"].to_list(),
+                finding="a config change lowered the feature lookup deadline on the onset day"
+                if self.tier == "guided"
+                else "a model-server config update rolled out replica by replica from the onset "
+                "day",
+                found=lambda f: title in f["title"].to_list(),
+            )
+        return Step(
+            question="Were these customers' stored features zero that day, or only the served "
+            "ones?",
+            sql=f"""
+                SELECT count(*) AS all_zero_requests,
+                       count(f.customer_id) AS with_stored_row,
+                       round(avg((f.monthly_price > 0)::INT), 3) AS share_priced_in_store,
+                       round(avg((f.sessions_28d > 0)::INT), 3) AS share_active_in_store
+                FROM serving.predictions p
+                LEFT JOIN feature_store.customer_features f
+                  ON f.customer_id = p.customer_id
+                 AND f.event_timestamp = p.request_ts::DATE::TIMESTAMP
+                WHERE p.source = 'online' AND p.status = 'ok' AND {all_zero("p")}""",
+            evidence="stored-values",
+            finding="the store holds ordinary values for nearly every one of them (a price "
+            "above 0, most of them active): the zeros were never stored, the server made them "
+            "up when the lookup gave out; "
+            + (
+                "the serializer change and the OS patch in the changelog touch no feature"
+                if self._serializer_day is not None
+                else "the OS patch in the changelog touches no feature"
             ),
-        ]
+            found=lambda f: (
+                num(f["all_zero_requests"][0]) > 0
+                and num(f["with_stored_row"][0]) >= 0.9 * num(f["all_zero_requests"][0])
+                and num(f["share_priced_in_store"][0]) >= STORED_PRICED
+            ),
+        )
 
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         change = calendar.at(self.params.onset_day, CHANGE_HOUR)

@@ -9,6 +9,13 @@ only swapped the model artifact: from the next morning the servers compare the n
 against the old cut-off. The ranking is as good as before; the retention team just gets a much
 shorter list (or, with churners up-weighted, a much longer one) than its 10% budget, and the flagged
 share stays inside the alert band, so nothing pages.
+
+Its trail by difficulty: guided names the class weight and "no server config changes" in the
+changelog and tags the run with the change; standard logs the retrain as updated training settings
+and tags it so; hard logs and tags nothing, but a routine retrain a week earlier goes out the usual
+way, its own threshold copied into the servers' config, so only reading each version's served
+threshold against its own scores (and its ranking against the labels) shows which release kept the
+old cut-off. The threshold-by-version panel is shown up to standard.
 """
 
 from __future__ import annotations
@@ -22,16 +29,18 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
     Step,
     hook,
 )
-from sandbox.faults.measure import versions_around
+from sandbox.faults.measure import served_versions, versions_around
 from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline.release import Release, Rollout
 from sandbox.pipeline.train import FLAGGED_SHARE
@@ -46,6 +55,25 @@ QUANTILE_GAP = 0.2  # the new version's own 90th-percentile score differs this m
 # customers without a running 30-day offer, so day 1 and day 31 carry bursts in every world.)
 OFFERS_CHANGE = 0.2
 LOADED_PATTERN = r'"model_version": "([2-9]|[0-9]{2,})", "threshold"'
+# Each version's own top 10% by score churns at least this share of the first version's rate:
+# the class weight moves the scores, not the ranking.
+RANKING_HELD = 0.75
+# At hard, a routine (unweighted) retrain goes out this many days before onset, with its own
+# threshold.
+ROUTINE_RETRAIN_DAYS_BEFORE = 7
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = (
+    "class weight",
+    "churners weighted",
+    "calibration fix",
+    "recall tuning",
+    "no server config",
+    "above observed churn",
+    "retention budget",
+    "model artifact",
+)
+# At hard also the standard entry's words, and the panel that plots each version's threshold.
+HARD_TELLS = (*STANDARD_TELLS, "training settings", "Decision threshold by model version")
 
 
 class Params(FaultParams):
@@ -91,12 +119,35 @@ class StaleDecisionThreshold(Fault[Params]):
     def fewer(self) -> bool:
         return self.params.positive_weight < 1
 
-    def _title(self, calendar: Calendar) -> str:
-        return f"churn-model retrain {calendar.date(self.params.onset_day - 1):%Y-%m-%d}: " + (
-            "calibration fix, promoted to champion"
-            if self.fewer
-            else "recall tuning, promoted to champion"
-        )
+    def _title(self, calendar: Calendar) -> str | None:
+        """The changelog title of the retrain at this tier (None: not logged)."""
+        date = f"{calendar.date(self.params.onset_day - 1):%Y-%m-%d}"
+        return {
+            "guided": f"churn-model retrain {date}: "
+            + ("calibration fix" if self.fewer else "recall tuning")
+            + ", promoted to champion",
+            "standard": f"churn-model retrain {date}: training settings updated, promoted to "
+            "champion",
+            "hard": None,
+        }[self.tier]
+
+    def _tags(self) -> dict[str, str]:
+        return {
+            "guided": {
+                "change": "churner class weight",
+                "reason": "mean score above observed churn"
+                if self.fewer
+                else "recall at the retention budget",
+            },
+            "standard": {"change": "training settings"},
+            "hard": {},  # tagged like every scheduled retrain
+        }[self.tier]
+
+    @property
+    def _routine_day(self) -> int | None:
+        """At hard, the first serving day of a routine retrain before onset (None: none)."""
+        day = self.params.onset_day - ROUTINE_RETRAIN_DAYS_BEFORE
+        return day if self.tier == "hard" and day >= 2 else None
 
     @hook("train.releases")
     def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
@@ -105,15 +156,16 @@ class StaleDecisionThreshold(Fault[Params]):
             day=onset,
             alias="champion",
             run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
-            tags={
-                "change": "churner class weight",
-                "reason": "mean score above observed churn"
-                if self.fewer
-                else "recall at the retention budget",
-            },
+            tags=self._tags(),
             note="scheduled retrain with class weights",
         )
-        return [r for r in value if r.day != onset] + [release]
+        releases = [r for r in value if r.day != onset] + [release]
+        routine = self._routine_day
+        # A routine retrain, unless something else is released that day: shipped the usual way,
+        # with the threshold its own run chose.
+        if routine is not None and all(r.day != routine for r in releases):
+            releases.append(Release(day=routine, alias="champion"))
+        return sorted(releases, key=lambda r: r.day)
 
     @hook("train.class_weight")
     def weight_churners(self, weight: float, ctx: HookContext) -> float:
@@ -127,14 +179,26 @@ class StaleDecisionThreshold(Fault[Params]):
             return rollout
         return dataclasses.replace(rollout, threshold=rollout.current_threshold)
 
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        if self.tier == "hard":
+            return self._routine_entries()
         weight = self.params.positive_weight
-        why = (
-            "Mean predicted churn ran above observed churn; churners weighted "
-            f"{weight:g} in training to bring the scores in line."
-            if self.fewer
-            else f"Churners weighted {weight:g} in training to lift recall on the retention list."
-        )
+        body = {
+            "guided": (
+                "Mean predicted churn ran above observed churn; churners weighted "
+                f"{weight:g} in training to bring the scores in line."
+                if self.fewer
+                else f"Churners weighted {weight:g} in training to lift recall on the retention "
+                "list."
+            )
+            + " Holdout AUC on par with the current champion. Model artifact rolls out with "
+            "tomorrow's 06:00 batch; no server config changes.",
+            "standard": "Holdout AUC on par with the current champion. Live with tomorrow's "
+            "06:00 batch.",
+        }[self.tier]
         return [
             {
                 "day": self.params.onset_day - 1,
@@ -142,10 +206,50 @@ class StaleDecisionThreshold(Fault[Params]):
                 "kind": "deploy",
                 "service": "churn-model",
                 "title": self._title(calendar),
-                "body": f"{why} Holdout AUC on par with the current champion. Model artifact "
-                "rolls out with tomorrow's 06:00 batch; no server config changes.",
+                "body": body,
                 "author": "ml-team",
             }
+        ]
+
+    def _routine_entries(self) -> list[dict[str, Any]]:
+        """At hard, the routine retrain before onset, logged as usual."""
+        if self._routine_day is None:
+            return []
+        return [
+            {
+                "day": self._routine_day - 1,
+                "hour": 17.0,
+                "kind": "deploy",
+                "service": "churn-model",
+                "title": "churn-model: scheduled retrain promoted to champion",
+                "body": "Retrained on a fresh label window. Live with tomorrow's 06:00 batch.",
+                "author": "ml-team",
+            }
+        ]
+
+    def _routine_note(self, calendar: Calendar) -> str:
+        if self._routine_day is None:
+            return ""
+        return (
+            f" (At this difficulty nothing logs or tags the change; a routine retrain serving "
+            f"from {calendar.date(self._routine_day)} went out the usual way, with its own "
+            "threshold, so a new version alone does not mean a stale cut-off.)"
+        )
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = self._title(calendar)
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        return [
+            w.changelog(
+                "retrain-note",
+                title,
+                "the retrain with class weights; 'no server config changes'"
+                if self.tier == "guided"
+                else "the retrain, in words that do not say what changed",
+                start=calendar.date(self.params.onset_day - 1),
+            )
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -168,6 +272,7 @@ class StaleDecisionThreshold(Fault[Params]):
                 f"{direction} customers than the retention budget of 10% ({level} instead), so "
                 f"{direction} retention offers go out. The ranking (AUC) is unchanged; the "
                 "flagged share stays inside the 3%..25% alert band, so nothing fires."
+                + self._routine_note(calendar)
             ),
             propagation=[
                 f"training: retrain with churner class weight {weight:g}; scores shift "
@@ -209,12 +314,13 @@ class StaleDecisionThreshold(Fault[Params]):
                     LOADED_PATTERN,
                     "model_loaded for the new version carries the old threshold",
                 ),
-                w.changelog(
-                    "retrain-note",
-                    self._title(calendar),
-                    "the retrain with class weights; 'no server config changes'",
-                    start=trained,
+                w.column(
+                    "ranking-held",
+                    "labels.churn_labels.churned",
+                    "each version's own top 10% by score churns about as often as before: the "
+                    "ranking held, only the cut-off stopped fitting the scores",
                 ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Set the servers' threshold to the new run's decision_threshold (or roll back "
@@ -237,20 +343,27 @@ class StaleDecisionThreshold(Fault[Params]):
         )
 
     def investigation(self, calendar: Calendar) -> list[Step]:
-        return [
-            Step(
-                question="Is the daily retention list the usual length?",
-                sql="""
-                    SELECT request_ts::DATE AS day, model_version, any_value(threshold) AS threshold,
-                           round(avg(decision::INT), 4) AS flagged_share
-                    FROM serving.predictions WHERE source = 'batch' GROUP BY 1, 2 ORDER BY 1""",
-                evidence="flagged-share",
-                finding="the flagged share leaves ~10% the day a new version arrives",
-                found=lambda f: (
-                    f["model_version"].n_unique() >= 2
-                    and num(f["flagged_share"].max()) - num(f["flagged_share"].min()) >= MIN_SHIFT
-                ),
+        middle = self._hard_steps() if self.tier == "hard" else self._threshold_steps()
+        return [self._list_length_step(), *middle, self._offers_step()]
+
+    def _list_length_step(self) -> Step:
+        return Step(
+            question="Is the daily retention list the usual length?",
+            sql="""
+                SELECT request_ts::DATE AS day, model_version, any_value(threshold) AS threshold,
+                       round(avg(decision::INT), 4) AS flagged_share
+                FROM serving.predictions WHERE source = 'batch' GROUP BY 1, 2 ORDER BY 1""",
+            evidence="flagged-share",
+            finding="the flagged share leaves ~10% the day a new version arrives",
+            found=lambda f: (
+                f["model_version"].n_unique() >= 2
+                and num(f["flagged_share"].max()) - num(f["flagged_share"].min()) >= MIN_SHIFT
             ),
+        )
+
+    def _threshold_steps(self) -> list[Step]:
+        """Below hard: one version's threshold against its scores, and the load log."""
+        return [
             Step(
                 question="Does each version's threshold fit its own scores?",
                 sql="""
@@ -273,22 +386,90 @@ class StaleDecisionThreshold(Fault[Params]):
                 finding="the new version was loaded with exactly the previous threshold",
                 found=lambda f: _same_threshold_loaded(f),
             ),
+        ]
+
+    def _hard_steps(self) -> list[Step]:
+        """At hard two releases change the version: the labels show the ranking held, and the
+        loaded thresholds read against each version's own scores show which release kept the
+        previous cut-off."""
+        return [
             Step(
-                question="Did the retention team's volume change?",
+                question="Did the new version rank churners worse, or only flag a different "
+                "number of them?",
                 sql="""
-                    SELECT model_version, count(DISTINCT offered_at::DATE) AS days,
-                           round(count(*) / count(DISTINCT offered_at::DATE), 1) AS offers_per_day
-                    FROM crm.retention_offers GROUP BY 1 ORDER BY 1""",
-                evidence="offers",
-                finding="offers per day under the new version are a fraction (or a multiple) of "
-                "the old version's; the day-1 and day-31 bursts are the 30-day offer cycle, and "
-                "the control shows the same bursts",
-                found=lambda f: (
-                    f.height >= 2
-                    and abs(f["offers_per_day"][-1] / f["offers_per_day"][0] - 1) >= OFFERS_CHANGE
-                ),
+                    WITH labelled AS (
+                        SELECT p.model_version, p.decision, l.churned,
+                               percent_rank() OVER (
+                                   PARTITION BY p.request_ts::DATE ORDER BY p.score DESC
+                               ) AS score_rank
+                        FROM serving.predictions p JOIN labels.churn_labels l
+                          ON l.customer_id = p.customer_id AND l.score_date = p.request_ts::DATE
+                        WHERE p.source = 'batch'
+                          AND l.label_available_at <= (SELECT max(request_ts)
+                                                       FROM serving.predictions)
+                    )
+                    SELECT model_version, count(*) AS scored,
+                           round(avg(decision::INT), 4) AS flagged_share,
+                           round(avg(churned), 4) AS churn_rate,
+                           round(avg(churned) FILTER (WHERE score_rank < 0.1), 4)
+                               AS top_decile_churn_rate
+                    FROM labelled GROUP BY 1 ORDER BY 1""",
+                evidence="ranking-held",
+                finding="each version's own top 10% by score churns about as often as the first "
+                "version's, while the flagged share of the newest moved far from 10%: the model "
+                "ranks as before, the cut-off no longer fits its scores",
+                found=_ranking_held,
+            ),
+            Step(
+                question="What threshold did the servers load with each version, against that "
+                "version's own scores?",
+                sql="""
+                    WITH loaded AS (
+                        SELECT json_extract_string(attrs, '$.model_version') AS model_version,
+                               min(ts) AS loaded_at,
+                               max(json_extract(attrs, '$.threshold')::DOUBLE) AS loaded_threshold
+                        FROM telemetry.logs
+                        WHERE service = 'model-server' AND event = 'model_loaded'
+                        GROUP BY 1
+                    ), scores AS (
+                        SELECT model_version,
+                               round(quantile_cont(score, 0.9), 5) AS score_p90,
+                               round(avg(decision::INT), 4) AS flagged_share
+                        FROM serving.predictions WHERE source = 'batch' GROUP BY 1
+                    )
+                    SELECT l.model_version, l.loaded_at, l.loaded_threshold, s.score_p90,
+                           s.flagged_share
+                    FROM loaded l JOIN scores s USING (model_version)
+                    ORDER BY l.loaded_at""",
+                evidence="model-loaded",
+                finding=(
+                    "the routine retrain a week before onset was loaded with a threshold at its "
+                    "own 90th percentile; "
+                    if self._routine_day is not None
+                    else ""
+                )
+                + "the newest version was loaded with exactly the previous version's threshold, "
+                "far from its own 90th percentile",
+                found=_kept_previous_threshold,
             ),
         ]
+
+    def _offers_step(self) -> Step:
+        return Step(
+            question="Did the retention team's volume change?",
+            sql="""
+                SELECT model_version, count(DISTINCT offered_at::DATE) AS days,
+                       round(count(*) / count(DISTINCT offered_at::DATE), 1) AS offers_per_day
+                FROM crm.retention_offers GROUP BY 1 ORDER BY 1""",
+            evidence="offers",
+            finding="offers per day under the new version are a fraction (or a multiple) of "
+            "the old version's; the day-1 and day-31 bursts are the 30-day offer cycle, and "
+            "the control shows the same bursts",
+            found=lambda f: (
+                f.height >= 2
+                and abs(f["offers_per_day"][-1] / f["offers_per_day"][0] - 1) >= OFFERS_CHANGE
+            ),
+        )
 
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         onset = calendar.midnight(self.params.onset_day)
@@ -315,7 +496,10 @@ class StaleDecisionThreshold(Fault[Params]):
             )
         ]
         before, after = versions_around(con, calendar, self.params.onset_day)
-        old_thresholds = {t for t, _ in before.values()}
+        # The threshold the servers had the day before onset (an earlier release may have
+        # served with another one).
+        eve = calendar.date(self.params.onset_day - 1)
+        old_thresholds = {t for t, _ in served_versions(con, eve, eve).values()}
         new_versions = sorted(set(after) - set(before))
         checks.append(
             Check(
@@ -323,7 +507,8 @@ class StaleDecisionThreshold(Fault[Params]):
                 passed=bool(new_versions)
                 and len(old_thresholds) == 1
                 and all(after[v][0] in old_thresholds for v in new_versions),
-                detail=f"before onset {_versions(before)}; after {_versions(after)}",
+                detail=f"before onset {_versions(before)}; the day before onset at "
+                f"{sorted(old_thresholds) or 'none'}; after {_versions(after)}",
             )
         )
         p90, threshold = con.execute(
@@ -360,6 +545,33 @@ def _stale(frame: pl.DataFrame) -> bool:
     threshold = thresholds.pop()
     return bool(threshold) and any(
         abs(p / threshold - 1) >= QUANTILE_GAP for p in frame["score_p90"].to_list()
+    )
+
+
+def _ranking_held(frame: pl.DataFrame) -> bool:
+    """The newest version's own top decile churns about as often as the first version's, while
+    its flagged share moved away from the first version's."""
+    rated = frame.drop_nulls("top_decile_churn_rate")
+    if rated.height < 2:
+        return False
+    first, last = rated.row(0, named=True), rated.row(-1, named=True)
+    return (
+        num(last["top_decile_churn_rate"]) >= RANKING_HELD * num(first["top_decile_churn_rate"])
+        and abs(num(last["flagged_share"]) - num(first["flagged_share"])) >= MIN_SHIFT
+    )
+
+
+def _kept_previous_threshold(frame: pl.DataFrame) -> bool:
+    """The newest version was loaded with the threshold of the version before it, and that
+    threshold is far from the newest version's own 90th-percentile score."""
+    if frame.height < 2:
+        return False
+    previous, last = frame.row(-2, named=True), frame.row(-1, named=True)
+    threshold = num(last["loaded_threshold"])
+    return (
+        bool(threshold)
+        and threshold == num(previous["loaded_threshold"])
+        and abs(num(last["score_p90"]) / threshold - 1) >= QUANTILE_GAP
     )
 
 

@@ -45,8 +45,6 @@ UNTIERED = {
     "online-store-stale",
     "payment-status-renamed",
     "rolling-drift-reference",
-    "serving-default-fallback",
-    "stale-decision-threshold",
     "training-time-travel",
 }
 # (fault id, world) for every fault planted at a tier other than standard: the tiered faults,

@@ -13,9 +13,15 @@ from pydantic import ValidationError
 from sandbox import scenario
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext
-from sandbox.faults.serving_default_fallback import OVERHEAD_MS, Params, ServingDefaultFallback
+from sandbox.faults.serving_default_fallback import (
+    OVERHEAD_MS,
+    SERIALIZER_SAVING_MS,
+    Params,
+    ServingDefaultFallback,
+)
 from sandbox.faults.toolkit import load_curve
 from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.testing import tables_read
 
 CAL = scenario.load(None).world.calendar()
 N = 4000  # requests per hour in the synthetic day
@@ -144,3 +150,86 @@ def test_change_lands_on_the_onset_day() -> None:
     entry = fault(onset_day=20).changelog(CAL)[0]
     assert CAL.date(entry["day"]) == CAL.date(20)
     assert dt.time(int(entry["hour"])) < dt.time(19)  # before the evening peak it breaks
+
+
+def _tiered(tier: str, **params: object) -> ServingDefaultFallback:
+    return ServingDefaultFallback(Params(**params), tier)  # type: ignore[arg-type]
+
+
+def test_only_guided_names_the_lookup_deadline() -> None:
+    text = {
+        tier: " ".join(e["title"] + " " + e["body"] for e in _tiered(tier).changelog(CAL))
+        for tier in ("guided", "standard", "hard")
+    }
+    assert "lookup deadline" in text["guided"] and "p99 budget" in text["guided"]
+    for tier in ("standard", "hard"):
+        tells = _tiered(tier).tells(tier)  # type: ignore[arg-type]
+        assert not [t for t in tells if t.lower() in text[tier].lower()], tier
+        assert "deadline" not in text[tier] and "lookup" not in text[tier]
+        assert not FORBIDDEN.search(text[tier])
+    assert "config update" in text["standard"] and "replica by replica" in text["standard"]
+
+
+def test_hard_logs_ordinary_model_server_changes_around_the_onset() -> None:
+    f = _tiered("hard", onset_day=15)
+    entries = f.changelog(CAL)
+    days = [e["day"] for e in entries]
+    assert len(entries) == 2 and all(e["service"] == "model-server" for e in entries)
+    assert min(days) < 15 < max(days)
+    assert not [e for e in f.answer_key(CAL).evidence if e.kind == "changelog"]
+    # No room before an early onset: only the patch after it.
+    assert [e["day"] for e in _tiered("hard", onset_day=2).changelog(CAL)] == [6]
+
+
+def test_at_hard_the_serializer_change_really_saves_latency() -> None:
+    f = _tiered("hard", onset_day=15, ramp_days=0, peak_share=1.0)
+    before = requests(12, [20])
+    assert f.handle("serve.features", before, ctx(12)).equals(before)
+    # From 14:00 of the day two before onset: every successful online request, and only them.
+    day = requests(13, [13, 20])
+    out = f.handle("serve.features", day, ctx(13))
+    late = pl.col("request_ts").dt.hour() == 20
+    assert (out.filter(~late)["latency_ms"] == 6.0).all()
+    assert (out.filter(late)["latency_ms"] == 6.0 - SERIALIZER_SAVING_MS).all()
+    assert zero_share(out) == 0
+    for source, status in (("batch", "ok"), ("online", "error")):
+        frame = requests(13, [20], source, status)
+        assert f.handle("serve.features", frame, ctx(13)).equals(frame)
+    # The missed lookups still answer at the deadline.
+    missed = f.handle("serve.features", requests(16, [20]), ctx(16))
+    assert zero_share(missed) == 1.0
+    assert missed["latency_ms"].min() >= f.params.deadline_ms
+    # Below hard nothing changes before onset.
+    assert _tiered("standard", onset_day=15).handle("serve.features", day, ctx(13)).equals(day)
+    assert "0.5 ms" in f.answer_key(CAL).root_cause
+
+
+def test_the_hard_investigation_reads_no_changelog_and_joins_the_store() -> None:
+    f = _tiered("hard")
+    steps = f.investigation(CAL)
+    assert len(steps) >= 4
+    assert not any("ops.changelog" in s.sql for s in steps)
+    assert {"serving.predictions", "feature_store.customer_features"} in [
+        tables_read(s.sql) for s in steps
+    ]
+    last = steps[-1]
+    stored = pl.DataFrame(
+        {
+            "all_zero_requests": [120],
+            "with_stored_row": [120],
+            "share_priced_in_store": [1.0],
+            "share_active_in_store": [0.93],
+        }
+    )
+    assert last.found(stored)
+    assert not last.found(stored.with_columns(pl.Series("share_priced_in_store", [0.0])))
+    none = pl.DataFrame(
+        {
+            "all_zero_requests": [0],
+            "with_stored_row": [0],
+            "share_priced_in_store": [None],
+            "share_active_in_store": [None],
+        },
+        schema_overrides={"share_priced_in_store": pl.Float64, "share_active_in_store": pl.Float64},
+    )
+    assert not last.found(none)

@@ -14,10 +14,13 @@ from sandbox.faults.base import HookContext
 from sandbox.faults.stale_decision_threshold import (
     Params,
     StaleDecisionThreshold,
+    _kept_previous_threshold,
+    _ranking_held,
     _same_threshold_loaded,
     _stale,
 )
-from sandbox.pipeline.release import INITIAL_RELEASE, Rollout
+from sandbox.pipeline.release import INITIAL_RELEASE, Release, Rollout
+from sandbox.testing import tables_read
 
 CAL = scenario.load(None).world.calendar()
 TELLTALE = re.compile(r"\bfault|inject|planted|answer|sabotag|\bbug\b|stale", re.IGNORECASE)
@@ -147,3 +150,116 @@ def test_the_answer_key_quotes_the_level_the_weight_leads_to() -> None:
     key = fault(positive_weight=0.6).answer_key(CAL)
     assert "roughly 5%" in key.root_cause and "fewer" in key.root_cause
     assert "roughly 21%" in fault(positive_weight=2.0).answer_key(CAL).root_cause
+
+
+def _tiered(tier: str, **params: object) -> StaleDecisionThreshold:
+    return StaleDecisionThreshold(Params(**params), tier)  # type: ignore[arg-type]
+
+
+def _trail(f: StaleDecisionThreshold) -> str:
+    """The fault's changelog entries and its release's run name and tags, as one text."""
+    release = f.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))[-1]
+    entries = [v for e in f.changelog(CAL) for v in (e["title"], e["body"])]
+    return " ".join([*entries, release.run_name, *release.tags, *release.tags.values()])
+
+
+@pytest.mark.parametrize("weight", [0.6, 1.8])
+def test_only_guided_names_the_class_weight_and_the_server_config(weight: float) -> None:
+    trails = {t: _trail(_tiered(t, positive_weight=weight)) for t in ("guided", "standard", "hard")}
+    assert "class weight" in trails["guided"] and "no server config" in trails["guided"]
+    for tier in ("standard", "hard"):
+        tells = _tiered(tier, positive_weight=weight).tells(tier)  # type: ignore[arg-type]
+        assert not [t for t in tells if t.lower() in trails[tier].lower()], tier
+        assert "weight" not in trails[tier].lower() and "threshold" not in trails[tier].lower()
+    # Standard still logs the retrain, in vague words; hard does not log it at all.
+    assert "training settings updated" in trails["standard"]
+
+
+def test_hard_adds_a_routine_retrain_that_ships_its_own_threshold() -> None:
+    f = _tiered("hard", onset_day=18)
+    releases = f.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
+    assert [r.day for r in releases] == [1, 11, 18]
+    routine = releases[1]
+    assert routine.alias == "champion" and not routine.tags and not routine.run_name
+    # Only the onset release is trained with the class weight and keeps the old threshold.
+    assert f.handle("train.class_weight", 1.0, HookContext(1, 11, CAL)) == 1.0
+    rollout = Rollout("2", trained_threshold=0.048, current_threshold=0.05, threshold=0.048)
+    assert f.handle("serve.rollout", rollout, HookContext(1, 11, CAL)) == rollout
+    # The changelog logs the routine retrain the day before it serves, and nothing else.
+    entries = f.changelog(CAL)
+    assert [(e["day"], e["service"]) for e in entries] == [(10, "churn-model")]
+    assert not [e for e in f.answer_key(CAL).evidence if e.kind == "changelog"]
+    assert "routine retrain" in f.answer_key(CAL).root_cause
+
+
+def test_hard_keeps_a_release_another_change_puts_on_the_routine_day() -> None:
+    f = _tiered("hard", onset_day=18)
+    other = Release(day=11, alias="challenger", run_name="someone-elses")
+    releases = f.handle("train.releases", [INITIAL_RELEASE, other], HookContext(1, 0, CAL))
+    assert [r.day for r in releases] == [1, 11, 18] and releases[1] == other
+
+
+@pytest.mark.parametrize("onset", [2, 8])
+def test_an_early_onset_at_hard_has_no_room_for_a_routine_retrain(onset: int) -> None:
+    f = _tiered("hard", onset_day=onset)
+    releases = f.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
+    assert [r.day for r in releases] == [1, onset]
+    assert f.changelog(CAL) == []
+
+
+def test_the_hard_investigation_reads_no_changelog_and_joins_two_tables() -> None:
+    f = _tiered("hard")
+    steps = f.investigation(CAL)
+    assert len(steps) >= 4
+    assert not any("ops.changelog" in s.sql for s in steps)
+    joined = [tables_read(s.sql) for s in steps if len(tables_read(s.sql)) >= 2]
+    assert {"serving.predictions", "labels.churn_labels"} in joined
+    assert {"serving.predictions", "telemetry.logs"} in joined
+    assert {e.kind for e in f.key(CAL).evidence} == {"table_column", "metric", "log_pattern"}
+
+
+def test_hard_predicates() -> None:
+    ranked = pl.DataFrame(
+        {
+            "model_version": ["1", "2", "3"],
+            "flagged_share": [0.1, 0.1, 0.05],
+            "top_decile_churn_rate": [0.21, 0.22, 0.2],
+        }
+    )
+    assert _ranking_held(ranked)
+    # A version that ranks worse, or a list of the usual length, is not this.
+    assert not _ranking_held(
+        ranked.with_columns(pl.Series("top_decile_churn_rate", [0.21, 0.2, 0.1]))
+    )
+    assert not _ranking_held(ranked.with_columns(pl.Series("flagged_share", [0.1, 0.1, 0.095])))
+    assert not _ranking_held(ranked.head(1))
+    loaded = pl.DataFrame(
+        {
+            "model_version": ["1", "2", "3"],
+            "loaded_threshold": [0.05, 0.048, 0.048],
+            "score_p90": [0.05, 0.048, 0.03],
+        }
+    )
+    assert _kept_previous_threshold(loaded)
+    shipped = loaded.with_columns(pl.Series("loaded_threshold", [0.05, 0.048, 0.03]))
+    assert not _kept_previous_threshold(shipped)
+    fits = loaded.with_columns(pl.Series("score_p90", [0.05, 0.048, 0.047]))
+    assert not _kept_previous_threshold(fits)
+    assert not _kept_previous_threshold(loaded.head(1))
+
+
+def test_verify_compares_with_the_threshold_of_the_day_before_onset() -> None:
+    """An earlier release served with its own threshold: the new one kept that one."""
+    con = _world(new_share=0.04, new_version=True)
+    con.execute(
+        """
+        UPDATE serving.predictions SET model_version = '0', threshold = 0.06
+        WHERE request_ts < TIMESTAMP '2026-03-02' + INTERVAL 4 DAY
+        """
+    )
+    con.execute("UPDATE serving.predictions SET decision = score >= threshold")
+    checks = _tiered("hard", onset_day=10, positive_weight=0.6).verify(con, CAL)
+    assert checks[1].passed, checks[1]
+    # A new version that got a threshold of its own is not served with the previous one.
+    con.execute("UPDATE serving.predictions SET threshold = 0.02 WHERE model_version = '2'")
+    assert not _tiered("hard", onset_day=10).verify(con, CAL)[1].passed

@@ -347,4 +347,5 @@ def test_a_panel_only_a_mature_team_has_is_served_up_to_its_tier() -> None:
     assert panels("guided") == every
     assert "feature-health/null-ratio" in every - panels("standard")
     assert "feature-health/nulls-per-run" in panels("standard") - panels("hard")
+    assert "model-outputs/threshold-by-version" in panels("standard") - panels("hard")
     assert panels("hard") < panels("standard") < every
