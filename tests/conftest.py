@@ -66,6 +66,8 @@ TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
     "version-mismatch-hard": ("version-mismatch", "hard"),
     "immature-labels-guided": ("immature-labels", "guided"),
     "immature-labels-hard": ("immature-labels", "hard"),
+    "time-travel-guided": ("time-travel", "guided"),
+    "time-travel-hard": ("time-travel", "hard"),
 }
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.

@@ -42,13 +42,11 @@ EDGE = [(name, f.id) for name in EDGE_WORLDS for f in scenario_for(name).faults]
 UNTIERED = {
     "duplicate-billing-events",
     "embedding-index-mismatch",
-    "metric-series-dropped",
     "online-store-stale",
     "payment-status-renamed",
     "rolling-drift-reference",
     "serving-default-fallback",
     "stale-decision-threshold",
-    "training-time-travel",
 }
 # (fault id, world) for every fault planted at a tier other than standard: the tiered faults,
 # and the untiered ones that share their worlds (held to the bar there too).
