@@ -70,6 +70,8 @@ TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
     "embedding-hard": EXAMPLES / "embedding-index-mismatch-hard.toml",
     "threshold-guided": ("threshold", "guided"),
     "threshold-hard": ("threshold", "hard"),
+    "time-travel-guided": ("time-travel", "guided"),
+    "time-travel-hard": ("time-travel", "hard"),
 }
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.

@@ -9,6 +9,11 @@ matches nothing: the series does not go to zero, it stops existing. The ModelSer
 (critical, above 5% for 10 minutes) evaluates on no data and never fires, while the predictions log
 and the request logs show a large share of failures every evening. Traffic and latency series
 survive the migration, so the dashboards the team checked after the deploy looked fine.
+
+Its trail by difficulty: guided's changelog entry names the async workers and the new metrics
+exporter; standard's names only the model-server release; hard logs no entry for it, but other
+routine model-server and gateway changes around it, so the missing series is found only by
+joining the requests served to the points exported, and the errors in the requests themselves.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from pydantic import Field, field_validator
 
 from sandbox import rng
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -48,6 +55,21 @@ FAILED_LATENCY_MS = 2000.0  # the gateway gives up on a queued request
 ALERT = next(r for r in RULES if r.service == SERVICE and r.metric == "error_ratio")
 BUCKET_MINUTES = 5  # the metric exporter's resolution (see monitor.metrics)
 ONCALL_AFTER_DAYS = 6
+# The release's changelog entry at each tier (None: not logged).
+TITLES: dict[Tier, str | None] = {
+    "guided": "model-server 2.5.0: async workers, OpenTelemetry metrics exporter",
+    "standard": "model-server 2.5.0",
+    "hard": None,
+}
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = (
+    "OpenTelemetry",
+    "OTel",
+    "metrics exporter",
+    "Prometheus client",
+    "async workers",
+)
+HARD_TELLS = (*STANDARD_TELLS, "model-server 2.5.0")
 
 
 class Params(FaultParams):
@@ -122,25 +144,42 @@ class MetricSeriesDropped(Fault[Params]):
         )
         return series.filter(~gone)
 
-    def _deploy_title(self) -> str:
-        return "model-server 2.5.0: async workers, OpenTelemetry metrics exporter"
+    def _deploy_title(self) -> str | None:
+        return TITLES[self.tier]
+
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         days = max(self.params.ramp_days, 1)
+        onset = self.params.onset_day
+        title = self._deploy_title()
+        body = {
+            "guided": "Request handling on async workers; metrics exported through the OTel SDK "
+            "instead of the Prometheus client. Traffic and latency panels checked after the "
+            f"canary. Progressive rollout over {days} day(s).",
+            "standard": "Runtime and dependency upgrades. Panels checked after the canary. "
+            f"Progressive rollout over {days} day(s).",
+        }
+        release = (
+            [
+                {
+                    "day": onset,
+                    "hour": DEPLOY_HOUR,
+                    "kind": "deploy",
+                    "service": SERVICE,
+                    "title": title,
+                    "body": body[self.tier],
+                    "author": "ml-platform",
+                }
+            ]
+            if title is not None
+            else _routine_noise(onset)
+        )
         return [
+            *release,
             {
-                "day": self.params.onset_day,
-                "hour": DEPLOY_HOUR,
-                "kind": "deploy",
-                "service": SERVICE,
-                "title": self._deploy_title(),
-                "body": "Request handling on async workers; metrics exported through the OTel SDK "
-                "instead of the Prometheus client. Traffic and latency panels checked after the "
-                f"canary. Progressive rollout over {days} day(s).",
-                "author": "ml-platform",
-            },
-            {
-                "day": self.params.onset_day + ONCALL_AFTER_DAYS,
+                "day": onset + ONCALL_AFTER_DAYS,
                 "hour": 14.0,
                 "kind": "oncall",
                 "service": "all",
@@ -150,6 +189,13 @@ class MetricSeriesDropped(Fault[Params]):
                 "author": "oncall",
             },
         ]
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = self._deploy_title()
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        return [w.changelog("deploy", title, "the deploy that changed the pool and the exporter")]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)
@@ -171,6 +217,11 @@ class MetricSeriesDropped(Fault[Params]):
                 f"(not zeros). The {ALERT.name} alert ({ALERT.metric} > {ALERT.above:.0%} for "
                 f"{ALERT.for_points * BUCKET_MINUTES} minutes) evaluates on no data and never "
                 "fires, although the errors are far above its threshold every evening."
+                + (
+                    " The release is in no changelog entry: the series gap dates it."
+                    if self._deploy_title() is None
+                    else ""
+                )
             ),
             propagation=[
                 f"deploy: {SERVICE} 2.5.0 with a smaller pool and a new metrics exporter",
@@ -214,11 +265,7 @@ class MetricSeriesDropped(Fault[Params]):
                     r'"status": 503',
                     "request lines with status 503 and ~2000 ms every evening",
                 ),
-                w.changelog(
-                    "deploy",
-                    self._deploy_title(),
-                    "the deploy that changed the pool and the exporter",
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Roll back model-server 2.5.0 (or restore the pool size) to stop the peak errors.",
@@ -326,15 +373,24 @@ class MetricSeriesDropped(Fault[Params]):
                     and num((f["failed"] / f["requests"]).max()) >= max(0.05 * expected, 0.01)
                 ),
             ),
+            *self._changelog_step(),
+        ]
+
+    def _changelog_step(self) -> list[Step]:
+        """The deploy's entry, where the tier logs it."""
+        title = self._deploy_title()
+        if title is None:
+            return []
+        return [
             Step(
                 question=f"What was deployed to {SERVICE}?",
                 sql=f"""
                     SELECT ts, kind, title, body FROM ops.changelog
                     WHERE service = '{SERVICE}' ORDER BY ts""",
                 evidence="deploy",
-                finding="2.5.0 switched the metrics exporter on the day the errors started",
-                found=lambda f: self._deploy_title() in f["title"].to_list(),
-            ),
+                finding=f"{title} shipped on the day the errors started",
+                found=lambda f: title in f["title"].to_list(),
+            )
         ]
 
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
@@ -436,3 +492,49 @@ class MetricSeriesDropped(Fault[Params]):
             )
         )
         return checks
+
+
+def _routine_noise(onset: int) -> list[dict[str, Any]]:
+    """Ordinary changes to the serving path around the onset, none of them the cause. None names a
+    model-server version, and none states a number the telemetry would contradict."""
+    entries = [
+        (
+            -9,
+            10.0,
+            "deploy",
+            SERVICE,
+            "model-server: base image security patches",
+            "OS packages refreshed; no code change.",
+            "ml-platform",
+        ),
+        (
+            3,
+            15.0,
+            "config",
+            SERVICE,
+            "model-server: readiness probe period shortened",
+            "Unhealthy replicas leave rotation sooner.",
+            "ml-platform",
+        ),
+        (
+            5,
+            11.0,
+            "config",
+            "gateway",
+            "gateway: TLS certificates rotated",
+            "Scheduled rotation; no client impact.",
+            "sre",
+        ),
+    ]
+    return [
+        {
+            "day": max(onset + offset, 1),
+            "hour": hour,
+            "kind": kind,
+            "service": service,
+            "title": title,
+            "body": body,
+            "author": author,
+        }
+        for offset, hour, kind, service, title, body, author in entries
+    ]

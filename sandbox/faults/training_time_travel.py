@@ -7,6 +7,12 @@ fresh row at all, so those features are missing. The model learns "missing activ
 - from the future; its holdout (built the same way) is excellent. At serving every customer
 still has features, the pattern it learned never appears, and it misses the churners it was
 built to catch.
+
+Its trail by difficulty: guided's changelog entry says training now reads features through the
+serving reader, and the run is tagged with the new pipeline; standard's entry names only a
+training pipeline release; hard logs the retrain like any other, next to a scheduled retrain the
+week before on the usual point-in-time join, so the leak is found only in the training rows and
+the production quality once labels arrive.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -31,10 +39,37 @@ from sandbox.faults.measure import only_version, precision_falls, quality_around
 from sandbox.faults.toolkit import fmt, num, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.pipeline.release import TRAINING_HOUR, Release
+from sandbox.pipeline.release import (
+    LABEL_GAP_DAYS,
+    SNAPSHOT_SPACING_DAYS,
+    TRAINING_HOUR,
+    TRAINING_SNAPSHOTS,
+    Release,
+)
 
 TRAINING_TABLE = "training.churn_training_set"
-TITLE = "training pipeline 3.0: features from the shared feature reader"
+# The pipeline change's changelog entry at each tier (None: not logged).
+TITLES: dict[Tier, str | None] = {
+    "guided": "training pipeline 3.0: features from the shared feature reader",
+    "standard": "training pipeline 3.0",
+    "hard": None,
+}
+BODIES: dict[Tier, str] = {
+    "guided": "Training reads features through the same reader as serving: one code path, no "
+    "more skew. Retrained and promoted today.",
+    "standard": "Pipeline refactor. Retrained and promoted today.",
+}
+# At hard, a scheduled retrain on the usual point-in-time join serves from this many days before
+# onset, and both retrains are logged alike.
+ROUTINE_RETRAIN_DAYS_BEFORE = 7
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = (
+    "feature reader",
+    "same reader as serving",
+    "one code path",
+    "no more skew",
+)
+HARD_TELLS = (*STANDARD_TELLS, "training pipeline 3.0", "pipeline refactor")
 
 
 # The feature views the new reader serves; the rest still come through the point-in-time join.
@@ -61,16 +96,29 @@ class TrainingTimeTravel(Fault[Params]):
         "replaced; nothing in the feature store or the services looks wrong."
     )
 
+    @property
+    def _routine_day(self) -> int | None:
+        """At hard, the first serving day of the scheduled retrain before onset (None: none)."""
+        day = self.params.onset_day - ROUTINE_RETRAIN_DAYS_BEFORE
+        return day if self.tier == "hard" and day >= 2 else None
+
     @hook("train.releases")
     def add_release(self, value: list[Release], ctx: HookContext) -> list[Release]:
         onset = self.params.onset_day
+        # Below hard the run carries the new pipeline's tag; at hard it is registered like any
+        # retrain.
+        tags = {} if self.tier == "hard" else {"pipeline": "3.0"}
         release = Release(
             day=onset,
             run_name=f"churn-gbm-{ctx.calendar.date(onset - 1):%Y%m%d}",
-            tags={"pipeline": "3.0"},
+            tags=tags,
             note="retrain with the new training pipeline",
         )
-        return [r for r in value if r.day != onset] + [release]
+        kept = [r for r in value if r.day != onset]
+        routine = self._routine_day
+        if routine is not None and all(r.day != routine for r in kept):
+            kept.append(Release(day=routine))
+        return [*kept, release]
 
     @hook("train.dataset")
     def read_as_of_now(self, dataset: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
@@ -84,18 +132,72 @@ class TrainingTimeTravel(Fault[Params]):
         view = FEATURE_VIEWS[self.params.feature_view]
         return dataset.with_columns(snapshot.select("feature_event_ts", *view).get_columns())
 
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        title = TITLES[self.tier]
+        if title is None:
+            return self._hard_changelog()
         return [
             {
                 "day": self.params.onset_day - 1,
                 "hour": 11.0,
                 "kind": "deploy",
                 "service": "training",
-                "title": TITLE,
-                "body": "Training reads features through the same reader as serving: one code "
-                "path, no more skew. Retrained and promoted today.",
+                "title": title,
+                "body": BODIES[self.tier],
                 "author": "ml-platform",
             }
+        ]
+
+    def _hard_changelog(self) -> list[dict[str, Any]]:
+        """Both retrains logged as the initial one is (each trained on the usual window of score
+        dates), and a routine change to the feature store that alters no value."""
+        weeks = SNAPSHOT_SPACING_DAYS * (TRAINING_SNAPSHOTS - 1) // 7
+        onset = self.params.onset_day
+        routine = self._routine_day
+        retrains = [d for d in (routine, onset) if d is not None]
+        entries = [
+            {
+                "day": day - 1,
+                "hour": TRAINING_HOUR,
+                "kind": "deploy",
+                "service": "churn-model",
+                "title": f"churn-model trained on {TRAINING_SNAPSHOTS} score dates over {weeks} "
+                "weeks; promoted to champion",
+                "body": f"Newest score date {LABEL_GAP_DAYS} days before training. "
+                "Holdout metrics in the registry run. Deploys with tomorrow's batch.",
+                "author": "ml-team",
+            }
+            for day in retrains
+        ]
+        entries.append(
+            {
+                "day": max(onset - 4, 1),
+                "hour": 13.0,
+                "kind": "config",
+                "service": "feature-server",
+                "title": "offline store: older partitions compacted",
+                "body": "Storage housekeeping; no change to any stored value.",
+                "author": "data-platform",
+            }
+        )
+        return entries
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = TITLES[self.tier]
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        trained = calendar.date(self.params.onset_day - 1)
+        return [
+            w.changelog(
+                "pipeline-change",
+                title,
+                "the pipeline change that dropped the point-in-time join",
+                start=trained,
+            )
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -116,6 +218,12 @@ class TrainingTimeTravel(Fault[Params]):
                 "values mean churn - from the future - and the holdout "
                 f"agrees because it leaks the same way. From {start} every served customer has "
                 "features, so the model misses churn it has never seen coming."
+                + (
+                    f" The scheduled retrain serving from {calendar.date(self._routine_day)} "
+                    "was built by the old pipeline and is not the cause."
+                    if self._routine_day is not None
+                    else ""
+                )
             ),
             propagation=[
                 "training pipeline: features joined as of training time, not score time",
@@ -141,12 +249,7 @@ class TrainingTimeTravel(Fault[Params]):
                     "monitoring.model_performance_daily.auc",
                     "production AUC below the previous version's once labels arrive",
                 ),
-                w.changelog(
-                    "pipeline-change",
-                    TITLE,
-                    "the pipeline change that dropped the point-in-time join",
-                    start=trained,
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Roll back to the previous version.",
@@ -172,7 +275,12 @@ class TrainingTimeTravel(Fault[Params]):
                     FROM serving.predictions WHERE source = 'batch'
                     GROUP BY 1 ORDER BY first_day""",
                 evidence="new-version",
-                finding="a retrained version took over at the release day",
+                finding="a retrained version took over at the release day"
+                + (
+                    "; a scheduled retrain served the week before"
+                    if self._routine_day is not None
+                    else ""
+                ),
                 found=lambda f: f.height >= 2,
             ),
             Step(
@@ -184,7 +292,10 @@ class TrainingTimeTravel(Fault[Params]):
                     FROM {TRAINING_TABLE} GROUP BY 1 ORDER BY 1""",
                 evidence="future-features",
                 finding="the new version's training rows carry features from after their "
-                "score time, by weeks",
+                "score time, by weeks"
+                + (
+                    "; the scheduled retrain's rows do not" if self._routine_day is not None else ""
+                ),
                 found=lambda f: num(f["share_from_future"].max()) >= 0.9,
             ),
             Step(

@@ -41,11 +41,9 @@ EDGE = [(name, f.id) for name in EDGE_WORLDS for f in scenario_for(name).faults]
 # shrinks; a fault leaves it when it declares its tells and a world plants it at every tier.
 UNTIERED = {
     "duplicate-billing-events",
-    "metric-series-dropped",
     "online-store-stale",
     "payment-status-renamed",
     "rolling-drift-reference",
-    "training-time-travel",
 }
 # (fault id, world) for every fault planted at a tier other than standard: the tiered faults,
 # and the untiered ones that share their worlds (held to the bar there too).

@@ -167,3 +167,32 @@ def test_series_step_finds_the_gap_only_when_there_is_one() -> None:
     # Even when every series of the service went, the served requests show the gap.
     everything = full.with_columns(pl.Series(m, [288] * 5 + [0] * 5) for m in SERIES)
     assert step.found(everything)
+
+
+def test_each_tier_logs_what_it_shows_and_no_tell_of_its_own() -> None:
+    logged = {
+        tier: MetricSeriesDropped(Params(onset_day=15), tier).changelog(CAL)  # type: ignore[arg-type]
+        for tier in ("guided", "standard", "hard")
+    }
+    assert [e["title"] for e in logged["standard"] if e["kind"] == "deploy"] == [
+        "model-server 2.5.0"
+    ]
+    # Hard does not log the release; routine serving-path changes sit around it.
+    assert not [e for e in logged["hard"] if "2.5.0" in e["title"]]
+    around = sorted(e["day"] for e in logged["hard"] if e["kind"] != "oncall")
+    assert around[0] < 15 < around[-1]
+    for tier, entries in logged.items():
+        text = " ".join(e["title"] + " " + e["body"] for e in entries).lower()
+        assert not FORBIDDEN.search(text)
+        tells = MetricSeriesDropped(Params(), tier).tells(tier)  # type: ignore[arg-type]
+        assert not [t for t in tells if t.lower() in text], tier
+    guided = " ".join(e["title"] + " " + e["body"] for e in logged["guided"]).lower()
+    assert any(t.lower() in guided for t in MetricSeriesDropped(Params()).tells("hard"))
+
+
+def test_hard_investigation_joins_requests_to_series_without_the_changelog() -> None:
+    hard = MetricSeriesDropped(Params(onset_day=15), "hard")
+    steps = hard.investigation(CAL)
+    assert len(steps) == 4 and not any("ops.changelog" in s.sql for s in steps)
+    assert {e.kind for e in hard.key(CAL).evidence} == {"table_column", "metric", "log_pattern"}
+    assert len(fault(onset_day=15).investigation(CAL)) == 5

@@ -10,7 +10,7 @@ from sandbox.faults.base import HookContext, WorldData
 from sandbox.faults.training_time_travel import FEATURE_VIEWS, Params, TrainingTimeTravel
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.pipeline.release import INITIAL_RELEASE, TRAINING_HOUR
+from sandbox.pipeline.release import INITIAL_RELEASE, TRAINING_HOUR, Release
 
 CAL = scenario.load(None).world.calendar()
 
@@ -56,3 +56,42 @@ def test_the_retrain_joins_one_view_as_of_training_time() -> None:
     assert [
         r.day for r in first.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
     ] == [1]
+
+
+def _releases(tier: str, onset: int = 15) -> list[Release]:
+    fault = TrainingTimeTravel(Params(onset_day=onset), tier)  # type: ignore[arg-type]
+    return fault.handle("train.releases", [INITIAL_RELEASE], HookContext(1, 0, CAL))
+
+
+def test_below_hard_the_run_carries_the_pipeline_tag_and_is_the_only_new_release() -> None:
+    for tier in ("guided", "standard"):
+        releases = _releases(tier)
+        assert [r.day for r in releases] == [1, 15]
+        assert releases[-1].tags == {"pipeline": "3.0"}
+
+
+def test_hard_registers_it_like_a_scheduled_retrain_the_week_before() -> None:
+    releases = _releases("hard")
+    assert [r.day for r in releases] == [1, 8, 15]
+    assert all(r.tags == {} and not r.score_days for r in releases)
+    # No room for a scheduled retrain before day two.
+    assert [r.day for r in _releases("hard", onset=8)] == [1, 8]
+
+
+def test_each_tier_logs_what_it_shows_and_no_tell_of_its_own() -> None:
+    logged = {
+        tier: TrainingTimeTravel(Params(onset_day=15), tier).changelog(CAL)  # type: ignore[arg-type]
+        for tier in ("guided", "standard", "hard")
+    }
+    assert [e["title"] for e in logged["standard"]] == ["training pipeline 3.0"]
+    # Hard logs both retrains alike, each trained on the usual window, and no pipeline change.
+    retrains = [e for e in logged["hard"] if e["service"] == "churn-model"]
+    assert [e["day"] for e in retrains] == [7, 14]
+    assert len({(e["title"], e["body"]) for e in retrains}) == 1
+    assert not [e for e in logged["hard"] if e["service"] == "training"]
+    for tier, entries in logged.items():
+        text = " ".join(e["title"] + " " + e["body"] for e in entries).lower()
+        tells = TrainingTimeTravel(Params(), tier).tells(tier)  # type: ignore[arg-type]
+        assert not [t for t in tells if t.lower() in text], tier
+    guided = " ".join(e["title"] + " " + e["body"] for e in logged["guided"]).lower()
+    assert any(t.lower() in guided for t in TrainingTimeTravel(Params()).tells("hard"))
