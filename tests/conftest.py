@@ -131,7 +131,10 @@ def _worlds_in_test_order(items: list[pytest.Item]) -> list[str]:
 def worlds(request: pytest.FixtureRequest):
     worlds = Worlds(scenario_for)
     # A run that reaches the fault catalog builds most worlds: start them all now, in parallel.
-    if any(item.path.name == "test_catalog.py" for item in request.session.items):
+    if any(
+        item.path.name == "test_catalog.py" and item.get_closest_marker("world")
+        for item in request.session.items
+    ):
         worlds.prefetch(_worlds_in_test_order(request.session.items))
     yield worlds
     worlds.close()

@@ -51,6 +51,7 @@ def test_the_changelog_names_components_the_routine_logs_cover() -> None:
     assert set(routine_logs.SERVICES) & named, "the routine lines are for named components"
 
 
+@pytest.mark.world  # its world fixture is picked by name, so collection cannot see it
 @pytest.mark.parametrize("db", ["faulty_db", "control_db"])
 def test_every_component_the_changelog_names_logs_its_ordinary_work(
     db: str, request: pytest.FixtureRequest
