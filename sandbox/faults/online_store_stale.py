@@ -9,6 +9,12 @@ customers who have started to disengage are scored as they were before and never
 who signed up since have no online row and are never scored, and customers who cancelled keep being
 scored. Only the event and created timestamps of the served rows, and the materialization's
 `max_event_timestamp` when the whole store is stuck, tell that the values are old.
+
+Its trail by difficulty: guided logs the cutover of reads to the new cluster the evening before the
+first stale load; standard logs the same evening as planned online-store maintenance; hard logs no
+entry for it, only routine online-store and scheduler changes around it, so the stall shows when
+the online rows, or the features batch scoring served, are read against the offline store and the
+feature job's runs.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -37,6 +45,9 @@ from sandbox.rng import stable_unit
 
 FRESH_LAG_HOURS = 6.0  # a healthy load holds rows from the feature day that ended 4 hours earlier
 MIN_NEW_CUSTOMERS = 30  # customers who signed up after the stall, needed to measure who is missed
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = ("cut over", "cutover", "new cluster", "old cluster", "Redis cluster")
+HARD_TELLS = (*STANDARD_TELLS, "planned maintenance")
 
 
 class Params(FaultParams):
@@ -97,22 +108,51 @@ class OnlineStoreStale(Fault[Params]):
             ]
         ).sort("customer_id")
 
-    def _changelog_title(self) -> str:
-        return "online store: reads cut over to the new cluster"
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
+    def _changelog_title(self) -> str | None:
+        """The cutover's changelog title at this tier (None: not logged)."""
+        return {
+            "guided": "online store: reads cut over to the new cluster",
+            "standard": "online store: planned maintenance",
+            "hard": None,
+        }[self.tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        day = max(self.params.onset_day - 1, 1)
+        if self.tier == "hard":
+            return _store_noise(day, calendar.last_visible_day)
+        body = {
+            "guided": "Feature-server reads now go to the new Redis cluster (more memory, "
+            "faster failover); data copied at cutover. Old cluster to be decommissioned "
+            "next sprint.",
+            "standard": "Evening maintenance window; reads served throughout.",
+        }[self.tier]
         return [
             {
-                "day": max(self.params.onset_day - 1, 1),
+                "day": day,
                 "hour": 21.0,
                 "kind": "config",
                 "service": "online-store",
                 "title": self._changelog_title(),
-                "body": "Feature-server reads now go to the new Redis cluster (more memory, "
-                "faster failover); data copied at cutover. Old cluster to be decommissioned "
-                "next sprint.",
+                "body": body,
                 "author": "sre",
             },
+        ]
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = self._changelog_title()
+        if title is None:
+            return []
+        w = window(calendar, self._stale_from())
+        return [
+            w.changelog(
+                "cutover",
+                title,
+                "the infra change after which the store stopped refreshing",
+                start=w.start - dt.timedelta(days=1),
+            )
         ]
 
     def _snapshot_timestamp(self, calendar: Calendar) -> dt.datetime:
@@ -190,12 +230,7 @@ class OnlineStoreStale(Fault[Params]):
                     "batch_finished lines: rows scored per day no longer track the "
                     "feature job's rows_out",
                 ),
-                w.changelog(
-                    "cutover",
-                    self._changelog_title(),
-                    "the infra change after which the store stopped refreshing",
-                    start=start - dt.timedelta(days=1),
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Point the materialization at the new cluster (or roll reads back), re-materialize "
@@ -396,3 +431,44 @@ class OnlineStoreStale(Fault[Params]):
             )
         )
         return checks
+
+
+def _store_noise(day: int, last_day: int) -> list[dict[str, Any]]:
+    """Routine online-store and scheduler changes around the evening before the first stale load,
+    none of them touching what is written or read (none states a number the data would have to
+    hold)."""
+    entries = [
+        (
+            -6,
+            10.0,
+            "online-store",
+            "online store: TLS certificates rotated",
+            "Scheduled rotation; clients reconnected on their own.",
+        ),
+        (
+            0,
+            20.0,
+            "online-store",
+            "online store: client library patch release",
+            "Security fixes in the feature server's store client.",
+        ),
+        (
+            4,
+            11.0,
+            "scheduler",
+            "scheduler: job failure notifications to the on-call channel",
+            "Failed runs now page the data-platform on-call as well as the job owner.",
+        ),
+    ]
+    return [
+        {
+            "day": min(max(day + offset, 1), last_day),
+            "hour": hour,
+            "kind": "config",
+            "service": service,
+            "title": title,
+            "body": body,
+            "author": "sre",
+        }
+        for offset, hour, service, title, body in entries
+    ]

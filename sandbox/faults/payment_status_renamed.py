@@ -6,6 +6,12 @@ customers at a time. The new API reports an unsuccessful charge with status 'dec
 problems. But the daily feature job counts `status = 'failed'`, so `payment_failures_30d` quietly
 drains to zero for the migrated customers, and the churn model loses its payment-trouble signal
 exactly for the customers whose cards keep bouncing.
+
+Its trail by difficulty: guided names the move to the provider's API v3 and its new webhook schema
+in the changelog; standard logs a provider integration update for the method in vague words; hard
+logs no entry for it, only ordinary payments changes around the onset, so the lost signal shows
+only when the failures in the billing events are joined to the feature rows and scores of the
+following day.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -41,6 +49,9 @@ METHOD_NAMES = {
 UNDER_SCORED = 0.75  # score of customers with only renamed failures, relative to counted ones
 MIN_ROWS = 20  # feature rows a group needs before a comparison means anything
 MIN_CHURNERS = 15  # matured churn labels a label-based check needs in each group
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = ("provider API v3", "v3 schema", "charge webhooks")
+HARD_TELLS = (*STANDARD_TELLS, "provider integration")
 
 
 class Params(FaultParams):
@@ -89,20 +100,49 @@ class PaymentStatusRenamed(Fault[Params]):
         """Mean share of the method's charges on the new API over the visible days after onset."""
         return self.params.migrated_share * self.params.mean_intensity(calendar.last_visible_day)
 
-    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
+    def _changelog_title(self) -> str | None:
+        """The migration's changelog title at this tier (None: not logged)."""
         method = METHOD_NAMES[self.params.target_payment_method]
+        return {
+            "guided": f"payments: {method} charges moving to provider API v3",
+            "standard": f"payments: {method} provider integration update",
+            "hard": None,
+        }[self.tier]
+
+    def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        if self.tier == "hard":
+            return _payments_noise(self.params.onset_day, calendar.last_visible_day)
+        method = METHOD_NAMES[self.params.target_payment_method]
+        days = max(self.params.ramp_days, 1)
+        body = {
+            "guided": f"Phased migration of {method} traffic over about {days} days; charge "
+            "webhooks follow the v3 schema. No change to retry policy.",
+            "standard": f"Phased rollout over about {days} days. No change to retry policy.",
+        }[self.tier]
         return [
             {
                 "day": self.params.onset_day,
                 "hour": 11.0,
                 "kind": "upstream",
                 "service": "billing",
-                "title": f"payments: {method} charges moving to provider API v3",
-                "body": f"Phased migration of {method} traffic over about "
-                f"{max(self.params.ramp_days, 1)} days; charge webhooks follow the v3 schema. "
-                "No change to retry policy.",
+                "title": self._changelog_title(),
+                "body": body,
                 "author": "payments-team",
             }
+        ]
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = self._changelog_title()
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        return [
+            w.changelog(
+                "api-migration", title, "the upstream migration that changed the status vocabulary"
+            )
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -159,11 +199,7 @@ class PaymentStatusRenamed(Fault[Params]):
                     "raw.support_tickets.topic",
                     "billing tickets continue at the usual rate",
                 ),
-                w.changelog(
-                    "api-migration",
-                    f"payments: {METHOD_NAMES[method]} charges moving to provider API v3",
-                    "the upstream migration that changed the status vocabulary",
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 f"Map '{NEW_STATUS}' to 'failed' at ingestion (or count every unsuccessful "
@@ -455,6 +491,49 @@ _WINDOWS = """u AS (SELECT DISTINCT event_id, customer_id, event_ts::DATE AS d, 
             w AS (SELECT *, CASE WHEN n_failed = 0 THEN 'renamed_only'
                                  WHEN n_renamed = 0 THEN 'failed_only' ELSE 'both' END AS kind
                   FROM j)"""
+
+
+def _payments_noise(onset: int, last_day: int) -> list[dict[str, Any]]:
+    """Ordinary payments changes around the onset, none of them touching a charge's status or
+    its retries (none states a number the data would have to hold)."""
+    entries = [
+        (
+            -8,
+            10.0,
+            "payments: receipt email template refreshed",
+            "New layout for payment receipts; amounts and billing dates unchanged.",
+        ),
+        (
+            -3,
+            14.0,
+            "payments: charge history in the support tool",
+            "Support agents can look up a customer's recent charges from the ticket view.",
+        ),
+        (
+            2,
+            16.0,
+            "checkout: update-payment-method screen copy",
+            "Clearer wording on the prompt to update a payment method.",
+        ),
+        (
+            6,
+            9.5,
+            "payments: quarterly compliance scan",
+            "Routine scan of the payments services; no findings.",
+        ),
+    ]
+    return [
+        {
+            "day": min(max(onset + offset, 1), last_day),
+            "hour": hour,
+            "kind": "upstream",
+            "service": "billing",
+            "title": title,
+            "body": body,
+            "author": "payments-team",
+        }
+        for offset, hour, title, body in entries
+    ]
 
 
 def _collapsed(frame: pl.DataFrame) -> bool:

@@ -41,8 +41,6 @@ EDGE = [(name, f.id) for name in EDGE_WORLDS for f in scenario_for(name).faults]
 # shrinks; a fault leaves it when it declares its tells and a world plants it at every tier.
 UNTIERED = {
     "duplicate-billing-events",
-    "online-store-stale",
-    "payment-status-renamed",
     "rolling-drift-reference",
 }
 # (fault id, world) for every fault planted at a tier other than standard: the tiered faults,

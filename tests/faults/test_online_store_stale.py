@@ -146,3 +146,20 @@ def test_answer_key_is_complete() -> None:
     titles = {entry["title"] for entry in f.changelog(CAL)}
     assert {e.ref for e in key.evidence if e.kind == "changelog"} <= titles
     assert 3 <= len(key.investigation) <= 5
+
+
+@pytest.mark.parametrize("tier", ["guided", "standard", "hard"])
+def test_each_tier_logs_its_own_trail(tier: str) -> None:
+    f = OnlineStoreStale(Params(onset_day=24), tier)  # type: ignore[arg-type]
+    entries = f.changelog(CAL)
+    text = " ".join(str(v) for e in entries for v in e.values()).lower()
+    assert all(t.lower() not in text for t in f.tells(tier))  # type: ignore[arg-type]
+    cutover = [e for e in entries if e["day"] == 23 and e["hour"] == 21.0]
+    changelog_evidence = [e for e in f.key(CAL).evidence if e.kind == "changelog"]
+    if tier == "hard":
+        # No entry for the cutover, only routine changes around it; the key cites none.
+        assert not cutover and len(entries) >= 3 and not changelog_evidence
+        assert all(CAL.first_day <= e["day"] <= CAL.last_visible_day for e in entries)
+    else:
+        assert len(cutover) == 1 and len(changelog_evidence) == 1
+        assert ("cluster" in text) == (tier == "guided")

@@ -141,3 +141,19 @@ def test_expected_share_follows_the_ramp() -> None:
     assert fault(onset_day=1, ramp_days=0).expected_share(CAL) == 1.0
     late = fault(onset_day=40, ramp_days=7, migrated_share=0.5).expected_share(CAL)
     assert 0.25 < late < 0.5
+
+
+@pytest.mark.parametrize("tier", ["guided", "standard", "hard"])
+def test_each_tier_logs_its_own_trail(tier: str) -> None:
+    f = PaymentStatusRenamed(Params(onset_day=12), tier)  # type: ignore[arg-type]
+    entries = f.changelog(CAL)
+    text = " ".join(str(v) for e in entries for v in e.values()).lower()
+    assert all(t.lower() not in text for t in f.tells(tier))  # type: ignore[arg-type]
+    changelog_evidence = [e for e in f.key(CAL).evidence if e.kind == "changelog"]
+    if tier == "hard":
+        # No entry for the migration, only ordinary payments changes around it.
+        assert len(entries) >= 3 and not changelog_evidence
+        assert all(CAL.first_day <= e["day"] <= CAL.last_visible_day for e in entries)
+    else:
+        assert [e["day"] for e in entries] == [12] and len(changelog_evidence) == 1
+        assert ("v3" in text) == (tier == "guided")
