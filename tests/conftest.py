@@ -72,6 +72,8 @@ TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
     "threshold-hard": ("threshold", "hard"),
     "time-travel-guided": ("time-travel", "guided"),
     "time-travel-hard": ("time-travel", "hard"),
+    "monitoring-guided": ("monitoring", "guided"),
+    "monitoring-hard": ("monitoring", "hard"),
 }
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.

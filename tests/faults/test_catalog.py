@@ -40,10 +40,8 @@ EDGE = [(name, f.id) for name in EDGE_WORLDS for f in scenario_for(name).faults]
 # The faults whose trail is the same at every tier: they declare no tells yet. This list only
 # shrinks; a fault leaves it when it declares its tells and a world plants it at every tier.
 UNTIERED = {
-    "duplicate-billing-events",
     "online-store-stale",
     "payment-status-renamed",
-    "rolling-drift-reference",
 }
 # (fault id, world) for every fault planted at a tier other than standard: the tiered faults,
 # and the untiered ones that share their worlds (held to the bar there too).
