@@ -74,6 +74,8 @@ TIER_WORLDS: dict[str, tuple[str, Tier] | Path] = {
     "time-travel-hard": ("time-travel", "hard"),
     "composite-guided": ("composite", "guided"),
     "composite-hard": ("composite", "hard"),
+    "monitoring-guided": ("monitoring", "guided"),
+    "monitoring-hard": ("monitoring", "hard"),
 }
 # Unusual parameters: earliest onsets with the smallest severities, and late onsets with the
 # largest, each on another target where the fault has one.

@@ -7,6 +7,11 @@ feature job counts failed-charge rows, so `payment_failures_30d` is inflated for
 whose failure arrived twice: one bounced card looks like two. The model treats them as a step from
 involuntary churn, the retention team spends offers on customers who were never at risk, and
 precision falls.
+
+Its trail by difficulty: guided says the release moved the webhook receiver behind the event bus;
+standard logs the release by its version only; hard does not log it, but ordinary billing changes
+around the onset, so the repeats are found only by counting event_ids and joining the served
+counts to the distinct failed events.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from pydantic import Field
 
 from sandbox import rng
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -39,6 +46,10 @@ OVER_SCORED = 1.25  # score of customers served an inflated count, relative to a
 OVER_CALIBRATED = 1.15  # the same for score over churn rate (churn rates add label noise)
 MIN_CUSTOMERS = 30  # customers a score comparison needs in each group
 MIN_CHURNERS = 15  # matured churn labels a label-based comparison needs in each group
+RELEASE_TITLE = "billing-ingest 3.4: webhook receiver moved to the event bus"
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = ("webhook", "event bus", "ack latency", "queued before")
+HARD_TELLS = (*STANDARD_TELLS, "billing-ingest 3.4")
 
 
 class Params(FaultParams):
@@ -84,19 +95,51 @@ class DuplicateBillingEvents(Fault[Params]):
         """Mean share of events delivered twice over the visible days after onset."""
         return self.params.duplicate_share * self.params.mean_intensity(calendar.last_visible_day)
 
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
+
+    def _release_title(self) -> str | None:
+        """The changelog title of the receiver release at this tier (None: absent)."""
+        return {
+            "guided": RELEASE_TITLE,
+            "standard": "billing-ingest 3.4 rollout",
+            "hard": None,
+        }[self.tier]
+
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
+        title = self._release_title()
+        if title is None:
+            return _routine_noise(self.params.onset_day)
+        days = max(self.params.ramp_days, 1)
+        body = {
+            "guided": "Provider webhooks are queued before they are written; rolled out "
+            f"gradually over about {days} days. Ack latency slightly higher at peak.",
+            "standard": f"Rolled out gradually over about {days} days.",
+        }[self.tier]
         return [
             {
                 "day": self.params.onset_day - 1,
                 "hour": 15.0,
                 "kind": "deploy",
                 "service": "billing-ingest",
-                "title": "billing-ingest 3.4: webhook receiver moved to the event bus",
-                "body": "Provider webhooks are queued before they are written; rolled out "
-                f"gradually over about {max(self.params.ramp_days, 1)} days. Ack latency "
-                "slightly higher at peak.",
+                "title": title,
+                "body": body,
                 "author": "payments-team",
             }
+        ]
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        title = self._release_title()
+        if title is None:
+            return []
+        w = window(calendar, self.params.onset_day)
+        return [
+            w.changelog(
+                "receiver-change",
+                title,
+                "the deploy after which deliveries started repeating",
+                start=w.start - dt.timedelta(days=1),
+            )
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
@@ -154,12 +197,7 @@ class DuplicateBillingEvents(Fault[Params]):
                     r'"rows_in"',
                     "feature-job run_finished lines report more input rows",
                 ),
-                w.changelog(
-                    "receiver-change",
-                    "billing-ingest 3.4: webhook receiver moved to the event bus",
-                    "the deploy after which deliveries started repeating",
-                    start=start - dt.timedelta(days=1),
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Deduplicate on event_id at ingestion (idempotent writes / a unique key) and fix "
@@ -478,3 +516,49 @@ _SERVED = f"""{_FAILS},
                    AND f.d BETWEEN p.request_ts::DATE - 30 AND p.request_ts::DATE - 1
                   WHERE p.source = 'batch' AND p.payment_failures_30d > 0
                   GROUP BY 1)"""
+
+
+def _routine_noise(onset: int) -> list[dict[str, Any]]:
+    """Ordinary billing changes around the onset, none of them touching how events are
+    delivered or stored."""
+    entries = [
+        (
+            -5,
+            10.0,
+            "config",
+            "billing-ingest",
+            "billing-ingest: payments on-call rota updated",
+            "Weekend cover moves to the EU team.",
+            "payments-team",
+        ),
+        (
+            2,
+            16.0,
+            "upstream",
+            "billing",
+            "payments: provider API credentials rotated",
+            "Scheduled rotation; no downtime.",
+            "payments-team",
+        ),
+        (
+            8,
+            11.0,
+            "deploy",
+            "billing-ingest",
+            "billing-ingest: base image OS patch",
+            "Security updates; no behaviour change.",
+            "payments-team",
+        ),
+    ]
+    return [
+        {
+            "day": max(onset + offset, 1),
+            "hour": hour,
+            "kind": kind,
+            "service": service,
+            "title": title,
+            "body": body,
+            "author": author,
+        }
+        for offset, hour, kind, service, title, body, author in entries
+    ]

@@ -10,6 +10,11 @@ reads low watch time as disengagement, flags more and more loyal customers for r
 Each day differs from the trailing window by only a day or two of creep, far under the drift test's
 threshold, so the monitor reports nothing, although the served features end far below the
 training reference it used to compare against.
+
+Its trail by difficulty: guided names the trailing-window reference and the collector migration in
+the changelog; standard logs the same two changes in vague words; hard logs neither, but ordinary
+monitoring and playback-analytics changes around the onset, so the moving reference is found only
+by reading the daily reports against the training reference and the served features.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from sandbox.clock import Calendar
+from sandbox.difficulty import Tier
 from sandbox.faults.base import (
     AnswerKey,
     Check,
+    Evidence,
     Fault,
     FaultParams,
     HookContext,
@@ -47,6 +54,16 @@ MAX_LAG_SHIFT = 0.025
 DRIFT_THRESHOLD = 0.1  # Evidently's default for the normed Wasserstein test
 CHANGE_HOUR = 16.0
 NATURAL_DRIFT = 0.01  # served watch time wanders about this much in a week without any creep
+# Tells: each alone would point at the cause at the tiers that hide it.
+STANDARD_TELLS = (
+    "trailing",
+    "reference =",
+    "recent fleet",
+    "collector migration",
+    "heartbeat collector",
+    "new collector",
+)
+HARD_TELLS = (*STANDARD_TELLS, "reference settings", "shard by shard", "collector")
 
 
 class Params(FaultParams):
@@ -130,26 +147,52 @@ class RollingDriftReference(Fault[Params]):
         return window if window.height else reference
 
     # -- story ------------------------------------------------------------------------------------
-    def _config_title(self) -> str:
-        return (
-            f"drift monitor: reference = trailing {self.params.window_days} day(s) of served "
-            "features"
-        )
+    def tells(self, tier: Tier) -> tuple[str, ...]:
+        return {"guided": (), "standard": STANDARD_TELLS, "hard": HARD_TELLS}[tier]
 
-    def _upstream_title(self) -> str:
-        return "playback analytics: heartbeat collector migration, shard by shard"
+    def _titles(self) -> tuple[str | None, str | None]:
+        """The changelog titles of the upstream migration and of the reference change at this
+        tier (None: absent)."""
+        return {
+            "guided": (
+                "playback analytics: heartbeat collector migration, shard by shard",
+                f"drift monitor: reference = trailing {self.params.window_days} day(s) of served "
+                "features",
+            ),
+            "standard": (
+                "playback analytics: pipeline maintenance, shard by shard",
+                "drift monitor: reference settings updated",
+            ),
+            "hard": (None, None),
+        }[self.tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         onset = self.params.onset_day
+        if self.tier == "hard":
+            return _routine_noise(onset)
+        upstream, config = self._titles()
+        bodies = {
+            "guided": (
+                "Watch-time events move to the new collector over the coming weeks; same schema, "
+                "same tables.",
+                "Against the training snapshot, playback_errors_7d sits near the drift threshold "
+                "around every app release. Comparing with the recent fleet tracks seasonality and "
+                "cuts the noise; first report on the new reference tomorrow.",
+            ),
+            "standard": (
+                "Over the coming weeks; same schema, same tables.",
+                "Fewer false alarms around app releases; first report on the new settings "
+                "tomorrow.",
+            ),
+        }[self.tier]
         return [
             {
                 "day": onset - 1,
                 "hour": 11.0,
                 "kind": "upstream",
                 "service": "playback-analytics",
-                "title": self._upstream_title(),
-                "body": "Watch-time events move to the new collector over the coming weeks; "
-                "same schema, same tables.",
+                "title": upstream,
+                "body": bodies[0],
                 "author": "analytics-eng",
             },
             {
@@ -157,13 +200,34 @@ class RollingDriftReference(Fault[Params]):
                 "hour": CHANGE_HOUR,
                 "kind": "config",
                 "service": "monitoring",
-                "title": self._config_title(),
-                "body": "Against the training snapshot, playback_errors_7d sits near the drift "
-                "threshold around every app release. Comparing with the recent fleet tracks "
-                "seasonality and cuts the noise; first report on the new reference tomorrow.",
+                "title": config,
+                "body": bodies[1],
                 "author": "ml-platform",
             },
         ]
+
+    def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:
+        w = window(calendar, self.params.onset_day)
+        upstream, config = self._titles()
+        evidence = []
+        if config is not None:
+            evidence.append(
+                w.changelog(
+                    "reference-config",
+                    config,
+                    "the monitoring change that made the creep invisible",
+                )
+            )
+        if upstream is not None:
+            evidence.append(
+                w.changelog(
+                    "collector-migration",
+                    upstream,
+                    "the upstream change behind the creep",
+                    start=w.start - dt.timedelta(days=1),
+                )
+            )
+        return evidence
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)
@@ -236,17 +300,7 @@ class RollingDriftReference(Fault[Params]):
                     "batch-scoring positive rate climbs week after week (more "
                     "customers flagged, lower precision) without reaching its alert band",
                 ),
-                w.changelog(
-                    "reference-config",
-                    self._config_title(),
-                    "the monitoring change that made the creep invisible",
-                ),
-                w.changelog(
-                    "collector-migration",
-                    self._upstream_title(),
-                    "the upstream change behind the creep",
-                    start=start - dt.timedelta(days=1),
-                ),
+                *self._changelog_evidence(calendar),
             ],
             acceptable_fixes=[
                 "Compare against a fixed reference (the training set of the serving model) as "
@@ -345,7 +399,16 @@ class RollingDriftReference(Fault[Params]):
                     >= 0.5 * self._expected_normed_shift(calendar, f) - 0.02
                 ),
             ),
-            Step(
+            self._last_step(calendar),
+        ]
+
+    def _last_step(self, calendar: Calendar) -> Step:
+        """Guided and standard: the changelog names the reference change. Hard: it does not, and
+        the creep is traced to the source instead (watch time per session, sessions steady)."""
+        start = calendar.date(self.params.onset_day)
+        _, config = self._titles()
+        if config is not None:
+            return Step(
                 question="What changed in monitoring and upstream around then?",
                 sql=f"""
                     SELECT ts, kind, service, title, body FROM ops.changelog
@@ -353,10 +416,28 @@ class RollingDriftReference(Fault[Params]):
                       AND ts < DATE '{start}' + INTERVAL 3 DAY
                     ORDER BY ts""",
                 evidence="reference-config",
-                finding="the drift reference became a trailing window on the day the creep began",
-                found=lambda f: self._config_title() in f["title"].to_list(),
-            ),
-        ]
+                finding="the drift reference changed on the day the creep began",
+                found=lambda f: config in f["title"].to_list(),
+            )
+        last = calendar.last_visible_day
+        # The last full week seen against the week before onset, in minutes per session.
+        want = 1 - float(np.mean([self.factor(d) for d in range(last - 6, last + 1)]))
+        return Step(
+            question="Do customers watch less, or does the source report less per session?",
+            sql=f"""
+                SELECT activity_date >= DATE '{start}' AS after_onset,
+                       activity_date > DATE '{calendar.date(last)}' - 7 AS last_week,
+                       round(sum(sessions) / count(DISTINCT activity_date), 1)
+                           AS sessions_per_day,
+                       round(sum({COLUMN}) / sum(sessions), 3) AS minutes_per_session
+                FROM raw.viewing_activity
+                WHERE activity_date >= DATE '{start}' - 7
+                GROUP BY 1, 2 ORDER BY 1, 2""",
+            evidence="source-decline",
+            finding="sessions hold steady while minutes per session fall week after week from "
+            "onset: the source under-reports watch time",
+            found=lambda f: _per_session_drop(f) >= 0.5 * want - NATURAL_DRIFT,
+        )
 
     def _expected_normed_shift(self, calendar: Calendar, training: pl.DataFrame) -> float:
         """Expected |mean shift| / training sd of the 7-day feature on the last report day;
@@ -473,6 +554,70 @@ class RollingDriftReference(Fault[Params]):
             )
         )
         return checks
+
+
+def _per_session_drop(frame: pl.DataFrame) -> float:
+    """The fall of minutes per session from the week before onset to the last week seen."""
+    before = frame.filter(~pl.col("after_onset"))["minutes_per_session"]
+    last = frame.filter(pl.col("after_onset") & pl.col("last_week"))["minutes_per_session"]
+    if before.is_empty() or last.is_empty() or not before[0]:
+        return 0.0
+    return 1 - num(last[0]) / num(before[0])
+
+
+def _routine_noise(onset: int) -> list[dict[str, Any]]:
+    """Ordinary monitoring and playback-analytics changes around the onset, none of them touching
+    what the drift report compares with or what the collectors count."""
+    entries = [
+        (
+            -6,
+            10.0,
+            "config",
+            "monitoring",
+            "drift report: daily summary posted to #ml-monitoring",
+            "Count of drifted features per report; the per-feature detail stays in the report.",
+            "ml-platform",
+        ),
+        (
+            -2,
+            15.0,
+            "upstream",
+            "playback-analytics",
+            "playback analytics: on-call rotation adds EU hours",
+            "Questions about watch-time data go to #playback-data.",
+            "analytics-eng",
+        ),
+        (
+            3,
+            11.5,
+            "config",
+            "monitoring",
+            "alerting: model alert notifications moved to #ml-monitoring-alerts",
+            "Channel change only; the alert rules are unchanged.",
+            "ml-platform",
+        ),
+        (
+            6,
+            14.0,
+            "upstream",
+            "playback-analytics",
+            "playback analytics: viewing-activity field descriptions updated",
+            "Documentation only; same schema, same tables.",
+            "analytics-eng",
+        ),
+    ]
+    return [
+        {
+            "day": max(onset + offset, 1),
+            "hour": hour,
+            "kind": kind,
+            "service": service,
+            "title": title,
+            "body": body,
+            "author": author,
+        }
+        for offset, hour, kind, service, title, body, author in entries
+    ]
 
 
 def _training_stats_sql() -> str:

@@ -3,9 +3,9 @@ where planted and not in the control world, its reference investigation reaches 
 its answer key points at real data. The parts of the bar that need no world run on every fault
 as it is planted, without building anything.
 
-Difficulty: every fault world is at standard; the faults that declare their tells per tier are
-also held to the bar at guided and hard (`TIER_WORLDS`), and at each tier none of their tells is
-in what the candidate can read, dashboards included."""
+Difficulty: every fault world is at standard; every fault declares its tells per tier and is also
+held to the bar at guided and hard (`TIER_WORLDS`), and at each tier none of its tells is in what
+the candidate can read, dashboards included."""
 
 from __future__ import annotations
 
@@ -37,14 +37,7 @@ def _fault(world: str, fault_id: str) -> Fault:
 
 FAULTS = sorted(_planted().items())
 EDGE = [(name, f.id) for name in EDGE_WORLDS for f in scenario_for(name).faults]
-# The faults whose trail is the same at every tier: they declare no tells yet. This list only
-# shrinks; a fault leaves it when it declares its tells and a world plants it at every tier.
-UNTIERED = {
-    "duplicate-billing-events",
-    "rolling-drift-reference",
-}
-# (fault id, world) for every fault planted at a tier other than standard: the tiered faults,
-# and the untiered ones that share their worlds (held to the bar there too).
+# (fault id, world) for every fault planted at a tier other than standard.
 TIERED = sorted((f.id, name) for name in TIER_WORLDS for f in scenario_for(name).faults)
 
 
@@ -135,18 +128,10 @@ def test_decoys_happen_and_are_explained_to_the_interviewer(worlds: Worlds, worl
         assert decoy.id in key
 
 
-def _declares_tells(fault_id: str) -> bool:
-    return registry.get(fault_id).tells is not Fault.tells
-
-
-def test_the_untiered_list_is_exactly_the_faults_without_tells() -> None:
-    untiered = {fault_id for fault_id in registry.catalog() if not _declares_tells(fault_id)}
-    assert untiered == UNTIERED, "a fault that declares its tells leaves UNTIERED"
-
-
-def test_every_tiered_fault_is_planted_at_every_tier() -> None:
-    for fault_id in set(registry.catalog()) - UNTIERED:
+def test_every_fault_declares_its_tells_and_is_planted_at_every_tier() -> None:
+    for fault_id in registry.catalog():
         cls = registry.get(fault_id)
+        assert cls.tells is not Fault.tells, f"{fault_id}: declares no tells"
         assert cls(cls.Params()).tells("hard"), f"{fault_id}: hides nothing at hard"
         planted = {
             f.tier
@@ -163,9 +148,8 @@ def test_the_investigation_fits_each_tier(fault_id: str, tier: str) -> None:
     cls = registry.get(fault_id)
     fault = cls(cls.Params(), tier)  # type: ignore[arg-type]
     testing.assert_answer_key_complete(fault, CAL)
-    if fault_id not in UNTIERED:
-        testing.assert_investigation_fits_tier(fault, CAL)
-        assert fault.key(CAL).difficulty == tier
+    testing.assert_investigation_fits_tier(fault, CAL)
+    assert fault.key(CAL).difficulty == tier
 
 
 @pytest.mark.parametrize(("fault_id", "world"), TIERED)
@@ -194,7 +178,7 @@ def _dashboard_texts(built: BuildSummary) -> list[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize(
     ("fault_id", "world"),
-    [*((f, w) for f, w in FAULTS if f not in UNTIERED), *TIERED],
+    [*FAULTS, *TIERED],
 )
 def test_no_tell_of_the_tier_is_candidate_visible(
     worlds: Worlds, fault_id: str, world: str
@@ -214,7 +198,7 @@ def test_the_tells_scan_catches_a_tell_on_a_dashboard(faulty_world: BuildSummary
 
 @pytest.mark.parametrize(
     ("fault_id", "world"),
-    [(f, w) for f, w in TIERED if f not in UNTIERED and scenario_for(w).difficulty == "guided"],
+    [(f, w) for f, w in TIERED if scenario_for(w).difficulty == "guided"],
 )
 def test_the_guided_world_shows_what_harder_tiers_hide(
     worlds: Worlds, fault_id: str, world: str
