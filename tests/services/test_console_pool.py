@@ -26,6 +26,9 @@ from tests.services.conftest import gateway_client, session_maker, world_paths
 # Long enough that waiting out a flooding query is told apart from a busy machine's slowness:
 # the suite's other test process shares the two cores with the flood.
 TIME_LIMIT_S = 3.0
+# Whoever waited for a flooding query waited at least the time limit; a busy machine alone stays
+# under this share of it.
+PROMPT_S = 0.8 * TIME_LIMIT_S
 # Slow enough to hold a worker past a flood's length, yet ended by the time limit.
 SLOW = "SELECT count(*) FROM serving.predictions a, serving.predictions b"
 GROWTH_LIMIT_MB = 150  # the gateway's own growth over every bomb together
@@ -163,8 +166,8 @@ def test_one_session_flooding_leaves_the_others_and_the_interviewer_their_latenc
     assert codes.count(429) >= flood_size - pool.per_owner - 4, codes
     assert set(codes) <= {400, 429}, codes  # the accepted ones end at the time limit
     # Nobody waits for a flooding query to reach its time limit.
-    assert _p95(other_s) < TIME_LIMIT_S / 2, other_s
-    assert _p95(review_s) < TIME_LIMIT_S / 2, review_s
+    assert _p95(other_s) < PROMPT_S, other_s
+    assert _p95(review_s) < PROMPT_S, review_s
     refused = client.post("/api/sql", json={"sql": SLOW}, headers=flooder)
     assert refused.status_code in (400, 200)  # the flood is over: the session may query again
 
@@ -218,7 +221,7 @@ def test_health_reports_a_saturated_console(
     assert seen.status_code == 503
     assert seen.json()["console"]["waiting"] >= 1
     assert mine.status_code == 200 and mine.json()["rows"] == [[1]], mine.text
-    assert interviewer_s < TIME_LIMIT_S / 2, f"the interviewer waited {interviewer_s:.1f} s"
+    assert interviewer_s < PROMPT_S, f"the interviewer waited {interviewer_s:.1f} s"
 
 
 def test_a_reach_for_the_catalog_is_recorded_as_such(
