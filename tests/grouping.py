@@ -13,17 +13,21 @@ def mark_and_group(items: list[pytest.Item]) -> None:
     shared stack are one group, so it is started once, on one worker. The tests of a module with
     a module-scoped fixture (its own stack, a session, a build) are a group per module, so that
     fixture is set up once, not once per worker."""
+    shared, others = [], []
     for item in items:
-        if "worlds" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "worlds" in fixtures:
             item.add_marker(pytest.mark.world)
-        if "shared_stack" in getattr(item, "fixturenames", ()):
+        if "shared_stack" in fixtures:
             item.add_marker(pytest.mark.xdist_group("shared-stack"))
-        elif _has_module_fixture(item):
+            shared.append(item)
+            continue
+        if _has_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        others.append(item)
     # Run in one process, the shared stack's tests come last, so it is up only once the other
     # stacks are down.
-    shared = [i for i in items if "shared_stack" in getattr(i, "fixturenames", ())]
-    items[:] = [i for i in items if i not in shared] + shared
+    items[:] = others + shared
 
 
 def _has_module_fixture(item: pytest.Item) -> bool:
