@@ -81,13 +81,9 @@ def test_labels_arrive_late(faulty_db: duckdb.DuckDBPyConnection) -> None:
 
 
 def _build_fresh(builtin: str, seed: int | None, out: str) -> dict:
-    """A build of a built-in scenario in a worker process, with one OpenMP thread (the test
-    session shares the cores)."""
-    from threadpoolctl import threadpool_limits
-
+    """A build of a built-in scenario in a worker process."""
     spec = scenario.builtin(builtin).with_overrides(seed=seed, scale=SMALL_SCALE)
-    with threadpool_limits(limits=1, user_api="openmp"):
-        return build(spec, Path(out)).manifest
+    return build(spec, Path(out)).manifest
 
 
 @pytest.fixture(scope="module")
