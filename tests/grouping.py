@@ -13,7 +13,7 @@ def mark_and_group(items: list[pytest.Item]) -> None:
     shared stack are one group, so it is started once, on one worker. The tests of a module with
     a module-scoped fixture (its own stack, a session, a build) are a group per module, so that
     fixture is set up once, not once per worker."""
-    shared, others = [], []
+    shared, grouped, others = [], [], []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "worlds" in fixtures:
@@ -21,13 +21,16 @@ def mark_and_group(items: list[pytest.Item]) -> None:
         if "shared_stack" in fixtures:
             item.add_marker(pytest.mark.xdist_group("shared-stack"))
             shared.append(item)
-            continue
-        if _has_module_fixture(item):
+        elif _has_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-        others.append(item)
-    # Run in one process, the shared stack's tests come last, so it is up only once the other
-    # stacks are down.
-    items[:] = others + shared
+            grouped.append(item)
+        else:
+            others.append(item)
+    # Workers take groups in this order. The longest go first (the shared stack's tests run for
+    # minutes on one worker; a module's own stack or build for tens of seconds), so the many
+    # short tests fill the other worker meanwhile and the run does not end on one worker
+    # finishing a long group while the other waits.
+    items[:] = shared + grouped + others
 
 
 def _has_module_fixture(item: pytest.Item) -> bool:

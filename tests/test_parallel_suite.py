@@ -67,28 +67,50 @@ def test_alone(n):
 
 
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
-PYTEST += ["--dist", "loadgroup"]
+PYTEST += ["--dist", "loadgroup", "--no-loadscope-reorder"]
 
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().split()
 
 
-def test_a_stack_shared_by_modules_and_a_modules_own_fixture_are_set_up_once(
-    tmp_path: Path,
-) -> None:
+def _suite(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text(CONFTEST)
     for name in ("test_shared_a.py", "test_shared_b.py"):
         (tmp_path / name).write_text(SHARED)
     (tmp_path / "test_module.py").write_text(MODULE)
-    run = subprocess.run(
-        [*PYTEST, "-c", os.devnull, "--rootdir", str(tmp_path), str(tmp_path)],
+
+
+def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*args, "-c", os.devnull, "--rootdir", str(tmp_path), str(tmp_path)],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_the_longest_groups_are_handed_out_first(tmp_path: Path) -> None:
+    """The shared stack's tests, then each module's group, then the tests that stand alone."""
+    _suite(tmp_path)
+    run = _pytest(tmp_path, sys.executable, "-m", "pytest", "-q", "--collect-only")
+    assert run.returncode == 0, run.stdout + run.stderr
+    # test_module.py is collected before test_shared_*.py: the order is the hook's.
+    tests = [line for line in run.stdout.splitlines() if "::" in line]
+    kinds = [
+        "shared" if "shared_stack" in t else "module" if "modules_stack" in t else "alone"
+        for t in tests
+    ]
+    assert kinds == ["shared"] * 8 + ["module"] * 6 + ["alone"] * 6, tests
+
+
+def test_a_stack_shared_by_modules_and_a_modules_own_fixture_are_set_up_once(
+    tmp_path: Path,
+) -> None:
+    _suite(tmp_path)
+    run = _pytest(tmp_path, *PYTEST)
     assert run.returncode == 0, run.stdout + run.stderr
     out = tmp_path / "out"
     assert len(_lines(out / "shared-runs")) == 8 and len(set(_lines(out / "shared-runs"))) == 1
