@@ -36,7 +36,7 @@ def touched(
 
 
 def _touches(e: dict[str, Any], kind: str, detail: dict[str, Any], shown: Shown) -> bool:
-    start, end = _window(e)
+    start, end = window(e)
     if not _overlaps(detail, start, end):
         return False
     ref = e["ref"]
@@ -75,7 +75,7 @@ def _touches(e: dict[str, Any], kind: str, detail: dict[str, Any], shown: Shown)
     return False
 
 
-def _window(e: dict[str, Any]) -> tuple[dt.date, dt.date]:
+def window(e: dict[str, Any]) -> tuple[dt.date, dt.date]:
     return dt.date.fromisoformat(str(e["window_start"])), dt.date.fromisoformat(
         str(e["window_end"])
     )

@@ -1,0 +1,197 @@
+"""How strongly the candidate reached each piece of answer-key evidence: seeing it, asking of it,
+or citing it.
+
+- shown: an event put it in front of them (the tag the store gave the event when it was
+  recorded: a panel, page, log search, changelog, report, or a query's rows).
+- queried: their own SQL asked a question of it, inside its window: for a table column, the
+  statement filters, groups or joins on that column (`sql_conditions`); for a metric, it filters
+  `telemetry.metrics` with a literal naming the metric (equal to it, or a LIKE pattern or a part
+  of at least three characters that matches it); for a log pattern, it filters `telemetry.logs`
+  and returned a matching line; for a changelog entry, it filters `ops.changelog` and returned
+  the entry or compared with a literal naming it. Inside the window means the query returned
+  rows and the dates among them (the event's `seen`) include one in the window, or none are
+  dates.
+- cited: a sentence of the diagnosis names it (its column, metric or changelog title, or a
+  line its log pattern matches) next to a number or date the candidate saw (`cited.matches`) in
+  an event that showed or queried it.
+
+Computed from the recorded history when the review is built, so older sessions get it too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from sandbox.review import cited, sql_conditions
+from sandbox.review.evidence import window
+
+STRENGTHS = ("shown", "queried", "cited")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\s*\n+\s*")
+MIN_PART = 3  # the shortest literal taken to name a metric or changelog entry by a part of it
+
+
+def shown(e: dict[str, Any], item: dict[str, Any]) -> bool:
+    return e["id"] in item.get("evidence", [])
+
+
+def queried(e: dict[str, Any], item: dict[str, Any]) -> bool:
+    """Whether this event is the candidate's own query asking a question of `e` in its window."""
+    detail = item["detail"]
+    if item["kind"] != "sql" or detail.get("error") or not detail.get("rows"):
+        return False
+    if not dated_in_window(e, item):
+        return False
+    asked = conditions_of(item)
+    ref = str(e["ref"])
+    if e["kind"] == "table_column":
+        return ref.lower() in asked.columns
+    if e["kind"] == "metric":
+        name = ref.split("{")[0]
+        return "telemetry.metrics" in asked.tables and any(names(c, name) for c in asked.constants)
+    if e["kind"] == "log_pattern":
+        return _filters_table(asked, "telemetry.logs") and shown(e, item)
+    if e["kind"] == "changelog":
+        return _filters_table(asked, "ops.changelog") and (
+            shown(e, item) or any(names(c, ref) for c in asked.constants)
+        )
+    return False
+
+
+def looked_at(e: dict[str, Any], item: dict[str, Any]) -> bool:
+    """Whether the event showed or queried `e`, for evidence the store does not tag when it
+    records (a decoy's): judged from what the event kept, its tables, columns, SQL and the values
+    it showed, since the lines themselves are not kept."""
+    if shown(e, item) or queried(e, item):
+        return True
+    detail = item["detail"]
+    if detail.get("error") or not dated_in_window(e, item):
+        return False
+    ref = str(e["ref"])
+    if e["kind"] == "changelog":
+        return item["kind"] == "changelog" and bool(detail.get("entries"))
+    if item["kind"] not in ("sql", "panel") or not detail.get("rows"):
+        return False
+    if e["kind"] == "table_column":
+        columns = set(detail.get("columns", []))
+        return ref in columns or f"{ref.rpartition('.')[0]}.*" in columns
+    if e["kind"] == "metric":
+        return (
+            "telemetry.metrics" in detail.get("tables", [])
+            and ref.split("{")[0].lower() in str(detail.get("sql", "")).lower()
+        )
+    return False
+
+
+def conditions_of(item: dict[str, Any]) -> sql_conditions.Conditions:
+    detail = item["detail"]
+    return sql_conditions.conditions(str(detail.get("sql", "")), detail.get("columns", []))
+
+
+def dated_in_window(e: dict[str, Any], item: dict[str, Any]) -> bool:
+    start, end = window(e)
+    dates = [d for d in (_date(v) for v in item.get("seen", [])) if d is not None]
+    return not dates or any(start <= d <= end for d in dates)
+
+
+def _date(value: str) -> dt.date | None:
+    if not _DATE.match(value):
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _filters_table(asked: sql_conditions.Conditions, table: str) -> bool:
+    return any(c.rpartition(".")[0] == table for c in asked.filtered)
+
+
+def names(literal: str, name: str) -> bool:
+    """Whether a literal of a condition names `name`: equal to it, a LIKE pattern matching it, or
+    a part of it (as `contains` or a regular expression would be written)."""
+    literal, name = literal.lower(), name.lower()
+    if "%" in literal or "_" in literal:
+        pattern = "".join(
+            ".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in literal
+        )
+        if re.fullmatch(pattern, name, re.DOTALL):
+            return True
+    core = literal.strip("%^$")
+    return core == name or (len(core) >= MIN_PART and core in name)
+
+
+def term(e: dict[str, Any]) -> str | None:
+    """The word a diagnosis would use for `e`: its column, metric or changelog title; None for
+    a log pattern, which is matched as a pattern."""
+    if e["kind"] == "table_column":
+        return str(e["ref"]).rsplit(".", 1)[-1]
+    if e["kind"] in ("metric", "changelog"):
+        return str(e["ref"]).split("{")[0]
+    return None
+
+
+def normal(text: str) -> str:
+    """Lowercase words separated by single spaces, padded: `" term " in normal(text)` finds a
+    whole-word mention whatever the punctuation."""
+    return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()) + " "
+
+
+def names_evidence(e: dict[str, Any], sentence: str) -> bool:
+    word = term(e)
+    if word is None:
+        try:
+            return re.search(str(e["ref"]), sentence) is not None
+        except re.error:
+            return False
+    return normal(word) in normal(sentence)
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def of_evidence(
+    e: dict[str, Any], timeline: list[dict[str, Any]], diagnosis: Iterable[str], tagged: bool
+) -> dict[str, Any]:
+    """`strength` (the strongest reached, or None) and, per strength, the first event that
+    reached it (`seq`, `offset_s`; for cited also the value written and the sentence).
+    `tagged`: the store tagged events with this evidence when it recorded them (a fault's); if
+    not (a decoy's), what was shown is judged from what the events kept."""
+    reached = (lambda i: shown(e, i) or queried(e, i)) if tagged else (lambda i: looked_at(e, i))
+    touching = [i for i in timeline if reached(i)]
+    first_shown = next((i for i in touching if shown(e, i) or not tagged), None)
+    first_queried = next((i for i in touching if queried(e, i)), None)
+    found: dict[str, Any] = {
+        "shown": _at(first_shown),
+        "queried": _at(first_queried),
+        "cited": _citation(e, touching, diagnosis),
+    }
+    strongest = next((s for s in reversed(STRENGTHS) if found[s]), None)
+    return {"strength": strongest, "strengths": found}
+
+
+def _citation(
+    e: dict[str, Any], touching: list[dict[str, Any]], diagnosis: Iterable[str]
+) -> dict[str, Any] | None:
+    best: dict[str, Any] | None = None
+    for sentence in (s for text in diagnosis for s in sentences(text)):
+        if not names_evidence(e, sentence):
+            continue
+        for value in cited.values_in(sentence):
+            item = next((i for i in touching if cited.seen_in(value, i.get("seen", []))), None)
+            if item is not None and (best is None or item["seq"] < best["seq"]):
+                best = {
+                    "seq": item["seq"],
+                    "offset_s": item["offset_s"],
+                    "value": value.text,
+                    "sentence": sentence,
+                }
+    return best
+
+
+def _at(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {"seq": item["seq"], "offset_s": item["offset_s"]} if item else None
