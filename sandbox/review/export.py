@@ -79,6 +79,16 @@ def _underscores(run: re.Match[str]) -> str:
     return "\\_" * (end - start)
 
 
+# How each kind of walk-through probe is labelled.
+PROBE_LABELS = {
+    "decisive_query": "query",
+    "ruled_out": "ruled out",
+    "unbacked_claim": "unbacked claim",
+    "answer_key": "answer key",
+    "generic": "closing",
+}
+
+_env.globals["probe_kinds"] = PROBE_LABELS
 _env.filters["clock"] = clock
 _env.filters["md"] = md_inline
 _env.filters["md_block"] = md_block

@@ -6,8 +6,11 @@ routes and `sandbox review` both gather it here; the store may be read while a s
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import duckdb
 
 from sandbox.layout import WorldPaths, read_manifest
 from sandbox.review import report
@@ -32,9 +35,15 @@ def describe(store: SessionStore, session: Session) -> dict[str, Any]:
 
 
 def gather_review(
-    store: SessionStore, answer_key: dict[str, Any], session: Session, world: Path
+    store: SessionStore,
+    answer_key: dict[str, Any],
+    session: Session,
+    world: Path,
+    schema: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The review of `session` from what the store recorded, read as of one moment."""
+    """The review of `session` from what the store recorded, read as of one moment. `schema`:
+    the world's candidate tables as the schema browser lists them (`read_schema`), for naming
+    the tables and columns the diagnosis claims; without it, those the events read."""
     with store.snapshot():
         diagnoses = [
             {
@@ -48,8 +57,29 @@ def gather_review(
         history = store.history(session.id)
         scores = store.scores(session.id)
     return report.build(
-        describe(store, session), history, diagnoses, answer_key, scores, read_manifest(world)
+        describe(store, session),
+        history,
+        diagnoses,
+        answer_key,
+        scores,
+        read_manifest(world),
+        schema_names(schema) if schema is not None else None,
     )
+
+
+def schema_names(schema: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """`schema.table` -> its column names."""
+    return {t["table"]: [c["name"] for c in t.get("columns", [])] for t in schema}
+
+
+def _world_schema(paths: WorldPaths) -> list[dict[str, Any]] | None:
+    """The world's candidate tables, or None when its file cannot be read now."""
+    from sandbox.services.gateway.state import read_schema  # the schema browser's own listing
+
+    try:
+        return read_schema(paths)
+    except (duckdb.Error, OSError):
+        return None
 
 
 def review_of(world: Path, session_id: str) -> dict[str, Any]:
@@ -67,6 +97,6 @@ def review_of(world: Path, session_id: str) -> dict[str, Any]:
         session = store.get(session_id)
         if session is None:
             raise NoReview(f"no session {session_id}")
-        return gather_review(store, answer_key, session, paths.root)
+        return gather_review(store, answer_key, session, paths.root, _world_schema(paths))
     finally:
         store.close()

@@ -106,7 +106,7 @@ def _ruled_out(
             {
                 "kind": "ruled_out",
                 "text": f"{decoy.get('title', decoy.get('decoy_id', 'A change'))}: you looked at "
-                f"it from {clock(first['offset_s'])} ({len(seqs)} events). How did you rule it "
+                f"it from {clock(first['offset_s'])} ({_events(len(seqs))}). How did you rule it "
                 "out as the cause?",
                 "events": seqs,
             }
@@ -135,6 +135,10 @@ def _unbacked(claims: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for c in claims
         if not c["backed_by"]
     ]
+
+
+def _events(n: int) -> str:
+    return f"{n} event" if n == 1 else f"{n} events"
 
 
 def _short(column: str) -> str:

@@ -86,13 +86,33 @@ def _elements(markdown: str) -> Counter[str]:
     return Counter({t: n for t, n in tags.items() if t not in LAYOUT_ONLY})
 
 
+def _sections(markdown: str) -> tuple[str, dict[str, str]]:
+    """The report without the sections whose length follows what the candidate wrote (the
+    claims of the diagnosis, the probes), and those sections by heading."""
+    parts = re.split(r"^(## .*)$", markdown, flags=re.M)
+    counted = {"## Claims of the diagnosis", "## Probes for the walk-through"}
+    rest = parts[0] + "".join(
+        h + body for h, body in zip(parts[1::2], parts[2::2], strict=True) if h not in counted
+    )
+    lists = {h: body for h, body in zip(parts[1::2], parts[2::2], strict=True) if h in counted}
+    return rest, lists
+
+
 def test_candidate_text_in_the_exports_is_inert() -> None:
     hostile = export.to_markdown(_review(HOSTILE, "Ada <b>FORGED</b>\n# ✔ found FORGED"))
     plain = export.to_markdown(_review([PLAIN] * len(HOSTILE), "Ada"))
     # No raw HTML anywhere: the template writes none, and the candidate's is escaped.
     assert not re.search(r"<[A-Za-z!/?]", hostile)
-    # Rendered, the report has exactly the elements it has for a candidate writing plain words.
-    assert _elements(hostile) == _elements(plain)
+    # Rendered, the report has exactly the elements it has for a candidate writing plain words...
+    hostile_rest, hostile_lists = _sections(hostile)
+    assert _elements(hostile_rest) == _elements(_sections(plain)[0])
+    # ...and where it lists one item per claim or probe, each line is one flat item.
+    assert len(hostile_lists) == 2
+    for heading, body in hostile_lists.items():
+        items = len(re.findall(r"^- ", body, re.M))
+        elements = _elements(heading + body)
+        assert items > 0 and elements["li"] == items, heading
+        assert set(elements) <= {"h2", "ul", "li", "em", "strong"}, heading
     # Read as text, no line of the file starts with the candidate's markup.
     starts = {line.strip() for line in HOSTILE if not line[0].isalpha()}
     forged = [

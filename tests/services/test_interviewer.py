@@ -105,7 +105,7 @@ def test_the_review_marks_exactly_the_evidence_the_investigation_touched(
     assert review["diagnosis"]["final"] == DIAGNOSIS
     assert review["diagnosis"]["versions"][-1]["submitted"]
     assert review["session"]["state"] == "submitted"
-    assert any("next experiment" in p for p in review["probes"])
+    assert any("next experiment" in p["text"] for p in review["probes"])
 
 
 @pytest.fixture(scope="module")
