@@ -13,6 +13,7 @@ from typing import Any
 from markdown_it import MarkdownIt
 
 from sandbox.review import export, report
+from tests.review import histories
 from tests.review.test_report import KEY, START
 
 # What a candidate may type to forge a line of the report, or run script in whoever opens it.
@@ -132,3 +133,55 @@ def test_candidate_text_in_the_exports_is_inert() -> None:
     page = export.to_html(_review(HOSTILE, "Ada <b>FORGED</b>"))
     assert "<script" not in page and "<img" not in page and "<b>FORGED" not in page
     assert "&lt;script&gt;alert(&#39;FORGED&#39;)&lt;/script&gt;" in page
+
+
+def test_the_exports_show_strengths_claims_and_probes_with_the_candidate_text_escaped() -> None:
+    va = "raw.viewing_activity"
+    history = [
+        histories.sql(
+            2,
+            38,
+            f"SELECT activity_date, count(*) FROM {va} WHERE minutes_watched IS NULL GROUP BY 1",
+            [f"{va}.activity_date", f"{va}.minutes_watched"],
+            ["2026-03-14", "0.5951"],
+            ["nulls"],
+        )
+    ]
+    text = "minutes_watched hit 0.595 in March. <script>alert(1)</script> *SDK* 7.2 caused it."
+    review = histories.build(history, [histories.diagnosis(300, root_cause=text)])
+    markdown = export.to_markdown(review)
+    page = export.to_html(review)
+    # Strengths per fault and per evidence.
+    assert re.search(
+        r"^\| Watch time goes missing \| guided \| 1 / 2 \(queried 1, cited 1\) \| 0:38 \| 0:38 \| 0:38 \|",
+        markdown,
+        re.M,
+    )
+    assert "✔ cited — `raw.viewing_activity.minutes_watched`" in markdown
+    assert "queried 0:38 (#2) · cited “0.595”, seen 0:38 (#2)" in markdown
+    assert 'data-evidence="nulls" data-strength="cited"' in page
+    assert 'data-evidence="latency" data-strength=""' in page
+    # Claims, unbacked first, the candidate's sentence escaped in both.
+    unbacked = "nothing the candidate ran showed 7.2 (number)"
+    assert (
+        f"- “&lt;script&gt;alert(1)&lt;/script&gt; \\*SDK\\* 7.2 caused it.” — {unbacked}"
+        in markdown
+    )
+    assert re.search(r"^- number “0\.595” — seen in #2 at 0:38 \(SELECT", markdown, re.M)
+    assert "“&lt;script&gt;alert(1)&lt;/script&gt; *SDK* 7.2 caused it.”" in page
+    assert "<script>" not in page
+    assert 'seen in <a href="#event-2">#2</a> at 0:38' in page
+    assert 'id="event-2"' in page
+    # Probes with the events they ask about.
+    assert re.search(
+        r"^- \*query\*: Query \\#2 at 0:38 .*why filter on .* \(events 2\)$", markdown, re.M
+    )
+    assert re.search(
+        r"^- \*unbacked claim\*: You wrote “&lt;script&gt;.*where did you see 7\.2\?$",
+        markdown,
+        re.M,
+    )
+    assert (
+        '<li data-probe="decisive_query"><span class="kind">query</span> Query #2 at 0:38' in page
+    )
+    assert '(<a href="#event-2">#2</a>)</span></li>' in page
