@@ -10,8 +10,11 @@ not measurements, and are not taken as citations.
 
 from __future__ import annotations
 
+import bisect
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CITED = re.compile(
@@ -75,12 +78,70 @@ def matches(cited: Cited, seen: str) -> bool:
         value = float(seen)
     except ValueError:
         return False
+    return any(low <= value <= high for low, high in _forms(cited))
+
+
+def _forms(cited: Cited) -> list[tuple[float, float]]:
+    """The (low, high) ranges of seen values `cited` stands for."""
+    if cited.number is None:
+        return []
     forms = [(cited.number, cited.decimals)]
     if cited.percent:
         forms.append((cited.number / 100, cited.decimals + 2))
-    return any(abs(value - number) <= 0.5 * 10**-decimals + _SLACK for number, decimals in forms)
+    return [
+        (number - (0.5 * 10**-decimals + _SLACK), number + (0.5 * 10**-decimals + _SLACK))
+        for number, decimals in forms
+    ]
 
 
-def seen_in(cited: Cited, seen: list[str]) -> str | None:
-    """The first seen value `cited` matches, if any."""
-    return next((value for value in seen if matches(cited, value)), None)
+@dataclass(frozen=True)
+class Seen:
+    """What one event showed, ready to look values up in: a long session holds thousands of
+    events of up to thousands of values each."""
+
+    dates: list[str] = field(default_factory=list)  # ISO, sorted
+    numbers: list[float] = field(default_factory=list)  # sorted
+
+    @classmethod
+    def of(cls, values: Sequence[str]) -> Seen:
+        dates, numbers = set(), []
+        for value in values:
+            if _DATE.match(value):
+                dates.add(value)
+                continue
+            try:
+                numbers.append(float(value))
+            except ValueError:
+                continue
+        return cls(sorted(dates), sorted(numbers))
+
+    def has(self, cited: Cited) -> bool:
+        """Whether any value shown is what the diagnosis wrote as `cited` (`matches`)."""
+        if cited.date is not None:
+            at = bisect.bisect_left(self.dates, cited.date)
+            return at < len(self.dates) and self.dates[at] == cited.date
+        for low, high in _forms(cited):
+            at = bisect.bisect_left(self.numbers, low)
+            if at < len(self.numbers) and self.numbers[at] <= high:
+                return True
+        return False
+
+    def dated_between(self, start: str, end: str) -> bool:
+        """Whether no value shown is a date, or one falls between the ISO dates given."""
+        if not self.dates:
+            return True
+        at = bisect.bisect_left(self.dates, start)
+        return at < len(self.dates) and self.dates[at] <= end
+
+
+class SeenIndex:
+    """`Seen` of each event of a timeline, made when first asked for."""
+
+    def __init__(self) -> None:
+        self._by_seq: dict[int, Seen] = {}
+
+    def __call__(self, item: dict[str, Any]) -> Seen:
+        seq = int(item["seq"])
+        if seq not in self._by_seq:
+            self._by_seq[seq] = Seen.of(item.get("seen") or [])
+        return self._by_seq[seq]

@@ -43,6 +43,7 @@ def claims(
     fields: Mapping[str, str],
     timeline: Sequence[dict[str, Any]],
     schema: Mapping[str, Sequence[str]],
+    seen: cited.SeenIndex | None = None,
 ) -> list[dict[str, Any]]:
     """Each claim of the diagnosis `fields` once (its first sentence), in the order written:
     `kind` (number, date, table, column, feature), `value`, `field`, `text` (the sentence),
@@ -50,11 +51,12 @@ def claims(
     `schema` maps `schema.table` to its column names; `timeline` items carry `offset_s` and
     `summary`."""
     names = _names(schema)
+    seen = seen or cited.SeenIndex()
     showing = [i for i in timeline if i["kind"] not in NOT_SHOWING]
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for field, text in fields.items():
         for sentence in sentences(text or ""):
-            for kind, value, backing in _claims_of(sentence, names):
+            for kind, value, backing in _claims_of(sentence, names, seen):
                 if (kind, value.lower()) in found:
                     continue
                 events = [i for i in showing if backing(i)]
@@ -82,11 +84,13 @@ class _Name:
     pattern: re.Pattern[str]
 
 
-def _claims_of(sentence: str, names: list[_Name]) -> list[tuple[str, str, Backing]]:
+def _claims_of(
+    sentence: str, names: list[_Name], seen: cited.SeenIndex
+) -> list[tuple[str, str, Backing]]:
     """(kind, value as written, backing) of each claim in the sentence, ordered as written."""
     out: list[tuple[int, str, str, Backing]] = []
     for value in cited.values_in(sentence):
-        out.append((value.start, value.kind, value.text, _shows(value)))
+        out.append((value.start, value.kind, value.text, _shows(value, seen)))
     taken: list[tuple[int, int]] = []
     for name in names:
         for match in name.pattern.finditer(sentence):
@@ -120,8 +124,8 @@ def _names(schema: Mapping[str, Sequence[str]]) -> list[_Name]:
     ]
 
 
-def _shows(value: cited.Cited) -> Backing:
-    return lambda item: cited.seen_in(value, item.get("seen", [])) is not None
+def _shows(value: cited.Cited, seen: cited.SeenIndex) -> Backing:
+    return lambda item: seen(item).has(value)
 
 
 def _reads(name: _Name) -> Backing:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sandbox.review import strengths
+from sandbox.review.cited import SeenIndex
 
 KINDS = ("decisive_query", "ruled_out", "unbacked_claim", "answer_key", "generic")
 SQL_SHOWN = 100  # characters of a query quoted in its probe
@@ -84,12 +85,14 @@ def _decisive_queries(
     return probes
 
 
-def decoy_trail(decoy: dict[str, Any], timeline: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def decoy_trail(
+    decoy: dict[str, Any], timeline: Sequence[dict[str, Any]], seen: SeenIndex
+) -> list[dict[str, Any]]:
     """The events that showed or queried any of a decoy's evidence, oldest first."""
     return [
         item
         for item in timeline
-        if any(strengths.looked_at(e, item) for e in decoy.get("evidence", []))
+        if any(strengths.looked_at(e, item, seen) for e in decoy.get("evidence", []))
     ]
 
 

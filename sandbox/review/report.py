@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sandbox.review import claims, probes, rubric, strengths
+from sandbox.review.cited import SeenIndex
 from sandbox.review.export import clock
 
 IDLE_GAP_S = 180  # a pause longer than this is shown compressed
@@ -45,10 +46,14 @@ def build(
     start = _start(session, history)
     timeline = _timeline(history, start)
     final = diagnoses[-1]["fields"] if diagnoses else dict.fromkeys(DIAGNOSIS_FIELDS, "")
-    faults = [_fault(key, timeline, final) for key in answer_key.get("faults", [])]
-    decoys = [_decoy(decoy, timeline) for decoy in answer_key.get("decoys", [])]
+    seen = SeenIndex()
+    faults = [_fault(key, timeline, final, seen) for key in answer_key.get("faults", [])]
+    decoys = [_decoy(decoy, timeline, seen) for decoy in answer_key.get("decoys", [])]
     found_claims = claims.claims(
-        final, timeline, schema if schema is not None else claims.schema_from_history(history)
+        final,
+        timeline,
+        schema if schema is not None else claims.schema_from_history(history),
+        seen,
     )
     closing = [
         ("answer_key", p) for key in answer_key.get("faults", []) for p in key.get("probes", [])
@@ -181,14 +186,14 @@ def _signal(kind: str, summary: str, events: list[dict[str, Any]]) -> dict[str, 
 
 
 def _fault(
-    key: dict[str, Any], timeline: list[dict[str, Any]], final: dict[str, str]
+    key: dict[str, Any], timeline: list[dict[str, Any]], final: dict[str, str], seen: SeenIndex
 ) -> dict[str, Any]:
     """The fault's evidence, each with its strength and the first event per strength
     (`first_seq` and `first_offset_s` are the first event that showed it)."""
     written = [final.get(field, "") for field in DIAGNOSIS_FIELDS]
     evidence = []
     for e in key["evidence"]:
-        reached = strengths.of_evidence(e, timeline, written, tagged=True)
+        reached = strengths.of_evidence(e, timeline, written, tagged=True, seen=seen)
         shown = reached["strengths"]["shown"]
         evidence.append(
             {
@@ -239,11 +244,11 @@ def _terms(key: dict[str, Any]) -> list[str]:
     return [t for t in terms if t is not None and len(t) >= 4]
 
 
-def _decoy(decoy: Any, timeline: list[dict[str, Any]]) -> Any:
+def _decoy(decoy: Any, timeline: list[dict[str, Any]], seen: SeenIndex) -> Any:
     """A decoy of the answer key with the events that showed or queried its evidence."""
     if not isinstance(decoy, dict):
         return decoy
-    trail = probes.decoy_trail(decoy, timeline)
+    trail = probes.decoy_trail(decoy, timeline, seen)
     return {
         **decoy,
         "looked_at": [i["seq"] for i in trail],

@@ -20,16 +20,15 @@ Computed from the recorded history when the review is built, so older sessions g
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from sandbox.review import cited, sql_conditions
+from sandbox.review.cited import SeenIndex
 from sandbox.review.evidence import window
 
 STRENGTHS = ("shown", "queried", "cited")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\s*\n+\s*")
 MIN_PART = 3  # the shortest literal taken to name a metric or changelog entry by a part of it
 
@@ -38,52 +37,53 @@ def shown(e: dict[str, Any], item: dict[str, Any]) -> bool:
     return e["id"] in item.get("evidence", [])
 
 
-def queried(e: dict[str, Any], item: dict[str, Any]) -> bool:
+def queried(e: dict[str, Any], item: dict[str, Any], seen: SeenIndex) -> bool:
     """Whether this event is the candidate's own query asking a question of `e` in its window."""
     detail = item["detail"]
     if item["kind"] != "sql" or detail.get("error") or not detail.get("rows"):
         return False
-    if not dated_in_window(e, item):
-        return False
     asked = conditions_of(item)
     ref = str(e["ref"])
     if e["kind"] == "table_column":
-        return ref.lower() in asked.columns
-    if e["kind"] == "metric":
+        asks = ref.lower() in asked.columns
+    elif e["kind"] == "metric":
         name = ref.split("{")[0]
-        return "telemetry.metrics" in asked.tables and any(names(c, name) for c in asked.constants)
-    if e["kind"] == "log_pattern":
-        return _filters_table(asked, "telemetry.logs") and shown(e, item)
-    if e["kind"] == "changelog":
-        return _filters_table(asked, "ops.changelog") and (
+        asks = "telemetry.metrics" in asked.tables and any(names(c, name) for c in asked.constants)
+    elif e["kind"] == "log_pattern":
+        asks = _filters_table(asked, "telemetry.logs") and shown(e, item)
+    elif e["kind"] == "changelog":
+        asks = _filters_table(asked, "ops.changelog") and (
             shown(e, item) or any(names(c, ref) for c in asked.constants)
         )
-    return False
+    else:
+        asks = False
+    return asks and dated_in_window(e, item, seen)
 
 
-def looked_at(e: dict[str, Any], item: dict[str, Any]) -> bool:
+def looked_at(e: dict[str, Any], item: dict[str, Any], seen: SeenIndex) -> bool:
     """Whether the event showed or queried `e`, for evidence the store does not tag when it
     records (a decoy's): judged from what the event kept, its tables, columns, SQL and the values
     it showed, since the lines themselves are not kept."""
-    if shown(e, item) or queried(e, item):
+    if shown(e, item) or queried(e, item, seen):
         return True
     detail = item["detail"]
-    if detail.get("error") or not dated_in_window(e, item):
+    if detail.get("error"):
         return False
     ref = str(e["ref"])
     if e["kind"] == "changelog":
-        return item["kind"] == "changelog" and bool(detail.get("entries"))
-    if item["kind"] not in ("sql", "panel") or not detail.get("rows"):
-        return False
-    if e["kind"] == "table_column":
+        showed = item["kind"] == "changelog" and bool(detail.get("entries"))
+    elif item["kind"] not in ("sql", "panel") or not detail.get("rows"):
+        showed = False
+    elif e["kind"] == "table_column":
         columns = set(detail.get("columns", []))
-        return ref in columns or f"{ref.rpartition('.')[0]}.*" in columns
-    if e["kind"] == "metric":
-        return (
-            "telemetry.metrics" in detail.get("tables", [])
-            and ref.split("{")[0].lower() in str(detail.get("sql", "")).lower()
-        )
-    return False
+        showed = ref in columns or f"{ref.rpartition('.')[0]}.*" in columns
+    elif e["kind"] == "metric":
+        name = ref.split("{")[0].lower()
+        sql = str(detail.get("sql", "")).lower()
+        showed = "telemetry.metrics" in detail.get("tables", []) and name in sql
+    else:
+        showed = False
+    return showed and dated_in_window(e, item, seen)
 
 
 def conditions_of(item: dict[str, Any]) -> sql_conditions.Conditions:
@@ -91,19 +91,10 @@ def conditions_of(item: dict[str, Any]) -> sql_conditions.Conditions:
     return sql_conditions.conditions(str(detail.get("sql", "")), detail.get("columns", []))
 
 
-def dated_in_window(e: dict[str, Any], item: dict[str, Any]) -> bool:
+def dated_in_window(e: dict[str, Any], item: dict[str, Any], seen: SeenIndex) -> bool:
+    """Whether the dates the event showed include one in `e`'s window, or none are dates."""
     start, end = window(e)
-    dates = [d for d in (_date(v) for v in item.get("seen", [])) if d is not None]
-    return not dates or any(start <= d <= end for d in dates)
-
-
-def _date(value: str) -> dt.date | None:
-    if not _DATE.match(value):
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        return None
+    return seen(item).dated_between(start.isoformat(), end.isoformat())
 
 
 def _filters_table(asked: sql_conditions.Conditions, table: str) -> bool:
@@ -155,34 +146,40 @@ def sentences(text: str) -> list[str]:
 
 
 def of_evidence(
-    e: dict[str, Any], timeline: list[dict[str, Any]], diagnosis: Iterable[str], tagged: bool
+    e: dict[str, Any],
+    timeline: list[dict[str, Any]],
+    diagnosis: Iterable[str],
+    tagged: bool,
+    seen: SeenIndex,
 ) -> dict[str, Any]:
     """`strength` (the strongest reached, or None) and, per strength, the first event that
     reached it (`seq`, `offset_s`; for cited also the value written and the sentence).
     `tagged`: the store tagged events with this evidence when it recorded them (a fault's); if
     not (a decoy's), what was shown is judged from what the events kept."""
-    reached = (lambda i: shown(e, i) or queried(e, i)) if tagged else (lambda i: looked_at(e, i))
-    touching = [i for i in timeline if reached(i)]
-    first_shown = next((i for i in touching if shown(e, i) or not tagged), None)
-    first_queried = next((i for i in touching if queried(e, i)), None)
+    asked = [i for i in timeline if queried(e, i, seen)]
+    if tagged:
+        showing = [i for i in timeline if shown(e, i)]
+    else:
+        showing = [i for i in timeline if looked_at(e, i, seen)]
+    touching = sorted({i["seq"]: i for i in showing + asked}.values(), key=lambda i: i["seq"])
     found: dict[str, Any] = {
-        "shown": _at(first_shown),
-        "queried": _at(first_queried),
-        "cited": _citation(e, touching, diagnosis),
+        "shown": _at(showing[0] if showing else None),
+        "queried": _at(asked[0] if asked else None),
+        "cited": _citation(e, touching, diagnosis, seen),
     }
     strongest = next((s for s in reversed(STRENGTHS) if found[s]), None)
     return {"strength": strongest, "strengths": found}
 
 
 def _citation(
-    e: dict[str, Any], touching: list[dict[str, Any]], diagnosis: Iterable[str]
+    e: dict[str, Any], touching: list[dict[str, Any]], diagnosis: Iterable[str], seen: SeenIndex
 ) -> dict[str, Any] | None:
     best: dict[str, Any] | None = None
     for sentence in (s for text in diagnosis for s in sentences(text)):
         if not names_evidence(e, sentence):
             continue
         for value in cited.values_in(sentence):
-            item = next((i for i in touching if cited.seen_in(value, i.get("seen", []))), None)
+            item = next((i for i in touching if seen(i).has(value)), None)
             if item is not None and (best is None or item["seq"] < best["seq"]):
                 best = {
                     "seq": item["seq"],
