@@ -4,8 +4,8 @@ A cited number matches a seen value when it is that value as a person would writ
 rounded to the decimals written (half a unit of the last written digit either way, so 0.4012
 is cited as "0.40", "0.4" or "0.401", and 1234.6 as "1235" or "1,235"), or as a percent ("40%"
 or "40.1 %" for 0.4012, and "40%" for a seen 40.12 as well). Dates match exactly, written as
-ISO dates. Single-digit whole numbers without a percent sign ("2 tables", "3 days") are prose,
-not measurements, and are not taken as citations.
+ISO dates. Single-digit whole numbers without a percent sign ("2 tables", "3 days") and clock
+times ("10:30") are prose, not measurements, and are not taken as citations.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CITED = re.compile(
     r"(?P<date>(?<![\w.-])\d{4}-\d{2}-\d{2}(?![\w]))"
-    r"|(?<![\w.,-])(?P<number>-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?!\.\d|,\d)"
+    r"|(?<![\w.,:-])(?P<number>-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)(?!\.\d|,\d|:\d)"
     r"(?P<percent>\s?%)?(?![\w-])"
 )
 _SLACK = 1e-9  # float noise on top of the half-unit tolerance

@@ -51,7 +51,7 @@ def claims(
     `schema` maps `schema.table` to its column names; `timeline` items carry `offset_s` and
     `summary`."""
     names = _names(schema)
-    seen = seen or cited.SeenIndex()
+    seen = cited.SeenIndex() if seen is None else seen
     showing = [i for i in timeline if i["kind"] not in NOT_SHOWING]
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for field, text in fields.items():

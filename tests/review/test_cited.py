@@ -34,6 +34,6 @@ def test_thousands_separators_dates_and_scientific_values() -> None:
 
 
 def test_prose_counts_versions_and_identifiers_are_not_values() -> None:
-    assert values_in("2 tables over 3 days, model v2 and p99, in 2026-03") == []
+    assert values_in("2 tables over 3 days, model v2 and p99, in 2026-03, at 10:30") == []
     assert [v.text for v in values_in("SDK 7.2.1 shipped; 12% of 7.2 users")] == ["12%", "7.2"]
     assert [v.text for v in values_in("SDK 7.2 shipped; 12% of users")] == ["7.2", "12%"]
