@@ -25,10 +25,12 @@ MAX_CLAIM_TEXT = 200
 NOT_SHOWING = {"diagnosis", "paste", "away", "refused"}
 
 
-def schema_from_history(history: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """The tables and columns the events read: the schema as far as the candidate met it, when
-    the world's own catalog is not at hand."""
-    found: dict[str, set[str]] = {}
+def with_history(
+    schema: Mapping[str, Sequence[str]], history: Sequence[dict[str, Any]]
+) -> dict[str, list[str]]:
+    """`schema` with the tables and columns the events read added: the schema as far as the
+    candidate met it, which is all there is when the world's own catalog is not at hand."""
+    found: dict[str, set[str]] = {table: set(columns) for table, columns in schema.items()}
     for item in history:
         for table in item["detail"].get("tables", []) or []:
             found.setdefault(str(table), set())

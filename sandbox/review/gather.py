@@ -10,11 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from sandbox.layout import WorldPaths, read_manifest
 from sandbox.review import report
 from sandbox.review.store import Session, SessionStore, StoreUnavailable, exists
+from sandbox.schema import TABLES
 
 
 class NoReview(LookupError):
@@ -42,8 +41,9 @@ def gather_review(
     schema: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The review of `session` from what the store recorded, read as of one moment. `schema`:
-    the world's candidate tables as the schema browser lists them (`read_schema`), for naming
-    the tables and columns the diagnosis claims; without it, those the events read."""
+    the world's candidate tables as the schema browser lists them (`table`, `columns` with their
+    `name`s), for naming the tables and columns the diagnosis claims; the review adds those the
+    events read."""
     with store.snapshot():
         diagnoses = [
             {
@@ -72,14 +72,13 @@ def schema_names(schema: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
     return {t["table"]: [c["name"] for c in t.get("columns", [])] for t in schema}
 
 
-def _world_schema(paths: WorldPaths) -> list[dict[str, Any]] | None:
-    """The world's candidate tables, or None when its file cannot be read now."""
-    from sandbox.services.gateway.state import read_schema  # the schema browser's own listing
-
-    try:
-        return read_schema(paths)
-    except (duckdb.Error, OSError):
-        return None
+def declared_schema() -> list[dict[str, Any]]:
+    """Every candidate table as the data model declares it (a planted fault's added columns
+    aside: the review adds the names the events read)."""
+    return [
+        {"table": name, "columns": [{"name": n} for n in table.names]}
+        for name, table in TABLES.items()
+    ]
 
 
 def review_of(world: Path, session_id: str) -> dict[str, Any]:
@@ -97,6 +96,6 @@ def review_of(world: Path, session_id: str) -> dict[str, Any]:
         session = store.get(session_id)
         if session is None:
             raise NoReview(f"no session {session_id}")
-        return gather_review(store, answer_key, session, paths.root, _world_schema(paths))
+        return gather_review(store, answer_key, session, paths.root, declared_schema())
     finally:
         store.close()

@@ -42,19 +42,14 @@ def build(
     the recorded events oldest first; `diagnoses`: version, ts, fields, submitted; `world`: the
     manifest of the world the session ran on (which variant: name, seed, scale, content hash);
     `schema`: the world's candidate tables (`schema.table`) and their column names, for the
-    claims (without it, the tables and columns the events read)."""
+    claims (with the tables and columns the events read, whether given or not)."""
     start = _start(session, history)
     timeline = _timeline(history, start)
     final = diagnoses[-1]["fields"] if diagnoses else dict.fromkeys(DIAGNOSIS_FIELDS, "")
     seen = SeenIndex()
     faults = [_fault(key, timeline, final, seen) for key in answer_key.get("faults", [])]
     decoys = [_decoy(decoy, timeline, seen) for decoy in answer_key.get("decoys", [])]
-    found_claims = claims.claims(
-        final,
-        timeline,
-        schema if schema is not None else claims.schema_from_history(history),
-        seen,
-    )
+    found_claims = claims.claims(final, timeline, claims.with_history(schema or {}, history), seen)
     closing = [
         ("answer_key", p) for key in answer_key.get("faults", []) for p in key.get("probes", [])
     ] + [("generic", p) for p in GENERIC_PROBES]

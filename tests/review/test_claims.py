@@ -55,8 +55,13 @@ def test_names_come_from_the_schema_and_are_backed_by_what_read_them() -> None:
 
 
 def test_without_the_world_schema_the_names_the_events_read_stand_in() -> None:
-    schema = claims.schema_from_history(HISTORY)
+    schema = claims.with_history({}, HISTORY)
     assert schema == {VA: ["activity_date", "minutes_watched"]}
+    given = {VA: ["app_version"], "raw.customers": ["region"]}
+    assert claims.with_history(given, HISTORY) == {
+        VA: ["activity_date", "app_version", "minutes_watched"],
+        "raw.customers": ["region"],
+    }
     timeline = [{**i, "offset_s": 0.0, "summary": "s"} for i in HISTORY]
     [claim] = claims.claims({"root_cause": "minutes_watched went NULL"}, timeline, schema)
     assert claim["kind"] == "column" and claim["backed_count"] == 1
