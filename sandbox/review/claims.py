@@ -49,7 +49,7 @@ def claims(
 ) -> list[dict[str, Any]]:
     """Each claim of the diagnosis `fields` once (its first sentence), in the order written:
     `kind` (number, date, table, column, feature), `value`, `field`, `text` (the sentence),
-    `backed_by` (up to MAX_BACKING events: seq, offset_s, summary) and `backed_count`.
+    `backed_by` (up to MAX_BACKING events: seq, offset_s, kind, summary) and `backed_count`.
     `schema` maps `schema.table` to its column names; `timeline` items carry `offset_s` and
     `summary`."""
     names = _names(schema)
@@ -68,7 +68,12 @@ def claims(
                     "field": field,
                     "text": _clip(sentence),
                     "backed_by": [
-                        {"seq": i["seq"], "offset_s": i["offset_s"], "summary": i["summary"]}
+                        {
+                            "seq": i["seq"],
+                            "offset_s": i["offset_s"],
+                            "kind": i["kind"],
+                            "summary": i["summary"],
+                        }
                         for i in events[:MAX_BACKING]
                     ],
                     "backed_count": len(events),

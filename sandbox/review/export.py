@@ -88,7 +88,11 @@ PROBE_LABELS = {
     "generic": "closing",
 }
 
+# What an event is called where a claim is traced to it ("seen in query #12").
+EVENT_LABELS = {"sql": "query", "log_search": "log search", "customer_examples": "customer list"}
+
 _env.globals["probe_kinds"] = PROBE_LABELS
+_env.globals["event_kinds"] = EVENT_LABELS
 _env.filters["clock"] = clock
 _env.filters["md"] = md_inline
 _env.filters["md_block"] = md_block

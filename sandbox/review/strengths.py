@@ -11,9 +11,9 @@ or citing it.
   the entry or compared with a literal naming it. Inside the window means the query returned
   rows and the dates among them (the event's `seen`) include one in the window, or none are
   dates.
-- cited: a sentence of the diagnosis names it (its column, metric or changelog title, or a
-  line its log pattern matches) next to a number or date the candidate saw (`cited.matches`) in
-  an event that showed or queried it.
+- cited: a sentence of the diagnosis names it (its column, metric or changelog entry, or a
+  line its log pattern matches: `names_evidence`) next to a number or date the candidate saw
+  (`cited.matches`) in an event that showed or queried it.
 
 Computed from the recorded history when the review is built, so older sessions get it too.
 """
@@ -132,13 +132,22 @@ def normal(text: str) -> str:
 
 
 def names_evidence(e: dict[str, Any], sentence: str) -> bool:
+    """Whether the sentence speaks of `e`: its column or metric as a word, a line its log
+    pattern matches, or a changelog entry by its title or by half or more of the title's words
+    of three letters or more (nobody copies "player SDK 7.2 staged rollout" whole)."""
     word = term(e)
     if word is None:
         try:
             return re.search(str(e["ref"]), sentence) is not None
         except re.error:
             return False
-    return normal(word) in normal(sentence)
+    written = normal(sentence)
+    if normal(word) in written:
+        return True
+    if e["kind"] != "changelog":
+        return False
+    words = {w for w in normal(word).split() if len(w) >= MIN_PART and not w.isdigit()}
+    return bool(words) and 2 * sum(f" {w} " in written for w in words) >= len(words)
 
 
 def sentences(text: str) -> list[str]:

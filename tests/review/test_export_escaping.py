@@ -167,10 +167,10 @@ def test_the_exports_show_strengths_claims_and_probes_with_the_candidate_text_es
         f"- “&lt;script&gt;alert(1)&lt;/script&gt; \\*SDK\\* 7.2 caused it.” — {unbacked}"
         in markdown
     )
-    assert re.search(r"^- number “0\.595” — seen in #2 at 0:38 \(SELECT", markdown, re.M)
+    assert re.search(r"^- number “0\.595” — seen in query #2 at 0:38 \(SELECT", markdown, re.M)
     assert "“&lt;script&gt;alert(1)&lt;/script&gt; *SDK* 7.2 caused it.”" in page
     assert "<script>" not in page
-    assert 'seen in <a href="#event-2">#2</a> at 0:38' in page
+    assert 'seen in query <a href="#event-2">#2</a> at 0:38' in page
     assert 'id="event-2"' in page
     # Probes with the events they ask about.
     assert re.search(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sandbox.review import strengths
+from sandbox.review.cited import SeenIndex
 from tests.review.histories import build, diagnosis, event, sql
 
 VA = "raw.viewing_activity"
@@ -100,3 +102,23 @@ def test_a_decoy_records_the_events_that_looked_at_it() -> None:
     assert decoy["looked_at"] == [5] and decoy["first_offset_s"] == 90
     [untouched] = build([event(1, 10, "page", page="brief")])["decoys"]
     assert untouched["looked_at"] == [] and untouched["first_offset_s"] is None
+
+
+def test_a_changelog_entry_is_cited_by_most_of_its_title_and_a_date_shown_with_it() -> None:
+    entry = {
+        "id": "sdk",
+        "kind": "changelog",
+        "ref": "player SDK 7.2 staged rollout",
+        "description": "the upstream change",
+        "window_start": "2026-03-15",
+        "window_end": "2026-04-17",
+    }
+    page = event(3, 60, "changelog", ["sdk"], ["2026-03-15", "2026-03-02"], entries=6)
+    timeline = [{**page, "offset_s": 60.0}]
+
+    def strength(text: str) -> str | None:
+        return strengths.of_evidence(entry, timeline, [text], True, SeenIndex())["strength"]
+
+    assert strength("The SDK rollout of 2026-03-15 stopped the telemetry.") == "cited"
+    assert strength("The SDK rollout of 2026-03-16 stopped the telemetry.") == "shown"
+    assert strength("A rollout on 2026-03-15 stopped the telemetry.") == "shown"

@@ -21,6 +21,7 @@
   }
 
   const STRENGTHS = ["shown", "queried", "cited"];
+  const EVENT_LABELS = { sql: "query", log_search: "log search", customer_examples: "customer list" };
   const PROBE_LABELS = { decisive_query: "query", ruled_out: "ruled out", unbacked_claim: "unbacked claim", answer_key: "answer key", generic: "closing" };
 
   function eventLink(seq) {
@@ -107,7 +108,7 @@
         el("li", { "data-claim": c.kind }, el("span", { class: "bad" }, `“${c.text}”`), " — nothing the candidate ran showed ", el("code", {}, c.value), el("span", { class: "muted" }, ` (${c.kind})`))))] : null,
       backed.length ? [el("h3", {}, "Backed"), el("ul", { class: "small", id: "backed-claims" }, backed.map((c) => {
         const b = c.backed_by[0];
-        return el("li", { "data-claim": c.kind }, el("code", {}, c.value), el("span", { class: "muted" }, ` (${c.kind})`), " — seen in ", eventLink(b.seq), ` at ${clock(b.offset_s)} `,
+        return el("li", { "data-claim": c.kind }, el("code", {}, c.value), el("span", { class: "muted" }, ` (${c.kind})`), ` — seen in ${EVENT_LABELS[b.kind] || b.kind} `, eventLink(b.seq), ` at ${clock(b.offset_s)} `,
           el("span", { class: "muted" }, `(${b.summary})${c.backed_count > 1 ? ` and ${c.backed_count - 1} more` : ""}`), `: “${c.text}”`);
       }))] : null);
   }
