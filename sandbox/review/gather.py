@@ -6,7 +6,6 @@ routes and `sandbox review` both gather it here; the store may be read while a s
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,9 @@ def describe(store: SessionStore, session: Session) -> dict[str, Any]:
 
 
 def gather_review(
-    store: SessionStore,
-    answer_key: dict[str, Any],
-    session: Session,
-    world: Path,
-    schema: Sequence[dict[str, Any]] | None = None,
+    store: SessionStore, answer_key: dict[str, Any], session: Session, world: Path
 ) -> dict[str, Any]:
-    """The review of `session` from what the store recorded, read as of one moment. `schema`:
-    the world's candidate tables as the schema browser lists them (`table`, `columns` with their
-    `name`s), for naming the tables and columns the diagnosis claims; the review adds those the
-    events read."""
+    """The review of `session` from what the store recorded, read as of one moment."""
     with store.snapshot():
         diagnoses = [
             {
@@ -63,22 +55,23 @@ def gather_review(
         answer_key,
         scores,
         read_manifest(world),
-        schema_names(schema) if schema is not None else None,
+        candidate_schema(answer_key),
     )
 
 
-def schema_names(schema: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """`schema.table` -> its column names."""
-    return {t["table"]: [c["name"] for c in t.get("columns", [])] for t in schema}
-
-
-def declared_schema() -> list[dict[str, Any]]:
-    """Every candidate table as the data model declares it (a planted fault's added columns
-    aside: the review adds the names the events read)."""
-    return [
-        {"table": name, "columns": [{"name": n} for n in table.names]}
-        for name, table in TABLES.items()
-    ]
+def candidate_schema(answer_key: dict[str, Any]) -> dict[str, list[str]]:
+    """The names a diagnosis may claim: every candidate table's columns as the data model
+    declares them, with the columns the answer key points at (a planted fault may add one). The
+    same whether the gateway serves the review or `sandbox review` reads it beside or after the
+    stack; the review adds the names the events read."""
+    found = {name: list(table.names) for name, table in TABLES.items()}
+    planted = [*answer_key.get("faults", []), *answer_key.get("decoys", [])]
+    for e in (e for p in planted if isinstance(p, dict) for e in p.get("evidence", [])):
+        if e.get("kind") == "table_column":
+            table, _, column = str(e["ref"]).rpartition(".")
+            if column not in found.setdefault(table, []):
+                found[table].append(column)
+    return found
 
 
 def review_of(world: Path, session_id: str) -> dict[str, Any]:
@@ -96,6 +89,6 @@ def review_of(world: Path, session_id: str) -> dict[str, Any]:
         session = store.get(session_id)
         if session is None:
             raise NoReview(f"no session {session_id}")
-        return gather_review(store, answer_key, session, paths.root, declared_schema())
+        return gather_review(store, answer_key, session, paths.root)
     finally:
         store.close()

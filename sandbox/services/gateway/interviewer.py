@@ -137,11 +137,7 @@ def answer_key(session_id: str, request: Request, who: Interviewer) -> dict[str,
 def build_review(request: Request, session_id: str, who: Caller) -> dict[str, Any]:
     gw = _gateway(request)
     return gather.gather_review(
-        gw.sessions,
-        gw.answer_key,
-        session_of(request, session_id, who),
-        gw.ctx.world,
-        gw.schema(),
+        gw.sessions, gw.answer_key, session_of(request, session_id, who), gw.ctx.world
     )
 
 
