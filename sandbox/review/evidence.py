@@ -11,6 +11,8 @@ evidence's time window:
 - a changelog entry: the changelog page, or a query over `ops.changelog` that returned the entry.
 
 Events carry what they showed as `Shown` lines: (ISO date or timestamp of the row, or None; text).
+What a line showed is also kept as its values (`seen_values`): the numbers and dates a diagnosis
+could cite, so the review can trace a claim to where the candidate saw it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 Shown = Sequence[tuple[str | None, str]]  # (table, column) pairs a page displayed
 QUERY_KINDS = {"sql", "panel"}
+# A date, or a number (sign, digits, decimals, exponent) that is not part of a word or a date.
+_VALUE = re.compile(r"\d{4}-\d{2}-\d{2}|(?<![\w.-])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w-])")
 
 
 def touched(
@@ -32,7 +36,7 @@ def touched(
 
 
 def _touches(e: dict[str, Any], kind: str, detail: dict[str, Any], shown: Shown) -> bool:
-    start, end = _window(e)
+    start, end = window(e)
     if not _overlaps(detail, start, end):
         return False
     ref = e["ref"]
@@ -71,7 +75,7 @@ def _touches(e: dict[str, Any], kind: str, detail: dict[str, Any], shown: Shown)
     return False
 
 
-def _window(e: dict[str, Any]) -> tuple[dt.date, dt.date]:
+def window(e: dict[str, Any]) -> tuple[dt.date, dt.date]:
     return dt.date.fromisoformat(str(e["window_start"])), dt.date.fromisoformat(
         str(e["window_end"])
     )
@@ -87,3 +91,14 @@ def _overlaps(detail: dict[str, Any], start: dt.date, end: dt.date) -> bool:
 
 def _day(iso: str) -> dt.date:
     return dt.date.fromisoformat(str(iso)[:10])
+
+
+def seen_values(shown: Shown, limit: int) -> list[str]:
+    """The distinct dates and numbers the lines showed, first seen first, at most `limit`."""
+    found: dict[str, None] = {}
+    for _, line in shown:
+        for value in _VALUE.findall(line):
+            found.setdefault(value, None)
+            if len(found) >= limit:
+                return list(found)
+    return list(found)

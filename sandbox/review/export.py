@@ -79,6 +79,20 @@ def _underscores(run: re.Match[str]) -> str:
     return "\\_" * (end - start)
 
 
+# How each kind of walk-through probe is labelled.
+PROBE_LABELS = {
+    "decisive_query": "query",
+    "ruled_out": "ruled out",
+    "unbacked_claim": "unbacked claim",
+    "answer_key": "answer key",
+    "generic": "closing",
+}
+
+# What an event is called where a claim is traced to it ("seen in query #12").
+EVENT_LABELS = {"sql": "query", "log_search": "log search", "customer_examples": "customer list"}
+
+_env.globals["probe_kinds"] = PROBE_LABELS
+_env.globals["event_kinds"] = EVENT_LABELS
 _env.filters["clock"] = clock
 _env.filters["md"] = md_inline
 _env.filters["md_block"] = md_block

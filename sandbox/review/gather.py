@@ -12,6 +12,7 @@ from typing import Any
 from sandbox.layout import WorldPaths, read_manifest
 from sandbox.review import report
 from sandbox.review.store import Session, SessionStore, StoreUnavailable, exists
+from sandbox.schema import TABLES
 
 
 class NoReview(LookupError):
@@ -48,8 +49,29 @@ def gather_review(
         history = store.history(session.id)
         scores = store.scores(session.id)
     return report.build(
-        describe(store, session), history, diagnoses, answer_key, scores, read_manifest(world)
+        describe(store, session),
+        history,
+        diagnoses,
+        answer_key,
+        scores,
+        read_manifest(world),
+        candidate_schema(answer_key),
     )
+
+
+def candidate_schema(answer_key: dict[str, Any]) -> dict[str, list[str]]:
+    """The names a diagnosis may claim: every candidate table's columns as the data model
+    declares them, with the columns the answer key points at (a planted fault may add one). The
+    same whether the gateway serves the review or `sandbox review` reads it beside or after the
+    stack; the review adds the names the events read."""
+    found = {name: list(table.names) for name, table in TABLES.items()}
+    planted = [*answer_key.get("faults", []), *answer_key.get("decoys", [])]
+    for e in (e for p in planted if isinstance(p, dict) for e in p.get("evidence", [])):
+        if e.get("kind") == "table_column":
+            table, _, column = str(e["ref"]).rpartition(".")
+            if column not in found.setdefault(table, []):
+                found[table].append(column)
+    return found
 
 
 def review_of(world: Path, session_id: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The walk-through review of one session, as plain data: the timeline with idle stretches
-compressed, per planted fault when its evidence was first touched and whether the diagnosis names
-it, the dead ends, the diagnosis versions with their changes, the rubric and the probes.
+compressed, per planted fault how strongly and when its evidence was reached (shown, queried,
+cited: `strengths`) and whether the diagnosis names it, the decoys the candidate looked at, the
+dead ends, the diagnosis versions with their changes and the claims of the final one traced to
+the events that showed them (`claims`), the rubric and the walk-through probes (`probes`).
 
 Pure functions over what the gateway recorded; the pages and the exports draw the result.
 """
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sandbox.review import rubric
+from sandbox.review import claims, probes, rubric, strengths
+from sandbox.review.cited import SeenIndex
+from sandbox.review.export import clock
 
 IDLE_GAP_S = 180  # a pause longer than this is shown compressed
 DEAD_END_EVENTS = 6  # this many reads in a row that touch no evidence make a dead end
@@ -32,13 +36,23 @@ def build(
     answer_key: dict[str, Any],
     scores: dict[str, dict[str, Any]],
     world: dict[str, Any],
+    schema: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """`session`: id, candidate, state, created_at, started_at (ISO, may be None); `history`:
     the recorded events oldest first; `diagnoses`: version, ts, fields, submitted; `world`: the
-    manifest of the world the session ran on (which variant: name, seed, scale, content hash)."""
+    manifest of the world the session ran on (which variant: name, seed, scale, content hash);
+    `schema`: the world's candidate tables (`schema.table`) and their column names, for the
+    claims (with the tables and columns the events read, whether given or not)."""
     start = _start(session, history)
     timeline = _timeline(history, start)
     final = diagnoses[-1]["fields"] if diagnoses else dict.fromkeys(DIAGNOSIS_FIELDS, "")
+    seen = SeenIndex()
+    faults = [_fault(key, timeline, final, seen) for key in answer_key.get("faults", [])]
+    decoys = [_decoy(decoy, timeline, seen) for decoy in answer_key.get("decoys", [])]
+    found_claims = claims.claims(final, timeline, claims.with_history(schema or {}, history), seen)
+    closing = [
+        ("answer_key", p) for key in answer_key.get("faults", []) for p in key.get("probes", [])
+    ] + [("generic", p) for p in GENERIC_PROBES]
     return {
         "session": session,
         "world": {
@@ -47,11 +61,12 @@ def build(
             "difficulty": world.get("difficulty", "guided"),
         },
         "timeline": timeline,
-        "faults": [_fault(key, timeline, final) for key in answer_key.get("faults", [])],
-        "decoys": answer_key.get("decoys", []),
+        "faults": faults,
+        "decoys": decoys,
         "dead_ends": _dead_ends(timeline),
         "signals": signals(timeline),
         "diagnosis": {"final": final, "versions": _versions(diagnoses, start)},
+        "claims": found_claims,
         "counts": _counts(timeline),
         "rubric": {
             "dimensions": rubric.as_json(),
@@ -59,12 +74,7 @@ def build(
             "scores": scores,
             "summary": rubric.summary(scores),
         },
-        "probes": list(
-            dict.fromkeys(
-                [p for key in answer_key.get("faults", []) for p in key.get("probes", [])]
-                + list(GENERIC_PROBES)
-            )
-        ),
+        "probes": probes.walk_through(timeline, faults, decoys, found_claims, closing, clock),
     }
 
 
@@ -171,23 +181,30 @@ def _signal(kind: str, summary: str, events: list[dict[str, Any]]) -> dict[str, 
 
 
 def _fault(
-    key: dict[str, Any], timeline: list[dict[str, Any]], final: dict[str, str]
+    key: dict[str, Any], timeline: list[dict[str, Any]], final: dict[str, str], seen: SeenIndex
 ) -> dict[str, Any]:
-    first_seen: dict[str, dict[str, Any]] = {}
-    for item in timeline:
-        for evidence_id in item["evidence"]:
-            first_seen.setdefault(evidence_id, item)
+    """The fault's evidence, each with its strength and the first event per strength
+    (`first_seq` and `first_offset_s` are the first event that showed it)."""
+    written = [final.get(field, "") for field in DIAGNOSIS_FIELDS]
     evidence = []
     for e in key["evidence"]:
-        hit = first_seen.get(e["id"])
+        reached = strengths.of_evidence(e, timeline, written, tagged=True, seen=seen)
+        shown = reached["strengths"]["shown"]
         evidence.append(
             {
                 **e,
-                "first_seq": hit["seq"] if hit else None,
-                "first_offset_s": hit["offset_s"] if hit else None,
+                **reached,
+                "first_seq": shown["seq"] if shown else None,
+                "first_offset_s": shown["offset_s"] if shown else None,
             }
         )
     offsets = [e["first_offset_s"] for e in evidence if e["first_offset_s"] is not None]
+    time_to_first: dict[str, float | None] = {}
+    reached_count: dict[str, int] = {}
+    for strength in strengths.STRENGTHS:
+        at = [e["strengths"][strength]["offset_s"] for e in evidence if e["strengths"][strength]]
+        time_to_first[strength] = min(at) if at else None
+        reached_count[strength] = len(at)
     mentions = diagnosis_mentions(key, final)
     return {
         "fault_id": key["fault_id"],
@@ -199,6 +216,8 @@ def _fault(
         "evidence": evidence,
         "evidence_found": sum(e["first_seq"] is not None for e in evidence),
         "time_to_first_evidence_s": min(offsets) if offsets else None,
+        "time_to_first_s": time_to_first,
+        "evidence_reached": reached_count,
         "diagnosis_mentions": mentions,
         "named_in_diagnosis": "yes" if len(mentions) >= 2 else "partly" if mentions else "no",
     }
@@ -207,26 +226,29 @@ def _fault(
 def diagnosis_mentions(key: dict[str, Any], fields: dict[str, str]) -> list[str]:
     """The fault's own vocabulary (the columns, metrics and changes its evidence points at) that
     the diagnosis uses: a hint for the interviewer, who judges the diagnosis."""
-    text = _normal(" ".join(fields.get(f, "") for f in ("root_cause", "evidence", "fix")))
+    text = strengths.normal(" ".join(fields.get(f, "") for f in ("root_cause", "evidence", "fix")))
     found = []
     for term in _terms(key):
-        if _normal(term) in text and term not in found:
+        if strengths.normal(term) in text and term not in found:
             found.append(term)
     return found
 
 
 def _terms(key: dict[str, Any]) -> list[str]:
-    terms = []
-    for e in key["evidence"]:
-        if e["kind"] == "table_column":
-            terms.append(e["ref"].rsplit(".", 1)[-1])
-        elif e["kind"] in ("metric", "changelog"):
-            terms.append(e["ref"].split("{")[0])
-    return [t for t in terms if len(t) >= 4]
+    terms = [strengths.term(e) for e in key["evidence"]]
+    return [t for t in terms if t is not None and len(t) >= 4]
 
 
-def _normal(text: str) -> str:
-    return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()) + " "
+def _decoy(decoy: Any, timeline: list[dict[str, Any]], seen: SeenIndex) -> Any:
+    """A decoy of the answer key with the events that showed or queried its evidence."""
+    if not isinstance(decoy, dict):
+        return decoy
+    trail = probes.decoy_trail(decoy, timeline, seen)
+    return {
+        **decoy,
+        "looked_at": [i["seq"] for i in trail],
+        "first_offset_s": trail[0]["offset_s"] if trail else None,
+    }
 
 
 def _dead_ends(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:

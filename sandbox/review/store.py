@@ -47,15 +47,22 @@ DIAGNOSIS_EVENT_OVERHEAD = 256
 AWAY_SLACK_S = 2.0
 # How long a statement waits for another process's write to finish before it gives up.
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 1
+# What a session's candidate is told about outside help, and whether only the workspace's own
+# pages may call the candidate's routes.
+ASSISTANCE = ("allowed", "not-allowed")
+SCHEMA_VERSION = 2
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, candidate TEXT NOT NULL, "
     "candidate_token TEXT UNIQUE NOT NULL, interviewer_token TEXT UNIQUE NOT NULL, "
-    "created_at TEXT NOT NULL, time_limit_min INTEGER)",
-    # `seq` orders every event of the store: unique, increasing, never reused.
+    "created_at TEXT NOT NULL, time_limit_min INTEGER, "
+    "assistance TEXT NOT NULL DEFAULT 'allowed', workspace_only INTEGER NOT NULL DEFAULT 0)",
+    # `seq` orders every event of the store: unique, increasing, never reused. `seen` is what
+    # the event put in front of the candidate, as the values a diagnosis could cite (numbers,
+    # dates): the review traces claims to it. It is kept apart from `detail`, which the
+    # candidate's own history returns.
     "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
     "session_id TEXT NOT NULL, ts TEXT NOT NULL, sim_ts TEXT, kind TEXT NOT NULL, "
-    "detail TEXT NOT NULL, evidence TEXT NOT NULL)",
+    "detail TEXT NOT NULL, evidence TEXT NOT NULL, seen TEXT NOT NULL DEFAULT '[]')",
     "CREATE INDEX IF NOT EXISTS events_of_session ON events (session_id, seq)",
     # When the candidate first opened the workspace: the session timer counts from here.
     "CREATE TABLE IF NOT EXISTS starts (session_id TEXT PRIMARY KEY, ts TEXT NOT NULL)",
@@ -66,6 +73,20 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS scores (session_id TEXT NOT NULL, dimension TEXT NOT NULL, "
     "level INTEGER, note TEXT NOT NULL, ts TEXT NOT NULL, PRIMARY KEY (session_id, dimension))",
 )
+# How a file of an earlier version becomes this one, by the version it was at.
+UPGRADES = {
+    1: (
+        "ALTER TABLE sessions ADD COLUMN assistance TEXT NOT NULL DEFAULT 'allowed'",
+        "ALTER TABLE sessions ADD COLUMN workspace_only INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE events ADD COLUMN seen TEXT NOT NULL DEFAULT '[]'",
+    ),
+}
+SESSION_COLUMNS = (
+    "id, candidate, candidate_token, interviewer_token, created_at, time_limit_min, "
+    "assistance, workspace_only"
+)
+# At most this many values are kept of what one event showed.
+MAX_SEEN_VALUES = 2_000
 
 
 def token_hash(token: str) -> str:
@@ -132,11 +153,28 @@ class Session:
     interviewer_token: str
     created_at: dt.datetime
     time_limit_min: int | None = None
+    # The policy the candidate is shown: whether outside help (an assistant, a script) is
+    # allowed, and whether the candidate's routes answer only the workspace's own pages.
+    assistance: str = "allowed"
+    workspace_only: bool = False
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Session:
-        sid, candidate, candidate_token, interviewer_token, created_at, limit = row
-        return cls(sid, candidate, candidate_token, interviewer_token, _time(created_at), limit)
+        sid, candidate, c_token, i_token, created_at, limit, assistance, workspace_only = row
+        return cls(
+            sid,
+            candidate,
+            c_token,
+            i_token,
+            _time(created_at),
+            limit,
+            assistance,
+            bool(workspace_only),
+        )
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        return {"assistance": self.assistance, "workspace_only": self.workspace_only}
 
 
 def exists(interviewer_dir: Path) -> bool:
@@ -194,12 +232,18 @@ class SessionStore:
         """The tables, and what a sessions file of an earlier version holds, in one transaction:
         a process stopped halfway leaves nothing to build on."""
         with self._transaction("IMMEDIATE"):
-            if self.con.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            version = self.con.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
                 return  # another process made them first
-            for ddl in SCHEMA:
-                self.con.execute(ddl)
-            if legacy.is_file():
-                _import_legacy(legacy, self.con)
+            if version == 0:
+                for ddl in SCHEMA:
+                    self.con.execute(ddl)
+                if legacy.is_file():
+                    _import_legacy(legacy, self.con)
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    for ddl in UPGRADES[step]:
+                        self.con.execute(ddl)
             self.con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextlib.contextmanager
@@ -219,7 +263,15 @@ class SessionStore:
         with self._transaction():
             yield
 
-    def create(self, candidate: str, time_limit_min: int | None = None) -> Session:
+    def create(
+        self,
+        candidate: str,
+        time_limit_min: int | None = None,
+        assistance: str = "allowed",
+        workspace_only: bool = False,
+    ) -> Session:
+        if assistance not in ASSISTANCE:
+            raise ValueError(f"assistance is one of {', '.join(ASSISTANCE)}, not {assistance!r}")
         session = Session(
             id=uuid.uuid4().hex[:12],
             candidate=candidate,
@@ -227,10 +279,12 @@ class SessionStore:
             interviewer_token=secrets.token_urlsafe(24),
             created_at=_utcnow(),
             time_limit_min=time_limit_min,
+            assistance=assistance,
+            workspace_only=workspace_only,
         )
         with self._lock:
             self.con.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session.id,
                     session.candidate,
@@ -238,6 +292,8 @@ class SessionStore:
                     token_hash(session.interviewer_token),
                     _text(session.created_at),
                     session.time_limit_min,
+                    session.assistance,
+                    int(session.workspace_only),
                 ),
             )
         return session
@@ -251,7 +307,7 @@ class SessionStore:
         if found is None:
             with self._lock:
                 row = self.con.execute(
-                    "SELECT *, CASE WHEN candidate_token = ? THEN 'candidate' "
+                    f"SELECT {SESSION_COLUMNS}, CASE WHEN candidate_token = ? THEN 'candidate' "
                     "ELSE 'interviewer' END FROM sessions "
                     "WHERE candidate_token = ? OR interviewer_token = ?",
                     (hashed, hashed, hashed),
@@ -266,12 +322,16 @@ class SessionStore:
 
     def get(self, session_id: str) -> Session | None:
         with self._lock:
-            row = self.con.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            row = self.con.execute(
+                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
         return Session.from_row(row) if row else None
 
     def all(self) -> list[Session]:
         with self._lock:
-            rows = self.con.execute("SELECT * FROM sessions ORDER BY created_at").fetchall()
+            rows = self.con.execute(
+                f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at"
+            ).fetchall()
         return [Session.from_row(row) for row in rows]
 
     def state(self, session: Session, now: dt.datetime | None = None) -> str:
@@ -306,29 +366,30 @@ class SessionStore:
         detail: dict[str, Any],
         shown: evidence.Shown = (),
     ) -> None:
-        """Append an event, tagged with the evidence it touched; durable when this returns.
-        HistoryFull when the session's history has no room for it, ImplausibleEvent for time
-        away that did not pass; either way nothing is written."""
+        """Append an event, tagged with the evidence it touched and the values it showed;
+        durable when this returns. HistoryFull when the session's history has no room for it,
+        ImplausibleEvent for time away that did not pass; either way nothing is written."""
         touched = evidence.touched(self.evidence, kind, detail, list(shown))
         payload = json.dumps(detail, default=str)
+        seen = json.dumps(evidence.seen_values(shown, MAX_SEEN_VALUES))
         with self._lock:
             now = _utcnow()
-            self._make_room(session_id, len(payload))
+            self._make_room(session_id, len(payload) + len(seen))
             if kind == "away":
                 self._check_away(session_id, detail.get("seconds", 0), now)
             self.con.execute(
-                "INSERT INTO events (session_id, ts, sim_ts, kind, detail, evidence) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (session_id, _text(now), _text(sim_ts), kind, payload, json.dumps(touched)),
+                "INSERT INTO events (session_id, ts, sim_ts, kind, detail, evidence, seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (session_id, _text(now), _text(sim_ts), kind, payload, json.dumps(touched), seen),
             )
             events, size = self._usage[session_id]
-            self._usage[session_id] = (events + 1, size + len(payload))
+            self._usage[session_id] = (events + 1, size + len(payload) + len(seen))
 
     def _make_room(self, session_id: str, size: int) -> None:
         """HistoryFull unless an event of `size` bytes fits. Called with the lock held."""
         if session_id not in self._usage:
             events, total = self.con.execute(
-                "SELECT count(*), coalesce(sum(length(detail)), 0) FROM events "
+                "SELECT count(*), coalesce(sum(length(detail) + length(seen)), 0) FROM events "
                 "WHERE session_id = ?",
                 (session_id,),
             ).fetchone()
@@ -383,7 +444,7 @@ class SessionStore:
         """Events oldest first; `after` (a `seq`) returns only newer ones, for a live view."""
         with self._lock:
             rows = self.con.execute(
-                "SELECT seq, ts, sim_ts, kind, detail, evidence FROM events "
+                "SELECT seq, ts, sim_ts, kind, detail, evidence, seen FROM events "
                 "WHERE session_id = ? AND (? IS NULL OR kind = ?) AND seq > ? "
                 "ORDER BY seq",
                 (session_id, kind, kind, after),
@@ -396,8 +457,9 @@ class SessionStore:
                 "kind": kind,
                 "detail": json.loads(detail),
                 "evidence": json.loads(evidence),
+                "seen": json.loads(seen),
             }
-            for seq, ts, sim_ts, kind, detail, evidence in rows
+            for seq, ts, sim_ts, kind, detail, evidence, seen in rows
         ]
 
     def diagnosis(self, session_id: str) -> Diagnosis | None:
@@ -505,7 +567,8 @@ def _import_legacy(path: Path, con: sqlite3.Connection) -> None:
             if not c_token.startswith(HASHED):
                 c_token, i_token = token_hash(c_token), token_hash(i_token)
             con.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sessions (id, candidate, candidate_token, interviewer_token, "
+                "created_at, time_limit_min) VALUES (?, ?, ?, ?, ?, ?)",
                 (sid, candidate, c_token, i_token, _text(created_at), limit),
             )
         # Events in the order they were recorded: by wall time, then by `seq` where it exists.

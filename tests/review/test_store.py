@@ -174,3 +174,58 @@ def test_an_earlier_duckdb_sessions_file_is_carried_over(tmp_path: Path) -> None
     assert len(again.history("s1")) == 2
     again.close()
     assert (tmp_path / SESSIONS_FILE).is_file()
+
+
+def test_a_first_version_sessions_file_gains_policies_and_seen_values(tmp_path: Path) -> None:
+    """A sessions file written before policies and seen values keeps its sessions and events,
+    which read as the defaults: assistance allowed, any client, nothing seen."""
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / SESSIONS_FILE)
+    con.executescript(
+        """
+        CREATE TABLE sessions (id TEXT PRIMARY KEY, candidate TEXT NOT NULL,
+            candidate_token TEXT UNIQUE NOT NULL, interviewer_token TEXT UNIQUE NOT NULL,
+            created_at TEXT NOT NULL, time_limit_min INTEGER);
+        CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL,
+            ts TEXT NOT NULL, sim_ts TEXT, kind TEXT NOT NULL, detail TEXT NOT NULL,
+            evidence TEXT NOT NULL);
+        CREATE TABLE starts (session_id TEXT PRIMARY KEY, ts TEXT NOT NULL);
+        CREATE TABLE revoked (session_id TEXT PRIMARY KEY, ts TEXT NOT NULL);
+        CREATE TABLE diagnoses (session_id TEXT NOT NULL, version INTEGER NOT NULL,
+            ts TEXT NOT NULL, fields TEXT NOT NULL, submitted INTEGER NOT NULL,
+            PRIMARY KEY (session_id, version));
+        CREATE TABLE scores (session_id TEXT NOT NULL, dimension TEXT NOT NULL, level INTEGER,
+            note TEXT NOT NULL, ts TEXT NOT NULL, PRIMARY KEY (session_id, dimension));
+        PRAGMA user_version = 1;
+        """
+    )
+    con.execute(
+        "INSERT INTO sessions VALUES ('s1', 'ada', ?, ?, '2026-12-01T10:00:00.000000', 60)",
+        (token_hash("c"), token_hash("i")),
+    )
+    con.execute(
+        "INSERT INTO events (session_id, ts, kind, detail, evidence) "
+        "VALUES ('s1', '2026-12-01T10:01:00.000000', 'sql', '{\"sql\": \"SELECT 1\"}', '[]')"
+    )
+    con.commit()
+    con.close()
+
+    store = SessionStore(tmp_path, {})
+    old = store.get("s1")
+    assert old is not None and old.policy == {"assistance": "allowed", "workspace_only": False}
+    assert [e["seen"] for e in store.history("s1")] == [[]]
+    made = store.create("grace", assistance="not-allowed", workspace_only=True)
+    store.record(made.id, SIM, "sql", {"sql": "SELECT 1"}, [("2026-04-13", "2026-04-13 | 0.595")])
+    store.close()
+
+    again = SessionStore(tmp_path, {})
+    grace = again.get(made.id)
+    assert grace is not None
+    assert grace.policy == {"assistance": "not-allowed", "workspace_only": True}
+    found = again.by_token(made.candidate_token)
+    assert found is not None and found[0].workspace_only
+    assert again.history(made.id)[0]["seen"] == ["2026-04-13", "0.595"]
+    with pytest.raises(ValueError, match="allowed, not-allowed"):
+        again.create("eve", assistance="sometimes")
+    again.close()

@@ -105,7 +105,72 @@ def test_the_review_marks_exactly_the_evidence_the_investigation_touched(
     assert review["diagnosis"]["final"] == DIAGNOSIS
     assert review["diagnosis"]["versions"][-1]["submitted"]
     assert review["session"]["state"] == "submitted"
-    assert any("next experiment" in p for p in review["probes"])
+    assert any("next experiment" in p["text"] for p in review["probes"])
+
+
+def _rows(client: TestClient, token: str, sql: str) -> list[list]:
+    reply = client.post("/api/sql", json={"sql": sql}, headers=_bearer(token))
+    assert reply.status_code == 200, reply.text
+    return reply.json()["rows"]
+
+
+def test_the_review_tells_seeing_from_querying_from_citing_and_traces_the_claims(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    links = make_session()
+    token = links["candidate_token"]
+    # Seen: the column comes back, but the query asks nothing of it.
+    _rows(
+        client,
+        token,
+        "SELECT activity_date, minutes_watched FROM raw.viewing_activity "
+        "WHERE activity_date >= DATE '2026-03-20' LIMIT 5",
+    )
+    # Queried: the weeks whose NULL share stands out, found by a condition on the column.
+    weeks = _rows(
+        client,
+        token,
+        "SELECT date_trunc('week', activity_date) AS week, "
+        "round(avg((minutes_watched IS NULL)::INT), 3) AS null_share FROM raw.viewing_activity "
+        "GROUP BY 1 HAVING avg((minutes_watched IS NULL)::INT) > 0.1 ORDER BY 1",
+    )
+    peak = max(share for _, share in weeks)
+    diagnosis = {
+        "root_cause": f"The NULL share of minutes_watched reached {peak:.1%}. "
+        "SDK 9.9 caused it, and avg_daily_minutes_7d took the fill value.",
+    }
+    reply = client.post("/api/diagnosis/submit", json=diagnosis, headers=_bearer(token))
+    assert reply.status_code == 200, reply.text
+
+    review = _review(client, links)
+    queries = [i for i in review["timeline"] if i["kind"] == "sql"]
+    [fault] = review["faults"]
+    nulls = next(e for e in fault["evidence"] if e["id"] == "raw-nulls")
+    assert nulls["strength"] == "cited"
+    assert nulls["strengths"]["shown"]["seq"] == queries[0]["seq"]
+    assert nulls["strengths"]["queried"]["seq"] == queries[1]["seq"]
+    assert nulls["strengths"]["cited"]["seq"] == queries[1]["seq"]
+    assert fault["time_to_first_s"]["queried"] == queries[1]["offset_s"]
+
+    claims = {c["value"]: c for c in review["claims"]}
+    assert [b["seq"] for b in claims[f"{peak:.1%}"]["backed_by"]] == [queries[1]["seq"]]
+    assert claims["9.9"]["backed_by"] == []
+    # Named from the world's schema, though nothing the candidate ran read it.
+    assert claims["avg_daily_minutes_7d"]["kind"] == "feature"
+    assert claims["avg_daily_minutes_7d"]["backed_by"] == []
+
+    probes = review["probes"]
+    decisive = [p["events"] for p in probes if p["kind"] == "decisive_query"]
+    assert decisive == [[queries[0]["seq"]], [queries[1]["seq"]]]
+    assert any(
+        p["kind"] == "unbacked_claim" and "where did you see 9.9?" in p["text"] for p in probes
+    )
+    markdown = client.get(
+        f"/api/sessions/{links['session_id']}/export.md",
+        headers=_bearer(links["interviewer_token"]),
+    ).text
+    assert "nothing the candidate ran showed 9.9 (number)" in markdown
+    assert f"cited “{peak:.1%}”, seen" in markdown
 
 
 @pytest.fixture(scope="module")

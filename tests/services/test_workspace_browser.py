@@ -355,6 +355,17 @@ def test_the_interviewer_reviews_the_session_in_the_browser(
     marked = page.locator("#timeline tr.evidence", has_text="minutes_watched")
     assert marked.count() == 1 and marked.locator(".mark").inner_text() == "raw-nulls"
     assert "✔" in page.locator(".fault").first.inner_text()
+    # Grouping by the week only shows the column: seen, not asked of.
+    nulls = page.locator(".fault li[data-evidence='raw-nulls']")
+    assert nulls.get_attribute("data-strength") == "shown"
+    assert "queried —" in nulls.inner_text()
+    # The query that first showed it is a walk-through probe, linked to its row.
+    decisive = page.locator("#probes li[data-probe='decisive_query']", has_text="minutes_watched")
+    assert decisive.count() == 1
+    link = decisive.locator("a").first.get_attribute("href") or ""
+    assert page.locator(link).get_attribute("data-kind") == "sql"
+    assert page.locator("#probes li[data-probe='generic']").count() >= 1
+    assert page.locator("#claims").inner_text().strip()
 
     page.select_option("#rubric select[name=root_cause]", "3")
     page.wait_for_selector(".dimension[data-dimension=root_cause][data-saved=true]")
@@ -370,6 +381,8 @@ def test_the_interviewer_reviews_the_session_in_the_browser(
     page.goto(exported.as_uri())
     assert page.locator("#timeline tbody tr").count() >= 3
     assert "raw-nulls" in page.locator("#timeline").inner_text()
+    assert page.locator("li[data-evidence='raw-nulls'][data-strength='shown']").count() == 1
+    assert page.locator("#probes li[data-probe='decisive_query']").count() >= 1
     context.close()
     assert journey.console_errors == [] and journey.failed_responses == []
 

@@ -1,5 +1,6 @@
 // The walk-through review: the candidate's timeline with evidence marks (refreshed while the
-// session runs), per-fault findings, the diagnosis next to the answer key, the rubric, probes.
+// session runs), per-fault findings by strength (shown, queried, cited), the diagnosis next to
+// the answer key with its claims traced to events, the rubric, probes from the trail.
 "use strict";
 
 (() => {
@@ -19,16 +20,40 @@
     return (h ? `${h}:${String(m).padStart(2, "0")}` : `${m}`) + `:${String(s).padStart(2, "0")}`;
   }
 
+  const STRENGTHS = ["shown", "queried", "cited"];
+  const EVENT_LABELS = { sql: "query", log_search: "log search", customer_examples: "customer list" };
+  const PROBE_LABELS = { decisive_query: "query", ruled_out: "ruled out", unbacked_claim: "unbacked claim", answer_key: "answer key", generic: "closing" };
+
+  function eventLink(seq) {
+    return el("a", { href: `#event-${seq}` }, `#${seq}`);
+  }
+
+  function eventLinks(seqs) {
+    return seqs.flatMap((seq, n) => [n ? ", " : "", eventLink(seq)]);
+  }
+
+  function reachedAt(hit) {
+    return hit ? [clock(hit.offset_s), " (", eventLink(hit.seq), ")"] : ["—"];
+  }
+
   function drawFaults(r) {
     fill(document.getElementById("faults"), r.faults.map((f) => el("div", { class: "fault", "data-fault": f.fault_id },
       el("h3", {}, f.title, el("span", { class: "muted small" }, ` · ${f.difficulty}`)),
       el("p", { class: "small" },
-        el("b", {}, `${f.evidence_found} / ${f.evidence.length}`), " evidence touched · first at ", el("b", {}, clock(f.time_to_first_evidence_s)),
+        el("b", {}, `${f.evidence_found} / ${f.evidence.length}`), " evidence touched",
+        ...STRENGTHS.flatMap((s) => [` · first ${s} `, el("b", { "data-first": s }, clock(f.time_to_first_s[s])), ` (${f.evidence_reached[s]})`]),
         " · named in the diagnosis: ", el("b", { class: f.named_in_diagnosis === "yes" ? "good" : f.named_in_diagnosis === "no" ? "bad" : "" }, f.named_in_diagnosis),
         f.diagnosis_mentions.length ? ` (${f.diagnosis_mentions.join(", ")})` : ""),
-      el("ul", { class: "evidence-list small" }, f.evidence.map((e) => el("li", {},
-        e.first_seq !== null ? el("span", { class: "good" }, `✔ ${clock(e.first_offset_s)} `) : el("span", { class: "bad" }, "✘ "),
-        el("code", {}, e.ref), ` — ${e.description}`))))));
+      el("ul", { class: "evidence-list small" }, f.evidence.map((e) => el("li", { "data-evidence": e.id, "data-strength": e.strength || "" },
+        e.strength ? el("span", { class: "good" }, `✔ ${e.strength} `) : el("span", { class: "bad" }, "✘ "),
+        el("code", {}, e.ref), ` — ${e.description}`,
+        e.strength ? el("div", { class: "muted" },
+          "shown ", ...reachedAt(e.strengths.shown), " · queried ", ...reachedAt(e.strengths.queried), " · cited ",
+          ...(e.strengths.cited ? [`“${e.strengths.cited.value}”, seen `, ...reachedAt(e.strengths.cited)] : ["—"])) : null))))));
+    const decoys = r.decoys.filter((d) => d && d.looked_at);
+    fill(document.getElementById("decoys"), decoys.length ? [el("h3", {}, "Decoys"), el("ul", { class: "small" }, decoys.map((d) =>
+      el("li", { "data-decoy": d.decoy_id }, el("b", {}, d.title), " — ",
+        d.looked_at.length ? [`looked at from ${clock(d.first_offset_s)}: `, ...eventLinks(d.looked_at)] : "not looked at")))] : []);
     const signals = document.getElementById("signals");
     fill(signals, r.signals.length ? [el("h3", {}, "Signals"), el("ul", { class: "small" }, r.signals.map((s) =>
       el("li", { "data-signal": s.kind }, el("b", {}, s.kind), ` — ${s.summary} · events `,
@@ -72,6 +97,26 @@
       versions.length ? el("details", {}, el("summary", {}, "Versions and changes"), versions.map((v) => el("div", { class: "small" },
         el("p", {}, el("b", {}, `Version ${v.version}`), ` at ${clock(v.offset_s)}${v.submitted ? " (submitted)" : ""}`),
         Object.entries(v.changes).map(([field, lines]) => el("pre", { class: "diff" }, `${names[field] || field}\n${lines.join("\n")}`))))) : null);
+  }
+
+  function drawClaims(r) {
+    const unbacked = r.claims.filter((c) => !c.backed_by.length);
+    const backed = r.claims.filter((c) => c.backed_by.length);
+    fill(document.getElementById("claims"),
+      r.claims.length ? null : el("p", { class: "muted small" }, "No numbers, dates or schema names in the diagnosis."),
+      unbacked.length ? [el("h3", {}, "Not backed by anything the candidate ran"), el("ul", { class: "small", id: "unbacked-claims" }, unbacked.map((c) =>
+        el("li", { "data-claim": c.kind }, el("span", { class: "bad" }, `“${c.text}”`), " — nothing the candidate ran showed ", el("code", {}, c.value), el("span", { class: "muted" }, ` (${c.kind})`))))] : null,
+      backed.length ? [el("h3", {}, "Backed"), el("ul", { class: "small", id: "backed-claims" }, backed.map((c) => {
+        const b = c.backed_by[0];
+        return el("li", { "data-claim": c.kind }, el("code", {}, c.value), el("span", { class: "muted" }, ` (${c.kind})`), ` — seen in ${EVENT_LABELS[b.kind] || b.kind} `, eventLink(b.seq), ` at ${clock(b.offset_s)} `,
+          el("span", { class: "muted" }, `(${b.summary})${c.backed_count > 1 ? ` and ${c.backed_count - 1} more` : ""}`), `: “${c.text}”`);
+      }))] : null);
+  }
+
+  function drawProbes(r) {
+    fill(document.getElementById("probes"), r.probes.map((p) => el("li", { "data-probe": p.kind },
+      el("span", { class: "kind" }, PROBE_LABELS[p.kind] || p.kind), " ", p.text,
+      p.events.length ? el("span", { class: "muted" }, " (", ...eventLinks(p.events), ")") : null)));
   }
 
   function drawRubric(r) {
@@ -120,9 +165,10 @@
         drawFaults(r);
         drawTimeline(r);
         drawDiagnosis(r);
+        drawClaims(r);
+        drawProbes(r);
       }
       drawRubric(r);
-      if (!document.getElementById("probes").children.length) fill(document.getElementById("probes"), r.probes.map((p) => el("li", {}, p)));
       root.dataset.ready = "true";
     } catch (e) { showError(document.getElementById("faults"), e.message); }
   }
