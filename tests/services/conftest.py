@@ -8,6 +8,7 @@ import datetime as dt
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -64,11 +65,14 @@ def gateway_client(
 def session_maker(client: TestClient, paths: WorldPaths) -> MakeSession:
     """Creates sessions as the operator; each call returns a session's links and tokens."""
 
-    def make(candidate: str = "ada", time_limit_min: int | None = None) -> dict[str, str]:
+    def make(
+        candidate: str = "ada", time_limit_min: int | None = None, **policy: Any
+    ) -> dict[str, str]:
+        """`policy`: the session's `assistance` and `workspace_only`, as the API takes them."""
         admin = {"Authorization": f"Bearer {stack.admin_token(paths)}"}
         reply = client.post(
             "/api/sessions",
-            json={"candidate": candidate, "time_limit_min": time_limit_min},
+            json={"candidate": candidate, "time_limit_min": time_limit_min, **policy},
             headers=admin,
         )
         assert reply.status_code == 200, reply.text
