@@ -81,5 +81,6 @@
     for (const [name, value] of Object.entries(saved.fields)) if (form.elements[name]) form.elements[name].value = value;
     for (const t of Object.values(typing)) t.take();  // the saved text is what counting starts from
     show(saved);
+    document.body.dataset.diagnosisLoaded = "true";
   }).catch((e) => { state.textContent = e.status === 403 ? "Only the candidate writes the diagnosis." : e.message; });
 })();
