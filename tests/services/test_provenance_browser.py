@@ -137,7 +137,7 @@ def _concurrently(stack: Stack, queries: list[str]) -> list[int]:
 
 
 def test_a_script_with_the_bearer_token_raises_each_signal_on_its_events(
-    shared_stack: Stack,
+    shared_stack: Stack, browser: Browser
 ) -> None:
     stack = new_session(shared_stack, "script")
     sent = QUERIES * 3
@@ -164,6 +164,42 @@ def test_a_script_with_the_bearer_token_raises_each_signal_on_its_events(
     assert set(overlapping) <= set(runs) and len(overlapping) >= len(sent) // 2
     assert found["fast-composition"] == [*runs, save]
     assert "probing" not in found
+
+    # The interviewer's page draws the signals and marks each event with those it is part of.
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(stack.interviewer_url)
+    page.wait_for_selector(".review[data-ready='true']", timeout=WAIT_MS)
+    assert "outside help allowed" in page.locator("#policy-line").inner_text()
+    for kind in INTEGRITY:
+        assert page.locator(f"#signals li[data-signal='{kind}'] a").count() == len(found[kind])
+    marked = page.locator(
+        "#timeline tr", has=page.locator(".signal[data-signal='fast-composition']")
+    )
+    assert sorted(int(s) for s in marked.evaluate_all("rows => rows.map(r => r.dataset.seq)")) == [
+        *runs,
+        save,
+    ]
+    context.close()
+
+
+def test_the_operator_sets_a_sessions_policy_in_the_sessions_page(
+    shared_stack: Stack, browser: Browser
+) -> None:
+    operator = (shared_stack.world / "interviewer" / "operator-token").read_text().strip()
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(f"{shared_stack.url}/?token={operator}")
+    form = page.locator("#new-session")
+    form.locator("input[name=candidate]").fill("Grace")
+    form.locator("select[name=assistance]").select_option("not-allowed")
+    form.locator("input[name=workspace_only]").check()
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector("#new-links input.copy")
+    row = page.locator("#sessions tbody tr", has_text="Grace")
+    row.wait_for()
+    assert "help not allowed · workspace only" in row.inner_text()
+    context.close()
 
 
 def test_a_workspace_only_session_refuses_the_script_and_works_in_the_browser(
