@@ -52,13 +52,12 @@
     const rows = [];
     for (const i of r.timeline) {
       if (hiddenKinds.has(i.kind)) continue;
-      if (i.idle_before_s) rows.push(el("tr", { class: "idle" }, el("td", { colspan: 5 }, `— idle ${clock(i.idle_before_s)} —`)));
+      if (i.idle_before_s) rows.push(el("tr", { class: "idle" }, el("td", { colspan: 4 }, `— idle ${clock(i.idle_before_s)} —`)));
       rows.push(el("tr", { id: `event-${i.seq}`, class: i.evidence.length ? "evidence" : "", "data-seq": i.seq, "data-kind": i.kind },
         el("td", { class: "nowrap" }, clock(i.offset_s)), el("td", { class: "kind" }, i.kind),
-        el("td", { class: "what", title: i.detail.sql || "" }, i.summary,
-          i.detail.client === "api" ? el("span", { class: "muted small", title: i.detail.user_agent || "" }, " · outside the workspace") : null),
-        el("td", {}, i.evidence.map((e) => el("span", { class: "mark" }, e))),
-        el("td", {}, (marks[i.seq] || []).map((k) => el("span", { class: "signal", "data-signal": k }, k)))));
+        el("td", { class: "what", title: [i.detail.sql, i.detail.user_agent && `from ${i.detail.client}: ${i.detail.user_agent}`].filter(Boolean).join("\n") }, i.summary),
+        el("td", {}, i.evidence.map((e) => el("span", { class: "mark" }, e)),
+          (marks[i.seq] || []).map((k) => el("span", { class: "signal", "data-signal": k }, k)))));
     }
     fill(document.querySelector("#timeline tbody"), rows.length ? rows : [el("tr", {}, el("td", { class: "muted" }, "Nothing recorded yet."))]);
   }
