@@ -389,11 +389,31 @@ def _gateway_call(world: Path, method: str, path: str, body: dict | None = None)
 
 
 def _create_session(
-    world: Path, candidate: str, time_limit_min: int | None = None
-) -> dict[str, str]:
+    world: Path,
+    candidate: str,
+    time_limit_min: int | None = None,
+    assistance: str = "allowed",
+    workspace_only: bool = False,
+) -> dict[str, Any]:
     return _gateway_call(
-        world, "POST", "/api/sessions", {"candidate": candidate, "time_limit_min": time_limit_min}
+        world,
+        "POST",
+        "/api/sessions",
+        {
+            "candidate": candidate,
+            "time_limit_min": time_limit_min,
+            "assistance": assistance,
+            "workspace_only": workspace_only,
+        },
     )
+
+
+def _assistance(value: str) -> str:
+    from sandbox.review.store import ASSISTANCE
+
+    if value not in ASSISTANCE:
+        raise typer.BadParameter(f"one of {', '.join(ASSISTANCE)}, not {value!r}")
+    return value
 
 
 @session_app.command("create")
@@ -403,14 +423,33 @@ def session_create(
     time_limit: Annotated[
         int | None, typer.Option("--time-limit", help="Minutes from the candidate's first visit.")
     ] = None,
+    assistance: Annotated[
+        str,
+        typer.Option(
+            "--assistance",
+            callback=_assistance,
+            help="What the candidate is told about outside help (an assistant, scripts): "
+            "allowed or not-allowed. The review shows how the work was done either way.",
+        ),
+    ] = "allowed",
+    workspace_only: Annotated[
+        bool,
+        typer.Option(
+            "--workspace-only",
+            help="The candidate's tools answer the workspace's own pages in a browser only: "
+            "scripts and other clients are refused.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a candidate session on the running stack; prints the candidate and interviewer links."""
-    links = _create_session(world, candidate, time_limit)
+    links = _create_session(world, candidate, time_limit, assistance, workspace_only)
     if as_json:
         console.print_json(json.dumps(links))
         return
     print(f"session {links['session_id']} for {candidate}")
+    only = ", workspace pages only" if workspace_only else ""
+    print(f"policy:       outside help {assistance.replace('-', ' ')}{only}")
     print(f"candidate:    {links['candidate_url']}")
     print(f"interviewer:  {links['interviewer_url']}")
 
@@ -424,7 +463,10 @@ def session_list(world: Path, as_json: Annotated[bool, typer.Option("--json")] =
         return
     for s in sessions:
         limit = f"{s['time_limit_min']} min" if s["time_limit_min"] else "no limit"
-        print(f"{s['id']}  {s['state']:<12} {s['candidate']}  ({limit})")
+        policy = s["policy"]
+        help_ = f"help {policy['assistance'].replace('-', ' ')}"
+        only = ", workspace only" if policy["workspace_only"] else ""
+        print(f"{s['id']}  {s['state']:<12} {s['candidate']}  ({limit}; {help_}{only})")
 
 
 @session_app.command("revoke")

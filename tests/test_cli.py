@@ -93,3 +93,15 @@ def test_a_scale_too_small_for_a_fault_is_refused_before_the_build(tmp_path: Pat
     assert "faults[0] (label-leakage) needs at least 5,000 customers" in message
     assert "scale 0.1 gives 2,500" in message and "--scale 0.2" in message
     assert not out.exists()
+
+
+def test_session_create_refuses_an_unknown_assistance_before_calling_the_stack(
+    tmp_path: Path,
+) -> None:
+    refused = runner.invoke(app, ["session", "create", str(tmp_path), "--assistance", "sometimes"])
+    assert refused.exit_code == 2
+    assert "--assistance" in refused.output and "allowed, not-allowed" in refused.output
+    # A valid policy goes on to the stack, which is not running here.
+    for options in (["--assistance", "not-allowed", "--workspace-only"], []):
+        asked = runner.invoke(app, ["session", "create", str(tmp_path), *options])
+        assert asked.exit_code == 2 and "no running stack" in asked.output

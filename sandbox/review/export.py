@@ -13,6 +13,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from sandbox.review import signals
+
 _env = Environment(
     loader=PackageLoader("sandbox.review", "templates"),
     autoescape=select_autoescape(["html.j2"]),
@@ -96,6 +98,7 @@ _env.globals["event_kinds"] = EVENT_LABELS
 _env.filters["clock"] = clock
 _env.filters["md"] = md_inline
 _env.filters["md_block"] = md_block
+_env.globals["signals_by_event"] = signals.by_event
 
 
 def to_html(review: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from sandbox.review import claims, probes, rubric, strengths
 from sandbox.review.cited import SeenIndex
 from sandbox.review.export import clock
+from sandbox.review.signals import signals
 
 IDLE_GAP_S = 180  # a pause longer than this is shown compressed
 DEAD_END_EVENTS = 6  # this many reads in a row that touch no evidence make a dead end
@@ -143,41 +144,6 @@ def summarize(event: dict[str, Any]) -> str:
         shown = round(seconds) if isinstance(seconds, int | float) else seconds
         return f"left the workspace tab for {shown} s"
     return kind
-
-
-def signals(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What the interviewer may want to ask about, each with the events it rests on: signals of
-    how the work was done, never verdicts."""
-    found = []
-    pastes = [i for i in timeline if i["kind"] == "paste"]
-    if pastes:
-        chars = sum(int(i["detail"].get("chars", 0) or 0) for i in pastes)
-        found.append(
-            _signal("paste", f"{len(pastes)} pastes into the diagnosis, {chars} characters", pastes)
-        )
-    away = [i for i in timeline if i["kind"] == "away"]
-    if away:
-        seconds = sum(float(i["detail"].get("seconds", 0) or 0) for i in away)
-        found.append(
-            _signal(
-                "away", f"left the workspace tab {len(away)} times, {seconds / 60:.0f} min", away
-            )
-        )
-    probes = [i for i in timeline if i["detail"].get("refused")]
-    if probes:
-        reaches = sorted({str(i["detail"]["refused"]) for i in probes})
-        found.append(
-            _signal(
-                "probing",
-                f"{len(probes)} refused reaches outside the workspace: {', '.join(reaches)}",
-                probes,
-            )
-        )
-    return found
-
-
-def _signal(kind: str, summary: str, events: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"kind": kind, "summary": summary, "events": [i["seq"] for i in events]}
 
 
 def _fault(

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sandbox.review import evidence
 
@@ -49,7 +49,8 @@ AWAY_SLACK_S = 2.0
 BUSY_TIMEOUT_MS = 10_000
 # What a session's candidate is told about outside help, and whether only the workspace's own
 # pages may call the candidate's routes.
-ASSISTANCE = ("allowed", "not-allowed")
+Assistance = Literal["allowed", "not-allowed"]
+ASSISTANCE: tuple[str, ...] = get_args(Assistance)
 SCHEMA_VERSION = 2
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, candidate TEXT NOT NULL, "

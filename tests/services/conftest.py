@@ -8,9 +8,11 @@ import datetime as dt
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from playwright.sync_api import Browser, sync_playwright
 
 from sandbox import scenario
 from sandbox.layout import WorldPaths
@@ -64,11 +66,14 @@ def gateway_client(
 def session_maker(client: TestClient, paths: WorldPaths) -> MakeSession:
     """Creates sessions as the operator; each call returns a session's links and tokens."""
 
-    def make(candidate: str = "ada", time_limit_min: int | None = None) -> dict[str, str]:
+    def make(
+        candidate: str = "ada", time_limit_min: int | None = None, **policy: Any
+    ) -> dict[str, str]:
+        """`policy`: the session's `assistance` and `workspace_only`, as the API takes them."""
         admin = {"Authorization": f"Bearer {stack.admin_token(paths)}"}
         reply = client.post(
             "/api/sessions",
-            json={"candidate": candidate, "time_limit_min": time_limit_min},
+            json={"candidate": candidate, "time_limit_min": time_limit_min, **policy},
             headers=admin,
         )
         assert reply.status_code == 200, reply.text
@@ -92,6 +97,27 @@ def client(paths: WorldPaths) -> Iterator[TestClient]:
 @pytest.fixture
 def make_session(client: TestClient, paths: WorldPaths) -> MakeSession:
     return session_maker(client, paths)
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, for the tests that drive the workspace as a person does."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is missing: `make test` installs it")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 SHARED_SPEED = 120.0  # two simulated minutes a second: live rows arrive while a test waits

@@ -68,10 +68,20 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) 
     return until(health, "the stack healthy", timeout=timeout, every=0.5)
 
 
-def new_session(stack: Stack, candidate: str) -> Stack:
-    """The same running stack, driven through a new candidate session of its own."""
+def new_session(stack: Stack, candidate: str, *options: str) -> Stack:
+    """The same running stack, driven through a new candidate session of its own; `options` are
+    more of `sandbox session create`'s (its policy)."""
     made = subprocess.run(
-        [SANDBOX, "session", "create", str(stack.world), "--candidate", candidate, "--json"],
+        [
+            SANDBOX,
+            "session",
+            "create",
+            str(stack.world),
+            "--candidate",
+            candidate,
+            "--json",
+            *options,
+        ],
         capture_output=True,
         text=True,
         check=True,

@@ -302,7 +302,13 @@ def test_a_days_drift_report_renders_on_first_view(
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
     assert "drift" in reply.text.lower() and len(reply.text) > 100_000
     [event] = [e for e in _history(client, links) if e["kind"] == "report"]
-    assert event["detail"] == {"report": "drift", "day": day}
+    assert event["detail"] == {
+        "report": "drift",
+        "day": day,
+        "client": "api",
+        "user_agent": "testclient",
+        "overlapped": False,
+    }
 
 
 def test_a_query_is_recorded_with_the_tables_and_columns_it_read(

@@ -25,8 +25,10 @@ from sandbox.services import limits, stack
 from sandbox.services.common import ServiceContext, serve, service_args, settings_or_exit
 from sandbox.services.gateway import builder, interviewer, pages, proxy, workspace
 from sandbox.services.gateway.auth import Auth
+from sandbox.services.gateway.composition import Composition
 from sandbox.services.gateway.console import QueryRefused
 from sandbox.services.gateway.console_pool import ConsoleBusy, ConsolePool
+from sandbox.services.gateway.provenance import FlightMiddleware, PageTokens
 from sandbox.services.gateway.state import Gateway, shown_rows
 from sandbox.services.settings import Settings
 
@@ -35,6 +37,8 @@ HEALTH_TIMEOUT_S = 2.0
 
 class SqlRequest(BaseModel):
     sql: str = Field(min_length=1, max_length=100_000)
+    # How the text reached the SQL console's editor; a client that is not the console sends none.
+    composition: Composition | None = None
 
 
 def create_app(
@@ -82,7 +86,10 @@ def create_app(
     app.state.sessions = sessions
     app.state.admin_token = admin_token
     app.state.builds = builds
-    app.state.gateway = gw = Gateway(ctx, pool, sessions, addresses, answer_key, settings)
+    app.state.gateway = gw = Gateway(
+        ctx, pool, sessions, addresses, answer_key, settings, PageTokens(admin_token)
+    )
+    app.add_middleware(FlightMiddleware, flights=gw.flights)
     record = gw.record
     app.include_router(workspace.router)
     app.include_router(interviewer.router)
@@ -122,6 +129,8 @@ def create_app(
     @app.post("/api/sql")
     async def sql(body: SqlRequest, who: Auth) -> JSONResponse:
         detail: dict[str, Any] = {"sql": body.sql}
+        if body.composition is not None:
+            detail["composition"] = body.composition.detail()
         try:
             result = await gw.query(who, body.sql)
         except ConsoleBusy as exc:

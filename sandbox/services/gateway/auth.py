@@ -1,4 +1,5 @@
-"""Who is asking: the stack's operator, or a session's candidate or interviewer.
+"""Who is asking: the stack's operator, or a session's candidate or interviewer; and, for a
+candidate, where the request came from (`provenance`).
 
 A session link carries its token once (`?token=`); from then on an http-only cookie does. Scripts
 send `Authorization: Bearer TOKEN`.
@@ -13,12 +14,21 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
+from sandbox.review.store import Session
+from sandbox.services.gateway.provenance import Client, FlightMiddleware, provenance
+
 COOKIE = "sandbox_token"
 
 
 class Caller(BaseModel):
     role: str  # candidate | interviewer | admin
     session_id: str | None = None
+    # A candidate's request: the workspace's pages or another client, the page instance that
+    # sent it, the user agent it named, and its place among the session's requests in flight.
+    client: Client | None = None
+    page_id: str | None = None
+    user_agent: str = ""
+    flight: int | None = None
 
     @property
     def is_candidate(self) -> bool:
@@ -47,7 +57,43 @@ def caller(request: Request) -> Caller:
             raise HTTPException(
                 403, "this session's time is up; everything you did until then is saved"
             )
+        return _candidate(request, session)
     return Caller(role=role, session_id=session.id)
+
+
+def _candidate(request: Request, session: Session) -> Caller:
+    """A candidate's request with its provenance; refused (403, and recorded) when the session's
+    policy admits the workspace's own pages only and it came from elsewhere."""
+    gw = request.app.state.gateway
+    where = provenance(
+        gw.page_tokens,
+        session.id,
+        method=request.method,
+        path=request.url.path,
+        headers=request.headers,
+        by_cookie=_from_cookie(request),
+    )
+    flight = request.scope.get("state", {}).get(FlightMiddleware.STATE_KEY)
+    if flight is not None:
+        gw.flights.identify(flight, session.id, where, request.method, request.url.path)
+    who = Caller(
+        role="candidate",
+        session_id=session.id,
+        client=where.client,
+        page_id=where.page_id,
+        user_agent=where.user_agent,
+        flight=flight,
+    )
+    if session.workspace_only and where.client != "workspace":
+        gw.refused(who, request.method, request.url.path, "workspace only")
+        raise HTTPException(403, WORKSPACE_ONLY)
+    return who
+
+
+WORKSPACE_ONLY = (
+    "this session's policy is workspace only: its tools answer the workspace's own pages in "
+    "your browser, not scripts or other clients; open your session link in a browser"
+)
 
 
 def candidate(who: Annotated[Caller, Depends(caller)]) -> Caller:

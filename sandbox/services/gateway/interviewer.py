@@ -18,10 +18,10 @@ from fastapi.responses import (
     RedirectResponse,
     Response,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from sandbox.review import export, gather, rubric
-from sandbox.review.store import Session
+from sandbox.review.store import Assistance, Session
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
 from sandbox.services.gateway.errors import invalid
@@ -34,6 +34,9 @@ MAX_TIME_LIMIT_MIN = 24 * 60
 class SessionRequest(BaseModel):
     candidate: str = Field("candidate", min_length=1, max_length=200)
     time_limit_min: int | None = Field(None, ge=1, le=MAX_TIME_LIMIT_MIN)
+    # The policy the candidate is shown on the brief (`store.ASSISTANCE`).
+    assistance: Assistance = "allowed"
+    workspace_only: StrictBool = False
 
 
 class ScoreRequest(BaseModel):
@@ -92,10 +95,18 @@ def openapi(request: Request, who: Interviewer) -> dict[str, Any]:
 def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[str, Any]:
     if who.role != "admin":
         raise HTTPException(403, "only the stack's operator creates sessions")
-    session = _gateway(request).sessions.create(body.candidate, body.time_limit_min)
+    session = _gateway(request).sessions.create(
+        body.candidate,
+        body.time_limit_min,
+        assistance=body.assistance,
+        workspace_only=body.workspace_only,
+    )
     # Behind a container network the gateway's own address is not the one people open.
     base = _gateway(request).settings.public_url or str(request.base_url)
-    return links(session, base.rstrip("/")) | {"time_limit_min": body.time_limit_min}
+    return links(session, base.rstrip("/")) | {
+        "time_limit_min": body.time_limit_min,
+        "policy": session.policy,
+    }
 
 
 @router.get("/api/sessions")

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sandbox.review.store import HistoryFull
+from sandbox.review.store import HistoryFull, Session
 from sandbox.services.gateway.auth import Auth, caller, sign_in
 from sandbox.services.gateway.state import Gateway
 
@@ -107,8 +107,14 @@ def install(app: FastAPI) -> None:
         gw = _gateway(request)
         text = gw.ctx.scenario.brief.text.strip()
         paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+        session = gw.sessions.get(who.session_id) if who.is_candidate and who.session_id else None
         return _page(
-            request, who, "brief", title=gw.ctx.scenario.brief.title, paragraphs=paragraphs
+            request,
+            who,
+            "brief",
+            title=gw.ctx.scenario.brief.title,
+            paragraphs=paragraphs,
+            policy=policy_words(session) if session else None,
         )
 
     @app.get("/dashboards", include_in_schema=False)
@@ -143,12 +149,41 @@ def _simple_page(name: str):
     return view
 
 
+def policy_words(session: Session) -> list[str]:
+    """The session's policy as the candidate reads it on the brief."""
+    words = [
+        "You may use outside help: an assistant, your own scripts, your notes. Your interviewer "
+        "sees how the work was done (what came from these pages and what did not) and may ask "
+        "you about it."
+        if session.assistance == "allowed"
+        else "Work on your own: no assistant, no outside help. Your interviewer sees how the work "
+        "was done (what came from these pages, what was pasted) and may ask you about it."
+    ]
+    if session.workspace_only:
+        words.append(
+            "Use these pages in your browser: the tools answer the workspace's own pages only, "
+            "not scripts or other clients."
+        )
+    else:
+        words.append(
+            "You may call the tools from a script too, with your session's token as a Bearer "
+            "token; those requests are marked as coming from outside the workspace."
+        )
+    return words
+
+
 def _page(
     request: Request, who: Any, name: str, detail: dict[str, Any] | None = None, **context: Any
 ) -> HTMLResponse:
     gw = _gateway(request)
     gw.record(who, "page", {"page": name, "path": request.url.path, **(detail or {})})
+    # Only a browser signed in by the cookie gets a page token: a Bearer client that fetches a
+    # page does not thereby make its other requests the workspace's.
+    page_token = None
+    if who.is_candidate and who.client == "workspace":
+        _, page_token = gw.page_tokens.mint(who.session_id)
     html = templates.get_template(f"{name}.html.j2").render(
+        page_token=page_token,
         nav=NAV,
         active=name,
         world=_world_name(request),

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from sandbox.services import stack
 from sandbox.services.common import SESSION_HEADER
 from sandbox.services.gateway.auth import Auth, Caller
+from sandbox.services.gateway.provenance import PAGE_HEADER
 from sandbox.services.gateway.state import Gateway
 
 router = APIRouter()
@@ -32,7 +33,7 @@ router = APIRouter()
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 RECORDED_BODY_MAX = 10_000
 # Not passed through either way. A client's session header and forwarding headers would let it
-# speak for another session or another address.
+# speak for another session or another address; the workspace page's token is the gateway's.
 HOP_HEADERS = frozenset(
     {
         "connection",
@@ -50,6 +51,7 @@ HOP_HEADERS = frozenset(
         "x-forwarded-proto",
         "x-real-ip",
         SESSION_HEADER,
+        PAGE_HEADER,
     }
 )
 # What a path may hold as sent: unreserved characters, escapes, and the sub-delimiters no server

@@ -21,6 +21,7 @@ from sandbox.services.gateway import views
 from sandbox.services.gateway.auth import Caller
 from sandbox.services.gateway.console import QueryResult
 from sandbox.services.gateway.console_pool import ConsolePool
+from sandbox.services.gateway.provenance import Flights, PageTokens
 from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS
 from sandbox.services.settings import Settings
 
@@ -59,9 +60,13 @@ class Gateway:
     addresses: dict[str, stack.ServiceAddress]
     answer_key: dict[str, Any]  # interviewer-only: never in a candidate's response
     settings: Settings
+    # Signs the workspace pages' tokens (`provenance`): the operator's secret, never a candidate's.
+    page_tokens: PageTokens
     _schema: list[dict[str, Any]] = field(default_factory=list)
     # What only the browser reports (pastes, time away): a person causes a few a minute.
     client_events: RateQuota = field(init=False)
+    # The candidates' requests in flight, for telling which overlapped.
+    flights: Flights = field(default_factory=Flights)
 
     def __post_init__(self) -> None:
         self.client_events = RateQuota(self.settings.client_events_per_minute)
@@ -102,10 +107,18 @@ class Gateway:
 
     def record(self, who: Caller, kind: str, detail: dict[str, Any], shown: Shown = ()) -> None:
         """Add an event to the caller's session history (candidates only: an interviewer
-        previewing the workspace leaves no trace in it). Returns once it is durable.
-        `shown` is what the event put in front of the candidate, for evidence tagging."""
+        previewing the workspace leaves no trace in it), with where the request came from, the
+        user agent it named and whether it overlapped another of the session's requests
+        (`provenance`). Returns once it is durable. `shown` is what the event put in front of the
+        candidate, for evidence tagging."""
         if who.is_candidate:
             self.sessions.started(who.session_id)  # the first action starts the session timer
+            detail = {
+                **detail,
+                "client": who.client or "api",
+                "user_agent": who.user_agent,
+                "overlapped": who.flight is not None and self.flights.overlapped(who.flight),
+            }
             self.sessions.record(who.session_id, self.ctx.now(), kind, detail, shown)
 
     def refused(self, who: Caller, method: str, path: str, reach: str) -> None:

@@ -13,7 +13,7 @@ import datetime as dt
 import math
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -24,6 +24,7 @@ from sandbox.monitor.reports import report_path
 from sandbox.review.store import DiagnosisClosed, ImplausibleEvent
 from sandbox.services import dashboards
 from sandbox.services.gateway.auth import Auth, CandidateAuth
+from sandbox.services.gateway.composition import Composition
 from sandbox.services.gateway.console import QueryRefused
 from sandbox.services.gateway.console_pool import ConsoleBusy
 from sandbox.services.gateway.errors import invalid
@@ -35,7 +36,8 @@ LOG_PAGE = 100
 EXAMPLE_CUSTOMERS = 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REPORT_RENDER_TIMEOUT_S = 120
-DIAGNOSIS_FIELDS = ("root_cause", "evidence", "fix", "ship_first", "next_experiment")
+DiagnosisField = Literal["root_cause", "evidence", "fix", "ship_first", "next_experiment"]
+DIAGNOSIS_FIELDS: tuple[str, ...] = get_args(DiagnosisField)
 
 
 class DiagnosisBody(BaseModel):
@@ -44,6 +46,12 @@ class DiagnosisBody(BaseModel):
     fix: str = Field("", max_length=20_000)
     ship_first: str = Field("", max_length=20_000)
     next_experiment: str = Field("", max_length=20_000)
+    # How each field's text reached the diagnosis page's editor since its previous save; a
+    # client that is not the page sends none.
+    composition: dict[DiagnosisField, Composition] | None = None
+
+    def fields(self) -> dict[str, str]:
+        return self.model_dump(include=set(DIAGNOSIS_FIELDS))
 
 
 def gateway(request: Request) -> Gateway:
@@ -342,7 +350,7 @@ class ClientEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["paste", "away"]
-    field: Literal[DIAGNOSIS_FIELDS] | None = None  # type: ignore[valid-type]
+    field: DiagnosisField | None = None
     # No more than a diagnosis field holds (the browser caps what it reports at that).
     chars: int = Field(0, ge=0, le=20_000)
     # At most the time since the session started or since the last time away ended (checked
@@ -392,17 +400,18 @@ def submit_diagnosis(body: DiagnosisBody, request: Request, who: CandidateAuth) 
 def _save(request: Request, who: Any, body: DiagnosisBody, submit: bool) -> dict[str, Any]:
     gw = gateway(request)
     try:
-        saved, created = gw.sessions.save_diagnosis(
-            who.session_id, body.model_dump(), submit=submit
-        )
+        saved, created = gw.sessions.save_diagnosis(who.session_id, body.fields(), submit=submit)
     except DiagnosisClosed as exc:
         raise HTTPException(409, str(exc)) from None
     if created:
-        gw.record(
-            who,
-            "diagnosis",
-            {"version": saved.version, "submitted": saved.submitted, "fields": saved.fields},
-        )
+        detail: dict[str, Any] = {
+            "version": saved.version,
+            "submitted": saved.submitted,
+            "fields": saved.fields,
+        }
+        if body.composition is not None:
+            detail["composition"] = {f: c.detail() for f, c in body.composition.items()}
+        gw.record(who, "diagnosis", detail)
     return _diagnosis_json(saved)
 
 

@@ -72,14 +72,17 @@
         el("input", { type: "checkbox", checked: !hiddenKinds.has(kind), onchange: (e) => { e.target.checked ? hiddenKinds.delete(kind) : hiddenKinds.add(kind); drawTimeline(latest); } }),
         `${kind} (${n})`)));
     }
+    const marks = {};
+    for (const s of r.signals) for (const seq of s.events) (marks[seq] = marks[seq] || []).push(s.kind);
     const rows = [];
     for (const i of r.timeline) {
       if (hiddenKinds.has(i.kind)) continue;
       if (i.idle_before_s) rows.push(el("tr", { class: "idle" }, el("td", { colspan: 4 }, `— idle ${clock(i.idle_before_s)} —`)));
       rows.push(el("tr", { id: `event-${i.seq}`, class: i.evidence.length ? "evidence" : "", "data-seq": i.seq, "data-kind": i.kind },
         el("td", { class: "nowrap" }, clock(i.offset_s)), el("td", { class: "kind" }, i.kind),
-        el("td", { class: "what", title: i.detail.sql || "" }, i.summary),
-        el("td", {}, i.evidence.map((e) => el("span", { class: "mark" }, e)))));
+        el("td", { class: "what", title: [i.detail.sql, i.detail.user_agent && `from ${i.detail.client}: ${i.detail.user_agent}`].filter(Boolean).join("\n") }, i.summary),
+        el("td", {}, i.evidence.map((e) => el("span", { class: "mark" }, e)),
+          (marks[i.seq] || []).map((k) => el("span", { class: "signal", "data-signal": k }, k)))));
     }
     fill(document.querySelector("#timeline tbody"), rows.length ? rows : [el("tr", {}, el("td", { class: "muted" }, "Nothing recorded yet."))]);
   }
@@ -159,6 +162,8 @@
       latest = r;
       const s = r.session;
       document.getElementById("session-line").textContent = `world ${r.world.name} seed ${r.world.seed} · ${s.state} · started ${s.started_at ? sandbox.simTime(s.started_at) : "—"}${s.time_limit_min ? ` · limit ${s.time_limit_min} min` : ""} · ${r.timeline.length} events`;
+      const policy = s.policy || {};
+      document.getElementById("policy-line").textContent = `Policy stated to the candidate: outside help ${(policy.assistance || "allowed").replace("-", " ")} · ${policy.workspace_only ? "only the workspace's pages answered" : "scripts and other clients answered too"}`;
       const seq = r.timeline.length ? r.timeline[r.timeline.length - 1].seq : 0;
       if (seq !== lastSeq) {
         lastSeq = seq;

@@ -2,8 +2,13 @@
 "use strict";
 
 const sandbox = (() => {
+  // The page's token: the gateway tells the workspace's own requests from other clients' by it.
+  const pageMeta = document.querySelector('meta[name="sandbox-page"]');
+  const pageToken = pageMeta ? pageMeta.content : null;
+
   async function api(path, options = {}) {
-    const init = { credentials: "same-origin", headers: {}, ...options };
+    const init = { credentials: "same-origin", ...options, headers: { ...(options.headers || {}) } };
+    if (pageToken) init.headers["X-Sandbox-Page"] = pageToken;
     if (options.json !== undefined) {
       init.method = init.method || "POST";
       init.headers["Content-Type"] = "application/json";
@@ -131,8 +136,61 @@ const sandbox = (() => {
     });
   }
 
+  // How the text of an editor (a textarea) came to be, for the interviewer's review: characters
+  // typed, pasted, put there by the page itself, already there when counting began, and the time
+  // from the first keystroke or paste to the send. `take()` is what goes with a run or a save; it
+  // starts the count again. Never the text itself: only counts.
+  const MAX_CHARS = 1000000, MAX_COMPOSE_MS = 86400000;
+  function composition(editor) {
+    let counts, firstAt, lastLength = editor.value.length, pendingPaste = null;
+    function reset(kept) { counts = { typed: 0, pasted: 0, inserted: 0, kept }; firstAt = null; }
+    reset(0);
+    function started() { if (firstAt === null) firstAt = performance.now(); }
+    editor.addEventListener("paste", (e) => { pendingPaste = ((e.clipboardData && e.clipboardData.getData("text")) || "").length; });
+    editor.addEventListener("drop", (e) => { pendingPaste = ((e.dataTransfer && e.dataTransfer.getData("text")) || "").length; });
+    editor.addEventListener("compositionend", (e) => { counts.typed += (e.data || "").length; started(); });
+    editor.addEventListener("input", (e) => {
+      const grown = Math.max(0, editor.value.length - lastLength);
+      lastLength = editor.value.length;
+      const type = e.inputType || "";
+      if (type.startsWith("insertFrom")) {
+        counts.pasted += pendingPaste !== null ? pendingPaste : grown;
+        pendingPaste = null;
+        started();
+      } else if (type === "insertCompositionText") {
+        // counted once the composition ends: its text is sent again with every change
+      } else if (type.startsWith("insert")) {
+        counts.typed += e.data ? e.data.length : 1;
+        started();
+      } else if (type.startsWith("history")) {
+        counts.typed += grown;  // an undo or redo is a keystroke bringing text back
+      }
+    });
+    return {
+      // Text the page put into the editor itself (an example, a history entry, a restored draft).
+      inserted(chars) { counts.inserted += chars; lastLength = editor.value.length; },
+      // Text typed through a key the page handles itself (Tab).
+      typed(chars) { counts.typed += chars; lastLength = editor.value.length; started(); },
+      // What was counted until now, and counting again from the editor's current text.
+      take() {
+        const taken = { ...counts, compose_ms: firstAt === null ? 0 : Math.round(performance.now() - firstAt) };
+        for (const key of Object.keys(taken)) taken[key] = Math.min(taken[key], key === "compose_ms" ? MAX_COMPOSE_MS : MAX_CHARS);
+        reset(editor.value.length);
+        lastLength = editor.value.length;
+        return taken;
+      },
+      // A send that failed: its counts belong to the next one.
+      giveBack(taken) {
+        for (const key of ["typed", "pasted", "inserted"]) counts[key] += taken[key];
+        counts.kept = taken.kept;
+        if (taken.compose_ms) firstAt = Math.min(firstAt === null ? Infinity : firstAt, performance.now() - taken.compose_ms);
+      },
+      active() { return counts.typed + counts.pasted + counts.inserted > 0; },
+    };
+  }
+
   function onClock(f) { clockListeners.push(f); if (clock) f(clock); }
   function clockInfo() { return clock; }
 
-  return { api, el, fill, table, formatValue, showError, simTime, simNow, onClock, clockInfo, refreshClock };
+  return { api, el, fill, table, formatValue, showError, simTime, simNow, onClock, clockInfo, refreshClock, composition };
 })();

@@ -1,9 +1,10 @@
 // The diagnosis editor: autosaves a new version a moment after typing stops (PUT /api/diagnosis),
-// and submits once (POST /api/diagnosis/submit), after which it is read-only.
+// and submits once (POST /api/diagnosis/submit), after which it is read-only. Each save carries how
+// each changed field's text reached it since the previous save (`sandbox.composition`).
 "use strict";
 
 (() => {
-  const { api } = sandbox;
+  const { api, composition } = sandbox;
   const form = document.getElementById("diagnosis-form");
   const state = document.getElementById("save-state");
   const submitButton = document.getElementById("submit");
@@ -12,8 +13,21 @@
   let saving = Promise.resolve();
   let dirty = false;
 
+  const editors = [...form.elements].filter((e) => e.name);
+  const typing = Object.fromEntries(editors.map((e) => [e.name, composition(e)]));
+
   function fields() {
-    return Object.fromEntries([...form.elements].filter((e) => e.name).map((e) => [e.name, e.value]));
+    return Object.fromEntries(editors.map((e) => [e.name, e.value]));
+  }
+
+  // The fields and, for each one written in since the previous save, how.
+  function body() {
+    const composed = Object.fromEntries(Object.entries(typing).filter(([, t]) => t.active()).map(([name, t]) => [name, t.take()]));
+    return { ...fields(), composition: composed };
+  }
+
+  function giveBack(sent) {
+    for (const [name, taken] of Object.entries(sent.composition)) typing[name].giveBack(taken);
   }
 
   function show(saved) {
@@ -32,9 +46,12 @@
     if (!dirty) return saving;
     dirty = false;
     state.textContent = "Saving…";
-    saving = saving.then(() => api("/api/diagnosis", { method: "PUT", json: fields() }))
-      .then(show)
-      .catch((e) => { dirty = true; state.textContent = `Not saved: ${e.message}`; });
+    saving = saving.then(() => {
+      const sent = body();
+      return api("/api/diagnosis", { method: "PUT", json: sent })
+        .then(show)
+        .catch((e) => { giveBack(sent); dirty = true; state.textContent = `Not saved: ${e.message}`; });
+    });
     return saving;
   }
 
@@ -55,12 +72,15 @@
   submitButton.addEventListener("click", async () => {
     if (!confirm("Submit your diagnosis? You cannot change it afterwards.")) return;
     await save();
-    try { show(await api("/api/diagnosis/submit", { json: fields() })); }
-    catch (e) { state.textContent = `Not submitted: ${e.message}`; }
+    const sent = body();
+    try { show(await api("/api/diagnosis/submit", { json: sent })); }
+    catch (e) { giveBack(sent); state.textContent = `Not submitted: ${e.message}`; }
   });
 
   api("/api/diagnosis").then((saved) => {
     for (const [name, value] of Object.entries(saved.fields)) if (form.elements[name]) form.elements[name].value = value;
+    for (const t of Object.values(typing)) t.take();  // the saved text is what counting starts from
     show(saved);
+    document.body.dataset.diagnosisLoaded = "true";
   }).catch((e) => { state.textContent = e.status === 403 ? "Only the candidate writes the diagnosis." : e.message; });
 })();

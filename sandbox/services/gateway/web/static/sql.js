@@ -1,9 +1,10 @@
 // The SQL console: a highlighted editor, the schema browser, the results grid with CSV export,
-// and the candidate's own history to re-run. Queries go to POST /api/sql (recorded there).
+// and the candidate's own history to re-run. Queries go to POST /api/sql (recorded there), one at
+// a time, with how their text reached the editor (`sandbox.composition`).
 "use strict";
 
 (() => {
-  const { api, el, fill, table, showError } = sandbox;
+  const { api, el, fill, table, showError, composition } = sandbox;
   const textarea = document.getElementById("sql");
   const highlight = document.getElementById("highlight");
   const status = document.getElementById("status");
@@ -12,6 +13,8 @@
   const runButton = document.getElementById("run");
   const STORAGE_KEY = "sandbox.sql.draft";
   let last = null;
+  let running = false;
+  const typing = composition(textarea);
 
   const KEYWORDS = new Set(("select from where group by order having limit offset join left right full inner outer cross on using as and or not in is null " +
     "case when then else end with distinct union all intersect except between like ilike asc desc over partition window filter " +
@@ -44,16 +47,25 @@
     localStorage.setItem(STORAGE_KEY, textarea.value);
   }
 
+  // The page's own changes to the text: counted as inserted by the page.
+  function setText(text) {
+    textarea.value = text;
+    typing.inserted(text.length);
+    syncHighlight();
+  }
+
   async function run() {
     const sql = textarea.value.trim();
-    if (!sql) return;
+    if (!sql || running) return;  // one statement at a time: the gateway counts two as a script's
+    running = true;
+    const composed = typing.take();
     runButton.disabled = true;
     status.className = "status muted";
     status.textContent = "Running…";
     grid.replaceChildren();
     csvButton.disabled = true;
     try {
-      const result = await api("/api/sql", { json: { sql } });
+      const result = await api("/api/sql", { json: { sql, composition: composed } });
       last = result;
       const rows = result.rows.length.toLocaleString();
       status.className = "status";
@@ -68,6 +80,7 @@
       status.className = "status";
       showError(status, e.message);
     } finally {
+      running = false;
       runButton.disabled = false;
       if (!document.getElementById("history").hidden) loadHistory();
     }
@@ -89,10 +102,11 @@
     link.remove();
   }
 
-  function insert(text) {
+  function insert(text, byKey = false) {
     const { selectionStart: a, selectionEnd: b, value } = textarea;
     textarea.value = value.slice(0, a) + text + value.slice(b);
     textarea.selectionStart = textarea.selectionEnd = a + text.length;
+    if (byKey) typing.typed(text.length); else typing.inserted(text.length);
     textarea.focus();
     syncHighlight();
   }
@@ -103,7 +117,7 @@
       const tables = await api("/api/schema");
       fill(tree, tables.map((t) => el("details", { class: "table-node", "data-table": t.table },
         el("summary", {}, el("span", { class: "table-name", title: "Click to insert", onclick: (e) => { if (e.detail === 2) insert(t.table); } }, t.table),
-          el("button", { class: "link small", title: `SELECT * FROM ${t.table} LIMIT 100`, onclick: (e) => { e.preventDefault(); textarea.value = `SELECT *\nFROM ${t.table}\nLIMIT 100`; syncHighlight(); } }, "preview")),
+          el("button", { class: "link small", title: `SELECT * FROM ${t.table} LIMIT 100`, onclick: (e) => { e.preventDefault(); setText(`SELECT *\nFROM ${t.table}\nLIMIT 100`); } }, "preview")),
         t.description ? el("p", { class: "muted small" }, t.description) : null,
         el("ul", {}, t.columns.map((c) => el("li", { title: c.description || c.name, onclick: () => insert(c.name) },
           el("code", {}, c.name), el("span", { class: "type" }, c.type.toLowerCase()),
@@ -128,8 +142,8 @@
       list.replaceChildren(el("ol", { class: "history" }, events.slice().reverse().map((e) => el("li", {},
         el("div", { class: "history-meta" }, el("span", {}, new Date(e.ts + "Z").toLocaleTimeString()),
           e.detail.error ? el("span", { class: "bad" }, "error") : el("span", {}, `${e.detail.rows} rows · ${e.detail.elapsed_ms} ms`),
-          el("button", { class: "link", onclick: () => { textarea.value = e.detail.sql; syncHighlight(); showTab("results"); run(); } }, "run again"),
-          el("button", { class: "link", onclick: () => { textarea.value = e.detail.sql; syncHighlight(); showTab("results"); } }, "edit")),
+          el("button", { class: "link", onclick: () => { setText(e.detail.sql); showTab("results"); run(); } }, "run again"),
+          el("button", { class: "link", onclick: () => { setText(e.detail.sql); showTab("results"); } }, "edit")),
         el("pre", {}, e.detail.sql)))));
     } catch (e) { showError(list, e.message); }
   }
@@ -145,7 +159,7 @@
   textarea.addEventListener("scroll", syncHighlight);
   textarea.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(); }
-    if (e.key === "Tab") { e.preventDefault(); insert("  "); }
+    if (e.key === "Tab") { e.preventDefault(); insert("  ", true); }
   });
   runButton.addEventListener("click", run);
   csvButton.addEventListener("click", downloadCsv);
@@ -153,8 +167,7 @@
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
 
   const fromLink = new URLSearchParams(location.search).get("q");
-  textarea.value = fromLink || localStorage.getItem(STORAGE_KEY) || "-- The tables are on the left. For example:\nSELECT *\nFROM serving.predictions\nLIMIT 100";
+  setText(fromLink || localStorage.getItem(STORAGE_KEY) || "-- The tables are on the left. For example:\nSELECT *\nFROM serving.predictions\nLIMIT 100");
   if (fromLink) history.replaceState(null, "", location.pathname);
-  syncHighlight();
   loadSchema();
 })();
