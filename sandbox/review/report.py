@@ -54,6 +54,7 @@ def build(
     closing = [
         ("answer_key", p) for key in answer_key.get("faults", []) for p in key.get("probes", [])
     ] + [("generic", p) for p in GENERIC_PROBES]
+    walk_through = probes.walk_through(timeline, faults, decoys, found_claims, closing, clock)
     return {
         "session": session,
         "world": {
@@ -61,7 +62,9 @@ def build(
             # Worlds built before difficulty tiers showed every trail, as guided does.
             "difficulty": world.get("difficulty", "guided"),
         },
-        "timeline": timeline,
+        # What each event showed backs the strengths and claims above; the review itself (which
+        # the review page polls) leaves those values out: they run to thousands per query.
+        "timeline": [{k: v for k, v in item.items() if k != "seen"} for item in timeline],
         "faults": faults,
         "decoys": decoys,
         "dead_ends": _dead_ends(timeline),
@@ -75,7 +78,7 @@ def build(
             "scores": scores,
             "summary": rubric.summary(scores),
         },
-        "probes": probes.walk_through(timeline, faults, decoys, found_claims, closing, clock),
+        "probes": walk_through,
     }
 
 

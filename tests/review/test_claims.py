@@ -69,3 +69,12 @@ def test_without_the_world_schema_the_names_the_events_read_stand_in() -> None:
 
 def test_an_empty_diagnosis_claims_nothing() -> None:
     assert build(HISTORY)["claims"] == []
+
+
+def test_the_review_traces_claims_without_carrying_every_value_each_event_showed() -> None:
+    """The review page polls the review: what each event showed backs the claims, but stays out
+    of the timeline it returns."""
+    review = build(HISTORY, [diagnosis(300, root_cause="0.595 NULL share")])
+    assert [b["seq"] for b in _claims(review)["0.595"]["backed_by"]] == [2]
+    assert [item["seq"] for item in review["timeline"]] == [1, 2, 3]
+    assert not any("seen" in item for item in review["timeline"])
