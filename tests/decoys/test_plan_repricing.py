@@ -1,0 +1,127 @@
+"""The plan price change: its parameters, its hook on the customers' prices, and on built hard
+worlds the genuine drift it leaves beside the fault's, with its announcement's facts true."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from sandbox import scenario
+from sandbox.decoys.plan_repricing import Params, PlanRepricing
+from sandbox.faults.base import HookContext
+from sandbox.pipeline.features import IMPUTED_FEATURES
+from sandbox.product import BILLING_CYCLE_DAYS, PLANS
+from sandbox.testing import Worlds, connect
+from sandbox.world import population
+from sandbox.world.behaviour import WorldState
+from tests.conftest import TIER_WORLDS, scenario_for
+
+CAL = scenario.load(None).world.calendar()
+# The watch-time features: the family the feature-moving faults of these worlds act on.
+WATCH_TIME = set(IMPUTED_FEATURES)
+
+
+def _repricing(world: str) -> PlanRepricing:
+    return next(d for d in scenario_for(world).decoys if isinstance(d, PlanRepricing))
+
+
+# Hard worlds with the price change beside a fault; the default scenario's is one of them.
+HARD_WITH_REPRICING = [
+    name
+    for name in TIER_WORLDS
+    if scenario_for(name).difficulty == "hard"
+    and any(isinstance(d, PlanRepricing) for d in scenario_for(name).decoys)
+]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"plan": "basic", "new_price": PLANS["basic"]},
+        {"new_price": 8.995},
+        {"new_price": 0.0},
+        {"plan": "family"},
+        {"day": 0},
+        {"surprise": 1},
+    ],
+)
+def test_invalid_parameters_are_refused(params: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Params(**params)
+
+
+def test_customers_move_to_the_new_price_at_their_renewal() -> None:
+    customers = population.generate(3, 3000, CAL)
+    state = WorldState(3, customers, CAL)
+    decoy = PlanRepricing(Params(day=10, plan="standard", new_price=14.49))
+    on_plan = state.plan == "standard"
+
+    def reprice(day: int) -> np.ndarray:
+        decoy.handle("world.state", state, HookContext(seed=3, day=day, calendar=CAL))
+        return state.monthly_price.copy()
+
+    assert (reprice(9) == customers["monthly_price"].to_numpy()).all()
+    moved = reprice(10) == 14.49
+    assert moved.any() and (moved == (on_plan & state.renews(10))).all()
+    for day in range(11, 10 + BILLING_CYCLE_DAYS):
+        prices = reprice(day)
+    # A cycle later every customer on the plan pays the new price, and nobody else does.
+    assert (prices[on_plan] == 14.49).all()
+    assert (prices[~on_plan] == customers["monthly_price"].to_numpy()[~on_plan]).all()
+
+
+def test_the_hard_scenarios_plant_it_beside_the_default_fault() -> None:
+    assert "default-hard" in HARD_WITH_REPRICING
+    decoy = _repricing("default-hard")
+    onset = min(f.params.onset_day for f in scenario_for("default-hard").faults)
+    assert onset <= decoy.params.day <= CAL.last_production_day - 7
+
+
+@pytest.mark.parametrize("world", HARD_WITH_REPRICING)
+def test_its_announcement_holds_in_the_built_world(worlds: Worlds, world: str) -> None:
+    con = connect(worlds.get(world))
+    try:
+        checks = _repricing(world).verify(con, CAL)
+    finally:
+        con.close()
+    assert all(c.passed for c in checks), checks
+
+
+@pytest.mark.parametrize("world", HARD_WITH_REPRICING)
+def test_monthly_price_drifts_from_its_day_and_not_before(worlds: Worlds, world: str) -> None:
+    day = CAL.date(_repricing(world).params.day)
+    con = connect(worlds.get(world))
+    try:
+        drifted = [
+            d
+            for (d,) in con.execute(
+                "SELECT report_date FROM monitoring.drift_feature_daily "
+                "WHERE feature = 'monthly_price' AND drifted ORDER BY 1"
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    assert drifted and drifted[0] >= day
+    # Once enough renewals have come round it stays flagged to the end of production.
+    assert drifted[-1] == CAL.date(CAL.last_production_day)
+
+
+@pytest.mark.parametrize("world", HARD_WITH_REPRICING)
+def test_the_drift_reports_flag_more_than_the_faults_feature_family(
+    worlds: Worlds, world: str
+) -> None:
+    onset = min(f.params.onset_day for f in scenario_for(world).faults)
+    con = connect(worlds.get(world))
+    try:
+        flagged = {
+            feature
+            for (feature,) in con.execute(
+                "SELECT DISTINCT feature FROM monitoring.drift_feature_daily "
+                "WHERE drifted AND report_date >= $onset",
+                {"onset": CAL.date(onset)},
+            ).fetchall()
+        }
+    finally:
+        con.close()
+    assert flagged - WATCH_TIME, f"only the fault's family drifts: {sorted(flagged)}"
