@@ -9,6 +9,7 @@ the data tell the truth, and look elsewhere.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import duckdb
@@ -60,25 +61,27 @@ class PlanRepricing(Decoy[Params]):
             state.monthly_price = np.where(renewing, self.params.new_price, state.monthly_price)
         return state
 
-    def _title(self) -> str:
+    def _title(self, calendar: Calendar) -> str:
         return (
             f"pricing: {self.params.plan.capitalize()} plan ${self.old_price:.2f} -> "
-            f"${self.params.new_price:.2f} a month"
+            f"${self.params.new_price:.2f} a month from {calendar.date(self.params.day)}"
         )
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         new = f"${self.params.new_price:.2f}"
         return [
             {
-                "day": self.params.day,
-                "hour": 7.0,
+                # Announced the afternoon before: the day's first renewals bill after midnight.
+                "day": self.params.day - 1,
+                "hour": 16.0,
                 "kind": "business",
                 "service": "billing",
-                "title": self._title(),
-                "body": f"The {self.params.plan} plan costs {new} a month from today (was "
-                f"${self.old_price:.2f}). New subscribers pay {new} from signup; existing "
-                f"subscribers move to {new} at their next monthly renewal, so all of them within "
-                f"{BILLING_CYCLE_DAYS} days. Other plans are unchanged.",
+                "title": self._title(calendar),
+                "body": f"The {self.params.plan} plan costs {new} a month from "
+                f"{calendar.date(self.params.day)} (was ${self.old_price:.2f}). New subscribers "
+                f"pay {new} from signup; existing subscribers move to {new} at their next monthly "
+                f"renewal from that day, so all of them within {BILLING_CYCLE_DAYS} days. Other "
+                "plans are unchanged.",
                 "author": "pricing-team",
             }
         ]
@@ -90,8 +93,8 @@ class PlanRepricing(Decoy[Params]):
             title=self.title,
             what_happened=f"From {w.start} the {self.params.plan} plan costs "
             f"${self.params.new_price:.2f} instead of ${self.old_price:.2f}; each subscriber "
-            "moves at their next monthly renewal. The drift reports flag monthly_price from "
-            "then on, increasingly as the renewals come round.",
+            "moves at their next monthly renewal. Within days the drift reports flag "
+            "monthly_price, and go on flagging it as the renewals come round.",
             why_harmless="A real, announced change in the world, recorded truthfully: the CRM, "
             "the billing amounts and the monthly_price feature agree, and the plan's customers "
             "watch, pay and churn as before. The model scores the world as it is; retraining "
@@ -108,7 +111,12 @@ class PlanRepricing(Decoy[Params]):
                     "raw.billing_events.amount",
                     "renewals on the plan are charged the new price",
                 ),
-                w.changelog("pricing-notice", self._title(), "the price-change announcement"),
+                w.changelog(
+                    "pricing-notice",
+                    self._title(calendar),
+                    "the price-change announcement",
+                    start=w.start - dt.timedelta(days=1),
+                ),
             ],
         )
 
@@ -121,16 +129,16 @@ class PlanRepricing(Decoy[Params]):
         ]
 
     def _announced(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> Check:
+        title = self._title(calendar)
         (days,) = con.execute(
             "SELECT list(DISTINCT ts::DATE) FROM ops.changelog WHERE kind = 'business' "
             "AND title = $title",
-            {"title": self._title()},
-        ).fetchone() or ([],)
-        day = calendar.date(self.params.day)
+            {"title": title},
+        ).fetchall()[0]
         return Check(
-            name="the price change is announced on its day",
-            passed=days == [day],
-            detail=f"business changelog entries titled {self._title()!r} on {days}",
+            name="the price change is announced the day before it takes effect",
+            passed=days == [calendar.date(self.params.day - 1)],
+            detail=f"business changelog entries titled {title!r} on {days}",
         )
 
     def _charged(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> Check:
@@ -151,8 +159,8 @@ class PlanRepricing(Decoy[Params]):
                 "new": self.params.new_price,
                 "plan": self.params.plan,
             },
-        ).fetchone()
-        off_before, off_after, first_new, n_new = row or (0, 0, None, 0)
+        ).fetchall()[0]
+        off_before, off_after, first_new, n_new = row
         return Check(
             name="the plan's bills move from the old price to the new one on its day",
             passed=off_before == 0 and off_after == 0 and n_new > 0,
@@ -186,8 +194,8 @@ class PlanRepricing(Decoy[Params]):
                 "cycle": BILLING_CYCLE_DAYS,
                 "start": calendar.date(self.params.day),
             },
-        ).fetchone()
-        n, share, renewed, agree, crm = row or (0, None, None, None, None)
+        ).fetchall()[0]
+        n, share, renewed, agree, crm = row
         passed = (
             n > 0
             and agree is not None
@@ -213,7 +221,7 @@ class PlanRepricing(Decoy[Params]):
             FROM monitoring.drift_feature_daily WHERE feature = 'monthly_price'
             """,
             {"start": calendar.date(self.params.day)},
-        ).fetchone() or (0, 0)
+        ).fetchall()[0]
         return Check(
             name="the drift reports flag monthly_price after the change, not before",
             passed=before == 0 and after > 0,
