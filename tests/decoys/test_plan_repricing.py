@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from sandbox import scenario
+from sandbox import scenario, testing
+from sandbox.decoys import registry as decoy_registry
 from sandbox.decoys.plan_repricing import Params, PlanRepricing
+from sandbox.faults import registry
 from sandbox.faults.base import HookContext
 from sandbox.pipeline.features import IMPUTED_FEATURES
 from sandbox.product import BILLING_CYCLE_DAYS, PLANS
@@ -128,3 +130,14 @@ def test_the_drift_reports_flag_more_than_the_faults_feature_family(
     assert set(days) >= WATCH_TIME, f"the fault's own drift is gone: {days}"
     benign = {f: n for f, n in days.items() if f not in WATCH_TIME and n >= 7}
     assert benign, f"only the fault's family drifts for long: {days}"
+
+
+@pytest.mark.parametrize("world", HARD_WITH_REPRICING)
+def test_nothing_a_candidate_can_read_names_what_is_planted(worlds: Worlds, world: str) -> None:
+    names = [
+        *registry.catalog(),
+        *(cls.__name__ for cls in registry.catalog().values()),
+        *decoy_registry.catalog(),
+        *(cls.__name__ for cls in decoy_registry.catalog().values()),
+    ]
+    testing.assert_nothing_names(worlds.get(world), names)
