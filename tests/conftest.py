@@ -49,7 +49,8 @@ FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
     },
     "version-mismatch": {
         "faults": [{"id": "served-version-mismatch"}, {"id": "online-offline-skew"}],
-        "decoys": [],
+        # Benign drift beside the skewed feature's.
+        "decoys": [{"kind": "plan-repricing", "day": 19, "plan": "premium", "new_price": 18.99}],
     },
     "threshold": {
         "faults": [{"id": "stale-decision-threshold"}, {"id": "serving-default-fallback"}],

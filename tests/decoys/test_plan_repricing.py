@@ -20,15 +20,20 @@ from sandbox.world.behaviour import WorldState
 from tests.conftest import TIER_WORLDS, scenario_for
 
 CAL = scenario.load(None).world.calendar()
-# The watch-time features: the family the feature-moving faults of these worlds act on.
 WATCH_TIME = set(IMPUTED_FEATURES)
+# Hard worlds with the price change, and the features their faults move on the drift reports.
+FAULTS_MOVE = {
+    "default-hard": WATCH_TIME,
+    "immature-labels-hard": WATCH_TIME,
+    "version-mismatch-hard": {"sessions_trend"},
+}
 
 
 def _repricing(world: str) -> PlanRepricing:
     return next(d for d in scenario_for(world).decoys if isinstance(d, PlanRepricing))
 
 
-# Hard worlds with the price change beside a fault; the default scenario's is one of them.
+# The hard tier worlds that plant the price change.
 HARD_WITH_REPRICING = [
     name
     for name in TIER_WORLDS
@@ -73,11 +78,12 @@ def test_customers_move_to_the_new_price_at_their_renewal() -> None:
     assert (prices[~on_plan] == customers["monthly_price"].to_numpy()[~on_plan]).all()
 
 
-def test_the_hard_scenarios_plant_it_beside_the_default_fault() -> None:
-    assert "default-hard" in HARD_WITH_REPRICING
-    decoy = _repricing("default-hard")
-    onset = min(f.params.onset_day for f in scenario_for("default-hard").faults)
-    assert onset <= decoy.params.day <= CAL.last_production_day - 7
+def test_the_hard_worlds_whose_faults_move_features_plant_it_in_the_faults_weeks() -> None:
+    assert set(HARD_WITH_REPRICING) == set(FAULTS_MOVE)
+    for world in HARD_WITH_REPRICING:
+        onset = min(f.params.onset_day for f in scenario_for(world).faults)
+        # Late enough to overlap the fault, early enough to drift for a week and more.
+        assert onset <= _repricing(world).params.day <= CAL.last_production_day - 14, world
 
 
 @pytest.mark.parametrize("world", HARD_WITH_REPRICING)
@@ -127,8 +133,8 @@ def test_the_drift_reports_flag_more_than_the_faults_feature_family(
         )
     finally:
         con.close()
-    assert set(days) >= WATCH_TIME, f"the fault's own drift is gone: {days}"
-    benign = {f: n for f, n in days.items() if f not in WATCH_TIME and n >= 7}
+    assert set(days) >= FAULTS_MOVE[world], f"the fault's own drift is gone: {days}"
+    benign = {f: n for f, n in days.items() if f not in FAULTS_MOVE[world] and n >= 7}
     assert benign, f"only the fault's family drifts for long: {days}"
 
 
