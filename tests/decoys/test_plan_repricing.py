@@ -88,12 +88,15 @@ def test_the_hard_worlds_whose_faults_move_features_plant_it_in_the_faults_weeks
 
 @pytest.mark.parametrize("world", HARD_WITH_REPRICING)
 def test_its_announcement_holds_in_the_built_world(worlds: Worlds, world: str) -> None:
+    decoy = _repricing(world)
     con = connect(worlds.get(world))
     try:
-        checks = _repricing(world).verify(con, CAL)
+        checks = decoy.verify(con, CAL)
+        missing = [e.id for e in decoy.note(CAL).evidence if not testing.evidence_exists(con, e)]
     finally:
         con.close()
     assert all(c.passed for c in checks), checks
+    assert not missing, f"the interviewer's note points at evidence the world lacks: {missing}"
 
 
 @pytest.mark.parametrize("world", HARD_WITH_REPRICING)
