@@ -36,7 +36,12 @@ FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
     "composite": EXAMPLES / "composite.toml",
     "immature-labels": {
         "faults": [{"id": "retrain-immature-labels"}, {"id": "upstream-unit-change"}],
-        "decoys": [{"kind": "infra-incident", "day": 24}],
+        "decoys": [
+            {"kind": "infra-incident", "day": 24},
+            # Benign drift beside the unit change's, so the drift reports at hard flag more
+            # than the fault's features.
+            {"kind": "plan-repricing", "day": 17, "plan": "standard", "new_price": 13.99},
+        ],
     },
     "time-travel": {
         "faults": [{"id": "training-time-travel"}, {"id": "metric-series-dropped"}],
@@ -44,7 +49,8 @@ FAULT_WORLDS: dict[str, Path | dict[str, list[dict[str, Any]]]] = {
     },
     "version-mismatch": {
         "faults": [{"id": "served-version-mismatch"}, {"id": "online-offline-skew"}],
-        "decoys": [],
+        # Benign drift beside the skewed feature's.
+        "decoys": [{"kind": "plan-repricing", "day": 19, "plan": "premium", "new_price": 18.99}],
     },
     "threshold": {
         "faults": [{"id": "stale-decision-threshold"}, {"id": "serving-default-fallback"}],

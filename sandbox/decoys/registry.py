@@ -9,6 +9,7 @@ from sandbox.decoys.app_rollout import AppRollout
 from sandbox.decoys.competitor_launch import CompetitorLaunch
 from sandbox.decoys.infra_incident import InfraIncident
 from sandbox.decoys.marketing_campaign import MarketingCampaign
+from sandbox.decoys.plan_repricing import PlanRepricing
 from sandbox.faults.base import Decoy
 
 BUILTIN: tuple[type[Decoy], ...] = (
@@ -16,6 +17,7 @@ BUILTIN: tuple[type[Decoy], ...] = (
     InfraIncident,
     AppRollout,
     CompetitorLaunch,
+    PlanRepricing,
 )
 ENTRY_POINT_GROUP = "sandbox.decoys"
 

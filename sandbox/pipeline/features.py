@@ -65,8 +65,17 @@ class FeatureJob:
         self.policy: list[dict] = []
         self.health: list[pl.DataFrame] = []
 
-    def observe(self, activity: pl.DataFrame, billing: pl.DataFrame, tickets: pl.DataFrame) -> None:
-        """One day's raw rows as ingested."""
+    def observe(
+        self,
+        activity: pl.DataFrame,
+        billing: pl.DataFrame,
+        tickets: pl.DataFrame,
+        prices: np.ndarray,
+    ) -> None:
+        """One day's raw rows as ingested, and each customer's monthly price as the CRM holds it
+        at the day's end (in the order of the customers the job was made with)."""
+        # A copy: the world goes on changing its own array.
+        self.customers = self.customers.with_columns(pl.Series("monthly_price", prices.copy()))
         self.activity.append(
             activity.select(
                 "customer_id", "activity_date", "sessions", "minutes_watched", "playback_errors"

@@ -9,8 +9,6 @@ from sandbox import rng
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
 
-PLAN_PRICES = [7.99, 12.99, 17.99]
-
 
 def _ingested_at(calendar: Calendar, day: int, n: int, g: np.random.Generator) -> pl.Series:
     """Upstream loads land shortly after midnight, before the 02:00 feature job."""
@@ -58,7 +56,7 @@ class Ingest:
                 "event_id": ids,
                 "customer_id": frame["customer_id"],
                 "event_ts": _timestamps(self.calendar, day, frame["hour"].to_numpy()),
-                "amount": np.asarray(PLAN_PRICES)[frame["price_tier"].to_numpy()],
+                "amount": frame["amount"],
                 "currency": ["USD"] * n,
                 "status": frame["status"],
                 "attempt": frame["attempt"],

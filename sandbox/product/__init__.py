@@ -1,7 +1,8 @@
 """The streaming product the world simulates, as every layer knows it: the devices its apps run
-on, the regions it sells in, its app releases and the daily shape of its traffic. The simulation
-draws its customers and their days from these; the pipeline, the faults and the decoys read them
-too, so they live below all of them. The help center's articles are in `corpus`."""
+on, the regions it sells in, its plans and their billing cycle, its app releases and the daily
+shape of its traffic. The simulation draws its customers and their days from these; the
+pipeline, the faults and the decoys read them too, so they live below all of them. The help
+center's articles are in `corpus`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 
 REGIONS = ["na", "eu", "latam", "apac"]
 DEVICES = ["ios", "android", "web", "smart_tv"]
+PLANS = {"basic": 7.99, "standard": 12.99, "premium": 17.99}  # list price, USD a month
+BILLING_CYCLE_DAYS = 30  # a subscription renews (and is billed) every this many days
 HOURLY_TRAFFIC = np.array(
     [
         3,

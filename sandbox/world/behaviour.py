@@ -12,13 +12,12 @@ import polars as pl
 
 from sandbox import rng
 from sandbox.clock import Calendar
-from sandbox.product import APP_RELEASES, hours_of_day
+from sandbox.product import APP_RELEASES, BILLING_CYCLE_DAYS, hours_of_day
 from sandbox.world.population import PAYMENT_METHODS
 
 WEEKLY_SEASON = np.array([0.95, 0.92, 0.94, 1.0, 1.1, 1.28, 1.22])  # Mon..Sun
 APP_UPGRADE_P = 0.12
 PAYMENT_FAIL_P = dict(zip(PAYMENT_METHODS, [0.045, 0.02, 0.06, 0.035], strict=True))
-BILLING_CYCLE_DAYS = 30
 RETRY_AFTER_DAYS = 3
 MAX_PAYMENT_ATTEMPTS = 3
 # A card that bounced usually bounces again (expired, no funds): retries are what make failed
@@ -38,6 +37,9 @@ class WorldState:
         self.device = customers["device"].to_numpy()
         self.region = customers["region"].to_numpy()
         self.payment_method = customers["payment_method"].to_numpy()
+        self.plan = customers["plan"].to_numpy()
+        # What each customer pays a month; a price change reaches a customer at their renewal.
+        self.monthly_price = customers["monthly_price"].to_numpy().copy()
         self.price_tier = (
             customers["plan"]
             .replace_strict({"basic": 0, "standard": 1, "premium": 2}, return_dtype=pl.Int8)
@@ -93,6 +95,10 @@ class WorldState:
         self.unresolved *= np.exp(-1 / 20)
         self.unresolved += self._pending_unresolved.pop(day, 0.0)
 
+    def renews(self, day: int) -> np.ndarray:
+        """Whose monthly billing cycle starts on `day` (a signup starts the first)."""
+        return (day - self.signup_day) % BILLING_CYCLE_DAYS == 0
+
     # -- processes -----------------------------------------------------------------------------
     def activity(self, day: int) -> pl.DataFrame:
         g = rng.stream(self.seed, "activity", day)
@@ -129,9 +135,7 @@ class WorldState:
 
     def billing(self, day: int) -> pl.DataFrame:
         g = rng.stream(self.seed, "billing", day)
-        cycle_due = ((day - self.signup_day) % BILLING_CYCLE_DAYS == 0) & (
-            self.payment_attempts == 0
-        )
+        cycle_due = self.renews(day) & (self.payment_attempts == 0)
         due = self.active & (cycle_due | (self.retry_day == day))
         idx = np.flatnonzero(due)
         p_fail = np.vectorize(PAYMENT_FAIL_P.get, otypes=[float])(self.payment_method[idx])
@@ -148,7 +152,7 @@ class WorldState:
                 "attempt": attempt.astype(np.int64),
                 "status": np.where(failed, "failed", "succeeded"),
                 "payment_method": self.payment_method[idx],
-                "price_tier": self.price_tier[idx],
+                "amount": self.monthly_price[idx],
             }
         )
 

@@ -7,9 +7,8 @@ import polars as pl
 
 from sandbox import rng
 from sandbox.clock import Calendar
-from sandbox.product import DEVICES, REGIONS
+from sandbox.product import DEVICES, PLANS, REGIONS
 
-PLANS = {"basic": 7.99, "standard": 12.99, "premium": 17.99}
 PLAN_P = [0.45, 0.38, 0.17]
 REGION_P = [0.40, 0.30, 0.18, 0.12]  # shares of REGIONS
 DEVICE_P = [0.30, 0.32, 0.18, 0.20]  # shares of DEVICES

@@ -121,6 +121,7 @@ class Simulation:
         self.encoders: dict[int, tuple[retrieve.Encoder, int]] = {}
         prev_active = np.empty(0, dtype=np.int64)
         snapshots: dict[int, pl.DataFrame] = {}
+        crm_prices = state.monthly_price.copy()
         for day in range(cal.first_day - population.WARM_UP_DAYS, cal.first_day):
             state.warm_up(day)
 
@@ -192,7 +193,9 @@ class Simulation:
             bill_rows = ingest.billing(day, billing)
             ticket_rows = ingest.tickets(day, tickets)
             cancel_rows = ingest.cancellations(day, leaving)
-            job.observe(act_rows, bill_rows, ticket_rows)
+            job.observe(act_rows, bill_rows, ticket_rows, state.monthly_price)
+            if day == cal.last_visible_day:
+                crm_prices = state.monthly_price.copy()  # the CRM as the candidate's data ends
             cancellations.append(cancel_rows)
             self._append(day, "raw.viewing_activity", act_rows)
             self._append(day, "raw.billing_events", bill_rows)
@@ -213,7 +216,9 @@ class Simulation:
             self.on_day(day, served)
 
         # Customers who left before the data history starts never reach the warehouse.
-        seen = customers.filter(pl.Series(state.cancel_day >= cal.first_day))
+        seen = customers.with_columns(pl.Series("monthly_price", crm_prices)).filter(
+            pl.Series(state.cancel_day >= cal.first_day)
+        )
         self.wh.append("raw.customers", population.raw_customer_rows(seen, cal))
         self.wh.append("raw.subscription_events", _signup_rows(self.seed, customers, cal))
         self.truth.append("sim.customers", seen.select("customer_id", pl.col("^latent_.*$")))

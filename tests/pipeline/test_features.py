@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -15,6 +16,7 @@ from sandbox.pipeline.features import IMPUTED_FEATURES, MODEL_FEATURES, FeatureJ
 
 CAL = Calendar(dt.date(2026, 3, 2), 28, 56, 42, 5, 14)
 DAY = 10
+PRICES = np.array([7.99, 12.99, 17.99, 7.99])  # customers 1..4
 
 
 def activity(day: int, rows: dict[int, tuple[int, float | None]]) -> pl.DataFrame:
@@ -51,7 +53,7 @@ def job() -> tuple[FeatureJob, LogSink]:
         {
             "customer_id": [1, 2, 3, 4],
             "signup_day": [-100, -5, -30, -60],
-            "monthly_price": [7.99, 12.99, 17.99, 7.99],
+            "monthly_price": PRICES,
         }
     )
     logs = LogSink()
@@ -71,7 +73,7 @@ def feed(job: FeatureJob) -> None:
             rows[3] = (3, 90.0)
         failed = [1] if day == DAY - 3 else []
         t = tickets([3], [None]) if day == DAY - 2 else tickets([], [])
-        job.observe(activity(day, rows), empty_billing(failed), t)
+        job.observe(activity(day, rows), empty_billing(failed), t, PRICES)
 
 
 def test_window_aggregates(job: tuple[FeatureJob, LogSink]) -> None:
@@ -91,6 +93,20 @@ def test_window_aggregates(job: tuple[FeatureJob, LogSink]) -> None:
     assert rows["event_timestamp"].unique().to_list() == [CAL.midnight(DAY + 1)]
     assert (rows["created_timestamp"] > rows["event_timestamp"]).all()
     assert rows.columns[3:] == MODEL_FEATURES
+
+
+def test_the_price_is_the_one_the_crm_holds_at_the_days_end(
+    job: tuple[FeatureJob, LogSink],
+) -> None:
+    feature_job, _ = job
+    feed(feature_job)
+    prices = PRICES.copy()
+    # Customer 1 renews onto a new price on DAY; the world goes on changing its own array.
+    prices[0] = 8.99
+    feature_job.observe(activity(DAY, {}), empty_billing(), tickets([], []), prices)
+    prices[1] = 99.0
+    rows = feature_job.run(DAY, np.array([1, 2, 3, 4])).sort("customer_id")
+    assert rows["monthly_price"].to_list() == [8.99, 12.99, 17.99, 7.99]
 
 
 def test_missing_watch_time_is_imputed_and_counted(job: tuple[FeatureJob, LogSink]) -> None:
@@ -126,7 +142,9 @@ def test_a_window_with_too_little_watch_time_is_missing(job: tuple[FeatureJob, L
     for day in range(DAY - 27, DAY + 1):
         # Customer 1 reports watch time only for the first 20 of 28 active days.
         minutes = 60.0 if day < DAY - 7 else None
-        feature_job.observe(activity(day, {1: (2, minutes)}), empty_billing(), tickets([], []))
+        feature_job.observe(
+            activity(day, {1: (2, minutes)}), empty_billing(), tickets([], []), PRICES
+        )
     policy_rows = feature_job.run(DAY, pl.Series([1, 2]).to_numpy())
     run = feature_job.run_frame().row(0, named=True)
     customer_1 = policy_rows.filter(pl.col("customer_id") == 1).row(0, named=True)
