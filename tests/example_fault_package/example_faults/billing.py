@@ -21,7 +21,7 @@ from pydantic import Field
 from sandbox.clock import Calendar
 from sandbox.faults.base import AnswerKey, Check, Fault, FaultParams, HookContext, Step, hook
 from sandbox.faults.toolkit import fmt, window
-from sandbox.pipeline.ingest import PLAN_PRICES
+from sandbox.product import PLANS
 
 METHOD_NAMES = {
     "card": "card",
@@ -29,6 +29,7 @@ METHOD_NAMES = {
     "direct_debit": "direct debit",
     "gift_card": "gift card",
 }
+PLAN_PRICES = list(PLANS.values())
 PRICES = ", ".join(f"{p:.2f}" for p in PLAN_PRICES)
 
 
