@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from pathlib import Path
@@ -389,11 +390,19 @@ def _gateway_call(world: Path, method: str, path: str, body: dict | None = None)
 
 
 def _create_session(
-    world: Path, candidate: str, time_limit_min: int | None = None
+    world: Path, candidate: str, time_limit_min: int | None = None, actions: bool = False
 ) -> dict[str, str]:
     return _gateway_call(
-        world, "POST", "/api/sessions", {"candidate": candidate, "time_limit_min": time_limit_min}
+        world,
+        "POST",
+        "/api/sessions",
+        {"candidate": candidate, "time_limit_min": time_limit_min, "actions": actions},
     )
+
+
+class Toggle(enum.StrEnum):
+    on = "on"
+    off = "off"
 
 
 @session_app.command("create")
@@ -403,10 +412,18 @@ def session_create(
     time_limit: Annotated[
         int | None, typer.Option("--time-limit", help="Minutes from the candidate's first visit.")
     ] = None,
+    actions: Annotated[
+        Toggle,
+        typer.Option(
+            "--actions",
+            help="on: the candidate may change the running stack from the ops console (the "
+            "session must then be the stack's only one); off: the console only lists actions.",
+        ),
+    ] = Toggle.off,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a candidate session on the running stack; prints the candidate and interviewer links."""
-    links = _create_session(world, candidate, time_limit)
+    links = _create_session(world, candidate, time_limit, actions is Toggle.on)
     if as_json:
         console.print_json(json.dumps(links))
         return

@@ -29,6 +29,7 @@ def describe(store: SessionStore, session: Session) -> dict[str, Any]:
         "created_at": session.created_at.isoformat(timespec="seconds") + "Z",
         "started_at": started.isoformat(timespec="seconds") + "Z" if started else None,
         "time_limit_min": session.time_limit_min,
+        "actions": session.actions,
     }
 
 

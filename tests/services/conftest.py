@@ -64,11 +64,13 @@ def gateway_client(
 def session_maker(client: TestClient, paths: WorldPaths) -> MakeSession:
     """Creates sessions as the operator; each call returns a session's links and tokens."""
 
-    def make(candidate: str = "ada", time_limit_min: int | None = None) -> dict[str, str]:
+    def make(
+        candidate: str = "ada", time_limit_min: int | None = None, actions: bool = False
+    ) -> dict[str, str]:
         admin = {"Authorization": f"Bearer {stack.admin_token(paths)}"}
         reply = client.post(
             "/api/sessions",
-            json={"candidate": candidate, "time_limit_min": time_limit_min},
+            json={"candidate": candidate, "time_limit_min": time_limit_min, "actions": actions},
             headers=admin,
         )
         assert reply.status_code == 200, reply.text

@@ -25,6 +25,7 @@ from sandbox.review.store import Session
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
 from sandbox.services.gateway.errors import invalid
+from sandbox.services.gateway.session_policy import conflict
 from sandbox.services.gateway.state import Gateway
 
 router = APIRouter()
@@ -34,6 +35,9 @@ MAX_TIME_LIMIT_MIN = 24 * 60
 class SessionRequest(BaseModel):
     candidate: str = Field("candidate", min_length=1, max_length=200)
     time_limit_min: int | None = Field(None, ge=1, le=MAX_TIME_LIMIT_MIN)
+    actions: bool = Field(
+        False, description="The candidate may act on the running stack from the ops console."
+    )
 
 
 class ScoreRequest(BaseModel):
@@ -92,10 +96,17 @@ def openapi(request: Request, who: Interviewer) -> dict[str, Any]:
 def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[str, Any]:
     if who.role != "admin":
         raise HTTPException(403, "only the stack's operator creates sessions")
-    session = _gateway(request).sessions.create(body.candidate, body.time_limit_min)
+    sessions = _gateway(request).sessions
+    refused = conflict(sessions.all(), body.actions)
+    if refused:
+        raise HTTPException(409, refused)
+    session = sessions.create(body.candidate, body.time_limit_min, actions=body.actions)
     # Behind a container network the gateway's own address is not the one people open.
     base = _gateway(request).settings.public_url or str(request.base_url)
-    return links(session, base.rstrip("/")) | {"time_limit_min": body.time_limit_min}
+    return links(session, base.rstrip("/")) | {
+        "time_limit_min": body.time_limit_min,
+        "actions": body.actions,
+    }
 
 
 @router.get("/api/sessions")
