@@ -68,10 +68,20 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) 
     return until(health, "the stack healthy", timeout=timeout, every=0.5)
 
 
-def new_session(stack: Stack, candidate: str) -> Stack:
-    """The same running stack, driven through a new candidate session of its own."""
+def new_session(stack: Stack, candidate: str, options: tuple[str, ...] = ()) -> Stack:
+    """The same running stack, driven through a new candidate session of its own (`options` of
+    `sandbox session create`)."""
     made = subprocess.run(
-        [SANDBOX, "session", "create", str(stack.world), "--candidate", candidate, "--json"],
+        [
+            SANDBOX,
+            "session",
+            "create",
+            str(stack.world),
+            "--candidate",
+            candidate,
+            "--json",
+            *options,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -93,6 +103,7 @@ def running_stack(
     tmp_path_factory: pytest.TempPathFactory,
     speed: float,
     options: tuple[str, ...] = (),
+    session_options: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     """The stack on a copy of `built` (it writes into its world) on a free port; Ctrl-C at the end."""
     world = tmp_path_factory.mktemp("stack") / "world"
@@ -107,7 +118,7 @@ def running_stack(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada")
+        yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada", session_options)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
