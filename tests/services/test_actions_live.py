@@ -22,6 +22,7 @@ import pytest
 from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
+from sandbox.services.supervisor import HEARTBEAT_FILE
 from sandbox.world.build import BuildSummary
 from tests.services.running import SANDBOX, Stack, running_stack
 from tests.waiting import until
@@ -172,6 +173,30 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
     assert fixed_feature_gap < feature_gap
     assert fixed_score_gap < score_gap
     until(lambda: acting.scalar(logged) == 1, "the change's progress in the logs")
+
+    # The next online-store load (04:00) runs as the clock passes it, and keeps the change: the
+    # customers it holds at the fill value are served the one set from the console.
+    loads = (
+        "SELECT count(*) FROM ops.materialization_runs "
+        f"WHERE materialized_at > TIMESTAMP '{now.isoformat()}'"
+    )
+    assert acting.scalar(loads) == 0
+    _forward(acting, 3.0)
+    until(lambda: acting.scalar(loads) >= 1, "the 04:00 load recorded")
+    later = _now(acting)
+    next_day = _snapshot(paths, later)
+    assert next_day["materialized_at"].max() > faulty["materialized_at"].max()
+    refilled = (next_day.filter(pl.col(FEATURE).is_in(fills)).sort("customer_id").head(AFFECTED))[
+        "customer_id"
+    ].to_list()
+    assert np.allclose(_served(acting, refilled)[FEATURE].to_numpy(), mean)
+    # The supervisor follows the moved clock: a restart resumes from there.
+    heartbeat = acting.world / "run" / HEARTBEAT_FILE
+    until(
+        lambda: dt.datetime.fromisoformat(heartbeat.read_text().strip()) >= later,
+        "the supervisor's heartbeat at the forwarded time",
+        timeout=10,
+    )
 
     # The review judges both by the answer key, and times the first mitigation.
     review = httpx.get(
