@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from playwright.sync_api import Browser, sync_playwright
 
 from sandbox import scenario
 from sandbox.layout import WorldPaths
@@ -94,6 +95,27 @@ def client(paths: WorldPaths) -> Iterator[TestClient]:
 @pytest.fixture
 def make_session(client: TestClient, paths: WorldPaths) -> MakeSession:
     return session_maker(client, paths)
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, for the tests that drive the pages."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is missing: `make test` installs it")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 SHARED_SPEED = 120.0  # two simulated minutes a second: live rows arrive while a test waits

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+from playwright.sync_api import Browser, expect
 
 from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
 from sandbox.layout import WorldPaths
@@ -25,6 +26,7 @@ from sandbox.pipeline import deploy, registry
 from sandbox.services.supervisor import HEARTBEAT_FILE
 from sandbox.world.build import BuildSummary
 from tests.services.running import SANDBOX, Stack, running_stack
+from tests.services.test_workspace_browser import WAIT_MS
 from tests.waiting import until
 
 FEATURE = "avg_daily_minutes_7d"
@@ -225,3 +227,37 @@ def test_a_second_session_is_refused_on_a_stack_with_actions_on(acting: Stack) -
         )
         assert made.returncode != 0
         assert "has actions on" in made.stdout + made.stderr
+
+
+def test_the_ops_console_and_the_review_in_a_browser(acting: Stack, browser: Browser) -> None:
+    """The candidate applies an action from the console's form; an unavailable one cannot be
+    sent; the interviewer's review shows it with its verdict and moves time forward."""
+    errors: list[str] = []
+    candidate = browser.new_context().new_page()
+    candidate.on("pageerror", lambda error: errors.append(str(error)))
+    candidate.goto(acting.candidate_url)
+    candidate.goto(acting.url + "/ops")
+    form = candidate.locator('form[data-action="set-decision-threshold"]')
+    form.locator('input[name="threshold"]').fill("0.3")
+    form.get_by_role("button", name="Apply").click()
+    expect(candidate.locator('[data-result="set-decision-threshold"]')).to_contain_text(
+        "in effect from", timeout=WAIT_MS
+    )
+    expect(candidate.locator('form[data-action="retrain"] button')).to_be_disabled()
+    expect(candidate.locator('[data-action-card="retrain"]')).to_contain_text(
+        "not available in this version"
+    )
+    expect(candidate.locator("#applied li").first).to_contain_text("set-decision-threshold")
+    assert not any(v in candidate.content() for v in ("mitigates", "harmful", "no effect"))
+
+    interviewer = browser.new_context().new_page()
+    interviewer.on("pageerror", lambda error: errors.append(str(error)))
+    interviewer.goto(acting.interviewer_url)
+    expect(interviewer.locator(".review[data-ready]")).to_be_attached(timeout=WAIT_MS)
+    row = interviewer.locator('#actions-table tr[data-action="set-decision-threshold"]').last
+    expect(row.locator("[data-verdict]")).to_have_text("no effect")
+    before = _now(acting)
+    interviewer.get_by_role("button", name="+1 h").click()
+    expect(interviewer.locator("#forward-line")).to_contain_text("simulated time now")
+    until(lambda: _now(acting) >= before + dt.timedelta(hours=1), "the clock an hour on")
+    assert not errors

@@ -8,26 +8,18 @@ Screenshots of every page go to test-output/workspace/ for a person to look at.
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response
 
 from sandbox.services.gateway import pages
 from tests.conftest import REPO
 from tests.services.running import Stack, new_session
 
 SHOTS = REPO / "test-output" / "workspace"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTILE_SQL = "COPY serving.predictions TO '/tmp/stolen.csv'"
 WAIT_MS = 30_000
 
@@ -35,17 +27,6 @@ WAIT_MS = 30_000
 @pytest.fixture(scope="module")
 def stack(shared_stack: Stack) -> Stack:
     return new_session(shared_stack, "browser")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is missing: `make test` installs it")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 class Journey:
