@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from pathlib import Path
@@ -394,6 +395,7 @@ def _create_session(
     time_limit_min: int | None = None,
     assistance: str = "allowed",
     workspace_only: bool = False,
+    actions: bool = False,
 ) -> dict[str, Any]:
     return _gateway_call(
         world,
@@ -404,6 +406,7 @@ def _create_session(
             "time_limit_min": time_limit_min,
             "assistance": assistance,
             "workspace_only": workspace_only,
+            "actions": actions,
         },
     )
 
@@ -414,6 +417,11 @@ def _assistance(value: str) -> str:
     if value not in ASSISTANCE:
         raise typer.BadParameter(f"one of {', '.join(ASSISTANCE)}, not {value!r}")
     return value
+
+
+class Toggle(enum.StrEnum):
+    on = "on"
+    off = "off"
 
 
 @session_app.command("create")
@@ -440,10 +448,20 @@ def session_create(
             "scripts and other clients are refused.",
         ),
     ] = False,
+    actions: Annotated[
+        Toggle,
+        typer.Option(
+            "--actions",
+            help="on: the candidate may change the running stack from the ops console (the "
+            "session must then be the stack's only one); off: the console only lists actions.",
+        ),
+    ] = Toggle.off,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create a candidate session on the running stack; prints the candidate and interviewer links."""
-    links = _create_session(world, candidate, time_limit, assistance, workspace_only)
+    links = _create_session(
+        world, candidate, time_limit, assistance, workspace_only, actions is Toggle.on
+    )
     if as_json:
         console.print_json(json.dumps(links))
         return
@@ -466,7 +484,8 @@ def session_list(world: Path, as_json: Annotated[bool, typer.Option("--json")] =
         policy = s["policy"]
         help_ = f"help {policy['assistance'].replace('-', ' ')}"
         only = ", workspace only" if policy["workspace_only"] else ""
-        print(f"{s['id']}  {s['state']:<12} {s['candidate']}  ({limit}; {help_}{only})")
+        acting = ", actions on" if s.get("actions") else ""
+        print(f"{s['id']}  {s['state']:<12} {s['candidate']}  ({limit}; {help_}{only}{acting})")
 
 
 @session_app.command("revoke")

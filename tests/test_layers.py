@@ -14,6 +14,8 @@ The layers, lowest first (a module belongs to the longest entry that names it or
 - pipeline: the production ML stack's stages. The world drives them day by day; a stage that
   reached up into the world would make the "production system" depend on its simulation.
 - monitor: metrics, alerts, model quality and drift over what the pipeline produced.
+- actions: the ops console's catalog of actions and the per-stack file of applied ones. The
+  running stack's services read it; it names the pipeline's features, and knows no fault.
 - faults: the planted faults and the decoys. They transform the pipeline's and monitor's values at
   hook points and use those stages' constants (features, releases, alert rules); the world plants
   them, so they may not reach into the world (a decoy that needs the world's `WorldState` for an
@@ -66,6 +68,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hooks", ("sandbox.faults.base", "sandbox.faults.context", "sandbox.faults.hooks")),
     ("pipeline", ("sandbox.pipeline",)),
     ("monitor", ("sandbox.monitor",)),
+    ("actions", ("sandbox.actions",)),
     ("faults", ("sandbox.faults", "sandbox.decoys")),
     ("scenario", ("sandbox.scenario", "sandbox.catalog")),
     ("world", ("sandbox.world",)),

@@ -13,7 +13,7 @@ import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, Verdict, hook
 from sandbox.faults.toolkit import window
 from sandbox.product import DEVICES
 from sandbox.rng import stable_unit
@@ -29,6 +29,12 @@ class Params(DecoyParams):
 
 class AppRollout(Decoy[Params]):
     id: ClassVar[str] = "app-rollout"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rollback-deploy": "no effect",
+        "retrain": "no effect",
+        "set-decision-threshold": "harmful",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Benign app-version rollout"
 
     def _share(self, day: int) -> float:

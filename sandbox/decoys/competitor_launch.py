@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, Verdict, hook
 from sandbox.faults.toolkit import window
 from sandbox.product import REGIONS
 
@@ -36,6 +36,12 @@ class Params(DecoyParams):
 
 class CompetitorLaunch(Decoy[Params]):
     id: ClassVar[str] = "competitor-launch"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "retrain": "no effect",
+        "set-decision-threshold": "harmful",
+        "set-drift-reference-window": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Genuine drift: a competitor launches in one region"
 
     def _title(self) -> str:

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from sandbox import rng
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, Verdict, hook
 from sandbox.faults.toolkit import Window
 
 SLOWDOWN = 7.0  # latency multiple during the incident
@@ -29,6 +29,12 @@ class Params(DecoyParams):
 
 class InfraIncident(Decoy[Params]):
     id: ClassVar[str] = "infra-incident"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rollback-deploy": "no effect",
+        "pause-job": "harmful",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Unrelated infrastructure incident that recovered"
 
     def _window(self, calendar: Calendar) -> tuple[dt.datetime, dt.datetime]:

@@ -12,7 +12,7 @@ import duckdb
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, Verdict, hook
 from sandbox.faults.toolkit import window
 
 TITLE = "marketing: spring catalogue email to all subscribers"
@@ -27,6 +27,12 @@ class Params(DecoyParams):
 
 class MarketingCampaign(Decoy[Params]):
     id: ClassVar[str] = "marketing-campaign"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "retrain": "harmful",
+        "set-decision-threshold": "harmful",
+        "set-drift-reference-window": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Marketing campaign traffic spike"
 
     def _active(self, day: int) -> bool:

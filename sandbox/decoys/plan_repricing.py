@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, hook
+from sandbox.faults.base import Check, Decoy, DecoyNote, DecoyParams, HookContext, Verdict, hook
 from sandbox.faults.toolkit import fmt, window
 from sandbox.product import BILLING_CYCLE_DAYS, PLANS
 
@@ -48,6 +48,15 @@ class Params(DecoyParams):
 
 class PlanRepricing(Decoy[Params]):
     id: ClassVar[str] = "plan-repricing"
+    # A real change in what customers pay: chasing it moves the flagged list or the model for
+    # nothing wrong, and none of the pipeline's settings touch it.
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rollback-deploy": "no effect",
+        "retrain": "no effect",
+        "set-decision-threshold": "harmful",
+        "set-drift-reference-window": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "A plan's price changes at each customer's renewal"
 
     @property

@@ -61,6 +61,10 @@ class FaultParams(BaseModel):
 
 
 EvidenceKind = Literal["table_column", "metric", "log_pattern", "changelog"]
+# What an ops-console action (`sandbox.actions`) does to a planted fault or decoy: eases its
+# symptom, removes its cause, makes things worse, or nothing.
+Verdict = Literal["mitigates", "fixes", "harmful", "no effect"]
+VERDICTS: tuple[Verdict, ...] = ("fixes", "mitigates", "harmful", "no effect")
 
 
 class Evidence(BaseModel):
@@ -93,6 +97,9 @@ class AnswerKey(BaseModel):
     acceptable_fixes: list[str]
     probes: list[str]
     investigation: list[InvestigationStep] = Field(default_factory=list)
+    actions: dict[str, Verdict] = Field(
+        default_factory=dict, description="Ops-console action id -> what it does to this fault."
+    )
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,10 @@ class Planted(ABC):
     # world it is planted in has them after the declared columns. Undeclared, the build refuses
     # the rows.
     adds_columns: ClassVar[dict[str, tuple[Column, ...]]] = {}
+    # What each ops-console action (by id, `sandbox.actions`) does to this one; the answer key
+    # carries it next to the fixes, and the review judges the candidate's actions by it. An
+    # action not named has no effect.
+    actions: ClassVar[dict[str, Verdict]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -299,6 +310,7 @@ class Fault(Planted, Generic[P]):
         key = self.answer_key(calendar)
         key.difficulty = self.tier
         key.investigation = [step.public() for step in self.investigation(calendar)]
+        key.actions = dict(self.actions)
         return key
 
     def tells(self, tier: Tier) -> tuple[str, ...]:
@@ -327,6 +339,9 @@ class DecoyNote(BaseModel):
     what_happened: str
     why_harmless: str
     evidence: list[Evidence]
+    actions: dict[str, Verdict] = Field(
+        default_factory=dict, description="Ops-console action id -> what it does here."
+    )
 
 
 D = TypeVar("D", bound="DecoyParams")
@@ -345,6 +360,10 @@ class Decoy(Planted, Generic[D]):
 
     @abstractmethod
     def note(self, calendar: Calendar) -> DecoyNote: ...
+
+    def key(self, calendar: Calendar) -> DecoyNote:
+        """The note as the answer key holds it, with what each action does here."""
+        return self.note(calendar).model_copy(update={"actions": dict(self.actions)})
 
     @abstractmethod
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:

@@ -35,6 +35,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import visible_end
@@ -63,6 +64,13 @@ class Params(FaultParams):
 
 class DuplicateBillingEvents(Fault[Params]):
     id: ClassVar[str] = "duplicate-billing-events"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rerun-batch-scoring": "no effect",
+        "backfill-online-store": "no effect",
+        "retrain": "harmful",
+        "set-decision-threshold": "mitigates",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = (
         "Webhook retries deliver billing events twice; failures are counted twice"
     )

@@ -36,6 +36,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import visible_end
@@ -87,6 +88,13 @@ class Params(FaultParams):
 
 class EmbeddingIndexMismatch(Fault[Params]):
     id: ClassVar[str] = "embedding-index-mismatch"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rebuild-index": "fixes",
+        "rollback-deploy": "mitigates",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+        "retrain": "no effect",
+    }
     title: ClassVar[str] = "Ticket encoder upgraded while the article index still holds old vectors"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (

@@ -31,6 +31,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import score_over_churn
@@ -83,6 +84,14 @@ class Params(FaultParams):
 
 class FeatureNullsWrongMean(Fault[Params]):
     id: ClassVar[str] = "feature-nulls-wrong-mean"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "set-imputation-fill": "mitigates",
+        "backfill-online-store": "no effect",
+        "retrain": "harmful",
+        "set-decision-threshold": "no effect",
+        "rollback-deploy": "no effect",
+        "pin-served-version": "no effect",
+    }
     title: ClassVar[str] = "Feature goes 40% null and is imputed with a wrong mean"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (

@@ -36,6 +36,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import has_column, precision_falls, quality_around, versions_around
@@ -65,6 +66,14 @@ class Params(FaultParams):
 
 class LabelLeakage(Fault[Params]):
     id: ClassVar[str] = "label-leakage"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rollback-deploy": "mitigates",
+        "pin-served-version": "mitigates",
+        "move-alias": "mitigates",
+        "retrain": "harmful",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Label leakage through a near-duplicate feature"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (

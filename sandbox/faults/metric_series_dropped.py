@@ -37,6 +37,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.toolkit import PEAK_HOURS, expected_by_hour, load_curve, num, window
@@ -101,6 +102,13 @@ class Params(FaultParams):
 
 class MetricSeriesDropped(Fault[Params]):
     id: ClassVar[str] = "metric-series-dropped"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "restore-metric-series": "mitigates",
+        "rollback-deploy": "fixes",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+        "retrain": "no effect",
+    }
     title: ClassVar[str] = "Errors at peak while the error-ratio series is no longer exported"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (

@@ -36,6 +36,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.toolkit import fmt, num, window
@@ -108,6 +109,13 @@ class Params(FaultParams):
 
 class OnlineOfflineSkew(Fault[Params]):
     id: ClassVar[str] = "online-offline-skew"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "backfill-online-store": "mitigates",
+        "rerun-batch-scoring": "mitigates",
+        "retrain": "harmful",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Online store computes a feature differently from the training data"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (

@@ -36,6 +36,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.toolkit import fmt, num, window
@@ -67,6 +68,13 @@ class Params(FaultParams):
 
 class OnlineStoreStale(Fault[Params]):
     id: ClassVar[str] = "online-store-stale"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "backfill-online-store": "mitigates",
+        "rerun-batch-scoring": "mitigates",
+        "retrain": "no effect",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Online store silently stops refreshing and serves frozen features"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (

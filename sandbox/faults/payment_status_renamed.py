@@ -33,6 +33,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import visible_end
@@ -68,6 +69,13 @@ class Params(FaultParams):
 
 class PaymentStatusRenamed(Fault[Params]):
     id: ClassVar[str] = "payment-status-renamed"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rerun-batch-scoring": "no effect",
+        "backfill-online-store": "no effect",
+        "retrain": "harmful",
+        "set-decision-threshold": "mitigates",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Provider API migration renames failed charges to 'declined'"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (

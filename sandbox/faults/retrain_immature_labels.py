@@ -31,6 +31,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import only_version, quality_around, versions_around
@@ -79,6 +80,14 @@ class Params(FaultParams):
 
 class RetrainImmatureLabels(Fault[Params]):
     id: ClassVar[str] = "retrain-immature-labels"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rollback-deploy": "mitigates",
+        "pin-served-version": "mitigates",
+        "move-alias": "mitigates",
+        "retrain": "harmful",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Retraining on labels that have not matured"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (

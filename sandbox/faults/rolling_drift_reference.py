@@ -37,6 +37,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.toolkit import fmt, num, window
@@ -100,6 +101,13 @@ class Params(FaultParams):
 
 class RollingDriftReference(Fault[Params]):
     id: ClassVar[str] = "rolling-drift-reference"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "set-drift-reference-window": "mitigates",
+        "pause-job": "no effect",
+        "retrain": "harmful",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Drift reference switched to a trailing window hides a slow creep"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (

@@ -37,6 +37,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import quality_around, quality_check, versions_around
@@ -109,6 +110,14 @@ class Params(FaultParams):
 
 class ServedVersionMismatch(Fault[Params]):
     id: ClassVar[str] = "served-version-mismatch"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "pin-served-version": "fixes",
+        "move-alias": "no effect",
+        "rollback-deploy": "mitigates",
+        "retrain": "no effect",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Servers load the newest registered model, not the champion"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (

@@ -43,6 +43,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.toolkit import (
@@ -100,6 +101,13 @@ class Params(FaultParams):
 
 class ServingDefaultFallback(Fault[Params]):
     id: ClassVar[str] = "serving-default-fallback"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rollback-deploy": "fixes",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+        "retrain": "harmful",
+        "backfill-online-store": "no effect",
+    }
     title: ClassVar[str] = "Model server scores a zero feature vector at peak after a deadline cut"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (

@@ -38,6 +38,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import served_versions, versions_around
@@ -108,6 +109,13 @@ class Params(FaultParams):
 
 class StaleDecisionThreshold(Fault[Params]):
     id: ClassVar[str] = "stale-decision-threshold"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "set-decision-threshold": "mitigates",
+        "rollback-deploy": "mitigates",
+        "pin-served-version": "no effect",
+        "retrain": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Retrained model served with the previous model's decision threshold"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
     observation: ClassVar[str] = (

@@ -33,6 +33,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import only_version, precision_falls, quality_around, versions_around
@@ -89,6 +90,14 @@ class Params(FaultParams):
 
 class TrainingTimeTravel(Fault[Params]):
     id: ClassVar[str] = "training-time-travel"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rollback-deploy": "mitigates",
+        "pin-served-version": "mitigates",
+        "move-alias": "mitigates",
+        "retrain": "harmful",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "Time travel in the training set build"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (

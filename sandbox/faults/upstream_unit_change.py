@@ -34,6 +34,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Verdict,
     hook,
 )
 from sandbox.faults.measure import score_over_churn, visible_end
@@ -78,6 +79,14 @@ def release_version(onset_day: int, patches: int = 1) -> str:
 
 class UpstreamUnitChange(Fault[Params]):
     id: ClassVar[str] = "upstream-unit-change"
+    actions: ClassVar[dict[str, Verdict]] = {
+        "backfill-online-store": "no effect",
+        "rerun-batch-scoring": "no effect",
+        "pause-job": "mitigates",
+        "retrain": "harmful",
+        "set-decision-threshold": "no effect",
+        "set-imputation-fill": "no effect",
+    }
     title: ClassVar[str] = "One device's new app release reports watch time in seconds"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (

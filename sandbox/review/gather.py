@@ -31,6 +31,7 @@ def describe(store: SessionStore, session: Session) -> dict[str, Any]:
         "time_limit_min": session.time_limit_min,
         # What the candidate was told: outside help allowed or not, the workspace's pages only.
         "policy": session.policy,
+        "actions": session.actions,
     }
 
 

@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sandbox.review import claims, probes, rubric, strengths
+from sandbox.review import actions, claims, probes, rubric, strengths
 from sandbox.review.cited import SeenIndex
 from sandbox.review.export import clock
 from sandbox.review.signals import signals
@@ -51,6 +51,11 @@ def build(
     faults = [_fault(key, timeline, final, seen) for key in answer_key.get("faults", [])]
     decoys = [_decoy(decoy, timeline, seen) for decoy in answer_key.get("decoys", [])]
     found_claims = claims.claims(final, timeline, claims.with_history(schema or {}, history), seen)
+    acted = actions.review(timeline, answer_key)
+    verdicts = {a["seq"]: a["verdict"] for a in acted["list"]}
+    for item in timeline:
+        if item.get("seq") in verdicts:
+            item["verdict"] = verdicts[item["seq"]]
     closing = [
         ("answer_key", p) for key in answer_key.get("faults", []) for p in key.get("probes", [])
     ] + [("generic", p) for p in GENERIC_PROBES]
@@ -69,6 +74,8 @@ def build(
         "decoys": decoys,
         "dead_ends": _dead_ends(timeline),
         "signals": signals(timeline),
+        "actions": acted["list"],
+        "action_summary": {k: v for k, v in acted.items() if k != "list"},
         "diagnosis": {"final": final, "versions": _versions(diagnoses, start)},
         "claims": found_claims,
         "counts": _counts(timeline),
@@ -142,6 +149,9 @@ def summarize(event: dict[str, Any]) -> str:
         return f"pasted {d.get('chars', 0)} characters into {d.get('field', 'the diagnosis')}"
     if kind == "refused":
         return f"refused: {d.get('method', 'GET')} {d.get('path')} ({d.get('refused')})"
+    if kind == "action":
+        params = ", ".join(f"{k}={v}" for k, v in (d.get("params") or {}).items())
+        return f"action {d.get('action')} ({params or 'no parameters'}) · {d.get('status')}"
     if kind == "away":
         seconds = d.get("seconds", 0)
         shown = round(seconds) if isinstance(seconds, int | float) else seconds

@@ -51,12 +51,13 @@ BUSY_TIMEOUT_MS = 10_000
 # pages may call the candidate's routes.
 Assistance = Literal["allowed", "not-allowed"]
 ASSISTANCE: tuple[str, ...] = get_args(Assistance)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, candidate TEXT NOT NULL, "
     "candidate_token TEXT UNIQUE NOT NULL, interviewer_token TEXT UNIQUE NOT NULL, "
     "created_at TEXT NOT NULL, time_limit_min INTEGER, "
-    "assistance TEXT NOT NULL DEFAULT 'allowed', workspace_only INTEGER NOT NULL DEFAULT 0)",
+    "assistance TEXT NOT NULL DEFAULT 'allowed', workspace_only INTEGER NOT NULL DEFAULT 0, "
+    "actions INTEGER NOT NULL DEFAULT 0)",
     # `seq` orders every event of the store: unique, increasing, never reused. `seen` is what
     # the event put in front of the candidate, as the values a diagnosis could cite (numbers,
     # dates): the review traces claims to it. It is kept apart from `detail`, which the
@@ -81,10 +82,11 @@ UPGRADES = {
         "ALTER TABLE sessions ADD COLUMN workspace_only INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE events ADD COLUMN seen TEXT NOT NULL DEFAULT '[]'",
     ),
+    2: ("ALTER TABLE sessions ADD COLUMN actions INTEGER NOT NULL DEFAULT 0",),
 }
 SESSION_COLUMNS = (
     "id, candidate, candidate_token, interviewer_token, created_at, time_limit_min, "
-    "assistance, workspace_only"
+    "assistance, workspace_only, actions"
 )
 # At most this many values are kept of what one event showed.
 MAX_SEEN_VALUES = 2_000
@@ -158,10 +160,14 @@ class Session:
     # allowed, and whether the candidate's routes answer only the workspace's own pages.
     assistance: str = "allowed"
     workspace_only: bool = False
+    # Whether the candidate may act on the running stack from the ops console.
+    actions: bool = False
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Session:
-        sid, candidate, c_token, i_token, created_at, limit, assistance, workspace_only = row
+        sid, candidate, c_token, i_token, created_at, limit, assistance, workspace_only, actions = (
+            row
+        )
         return cls(
             sid,
             candidate,
@@ -171,6 +177,7 @@ class Session:
             limit,
             assistance,
             bool(workspace_only),
+            bool(actions),
         )
 
     @property
@@ -270,6 +277,7 @@ class SessionStore:
         time_limit_min: int | None = None,
         assistance: str = "allowed",
         workspace_only: bool = False,
+        actions: bool = False,
     ) -> Session:
         if assistance not in ASSISTANCE:
             raise ValueError(f"assistance is one of {', '.join(ASSISTANCE)}, not {assistance!r}")
@@ -282,10 +290,11 @@ class SessionStore:
             time_limit_min=time_limit_min,
             assistance=assistance,
             workspace_only=workspace_only,
+            actions=actions,
         )
         with self._lock:
             self.con.execute(
-                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session.id,
                     session.candidate,
@@ -295,6 +304,7 @@ class SessionStore:
                     session.time_limit_min,
                     session.assistance,
                     int(session.workspace_only),
+                    int(session.actions),
                 ),
             )
         return session

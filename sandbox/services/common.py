@@ -89,6 +89,10 @@ class ServiceContext:
     def now(self) -> dt.datetime:
         return self.clock.now()
 
+    def reload_clock(self) -> None:
+        """Read the clock file at the next look, for the process that just rewrote it."""
+        self._clock = None
+
     def spool(self, table: str) -> SpoolWriter:
         if table not in self._writers:
             self._writers[table] = SpoolWriter(spool_path(self.paths.run, self.service, table))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import duckdb
 import numpy as np
 import polars as pl
 from fastapi import FastAPI, Request
@@ -37,10 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from threadpoolctl import ThreadpoolController
 
 from sandbox import schema
+from sandbox.actions.overrides import Overrides
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
 from sandbox.pipeline import deploy, registry
-from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.pipeline.features import IMPUTED_FEATURES, MODEL_FEATURES
 from sandbox.pipeline.serve import SERVICE, ModelServer, churn_scores, unanswered_blank
 from sandbox.services import caller, limits
 from sandbox.services.common import (
@@ -167,6 +169,42 @@ class Metrics:
         )
 
 
+def policy_fills(world_db: Path) -> dict[str, np.ndarray]:
+    """Every fill value the feature job's imputation policy ever used, by feature: a stored
+    value equal to one of them is one the job filled in."""
+    with duckdb.connect(str(world_db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT feature, list(DISTINCT fill_value) FROM feature_store.imputation_policy "
+            "GROUP BY feature"
+        ).fetchall()
+    return {feature: np.array(values, dtype=float) for feature, values in rows}
+
+
+class Refilled:
+    """The online store as the ops console's fill values leave it: a value the feature job filled
+    in is replaced by the fill value set for its feature. Recomputed only when the snapshot or the
+    fill values in effect change."""
+
+    def __init__(self, fills: dict[str, np.ndarray]) -> None:
+        self.fills = fills
+        self._key: tuple[dt.datetime, tuple[tuple[str, float], ...]] | None = None
+        self._values: np.ndarray | None = None
+
+    def values(self, snapshot: Snapshot, set_fills: dict[str, float]) -> np.ndarray:
+        if not set_fills:
+            return snapshot.values
+        key = (snapshot.loaded_at, tuple(sorted(set_fills.items())))
+        if key != self._key or self._values is None:
+            values = snapshot.values.copy()
+            for feature, fill in set_fills.items():
+                if feature in IMPUTED_FEATURES and feature in self.fills:
+                    j = MODEL_FEATURES.index(feature)
+                    filled = np.isin(values[:, j], self.fills[feature])
+                    values[filled, j] = fill
+            self._key, self._values = key, values
+        return self._values
+
+
 class LiveModelServer:
     """Scores requests at the simulated now; framework-free so the app stays thin."""
 
@@ -182,6 +220,9 @@ class LiveModelServer:
         self.required = [f for f in self.record.features if f in MODEL_FEATURES]
         self._model_columns = [self.columns.index(f) for f in self.record.features]
         self.store = OnlineStore(ctx.paths.online_store)
+        # Changes applied from the ops console, each in effect from its simulated time.
+        self.overrides = Overrides(ctx.paths.run)
+        self.refilled = Refilled(policy_fills(ctx.paths.duckdb))
         # Scoring a few rows on several OpenMP threads costs more in hand-offs than it saves, and
         # on a busy machine the hand-offs dominate the tail: the server scores on its own thread.
         self._openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
@@ -243,6 +284,9 @@ class LiveModelServer:
     ) -> tuple[list[int | None], np.ndarray]:
         values = np.full((len(items), len(self.columns)), np.nan)
         snapshot = self.store.at(now)
+        stored = (
+            self.refilled.values(snapshot, self.overrides.fill_values(now)) if snapshot else None
+        )
         for i, item in enumerate(items):
             where = f"requests[{i}]." if batch else ""
             if item.features is not None:
@@ -254,7 +298,7 @@ class LiveModelServer:
                         404,
                         f"{where}customer_id: no online features for customer {item.customer_id}",
                     )
-                values[i, : len(MODEL_FEATURES)] = snapshot.values[row]  # type: ignore[union-attr]
+                values[i, : len(MODEL_FEATURES)] = stored[row]  # type: ignore[index]
             else:
                 raise ApiError(422, f"{where}customer_id or features: one of them is required")
         return [item.customer_id for item in items], values
@@ -277,6 +321,7 @@ class LiveModelServer:
             cols = self._score_frame(now, customer_ids, values, ids, started)
         else:
             cols = self._score_rows(customer_ids, values, ids)
+        self._decide(cols, self.overrides.threshold(now))
         measured = (time.perf_counter() - started) * 1000
         # A slow dependency shows as a longer latency than this process measured.
         latency = np.round(np.fmax(np.array(cols["latency_ms"], dtype=float), measured), 2)
@@ -302,6 +347,16 @@ class LiveModelServer:
             *(caller.marked({k: row[k] for k in SPOOL_COLUMNS}, session_id) for row in rows)
         )
         return now, rows
+
+    @staticmethod
+    def _decide(cols: dict[str, list[Any]], threshold: float | None) -> None:
+        """Decisions at the threshold set from the ops console, when one is in effect."""
+        if threshold is None:
+            return
+        for i, score in enumerate(cols["score"]):
+            if cols["status"][i] == "ok" and score is not None:
+                cols["threshold"][i] = threshold
+                cols["decision"][i] = score >= threshold
 
     def _score_frame(
         self,
@@ -375,6 +430,11 @@ class LiveModelServer:
             "request_ts": row["request_ts"],
         }
 
+    def threshold(self, now: dt.datetime) -> float:
+        """The threshold decisions are made at now: the deployment's, or one set since."""
+        override = self.overrides.threshold(now)
+        return self.record.threshold if override is None else override
+
     def metadata(self) -> dict[str, Any]:
         now = self.ctx.now()
         snapshot = self.store.at(now)
@@ -383,7 +443,7 @@ class LiveModelServer:
             "model_version": self.record.model_version,
             "model_uri": self.record.model_uri,
             "features": list(self.record.features),
-            "threshold": self.record.threshold,
+            "threshold": self.threshold(now),
             "deployed_at": self.record.deployed_at.isoformat(),
             "loaded_at": self.loaded_at.isoformat(),
             "now": now.isoformat(),

@@ -46,7 +46,7 @@ WORLD_CACHE = Path(
     / "test-worlds"
 )
 # Parts of the package that read worlds but do not shape them.
-NOT_SHAPING = ("services", "review", "testing", "dashboards", "__pycache__")
+NOT_SHAPING = ("services", "review", "testing", "dashboards", "actions", "__pycache__")
 BUILD_WORKERS = 2  # worker processes building worlds ahead of the tests that need them
 
 

@@ -208,7 +208,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     _write_deployment(result, paths, cal)
     paths.scenario.write_text(scenario.as_toml())
     keys = [f.key(cal).model_dump(mode="json") for f in scenario.faults]
-    decoys = [d.note(cal).model_dump(mode="json") for d in scenario.decoys]
+    decoys = [d.key(cal).model_dump(mode="json") for d in scenario.decoys]
     paths.answer_key.write_text(json.dumps({"faults": keys, "decoys": decoys}, indent=2))
 
     con = duckdb.connect(str(paths.duckdb), read_only=True)

@@ -229,3 +229,14 @@ def test_a_first_version_sessions_file_gains_policies_and_seen_values(tmp_path: 
     with pytest.raises(ValueError, match="allowed, not-allowed"):
         again.create("eve", assistance="sometimes")
     again.close()
+
+
+def test_a_session_keeps_whether_actions_are_on(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path, {})
+    off, on = store.create("ada"), store.create("grace", actions=True)
+    store.close()
+    again = SessionStore(tmp_path, {})
+    assert [again.get(s.id).actions for s in (off, on)] == [False, True]  # type: ignore[union-attr]
+    found = again.by_token(on.candidate_token)
+    assert found is not None and found[0].actions
+    again.close()

@@ -69,7 +69,8 @@ def session_maker(client: TestClient, paths: WorldPaths) -> MakeSession:
     def make(
         candidate: str = "ada", time_limit_min: int | None = None, **policy: Any
     ) -> dict[str, str]:
-        """`policy`: the session's `assistance` and `workspace_only`, as the API takes them."""
+        """`policy`: the session's `assistance`, `workspace_only` and `actions`, as the API takes
+        them."""
         admin = {"Authorization": f"Bearer {stack.admin_token(paths)}"}
         reply = client.post(
             "/api/sessions",

@@ -103,6 +103,7 @@ def running_stack(
     tmp_path_factory: pytest.TempPathFactory,
     speed: float,
     options: tuple[str, ...] = (),
+    session_options: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     """The stack on a copy of `built` (it writes into its world) on a free port; Ctrl-C at the end."""
     world = tmp_path_factory.mktemp("stack") / "world"
@@ -117,7 +118,7 @@ def running_stack(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada")
+        yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada", *session_options)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)

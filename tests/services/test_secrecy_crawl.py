@@ -124,6 +124,8 @@ def test_refusals_and_validation_errors_name_no_fault(
         ("POST", "/api/sessions", {"candidate": "x"}),
         ("PUT", "/api/sessions/nope/rubric", {"dimension": "root_cause", "level": 3}),
         ("POST", "/api/builder/validate", {"toml": "[world]"}),
+        ("POST", "/api/actions", {"action": "set-decision-threshold", "params": {}}),
+        ("POST", "/api/sessions/nope/clock/forward", {"hours": 1}),
     ]:
         reply = client.request(method, path, json=body, headers=who)
         assert reply.status_code in (400, 403, 422), (path, reply.status_code)

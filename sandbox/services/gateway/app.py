@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from sandbox.review.store import SessionStore
 from sandbox.services import limits, stack
 from sandbox.services.common import ServiceContext, serve, service_args, settings_or_exit
-from sandbox.services.gateway import builder, interviewer, pages, proxy, workspace
+from sandbox.services.gateway import actions, builder, interviewer, pages, proxy, workspace
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.composition import Composition
 from sandbox.services.gateway.console import QueryRefused
@@ -94,6 +94,7 @@ def create_app(
     app.include_router(workspace.router)
     app.include_router(interviewer.router)
     app.include_router(builder.router)
+    app.include_router(actions.router)
     pages.install(app)
 
     @app.get("/-/health")

@@ -25,6 +25,7 @@ from sandbox.review.store import Assistance, Session
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
 from sandbox.services.gateway.errors import invalid
+from sandbox.services.gateway.session_policy import conflict
 from sandbox.services.gateway.state import Gateway
 
 router = APIRouter()
@@ -37,6 +38,9 @@ class SessionRequest(BaseModel):
     # The policy the candidate is shown on the brief (`store.ASSISTANCE`).
     assistance: Assistance = "allowed"
     workspace_only: StrictBool = False
+    actions: StrictBool = Field(
+        False, description="The candidate may act on the running stack from the ops console."
+    )
 
 
 class ScoreRequest(BaseModel):
@@ -95,17 +99,23 @@ def openapi(request: Request, who: Interviewer) -> dict[str, Any]:
 def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[str, Any]:
     if who.role != "admin":
         raise HTTPException(403, "only the stack's operator creates sessions")
-    session = _gateway(request).sessions.create(
+    sessions = _gateway(request).sessions
+    refused = conflict(sessions.all(), body.actions)
+    if refused:
+        raise HTTPException(409, refused)
+    session = sessions.create(
         body.candidate,
         body.time_limit_min,
         assistance=body.assistance,
         workspace_only=body.workspace_only,
+        actions=body.actions,
     )
     # Behind a container network the gateway's own address is not the one people open.
     base = _gateway(request).settings.public_url or str(request.base_url)
     return links(session, base.rstrip("/")) | {
         "time_limit_min": body.time_limit_min,
         "policy": session.policy,
+        "actions": body.actions,
     }
 
 

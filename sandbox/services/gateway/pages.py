@@ -46,6 +46,7 @@ NAV = (
     Page("retrieval", "Retrieval", "/retrieval"),
     Page("model-server", "Model server", "/model-server"),
     Page("changelog", "Changelog", "/changelog"),
+    Page("ops", "Ops console", "/ops"),
     Page("diagnosis", "Diagnosis", "/diagnosis"),
 )
 

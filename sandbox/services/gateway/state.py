@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 
+from sandbox.actions.overrides import Overrides
 from sandbox.layout import WorldPaths
 from sandbox.review.evidence import Shown
 from sandbox.review.store import SessionStore
@@ -67,9 +68,12 @@ class Gateway:
     client_events: RateQuota = field(init=False)
     # The candidates' requests in flight, for telling which overlapped.
     flights: Flights = field(default_factory=Flights)
+    # The actions applied from the ops console, where the services read them.
+    overrides: Overrides = field(init=False)
 
     def __post_init__(self) -> None:
         self.client_events = RateQuota(self.settings.client_events_per_minute)
+        self.overrides = Overrides(self.ctx.paths.run)
 
     def boards(self) -> dict[str, dashboards.Dashboard]:
         """The dashboards this stack serves (the `dashboards` setting, or the packaged ones), as

@@ -19,7 +19,16 @@ import polars as pl
 from pydantic import Field
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import AnswerKey, Check, Fault, FaultParams, HookContext, Step, hook
+from sandbox.faults.base import (
+    AnswerKey,
+    Check,
+    Fault,
+    FaultParams,
+    HookContext,
+    Step,
+    Verdict,
+    hook,
+)
 from sandbox.faults.toolkit import fmt, window
 from sandbox.product import PLANS
 
@@ -45,6 +54,11 @@ class Params(FaultParams):
 
 class BillingUnitChange(Fault[Params]):
     id: ClassVar[str] = "billing-unit-change"
+    # What each ops-console action does to it (`sandbox.actions.catalog`); unnamed: no effect.
+    actions: ClassVar[dict[str, Verdict]] = {
+        "rerun-batch-scoring": "mitigates",
+        "retrain": "harmful",
+    }
     title: ClassVar[str] = "Payment amounts arrive in cents for one payment method"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "easy"
     observation: ClassVar[str] = (

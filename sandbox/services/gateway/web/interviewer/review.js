@@ -63,6 +63,34 @@
       el("li", {}, `from ${clock(d.from_offset_s)}: ${clock(d.seconds)} over ${d.events} reads of ${d.tables.join(", ") || "pages and services"}, no evidence`)))] : []);
   }
 
+  const VERDICT_CLASS = { fixes: "good", mitigates: "good", harmful: "bad" };
+
+  function drawActions(r) {
+    const box = document.getElementById("actions");
+    if (!r.session.actions) {
+      fill(box, el("p", { class: "muted small" }, "Actions are off for this session: the candidate's ops console only lists them."));
+      return;
+    }
+    const first = r.action_summary.time_to_first_mitigation_s;
+    fill(box,
+      el("p", { class: "small" }, `${r.action_summary.applied} applied · first that mitigates or fixes: `, el("b", { id: "first-mitigation" }, first === null ? "none" : clock(first))),
+      r.actions.length ? el("table", { class: "grid small", id: "actions-table" }, el("tbody", {}, r.actions.map((a) => el("tr", { "data-action": a.id },
+        el("td", {}, eventLink(a.seq), ` ${clock(a.offset_s)}`), el("td", {}, a.id),
+        el("td", {}, Object.entries(a.params).map(([k, v]) => `${k}=${v}`).join(", ")),
+        el("td", {}, a.status, a.effective_at ? ` · from ${sandbox.simTime(a.effective_at)}` : ""),
+        el("td", {}, a.verdict ? el("b", { class: `verdict ${VERDICT_CLASS[a.verdict] || ""}`, "data-verdict": a.verdict }, a.verdict) : "—"))))) : el("p", { class: "muted small" }, "No action yet."));
+  }
+
+  async function forward(hours) {
+    const line = document.getElementById("forward-line");
+    try {
+      const reply = await api(`/api/sessions/${sessionId}/clock/forward`, { method: "POST", json: { hours } });
+      line.textContent = `simulated time now ${sandbox.simTime(reply.now)}${reply.at_end ? " (the end of the world's last day)" : ""}`;
+    } catch (e) { showError(line, e.message); }
+  }
+
+  document.querySelectorAll("[data-forward]").forEach((b) => b.addEventListener("click", () => forward(Number(b.dataset.forward))));
+
   function drawTimeline(r) {
     const filters = document.getElementById("kind-filters");
     const labels = Object.entries(r.counts).map(([kind, n]) => `${kind} (${n})`).join();
@@ -80,7 +108,7 @@
       if (i.idle_before_s) rows.push(el("tr", { class: "idle" }, el("td", { colspan: 4 }, `— idle ${clock(i.idle_before_s)} —`)));
       rows.push(el("tr", { id: `event-${i.seq}`, class: i.evidence.length ? "evidence" : "", "data-seq": i.seq, "data-kind": i.kind },
         el("td", { class: "nowrap" }, clock(i.offset_s)), el("td", { class: "kind" }, i.kind),
-        el("td", { class: "what", title: [i.detail.sql, i.detail.user_agent && `from ${i.detail.client}: ${i.detail.user_agent}`].filter(Boolean).join("\n") }, i.summary),
+        el("td", { class: "what", title: [i.detail.sql, i.detail.user_agent && `from ${i.detail.client}: ${i.detail.user_agent}`].filter(Boolean).join("\n") }, i.summary, i.verdict ? [" ", el("b", { class: `verdict ${VERDICT_CLASS[i.verdict] || ""}`, "data-verdict": i.verdict }, i.verdict)] : null),
         el("td", {}, i.evidence.map((e) => el("span", { class: "mark" }, e)),
           (marks[i.seq] || []).map((k) => el("span", { class: "signal", "data-signal": k }, k)))));
     }
@@ -168,6 +196,7 @@
       if (seq !== lastSeq) {
         lastSeq = seq;
         drawFaults(r);
+        drawActions(r);
         drawTimeline(r);
         drawDiagnosis(r);
         drawClaims(r);

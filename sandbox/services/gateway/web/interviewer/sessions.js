@@ -20,9 +20,10 @@
         el("td", { class: "nowrap" }, when(s.created_at)), el("td", { class: "nowrap" }, when(s.started_at)),
         el("td", {}, s.time_limit_min ? `${s.time_limit_min} min` : "—"),
         el("td", { class: "small" }, policyText(s.policy)),
+        el("td", {}, s.actions ? "on" : "off"),
         el("td", { class: "nowrap" }, el("a", { href: `/interviewer/sessions/${s.id}` }, "Review"), " ",
           s.state === "revoked" ? null : el("button", { class: "link", onclick: () => revoke(s) }, "Revoke")))));
-      if (!sessions.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No sessions yet.")));
+      if (!sessions.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "No sessions yet.")));
     } catch (e) { showError(body, e.message); }
   }
 
@@ -42,6 +43,7 @@
       const made = await api("/api/sessions", { json: {
         candidate: form.elements.candidate.value, time_limit_min: limit ? Number(limit) : null,
         assistance: form.elements.assistance.value, workspace_only: form.elements.workspace_only.checked,
+        actions: form.elements.actions.checked,
       } });
       const link = (label, url) => el("p", {}, el("b", {}, label), el("br"), el("input", { type: "text", readonly: true, value: url, class: "copy", onclick: (ev) => ev.target.select() }));
       out.replaceChildren(el("p", { class: "muted small" }, "Send the candidate link to the candidate; keep the interviewer link. They are shown once."),

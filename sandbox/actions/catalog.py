@@ -1,0 +1,193 @@
+"""Every ops-console action: its id, what it does in plain words, its parameters (validated at the
+API edge) and how long, in simulated time, the change takes to reach production.
+
+An action this version cannot apply to the running stack is listed with `available` false: the
+console and the API say so, and applying it changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandbox.pipeline.features import IMPUTED_FEATURES
+
+SET_THRESHOLD = "set-decision-threshold"
+SET_FILL = "set-imputation-fill"
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ThresholdParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(
+        gt=0.0, lt=1.0, description="Score at or above which a customer is flagged."
+    )
+
+
+class FillParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feature: Literal[IMPUTED_FEATURES] = Field(  # type: ignore[valid-type]
+        description="The imputed feature whose fill value changes."
+    )
+    fill_value: float = Field(
+        ge=0.0, le=10_000.0, description="The value missing inputs are filled with from now on."
+    )
+
+
+class VersionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(
+        min_length=1, max_length=20, pattern=r"^\d+$", description="A registered version."
+    )
+
+
+class AliasParams(VersionParams):
+    alias: str = Field(
+        "champion", min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_-]*$", description="Alias."
+    )
+
+
+class WindowParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    days: int = Field(ge=1, le=42, description="Days of the reference window.")
+    fixed: bool = Field(True, description="A fixed window (the training period), not trailing.")
+
+
+class DaysParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    days: int = Field(7, ge=1, le=42, description="How many of the latest days.")
+
+
+class JobParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job: Literal["feature-job", "materialization", "batch-scoring", "drift-monitor"] = Field(
+        description="The scheduled job."
+    )
+
+
+class RetrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label_maturity_days: int = Field(
+        14, ge=0, le=28, description="Only rows whose label is at least this old."
+    )
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str
+    description: str
+    params: type[BaseModel]
+    delay: dt.timedelta  # from the request to the change being in effect, simulated
+    available: bool = False
+    # The component whose logs tell the change's progress.
+    service: str = "ops"
+
+    def describe(self) -> dict[str, Any]:
+        """What the console and `GET /api/actions` show: nothing about any planted fault."""
+        return {
+            "id": self.id,
+            "description": self.description,
+            "params_schema": self.params.model_json_schema(),
+            "available": self.available,
+            "delay_minutes": round(self.delay.total_seconds() / 60),
+        }
+
+
+def _minutes(n: float) -> dt.timedelta:
+    return dt.timedelta(minutes=n)
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action(
+        SET_THRESHOLD,
+        "Change the model server's decision threshold: customers scoring at or above it are "
+        "flagged for the retention offer.",
+        ThresholdParams,
+        _minutes(10),
+        available=True,
+        service="model-server",
+    ),
+    Action(
+        SET_FILL,
+        "Change the value the feature job fills a missing input with, and reload the online "
+        "store with it (the model server reads the reloaded store).",
+        FillParams,
+        _minutes(45),
+        available=True,
+        service="materialization",
+    ),
+    Action(
+        "pin-served-version",
+        "Pin the model server to one registered model version.",
+        VersionParams,
+        _minutes(15),
+    ),
+    Action(
+        "move-alias",
+        "Move a registry alias (such as champion) to another registered version.",
+        AliasParams,
+        _minutes(5),
+    ),
+    Action(
+        "rollback-deploy",
+        "Roll the model server back to the deployment before the current one.",
+        NoParams,
+        _minutes(20),
+    ),
+    Action(
+        "set-drift-reference-window",
+        "Change the reference window the drift report compares each day against.",
+        WindowParams,
+        _minutes(30),
+    ),
+    Action(
+        "rebuild-index",
+        "Re-embed every help-center article with the deployed encoder and swap the index.",
+        NoParams,
+        dt.timedelta(hours=3),
+    ),
+    Action(
+        "backfill-online-store",
+        "Recompute the latest features from the offline store and reload the online store.",
+        NoParams,
+        dt.timedelta(hours=2),
+    ),
+    Action(
+        "rerun-batch-scoring",
+        "Score every active customer again with the deployed model.",
+        DaysParams,
+        dt.timedelta(hours=1),
+    ),
+    Action(
+        "restore-metric-series",
+        "Restore a dropped metric series from the request logs.",
+        DaysParams,
+        _minutes(30),
+    ),
+    Action(
+        "pause-job",
+        "Pause a scheduled job until it is resumed.",
+        JobParams,
+        _minutes(5),
+    ),
+    Action(
+        "retrain",
+        "Train a new model version on the latest data and deploy it.",
+        RetrainParams,
+        dt.timedelta(hours=6),
+    ),
+)
+CATALOG: dict[str, Action] = {a.id: a for a in ACTIONS}

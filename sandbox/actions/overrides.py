@@ -1,0 +1,88 @@
+"""The stack's applied actions, in one small file of the world's run directory.
+
+The gateway appends an action when it is applied (the whole file rewritten and moved into place,
+so a reader never sees half of it); the services that act on it read it again when it changes. An
+action is in effect from its `effective_at`, in simulated time: a service asks what is in effect
+at its now, so a change shows exactly when the shared clock reaches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
+
+OVERRIDES_FILE = "actions.json"
+
+
+class Applied(BaseModel):
+    """One applied action."""
+
+    id: str
+    action: str
+    params: dict[str, Any]
+    requested_at: dt.datetime
+    effective_at: dt.datetime
+    session_id: str | None = None
+
+
+_ENTRIES = TypeAdapter(list[Applied])
+
+
+class Overrides:
+    """The applied actions of the stack whose run directory is `run_dir`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / OVERRIDES_FILE
+        self._lock = threading.Lock()
+        self._mtime: int | None = None
+        self._entries: list[Applied] = []
+
+    def entries(self) -> list[Applied]:
+        """Every applied action, in the order applied (re-read when the file changed)."""
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if mtime != self._mtime:
+            with contextlib.suppress(ValueError):  # a file being replaced: keep what was read
+                self._entries = _ENTRIES.validate_json(self.path.read_bytes())
+                self._mtime = mtime
+        return self._entries
+
+    def append(self, applied: Applied) -> None:
+        with self._lock:
+            entries = [*self.entries(), applied]
+            tmp = self.path.with_suffix(".tmp")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(_ENTRIES.dump_json(entries, indent=1))
+            tmp.replace(self.path)
+
+    def in_effect(self, action: str, now: dt.datetime) -> list[Applied]:
+        """The applied `action`s in effect at `now`, the latest to take effect last."""
+        found = [e for e in self.entries() if e.action == action and e.effective_at <= now]
+        return sorted(found, key=lambda e: e.effective_at)
+
+    def threshold(self, now: dt.datetime) -> float | None:
+        """The decision threshold set from the console, if any is in effect."""
+        found = self.in_effect(SET_THRESHOLD, now)
+        return float(found[-1].params["threshold"]) if found else None
+
+    def fill_values(self, now: dt.datetime) -> dict[str, float]:
+        """Fill values set from the console and in effect, by feature."""
+        return {
+            e.params["feature"]: float(e.params["fill_value"])
+            for e in self.in_effect(SET_FILL, now)
+        }
+
+
+def read(run_dir: Path) -> list[dict[str, Any]]:
+    """The applied actions as JSON-ready dicts (for a review read beside or after the stack)."""
+    return [json.loads(e.model_dump_json()) for e in Overrides(run_dir).entries()]

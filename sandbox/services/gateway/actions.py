@@ -1,0 +1,181 @@
+"""The ops console's API: the catalog of actions, applying one to the running stack, and the
+interviewer's fast-forward of simulated time.
+
+An applied action goes into the stack's overrides file (`sandbox.actions.overrides`), in effect
+after the action's delay in simulated time; its progress is logged like the services' own lines.
+Every call a candidate makes here is recorded as an `action` event. What an action does to a
+planted fault is in the answer key only: nothing here says whether an action helps.
+
+What one session changes, every session on the stack would see: a session with actions on is the
+only session on its stack (`session_policy`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from sandbox.actions.catalog import ACTIONS, CATALOG, Action
+from sandbox.actions.overrides import Applied
+from sandbox.services.gateway.auth import Auth, Caller
+from sandbox.services.gateway.errors import invalid
+from sandbox.services.gateway.interviewer import Interviewer, session_of
+from sandbox.services.gateway.state import Gateway
+from sandbox.services.simclock import SimClock
+
+router = APIRouter()
+
+# The most the interviewer may move simulated time forward at once.
+MAX_FORWARD_HOURS = 24.0
+OFF = "actions are off for this session: the ops console only shows what could be done"
+
+
+class ActionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: str = Field(min_length=1, max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ForwardRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hours: float = Field(gt=0, le=MAX_FORWARD_HOURS, description="Simulated hours to skip.")
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def _actions_on(gw: Gateway, who: Caller) -> bool:
+    session = gw.sessions.get(who.session_id or "") if who.is_candidate else None
+    return bool(session and session.actions)
+
+
+@router.get("/api/actions")
+def catalog(request: Request, who: Auth) -> dict[str, Any]:
+    """Every action with its parameters' schema, whether this version applies it, and whether
+    this session may apply any."""
+    gw = _gateway(request)
+    return {
+        "enabled": _actions_on(gw, who),
+        "now": gw.ctx.now().isoformat(timespec="seconds"),
+        "actions": [a.describe() for a in ACTIONS],
+    }
+
+
+@router.post("/api/actions", status_code=202)
+async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, Any]:
+    gw = _gateway(request)
+    if not who.is_candidate:
+        raise HTTPException(403, "the ops console acts for a session's candidate")
+    detail: dict[str, Any] = {"action": body.action, "params": body.params}
+
+    async def refuse(status: int, outcome: str, error: Any) -> HTTPException:
+        message = error if isinstance(error, str) else json.dumps(error, default=str)
+        await run_in_threadpool(
+            gw.record, who, "action", {**detail, "status": outcome, "error": message}
+        )
+        return HTTPException(status, error)
+
+    if not _actions_on(gw, who):
+        raise await refuse(403, "refused", OFF)
+    action = CATALOG.get(body.action)
+    if action is None:
+        error = invalid("body", "action", f"unknown action; one of {', '.join(CATALOG)}")
+        raise await refuse(422, "invalid", error.detail)
+    try:
+        params = action.params.model_validate(body.params)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ["body", "params", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise await refuse(422, "invalid", errors) from None
+    detail["params"] = params.model_dump(mode="json")
+    if not action.available:
+        raise await refuse(
+            501, "not available", f"{action.id} is not available in this version: nothing changed"
+        )
+    now = gw.ctx.now()
+    applied = Applied(
+        id=uuid.uuid4().hex[:12],
+        action=action.id,
+        params=detail["params"],
+        requested_at=now,
+        effective_at=now + action.delay,
+        session_id=who.session_id,
+    )
+    await run_in_threadpool(_apply, gw, action, applied)
+    detail |= {
+        "status": "applied",
+        "applied_id": applied.id,
+        "requested_at": applied.requested_at.isoformat(),
+        "effective_at": applied.effective_at.isoformat(),
+    }
+    await run_in_threadpool(gw.record, who, "action", detail)
+    return {
+        "id": applied.id,
+        "action": action.id,
+        "params": applied.params,
+        "requested_at": applied.requested_at.isoformat(),
+        "effective_at": applied.effective_at.isoformat(),
+        "message": f"{action.id} requested; in effect from {applied.effective_at:%Y-%m-%d %H:%M}",
+    }
+
+
+def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
+    """Record the change where the services read it, and its progress where the logs show it
+    (the second line appears once simulated time reaches it)."""
+    gw.overrides.append(applied)
+    change = ", ".join(f"{k}={v}" for k, v in applied.params.items()) or "no parameters"
+    for ts, event, message in (
+        (applied.requested_at, "change_requested", f"{action.id} requested ({change})"),
+        (applied.effective_at, "change_applied", f"{action.id} in effect ({change})"),
+    ):
+        gw.ctx.spool("telemetry.logs").write(
+            {
+                "ts": ts.isoformat(),
+                "service": action.service,
+                "level": "info",
+                "event": event,
+                "message": message,
+                "attrs": json.dumps(
+                    {"change_id": applied.id, "action": action.id, **applied.params},
+                    sort_keys=True,
+                ),
+            }
+        )
+
+
+@router.post("/api/sessions/{session_id}/clock/forward")
+def forward(
+    session_id: str, body: ForwardRequest, request: Request, who: Interviewer
+) -> dict[str, Any]:
+    """Move the stack's simulated time forward (only for a session with actions on: it is the
+    stack's only session). The services read the clock file again within a second; the jobs
+    that fell due run as they do after a restart."""
+    gw = _gateway(request)
+    session = session_of(request, session_id, who)
+    if not session.actions:
+        raise HTTPException(
+            409, "simulated time moves only for a session with actions on (its stack's only one)"
+        )
+    run = gw.ctx.paths.run
+    clock = SimClock.load(run)
+    before = clock.now()
+    target = min(before + dt.timedelta(hours=body.hours), clock.sim_end)
+    SimClock(target, time.time(), clock.speed, clock.sim_end).save(run)
+    gw.ctx.reload_clock()
+    return {
+        "before": before.isoformat(timespec="seconds"),
+        "now": target.isoformat(timespec="seconds"),
+        "at_end": target >= clock.sim_end,
+    }

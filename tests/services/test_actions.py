@@ -1,0 +1,203 @@
+"""The ops console through the gateway (in-process, on a clock standing at live start): who may
+act, what a bad request gets, what an applied action leaves for the services, the one-session
+rule of a stack with actions on, the review's verdicts and the interviewer's fast-forward."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from fastapi.testclient import TestClient
+
+from sandbox.actions.catalog import CATALOG, SET_FILL, SET_THRESHOLD
+from sandbox.actions.overrides import Overrides
+from sandbox.layout import WorldPaths
+from sandbox.services import spool, stack
+from sandbox.services.simclock import SimClock
+from tests.services.conftest import MakeSession
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_session_with_actions_off_is_refused_and_the_refusal_recorded(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session()
+    candidate = bearer(links["candidate_token"])
+    catalog = client.get("/api/actions", headers=candidate).json()
+    assert catalog["enabled"] is False
+    assert {a["id"] for a in catalog["actions"]} == set(CATALOG)
+    reply = client.post(
+        "/api/actions",
+        json={"action": SET_THRESHOLD, "params": {"threshold": 0.2}},
+        headers=candidate,
+    )
+    assert reply.status_code == 403, reply.text
+    assert "actions are off" in reply.json()["detail"]
+    assert not Overrides(paths.run).entries()
+    [event] = client.get("/api/my/history?kind=action", headers=candidate).json()
+    assert event["detail"]["status"] == "refused"
+
+
+def test_bad_params_get_a_422_naming_the_field_and_nothing_changes(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    candidate = bearer(make_session(actions=True)["candidate_token"])
+    cases = [
+        ({"action": SET_THRESHOLD, "params": {"threshold": 1.5}}, "threshold"),
+        ({"action": SET_THRESHOLD, "params": {}}, "threshold"),
+        ({"action": SET_FILL, "params": {"feature": "monthly_price", "fill_value": 1}}, "feature"),
+        (
+            {"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "fill_value": -3}},
+            "fill_value",
+        ),
+        ({"action": SET_THRESHOLD, "params": {"threshold": 0.2, "extra": 1}}, "extra"),
+        ({"action": "drop-tables", "params": {}}, "action"),
+    ]
+    for body, field in cases:
+        reply = client.post("/api/actions", json=body, headers=candidate)
+        assert reply.status_code == 422, (body, reply.text)
+        assert any(field in d["loc"] for d in reply.json()["detail"]), reply.text
+    assert not Overrides(paths.run).entries()
+    events = client.get("/api/my/history?kind=action", headers=candidate).json()
+    assert [e["detail"]["status"] for e in events] == ["invalid"] * len(cases)
+
+
+def test_an_action_this_version_cannot_apply_says_so_and_changes_nothing(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    candidate = bearer(make_session(actions=True)["candidate_token"])
+    listed = {a["id"]: a for a in client.get("/api/actions", headers=candidate).json()["actions"]}
+    assert listed["retrain"]["available"] is False and listed[SET_FILL]["available"] is True
+    reply = client.post(
+        "/api/actions",
+        json={"action": "retrain", "params": {"label_maturity_days": 14}},
+        headers=candidate,
+    )
+    assert reply.status_code == 501
+    assert "not available in this version" in reply.json()["detail"]
+    assert not Overrides(paths.run).entries()
+
+
+def test_an_applied_action_is_in_effect_after_its_delay_and_logged(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session(actions=True)
+    candidate = bearer(links["candidate_token"])
+    now = SimClock.load(paths.run).now()
+    reply = client.post(
+        "/api/actions",
+        json={"action": SET_THRESHOLD, "params": {"threshold": 0.25}},
+        headers=candidate,
+    )
+    assert reply.status_code == 202, reply.text
+    effective = dt.datetime.fromisoformat(reply.json()["effective_at"])
+    assert effective - now >= CATALOG[SET_THRESHOLD].delay - dt.timedelta(seconds=1)
+    overrides = Overrides(paths.run)
+    assert overrides.threshold(now) is None
+    assert overrides.threshold(effective) == 0.25
+    lines, _ = spool.read_new(spool.spool_path(paths.run, "gateway", "telemetry.logs"), 0)
+    progress = [line for line in lines if json.loads(line["attrs"]).get("action") == SET_THRESHOLD]
+    assert [line["event"] for line in progress] == ["change_requested", "change_applied"]
+    assert progress[1]["ts"] == effective.isoformat()
+    # The interviewers see it in the history; the operator cannot act for the candidate.
+    admin = bearer(stack.admin_token(paths))
+    assert (
+        client.post("/api/actions", json={"action": SET_THRESHOLD, "params": {}}, headers=admin)
+    ).status_code == 403
+
+
+def test_a_session_with_actions_on_is_its_stacks_only_session(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    admin = bearer(stack.admin_token(paths))
+    make_session("first")
+    refused = client.post("/api/sessions", json={"actions": True}, headers=admin)
+    assert refused.status_code == 409 and "only one on its stack" in refused.json()["detail"]
+
+
+def test_no_session_joins_a_stack_with_an_actions_on_session(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    admin = bearer(stack.admin_token(paths))
+    links = make_session(actions=True)
+    for actions in (False, True):
+        refused = client.post("/api/sessions", json={"actions": actions}, headers=admin)
+        assert refused.status_code == 409 and links["session_id"] in refused.json()["detail"]
+    listed = client.get("/api/sessions", headers=admin).json()
+    assert [s["actions"] for s in listed] == [True]
+
+
+def test_the_review_judges_each_action_by_the_answer_key(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session(actions=True)
+    candidate = bearer(links["candidate_token"])
+    interviewer = bearer(links["interviewer_token"])
+    for body in (
+        {"action": SET_THRESHOLD, "params": {"threshold": 0.3}},
+        {"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "fill_value": 20.0}},
+        {"action": "retrain", "params": {}},
+    ):
+        client.post("/api/actions", json=body, headers=candidate)
+    review = client.get(f"/api/sessions/{links['session_id']}/review", headers=interviewer).json()
+    key = json.loads(paths.answer_key.read_text())
+    [fault] = key["faults"]
+    expected = {
+        SET_THRESHOLD: fault["actions"].get(SET_THRESHOLD, "no effect"),
+        SET_FILL: fault["actions"][SET_FILL],
+        "retrain": None,  # not applied: no verdict
+    }
+    assert {a["id"]: a["verdict"] for a in review["actions"]} == expected
+    assert expected[SET_FILL] == "mitigates"
+    fill = next(a for a in review["actions"] if a["id"] == SET_FILL)
+    assert review["action_summary"]["time_to_first_mitigation_s"] == fill["offset_s"]
+    assert fill["at"] and fill["params"]["fill_value"] == 20.0
+    timeline = {i["seq"]: i for i in review["timeline"]}
+    assert timeline[fill["seq"]]["verdict"] == "mitigates"
+    for fmt in ("md", "html"):
+        text = client.get(
+            f"/api/sessions/{links['session_id']}/export.{fmt}", headers=interviewer
+        ).text
+        assert "Actions" in text and SET_FILL in text and "mitigates" in text
+    # The candidate's own surfaces never carry a verdict.
+    for surface in (
+        client.get("/api/actions", headers=candidate).text,
+        client.get("/api/my/history?kind=action", headers=candidate).text,
+        client.get("/ops", headers=candidate).text,
+    ):
+        assert not any(v in surface for v in ("mitigates", "harmful", "no effect", "fixes"))
+
+
+def test_the_interviewer_fast_forwards_only_a_session_with_actions_on(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session(actions=True)
+    interviewer = bearer(links["interviewer_token"])
+    candidate = bearer(links["candidate_token"])
+    before = SimClock.load(paths.run).now()
+    url = f"/api/sessions/{links['session_id']}/clock/forward"
+    assert client.post(url, json={"hours": 6}, headers=candidate).status_code == 403
+    assert client.post(url, json={"hours": 100}, headers=interviewer).status_code == 422
+    reply = client.post(url, json={"hours": 6}, headers=interviewer)
+    assert reply.status_code == 200, reply.text
+    after = SimClock.load(paths.run).now()
+    assert dt.timedelta(hours=6) <= after - before < dt.timedelta(hours=6, minutes=1)
+    clock = client.get("/api/clock", headers=candidate).json()
+    assert dt.datetime.fromisoformat(clock["now"]) >= before + dt.timedelta(hours=6)
+
+
+def test_time_stands_for_a_session_with_actions_off(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session()
+    before = SimClock.load(paths.run).now()
+    reply = client.post(
+        f"/api/sessions/{links['session_id']}/clock/forward",
+        json={"hours": 1},
+        headers=bearer(links["interviewer_token"]),
+    )
+    assert reply.status_code == 409
+    assert SimClock.load(paths.run).now() - before < dt.timedelta(minutes=1)

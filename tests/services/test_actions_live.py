@@ -1,0 +1,263 @@
+"""The ops console on a running stack: an action changes what the live services serve from its
+effective time in simulated time, measured against the same-seed control world.
+
+The default world's fault fills a growing share of customers' watch time with a wrong mean: live
+requests for those customers are served the fill value. Setting the fill value back to the
+policy's mean moves their served features and scores toward the control world's; changing the
+decision threshold leaves both as they were and changes only the decisions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from collections.abc import Iterator
+
+import duckdb
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+from playwright.sync_api import Browser, expect
+
+from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
+from sandbox.layout import WorldPaths
+from sandbox.pipeline import deploy, registry
+from sandbox.services.supervisor import HEARTBEAT_FILE
+from sandbox.world.build import BuildSummary
+from tests.services.running import SANDBOX, Stack, running_stack
+from tests.services.test_workspace_browser import WAIT_MS
+from tests.waiting import until
+
+FEATURE = "avg_daily_minutes_7d"
+AFFECTED = 120  # customers served the fill value that the test asks about
+
+
+@pytest.fixture(scope="module")
+def acting(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own whose only session has actions on; simulated time moves at wall speed,
+    and the test moves it further with the interviewer's fast-forward."""
+    with running_stack(
+        faulty_world, tmp_path_factory, 1.0, session_options=("--actions", "on")
+    ) as stack:
+        yield stack
+
+
+def _now(stack: Stack) -> dt.datetime:
+    meta = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
+    return dt.datetime.fromisoformat(meta.json()["now"])
+
+
+def _forward(stack: Stack, hours: float) -> None:
+    """Fast-forward as the interviewer, then wait until the model server's clock is there."""
+    reply = httpx.post(
+        f"{stack.url}/api/sessions/{stack.session_id}/clock/forward",
+        json={"hours": hours},
+        headers=stack.interviewer,
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    target = dt.datetime.fromisoformat(reply.json()["now"])
+    until(lambda: _now(stack) >= target, "the model server on the forwarded clock", timeout=10)
+
+
+def _act(stack: Stack, action: str, params: dict) -> dict:
+    reply = httpx.post(
+        stack.url + "/api/actions",
+        json={"action": action, "params": params},
+        headers=stack.candidate,
+        timeout=10,
+    )
+    assert reply.status_code == 202, reply.text
+    return reply.json()
+
+
+def _served(stack: Stack, customers: list[int]) -> pl.DataFrame:
+    reply = httpx.post(
+        stack.url + "/services/model/predict/batch",
+        json={"requests": [{"customer_id": c} for c in customers]},
+        headers=stack.candidate,
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    rows = reply.json()["predictions"]
+    return pl.DataFrame(
+        {
+            "customer_id": [r["customer_id"] for r in rows],
+            "score": [r["score"] for r in rows],
+            "threshold": [r["threshold"] for r in rows],
+            "decision": [r["decision"] for r in rows],
+            FEATURE: [r["features"][FEATURE] for r in rows],
+        }
+    )
+
+
+def _snapshot(paths: WorldPaths, at: dt.datetime) -> pl.DataFrame:
+    _, path = [s for s in deploy.online_snapshots(paths.online_store) if s[0] <= at][-1]
+    return pl.read_parquet(path)
+
+
+def _policy(paths: WorldPaths) -> dict[str, list[float]]:
+    """Each imputed feature's fill values, oldest first: the first is the column mean the policy
+    began with."""
+    with duckdb.connect(str(paths.duckdb), read_only=True) as con:
+        rows = con.execute(
+            "SELECT feature, list(fill_value ORDER BY effective_from) "
+            "FROM feature_store.imputation_policy GROUP BY feature"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_actions_change_what_the_live_model_serves_toward_the_control_world(
+    acting: Stack, control_world: BuildSummary
+) -> None:
+    paths, control = WorldPaths(acting.world), WorldPaths(control_world.root)
+    now = _now(acting)
+    policy = _policy(paths)
+    fills = policy[FEATURE]
+    assert len(fills) >= 2, "the fault's wrong fill value is in the policy"
+    faulty = _snapshot(paths, now)
+    customers = (faulty.filter(pl.col(FEATURE).is_in(fills)).sort("customer_id").head(AFFECTED))[
+        "customer_id"
+    ].to_list()
+    assert len(customers) == AFFECTED
+
+    # What the same customers' rows hold in the control world at the same time, scored by the
+    # model this stack serves: where the live symptom should move back to.
+    record = deploy.read_model_deployment(paths.deploy)
+    model = registry.load_model(paths.mlflow, record.model_uri)
+    truth = (
+        _snapshot(control, now).filter(pl.col("customer_id").is_in(customers)).sort("customer_id")
+    )
+    assert truth["customer_id"].to_list() == customers
+    truth = truth.with_columns(
+        pl.Series(
+            "control_score", model.predict_proba(truth.select(record.features).to_numpy())[:, 1]
+        )
+    )
+
+    def gaps(served: pl.DataFrame) -> tuple[float, float]:
+        """How far the served rows are from control: the feature's mean absolute difference,
+        and the bias of the mean score (the fault makes these customers look safe)."""
+        joined = served.join(truth, on="customer_id", suffix="_control")
+        feature = (joined[FEATURE] - joined[f"{FEATURE}_control"]).abs().mean()
+        score = abs(joined["score"].mean() - joined["control_score"].mean())  # type: ignore[operator]
+        return float(feature), float(score)  # type: ignore[arg-type]
+
+    before = _served(acting, customers)
+    feature_gap, score_gap = gaps(before)
+    assert feature_gap > 0 and score_gap > 0
+
+    # An action that does not touch the cause: the scores and features stay; decisions follow
+    # the new threshold once it is in effect.
+    lower = round(record.threshold / 2, 4)
+    _act(acting, SET_THRESHOLD, {"threshold": lower})
+    assert _served(acting, customers)["threshold"].unique().to_list() == [record.threshold]
+    _forward(acting, 0.25)
+    moved = _served(acting, customers)
+    assert moved["score"].to_list() == before["score"].to_list()
+    assert gaps(moved) == (feature_gap, score_gap)
+    assert moved["threshold"].unique().to_list() == [lower]
+    assert moved["decision"].to_list() == (moved["score"] >= lower).to_list()
+
+    # The mitigation: every feature the wrong refresh touched back to the column mean the policy
+    # began with. Nothing changes until the online store is reloaded with them; then the symptom
+    # moves toward control.
+    mean = fills[0]
+    for feature, values in policy.items():
+        if len(values) > 1:
+            applied = _act(acting, SET_FILL, {"feature": feature, "fill_value": values[0]})
+    logged = (
+        "SELECT count(*) FROM telemetry.logs WHERE event = 'change_applied' "
+        f"AND attrs LIKE '%{applied['id']}%'"
+    )
+    assert acting.scalar(logged) == 0
+    assert gaps(_served(acting, customers)) == (feature_gap, score_gap)
+    _forward(acting, 1.0)
+    after = _served(acting, customers)
+    assert np.allclose(after[FEATURE].to_numpy(), mean)
+    fixed_feature_gap, fixed_score_gap = gaps(after)
+    assert fixed_feature_gap < feature_gap
+    assert fixed_score_gap < score_gap / 2
+    until(lambda: acting.scalar(logged) == 1, "the change's progress in the logs")
+
+    # The next online-store load (04:00) runs as the clock passes it, and keeps the change: the
+    # customers it holds at the fill value are served the one set from the console.
+    loads = (
+        "SELECT count(*) FROM ops.materialization_runs "
+        f"WHERE materialized_at > TIMESTAMP '{now.isoformat()}'"
+    )
+    assert acting.scalar(loads) == 0
+    _forward(acting, 3.0)
+    until(lambda: acting.scalar(loads) >= 1, "the 04:00 load recorded")
+    later = _now(acting)
+    next_day = _snapshot(paths, later)
+    assert next_day["materialized_at"].max() > faulty["materialized_at"].max()
+    refilled = (next_day.filter(pl.col(FEATURE).is_in(fills)).sort("customer_id").head(AFFECTED))[
+        "customer_id"
+    ].to_list()
+    assert np.allclose(_served(acting, refilled)[FEATURE].to_numpy(), mean)
+    # The supervisor follows the moved clock: a restart resumes from there.
+    heartbeat = acting.world / "run" / HEARTBEAT_FILE
+    until(
+        lambda: dt.datetime.fromisoformat(heartbeat.read_text().strip()) >= later,
+        "the supervisor's heartbeat at the forwarded time",
+        timeout=10,
+    )
+
+    # The review judges both by the answer key, and times the first mitigation.
+    review = httpx.get(
+        f"{acting.url}/api/sessions/{acting.session_id}/review",
+        headers=acting.interviewer,
+        timeout=30,
+    ).json()
+    assert {a["id"]: a["verdict"] for a in review["actions"]} == {
+        SET_THRESHOLD: "no effect",
+        SET_FILL: "mitigates",
+    }
+    assert review["action_summary"]["time_to_first_mitigation_s"] is not None
+
+
+def test_a_second_session_is_refused_on_a_stack_with_actions_on(acting: Stack) -> None:
+    for actions in ("on", "off"):
+        made = subprocess.run(
+            [SANDBOX, "session", "create", str(acting.world), "--actions", actions],
+            capture_output=True,
+            text=True,
+        )
+        assert made.returncode != 0
+        assert "has actions on" in made.stdout + made.stderr
+
+
+def test_the_ops_console_and_the_review_in_a_browser(acting: Stack, browser: Browser) -> None:
+    """The candidate applies an action from the console's form; an unavailable one cannot be
+    sent; the interviewer's review shows it with its verdict and moves time forward."""
+    errors: list[str] = []
+    candidate = browser.new_context().new_page()
+    candidate.on("pageerror", lambda error: errors.append(str(error)))
+    candidate.goto(acting.candidate_url)
+    candidate.goto(acting.url + "/ops")
+    form = candidate.locator('form[data-action="set-decision-threshold"]')
+    form.locator('input[name="threshold"]').fill("0.3")
+    form.get_by_role("button", name="Apply").click()
+    expect(candidate.locator('[data-result="set-decision-threshold"]')).to_contain_text(
+        "in effect from", timeout=WAIT_MS
+    )
+    expect(candidate.locator('form[data-action="retrain"] button')).to_be_disabled()
+    expect(candidate.locator('[data-action-card="retrain"]')).to_contain_text(
+        "not available in this version"
+    )
+    expect(candidate.locator("#applied li").first).to_contain_text("set-decision-threshold")
+    assert not any(v in candidate.content() for v in ("mitigates", "harmful", "no effect"))
+
+    interviewer = browser.new_context().new_page()
+    interviewer.on("pageerror", lambda error: errors.append(str(error)))
+    interviewer.goto(acting.interviewer_url)
+    expect(interviewer.locator(".review[data-ready]")).to_be_attached(timeout=WAIT_MS)
+    row = interviewer.locator('#actions-table tr[data-action="set-decision-threshold"]').last
+    expect(row.locator("[data-verdict]")).to_have_text("no effect")
+    before = _now(acting)
+    interviewer.get_by_role("button", name="+1 h").click()
+    expect(interviewer.locator("#forward-line")).to_contain_text("simulated time now")
+    until(lambda: _now(acting) >= before + dt.timedelta(hours=1), "the clock an hour on")
+    assert not errors

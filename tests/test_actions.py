@@ -1,0 +1,138 @@
+"""The ops console's catalog and the verdicts planted faults and decoys declare for its actions:
+without a world."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sandbox.actions.catalog import ACTIONS, CATALOG, SET_FILL, SET_THRESHOLD
+from sandbox.actions.overrides import Applied, Overrides
+from sandbox.decoys import registry as decoy_registry
+from sandbox.faults import registry as fault_registry
+from sandbox.faults.base import VERDICTS
+from sandbox.review.actions import review, verdict_of
+
+T0 = dt.datetime(2026, 4, 13)
+
+
+def test_every_fault_declares_an_action_that_helps_and_only_known_actions() -> None:
+    for fault in fault_registry.catalog().values():
+        assert set(fault.actions) <= set(CATALOG), fault.id
+        assert set(fault.actions.values()) <= set(VERDICTS), fault.id
+        assert {"mitigates", "fixes"} & set(fault.actions.values()), (
+            f"{fault.id} declares no action that mitigates or fixes it"
+        )
+
+
+def test_every_decoy_declares_what_acting_on_it_does() -> None:
+    """Nothing is wrong behind a decoy, so nothing mitigates it; chasing it costs something or
+    nothing, and each says which."""
+    for decoy in decoy_registry.catalog().values():
+        assert decoy.actions, decoy.id
+        assert set(decoy.actions) <= set(CATALOG), decoy.id
+        assert not {"mitigates", "fixes"} & set(decoy.actions.values()), decoy.id
+
+
+def test_the_catalog_describes_every_action_without_a_verdict() -> None:
+    for action in ACTIONS:
+        described = action.describe()
+        assert described["id"] == action.id and described["description"]
+        assert described["params_schema"]["type"] == "object"
+        assert not any(v in str(described) for v in VERDICTS)
+    assert {a.id for a in ACTIONS if a.available} == {SET_THRESHOLD, SET_FILL}
+
+
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [
+        (SET_THRESHOLD, {"threshold": 0}),
+        (SET_THRESHOLD, {"threshold": 1}),
+        (SET_THRESHOLD, {"threshold": "high"}),
+        (SET_THRESHOLD, {}),
+        (SET_FILL, {"feature": "monthly_price", "fill_value": 3.0}),
+        (SET_FILL, {"feature": "avg_daily_minutes_7d", "fill_value": -1}),
+        (SET_FILL, {"feature": "avg_daily_minutes_7d"}),
+        ("pin-served-version", {"version": "latest"}),
+        ("pause-job", {"job": "everything"}),
+        ("rollback-deploy", {"to": "yesterday"}),
+    ],
+)
+def test_bad_params_are_refused(action: str, params: dict) -> None:
+    with pytest.raises(ValidationError):
+        CATALOG[action].params.model_validate(params)
+
+
+def test_good_params_pass() -> None:
+    CATALOG[SET_THRESHOLD].params.model_validate({"threshold": 0.3})
+    CATALOG[SET_FILL].params.model_validate({"feature": "avg_daily_minutes_28d", "fill_value": 41})
+    CATALOG["pause-job"].params.model_validate({"job": "drift-monitor"})
+
+
+def test_an_override_is_in_effect_from_its_time_the_latest_winning(tmp_path: Path) -> None:
+    writer, reader = Overrides(tmp_path), Overrides(tmp_path)
+    assert reader.threshold(T0) is None and reader.fill_values(T0) == {}
+
+    def apply(action: str, params: dict, minutes: int) -> None:
+        at = T0 + dt.timedelta(minutes=minutes)
+        writer.append(
+            Applied(id=str(minutes), action=action, params=params, requested_at=T0, effective_at=at)
+        )
+
+    apply(SET_THRESHOLD, {"threshold": 0.3}, 10)
+    apply(SET_THRESHOLD, {"threshold": 0.2}, 40)
+    apply(SET_FILL, {"feature": "avg_daily_minutes_7d", "fill_value": 21.5}, 45)
+    assert reader.threshold(T0 + dt.timedelta(minutes=9)) is None
+    assert reader.threshold(T0 + dt.timedelta(minutes=10)) == 0.3
+    assert reader.threshold(T0 + dt.timedelta(hours=1)) == 0.2
+    assert reader.fill_values(T0 + dt.timedelta(minutes=44)) == {}
+    assert reader.fill_values(T0 + dt.timedelta(hours=1)) == {"avg_daily_minutes_7d": 21.5}
+    assert [e.id for e in Overrides(tmp_path).entries()] == ["10", "40", "45"]
+
+
+KEY = {
+    "faults": [
+        {"fault_id": "a", "actions": {SET_FILL: "mitigates", "retrain": "harmful"}},
+        {"fault_id": "b", "actions": {SET_THRESHOLD: "fixes"}},
+    ],
+    "decoys": [{"decoy_id": "d", "actions": {SET_THRESHOLD: "harmful"}}],
+}
+
+
+def test_a_harm_anywhere_is_the_verdict_then_the_best_help() -> None:
+    assert verdict_of(SET_FILL, KEY)[0] == "mitigates"
+    assert verdict_of(SET_THRESHOLD, KEY)[0] == "harmful"
+    assert verdict_of("rebuild-index", KEY)[0] == "no effect"
+    _, each = verdict_of(SET_THRESHOLD, KEY)
+    assert {(e["id"], e["verdict"]) for e in each} == {
+        ("a", "no effect"),
+        ("b", "fixes"),
+        ("d", "harmful"),
+    }
+
+
+def _event(seq: int, offset: float, action: str, status: str) -> dict:
+    return {
+        "seq": seq,
+        "kind": "action",
+        "offset_s": offset,
+        "sim_ts": (T0 + dt.timedelta(seconds=offset)).isoformat(),
+        "detail": {"action": action, "params": {}, "status": status},
+    }
+
+
+def test_time_to_first_mitigation_counts_applied_actions_that_help() -> None:
+    timeline = [
+        _event(1, 30, SET_FILL, "refused"),
+        _event(2, 60, "rebuild-index", "applied"),
+        _event(3, 90, SET_FILL, "applied"),
+        _event(4, 120, SET_FILL, "applied"),
+    ]
+    judged = review(timeline, KEY)
+    assert [a["verdict"] for a in judged["list"]] == [None, "no effect", "mitigates", "mitigates"]
+    assert judged["applied"] == 3
+    assert judged["time_to_first_mitigation_s"] == 90
+    assert review(timeline[:2], KEY)["time_to_first_mitigation_s"] is None
