@@ -286,7 +286,8 @@ def test_demo_starts_the_stack_and_prints_working_links(
                 if line.startswith(f"{role}:"):
                     links[role] = line.split()[-1]
         assert set(links) == {"candidate", "interviewer"}
-        with httpx.Client(follow_redirects=True) as browser:
+        # The other test process shares the cores: a first page may wait its turn for seconds.
+        with httpx.Client(follow_redirects=True, timeout=30) as browser:
             page = browser.get(links["candidate"])
             assert page.status_code == 200 and "token" not in str(page.url)
             answer = browser.post(
