@@ -62,7 +62,7 @@ def _conditions(sql: str, columns_read: tuple[str, ...]) -> Conditions:
         return Conditions()
     aliases: dict[str, str] = {}
     refs = _Refs()
-    for node in _walk(tree):
+    for node in tree_nodes(tree):
         if node.get("type") == "BASE_TABLE":
             path = [p for p in node.get("qualified_name", {}).get("path", []) if p][-2:]
             if len(path) == 2:
@@ -129,14 +129,14 @@ def _position(expression: dict[str, Any]) -> int | None:
 def _column_refs(tree: Any) -> list[list[str]]:
     return [
         [str(n) for n in node.get("column_names", []) if n]
-        for node in _walk(tree)
+        for node in tree_nodes(tree)
         if node.get("class") == "COLUMN_REF"
     ]
 
 
 def _constants(tree: Any) -> set[str]:
     found = set()
-    for node in _walk(tree):
+    for node in tree_nodes(tree):
         literal = node.get("value") or node.get("literal")
         if node.get("class") == "CONSTANT" and isinstance(literal, dict):
             kind = str(literal.get("kind", literal.get("type", ""))).upper()
@@ -161,11 +161,12 @@ def _resolve(
     return [c for c in candidates if c in read or f"{c.rpartition('.')[0]}.*" in read]
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def tree_nodes(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object of a DuckDB parse tree (`json_serialize_sql`), depth first."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from tree_nodes(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _walk(value)
+            yield from tree_nodes(value)

@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 
+from sandbox.review.sql_conditions import tree_nodes
 from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS, LiveTelemetry
 from sandbox.services.settings import Settings
 
@@ -219,7 +220,7 @@ def touched(store: LiveTelemetry, statement: str) -> tuple[list[str], list[str]]
     aliases: dict[str, str] = {}  # alias or bare table name -> schema.table
     refs: list[ColumnRef] = []
     describe_only = False  # DESCRIBE reads no data, only names and types
-    for node in _walk(tree):
+    for node in tree_nodes(tree):
         if node.get("class") == "COLUMN_REF":
             *qualifier, name = [n for n in node.get("column_names", []) if n]
             refs.append(ColumnRef(qualifier[-1] if qualifier else None, name=name))
@@ -351,16 +352,6 @@ def _matches(pattern: str, name: str) -> bool:
         return re.search(pattern, name) is not None
     except re.error:
         return False
-
-
-def _walk(node: Any):
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
 
 
 def _json_value(value: Any) -> Any:
