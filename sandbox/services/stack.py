@@ -13,6 +13,9 @@ from sandbox.layout import WorldPaths
 
 STACK_FILE = "stack.json"
 ADMIN_TOKEN_FILE = "operator-token"
+# A service started on its first use is asked for by a file of its name here (the gateway writes
+# it, the supervisor, which owns every process, starts the service when it sees it).
+START_REQUESTS = "start-requests"
 # Path segment under /services/ -> the service it reaches.
 PROXIED = {
     "model": "model-server",
@@ -26,6 +29,8 @@ PROXIED = {
 class ServiceAddress:
     url: str  # http://127.0.0.1:PORT
     health: str  # path answering 200 when the service is up
+    # Not started with the stack but on first use: an idle stack does not hold it in memory.
+    on_demand: bool = False
 
 
 def write_addresses(run_dir: Path, gateway: str, services: dict[str, ServiceAddress]) -> None:
@@ -53,3 +58,22 @@ def admin_token(paths: WorldPaths) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+def request_start(run_dir: Path, name: str) -> None:
+    """Ask the supervisor to start the on-demand service `name` (idempotent)."""
+    requests = run_dir / START_REQUESTS
+    requests.mkdir(exist_ok=True)
+    (requests / name).touch()
+
+
+def start_requested(run_dir: Path, name: str) -> bool:
+    return (run_dir / START_REQUESTS / name).exists()
+
+
+def clear_start_requests(run_dir: Path) -> None:
+    """A stack starting again starts its on-demand services on their first use again."""
+    requests = run_dir / START_REQUESTS
+    if requests.is_dir():
+        for request in requests.iterdir():
+            request.unlink(missing_ok=True)

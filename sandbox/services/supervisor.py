@@ -54,6 +54,9 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
+    # Started when the gateway first asks for it (`stack.request_start`), then kept up as any other.
+    on_demand: bool = False
+    wanted: bool = True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -107,7 +110,9 @@ def mlflow_ui(mlflow_dir: Path, host: str, port: int) -> Child:
     }
     return Child(
         "mlflow",
-        [
+        on_demand=True,
+        wanted=False,
+        argv=[
             sys.executable,
             "-m",
             "uvicorn",
@@ -170,7 +175,11 @@ class Supervisor:
         addresses = {
             "model-server": stack.ServiceAddress(url["model-server"], "/health"),
             "retrieval": stack.ServiceAddress(url["retrieval"], "/health"),
-            "mlflow": stack.ServiceAddress(url["mlflow"], f"{MLFLOW_PREFIX}/health"),
+            # The registry UI is the heaviest process and the one a candidate opens least: it
+            # starts on the first visit (a few seconds), so an idle stack does not hold it.
+            "mlflow": stack.ServiceAddress(
+                url["mlflow"], f"{MLFLOW_PREFIX}/health", on_demand=True
+            ),
             "traffic": stack.ServiceAddress(url["traffic"], "/"),
             "jobs": stack.ServiceAddress(url["jobs"], "/"),
         }
@@ -207,8 +216,10 @@ class Supervisor:
                 [*python, "sandbox.services.gateway.app", *world, "--port", str(self.port)],
             )
         )
+        stack.clear_start_requests(run)
         for child in self.children.values():
-            self._spawn(child)
+            if child.wanted:
+                self._spawn(child)
 
     def _start_clock(self) -> None:
         heartbeat = self.paths.run / HEARTBEAT_FILE
@@ -303,6 +314,17 @@ class Supervisor:
             self.clock = SimClock.load(self.paths.run)
         for child in self.children.values():
             proc = child.process
+            if proc is None and not child.wanted:
+                if stack.start_requested(self.paths.run, child.name):
+                    child.wanted = True
+                    self._spawn(child)
+                    self._event(
+                        "info",
+                        "service_started",
+                        f"{child.name} started (pid {child.process.pid})",
+                        service_name=child.name,
+                    )
+                continue
             if proc is None:
                 if now >= child.next_start:
                     self._spawn(child)

@@ -13,11 +13,14 @@ from fastapi.testclient import TestClient
 from sandbox import scenario, schema
 from sandbox.layout import WorldPaths
 from sandbox.schema import FEATURES
-from sandbox.services.gateway import console
+from sandbox.services import stack
+from sandbox.services.gateway import console, on_demand
+from sandbox.services.gateway.app import create_app
 from sandbox.services.gateway.console import DEFAULTS
 from sandbox.services.gateway.telemetry import LiveTelemetry
+from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
-from tests.services.conftest import MakeSession, live_store
+from tests.services.conftest import FROZEN, MakeSession, live_store, session_maker
 
 
 def _calendar(paths: WorldPaths):
@@ -176,6 +179,30 @@ def test_health_names_the_failing_service(client: TestClient) -> None:
     assert reply.status_code == 503
     services = reply.json()["services"]
     assert services["gateway"] == "ok" and services["model-server"].startswith("unreachable")
+
+
+def test_an_on_demand_service_is_idle_until_asked_for_then_started_by_the_supervisor(
+    paths: WorldPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(on_demand, "START_TIMEOUT_S", 1.0)
+    calendar = scenario.load(paths.scenario).world.calendar()
+    SimClock.starting(calendar, speed=FROZEN).save(paths.run)
+    nothing = stack.ServiceAddress("http://127.0.0.1:9", "/health", on_demand=True)
+    app = create_app(paths.root, services={"mlflow": nothing})
+    with TestClient(app) as client:
+        make = session_maker(client, paths)
+        health = client.get("/-/health")
+        assert health.status_code == 200 and health.json()["services"]["mlflow"] == "idle"
+        assert not stack.start_requested(paths.run, "mlflow")
+
+        candidate = {"Authorization": f"Bearer {make()['candidate_token']}"}
+        search = "/services/mlflow/ajax-api/2.0/mlflow/registered-models/search"
+        reply = client.get(search, headers=candidate)
+        # asked for (the supervisor starts it when it sees the request), and not up in time
+        assert stack.start_requested(paths.run, "mlflow")
+        assert reply.status_code == 503 and "did not start within" in reply.json()["detail"]
+        health = client.get("/-/health")
+        assert health.status_code == 503 and health.json()["services"]["mlflow"] == "starting"
 
 
 def test_tokens_roles_and_the_recorded_history(

@@ -100,6 +100,33 @@ def test_every_service_is_healthy(stack: Stack) -> None:
     }
 
 
+def test_the_mlflow_ui_starts_on_its_first_visit(stack: Stack) -> None:
+    """The registry UI holds no memory until someone opens it; the first visit waits for it."""
+    assert httpx.get(stack.url + "/-/health").json()["services"]["mlflow"] == "idle"
+    assert not [c for c in _tree(stack.process.pid).values() if "mlflow.server" in c]
+
+    search = "/services/mlflow/ajax-api/2.0/mlflow/registered-models/search"
+    reply = httpx.get(stack.url + search, headers=stack.candidate, timeout=90)
+    assert reply.status_code == 200, reply.text
+    assert {m["name"] for m in reply.json()["registered_models"]} >= {"churn-model"}
+
+    health = httpx.get(stack.url + "/-/health").json()
+    assert health["status"] == "ok" and health["services"]["mlflow"] == "ok"
+    assert [c for c in _tree(stack.process.pid).values() if "mlflow.server" in c]
+    until(
+        lambda: stack.scalar(
+            "SELECT list(message) FROM telemetry.logs WHERE event = 'service_started'"
+        ),
+        "the start, in the candidate's logs",
+        timeout=10,
+        every=0.5,
+    )
+    [started] = stack.scalar(
+        "SELECT list(message) FROM telemetry.logs WHERE event = 'service_started'"
+    )
+    assert started.startswith("mlflow started (pid ")
+
+
 def test_predict_and_search_through_the_gateway(stack: Stack) -> None:
     customer = _a_customer(stack.world)
     reply = httpx.post(

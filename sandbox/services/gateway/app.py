@@ -101,22 +101,24 @@ def create_app(
     async def health(request: Request) -> JSONResponse:
         client: httpx.AsyncClient = request.app.state.http
 
-        async def probe(address: stack.ServiceAddress) -> str:
+        async def probe(name: str, address: stack.ServiceAddress) -> str:
             try:
                 r = await client.get(address.url + address.health, timeout=HEALTH_TIMEOUT_S)
                 return "ok" if r.status_code == 200 else f"http {r.status_code}"
             except httpx.HTTPError as exc:
-                return f"unreachable ({type(exc).__name__})"
+                idle = address.on_demand and gw.on_demand.unanswered(name)
+                return idle or f"unreachable ({type(exc).__name__})"
 
         names = list(addresses)
-        results = await asyncio.gather(*(probe(addresses[n]) for n in names))
+        results = await asyncio.gather(*(probe(n, addresses[n]) for n in names))
         console_status = pool.status()
         status = {
             "gateway": "ok",
             "console": "saturated" if console_status["saturated"] else "ok",
             **dict(zip(names, results, strict=True)),
         }
-        healthy = all(v == "ok" for v in status.values())
+        # A service not yet asked for is as it should be; one asked for and not up is not.
+        healthy = all(v in ("ok", "idle") for v in status.values())
         return JSONResponse(
             {
                 "status": "ok" if healthy else "degraded",

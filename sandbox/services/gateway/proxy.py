@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from sandbox.services import stack
 from sandbox.services.common import SESSION_HEADER
 from sandbox.services.gateway.auth import Auth, Caller
+from sandbox.services.gateway.on_demand import NotStarted
 from sandbox.services.gateway.provenance import PAGE_HEADER
 from sandbox.services.gateway.state import Gateway
 
@@ -380,6 +381,14 @@ async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
             await run_in_threadpool(gw.record, who, "service", detail)
         raise HTTPException(refused.status, refused.message) from None
     client: httpx.AsyncClient = request.app.state.http
+    address = gw.addresses[stack.PROXIED[name]]
+    if address.on_demand:
+        try:
+            await gw.on_demand.ensure(stack.PROXIED[name], address, client)
+        except NotStarted as exc:
+            detail = _detail(name, method, "/".join(segments), 503, b"")
+            await run_in_threadpool(gw.record, who, "service", detail)
+            raise HTTPException(503, f"{exc}; try again in a minute") from None
     headers = _headers(request, name, who)
     try:
         reply = await client.send(

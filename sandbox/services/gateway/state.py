@@ -22,6 +22,7 @@ from sandbox.services.gateway import views
 from sandbox.services.gateway.auth import Caller
 from sandbox.services.gateway.console import QueryResult
 from sandbox.services.gateway.console_pool import ConsolePool
+from sandbox.services.gateway.on_demand import OnDemand
 from sandbox.services.gateway.provenance import Flights, PageTokens
 from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS
 from sandbox.services.settings import Settings
@@ -70,10 +71,13 @@ class Gateway:
     flights: Flights = field(default_factory=Flights)
     # The actions applied from the ops console, where the services read them.
     overrides: Overrides = field(init=False)
+    # The services started on their first use, and whether they are up.
+    on_demand: OnDemand = field(init=False)
 
     def __post_init__(self) -> None:
         self.client_events = RateQuota(self.settings.client_events_per_minute)
         self.overrides = Overrides(self.ctx.paths.run)
+        self.on_demand = OnDemand(self.ctx.paths.run)
 
     def boards(self) -> dict[str, dashboards.Dashboard]:
         """The dashboards this stack serves (the `dashboards` setting, or the packaged ones), as
