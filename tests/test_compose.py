@@ -81,7 +81,12 @@ def test_compose_init_prepares_a_world_for_the_containers(
     run = world / "run"
     addresses = json.loads((run / "stack.json").read_text())["services"]
     for name, (port, health) in compose.SERVICES.items():
-        assert addresses[name] == {"url": f"http://{name}:{port}", "health": health}
+        # every container runs from the start: none is started on demand
+        assert addresses[name] == {
+            "url": f"http://{name}:{port}",
+            "health": health,
+            "on_demand": False,
+        }
     assert SimClock.load(run).speed == 60
     history = (run / "prometheus" / "history.om").read_text()
     assert history.rstrip().endswith("# EOF") and "business_daily_churn_rate" in history
