@@ -13,7 +13,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from sandbox.review import signals
+from sandbox.review import recovery, signals
 
 _env = Environment(
     loader=PackageLoader("sandbox.review", "templates"),
@@ -99,6 +99,7 @@ _env.filters["clock"] = clock
 _env.filters["md"] = md_inline
 _env.filters["md_block"] = md_block
 _env.globals["signals_by_event"] = signals.by_event
+_env.globals["sparkline"] = recovery.sparkline
 
 
 def to_html(review: dict[str, Any]) -> str:

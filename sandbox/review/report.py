@@ -76,6 +76,9 @@ def build(
         "signals": signals(timeline),
         "actions": acted["list"],
         "action_summary": {k: v for k, v in acted.items() if k != "list"},
+        # The symptom's recovery after the actions (`recovery`): the gateway charts it from the
+        # live telemetry; a review read without a running stack has none.
+        "actions_recovery": [],
         "diagnosis": {"final": final, "versions": _versions(diagnoses, start)},
         "claims": found_claims,
         "counts": _counts(timeline),

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 
 from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
 from sandbox.layout import WorldPaths
@@ -260,4 +260,158 @@ def test_the_ops_console_and_the_review_in_a_browser(acting: Stack, browser: Bro
     interviewer.get_by_role("button", name="+1 h").click()
     expect(interviewer.locator("#forward-line")).to_contain_text("simulated time now")
     until(lambda: _now(acting) >= before + dt.timedelta(hours=1), "the clock an hour on")
+    assert not errors
+
+
+ONSET = dt.datetime(2026, 3, 16)  # the default world's fault begins here (its answer key)
+SAMPLE = 1000  # customers the candidate scores to check the fix
+
+
+def _levels(
+    page: Page, url: str, board: str, panel: str, query: str
+) -> tuple[float, float, tuple[dt.datetime, float]]:
+    """A drawn dashboard panel's level before the fault, over the two days before live time
+    (the fault at full ramp), and its latest point: every trace's points together."""
+    page.goto(f"{url}/dashboards/{board}?{query}")
+    page.wait_for_selector("body[data-dashboard-ready='true']", timeout=WAIT_MS)
+    traces = page.evaluate(
+        """(id) => document.querySelector(`[data-panel="${id}"] .js-plotly-plot`).data
+             .map((t) => ({ x: t.x, y: t.y }))""",
+        panel,
+    )
+    points = sorted(
+        (dt.datetime.fromisoformat(str(x)), float(y))
+        for t in traces
+        for x, y in zip(t["x"], t["y"], strict=True)
+        if y is not None
+    )
+    live = dt.datetime(2026, 4, 13)
+    before = [y for x, y in points if x < ONSET]
+    faulty = [y for x, y in points if live - dt.timedelta(days=2) <= x < live]
+    assert before and faulty
+    return float(np.mean(before)), float(np.mean(faulty)), points[-1]
+
+
+def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
+    acting: Stack, browser: Browser
+) -> None:
+    """The candidate finds the wrong fill value in the SQL console and sets it back from the ops
+    console; the interviewer moves time on; the candidate's checks (a sample of customers
+    scored, as a script would) show on Feature health and Model outputs back near the level
+    before the fault, and the review shows the action, its verdict and the recovery chart."""
+    errors: list[str] = []
+    candidate = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    candidate.on("pageerror", lambda error: errors.append(str(error)))
+    candidate.goto(acting.candidate_url)
+
+    # Finding it: the source column arrives empty, and the fill values changed at onset.
+    candidate.goto(acting.url + "/sql")
+    editor = candidate.locator("#sql")
+    for query, column in (
+        (
+            "SELECT date_trunc('week', activity_date) AS week,\n"
+            "       avg((minutes_watched IS NULL)::INT) AS null_share\n"
+            "FROM raw.viewing_activity GROUP BY 1 ORDER BY 1",
+            "null_share",
+        ),
+        (
+            "SELECT feature, fill_value, effective_from FROM feature_store.imputation_policy\n"
+            "ORDER BY feature, effective_from",
+            "fill_value",
+        ),
+    ):
+        editor.fill(query)
+        editor.press("Control+Enter")
+        expect(candidate.locator("#grid thead")).to_contain_text(column, timeout=WAIT_MS)
+    rows = candidate.locator("#grid tbody tr").all()
+    policy: dict[str, list[float]] = {}
+    for row in rows:
+        feature, fill, _ = row.locator("td").all_inner_texts()
+        policy.setdefault(feature, []).append(float(fill))
+    refreshed = {f: v[0] for f, v in policy.items() if len(v) > 1}
+    assert FEATURE in refreshed
+
+    # Shipping it: every refreshed feature back to the fill value it had before.
+    candidate.goto(acting.url + "/ops")
+    form = candidate.locator(f'form[data-action="{SET_FILL}"]')
+    for feature, value in refreshed.items():
+        form.locator('select[name="feature"]').select_option(feature)
+        form.locator('input[name="fill_value"]').fill(str(value))
+        form.get_by_role("button", name="Apply").click()
+        expect(candidate.locator(f'[data-result="{SET_FILL}"]')).to_contain_text(
+            "in effect from", timeout=WAIT_MS
+        )
+        expect(candidate.locator("#applied li").first).to_contain_text(f"feature={feature}")
+
+    # The interviewer moves simulated time on, past the change's delay.
+    interviewer = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    interviewer.on("pageerror", lambda error: errors.append(str(error)))
+    interviewer.goto(acting.interviewer_url)
+    expect(interviewer.locator(".review[data-ready]")).to_be_attached(timeout=WAIT_MS)
+    before = _now(acting)
+    interviewer.get_by_role("button", name="+6 h").click()
+    expect(interviewer.locator("#forward-line")).to_contain_text("simulated time now")
+    until(lambda: _now(acting) >= before + dt.timedelta(hours=6), "the clock six hours on")
+    checked_at = _now(acting)
+
+    # The candidate checks the fix on customers who use the app, as production's callers do.
+    paths = WorldPaths(acting.world)
+    stored = set(_snapshot(paths, checked_at)["customer_id"].to_list())
+    with duckdb.connect(str(paths.duckdb), read_only=True) as con:
+        recent = con.execute(
+            "SELECT DISTINCT customer_id FROM serving.predictions WHERE source = 'online' "
+            "AND request_ts >= TIMESTAMP '2026-04-06' ORDER BY customer_id"
+        ).fetchall()
+    customers = [c for (c,) in recent if c in stored][:SAMPLE]
+    served = _served(acting, customers)
+    assert len(served) == len(customers)
+    mine = (
+        "SELECT count(*) FROM serving.predictions WHERE client = 'workspace' "
+        f"AND request_ts >= TIMESTAMP '{checked_at.isoformat()}'"
+    )
+    until(lambda: acting.scalar(mine) >= len(customers), "the checks in the telemetry")
+
+    # Feature health: the served feature's latest point is back near its level before the
+    # fault. Model outputs: the latest point is the checks'; the mean score of a sample this size
+    # moves too little against its noise to say it recovered (the review shows its levels).
+    bucket = dt.timedelta(hours=3)  # the dashboards' whole range, as they open
+    prefault, faulty, (at, latest) = _levels(
+        candidate, acting.url, "feature-health", "served-feature-mean", f"feature={FEATURE}"
+    )
+    assert at > checked_at - bucket
+    assert abs(latest - prefault) < abs(faulty - prefault) / 2, (prefault, faulty, latest)
+    *_, (at, _) = _levels(
+        candidate, acting.url, "model-outputs", "mean-score-by-version", "source=online"
+    )
+    assert at > checked_at - bucket
+
+    # The review: the actions with their verdict, and the recovery chart of the symptom.
+    for feature in refreshed:
+        row = interviewer.locator(f'#actions-table tr[data-action="{SET_FILL}"]', has_text=feature)
+        expect(row.last.locator("[data-verdict]")).to_have_text("mitigates", timeout=WAIT_MS)
+    chart = interviewer.locator('[data-recovery="feature-nulls-wrong-mean"]')
+    served_plot = chart.locator(f'[data-series="served_{FEATURE}"].js-plotly-plot')
+    expect(served_plot).to_be_attached(timeout=WAIT_MS)
+    expect(chart.locator('[data-levels] [data-level="after"]').first).not_to_have_text("—")
+    marked = interviewer.evaluate(
+        """(el) => el.layout.annotations.map((a) => a.text)""",
+        served_plot.element_handle(),
+    )
+    assert any(SET_FILL in m for m in marked)
+
+    review = httpx.get(
+        f"{acting.url}/api/sessions/{acting.session_id}/review",
+        headers=acting.interviewer,
+        timeout=30,
+    ).json()
+    (recovery,) = review["actions_recovery"]
+    assert recovery["fault_id"] == "feature-nulls-wrong-mean"
+    assert recovery["own_rows"] >= len(customers)
+    assert {m["action"]: m["verdict"] for m in recovery["marks"]}[SET_FILL] == "mitigates"
+    by_id = {s["id"]: s for s in recovery["series"]}
+    for s in by_id.values():
+        assert None not in (s["baseline"], s["before"], s["after"]), s
+    s = by_id[f"served_{FEATURE}"]
+    assert abs(s["after"] - s["baseline"]) < abs(s["before"] - s["baseline"]) / 2, s
+    assert not any(v in candidate.content() for v in ("mitigates", "harmful", "actions_recovery"))
     assert not errors

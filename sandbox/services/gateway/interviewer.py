@@ -19,11 +19,14 @@ from fastapi.responses import (
     Response,
 )
 from pydantic import BaseModel, Field, StrictBool
+from starlette.concurrency import run_in_threadpool
 
-from sandbox.review import export, gather, rubric
+from sandbox.review import export, gather, recovery, rubric
 from sandbox.review.store import Assistance, Session
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
+from sandbox.services.gateway.console import QueryRefused
+from sandbox.services.gateway.console_pool import ConsoleBusy
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.session_policy import conflict
 from sandbox.services.gateway.state import Gateway
@@ -162,9 +165,34 @@ def build_review(request: Request, session_id: str, who: Caller) -> dict[str, An
     )
 
 
+async def review_with_recovery(request: Request, session_id: str, who: Caller) -> dict[str, Any]:
+    """The review, with the symptom's recovery after the candidate's actions charted from the
+    live telemetry (`recovery`)."""
+    data = await run_in_threadpool(build_review, request, session_id, who)
+    gw = _gateway(request)
+    charts = []
+    for plan in recovery.plan(data["actions"], gw.answer_key, gw.ctx.now()):
+        sql, params = recovery.sql(plan)
+        try:
+            # The session's own rows too: a session with actions on is its stack's only one.
+            result = await gw.console.run(
+                sql,
+                params,
+                owner=f"{who.role}:{who.session_id or ''}",
+                session_id=session_id,
+                staff=True,
+            )
+        except (ConsoleBusy, QueryRefused) as exc:
+            charts.append(recovery.assemble(plan, [], [], str(exc).splitlines()[0]))
+            continue
+        charts.append(recovery.assemble(plan, result.columns, result.rows))
+    data["actions_recovery"] = charts
+    return data
+
+
 @router.get("/api/sessions/{session_id}/review")
-def review(session_id: str, request: Request, who: Interviewer) -> dict[str, Any]:
-    return build_review(request, session_id, who)
+async def review(session_id: str, request: Request, who: Interviewer) -> dict[str, Any]:
+    return await review_with_recovery(request, session_id, who)
 
 
 @router.put("/api/sessions/{session_id}/rubric")
@@ -181,10 +209,10 @@ def score(
 
 
 @router.get("/api/sessions/{session_id}/export.{fmt}")
-def export_review(session_id: str, fmt: str, request: Request, who: Interviewer) -> Response:
+async def export_review(session_id: str, fmt: str, request: Request, who: Interviewer) -> Response:
     if fmt not in ("html", "md"):
         raise HTTPException(404, "export as .html or .md")
-    data = build_review(request, session_id, who)
+    data = await review_with_recovery(request, session_id, who)
     filename = f"review-{session_id}.{fmt}"
     disposition = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if fmt == "html":

@@ -210,6 +210,7 @@ def interviewer_page(request: Request, name: str, **context: Any) -> HTMLRespons
         active="builder" if name == "builder" else "sessions",
         world=_world_name(request),
         interviewer=True,
+        plotly_url=PLOTLY_URL,
         **context,
     )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})

@@ -81,6 +81,46 @@
         el("td", {}, a.verdict ? el("b", { class: `verdict ${VERDICT_CLASS[a.verdict] || ""}`, "data-verdict": a.verdict }, a.verdict) : "—"))))) : el("p", { class: "muted small" }, "No action yet."));
   }
 
+  // The fault's symptom from before the first action to now, drawn like a dashboard panel: the
+  // level before the fault dashed, each action's effective time a vertical line.
+  let recoveryDrawn = "";
+
+  function drawRecovery(r) {
+    const box = document.getElementById("recovery");
+    const charts = r.actions_recovery || [];
+    const signature = JSON.stringify(charts);
+    if (signature === recoveryDrawn) return;
+    recoveryDrawn = signature;
+    if (!charts.length) { fill(box); return; }
+    const at = (iso) => iso.slice(0, 19);
+    const plots = [];
+    fill(box, charts.map((c) => el("div", { class: "recovery", "data-recovery": c.fault_id },
+      el("h3", {}, `Recovery · ${c.title}`),
+      el("p", { class: "muted small" }, `${c.rows} online requests served from ${sandbox.simTime(c.start)} to ${sandbox.simTime(c.end)} (${c.own_rows} of them the candidate's own), per ${Math.round(c.bucket_s / 60)} min`,
+        c.baseline ? ` · dashed: the week before the fault began (${c.baseline.rows} requests)` : "", c.error ? ` · ${c.error}` : ""),
+      c.series.map((s) => {
+        const plot = el("div", { class: "plot", "data-series": s.id });
+        const summary = el("p", { class: "small", "data-levels": s.id },
+          `${s.title}: before the fault `, el("b", {}, s.baseline ?? "—"), " · before the first action took effect ", el("b", { "data-level": "before" }, s.before ?? "—"),
+          " · after the last one did ", el("b", { "data-level": "after" }, s.after ?? "—"));
+        const x = s.points.map((p) => at(p.t));
+        const traces = [{ type: "scatter", mode: "lines+markers", name: s.title, x, y: s.points.map((p) => p.value), customdata: s.points.map((p) => p.rows),
+          hovertemplate: `%{y:.4~g}${s.unit ? " " + s.unit : ""} · %{customdata} requests<extra></extra>`, line: { color: "#2563eb", width: 1.6 }, marker: { color: "#2563eb", size: 4 } }];
+        if (s.baseline !== null) traces.push({ type: "scatter", mode: "lines", name: "before the fault", x: [at(c.start), at(c.end)], y: [s.baseline, s.baseline], line: { color: "#059669", dash: "dash", width: 1.2 }, hoverinfo: "skip" });
+        const shapes = c.marks.map((m) => ({ type: "line", xref: "x", yref: "paper", x0: at(m.effective_at), x1: at(m.effective_at), y0: 0, y1: 1, line: { color: VERDICT_CLASS[m.verdict] === "bad" ? "#e11d48" : "#475569", width: 1, dash: "dot" } }));
+        const annotations = c.marks.map((m) => ({ xref: "x", yref: "paper", x: at(m.effective_at), y: 1, yanchor: "bottom", showarrow: false, text: `#${m.seq} ${m.action}`, font: { size: 10, color: "#475569" } }));
+        const layout = {
+          margin: { l: 48, r: 12, t: 22, b: 32 }, height: 220, showlegend: true, legend: { orientation: "h", y: -0.25, font: { size: 11 } },
+          xaxis: { type: "date", gridcolor: "#eef0f3", range: [at(c.start), at(c.end)] }, yaxis: { gridcolor: "#eef0f3", title: { text: s.unit, font: { size: 11 } } },
+          paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: { family: "system-ui, sans-serif", size: 11 }, shapes, annotations,
+        };
+        plots.push([plot, traces, layout]);
+        return el("div", {}, summary, plot);
+      }))));
+    // Plotted once in the page, so that it takes the card's width.
+    for (const [plot, traces, layout] of plots) Plotly.react(plot, traces, layout, { displaylogo: false, responsive: true });
+  }
+
   async function forward(hours) {
     const line = document.getElementById("forward-line");
     try {
@@ -202,6 +242,7 @@
         drawClaims(r);
         drawProbes(r);
       }
+      drawRecovery(r);
       drawRubric(r);
       root.dataset.ready = "true";
     } catch (e) { showError(document.getElementById("faults"), e.message); }

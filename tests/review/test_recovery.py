@@ -1,0 +1,101 @@
+"""The recovery chart of the review: what it queries for a fault that declares its symptom, the
+levels it reads off the rows, and how the exports show it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+from sandbox.review import export, recovery
+
+KEY = {
+    "faults": [
+        {
+            "fault_id": "feature-nulls-wrong-mean",
+            "title": "Wrong fill",
+            "evidence": [
+                {"kind": "changelog", "ref": "x", "window_start": "2026-03-15"},
+                {
+                    "kind": "table_column",
+                    "ref": "feature_store.customer_features.avg_daily_minutes_7d",
+                    "window_start": "2026-03-16",
+                },
+            ],
+        },
+        {"fault_id": "no-symptom-declared", "title": "Other", "evidence": []},
+    ]
+}
+ACTIONS = [
+    {
+        "seq": 3,
+        "id": "set-imputation-fill",
+        "at": "2026-04-13T01:00:00",
+        "status": "applied",
+        "effective_at": "2026-04-13T01:45:00",
+        "verdict": "mitigates",
+        "verdicts": [{"kind": "fault", "id": "feature-nulls-wrong-mean", "verdict": "mitigates"}],
+    },
+    {"seq": 4, "id": "retrain", "at": "2026-04-13T02:00:00", "status": "not available"},
+]
+
+
+def test_no_chart_before_an_action_is_applied() -> None:
+    assert recovery.plan(ACTIONS[1:], KEY, dt.datetime(2026, 4, 13, 3)) == []
+
+
+def test_the_symptom_before_and_after_the_action_against_the_level_before_the_fault() -> None:
+    now = dt.datetime(2026, 4, 13, 8)
+    (plan,) = recovery.plan(ACTIONS, KEY, now)
+    assert plan.start == dt.datetime(2026, 4, 12, 13) and plan.end == now
+    assert plan.baseline == (dt.datetime(2026, 3, 9), dt.datetime(2026, 3, 16))
+    assert [s.id for s in plan.series] == ["served_avg_daily_minutes_7d", "mean_score"]
+
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA serving")
+    con.execute(
+        "CREATE TABLE serving.predictions (request_ts TIMESTAMP, source VARCHAR, "
+        "client VARCHAR, avg_daily_minutes_7d DOUBLE, score DOUBLE)"
+    )
+    rows = [
+        ("2026-03-10 10:00", "online", "production", 50.0, 0.03),
+        ("2026-03-10 10:00", "batch", "production", 999.0, 0.9),  # batch rows do not count
+        ("2026-04-12 20:10", "online", "production", 80.0, 0.02),
+        ("2026-04-12 21:10", "online", "production", 84.0, 0.02),
+        ("2026-04-13 01:10", "online", "production", 70.0, 0.02),  # the bucket the change is in
+        ("2026-04-13 06:20", "online", "workspace", 52.0, 0.027),
+        ("2026-04-13 06:40", "online", "workspace", 54.0, 0.029),
+    ]
+    con.executemany("INSERT INTO serving.predictions VALUES (?::TIMESTAMP, ?, ?, ?, ?)", rows)
+    sql, params = recovery.sql(plan)
+    result = con.execute(sql, params)
+    columns = [d[0] for d in result.description]
+    chart = recovery.assemble(plan, columns, [list(r) for r in result.fetchall()])
+
+    served = chart["series"][0]
+    assert (served["baseline"], served["before"], served["after"]) == (50.0, 82.0, 53.0)
+    assert [p["rows"] for p in served["points"]] == [1, 1, 1, 2]
+    assert chart["rows"] == 5 and chart["own_rows"] == 2
+    assert chart["marks"] == [
+        {
+            "seq": 3,
+            "action": "set-imputation-fill",
+            "effective_at": "2026-04-13T01:45:00",
+            "verdict": "mitigates",
+        }
+    ]
+
+    review = {"actions_recovery": [chart]}
+    md = _render_part(review)
+    assert "Recovery: Wrong fill" in md and "| 2026-04-13T06:00:00 | 53.0 |" in md
+    assert "<polyline" in _render_part(review, "html")
+
+
+def _render_part(review: dict, fmt: str = "md") -> str:
+    """The recovery part of an export, rendered alone."""
+    name = "review.md.j2" if fmt == "md" else "review.html.j2"
+    source = export._env.loader.get_source(export._env, name)[0]  # type: ignore[union-attr]
+    start = source.index("{% for c in r.actions_recovery %}")
+    close = "{% endfor %}\n{% endfor %}" if fmt == "md" else "{% endfor %}</section>{% endfor %}"
+    end = source.index(close, start) + len(close)
+    return export._env.from_string(source[start:end]).render(r=review)
