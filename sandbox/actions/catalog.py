@@ -17,6 +17,9 @@ from sandbox.pipeline.features import IMPUTED_FEATURES
 
 SET_THRESHOLD = "set-decision-threshold"
 SET_FILL = "set-imputation-fill"
+PIN_VERSION = "pin-served-version"
+MOVE_ALIAS = "move-alias"
+ROLLBACK = "rollback-deploy"
 
 
 class NoParams(BaseModel):
@@ -53,6 +56,14 @@ class VersionParams(BaseModel):
 class AliasParams(VersionParams):
     alias: str = Field(
         "champion", min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_-]*$", description="Alias."
+    )
+
+
+class RollbackParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    service: Literal["model-server"] = Field(
+        "model-server", description="The service whose deployment goes back."
     )
 
 
@@ -130,22 +141,31 @@ ACTIONS: tuple[Action, ...] = (
         service="materialization",
     ),
     Action(
-        "pin-served-version",
-        "Pin the model server to one registered model version.",
+        PIN_VERSION,
+        "Pin the model server to one registered version of the churn model: it serves that "
+        "version, whatever the registry's aliases say.",
         VersionParams,
         _minutes(15),
+        available=True,
+        service="model-server",
     ),
     Action(
-        "move-alias",
-        "Move a registry alias (such as champion) to another registered version.",
+        MOVE_ALIAS,
+        "Move a registry alias of the churn model (such as champion) to another registered "
+        "version; a model server that follows champion loads the version it now names.",
         AliasParams,
         _minutes(5),
+        available=True,
+        service="model-server",
     ),
     Action(
-        "rollback-deploy",
-        "Roll the model server back to the deployment before the current one.",
-        NoParams,
+        ROLLBACK,
+        "Roll the model server back to the deployment before the current one (that version, "
+        "with the threshold it was served with).",
+        RollbackParams,
         _minutes(20),
+        available=True,
+        service="model-server",
     ),
     Action(
         "set-drift-reference-window",

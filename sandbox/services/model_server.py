@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from threadpoolctl import ThreadpoolController
 
 from sandbox import schema
+from sandbox.actions import deployment
 from sandbox.actions.overrides import Overrides
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
@@ -212,13 +213,20 @@ class LiveModelServer:
         self.ctx = ctx
         self.record = deploy.read_model_deployment(ctx.paths.deploy)
         self.seed = ctx.scenario.world.seed
+        # The registered versions the ops console may deploy, and what the world left deployed.
+        self.registry = deployment.Registry.read(ctx.paths.mlflow)
+        self.baseline = deployment.baseline(
+            self.record, deployment.deploy_history(ctx.paths.duckdb), self.registry.aliases
+        )
+        self._features = {self.record.model_version: list(self.record.features)}
+        for version in self.registry.versions:
+            found = self.registry.features(ctx.paths.mlflow, version)
+            if found:
+                self._features.setdefault(version, found)
         # The request carries the stored features; a model input the store lacks comes from
         # elsewhere at serving time (optional in a payload, null until then).
-        self.columns = [*MODEL_FEATURES] + [
-            f for f in self.record.features if f not in MODEL_FEATURES
-        ]
-        self.required = [f for f in self.record.features if f in MODEL_FEATURES]
-        self._model_columns = [self.columns.index(f) for f in self.record.features]
+        extra = [f for fs in self._features.values() for f in fs if f not in MODEL_FEATURES]
+        self.columns = [*MODEL_FEATURES, *dict.fromkeys(extra)]
         self.store = OnlineStore(ctx.paths.online_store)
         # Changes applied from the ops console, each in effect from its simulated time.
         self.overrides = Overrides(ctx.paths.run)
@@ -228,12 +236,12 @@ class LiveModelServer:
         self._openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
         self._one_thread()
         model = registry.load_model(ctx.paths.mlflow, self.record.model_uri)
+        self._models: dict[str, Any] = {self.record.model_version: model}
         self.server = ModelServer(
             self.seed, ctx.calendar, ctx.fault_set, self.record.model_name, LogSink()
         )
-        self.server.deploy(
-            model, self.record.model_version, self.record.threshold, self.record.features
-        )
+        self.deployed = self.baseline
+        self._load(self.baseline)
         self.hooked = self.server.faults.acts_at("serve.features", "serve.scores")
         self.loaded_at = ctx.now()
         ctx.log(
@@ -243,6 +251,29 @@ class LiveModelServer:
             model_version=self.record.model_version,
             threshold=self.record.threshold,
         )
+
+    def _load(self, state: deployment.Deployment) -> None:
+        """Serve `state`'s version with its threshold (a version loaded once stays in memory)."""
+        version = state.version
+        if version not in self._models:
+            self._models[version] = registry.load_model(
+                self.ctx.paths.mlflow, f"models:/{self.record.model_name}/{version}"
+            )
+        features = self._features.get(version, self.record.features)
+        self.server.deploy(self._models[version], version, state.threshold, features)
+        self.required = [f for f in features if f in MODEL_FEATURES]
+        self._model_columns = [self.columns.index(f) for f in features]
+        self.deployed = state
+
+    def deployment(self, now: dt.datetime) -> deployment.Deployment:
+        """What is deployed at `now`, with the ops console's changes in effect; the server loads
+        it on the first request that needs it."""
+        state = deployment.in_effect(self.baseline, self.overrides.entries(), now)
+        if (state.version, state.threshold) != (self.deployed.version, self.deployed.threshold):
+            self._load(state)
+        else:
+            self.deployed = state
+        return state
 
     def _one_thread(self) -> None:
         # Per call: the setting belongs to the calling thread, and test clients score elsewhere.
@@ -314,6 +345,7 @@ class LiveModelServer:
         with the spool row's columns plus prediction_id. Raises ApiError for a bad request.
         The spooled rows carry `session_id` when a session's call asked for them."""
         now = self.ctx.now()
+        served = self.deployment(now)
         customer_ids, values = self._resolve(items, now, batch)
         ids = [secrets.randbits(63) for _ in items]
         self._one_thread()
@@ -321,7 +353,7 @@ class LiveModelServer:
             cols = self._score_frame(now, customer_ids, values, ids, started)
         else:
             cols = self._score_rows(customer_ids, values, ids)
-        self._decide(cols, self.overrides.threshold(now))
+        self._decide(cols, served.threshold if served.changed else None)
         measured = (time.perf_counter() - started) * 1000
         # A slow dependency shows as a longer latency than this process measured.
         latency = np.round(np.fmax(np.array(cols["latency_ms"], dtype=float), measured), 2)
@@ -432,19 +464,20 @@ class LiveModelServer:
 
     def threshold(self, now: dt.datetime) -> float:
         """The threshold decisions are made at now: the deployment's, or one set since."""
-        override = self.overrides.threshold(now)
-        return self.record.threshold if override is None else override
+        return self.deployment(now).threshold
 
     def metadata(self) -> dict[str, Any]:
         now = self.ctx.now()
+        served = self.deployment(now)
         snapshot = self.store.at(now)
         return {
             "model_name": self.record.model_name,
-            "model_version": self.record.model_version,
-            "model_uri": self.record.model_uri,
-            "features": list(self.record.features),
-            "threshold": self.threshold(now),
-            "deployed_at": self.record.deployed_at.isoformat(),
+            "model_version": served.version,
+            "model_uri": served.model_uri,
+            "aliases": dict(sorted(served.aliases.items())),
+            "features": list(self.server.features),
+            "threshold": served.threshold,
+            "deployed_at": (served.since or self.record.deployed_at).isoformat(),
             "loaded_at": self.loaded_at.isoformat(),
             "now": now.isoformat(),
             "online_store": {
@@ -505,9 +538,10 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     live = LiveModelServer(ctx)
     metrics = Metrics()
     metrics.store_age.set_function(live.store_age)
-    version = live.record.model_version
 
-    app = FastAPI(title="model-server", version=version, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="model-server", version=live.record.model_version, docs_url=None, redoc_url=None
+    )
     # Innermost: the middleware added below sees its refusals.
     limits.install(app, settings or Settings())
     app.state.live = live
@@ -523,7 +557,7 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
             f"POST {path} {code} {round(ms, 1)}ms",
             session_id=caller.session_of(request.scope),
             **attrs,
-            model_version=version,
+            model_version=live.deployed.version,
             status=code,
         )
 
@@ -644,7 +678,11 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     @app.get(HEALTH_PATH)
     async def health() -> JSONResponse:
         return JSONResponse(
-            {"status": "ok", "model_name": live.record.model_name, "model_version": version}
+            {
+                "status": "ok",
+                "model_name": live.record.model_name,
+                "model_version": live.deployment(ctx.now()).version,
+            }
         )
 
     @app.get("/metrics")

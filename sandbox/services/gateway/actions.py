@@ -22,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from sandbox.actions.catalog import ACTIONS, CATALOG, Action
+from sandbox.actions.catalog import ACTIONS, CATALOG, MOVE_ALIAS, PIN_VERSION, ROLLBACK, Action
 from sandbox.actions.overrides import Applied
 from sandbox.services.gateway.auth import Auth, Caller
 from sandbox.services.gateway.errors import invalid
@@ -104,6 +104,14 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
         raise await refuse(
             501, "not available", f"{action.id} is not available in this version: nothing changed"
         )
+    if action.id in (PIN_VERSION, MOVE_ALIAS):
+        version = detail["params"]["version"]
+        registered = (await run_in_threadpool(gw.model_registry)).versions
+        if version not in registered:
+            known = ", ".join(sorted(registered, key=int))
+            message = f"the registry has no churn-model version {version}; registered: {known}"
+            wrong = [{"loc": ["body", "params", "version"], "msg": message, "type": "value_error"}]
+            raise await refuse(422, "invalid", wrong)
     now = gw.ctx.now()
     applied = Applied(
         id=uuid.uuid4().hex[:12],
@@ -134,11 +142,20 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
 def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
     """Record the change where the services read it, and its progress where the logs show it
     (the second line appears once simulated time reaches it)."""
+    versions = _versions(gw, applied) if action.id in (PIN_VERSION, MOVE_ALIAS, ROLLBACK) else {}
     gw.overrides.append(applied)
     change = ", ".join(f"{k}={v}" for k, v in applied.params.items()) or "no parameters"
+    served = ""
+    if versions:
+        moved = versions["from_version"] != versions["to_version"]
+        served = (
+            f": churn-model version {versions['from_version']} -> {versions['to_version']}"
+            if moved
+            else f": churn-model version {versions['from_version']} stays served"
+        )
     for ts, event, message in (
-        (applied.requested_at, "change_requested", f"{action.id} requested ({change})"),
-        (applied.effective_at, "change_applied", f"{action.id} in effect ({change})"),
+        (applied.requested_at, "change_requested", f"{action.id} requested ({change}){served}"),
+        (applied.effective_at, "change_applied", f"{action.id} in effect ({change}){served}"),
     ):
         gw.ctx.spool("telemetry.logs").write(
             {
@@ -148,11 +165,18 @@ def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
                 "event": event,
                 "message": message,
                 "attrs": json.dumps(
-                    {"change_id": applied.id, "action": action.id, **applied.params},
+                    {"change_id": applied.id, "action": action.id, **applied.params, **versions},
                     sort_keys=True,
                 ),
             }
         )
+
+
+def _versions(gw: Gateway, applied: Applied) -> dict[str, str]:
+    """The version the model server serves just before the change takes effect, and after."""
+    before = gw.deployment_at(applied.effective_at)
+    after = gw.deployment_at(applied.effective_at, applied)
+    return {"from_version": before.version, "to_version": after.version}
 
 
 @router.post("/api/sessions/{session_id}/clock/forward")

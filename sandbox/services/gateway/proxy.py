@@ -11,17 +11,19 @@ candidate's history with its reason: probing shows in the review.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus, unquote_to_bytes
+from urllib.parse import parse_qs, unquote_plus, unquote_to_bytes, urlencode
 
 import httpx
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from sandbox.actions import deployment
 from sandbox.services import stack
 from sandbox.services.common import SESSION_HEADER
 from sandbox.services.gateway.auth import Auth, Caller
@@ -365,6 +367,62 @@ def _resolve(
     return segments, upstream_url(address, service, segments, query)
 
 
+# The registry's answers that name aliases: an alias moved from the ops console shows in them.
+REGISTRY_READS = frozenset(
+    {
+        ("registered-models", "get"),
+        ("registered-models", "search"),
+        ("registered-models", "get-latest-versions"),
+        ("registered-models", "alias"),
+        ("model-versions", "get"),
+        ("model-versions", "search"),
+    }
+)
+
+
+async def _moved_aliases(gw: Gateway, name: str, segments: tuple[str, ...]) -> dict[str, str]:
+    """The churn model's aliases moved from the ops console and in effect now, for a registry
+    read (else none). The world's `mlflow.db` is never written: the registry is read-only to the
+    candidate (the proxy passes only reads), and the stack's changes live in its overrides file,
+    so they are laid over the registry's answers here, where every reader of the registry
+    through the gateway (the Models page, the MLflow UI, a script) sees the same."""
+    if name != "mlflow" or len(segments) != 5 or segments[:3] not in MLFLOW_REGISTRY:
+        return {}
+    if segments[3:] not in REGISTRY_READS or not gw.overrides.entries():
+        return {}
+    return await run_in_threadpool(gw.moved_aliases, gw.ctx.now())
+
+
+MLFLOW_REGISTRY = frozenset({("api", "2.0", "mlflow"), ("ajax-api", "2.0", "mlflow")})
+
+
+def _alias_target(url: httpx.URL, segments: tuple[str, ...], moved: dict[str, str]) -> httpx.URL:
+    """`registered-models/alias` for a moved alias asks for the version it names now."""
+    query = parse_qs(url.query.decode())
+    name, alias = query.get("name", [""])[0], query.get("alias", [""])[0]
+    if name != deployment.MODEL or alias not in moved:
+        return url
+    path = "/".join([*url.path.split("/")[:-2], "model-versions", "get"])
+    return url.copy_with(
+        path=path, query=urlencode({"name": name, "version": moved[alias]}).encode()
+    )
+
+
+async def _overlaid(reply: httpx.Response, moved: dict[str, str]) -> Response:
+    """The registry's JSON answer with the moved aliases."""
+    try:
+        await reply.aread()
+    finally:
+        await reply.aclose()
+    try:
+        body = json.loads(reply.content)
+    except ValueError:
+        return Response(
+            reply.content, reply.status_code, media_type=reply.headers.get("content-type")
+        )
+    return JSONResponse(deployment.overlay_reply(body, moved), status_code=reply.status_code)
+
+
 async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
     """`path` is FastAPI's decoded view, kept for the API description; the raw one is judged."""
     gw: Gateway = request.app.state.gateway
@@ -390,6 +448,9 @@ async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
             await run_in_threadpool(gw.record, who, "service", detail)
             raise HTTPException(503, f"{exc}; try again in a minute") from None
     headers = _headers(request, name, who)
+    moved = await _moved_aliases(gw, name, segments)
+    if moved and segments[3:] == ("registered-models", "alias"):
+        url = _alias_target(url, segments, moved)
     try:
         reply = await client.send(
             client.build_request(method, url, headers=headers, content=body), stream=True
@@ -408,6 +469,8 @@ async def proxy(name: str, path: str, request: Request, who: Auth) -> Response:
         except Exception:  # a full history refuses the answer: the upstream reply is let go
             await reply.aclose()
             raise
+    if moved and reply.status_code == 200:
+        return await _overlaid(reply, moved)
     return _streamed(reply, request.headers.get("accept-encoding"))
 
 

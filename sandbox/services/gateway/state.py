@@ -12,7 +12,8 @@ from typing import Any
 
 import duckdb
 
-from sandbox.actions.overrides import Overrides
+from sandbox.actions import deployment
+from sandbox.actions.overrides import Applied, Overrides
 from sandbox.layout import WorldPaths
 from sandbox.review.evidence import Shown
 from sandbox.review.store import SessionStore
@@ -73,11 +74,35 @@ class Gateway:
     overrides: Overrides = field(init=False)
     # The services started on their first use, and whether they are up.
     on_demand: OnDemand = field(init=False)
+    # The churn model's registry and what the world left deployed, read on first use.
+    _registry: deployment.Registry | None = None
+    _deployed: deployment.Deployment | None = None
 
     def __post_init__(self) -> None:
         self.client_events = RateQuota(self.settings.client_events_per_minute)
         self.overrides = Overrides(self.ctx.paths.run)
         self.on_demand = OnDemand(self.ctx.paths.run)
+
+    def model_registry(self) -> deployment.Registry:
+        """The churn model's registered versions and aliases (the registry is read-only)."""
+        if self._registry is None:
+            self._registry = deployment.Registry.read(self.ctx.paths.mlflow)
+        return self._registry
+
+    def deployed(self) -> deployment.Deployment:
+        """What the world left deployed, before any action."""
+        if self._deployed is None:
+            paths = self.ctx.paths
+            self._deployed = deployment.world_baseline(paths.duckdb, paths.mlflow, paths.deploy)
+        return self._deployed
+
+    def deployment_at(self, now: dt.datetime, *more: Applied) -> deployment.Deployment:
+        """What the model server serves at `now` with the applied actions (and `more`)."""
+        return deployment.in_effect(self.deployed(), [*self.overrides.entries(), *more], now)
+
+    def moved_aliases(self, now: dt.datetime) -> dict[str, str]:
+        """The churn model's aliases the ops console has moved, in effect at `now`."""
+        return deployment.moved_aliases(self.deployed(), self.deployment_at(now))
 
     def boards(self) -> dict[str, dashboards.Dashboard]:
         """The dashboards this stack serves (the `dashboards` setting, or the packaged ones), as

@@ -1,0 +1,227 @@
+"""Which churn-model version the model server serves, and where the registry's aliases point, once
+the ops console's deployment actions are in effect.
+
+The world leaves a deployment (`deploy.ModelDeployment`: a version, the server's threshold, and
+whether the servers follow the champion alias or a pinned version), the registry's aliases and the
+servers' deploy history (their `model_loaded` lines). The applied actions change that in the order
+they take effect, as a release team's would:
+
+- `pin-served-version` loads one version and stops following the alias;
+- `move-alias` points an alias at another version; moving champion changes what a server that
+  follows the alias loads;
+- `rollback-deploy` goes back to the deployment before the current one, pinned (the alias still
+  points at the version rolled away from);
+- `set-decision-threshold` changes the threshold of the deployment in place.
+
+A version the servers served before comes back with the threshold it was served with (its
+deployment config); one never served keeps the threshold the servers use now. The registry file is
+never written: the candidate's registry is read-only, so a moved alias lives in the overrides file
+and is laid over what the registry answers (`overlay_registered_model`, `overlay_model_version`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, ROLLBACK, SET_THRESHOLD
+from sandbox.actions.overrides import Applied
+from sandbox.pipeline import deploy, registry
+
+CHAMPION = registry.CHAMPION
+MODEL = registry.CHURN_MODEL
+DEPLOYMENT_ACTIONS = (PIN_VERSION, MOVE_ALIAS, ROLLBACK, SET_THRESHOLD)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the model server serves at one time."""
+
+    version: str
+    threshold: float
+    follows_alias: bool  # loads whatever champion points at (else a pinned version)
+    aliases: dict[str, str]  # the churn model's aliases in effect, alias -> version
+    # (version, threshold) of each deployment, oldest first; the last is the one served.
+    history: tuple[tuple[str, float], ...] = ()
+    since: dt.datetime | None = None  # when the latest change took effect (None: as left)
+    changed: bool = False  # whether any applied action is in effect
+
+    @property
+    def model_uri(self) -> str:
+        return (
+            f"models:/{MODEL}@{CHAMPION}"
+            if self.follows_alias
+            else f"models:/{MODEL}/{self.version}"
+        )
+
+    def _deploy(self, version: str, follows_alias: bool, at: dt.datetime) -> Deployment:
+        if version == self.version:
+            return replace(self, follows_alias=follows_alias, since=at)
+        threshold = next((t for v, t in reversed(self.history) if v == version), self.threshold)
+        return replace(
+            self,
+            version=version,
+            threshold=threshold,
+            follows_alias=follows_alias,
+            history=(*self.history, (version, threshold)),
+            since=at,
+        )
+
+    def apply(self, entry: Applied) -> Deployment:
+        """This deployment with one more action in effect (actions of other kinds change nothing)."""
+        at, params = entry.effective_at, entry.params
+        state = replace(self, changed=True) if entry.action in DEPLOYMENT_ACTIONS else self
+        if entry.action == PIN_VERSION:
+            return state._deploy(str(params["version"]), False, at)
+        if entry.action == MOVE_ALIAS:
+            alias, version = str(params.get("alias", CHAMPION)), str(params["version"])
+            state = replace(state, aliases={**state.aliases, alias: version})
+            if alias == CHAMPION and state.follows_alias:
+                return state._deploy(version, True, at)
+            return state
+        if entry.action == ROLLBACK:
+            if len(state.history) < 2:
+                return state  # nothing before the current deployment: it stays
+            history = state.history[:-1]
+            version, threshold = history[-1]
+            return replace(
+                state,
+                version=version,
+                threshold=threshold,
+                follows_alias=False,
+                history=history,
+                since=at,
+            )
+        if entry.action == SET_THRESHOLD:
+            threshold = float(params["threshold"])
+            history = (*state.history[:-1], (state.version, threshold))
+            return replace(state, threshold=threshold, history=history)
+        return state
+
+
+def in_effect(base: Deployment, entries: Iterable[Applied], now: dt.datetime) -> Deployment:
+    """`base` with every applied action in effect at `now`, in the order they took effect."""
+    due = sorted((e for e in entries if e.effective_at <= now), key=lambda e: e.effective_at)
+    state = base
+    for entry in due:
+        state = state.apply(entry)
+    return state
+
+
+@dataclass
+class Registry:
+    """The churn model's registered versions and aliases, read once from the world's registry."""
+
+    versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> row with tags
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, mlflow_dir: Path) -> Registry:
+        versions = {v["version"]: v for v in registry.model_versions(mlflow_dir, MODEL)}
+        con = sqlite3.connect(f"file:{mlflow_dir / 'mlflow.db'}?mode=ro", uri=True)
+        try:
+            rows = con.execute(
+                "SELECT alias, version FROM registered_model_aliases WHERE name = ?", [MODEL]
+            ).fetchall()
+        finally:
+            con.close()
+        return cls(versions, {alias: str(version) for alias, version in rows})
+
+    def features(self, mlflow_dir: Path, version: str) -> list[str] | None:
+        """The inputs the version was trained on, in order (from its training run)."""
+        run_id = self.versions[version]["run_id"]
+        found = registry.run_param(mlflow_dir, run_id, "features") if run_id else None
+        return found.split(",") if found else None
+
+
+def deploy_history(world_db: Path) -> list[tuple[str, float]]:
+    """The servers' deployments as the world's logs record them, oldest first."""
+    with duckdb.connect(str(world_db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT attrs FROM telemetry.logs WHERE service = 'model-server' "
+            "AND event = 'model_loaded' ORDER BY ts"
+        ).fetchall()
+    history: list[tuple[str, float]] = []
+    for (attrs,) in rows:
+        loaded = json.loads(attrs)
+        entry = (str(loaded["model_version"]), float(loaded["threshold"]))
+        if not history or history[-1][0] != entry[0]:
+            history.append(entry)
+    return history
+
+
+def baseline(
+    record: deploy.ModelDeployment, history: list[tuple[str, float]], aliases: dict[str, str]
+) -> Deployment:
+    """What the world left deployed, before any action."""
+    if not history or history[-1][0] != record.model_version:
+        history = [*history, (record.model_version, record.threshold)]
+    else:
+        history = [*history[:-1], (record.model_version, record.threshold)]
+    return Deployment(
+        version=record.model_version,
+        threshold=record.threshold,
+        follows_alias="@" in record.model_uri,
+        aliases=dict(aliases),
+        history=tuple(history),
+    )
+
+
+def world_baseline(world_db: Path, mlflow_dir: Path, deploy_dir: Path) -> Deployment:
+    return baseline(
+        deploy.read_model_deployment(deploy_dir),
+        deploy_history(world_db),
+        Registry.read(mlflow_dir).aliases,
+    )
+
+
+def moved_aliases(base: Deployment, state: Deployment) -> dict[str, str]:
+    """The aliases `state` has where `base` had others (or none)."""
+    return {a: v for a, v in state.aliases.items() if base.aliases.get(a) != v}
+
+
+def overlay_registered_model(model: dict[str, Any], moved: dict[str, str]) -> dict[str, Any]:
+    """A registry `registered_model` object (MLflow's REST form) with the moved aliases."""
+    if model.get("name") != MODEL or not moved:
+        return model
+    kept = [a for a in model.get("aliases") or [] if a.get("alias") not in moved]
+    added = [{"alias": a, "version": v} for a, v in moved.items()]
+    out = {**model, "aliases": sorted([*kept, *added], key=lambda a: a["alias"])}
+    if "latest_versions" in model:
+        out["latest_versions"] = [
+            overlay_model_version(v, moved) for v in model["latest_versions"] or []
+        ]
+    return out
+
+
+def overlay_model_version(version: dict[str, Any], moved: dict[str, str]) -> dict[str, Any]:
+    """A registry `model_version` object with the moved aliases."""
+    if version.get("name") != MODEL or not moved:
+        return version
+    number = str(version.get("version"))
+    kept = [a for a in version.get("aliases") or [] if a not in moved]
+    added = [a for a, v in moved.items() if v == number]
+    return {**version, "aliases": sorted([*kept, *added])}
+
+
+def overlay_reply(body: dict[str, Any], moved: dict[str, str]) -> dict[str, Any]:
+    """Any registry reply (a model, a version, or a list of either) with the moved aliases."""
+    out = dict(body)
+    if isinstance(out.get("registered_model"), dict):
+        out["registered_model"] = overlay_registered_model(out["registered_model"], moved)
+    if isinstance(out.get("registered_models"), list):
+        out["registered_models"] = [
+            overlay_registered_model(m, moved) for m in out["registered_models"]
+        ]
+    if isinstance(out.get("model_version"), dict):
+        out["model_version"] = overlay_model_version(out["model_version"], moved)
+    if isinstance(out.get("model_versions"), list):
+        out["model_versions"] = [overlay_model_version(v, moved) for v in out["model_versions"]]
+    return out

@@ -1,0 +1,149 @@
+"""Which model version is served, and where the registry's aliases point, once the ops console's
+deployment actions are in effect: without a world."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, ROLLBACK, SET_FILL, SET_THRESHOLD
+from sandbox.actions.deployment import (
+    baseline,
+    in_effect,
+    moved_aliases,
+    overlay_reply,
+)
+from sandbox.actions.overrides import Applied
+from sandbox.pipeline.deploy import ModelDeployment
+
+T0 = dt.datetime(2026, 4, 13, 9)
+MODEL = "churn-model"
+
+
+def _record(version: str = "2", uri: str = f"models:/{MODEL}@champion") -> ModelDeployment:
+    return ModelDeployment(
+        model_name=MODEL,
+        model_version=version,
+        model_uri=uri,
+        threshold=0.01,
+        features=["tenure_days"],
+        deployed_at=T0 - dt.timedelta(days=20),
+    )
+
+
+# The world's servers loaded version 1 at 0.06, then version 2 at 0.01; champion names 2.
+HISTORY = [("1", 0.06), ("2", 0.01)]
+FOLLOWS = baseline(_record(), HISTORY, {"champion": "2"})
+
+
+def _applied(action: str, params: dict, minutes: int) -> Applied:
+    return Applied(
+        id=f"{action}-{minutes}",
+        action=action,
+        params=params,
+        requested_at=T0,
+        effective_at=T0 + dt.timedelta(minutes=minutes),
+    )
+
+
+def _at(minutes: int) -> dt.datetime:
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+def test_nothing_applied_serves_what_the_world_left() -> None:
+    state = in_effect(FOLLOWS, [_applied(SET_FILL, {"feature": "x", "fill_value": 1}, 0)], _at(5))
+    assert (state.version, state.threshold, state.follows_alias) == ("2", 0.01, True)
+    assert not state.changed and state.model_uri == f"models:/{MODEL}@champion"
+    assert state.history == (("1", 0.06), ("2", 0.01))
+
+
+def test_the_record_ends_the_history_even_when_the_logs_lack_it() -> None:
+    assert baseline(_record("3"), HISTORY, {}).history[-1] == ("3", 0.01)
+    assert baseline(_record(), [], {}).history == (("2", 0.01),)
+
+
+def test_a_pin_serves_the_version_from_its_time_with_the_threshold_it_was_served_with() -> None:
+    pin = [_applied(PIN_VERSION, {"version": "1"}, 15)]
+    assert in_effect(FOLLOWS, pin, _at(14)).version == "2"
+    state = in_effect(FOLLOWS, pin, _at(15))
+    assert (state.version, state.threshold, state.follows_alias) == ("1", 0.06, False)
+    assert state.model_uri == f"models:/{MODEL}/1" and state.since == _at(15) and state.changed
+    # A version never served keeps the servers' threshold.
+    assert (
+        in_effect(FOLLOWS, [_applied(PIN_VERSION, {"version": "3"}, 0)], _at(1)).threshold == 0.01
+    )
+    # Pinning what is served changes the version nothing, and leaves nothing to roll back to.
+    same = in_effect(FOLLOWS, [_applied(PIN_VERSION, {"version": "2"}, 0)], _at(1))
+    assert (same.version, same.follows_alias, same.history) == ("2", False, FOLLOWS.history)
+
+
+def test_moving_champion_moves_a_server_that_follows_it_and_not_a_pinned_one() -> None:
+    move = [_applied(MOVE_ALIAS, {"alias": "champion", "version": "1"}, 5)]
+    state = in_effect(FOLLOWS, move, _at(5))
+    assert (state.version, state.threshold, state.follows_alias) == ("1", 0.06, True)
+    assert state.aliases == {"champion": "1"}
+    assert moved_aliases(FOLLOWS, state) == {"champion": "1"}
+    assert moved_aliases(FOLLOWS, in_effect(FOLLOWS, move, _at(4))) == {}
+
+    pinned = baseline(_record(uri=f"models:/{MODEL}/2"), HISTORY, {"champion": "1"})
+    state = in_effect(
+        pinned, [_applied(MOVE_ALIAS, {"alias": "champion", "version": "2"}, 5)], _at(9)
+    )
+    assert state.version == "2" and state.aliases == {"champion": "2"}
+    # Another alias is only a label.
+    other = [_applied(MOVE_ALIAS, {"alias": "challenger", "version": "1"}, 5)]
+    state = in_effect(FOLLOWS, other, _at(9))
+    assert state.version == "2" and state.aliases == {"champion": "2", "challenger": "1"}
+
+
+def test_a_rollback_goes_to_the_deployment_before_and_no_further() -> None:
+    back = [_applied(ROLLBACK, {"service": "model-server"}, 20)]
+    state = in_effect(FOLLOWS, back, _at(20))
+    assert (state.version, state.threshold, state.follows_alias) == ("1", 0.06, False)
+    assert state.aliases == {"champion": "2"}  # the registry still names the version rolled from
+    twice = [*back, _applied(ROLLBACK, {"service": "model-server"}, 40)]
+    assert in_effect(FOLLOWS, twice, _at(60)).version == "1"
+    # After a pin, a rollback returns to what was served before the pin.
+    pin_then_back = [_applied(PIN_VERSION, {"version": "3"}, 0), _applied(ROLLBACK, {}, 30)]
+    assert in_effect(FOLLOWS, pin_then_back, _at(29)).version == "3"
+    assert in_effect(FOLLOWS, pin_then_back, _at(30)).version == "2"
+
+
+def test_the_latest_change_in_effect_sets_the_threshold() -> None:
+    entries = [_applied(SET_THRESHOLD, {"threshold": 0.2}, 10), _applied(ROLLBACK, {}, 20)]
+    assert in_effect(FOLLOWS, entries, _at(10)).threshold == 0.2
+    assert in_effect(FOLLOWS, entries, _at(20)).threshold == 0.06
+    later = [_applied(ROLLBACK, {}, 10), _applied(SET_THRESHOLD, {"threshold": 0.2}, 20)]
+    assert in_effect(FOLLOWS, later, _at(20)).threshold == 0.2
+    # Out of order in the file, in order of effect.
+    assert in_effect(FOLLOWS, list(reversed(later)), _at(20)).threshold == 0.2
+
+
+def test_moved_aliases_are_laid_over_the_registry_answers() -> None:
+    moved = {"champion": "1"}
+    model = {
+        "registered_model": {
+            "name": MODEL,
+            "aliases": [{"alias": "champion", "version": "2"}, {"alias": "shadow", "version": "2"}],
+            "latest_versions": [{"name": MODEL, "version": "2", "aliases": ["champion"]}],
+        }
+    }
+    out = overlay_reply(model, moved)["registered_model"]
+    assert out["aliases"] == [
+        {"alias": "champion", "version": "1"},
+        {"alias": "shadow", "version": "2"},
+    ]
+    assert out["latest_versions"][0]["aliases"] == []
+    versions = {
+        "model_versions": [
+            {"name": MODEL, "version": "1", "aliases": []},
+            {"name": MODEL, "version": "2", "aliases": ["champion"]},
+            {"name": "ticket-encoder", "version": "1", "aliases": ["champion"]},
+        ]
+    }
+    out_versions = overlay_reply(versions, moved)["model_versions"]
+    assert [v["aliases"] for v in out_versions] == [["champion"], [], ["champion"]]
+    assert overlay_reply({"registered_models": [model["registered_model"]]}, {}) == {
+        "registered_models": [model["registered_model"]]
+    }
+    one = overlay_reply({"model_version": {"name": MODEL, "version": "1"}}, moved)
+    assert one["model_version"]["aliases"] == ["champion"]
