@@ -17,6 +17,7 @@ from sandbox.pipeline.features import IMPUTED_FEATURES
 
 SET_THRESHOLD = "set-decision-threshold"
 SET_FILL = "set-imputation-fill"
+REBUILD_INDEX = "rebuild-index"
 
 
 class NoParams(BaseModel):
@@ -154,10 +155,12 @@ ACTIONS: tuple[Action, ...] = (
         _minutes(30),
     ),
     Action(
-        "rebuild-index",
+        REBUILD_INDEX,
         "Re-embed every help-center article with the deployed encoder and swap the index.",
         NoParams,
         dt.timedelta(hours=3),
+        available=True,
+        service="retrieval",
     ),
     Action(
         "backfill-online-store",
