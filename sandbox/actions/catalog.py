@@ -18,6 +18,7 @@ from sandbox.pipeline.features import IMPUTED_FEATURES
 SET_THRESHOLD = "set-decision-threshold"
 SET_FILL = "set-imputation-fill"
 REBUILD_INDEX = "rebuild-index"
+BACKFILL_ONLINE_STORE = "backfill-online-store"
 
 
 class NoParams(BaseModel):
@@ -163,10 +164,12 @@ ACTIONS: tuple[Action, ...] = (
         service="retrieval",
     ),
     Action(
-        "backfill-online-store",
+        BACKFILL_ONLINE_STORE,
         "Recompute the latest features from the offline store and reload the online store.",
         NoParams,
         dt.timedelta(hours=2),
+        available=True,
+        service="materialization",
     ),
     Action(
         "rerun-batch-scoring",

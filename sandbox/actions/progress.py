@@ -91,3 +91,46 @@ def index_rebuild(
         ),
     ]
     return lines
+
+
+def online_backfill(
+    change_id: str,
+    requested_at: dt.datetime,
+    effective_at: dt.datetime,
+    customers: int,
+    newest: dt.datetime | None,
+) -> list[LogLine]:
+    """The materialization job's lines for a backfill of the online store: started, customers'
+    features recomputed from the offline store in steps, and the store reloaded (served from
+    then on). `newest` is the newest event_timestamp of the rows loaded."""
+    attrs = {"change_id": change_id, "rows": customers}
+    computed_at = work_end(requested_at, effective_at)
+    newest_text = newest.isoformat(sep=" ") if newest is not None else None
+    lines = [
+        LogLine(
+            requested_at,
+            "backfill_started",
+            f"backfilling the online store from the offline store: latest features of "
+            f"{customers:,} customers (newest event_timestamp {newest_text})",
+            attrs,
+        )
+    ]
+    lines += [
+        LogLine(
+            ts,
+            "backfill_progress",
+            f"recomputed features for {done:,} of {customers:,} customers",
+            {**attrs, "done": done},
+        )
+        for ts, done in milestones(requested_at, computed_at, customers)
+    ]
+    lines.append(
+        LogLine(
+            effective_at,
+            "backfill_loaded",
+            f"online store loaded: {customers} rows, newest event_timestamp {newest_text} "
+            "(backfill)",
+            {**attrs, "max_event_timestamp": newest_text},
+        )
+    )
+    return lines

@@ -260,6 +260,11 @@ class RetrievalService:
         """Carry out every applied rebuild not yet done: re-embed the articles, keep the index in
         the run directory and write its progress lines (stamped in simulated time). A rebuild
         already kept (before a restart) is loaded again, and logged only once."""
+        done = {r.change_id for r in self._rebuilds}
+        if not any(
+            e.action == REBUILD_INDEX and e.id not in done for e in self.overrides.entries()
+        ):
+            return
         with self._rebuild_lock:
             done = {r.change_id for r in self._rebuilds}
             todo = [
@@ -267,10 +272,9 @@ class RetrievalService:
                 for e in self.overrides.entries()
                 if e.action == REBUILD_INDEX and e.id not in done
             ]
-            for applied in todo:
-                self._rebuilds.append(self._rebuild(applied))
-            if todo:
-                self._rebuilds.sort(key=lambda r: r.effective_at)
+            built = [self._rebuild(applied) for applied in todo]
+            # Replaced whole: a search reading the list meanwhile sees the old one or the new.
+            self._rebuilds = sorted([*self._rebuilds, *built], key=lambda r: r.effective_at)
 
     def _rebuild(self, applied: Applied) -> Rebuild:
         kept = self.ctx.paths.run / REBUILDS_DIR / applied.id
@@ -331,6 +335,7 @@ class RetrievalService:
         # request threads; on a busy host one query then waits ~20 ms at an OpenMP barrier.
         faiss.omp_set_num_threads(1)
         encoder = self.current().encoder
+        self.refresh_rebuilds()
         index = self.index_at(self.ctx.now())
         index_version = str(index.meta["index_version"])
         ids, scores = index.search(encoder.encode([req.text]), req.k)
