@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from sandbox.actions.catalog import ACTIONS, CATALOG, REBUILD_INDEX, SET_FILL, SET_THRESHOLD
+from sandbox.actions.catalog import (
+    ACTIONS,
+    BACKFILL_ONLINE_STORE,
+    CATALOG,
+    REBUILD_INDEX,
+    SET_FILL,
+    SET_THRESHOLD,
+)
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.decoys import registry as decoy_registry
 from sandbox.faults import registry as fault_registry
@@ -43,7 +50,12 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         assert described["id"] == action.id and described["description"]
         assert described["params_schema"]["type"] == "object"
         assert not any(v in str(described) for v in VERDICTS)
-    assert {a.id for a in ACTIONS if a.available} == {SET_THRESHOLD, SET_FILL, REBUILD_INDEX}
+    assert {a.id for a in ACTIONS if a.available} == {
+        SET_THRESHOLD,
+        SET_FILL,
+        REBUILD_INDEX,
+        BACKFILL_ONLINE_STORE,
+    }
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from sandbox.actions import progress
-from sandbox.actions.catalog import CATALOG, REBUILD_INDEX
+from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, REBUILD_INDEX
 from sandbox.services.retrieval import names_encoder
 
 T0 = dt.datetime(2026, 4, 13, 9, 30)
@@ -59,3 +59,21 @@ def test_a_rebuilt_index_is_named_the_way_the_team_names_its_builds() -> None:
     assert names_encoder({"index_version": "articles-20251208-e1", "encoder_version": 1})
     assert not names_encoder({"index_version": "articles-20251208", "encoder_version": 1})
     assert not names_encoder({})
+
+
+def test_an_online_store_backfill_logs_from_its_request_to_the_load() -> None:
+    effective = T0 + CATALOG[BACKFILL_ONLINE_STORE].delay
+    newest = dt.datetime(2026, 4, 12)
+    lines = progress.online_backfill("ff00", T0, effective, 7850, newest)
+    assert [line.ts for line in lines] == sorted(line.ts for line in lines)
+    assert lines[0].ts == T0 and lines[0].event == "backfill_started"
+    steps = [line for line in lines if line.event == "backfill_progress"]
+    assert len(steps) == progress.PROGRESS_LINES
+    assert steps[-1].message == "recomputed features for 7,850 of 7,850 customers"
+    assert steps[-1].ts == progress.work_end(T0, effective) < effective
+    assert lines[-1].ts == effective and lines[-1].event == "backfill_loaded"
+    # Worded like the scheduled load's line, so a search for either finds both.
+    assert lines[-1].message == (
+        "online store loaded: 7850 rows, newest event_timestamp 2026-04-12 00:00:00 (backfill)"
+    )
+    assert all(line.attrs["change_id"] == "ff00" for line in lines)
