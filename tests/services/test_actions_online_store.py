@@ -22,6 +22,9 @@ from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
 from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.services import spool
+from sandbox.services.common import ServiceContext
+from sandbox.services.model_server import LiveModelServer
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
 from tests.services.running import Stack, running_stack
@@ -187,6 +190,20 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
         f"AND attrs LIKE '%{applied['id']}%'"
     )
     assert backfilling.scalar(applied_line) == "materialization"
+
+    # A restarted server serves the kept load at once, without backfilling or logging again
+    # (a second instance on the same run directory, under a name of its own).
+    restarted = LiveModelServer(ServiceContext(backfilling.world, "model-server-restarted"))
+    kept = restarted.store.at(later)
+    assert kept is not None and kept.loaded_at == effective
+    row = kept.rows[customers[0]]
+    assert kept.values[row, MODEL_FEATURES.index(feature)] == after[feature][0]
+    for service in ("model-server", "model-server-restarted"):
+        path = spool.spool_path(backfilling.world / "run", service, "telemetry.logs")
+        lines, _ = spool.read_new(path, 0) if path.exists() else ([], 0)
+        assert sum(line["event"] == "backfill_started" for line in lines) == (
+            service == "model-server"
+        )
 
     review = httpx.get(
         f"{backfilling.url}/api/sessions/{backfilling.session_id}/review",

@@ -22,14 +22,16 @@ import pytest
 from sandbox.actions.catalog import CATALOG, REBUILD_INDEX
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import registry, retrieve
-from sandbox.services.retrieval import ENCODER_URI
+from sandbox.services import spool
+from sandbox.services.common import ServiceContext
+from sandbox.services.retrieval import ENCODER_URI, SERVICE, RetrievalService
 from sandbox.services.traffic import _relevant_articles
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
 from tests.services.running import Stack, running_stack
 from tests.waiting import until
 
-QUERIES = 120  # tickets searched again at each step
+QUERIES = 60  # tickets searched again at each step
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +186,18 @@ def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
         rebuilding.url + "/services/retrieval/metadata", headers=rebuilding.candidate, timeout=10
     ).json()
     assert meta["index_metadata"]["encoder_version"] == meta["encoder_version"] == 2
+
+    # A restarted service searches the kept index at once, without rebuilding or logging again
+    # (a second instance on the same run directory, under a name of its own).
+    restarted = RetrievalService(ServiceContext(rebuilding.world, "retrieval-restarted"))
+    assert restarted.index_at(effective).meta == meta["index_metadata"]
+    assert restarted.index_at(requested).meta["index_version"] == original
+    for service in (SERVICE, "retrieval-restarted"):
+        path = spool.spool_path(rebuilding.world / "run", service, "telemetry.logs")
+        lines, _ = spool.read_new(path, 0) if path.exists() else ([], 0)
+        assert sum(line["event"] == "index_rebuild_started" for line in lines) == (
+            service == SERVICE
+        )
 
     review = httpx.get(
         f"{rebuilding.url}/api/sessions/{rebuilding.session_id}/review",
