@@ -20,6 +20,8 @@ SET_FILL = "set-imputation-fill"
 PIN_VERSION = "pin-served-version"
 MOVE_ALIAS = "move-alias"
 ROLLBACK = "rollback-deploy"
+REBUILD_INDEX = "rebuild-index"
+BACKFILL_ONLINE_STORE = "backfill-online-store"
 
 
 class NoParams(BaseModel):
@@ -174,16 +176,20 @@ ACTIONS: tuple[Action, ...] = (
         _minutes(30),
     ),
     Action(
-        "rebuild-index",
+        REBUILD_INDEX,
         "Re-embed every help-center article with the deployed encoder and swap the index.",
         NoParams,
         dt.timedelta(hours=3),
+        available=True,
+        service="retrieval",
     ),
     Action(
-        "backfill-online-store",
+        BACKFILL_ONLINE_STORE,
         "Recompute the latest features from the offline store and reload the online store.",
         NoParams,
         dt.timedelta(hours=2),
+        available=True,
+        service="materialization",
     ),
     Action(
         "rerun-batch-scoring",

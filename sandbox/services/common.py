@@ -117,8 +117,23 @@ class ServiceContext:
     ) -> None:
         """`log` for a component this process plays the part of (the model server reads the
         online store in-process; its reads are the feature server's lines)."""
+        self.log_at(self.now(), service, level, event, message, session_id=session_id, **attrs)
+
+    def log_at(
+        self,
+        ts: dt.datetime,
+        service: str,
+        level: str,
+        event: str,
+        message: str,
+        *,
+        session_id: str | None = None,
+        **attrs: Any,
+    ) -> None:
+        """`log_as` stamped `ts` rather than now: a line about something that happens later in
+        simulated time shows in the candidate's logs once the clock reaches it."""
         line = {
-            "ts": self.now().isoformat(),
+            "ts": ts.isoformat(),
             "service": service,
             "level": level,
             "event": event,

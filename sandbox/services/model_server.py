@@ -6,6 +6,11 @@ serving hooks, requests go through `pipeline.serve.ModelServer.score` as request
 acting on live traffic; otherwise the same model call on plain arrays, without frames. Every
 prediction reaches the telemetry spool before its response is sent.
 
+A backfill of the online store applied from the ops console (`backfill-online-store`) is carried
+out here too: the newest features the offline store holds at the request are loaded as a
+materialization of its own, kept in the run directory, and served from the change's effective
+time (simulated) until the next scheduled load; its progress is in the materialization job's logs.
+
     python -m sandbox.services.model_server --world DIR --port P
 """
 
@@ -15,7 +20,10 @@ import bisect
 import datetime as dt
 import math
 import secrets
+import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,11 +46,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from threadpoolctl import ThreadpoolController
 
 from sandbox import schema
-from sandbox.actions import deployment
-from sandbox.actions.overrides import Overrides
+from sandbox.actions import deployment, progress
+from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG
+from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
-from sandbox.pipeline import deploy, registry
+from sandbox.pipeline import deploy, registry, store
 from sandbox.pipeline.features import IMPUTED_FEATURES, MODEL_FEATURES
 from sandbox.pipeline.serve import SERVICE, ModelServer, churn_scores, unanswered_blank
 from sandbox.services import caller, limits
@@ -61,6 +70,8 @@ HTTP_STATUS = {"ok": 200, "error": 503}
 ENDPOINTS = ("/predict", "/predict/batch", "/metadata", HEALTH_PATH, "/metrics")
 UNAVAILABLE = "the request could not be served in time; retry later"
 _START = "sandbox.started"  # ASGI scope key: perf_counter() when the request arrived
+BACKFILLS_DIR = "online-backfills"  # under the run directory: one load per applied backfill
+WATCH_EVERY = 0.5  # wall seconds between looks at the applied actions
 
 
 class PredictRequest(BaseModel):
@@ -117,21 +128,64 @@ class Snapshot:
     values: np.ndarray  # (customers, MODEL_FEATURES), NaN where the store holds null
 
 
+def snapshot_of(loaded_at: dt.datetime, frame: pl.DataFrame) -> Snapshot:
+    rows = {cid: i for i, cid in enumerate(frame["customer_id"].to_list())}
+    values = frame.select(pl.col(MODEL_FEATURES).cast(pl.Float64)).to_numpy()
+    return Snapshot(loaded_at, rows, np.ascontiguousarray(values))
+
+
 class OnlineStore:
-    """Every materialization the world left; a request sees the newest one loaded by now."""
+    """Every materialization the world left, and any backfill since; a request sees the newest
+    one loaded by now."""
 
     def __init__(self, directory: Path) -> None:
-        self.snapshots: list[Snapshot] = []
-        for loaded_at, path in deploy.online_snapshots(directory):
-            frame = pl.read_parquet(path, columns=["customer_id", *MODEL_FEATURES])
-            rows = {cid: i for i, cid in enumerate(frame["customer_id"].to_list())}
-            values = frame.select(pl.col(MODEL_FEATURES).cast(pl.Float64)).to_numpy()
-            self.snapshots.append(Snapshot(loaded_at, rows, np.ascontiguousarray(values)))
-        self._times = [s.loaded_at for s in self.snapshots]
+        snapshots = [
+            snapshot_of(loaded_at, pl.read_parquet(path, columns=["customer_id", *MODEL_FEATURES]))
+            for loaded_at, path in deploy.online_snapshots(directory)
+        ]
+        # One attribute, replaced whole: a reader never sees times and loads out of step.
+        self._loads = (snapshots, [s.loaded_at for s in snapshots])
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        return self._loads[0]
+
+    def add(self, snapshot: Snapshot) -> None:
+        """A load outside the schedule (a backfill), in its place by load time."""
+        snapshots = sorted([*self._loads[0], snapshot], key=lambda s: s.loaded_at)
+        self._loads = (snapshots, [s.loaded_at for s in snapshots])
 
     def at(self, now: dt.datetime) -> Snapshot | None:
-        i = bisect.bisect_right(self._times, now)
-        return self.snapshots[i - 1] if i else None
+        snapshots, times = self._loads
+        i = bisect.bisect_right(times, now)
+        return snapshots[i - 1] if i else None
+
+
+def offline_latest(world_db: Path, known_at: dt.datetime) -> pl.DataFrame:
+    """The offline store's newest feature day as it stood at `known_at` (rows written by then):
+    what a load at that moment puts in the online store, one row per customer."""
+    with duckdb.connect(str(world_db), read_only=True) as con:
+        rows = con.execute(
+            f"""
+            SELECT customer_id, {", ".join(MODEL_FEATURES)}, event_timestamp
+            FROM {store.OFFLINE_TABLE}
+            WHERE created_timestamp <= $at AND event_timestamp = (
+                SELECT max(event_timestamp) FROM {store.OFFLINE_TABLE}
+                WHERE created_timestamp <= $at
+            )
+            ORDER BY customer_id
+            """,
+            {"at": known_at},
+        ).fetchall()
+    return pl.DataFrame(
+        rows,
+        schema={
+            "customer_id": pl.Int64,
+            **dict.fromkeys(MODEL_FEATURES, pl.Float64),
+            "event_timestamp": pl.Datetime("us"),
+        },
+        orient="row",
+    )
 
 
 class Metrics:
@@ -231,6 +285,9 @@ class LiveModelServer:
         # Changes applied from the ops console, each in effect from its simulated time.
         self.overrides = Overrides(ctx.paths.run)
         self.refilled = Refilled(policy_fills(ctx.paths.duckdb))
+        self._backfilled: set[str] = set()
+        self._backfill_lock = threading.Lock()
+        self.refresh_backfills()  # every backfill applied before a restart
         # Scoring a few rows on several OpenMP threads costs more in hand-offs than it saves, and
         # on a busy machine the hand-offs dominate the tail: the server scores on its own thread.
         self._openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
@@ -280,6 +337,59 @@ class LiveModelServer:
         for lib in self._openmp:
             lib.set_num_threads(1)
 
+    # -- backfills applied from the ops console -------------------------------------------------
+    def refresh_backfills(self) -> None:
+        """Carry out every applied backfill not yet loaded: read the offline store's newest
+        features, keep the load in the run directory and write its progress lines (stamped in
+        simulated time). One kept before a restart is loaded again, and logged only once."""
+        if not any(
+            e.action == BACKFILL_ONLINE_STORE and e.id not in self._backfilled
+            for e in self.overrides.entries()
+        ):
+            return
+        with self._backfill_lock:
+            for applied in self.overrides.entries():
+                if applied.action == BACKFILL_ONLINE_STORE and applied.id not in self._backfilled:
+                    self.store.add(self._backfill(applied))
+                    self._backfilled.add(applied.id)
+
+    def _backfill(self, applied: Applied) -> Snapshot:
+        kept = self.ctx.paths.run / BACKFILLS_DIR / f"{applied.id}.parquet"
+        if kept.is_file():
+            return snapshot_of(applied.effective_at, pl.read_parquet(kept))
+        frame = store.materialize(
+            offline_latest(self.ctx.paths.duckdb, applied.requested_at), applied.effective_at
+        )
+        newest = frame["event_timestamp"].max() if frame.height else None
+        service = CATALOG[BACKFILL_ONLINE_STORE].service
+        for line in progress.online_backfill(
+            applied.id,
+            applied.requested_at,
+            applied.effective_at,
+            frame.height,
+            newest,  # type: ignore[arg-type]
+        ):
+            self.ctx.log_at(line.ts, service, "info", line.event, line.message, **line.attrs)
+        # Whole or not at all: a restart finds either the finished load or none.
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        partial = kept.with_suffix(".partial")
+        frame.write_parquet(partial)
+        partial.replace(kept)
+        return snapshot_of(applied.effective_at, frame)
+
+    def watch(self, stop: threading.Event) -> None:
+        """Look for newly applied backfills until `stop` is set (a thread of the running app)."""
+        while not stop.wait(WATCH_EVERY):
+            try:
+                self.refresh_backfills()
+            except Exception as exc:  # a bad backfill must not stop the server answering
+                self.ctx.log_as(
+                    CATALOG[BACKFILL_ONLINE_STORE].service,
+                    "error",
+                    "backfill_failed",
+                    f"online-store backfill failed: {exc}",
+                )
+
     def store_age(self) -> float:
         now = self.ctx.now()
         snapshot = self.store.at(now)
@@ -314,6 +424,7 @@ class LiveModelServer:
         self, items: list[PredictRequest], now: dt.datetime, batch: bool
     ) -> tuple[list[int | None], np.ndarray]:
         values = np.full((len(items), len(self.columns)), np.nan)
+        self.refresh_backfills()
         snapshot = self.store.at(now)
         stored = (
             self.refilled.values(snapshot, self.overrides.fill_values(now)) if snapshot else None
@@ -539,8 +650,25 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     metrics.store_age.set_function(live.store_age)
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Backfills applied from the ops console are carried out while nobody asks, too.
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=live.watch, args=(stop,), name="online-backfills", daemon=True
+        )
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
     app = FastAPI(
-        title="model-server", version=live.record.model_version, docs_url=None, redoc_url=None
+        title="model-server",
+        version=live.record.model_version,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
     )
     # Innermost: the middleware added below sees its refusals.
     limits.install(app, settings or Settings())

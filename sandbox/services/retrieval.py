@@ -7,21 +7,31 @@ encodes queries with the encoder it is configured with and searches whatever ind
 Every search is written to the telemetry spool (the `retrieval.search_log` columns) before it is
 answered; an agent's click on a suggestion arrives later through `POST /feedback`.
 
+A rebuild of the index applied from the ops console (`rebuild-index`) is carried out here: every
+help-center article is re-embedded with the encoder serving when it was requested, the new index
+is kept in the run directory, and searches use it from the change's effective time (simulated);
+its progress is in the service's logs, each line at its simulated time.
+
     python -m sandbox.services.retrieval --world DIR --port P
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
+import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import faiss
+import polars as pl
 from fastapi import FastAPI, HTTPException, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,6 +44,9 @@ from prometheus_client import (
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandbox.actions import progress
+from sandbox.actions.catalog import REBUILD_INDEX
+from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.base import HookContext
 from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.pipeline import registry, retrieve
@@ -56,6 +69,8 @@ MAX_K = 20
 # Clicks arrive within minutes of a search; older requests are forgotten first.
 RECENT_REQUESTS = 10_000
 LOGGED_PATHS = ("/search", "/feedback")
+REBUILDS_DIR = "index-rebuilds"  # under the run directory: one index per applied rebuild
+WATCH_EVERY = 0.5  # wall seconds between looks at the applied actions
 
 
 class SearchRequest(BaseModel):
@@ -92,13 +107,35 @@ def _registry_encoders(mlflow_dir: Path) -> tuple[retrieve.Encoder, str, dict[in
     return retrieve.Encoder(int(version), pipeline), current["version"], by_encoder
 
 
-def _article_titles(duckdb_path: Path) -> dict[int, str]:
+def _articles(duckdb_path: Path) -> pl.DataFrame:
+    """The help-center articles as the warehouse holds them (what a rebuild re-embeds)."""
     con = duckdb.connect(str(duckdb_path), read_only=True)
     try:
-        rows = con.execute("SELECT article_id, title FROM retrieval.help_articles").fetchall()
+        rows = con.execute(
+            "SELECT article_id, title, body FROM retrieval.help_articles ORDER BY article_id"
+        ).fetchall()
     finally:
         con.close()
-    return {int(article_id): str(title) for article_id, title in rows}
+    return pl.DataFrame(
+        rows,
+        schema={"article_id": pl.Int64, "title": pl.Utf8, "body": pl.Utf8},
+        orient="row",
+    )
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """An index rebuilt from the ops console, searched from `effective_at` (simulated) on."""
+
+    change_id: str
+    effective_at: dt.datetime
+    index: retrieve.ArticleIndex
+
+
+def names_encoder(meta: dict[str, object]) -> bool:
+    """Whether the team's index ids name the encoder that built them (`...-e1`), as the loaded
+    index's does: a rebuild is named the way the builds before it were."""
+    return str(meta.get("index_version", "")).endswith(f"-e{meta.get('encoder_version')}")
 
 
 class Metrics:
@@ -153,15 +190,28 @@ class RetrievalService:
         base, base_registry_version, self._registry_versions = _registry_encoders(ctx.paths.mlflow)
         self._registry_versions[base.version] = base_registry_version
         self.base = base
-        self.index = retrieve.load_index(ctx.paths.indexes)
+        self.original = retrieve.load_index(ctx.paths.indexes)
+        self.index = self.original
         self.index_version = str(self.index.meta["index_version"])
-        self.titles = _article_titles(ctx.paths.duckdb)
+        self.articles = _articles(ctx.paths.duckdb)
+        self.titles = dict(
+            zip(
+                self.articles["article_id"].to_list(), self.articles["title"].to_list(), strict=True
+            )
+        )
         self.metrics = Metrics()
         self._lock = threading.Lock()
+        # Rebuilds applied from the ops console, in the order they take effect.
+        self.overrides = Overrides(ctx.paths.run)
+        self._rebuilds: list[Rebuild] = []
+        self._rebuild_lock = threading.Lock()
         # request_id -> (the session that searched, or None for production; articles shown)
         self._recent: OrderedDict[int, tuple[str | None, list[int]]] = OrderedDict()
         self._day: int | None = None
         self._current: LoadedEncoder | None = None
+        # Every rebuild applied before a restart, and the index in effect now.
+        self.refresh_rebuilds()
+        self.index_at(self.ctx.now())
         self.ctx.log(
             "info",
             "index_loaded",
@@ -171,13 +221,17 @@ class RetrievalService:
         )
         self.current()  # load today's encoder before the first request
 
+    def encoder_on(self, day: int) -> retrieve.Encoder:
+        """The encoder production runs on `day` (simulated)."""
+        hook = HookContext(self.seed, day, self.ctx.calendar)
+        return self.ctx.fault_set.apply("retrieve.query_encoder", self.base, hook)
+
     def current(self) -> LoadedEncoder:
         """The encoder serving today (simulated): what production runs on this day."""
         day = self.ctx.calendar.day_of(self.ctx.now())
         with self._lock:
             if day != self._day or self._current is None:
-                hook = HookContext(self.seed, day, self.ctx.calendar)
-                encoder = self.ctx.fault_set.apply("retrieve.query_encoder", self.base, hook)
+                encoder = self.encoder_on(day)
                 previous = self._current
                 self._current = LoadedEncoder(encoder, self._registry_versions.get(encoder.version))
                 self._day = day
@@ -187,8 +241,7 @@ class RetrievalService:
 
     def _announce(self, loaded: LoadedEncoder) -> None:
         version = loaded.encoder.version
-        self.metrics.loaded.clear()
-        self.metrics.loaded.labels(str(version), self.index_version).set(1)
+        self._show_loaded(loaded)
         self.ctx.log(
             "info",
             "encoder_loaded",
@@ -198,6 +251,83 @@ class RetrievalService:
             index_version=self.index_version,
         )
 
+    def _show_loaded(self, loaded: LoadedEncoder) -> None:
+        self.metrics.loaded.clear()
+        self.metrics.loaded.labels(str(loaded.encoder.version), self.index_version).set(1)
+
+    # -- rebuilds applied from the ops console ---------------------------------------------------
+    def refresh_rebuilds(self) -> None:
+        """Carry out every applied rebuild not yet done: re-embed the articles, keep the index in
+        the run directory and write its progress lines (stamped in simulated time). A rebuild
+        already kept (before a restart) is loaded again, and logged only once."""
+        done = {r.change_id for r in self._rebuilds}
+        if not any(
+            e.action == REBUILD_INDEX and e.id not in done for e in self.overrides.entries()
+        ):
+            return
+        with self._rebuild_lock:
+            done = {r.change_id for r in self._rebuilds}
+            todo = [
+                e
+                for e in self.overrides.entries()
+                if e.action == REBUILD_INDEX and e.id not in done
+            ]
+            built = [self._rebuild(applied) for applied in todo]
+            # Replaced whole: a search reading the list meanwhile sees the old one or the new.
+            self._rebuilds = sorted([*self._rebuilds, *built], key=lambda r: r.effective_at)
+
+    def _rebuild(self, applied: Applied) -> Rebuild:
+        kept = self.ctx.paths.run / REBUILDS_DIR / applied.id
+        if kept.is_dir():
+            return Rebuild(applied.id, applied.effective_at, retrieve.load_index(kept))
+        encoder = self.encoder_on(self.ctx.calendar.day_of(applied.requested_at))
+        built_on = applied.effective_at.date()
+        index = retrieve.rebuilt(
+            retrieve.build_index(encoder, self.articles, built_on),
+            built_on,
+            names_encoder(self.original.meta),
+        )
+        version = str(index.meta["index_version"])
+        for line in progress.index_rebuild(
+            applied.id,
+            applied.requested_at,
+            applied.effective_at,
+            int(index.index.ntotal),
+            registry.TICKET_ENCODER,
+            encoder.version,
+            version,
+        ):
+            self.ctx.log_at(line.ts, SERVICE, "info", line.event, line.message, **line.attrs)
+        # Whole or not at all: a restart finds either the finished index or none.
+        partial = kept.with_name(kept.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        index.save(partial)
+        partial.replace(kept)
+        return Rebuild(applied.id, applied.effective_at, index)
+
+    def index_at(self, now: dt.datetime) -> retrieve.ArticleIndex:
+        """The index searched at `now`: the latest rebuild in effect, or the one the world left."""
+        index = self.original
+        for rebuild in self._rebuilds:
+            if rebuild.effective_at <= now:
+                index = rebuild.index
+        if index is not self.index:
+            with self._lock:
+                self.index = index
+                self.index_version = str(index.meta["index_version"])
+                if self._current is not None:
+                    self._show_loaded(self._current)
+        return index
+
+    def watch(self, stop: threading.Event) -> None:
+        """Look for newly applied rebuilds until `stop` is set (a thread of the running app)."""
+        while not stop.wait(WATCH_EVERY):
+            try:
+                self.refresh_rebuilds()
+                self.index_at(self.ctx.now())
+            except Exception as exc:  # a bad rebuild must not stop the service answering
+                self.ctx.log("error", "index_rebuild_failed", f"index rebuild failed: {exc}")
+
     def search(self, req: SearchRequest, session_id: str | None = None) -> dict[str, Any]:
         """Suggest articles; a session's search is spooled as its own and counted nowhere else."""
         started = time.perf_counter()
@@ -205,7 +335,10 @@ class RetrievalService:
         # request threads; on a busy host one query then waits ~20 ms at an OpenMP barrier.
         faiss.omp_set_num_threads(1)
         encoder = self.current().encoder
-        ids, scores = self.index.search(encoder.encode([req.text]), req.k)
+        self.refresh_rebuilds()
+        index = self.index_at(self.ctx.now())
+        index_version = str(index.meta["index_version"])
+        ids, scores = index.search(encoder.encode([req.text]), req.k)
         found = [(int(i), round(float(s), 4)) for i, s in zip(ids[0], scores[0], strict=True)]
         found = [(i, s) for i, s in found if i >= 0]
         elapsed = time.perf_counter() - started
@@ -224,7 +357,7 @@ class RetrievalService:
                     "top_k_scores": [s for _, s in found],
                     "top1_score": top1,
                     "encoder_version": encoder.version,
-                    "index_version": self.index_version,
+                    "index_version": index_version,
                     "latency_ms": round(elapsed * 1000, 2),
                     "clicked_article_id": None,
                     "click_rank": None,
@@ -237,7 +370,7 @@ class RetrievalService:
             while len(self._recent) > RECENT_REQUESTS:
                 self._recent.popitem(last=False)
         if session_id is None:
-            self.metrics.searches.labels(str(encoder.version), self.index_version).inc()
+            self.metrics.searches.labels(str(encoder.version), index_version).inc()
             self.metrics.latency.observe(elapsed)
             if top1 is not None:
                 self.metrics.top1.observe(top1)
@@ -248,7 +381,7 @@ class RetrievalService:
                 for rank, (i, s) in enumerate(found, start=1)
             ],
             "encoder_version": encoder.version,
-            "index_version": self.index_version,
+            "index_version": index_version,
             "request_ts": request_ts,
         }
 
@@ -288,16 +421,17 @@ class RetrievalService:
 
     def metadata(self) -> dict[str, Any]:
         loaded = self.current()
+        index = self.index_at(self.ctx.now())
         return {
             "service": SERVICE,
             "encoder_name": registry.TICKET_ENCODER,
             "encoder_version": loaded.encoder.version,
             "encoder_uri": ENCODER_URI,
             "encoder_registry_version": loaded.registry_version,
-            "index_version": self.index_version,
-            "index_metadata": self.index.meta,
-            "article_count": int(self.index.index.ntotal),
-            "dimension": int(self.index.index.d),
+            "index_version": str(index.meta["index_version"]),
+            "index_metadata": index.meta,
+            "article_count": int(index.index.ntotal),
+            "dimension": int(index.index.d),
         }
 
 
@@ -355,7 +489,21 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     """The retrieval service over a built world; loads encoder and index before returning."""
     ctx = ServiceContext(Path(world), SERVICE)
     service = RetrievalService(ctx)
-    app = FastAPI(title="Retrieval service", version="1")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Rebuilds applied from the ops console are carried out while nobody searches, too.
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=service.watch, args=(stop,), name="index-rebuilds", daemon=True
+        )
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    app = FastAPI(title="Retrieval service", version="1", lifespan=lifespan)
     # Innermost: the middleware added below sees its refusals.
     limits.install(app, settings or Settings())
     app.state.service = service

@@ -1,0 +1,215 @@
+"""Backfilling the online store from the ops console, on a running stack of a world whose online
+store computes a feature differently from the offline store (online-offline-skew).
+
+`backfill-online-store` loads the offline store's newest features into the online store; from its
+effective time (two simulated hours later) the live model server serves them, so the skewed
+feature moves toward the same-seed control world's, and until then nothing changes. Its progress
+is in the materialization job's logs as simulated time passes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import duckdb
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG
+from sandbox.layout import WorldPaths
+from sandbox.pipeline import deploy
+from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.services import spool
+from sandbox.services.common import ServiceContext
+from sandbox.services.model_server import LiveModelServer
+from sandbox.testing import Worlds
+from sandbox.world.build import BuildSummary
+from tests.services.running import Stack, running_stack
+from tests.waiting import until
+
+CUSTOMERS = 200  # skewed customers the test asks about
+
+
+@pytest.fixture(scope="module")
+def skewed(worlds: Worlds) -> BuildSummary:
+    return worlds.get("version-mismatch")
+
+
+@pytest.fixture(scope="module")
+def backfilling(skewed: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own whose only session has actions on; simulated time moves at wall speed,
+    and the test moves it further with the interviewer's fast-forward."""
+    with running_stack(skewed, tmp_path_factory, 1.0, session_options=("--actions", "on")) as stack:
+        yield stack
+
+
+def _metadata(stack: Stack) -> dict:
+    reply = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
+    return reply.json()
+
+
+def _now(stack: Stack) -> dt.datetime:
+    return dt.datetime.fromisoformat(_metadata(stack)["now"])
+
+
+def _forward(stack: Stack, hours: float) -> dt.datetime:
+    reply = httpx.post(
+        f"{stack.url}/api/sessions/{stack.session_id}/clock/forward",
+        json={"hours": hours},
+        headers=stack.interviewer,
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    target = dt.datetime.fromisoformat(reply.json()["now"])
+    until(lambda: _now(stack) >= target, "the model server on the forwarded clock")
+    return target
+
+
+def _snapshot(paths: WorldPaths, at: dt.datetime) -> pl.DataFrame:
+    _, path = [s for s in deploy.online_snapshots(paths.online_store) if s[0] <= at][-1]
+    return pl.read_parquet(path, columns=["customer_id", *MODEL_FEATURES]).sort("customer_id")
+
+
+def _offline(paths: WorldPaths, at: dt.datetime) -> pl.DataFrame:
+    """Each customer's row of the newest feature day the offline store held at `at`."""
+    with duckdb.connect(str(paths.duckdb), read_only=True) as con:
+        rows = con.execute(
+            f"SELECT customer_id, {', '.join(MODEL_FEATURES)} "
+            "FROM feature_store.customer_features WHERE created_timestamp <= $at "
+            "QUALIFY event_timestamp = max(event_timestamp) OVER () ORDER BY customer_id",
+            {"at": at},
+        ).fetchall()
+    return pl.DataFrame(rows, schema=["customer_id", *MODEL_FEATURES], orient="row")
+
+
+def _served(stack: Stack, customers: list[int]) -> pl.DataFrame:
+    reply = httpx.post(
+        stack.url + "/services/model/predict/batch",
+        json={"requests": [{"customer_id": c} for c in customers]},
+        headers=stack.candidate,
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    rows = reply.json()["predictions"]
+    return pl.DataFrame(
+        {"customer_id": [r["customer_id"] for r in rows]}
+        | {f: [r["features"][f] for r in rows] for f in MODEL_FEATURES},
+        schema={"customer_id": pl.Int64, **dict.fromkeys(MODEL_FEATURES, pl.Float64)},
+    )
+
+
+def _progress(stack: Stack, change_id: str) -> list[tuple[str, str]]:
+    rows = stack.sql(
+        "SELECT event, message FROM telemetry.logs WHERE service = 'materialization' "
+        f"AND attrs LIKE '%{change_id}%' AND event LIKE 'backfill_%' ORDER BY ts"
+    )["rows"]
+    return [(r[0], r[1]) for r in rows]
+
+
+def test_a_backfill_serves_the_offline_features_toward_the_control_world(
+    backfilling: Stack, control_world: BuildSummary
+) -> None:
+    paths, control = WorldPaths(backfilling.world), WorldPaths(control_world.root)
+    now = _now(backfilling)
+    online, offline = _snapshot(paths, now), _offline(paths, now)
+    # The features the online store serves differently from the offline store, and the customers
+    # they differ for.
+    joined = online.join(offline, on="customer_id", suffix="_offline")
+    skewed = [
+        f
+        for f in MODEL_FEATURES
+        if (joined[f] - joined[f"{f}_offline"]).abs().fill_null(0).max() > 1e-6  # type: ignore[operator]
+    ]
+    assert skewed, "the fault's feature differs online"
+    feature = skewed[0]
+    customers = (
+        joined.filter((pl.col(feature) - pl.col(f"{feature}_offline")).abs() > 1e-6)
+        .head(CUSTOMERS)["customer_id"]
+        .to_list()
+    )
+    assert len(customers) == CUSTOMERS
+    truth = _snapshot(control, now).filter(pl.col("customer_id").is_in(customers))
+
+    def gap(served: pl.DataFrame) -> float:
+        """Mean distance of the skewed feature from the control world's, same customers."""
+        both = served.join(truth, on="customer_id", suffix="_control")
+        return float((both[feature] - both[f"{feature}_control"]).abs().mean())  # type: ignore[arg-type]
+
+    before = _served(backfilling, customers)
+    assert (
+        before[feature].to_list()
+        == online.filter(pl.col("customer_id").is_in(customers))[feature].to_list()
+    )
+
+    reply = httpx.post(
+        backfilling.url + "/api/actions",
+        json={"action": BACKFILL_ONLINE_STORE, "params": {}},
+        headers=backfilling.candidate,
+        timeout=10,
+    )
+    assert reply.status_code == 202, reply.text
+    applied = reply.json()
+    requested = dt.datetime.fromisoformat(applied["requested_at"])
+    effective = dt.datetime.fromisoformat(applied["effective_at"])
+    assert effective - requested == CATALOG[BACKFILL_ONLINE_STORE].delay
+    started = until(lambda: _progress(backfilling, applied["id"]), "the backfill started")
+    assert [event for event, _ in started] == ["backfill_started"]
+
+    # Halfway: some customers recomputed, the same features served.
+    _forward(backfilling, 1.0)
+    halfway = until(
+        lambda: [m for e, m in _progress(backfilling, applied["id"]) if e == "backfill_progress"],
+        "progress lines in the logs",
+    )
+    assert 0 < len(halfway) < 6
+    assert all(m.startswith("recomputed features for ") for m in halfway)
+    assert _served(backfilling, customers).equals(before)
+
+    # From the load on, the offline store's features are served (until the next 04:00 load).
+    later = _forward(backfilling, 1.1)
+    assert effective <= later < effective.replace(hour=4, minute=0, second=0, microsecond=0)
+    assert dt.datetime.fromisoformat(_metadata(backfilling)["online_store"]["loaded_at"]) == (
+        effective
+    )
+    after = _served(backfilling, customers)
+    expected = _offline(paths, requested).filter(pl.col("customer_id").is_in(customers))
+    assert np.allclose(after[feature].to_numpy(), expected[feature].to_numpy(), equal_nan=True)
+    assert gap(after) < gap(before) / 2, (gap(before), gap(after))
+    lines = until(
+        lambda: (
+            (found := _progress(backfilling, applied["id"]))[-1][0] == "backfill_loaded" and found
+        ),
+        "the load in the logs",
+    )
+    assert lines[-1][1].startswith(f"online store loaded: {offline.height} rows")
+    applied_line = (
+        "SELECT service FROM telemetry.logs WHERE event = 'change_applied' "
+        f"AND attrs LIKE '%{applied['id']}%'"
+    )
+    assert backfilling.scalar(applied_line) == "materialization"
+
+    # A restarted server serves the kept load at once, without backfilling or logging again
+    # (a second instance on the same run directory, under a name of its own).
+    restarted = LiveModelServer(ServiceContext(backfilling.world, "model-server-restarted"))
+    kept = restarted.store.at(later)
+    assert kept is not None and kept.loaded_at == effective
+    row = kept.rows[customers[0]]
+    assert kept.values[row, MODEL_FEATURES.index(feature)] == after[feature][0]
+    for service in ("model-server", "model-server-restarted"):
+        path = spool.spool_path(backfilling.world / "run", service, "telemetry.logs")
+        lines, _ = spool.read_new(path, 0) if path.exists() else ([], 0)
+        assert sum(line["event"] == "backfill_started" for line in lines) == (
+            service == "model-server"
+        )
+
+    review = httpx.get(
+        f"{backfilling.url}/api/sessions/{backfilling.session_id}/review",
+        headers=backfilling.interviewer,
+        timeout=30,
+    ).json()
+    assert {a["id"]: a["verdict"] for a in review["actions"]} == {
+        BACKFILL_ONLINE_STORE: "mitigates"
+    }

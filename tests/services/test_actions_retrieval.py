@@ -1,0 +1,207 @@
+"""Rebuilding the article index from the ops console, on a running stack of the embedding world.
+
+The world's fault upgraded the ticket encoder without rebuilding the help-article index, so the
+live searches rarely suggest an article that covers the ticket's problem. `rebuild-index`
+re-embeds the articles with the deployed encoder; from its effective time (three simulated hours
+later) the same searches find relevant articles about as often as the same-seed control world's
+service does, and until then nothing changes. Its progress is in the candidate's logs as simulated
+time passes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+
+import duckdb
+import httpx
+import numpy as np
+import pytest
+
+from sandbox.actions.catalog import CATALOG, REBUILD_INDEX
+from sandbox.layout import WorldPaths
+from sandbox.pipeline import registry, retrieve
+from sandbox.services import spool
+from sandbox.services.common import ServiceContext
+from sandbox.services.retrieval import ENCODER_URI, SERVICE, RetrievalService
+from sandbox.services.traffic import _relevant_articles
+from sandbox.testing import Worlds
+from sandbox.world.build import BuildSummary
+from tests.services.running import Stack, running_stack
+from tests.waiting import until
+
+QUERIES = 60  # tickets searched again at each step
+
+
+@pytest.fixture(scope="module")
+def embedding(worlds: Worlds) -> BuildSummary:
+    return worlds.get("embedding")
+
+
+@pytest.fixture(scope="module")
+def rebuilding(
+    embedding: BuildSummary, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A stack of its own whose only session has actions on; simulated time moves at wall speed,
+    and the test moves it further with the interviewer's fast-forward."""
+    with running_stack(
+        embedding, tmp_path_factory, 1.0, session_options=("--actions", "on")
+    ) as stack:
+        yield stack
+
+
+def _queries(world: BuildSummary) -> list[tuple[str, frozenset[int]]]:
+    """Tickets' texts with the articles that cover each one's problem (the interviewer's truth,
+    as the live agents judge a suggestion)."""
+    paths = WorldPaths(world.root)
+    with duckdb.connect(str(paths.duckdb), read_only=True) as con:
+        since, end = con.execute(
+            "SELECT min(created_at), max(created_at) + INTERVAL 1 SECOND FROM raw.support_tickets"
+        ).fetchone()  # type: ignore[misc]
+        relevant = _relevant_articles(con, paths.truth, since, end)
+        texts = con.execute(
+            "SELECT ticket_id, body FROM raw.support_tickets ORDER BY ticket_id"
+        ).fetchall()
+    found = [(text, relevant[t]) for t, text in texts if text and relevant.get(t)]
+    return found[:: max(1, len(found) // QUERIES)][:QUERIES]
+
+
+def _hits(ranked: list[list[int]], queries: list[tuple[str, frozenset[int]]]) -> float:
+    """The share of searches with a relevant article among the suggestions."""
+    return float(
+        np.mean([bool(set(ids) & rel) for ids, (_, rel) in zip(ranked, queries, strict=True)])
+    )
+
+
+def _control_hits(control: BuildSummary, queries: list[tuple[str, frozenset[int]]]) -> float:
+    """The same searches as the control world's service answers them: its production encoder
+    against its article index."""
+    paths = WorldPaths(control.root)
+    encoder = retrieve.Encoder(1, registry.load_model(paths.mlflow, ENCODER_URI))
+    ids, _ = retrieve.load_index(paths.indexes).search(
+        encoder.encode([text for text, _ in queries]), retrieve.TOP_K
+    )
+    return _hits([[int(i) for i in row] for row in ids], queries)
+
+
+def _live(stack: Stack, queries: list[tuple[str, frozenset[int]]]) -> tuple[float, set[str]]:
+    """The live service's answers to the searches, as the candidate's session: the share with a
+    relevant article, and the index versions searched."""
+    ranked, versions = [], set()
+    with httpx.Client(base_url=stack.url, headers=stack.candidate, timeout=10) as client:
+        for text, _ in queries:
+            reply = client.post(
+                "/services/retrieval/search", json={"text": text, "k": retrieve.TOP_K}
+            )
+            assert reply.status_code == 200, reply.text
+            answer = reply.json()
+            ranked.append([r["article_id"] for r in answer["results"]])
+            versions.add(answer["index_version"])
+    return _hits(ranked, queries), versions
+
+
+def _retrieval_now(stack: Stack) -> dt.datetime:
+    reply = httpx.get(stack.url + "/services/retrieval/health", headers=stack.candidate, timeout=10)
+    return dt.datetime.fromisoformat(reply.json()["now"])
+
+
+def _forward(stack: Stack, hours: float) -> dt.datetime:
+    """Fast-forward as the interviewer; returns once the retrieval service's clock is there."""
+    reply = httpx.post(
+        f"{stack.url}/api/sessions/{stack.session_id}/clock/forward",
+        json={"hours": hours},
+        headers=stack.interviewer,
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    target = dt.datetime.fromisoformat(reply.json()["now"])
+    until(lambda: _retrieval_now(stack) >= target, "the retrieval service on the forwarded clock")
+    return target
+
+
+def _progress(stack: Stack, change_id: str) -> list[str]:
+    """The rebuild's lines in the candidate's logs so far, oldest first."""
+    rows = stack.sql(
+        "SELECT message FROM telemetry.logs WHERE service = 'retrieval' "
+        f"AND attrs LIKE '%{change_id}%' AND event LIKE 'index_%' ORDER BY ts"
+    )["rows"]
+    return [r[0] for r in rows]
+
+
+def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
+    rebuilding: Stack, embedding: BuildSummary, control_world: BuildSummary
+) -> None:
+    queries = _queries(embedding)
+    assert len(queries) == QUERIES
+    control = _control_hits(control_world, queries)
+    before, versions = _live(rebuilding, queries)
+    (original,) = versions
+    assert control - before > 0.3, (control, before)
+
+    reply = httpx.post(
+        rebuilding.url + "/api/actions",
+        json={"action": REBUILD_INDEX, "params": {}},
+        headers=rebuilding.candidate,
+        timeout=10,
+    )
+    assert reply.status_code == 202, reply.text
+    applied = reply.json()
+    requested = dt.datetime.fromisoformat(applied["requested_at"])
+    effective = dt.datetime.fromisoformat(applied["effective_at"])
+    assert effective - requested == CATALOG[REBUILD_INDEX].delay
+
+    # The service starts at once; its progress shows only as simulated time reaches each line.
+    started = until(lambda: _progress(rebuilding, applied["id"]), "the rebuild started")
+    assert started[0].startswith("rebuilding article index with ticket-encoder version 2")
+    assert not any("re-embedded" in line for line in started)
+
+    # Halfway: some articles re-embedded, searches as before.
+    _forward(rebuilding, 1.5)
+    halfway = until(
+        lambda: [m for m in _progress(rebuilding, applied["id"]) if "re-embedded" in m],
+        "progress lines in the logs",
+    )
+    assert 0 < len(halfway) < 6
+    assert all(re.fullmatch(r"re-embedded \d+ of 288 articles", m) for m in halfway)
+    assert _live(rebuilding, queries) == (before, {original})
+
+    # From the swap on, the rebuilt index answers, and the symptom is back near control.
+    _forward(rebuilding, 1.6)
+    after, versions = _live(rebuilding, queries)
+    assert versions == {f"articles-{effective:%Y%m%d}-e2"}
+    assert abs(control - after) < (control - before) / 4, (control, before, after)
+    lines = until(
+        lambda: (found := _progress(rebuilding, applied["id"]))[-1].startswith("loaded") and found,
+        "the swap in the logs",
+    )
+    assert "re-embedded 288 of 288 articles" in lines
+    assert lines[-1] == f"loaded article index articles-{effective:%Y%m%d}-e2 (288 articles)"
+    applied_line = (
+        "SELECT service FROM telemetry.logs WHERE event = 'change_applied' "
+        f"AND attrs LIKE '%{applied['id']}%'"
+    )
+    assert rebuilding.scalar(applied_line) == "retrieval"
+    meta = httpx.get(
+        rebuilding.url + "/services/retrieval/metadata", headers=rebuilding.candidate, timeout=10
+    ).json()
+    assert meta["index_metadata"]["encoder_version"] == meta["encoder_version"] == 2
+
+    # A restarted service searches the kept index at once, without rebuilding or logging again
+    # (a second instance on the same run directory, under a name of its own).
+    restarted = RetrievalService(ServiceContext(rebuilding.world, "retrieval-restarted"))
+    assert restarted.index_at(effective).meta == meta["index_metadata"]
+    assert restarted.index_at(requested).meta["index_version"] == original
+    for service in (SERVICE, "retrieval-restarted"):
+        path = spool.spool_path(rebuilding.world / "run", service, "telemetry.logs")
+        lines, _ = spool.read_new(path, 0) if path.exists() else ([], 0)
+        assert sum(line["event"] == "index_rebuild_started" for line in lines) == (
+            service == SERVICE
+        )
+
+    review = httpx.get(
+        f"{rebuilding.url}/api/sessions/{rebuilding.session_id}/review",
+        headers=rebuilding.interviewer,
+        timeout=30,
+    ).json()
+    assert {a["id"]: a["verdict"] for a in review["actions"]} == {REBUILD_INDEX: "fixes"}
