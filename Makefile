@@ -10,10 +10,21 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 .PHONY: demo test test-fast lint system-tools benchmark clean
 
-# Bytecode is written the first time a module is imported. Where PYTHONDONTWRITEBYTECODE is set,
-# every process of a stack would compile scikit-learn, pandas and MLflow from source at each
-# start; compiling all of the virtualenv at install instead costs 25 s more than the imports do.
+# Bytecode is written the first time a module is imported: where PYTHONDONTWRITEBYTECODE is set,
+# every process of a stack would compile scikit-learn, pandas and MLflow from source at each start.
 unexport PYTHONDONTWRITEBYTECODE
+
+# What the processes of a stack, a build and the tests import, imported once at install in two
+# processes: their bytecode (and the package's own) is written before the first run, whose
+# processes would otherwise each compile it at the same time. Compiling the whole virtualenv
+# instead takes longer than these imports; most of it is never imported.
+WARM_STACK := sandbox.cli sandbox.world.build sandbox.services.model_server \
+	sandbox.services.retrieval sandbox.services.gateway.app sandbox.services.jobs \
+	sandbox.services.traffic mlflow.server.fastapi_app
+WARM_CHECKS := sandbox.monitor.drift evidently.legacy.calculations.stattests.registry \
+	evidently.presets playwright.sync_api schemathesis xdist
+WARM := $(VENV)/bin/python -W ignore -c \
+	'import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]'
 
 # uv installs the pinned set from the same index in seconds where pip takes minutes; its version
 # is pinned in constraints.txt with the rest.
@@ -21,6 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt uv
 	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -c constraints.txt -e '.[dev]'
+	$(WARM) $(WARM_STACK) & $(WARM) $(WARM_CHECKS); status=$$?; wait $$! && exit $$status
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
