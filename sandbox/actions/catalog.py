@@ -22,6 +22,7 @@ MOVE_ALIAS = "move-alias"
 ROLLBACK = "rollback-deploy"
 REBUILD_INDEX = "rebuild-index"
 BACKFILL_ONLINE_STORE = "backfill-online-store"
+RETRAIN = "retrain"
 
 
 class NoParams(BaseModel):
@@ -210,10 +211,13 @@ ACTIONS: tuple[Action, ...] = (
         _minutes(5),
     ),
     Action(
-        "retrain",
-        "Train a new model version on the latest data and deploy it.",
+        RETRAIN,
+        "Train a new churn-model version on the latest score dates whose labels are old enough, "
+        "as the scheduled training job does, and deploy it (the servers keep their threshold).",
         RetrainParams,
         dt.timedelta(hours=6),
+        available=True,
+        service="training",
     ),
 )
 CATALOG: dict[str, Action] = {a.id: a for a in ACTIONS}

@@ -11,7 +11,9 @@ they take effect, as a release team's would:
   follows the alias loads;
 - `rollback-deploy` goes back to the deployment before the current one, pinned (the alias still
   points at the version rolled away from);
-- `set-decision-threshold` changes the threshold of the deployment in place.
+- `set-decision-threshold` changes the threshold of the deployment in place;
+- `retrain` registers a new version (the one after the latest registered or retrained) and
+  loads it, pinned, with the threshold the servers use now (the model server trains it).
 
 A version the servers served before comes back with the threshold it was served with (its
 deployment config); one never served keeps the threshold the servers use now. The registry file is
@@ -31,13 +33,13 @@ from typing import Any
 
 import duckdb
 
-from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, ROLLBACK, SET_THRESHOLD
+from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, RETRAIN, ROLLBACK, SET_THRESHOLD
 from sandbox.actions.overrides import Applied
 from sandbox.pipeline import deploy, registry
 
 CHAMPION = registry.CHAMPION
 MODEL = registry.CHURN_MODEL
-DEPLOYMENT_ACTIONS = (PIN_VERSION, MOVE_ALIAS, ROLLBACK, SET_THRESHOLD)
+DEPLOYMENT_ACTIONS = (PIN_VERSION, MOVE_ALIAS, ROLLBACK, SET_THRESHOLD, RETRAIN)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Deployment:
     history: tuple[tuple[str, float], ...] = ()
     since: dt.datetime | None = None  # when the latest change took effect (None: as left)
     changed: bool = False  # whether any applied action is in effect
+    latest: int = 0  # the newest version number registered or retrained so far
 
     @property
     def model_uri(self) -> str:
@@ -99,6 +102,9 @@ class Deployment:
                 history=history,
                 since=at,
             )
+        if entry.action == RETRAIN:
+            version = state.latest + 1
+            return replace(state, latest=version)._deploy(str(version), False, at)
         if entry.action == SET_THRESHOLD:
             threshold = float(params["threshold"])
             history = (*state.history[:-1], (state.version, threshold))
@@ -113,6 +119,18 @@ def in_effect(base: Deployment, entries: Iterable[Applied], now: dt.datetime) ->
     for entry in due:
         state = state.apply(entry)
     return state
+
+
+def retrain_versions(latest: int, entries: Iterable[Applied]) -> dict[str, str]:
+    """The version each applied retrain registers, by change id: numbered after `latest` in the
+    order they take effect (as `in_effect` applies them), whether or not they are in effect yet."""
+    retrains = sorted((e for e in entries if e.action == RETRAIN), key=lambda e: e.effective_at)
+    return {e.id: str(latest + i) for i, e in enumerate(retrains, start=1)}
+
+
+def latest_version(versions: Iterable[str]) -> int:
+    """The newest registered version number (0 for none)."""
+    return max((int(v) for v in versions), default=0)
 
 
 @dataclass
@@ -158,7 +176,10 @@ def deploy_history(world_db: Path) -> list[tuple[str, float]]:
 
 
 def baseline(
-    record: deploy.ModelDeployment, history: list[tuple[str, float]], aliases: dict[str, str]
+    record: deploy.ModelDeployment,
+    history: list[tuple[str, float]],
+    aliases: dict[str, str],
+    latest: int = 0,
 ) -> Deployment:
     """What the world left deployed, before any action."""
     if not history or history[-1][0] != record.model_version:
@@ -171,14 +192,17 @@ def baseline(
         follows_alias="@" in record.model_uri,
         aliases=dict(aliases),
         history=tuple(history),
+        latest=max(latest, int(record.model_version)),
     )
 
 
 def world_baseline(world_db: Path, mlflow_dir: Path, deploy_dir: Path) -> Deployment:
+    found = Registry.read(mlflow_dir)
     return baseline(
         deploy.read_model_deployment(deploy_dir),
         deploy_history(world_db),
-        Registry.read(mlflow_dir).aliases,
+        found.aliases,
+        latest_version(found.versions),
     )
 
 

@@ -11,6 +11,11 @@ out here too: the newest features the offline store holds at the request are loa
 materialization of its own, kept in the run directory, and served from the change's effective
 time (simulated) until the next scheduled load; its progress is in the materialization job's logs.
 
+A retrain (`retrain`) is carried out here as well, as soon as it is applied: the world's training
+job run on the latest data as it stood at the request (`actions.retrain`), the model kept in the
+run directory (`run/retrains/`, not the registry), its progress in the training job's logs, and the
+new version served, pinned, from the change's effective time.
+
     python -m sandbox.services.model_server --world DIR --port P
 """
 
@@ -46,8 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from threadpoolctl import ThreadpoolController
 
 from sandbox import schema
-from sandbox.actions import deployment, progress
-from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG
+from sandbox.actions import deployment, progress, retrain
+from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, RETRAIN
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
@@ -270,7 +275,10 @@ class LiveModelServer:
         # The registered versions the ops console may deploy, and what the world left deployed.
         self.registry = deployment.Registry.read(ctx.paths.mlflow)
         self.baseline = deployment.baseline(
-            self.record, deployment.deploy_history(ctx.paths.duckdb), self.registry.aliases
+            self.record,
+            deployment.deploy_history(ctx.paths.duckdb),
+            self.registry.aliases,
+            deployment.latest_version(self.registry.versions),
         )
         self._features = {self.record.model_version: list(self.record.features)}
         for version in self.registry.versions:
@@ -288,12 +296,15 @@ class LiveModelServer:
         self._backfilled: set[str] = set()
         self._backfill_lock = threading.Lock()
         self.refresh_backfills()  # every backfill applied before a restart
+        self._retrained: dict[str, retrain.Retrained] = {}  # by version
+        self._retrain_lock = threading.Lock()
         # Scoring a few rows on several OpenMP threads costs more in hand-offs than it saves, and
         # on a busy machine the hand-offs dominate the tail: the server scores on its own thread.
         self._openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
         self._one_thread()
         model = registry.load_model(ctx.paths.mlflow, self.record.model_uri)
         self._models: dict[str, Any] = {self.record.model_version: model}
+        self.refresh_retrains()  # every retrain applied before a restart
         self.server = ModelServer(
             self.seed, ctx.calendar, ctx.fault_set, self.record.model_name, LogSink()
         )
@@ -313,6 +324,8 @@ class LiveModelServer:
         """Serve `state`'s version with its threshold (a version loaded once stays in memory)."""
         version = state.version
         if version not in self._models:
+            self.refresh_retrains()
+        if version not in self._models:
             self._models[version] = registry.load_model(
                 self.ctx.paths.mlflow, f"models:/{self.record.model_name}/{version}"
             )
@@ -331,6 +344,65 @@ class LiveModelServer:
         else:
             self.deployed = state
         return state
+
+    # -- retrains applied from the ops console --------------------------------------------------
+    def refresh_retrains(self) -> None:
+        """Carry out every applied retrain not yet trained: train it (or load the one kept before
+        a restart, logged only once), keep it and make its version loadable."""
+        versions = deployment.retrain_versions(self.baseline.latest, self.overrides.entries())
+        if all(v in self._models for v in versions.values()):
+            return
+        with self._retrain_lock:
+            for applied in self.overrides.entries():
+                version = versions.get(applied.id)
+                if version is None or version in self._models:
+                    continue
+                done = retrain.load_kept(self.ctx.paths.run, applied.id) or self._retrain(
+                    applied, version
+                )
+                self._retrained[version] = done
+                self._features[version] = list(done.features)
+                self._models[version] = done.model
+
+    def _retrain(self, applied: Applied, version: str) -> retrain.Retrained:
+        ctx = self.ctx
+        maturity = int(applied.params["label_maturity_days"])
+        # It retrains the version served at the request, on that version's inputs.
+        served = deployment.in_effect(self.baseline, self.overrides.entries(), applied.requested_at)
+        done = retrain.retrain(
+            ctx.paths.duckdb,
+            ctx.calendar,
+            ctx.fault_set,
+            self.seed,
+            version,
+            applied.requested_at,
+            applied.effective_at,
+            maturity,
+            ctx.scenario.world.label_horizon_days,
+            self._features.get(served.version, list(self.record.features)),
+        )
+        retrain.keep(ctx.paths.run, applied.id, done)
+        name = self.record.model_name
+        lines = retrain.lines(
+            applied.id, applied.requested_at, applied.effective_at, name, done, maturity
+        )
+        for service, line in lines:
+            ctx.log_at(line.ts, service, "info", line.event, line.message, **line.attrs)
+        # The servers keep their threshold: the retrain changes the model, not the config.
+        threshold = deployment.in_effect(
+            self.baseline, self.overrides.entries(), applied.effective_at
+        ).threshold
+        ctx.log_at(
+            applied.effective_at,
+            SERVICE,
+            "info",
+            "model_loaded",
+            f"loaded {name} version {version}",
+            model_version=version,
+            threshold=threshold,
+            change_id=applied.id,
+        )
+        return done
 
     def _one_thread(self) -> None:
         # Per call: the setting belongs to the calling thread, and test clients score elsewhere.
@@ -380,6 +452,12 @@ class LiveModelServer:
     def watch(self, stop: threading.Event) -> None:
         """Look for newly applied backfills until `stop` is set (a thread of the running app)."""
         while not stop.wait(WATCH_EVERY):
+            try:
+                self.refresh_retrains()
+            except Exception as exc:  # a failed retrain must not stop the server answering
+                self.ctx.log_as(
+                    CATALOG[RETRAIN].service, "error", "retrain_failed", f"retrain failed: {exc}"
+                )
             try:
                 self.refresh_backfills()
             except Exception as exc:  # a bad backfill must not stop the server answering

@@ -22,7 +22,15 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from sandbox.actions.catalog import ACTIONS, CATALOG, MOVE_ALIAS, PIN_VERSION, ROLLBACK, Action
+from sandbox.actions.catalog import (
+    ACTIONS,
+    CATALOG,
+    MOVE_ALIAS,
+    PIN_VERSION,
+    RETRAIN,
+    ROLLBACK,
+    Action,
+)
 from sandbox.actions.overrides import Applied
 from sandbox.services.gateway.auth import Auth, Caller
 from sandbox.services.gateway.errors import invalid
@@ -142,7 +150,8 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
 def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
     """Record the change where the services read it, and its progress where the logs show it
     (the second line appears once simulated time reaches it)."""
-    versions = _versions(gw, applied) if action.id in (PIN_VERSION, MOVE_ALIAS, ROLLBACK) else {}
+    deploys = (PIN_VERSION, MOVE_ALIAS, ROLLBACK, RETRAIN)
+    versions = _versions(gw, applied) if action.id in deploys else {}
     gw.overrides.append(applied)
     change = ", ".join(f"{k}={v}" for k, v in applied.params.items()) or "no parameters"
     served = ""
