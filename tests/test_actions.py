@@ -16,6 +16,7 @@ from sandbox.actions.catalog import (
     MOVE_ALIAS,
     PIN_VERSION,
     REBUILD_INDEX,
+    RETRAIN,
     ROLLBACK,
     SET_FILL,
     SET_THRESHOLD,
@@ -61,6 +62,7 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         ROLLBACK,
         REBUILD_INDEX,
         BACKFILL_ONLINE_STORE,
+        RETRAIN,
     }
 
 

@@ -70,10 +70,11 @@ def test_an_action_this_version_cannot_apply_says_so_and_changes_nothing(
 ) -> None:
     candidate = bearer(make_session(actions=True)["candidate_token"])
     listed = {a["id"]: a for a in client.get("/api/actions", headers=candidate).json()["actions"]}
-    assert listed["retrain"]["available"] is False and listed[SET_FILL]["available"] is True
+    assert listed["rerun-batch-scoring"]["available"] is False
+    assert listed[SET_FILL]["available"] is True
     reply = client.post(
         "/api/actions",
-        json={"action": "retrain", "params": {"label_maturity_days": 14}},
+        json={"action": "rerun-batch-scoring", "params": {"days": 3}},
         headers=candidate,
     )
     assert reply.status_code == 501
@@ -139,7 +140,7 @@ def test_the_review_judges_each_action_by_the_answer_key(
     for body in (
         {"action": SET_THRESHOLD, "params": {"threshold": 0.3}},
         {"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "fill_value": 20.0}},
-        {"action": "retrain", "params": {}},
+        {"action": "rerun-batch-scoring", "params": {}},
     ):
         client.post("/api/actions", json=body, headers=candidate)
     review = client.get(f"/api/sessions/{links['session_id']}/review", headers=interviewer).json()
@@ -148,7 +149,7 @@ def test_the_review_judges_each_action_by_the_answer_key(
     expected = {
         SET_THRESHOLD: fault["actions"].get(SET_THRESHOLD, "no effect"),
         SET_FILL: fault["actions"][SET_FILL],
-        "retrain": None,  # not applied: no verdict
+        "rerun-batch-scoring": None,  # not applied: no verdict
     }
     assert {a["id"]: a["verdict"] for a in review["actions"]} == expected
     assert expected[SET_FILL] == "mitigates"
