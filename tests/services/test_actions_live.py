@@ -243,8 +243,8 @@ def test_the_ops_console_and_the_review_in_a_browser(acting: Stack, browser: Bro
     expect(candidate.locator('[data-result="set-decision-threshold"]')).to_contain_text(
         "in effect from", timeout=WAIT_MS
     )
-    expect(candidate.locator('form[data-action="retrain"] button')).to_be_disabled()
-    expect(candidate.locator('[data-action-card="retrain"]')).to_contain_text(
+    expect(candidate.locator('form[data-action="rerun-batch-scoring"] button')).to_be_disabled()
+    expect(candidate.locator('[data-action-card="rerun-batch-scoring"]')).to_contain_text(
         "not available in this version"
     )
     expect(candidate.locator("#applied li").first).to_contain_text("set-decision-threshold")
