@@ -123,7 +123,7 @@ def completed(ctx: ServiceContext) -> set[tuple[str, int]]:
         if record.get("event") in SKIPPED.values():
             with contextlib.suppress(KeyError, TypeError, ValueError):
                 attrs = json.loads(record["attrs"])
-                done.add((attrs["job"], cal.day_of(dt.date.fromisoformat(attrs["day"]))))
+                done.add((attrs["skipped_job"], cal.day_of(dt.date.fromisoformat(attrs["day"]))))
     for job, column in ((MATERIALIZE, "materialized_at"), (DRIFT, "report_date")):
         records, _ = read_new(ctx.spool(TABLE[job]).path, 0)
         for record in records:
@@ -495,7 +495,7 @@ class Scheduler:
             "warning",
             SKIPPED[run.job],
             f"{what} for {date} skipped: {paused} paused since {pause.effective_at:%Y-%m-%d %H:%M}",
-            job=run.job,
+            skipped_job=run.job,
             day=str(date),
             paused_job=paused,
             change_id=pause.id,
