@@ -14,9 +14,11 @@ from sandbox.actions.catalog import (
     BACKFILL_ONLINE_STORE,
     CATALOG,
     MOVE_ALIAS,
+    PAUSE_JOB,
     PIN_VERSION,
     REBUILD_INDEX,
     ROLLBACK,
+    SET_DRIFT_WINDOW,
     SET_FILL,
     SET_THRESHOLD,
 )
@@ -61,6 +63,8 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         ROLLBACK,
         REBUILD_INDEX,
         BACKFILL_ONLINE_STORE,
+        SET_DRIFT_WINDOW,
+        PAUSE_JOB,
     }
 
 
