@@ -14,10 +14,12 @@ from sandbox.actions.catalog import (
     BACKFILL_ONLINE_STORE,
     CATALOG,
     MOVE_ALIAS,
+    PAUSE_JOB,
     PIN_VERSION,
     REBUILD_INDEX,
     RETRAIN,
     ROLLBACK,
+    SET_DRIFT_WINDOW,
     SET_FILL,
     SET_THRESHOLD,
 )
@@ -63,6 +65,8 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         REBUILD_INDEX,
         BACKFILL_ONLINE_STORE,
         RETRAIN,
+        SET_DRIFT_WINDOW,
+        PAUSE_JOB,
     }
 
 

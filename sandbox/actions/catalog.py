@@ -23,6 +23,16 @@ ROLLBACK = "rollback-deploy"
 REBUILD_INDEX = "rebuild-index"
 BACKFILL_ONLINE_STORE = "backfill-online-store"
 RETRAIN = "retrain"
+SET_DRIFT_WINDOW = "set-drift-reference-window"
+PAUSE_JOB = "pause-job"
+RESTORE_SERIES = "restore-metric-series"
+
+# The scheduled jobs of the running stack a pause applies to. The feature job's output reaches
+# production only through the online-store load, so pausing either keeps the online store as it was.
+FEATURE_JOB = "feature-job"
+MATERIALIZATION_JOB = "materialization"
+DRIFT_MONITOR_JOB = "drift-monitor"
+ONLINE_STORE_JOBS = (FEATURE_JOB, MATERIALIZATION_JOB)
 
 
 class NoParams(BaseModel):
@@ -86,7 +96,7 @@ class DaysParams(BaseModel):
 class JobParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job: Literal["feature-job", "materialization", "batch-scoring", "drift-monitor"] = Field(
+    job: Literal["feature-job", "materialization", "drift-monitor"] = Field(
         description="The scheduled job."
     )
 
@@ -171,10 +181,14 @@ ACTIONS: tuple[Action, ...] = (
         service="model-server",
     ),
     Action(
-        "set-drift-reference-window",
-        "Change the reference window the drift report compares each day against.",
+        SET_DRIFT_WINDOW,
+        "Change the reference window the nightly drift report compares each day against: the "
+        "last days of the training period (fixed), or the days just before the report day "
+        "(trailing).",
         WindowParams,
         _minutes(30),
+        available=True,
+        service="drift-monitor",
     ),
     Action(
         REBUILD_INDEX,
@@ -199,16 +213,20 @@ ACTIONS: tuple[Action, ...] = (
         dt.timedelta(hours=1),
     ),
     Action(
-        "restore-metric-series",
+        RESTORE_SERIES,
         "Restore a dropped metric series from the request logs.",
         DaysParams,
         _minutes(30),
     ),
     Action(
-        "pause-job",
-        "Pause a scheduled job until it is resumed.",
+        PAUSE_JOB,
+        "Pause a scheduled job: its runs are skipped from then on. Pausing the feature job or "
+        "the materialization keeps the online store as last loaded; pausing the drift monitor "
+        "stops the nightly drift report.",
         JobParams,
         _minutes(5),
+        available=True,
+        service="scheduler",
     ),
     Action(
         RETRAIN,

@@ -17,7 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
+from sandbox.actions.catalog import (
+    ONLINE_STORE_JOBS,
+    PAUSE_JOB,
+    SET_DRIFT_WINDOW,
+    SET_FILL,
+    SET_THRESHOLD,
+)
 
 OVERRIDES_FILE = "actions.json"
 
@@ -81,6 +87,21 @@ class Overrides:
             e.params["feature"]: float(e.params["fill_value"])
             for e in self.in_effect(SET_FILL, now)
         }
+
+    def paused(self, job: str, now: dt.datetime) -> Applied | None:
+        """The earliest pause of `job` in effect at `now` (a paused job stays paused), if any."""
+        found = [e for e in self.in_effect(PAUSE_JOB, now) if e.params.get("job") == job]
+        return found[0] if found else None
+
+    def online_store_paused_since(self, now: dt.datetime) -> dt.datetime | None:
+        """Since when no scheduled load reaches the online store (a job feeding it is paused)."""
+        pauses = [p for job in ONLINE_STORE_JOBS if (p := self.paused(job, now)) is not None]
+        return min(p.effective_at for p in pauses) if pauses else None
+
+    def drift_window(self, now: dt.datetime) -> tuple[int, bool] | None:
+        """(days, fixed) of the drift reference window set from the console, if any is in effect."""
+        found = self.in_effect(SET_DRIFT_WINDOW, now)
+        return (int(found[-1].params["days"]), bool(found[-1].params["fixed"])) if found else None
 
 
 def read(run_dir: Path) -> list[dict[str, Any]]:

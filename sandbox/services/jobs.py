@@ -7,7 +7,13 @@ Schedule, per live day D (`Calendar.last_production_day + 1 .. last_visible_day`
                                                 and monitoring.drift_feature_daily
 The clock stops at the end of the last visible day, so that day's drift report never falls due.
 
-What the jobs do is fixed by the built world: the online store's loads are on disk as snapshots
+Two ops-console actions act here, each from its effective time (simulated): `pause-job` skips a
+paused job's runs (pausing the feature job or the materialization skips the online-store load,
+which the model server then does not serve either; pausing the drift monitor skips the report),
+each skip logged and counted; `set-drift-reference-window` makes each later report compare its day
+with the chosen window (`reference_window`) instead of the configured reference.
+
+Otherwise what the jobs do is fixed by the built world: the online store's loads are on disk as snapshots
 (the model server reads them itself; this job records the load), and the drift report compares the
 day's batch-scored rows with the first deployment's training reference exactly as the build does
 for production days, with whatever acts at the monitor's reference hook. Their rows and log lines
@@ -45,6 +51,8 @@ import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from sandbox import scenario
+from sandbox.actions.catalog import DRIFT_MONITOR_JOB, ONLINE_STORE_JOBS
+from sandbox.actions.overrides import Applied, Overrides
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
 from sandbox.layout import WorldPaths
@@ -69,6 +77,7 @@ JOBS = (MATERIALIZE, DRIFT)
 LOG_SERVICE = {MATERIALIZE: MATERIALIZATION, DRIFT: DRIFT_MONITOR}
 TABLE = {MATERIALIZE: "ops.materialization_runs", DRIFT: "monitoring.drift_daily"}
 FEATURE_TABLE = "monitoring.drift_feature_daily"
+SKIPPED = {MATERIALIZE: "materialization_skipped", DRIFT: "drift_report_skipped"}
 DRIFT_DELAY = dt.timedelta(minutes=30)  # after the end of the report day
 SLICE = 0.25  # longest uninterrupted wait (wall seconds), so a stop request is honoured promptly
 CHILD_GRACE = 2.0  # wall seconds a stopped drift run gets before it is killed
@@ -96,14 +105,25 @@ def schedule(calendar: Calendar) -> list[Run]:
     runs = []
     for day in range(calendar.last_production_day + 1, calendar.last_visible_day + 1):
         runs.append(Run(calendar.at(day, MATERIALIZE_HOUR), MATERIALIZE, day))
-        runs.append(Run(calendar.midnight(day + 1) + DRIFT_DELAY, DRIFT, day))
+        runs.append(Run(drift_due(calendar, day), DRIFT, day))
     return sorted(runs)
 
 
+def drift_due(calendar: Calendar, day: int) -> dt.datetime:
+    """When day `day`'s drift report runs."""
+    return calendar.midnight(day + 1) + DRIFT_DELAY
+
+
 def completed(ctx: ServiceContext) -> set[tuple[str, int]]:
-    """(job, day) of every run whose row is already in the spool."""
+    """(job, day) of every run whose row is already in the spool, or that was skipped."""
     done = set()
     cal = ctx.calendar
+    logs, _ = read_new(ctx.spool("telemetry.logs").path, 0)
+    for record in logs:
+        if record.get("event") in SKIPPED.values():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                attrs = json.loads(record["attrs"])
+                done.add((attrs["skipped_job"], cal.day_of(dt.date.fromisoformat(attrs["day"]))))
     for job, column in ((MATERIALIZE, "materialized_at"), (DRIFT, "report_date")):
         records, _ = read_new(ctx.spool(TABLE[job]).path, 0)
         for record in records:
@@ -206,6 +226,7 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
         # samples it by position).
         reference = con.sql(f"SELECT {', '.join(MODEL_FEATURES)} FROM monitoring.drift_reference")
         submitted = []
+        overrides = Overrides(paths.run)
         with DriftMonitor(reference.pl(), MODEL_FEATURES, workers=1) as monitor:
             for day in wanted:
                 batch = con.sql(
@@ -218,10 +239,13 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
                 ).pl()
                 if batch.height == 0:
                     continue
-                # As in the build: the reference hooks see the world as logged so far.
-                reference = hooks.apply(
-                    "monitor.drift_reference", None, HookContext(seed, day, cal)
-                )
+                window = overrides.drift_window(drift_due(cal, day))
+                if window is not None:  # set from the console: replaces the configured reference
+                    reference = reference_window(con, cal, day, *window)
+                else:  # as in the build: the reference hooks see the world as logged so far
+                    reference = hooks.apply(
+                        "monitor.drift_reference", None, HookContext(seed, day, cal)
+                    )
                 monitor.submit(cal.date(day), batch.select(MODEL_FEATURES), reference)
                 submitted.append(day)
             summary = monitor.summary_rows()
@@ -242,6 +266,56 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
         )
         for day in submitted
     }
+
+
+def fixed_window_dates(dates: Iterable[dt.date], days: int) -> list[dt.date]:
+    """The dates among `dates` in the last `days` days up to the newest, oldest first."""
+    ordered = sorted(set(dates))
+    if not ordered:
+        return []
+    start = ordered[-1] - dt.timedelta(days=days - 1)
+    return [d for d in ordered if d >= start]
+
+
+def reference_window(
+    con: duckdb.DuckDBPyConnection, cal: Calendar, day: int, days: int, fixed: bool
+) -> pl.DataFrame | None:
+    """The rows day `day`'s drift report compares against under a window set from the console
+    (None: the monitor's own reference, the whole training period).
+
+    Fixed: the first deployment's training rows of the last `days` days of its training period
+    (the rows `monitoring.drift_reference` holds). Trailing: the batch-served features of the
+    `days` days before the report day; with none served, the training reference."""
+    features = ", ".join(MODEL_FEATURES)
+    if not fixed:
+        window = con.sql(
+            f"""
+            SELECT {features} FROM serving.predictions
+            WHERE source = 'batch' AND request_ts >= $start AND request_ts < $end
+            ORDER BY request_ts, prediction_id
+            """,
+            params={"start": cal.midnight(day - days), "end": cal.midnight(day)},
+        ).pl()
+        return window if window.height else None
+    first = "(SELECT min(model_version::INTEGER) FROM training.churn_training_set)"
+    train = f"split = 'train' AND model_version::INTEGER = {first}"
+    dates = [
+        d
+        for (d,) in con.sql(
+            f"SELECT DISTINCT score_date FROM training.churn_training_set WHERE {train}"
+        ).fetchall()
+    ]
+    chosen = fixed_window_dates(dates, days)
+    if len(chosen) == len(set(dates)):
+        return None
+    return con.sql(
+        f"""
+        SELECT {features} FROM training.churn_training_set
+        WHERE {train} AND list_contains($dates, score_date)
+        ORDER BY score_date, customer_id
+        """,
+        params={"dates": chosen},
+    ).pl()
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -306,7 +380,7 @@ def write_drift(ctx: ServiceContext, day: int, report: DriftReport) -> None:
     drifted = [r["feature"] for r in report.features if r["drifted"]]
     _log(
         ctx,
-        cal.midnight(day + 1) + DRIFT_DELAY,
+        drift_due(cal, day),
         DRIFT,
         "warning" if s["dataset_drift"] else "info",
         "drift_report_finished",
@@ -350,6 +424,7 @@ class Scheduler:
     ) -> None:
         self.ctx = ctx
         self.stop = stop or threading.Event()
+        self.overrides = Overrides(ctx.paths.run)
         self.registry = registry or CollectorRegistry()
         self.runs = schedule(ctx.calendar)
         self.done = completed(ctx)
@@ -374,7 +449,7 @@ class Scheduler:
             "scheduler_jobs_pending", "Runs of the live days not done yet.", registry=r
         )
         for job in JOBS:
-            for status in ("success", "error"):
+            for status in ("success", "error", "skipped"):
                 self.run_count.labels(job, status)
         self.pending_gauge.set_function(lambda: len(self.open_runs()))
 
@@ -388,7 +463,7 @@ class Scheduler:
     def run_due(self) -> int:
         """Run every job due by now that has not run (at start: the catch-up); returns how many
         runs succeeded. Materializations first (cheap); all due drift days in one child."""
-        due = self.due()
+        due = [r for r in self.due() if not self._skipped(r)]
         ok = 0
         for run in (r for r in due if r.job == MATERIALIZE):
             if self.stop.is_set():
@@ -398,6 +473,36 @@ class Scheduler:
         if drift and not self.stop.is_set():
             ok += self._run_drift(drift)
         return ok
+
+    def pause_of(self, run: Run) -> Applied | None:
+        """The console's pause that skips `run`, if one is in effect at its scheduled time."""
+        jobs = ONLINE_STORE_JOBS if run.job == MATERIALIZE else (DRIFT_MONITOR_JOB,)
+        pauses = [p for job in jobs if (p := self.overrides.paused(job, run.due)) is not None]
+        return min(pauses, key=lambda p: p.effective_at) if pauses else None
+
+    def _skipped(self, run: Run) -> bool:
+        """Skip `run` if its job is paused (logged and counted as done); whether it was."""
+        pause = self.pause_of(run)
+        if pause is None:
+            return False
+        date = self.ctx.calendar.date(run.day)
+        what = "materialization" if run.job == MATERIALIZE else "drift report"
+        paused = pause.params["job"]
+        _log(
+            self.ctx,
+            run.due,
+            run.job,
+            "warning",
+            SKIPPED[run.job],
+            f"{what} for {date} skipped: {paused} paused since {pause.effective_at:%Y-%m-%d %H:%M}",
+            skipped_job=run.job,
+            day=str(date),
+            paused_job=paused,
+            change_id=pause.id,
+        )
+        self.done.add((run.job, run.day))
+        self.run_count.labels(run.job, "skipped").inc()
+        return True
 
     def _run_drift(self, runs: list[Run]) -> int:
         try:

@@ -10,6 +10,8 @@ A backfill of the online store applied from the ops console (`backfill-online-st
 out here too: the newest features the offline store holds at the request are loaded as a
 materialization of its own, kept in the run directory, and served from the change's effective
 time (simulated) until the next scheduled load; its progress is in the materialization job's logs.
+While `pause-job` holds the feature job or the materialization, scheduled loads from the pause's
+effective time on are not served: the store stays as last loaded (a backfill still loads).
 
 A retrain (`retrain`) is carried out here as well, as soon as it is applied: the world's training
 job run on the latest data as it stood at the request (`actions.retrain`), the model kept in the
@@ -131,12 +133,13 @@ class Snapshot:
     loaded_at: dt.datetime
     rows: dict[int, int]
     values: np.ndarray  # (customers, MODEL_FEATURES), NaN where the store holds null
+    scheduled: bool = True  # the daily materialization's load (else a backfill from the console)
 
 
-def snapshot_of(loaded_at: dt.datetime, frame: pl.DataFrame) -> Snapshot:
+def snapshot_of(loaded_at: dt.datetime, frame: pl.DataFrame, scheduled: bool = True) -> Snapshot:
     rows = {cid: i for i, cid in enumerate(frame["customer_id"].to_list())}
     values = frame.select(pl.col(MODEL_FEATURES).cast(pl.Float64)).to_numpy()
-    return Snapshot(loaded_at, rows, np.ascontiguousarray(values))
+    return Snapshot(loaded_at, rows, np.ascontiguousarray(values), scheduled)
 
 
 class OnlineStore:
@@ -160,9 +163,16 @@ class OnlineStore:
         snapshots = sorted([*self._loads[0], snapshot], key=lambda s: s.loaded_at)
         self._loads = (snapshots, [s.loaded_at for s in snapshots])
 
-    def at(self, now: dt.datetime) -> Snapshot | None:
+    def at(self, now: dt.datetime, paused_since: dt.datetime | None = None) -> Snapshot | None:
+        """The newest load by `now`; scheduled loads from `paused_since` on never happened (the
+        jobs that feed the store were paused), a backfill still loads."""
         snapshots, times = self._loads
         i = bisect.bisect_right(times, now)
+        while i and paused_since is not None:
+            s = snapshots[i - 1]
+            if not (s.scheduled and s.loaded_at >= paused_since):
+                break
+            i -= 1
         return snapshots[i - 1] if i else None
 
 
@@ -428,7 +438,7 @@ class LiveModelServer:
     def _backfill(self, applied: Applied) -> Snapshot:
         kept = self.ctx.paths.run / BACKFILLS_DIR / f"{applied.id}.parquet"
         if kept.is_file():
-            return snapshot_of(applied.effective_at, pl.read_parquet(kept))
+            return snapshot_of(applied.effective_at, pl.read_parquet(kept), scheduled=False)
         frame = store.materialize(
             offline_latest(self.ctx.paths.duckdb, applied.requested_at), applied.effective_at
         )
@@ -447,7 +457,7 @@ class LiveModelServer:
         partial = kept.with_suffix(".partial")
         frame.write_parquet(partial)
         partial.replace(kept)
-        return snapshot_of(applied.effective_at, frame)
+        return snapshot_of(applied.effective_at, frame, scheduled=False)
 
     def watch(self, stop: threading.Event) -> None:
         """Look for newly applied backfills until `stop` is set (a thread of the running app)."""
@@ -468,9 +478,13 @@ class LiveModelServer:
                     f"online-store backfill failed: {exc}",
                 )
 
+    def snapshot(self, now: dt.datetime) -> Snapshot | None:
+        """The online-store load served at `now`, with the console's pauses in effect."""
+        return self.store.at(now, self.overrides.online_store_paused_since(now))
+
     def store_age(self) -> float:
         now = self.ctx.now()
-        snapshot = self.store.at(now)
+        snapshot = self.snapshot(now)
         return (now - snapshot.loaded_at).total_seconds() if snapshot else math.nan
 
     def _payload(self, features: dict[str, Any], where: str) -> np.ndarray:
@@ -503,7 +517,7 @@ class LiveModelServer:
     ) -> tuple[list[int | None], np.ndarray]:
         values = np.full((len(items), len(self.columns)), np.nan)
         self.refresh_backfills()
-        snapshot = self.store.at(now)
+        snapshot = self.snapshot(now)
         stored = (
             self.refilled.values(snapshot, self.overrides.fill_values(now)) if snapshot else None
         )
@@ -658,7 +672,7 @@ class LiveModelServer:
     def metadata(self) -> dict[str, Any]:
         now = self.ctx.now()
         served = self.deployment(now)
-        snapshot = self.store.at(now)
+        snapshot = self.snapshot(now)
         return {
             "model_name": self.record.model_name,
             "model_version": served.version,
