@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -189,3 +192,21 @@ def settings_or_exit() -> Settings:
         return Settings.from_env()
     except SettingsError as exc:
         raise SystemExit(f"error: {exc}") from None
+
+
+def watching(
+    watch: Callable[[threading.Event], None], name: str
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A FastAPI lifespan that runs `watch(stop)` in a thread for the app's life: changes applied
+    from the ops console are carried out while nobody calls the service, too."""
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        stop = threading.Event()
+        threading.Thread(target=watch, args=(stop,), name=name, daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    return lifespan

@@ -29,8 +29,6 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,6 +66,7 @@ from sandbox.services.common import (
     serve,
     service_args,
     settings_or_exit,
+    watching,
 )
 from sandbox.services.settings import Settings
 from sandbox.world.routine_logs import FEATURE_SERVER, online_lookup_path
@@ -742,18 +741,7 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     metrics.store_age.set_function(live.store_age)
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Backfills applied from the ops console are carried out while nobody asks, too.
-        stop = threading.Event()
-        watcher = threading.Thread(
-            target=live.watch, args=(stop,), name="online-backfills", daemon=True
-        )
-        watcher.start()
-        try:
-            yield
-        finally:
-            stop.set()
+    lifespan = watching(live.watch, "online-backfills")
 
     app = FastAPI(
         title="model-server",

@@ -23,8 +23,6 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,7 @@ from sandbox.services.common import (
     serve,
     service_args,
     settings_or_exit,
+    watching,
 )
 from sandbox.services.settings import Settings
 
@@ -490,18 +489,7 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     ctx = ServiceContext(Path(world), SERVICE)
     service = RetrievalService(ctx)
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Rebuilds applied from the ops console are carried out while nobody searches, too.
-        stop = threading.Event()
-        watcher = threading.Thread(
-            target=service.watch, args=(stop,), name="index-rebuilds", daemon=True
-        )
-        watcher.start()
-        try:
-            yield
-        finally:
-            stop.set()
+    lifespan = watching(service.watch, "index-rebuilds")
 
     app = FastAPI(title="Retrieval service", version="1", lifespan=lifespan)
     # Innermost: the middleware added below sees its refusals.

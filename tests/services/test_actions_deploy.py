@@ -11,9 +11,7 @@ them where they were.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import shutil
 from collections.abc import Iterator
 
 import httpx
@@ -25,8 +23,9 @@ from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
-from tests.services.running import Stack, running_stack
-from tests.services.test_actions_live import _act, _forward, _now, _snapshot
+from tests.services.acting import act, acting_stack, forward, model_now, predictions
+from tests.services.running import Stack
+from tests.services.test_actions_live import _snapshot
 from tests.waiting import until
 
 CUSTOMERS = 1000  # one batch
@@ -35,12 +34,8 @@ MODEL = registry.CHURN_MODEL
 
 @pytest.fixture(scope="module")
 def deploying(worlds: Worlds, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The leakage world's stack, its only session with actions on, at wall speed."""
-    cached = worlds.get("leakage")
-    root = tmp_path_factory.mktemp("leakage-world") / cached.root.name
-    shutil.copytree(cached.root, root, ignore=shutil.ignore_patterns("run"))
-    built = dataclasses.replace(cached, root=root)
-    with running_stack(built, tmp_path_factory, 1.0, session_options=("--actions", "on")) as stack:
+    """The leakage world's stack."""
+    with acting_stack(worlds.get("leakage"), tmp_path_factory) as stack:
         yield stack
 
 
@@ -51,14 +46,7 @@ def _metadata(stack: Stack) -> dict:
 
 
 def _served(stack: Stack, customers: list[int]) -> pl.DataFrame:
-    reply = httpx.post(
-        stack.url + "/services/model/predict/batch",
-        json={"requests": [{"customer_id": c} for c in customers]},
-        headers=stack.candidate,
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    rows = [r for r in reply.json()["predictions"] if r["status"] == "ok"]
+    rows = [r for r in predictions(stack, customers) if r["status"] == "ok"]
     return pl.DataFrame(
         {
             "customer_id": [r["customer_id"] for r in rows],
@@ -82,7 +70,7 @@ def test_deployment_actions_move_the_live_scores_toward_the_control_world(
     deploying: Stack, control_world: BuildSummary
 ) -> None:
     paths, control = WorldPaths(deploying.world), WorldPaths(control_world.root)
-    now = _now(deploying)
+    now = model_now(deploying)
     record = deploy.read_model_deployment(paths.deploy)
     assert record.model_version == "2" and record.model_uri.endswith("@champion")
     customers = sorted(_snapshot(paths, now)["customer_id"].to_list())[:CUSTOMERS]
@@ -124,8 +112,8 @@ def test_deployment_actions_move_the_live_scores_toward_the_control_world(
     assert not (paths.run / "actions.json").exists()
 
     # A change that does not touch what is served: another alias moves, the symptom stays.
-    _act(deploying, MOVE_ALIAS, {"alias": "shadow", "version": "1"})
-    _forward(deploying, 0.1)
+    act(deploying, MOVE_ALIAS, {"alias": "shadow", "version": "1"})
+    forward(deploying, 0.1)
     unmoved = _served(deploying, customers)
     assert unmoved["model_version"].unique().to_list() == ["2"]
     assert gap(unmoved) > fault_gap / 2, (gap(unmoved), fault_gap)
@@ -133,9 +121,9 @@ def test_deployment_actions_move_the_live_scores_toward_the_control_world(
     assert meta["model_version"] == "2" and meta["aliases"] == {"champion": "2", "shadow": "1"}
 
     # Champion moved back to version 1: the server follows it once the change is in effect.
-    moved = _act(deploying, MOVE_ALIAS, {"alias": "champion", "version": "1"})
+    moved = act(deploying, MOVE_ALIAS, {"alias": "champion", "version": "1"})
     assert _served(deploying, customers)["model_version"].unique().to_list() == ["2"]
-    _forward(deploying, 0.1)
+    forward(deploying, 0.1)
     after = _served(deploying, customers)
     assert after["model_version"].unique().to_list() == ["1"]
     mitigated_gap = gap(after)
@@ -159,14 +147,14 @@ def test_deployment_actions_move_the_live_scores_toward_the_control_world(
     until(lambda: deploying.sql(versions)["rows"] == [["1"]], "live rows served by version 1")
 
     # Pinned to the leaky version again the symptom returns; a rollback goes back to version 1.
-    _act(deploying, PIN_VERSION, {"version": "2"})
-    _forward(deploying, 0.25)
+    act(deploying, PIN_VERSION, {"version": "2"})
+    forward(deploying, 0.25)
     pinned = _served(deploying, customers)
     assert pinned["model_version"].unique().to_list() == ["2"]
     assert gap(pinned) > fault_gap / 2, (gap(pinned), fault_gap)
     assert _metadata(deploying)["model_uri"] == f"models:/{MODEL}/2"
-    _act(deploying, ROLLBACK, {"service": "model-server"})
-    _forward(deploying, 0.34)
+    act(deploying, ROLLBACK, {"service": "model-server"})
+    forward(deploying, 0.34)
     rolled = _served(deploying, customers)
     assert rolled["model_version"].unique().to_list() == ["1"]
     assert rolled["score"].to_list() == after["score"].to_list()

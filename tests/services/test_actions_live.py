@@ -25,7 +25,8 @@ from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
 from sandbox.services.supervisor import HEARTBEAT_FILE
 from sandbox.world.build import BuildSummary
-from tests.services.running import SANDBOX, Stack, running_stack
+from tests.services.acting import act, acting_stack, forward, model_now, predictions
+from tests.services.running import SANDBOX, Stack
 from tests.services.test_workspace_browser import WAIT_MS
 from tests.waiting import until
 
@@ -35,52 +36,12 @@ AFFECTED = 120  # customers served the fill value that the test asks about
 
 @pytest.fixture(scope="module")
 def acting(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of its own whose only session has actions on; simulated time moves at wall speed,
-    and the test moves it further with the interviewer's fast-forward."""
-    with running_stack(
-        faulty_world, tmp_path_factory, 1.0, session_options=("--actions", "on")
-    ) as stack:
+    with acting_stack(faulty_world, tmp_path_factory) as stack:
         yield stack
 
 
-def _now(stack: Stack) -> dt.datetime:
-    meta = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
-    return dt.datetime.fromisoformat(meta.json()["now"])
-
-
-def _forward(stack: Stack, hours: float) -> None:
-    """Fast-forward as the interviewer, then wait until the model server's clock is there."""
-    reply = httpx.post(
-        f"{stack.url}/api/sessions/{stack.session_id}/clock/forward",
-        json={"hours": hours},
-        headers=stack.interviewer,
-        timeout=10,
-    )
-    assert reply.status_code == 200, reply.text
-    target = dt.datetime.fromisoformat(reply.json()["now"])
-    until(lambda: _now(stack) >= target, "the model server on the forwarded clock", timeout=10)
-
-
-def _act(stack: Stack, action: str, params: dict) -> dict:
-    reply = httpx.post(
-        stack.url + "/api/actions",
-        json={"action": action, "params": params},
-        headers=stack.candidate,
-        timeout=10,
-    )
-    assert reply.status_code == 202, reply.text
-    return reply.json()
-
-
 def _served(stack: Stack, customers: list[int]) -> pl.DataFrame:
-    reply = httpx.post(
-        stack.url + "/services/model/predict/batch",
-        json={"requests": [{"customer_id": c} for c in customers]},
-        headers=stack.candidate,
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    rows = reply.json()["predictions"]
+    rows = predictions(stack, customers)
     return pl.DataFrame(
         {
             "customer_id": [r["customer_id"] for r in rows],
@@ -112,7 +73,7 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
     acting: Stack, control_world: BuildSummary
 ) -> None:
     paths, control = WorldPaths(acting.world), WorldPaths(control_world.root)
-    now = _now(acting)
+    now = model_now(acting)
     policy = _policy(paths)
     fills = policy[FEATURE]
     assert len(fills) >= 2, "the fault's wrong fill value is in the policy"
@@ -151,9 +112,9 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
     # An action that does not touch the cause: the scores and features stay; decisions follow
     # the new threshold once it is in effect.
     lower = round(record.threshold / 2, 4)
-    _act(acting, SET_THRESHOLD, {"threshold": lower})
+    act(acting, SET_THRESHOLD, {"threshold": lower})
     assert _served(acting, customers)["threshold"].unique().to_list() == [record.threshold]
-    _forward(acting, 0.25)
+    forward(acting, 0.25)
     moved = _served(acting, customers)
     assert moved["score"].to_list() == before["score"].to_list()
     assert gaps(moved) == (feature_gap, score_gap)
@@ -166,14 +127,14 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
     mean = fills[0]
     for feature, values in policy.items():
         if len(values) > 1:
-            applied = _act(acting, SET_FILL, {"feature": feature, "fill_value": values[0]})
+            applied = act(acting, SET_FILL, {"feature": feature, "fill_value": values[0]})
     logged = (
         "SELECT count(*) FROM telemetry.logs WHERE event = 'change_applied' "
         f"AND attrs LIKE '%{applied['id']}%'"
     )
     assert acting.scalar(logged) == 0
     assert gaps(_served(acting, customers)) == (feature_gap, score_gap)
-    _forward(acting, 1.0)
+    forward(acting, 1.0)
     after = _served(acting, customers)
     assert np.allclose(after[FEATURE].to_numpy(), mean)
     fixed_feature_gap, fixed_score_gap = gaps(after)
@@ -188,9 +149,9 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
         f"WHERE materialized_at > TIMESTAMP '{now.isoformat()}'"
     )
     assert acting.scalar(loads) == 0
-    _forward(acting, 3.0)
+    forward(acting, 3.0)
     until(lambda: acting.scalar(loads) >= 1, "the 04:00 load recorded")
-    later = _now(acting)
+    later = model_now(acting)
     next_day = _snapshot(paths, later)
     assert next_day["materialized_at"].max() > faulty["materialized_at"].max()
     refilled = (next_day.filter(pl.col(FEATURE).is_in(fills)).sort("customer_id").head(AFFECTED))[
@@ -256,10 +217,10 @@ def test_the_ops_console_and_the_review_in_a_browser(acting: Stack, browser: Bro
     expect(interviewer.locator(".review[data-ready]")).to_be_attached(timeout=WAIT_MS)
     row = interviewer.locator('#actions-table tr[data-action="set-decision-threshold"]').last
     expect(row.locator("[data-verdict]")).to_have_text("no effect")
-    before = _now(acting)
+    before = model_now(acting)
     interviewer.get_by_role("button", name="+1 h").click()
     expect(interviewer.locator("#forward-line")).to_contain_text("simulated time now")
-    until(lambda: _now(acting) >= before + dt.timedelta(hours=1), "the clock an hour on")
+    until(lambda: model_now(acting) >= before + dt.timedelta(hours=1), "the clock an hour on")
     assert not errors
 
 
@@ -348,11 +309,11 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     interviewer.on("pageerror", lambda error: errors.append(str(error)))
     interviewer.goto(acting.interviewer_url)
     expect(interviewer.locator(".review[data-ready]")).to_be_attached(timeout=WAIT_MS)
-    before = _now(acting)
+    before = model_now(acting)
     interviewer.get_by_role("button", name="+6 h").click()
     expect(interviewer.locator("#forward-line")).to_contain_text("simulated time now")
-    until(lambda: _now(acting) >= before + dt.timedelta(hours=6), "the clock six hours on")
-    checked_at = _now(acting)
+    until(lambda: model_now(acting) >= before + dt.timedelta(hours=6), "the clock six hours on")
+    checked_at = model_now(acting)
 
     # The candidate checks the fix on customers who use the app, as production's callers do.
     paths = WorldPaths(acting.world)

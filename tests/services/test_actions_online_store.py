@@ -27,7 +27,8 @@ from sandbox.services.common import ServiceContext
 from sandbox.services.model_server import LiveModelServer
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
-from tests.services.running import Stack, running_stack
+from tests.services.acting import act, acting_stack, forward, model_now, predictions
+from tests.services.running import Stack
 from tests.waiting import until
 
 CUSTOMERS = 200  # skewed customers the test asks about
@@ -40,32 +41,13 @@ def skewed(worlds: Worlds) -> BuildSummary:
 
 @pytest.fixture(scope="module")
 def backfilling(skewed: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack of its own whose only session has actions on; simulated time moves at wall speed,
-    and the test moves it further with the interviewer's fast-forward."""
-    with running_stack(skewed, tmp_path_factory, 1.0, session_options=("--actions", "on")) as stack:
+    with acting_stack(skewed, tmp_path_factory) as stack:
         yield stack
 
 
 def _metadata(stack: Stack) -> dict:
     reply = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
     return reply.json()
-
-
-def _now(stack: Stack) -> dt.datetime:
-    return dt.datetime.fromisoformat(_metadata(stack)["now"])
-
-
-def _forward(stack: Stack, hours: float) -> dt.datetime:
-    reply = httpx.post(
-        f"{stack.url}/api/sessions/{stack.session_id}/clock/forward",
-        json={"hours": hours},
-        headers=stack.interviewer,
-        timeout=10,
-    )
-    assert reply.status_code == 200, reply.text
-    target = dt.datetime.fromisoformat(reply.json()["now"])
-    until(lambda: _now(stack) >= target, "the model server on the forwarded clock")
-    return target
 
 
 def _snapshot(paths: WorldPaths, at: dt.datetime) -> pl.DataFrame:
@@ -86,14 +68,7 @@ def _offline(paths: WorldPaths, at: dt.datetime) -> pl.DataFrame:
 
 
 def _served(stack: Stack, customers: list[int]) -> pl.DataFrame:
-    reply = httpx.post(
-        stack.url + "/services/model/predict/batch",
-        json={"requests": [{"customer_id": c} for c in customers]},
-        headers=stack.candidate,
-        timeout=30,
-    )
-    assert reply.status_code == 200, reply.text
-    rows = reply.json()["predictions"]
+    rows = predictions(stack, customers)
     return pl.DataFrame(
         {"customer_id": [r["customer_id"] for r in rows]}
         | {f: [r["features"][f] for r in rows] for f in MODEL_FEATURES},
@@ -113,7 +88,7 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
     backfilling: Stack, control_world: BuildSummary
 ) -> None:
     paths, control = WorldPaths(backfilling.world), WorldPaths(control_world.root)
-    now = _now(backfilling)
+    now = model_now(backfilling)
     online, offline = _snapshot(paths, now), _offline(paths, now)
     # The features the online store serves differently from the offline store, and the customers
     # they differ for.
@@ -144,14 +119,7 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
         == online.filter(pl.col("customer_id").is_in(customers))[feature].to_list()
     )
 
-    reply = httpx.post(
-        backfilling.url + "/api/actions",
-        json={"action": BACKFILL_ONLINE_STORE, "params": {}},
-        headers=backfilling.candidate,
-        timeout=10,
-    )
-    assert reply.status_code == 202, reply.text
-    applied = reply.json()
+    applied = act(backfilling, BACKFILL_ONLINE_STORE, {})
     requested = dt.datetime.fromisoformat(applied["requested_at"])
     effective = dt.datetime.fromisoformat(applied["effective_at"])
     assert effective - requested == CATALOG[BACKFILL_ONLINE_STORE].delay
@@ -159,7 +127,7 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
     assert [event for event, _ in started] == ["backfill_started"]
 
     # Halfway: some customers recomputed, the same features served.
-    _forward(backfilling, 1.0)
+    forward(backfilling, 1.0)
     halfway = until(
         lambda: [m for e, m in _progress(backfilling, applied["id"]) if e == "backfill_progress"],
         "progress lines in the logs",
@@ -169,7 +137,7 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
     assert _served(backfilling, customers).equals(before)
 
     # From the load on, the offline store's features are served (until the next 04:00 load).
-    later = _forward(backfilling, 1.1)
+    later = forward(backfilling, 1.1)
     assert effective <= later < effective.replace(hour=4, minute=0, second=0, microsecond=0)
     assert dt.datetime.fromisoformat(_metadata(backfilling)["online_store"]["loaded_at"]) == (
         effective

@@ -28,7 +28,8 @@ from sandbox.services.retrieval import ENCODER_URI, SERVICE, RetrievalService
 from sandbox.services.traffic import _relevant_articles
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
-from tests.services.running import Stack, running_stack
+from tests.services.acting import act, acting_stack, forward
+from tests.services.running import Stack
 from tests.waiting import until
 
 QUERIES = 60  # tickets searched again at each step
@@ -43,11 +44,7 @@ def embedding(worlds: Worlds) -> BuildSummary:
 def rebuilding(
     embedding: BuildSummary, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """A stack of its own whose only session has actions on; simulated time moves at wall speed,
-    and the test moves it further with the interviewer's fast-forward."""
-    with running_stack(
-        embedding, tmp_path_factory, 1.0, session_options=("--actions", "on")
-    ) as stack:
+    with acting_stack(embedding, tmp_path_factory) as stack:
         yield stack
 
 
@@ -106,20 +103,6 @@ def _retrieval_now(stack: Stack) -> dt.datetime:
     return dt.datetime.fromisoformat(reply.json()["now"])
 
 
-def _forward(stack: Stack, hours: float) -> dt.datetime:
-    """Fast-forward as the interviewer; returns once the retrieval service's clock is there."""
-    reply = httpx.post(
-        f"{stack.url}/api/sessions/{stack.session_id}/clock/forward",
-        json={"hours": hours},
-        headers=stack.interviewer,
-        timeout=10,
-    )
-    assert reply.status_code == 200, reply.text
-    target = dt.datetime.fromisoformat(reply.json()["now"])
-    until(lambda: _retrieval_now(stack) >= target, "the retrieval service on the forwarded clock")
-    return target
-
-
 def _progress(stack: Stack, change_id: str) -> list[str]:
     """The rebuild's lines in the candidate's logs so far, oldest first."""
     rows = stack.sql(
@@ -139,14 +122,7 @@ def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
     (original,) = versions
     assert control - before > 0.3, (control, before)
 
-    reply = httpx.post(
-        rebuilding.url + "/api/actions",
-        json={"action": REBUILD_INDEX, "params": {}},
-        headers=rebuilding.candidate,
-        timeout=10,
-    )
-    assert reply.status_code == 202, reply.text
-    applied = reply.json()
+    applied = act(rebuilding, REBUILD_INDEX, {})
     requested = dt.datetime.fromisoformat(applied["requested_at"])
     effective = dt.datetime.fromisoformat(applied["effective_at"])
     assert effective - requested == CATALOG[REBUILD_INDEX].delay
@@ -157,7 +133,7 @@ def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
     assert not any("re-embedded" in line for line in started)
 
     # Halfway: some articles re-embedded, searches as before.
-    _forward(rebuilding, 1.5)
+    forward(rebuilding, now=_retrieval_now, hours=1.5)
     halfway = until(
         lambda: [m for m in _progress(rebuilding, applied["id"]) if "re-embedded" in m],
         "progress lines in the logs",
@@ -167,7 +143,7 @@ def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
     assert _live(rebuilding, queries) == (before, {original})
 
     # From the swap on, the rebuilt index answers, and the symptom is back near control.
-    _forward(rebuilding, 1.6)
+    forward(rebuilding, now=_retrieval_now, hours=1.6)
     after, versions = _live(rebuilding, queries)
     assert versions == {f"articles-{effective:%Y%m%d}-e2"}
     assert abs(control - after) < (control - before) / 4, (control, before, after)
