@@ -112,9 +112,17 @@ EDGE_WORLDS: dict[str, dict[str, list[dict[str, Any]]]] = {
 }
 
 
+# The default scenario at the smallest scale that trains a model comfortably: what the check that
+# a world rebuilds byte for byte builds again, in a fresh interpreter.
+SMALLEST = "default-smallest"
+SMALLEST_SCALE = 0.04  # 1,000 customers
+
+
 def scenario_for(name: str) -> scenario.Scenario:
     if name == "control":
         return testing.control_scenario()
+    if name == SMALLEST:
+        return scenario.load(None).with_overrides(seed=testing.SEED, scale=SMALLEST_SCALE)
     tiered = TIER_WORLDS.get(name)
     if isinstance(tiered, tuple):
         return scenario_for(tiered[0]).with_overrides(difficulty=tiered[1])

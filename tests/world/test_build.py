@@ -13,11 +13,12 @@ import pytest
 
 from sandbox import scenario, schema
 from sandbox.layout import IncompleteWorld, read_manifest
-from sandbox.testing import SMALL_SCALE
+from sandbox.testing import SMALL_SCALE, Worlds
 from sandbox.world import population
 from sandbox.world.behaviour import WorldState
 from sandbox.world.build import BuildSummary, WorldExists, build
 from sandbox.world.libraries import SHAPING_LIBRARIES, library_versions
+from tests.conftest import SMALLEST, SMALLEST_SCALE, scenario_for
 
 EXPECTED_TABLES = set(schema.TABLES)
 
@@ -80,26 +81,25 @@ def test_labels_arrive_late(faulty_db: duckdb.DuckDBPyConnection) -> None:
     assert lag[0] == 14 and 0.005 < lag[1] < 0.06
 
 
-def _build_fresh(builtin: str, seed: int | None, out: str) -> dict:
-    """A build of a built-in scenario in a worker process."""
-    spec = scenario.builtin(builtin).with_overrides(seed=seed, scale=SMALL_SCALE)
+def _build_fresh(spec: scenario.Scenario, out: str) -> dict:
+    """A build in a worker process."""
     return build(spec, Path(out)).manifest
 
 
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """The default scenario built again in a fresh interpreter, never from the cache of shared
-    worlds (which a run on another day, in another process, may have built)."""
+    """The smallest default world built again in a fresh interpreter, never from the cache of
+    shared worlds (which a run on another day, in another process, may have built)."""
     out = tmp_path_factory.mktemp("rebuilt")
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        yield pool.submit(_build_fresh, "default", None, str(out / "again")).result()
+        yield pool.submit(_build_fresh, scenario_for(SMALLEST), str(out / "again")).result()
 
 
-def test_same_scenario_and_seed_give_the_same_world(
-    faulty_world: BuildSummary, rebuilt: dict
-) -> None:
-    assert rebuilt["content_hash"] == faulty_world.manifest["content_hash"]
-    assert rebuilt["tables"] == faulty_world.manifest["tables"]
+def test_same_scenario_and_seed_give_the_same_world(worlds: Worlds, rebuilt: dict) -> None:
+    cached = worlds.get(SMALLEST)
+    assert rebuilt["scale"] == cached.manifest["scale"] == SMALLEST_SCALE
+    assert rebuilt["content_hash"] == cached.manifest["content_hash"]
+    assert rebuilt["tables"] == cached.manifest["tables"]
 
 
 def test_another_seed_gives_other_customers_and_other_days() -> None:
