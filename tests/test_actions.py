@@ -17,6 +17,7 @@ from sandbox.actions.catalog import (
     PAUSE_JOB,
     PIN_VERSION,
     REBUILD_INDEX,
+    RESTORE_SERIES,
     RETRAIN,
     ROLLBACK,
     SET_DRIFT_WINDOW,
@@ -67,6 +68,7 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         RETRAIN,
         SET_DRIFT_WINDOW,
         PAUSE_JOB,
+        RESTORE_SERIES,
     }
 
 

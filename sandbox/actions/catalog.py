@@ -214,9 +214,12 @@ ACTIONS: tuple[Action, ...] = (
     ),
     Action(
         RESTORE_SERIES,
-        "Restore a dropped metric series from the request logs.",
+        "Restore the model server's metric series that no longer have points: recompute them "
+        "from the request logs for the latest days, and every 5 minutes from then on.",
         DaysParams,
         _minutes(30),
+        available=True,
+        service="model-server",
     ),
     Action(
         PAUSE_JOB,

@@ -13,6 +13,10 @@ which the model server then does not serve either; pausing the drift monitor ski
 each skip logged and counted; `set-drift-reference-window` makes each later report compare its day
 with the chosen window (`reference_window`) instead of the configured reference.
 
+`restore-metric-series` acts here too: from its effective time the scheduler recomputes, from the
+request logs, the model-server points the metric pipeline drops, over the chosen days before it and
+each 5-minute bucket from then on, and spools them (`SeriesRestorer`).
+
 Otherwise what the jobs do is fixed by the built world: the online store's loads are on disk as snapshots
 (the model server reads them itself; this job records the load), and the drift report compares the
 day's batch-scored rows with the first deployment's training reference exactly as the build does
@@ -51,7 +55,8 @@ import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from sandbox import scenario
-from sandbox.actions.catalog import DRIFT_MONITOR_JOB, ONLINE_STORE_JOBS
+from sandbox.actions import restore
+from sandbox.actions.catalog import DRIFT_MONITOR_JOB, ONLINE_STORE_JOBS, RESTORE_SERIES
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
@@ -60,6 +65,7 @@ from sandbox.monitor.drift import DriftMonitor
 from sandbox.pipeline.deploy import online_snapshots
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.store import MATERIALIZE_HOUR
+from sandbox.services import spool
 from sandbox.services.common import ServiceContext
 from sandbox.services.spool import read_new
 from sandbox.world.routine_logs import (
@@ -410,6 +416,153 @@ def run_drift(
 
 
 # ---------------------------------------------------------------------------------------------
+# Restored metric series
+
+RESTORED_EVENT = "metric_series_restored"
+PREDICTIONS = "serving.predictions"
+REQUEST_COLUMNS = ["request_ts", "source", "status", "latency_ms"]
+
+
+class SeriesRestorer:
+    """Writes the points of `restore-metric-series` changes in effect: once per change the days it
+    covers (logged at its effective time), then every bucket as it completes. A point already in
+    the spool is never written again, so a restart or a second change only adds what is missing."""
+
+    def __init__(self, ctx: ServiceContext, overrides: Overrides) -> None:
+        self.ctx = ctx
+        self.overrides = overrides
+        cal = ctx.calendar
+        self.live_start = cal.midnight(cal.last_production_day + 1)
+        self.written: set[tuple[dt.datetime, str, str, str]] = set()
+        records, _ = read_new(ctx.spool(spool.RESTORED_METRICS).path, 0)
+        for record in records:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                row = spool.check(spool.RESTORED_METRICS, record)
+                self.written.add((row["ts"], row["service"], row["metric"], row["label"]))
+        self.restored: set[str] = set()
+        logs, _ = read_new(ctx.spool("telemetry.logs").path, 0)
+        for record in logs:
+            if record.get("event") == RESTORED_EVENT:
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    self.restored.add(json.loads(record["attrs"])["change_id"])
+        self._offsets: dict[Path, int] = {}
+        self._live: list[dict[str, Any]] = []
+        self._checked: dt.datetime | None = None  # the last bucket boundary looked at
+        self.failed = False
+
+    def _world_requests(self, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+        con = duckdb.connect(str(self.ctx.paths.duckdb), read_only=True)
+        try:
+            return con.sql(
+                f"""
+                SELECT {", ".join(REQUEST_COLUMNS)} FROM serving.predictions
+                WHERE source = 'online' AND request_ts >= $start AND request_ts < $end
+                """,
+                params={"start": start, "end": end},
+            ).pl()
+        finally:
+            con.close()
+
+    def _live_requests(self, start: dt.datetime) -> pl.DataFrame:
+        """Production's live online requests (no session's own calls) from `start` on."""
+        for _service, table, path in spool.spool_files(self.ctx.paths.run):
+            if table != PREDICTIONS:
+                continue
+            records, self._offsets[path] = read_new(path, self._offsets.get(path, 0))
+            for record in records:
+                with contextlib.suppress(spool.BadRow):
+                    row = spool.check(PREDICTIONS, record)
+                    if row["session_id"] is None and row["source"] == "online":
+                        self._live.append({c: row[c] for c in REQUEST_COLUMNS})
+        self._live = [r for r in self._live if r["request_ts"] >= start]
+        return pl.DataFrame(
+            self._live,
+            schema={
+                "request_ts": pl.Datetime("us"),
+                "source": pl.Utf8,
+                "status": pl.Utf8,
+                "latency_ms": pl.Float64,
+            },
+        )
+
+    def run(self, now: dt.datetime) -> int:
+        """Write every restored point due by `now`; returns how many were written. Looks again
+        when a bucket completes, or when a change takes effect."""
+        changes = self.overrides.in_effect(RESTORE_SERIES, now)
+        new = [c for c in changes if c.id not in self.restored]
+        boundary = restore.floor_bucket(now)
+        if not changes or (not new and boundary == self._checked):
+            return 0
+        self._checked = boundary
+        starts = {
+            c.id: restore.restore_start(c.effective_at, int(c.params["days"])) for c in changes
+        }
+        if new:  # the changes' own days: the world's requests, and every live one re-read
+            start = min(starts.values())
+            self._offsets.clear()
+            self._live = []
+            world = self._world_requests(start, min(self.live_start, now))
+            live = self._live_requests(max(self.live_start, start))
+        else:  # the buckets completed since the last look
+            world = self._world_requests(now, now)
+            live = self._live_requests(max(self.live_start, boundary - restore.BUCKET))
+        requests = pl.concat([world, live.select(world.columns)]).filter(pl.col("request_ts") < now)
+        series = restore.request_series(requests)
+        dropped = restore.complete(
+            restore.dropped_points(
+                series, self.ctx.fault_set, self.ctx.seed, self.ctx.calendar, now
+            ),
+            now,
+        )
+        rows = [
+            r
+            for r in dropped.iter_rows(named=True)
+            if (r["ts"], r["service"], r["metric"], r["label"]) not in self.written
+        ]
+        if rows:
+            self.ctx.spool(spool.RESTORED_METRICS).write(
+                *({**r, "ts": r["ts"].isoformat()} for r in rows)
+            )
+        self.written |= {(r["ts"], r["service"], r["metric"], r["label"]) for r in rows}
+        for change in new:
+            self._log_restored(change, starts[change.id], requests, dropped)
+            self.restored.add(change.id)
+        # Live requests of complete buckets are done with.
+        self._live = [r for r in self._live if r["request_ts"] >= boundary]
+        return len(rows)
+
+    def _log_restored(
+        self, change: Applied, start: dt.datetime, requests: pl.DataFrame, dropped: pl.DataFrame
+    ) -> None:
+        days = int(change.params["days"])
+        at = change.effective_at
+        used = requests.filter(pl.col("request_ts").is_between(start, at, closed="left")).height
+        covered = dropped.filter(pl.col("ts").is_between(start, at, closed="left"))
+        names = sorted(set(covered["metric"].to_list()))
+        what = ", ".join(names) if names else "no dropped series"
+        self.ctx.spool("telemetry.logs").write(
+            {
+                "ts": at.isoformat(),
+                "service": restore.SERVICE,
+                "level": "info",
+                "event": RESTORED_EVENT,
+                "message": f"recomputed {what} for {days} days from {used:,} requests "
+                f"({covered.height:,} points); new points every 5 minutes from now on",
+                "attrs": json.dumps(
+                    {
+                        "change_id": change.id,
+                        "days": days,
+                        "series": names,
+                        "requests": used,
+                        "points": covered.height,
+                    },
+                    sort_keys=True,
+                ),
+            }
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # The scheduler
 
 
@@ -428,6 +581,7 @@ class Scheduler:
         self.registry = registry or CollectorRegistry()
         self.runs = schedule(ctx.calendar)
         self.done = completed(ctx)
+        self.restorer = SeriesRestorer(ctx, self.overrides)
         self.failed: set[tuple[str, int]] = set()  # retried at the next start, not in a loop
         r = self.registry
         self.run_count = Counter(
@@ -472,7 +626,19 @@ class Scheduler:
         drift = [r for r in due if r.job == DRIFT]
         if drift and not self.stop.is_set():
             ok += self._run_drift(drift)
+        self.restore_series()
         return ok
+
+    def restore_series(self) -> int:
+        """Restored metric points due by now (see SeriesRestorer); how many were written."""
+        if self.restorer.failed:
+            return 0
+        try:
+            return self.restorer.run(self.ctx.now())
+        except Exception as exc:  # logged once; tried again at the next start
+            self.restorer.failed = True
+            self.ctx.log("error", "metric_restore_failed", f"restoring metric series failed: {exc}")
+            return 0
 
     def pause_of(self, run: Run) -> Applied | None:
         """The console's pause that skips `run`, if one is in effect at its scheduled time."""

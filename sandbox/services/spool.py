@@ -32,7 +32,17 @@ from sandbox import schema
 SPOOL_DIR = "spool"
 # The tables live services add rows to; `retrieval.search_clicks` (request_id, clicked_article_id,
 # click_rank, clicked_at) is folded into `retrieval.search_log` by the gateway.
-LIVE_TABLES = tuple(schema.SPOOLED)
+# Live rows of a table the gateway otherwise computes itself: metric points the scheduler restored
+# from the request logs (`restore-metric-series`), shown beside the gateway's own live series.
+RESTORED_METRICS = "telemetry.metrics"
+SPOOLED_TABLES: dict[str, schema.Table] = {
+    **schema.SPOOLED,
+    RESTORED_METRICS: schema.TABLES[RESTORED_METRICS],
+}
+WRITERS: dict[str, tuple[str, ...]] = {
+    name: t.live.services if t.live else () for name, t in schema.SPOOLED.items()
+} | {RESTORED_METRICS: (schema.SCHEDULER,)}
+LIVE_TABLES = tuple(SPOOLED_TABLES)
 
 
 class BadRow(ValueError):
@@ -42,8 +52,7 @@ class BadRow(ValueError):
 def spool_path(run_dir: Path, service: str, table: str) -> Path:
     if table not in LIVE_TABLES:
         raise ValueError(f"no live table {table!r}; one of {', '.join(LIVE_TABLES)}")
-    live = schema.SPOOLED[table].live
-    services = live.services if live else ()
+    services = WRITERS[table]
     if schema.EVERY_SERVICE not in services and service not in services:
         raise ValueError(f"{service} adds no rows to {table} (written by {', '.join(services)})")
     return run_dir / SPOOL_DIR / f"{service}.{table}.jsonl"
@@ -158,7 +167,7 @@ _COLUMNS = {
         (c.name, CHECKS[c.type], c.name == t.id or c is schema.SESSION)
         for c in (*t.columns, schema.SESSION)
     ]
-    for name, t in schema.SPOOLED.items()
+    for name, t in SPOOLED_TABLES.items()
 }
 
 
@@ -185,7 +194,7 @@ def check(table: str, record: Mapping[str, Any]) -> dict[str, Any]:
             raise BadRow(f"{table}.{name}: {err}") from None
     for name in record:
         if name not in row:
-            declared = ", ".join(schema.SPOOLED[table].names)
+            declared = ", ".join(SPOOLED_TABLES[table].names)
             raise BadRow(f"{table}.{name}: no such column (declared: {declared})")
     return row
 

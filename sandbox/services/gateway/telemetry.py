@@ -106,7 +106,7 @@ class LiveTelemetry:
         produced the row, NULL for production's (see `views`)."""
         self.con.execute("CREATE SCHEMA live")
         for table in spool.LIVE_TABLES:
-            declared = schema.SPOOLED[table]
+            declared = spool.SPOOLED_TABLES[table]
             self.con.execute(declared.create_sql(self._target(table), extra=[schema.SESSION]))
             if declared.id and declared.column(declared.id).type == "BIGINT":
                 top = self.con.execute(
@@ -145,6 +145,10 @@ class LiveTelemetry:
             sql = views.view_sql(table, WORLD_CATALOG, columns)
             if table == METRICS:
                 sql += f" UNION ALL BY NAME SELECT * FROM {LIVE_METRICS} WHERE "
+                sql += views.exists(schema.TABLES[METRICS])
+                # Points the scheduler restored from the request logs (production's only).
+                sql += f" UNION ALL BY NAME SELECT {', '.join(columns)} FROM "
+                sql += f"{views.live_table(METRICS)} WHERE session_id IS NULL AND "
                 sql += views.exists(schema.TABLES[METRICS])
             self.con.execute(f"CREATE VIEW {table} AS {sql}")
 
@@ -208,7 +212,7 @@ class LiveTelemetry:
         world's own."""
         if not rows:
             return
-        declared = schema.SPOOLED[table]
+        declared = spool.SPOOLED_TABLES[table]
         if declared.id and table in self._next_id:
             for row in rows:
                 if row[declared.id] is None:
