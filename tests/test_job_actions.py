@@ -61,7 +61,6 @@ def test_pause_job_lists_only_jobs_the_stack_runs() -> None:
         "drift-monitor",
     }
     assert CATALOG[PAUSE_JOB].available and CATALOG[SET_DRIFT_WINDOW].available
-    assert not CATALOG["restore-metric-series"].available
 
 
 def test_fixed_window_dates() -> None:
