@@ -194,16 +194,23 @@ def settings_or_exit() -> Settings:
         raise SystemExit(f"error: {exc}") from None
 
 
+WATCH_EVERY_S = 0.5  # wall seconds between a service's looks at the applied actions
+
+
 def watching(
-    watch: Callable[[threading.Event], None], name: str
+    look: Callable[[], None], name: str
 ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
-    """A FastAPI lifespan that runs `watch(stop)` in a thread for the app's life: changes applied
-    from the ops console are carried out while nobody calls the service, too."""
+    """A FastAPI lifespan that calls `look()` every WATCH_EVERY_S in a thread for the app's life:
+    changes applied from the ops console are carried out while nobody calls the service, too."""
+
+    def loop(stop: threading.Event) -> None:
+        while not stop.wait(WATCH_EVERY_S):
+            look()
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         stop = threading.Event()
-        threading.Thread(target=watch, args=(stop,), name=name, daemon=True).start()
+        threading.Thread(target=loop, args=(stop,), name=name, daemon=True).start()
         try:
             yield
         finally:

@@ -77,7 +77,6 @@ ENDPOINTS = ("/predict", "/predict/batch", "/metadata", HEALTH_PATH, "/metrics")
 UNAVAILABLE = "the request could not be served in time; retry later"
 _START = "sandbox.started"  # ASGI scope key: perf_counter() when the request arrived
 BACKFILLS_DIR = "online-backfills"  # under the run directory: one load per applied backfill
-WATCH_EVERY = 0.5  # wall seconds between looks at the applied actions
 
 
 class PredictRequest(BaseModel):
@@ -458,24 +457,23 @@ class LiveModelServer:
         partial.replace(kept)
         return snapshot_of(applied.effective_at, frame, scheduled=False)
 
-    def watch(self, stop: threading.Event) -> None:
-        """Look for newly applied backfills until `stop` is set (a thread of the running app)."""
-        while not stop.wait(WATCH_EVERY):
-            try:
-                self.refresh_retrains()
-            except Exception as exc:  # a failed retrain must not stop the server answering
-                self.ctx.log_as(
-                    CATALOG[RETRAIN].service, "error", "retrain_failed", f"retrain failed: {exc}"
-                )
-            try:
-                self.refresh_backfills()
-            except Exception as exc:  # a bad backfill must not stop the server answering
-                self.ctx.log_as(
-                    CATALOG[BACKFILL_ONLINE_STORE].service,
-                    "error",
-                    "backfill_failed",
-                    f"online-store backfill failed: {exc}",
-                )
+    def look(self) -> None:
+        """Carry out newly applied retrains and backfills (the running app's watcher calls it)."""
+        try:
+            self.refresh_retrains()
+        except Exception as exc:  # a failed retrain must not stop the server answering
+            self.ctx.log_as(
+                CATALOG[RETRAIN].service, "error", "retrain_failed", f"retrain failed: {exc}"
+            )
+        try:
+            self.refresh_backfills()
+        except Exception as exc:  # a bad backfill must not stop the server answering
+            self.ctx.log_as(
+                CATALOG[BACKFILL_ONLINE_STORE].service,
+                "error",
+                "backfill_failed",
+                f"online-store backfill failed: {exc}",
+            )
 
     def snapshot(self, now: dt.datetime) -> Snapshot | None:
         """The online-store load served at `now`, with the console's pauses in effect."""
@@ -741,7 +739,7 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     metrics.store_age.set_function(live.store_age)
 
-    lifespan = watching(live.watch, "online-backfills")
+    lifespan = watching(live.look, "online-backfills")
 
     app = FastAPI(
         title="model-server",

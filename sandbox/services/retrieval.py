@@ -69,7 +69,6 @@ MAX_K = 20
 RECENT_REQUESTS = 10_000
 LOGGED_PATHS = ("/search", "/feedback")
 REBUILDS_DIR = "index-rebuilds"  # under the run directory: one index per applied rebuild
-WATCH_EVERY = 0.5  # wall seconds between looks at the applied actions
 
 
 class SearchRequest(BaseModel):
@@ -318,14 +317,13 @@ class RetrievalService:
                     self._show_loaded(self._current)
         return index
 
-    def watch(self, stop: threading.Event) -> None:
-        """Look for newly applied rebuilds until `stop` is set (a thread of the running app)."""
-        while not stop.wait(WATCH_EVERY):
-            try:
-                self.refresh_rebuilds()
-                self.index_at(self.ctx.now())
-            except Exception as exc:  # a bad rebuild must not stop the service answering
-                self.ctx.log("error", "index_rebuild_failed", f"index rebuild failed: {exc}")
+    def look(self) -> None:
+        """Carry out newly applied rebuilds (the running app's watcher calls it)."""
+        try:
+            self.refresh_rebuilds()
+            self.index_at(self.ctx.now())
+        except Exception as exc:  # a bad rebuild must not stop the service answering
+            self.ctx.log("error", "index_rebuild_failed", f"index rebuild failed: {exc}")
 
     def search(self, req: SearchRequest, session_id: str | None = None) -> dict[str, Any]:
         """Suggest articles; a session's search is spooled as its own and counted nowhere else."""
@@ -489,7 +487,7 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
     ctx = ServiceContext(Path(world), SERVICE)
     service = RetrievalService(ctx)
 
-    lifespan = watching(service.watch, "index-rebuilds")
+    lifespan = watching(service.look, "index-rebuilds")
 
     app = FastAPI(title="Retrieval service", version="1", lifespan=lifespan)
     # Innermost: the middleware added below sees its refusals.
