@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import polars as pl
-from sklearn.metrics import roc_auc_score
 
 from sandbox.clock import Calendar
 from sandbox.faults.base import Check
@@ -69,6 +68,10 @@ def batch_quality(
     if n == 0:
         return Quality(0, 0, None, None, None, None, None)
     both = 0 < churned.sum() < n
+    # Imported on use: every process that reads a scenario loads the fault catalog, and most of
+    # them (the gateway, its console workers, the jobs, the CLI) never measure quality.
+    from sklearn.metrics import roc_auc_score
+
     return Quality(
         n=n,
         churners=int(churned.sum()),

@@ -11,17 +11,20 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import polars as pl
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer
 
 from sandbox import rng
 from sandbox.product import corpus
+
+# scikit-learn and FAISS are imported where an encoder is fitted or an index built, read or
+# written: the fault catalog imports this module, and most processes that load the catalog (the
+# gateway, its console workers, the jobs, the CLI) never touch an encoder or an index.
+if TYPE_CHECKING:
+    import faiss
+    from sklearn.pipeline import Pipeline
 
 ENCODER_DIM = 64
 TOP_K = 5
@@ -50,6 +53,11 @@ def fit_encoder(seed: int, version: int, extra_texts: int = 2000) -> Encoder:
         *(articles["title"] + ". " + articles["body"]).to_list(),
         *corpus.ticket_texts(g, keys, devices).to_list(),
     ]
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer
+
     pipeline = Pipeline(
         [
             ("tfidf", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2)),
@@ -71,6 +79,8 @@ class ArticleIndex:
         return ids, scores
 
     def save(self, directory: Path) -> None:
+        import faiss
+
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(directory / INDEX_FILE))
         (directory / INDEX_META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True))
@@ -82,6 +92,8 @@ def index_version(built_on: dt.date, encoder_version: int, names_encoder: bool =
 
 
 def build_index(encoder: Encoder, articles: pl.DataFrame, built_on: dt.date) -> ArticleIndex:
+    import faiss
+
     vectors = encoder.encode(articles["title"] + ". " + articles["body"])
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
     index.add_with_ids(vectors, articles["article_id"].to_numpy().astype(np.int64))
@@ -110,6 +122,8 @@ def rebuilt(index: ArticleIndex, built_on: dt.date, names_encoder: bool = True) 
 
 
 def load_index(directory: Path) -> ArticleIndex:
+    import faiss
+
     index = faiss.read_index(str(directory / INDEX_FILE))
     meta = json.loads((directory / INDEX_META_FILE).read_text())
     return ArticleIndex(index=index, meta=meta)

@@ -7,18 +7,21 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.inspection import permutation_importance
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.pipeline import registry, registry_stamp, store
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.label import churn_labels
+
+# scikit-learn is imported where a model is fitted: the fault catalog imports this module's
+# constants, and most processes that load the catalog never train.
+if TYPE_CHECKING:
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
 SCORE_HOUR = 6.0  # the daily batch scores at 06:00; training rows use the same moment
 HOLDOUT_DATES = 2
@@ -92,6 +95,10 @@ def fit(
     positive_weight: float = 1.0,
 ) -> TrainedModel:
     """Train on the older score dates; the latest HOLDOUT_DATES are the (time-based) holdout."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.inspection import permutation_importance
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
     holdout_from = holdout_start(dataset)
     train = dataset.filter(pl.col("score_date") < holdout_from)
     holdout = dataset.filter(pl.col("score_date") >= holdout_from)

@@ -32,6 +32,7 @@ from sandbox.scenario import world_spec
 from sandbox.services.supervisor import MLFLOW_PREFIX, free_port, mlflow_ui
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.waiting import until
 
 # A world with one release, one with a second encoder version, one with a retrain.
@@ -248,7 +249,7 @@ def moved_ui(
         def healthy() -> bool:
             assert process.poll() is None, "the MLflow UI exited"
             with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{url}/health").status_code == 200
+                return HTTP.get(f"{url}/health").status_code == 200
             return False
 
         until(healthy, "the MLflow UI", timeout=90, every=0.5)
@@ -266,15 +267,15 @@ def test_the_mlflow_ui_serves_a_moved_worlds_runs_and_artifacts(
     answers: list[str] = []
 
     def get(route: str, /, **params: str) -> httpx.Response:
-        reply = httpx.get(f"{url}/{route}", params=params, timeout=10)
+        reply = HTTP.get(f"{url}/{route}", params=params, timeout=10)
         assert reply.status_code == 200, (route, reply.text)
         answers.append(reply.text)
         return reply
 
     experiments = get("ajax-api/2.0/mlflow/experiments/search", max_results="100").json()
     ids = [e["experiment_id"] for e in experiments["experiments"]]
-    runs = httpx.post(f"{api}/runs/search", json={"experiment_ids": ids}, timeout=10)
-    models = httpx.post(f"{api}/logged-models/search", json={"experiment_ids": ids}, timeout=10)
+    runs = HTTP.post(f"{api}/runs/search", json={"experiment_ids": ids}, timeout=10)
+    models = HTTP.post(f"{api}/logged-models/search", json={"experiment_ids": ids}, timeout=10)
     answers += [runs.text, models.text]
     get("ajax-api/2.0/mlflow/registered-models/search")
     versions = get("ajax-api/2.0/mlflow/model-versions/search").json()["model_versions"]
@@ -303,6 +304,6 @@ def test_the_mlflow_ui_serves_a_moved_worlds_runs_and_artifacts(
             path="MLmodel",
         ).text
         assert f"artifact_path: {PROXIED}" in mlmodel
-    assert httpx.get(f"{url}/", timeout=10).status_code == 200  # the UI's own (static) page
+    assert HTTP.get(f"{url}/", timeout=10).status_code == 200  # the UI's own (static) page
 
     assert not _leaks(answers, faulty_world.root) and not _leaks(answers, copy)

@@ -8,10 +8,10 @@ import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.services.running import Stack, running_stack
 from tests.waiting import until
 
@@ -26,7 +26,7 @@ def acting_stack(built: BuildSummary, tmp_path_factory: pytest.TempPathFactory) 
 
 def act(stack: Stack, action: str, params: dict[str, Any]) -> dict[str, Any]:
     """Apply `action` as the candidate; the 202 answer (its id, requested and effective times)."""
-    reply = httpx.post(
+    reply = HTTP.post(
         stack.url + "/api/actions",
         json={"action": action, "params": params},
         headers=stack.candidate,
@@ -38,7 +38,7 @@ def act(stack: Stack, action: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def model_now(stack: Stack) -> dt.datetime:
     """The simulated now as the model server has it."""
-    meta = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
+    meta = HTTP.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
     return dt.datetime.fromisoformat(meta.json()["now"])
 
 
@@ -47,7 +47,7 @@ def forward(
 ) -> dt.datetime:
     """Fast-forward as the interviewer; returns the new now once the service whose clock `now`
     reads is there."""
-    reply = httpx.post(
+    reply = HTTP.post(
         f"{stack.url}/api/sessions/{stack.session_id}/clock/forward",
         json={"hours": hours},
         headers=stack.interviewer,
@@ -61,7 +61,7 @@ def forward(
 
 def predictions(stack: Stack, customers: list[int]) -> list[dict[str, Any]]:
     """The model server's live answers for `customers`, one batch request."""
-    reply = httpx.post(
+    reply = HTTP.post(
         stack.url + "/services/model/predict/batch",
         json={"requests": [{"customer_id": c} for c in customers]},
         headers=stack.candidate,

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from tests.http_client import HTTP
 from tests.services.test_stack import _tree
 from tests.waiting import until
 
@@ -66,7 +67,7 @@ class Session:
 def create_session(url: str, world: Path, name: str, timeout: float = 30.0) -> Session:
     """A new session, created as the stack's operator (`POST /api/sessions`)."""
     operator = (Path(world) / OPERATOR_TOKEN).read_text().strip()
-    reply = httpx.post(
+    reply = HTTP.post(
         url + "/api/sessions",
         json={"candidate": name},
         headers={"Authorization": f"Bearer {operator}"},
@@ -286,7 +287,7 @@ def run_candidates(
 
 def history(url: str, session: Session, timeout: float = 60.0) -> list[dict[str, Any]]:
     """The session's history as its interviewer sees it (with `seq`)."""
-    reply = httpx.get(
+    reply = HTTP.get(
         f"{url}/api/sessions/{session.id}/history",
         headers={"Authorization": f"Bearer {session.interviewer_token}"},
         timeout=timeout,
@@ -447,12 +448,12 @@ def _wait_for(check: Callable[[], bool], timeout: float, poll: float = 0.2) -> b
 
 def _healthy(url: str) -> bool:
     with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(url + "/-/health", timeout=2).status_code == 200
+        return HTTP.get(url + "/-/health", timeout=2).status_code == 200
     return False
 
 
 def session_state(url: str, session: Session) -> dict[str, Any]:
-    reply = httpx.get(
+    reply = HTTP.get(
         f"{url}/api/sessions/{session.id}",
         headers={"Authorization": f"Bearer {session.interviewer_token}"},
         timeout=30,

@@ -19,6 +19,7 @@ import pytest
 
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.waiting import until
 
 SANDBOX = str(Path(sys.executable).with_name("sandbox"))
@@ -37,7 +38,7 @@ class Stack:
     interviewer_url: str
 
     def sql(self, query: str) -> dict:
-        reply = httpx.post(
+        reply = HTTP.post(
             self.url + "/api/sql", json={"sql": query}, headers=self.candidate, timeout=30
         )
         assert reply.status_code == 200, reply.text
@@ -47,7 +48,7 @@ class Stack:
         return self.sql(query)["rows"][0][0]
 
     def history(self) -> list[dict]:
-        reply = httpx.get(
+        reply = HTTP.get(
             f"{self.url}/api/sessions/{self.session_id}/history",
             headers=self.interviewer,
             timeout=30,
@@ -60,7 +61,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) 
     def health() -> dict | None:
         assert process.poll() is None, "sandbox up exited"
         with contextlib.suppress(httpx.HTTPError):
-            reply = httpx.get(url + "/-/health", timeout=2)
+            reply = HTTP.get(url + "/-/health", timeout=2)
             if reply.status_code == 200:
                 return reply.json()
         return None

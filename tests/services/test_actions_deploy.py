@@ -23,6 +23,7 @@ from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.services.acting import act, acting_stack, forward, model_now, predictions
 from tests.services.running import Stack
 from tests.services.test_actions_live import _snapshot
@@ -40,7 +41,7 @@ def deploying(worlds: Worlds, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _metadata(stack: Stack) -> dict:
-    reply = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
+    reply = HTTP.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
     assert reply.status_code == 200, reply.text
     return reply.json()
 
@@ -100,7 +101,7 @@ def test_deployment_actions_move_the_live_scores_toward_the_control_world(
     assert fault_gap > 0
 
     # An unknown version is refused, naming the field, and nothing is applied.
-    refused = httpx.post(
+    refused = HTTP.post(
         deploying.url + "/api/actions",
         json={"action": PIN_VERSION, "params": {"version": "99"}},
         headers=deploying.candidate,
@@ -166,7 +167,7 @@ def test_deployment_actions_move_the_live_scores_toward_the_control_world(
 def _registered(stack: Stack) -> dict | None:
     """The churn model through the gateway; None while MLflow starts on its first visit."""
     try:
-        reply = httpx.get(
+        reply = HTTP.get(
             f"{stack.url}/services/mlflow/ajax-api/2.0/mlflow/registered-models/get",
             params={"name": MODEL},
             headers=stack.candidate,
@@ -189,7 +190,7 @@ def test_the_moved_alias_shows_in_the_registry_and_its_file_is_untouched(deployi
     )
     aliases = {a["alias"]: a["version"] for a in reply["registered_model"]["aliases"]}
     assert aliases == {"champion": "1", "shadow": "1"}
-    champion = httpx.get(
+    champion = HTTP.get(
         f"{deploying.url}/services/mlflow/ajax-api/2.0/mlflow/registered-models/alias",
         params={"name": MODEL, "alias": "champion"},
         headers=deploying.candidate,

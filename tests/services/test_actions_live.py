@@ -14,7 +14,6 @@ import subprocess
 from collections.abc import Iterator
 
 import duckdb
-import httpx
 import numpy as np
 import polars as pl
 import pytest
@@ -25,6 +24,7 @@ from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
 from sandbox.services.supervisor import HEARTBEAT_FILE
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.services.acting import act, acting_stack, forward, model_now, predictions
 from tests.services.running import SANDBOX, Stack
 from tests.services.test_workspace_browser import WAIT_MS
@@ -167,7 +167,7 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
     )
 
     # The review judges both by the answer key, and times the first mitigation.
-    review = httpx.get(
+    review = HTTP.get(
         f"{acting.url}/api/sessions/{acting.session_id}/review",
         headers=acting.interviewer,
         timeout=30,
@@ -360,7 +360,7 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     )
     assert any(SET_FILL in m for m in marked)
 
-    review = httpx.get(
+    review = HTTP.get(
         f"{acting.url}/api/sessions/{acting.session_id}/review",
         headers=acting.interviewer,
         timeout=30,

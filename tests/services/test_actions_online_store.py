@@ -13,7 +13,6 @@ import datetime as dt
 from collections.abc import Iterator
 
 import duckdb
-import httpx
 import numpy as np
 import polars as pl
 import pytest
@@ -27,6 +26,7 @@ from sandbox.services.common import ServiceContext
 from sandbox.services.model_server import LiveModelServer
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.services.acting import act, acting_stack, forward, model_now, predictions
 from tests.services.running import Stack
 from tests.waiting import until
@@ -46,7 +46,7 @@ def backfilling(skewed: BuildSummary, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _metadata(stack: Stack) -> dict:
-    reply = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
+    reply = HTTP.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
     return reply.json()
 
 
@@ -173,7 +173,7 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
             service == "model-server"
         )
 
-    review = httpx.get(
+    review = HTTP.get(
         f"{backfilling.url}/api/sessions/{backfilling.session_id}/review",
         headers=backfilling.interviewer,
         timeout=30,

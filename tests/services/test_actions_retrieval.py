@@ -28,6 +28,7 @@ from sandbox.services.retrieval import ENCODER_URI, SERVICE, RetrievalService
 from sandbox.services.traffic import _relevant_articles
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.services.acting import act, acting_stack, forward
 from tests.services.running import Stack
 from tests.waiting import until
@@ -99,7 +100,7 @@ def _live(stack: Stack, queries: list[tuple[str, frozenset[int]]]) -> tuple[floa
 
 
 def _retrieval_now(stack: Stack) -> dt.datetime:
-    reply = httpx.get(stack.url + "/services/retrieval/health", headers=stack.candidate, timeout=10)
+    reply = HTTP.get(stack.url + "/services/retrieval/health", headers=stack.candidate, timeout=10)
     return dt.datetime.fromisoformat(reply.json()["now"])
 
 
@@ -158,7 +159,7 @@ def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
         f"AND attrs LIKE '%{applied['id']}%'"
     )
     assert rebuilding.scalar(applied_line) == "retrieval"
-    meta = httpx.get(
+    meta = HTTP.get(
         rebuilding.url + "/services/retrieval/metadata", headers=rebuilding.candidate, timeout=10
     ).json()
     assert meta["index_metadata"]["encoder_version"] == meta["encoder_version"] == 2
@@ -175,7 +176,7 @@ def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
             service == SERVICE
         )
 
-    review = httpx.get(
+    review = HTTP.get(
         f"{rebuilding.url}/api/sessions/{rebuilding.session_id}/review",
         headers=rebuilding.interviewer,
         timeout=30,

@@ -50,6 +50,7 @@ from sandbox.services.simclock import SimClock
 from sandbox.services.spool import read_new
 from sandbox.world.build import BuildSummary
 from tests.conftest import scenario_for
+from tests.http_client import HTTP
 from tests.waiting import until
 
 pytestmark = pytest.mark.world
@@ -472,7 +473,7 @@ def test_process_serves_health_and_stops_promptly_during_a_drift_run(clock, worl
         def health() -> httpx.Response | None:
             assert proc.poll() is None, "the jobs process exited"
             with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False)
+                return HTTP.get(f"http://127.0.0.1:{port}/health", timeout=1)
             return None
 
         assert until(health, "the jobs process's health endpoint", timeout=60).status_code == 200
@@ -483,7 +484,7 @@ def test_process_serves_health_and_stops_promptly_during_a_drift_run(clock, worl
             return descendants(proc.pid)
 
         children = until(drift_child, "a drift run in a child", timeout=60, every=0.1)
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+        metrics = HTTP.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'scheduler_job_runs_total{job="materialize",status="success"} 3.0' in metrics
         assert "scheduler_job_last_success_timestamp_seconds" in metrics
         time.sleep(1.0)  # let the child get going (and start its own worker)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-import httpx
 import pytest
 
+from tests.http_client import HTTP
 from tests.services.candidates import (
     TAG,
     Candidate,
@@ -75,7 +75,7 @@ def test_each_history_holds_exactly_its_candidates_acknowledged_actions(
 def test_a_candidate_sees_only_their_own_history(stack: Stack, crowd: list[Candidate]) -> None:
     for candidate in crowd:
         assert candidate.foreign_seen == set()  # during the run, in the console's history
-        reply = httpx.get(
+        reply = HTTP.get(
             stack.url + "/api/my/history",
             params={"kind": ""},
             headers={"Authorization": f"Bearer {candidate.session.candidate_token}"},

@@ -10,11 +10,11 @@ import re
 import time
 
 import duckdb
-import httpx
 import pytest
 
 from sandbox import scenario
 from sandbox.services import dashboards
+from tests.http_client import HTTP
 from tests.services.running import Stack, new_session
 from tests.waiting import until
 
@@ -30,7 +30,7 @@ def _prometheus(stack: Stack) -> str:
 
 
 def _query(stack: Stack, promql: str, **params: object) -> list[dict]:
-    reply = httpx.get(
+    reply = HTTP.get(
         f"{stack.url}/services/prometheus/api/v1/query",
         params={"query": promql, **params},
         headers=stack.candidate,
@@ -77,18 +77,18 @@ def test_live_samples_arrive_from_every_service(stack: Stack) -> None:
 
 def test_prometheus_is_read_only_and_recorded_for_the_candidate(stack: Stack) -> None:
     for method, path in (("POST", "api/v1/admin/tsdb/delete_series"), ("PUT", "api/v1/query")):
-        reply = httpx.request(
+        reply = HTTP.request(
             method, f"{stack.url}/services/prometheus/{path}", headers=stack.candidate, timeout=10
         )
         assert reply.status_code == 405, path
-    posted = httpx.post(
+    posted = HTTP.post(
         f"{stack.url}/services/prometheus/api/v1/query",
         data={"query": "up"},
         headers=stack.candidate,
         timeout=10,
     )
     assert posted.status_code == 200
-    assert httpx.get(_prometheus(stack) + "/-/ready", timeout=5).status_code == 200
+    assert HTTP.get(_prometheus(stack) + "/-/ready", timeout=5).status_code == 200
     calls = [e for e in stack.history() if e["detail"].get("service") == "prometheus"]
     assert calls and any("api/v1/query" in e["detail"]["path"] for e in calls)
 
@@ -100,7 +100,7 @@ def test_the_grafana_dashboards_query_only_what_prometheus_holds(stack: Stack) -
     outside = re.compile(r"\b(by|without)\s*\([^)]*\)|\{[^}]*\}|\[[^\]]*\]")
     used = {e: set(METRIC.findall(outside.sub("", e))) for e in exprs}
     # A labelled counter exists from its first increment: make sure both services served.
-    httpx.post(
+    HTTP.post(
         f"{stack.url}/services/retrieval/search",
         json={"text": "my payment failed twice"},
         headers=stack.candidate,
@@ -109,7 +109,7 @@ def test_the_grafana_dashboards_query_only_what_prometheus_holds(stack: Stack) -
     wanted = set().union(*used.values())
 
     def names_once_complete() -> set[str]:
-        reply = httpx.get(
+        reply = HTTP.get(
             f"{stack.url}/services/prometheus/api/v1/label/__name__/values",
             headers=stack.candidate,
             timeout=30,
@@ -120,7 +120,7 @@ def test_the_grafana_dashboards_query_only_what_prometheus_holds(stack: Stack) -
     names = until(names_once_complete, "every metric the dashboards name", timeout=90, every=1)
     for expr in exprs:
         assert used[expr] and used[expr] <= names, (expr, used[expr] - names)
-        ran = httpx.get(
+        ran = HTTP.get(
             f"{stack.url}/services/prometheus/api/v1/query",
             params={"query": expr},
             headers=stack.candidate,
@@ -134,10 +134,10 @@ METRIC = re.compile(r"\b([a-z_][a-z0-9_]*)\b(?!\s*\()")
 
 
 def test_the_workspace_links_to_prometheus(stack: Stack) -> None:
-    page = httpx.get(f"{stack.url}/brief", headers=stack.candidate, timeout=10).text
+    page = HTTP.get(f"{stack.url}/brief", headers=stack.candidate, timeout=10).text
     assert 'href="/services/prometheus/"' in page
     # Prometheus redirects to its UI at its external address, which is behind the gateway.
-    graph = httpx.get(
+    graph = HTTP.get(
         f"{stack.url}/services/prometheus/",
         headers=stack.candidate,
         timeout=10,

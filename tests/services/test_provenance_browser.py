@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Browser, Page
 
+from tests.http_client import HTTP
 from tests.services.running import Stack, new_session
 
 QUERIES = [
@@ -31,7 +32,7 @@ INTEGRITY = {"outside-workspace", "overlapping-requests", "fast-composition"}
 
 
 def _review(stack: Stack) -> dict[str, Any]:
-    reply = httpx.get(
+    reply = HTTP.get(
         f"{stack.url}/api/sessions/{stack.session_id}/review", headers=stack.interviewer, timeout=60
     )
     assert reply.status_code == 200, reply.text
@@ -143,7 +144,7 @@ def test_a_script_with_the_bearer_token_raises_each_signal_on_its_events(
     sent = QUERIES * 3
     statuses = _concurrently(stack, sent)
     assert set(statuses) <= {200, 429}  # a flood may be told to wait; it is recorded either way
-    pasted = httpx.put(
+    pasted = HTTP.put(
         f"{stack.url}/api/diagnosis",
         json={"root_cause": DIAGNOSIS},
         headers=stack.candidate,
@@ -211,7 +212,7 @@ def test_a_workspace_only_session_refuses_the_script_and_works_in_the_browser(
         ("POST", "/api/sql", {"sql": QUERIES[0]}),
         ("GET", "/services/mlflow/api/2.0/mlflow/registered-models/search", None),
     ):
-        reply = httpx.request(
+        reply = HTTP.request(
             method, stack.url + path, json=body, headers=stack.candidate, timeout=30
         )
         assert reply.status_code == 403, path

@@ -38,6 +38,7 @@ from sandbox.services.gateway.app import create_app
 from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import free_port, mlflow_ui
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.services.conftest import FROZEN, world_paths
 from tests.waiting import until
 
@@ -106,7 +107,7 @@ class Gateway:
 
     def session(self) -> tuple[str, dict[str, str], dict[str, str]]:
         """A new session: its id, and the candidate's and the interviewer's auth headers."""
-        made = httpx.post(
+        made = HTTP.post(
             self.url + "/api/sessions", json={"candidate": "ada"}, headers=self.admin, timeout=30
         )
         assert made.status_code == 200, made.text
@@ -118,7 +119,7 @@ class Gateway:
         )
 
     def history(self, session_id: str, interviewer: dict[str, str]) -> list[dict[str, Any]]:
-        reply = httpx.get(
+        reply = HTTP.get(
             f"{self.url}/api/sessions/{session_id}/history", headers=interviewer, timeout=30
         )
         assert reply.status_code == 200, reply.text
@@ -191,7 +192,7 @@ def running_mlflow(mlflow_dir: Path) -> Iterator[str]:
         def healthy() -> bool:
             assert process.poll() is None, (mlflow_dir.parent / "mlflow.log").read_text()
             with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(url + "/services/mlflow/health", timeout=2).status_code == 200
+                return HTTP.get(url + "/services/mlflow/health", timeout=2).status_code == 200
             return False
 
         until(healthy, "the MLflow UI up behind the gateway", timeout=MLFLOW_READY_S, every=0.5)

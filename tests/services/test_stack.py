@@ -22,6 +22,7 @@ from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 from tests.services.running import READY_S, SANDBOX, Stack, running_stack
 from tests.waiting import until
 
@@ -88,7 +89,7 @@ def _a_customer(world: Path) -> int:
 
 
 def test_every_service_is_healthy(stack: Stack) -> None:
-    health = httpx.get(stack.url + "/-/health").json()
+    health = HTTP.get(stack.url + "/-/health").json()
     assert health["status"] == "ok"
     assert set(health["services"]) >= {
         "gateway",
@@ -102,15 +103,15 @@ def test_every_service_is_healthy(stack: Stack) -> None:
 
 def test_the_mlflow_ui_starts_on_its_first_visit(stack: Stack) -> None:
     """The registry UI holds no memory until someone opens it; the first visit waits for it."""
-    assert httpx.get(stack.url + "/-/health").json()["services"]["mlflow"] == "idle"
+    assert HTTP.get(stack.url + "/-/health").json()["services"]["mlflow"] == "idle"
     assert not [c for c in _tree(stack.process.pid).values() if "mlflow.server" in c]
 
     search = "/services/mlflow/ajax-api/2.0/mlflow/registered-models/search"
-    reply = httpx.get(stack.url + search, headers=stack.candidate, timeout=90)
+    reply = HTTP.get(stack.url + search, headers=stack.candidate, timeout=90)
     assert reply.status_code == 200, reply.text
     assert {m["name"] for m in reply.json()["registered_models"]} >= {"churn-model"}
 
-    health = httpx.get(stack.url + "/-/health").json()
+    health = HTTP.get(stack.url + "/-/health").json()
     assert health["status"] == "ok" and health["services"]["mlflow"] == "ok"
     assert [c for c in _tree(stack.process.pid).values() if "mlflow.server" in c]
     until(
@@ -129,7 +130,7 @@ def test_the_mlflow_ui_starts_on_its_first_visit(stack: Stack) -> None:
 
 def test_predict_and_search_through_the_gateway(stack: Stack) -> None:
     customer = _a_customer(stack.world)
-    reply = httpx.post(
+    reply = HTTP.post(
         stack.url + "/services/model/predict",
         json={"customer_id": customer},
         headers=stack.candidate,
@@ -138,10 +139,10 @@ def test_predict_and_search_through_the_gateway(stack: Stack) -> None:
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["customer_id"] == customer and 0 <= body["score"] <= 1
-    meta = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate).json()
+    meta = HTTP.get(stack.url + "/services/model/metadata", headers=stack.candidate).json()
     assert body["model_version"] == meta["model_version"]
 
-    found = httpx.post(
+    found = HTTP.post(
         stack.url + "/services/retrieval/search",
         json={"text": "my video keeps buffering on the tv app", "k": 3},
         headers=stack.candidate,
@@ -152,15 +153,15 @@ def test_predict_and_search_through_the_gateway(stack: Stack) -> None:
 
 
 def test_bad_requests_get_clear_errors(stack: Stack) -> None:
-    malformed = httpx.post(
+    malformed = HTTP.post(
         stack.url + "/services/model/predict", json={"customer_id": "abc"}, headers=stack.candidate
     )
     assert malformed.status_code == 422 and "customer_id" in malformed.text
-    unknown = httpx.post(
+    unknown = HTTP.post(
         stack.url + "/services/model/predict", json={"customer_id": 10**12}, headers=stack.candidate
     )
     assert unknown.status_code == 404 and str(10**12) in unknown.text
-    no_text = httpx.post(
+    no_text = HTTP.post(
         stack.url + "/services/retrieval/search", json={"k": 3}, headers=stack.candidate
     )
     assert no_text.status_code == 422 and "text" in no_text.text
@@ -201,7 +202,7 @@ def test_live_traffic_lands_in_the_candidates_telemetry(stack: Stack) -> None:
 
 def test_the_interviewer_sees_the_candidates_requests(stack: Stack) -> None:
     stack.sql("SELECT count(*) FROM ops.changelog")
-    events = httpx.get(
+    events = HTTP.get(
         f"{stack.url}/api/sessions/{stack.session_id}/history", headers=stack.interviewer
     ).json()
     kinds = {e["kind"] for e in events}
@@ -215,7 +216,7 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
     customer = _a_customer(stack.world)
     acknowledged = []
     for _ in range(5):
-        reply = httpx.post(
+        reply = HTTP.post(
             stack.url + "/services/model/predict",
             json={"customer_id": customer},
             headers=stack.candidate,
@@ -228,7 +229,7 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
 
     def restarted() -> bool:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(stack.url + "/-/health", timeout=2).status_code == 200:
+            if HTTP.get(stack.url + "/-/health", timeout=2).status_code == 200:
                 again = [
                     p
                     for p, cmd in _tree(stack.process.pid).items()

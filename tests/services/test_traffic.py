@@ -32,6 +32,7 @@ from sandbox.services.traffic import (
     live_schedule,
 )
 from sandbox.world.build import BuildSummary
+from tests.http_client import HTTP
 
 pytestmark = pytest.mark.world
 
@@ -367,13 +368,13 @@ def test_process_serves_health_and_metrics_and_stops_on_sigterm(set_clock, world
         while True:
             assert proc.poll() is None, "the traffic process exited"
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False)
+                health = HTTP.get(f"http://127.0.0.1:{port}/health", timeout=1)
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "no health endpoint"
                 time.sleep(0.2)
         assert health.status_code == 200
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+        metrics = HTTP.get(f"http://127.0.0.1:{port}/metrics").text
         assert "traffic_events_pending" in metrics
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)

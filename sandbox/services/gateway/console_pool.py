@@ -51,8 +51,8 @@ IDLE_RETIRE_S = 60.0  # extra workers idle this long go away
 HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@%+~-]+){2,}/?")
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-# The fault catalog is imported here once (the planted faults act on live metrics), not in
-# every worker: it pulls in scikit-learn, seconds of imports.
+# The fault catalog (the planted faults act on live metrics) is imported here once, not in every
+# worker.
 _CONTEXT.set_forkserver_preload(
     ["sandbox.services.gateway.console_worker", "sandbox.faults.registry"]
 )
