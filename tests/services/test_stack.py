@@ -1,6 +1,7 @@
-"""`sandbox up` end to end: every process on loopback, live traffic landing in the candidate's
-telemetry, a killed service restarted without losing what it acknowledged, Ctrl-C leaving nothing
-behind."""
+"""The main job end to end: `sandbox demo` prints working links, every process runs on loopback,
+live traffic lands in the candidate's telemetry, a killed service is restarted without losing what
+it acknowledged, Ctrl-C leaves nothing behind. One stack serves the module, started as a user
+starts it: a stack start is among the suite's dearest steps."""
 
 from __future__ import annotations
 
@@ -23,10 +24,8 @@ from sandbox.pipeline import deploy
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
-from tests.services.running import READY_S, SANDBOX, Stack, running_stack
+from tests.services.running import READY_S, SANDBOX, Stack, new_session, wait_healthy
 from tests.waiting import until
-
-SPEED = 600.0  # ten simulated minutes per second: live traffic shows up within seconds
 
 
 def _alive(pid: int) -> bool:
@@ -71,9 +70,63 @@ def _service_pid(stack: Stack, module: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(faulty_world, tmp_path_factory, SPEED) as running:
-        yield running
+def demo(
+    faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, dict[str, str]]]:
+    """`sandbox demo` on a copy of the built world (so it skips the build), and the candidate and
+    interviewer links it printed; the stack has one more session for the tests' own calls."""
+    world = tmp_path_factory.mktemp("demo") / "demo"
+    shutil.copytree(faulty_world.root, world, ignore=shutil.ignore_patterns("run", "sessions.*"))
+    port = free_port()
+    process = subprocess.Popen(
+        [SANDBOX, "demo", "--out", str(world), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        links = _printed_links(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, process)
+        yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada"), links
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _printed_links(process: subprocess.Popen) -> dict[str, str]:
+    links: dict[str, str] = {}
+    deadline = time.monotonic() + READY_S
+    assert process.stdout is not None
+    while len(links) < 2 and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        assert line, "sandbox demo exited before printing the links"
+        for role in ("candidate", "interviewer"):
+            if line.startswith(f"{role}:"):
+                links[role] = line.split()[-1]
+    assert set(links) == {"candidate", "interviewer"}
+    return links
+
+
+@pytest.fixture(scope="module")
+def stack(demo: tuple[Stack, dict[str, str]]) -> Stack:
+    return demo[0]
+
+
+def test_demo_prints_working_links(demo: tuple[Stack, dict[str, str]]) -> None:
+    stack, links = demo
+    # The other test process shares the cores: a first page may wait its turn for seconds.
+    with httpx.Client(follow_redirects=True, timeout=30) as browser:
+        page = browser.get(links["candidate"])
+        assert page.status_code == 200 and "token" not in str(page.url)
+        answer = browser.post(
+            stack.url + "/api/sql", json={"sql": "SELECT count(*) FROM raw.customers"}
+        )
+        assert answer.status_code == 200 and answer.json()["rows"][0][0] > 0
 
 
 def _live_start(world: Path) -> dt.datetime:
@@ -289,41 +342,3 @@ def test_up_refuses_a_world_that_is_missing_or_half_built(tmp_path: Path) -> Non
         said = " ".join((refused.stderr + refused.stdout).split())
         assert refused.returncode != 0
         assert "no manifest.json" in said and f"sandbox build --out {world}" in said
-
-
-def test_demo_starts_the_stack_and_prints_working_links(
-    faulty_world: BuildSummary, tmp_path: Path
-) -> None:
-    world = tmp_path / "demo"
-    shutil.copytree(faulty_world.root, world, ignore=shutil.ignore_patterns("run"))
-    port = free_port()
-    process = subprocess.Popen(
-        [SANDBOX, "demo", "--out", str(world), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        links: dict[str, str] = {}
-        deadline = time.monotonic() + READY_S
-        assert process.stdout is not None
-        while len(links) < 2 and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            assert line, "sandbox demo exited before printing the links"
-            for role in ("candidate", "interviewer"):
-                if line.startswith(f"{role}:"):
-                    links[role] = line.split()[-1]
-        assert set(links) == {"candidate", "interviewer"}
-        # The other test process shares the cores: a first page may wait its turn for seconds.
-        with httpx.Client(follow_redirects=True, timeout=30) as browser:
-            page = browser.get(links["candidate"])
-            assert page.status_code == 200 and "token" not in str(page.url)
-            answer = browser.post(
-                f"http://127.0.0.1:{port}/api/sql",
-                json={"sql": "SELECT count(*) FROM raw.customers"},
-            )
-            assert answer.status_code == 200 and answer.json()["rows"][0][0] > 0
-        _stops_cleanly(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
