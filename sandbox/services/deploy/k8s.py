@@ -165,12 +165,17 @@ def _sandbox_security() -> Manifest:
     }
 
 
+def _number(value: float) -> str:
+    """48.0 as 48, as compose passes it; anything else exactly."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def _init_job(options: Options) -> Manifest:
     container = {
         "name": INIT,
         "image": options.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": list(init_command(str(options.speed), str(options.scale))),
+        "command": list(init_command(_number(options.speed), _number(options.scale))),
         "volumeMounts": [_world_mount()],
     }
     return {
