@@ -21,6 +21,7 @@ from sandbox.services.deploy.processes import (
     GATEWAY,
     IMAGE,
     INIT,
+    INIT_MEMORY_MB,
     PROMETHEUS_CONFIG,
     PROMETHEUS_DATA,
     READY_FILE,
@@ -176,6 +177,7 @@ def _init_job(options: Options) -> Manifest:
         "image": options.image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(init_command(_number(options.speed), _number(options.scale))),
+        "resources": {"requests": {"memory": f"{INIT_MEMORY_MB}Mi"}},
         "volumeMounts": [_world_mount()],
     }
     return {

@@ -37,6 +37,9 @@ MEMORY_MB: Mapping[str, int] = {
     "jobs": 145,
     "prometheus": 256,
 }
+# The init container builds the world when it is missing: the build's peak at the default scale
+# (README, "Performance": at most 3 GB, measured by `python -m benchmarks.build`).
+INIT_MEMORY_MB = 3072
 
 
 @dataclass(frozen=True)

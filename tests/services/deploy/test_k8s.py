@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 
 from sandbox.cli import app
 from sandbox.services.deploy import k8s
-from sandbox.services.deploy.processes import GATEWAY, MEMORY_MB, init_command, processes
+from sandbox.services.deploy.processes import (
+    GATEWAY,
+    INIT_MEMORY_MB,
+    MEMORY_MB,
+    init_command,
+    processes,
+)
 
 # The oldest Kubernetes release still maintained when this was written; the fields used here are
 # all older than it.
@@ -73,9 +79,9 @@ def test_every_process_has_a_deployment_probed_on_its_health_path(docs: list[dic
 def test_the_world_has_a_claim_and_an_init_job_every_pod_mounts(docs: list[dict]) -> None:
     [claim] = of_kind(docs, "PersistentVolumeClaim").values()
     [job] = of_kind(docs, "Job").values()
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == list(
-        init_command("60", "1")
-    )
+    [builder] = job["spec"]["template"]["spec"]["containers"]
+    assert builder["command"] == list(init_command("60", "1"))
+    assert builder["resources"]["requests"]["memory"] == f"{INIT_MEMORY_MB}Mi"
     for pod in [
         job["spec"]["template"],
         *(d["spec"]["template"] for d in of_kind(docs, "Deployment").values()),
