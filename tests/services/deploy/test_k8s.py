@@ -125,6 +125,14 @@ def test_only_the_gateway_is_reachable_from_outside_the_namespace(docs: list[dic
         name for name, labels in pods.items() if reachable_from_outside(labels, policies)
     }
     assert open_to_all == {GATEWAY}
+    # and nothing is shut off from the rest of its stack
+    same_namespace = [
+        p["spec"]["podSelector"]
+        for p in policies
+        if any(rule.get("from") == [{"podSelector": {}}] for rule in p["spec"]["ingress"])
+    ]
+    for labels in pods.values():
+        assert any(s.get("matchLabels", {}).items() <= labels.items() for s in same_namespace)
     gateway = next(p for p in processes() if p.name == GATEWAY)
     outside = [p for p in policies if p["spec"]["podSelector"].get("matchLabels")]
     assert [r["ports"] for p in outside for r in p["spec"]["ingress"]] == [
