@@ -31,6 +31,8 @@ app.add_typer(scenario_app, name="scenario")
 app.add_typer(session_app, name="session")
 dashboards_app = typer.Typer(no_args_is_help=True, help="The dashboards of sandbox/dashboards/.")
 app.add_typer(dashboards_app, name="dashboards")
+deploy_app = typer.Typer(no_args_is_help=True, help="The stack as manifests for a cluster.")
+app.add_typer(deploy_app, name="deploy")
 console = Console()
 err = Console(stderr=True)
 
@@ -539,6 +541,51 @@ def compose_init(
         _run_build(_load(None, None, scale), world, force=True)
     compose.prepare(world, speed, settings)
     print(f"{world} is ready for the stack's containers")
+
+
+@deploy_app.command("k8s")
+def deploy_k8s(
+    out: Path,
+    namespace: Annotated[
+        str, typer.Option("--namespace", help="One per candidate: the stack and its world.")
+    ] = "sandbox",
+    public_url: Annotated[
+        str, typer.Option("--public-url", help="Where people open the gateway (session links).")
+    ] = "http://localhost:8000",
+    speed: Annotated[float, typer.Option("--speed")] = 48.0,
+    scale: Annotated[float, typer.Option("--scale")] = 1.0,
+    world_size: Annotated[str, typer.Option("--world-size", help="The world's volume.")] = "10Gi",
+    access_mode: Annotated[
+        str, typer.Option("--access-mode", help="ReadWriteMany if pods may land on two nodes.")
+    ] = "ReadWriteOnce",
+    storage_class: Annotated[str | None, typer.Option("--storage-class")] = None,
+    image: Annotated[
+        str, typer.Option("--image", help="compose/Dockerfile's image, as the cluster pulls it.")
+    ] = "ml-incident-sandbox:latest",
+) -> None:
+    """Write Kubernetes manifests for the stack into OUT (`kubectl apply -f OUT`): a namespace,
+    the world's volume and the Job preparing it, a Deployment and Service per process, and
+    NetworkPolicies letting only the gateway be reached from outside the namespace."""
+    from pydantic import ValidationError
+
+    from sandbox.services.deploy import k8s
+
+    try:
+        options = k8s.Options(
+            namespace=namespace,
+            public_url=public_url.rstrip("/"),
+            speed=speed,
+            scale=scale,
+            world_size=world_size,
+            access_mode=access_mode,
+            storage_class=storage_class,
+            image=image,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"--{e['loc'][0]}: {e['msg']}".replace("_", "-") for e in exc.errors())
+        _fail(problems)
+    for path in k8s.write(out, options):
+        print(path)
 
 
 @dashboards_app.command("grafana")

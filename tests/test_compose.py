@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,15 @@ from typer.testing import CliRunner
 
 from sandbox.cli import app
 from sandbox.services import compose
+from sandbox.services.deploy import k8s
+from sandbox.services.deploy.processes import (
+    GATEWAY,
+    INIT,
+    READY_FILE,
+    init_command,
+    processes,
+    prometheus_config,
+)
 from sandbox.services.simclock import SimClock
 from sandbox.world.build import BuildSummary
 from tests.conftest import REPO
@@ -94,3 +104,56 @@ def test_compose_init_prepares_a_world_for_the_containers(
     assert "/world/run/grafana" in provisioned
     assert sorted(p.stem for p in (run / "grafana").glob("*.json"))
     assert (world / "interviewer" / "operator-token").exists()
+    assert (run / READY_FILE).exists()  # what the Kubernetes pods wait for
+
+
+def health_url(test: list[str]) -> tuple[int, str]:
+    """The port and path a compose healthcheck asks for."""
+    found = re.search(r"http://localhost:(\d+)([^'\s]*)", " ".join(test))
+    assert found, test
+    return int(found[1]), found[2]
+
+
+def test_compose_runs_the_processes_of_the_one_definition(config: dict) -> None:
+    """compose.yaml is written by hand; the Kubernetes manifests come from the definition it is
+    held to here, field by field, so the two cannot drift apart."""
+    services = config["services"]
+    procs = processes()  # compose's defaults: the gateway on localhost:8000
+    assert set(services) == {p.name for p in procs} | {INIT, "grafana"}
+    assert services[INIT]["command"] == list(init_command("48", "1"))
+    for proc in procs:
+        service = services[proc.name]
+        assert service.get("entrypoint", []) + service["command"] == list(proc.command), proc.name
+        assert service["image"] == proc.image
+        assert health_url(service["healthcheck"]["test"]) == (proc.port, proc.health), proc.name
+        assert service.get("environment", {}) == dict(proc.env), proc.name
+        healthy = {
+            n for n, how in service["depends_on"].items() if how["condition"] == "service_healthy"
+        }
+        assert healthy == set(proc.needs), proc.name
+        assert "world:/world" in " ".join(service["volumes"])
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {GATEWAY, "grafana"}
+    prometheus_yml = yaml.safe_load((REPO / "compose" / "prometheus.yml").read_text())
+    assert prometheus_yml == prometheus_config(procs)
+
+
+def test_compose_and_kubernetes_agree_on_processes_commands_and_ports(config: dict) -> None:
+    docs = [d for file in k8s.manifests(k8s.Options()).values() for d in file]
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+    services = config["services"]
+    assert set(pods) == set(services) - {INIT, "grafana"}
+    for name, pod in pods.items():
+        [container] = pod["containers"]
+        compose_command = services[name].get("entrypoint", []) + services[name]["command"]
+        assert container["command"] == compose_command, name
+        probe = container["readinessProbe"]["httpGet"]
+        assert (probe["port"], probe["path"]) == health_url(services[name]["healthcheck"]["test"])
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        assert env == services[name].get("environment", {}), name
+    [job] = [d for d in docs if d["kind"] == "Job"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == services[INIT]["command"]

@@ -13,20 +13,14 @@ from sandbox.layout import WorldPaths, world_difficulty
 from sandbox.scenario import world_spec
 from sandbox.services import dashboards, grafana, stack
 from sandbox.services import prometheus as promstack
+from sandbox.services.deploy.processes import GATEWAY, READY_FILE, processes
 from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
-from sandbox.services.supervisor import HEARTBEAT_FILE, MLFLOW_PREFIX
+from sandbox.services.supervisor import HEARTBEAT_FILE
 
-# Container name -> (port, health path), as compose/compose.yaml runs them.
-SERVICES = {
-    "model-server": (8001, "/health"),
-    "retrieval": (8002, "/health"),
-    "traffic": (8003, "/"),
-    "jobs": (8004, "/"),
-    "mlflow": (5000, f"{MLFLOW_PREFIX}/health"),
-    "prometheus": (9090, "/-/ready"),
-}
-GATEWAY_PORT = 8000
+# Container name -> (port, health path), as the containers run them.
+SERVICES = {p.name: (p.port, p.health) for p in processes() if p.name != GATEWAY}
+GATEWAY_PORT = next(p.port for p in processes() if p.name == GATEWAY)
 
 
 def prepare(world: Path, speed: float, settings: Settings) -> WorldPaths:
@@ -34,6 +28,7 @@ def prepare(world: Path, speed: float, settings: Settings) -> WorldPaths:
     paths = WorldPaths(world)
     run = paths.run
     run.mkdir(parents=True, exist_ok=True)
+    (run / READY_FILE).unlink(missing_ok=True)
     addresses = {
         name: stack.ServiceAddress(f"http://{name}:{port}", health)
         for name, (port, health) in SERVICES.items()
@@ -54,4 +49,5 @@ def prepare(world: Path, speed: float, settings: Settings) -> WorldPaths:
         )
     boards = dashboards.for_tier(dashboards.catalog(settings.dashboards), world_difficulty(world))
     grafana.export(run / "grafana", boards)
+    (run / READY_FILE).touch()  # last: what waits for the world starts once this exists
     return paths
