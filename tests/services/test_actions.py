@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 
+import pytest
 from fastapi.testclient import TestClient
 
-from sandbox.actions.catalog import CATALOG, SET_FILL, SET_THRESHOLD
+from sandbox.actions.catalog import CATALOG, RERUN_BATCH, SET_FILL, SET_THRESHOLD
 from sandbox.actions.overrides import Overrides
 from sandbox.layout import WorldPaths
 from sandbox.services import spool, stack
@@ -66,15 +68,19 @@ def test_bad_params_get_a_422_naming_the_field_and_nothing_changes(
 
 
 def test_an_action_this_version_cannot_apply_says_so_and_changes_nothing(
-    client: TestClient, paths: WorldPaths, make_session: MakeSession
+    client: TestClient,
+    paths: WorldPaths,
+    make_session: MakeSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     candidate = bearer(make_session(actions=True)["candidate_token"])
     listed = {a["id"]: a for a in client.get("/api/actions", headers=candidate).json()["actions"]}
-    assert listed["rerun-batch-scoring"]["available"] is False
-    assert listed[SET_FILL]["available"] is True
+    assert all(a["available"] for a in listed.values())
+    # Every action is live in this version: one taken out stands for an action not built yet.
+    monkeypatch.setitem(CATALOG, SET_FILL, replace(CATALOG[SET_FILL], available=False))
     reply = client.post(
         "/api/actions",
-        json={"action": "rerun-batch-scoring", "params": {"days": 3}},
+        json={"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "fill_value": 1}},
         headers=candidate,
     )
     assert reply.status_code == 501
@@ -140,7 +146,8 @@ def test_the_review_judges_each_action_by_the_answer_key(
     for body in (
         {"action": SET_THRESHOLD, "params": {"threshold": 0.3}},
         {"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "fill_value": 20.0}},
-        {"action": "rerun-batch-scoring", "params": {}},
+        {"action": RERUN_BATCH, "params": {}},
+        {"action": RERUN_BATCH, "params": {"days": 3}},  # refused: no verdict
     ):
         client.post("/api/actions", json=body, headers=candidate)
     review = client.get(f"/api/sessions/{links['session_id']}/review", headers=interviewer).json()
@@ -149,9 +156,10 @@ def test_the_review_judges_each_action_by_the_answer_key(
     expected = {
         SET_THRESHOLD: fault["actions"].get(SET_THRESHOLD, "no effect"),
         SET_FILL: fault["actions"][SET_FILL],
-        "rerun-batch-scoring": None,  # not applied: no verdict
+        RERUN_BATCH: fault["actions"].get(RERUN_BATCH, "no effect"),
     }
-    assert {a["id"]: a["verdict"] for a in review["actions"]} == expected
+    verdicts = [(a["id"], a["verdict"]) for a in review["actions"]]
+    assert verdicts == [*expected.items(), (RERUN_BATCH, None)]
     assert expected[SET_FILL] == "mitigates"
     fill = next(a for a in review["actions"] if a["id"] == SET_FILL)
     assert review["action_summary"]["time_to_first_mitigation_s"] == fill["offset_s"]
