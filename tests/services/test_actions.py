@@ -11,7 +11,16 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
-from sandbox.actions.catalog import CATALOG, RERUN_BATCH, SET_FILL, SET_THRESHOLD
+from sandbox.actions.catalog import (
+    CATALOG,
+    MOVE_ALIAS,
+    PIN_VERSION,
+    RERUN_BATCH,
+    RETRAIN,
+    SET_FILL,
+    SET_THRESHOLD,
+)
+from sandbox.actions.deployment import Registry
 from sandbox.actions.overrides import Overrides
 from sandbox.layout import WorldPaths
 from sandbox.services import spool, stack
@@ -210,3 +219,35 @@ def test_time_stands_for_a_session_with_actions_off(
     )
     assert reply.status_code == 409
     assert SimClock.load(paths.run).now() - before < dt.timedelta(minutes=1)
+
+
+def test_a_retrained_version_may_be_pinned_once_its_retrain_is_in_effect(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session(actions=True)
+    candidate = bearer(links["candidate_token"])
+    retrain = client.post(
+        "/api/actions", json={"action": RETRAIN, "params": {}}, headers=candidate
+    ).json()
+    # The version after the registry's latest, registered when the retrain takes effect.
+    versions = Registry.read(paths.mlflow).versions
+    retrained = str(max(int(v) for v in versions) + 1)
+    pin = {"action": PIN_VERSION, "params": {"version": retrained}}
+    early = client.post("/api/actions", json=pin, headers=candidate)
+    assert early.status_code == 422 and "no churn-model version" in early.text
+    interviewer = bearer(links["interviewer_token"])
+    forwarded = client.post(
+        f"/api/sessions/{links['session_id']}/clock/forward",
+        json={"hours": CATALOG[RETRAIN].delay.total_seconds() / 3600 + 0.5},
+        headers=interviewer,
+    )
+    assert forwarded.status_code == 200, forwarded.text
+    assert dt.datetime.fromisoformat(forwarded.json()["now"]) >= dt.datetime.fromisoformat(
+        retrain["effective_at"]
+    )
+    for body in (pin, {"action": MOVE_ALIAS, "params": {"version": retrained}}):
+        reply = client.post("/api/actions", json=body, headers=candidate)
+        assert reply.status_code == 202, reply.text
+    assert retrained not in Registry.read(paths.mlflow).versions  # the registry stays as built
+    unknown = {"action": PIN_VERSION, "params": {"version": str(int(retrained) + 1)}}
+    assert client.post("/api/actions", json=unknown, headers=candidate).status_code == 422
