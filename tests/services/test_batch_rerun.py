@@ -1,6 +1,7 @@
-"""The batch scoring run again from the ops console, on the model server in-process, over the world
-whose servers kept the old decision threshold after a retrain changed the score scale
-(stale-decision-threshold), measured against the same-seed control world.
+"""The batch scoring run again from the ops console, on the model server in-process, measured
+against the same-seed control world: over the world whose servers kept the old decision threshold
+after a retrain changed the score scale (stale-decision-threshold), and over the world whose
+online store partly stopped refreshing (online-store-stale).
 
 Run again with nothing changed, the batch flags what the 06:00 batch flagged that day. Run again
 after the threshold is set to the served version's own cut-off, its list of flagged customers is
@@ -19,7 +20,7 @@ import duckdb
 import pytest
 
 from sandbox import scenario
-from sandbox.actions.catalog import CATALOG, RERUN_BATCH, SET_THRESHOLD
+from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, RERUN_BATCH, SET_THRESHOLD
 from sandbox.actions.deployment import Registry
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.layout import WorldPaths
@@ -133,3 +134,29 @@ def test_a_reruns_progress_is_logged_through_its_delay_and_it_runs_once(
     again = LiveModelServer(live.ctx)
     again.refresh_reruns()
     assert len(spool.read_new(predictions, 0)[0]) == count
+
+
+def test_a_rerun_after_a_backfill_scores_the_fresh_features(
+    worlds: Worlds, control_world: BuildSummary, tmp_path: Path
+) -> None:
+    """A shard of the online store stopped refreshing (online-store-stale): a rerun alone scores
+    the same frozen features again; after a backfill is in effect, its list comes closer to
+    control's."""
+    built = worlds.get("composite")
+    calendar = scenario.load(WorldPaths(built.root).scenario).world.calendar()
+    requested = calendar.at(calendar.last_production_day + 1, 10.0)
+    control = _server(control_world, tmp_path / "control", requested)
+    live = _server(built, tmp_path / "composite", requested)
+    before = _rerun(live, "first-rerun", requested)
+    assert before == _world_batch(live, requested.date())
+
+    backfill = _applied("backfill", BACKFILL_ONLINE_STORE, {}, requested)
+    Overrides(live.ctx.paths.run).append(backfill)
+    later = backfill.effective_at + dt.timedelta(minutes=1)
+    _forward(live, later)
+    after = _rerun(live, "second-rerun", later)
+    in_control = _rerun(control, "control-rerun", later)
+    assert len(after ^ in_control) < len(before ^ in_control) * 0.8, (
+        len(after ^ in_control),
+        len(before ^ in_control),
+    )
