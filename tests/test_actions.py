@@ -17,6 +17,7 @@ from sandbox.actions.catalog import (
     PAUSE_JOB,
     PIN_VERSION,
     REBUILD_INDEX,
+    RERUN_BATCH,
     RESTORE_SERIES,
     RETRAIN,
     ROLLBACK,
@@ -69,6 +70,7 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         SET_DRIFT_WINDOW,
         PAUSE_JOB,
         RESTORE_SERIES,
+        RERUN_BATCH,
     }
 
 

@@ -26,6 +26,7 @@ RETRAIN = "retrain"
 SET_DRIFT_WINDOW = "set-drift-reference-window"
 PAUSE_JOB = "pause-job"
 RESTORE_SERIES = "restore-metric-series"
+RERUN_BATCH = "rerun-batch-scoring"
 
 # The scheduled jobs of the running stack a pause applies to. The feature job's output reaches
 # production only through the online-store load, so pausing either keeps the online store as it was.
@@ -207,10 +208,14 @@ ACTIONS: tuple[Action, ...] = (
         service="materialization",
     ),
     Action(
-        "rerun-batch-scoring",
-        "Score every active customer again with the deployed model.",
-        DaysParams,
+        RERUN_BATCH,
+        "Run today's batch scoring again: every customer in the online store scored with the "
+        "model version, threshold and fill values served now; the new run's flagged customers "
+        "replace the retention list.",
+        NoParams,
         dt.timedelta(hours=1),
+        available=True,
+        service="batch-scoring",
     ),
     Action(
         RESTORE_SERIES,

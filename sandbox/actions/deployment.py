@@ -128,6 +128,14 @@ def retrain_versions(latest: int, entries: Iterable[Applied]) -> dict[str, str]:
     return {e.id: str(latest + i) for i, e in enumerate(retrains, start=1)}
 
 
+def retrained(latest: int, entries: Iterable[Applied], now: dt.datetime) -> set[str]:
+    """The versions applied retrains have registered by `now` (each once it is in effect): the
+    deployment actions may name them as they name the registry's."""
+    entries = list(entries)
+    done = {e.id for e in entries if e.action == RETRAIN and e.effective_at <= now}
+    return {v for change, v in retrain_versions(latest, entries).items() if change in done}
+
+
 def latest_version(versions: Iterable[str]) -> int:
     """The newest registered version number (0 for none)."""
     return max((int(v) for v in versions), default=0)

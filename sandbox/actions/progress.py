@@ -134,3 +134,51 @@ def online_backfill(
         )
     )
     return lines
+
+
+def batch_rerun(
+    change_id: str,
+    requested_at: dt.datetime,
+    effective_at: dt.datetime,
+    customers: int,
+    flagged: int,
+    model: str,
+    threshold: float,
+) -> list[LogLine]:
+    """The batch scoring's lines for a run outside its 06:00 schedule: started, customers scored
+    in steps, finished with the count flagged, and the new retention list published."""
+    attrs = {"change_id": change_id, "model": model, "rows": customers}
+    scored_at = work_end(requested_at, effective_at)
+    lines = [
+        LogLine(
+            requested_at,
+            "batch_started",
+            f"churn scoring started for {customers} customers (run on request, not scheduled)",
+            {**attrs, "threshold": threshold},
+        )
+    ]
+    lines += [
+        LogLine(
+            ts,
+            "batch_progress",
+            f"scored {done:,} of {customers:,} customers",
+            {**attrs, "done": done},
+        )
+        for ts, done in milestones(requested_at, scored_at, customers)
+    ]
+    lines += [
+        LogLine(
+            scored_at,
+            "batch_finished",
+            f"churn scoring finished: {flagged} customers flagged for retention",
+            {**attrs, "flagged": flagged, "threshold": threshold},
+        ),
+        LogLine(
+            effective_at,
+            "retention_list_published",
+            f"retention list replaced by the run started {requested_at:%Y-%m-%d %H:%M}: "
+            f"{flagged} customers",
+            {**attrs, "flagged": flagged},
+        ),
+    ]
+    return lines

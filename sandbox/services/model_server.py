@@ -18,6 +18,10 @@ job run on the latest data as it stood at the request (`actions.retrain`), the m
 run directory (`run/retrains/`, not the registry), its progress in the training job's logs, and the
 new version served, pinned, from the change's effective time.
 
+A run of the batch scoring on request (`rerun-batch-scoring`) is carried out here too, as soon as it
+is applied (`batch_rerun`): its rows join the predictions log with source 'batch', stamped through
+the run, and its progress is in the batch scoring's logs.
+
     python -m sandbox.services.model_server --world DIR --port P
 """
 
@@ -52,14 +56,14 @@ from threadpoolctl import ThreadpoolController
 
 from sandbox import schema
 from sandbox.actions import deployment, progress, retrain
-from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, RETRAIN
+from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, RERUN_BATCH, RETRAIN
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
 from sandbox.pipeline import deploy, registry, store
 from sandbox.pipeline.features import IMPUTED_FEATURES, MODEL_FEATURES
 from sandbox.pipeline.serve import SERVICE, ModelServer, churn_scores, unanswered_blank
-from sandbox.services import caller, limits
+from sandbox.services import batch_rerun, caller, limits
 from sandbox.services.common import (
     HEALTH_PATH,
     ServiceContext,
@@ -304,6 +308,8 @@ class LiveModelServer:
         self._backfilled: set[str] = set()
         self._backfill_lock = threading.Lock()
         self.refresh_backfills()  # every backfill applied before a restart
+        self._reruns = batch_rerun.done_ids(ctx.paths.run)  # batch reruns already spooled
+        self._rerun_lock = threading.Lock()
         self._retrained: dict[str, retrain.Retrained] = {}  # by version
         self._retrain_lock = threading.Lock()
         # Scoring a few rows on several OpenMP threads costs more in hand-offs than it saves, and
@@ -331,17 +337,24 @@ class LiveModelServer:
     def _load(self, state: deployment.Deployment) -> None:
         """Serve `state`'s version with its threshold (a version loaded once stays in memory)."""
         version = state.version
+        features = self.features_of(version)
+        self.server.deploy(self.model_of(version), version, state.threshold, features)
+        self.required = [f for f in features if f in MODEL_FEATURES]
+        self._model_columns = [self.columns.index(f) for f in features]
+        self.deployed = state
+
+    def model_of(self, version: str) -> Any:
+        """The model of a registered or retrained version (loaded once, then kept in memory)."""
         if version not in self._models:
             self.refresh_retrains()
         if version not in self._models:
             self._models[version] = registry.load_model(
                 self.ctx.paths.mlflow, f"models:/{self.record.model_name}/{version}"
             )
-        features = self._features.get(version, self.record.features)
-        self.server.deploy(self._models[version], version, state.threshold, features)
-        self.required = [f for f in features if f in MODEL_FEATURES]
-        self._model_columns = [self.columns.index(f) for f in features]
-        self.deployed = state
+        return self._models[version]
+
+    def features_of(self, version: str) -> list[str]:
+        return list(self._features.get(version, self.record.features))
 
     def deployment(self, now: dt.datetime) -> deployment.Deployment:
         """What is deployed at `now`, with the ops console's changes in effect; the server loads
@@ -457,8 +470,23 @@ class LiveModelServer:
         partial.replace(kept)
         return snapshot_of(applied.effective_at, frame, scheduled=False)
 
+    # -- batch scoring run again from the ops console -----------------------------------------
+    def refresh_reruns(self) -> None:
+        """Carry out every applied batch rerun not yet spooled (`batch_rerun`)."""
+        if not any(
+            e.action == RERUN_BATCH and e.id not in self._reruns for e in self.overrides.entries()
+        ):
+            return
+        with self._rerun_lock:
+            for applied in self.overrides.entries():
+                if applied.action == RERUN_BATCH and applied.id not in self._reruns:
+                    # Tried once: a failure is logged, not retried on every look.
+                    self._reruns.add(applied.id)
+                    batch_rerun.carry_out(self, applied, SPOOL_COLUMNS)
+
     def look(self) -> None:
-        """Carry out newly applied retrains and backfills (the running app's watcher calls it)."""
+        """Carry out newly applied retrains, backfills and batch reruns (the running app's watcher
+        calls it)."""
         try:
             self.refresh_retrains()
         except Exception as exc:  # a failed retrain must not stop the server answering
@@ -473,6 +501,15 @@ class LiveModelServer:
                 "error",
                 "backfill_failed",
                 f"online-store backfill failed: {exc}",
+            )
+        try:
+            self.refresh_reruns()
+        except Exception as exc:  # a failed rerun must not stop the server answering
+            self.ctx.log_as(
+                CATALOG[RERUN_BATCH].service,
+                "error",
+                "batch_failed",
+                f"batch scoring failed: {exc}",
             )
 
     def snapshot(self, now: dt.datetime) -> Snapshot | None:

@@ -6,10 +6,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 
+import pytest
 from fastapi.testclient import TestClient
 
-from sandbox.actions.catalog import CATALOG, SET_FILL, SET_THRESHOLD
+from sandbox.actions.catalog import (
+    CATALOG,
+    MOVE_ALIAS,
+    PIN_VERSION,
+    RERUN_BATCH,
+    RETRAIN,
+    SET_FILL,
+    SET_THRESHOLD,
+)
+from sandbox.actions.deployment import Registry
 from sandbox.actions.overrides import Overrides
 from sandbox.layout import WorldPaths
 from sandbox.services import spool, stack
@@ -66,15 +77,19 @@ def test_bad_params_get_a_422_naming_the_field_and_nothing_changes(
 
 
 def test_an_action_this_version_cannot_apply_says_so_and_changes_nothing(
-    client: TestClient, paths: WorldPaths, make_session: MakeSession
+    client: TestClient,
+    paths: WorldPaths,
+    make_session: MakeSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     candidate = bearer(make_session(actions=True)["candidate_token"])
     listed = {a["id"]: a for a in client.get("/api/actions", headers=candidate).json()["actions"]}
-    assert listed["rerun-batch-scoring"]["available"] is False
-    assert listed[SET_FILL]["available"] is True
+    assert all(a["available"] for a in listed.values())
+    # Every action is live in this version: one taken out stands for an action not built yet.
+    monkeypatch.setitem(CATALOG, SET_FILL, replace(CATALOG[SET_FILL], available=False))
     reply = client.post(
         "/api/actions",
-        json={"action": "rerun-batch-scoring", "params": {"days": 3}},
+        json={"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "fill_value": 1}},
         headers=candidate,
     )
     assert reply.status_code == 501
@@ -140,7 +155,8 @@ def test_the_review_judges_each_action_by_the_answer_key(
     for body in (
         {"action": SET_THRESHOLD, "params": {"threshold": 0.3}},
         {"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "fill_value": 20.0}},
-        {"action": "rerun-batch-scoring", "params": {}},
+        {"action": RERUN_BATCH, "params": {}},
+        {"action": RERUN_BATCH, "params": {"days": 3}},  # refused: no verdict
     ):
         client.post("/api/actions", json=body, headers=candidate)
     review = client.get(f"/api/sessions/{links['session_id']}/review", headers=interviewer).json()
@@ -149,9 +165,10 @@ def test_the_review_judges_each_action_by_the_answer_key(
     expected = {
         SET_THRESHOLD: fault["actions"].get(SET_THRESHOLD, "no effect"),
         SET_FILL: fault["actions"][SET_FILL],
-        "rerun-batch-scoring": None,  # not applied: no verdict
+        RERUN_BATCH: fault["actions"].get(RERUN_BATCH, "no effect"),
     }
-    assert {a["id"]: a["verdict"] for a in review["actions"]} == expected
+    verdicts = [(a["id"], a["verdict"]) for a in review["actions"]]
+    assert verdicts == [*expected.items(), (RERUN_BATCH, None)]
     assert expected[SET_FILL] == "mitigates"
     fill = next(a for a in review["actions"] if a["id"] == SET_FILL)
     assert review["action_summary"]["time_to_first_mitigation_s"] == fill["offset_s"]
@@ -202,3 +219,35 @@ def test_time_stands_for_a_session_with_actions_off(
     )
     assert reply.status_code == 409
     assert SimClock.load(paths.run).now() - before < dt.timedelta(minutes=1)
+
+
+def test_a_retrained_version_may_be_pinned_once_its_retrain_is_in_effect(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session(actions=True)
+    candidate = bearer(links["candidate_token"])
+    retrain = client.post(
+        "/api/actions", json={"action": RETRAIN, "params": {}}, headers=candidate
+    ).json()
+    # The version after the registry's latest, registered when the retrain takes effect.
+    versions = Registry.read(paths.mlflow).versions
+    retrained = str(max(int(v) for v in versions) + 1)
+    pin = {"action": PIN_VERSION, "params": {"version": retrained}}
+    early = client.post("/api/actions", json=pin, headers=candidate)
+    assert early.status_code == 422 and "no churn-model version" in early.text
+    interviewer = bearer(links["interviewer_token"])
+    forwarded = client.post(
+        f"/api/sessions/{links['session_id']}/clock/forward",
+        json={"hours": CATALOG[RETRAIN].delay.total_seconds() / 3600 + 0.5},
+        headers=interviewer,
+    )
+    assert forwarded.status_code == 200, forwarded.text
+    assert dt.datetime.fromisoformat(forwarded.json()["now"]) >= dt.datetime.fromisoformat(
+        retrain["effective_at"]
+    )
+    for body in (pin, {"action": MOVE_ALIAS, "params": {"version": retrained}}):
+        reply = client.post("/api/actions", json=body, headers=candidate)
+        assert reply.status_code == 202, reply.text
+    assert retrained not in Registry.read(paths.mlflow).versions  # the registry stays as built
+    unknown = {"action": PIN_VERSION, "params": {"version": str(int(retrained) + 1)}}
+    assert client.post("/api/actions", json=unknown, headers=candidate).status_code == 422

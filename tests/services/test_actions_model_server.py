@@ -7,6 +7,10 @@ then nothing changes).
   setting the servers to it brings the share flagged back to control's, the scores unchanged.
 - served-version-mismatch: the servers load the newest registered version (an ablation) instead
   of the champion. Pinning the champion brings the live scores back to control's.
+- duplicate-billing-events: payment failures counted twice flag more customers. A threshold that
+  flags the share flagged before the onset brings the flagged share back toward control's.
+- online-store-stale: a shard of the online store serves frozen features. A backfill from the
+  offline store brings the live scores back toward control's.
 - training-time-travel and retrain-immature-labels: the latest release learned from data it
   should not have. Rolling the model server back to the deployment before brings the live scores
   back toward control's.
@@ -19,11 +23,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 
 from sandbox import scenario
-from sandbox.actions.catalog import CATALOG, PIN_VERSION, ROLLBACK, SET_THRESHOLD
+from sandbox.actions.catalog import (
+    BACKFILL_ONLINE_STORE,
+    CATALOG,
+    PIN_VERSION,
+    ROLLBACK,
+    SET_THRESHOLD,
+)
 from sandbox.actions.deployment import Registry
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.layout import WorldPaths
@@ -147,3 +158,80 @@ def test_rolling_back_the_release_brings_the_live_scores_back_toward_control(
         batch=True,
     )
     assert rows[0]["model_version"] != released
+
+
+def _budget(live: LiveModelServer, fault_id: str) -> float:
+    """The share of customers the world's batch flagged in the week before `fault_id`'s onset:
+    the retention budget a candidate restores with the threshold."""
+    spec = scenario.load(live.ctx.paths.scenario)
+    [fault] = [f for f in spec.faults if f.id == fault_id]
+    onset = spec.world.calendar().date(fault.params.onset_day)
+    with duckdb.connect(str(live.ctx.paths.duckdb), read_only=True) as con:
+        (share,) = con.execute(
+            "SELECT avg(decision::INTEGER) FROM serving.predictions WHERE source = 'batch' "
+            "AND request_ts::DATE BETWEEN $start AND $end",
+            {"start": onset - dt.timedelta(days=7), "end": onset - dt.timedelta(days=1)},
+        ).fetchone()
+    return float(share)
+
+
+DUPLICATES = "duplicate-billing-events"
+
+
+def test_a_threshold_at_the_budgeted_share_brings_the_flagged_share_back_toward_control(
+    worlds: Worlds, control_world: BuildSummary, tmp_path: Path
+) -> None:
+    """Billing events delivered twice inflate payment failures, so more customers are flagged.
+    The model is unchanged: the threshold that flags the share the batch flagged before the
+    onset, of today's scores, brings the flagged share back toward control's."""
+    world = "monitoring"
+    built = worlds.get(world)
+    calendar = scenario.load(WorldPaths(built.root).scenario).world.calendar()
+    requested = calendar.at(calendar.last_production_day + 1, 10.0)
+    control = _server(control_world, tmp_path / "control", requested)
+    live = _server(built, tmp_path / world, requested)
+    customers = _customers(live, control, requested)
+
+    in_control, _ = _flagged(control, customers)
+    before, _ = _flagged(live, customers)
+    gap = abs(before - in_control)
+    assert gap > in_control / 4, (before, in_control)
+    # The budget is a share of every customer the batch scores, not of the few measured here.
+    snapshot = live.store.at(requested)
+    assert snapshot is not None
+    _, scores = _flagged(live, sorted(snapshot.rows))
+    threshold = float(np.quantile(scores, 1 - _budget(live, DUPLICATES)))
+    applied = _applied(SET_THRESHOLD, {"threshold": threshold}, requested)
+    Overrides(live.ctx.paths.run).append(applied)
+    assert _flagged(live, customers)[0] == before  # not in effect yet
+
+    _forward(live, applied.effective_at + dt.timedelta(minutes=1))
+    after, _ = _flagged(live, customers)
+    assert abs(after - in_control) <= gap / 2, (after, in_control, before)
+
+
+def test_a_backfill_brings_the_frozen_customers_scores_back_toward_control(
+    worlds: Worlds, control_world: BuildSummary, tmp_path: Path
+) -> None:
+    """A shard of the online store stopped refreshing (online-store-stale): its customers are
+    served features weeks old. A backfill from the offline store, which kept refreshing, brings
+    the live scores back toward control's from its effective time."""
+    built = worlds.get("composite")  # with payment-status-renamed too, which no backfill undoes
+    calendar = scenario.load(WorldPaths(built.root).scenario).world.calendar()
+    requested = calendar.at(calendar.last_production_day + 1, 10.0)
+    control = _server(control_world, tmp_path / "control", requested)
+    live = _server(built, tmp_path / "composite", requested)
+    applied = _applied(BACKFILL_ONLINE_STORE, {}, requested)
+    Overrides(live.ctx.paths.run).append(applied)
+    live.refresh_backfills()  # loaded now, served from its effective time
+    backfilled = live.store.at(applied.effective_at)
+    assert backfilled is not None and backfilled.loaded_at == applied.effective_at
+    # The customers all three loads hold (the offline store has no row for a few).
+    customers = [c for c in _customers(live, control, requested) if c in backfilled.rows]
+    gap = _score_gap(live, control, customers)
+    before = gap()
+
+    _forward(live, applied.effective_at + dt.timedelta(minutes=1))
+    # Not all of it: the renamed payment status leaves the offline store's payment failures low
+    # too (measured: about 40% of the gap closes).
+    assert gap() <= before * 0.7, (gap(), before)

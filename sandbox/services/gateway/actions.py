@@ -22,6 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from sandbox.actions import deployment
 from sandbox.actions.catalog import (
     ACTIONS,
     CATALOG,
@@ -114,7 +115,7 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
         )
     if action.id in (PIN_VERSION, MOVE_ALIAS):
         version = detail["params"]["version"]
-        registered = (await run_in_threadpool(gw.model_registry)).versions
+        registered = await run_in_threadpool(_deployable, gw)
         if version not in registered:
             known = ", ".join(sorted(registered, key=int))
             message = f"the registry has no churn-model version {version}; registered: {known}"
@@ -145,6 +146,15 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
         "effective_at": applied.effective_at.isoformat(),
         "message": f"{action.id} requested; in effect from {applied.effective_at:%Y-%m-%d %H:%M}",
     }
+
+
+def _deployable(gw: Gateway) -> set[str]:
+    """The versions a pin or an alias may name now: the registry's, and those retrains from the
+    console have registered (kept in the run directory, not the registry)."""
+    registered = set(gw.model_registry().versions)
+    return registered | deployment.retrained(
+        gw.deployed().latest, gw.overrides.entries(), gw.ctx.now()
+    )
 
 
 def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
