@@ -82,7 +82,10 @@ def test_the_worlds_api_refuses_what_it_must(fleet_client: TestClient, paths: Wo
         who = {"Authorization": f"Bearer {token}"}
         assert client.get("/api/worlds", headers=who).status_code == 403
         assert client.post("/api/worlds/x/start", headers=who).status_code == 403
+        assert client.get("/interviewer/worlds", headers=who).status_code == 403
     operator = _operator(paths)
+    page = client.get("/interviewer/worlds", headers=operator)
+    assert page.status_code == 200 and "/interviewer/assets/worlds.js" in page.text
     for tricky in ("..", ".hidden", "UPPER", "a_b", "x%2F..%2Fy", "%2E%2E"):
         reply = client.post(f"/api/worlds/{tricky}/start", headers=operator)
         assert reply.status_code in (404, 422), (tricky, reply.status_code)

@@ -207,13 +207,19 @@ def _world(request: Request, name: str) -> Path:
 def _state(request: Request, client: httpx.Client, name: str, world: Path) -> dict[str, Any]:
     """The world's state, the address of its stack and its memory, as the page shows them."""
     if _own(request, world):
-        return {"state": "running", "url": str(request.base_url).rstrip("/"), "memory_mb": None}
+        return {
+            "state": "running",
+            "url": str(request.base_url).rstrip("/"),
+            "memory_mb": _mb(_own_stack_rss()),
+        }
     started = _fleet(request).get(name)
     if started is not None and started.alive():
-        rss = worlds.tree_rss_bytes(started.pid)
         state = "running" if _healthy(client, started.url) else "starting"
-        memory = round(rss / 2**20, 1) if rss is not None else None
-        return {"state": state, "url": started.url, "memory_mb": memory}
+        return {
+            "state": state,
+            "url": started.url,
+            "memory_mb": _mb(worlds.tree_rss_bytes(started.pid)),
+        }
     if started is not None and started.failed():
         return {"state": "failed", "url": None, "memory_mb": None}
     # Started some other way (`sandbox up` by hand): running while its gateway answers.
@@ -221,6 +227,20 @@ def _state(request: Request, client: httpx.Client, name: str, world: Path) -> di
     if url is not None and _healthy(client, url):
         return {"state": "running", "url": url, "memory_mb": None}
     return {"state": "stopped", "url": None, "memory_mb": None}
+
+
+def _mb(rss: int | None) -> float | None:
+    return round(rss / 2**20, 1) if rss is not None else None
+
+
+def _own_stack_rss() -> int | None:
+    """The memory of the operator's own stack: everything under the `sandbox up` that started
+    this gateway (None when something else did, as in a test)."""
+    parent = os.getppid()
+    argv = worlds.command_line(parent)
+    if "up" in argv and any(Path(arg).name in ("sandbox", "__main__.py") for arg in argv[:3]):
+        return worlds.tree_rss_bytes(parent)
+    return None
 
 
 def _summary(request: Request, client: httpx.Client, name: str, world: Path) -> dict[str, Any]:
