@@ -95,6 +95,10 @@ class Fleet:
     def get(self, name: str) -> Started | None:
         return self._started.get(name)
 
+    def pids(self) -> frozenset[int]:
+        """The `sandbox up` processes of the stacks started from here."""
+        return frozenset(started.pid for started in self._started.values())
+
     def start(self, name: str, world: Path) -> Started:
         """Start the world's stack on a free port. RuntimeError when it is already up."""
         with self._lock:
@@ -133,7 +137,12 @@ class Fleet:
         return started
 
     def close(self) -> None:
-        """The operator's stack is stopping: so do the stacks it started."""
+        """The operator's stack is stopping: so do the stacks it started. Every one is told at
+        once, then waited for: the operator's stack gives this gateway only seconds."""
+        for started in list(self._started.values()):
+            started.stopping = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(started.pid, signal.SIGTERM)
         for name in list(self._started):
             self.stop(name)
         self.http.close()
@@ -210,7 +219,8 @@ def _state(request: Request, client: httpx.Client, name: str, world: Path) -> di
         return {
             "state": "running",
             "url": str(request.base_url).rstrip("/"),
-            "memory_mb": _mb(_own_stack_rss()),
+            # The stacks started from here run under this one: theirs are theirs.
+            "memory_mb": _mb(_own_stack_rss(_fleet(request).pids())),
         }
     started = _fleet(request).get(name)
     if started is not None and started.alive():
@@ -233,13 +243,13 @@ def _mb(rss: int | None) -> float | None:
     return round(rss / 2**20, 1) if rss is not None else None
 
 
-def _own_stack_rss() -> int | None:
+def _own_stack_rss(apart: frozenset[int]) -> int | None:
     """The memory of the operator's own stack: everything under the `sandbox up` that started
     this gateway (None when something else did, as in a test)."""
     parent = os.getppid()
     argv = worlds.command_line(parent)
     if "up" in argv and any(Path(arg).name in ("sandbox", "__main__.py") for arg in argv[:3]):
-        return worlds.tree_rss_bytes(parent)
+        return worlds.tree_rss_bytes(parent, apart)
     return None
 
 

@@ -86,8 +86,9 @@ def command_line(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def tree_rss_bytes(pid: int) -> int | None:
-    """Resident memory of the process and every process under it (None when it is gone)."""
+def tree_rss_bytes(pid: int, apart: frozenset[int] = frozenset()) -> int | None:
+    """Resident memory of the process and every process under it, but for the trees under the
+    `apart` processes (stacks of their own), summed (None when it is gone)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -104,5 +105,5 @@ def tree_rss_bytes(pid: int) -> int | None:
             pages = int(Path(f"/proc/{current}/statm").read_text().split()[1])
             total += pages * PAGE_BYTES
             seen = True
-        todo.extend(children.get(current, []))
+        todo.extend(child for child in children.get(current, []) if child not in apart)
     return total if seen else None
