@@ -106,10 +106,13 @@ def _wait_built(client: TestClient, paths: WorldPaths, build_id: str) -> dict[st
 
 
 def test_two_variants_are_built_started_given_sessions_and_stopped_from_the_operator_api(
-    paths: WorldPaths, tmp_path: Path
+    paths: WorldPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The operator's whole round, no shell step: two re-seeded variants built into the worlds
     root, both started, a session on each from its own gateway, both stopped."""
+    # The started stacks read their settings from the environment: one idle console worker
+    # each is all a session's creation needs.
+    monkeypatch.setenv("SANDBOX_CONSOLE_WORKERS", "1")
     settings = Settings(builds_at_once=2, worlds_root=tmp_path)
     with gateway_client(paths, settings=settings) as client:
         operator = _operator(paths)
