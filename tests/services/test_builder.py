@@ -1,6 +1,7 @@
-"""The scenario builder through the gateway: the catalog, validation that names the field, a
-real build of a re-seeded variant of the running world's scenario, followed to the end, and the
-queue builds wait in (at most `builds_at_once` run; the gateway stopping stops them)."""
+"""The scenario builder through the gateway: the catalog, validation that names the field, the
+operator's whole round on real worlds (two re-seeded variants of the running world's scenario
+built, started, given a session each and stopped, through the API alone), and the queue builds
+wait in (at most `builds_at_once` run; the gateway stopping stops them)."""
 
 from __future__ import annotations
 

@@ -106,7 +106,8 @@ class Build:
     @classmethod
     def restored(cls, record: dict[str, Any]) -> Build:
         """A build from its record, as the gateway starting again finds it: one that was waiting
-        or running went with the gateway (its process dies with it) and is `interrupted`."""
+        or running went with the gateway and is `interrupted` (a build process it left running
+        is stopped; what it wrote stays, an incomplete world, until removed)."""
         build = cls(str(record["id"]), str(record["name"]), Path(record["out"]), record["toml"])
         build.state = str(record["state"])
         build.stages = {str(k): dict(v) for k, v in record.get("stages", {}).items()}
