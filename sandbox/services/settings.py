@@ -135,6 +135,11 @@ class Settings(BaseModel):
         ge=1,
         description="Finished builds whose status the builder keeps; older ones are forgotten.",
     )
+    worlds_root: Path | None = Field(
+        None,
+        description="The directory the builder writes worlds into and the operator page lists "
+        "(default: the one that holds the running world).",
+    )
 
     # Where the stack is
     public_url: str | None = Field(
@@ -154,7 +159,7 @@ class Settings(BaseModel):
             raise ValueError("an http:// or https:// address")
         return value.rstrip("/") if value else None
 
-    @field_validator("dashboards")
+    @field_validator("dashboards", "worlds_root")
     @classmethod
     def _a_directory(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_dir():

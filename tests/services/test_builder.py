@@ -1,6 +1,7 @@
-"""The scenario builder through the gateway: the catalog, validation that names the field, a
-real build of a re-seeded variant of the running world's scenario, followed to the end, and the
-queue builds wait in (at most `builds_at_once` run; the gateway stopping stops them)."""
+"""The scenario builder through the gateway: the catalog, validation that names the field, the
+operator's whole round on real worlds (two re-seeded variants of the running world's scenario
+built, started, given a session each and stopped, through the API alone), and the queue builds
+wait in (at most `builds_at_once` run; the gateway stopping stops them)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from sandbox.layout import WorldPaths, read_manifest
 from sandbox.services import stack
 from sandbox.services.gateway.builder import Build, BuildQueue, BuildsClosed
 from sandbox.services.settings import Settings
+from tests.http_client import HTTP
 from tests.services.conftest import MakeSession, gateway_client
+from tests.services.running import READY_S
+from tests.waiting import until
 
 VARIANT_SCALE = 0.04  # 1,000 customers: the smallest world that trains a model comfortably
 BUILD_TIMEOUT_S = 600
@@ -93,52 +97,110 @@ def test_validation_names_the_field(client: TestClient, paths: WorldPaths) -> No
     assert empty.status_code == 422
 
 
-def test_a_reseeded_variant_builds_beside_the_running_world(
-    client: TestClient, paths: WorldPaths
+def _wait_built(client: TestClient, paths: WorldPaths, build_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + BUILD_TIMEOUT_S
+    while True:
+        status = client.get(f"/api/builder/builds/{build_id}", headers=_operator(paths)).json()
+        if status["status"] not in ("queued", "building") or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
+def test_two_variants_are_built_started_given_sessions_and_stopped_from_the_operator_api(
+    paths: WorldPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    running = client.get("/api/catalog", headers=_operator(paths)).json()["running"]
-    variant = copy.deepcopy(running)
-    variant["world"].update(seed=running["world"]["seed"] + 1000, scale=VARIANT_SCALE)
-    variant["difficulty"] = "hard"
-    out = paths.root.parent / "variant-test"
-    shutil.rmtree(out, ignore_errors=True)
-    try:
+    """The operator's whole round, no shell step: two re-seeded variants built into the worlds
+    root, both started, a session on each from its own gateway, both stopped."""
+    # The started stacks read their settings from the environment: one idle console worker
+    # each is all a session's creation needs.
+    monkeypatch.setenv("SANDBOX_CONSOLE_WORKERS", "1")
+    settings = Settings(builds_at_once=2, worlds_root=tmp_path)
+    with gateway_client(paths, settings=settings) as client:
+        operator = _operator(paths)
+        running = client.get("/api/catalog", headers=operator).json()["running"]
+        variants = {}
+        for n, name in enumerate(("variant-a", "variant-b"), start=1):
+            variant = copy.deepcopy(running)
+            variant["world"].update(seed=running["world"]["seed"] + 1000 * n, scale=VARIANT_SCALE)
+            variant["difficulty"] = "hard" if n == 1 else "standard"
+            variants[name] = variant
         bad_name = client.post(
             "/api/builder/builds",
-            json={"scenario": variant, "name": "../escape"},
-            headers=_operator(paths),
+            json={"scenario": variants["variant-a"], "name": "../escape"},
+            headers=operator,
         )
         assert bad_name.status_code == 422 and "name" in str(bad_name.json()["detail"])
-        started = client.post(
-            "/api/builder/builds",
-            json={"scenario": variant, "name": out.name},
-            headers=_operator(paths),
-        ).json()
-        assert started["status"] == "building" and started["out"] == str(out)
-        deadline = time.monotonic() + BUILD_TIMEOUT_S
-        while True:
-            status = client.get(
-                f"/api/builder/builds/{started['id']}", headers=_operator(paths)
+        started = {
+            name: client.post(
+                "/api/builder/builds", json={"scenario": variant, "name": name}, headers=operator
             ).json()
-            if status["status"] != "building" or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        assert status["status"] == "built", status["log"]
-        assert "simulate" in status["stages"] and status["up_command"] == f"sandbox up {out}"
-        manifest = read_manifest(out)
-        assert manifest["seed"] == variant["world"]["seed"] and manifest["scale"] == VARIANT_SCALE
-        assert manifest["difficulty"] == status["difficulty"] == "hard"
-        assert {f["difficulty"] for f in status["answer_key"]["faults"]} == {"hard"}
+            for name, variant in variants.items()
+        }
+        assert [s["status"] for s in started.values()] == ["building", "building"]
+        assert started["variant-a"]["out"] == str(tmp_path / "variant-a")
+        for name, build in started.items():
+            status = _wait_built(client, paths, build["id"])
+            assert status["status"] == "built", status["log"]
+            assert "simulate" in status["stages"] and status["world"] == name
+            manifest = read_manifest(tmp_path / name)
+            assert manifest["seed"] == variants[name]["world"]["seed"]
+            assert manifest["scale"] == VARIANT_SCALE
+            assert manifest["difficulty"] == status["difficulty"] == variants[name]["difficulty"]
+        hard = _wait_built(client, paths, started["variant-a"]["id"])["answer_key"]
+        assert {f["difficulty"] for f in hard["faults"]} == {"hard"}
         original = [f["fault_id"] for f in json.loads(paths.answer_key.read_text())["faults"]]
-        assert [f["fault_id"] for f in status["answer_key"]["faults"]] == original
+        assert [f["fault_id"] for f in hard["faults"]] == original
         again = client.post(
             "/api/builder/builds",
-            json={"scenario": variant, "name": out.name},
-            headers=_operator(paths),
+            json={"scenario": variants["variant-a"], "name": "variant-a"},
+            headers=operator,
         )
         assert again.status_code == 409 and "already exists" in again.json()["detail"]
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+
+        listed = {w["name"]: w for w in client.get("/api/worlds", headers=operator).json()}
+        assert set(listed) == set(variants)
+        assert {w["state"] for w in listed.values()} == {"stopped"}
+        assert (
+            listed["variant-b"]["content_hash"]
+            == read_manifest(tmp_path / "variant-b")["content_hash"]
+        )
+        for name in variants:
+            reply = client.post(f"/api/worlds/{name}/start", headers=operator)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["state"] in ("starting", "running")
+        twice = client.post("/api/worlds/variant-a/start", headers=operator)
+        assert twice.status_code == 409 and "already" in twice.json()["detail"]
+
+        def all_running() -> list[dict[str, Any]] | None:
+            worlds = client.get("/api/worlds", headers=operator).json()
+            assert not any(w["state"] == "failed" for w in worlds), worlds
+            return worlds if all(w["state"] == "running" for w in worlds) else None
+
+        up = {w["name"]: w for w in until(all_running, "both variants running", timeout=READY_S)}
+        assert all(w["memory_mb"] > 50 for w in up.values())
+        assert up["variant-a"]["url"] != up["variant-b"]["url"]
+        for name, world in up.items():
+            made = client.post(
+                f"/api/worlds/{name}/sessions", json={"candidate": f"ada-{name}"}, headers=operator
+            )
+            assert made.status_code == 200, made.text
+            links = made.json()
+            assert links["gateway"] == world["url"]
+            assert links["candidate_url"].startswith(world["url"] + "/?token=")
+            assert links["interviewer_url"].startswith(world["url"] + "/?token=")
+            # The candidate's link works on that world's stack, and that stack only.
+            candidate = {"Authorization": f"Bearer {links['candidate_token']}"}
+            clock = HTTP.get(world["url"] + "/api/clock", headers=candidate)
+            assert clock.status_code == 200, clock.text
+            assert client.get("/api/clock", headers=candidate).status_code == 401
+        listed = {w["name"]: w for w in client.get("/api/worlds", headers=operator).json()}
+        assert [w["sessions"] for w in listed.values()] == [1, 1]
+        fleet = client.app.state.fleet  # type: ignore[attr-defined]
+        pids = [fleet.get(name).pid for name in variants]
+        for name in variants:
+            stopped = client.post(f"/api/worlds/{name}/stop", headers=operator)
+            assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+        assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 # The queue, with builds that stand in for real ones

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sandbox.layout import WorldPaths
 from sandbox.review import store as sessions
 from sandbox.review.store import SessionStore
-from sandbox.services.gateway import builder, interviewer
+from sandbox.services.gateway import builder, fleet, interviewer
 from sandbox.testing import Worlds
 from tests.services.conftest import MakeSession, gateway_client, session_maker, world_paths
 from tests.services.running import SANDBOX
@@ -214,7 +214,9 @@ def test_a_candidate_token_is_refused_on_every_interviewer_route(
     links = make_session()
     token = _bearer(links["candidate_token"])
     routes = [
-        r for r in [*interviewer.router.routes, *builder.router.routes] if isinstance(r, APIRoute)
+        r
+        for r in [*interviewer.router.routes, *builder.router.routes, *fleet.router.routes]
+        if isinstance(r, APIRoute)
     ]
     assert len(routes) >= 10
     for route in routes:
@@ -222,6 +224,7 @@ def test_a_candidate_token_is_refused_on_every_interviewer_route(
             route.path.replace("{session_id}", links["session_id"])
             .replace("{fmt}", "html")
             .replace("{build_id}", "any")
+            .replace("{name}", "any")
         )
         for method in route.methods:
             reply = client.request(method, path, headers=token, json={})

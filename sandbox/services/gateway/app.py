@@ -23,7 +23,15 @@ from starlette.concurrency import run_in_threadpool
 from sandbox.review.store import SessionStore
 from sandbox.services import limits, stack
 from sandbox.services.common import ServiceContext, serve, service_args, settings_or_exit
-from sandbox.services.gateway import actions, builder, interviewer, pages, proxy, workspace
+from sandbox.services.gateway import (
+    actions,
+    builder,
+    fleet,
+    interviewer,
+    pages,
+    proxy,
+    workspace,
+)
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.composition import Composition
 from sandbox.services.gateway.console import QueryRefused
@@ -61,7 +69,11 @@ def create_app(
     )
     admin_token = stack.admin_token(ctx.paths)
     addresses = services if services is not None else stack.read_addresses(ctx.paths.run)
-    builds = builder.BuildQueue(settings.builds_at_once, settings.builds_kept)
+    # Kept in the run directory: the builder's page and the started stacks survive a restart.
+    builds = builder.BuildQueue(
+        settings.builds_at_once, settings.builds_kept, state_dir=ctx.paths.run / "builds"
+    )
+    stacks = fleet.Fleet(ctx.paths.run / "fleet")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -69,6 +81,7 @@ def create_app(
         await pool.start()
         yield
         await run_in_threadpool(builds.close)
+        await run_in_threadpool(stacks.close)
         pool.close()
         await app.state.http.aclose()
         sessions.close()
@@ -86,6 +99,7 @@ def create_app(
     app.state.sessions = sessions
     app.state.admin_token = admin_token
     app.state.builds = builds
+    app.state.fleet = stacks
     app.state.gateway = gw = Gateway(
         ctx, pool, sessions, addresses, answer_key, settings, PageTokens(admin_token)
     )
@@ -94,6 +108,7 @@ def create_app(
     app.include_router(workspace.router)
     app.include_router(interviewer.router)
     app.include_router(builder.router)
+    app.include_router(fleet.router)
     app.include_router(actions.router)
     pages.install(app)
 

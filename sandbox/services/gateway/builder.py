@@ -2,9 +2,12 @@
 pasted scenario (errors name the field), and world builds in child processes with progress,
 through a queue: at most the `builds_at_once` setting run at once, the others wait (`queued`).
 
-A build writes a new world beside the running one (`WORLDS/NAME`); the stack keeps serving its
-own world, and `sandbox up WORLDS/NAME` starts the new one. A re-seeded copy of a scenario (same
-faults and parameters, other data) is how each candidate gets their own variant.
+A build writes a new world into the worlds root (`WORLDS/NAME`, `worlds.worlds_root`); the stack
+keeps serving its own world, and the operator page (`fleet`) starts the new one. A re-seeded copy
+of a scenario (same faults and parameters, other data) is how each candidate gets their own
+variant. Each build's state is kept in a small JSON file, so the builder's page survives a gateway
+restart: a build that was waiting or running when the gateway went is shown `interrupted`, with
+its log.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -36,9 +38,9 @@ from sandbox.layout import WorldPaths
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Caller, caller
 from sandbox.services.gateway.errors import invalid
+from sandbox.services.gateway.worlds import NAME, worlds_root
 
 router = APIRouter()
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 LOG_LINES = 200
 BUILD_COMMAND = (sys.executable, "-m", "sandbox", "build")
 MAX_SCENARIO_CHARS = 200_000
@@ -63,9 +65,10 @@ class BuildRequest(ScenarioText):
     name: str = Field(min_length=1, max_length=63)
 
 
-STATES = ("queued", "building", "built", "failed", "cancelled")
+STATES = ("queued", "building", "built", "failed", "cancelled", "interrupted")
 # A build asked to stop gets this long to go before it is killed.
 STOP_GRACE_S = 5.0
+SAVE_EVERY_S = 1.0  # a running build's progress is written to its file at most this often
 
 
 @dataclass(eq=False)
@@ -86,6 +89,36 @@ class Build:
     def active(self) -> bool:
         return self.state in ("queued", "building")
 
+    def record(self) -> dict[str, Any]:
+        """What is kept of the build across a gateway restart."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "out": str(self.out),
+            "toml": self.toml,
+            "state": self.state,
+            "stages": self.stages,
+            "lines": list(self.lines),
+            "seed": self.seed,
+            "pid": self.process.pid if self.process is not None else None,
+        }
+
+    @classmethod
+    def restored(cls, record: dict[str, Any]) -> Build:
+        """A build from its record, as the gateway starting again finds it: one that was waiting
+        or running went with the gateway and is `interrupted` (a build process it left running
+        is stopped; what it wrote stays, an incomplete world, until removed)."""
+        build = cls(str(record["id"]), str(record["name"]), Path(record["out"]), record["toml"])
+        build.state = str(record["state"])
+        build.stages = {str(k): dict(v) for k, v in record.get("stages", {}).items()}
+        build.lines.extend(str(line) for line in record.get("lines", []))
+        build.seed = record.get("seed")
+        if build.active:
+            build.state = "interrupted"
+            build.lines.append("the gateway stopped while this build waited or ran")
+            _stop_orphan(record.get("pid"), build.out)
+        return build
+
 
 class BuildsClosed(RuntimeError):
     """The gateway is stopping: no build starts any more."""
@@ -98,14 +131,46 @@ class BuildQueue:
     cancelled); older ones are forgotten. `close` (the gateway stopping) cancels the waiting
     builds and stops the running ones."""
 
-    def __init__(self, at_once: int, kept: int, command: tuple[str, ...] = BUILD_COMMAND) -> None:
+    def __init__(
+        self,
+        at_once: int,
+        kept: int,
+        command: tuple[str, ...] = BUILD_COMMAND,
+        state_dir: Path | None = None,
+    ) -> None:
         self.at_once = at_once
         self.kept = kept
         self.command = command
+        self.state_dir = state_dir  # one JSON file per build, read back at the next start
         self._builds: dict[str, Build] = {}  # in the order they were asked for
         self._finished: deque[str] = deque()  # ids of finished builds, oldest first
         self._lock = threading.Lock()
         self._closed = False
+        self._restore()
+
+    def _restore(self) -> None:
+        """The builds of the gateway's earlier runs, oldest first."""
+        if self.state_dir is None or not self.state_dir.is_dir():
+            return
+        records = []
+        for path in self.state_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+                records.append((path.stat().st_mtime, Build.restored(json.loads(path.read_text()))))
+        with self._lock:
+            for _, build in sorted(records, key=lambda r: r[0]):
+                self._builds[build.id] = build
+                self._end(build, build.state)
+
+    def _save(self, build: Build) -> None:
+        """Keep the build's state on disk (written whole, then renamed into place)."""
+        if self.state_dir is None:
+            return
+        with contextlib.suppress(OSError):
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            path = self.state_dir / f"{build.id}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(build.record()))
+            tmp.replace(path)
 
     def submit(self, name: str, out: Path, toml: str) -> Build:
         """A new build into `out`, started now if a slot is free, else queued. BuildsClosed
@@ -118,6 +183,7 @@ class BuildQueue:
             build = Build(uuid.uuid4().hex[:12], name, out, toml)
             self._builds[build.id] = build
             self._start_waiting()
+            self._save(build)
         return build
 
     def get(self, build_id: str) -> Build | None:
@@ -195,6 +261,7 @@ class BuildQueue:
             self._end(build, "failed")
             return
         build.state = "building"
+        self._save(build)
         build.follower = threading.Thread(
             target=self._follow, args=(build, scratch), name=f"build-{build.id}", daemon=True
         )
@@ -205,8 +272,12 @@ class BuildQueue:
         then record how it ended and start the next one."""
         process = build.process
         assert process is not None and process.stdout is not None
+        saved = time.monotonic()
         for line in process.stdout:
             _read_update(build, line.rstrip())
+            if time.monotonic() - saved > SAVE_EVERY_S:
+                self._save(build)
+                saved = time.monotonic()
         code = process.wait()  # from here on, `cancel` leaves the build to end as it did
         shutil.rmtree(scratch, ignore_errors=True)
         with self._lock:
@@ -225,9 +296,13 @@ class BuildQueue:
         """Record a build as finished, forgetting the oldest finished ones past `kept`. Called
         with the lock held."""
         build.state = state
+        self._save(build)
         self._finished.append(build.id)
         while len(self._finished) > self.kept:
-            self._builds.pop(self._finished.popleft(), None)
+            forgotten = self._finished.popleft()
+            self._builds.pop(forgotten, None)
+            if self.state_dir is not None:
+                (self.state_dir / f"{forgotten}.json").unlink(missing_ok=True)
 
 
 def _read_update(build: Build, line: str) -> None:
@@ -263,6 +338,19 @@ def _stop(builds: list[Build]) -> None:
         if build.follower is not None and build.follower.is_alive():
             _signal_group(build, signal.SIGKILL)
             build.follower.join(STOP_GRACE_S)
+
+
+def _stop_orphan(pid: object, out: Path) -> None:
+    """Stop a build a gateway that went left running, if that process is still the build."""
+    if not isinstance(pid, int):
+        return
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if str(out).encode() in command:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
 
 
 def _signal_group(build: Build, signum: int) -> None:
@@ -328,7 +416,8 @@ def start_build(body: BuildRequest, request: Request, who: Operator) -> dict[str
     if not NAME.match(body.name):
         raise invalid("body", "name", "lowercase letters, digits and dashes")
     spec = _parse(body)
-    out = Path(request.app.state.gateway.ctx.world).resolve().parent / body.name
+    gw = request.app.state.gateway
+    out = worlds_root(gw.settings, gw.ctx.world) / body.name
     if out.exists():
         raise HTTPException(409, f"name: {out} already exists; pick another name")
     queue = _queue(request)
@@ -389,6 +478,8 @@ def _status(queue: BuildQueue, build: Build) -> dict[str, Any]:
         "stages": dict(build.stages),
         "log": list(build.lines)[-20:],
         "up_command": f"sandbox up {build.out}",
+        # Started from the operator page by this name (`/api/worlds/{name}/start`).
+        "world": build.out.name if built else None,
         "answer_key": json.loads(answer.read_text()) if built else None,
     }
 

@@ -200,6 +200,7 @@ def _page(
 INTERVIEWER_NAV = (
     Page("sessions", "Sessions", "/interviewer"),
     Page("builder", "Scenario builder", "/interviewer/builder"),
+    Page("worlds", "Worlds", "/interviewer/worlds"),
 )
 
 
@@ -207,7 +208,7 @@ def interviewer_page(request: Request, name: str, **context: Any) -> HTMLRespons
     """An interviewer page (not recorded: the history is the candidate's)."""
     html = templates.get_template(f"interviewer-{name}.html.j2").render(
         nav=INTERVIEWER_NAV,
-        active="builder" if name == "builder" else "sessions",
+        active=name if name in ("builder", "worlds") else "sessions",
         world=_world_name(request),
         interviewer=True,
         plotly_url=PLOTLY_URL,

@@ -1,6 +1,7 @@
 // The scenario builder: compose a scenario from the catalog, validate it on the server (errors
 // name the field), preview the brief, build a world and follow its progress. Builds run one at a
 // time (the builds_at_once setting); the others wait in a queue, and any of them can be cancelled.
+// A finished build is started from here or from the Worlds page.
 "use strict";
 
 (() => {
@@ -151,8 +152,18 @@
     }
     if (status.status === "cancelled") { fill(built, el("p", { class: "muted" }, "The build was cancelled; nothing it wrote was kept.")); return; }
     if (status.status === "failed") { showError(built, "The build failed; see its output above."); return; }
+    if (status.status === "interrupted") { showError(built, "The gateway stopped while this build waited or ran; build it again."); return; }
+    const started = el("span", { class: "muted small" });
+    const start = el("button", { type: "button", class: "primary", onclick: async () => {
+      try {
+        await api(`/api/worlds/${status.world}/start`, { method: "POST" });
+        fill(started, "Starting: follow it on ", el("a", { href: "/interviewer/worlds" }, "Worlds"), ".");
+        start.disabled = true;
+      } catch (e) { showError(started, e.message); }
+    } }, "Start");
     fill(built, el("p", { class: "good" }, `Built into ${status.out} (seed ${status.seed}, ${status.difficulty}).`),
-      el("p", {}, "Start it with ", el("code", {}, status.up_command)),
+      el("p", { class: "row" }, start, started),
+      el("p", { class: "muted small" }, "Or start it by hand with ", el("code", {}, status.up_command)),
       el("details", {}, el("summary", {}, "Answer key"), el("pre", { class: "response small" }, JSON.stringify(status.answer_key, null, 2))));
     document.body.dataset.built = "true";
   }
