@@ -13,12 +13,16 @@ def mark_and_group(items: list[pytest.Item]) -> None:
     shared stack are one group, so it is started once, on one worker. The tests of a module with
     a module-scoped fixture (its own stack, a session, a build) are a group per module, so that
     fixture is set up once, not once per worker."""
-    shared, grouped, others = [], [], []
+    shared, long, grouped, others = [], [], [], []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "worlds" in fixtures:
             item.add_marker(pytest.mark.world)
-        if "shared_stack" in fixtures:
+        if item.get_closest_marker("long"):
+            group = item.nodeid.split("::")[0] if _has_module_fixture(item) else item.nodeid
+            item.add_marker(pytest.mark.xdist_group(group))
+            long.append(item)
+        elif "shared_stack" in fixtures:
             item.add_marker(pytest.mark.xdist_group("shared-stack"))
             shared.append(item)
         elif _has_module_fixture(item):
@@ -27,10 +31,10 @@ def mark_and_group(items: list[pytest.Item]) -> None:
         else:
             others.append(item)
     # Workers take groups in this order. The longest go first (the shared stack's tests run for
-    # minutes on one worker; a module's own stack or build for tens of seconds), so the many
-    # short tests fill the other worker meanwhile and the run does not end on one worker
-    # finishing a long group while the other waits.
-    items[:] = shared + grouped + others
+    # minutes on one worker; a test marked `long` for a minute or more; a module's own stack or
+    # build for tens of seconds), so the many short tests fill the other worker meanwhile and
+    # the run does not end on one worker finishing a long group while the other waits.
+    items[:] = shared + long + grouped + others
 
 
 def _has_module_fixture(item: pytest.Item) -> bool:

@@ -63,6 +63,11 @@ def test_on_the_modules_stack(module_stack, n):
 @pytest.mark.parametrize("n", range(6))
 def test_alone(n):
     note("alone-runs")
+
+
+@pytest.mark.long
+def test_long():
+    note("long-runs")
 """
 
 
@@ -93,17 +98,24 @@ def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_longest_groups_are_handed_out_first(tmp_path: Path) -> None:
-    """The shared stack's tests, then each module's group, then the tests that stand alone."""
+    """The shared stack's tests, then the tests marked long, then each module's group, then the
+    tests that stand alone."""
     _suite(tmp_path)
     run = _pytest(tmp_path, sys.executable, "-m", "pytest", "-q", "--collect-only")
     assert run.returncode == 0, run.stdout + run.stderr
     # test_module.py is collected before test_shared_*.py: the order is the hook's.
     tests = [line for line in run.stdout.splitlines() if "::" in line]
     kinds = [
-        "shared" if "shared_stack" in t else "module" if "modules_stack" in t else "alone"
+        "shared"
+        if "shared_stack" in t
+        else "long"
+        if "test_long" in t
+        else "module"
+        if "modules_stack" in t
+        else "alone"
         for t in tests
     ]
-    assert kinds == ["shared"] * 8 + ["module"] * 6 + ["alone"] * 6, tests
+    assert kinds == ["shared"] * 8 + ["long"] + ["module"] * 6 + ["alone"] * 6, tests
 
 
 def test_a_stack_shared_by_modules_and_a_modules_own_fixture_are_set_up_once(

@@ -106,6 +106,7 @@ def _wait_built(client: TestClient, paths: WorldPaths, build_id: str) -> dict[st
         time.sleep(1)
 
 
+@pytest.mark.long  # two builds and two stacks
 def test_two_variants_are_built_started_given_sessions_and_stopped_from_the_operator_api(
     paths: WorldPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
