@@ -121,9 +121,14 @@ def running_stack(
         wait_healthy(url, process)
         yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada", *session_options)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Ctrl-C to a stack still running, then kill if it has not stopped within 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -24,7 +24,7 @@ from sandbox.pipeline import deploy
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
-from tests.services.running import READY_S, SANDBOX, Stack, new_session, wait_healthy
+from tests.services.running import READY_S, SANDBOX, Stack, new_session, stop, wait_healthy
 from tests.waiting import until
 
 
@@ -90,12 +90,7 @@ def demo(
         wait_healthy(url, process)
         yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada"), links
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(process)
 
 
 def _printed_links(process: subprocess.Popen) -> dict[str, str]:
