@@ -38,7 +38,7 @@ from sandbox.layout import WorldPaths
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Caller, caller
 from sandbox.services.gateway.errors import invalid
-from sandbox.services.gateway.worlds import NAME, worlds_root
+from sandbox.services.gateway.worlds import NAME, command_line, worlds_root
 
 router = APIRouter()
 LOG_LINES = 200
@@ -344,11 +344,7 @@ def _stop_orphan(pid: object, out: Path) -> None:
     """Stop a build a gateway that went left running, if that process is still the build."""
     if not isinstance(pid, int):
         return
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return
-    if str(out).encode() in command:
+    if str(out) in command_line(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
 
