@@ -9,25 +9,23 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sandbox.layout import IncompleteWorld, read_manifest
-from sandbox.world.build import BuildSummary
 from tests.services.candidates import Session, kill_gateway_while_writing
-from tests.services.running import SANDBOX, Stack, running_stack
+from tests.services.running import SANDBOX, Stack, new_session
 
-SPEED = 48.0  # the default: the stack's own traffic stays light
 BUILD_SCALE = "0.04"  # 1,000 customers
 BUILD_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="module")
-def stack(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(faulty_world, tmp_path_factory, SPEED) as running:
-        yield running
+def stack(shared_stack: Stack) -> Stack:
+    """The shared stack, through a session of this module's own: its supervisor brings the
+    killed gateway back, as it would for a candidate."""
+    return new_session(shared_stack, "durable")
 
 
 def _token(headers: dict[str, str]) -> str:
