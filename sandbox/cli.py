@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +79,8 @@ def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool, as_json: boo
             summary = build(spec, out, force=force, progress=report)
         except (WorldExists, TooFewCustomers) as exc:
             _fail(str(exc))
+        except OSError as exc:
+            _fail(_unwritable(out, exc))
         say(json.dumps({"done": True, "seed": summary.manifest["seed"], "out": str(out)}))
         return
 
@@ -98,7 +102,13 @@ def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool, as_json: boo
             summary = build(spec, out, force=force, progress=progress)
         except (WorldExists, TooFewCustomers) as exc:
             _fail(str(exc))
+        except OSError as exc:
+            _fail(_unwritable(out, exc))
     _print_summary(summary.manifest, out)
+
+
+def _unwritable(out: Path, exc: OSError) -> str:
+    return f"cannot write the world to {out}: {exc.strerror or exc} ({exc.filename or out})"
 
 
 def _print_summary(manifest: dict, out: Path) -> None:
@@ -611,7 +621,13 @@ def demo(
         console.print(f"world already built in {out}")
         _print_summary(manifest, out)
     except IncompleteWorld:
-        _run_build(_load(None), out, force=True)
+        # The build runs in a process of its own: what it loads (the simulation, scikit-learn,
+        # Evidently, MLflow) goes with it instead of staying resident beside the stack.
+        built = subprocess.run(
+            [sys.executable, "-m", "sandbox", "build", "--out", str(out), "--force"]
+        )
+        if built.returncode != 0:
+            raise typer.Exit(built.returncode) from None
     _serve(out, "127.0.0.1", port, 48.0, with_session=True)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -105,3 +107,27 @@ def test_session_create_refuses_an_unknown_assistance_before_calling_the_stack(
     for options in (["--assistance", "not-allowed", "--workspace-only"], []):
         asked = runner.invoke(app, ["session", "create", str(tmp_path), *options])
         assert asked.exit_code == 2 and "no running stack" in asked.output
+
+
+def test_demo_stops_at_its_builds_error_and_starts_no_stack(tmp_path: Path) -> None:
+    """`sandbox demo` with no world yet builds one first; a build that cannot write its world
+    says why, and no stack starts."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    ran = subprocess.run(
+        [str(Path(sys.executable).with_name("sandbox")), "demo", "--out", str(blocked / "world")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert f"cannot write the world to {blocked / 'world'}: Not a directory" in ran.stderr
+    assert "Traceback" not in ran.stderr and "candidate:" not in ran.stdout
+
+
+def test_build_says_where_it_cannot_write(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    result = runner.invoke(app, ["build", "--out", str(blocked / "world"), "--scale", "0.04"])
+    assert result.exit_code == 2
+    assert "cannot write the world to" in result.output and "Not a directory" in result.output

@@ -34,6 +34,9 @@ from sandbox.services.simclock import DEFAULT_SPEED, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
 
 HEARTBEAT_FILE = "sim-now"
+# Set in every child's environment: the process that supervises the stack, whose process tree
+# is the stack (`sandbox up` or `sandbox demo`, whichever started it).
+SUPERVISOR_PID = "SANDBOX_SUPERVISOR_PID"
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 5.0
 MAX_BACKOFF_S = 10.0
@@ -275,7 +278,12 @@ class Supervisor:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **child.env, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                **child.env,
+                "PYTHONUNBUFFERED": "1",
+                SUPERVISOR_PID: str(os.getpid()),
+            },
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )

@@ -21,6 +21,7 @@ import pytest
 from sandbox import scenario
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
+from sandbox.services.stack import admin_token
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
@@ -122,6 +123,27 @@ def test_demo_prints_working_links(demo: tuple[Stack, dict[str, str]]) -> None:
             stack.url + "/api/sql", json={"sql": "SELECT count(*) FROM raw.customers"}
         )
         assert answer.status_code == 200 and answer.json()["rows"][0][0] > 0
+
+
+def test_the_worlds_page_counts_the_demo_stacks_memory(stack: Stack) -> None:
+    """The operator's own stack, started by `sandbox demo`, is listed running with the memory
+    of every process of it."""
+    operator = {"Authorization": f"Bearer {admin_token(WorldPaths(stack.world))}"}
+    listed = HTTP.get(stack.url + "/api/worlds", headers=operator, timeout=30)
+    assert listed.status_code == 200, listed.text
+    [own] = [w for w in listed.json() if w["state"] == "running" and w["url"] == stack.url]
+    rss = sum(_rss_mb(pid) for pid in [stack.process.pid, *_tree(stack.process.pid)])
+    # Read a moment apart from the page's own reading: the same processes, within a tenth.
+    assert own["memory_mb"] == pytest.approx(rss, rel=0.1)
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        status = (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return 0.0
+    kb = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+    return int(kb[0]) / 1024 if kb else 0.0
 
 
 def _live_start(world: Path) -> dt.datetime:

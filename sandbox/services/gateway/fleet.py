@@ -33,7 +33,7 @@ from sandbox.services.gateway import pages, worlds
 from sandbox.services.gateway.builder import Operator
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.interviewer import SessionRequest
-from sandbox.services.supervisor import free_port
+from sandbox.services.supervisor import SUPERVISOR_PID, free_port
 
 router = APIRouter()
 UP_COMMAND = (sys.executable, "-m", "sandbox", "up")
@@ -244,13 +244,12 @@ def _mb(rss: int | None) -> float | None:
 
 
 def _own_stack_rss(apart: frozenset[int]) -> int | None:
-    """The memory of the operator's own stack: everything under the `sandbox up` that started
-    this gateway (None when something else did, as in a test)."""
-    parent = os.getppid()
-    argv = worlds.command_line(parent)
-    if "up" in argv and any(Path(arg).name in ("sandbox", "__main__.py") for arg in argv[:3]):
-        return worlds.tree_rss_bytes(parent, apart)
-    return None
+    """The memory of the operator's own stack: the tree of the process that supervises it,
+    `sandbox up` or `sandbox demo` (None when the gateway runs without one, as in a test)."""
+    supervisor = os.environ.get(SUPERVISOR_PID, "")
+    if not supervisor.isdigit() or int(supervisor) != os.getppid():
+        return None
+    return worlds.tree_rss_bytes(int(supervisor), apart)
 
 
 def _summary(request: Request, client: httpx.Client, name: str, world: Path) -> dict[str, Any]:
