@@ -58,8 +58,10 @@ class Settings(BaseModel):
         description="Address space (MB) a console worker may grow by once started; DuckDB's "
         "own memory limit in it is half of this.",
     )
+    # One: an idle stack holds one worker (about 180 MB), and the pool starts a spare the moment
+    # it is taken, so a candidate's next query finds one ready.
     console_workers: int = Field(
-        2, ge=1, description="Console worker processes kept running while the stack is idle."
+        1, ge=1, description="Console worker processes kept running while the stack is idle."
     )
     console_max_workers: int = Field(
         4,
