@@ -123,7 +123,9 @@ def test_the_session_form_says_why_there_is_no_world_to_pick_and_what_to_do(
     this stack's world, or with it as any other world that is stopped."""
     stack = shared_stack
     context = contexts()
-    context.route("**/api/worlds", _listing(lambda worlds: [w for w in worlds if not w["operator"]]))
+    context.route(
+        "**/api/worlds", _listing(lambda worlds: [w for w in worlds if not w["operator"]])
+    )
     page = _worlds_page(context, stack)
     none = page.locator("#world-none")
     expect(none).to_have_text(
