@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -300,6 +301,53 @@ def test_closing_cancels_the_waiting_builds_and_stops_the_running_ones(
     assert waiting.process is None and not running.out.exists()
     with pytest.raises(BuildsClosed):
         builds.submit("c", tmp_path / "c", "")
+
+
+def test_a_restart_removes_the_unfinished_world_of_a_build_it_cut_short_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    root, state = tmp_path / "worlds", tmp_path / "builds"
+    root.mkdir()
+    fake = (sys.executable, "-c", FAKE_BUILD)
+    first = BuildQueue(4, 20, command=fake, state_dir=state, worlds_root=root)
+    cut, finished, outside, written = (
+        first.submit(name, out, "")
+        for name, out in (
+            ("cut", root / "cut"),
+            ("finished", root / "finished"),
+            ("outside", tmp_path / "outside"),  # a record whose output is not in the root
+            ("written", root / "written"),
+        )
+    )
+    waited = first.submit("waited", root / "waited", "")
+    _until(lambda: all(b.out.is_dir() for b in (cut, finished, outside, written)))
+    # The gateway goes without stopping its builds: its files stay as they are now.
+    left = shutil.copytree(state, tmp_path / "left")
+    (cut.out / "world.duckdb").write_text("half written")
+    # The build wrote its manifest last, just as the gateway went: a complete world.
+    (finished.out / "manifest.json").write_text(json.dumps({"complete": True}))
+    # The waiting build's name was taken by hand meanwhile: not the build's to remove.
+    waited.out.mkdir()
+    # Someone started writing into this one since.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", written.out])
+    try:
+        # The next gateway reads the builds' files.
+        again = {b.name: b for b in BuildQueue(4, 20, state_dir=left, worlds_root=root).all()}
+        assert {b.state for b in again.values()} == {"interrupted"}
+        assert not cut.out.exists() and root.is_dir()
+        assert f"its unfinished world {cut.out} was removed" in again["cut"].lines
+        assert read_manifest(finished.out) == {"complete": True}
+        assert "complete world; left as it is" in again["finished"].lines[-1]
+        assert outside.out.is_dir() and "not in the worlds root" in again["outside"].lines[-1]
+        assert written.out.is_dir() and "still writing" in again["written"].lines[-1]
+        assert waited.out.is_dir() and again["waited"].lines[-1].startswith("the gateway stopped")
+        # Every build the gone gateway left running was stopped before anything was removed.
+        stopped = [b.process and b.process.poll() for b in (cut, finished, outside, written)]
+        assert stopped == [-15] * 4, stopped  # SIGTERM
+    finally:
+        other.kill()
+        other.wait()
+        first.close()
 
 
 # The queue through the gateway, with real builds

@@ -31,6 +31,7 @@ from sandbox.services.gateway import (
     pages,
     proxy,
     workspace,
+    worlds,
 )
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.composition import Composition
@@ -71,7 +72,10 @@ def create_app(
     addresses = services if services is not None else stack.read_addresses(ctx.paths.run)
     # Kept in the run directory: the builder's page and the started stacks survive a restart.
     builds = builder.BuildQueue(
-        settings.builds_at_once, settings.builds_kept, state_dir=ctx.paths.run / "builds"
+        settings.builds_at_once,
+        settings.builds_kept,
+        state_dir=ctx.paths.run / "builds",
+        worlds_root=worlds.worlds_root(settings, world),
     )
     stacks = fleet.Fleet(ctx.paths.run / "fleet")
 

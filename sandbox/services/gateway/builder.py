@@ -7,7 +7,7 @@ keeps serving its own world, and the operator page (`fleet`) starts the new one.
 of a scenario (same faults and parameters, other data) is how each candidate gets their own
 variant. Each build's state is kept in a small JSON file, so the builder's page survives a gateway
 restart: a build that was waiting or running when the gateway went is shown `interrupted`, with
-its log.
+its log, and the unfinished world a running one left is removed.
 """
 
 from __future__ import annotations
@@ -38,7 +38,13 @@ from sandbox.layout import WorldPaths
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Caller, caller
 from sandbox.services.gateway.errors import invalid
-from sandbox.services.gateway.worlds import NAME, command_line, worlds_root
+from sandbox.services.gateway.worlds import (
+    NAME,
+    command_line,
+    manifest_of,
+    processes_naming,
+    worlds_root,
+)
 
 router = APIRouter()
 LOG_LINES = 200
@@ -104,19 +110,24 @@ class Build:
         }
 
     @classmethod
-    def restored(cls, record: dict[str, Any]) -> Build:
+    def restored(cls, record: dict[str, Any], root: Path | None = None) -> Build:
         """A build from its record, as the gateway starting again finds it: one that was waiting
-        or running went with the gateway and is `interrupted` (a build process it left running
-        is stopped; what it wrote stays, an incomplete world, until removed)."""
+        or running went with the gateway and is `interrupted`. A build process it left running
+        is stopped, and the unfinished world a running build wrote is removed when it is that
+        build's own under the worlds root `root` (`_remove_unfinished`)."""
         build = cls(str(record["id"]), str(record["name"]), Path(record["out"]), record["toml"])
         build.state = str(record["state"])
         build.stages = {str(k): dict(v) for k, v in record.get("stages", {}).items()}
         build.lines.extend(str(line) for line in record.get("lines", []))
         build.seed = record.get("seed")
         if build.active:
+            ran = build.state == "building"
             build.state = "interrupted"
             build.lines.append("the gateway stopped while this build waited or ran")
             _stop_orphan(record.get("pid"), build.out)
+            # A build that only waited wrote nothing: whatever is at its `out` is not its own.
+            if ran and root is not None:
+                _remove_unfinished(build, root)
         return build
 
 
@@ -137,11 +148,15 @@ class BuildQueue:
         kept: int,
         command: tuple[str, ...] = BUILD_COMMAND,
         state_dir: Path | None = None,
+        worlds_root: Path | None = None,
     ) -> None:
         self.at_once = at_once
         self.kept = kept
         self.command = command
         self.state_dir = state_dir  # one JSON file per build, read back at the next start
+        # Where builds write their worlds: an interrupted build's unfinished world is removed
+        # only from here (None: never).
+        self.worlds_root = worlds_root
         self._builds: dict[str, Build] = {}  # in the order they were asked for
         self._finished: deque[str] = deque()  # ids of finished builds, oldest first
         self._lock = threading.Lock()
@@ -155,7 +170,8 @@ class BuildQueue:
         records = []
         for path in self.state_dir.glob("*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
-                records.append((path.stat().st_mtime, Build.restored(json.loads(path.read_text()))))
+                record = json.loads(path.read_text())
+                records.append((path.stat().st_mtime, Build.restored(record, self.worlds_root)))
         with self._lock:
             for _, build in sorted(records, key=lambda r: r[0]):
                 self._builds[build.id] = build
@@ -341,12 +357,47 @@ def _stop(builds: list[Build]) -> None:
 
 
 def _stop_orphan(pid: object, out: Path) -> None:
-    """Stop a build a gateway that went left running, if that process is still the build."""
-    if not isinstance(pid, int):
+    """Stop a build a gateway that went left running (its process group), if that process is
+    still the build, and wait for it to go: `STOP_GRACE_S`, then it is killed."""
+    if not isinstance(pid, int) or str(out) not in command_line(pid):
         return
-    if str(out) in command_line(pid):
+    for signum in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signum)
+        if _gone(pid, out):
+            return
+
+
+def _gone(pid: int, out: Path) -> bool:
+    """Whether the build's process ended within `STOP_GRACE_S`."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    while str(out) in command_line(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _remove_unfinished(build: Build, root: Path) -> None:
+    """Remove the unfinished world an interrupted build left at its `out`, when it can only be
+    that build's: it started only when nothing was there, and the checks keep everything else —
+    a directory not directly under the worlds root or not by a world's name (a record that was
+    changed), a link, a complete world (the build finished as the gateway went), one a process
+    is writing (a build someone started into it since)."""
+    out = build.out
+    if out.is_symlink() or not out.is_dir():
+        return  # nothing written yet, or not the build's own
+    if out.parent.resolve() != root.resolve() or not NAME.match(out.name):
+        build.lines.append(f"{out} is not in the worlds root {root}; left as it is")
+        return
+    if manifest_of(out) is not None:
+        build.lines.append(f"{out} is a complete world; left as it is")
+        return
+    if processes_naming(out):
+        build.lines.append(f"{out} was left: a process is still writing it")
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    build.lines.append(f"its unfinished world {out} was removed")
 
 
 def _signal_group(build: Build, signum: int) -> None:

@@ -86,6 +86,17 @@ def command_line(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def processes_naming(path: Path) -> list[int]:
+    """The processes with `path` as one of their arguments: a build writing it, a stack serving
+    it (a forked worker shows its parent's arguments, so it counts too)."""
+    wanted = str(path)
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and wanted in command_line(int(entry.name))
+    ]
+
+
 def tree_rss_bytes(pid: int, apart: frozenset[int] = frozenset()) -> int | None:
     """Resident memory of the process and every process under it, but for the trees under the
     `apart` processes (stacks of their own), summed (None when it is gone)."""
