@@ -4,10 +4,18 @@ deployment actions are in effect: without a world."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
+
+import duckdb
 
 from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, ROLLBACK, SET_FILL, SET_THRESHOLD
 from sandbox.actions.deployment import (
+    FIRST_CONFIG,
+    Deployed,
+    Deployment,
     baseline,
+    deploy_history,
     in_effect,
     moved_aliases,
     overlay_reply,
@@ -53,12 +61,13 @@ def test_nothing_applied_serves_what_the_world_left() -> None:
     state = in_effect(FOLLOWS, [_applied(SET_FILL, {"feature": "x", "fill_value": 1}, 0)], _at(5))
     assert (state.version, state.threshold, state.follows_alias) == ("2", 0.01, True)
     assert not state.changed and state.model_uri == f"models:/{MODEL}@champion"
-    assert state.history == (("1", 0.06), ("2", 0.01))
+    assert [d[:2] for d in state.history] == [("1", 0.06), ("2", 0.01)]
+    assert state.config_as_of is None  # as the world left it: every change from its own time
 
 
 def test_the_record_ends_the_history_even_when_the_logs_lack_it() -> None:
-    assert baseline(_record("3"), HISTORY, {}).history[-1] == ("3", 0.01)
-    assert baseline(_record(), [], {}).history == (("2", 0.01),)
+    assert baseline(_record("3"), HISTORY, {}).history[-1][:2] == ("3", 0.01)
+    assert [d[:2] for d in baseline(_record(), [], {}).history] == [("2", 0.01)]
 
 
 def test_a_pin_serves_the_version_from_its_time_with_the_threshold_it_was_served_with() -> None:
@@ -147,3 +156,57 @@ def test_moved_aliases_are_laid_over_the_registry_answers() -> None:
     }
     one = overlay_reply({"model_version": {"name": MODEL, "version": "1"}}, moved)
     assert one["model_version"]["aliases"] == ["champion"]
+
+
+def _world_db(path: Path, loads: list[tuple[dt.datetime, str, float]]) -> Path:
+    """A warehouse whose logs record the model server loading these versions."""
+    db = path / "world.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE SCHEMA telemetry")
+        con.execute(
+            "CREATE TABLE telemetry.logs (ts TIMESTAMP, service VARCHAR, event VARCHAR, attrs VARCHAR)"
+        )
+        for ts, version, threshold in loads:
+            attrs = json.dumps({"model_version": version, "threshold": threshold})
+            con.execute(
+                "INSERT INTO telemetry.logs VALUES (?, 'model-server', 'model_loaded', ?)",
+                [ts, attrs],
+            )
+    return db
+
+
+def test_a_configuration_rollout_is_a_deployment_a_rollback_goes_back_past(tmp_path: Path) -> None:
+    day = dt.timedelta(days=1)
+    cut, patch = T0 - 6 * day, T0 - 2 * day
+    db = _world_db(tmp_path, [(T0 - 20 * day, "1", 0.06), (T0 - 10 * day, "2", 0.01)])
+    history = deploy_history(db, [cut, patch])
+    assert history == [
+        Deployed("1", 0.06, FIRST_CONFIG),
+        Deployed("2", 0.01, FIRST_CONFIG),
+        Deployed("2", 0.01, cut),
+        Deployed("2", 0.01, patch),
+    ]
+    left = baseline(_record(), history, {"champion": "2"})
+    assert left.history[-1] == Deployed("2", 0.01, patch) and left.config_as_of is None
+
+    def served(*minutes: int) -> Deployment:
+        back = [_applied(ROLLBACK, {"service": "model-server"}, m) for m in minutes]
+        return in_effect(left, back, _at(max(minutes)))
+
+    # Back past the patch: the cut is still in effect, and so it is after a change of threshold.
+    assert served(20).config_as_of == cut
+    threshold = in_effect(left, [_applied(SET_THRESHOLD, {"threshold": 0.2}, 5)], _at(5))
+    assert threshold.config_as_of == patch
+    # Back past the cut: the configuration from before it, with the same model version.
+    before = served(20, 40)
+    assert before.config_as_of == FIRST_CONFIG and (before.version, before.threshold) == ("2", 0.01)
+    # A version pinned then goes out with the configuration the servers run.
+    pinned = in_effect(
+        left,
+        [
+            *[_applied(ROLLBACK, {}, m) for m in (20, 40)],
+            _applied(PIN_VERSION, {"version": "1"}, 60),
+        ],
+        _at(60),
+    )
+    assert (pinned.version, pinned.config_as_of) == ("1", FIRST_CONFIG)

@@ -174,8 +174,8 @@ ACTIONS: tuple[Action, ...] = (
     ),
     Action(
         ROLLBACK,
-        "Roll the model server back to the deployment before the current one (that version, "
-        "with the threshold it was served with).",
+        "Roll the model server back to the deployment before the current one: the model "
+        "version, threshold, code and configuration it ran then.",
         RollbackParams,
         _minutes(20),
         available=True,

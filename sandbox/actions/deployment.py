@@ -10,7 +10,10 @@ they take effect, as a release team's would:
 - `move-alias` points an alias at another version; moving champion changes what a server that
   follows the alias loads;
 - `rollback-deploy` goes back to the deployment before the current one, pinned (the alias still
-  points at the version rolled away from);
+  points at the version rolled away from). A rollout of the servers' code or configuration is a
+  deployment too (the planted story's `rollouts`, known to the deploy system whether or not the
+  changelog tells of them): going back past one serves the configuration from before it, which
+  the serving hooks see as `HookContext.config_as_of`;
 - `set-decision-threshold` changes the threshold of the deployment in place;
 - `retrain` registers a new version (the one after the latest registered or retrained) and
   loads it, pinned, with the threshold the servers use now (the model server trains it).
@@ -29,7 +32,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -42,6 +45,20 @@ MODEL = registry.CHURN_MODEL
 DEPLOYMENT_ACTIONS = (PIN_VERSION, MOVE_ALIAS, ROLLBACK, SET_THRESHOLD, RETRAIN)
 
 
+# The configuration of a server deployed before any rollout the world records.
+FIRST_CONFIG = dt.datetime.min
+
+
+class Deployed(NamedTuple):
+    """One deployment of the model server: a model version with its threshold, and its code and
+    configuration as rolled out at `config_as_of` (a rollout of those alone is a deployment
+    too, with the version and threshold before it)."""
+
+    version: str
+    threshold: float
+    config_as_of: dt.datetime = FIRST_CONFIG
+
+
 @dataclass(frozen=True)
 class Deployment:
     """What the model server serves at one time."""
@@ -50,11 +67,19 @@ class Deployment:
     threshold: float
     follows_alias: bool  # loads whatever champion points at (else a pinned version)
     aliases: dict[str, str]  # the churn model's aliases in effect, alias -> version
-    # (version, threshold) of each deployment, oldest first; the last is the one served.
-    history: tuple[tuple[str, float], ...] = ()
+    # Each deployment, oldest first; the last is the one served.
+    history: tuple[Deployed, ...] = ()
     since: dt.datetime | None = None  # when the latest change took effect (None: as left)
     changed: bool = False  # whether any applied action is in effect
     latest: int = 0  # the newest version number registered or retrained so far
+
+    @property
+    def config_as_of(self) -> dt.datetime | None:
+        """The rollout time of the code and configuration served, once an applied action is in
+        effect (None: as the world left it; see `HookContext.config_as_of`)."""
+        if not self.changed or not self.history:
+            return None
+        return self.history[-1].config_as_of
 
     @property
     def model_uri(self) -> str:
@@ -67,13 +92,17 @@ class Deployment:
     def _deploy(self, version: str, follows_alias: bool, at: dt.datetime) -> Deployment:
         if version == self.version:
             return replace(self, follows_alias=follows_alias, since=at)
-        threshold = next((t for v, t in reversed(self.history) if v == version), self.threshold)
+        threshold = next(
+            (d.threshold for d in reversed(self.history) if d.version == version), self.threshold
+        )
+        # A new model version goes out with the code and configuration the servers run now.
+        config = self.history[-1].config_as_of if self.history else FIRST_CONFIG
         return replace(
             self,
             version=version,
             threshold=threshold,
             follows_alias=follows_alias,
-            history=(*self.history, (version, threshold)),
+            history=(*self.history, Deployed(version, threshold, config)),
             since=at,
         )
 
@@ -93,7 +122,7 @@ class Deployment:
             if len(state.history) < 2:
                 return state  # nothing before the current deployment: it stays
             history = state.history[:-1]
-            version, threshold = history[-1]
+            version, threshold, _ = history[-1]
             return replace(
                 state,
                 version=version,
@@ -107,7 +136,8 @@ class Deployment:
             return replace(state, latest=version)._deploy(str(version), False, at)
         if entry.action == SET_THRESHOLD:
             threshold = float(params["threshold"])
-            history = (*state.history[:-1], (state.version, threshold))
+            last = state.history[-1] if state.history else Deployed(state.version, threshold)
+            history = (*state.history[:-1], last._replace(threshold=threshold))
             return replace(state, threshold=threshold, history=history)
         return state
 
@@ -167,39 +197,54 @@ class Registry:
         return found.split(",") if found else None
 
 
-def deploy_history(world_db: Path) -> list[tuple[str, float]]:
-    """The servers' deployments as the world's logs record them, oldest first."""
+def deploy_history(world_db: Path, rollouts: Iterable[dt.datetime] = ()) -> list[Deployed]:
+    """The servers' deployments, oldest first: the model versions their logs record loading, and
+    the `rollouts` of their code or configuration (which the deploy system knows, whether or not
+    anyone wrote them down), each with the version and threshold served before it."""
     with duckdb.connect(str(world_db), read_only=True) as con:
         rows = con.execute(
-            "SELECT attrs FROM telemetry.logs WHERE service = 'model-server' "
+            "SELECT ts, attrs FROM telemetry.logs WHERE service = 'model-server' "
             "AND event = 'model_loaded' ORDER BY ts"
         ).fetchall()
-    history: list[tuple[str, float]] = []
-    for (attrs,) in rows:
-        loaded = json.loads(attrs)
-        entry = (str(loaded["model_version"]), float(loaded["threshold"]))
-        if not history or history[-1][0] != entry[0]:
+    loads = [(ts, json.loads(attrs)) for ts, attrs in rows]
+    steps = sorted(
+        [*((ts, loaded) for ts, loaded in loads), *((at, None) for at in rollouts)],
+        key=lambda step: step[0],
+    )
+    history: list[Deployed] = []
+    config = FIRST_CONFIG
+    for at, loaded in steps:
+        if loaded is None:  # a rollout: what was served, with new code or configuration
+            config = at
+            if history:
+                history.append(history[-1]._replace(config_as_of=config))
+            continue
+        entry = Deployed(str(loaded["model_version"]), float(loaded["threshold"]), config)
+        if not history or history[-1].version != entry.version:  # not a restart
             history.append(entry)
     return history
 
 
 def baseline(
     record: deploy.ModelDeployment,
-    history: list[tuple[str, float]],
+    history: Iterable[tuple[str, float] | Deployed],
     aliases: dict[str, str],
     latest: int = 0,
 ) -> Deployment:
     """What the world left deployed, before any action."""
-    if not history or history[-1][0] != record.model_version:
-        history = [*history, (record.model_version, record.threshold)]
+    steps = [h if isinstance(h, Deployed) else Deployed(*h) for h in history]
+    config = steps[-1].config_as_of if steps else FIRST_CONFIG
+    served = Deployed(record.model_version, record.threshold, config)
+    if not steps or steps[-1].version != record.model_version:
+        steps = [*steps, served]
     else:
-        history = [*history[:-1], (record.model_version, record.threshold)]
+        steps = [*steps[:-1], served]
     return Deployment(
         version=record.model_version,
         threshold=record.threshold,
         follows_alias="@" in record.model_uri,
         aliases=dict(aliases),
-        history=tuple(history),
+        history=tuple(steps),
         latest=max(latest, int(record.model_version)),
     )
 

@@ -103,6 +103,15 @@ class AnswerKey(BaseModel):
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """A deployment of a service's code or configuration, at `at` (the first replica's)."""
+
+    service: str  # as the ops console's rollback names it, e.g. "model-server"
+    at: dt.datetime
+    what: str
+
+
+@dataclass(frozen=True)
 class Step:
     """A query an expert would run, and how to tell from its result that it found the evidence.
 
@@ -266,6 +275,13 @@ class Planted(ABC):
         """Ordinary-looking ops entries this one's story leaves behind."""
         return []
 
+    def rollouts(self, calendar: Calendar) -> list[Rollout]:
+        """The deployments of a service's code or configuration this one's story rolls out,
+        whether or not the changelog tells of them: the deploy system knows them, so the ops
+        console's rollback goes back past them, and a handler that acts because of one asks
+        `HookContext.rolled_out`."""
+        return []
+
     @abstractmethod
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:
         """Measure that it happened in a built world (read-only connection to its DuckDB)."""
@@ -405,6 +421,15 @@ class FaultSet:
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         return [e for planted in [*self.faults, *self.decoys] for e in planted.changelog(calendar)]
+
+    def rollouts(self, calendar: Calendar, service: str) -> list[dt.datetime]:
+        """When what is planted rolled out changes to `service`, oldest first."""
+        return sorted(
+            r.at
+            for planted in [*self.faults, *self.decoys]
+            for r in planted.rollouts(calendar)
+            if r.service == service
+        )
 
     def added_columns(self) -> dict[str, list[Column]]:
         """The columns what is planted adds to candidate tables, by table, in scenario order."""

@@ -8,6 +8,7 @@ fault behaves the same in a build, in a rebuild and in a service that starts mid
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,3 +80,11 @@ class HookContext:
     day: int
     calendar: Calendar
     data: WorldData = field(default=NO_DATA)
+    # The service's configuration in effect, when an ops-console rollback changed it: as rolled
+    # out at this time, so a change a fault rolled out later is not in effect (`Planted.rollouts`).
+    # None: the service runs what the world left, every change from its own time.
+    config_as_of: dt.datetime | None = None
+
+    def rolled_out(self, at: dt.datetime) -> bool:
+        """Whether a change rolled out at `at` is in the service's configuration in effect."""
+        return self.config_as_of is None or self.config_as_of >= at

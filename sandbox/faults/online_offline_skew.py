@@ -111,7 +111,9 @@ class OnlineOfflineSkew(Fault[Params]):
     id: ClassVar[str] = "online-offline-skew"
     actions: ClassVar[dict[str, Verdict]] = {
         "backfill-online-store": "mitigates",
-        "rerun-batch-scoring": "mitigates",
+        # Scores the same online store again: after a backfill it brings today's list in early,
+        # alone it changes nothing.
+        "rerun-batch-scoring": "no effect",
         "retrain": "harmful",
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",

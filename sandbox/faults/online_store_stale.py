@@ -70,7 +70,9 @@ class OnlineStoreStale(Fault[Params]):
     id: ClassVar[str] = "online-store-stale"
     actions: ClassVar[dict[str, Verdict]] = {
         "backfill-online-store": "mitigates",
-        "rerun-batch-scoring": "mitigates",
+        # Scores the same online store again: after a backfill it brings today's list in early,
+        # alone it changes nothing.
+        "rerun-batch-scoring": "no effect",
         "retrain": "no effect",
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",

@@ -25,6 +25,7 @@ stored features are not zero.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, ClassVar, Literal
 
 import duckdb
@@ -42,6 +43,7 @@ from sandbox.faults.base import (
     Fault,
     FaultParams,
     HookContext,
+    Rollout,
     Step,
     Verdict,
     hook,
@@ -67,6 +69,7 @@ SERIALIZER_DAYS_BEFORE = 2
 SERIALIZER_HOUR = 14.0
 SERIALIZER_SAVING_MS = 0.5
 OS_PATCH_DAYS_AFTER = 4
+PATCH_HOUR = 10.0
 # The stored features of the customers scored on zeros: a price of 0 cannot happen.
 STORED_PRICED = 0.99
 # Tells: each alone would point at the cause at the tiers that hide it.
@@ -131,6 +134,8 @@ class ServingDefaultFallback(Fault[Params]):
         day = self._serializer_day
         if day is None or ctx.day < day or "latency_ms" not in value.columns:
             return value
+        if not ctx.rolled_out(ctx.calendar.at(day, SERIALIZER_HOUR)):
+            return value  # rolled back past it
         faster = (
             (pl.col("source") == "online")
             & (pl.col("status") == "ok")
@@ -148,7 +153,7 @@ class ServingDefaultFallback(Fault[Params]):
         if value.height == 0:
             return value
         value = self._faster_responses(value, ctx)
-        if self.params.intensity(ctx.day) == 0:
+        if self.params.intensity(ctx.day) == 0 or not ctx.rolled_out(self._change_at(ctx.calendar)):
             return value
         hours = value["request_ts"].dt.hour().to_numpy().astype(int)
         g = rng.stream(ctx.seed, "model-server-lookup", ctx.day)
@@ -204,6 +209,24 @@ class ServingDefaultFallback(Fault[Params]):
             }
         ]
 
+    def rollouts(self, calendar: Calendar) -> list[Rollout]:
+        """The deadline cut, and at hard the serializer change before it and the patch after:
+        a rollback of the model server goes back past the patch first, then past the cut."""
+        cut = Rollout("model-server", self._change_at(calendar), "feature lookup deadline cut")
+        if self.tier != "hard":
+            return [cut]
+        found = [cut, Rollout("model-server", self._patch_at(calendar), "OS security patches")]
+        if self._serializer_day is not None:
+            at = calendar.at(self._serializer_day, SERIALIZER_HOUR)
+            found.append(Rollout("model-server", at, "faster JSON serializer"))
+        return sorted(found, key=lambda r: r.at)
+
+    def _change_at(self, calendar: Calendar) -> dt.datetime:
+        return calendar.at(self.params.onset_day, CHANGE_HOUR)
+
+    def _patch_at(self, calendar: Calendar) -> dt.datetime:
+        return calendar.at(min(self.params.onset_day + OS_PATCH_DAYS_AFTER, 42), PATCH_HOUR)
+
     def _maintenance(self) -> list[dict[str, Any]]:
         """At hard, ordinary model-server changes around the onset, both true in the data: the
         serializer's saving shows in every online request's latency, the patch changes
@@ -224,7 +247,7 @@ class ServingDefaultFallback(Fault[Params]):
         entries.append(
             {
                 "day": min(self.params.onset_day + OS_PATCH_DAYS_AFTER, 42),
-                "hour": 10.0,
+                "hour": PATCH_HOUR,
                 "kind": "deploy",
                 "service": "model-server",
                 "title": "model-server: OS security patches",

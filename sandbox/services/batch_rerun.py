@@ -74,7 +74,12 @@ def scored(live: LiveModelServer, applied: Applied) -> pl.DataFrame:
         live.features_of(state.version),
     )
     # As the 06:00 batch: the world's seed and the day at the serving hooks.
-    hooks = HookContext(seed=live.seed, day=ctx.calendar.day_of(at), calendar=ctx.calendar)
+    hooks = HookContext(
+        seed=live.seed,
+        day=ctx.calendar.day_of(at),
+        calendar=ctx.calendar,
+        config_as_of=state.config_as_of,
+    )
     ids = np.array([secrets.randbits(63) for _ in range(n)], dtype=np.int64)
     frame = server.score(requests, hooks, ids)
     if state.changed:  # decisions at the threshold set from the ops console, as online

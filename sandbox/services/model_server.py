@@ -288,7 +288,9 @@ class LiveModelServer:
         self.registry = deployment.Registry.read(ctx.paths.mlflow)
         self.baseline = deployment.baseline(
             self.record,
-            deployment.deploy_history(ctx.paths.duckdb),
+            deployment.deploy_history(
+                ctx.paths.duckdb, ctx.fault_set.rollouts(ctx.calendar, SERVICE)
+            ),
             self.registry.aliases,
             deployment.latest_version(self.registry.versions),
         )
@@ -654,7 +656,10 @@ class LiveModelServer:
         # One random stream per scoring call: with the world's seed every single-row request
         # of a day would get the same draws, so per-request behaviour would be all-or-nothing.
         hook_ctx = HookContext(
-            seed=secrets.randbits(32), day=self.ctx.calendar.day_of(now), calendar=self.ctx.calendar
+            seed=secrets.randbits(32),
+            day=self.ctx.calendar.day_of(now),
+            calendar=self.ctx.calendar,
+            config_as_of=self.deployed.config_as_of,
         )
         scored = self.server.score(requests, hook_ctx, np.array(ids, dtype=np.int64))
         kept = ["prediction_id", "customer_id", "model_name", "model_version", *self.columns]

@@ -14,6 +14,8 @@ then nothing changes).
 - training-time-travel and retrain-immature-labels: the latest release learned from data it
   should not have. Rolling the model server back to the deployment before brings the live scores
   back toward control's.
+- serving-default-fallback: a configuration rollout cut the feature lookup deadline, so at peak
+  a share of requests is scored on zeros. Rolling back past that rollout ends it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from sandbox.actions.catalog import (
 )
 from sandbox.actions.deployment import Registry
 from sandbox.actions.overrides import Applied, Overrides
+from sandbox.faults.toolkit import PEAK_HOURS
 from sandbox.layout import WorldPaths
+from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.services.model_server import LiveModelServer, PredictRequest
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
@@ -235,3 +239,47 @@ def test_a_backfill_brings_the_frozen_customers_scores_back_toward_control(
     # Not all of it: the renamed payment status leaves the offline store's payment failures low
     # too (measured: about 40% of the gap closes).
     assert gap() <= before * 0.7, (gap(), before)
+
+
+def _zero_share(live: LiveModelServer, customers: list[int]) -> float:
+    """The share of the customers scored on an all-zero feature vector (lookups that missed)."""
+    _, rows = live.predict(
+        [PredictRequest(customer_id=c) for c in customers], time.perf_counter(), batch=True
+    )
+    return float(np.mean([all(r[c] == 0.0 for c in MODEL_FEATURES if c in r) for r in rows]))
+
+
+def test_rolling_back_past_the_deadline_cut_stops_the_zero_vectors_at_peak(
+    stale: BuildSummary, control_world: BuildSummary, tmp_path: Path
+) -> None:
+    """serving-default-fallback: a configuration rollout cut the feature lookup deadline, and at
+    the evening peak a share of online requests is scored on zeros. The deploy history holds
+    that rollout though no model changed with it: rolling back past it ends the zero vectors
+    (control never has one); a change of threshold, beside the point, leaves them."""
+    spec = scenario.load(WorldPaths(stale.root).scenario)
+    calendar = spec.world.calendar()
+    [fallback] = [f for f in spec.fault_set.faults if f.id == "serving-default-fallback"]
+    [cut] = fallback.rollouts(calendar)
+    peak = calendar.at(calendar.last_production_day + 1, float(PEAK_HOURS[0]))
+    control = _server(control_world, tmp_path / "control", peak)
+    live = _server(stale, tmp_path / "stale", peak)
+    customers = _customers(live, control, peak)
+    assert _zero_share(control, customers) == 0.0
+    before = _zero_share(live, customers)
+    assert before > 0.2, before
+
+    beside = _applied(SET_THRESHOLD, {"threshold": 0.5}, peak)
+    Overrides(live.ctx.paths.run).append(beside)
+    at = beside.effective_at + dt.timedelta(minutes=1)
+    _forward(live, at)
+    assert _zero_share(live, customers) > 0.2
+
+    # Each rollback goes back one deployment: as many as went out from the cut on.
+    since_cut = [d for d in live.baseline.history if d.config_as_of >= cut.at]
+    assert since_cut and since_cut[0].config_as_of == cut.at
+    for n in range(len(since_cut)):
+        rollback = _applied(ROLLBACK, {"service": "model-server"}, at)
+        Overrides(live.ctx.paths.run).append(rollback.model_copy(update={"id": f"rollback-{n}"}))
+        at = rollback.effective_at + dt.timedelta(minutes=1)
+        _forward(live, at)
+    assert _zero_share(live, customers) == 0.0
