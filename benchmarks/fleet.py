@@ -334,7 +334,8 @@ def run_fleet(
     print(f"fleet: {args.stacks} variants in {worlds}…", file=sys.stderr)
     before = Usage.now(None)
     build_variants(fleet, workdir)
-    phases.append(Phase(f"fleet: build {len(_built(fleet))} variants", before, Usage.now(None)))
+    if _built(fleet):
+        phases.append(Phase(f"fleet: build {len(_built(fleet))} variants", before, Usage.now(None)))
     fleet.available_before = fleet.available_low = mem_available()
     sampler = FleetSampler(fleet)
     sampler.start()
