@@ -1,8 +1,10 @@
 """Benchmark the running stack's hardening: many candidates at once, a gateway killed with
-SIGKILL mid-session, and hostile SQL through the console.
+SIGKILL mid-session, hostile SQL through the console, and many stacks on one machine.
 
     python -m benchmarks.hardening [--world DIR] [--scale X] [--candidates 20] [--seconds 120]
-                                   [--think S] [--flood-seconds 20] [--keep]
+                                   [--think S] [--flood-seconds 20] [--stacks 8]
+                                   [--fleet-scale X] [--fleet-seconds 60]
+                                   [--fleet-worlds DIR] [--only fleet] [--keep]
 
 Without --world the default scenario is built at --scale (default 1) by the real CLI; a given
 world is copied first (without its run/), because the stack writes into it. The stack is started
@@ -26,9 +28,16 @@ loopback only:
 4. Bombs and a flood (benchmarks/flood.py): each memory bomb with the gateway's and the console
    workers' RSS, then one session flooding the console while another session and an
    interviewer go on: their p95, and the gateway's peak RSS.
+5. Fleet (benchmarks/fleet.py), once that stack is stopped: --stacks stacks at once, each on
+   its own re-seeded variant of the default scenario at --fleet-scale (built two at a time, or
+   reused from --fleet-worlds, where what is built is kept), each with one simulated candidate
+   for --fleet-seconds while its live traffic runs: per stack and over all, the dashboard load
+   p95 (all panels of one dashboard), the console query p95, errors, and each stack's idle PSS
+   and RSS, against the README's fleet budget. `--stacks 0` skips it; `--only fleet` runs
+   nothing else (no world is built for parts 1–4).
 
 The report goes to stdout and to benchmarks/reports/; nothing is asserted, but the exit status
-is non-zero if the stack fails to start.
+is non-zero if the stack, or a stack of the fleet, fails to start.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import fleet as fleets
 from benchmarks import flood as flooding
 from benchmarks.build import LOG_TAIL_LINES, REPORTS, _mem_total_gib, _table, log_tail
 from benchmarks.stack import (
@@ -377,13 +387,14 @@ def hostile_section(found: list[Hostile] | None) -> list[str]:
 
 
 def render(
-    world: World,
+    world: World | None,
     run: StackRun | None,
     load: LoadRun | None,
     durable: Durability | None,
     hostile: list[Hostile] | None,
     bombs: list[flooding.Bomb] | None,
     flood: flooding.Flood | None,
+    fleet: fleets.Fleet | None,
     phases: list[Phase],
     failures: list[str],
     problems: list[str],
@@ -391,14 +402,22 @@ def render(
     workdir: Path,
     args: argparse.Namespace,
 ) -> str:
-    m = world.manifest or {}
-    customers = f"{m['customers']:,} customers" if "customers" in m else "customers unknown"
+    machine = f"Machine: {os.cpu_count()} cores, {_mem_total_gib():.1f} GiB RAM."
+    if world is None:
+        about = "Parts 1–4: not run (`--only fleet`)."
+    else:
+        m = world.manifest or {}
+        customers = f"{m['customers']:,} customers" if "customers" in m else "customers unknown"
+        about = (
+            f"World of parts 1–4: {world.source}, scale {float(m.get('scale', 0) or 0):g}, "
+            f"{customers}."
+        )
     lines = [
-        f"# Hardening benchmark (load, kill -9, hostile SQL, bombs, flood), {started:%Y-%m-%d %H:%M:%S} UTC",
+        "# Hardening benchmark (load, kill -9, hostile SQL, bombs, flood, fleet), "
+        f"{started:%Y-%m-%d %H:%M:%S} UTC",
         "",
-        f"Machine: {os.cpu_count()} cores, {_mem_total_gib():.1f} GiB RAM. World: {world.source}, "
-        f"scale {float(m.get('scale', 0) or 0):g}, {customers}. Stack: `sandbox up` at its "
-        f"default speed, on loopback. Logs: `{workdir}`.",
+        f"{machine} {about} Stacks: `sandbox up` at its default speed, on loopback. Logs: "
+        f"`{workdir}`.",
         "",
         *[f"**A part of the benchmark broke:** {f}" for f in failures],
         "",
@@ -422,6 +441,10 @@ def render(
         "",
         *flooding.flood_section(flood),
         "",
+        "## Fleet: many stacks at once, one active candidate each",
+        "",
+        *fleets.fleet_section(fleet),
+        "",
     ]
     if run is not None and run.stop is not None:
         lines += ["## Stop (SIGINT, as Ctrl-C)", "", *stop_table([run]), ""]
@@ -439,13 +462,20 @@ def render(
         "'Found' counts acknowledged requests with exactly one event in the session's history "
         "(`GET /api/sessions/ID/history`, the session's interviewer token); 'foreign' counts "
         "events none of that session's requests explain (another candidate's, or unexpected).",
+        "- Fleet: a dashboard load's time runs from its first panel's send to its last panel's "
+        "answer; the p95 counts every load and every console query, failed or not. Idle memory "
+        "is summed over each stack's whole process tree after its candidate session was "
+        f"created and {fleets.IDLE_SECONDS:g} s passed; peak RSS is sampled every "
+        f"{fleets.SAMPLE_EVERY_S:g} s from its start to its stop. All candidates run in this "
+        "one process (benchmark cores in the load table), on the stacks' cores. The builds' "
+        "CPU shows as other cores busy.",
         "- The machine is shared (2 cores): other cores busy (in the load table) well above 0 "
         "means other work inflated the timings.",
         "",
         "## Process logs (`DIR/run/process-logs/`)",
         *problems,
     ]
-    if world.build_exit:
+    if world is not None and world.build_exit:
         lines += ["", f"### The build failed (exit {world.build_exit})", ""]
         if world.build_log:
             lines += ["```", log_tail(world.build_log), "```"]
@@ -475,12 +505,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--flood-seconds", type=float, default=flooding.FLOOD_SECONDS, help="length of the flood"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the world copy and logs")
+    parser.add_argument(
+        "--stacks", type=int, default=fleets.STACKS, help="stacks at once in the fleet (0: none)"
+    )
+    parser.add_argument("--fleet-scale", type=float, default=1.0, help="scale of its variants")
+    parser.add_argument(
+        "--fleet-seconds", type=float, default=fleets.FLEET_SECONDS, help="length of its load"
+    )
+    parser.add_argument(
+        "--fleet-worlds", type=Path, help="where its variants are reused from and kept"
+    )
+    parser.add_argument("--only", choices=["fleet"], help="run this part alone")
+    parser.add_argument("--keep", action="store_true", help="keep the world copies and logs")
     args = parser.parse_args(argv)
-    if args.scale <= 0:
-        parser.error("--scale must be positive")
+    if args.scale <= 0 or args.fleet_scale <= 0:
+        parser.error("--scale and --fleet-scale must be positive")
     if not 1 <= args.candidates <= 100 or not 0 < args.seconds <= 3600 or args.think < 0:
         parser.error("--candidates 1–100, --seconds up to 3600, --think not negative")
+    if not 0 <= args.stacks <= 32 or not 0 < args.fleet_seconds <= 3600:
+        parser.error("--stacks 0–32, --fleet-seconds up to 3600")
+    if args.only == "fleet" and args.stacks == 0:
+        parser.error("--only fleet needs --stacks 1 or more")
     return args
 
 
@@ -561,16 +606,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="sandbox-hardening-bench-")).resolve()
     started = datetime.now(UTC)
-    world = prepare_world(args, workdir)
+    world = None if args.only == "fleet" else prepare_world(args, workdir)
     run: StackRun | None = None
     load: LoadRun | None = None
     durable: Durability | None = None
     hostile: list[Hostile] | None = None
     bombs: list[flooding.Bomb] | None = None
     flood: flooding.Flood | None = None
+    fleet: fleets.Fleet | None = None
     phases: list[Phase] = []
     failures: list[str] = []
-    if world.manifest is not None:
+    if world is not None and world.manifest is not None:
         run = StackRun("hardening", workdir / "up.log", free_port())
         try:  # an interrupted benchmark must not leave the stack behind
             print("starting the stack…", file=sys.stderr)
@@ -583,13 +629,19 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             print("  stopping (SIGINT)…", file=sys.stderr)
             stop_stack(run, world.path)
-    problems = ["", "(the stack did not run)"]
-    if (world.path / "run").exists():
+    if args.stacks:  # after the stop: the fleet has the machine to itself
+        fleet = fleets.run_fleet(args, workdir, phases, failures)
+    run_dirs = {} if world is None else {"hardening": world.path / "run"}
+    if fleet is not None:
+        run_dirs |= {m.variant.label: m.variant.path / "run" for m in fleet.members}
+    run_dirs = {label: d for label, d in run_dirs.items() if d.exists()}
+    problems = ["", "(no stack ran)"]
+    if run_dirs:
         problems = [
-            *scan_logs({"hardening": world.path / "run"}),
+            *scan_logs(run_dirs),
             "",
             "## Warnings and errors in the candidate's logs (`DIR/run/spool/*.telemetry.logs.jsonl`)",
-            *scan_events({"hardening": world.path / "run"}),
+            *scan_events(run_dirs),
         ]
     report = render(
         world,
@@ -599,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         hostile,
         bombs,
         flood,
+        fleet,
         phases,
         failures,
         problems,
@@ -609,8 +662,13 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     print(f"report written to {write_report(report, started)}", file=sys.stderr)
     if not args.keep:
-        shutil.rmtree(world.path, ignore_errors=True)
-    return 0 if run is not None and run.failure is None else 1
+        if world is not None:
+            shutil.rmtree(world.path, ignore_errors=True)
+        if fleet is not None and args.fleet_worlds is None:
+            shutil.rmtree(fleet.worlds, ignore_errors=True)
+    stack_ok = world is None or (run is not None and run.failure is None)
+    fleet_ok = fleet is None or len(fleet.running) == len(fleet.members)
+    return 0 if stack_ok and fleet_ok else 1
 
 
 if __name__ == "__main__":

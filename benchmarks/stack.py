@@ -214,9 +214,10 @@ class Tree:
         self._service: dict[tuple[int, int], str] = {}
         self._lock = threading.Lock()
 
-    def snapshot(self) -> list[tuple[Proc, str]]:
-        """(process, service) for the live tree."""
-        table = proc_table()
+    def snapshot(self, table: dict[int, Proc] | None = None) -> list[tuple[Proc, str]]:
+        """(process, service) for the live tree; `table`: a `proc_table()` just read, which
+        several trees can share (one scan of /proc costs milliseconds)."""
+        table = proc_table() if table is None else table
         procs = descendants(table, self.root)
         out = []
         with self._lock:
@@ -538,14 +539,20 @@ def idle_memory(run: StackRun) -> None:
     while time.perf_counter() < deadline:
         peak = max(peak, sum(p.rss for p, _ in run.tree.snapshot()))
         time.sleep(1.0)
-    procs = run.tree.snapshot()
+    memory = memory_now(run.tree)
     run.idle_phase = Phase("idle " + run.label, before, Usage.now(run.tree))
+    memory.max_rss = max(peak, memory.rss)
+    run.memory = memory
+
+
+def memory_now(tree: Tree, table: dict[int, Proc] | None = None) -> Memory:
+    """RSS, PSS and anonymous memory of every process of the tree now, largest RSS first."""
     rows = [
         ProcMemory(p, svc, describe(cmdline(p.pid)), pss_bytes(p.pid), anon_bytes(p.pid))
-        for p, svc in procs
+        for p, svc in tree.snapshot(table)
     ]
     rows.sort(key=lambda r: -r.proc.rss)
-    run.memory = Memory(max(peak, sum(p.rss for p, _ in procs)), rows)
+    return Memory(sum(r.proc.rss for r in rows), rows)
 
 
 def stop_stack(run: StackRun, world: Path) -> None:

@@ -33,6 +33,8 @@ GATEWAY_MODULE = "sandbox.services.gateway.app"
 BROWSER_CONNECTIONS = 6  # a browser fetches a dashboard's panels over at most 6 connections
 RETRY_PAUSE_S = 0.1  # between attempts while the gateway does not answer
 RANGE = dt.timedelta(days=7)  # the time range a candidate picks for a dashboard
+PANEL_ROUTE = "GET /api/dashboards/{id}/panels/{panel}"  # one panel of a dashboard load
+SQL_ROUTE = "POST /api/sql"
 
 # Typical investigation queries; `{tag}` makes each run's history event unique.
 QUERIES = (
@@ -158,12 +160,12 @@ class Candidate:
     def probe(self) -> None:
         """The smallest recorded request: a query that only names its tag."""
         tag = self.tag()
-        self._send("POST /api/sql", tag, "POST", "/api/sql", json={"sql": f"SELECT '{tag}' AS tag"})
+        self._send(SQL_ROUTE, tag, "POST", "/api/sql", json={"sql": f"SELECT '{tag}' AS tag"})
 
     def query(self) -> None:
         tag = self.tag()
         sql = self.rng.choice(QUERIES).format(tag=tag)
-        self._send("POST /api/sql", tag, "POST", "/api/sql", json={"sql": sql})
+        self._send(SQL_ROUTE, tag, "POST", "/api/sql", json={"sql": sql})
 
     def search_logs(self) -> None:
         tag = self.tag()
@@ -205,12 +207,11 @@ class Candidate:
             choice = self.rng.choice([None, *variable["options"]])
             if choice is not None:
                 params[variable["name"]] = choice
-        route = "GET /api/dashboards/{id}/panels/{panel}"
 
         def panel(panel_id: str) -> None:
             tag = f"panel:{board['id']}/{panel_id}@{start.isoformat()}"
             path = f"/api/dashboards/{board['id']}/panels/{panel_id}"
-            self._send(route, tag, "GET", path, params=params)
+            self._send(PANEL_ROUTE, tag, "GET", path, params=params)
 
         list(self._panels.map(panel, [p["id"] for p in board["panels"]]))
 
