@@ -71,7 +71,7 @@ benchmark: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.build
 	$(VENV)/bin/python -m benchmarks.stack
 	$(VENV)/bin/python -m benchmarks.workspace
-	$(VENV)/bin/python -m benchmarks.hardening
+	$(VENV)/bin/python -m benchmarks.hardening --fleet-worlds worlds/fleet
 
 clean:
 	rm -rf $(VENV) worlds .pytest_cache .ruff_cache .mypy_cache
