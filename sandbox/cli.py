@@ -80,6 +80,8 @@ def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool, as_json: boo
         except (WorldExists, TooFewCustomers) as exc:
             _fail(str(exc))
         except OSError as exc:
+            if not _writing(out, exc):
+                raise
             _fail(_unwritable(out, exc))
         say(json.dumps({"done": True, "seed": summary.manifest["seed"], "out": str(out)}))
         return
@@ -103,8 +105,19 @@ def _run_build(spec: scenario_mod.Scenario, out: Path, force: bool, as_json: boo
         except (WorldExists, TooFewCustomers) as exc:
             _fail(str(exc))
         except OSError as exc:
+            if not _writing(out, exc):
+                raise
             _fail(_unwritable(out, exc))
     _print_summary(summary.manifest, out)
+
+
+def _writing(out: Path, exc: OSError) -> bool:
+    """Whether `exc` came from writing the world at `out` (its directory or a file in it), not
+    from anything else the build does."""
+    if exc.filename is None:
+        return False
+    failed, target = Path(str(exc.filename)).absolute(), out.absolute()
+    return failed == target or target in failed.parents
 
 
 def _unwritable(out: Path, exc: OSError) -> str:
@@ -623,11 +636,14 @@ def demo(
     except IncompleteWorld:
         # The build runs in a process of its own: what it loads (the simulation, scikit-learn,
         # Evidently, MLflow) goes with it instead of staying resident beside the stack.
+        # -P: the installed package, never a `sandbox/` folder in the directory demo runs from.
         built = subprocess.run(
-            [sys.executable, "-m", "sandbox", "build", "--out", str(out), "--force"]
+            [sys.executable, "-P", "-m", "sandbox", "build", f"--out={out}", "--force"]
         )
         if built.returncode != 0:
-            raise typer.Exit(built.returncode) from None
+            # A build ended by a signal exits as a shell reports it (128 + the signal).
+            code = built.returncode if built.returncode > 0 else 128 - built.returncode
+            raise typer.Exit(code) from None
     _serve(out, "127.0.0.1", port, 48.0, with_session=True)
 
 

@@ -249,11 +249,15 @@ def baseline(
     )
 
 
-def world_baseline(world_db: Path, mlflow_dir: Path, deploy_dir: Path) -> Deployment:
+def world_baseline(
+    world_db: Path, mlflow_dir: Path, deploy_dir: Path, rollouts: Iterable[dt.datetime] = ()
+) -> Deployment:
+    """What the world left deployed, with the `rollouts` of the servers' code or configuration
+    in its history (the same the model server reads, so both count the same deployments back)."""
     found = Registry.read(mlflow_dir)
     return baseline(
         deploy.read_model_deployment(deploy_dir),
-        deploy_history(world_db),
+        deploy_history(world_db, rollouts),
         found.aliases,
         latest_version(found.versions),
     )

@@ -45,6 +45,7 @@ from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.services.model_server import LiveModelServer, PredictRequest
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
+from tests.services.conftest import gateway_client, world_paths
 from tests.services.test_actions_retrain import _forward, _server
 
 CUSTOMERS = 1000
@@ -274,9 +275,12 @@ def test_rolling_back_past_the_deadline_cut_stops_the_zero_vectors_at_peak(
     _forward(live, at)
     assert _zero_share(live, customers) > 0.2
 
-    # Each rollback goes back one deployment: as many as went out from the cut on.
+    # Each rollback goes back one deployment: as many as went out from the cut on. The gateway,
+    # which logs what each rollback goes to, counts the same deployments as the server.
     since_cut = [d for d in live.baseline.history if d.config_as_of >= cut.at]
     assert since_cut and since_cut[0].config_as_of == cut.at
+    with world_paths(stale) as paths, gateway_client(paths) as client:
+        assert client.app.state.gateway.deployed().history == live.baseline.history
     for n in range(len(since_cut)):
         rollback = _applied(ROLLBACK, {"service": "model-server"}, at)
         Overrides(live.ctx.paths.run).append(rollback.model_copy(update={"id": f"rollback-{n}"}))

@@ -133,8 +133,9 @@ def test_the_worlds_page_counts_the_demo_stacks_memory(stack: Stack) -> None:
     assert listed.status_code == 200, listed.text
     [own] = [w for w in listed.json() if w["state"] == "running" and w["url"] == stack.url]
     rss = sum(_rss_mb(pid) for pid in [stack.process.pid, *_tree(stack.process.pid)])
-    # Read a moment apart from the page's own reading: the same processes, within a tenth.
-    assert own["memory_mb"] == pytest.approx(rss, rel=0.1)
+    # Read a moment apart from the page's own reading, as a console worker may start or go:
+    # the same processes, within a quarter.
+    assert own["memory_mb"] == pytest.approx(rss, rel=0.25)
 
 
 def _rss_mb(pid: int) -> float:

@@ -17,6 +17,7 @@ from sandbox.actions.overrides import Applied, Overrides
 from sandbox.layout import WorldPaths
 from sandbox.review.evidence import Shown
 from sandbox.review.store import SessionStore
+from sandbox.schema import MODEL_SERVER
 from sandbox.services import dashboards, stack
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway import views
@@ -92,8 +93,11 @@ class Gateway:
     def deployed(self) -> deployment.Deployment:
         """What the world left deployed, before any action."""
         if self._deployed is None:
-            paths = self.ctx.paths
-            self._deployed = deployment.world_baseline(paths.duckdb, paths.mlflow, paths.deploy)
+            paths, ctx = self.ctx.paths, self.ctx
+            rollouts = ctx.fault_set.rollouts(ctx.calendar, MODEL_SERVER)
+            self._deployed = deployment.world_baseline(
+                paths.duckdb, paths.mlflow, paths.deploy, rollouts
+            )
         return self._deployed
 
     def deployment_at(self, now: dt.datetime, *more: Applied) -> deployment.Deployment:
