@@ -286,13 +286,12 @@ class LiveModelServer:
         self.seed = ctx.scenario.world.seed
         # The registered versions the ops console may deploy, and what the world left deployed.
         self.registry = deployment.Registry.read(ctx.paths.mlflow)
-        self.baseline = deployment.baseline(
-            self.record,
-            deployment.deploy_history(
-                ctx.paths.duckdb, ctx.fault_set.rollouts(ctx.calendar, SERVICE)
-            ),
-            self.registry.aliases,
-            deployment.latest_version(self.registry.versions),
+        # The same the gateway reads, so both count the same deployments back on a rollback.
+        self.baseline = deployment.world_baseline(
+            ctx.paths.duckdb,
+            ctx.paths.mlflow,
+            ctx.paths.deploy,
+            ctx.fault_set.rollouts(ctx.calendar, SERVICE),
         )
         self._features = {self.record.model_version: list(self.record.features)}
         for version in self.registry.versions:
