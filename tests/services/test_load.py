@@ -38,7 +38,7 @@ def crowd(stack: Stack) -> list[Candidate]:
     candidates = [
         Candidate(stack.url, s, index=i, seed=i, think_s=THINK_S) for i, s in enumerate(sessions)
     ]
-    run_candidates(candidates, SECONDS)
+    run_candidates(candidates, SECONDS, min_rounds=1)
     for c in candidates:
         c.close()
     print("", *stats_table(route_stats([o for c in candidates for o in c.outcomes])), sep="\n")
@@ -51,7 +51,7 @@ def test_parallel_candidates_get_no_errors(crowd: list[Candidate]) -> None:
     assert not failed, failed
     routes = Counter(o.route for o in outcomes)
     for route in ("POST /api/sql", "GET /api/dashboards/{id}/panels/{panel}", "PUT /api/diagnosis"):
-        assert routes[route] >= CANDIDATES, routes  # every kind of action ran, several times
+        assert routes[route] >= CANDIDATES, routes  # every kind ran, at least once per candidate
 
 
 def test_each_history_holds_exactly_its_candidates_acknowledged_actions(
