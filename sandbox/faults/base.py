@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import duckdb
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from sandbox.clock import Calendar
 from sandbox.difficulty import DEFAULT, Tier
@@ -87,6 +87,39 @@ class InvestigationStep(BaseModel):
     finding: str = Field(description="What the result shows when the evidence is there.")
 
 
+# Columns the review's recovery query names itself; a symptom's id may not be one of them.
+SYMPTOM_RESERVED = ("t", "n", "own")
+
+
+class Symptom(BaseModel):
+    """A live series that shows the fault, for the review's recovery chart: `value`, an SQL
+    aggregate over the rows of `source` (a FROM clause over the candidate's tables, joins
+    allowed) that `where` selects, in each time bucket of `time` (an expression of those rows).
+    The review charts it from before the candidate's first action to the simulated now, against
+    its level in the week before the fault began; the catalog tests check that it moves where
+    the fault is planted and not without it. `own` selects the rows the session's own calls
+    added (None: the source has no such rows); `rows` says what a row is, in the plural."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    title: str
+    unit: str = ""
+    value: str
+    source: str = "serving.predictions"
+    time: str = "request_ts"
+    where: str = "source = 'online' AND score IS NOT NULL"
+    own: str | None = "client = 'workspace'"
+    rows: str = "online requests"
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in SYMPTOM_RESERVED:
+            raise ValueError(f"a symptom's id may not be one of {', '.join(SYMPTOM_RESERVED)}")
+        return value
+
+
 class AnswerKey(BaseModel):
     fault_id: str
     title: str
@@ -99,6 +132,9 @@ class AnswerKey(BaseModel):
     investigation: list[InvestigationStep] = Field(default_factory=list)
     actions: dict[str, Verdict] = Field(
         default_factory=dict, description="Ops-console action id -> what it does to this fault."
+    )
+    symptoms: list[Symptom] = Field(
+        default_factory=list, description="The live series the review charts its recovery by."
     )
 
 
@@ -327,7 +363,13 @@ class Fault(Planted, Generic[P]):
         key.difficulty = self.tier
         key.investigation = [step.public() for step in self.investigation(calendar)]
         key.actions = dict(self.actions)
+        key.symptoms = self.symptoms(calendar)
         return key
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        """The live series that show this fault, the first the one it moves most surely
+        (`toolkit` has the common ones); the review charts them after the candidate acts."""
+        return []
 
     def tells(self, tier: Tier) -> tuple[str, ...]:
         """Phrases and names (case-insensitive) that must not appear in candidate-visible text

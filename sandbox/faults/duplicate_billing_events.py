@@ -35,11 +35,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import visible_end
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import flagged_share, fmt, num, served_mean, window
 from sandbox.rng import stable_unit
 
 RETRY_MINUTES = (2.0, 45.0)  # how much later the provider's retry lands
@@ -149,6 +150,9 @@ class DuplicateBillingEvents(Fault[Params]):
                 start=w.start - dt.timedelta(days=1),
             )
         ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [served_mean("payment_failures_30d"), flagged_share()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)

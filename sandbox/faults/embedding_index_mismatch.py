@@ -36,6 +36,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
@@ -238,6 +239,25 @@ class EmbeddingIndexMismatch(Fault[Params]):
                 "author": "support-ops" if service == "support-desk" else "search-team",
             }
             for day, hour, kind, service, title, body in entries
+        ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        searches = {"source": "retrieval.search_log", "where": "TRUE", "rows": "searches"}
+        return [
+            Symptom(
+                id="mean_top1_score",
+                title="Mean similarity of the top suggestion",
+                unit="score",
+                value="avg(top1_score)",
+                **searches,
+            ),
+            Symptom(
+                id="click_through",
+                title="Share of searches with a suggestion clicked",
+                unit="ratio",
+                value="avg((clicked_article_id IS NOT NULL)::INTEGER)::DOUBLE",
+                **searches,
+            ),
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:

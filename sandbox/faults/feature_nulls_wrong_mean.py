@@ -31,11 +31,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import score_over_churn
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import fmt, mean_score, num, served_mean, window
 from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
 from sandbox.rng import stable_unit
 
@@ -188,6 +189,9 @@ class FeatureNullsWrongMean(Fault[Params]):
                 "author": "data-platform",
             },
         ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [served_mean(self.params.target_feature), mean_score()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)

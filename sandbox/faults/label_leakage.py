@@ -36,11 +36,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import has_column, precision_falls, quality_around, versions_around
-from sandbox.faults.toolkit import fmt, window
+from sandbox.faults.toolkit import flagged_share, fmt, mean_score, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import Release, Rollout
 from sandbox.schema import Column
@@ -206,6 +207,9 @@ class LabelLeakage(Fault[Params]):
                 "author": "ml-team",
             }
         ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [mean_score(), flagged_share()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day

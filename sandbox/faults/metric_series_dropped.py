@@ -37,10 +37,11 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
-from sandbox.faults.toolkit import PEAK_HOURS, expected_by_hour, load_curve, num, window
+from sandbox.faults.toolkit import PEAK_HOURS, at_peak, expected_by_hour, load_curve, num, window
 from sandbox.monitor.alerts import RULES
 
 SERVICE = "model-server"
@@ -204,6 +205,29 @@ class MetricSeriesDropped(Fault[Params]):
             return []
         w = window(calendar, self.params.onset_day)
         return [w.changelog("deploy", title, "the deploy that changed the pool and the exporter")]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        exported = self.params.dropped_series[0]
+        return [
+            Symptom(
+                id=f"{exported}_points",
+                title=f"Share of {SERVICE} metric points that are {exported}",
+                unit="ratio",
+                value=f"avg((metric = '{exported}')::INTEGER)::DOUBLE",
+                source="telemetry.metrics",
+                time="ts",
+                where=f"service = '{SERVICE}'",
+                own=None,
+                rows=f"{SERVICE} metric points",
+            ),
+            Symptom(
+                id="failed_share_at_peak",
+                title="Share of online requests failed at evening peak",
+                unit="ratio",
+                value="avg((status <> 'ok')::INTEGER)::DOUBLE",
+                where=f"source = 'online' AND {at_peak()}",
+            ),
+        ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)

@@ -36,10 +36,11 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import fmt, mean_score, num, served_mean, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.rng import stable_unit
 
@@ -227,6 +228,9 @@ class OnlineOfflineSkew(Fault[Params]):
                 start=w.start - dt.timedelta(days=1),
             )
         ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [served_mean(self.params.target_feature), mean_score()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)

@@ -36,10 +36,11 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import fmt, mean_score, num, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES, feature_timestamp
 from sandbox.rng import stable_unit
@@ -172,6 +173,20 @@ class OnlineStoreStale(Fault[Params]):
     def _stale_from(self) -> int:
         """First production day whose load is stale."""
         return max(self.params.onset_day, 2)
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        # A served row's tenure is that of the day its features describe: how far it trails the
+        # request's day tells how old the served features are.
+        return [
+            Symptom(
+                id="served_feature_age_days",
+                title="Days the served features trail the request, online requests",
+                unit="days",
+                value="avg(date_diff('day', signup_date, request_ts::DATE) - tenure_days)",
+                source="serving.predictions JOIN raw.customers USING (customer_id)",
+            ),
+            mean_score(),
+        ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self._stale_from())

@@ -33,11 +33,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import visible_end
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import flagged_share, fmt, num, served_mean, window
 from sandbox.rng import stable_unit
 
 NEW_STATUS = "declined"
@@ -151,6 +152,24 @@ class PaymentStatusRenamed(Fault[Params]):
             w.changelog(
                 "api-migration", title, "the upstream migration that changed the status vocabulary"
             )
+        ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        # The migrated provider's customers: the feature drains for them only.
+        theirs = {
+            "source": "serving.predictions JOIN raw.customers USING (customer_id)",
+            "where": "source = 'online' AND score IS NOT NULL "
+            f"AND payment_method = '{self.params.target_payment_method}'",
+            "rows": f"online requests for {self.params.target_payment_method} customers",
+        }
+        method = self.params.target_payment_method
+        return [
+            served_mean("payment_failures_30d").model_copy(
+                update={"title": f"Mean served payment_failures_30d, {method} customers", **theirs}
+            ),
+            flagged_share().model_copy(
+                update={"title": f"Share of {method} customers' online requests flagged", **theirs}
+            ),
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:

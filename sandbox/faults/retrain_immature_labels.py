@@ -31,11 +31,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import only_version, quality_around, versions_around
-from sandbox.faults.toolkit import num, window
+from sandbox.faults.toolkit import flagged_share, mean_score, num, window
 from sandbox.pipeline.release import (
     LABEL_GAP_DAYS,
     TRAINING_SNAPSHOTS,
@@ -177,6 +178,9 @@ class RetrainImmatureLabels(Fault[Params]):
         return [
             w.changelog("retrain-note", title, "the retrain that moved the window", start=trained)
         ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [mean_score(), flagged_share()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day

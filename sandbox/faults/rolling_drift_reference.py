@@ -37,6 +37,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
@@ -236,6 +237,30 @@ class RollingDriftReference(Fault[Params]):
                 )
             )
         return evidence
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        reports = {
+            "source": "monitoring.drift_feature_daily",
+            "time": "report_date",
+            "where": f"feature = '{WATCHED}'",
+            "own": None,
+            "rows": "daily drift reports",
+        }
+        return [
+            Symptom(
+                id="reference_mean",
+                title=f"Drift monitor's reference mean of {WATCHED}",
+                value="avg(reference_mean)",
+                **reports,
+            ),
+            Symptom(
+                id="drift_score",
+                title=f"Drift score of {WATCHED}",
+                unit="p-value",
+                value="avg(drift_score)",
+                **reports,
+            ),
+        ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)

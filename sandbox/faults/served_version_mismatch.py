@@ -37,11 +37,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import quality_around, quality_check, versions_around
-from sandbox.faults.toolkit import num, window
+from sandbox.faults.toolkit import flagged_share, mean_score, num, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.registry import CHAMPION
 from sandbox.pipeline.release import Release, Rollout
@@ -267,6 +268,9 @@ class ServedVersionMismatch(Fault[Params]):
                 }
             )
         return entries
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [mean_score(), flagged_share()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day

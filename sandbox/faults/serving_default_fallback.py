@@ -45,12 +45,14 @@ from sandbox.faults.base import (
     HookContext,
     Rollout,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.toolkit import (
     PEAK_HOURS,
     QUIET_HOURS,
+    at_peak,
     expected_by_hour,
     fmt,
     load_curve,
@@ -285,6 +287,17 @@ class ServingDefaultFallback(Fault[Params]):
                 if self.tier == "guided"
                 else "the config change that introduced the misses, in words that do not say "
                 "what it set",
+            )
+        ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [
+            Symptom(
+                id="zero_vector_share_at_peak",
+                title="Share of online requests at evening peak scored on all-zero features",
+                unit="ratio",
+                value=f"avg(({all_zero()})::INTEGER)::DOUBLE",
+                where=f"source = 'online' AND score IS NOT NULL AND {at_peak()}",
             )
         ]
 

@@ -38,11 +38,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import served_versions, versions_around
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import flagged_share, fmt, mean_score, num, window
 from sandbox.pipeline.release import Release, Rollout
 from sandbox.pipeline.train import FLAGGED_SHARE
 
@@ -259,6 +260,9 @@ class StaleDecisionThreshold(Fault[Params]):
                 start=calendar.date(self.params.onset_day - 1),
             )
         ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [flagged_share(), mean_score()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day

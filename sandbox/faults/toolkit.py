@@ -1,5 +1,6 @@
 """The mechanics faults repeat, written once: the window their evidence lies in, evidence built in
-that window, numbers in a check's detail, and the evening peak that load-driven faults follow.
+that window, numbers in a check's detail, the evening peak that load-driven faults follow, and the
+common live series a fault declares as its symptom (`mean_score`, `flagged_share`, `served_mean`).
 
 A fault's story happens in a window of days, usually from its onset to the last day the candidate
 can see. `window` gives it, and builds the answer key's evidence in it:
@@ -28,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from sandbox.clock import Calendar
-from sandbox.faults.base import Evidence, EvidenceKind
+from sandbox.faults.base import Evidence, EvidenceKind, Symptom
 from sandbox.product import HOURLY_TRAFFIC
 
 
@@ -134,6 +135,11 @@ PEAK_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD >= 0.85))  # 19..21 with 
 QUIET_HOURS = tuple(int(h) for h in np.flatnonzero(LOAD < LOAD_KNEE))
 
 
+def at_peak(column: str = "request_ts") -> str:
+    """SQL predicate: the timestamp `column` falls in an evening peak hour."""
+    return f"hour({column}) IN ({', '.join(str(h) for h in PEAK_HOURS)})"
+
+
 def load_curve(hours: np.ndarray) -> np.ndarray:
     """Share of the peak hour's rate an hour of the day sees: 0 below the knee, 1 at peak."""
     return np.clip((LOAD[hours] - LOAD_KNEE) / (1 - LOAD_KNEE), 0.0, 1.0)
@@ -147,3 +153,28 @@ def expected_by_hour(
         float(share(calendar.day_of(d), np.array([h]))[0])
         for d, h in zip(rows["day"], rows["hour"], strict=True)
     ]
+
+
+# -- symptoms: the live series the review charts a fault's recovery by ---------------------------
+def mean_score() -> Symptom:
+    return Symptom(
+        id="mean_score", title="Mean churn score, online requests", unit="score", value="avg(score)"
+    )
+
+
+def flagged_share() -> Symptom:
+    return Symptom(
+        id="flagged_share",
+        title="Share of online requests flagged",
+        unit="ratio",
+        value="avg(decision::INTEGER)::DOUBLE",
+    )
+
+
+def served_mean(feature: str) -> Symptom:
+    """A model feature's mean as the model server served it to online requests."""
+    return Symptom(
+        id=f"served_{feature}",
+        title=f"Mean served {feature}, online requests",
+        value=f"avg({feature})",
+    )

@@ -33,11 +33,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import only_version, precision_falls, quality_around, versions_around
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import flagged_share, fmt, mean_score, num, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.release import (
@@ -208,6 +209,9 @@ class TrainingTimeTravel(Fault[Params]):
                 start=trained,
             )
         ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [mean_score(), flagged_share()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         onset = self.params.onset_day

@@ -34,11 +34,12 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
 from sandbox.faults.measure import score_over_churn, visible_end
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import fmt, mean_score, num, served_mean, window
 from sandbox.product import APP_RELEASES
 from sandbox.rng import stable_unit
 
@@ -219,6 +220,9 @@ class UpstreamUnitChange(Fault[Params]):
                 "app-rollout", self._rollout_title(), "the release that changed the telemetry"
             )
         ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [served_mean("avg_daily_minutes_7d"), mean_score()]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:
         w = window(calendar, self.params.onset_day)

@@ -2,26 +2,26 @@
 served it, from some hours before the first applied action to the simulated now, with every
 applied action's effective time marked and the level before the fault began for reference.
 
-A fault's symptom is declared here, by fault id (`SYMPTOMS`): one or more series, each an
-aggregate over the online rows of `serving.predictions` (what the model server served, request by
-request). Only the default world's fault (`feature-nulls-wrong-mean`) and the stale decision
-threshold declare one; a fault without a declaration gets no recovery chart.
+A fault declares its symptom in its answer key (`symptoms`, `sandbox.faults.base.Symptom`): one
+or more series, each an SQL aggregate over rows of the candidate's tables that the running stack
+adds to (what the model server served, the searches the retrieval service answered, the drift
+monitor's reports, the exported metrics). A fault that declares none gets no chart.
 
-Pure functions: `plan` says what to query for a review, `sql` is the query, `assemble` turns its
-rows into what the review shows (`actions_recovery`). The gateway runs the query over the live
-telemetry, as the interviewer, with the session's own rows included (a session with actions on is
-its stack's only one, so these are every request the model server served).
+Pure functions: `plan` says what to chart for a review, `queries` are the SQL for a plan (one
+per source its series read), `assemble` turns their rows into what the review shows
+(`actions_recovery`). The gateway runs the queries over the live telemetry, as the interviewer,
+with the session's own rows included (a session with actions on is its stack's only one, so
+these are everything the live services did).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.pipeline.features import MODEL_FEATURES
+from sandbox.faults.base import Symptom
 
 # How far before the first applied action the chart begins, and the coarsest-but-one point.
 LOOKBACK = dt.timedelta(hours=12)
@@ -29,68 +29,37 @@ BUCKET_S = 3600
 MAX_POINTS = 400
 # The reference level: this long before the fault's onset (its evidence's earliest window).
 BASELINE = dt.timedelta(days=7)
-SOURCE = "serving.predictions"
-ONLINE = "source = 'online'"
-_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class Series:
-    """One symptom series: `expr` is a SQL aggregate over the online prediction rows."""
-
-    id: str
-    title: str
-    unit: str
-    expr: str
-
-
-MEAN_SCORE = Series("mean_score", "Mean churn score, online requests", "score", "avg(score)")
-FLAGGED_SHARE = Series(
-    "flagged_share",
-    "Share of online requests flagged",
-    "ratio",
-    "avg(decision::INTEGER)::DOUBLE",
-)
-
-
-def _served_feature(key: dict[str, Any]) -> list[Series]:
-    """The feature whose fill value is wrong (the column of the feature store its evidence points
-    at), as served, then the mean score it moves."""
-    refs = [str(e.get("ref", "")) for e in key.get("evidence", [])]
-    prefix = "feature_store.customer_features."
-    feature = next(
-        (
-            r[len(prefix) :]
-            for r in refs
-            if r.startswith(prefix) and r[len(prefix) :] in MODEL_FEATURES
-        ),
-        None,
-    )
-    if feature is None or not _NAME.match(feature):
-        return [MEAN_SCORE]
-    served = Series(
-        f"served_{feature}", f"Mean served {feature}, online requests", "", f"avg({feature})"
-    )
-    return [served, MEAN_SCORE]
-
-
-# Fault id -> its symptom series, given the fault's answer-key entry.
-SYMPTOMS: dict[str, Callable[[dict[str, Any]], list[Series]]] = {
-    "feature-nulls-wrong-mean": _served_feature,
-    "stale-decision-threshold": lambda key: [FLAGGED_SHARE],
-}
 
 
 @dataclass(frozen=True)
 class Plan:
     fault_id: str
     title: str
-    series: list[Series]
+    series: list[Symptom]
     start: dt.datetime
     end: dt.datetime
     bucket_s: int
     baseline: tuple[dt.datetime, dt.datetime] | None
     marks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Query:
+    """The SQL for the series of a plan that read one source: rows of (t, n, own, *series ids);
+    the baseline's is the row whose t is NULL."""
+
+    series: tuple[str, ...]
+    sql: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A query's answer, or the error that stopped it."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    error: str | None = None
 
 
 def _ts(iso: str) -> dt.datetime:
@@ -124,8 +93,8 @@ def plan(
     bucket = BUCKET_S * max(1, -(-int(span) // (BUCKET_S * MAX_POINTS)))
     plans = []
     for key in answer_key.get("faults", []):
-        declared = SYMPTOMS.get(str(key.get("fault_id")))
-        if declared is None:
+        declared = [Symptom.model_validate(s) for s in key.get("symptoms", [])]
+        if not declared:
             continue
         began = onset(key)
         marks = [
@@ -144,7 +113,7 @@ def plan(
             Plan(
                 fault_id=str(key["fault_id"]),
                 title=str(key.get("title", key["fault_id"])),
-                series=declared(key),
+                series=declared,
                 start=start,
                 end=end,
                 bucket_s=bucket,
@@ -155,25 +124,36 @@ def plan(
     return plans
 
 
-def sql(p: Plan) -> tuple[str, dict[str, Any]]:
-    """One query for the plan's points and its baseline: rows of (t, n, own, *series); the
-    baseline is the row whose t is NULL."""
-    values = ", ".join(f"{s.expr} AS {s.id}" for s in p.series)
-    points = (
-        f"SELECT time_bucket(to_seconds($bucket), request_ts) AS t, count(*) AS n, "
-        f"count(*) FILTER (WHERE client = 'workspace') AS own, {values} "
-        f"FROM {SOURCE} WHERE {ONLINE} AND score IS NOT NULL "
-        "AND request_ts >= $start AND request_ts < $end GROUP BY ALL"
-    )
-    params: dict[str, Any] = {"bucket": p.bucket_s, "start": p.start, "end": p.end}
-    if p.baseline is not None:
-        points += (
-            f" UNION ALL SELECT NULL::TIMESTAMP AS t, count(*) AS n, 0 AS own, {values} "
-            f"FROM {SOURCE} WHERE {ONLINE} AND score IS NOT NULL "
-            "AND request_ts >= $base_start AND request_ts < $base_end"
+def _sources(p: Plan) -> dict[tuple[str, str, str, str | None], list[Symptom]]:
+    """The plan's series by what rows they read: one query each."""
+    grouped: dict[tuple[str, str, str, str | None], list[Symptom]] = {}
+    for s in p.series:
+        grouped.setdefault((s.source, s.time, s.where, s.own), []).append(s)
+    return grouped
+
+
+def queries(p: Plan) -> list[Query]:
+    """The SQL for the plan's points and baseline, a query per source its series read."""
+    made = []
+    for (source, time, where, own), series in _sources(p).items():
+        at = f"({time})::TIMESTAMP"
+        values = ", ".join(f"{s.value} AS {s.id}" for s in series)
+        owned = f"count(*) FILTER (WHERE {own})" if own else "0"
+        points = (
+            f"SELECT time_bucket(to_seconds($bucket), {at}) AS t, count(*) AS n, {owned} AS own, "
+            f"{values} FROM {source} WHERE ({where}) AND {at} >= $start AND {at} < $end "
+            "GROUP BY ALL"
         )
-        params |= {"base_start": p.baseline[0], "base_end": p.baseline[1]}
-    return f"SELECT * FROM ({points}) ORDER BY t NULLS FIRST", params
+        params: dict[str, Any] = {"bucket": p.bucket_s, "start": p.start, "end": p.end}
+        if p.baseline is not None:
+            points += (
+                f" UNION ALL SELECT NULL::TIMESTAMP AS t, count(*) AS n, 0 AS own, {values} "
+                f"FROM {source} WHERE ({where}) AND {at} >= $base_start AND {at} < $base_end"
+            )
+            params |= {"base_start": p.baseline[0], "base_end": p.baseline[1]}
+        sql = f"SELECT * FROM ({points}) ORDER BY t NULLS FIRST"
+        made.append(Query(tuple(s.id for s in series), sql, params))
+    return made
 
 
 def _weighted(points: list[dict[str, Any]], key: str) -> float | None:
@@ -182,14 +162,11 @@ def _weighted(points: list[dict[str, Any]], key: str) -> float | None:
     return round(sum(v * n for v, n in held) / total, 6) if total else None
 
 
-def assemble(
-    p: Plan, columns: list[str], rows: list[list[Any]], error: str | None = None
-) -> dict[str, Any]:
-    """The plan's chart as the review shows it: per series its points (t, value, rows), its
-    level before the fault, before the first action took effect and after the last one did."""
-    got = [dict(zip(columns, row, strict=False)) for row in rows]
-    base = next((r for r in got if r.get("t") is None), None)
-    points = [r for r in got if r.get("t") is not None]
+def assemble(p: Plan, results: Sequence[Result]) -> dict[str, Any]:
+    """The plan's chart as the review shows it, from the answers to `queries(p)` in their order:
+    per series its points (t, value, rows) on the times any series has, its level before the
+    fault, before the first action took effect and after the last one did. The chart's row
+    counts are those of the first series' source."""
     first_effect = min(_ts(m["effective_at"]) for m in p.marks)
     last_effect = max(_ts(m["effective_at"]) for m in p.marks)
 
@@ -197,24 +174,35 @@ def assemble(
         t = r["t"]
         return t if isinstance(t, dt.datetime) else _ts(str(t))
 
+    answered: dict[str, tuple[dict[dt.datetime, dict[str, Any]], dict[str, Any] | None]] = {}
+    errors = []
+    for query, result in zip(queries(p), results, strict=True):
+        if result.error:
+            errors.append(result.error)
+        got = [dict(zip(result.columns, row, strict=False)) for row in result.rows]
+        base = next((r for r in got if r.get("t") is None), None)
+        points = {when(r): r for r in got if r.get("t") is not None}
+        for sid in query.series:
+            answered[sid] = (points, base)
+    times = sorted({t for points, _ in answered.values() for t in points})
+
     series = []
     for s in p.series:
-        shown = [
-            {
-                "t": when(r).isoformat(),
-                "value": None if r[s.id] is None else round(float(r[s.id]), 6),
-                "rows": int(r["n"]),
-            }
-            for r in points
-        ]
+        points, base = answered.get(s.id, ({}, None))
+        shown = []
+        for t in times:
+            r = points.get(t)
+            value = None if r is None or r[s.id] is None else round(float(r[s.id]), 6)
+            shown.append({"t": t.isoformat(), "value": value, "rows": int(r["n"]) if r else 0})
         # A bucket counts as after the change only if it begins once the change is in effect.
-        before = [x for x, r in zip(shown, points, strict=True) if when(r) + _b(p) <= first_effect]
-        after = [x for x, r in zip(shown, points, strict=True) if when(r) >= last_effect]
+        before = [x for x, t in zip(shown, times, strict=True) if t + _b(p) <= first_effect]
+        after = [x for x, t in zip(shown, times, strict=True) if t >= last_effect]
         series.append(
             {
                 "id": s.id,
                 "title": s.title,
                 "unit": s.unit,
+                "rows_label": s.rows,
                 "points": shown,
                 "baseline": None
                 if base is None or base[s.id] is None
@@ -223,6 +211,7 @@ def assemble(
                 "after": _weighted(after, "value"),
             }
         )
+    head_points, head_base = answered.get(p.series[0].id, ({}, None)) if p.series else ({}, None)
     return {
         "fault_id": p.fault_id,
         "title": p.title,
@@ -234,13 +223,14 @@ def assemble(
         else {
             "start": p.baseline[0].isoformat(),
             "end": p.baseline[1].isoformat(),
-            "rows": int(base["n"]) if base else 0,
+            "rows": int(head_base["n"]) if head_base else 0,
         },
         "marks": p.marks,
-        "rows": sum(int(r["n"]) for r in points),
-        "own_rows": sum(int(r["own"]) for r in points),
+        "rows_label": p.series[0].rows if p.series else "",
+        "rows": sum(int(r["n"]) for r in head_points.values()),
+        "own_rows": sum(int(r["own"]) for r in head_points.values()),
         "series": series,
-        "error": error,
+        "error": "; ".join(errors) or None,
     }
 
 

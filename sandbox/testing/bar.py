@@ -19,6 +19,9 @@ On built worlds (a world directory, a `BuildSummary`, or a read-only DuckDB conn
 - `assert_absent_without_it(fault, control)`: its first check fails in a world without it.
 - `assert_investigation_reaches_evidence(fault, world, control)`: every step finds its evidence
   where the fault is planted; at least one finds nothing in the world without it.
+- `assert_symptom_shows(fault, world, control)`: the live series it declares for the review's
+  recovery chart run on the candidate's tables, and the first moves where it is planted and not
+  without it (`symptom_levels` gives the levels).
 - `assert_evidence_exists(fault, world)`: the answer key points at tables and columns, metrics,
   log patterns and changelog titles that exist.
 - `assert_nothing_names(world, names)`: nothing candidate-visible carries a telltale word or
@@ -31,6 +34,7 @@ On built worlds (a world directory, a `BuildSummary`, or a read-only DuckDB conn
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import re
@@ -43,7 +47,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from sandbox import scenario
+from sandbox import scenario, schema
 from sandbox.clock import Calendar
 from sandbox.faults.base import (
     BadHandler,
@@ -56,6 +60,7 @@ from sandbox.faults.base import (
     check_hook_point,
 )
 from sandbox.layout import WorldPaths
+from sandbox.review import recovery
 from sandbox.world.build import BuildSummary
 
 World = BuildSummary | Path | str | duckdb.DuckDBPyConnection
@@ -331,6 +336,106 @@ def assert_evidence_exists(fault: Fault, world: World, calendar: Calendar | None
         raise _fail(fault, f"its answer key points at evidence the world lacks: {missing}")
 
 
+# How the symptom's level is read: over the last days before live time, against the week before
+# the fault began; it shows where planted if it moved more than twice as far from the control
+# world's level as before onset, and by at least a twentieth of its size.
+SYMPTOM_DAYS = 3
+SYMPTOM_MIN_SHIFT = 0.05
+
+
+@contextmanager
+def _candidate_views(world: BuildSummary | Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The world's tables under their own names, as a running stack's views show them at live
+    start to the interviewer: with the `client` column of the tables a session's calls add
+    rows to, every row production's."""
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{WorldPaths(Path(str(_root(world)))).duckdb}' AS world (READ_ONLY)")
+    tables = con.execute(
+        "SELECT DISTINCT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'world'"
+    ).fetchall()
+    for schema_name, table in tables:
+        declared = schema.TABLES.get(f"{schema_name}.{table}")
+        client = (
+            ", 'production' AS client"
+            if declared and declared.live and declared.live.client
+            else ""
+        )
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema_name}")
+        con.execute(
+            f"CREATE VIEW {schema_name}.{table} AS SELECT *{client} FROM world.{schema_name}.{table}"
+        )
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def symptom_levels(
+    fault: Fault, world: BuildSummary | Path | str, calendar: Calendar | None = None
+) -> dict[str, tuple[float | None, float | None]]:
+    """Each declared symptom's level in the week before the fault began and over the last
+    `SYMPTOM_DAYS` days before live time, by symptom id."""
+    cal = _calendar(world, calendar)
+    key = fault.key(cal)
+    began = recovery.onset(key.model_dump(mode="json"))
+    if began is None:
+        raise _fail(fault, "its answer key dates no evidence, so its symptom has no onset")
+    live = cal.midnight(cal.last_production_day + 1)
+    windows = ((began - recovery.BASELINE, began), (live - dt.timedelta(days=SYMPTOM_DAYS), live))
+    levels: dict[str, list[float | None]] = {s.id: [] for s in key.symptoms}
+    with _candidate_views(world) as con:
+        for start, end in windows:
+            for s in key.symptoms:
+                at = f"({s.time})::TIMESTAMP"
+                (value,) = con.execute(
+                    f"SELECT {s.value} FROM {s.source} WHERE ({s.where}) AND {at} >= ? AND {at} < ?",
+                    [start, end],
+                ).fetchone() or (None,)
+                levels[s.id].append(None if value is None else float(value))
+    return {sid: (v[0], v[1]) for sid, v in levels.items()}
+
+
+def assert_symptom_shows(
+    fault: Fault,
+    world: BuildSummary | Path | str,
+    control: World,
+    calendar: Calendar | None = None,
+) -> dict[str, tuple[float | None, float | None]]:
+    """It declares symptoms for the review's recovery chart, each one's SQL runs on the
+    candidate's tables, and the first moves where it is planted and not in the control world:
+    over the last days before live time it stands further from the control's level than twice
+    its distance before onset, and by at least `SYMPTOM_MIN_SHIFT` of its size."""
+    if not fault.symptoms(_calendar(world, calendar)):
+        raise _fail(fault, "it declares no symptom for the review's recovery chart")
+    if _root(control) is None:
+        raise _fail(
+            fault, "its symptom is measured on the control world's directory, not a connection"
+        )
+    try:
+        planted = symptom_levels(fault, world, calendar)
+        without = symptom_levels(fault, str(_root(control)), _calendar(world, calendar))
+    except duckdb.Error as exc:
+        raise _fail(
+            fault, f"a symptom's SQL does not run on the candidate's tables: {exc}"
+        ) from None
+    first = fault.symptoms(_calendar(world, calendar))[0].id
+    (base, late), (base_c, late_c) = planted[first], without[first]
+    if None in (base, late, base_c, late_c):
+        raise _fail(
+            fault, f"its symptom {first} has no level: {planted[first]} vs {without[first]}"
+        )
+    assert base is not None and late is not None and base_c is not None and late_c is not None
+    before, after = abs(base - base_c), abs(late - late_c)
+    size = max(abs(base), abs(base_c), abs(late_c), 1e-9)
+    if not (after > 2 * before and after >= SYMPTOM_MIN_SHIFT * size):
+        raise _fail(
+            fault,
+            f"its symptom {first} does not show it: {base:.4g} before onset and {late:.4g} "
+            f"before live time where planted, {base_c:.4g} and {late_c:.4g} without it",
+        )
+    return planted
+
+
 def telltale(names: Iterable[str] = ()) -> re.Pattern[str]:
     """Words that would give a planted fault away: the generic ones and `names` (fault and
     decoy ids, class names)."""
@@ -469,6 +574,7 @@ def assert_meets_the_bar(
             lambda: assert_investigation_reaches_evidence(fault, world, control, calendar),
         ),
         ("evidence", lambda: assert_evidence_exists(fault, world, calendar)),
+        ("symptom", lambda: assert_symptom_shows(fault, world, control, calendar)),
         ("secrecy", lambda: assert_nothing_names(world, [fault.id, cls.__name__])),
         ("tells", lambda: assert_no_tells(fault, world)),
     ]

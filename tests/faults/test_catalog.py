@@ -9,6 +9,8 @@ the candidate can read, dashboards included."""
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 
 from sandbox import scenario, testing
@@ -17,6 +19,7 @@ from sandbox.decoys import registry as decoy_registry
 from sandbox.difficulty import TIERS
 from sandbox.faults import registry
 from sandbox.faults.base import Decoy, Fault
+from sandbox.faults.toolkit import served_mean
 from sandbox.layout import world_difficulty
 from sandbox.services import dashboards
 from sandbox.testing import Worlds, connect
@@ -103,6 +106,29 @@ def test_reference_investigation_reaches_the_evidence(
 @pytest.mark.parametrize(("fault_id", "world"), FAULTS)
 def test_answer_key_points_at_real_evidence(worlds: Worlds, fault_id: str, world: str) -> None:
     testing.assert_evidence_exists(_fault(world, fault_id), worlds.get(world), CAL)
+
+
+@pytest.mark.parametrize(("fault_id", "world"), FAULTS)
+def test_fault_symptom_moves_where_planted_and_not_without_it(
+    worlds: Worlds, control_world: BuildSummary, fault_id: str, world: str
+) -> None:
+    testing.assert_symptom_shows(_fault(world, fault_id), worlds.get(world), control_world, CAL)
+
+
+def test_a_symptom_the_fault_does_not_move_is_refused(
+    faulty_world: BuildSummary, control_world: BuildSummary
+) -> None:
+    """The default world's fault charted by a feature it leaves alone, or by SQL that does not
+    run: refused, saying why."""
+    fault = _fault("default", "feature-nulls-wrong-mean")
+    untouched = served_mean("tenure_days")
+    broken = untouched.model_copy(update={"value": "avg(no_such_column)"})
+    for symptom, why in ((untouched, "served_tenure_days does not show it"), (broken, "not run")):
+        with (
+            patch.object(type(fault), "symptoms", lambda self, calendar, s=symptom: [s]),
+            pytest.raises(testing.FaultFailure, match=why),
+        ):
+            testing.assert_symptom_shows(fault, faulty_world, control_world, CAL)
 
 
 @pytest.mark.parametrize(("world", "fault_id"), EDGE)

@@ -1,5 +1,6 @@
 """The recovery chart of the review: what it queries for a fault that declares its symptom, the
-levels it reads off the rows, and how the exports show it."""
+levels it reads off the rows (series from two sources on one time axis), and how the exports
+show it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,20 @@ import datetime as dt
 
 import duckdb
 
+from sandbox.faults.toolkit import mean_score, served_mean
 from sandbox.review import export, recovery
+
+FEATURE = "avg_daily_minutes_7d"
+# A series from another source than the predictions: the searches the retrieval service answered.
+TOP1 = {
+    "id": "mean_top1",
+    "title": "Mean top-1 similarity",
+    "value": "avg(top1_score)",
+    "source": "retrieval.search_log",
+    "where": "TRUE",
+    "own": None,
+    "rows": "searches",
+}
 
 KEY = {
     "faults": [
@@ -21,6 +35,11 @@ KEY = {
                     "ref": "feature_store.customer_features.avg_daily_minutes_7d",
                     "window_start": "2026-03-16",
                 },
+            ],
+            "symptoms": [
+                served_mean(FEATURE).model_dump(),
+                mean_score().model_dump(),
+                TOP1,
             ],
         },
         {"fault_id": "no-symptom-declared", "title": "Other", "evidence": []},
@@ -49,7 +68,7 @@ def test_the_symptom_before_and_after_the_action_against_the_level_before_the_fa
     (plan,) = recovery.plan(ACTIONS, KEY, now)
     assert plan.start == dt.datetime(2026, 4, 12, 13) and plan.end == now
     assert plan.baseline == (dt.datetime(2026, 3, 9), dt.datetime(2026, 3, 16))
-    assert [s.id for s in plan.series] == ["served_avg_daily_minutes_7d", "mean_score"]
+    assert [s.id for s in plan.series] == ["served_avg_daily_minutes_7d", "mean_score", "mean_top1"]
 
     con = duckdb.connect()
     con.execute("CREATE SCHEMA serving")
@@ -67,14 +86,35 @@ def test_the_symptom_before_and_after_the_action_against_the_level_before_the_fa
         ("2026-04-13 06:40", "online", "workspace", 54.0, 0.029),
     ]
     con.executemany("INSERT INTO serving.predictions VALUES (?::TIMESTAMP, ?, ?, ?, ?)", rows)
-    sql, params = recovery.sql(plan)
-    result = con.execute(sql, params)
-    columns = [d[0] for d in result.description]
-    chart = recovery.assemble(plan, columns, [list(r) for r in result.fetchall()])
+    con.execute("CREATE SCHEMA retrieval")
+    con.execute("CREATE TABLE retrieval.search_log (request_ts TIMESTAMP, top1_score DOUBLE)")
+    con.executemany(
+        "INSERT INTO retrieval.search_log VALUES (?::TIMESTAMP, ?)",
+        [("2026-03-12 09:00", 0.6), ("2026-04-12 22:30", 0.3), ("2026-04-13 07:10", 0.58)],
+    )
+    queries = recovery.queries(plan)
+    assert [q.series for q in queries] == [
+        ("served_avg_daily_minutes_7d", "mean_score"),
+        ("mean_top1",),
+    ]
+    results = []
+    for query in queries:
+        ran = con.execute(query.sql, query.params)
+        columns = [d[0] for d in ran.description]
+        results.append(recovery.Result(columns, [list(r) for r in ran.fetchall()]))
+    chart = recovery.assemble(plan, results)
 
+    # Both sources' buckets on one axis: each series has a point, maybe empty, at every time.
+    times = [p["t"] for p in chart["series"][0]["points"]]
+    assert times == [p["t"] for p in chart["series"][2]["points"]]
+    assert "2026-04-12T22:00:00" in times and "2026-04-13T07:00:00" in times
+    top1 = chart["series"][2]
+    assert (top1["baseline"], top1["before"], top1["after"]) == (0.6, 0.3, 0.58)
+    assert top1["rows_label"] == "searches"
+    assert chart["rows_label"] == "online requests"
     served = chart["series"][0]
     assert (served["baseline"], served["before"], served["after"]) == (50.0, 82.0, 53.0)
-    assert [p["rows"] for p in served["points"]] == [1, 1, 1, 2]
+    assert [p["rows"] for p in served["points"] if p["rows"]] == [1, 1, 1, 2]
     assert chart["rows"] == 5 and chart["own_rows"] == 2
     assert chart["marks"] == [
         {

@@ -172,20 +172,22 @@ async def review_with_recovery(request: Request, session_id: str, who: Caller) -
     gw = _gateway(request)
     charts = []
     for plan in recovery.plan(data["actions"], gw.answer_key, gw.ctx.now()):
-        sql, params = recovery.sql(plan)
-        try:
-            # The session's own rows too: a session with actions on is its stack's only one.
-            result = await gw.console.run(
-                sql,
-                params,
-                owner=f"{who.role}:{who.session_id or ''}",
-                session_id=session_id,
-                staff=True,
-            )
-        except (ConsoleBusy, QueryRefused) as exc:
-            charts.append(recovery.assemble(plan, [], [], str(exc).splitlines()[0]))
-            continue
-        charts.append(recovery.assemble(plan, result.columns, result.rows))
+        results = []
+        for query in recovery.queries(plan):
+            try:
+                # The session's own rows too: a session with actions on is its stack's only one.
+                ran = await gw.console.run(
+                    query.sql,
+                    query.params,
+                    owner=f"{who.role}:{who.session_id or ''}",
+                    session_id=session_id,
+                    staff=True,
+                )
+            except (ConsoleBusy, QueryRefused) as exc:
+                results.append(recovery.Result([], [], str(exc).splitlines()[0]))
+                continue
+            results.append(recovery.Result(ran.columns, ran.rows))
+        charts.append(recovery.assemble(plan, results))
     data["actions_recovery"] = charts
     return data
 

@@ -26,6 +26,7 @@ from sandbox.faults.base import (
     FaultParams,
     HookContext,
     Step,
+    Symptom,
     Verdict,
     hook,
 )
@@ -95,6 +96,21 @@ class BillingUnitChange(Fault[Params]):
                 "tonight; same webhooks, new payload schema.",
                 "author": "payments-team",
             }
+        ]
+
+    def symptoms(self, calendar: Calendar) -> list[Symptom]:
+        return [
+            Symptom(
+                id="mean_charge",
+                title=f"Mean {self._method()} charge",
+                unit="USD",
+                value="avg(amount)",
+                source="raw.billing_events",
+                time="event_ts",
+                where=f"payment_method = '{self.params.payment_method}'",
+                own=None,
+                rows=f"{self._method()} billing events",
+            )
         ]
 
     def answer_key(self, calendar: Calendar) -> AnswerKey:

@@ -96,8 +96,8 @@
     const plots = [];
     fill(box, charts.map((c) => el("div", { class: "recovery", "data-recovery": c.fault_id },
       el("h3", {}, `Recovery · ${c.title}`),
-      el("p", { class: "muted small" }, `${c.rows} online requests served from ${sandbox.simTime(c.start)} to ${sandbox.simTime(c.end)} (${c.own_rows} of them the candidate's own), per ${Math.round(c.bucket_s / 60)} min`,
-        c.baseline ? ` · dashed: the week before the fault began (${c.baseline.rows} requests)` : "", c.error ? ` · ${c.error}` : ""),
+      el("p", { class: "muted small" }, `${c.rows} ${c.rows_label} from ${sandbox.simTime(c.start)} to ${sandbox.simTime(c.end)} (${c.own_rows} of them the candidate's own), per ${Math.round(c.bucket_s / 60)} min`,
+        c.baseline ? ` · dashed: the week before the fault began (${c.baseline.rows} ${c.rows_label})` : "", c.error ? ` · ${c.error}` : ""),
       c.series.map((s) => {
         const plot = el("div", { class: "plot", "data-series": s.id });
         const summary = el("p", { class: "small", "data-levels": s.id },
