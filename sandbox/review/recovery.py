@@ -156,6 +156,25 @@ def queries(p: Plan) -> list[Query]:
     return made
 
 
+def recovered(baseline: float | None, before: float | None, after: float | None) -> float | None:
+    """How far the series came back, once the actions took effect, from its level before them
+    toward its level before the fault: 1 all the way, 0 not at all, below 0 further away, above
+    1 past it. None when a level is missing or the fault had not moved it."""
+    if baseline is None or before is None or after is None:
+        return None
+    gap = before - baseline
+    if abs(gap) <= 1e-9 * max(abs(before), abs(baseline), 1.0):
+        return None
+    return round((before - after) / gap, 3)
+
+
+def recovered_text(share: float) -> str:
+    """`recovered` in words, as the review says it."""
+    if share < 0:
+        return f"{round(-share * 100)}% further from the level before the fault"
+    return f"back {round(share * 100)}% of the way to the level before the fault"
+
+
 def _weighted(points: list[dict[str, Any]], key: str) -> float | None:
     held = [(p[key], p["rows"]) for p in points if p[key] is not None and p["rows"]]
     total = sum(n for _, n in held)
@@ -210,6 +229,9 @@ def assemble(p: Plan, results: Sequence[Result]) -> dict[str, Any]:
                 "before": _weighted(before, "value"),
                 "after": _weighted(after, "value"),
             }
+        )
+        series[-1]["recovered"] = recovered(
+            series[-1]["baseline"], series[-1]["before"], series[-1]["after"]
         )
     head_points, head_base = answered.get(p.series[0].id, ({}, None)) if p.series else ({}, None)
     return {

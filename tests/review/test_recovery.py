@@ -114,6 +114,8 @@ def test_the_symptom_before_and_after_the_action_against_the_level_before_the_fa
     assert chart["rows_label"] == "online requests"
     served = chart["series"][0]
     assert (served["baseline"], served["before"], served["after"]) == (50.0, 82.0, 53.0)
+    assert served["recovered"] == round((82 - 53) / (82 - 50), 3)  # back most of the way
+    assert top1["recovered"] == round((0.3 - 0.58) / (0.3 - 0.6), 3)
     assert [p["rows"] for p in served["points"] if p["rows"]] == [1, 1, 1, 2]
     assert chart["rows"] == 5 and chart["own_rows"] == 2
     assert chart["marks"] == [
@@ -128,7 +130,18 @@ def test_the_symptom_before_and_after_the_action_against_the_level_before_the_fa
     review = {"actions_recovery": [chart]}
     md = _render_part(review)
     assert "Recovery: Wrong fill" in md and "| 2026-04-13T06:00:00 | 53.0 |" in md
+    assert "(back 91% of the way to the level before the fault)" in md
     assert "<polyline" in _render_part(review, "html")
+
+
+def test_recovered_says_how_far_the_series_came_back_toward_its_level_before_the_fault() -> None:
+    assert recovery.recovered(50.0, 82.0, 50.0) == 1.0
+    assert recovery.recovered(50.0, 82.0, 82.0) == 0.0
+    assert recovery.recovered(50.0, 82.0, 90.0) == -0.25  # further away
+    assert recovery.recovered(0.2, 0.0, 0.2) == 1.0  # a series that fell comes back up
+    assert recovery.recovered(50.0, 50.0, 40.0) is None  # the fault had not moved it
+    assert recovery.recovered(None, 82.0, 50.0) is None
+    assert recovery.recovered_text(-0.25) == "25% further from the level before the fault"
 
 
 def _render_part(review: dict, fmt: str = "md") -> str:

@@ -370,5 +370,8 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
         assert None not in (s["baseline"], s["before"], s["after"]), s
     s = by_id[f"served_{FEATURE}"]
     assert abs(s["after"] - s["baseline"]) < abs(s["before"] - s["baseline"]) / 2, s
+    assert s["recovered"] > 0.5, s  # what the page says in words
+    said = chart.locator(f'[data-levels="served_{FEATURE}"] [data-recovered]')
+    expect(said).to_contain_text("of the way to the level before the fault")
     assert not any(v in candidate.content() for v in ("mitigates", "harmful", "actions_recovery"))
     assert not errors

@@ -83,6 +83,9 @@
 
   // The fault's symptom from before the first action to now, drawn like a dashboard panel: the
   // level before the fault dashed, each action's effective time a vertical line.
+  // How far a series came back toward its level before the fault, in words.
+  const recoveredText = (r) => r < 0 ? `${Math.round(-r * 100)}% further from the level before the fault`
+    : `back ${Math.round(r * 100)}% of the way to the level before the fault`;
   let recoveryDrawn = "";
 
   function drawRecovery(r) {
@@ -102,10 +105,11 @@
         const plot = el("div", { class: "plot", "data-series": s.id });
         const summary = el("p", { class: "small", "data-levels": s.id },
           `${s.title}: before the fault `, el("b", {}, s.baseline ?? "—"), " · before the first action took effect ", el("b", { "data-level": "before" }, s.before ?? "—"),
-          " · after the last one did ", el("b", { "data-level": "after" }, s.after ?? "—"));
+          " · after the last one did ", el("b", { "data-level": "after" }, s.after ?? "—"),
+          s.recovered === null ? "" : el("span", { "data-recovered": s.recovered }, ` · ${recoveredText(s.recovered)}`));
         const x = s.points.map((p) => at(p.t));
         const traces = [{ type: "scatter", mode: "lines+markers", name: s.title, x, y: s.points.map((p) => p.value), customdata: s.points.map((p) => p.rows),
-          hovertemplate: `%{y:.4~g}${s.unit ? " " + s.unit : ""} · %{customdata} requests<extra></extra>`, line: { color: "#2563eb", width: 1.6 }, marker: { color: "#2563eb", size: 4 } }];
+          hovertemplate: `%{y:.4~g}${s.unit ? " " + s.unit : ""} · %{customdata} ${s.rows_label}<extra></extra>`, line: { color: "#2563eb", width: 1.6 }, marker: { color: "#2563eb", size: 4 } }];
         if (s.baseline !== null) traces.push({ type: "scatter", mode: "lines", name: "before the fault", x: [at(c.start), at(c.end)], y: [s.baseline, s.baseline], line: { color: "#059669", dash: "dash", width: 1.2 }, hoverinfo: "skip" });
         const shapes = c.marks.map((m) => ({ type: "line", xref: "x", yref: "paper", x0: at(m.effective_at), x1: at(m.effective_at), y0: 0, y1: 1, line: { color: VERDICT_CLASS[m.verdict] === "bad" ? "#e11d48" : "#475569", width: 1, dash: "dot" } }));
         const annotations = c.marks.map((m) => ({ xref: "x", yref: "paper", x: at(m.effective_at), y: 1, yanchor: "bottom", showarrow: false, text: `#${m.seq} ${m.action}`, font: { size: 10, color: "#475569" } }));
