@@ -19,6 +19,7 @@ from sandbox.actions.catalog import (
     REBUILD_INDEX,
     RERUN_BATCH,
     RESTORE_SERIES,
+    RESUME_JOB,
     RETRAIN,
     ROLLBACK,
     SET_DRIFT_WINDOW,
@@ -69,6 +70,7 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         RETRAIN,
         SET_DRIFT_WINDOW,
         PAUSE_JOB,
+        RESUME_JOB,
         RESTORE_SERIES,
         RERUN_BATCH,
     }
@@ -86,6 +88,7 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         (SET_FILL, {"feature": "avg_daily_minutes_7d"}),
         ("pin-served-version", {"version": "latest"}),
         ("pause-job", {"job": "everything"}),
+        ("resume-job", {}),
         ("rollback-deploy", {"to": "yesterday"}),
         ("rollback-deploy", {"service": "everything"}),
         ("move-alias", {"alias": "Champion", "version": "1"}),

@@ -1,5 +1,5 @@
-"""The jobs-side actions' pure logic: which applied pause or drift window is in effect, the fixed
-window's training dates, and which online-store load a pause leaves served."""
+"""The jobs-side actions' pure logic: which applied pause, resume or drift window is in effect,
+the fixed window's training dates, and which online-store load a pause leaves served."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sandbox.actions.catalog import CATALOG, PAUSE_JOB, SET_DRIFT_WINDOW
-from sandbox.actions.overrides import Applied, Overrides
+from sandbox.actions.catalog import CATALOG, PAUSE_JOB, RESUME_JOB, SET_DRIFT_WINDOW
+from sandbox.actions.overrides import Applied, Overrides, Pause
 from sandbox.services.jobs import fixed_window_dates
 from sandbox.services.model_server import OnlineStore, Snapshot
 
@@ -31,7 +31,7 @@ def _applied(action: str, params: dict, hours: float, n: int = 0) -> Applied:
 def test_pauses_and_drift_windows_in_effect(tmp_path: Path) -> None:
     overrides = Overrides(tmp_path)
     assert overrides.paused("materialization", T0) is None
-    assert overrides.online_store_paused_since(T0) is None
+    assert overrides.online_store_pauses(T0) == []
     assert overrides.drift_window(T0) is None
     overrides.append(_applied(PAUSE_JOB, {"job": "drift-monitor"}, 1))
     overrides.append(_applied(PAUSE_JOB, {"job": "feature-job"}, 5))
@@ -44,23 +44,52 @@ def test_pauses_and_drift_windows_in_effect(tmp_path: Path) -> None:
 
     assert overrides.paused("materialization", at(hours=2.9)) is None
     assert overrides.paused("materialization", at(hours=3)).params["job"] == "materialization"
-    assert overrides.online_store_paused_since(at(hours=2)) is None
-    assert overrides.online_store_paused_since(at(hours=4)) == at(hours=3)
-    assert overrides.online_store_paused_since(at(hours=9)) == at(hours=3)  # the earliest pause
+    assert overrides.online_store_pauses(at(hours=2)) == []
+    assert [p.pause.effective_at for p in overrides.online_store_pauses(at(hours=4))] == [at(3)]
+    assert {p.pause.effective_at for p in overrides.online_store_pauses(at(hours=9))} == {
+        at(3),
+        at(5),
+    }
     assert overrides.paused("drift-monitor", at(hours=1)) is not None
     assert overrides.drift_window(at(hours=1)) is None
     assert overrides.drift_window(at(hours=2)) == (42, True)
     assert overrides.drift_window(at(hours=7)) == (3, False)  # the latest in effect
 
 
-def test_pause_job_lists_only_jobs_the_stack_runs() -> None:
-    schema = CATALOG[PAUSE_JOB].params.model_json_schema()
-    assert set(schema["properties"]["job"]["enum"]) == {
-        "feature-job",
-        "materialization",
-        "drift-monitor",
-    }
-    assert CATALOG[PAUSE_JOB].available and CATALOG[SET_DRIFT_WINDOW].available
+def test_a_job_stays_paused_until_resumed_and_a_resume_ends_only_a_pause(tmp_path: Path) -> None:
+    overrides = Overrides(tmp_path)
+    job = {"job": "materialization"}
+    overrides.append(_applied(RESUME_JOB, job, 1))  # not paused: nothing to end
+    overrides.append(_applied(PAUSE_JOB, job, 2))
+    overrides.append(_applied(PAUSE_JOB, job, 3))  # already paused: the first pause holds
+    overrides.append(_applied(RESUME_JOB, job, 5))
+    overrides.append(_applied(PAUSE_JOB, job, 8))
+
+    def at(hours: float) -> dt.datetime:
+        return T0 + dt.timedelta(hours=hours)
+
+    assert overrides.paused("materialization", at(1.5)) is None
+    assert overrides.paused("materialization", at(4)).effective_at == at(2)
+    assert overrides.paused("materialization", at(5)) is None  # resumed
+    assert overrides.paused("materialization", at(9)).effective_at == at(8)
+    spans = overrides.pauses("materialization", at(9))
+    assert [(p.pause.effective_at, p.until) for p in spans] == [(at(2), at(5)), (at(8), None)]
+    assert [any(p.holds(at(h)) for p in spans) for h in (1.9, 2, 4.9, 5, 7.9, 8, 30)] == [
+        False, True, True, False, False, True, True,
+    ]  # fmt: skip
+    assert overrides.paused("feature-job", at(9)) is None  # another job's changes do not count
+
+
+def test_pause_and_resume_list_only_jobs_the_stack_runs() -> None:
+    for action in (PAUSE_JOB, RESUME_JOB):
+        schema = CATALOG[action].params.model_json_schema()
+        assert set(schema["properties"]["job"]["enum"]) == {
+            "feature-job",
+            "materialization",
+            "drift-monitor",
+        }
+        assert CATALOG[action].available
+    assert CATALOG[SET_DRIFT_WINDOW].available
 
 
 def test_fixed_window_dates() -> None:
@@ -81,22 +110,33 @@ def _snapshot(hours: float, scheduled: bool = True) -> Snapshot:
     ("hours", "paused", "served"),
     [
         (30, None, 28),  # no pause: the newest load
-        (30, 5, 4),  # paused before the 04:00 load of the next day: the last load before it
-        (30, 3, 2.5),  # a backfill after the pause still loads
-        (3, 5, 2.5),  # before the pause, nothing changes
-        (0.5, 0, None),  # paused before any load: nothing served
-        (30, 0, 2.5),  # ... but the backfill
+        (30, (5, None), 4),  # paused before the 04:00 load of the next day: the last load before it
+        (30, (3, None), 2.5),  # a backfill after the pause still loads
+        (3, (5, None), 2.5),  # before the pause, nothing changes
+        (0.5, (0, None), None),  # paused before any load: nothing served
+        (30, (0, None), 2.5),  # ... but the backfill
+        (30, (3, 10), 28),  # resumed before the next load: it comes in
+        (30, (3, 29), 2.5),  # resumed after it: that load was skipped
+        (27, (3, 10), 2.5),  # resumed, but the load skipped while paused never happened
+        (30, (24, 29), 4),  # paused over the next day's load, resumed before another
     ],
 )
 def test_online_store_under_a_pause(
-    tmp_path: Path, hours: float, paused: float | None, served: float | None
+    tmp_path: Path,
+    hours: float,
+    paused: tuple[float, float | None] | None,
+    served: float | None,
 ) -> None:
     store = OnlineStore(tmp_path)
     for snapshot in (_snapshot(1), _snapshot(4), _snapshot(28)):
         store.add(snapshot)
     store.add(_snapshot(2.5, scheduled=False))
-    since = None if paused is None else T0 + dt.timedelta(hours=paused)
-    got = store.at(T0 + dt.timedelta(hours=hours), since)
+    pauses = []
+    if paused is not None:
+        start, until = paused
+        pause = _applied(PAUSE_JOB, {"job": "materialization"}, start)
+        pauses.append(Pause(pause, None if until is None else T0 + dt.timedelta(hours=until)))
+    got = store.at(T0 + dt.timedelta(hours=hours), pauses)
     if served is None:
         assert got is None
     else:

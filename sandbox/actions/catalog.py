@@ -25,6 +25,7 @@ BACKFILL_ONLINE_STORE = "backfill-online-store"
 RETRAIN = "retrain"
 SET_DRIFT_WINDOW = "set-drift-reference-window"
 PAUSE_JOB = "pause-job"
+RESUME_JOB = "resume-job"
 RESTORE_SERIES = "restore-metric-series"
 RERUN_BATCH = "rerun-batch-scoring"
 
@@ -228,9 +229,18 @@ ACTIONS: tuple[Action, ...] = (
     ),
     Action(
         PAUSE_JOB,
-        "Pause a scheduled job: its runs are skipped from then on. Pausing the feature job or "
-        "the materialization keeps the online store as last loaded; pausing the drift monitor "
-        "stops the nightly drift report.",
+        "Pause a scheduled job: its runs are skipped from then on, until it is resumed. Pausing "
+        "the feature job or the materialization keeps the online store as last loaded; pausing "
+        "the drift monitor stops the nightly drift report.",
+        JobParams,
+        _minutes(5),
+        available=True,
+        service="scheduler",
+    ),
+    Action(
+        RESUME_JOB,
+        "Resume a paused scheduled job: its runs go on from the next one due. The runs skipped "
+        "while it was paused are not made up; a backfill loads the online store at once.",
         JobParams,
         _minutes(5),
         available=True,

@@ -13,13 +13,14 @@ import datetime as dt
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, TypeAdapter
 
 from sandbox.actions.catalog import (
     ONLINE_STORE_JOBS,
     PAUSE_JOB,
+    RESUME_JOB,
     SET_DRIFT_WINDOW,
     SET_FILL,
     SET_THRESHOLD,
@@ -40,6 +41,16 @@ class Applied(BaseModel):
 
 
 _ENTRIES = TypeAdapter(list[Applied])
+
+
+class Pause(NamedTuple):
+    """A job paused by `pause` until `until` (None: still paused)."""
+
+    pause: Applied
+    until: dt.datetime | None
+
+    def holds(self, at: dt.datetime) -> bool:
+        return self.pause.effective_at <= at and (self.until is None or at < self.until)
 
 
 class Overrides:
@@ -88,15 +99,37 @@ class Overrides:
             for e in self.in_effect(SET_FILL, now)
         }
 
-    def paused(self, job: str, now: dt.datetime) -> Applied | None:
-        """The earliest pause of `job` in effect at `now` (a paused job stays paused), if any."""
-        found = [e for e in self.in_effect(PAUSE_JOB, now) if e.params.get("job") == job]
-        return found[0] if found else None
+    def pauses(self, job: str, now: dt.datetime) -> list[Pause]:
+        """The spans `job` has been paused by `now`: from a pause's effective time to that of the
+        next resume (a pause while paused changes nothing; a resume while running neither)."""
+        changes = sorted(
+            (
+                e
+                for e in self.entries()
+                if e.action in (PAUSE_JOB, RESUME_JOB)
+                and e.params.get("job") == job
+                and e.effective_at <= now
+            ),
+            key=lambda e: e.effective_at,
+        )
+        spans: list[Pause] = []
+        pause: Applied | None = None
+        for change in changes:
+            if change.action == PAUSE_JOB and pause is None:
+                pause = change
+            elif change.action == RESUME_JOB and pause is not None:
+                spans.append(Pause(pause, change.effective_at))
+                pause = None
+        return [*spans, Pause(pause, None)] if pause is not None else spans
 
-    def online_store_paused_since(self, now: dt.datetime) -> dt.datetime | None:
-        """Since when no scheduled load reaches the online store (a job feeding it is paused)."""
-        pauses = [p for job in ONLINE_STORE_JOBS if (p := self.paused(job, now)) is not None]
-        return min(p.effective_at for p in pauses) if pauses else None
+    def paused(self, job: str, now: dt.datetime) -> Applied | None:
+        """The pause of `job` in effect at `now`, if it is paused: it stays paused until resumed."""
+        spans = self.pauses(job, now)
+        return spans[-1].pause if spans and spans[-1].until is None else None
+
+    def online_store_pauses(self, now: dt.datetime) -> list[Pause]:
+        """When no scheduled load reached the online store, by `now` (a job feeding it paused)."""
+        return [p for job in ONLINE_STORE_JOBS for p in self.pauses(job, now)]
 
     def drift_window(self, now: dt.datetime) -> tuple[int, bool] | None:
         """(days, fixed) of the drift reference window set from the console, if any is in effect."""

@@ -7,11 +7,12 @@ Schedule, per live day D (`Calendar.last_production_day + 1 .. last_visible_day`
                                                 and monitoring.drift_feature_daily
 The clock stops at the end of the last visible day, so that day's drift report never falls due.
 
-Two ops-console actions act here, each from its effective time (simulated): `pause-job` skips a
-paused job's runs (pausing the feature job or the materialization skips the online-store load,
-which the model server then does not serve either; pausing the drift monitor skips the report),
-each skip logged and counted; `set-drift-reference-window` makes each later report compare its day
-with the chosen window (`reference_window`) instead of the configured reference.
+Ops-console actions act here, each from its effective time (simulated): `pause-job` skips a
+paused job's runs until `resume-job` takes effect (pausing the feature job or the materialization
+skips the online-store load, which the model server then does not serve either; pausing the drift
+monitor skips the report), each skip logged and counted; `set-drift-reference-window` makes each
+later report compare its day with the chosen window (`reference_window`) instead of the configured
+reference.
 
 `restore-metric-series` acts here too: from its effective time the scheduler recomputes, from the
 request logs, the model-server points the metric pipeline drops, over the chosen days before it and

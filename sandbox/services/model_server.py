@@ -11,7 +11,8 @@ out here too: the newest features the offline store holds at the request are loa
 materialization of its own, kept in the run directory, and served from the change's effective
 time (simulated) until the next scheduled load; its progress is in the materialization job's logs.
 While `pause-job` holds the feature job or the materialization, scheduled loads from the pause's
-effective time on are not served: the store stays as last loaded (a backfill still loads).
+effective time on are not served: the store stays as last loaded (a backfill still loads), until
+`resume-job` takes effect and the next scheduled load comes in.
 
 A retrain (`retrain`) is carried out here as well, as soon as it is applied: the world's training
 job run on the latest data as it stood at the request (`actions.retrain`), the model kept in the
@@ -33,6 +34,7 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -57,7 +59,7 @@ from threadpoolctl import ThreadpoolController
 from sandbox import schema
 from sandbox.actions import deployment, progress, retrain
 from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, RERUN_BATCH, RETRAIN
-from sandbox.actions.overrides import Applied, Overrides
+from sandbox.actions.overrides import Applied, Overrides, Pause
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
 from sandbox.pipeline import deploy, registry, store
@@ -165,14 +167,13 @@ class OnlineStore:
         snapshots = sorted([*self._loads[0], snapshot], key=lambda s: s.loaded_at)
         self._loads = (snapshots, [s.loaded_at for s in snapshots])
 
-    def at(self, now: dt.datetime, paused_since: dt.datetime | None = None) -> Snapshot | None:
-        """The newest load by `now`; scheduled loads from `paused_since` on never happened (the
-        jobs that feed the store were paused), a backfill still loads."""
+    def at(self, now: dt.datetime, pauses: Sequence[Pause] = ()) -> Snapshot | None:
+        """The newest load by `now`; scheduled loads while a job feeding the store was paused
+        never happened (`pauses`), a backfill still loads."""
         snapshots, times = self._loads
         i = bisect.bisect_right(times, now)
-        while i and paused_since is not None:
-            s = snapshots[i - 1]
-            if not (s.scheduled and s.loaded_at >= paused_since):
+        while i and any(p.holds(snapshots[i - 1].loaded_at) for p in pauses):
+            if not snapshots[i - 1].scheduled:
                 break
             i -= 1
         return snapshots[i - 1] if i else None
@@ -515,7 +516,7 @@ class LiveModelServer:
 
     def snapshot(self, now: dt.datetime) -> Snapshot | None:
         """The online-store load served at `now`, with the console's pauses in effect."""
-        return self.store.at(now, self.overrides.online_store_paused_since(now))
+        return self.store.at(now, self.overrides.online_store_pauses(now))
 
     def store_age(self) -> float:
         now = self.ctx.now()

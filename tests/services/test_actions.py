@@ -14,8 +14,10 @@ from fastapi.testclient import TestClient
 from sandbox.actions.catalog import (
     CATALOG,
     MOVE_ALIAS,
+    PAUSE_JOB,
     PIN_VERSION,
     RERUN_BATCH,
+    RESUME_JOB,
     RETRAIN,
     SET_FILL,
     SET_THRESHOLD,
@@ -123,6 +125,31 @@ def test_an_applied_action_is_in_effect_after_its_delay_and_logged(
     assert (
         client.post("/api/actions", json={"action": SET_THRESHOLD, "params": {}}, headers=admin)
     ).status_code == 403
+
+
+def test_only_a_paused_job_is_resumed(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    candidate = bearer(make_session(actions=True)["candidate_token"])
+    job = {"job": "materialization"}
+
+    def act(action: str) -> dict:
+        reply = client.post(
+            "/api/actions", json={"action": action, "params": job}, headers=candidate
+        )
+        return {"status": reply.status_code, **reply.json()}
+
+    refused = act(RESUME_JOB)
+    assert refused["status"] == 409 and "not paused: nothing changed" in refused["detail"]
+    assert not Overrides(paths.run).entries()
+    paused, resumed = act(PAUSE_JOB), act(RESUME_JOB)
+    assert paused["status"] == resumed["status"] == 202
+    assert act(RESUME_JOB)["status"] == 409  # resumed once it takes effect: nothing to end
+    until = dt.datetime.fromisoformat(resumed["effective_at"])
+    spans = Overrides(paths.run).pauses("materialization", until)
+    assert [(p.pause.id, p.until) for p in spans] == [(paused["id"], until)]
+    events = client.get("/api/my/history?kind=action", headers=candidate).json()
+    assert [e["detail"]["status"] for e in events] == ["invalid", "applied", "applied", "invalid"]
 
 
 def test_a_session_with_actions_on_is_its_stacks_only_session(

@@ -6,7 +6,8 @@ the nightly drift report compares each live day with the chosen window, so a fix
 window flags the crept watch-time features the trailing window hid, as the control world's
 training reference does not. `pause-job` (immature-labels world, upstream-unit-change): the
 paused materialization's runs are skipped and logged, and the model server keeps serving the
-online store as last loaded, closer to control's than the loads the corrupt upstream reached.
+online store as last loaded, closer to control's than the loads the corrupt upstream reached;
+`resume-job` lets its next run load again.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sandbox.actions.catalog import CATALOG, PAUSE_JOB, SET_DRIFT_WINDOW
+from sandbox.actions.catalog import CATALOG, PAUSE_JOB, RESUME_JOB, SET_DRIFT_WINDOW
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.rolling_drift_reference import CREPT, WATCHED
 from sandbox.pipeline.features import MODEL_FEATURES
@@ -212,3 +213,28 @@ def test_a_pause_of_the_drift_monitor_leaves_the_materialization_running(worlds,
     assert read_new(ctx.spool(TABLE[DRIFT]).path, 0)[0] == []
     sample = scheduler.registry.get_sample_value
     assert sample("scheduler_job_runs_total", {"job": DRIFT, "status": "skipped"}) == 1
+
+
+def test_a_resumed_materialization_loads_again_from_its_next_run(worlds, tmp_path):
+    """Paused over the first live load and resumed before the second: the first is skipped,
+    the later ones run, and the model server serves the pre-pause load until the next one."""
+    faulty = private_world(worlds.get("immature-labels"), "immature-labels", tmp_path)
+    cal = ServiceContext(faulty, SERVICE).calendar
+    first = cal.last_production_day + 1
+    apply(faulty, PAUSE_JOB, {"job": "drift-monitor"}, cal.at(first, 0.2))  # no report runs
+    apply(faulty, PAUSE_JOB, {"job": "materialization"}, cal.at(first, 1.0))
+    apply(faulty, RESUME_JOB, {"job": "materialization"}, cal.at(first + 1, 1.0))
+    ctx = context(faulty, cal.at(first + 2, 6.0))
+    scheduler = Scheduler(ctx)
+    assert scheduler.run_due() == 2
+    rows, _ = read_new(ctx.spool(TABLE[MATERIALIZE]).path, 0)
+    assert [(r["materialized_at"], r["status"]) for r in rows] == [
+        (cal.at(day, 4.0).isoformat(), "success") for day in (first + 1, first + 2)
+    ]
+    sample = scheduler.registry.get_sample_value
+    assert sample("scheduler_job_runs_total", {"job": MATERIALIZE, "status": "skipped"}) == 1
+
+    server = LiveModelServer(context(faulty, cal.at(first + 1, 12.0), "model-server"))
+    assert server.snapshot(cal.at(first, 12.0)).loaded_at == cal.at(first - 1, 4.0)
+    assert server.snapshot(cal.at(first + 1, 3.0)).loaded_at == cal.at(first - 1, 4.0)
+    assert server.snapshot(cal.at(first + 1, 12.0)).loaded_at == cal.at(first + 1, 4.0)

@@ -28,6 +28,7 @@ from sandbox.actions.catalog import (
     CATALOG,
     MOVE_ALIAS,
     PIN_VERSION,
+    RESUME_JOB,
     RETRAIN,
     ROLLBACK,
     Action,
@@ -122,6 +123,10 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
             wrong = [{"loc": ["body", "params", "version"], "msg": message, "type": "value_error"}]
             raise await refuse(422, "invalid", wrong)
     now = gw.ctx.now()
+    if action.id == RESUME_JOB:
+        job = detail["params"]["job"]
+        if gw.overrides.paused(job, now + action.delay) is None:
+            raise await refuse(409, "invalid", f"the {job} job is not paused: nothing changed")
     applied = Applied(
         id=uuid.uuid4().hex[:12],
         action=action.id,
