@@ -147,13 +147,60 @@ def test_a_harm_anywhere_is_the_verdict_then_the_best_help() -> None:
     }
 
 
-def _event(seq: int, offset: float, action: str, status: str) -> dict:
+def test_a_verdict_that_needs_a_parameter_value_holds_only_with_it() -> None:
+    """Setting the fill of a feature the fault did not touch does nothing to it."""
+    key = {
+        "faults": [
+            {
+                "fault_id": "a",
+                "actions": {SET_FILL: "mitigates", PAUSE_JOB: "mitigates"},
+                "acts_when": {
+                    SET_FILL: {"feature": ["avg_daily_minutes_7d", "avg_daily_minutes_28d"]},
+                    PAUSE_JOB: {"job": ["materialization"]},
+                },
+            }
+        ]
+    }
+    touched = {"feature": "avg_daily_minutes_28d", "fill_value": 40.0}
+    assert verdict_of(SET_FILL, key, touched)[0] == "mitigates"
+    assert verdict_of(SET_FILL, key, {"feature": "tenure_days", "fill_value": 40.0})[0] == (
+        "no effect"
+    )
+    assert verdict_of(PAUSE_JOB, key, {"job": "drift-monitor"})[0] == "no effect"
+    assert verdict_of(PAUSE_JOB, key, {})[0] == "no effect"  # a parameter it needs is missing
+    timeline = [_event(1, 30, PAUSE_JOB, "applied", {"job": "materialization"})]
+    assert review(timeline, key)["list"][0]["verdict"] == "mitigates"
+
+
+def test_every_parameter_a_verdict_needs_is_one_its_action_takes_with_valid_values() -> None:
+    for cls in fault_registry.catalog().values():
+        fault = cls(cls.Params())
+        for action, needs in fault.acts_when().items():
+            assert fault.actions.get(action) in ("mitigates", "fixes", "harmful"), fault.id
+            fields = CATALOG[action].params.model_fields
+            for name, values in needs.items():
+                assert name in fields and values, (fault.id, action, name)
+                for value in values:
+                    got = CATALOG[action].params.model_validate(_valid(action) | {name: value})
+                    assert getattr(got, name) == value, (fault.id, action, name, value)
+
+
+def _valid(action: str) -> dict:
+    """Parameters the action accepts, to vary one of them."""
+    return {
+        SET_FILL: {"feature": "avg_daily_minutes_7d", "fill_value": 1.0},
+        PAUSE_JOB: {"job": "materialization"},
+        SET_DRIFT_WINDOW: {"days": 42},
+    }.get(action, {})
+
+
+def _event(seq: int, offset: float, action: str, status: str, params: dict | None = None) -> dict:
     return {
         "seq": seq,
         "kind": "action",
         "offset_s": offset,
         "sim_ts": (T0 + dt.timedelta(seconds=offset)).isoformat(),
-        "detail": {"action": action, "params": {}, "status": status},
+        "detail": {"action": action, "params": params or {}, "status": status},
     }
 
 

@@ -136,6 +136,11 @@ class AnswerKey(BaseModel):
     symptoms: list[Symptom] = Field(
         default_factory=list, description="The live series the review charts its recovery by."
     )
+    acts_when: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict,
+        description="Ops-console action id -> {parameter: the values for which its verdict "
+        "holds}; with any other value the action has no effect on this fault.",
+    )
 
 
 @dataclass(frozen=True)
@@ -364,7 +369,14 @@ class Fault(Planted, Generic[P]):
         key.investigation = [step.public() for step in self.investigation(calendar)]
         key.actions = dict(self.actions)
         key.symptoms = self.symptoms(calendar)
+        key.acts_when = self.acts_when()
         return key
+
+    def acts_when(self) -> dict[str, dict[str, list[Any]]]:
+        """For an action in `actions` whose effect depends on its parameters: the values of each
+        parameter for which its verdict holds (setting the fill of a feature this fault did not
+        touch does nothing to it). Any other value: no effect."""
+        return {}
 
     def symptoms(self, calendar: Calendar) -> list[Symptom]:
         """The live series that show this fault, the first the one it moves most surely

@@ -15,6 +15,7 @@ fill is found only by joining the served values to the policy.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import duckdb
@@ -120,14 +121,18 @@ class FeatureNullsWrongMean(Fault[Params]):
             .alias(self.source_column)
         )
 
+    def _fed(self, features: Iterable[str]) -> list[str]:
+        """Of `features`, those whose fill value the refresh recomputes: every one fed by the
+        same source column."""
+        source = FEATURES[self.params.target_feature].source
+        return [name for name in features if FEATURES[name].source == source]
+
+    def acts_when(self) -> dict[str, dict[str, list[Any]]]:
+        return {"set-imputation-fill": {"feature": self._fed(IMPUTED_FEATURES)}}
+
     @hook("features.imputation")
     def refresh_fill_values(self, fills: dict[str, float], ctx: HookContext) -> dict[str, float]:
-        # A refresh recomputes every fill value fed by the same source column.
-        fed = [
-            name
-            for name in fills
-            if FEATURES[name].source == FEATURES[self.params.target_feature].source
-        ]
+        fed = self._fed(fills)
         if self._share(ctx.day) > 0:
             factor = self.params.fill_multiplier
         elif self.tier == "hard" and ctx.day >= self._routine_refresh_day:

@@ -238,6 +238,10 @@ class RollingDriftReference(Fault[Params]):
             )
         return evidence
 
+    def acts_when(self) -> dict[str, dict[str, list[Any]]]:
+        # A trailing window of any length moves with the creep; a fixed one does not.
+        return {"set-drift-reference-window": {"fixed": [True]}}
+
     def symptoms(self, calendar: Calendar) -> list[Symptom]:
         reports = {
             "source": "monitoring.drift_feature_daily",

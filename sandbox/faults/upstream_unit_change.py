@@ -221,6 +221,10 @@ class UpstreamUnitChange(Fault[Params]):
             )
         ]
 
+    def acts_when(self) -> dict[str, dict[str, list[Any]]]:
+        # Only a pause of the jobs that feed the online store keeps the corrupt loads out of it.
+        return {"pause-job": {"job": ["feature-job", "materialization"]}}
+
     def symptoms(self, calendar: Calendar) -> list[Symptom]:
         return [served_mean("avg_daily_minutes_7d"), mean_score()]
 

@@ -1,6 +1,6 @@
 """The candidate's ops-console actions in the review, each judged by what the planted faults and
-decoys declare it does to them (the answer key's `actions`), and how soon the first one that
-helped was applied."""
+decoys declare it does to them (the answer key's `actions`, with the parameter values a verdict
+needs in `acts_when`), and how soon the first one that helped was applied."""
 
 from __future__ import annotations
 
@@ -10,16 +10,28 @@ HELPS = ("fixes", "mitigates")
 NO_EFFECT = "no effect"
 
 
-def verdict_of(action: str, answer_key: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
-    """The overall verdict of applying `action` in this world, and the verdict per planted fault
-    or decoy. One that names no verdict for it is not affected. A harm anywhere counts first:
-    the interviewer needs to see it even when the action also helped elsewhere."""
+def _verdict(key: dict[str, Any], action: str, params: dict[str, Any]) -> str:
+    """What `action` with `params` does to one planted fault or decoy: its declared verdict,
+    unless the verdict holds only for other values of a parameter (`acts_when`)."""
+    declared = str(key.get("actions", {}).get(action, NO_EFFECT))
+    needs = key.get("acts_when", {}).get(action, {})
+    if any(params.get(name) not in values for name, values in needs.items()):
+        return NO_EFFECT
+    return declared
+
+
+def verdict_of(
+    action: str, answer_key: dict[str, Any], params: dict[str, Any] | None = None
+) -> tuple[str, list[dict[str, str]]]:
+    """The overall verdict of applying `action` with `params` in this world, and the verdict per
+    planted fault or decoy. One that names no verdict for it is not affected. A harm anywhere
+    counts first: the interviewer needs to see it even when the action also helped elsewhere."""
     planted = [
         *(("fault", k.get("fault_id"), k) for k in answer_key.get("faults", [])),
         *(("decoy", k.get("decoy_id"), k) for k in answer_key.get("decoys", [])),
     ]
     each = [
-        {"kind": kind, "id": str(pid), "verdict": key.get("actions", {}).get(action, NO_EFFECT)}
+        {"kind": kind, "id": str(pid), "verdict": _verdict(key, action, params or {})}
         for kind, pid, key in planted
         if isinstance(key, dict)
     ]
@@ -40,7 +52,11 @@ def review(timeline: list[dict[str, Any]], answer_key: dict[str, Any]) -> dict[s
             continue
         d = item["detail"]
         applied = d.get("status") == "applied"
-        verdict, each = verdict_of(str(d.get("action")), answer_key) if applied else (None, [])
+        verdict, each = (
+            verdict_of(str(d.get("action")), answer_key, d.get("params", {}))
+            if applied
+            else (None, [])
+        )
         listed.append(
             {
                 "seq": item["seq"],
