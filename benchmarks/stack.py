@@ -57,6 +57,7 @@ from benchmarks.build import (
     read_manifest,
     sandbox_command,
 )
+from sandbox.services.gateway.worlds import command_line
 
 MB = 1_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -153,11 +154,7 @@ def descendants(table: dict[int, Proc], root: int) -> list[Proc]:
 
 
 def cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
+    return command_line(pid)
 
 
 def _kib_field(path: str, name: str) -> int:
@@ -199,8 +196,15 @@ def describe(argv: list[str]) -> str:
 
 
 def service_name(argv: list[str]) -> str:
+    if is_launcher(argv):
+        return "launcher"
     name = describe(argv).removeprefix("sandbox.services.").removesuffix(".app")
     return {"mlflow server": "mlflow", "model_server": "model-server"}.get(name, name)
+
+
+def is_launcher(argv: list[str]) -> bool:
+    """The forkserver the supervisor forks its Python services from (`services.launcher`)."""
+    return "-c" in argv and "multiprocessing.forkserver" in " ".join(argv)
 
 
 class Tree:
@@ -234,10 +238,15 @@ class Tree:
         if proc.pid == self.root:
             return "supervisor"
         while proc.ppid != self.root and proc.ppid in table:
-            proc = table[proc.ppid]
+            parent = table[proc.ppid]
+            if parent.ppid == self.root and is_launcher(cmdline(parent.pid)):
+                break  # a service the launcher forked: its own child of the supervisor
+            proc = parent
         command = describe(cmdline(proc.pid))
-        # Between fork and exec a child still shows its parent's command line: ask again later.
-        pending = command in ("?", describe(cmdline(self.root)))
+        # Between fork and exec (or the launcher's fork and the service's title) a child still
+        # shows its parent's command line: ask again later.
+        parent_command = describe(cmdline(proc.ppid)) if proc.ppid != self.root else None
+        pending = command in ("?", describe(cmdline(self.root)), parent_command)
         return "?" if pending else service_name(cmdline(proc.pid))
 
     def leftovers(self) -> list[tuple[Proc, str]]:

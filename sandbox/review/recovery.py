@@ -216,6 +216,8 @@ def assemble(p: Plan, results: Sequence[Result]) -> dict[str, Any]:
         # A bucket counts as after the change only if it begins once the change is in effect.
         before = [x for x, t in zip(shown, times, strict=True) if t + _b(p) <= first_effect]
         after = [x for x, t in zip(shown, times, strict=True) if t >= last_effect]
+        level = None if base is None or base[s.id] is None else round(float(base[s.id]), 6)
+        level_before, level_after = _weighted(before, "value"), _weighted(after, "value")
         series.append(
             {
                 "id": s.id,
@@ -223,15 +225,11 @@ def assemble(p: Plan, results: Sequence[Result]) -> dict[str, Any]:
                 "unit": s.unit,
                 "rows_label": s.rows,
                 "points": shown,
-                "baseline": None
-                if base is None or base[s.id] is None
-                else round(float(base[s.id]), 6),
-                "before": _weighted(before, "value"),
-                "after": _weighted(after, "value"),
+                "baseline": level,
+                "before": level_before,
+                "after": level_after,
+                "recovered": recovered(level, level_before, level_after),
             }
-        )
-        series[-1]["recovered"] = recovered(
-            series[-1]["baseline"], series[-1]["before"], series[-1]["after"]
         )
     head_points, head_base = answered.get(p.series[0].id, ({}, None)) if p.series else ({}, None)
     return {
