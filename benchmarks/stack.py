@@ -57,7 +57,6 @@ from benchmarks.build import (
     read_manifest,
     sandbox_command,
 )
-from sandbox.services.gateway.worlds import command_line
 
 MB = 1_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -154,7 +153,11 @@ def descendants(table: dict[int, Proc], root: int) -> list[Proc]:
 
 
 def cmdline(pid: int) -> list[str]:
-    return command_line(pid)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
 
 
 def _kib_field(path: str, name: str) -> int:
@@ -196,15 +199,8 @@ def describe(argv: list[str]) -> str:
 
 
 def service_name(argv: list[str]) -> str:
-    if is_launcher(argv):
-        return "launcher"
     name = describe(argv).removeprefix("sandbox.services.").removesuffix(".app")
     return {"mlflow server": "mlflow", "model_server": "model-server"}.get(name, name)
-
-
-def is_launcher(argv: list[str]) -> bool:
-    """The forkserver the supervisor forks its Python services from (`services.launcher`)."""
-    return "-c" in argv and "multiprocessing.forkserver" in " ".join(argv)
 
 
 class Tree:
@@ -238,15 +234,10 @@ class Tree:
         if proc.pid == self.root:
             return "supervisor"
         while proc.ppid != self.root and proc.ppid in table:
-            parent = table[proc.ppid]
-            if parent.ppid == self.root and is_launcher(cmdline(parent.pid)):
-                break  # a service the launcher forked: its own child of the supervisor
-            proc = parent
+            proc = table[proc.ppid]
         command = describe(cmdline(proc.pid))
-        # Between fork and exec (or the launcher's fork and the service's title) a child still
-        # shows its parent's command line: ask again later.
-        parent_command = describe(cmdline(proc.ppid)) if proc.ppid != self.root else None
-        pending = command in ("?", describe(cmdline(self.root)), parent_command)
+        # Between fork and exec a child still shows its parent's command line: ask again later.
+        pending = command in ("?", describe(cmdline(self.root)))
         return "?" if pending else service_name(cmdline(proc.pid))
 
     def leftovers(self) -> list[tuple[Proc, str]]:

@@ -29,7 +29,6 @@ from sandbox.pipeline import deploy, registry, registry_stamp
 from sandbox.scenario import world_spec
 from sandbox.services import prometheus as promstack
 from sandbox.services import stack
-from sandbox.services.launcher import ForkedProcess, Launcher
 from sandbox.services.settings import Settings, SettingsError
 from sandbox.services.simclock import DEFAULT_SPEED, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
@@ -54,9 +53,7 @@ class Child:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | ForkedProcess | None = None
-    # A module of this package run as `python -m`: forked from the launcher, not executed anew.
-    module: str | None = None
+    process: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
@@ -159,7 +156,6 @@ class Supervisor:
         self.speed = speed
         self.say = say
         self.children: dict[str, Child] = {}
-        self.launcher = Launcher()
         self.stopping = False
         self.calendar = world_spec(self.paths.scenario).calendar()
 
@@ -194,22 +190,34 @@ class Supervisor:
             addresses["prometheus"] = stack.ServiceAddress(url["prometheus"], "/-/ready")
             self._add(self._prometheus(ports, url))
         stack.write_addresses(run, self.url, addresses)
-        services = {
-            "model-server": ("sandbox.services.model_server", []),
-            "retrieval": ("sandbox.services.retrieval", []),
-            "jobs": ("sandbox.services.jobs", []),
-            "traffic": (
-                "sandbox.services.traffic",
-                ["--model-url", url["model-server"], "--retrieval-url", url["retrieval"]],
-            ),
-        }
-        for name, (module, extra) in services.items():
-            args = [*world, "--port", str(ports[name]), *extra]
-            self._add(Child(name, [*python, module, *args], module=module))
-        self._add(mlflow_ui(self.paths.mlflow, self.host, ports["mlflow"]))
-        gateway = "sandbox.services.gateway.app"
+        for name, module in (
+            ("model-server", "sandbox.services.model_server"),
+            ("retrieval", "sandbox.services.retrieval"),
+            ("jobs", "sandbox.services.jobs"),
+        ):
+            self._add(Child(name, [*python, module, *world, "--port", str(ports[name])]))
         self._add(
-            Child("gateway", [*python, gateway, *world, "--port", str(self.port)], module=gateway)
+            Child(
+                "traffic",
+                [
+                    *python,
+                    "sandbox.services.traffic",
+                    *world,
+                    "--port",
+                    str(ports["traffic"]),
+                    "--model-url",
+                    url["model-server"],
+                    "--retrieval-url",
+                    url["retrieval"],
+                ],
+            )
+        )
+        self._add(mlflow_ui(self.paths.mlflow, self.host, ports["mlflow"]))
+        self._add(
+            Child(
+                "gateway",
+                [*python, "sandbox.services.gateway.app", *world, "--port", str(self.port)],
+            )
         )
         stack.clear_start_requests(run)
         for child in self.children.values():
@@ -264,27 +272,22 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         logs = self.paths.run / "process-logs"
         logs.mkdir(exist_ok=True)
-        log = logs / f"{child.name}.log"
-        env = {
-            **os.environ,
-            **child.env,
-            "PYTHONUNBUFFERED": "1",
-            SUPERVISOR_PID: str(os.getpid()),
-        }
-        if child.module is not None:
-            args = child.argv[child.argv.index(child.module) + 1 :]
-            child.process = self.launcher.start(child.name, child.module, args, env, log)
-        else:
-            with log.open("ab") as out:
-                child.process = subprocess.Popen(
-                    child.argv,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
+        out = (logs / f"{child.name}.log").open("ab")
+        child.process = subprocess.Popen(
+            child.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={
+                **os.environ,
+                **child.env,
+                "PYTHONUNBUFFERED": "1",
+                SUPERVISOR_PID: str(os.getpid()),
+            },
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        out.close()
         child.started_at = time.monotonic()
 
     # -- run --------------------------------------------------------------------------------
@@ -401,7 +404,7 @@ class Supervisor:
         return {n: c.process.pid for n, c in self.children.items() if c.process is not None}
 
 
-def _signal_group(proc: subprocess.Popen | ForkedProcess, sig: int) -> None:
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
 

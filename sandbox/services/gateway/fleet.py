@@ -243,18 +243,11 @@ def _mb(rss: int | None) -> float | None:
     return round(rss / 2**20, 1) if rss is not None else None
 
 
-def _parent(pid: int) -> int | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    return None
-
-
 def _own_stack_rss(apart: frozenset[int]) -> int | None:
     """The memory of the operator's own stack: the tree of the process that supervises it,
     `sandbox up` or `sandbox demo` (None when the gateway runs without one, as in a test)."""
     supervisor = os.environ.get(SUPERVISOR_PID, "")
-    # Its parent, or the parent of the launcher that forked it.
-    if not supervisor.isdigit() or int(supervisor) not in (os.getppid(), _parent(os.getppid())):
+    if not supervisor.isdigit() or int(supervisor) != os.getppid():
         return None
     return worlds.tree_rss_bytes(int(supervisor), apart)
 

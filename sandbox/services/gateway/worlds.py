@@ -78,15 +78,12 @@ def session_count(world: Path) -> int:
 
 
 def command_line(pid: int) -> list[str]:
-    """The process's arguments ([] when it is gone or a zombie). A service the launcher forked
-    set its command line as one title (`sandbox.services.launcher`): its words are the
-    arguments."""
+    """The process's arguments ([] when it is gone or a zombie)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return []
-    parts = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-    return parts[0].split(" ") if len(parts) == 1 else parts
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def processes_naming(path: Path) -> list[int]:
