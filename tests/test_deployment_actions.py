@@ -195,6 +195,15 @@ def test_a_configuration_rollout_is_a_deployment_a_rollback_goes_back_past(tmp_p
 
     # Back past the patch: the cut is still in effect, and so it is after a change of threshold.
     assert served(20).config_as_of == cut
+    # The same version as before: the servers still follow champion, so moving it still moves
+    # what they serve.
+    assert served(20).follows_alias and served(20).model_uri == f"models:/{MODEL}@champion"
+    moved = in_effect(
+        left,
+        [_applied(ROLLBACK, {}, 20), _applied(MOVE_ALIAS, {"version": "1"}, 30)],
+        _at(30),
+    )
+    assert (moved.version, moved.config_as_of) == ("1", cut)
     threshold = in_effect(left, [_applied(SET_THRESHOLD, {"threshold": 0.2}, 5)], _at(5))
     assert threshold.config_as_of == patch
     # Back past the cut: the configuration from before it, with the same model version.

@@ -9,11 +9,12 @@ they take effect, as a release team's would:
 - `pin-served-version` loads one version and stops following the alias;
 - `move-alias` points an alias at another version; moving champion changes what a server that
   follows the alias loads;
-- `rollback-deploy` goes back to the deployment before the current one, pinned (the alias still
-  points at the version rolled away from). A rollout of the servers' code or configuration is a
-  deployment too (the planted story's `rollouts`, known to the deploy system whether or not the
-  changelog tells of them): going back past one serves the configuration from before it, which
-  the serving hooks see as `HookContext.config_as_of`;
+- `rollback-deploy` goes back to the deployment before the current one, pinned when that is
+  another version (the alias still points at the version rolled away from). A rollout of the
+  servers' code or configuration is a deployment too (the planted story's `rollouts`, known to
+  the deploy system whether or not the changelog tells of them): going back past one serves the
+  configuration from before it, which the serving hooks see as `HookContext.config_as_of`, with
+  the same version, still following the alias if the servers did;
 - `set-decision-threshold` changes the threshold of the deployment in place;
 - `retrain` registers a new version (the one after the latest registered or retrained) and
   loads it, pinned, with the threshold the servers use now (the model server trains it).
@@ -123,11 +124,15 @@ class Deployment:
                 return state  # nothing before the current deployment: it stays
             history = state.history[:-1]
             version, threshold, _ = history[-1]
+            # Back to another version: pinned, as the alias still names the one rolled away from.
+            # Back past a rollout of code or configuration alone: the version is the one the
+            # alias names, so a server that followed it still does.
+            follows = state.follows_alias and version == state.version
             return replace(
                 state,
                 version=version,
                 threshold=threshold,
-                follows_alias=False,
+                follows_alias=follows,
                 history=history,
                 since=at,
             )
