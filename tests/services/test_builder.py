@@ -309,18 +309,19 @@ def test_a_restart_removes_the_unfinished_world_of_a_build_it_cut_short_and_noth
     root, state = tmp_path / "worlds", tmp_path / "builds"
     root.mkdir()
     fake = (sys.executable, "-c", FAKE_BUILD)
-    first = BuildQueue(4, 20, command=fake, state_dir=state, worlds_root=root)
-    cut, finished, outside, written = (
+    first = BuildQueue(5, 20, command=fake, state_dir=state, worlds_root=root)
+    cut, finished, outside, written, relative = (
         first.submit(name, out, "")
         for name, out in (
             ("cut", root / "cut"),
             ("finished", root / "finished"),
             ("outside", tmp_path / "outside"),  # a record whose output is not in the root
             ("written", root / "written"),
+            ("relative", root / "relative"),
         )
     )
     waited = first.submit("waited", root / "waited", "")
-    _until(lambda: all(b.out.is_dir() for b in (cut, finished, outside, written)))
+    _until(lambda: all(b.out.is_dir() for b in (cut, finished, outside, written, relative)))
     # The gateway goes without stopping its builds: its files stay as they are now.
     left = shutil.copytree(state, tmp_path / "left")
     (cut.out / "world.duckdb").write_text("half written")
@@ -328,11 +329,13 @@ def test_a_restart_removes_the_unfinished_world_of_a_build_it_cut_short_and_noth
     (finished.out / "manifest.json").write_text(json.dumps({"complete": True}))
     # The waiting build's name was taken by hand meanwhile: not the build's to remove.
     waited.out.mkdir()
-    # Someone started writing into this one since.
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", written.out])
+    # Someone started writing into these since, one named as a path relative to where it runs.
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    other = subprocess.Popen([*sleep, written.out])
+    by_hand = subprocess.Popen([*sleep, "worlds/relative"], cwd=tmp_path)
     try:
         # The next gateway reads the builds' files.
-        again = {b.name: b for b in BuildQueue(4, 20, state_dir=left, worlds_root=root).all()}
+        again = {b.name: b for b in BuildQueue(5, 20, state_dir=left, worlds_root=root).all()}
         assert {b.state for b in again.values()} == {"interrupted"}
         assert not cut.out.exists() and root.is_dir()
         assert f"its unfinished world {cut.out} was removed" in again["cut"].lines
@@ -340,13 +343,16 @@ def test_a_restart_removes_the_unfinished_world_of_a_build_it_cut_short_and_noth
         assert "complete world; left as it is" in again["finished"].lines[-1]
         assert outside.out.is_dir() and "not in the worlds root" in again["outside"].lines[-1]
         assert written.out.is_dir() and "still writing" in again["written"].lines[-1]
+        assert relative.out.is_dir() and "still writing" in again["relative"].lines[-1]
         assert waited.out.is_dir() and again["waited"].lines[-1].startswith("the gateway stopped")
         # Every build the gone gateway left running was stopped before anything was removed.
-        stopped = [b.process and b.process.poll() for b in (cut, finished, outside, written)]
-        assert stopped == [-15] * 4, stopped  # SIGTERM
+        ran = (cut, finished, outside, written, relative)
+        stopped = [b.process and b.process.poll() for b in ran]
+        assert stopped == [-15] * len(ran), stopped  # SIGTERM
     finally:
-        other.kill()
-        other.wait()
+        for process in (other, by_hand):
+            process.kill()
+            process.wait()
         first.close()
 
 

@@ -86,14 +86,31 @@ def command_line(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def _names(pid: int, wanted: Path) -> bool:
+    """Whether one of the process's arguments is `wanted` (absolute), as given or relative to
+    the directory the process runs in (`sandbox build --out worlds/x` run from the project)."""
+    args = command_line(pid)
+    if str(wanted) in args:
+        return True
+    relative = [a for a in args if a and not a.startswith(("/", "-"))]
+    if not relative:
+        return False
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False
+    return any(os.path.normpath(cwd / a) == str(wanted) for a in relative)
+
+
 def processes_naming(path: Path) -> list[int]:
-    """The processes with `path` as one of their arguments: a build writing it, a stack serving
-    it (a forked worker shows its parent's arguments, so it counts too)."""
-    wanted = str(path)
+    """The processes with `path` as one of their arguments, given absolute or relative to their
+    working directory: a build writing it, a stack serving it (a forked worker shows its
+    parent's arguments, so it counts too)."""
+    wanted = Path(os.path.normpath(Path(path).absolute()))
     return [
         int(entry.name)
         for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and wanted in command_line(int(entry.name))
+        if entry.name.isdigit() and _names(int(entry.name), wanted)
     ]
 
 
