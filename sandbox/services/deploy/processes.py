@@ -23,18 +23,19 @@ DEFAULT_PUBLIC_URL = "http://localhost:8000"
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
 PROMETHEUS_DATA = "/prometheus"
 
-# Idle resident memory of each process in MB, what a Kubernetes scheduler must find free for it.
-# From the stack benchmark (`python -m benchmarks.stack`, "idle memory of every process"): about
-# 2 GB summed over the stack, the gateway 550 MB, the model server and retrieval 410 MB each, the
-# MLflow UI 340 MB. Traffic and jobs share the rest of the 2 GB evenly (not measured one by one);
-# Prometheus is not part of that benchmark and is given a small server's usual figure.
+# What a Kubernetes scheduler must find free for each process, in MiB: its idle resident memory
+# on the default world as the stack benchmark measures it (`python -m benchmarks.stack`, "Per
+# service", warm run: gateway with its console workers 462 MB, model server 366, retrieval 341,
+# traffic 134, jobs 91), rounded up with about a tenth to spare. The MLflow UI starts on first
+# use; 340 MB is what it held once started. Prometheus is not part of that benchmark and is given
+# a small server's usual figure.
 MEMORY_MB: Mapping[str, int] = {
-    "gateway": 550,
-    "model-server": 410,
-    "retrieval": 410,
-    "mlflow": 340,
-    "traffic": 145,
-    "jobs": 145,
+    "gateway": 512,
+    "model-server": 400,
+    "retrieval": 384,
+    "mlflow": 384,
+    "traffic": 160,
+    "jobs": 112,
     "prometheus": 256,
 }
 # The init container builds the world when it is missing: the build's peak at the default scale
