@@ -106,7 +106,7 @@
         const summary = el("p", { class: "small", "data-levels": s.id },
           `${s.title}: before the fault `, el("b", {}, s.baseline ?? "—"), " · before the first action took effect ", el("b", { "data-level": "before" }, s.before ?? "—"),
           " · after the last one did ", el("b", { "data-level": "after" }, s.after ?? "—"),
-          s.recovered === null ? "" : el("span", { "data-recovered": s.recovered }, ` · ${recoveredText(s.recovered)}`));
+          s.recovered == null ? "" : el("span", { "data-recovered": s.recovered }, ` · ${recoveredText(s.recovered)}`));
         const x = s.points.map((p) => at(p.t));
         const traces = [{ type: "scatter", mode: "lines+markers", name: s.title, x, y: s.points.map((p) => p.value), customdata: s.points.map((p) => p.rows),
           hovertemplate: `%{y:.4~g}${s.unit ? " " + s.unit : ""} · %{customdata} ${s.rows_label}<extra></extra>`, line: { color: "#2563eb", width: 1.6 }, marker: { color: "#2563eb", size: 4 } }];
