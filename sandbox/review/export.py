@@ -100,7 +100,6 @@ _env.filters["md"] = md_inline
 _env.filters["md_block"] = md_block
 _env.globals["signals_by_event"] = signals.by_event
 _env.globals["sparkline"] = recovery.sparkline
-_env.filters["recovered"] = recovery.recovered_text
 
 
 def to_html(review: dict[str, Any]) -> str:

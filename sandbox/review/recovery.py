@@ -181,11 +181,11 @@ def _weighted(points: list[dict[str, Any]], key: str) -> float | None:
     return round(sum(v * n for v, n in held) / total, 6) if total else None
 
 
-def assemble(p: Plan, results: Sequence[Result]) -> dict[str, Any]:
-    """The plan's chart as the review shows it, from the answers to `queries(p)` in their order:
-    per series its points (t, value, rows) on the times any series has, its level before the
-    fault, before the first action took effect and after the last one did. The chart's row
-    counts are those of the first series' source."""
+def assemble(p: Plan, answers: Sequence[tuple[Query, Result]]) -> dict[str, Any]:
+    """The plan's chart as the review shows it, from each of `queries(p)` with its result: per
+    series its points (t, value, rows) on the times any series has, its level before the fault,
+    before the first action took effect and after the last one did, and how far it came back
+    (in words too). The chart's row counts are those of the first series' source."""
     first_effect = min(_ts(m["effective_at"]) for m in p.marks)
     last_effect = max(_ts(m["effective_at"]) for m in p.marks)
 
@@ -195,7 +195,7 @@ def assemble(p: Plan, results: Sequence[Result]) -> dict[str, Any]:
 
     answered: dict[str, tuple[dict[dt.datetime, dict[str, Any]], dict[str, Any] | None]] = {}
     errors = []
-    for query, result in zip(queries(p), results, strict=True):
+    for query, result in answers:
         if result.error:
             errors.append(result.error)
         got = [dict(zip(result.columns, row, strict=False)) for row in result.rows]
@@ -218,6 +218,7 @@ def assemble(p: Plan, results: Sequence[Result]) -> dict[str, Any]:
         after = [x for x, t in zip(shown, times, strict=True) if t >= last_effect]
         level = None if base is None or base[s.id] is None else round(float(base[s.id]), 6)
         level_before, level_after = _weighted(before, "value"), _weighted(after, "value")
+        back = recovered(level, level_before, level_after)
         series.append(
             {
                 "id": s.id,
@@ -228,7 +229,8 @@ def assemble(p: Plan, results: Sequence[Result]) -> dict[str, Any]:
                 "baseline": level,
                 "before": level_before,
                 "after": level_after,
-                "recovered": recovered(level, level_before, level_after),
+                "recovered": back,
+                "recovered_text": None if back is None else recovered_text(back),
             }
         )
     head_points, head_base = answered.get(p.series[0].id, ({}, None)) if p.series else ({}, None)

@@ -374,25 +374,39 @@ def symptom_levels(
     fault: Fault, world: BuildSummary | Path | str, calendar: Calendar | None = None
 ) -> dict[str, tuple[float | None, float | None]]:
     """Each declared symptom's level in the week before the fault began and over the last
-    `SYMPTOM_DAYS` days before live time, by symptom id."""
+    `SYMPTOM_DAYS` days before live time, by symptom id: the review's own recovery queries, with
+    those days as the chart."""
     cal = _calendar(world, calendar)
     key = fault.key(cal)
     began = recovery.onset(key.model_dump(mode="json"))
     if began is None:
         raise _fail(fault, "its answer key dates no evidence, so its symptom has no onset")
     live = cal.midnight(cal.last_production_day + 1)
-    windows = ((began - recovery.BASELINE, began), (live - dt.timedelta(days=SYMPTOM_DAYS), live))
-    levels: dict[str, list[float | None]] = {s.id: [] for s in key.symptoms}
+    days = dt.timedelta(days=SYMPTOM_DAYS)
+    plan = recovery.Plan(
+        fault_id=fault.id,
+        title=key.title,
+        series=key.symptoms,
+        start=live - days,
+        end=live,
+        bucket_s=int(days.total_seconds()),
+        baseline=(began - recovery.BASELINE, began),
+        marks=[],
+    )
+    levels: dict[str, tuple[float | None, float | None]] = {}
     with _candidate_views(world) as con:
-        for start, end in windows:
-            for s in key.symptoms:
-                at = f"({s.time})::TIMESTAMP"
-                (value,) = con.execute(
-                    f"SELECT {s.value} FROM {s.source} WHERE ({s.where}) AND {at} >= ? AND {at} < ?",
-                    [start, end],
-                ).fetchone() or (None,)
-                levels[s.id].append(None if value is None else float(value))
-    return {sid: (v[0], v[1]) for sid, v in levels.items()}
+        for query in recovery.queries(plan):
+            ran = con.execute(query.sql, query.params)
+            columns = [d[0] for d in ran.description]
+            rows = [dict(zip(columns, row, strict=True)) for row in ran.fetchall()]
+            base = next(r for r in rows if r["t"] is None)
+            for sid in query.series:
+                # The window may straddle two buckets: their means weighted by their rows.
+                held = [(r[sid], r["n"]) for r in rows if r["t"] is not None and r[sid] is not None]
+                total = sum(n for _, n in held)
+                late = sum(v * n for v, n in held) / total if total else None
+                levels[sid] = (None if base[sid] is None else float(base[sid]), late)
+    return levels
 
 
 def assert_symptom_shows(

@@ -97,12 +97,12 @@ def test_the_symptom_before_and_after_the_action_against_the_level_before_the_fa
         ("served_avg_daily_minutes_7d", "mean_score"),
         ("mean_top1",),
     ]
-    results = []
+    answers = []
     for query in queries:
         ran = con.execute(query.sql, query.params)
         columns = [d[0] for d in ran.description]
-        results.append(recovery.Result(columns, [list(r) for r in ran.fetchall()]))
-    chart = recovery.assemble(plan, results)
+        answers.append((query, recovery.Result(columns, [list(r) for r in ran.fetchall()])))
+    chart = recovery.assemble(plan, answers)
 
     # Both sources' buckets on one axis: each series has a point, maybe empty, at every time.
     times = [p["t"] for p in chart["series"][0]["points"]]

@@ -172,7 +172,7 @@ async def review_with_recovery(request: Request, session_id: str, who: Caller) -
     gw = _gateway(request)
     charts = []
     for plan in recovery.plan(data["actions"], gw.answer_key, gw.ctx.now()):
-        results = []
+        answers = []
         for query in recovery.queries(plan):
             try:
                 # The session's own rows too: a session with actions on is its stack's only one.
@@ -184,10 +184,10 @@ async def review_with_recovery(request: Request, session_id: str, who: Caller) -
                     staff=True,
                 )
             except (ConsoleBusy, QueryRefused) as exc:
-                results.append(recovery.Result([], [], str(exc).splitlines()[0]))
+                answers.append((query, recovery.Result([], [], str(exc).splitlines()[0])))
                 continue
-            results.append(recovery.Result(ran.columns, ran.rows))
-        charts.append(recovery.assemble(plan, results))
+            answers.append((query, recovery.Result(ran.columns, ran.rows)))
+        charts.append(recovery.assemble(plan, answers))
     data["actions_recovery"] = charts
     return data
 

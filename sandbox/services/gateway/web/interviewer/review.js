@@ -83,9 +83,6 @@
 
   // The fault's symptom from before the first action to now, drawn like a dashboard panel: the
   // level before the fault dashed, each action's effective time a vertical line.
-  // How far a series came back toward its level before the fault, in words.
-  const recoveredText = (r) => r < 0 ? `${Math.round(-r * 100)}% further from the level before the fault`
-    : `back ${Math.round(r * 100)}% of the way to the level before the fault`;
   let recoveryDrawn = "";
 
   function drawRecovery(r) {
@@ -106,7 +103,7 @@
         const summary = el("p", { class: "small", "data-levels": s.id },
           `${s.title}: before the fault `, el("b", {}, s.baseline ?? "—"), " · before the first action took effect ", el("b", { "data-level": "before" }, s.before ?? "—"),
           " · after the last one did ", el("b", { "data-level": "after" }, s.after ?? "—"),
-          s.recovered == null ? "" : el("span", { "data-recovered": s.recovered }, ` · ${recoveredText(s.recovered)}`));
+          s.recovered_text ? el("span", { "data-recovered": s.recovered }, ` · ${s.recovered_text}`) : "");
         const x = s.points.map((p) => at(p.t));
         const traces = [{ type: "scatter", mode: "lines+markers", name: s.title, x, y: s.points.map((p) => p.value), customdata: s.points.map((p) => p.rows),
           hovertemplate: `%{y:.4~g}${s.unit ? " " + s.unit : ""} · %{customdata} ${s.rows_label}<extra></extra>`, line: { color: "#2563eb", width: 1.6 }, marker: { color: "#2563eb", size: 4 } }];
