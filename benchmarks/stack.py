@@ -479,9 +479,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(world: Path, run: StackRun) -> StackRun:
+def start_stack(world: Path, run: StackRun, extra: tuple[str, ...] = ()) -> StackRun:
     """Launch `sandbox up` and poll the gateway's health until 200 (or give up)."""
-    cmd = [*sandbox_command(), "up", str(world), "--port", str(run.port)]
+    cmd = [*sandbox_command(), "up", str(world), "--port", str(run.port), *extra]
     before = Usage.now(None)
     with run.log.open("wb") as log:
         started = time.perf_counter()
@@ -1220,6 +1220,7 @@ def render(
     started: datetime,
     workdir: Path,
     log_lines: list[str],
+    prometheus: bool = False,
 ) -> str:
     m = world.manifest or {}
     scale = float(m.get("scale", 0) or 0)
@@ -1240,7 +1241,8 @@ def render(
         f"# `sandbox up` benchmark, {started:%Y-%m-%d %H:%M:%S} UTC",
         "",
         f"Machine: {os.cpu_count()} cores, {_mem_total_gib():.1f} GiB RAM. World: {world.source}, "
-        f"scale {scale:g}, {customers}. Command: `{' '.join(sandbox_command())} up DIR --port P`. "
+        f"scale {scale:g}, {customers}. Command: `{' '.join(sandbox_command())} up DIR --port P"
+        f"{' --prometheus' if prometheus else ''}`. "
         f"Logs: `{workdir}`.",
         "",
         "## Budgets (README, Performance)",
@@ -1336,13 +1338,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--world", type=Path, help="a built world to copy (default: build one)")
     parser.add_argument("--scale", type=float, default=1.0, help="scale of the world to build")
     parser.add_argument("--keep", action="store_true", help="keep the world copy and logs")
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="run the stack with Prometheus (`sandbox up --prometheus`), to measure it too; the "
+        "idle budget is for the stack without it",
+    )
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")
     return args
 
 
-def benchmark_run(world: Path, run: StackRun, cold: bool) -> None:
+def benchmark_run(world: Path, run: StackRun, cold: bool, extra: tuple[str, ...] = ()) -> None:
     if cold:
         code, data = python_files(), list(_files(world))
         run.resident_before = resident_bytes(code + data)
@@ -1350,7 +1358,7 @@ def benchmark_run(world: Path, run: StackRun, cold: bool) -> None:
         evict(data, written=True)  # just built or copied
         run.resident_after = resident_bytes(code + data)
     print(f"starting the stack ({run.label})…", file=sys.stderr)
-    start_stack(world, run)
+    start_stack(world, run, extra)
     print(f"  health: {_s(run.health_s)} s {run.failure or ''}", file=sys.stderr)
 
 
@@ -1376,7 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
         run = StackRun(label, workdir / f"up-{label}.log", free_port())
         runs.append(run)
         try:  # an interrupted benchmark must not leave the stack behind
-            benchmark_run(world.path, run, cold)
+            benchmark_run(world.path, run, cold, ("--prometheus",) if args.prometheus else ())
             if run.failure is not None:
                 break
             print(f"  idling {IDLE_SECONDS:g} s…", file=sys.stderr)
@@ -1440,7 +1448,9 @@ def _finish(
         "## Warnings and errors in the candidate's logs (`DIR/run/spool/*.telemetry.logs.jsonl`)",
         *scan_events(run_dirs),
     ]
-    report = render(world, runs, loads, baseline, ids_info, started, workdir, log_lines)
+    report = render(
+        world, runs, loads, baseline, ids_info, started, workdir, log_lines, args.prometheus
+    )
     print(report)
     print(f"report written to {write_report(report, started)}", file=sys.stderr)
     if not args.keep:

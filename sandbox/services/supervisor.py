@@ -25,13 +25,14 @@ from pathlib import Path
 import httpx
 
 from sandbox.layout import IncompleteWorld, WorldPaths, read_manifest
-from sandbox.pipeline import deploy, registry, registry_stamp
+from sandbox.pipeline import deploy, registry
 from sandbox.scenario import world_spec
 from sandbox.services import prometheus as promstack
-from sandbox.services import stack
+from sandbox.services import stack, topology
 from sandbox.services.settings import Settings, SettingsError
 from sandbox.services.simclock import DEFAULT_SPEED, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
+from sandbox.services.topology import GATEWAY, MLFLOW, PROMETHEUS
 
 HEARTBEAT_FILE = "sim-now"
 # Set in every child's environment: the process that supervises the stack, whose process tree
@@ -40,7 +41,6 @@ SUPERVISOR_PID = "SANDBOX_SUPERVISOR_PID"
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 5.0
 MAX_BACKOFF_S = 10.0
-MLFLOW_PREFIX = "/services/mlflow"
 FROZEN_SPEED = 1e-9
 
 
@@ -96,41 +96,15 @@ def check_world(root: Path) -> WorldPaths:
 
 
 def mlflow_ui(mlflow_dir: Path, host: str, port: int) -> Child:
-    """The MLflow UI as one uvicorn process serving MLflow's own app. `mlflow server` would
-    start the same app as a child of a launcher process that holds as much memory again; these
-    are the variables it hands its child for `--serve-artifacts --artifacts-destination
-    <world>/candidate/mlflow/artifacts` (MLflow is pinned to the versions that read them). The
-    registry records artifact locations as `mlflow-artifacts:/...`, served from this world's own
-    directory, wherever it is."""
-    env = {
-        "_MLFLOW_SERVER_FILE_STORE": registry.tracking_uri(mlflow_dir),
-        "_MLFLOW_SERVER_ARTIFACT_ROOT": registry_stamp.PROXIED,
-        "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
-        "_MLFLOW_SERVER_ARTIFACT_DESTINATION": str((mlflow_dir / "artifacts").resolve()),
-        "_MLFLOW_STATIC_PREFIX": MLFLOW_PREFIX,
-        "_MLFLOW_SGI_NAME": "uvicorn",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
+    """The MLflow UI (`topology.mlflow_args`) serving this world's registry and artifacts."""
     return Child(
-        "mlflow",
+        MLFLOW,
         on_demand=True,
         wanted=False,
-        argv=[
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "mlflow.server.fastapi_app:app",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env=env,
+        argv=[sys.executable, *topology.mlflow_args(host, port)],
+        env=topology.mlflow_env(
+            registry.tracking_uri(mlflow_dir), str((mlflow_dir / "artifacts").resolve())
+        ),
     )
 
 
@@ -170,55 +144,30 @@ class Supervisor:
         self._start_clock()
         stack.admin_token(self.paths)
         self.log = SpoolWriter(spool_path(run, "platform", "telemetry.logs"))
-        python = [sys.executable, "-m"]
-        world = ["--world", str(self.paths.root), "--host", self.host]
-        names = ["model-server", "retrieval", "traffic", "jobs", "mlflow"]
-        ports = {name: free_port(self.host) for name in names + ["prometheus"] * self.prometheus}
-        url = {name: f"http://{self.host}:{port}" for name, port in ports.items()}
-        addresses = {
-            "model-server": stack.ServiceAddress(url["model-server"], "/health"),
-            "retrieval": stack.ServiceAddress(url["retrieval"], "/health"),
-            # The registry UI is the heaviest process and the one a candidate opens least: it
-            # starts on the first visit (a few seconds), so an idle stack does not hold it.
-            "mlflow": stack.ServiceAddress(
-                url["mlflow"], f"{MLFLOW_PREFIX}/health", on_demand=True
-            ),
-            "traffic": stack.ServiceAddress(url["traffic"], "/"),
-            "jobs": stack.ServiceAddress(url["jobs"], "/"),
+        started = [svc for svc in topology.SERVICES if svc.name != PROMETHEUS or self.prometheus]
+        ports = {
+            svc.name: self.port if svc.name == GATEWAY else free_port(self.host) for svc in started
         }
-        if self.prometheus:
-            addresses["prometheus"] = stack.ServiceAddress(url["prometheus"], "/-/ready")
-            self._add(self._prometheus(ports, url))
-        stack.write_addresses(run, self.url, addresses)
-        for name, module in (
-            ("model-server", "sandbox.services.model_server"),
-            ("retrieval", "sandbox.services.retrieval"),
-            ("jobs", "sandbox.services.jobs"),
-        ):
-            self._add(Child(name, [*python, module, *world, "--port", str(ports[name])]))
-        self._add(
-            Child(
-                "traffic",
-                [
-                    *python,
-                    "sandbox.services.traffic",
-                    *world,
-                    "--port",
-                    str(ports["traffic"]),
-                    "--model-url",
-                    url["model-server"],
-                    "--retrieval-url",
-                    url["retrieval"],
-                ],
-            )
+        url = {name: f"http://{self.host}:{port}" for name, port in ports.items()}
+        stack.write_addresses(
+            run,
+            self.url,
+            {
+                svc.name: stack.ServiceAddress(url[svc.name], svc.health, svc.on_demand)
+                for svc in started
+                if svc.name != GATEWAY
+            },
         )
-        self._add(mlflow_ui(self.paths.mlflow, self.host, ports["mlflow"]))
-        self._add(
-            Child(
-                "gateway",
-                [*python, "sandbox.services.gateway.app", *world, "--port", str(self.port)],
-            )
-        )
+        for svc in started:
+            if svc.name == PROMETHEUS:
+                self._add(self._prometheus(ports, started))
+            elif svc.name == MLFLOW:
+                self._add(mlflow_ui(self.paths.mlflow, self.host, ports[MLFLOW]))
+            else:
+                args = topology.python_args(
+                    svc, str(self.paths.root), self.host, ports[svc.name], url
+                )
+                self._add(Child(svc.name, [sys.executable, *args]))
         stack.clear_start_requests(run)
         for child in self.children.values():
             if child.wanted:
@@ -239,7 +188,7 @@ class Supervisor:
         self.clock = SimClock.starting(self.calendar, self.speed, resume_at=self.clock.now())
         self.clock.save(self.paths.run)
 
-    def _prometheus(self, ports: dict[str, int], url: dict[str, str]) -> Child:
+    def _prometheus(self, ports: dict[str, int], started: list[topology.Service]) -> Child:
         """History backfilled so that it ends now, then every service scraped live."""
         home = self.paths.run / "prometheus"
         if not (home / "data").exists():
@@ -253,7 +202,7 @@ class Supervisor:
             )
             promstack.backfill(history, home / "data")
             self.say(f"prometheus: {samples:,} samples of history backfilled")
-        scraped = {n: f"{self.host}:{ports[n]}" for n in ("model-server", "retrieval", "jobs")}
+        scraped = {svc.name: f"{self.host}:{ports[svc.name]}" for svc in started if svc.scraped}
         promstack.write_config(scraped, home / "prometheus.yml")
         return Child(
             "prometheus",
@@ -261,7 +210,7 @@ class Supervisor:
                 home / "prometheus.yml",
                 home / "data",
                 self.host,
-                ports["prometheus"],
+                ports[PROMETHEUS],
                 f"{self.url}/services/prometheus/",
             ),
         )

@@ -29,7 +29,8 @@ from sandbox.clock import Calendar
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import registry
 from sandbox.scenario import world_spec
-from sandbox.services.supervisor import MLFLOW_PREFIX, free_port, mlflow_ui
+from sandbox.services.supervisor import free_port, mlflow_ui
+from sandbox.services.topology import MLFLOW_PREFIX
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP

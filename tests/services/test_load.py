@@ -23,7 +23,7 @@ from tests.services.candidates import (
 from tests.services.running import Stack, new_session
 
 CANDIDATES = 5
-SECONDS = 15.0
+SECONDS = 8.0  # with every kind of action done at least once per candidate (min_rounds)
 THINK_S = 0.05  # mean pause between a candidate's actions
 
 

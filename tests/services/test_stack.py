@@ -21,6 +21,7 @@ import pytest
 from sandbox import scenario
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
+from sandbox.services import topology
 from sandbox.services.stack import admin_token
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
@@ -160,16 +161,16 @@ def _a_customer(world: Path) -> int:
 
 
 def test_every_service_is_healthy(stack: Stack) -> None:
+    """Every process of the stack's one definition runs, once, and answers; Prometheus only
+    with `--prometheus`, which the demo leaves out."""
     health = HTTP.get(stack.url + "/-/health").json()
     assert health["status"] == "ok"
-    assert set(health["services"]) >= {
-        "gateway",
-        "model-server",
-        "retrieval",
-        "mlflow",
-        "traffic",
-        "jobs",
-    }
+    expected = {svc.name for svc in topology.SERVICES if svc.name != topology.PROMETHEUS}
+    assert set(health["services"]) >= expected
+    commands = list(_tree(stack.process.pid).values())
+    for svc in topology.SERVICES:
+        if svc.module:
+            assert sum(f"-m {svc.module} " in cmd for cmd in commands) == 1, (svc.name, commands)
 
 
 def test_the_mlflow_ui_starts_on_its_first_visit(stack: Stack) -> None:

@@ -1,21 +1,19 @@
-"""The stack as containers, once: every process `sandbox up` runs (plus Prometheus), with the
-command, port, health path and environment it runs with in a container. compose/compose.yaml is
-checked against this list (tests/services/deploy/) and the Kubernetes manifests are written from
-it, so the two cannot drift apart."""
+"""The stack as containers: every process of `topology.SERVICES` (the processes `sandbox up`
+runs), with the command, port, health path and environment it runs with in a container.
+compose/compose.yaml is checked against this list (tests/services/deploy/) and the Kubernetes
+manifests are written from it, so the two cannot drift apart."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sandbox.pipeline import registry_stamp
-from sandbox.services.supervisor import MLFLOW_PREFIX
+from sandbox.services import topology
+from sandbox.services.topology import GATEWAY, MLFLOW, PROMETHEUS
 
 IMAGE = "ml-incident-sandbox:latest"
 PROMETHEUS_IMAGE = "prom/prometheus:v2.53.0"
 WORLD = "/world"
-# The one process reached from outside; everything else is reached through it.
-GATEWAY = "gateway"
 INIT = "world"  # the one-shot container (compose) / Job (Kubernetes) running `compose-init`
 # Written by `compose-init` once everything the processes share is in place.
 READY_FILE = "containers-ready"
@@ -59,108 +57,50 @@ class Process:
         return MEMORY_MB[self.name]
 
 
-def _python(module: str, port: int, *extra: str) -> tuple[str, ...]:
-    return (
-        "python",
-        "-m",
-        module,
-        "--world",
-        WORLD,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(port),
-        *extra,
-    )
-
-
 def processes(public_url: str = DEFAULT_PUBLIC_URL) -> list[Process]:
-    """Every long-running container, in start order. `public_url` is the gateway's address as
-    people open it: session links and Prometheus' own links are made from it."""
-    mlflow_data = f"{WORLD}/candidate/mlflow"
-    return [
-        Process(
-            "model-server",
-            _python("sandbox.services.model_server", 8001),
-            8001,
-            "/health",
-            scraped=True,
-        ),
-        Process(
-            "retrieval", _python("sandbox.services.retrieval", 8002), 8002, "/health", scraped=True
-        ),
-        Process(
-            "mlflow",
-            # One uvicorn process serving MLflow's app, as `sandbox up` runs it
-            # (supervisor.mlflow_ui says why, and what these variables are).
-            (
-                "python",
-                "-m",
-                "uvicorn",
-                "mlflow.server.fastapi_app:app",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                "5000",
-                "--workers",
-                "1",
-                "--no-access-log",
-            ),
-            5000,
-            f"{MLFLOW_PREFIX}/health",
-            env={
-                "_MLFLOW_SERVER_FILE_STORE": f"sqlite:///{mlflow_data}/mlflow.db",
-                "_MLFLOW_SERVER_ARTIFACT_ROOT": registry_stamp.PROXIED,
-                "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
-                "_MLFLOW_SERVER_ARTIFACT_DESTINATION": f"{mlflow_data}/artifacts",
-                "_MLFLOW_STATIC_PREFIX": MLFLOW_PREFIX,
-                "_MLFLOW_SGI_NAME": "uvicorn",
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            },
-        ),
-        Process(
-            "traffic",
-            _python(
-                "sandbox.services.traffic",
-                8003,
-                "--model-url",
-                "http://model-server:8001",
-                "--retrieval-url",
-                "http://retrieval:8002",
-            ),
-            8003,
-            "/",
-            needs=("model-server", "retrieval"),
-        ),
-        Process("jobs", _python("sandbox.services.jobs", 8004), 8004, "/", scraped=True),
-        Process(
-            "prometheus",
-            # The history the init container wrote is backfilled once, then Prometheus scrapes
-            # live.
-            (
-                "/bin/sh",
-                "-c",
-                f"[ -e {PROMETHEUS_DATA}/.backfilled ] || "
-                "{ promtool tsdb create-blocks-from openmetrics --max-block-duration=744h "
-                f"{WORLD}/run/prometheus/history.om {PROMETHEUS_DATA} && "
-                f"touch {PROMETHEUS_DATA}/.backfilled; }}; "
-                f"exec prometheus --config.file={PROMETHEUS_CONFIG} "
-                f"--storage.tsdb.path={PROMETHEUS_DATA} --storage.tsdb.retention.time=400d "
-                f"--web.external-url={public_url}/services/prometheus/ --web.route-prefix=/",
-            ),
-            9090,
-            "/-/ready",
-            image=PROMETHEUS_IMAGE,
-        ),
-        Process(
-            GATEWAY,
-            _python("sandbox.services.gateway.app", 8000),
-            8000,
-            "/-/health",
-            needs=("model-server", "retrieval", "mlflow", "traffic", "jobs", "prometheus"),
-            env={"SANDBOX_PUBLIC_URL": public_url},
-        ),
-    ]
+    """Every long-running container, in start order (`topology.SERVICES`), each reaching the
+    others by container name. `public_url` is the gateway's address as people open it: session
+    links and Prometheus' own links are made from it."""
+    urls = {svc.name: f"http://{svc.name}:{svc.container_port}" for svc in topology.SERVICES}
+    return [_process(svc, urls, public_url) for svc in topology.SERVICES]
+
+
+def _process(svc: topology.Service, urls: dict[str, str], public_url: str) -> Process:
+    port = svc.container_port
+    env: dict[str, str] = {}
+    image = IMAGE
+    if svc.name == MLFLOW:
+        mlflow_data = f"{WORLD}/candidate/mlflow"
+        command = ("python", *topology.mlflow_args("0.0.0.0", port))
+        env = topology.mlflow_env(f"sqlite:///{mlflow_data}/mlflow.db", f"{mlflow_data}/artifacts")
+    elif svc.name == PROMETHEUS:
+        # The history the init container wrote is backfilled once, then Prometheus scrapes live.
+        command = (
+            "/bin/sh",
+            "-c",
+            f"[ -e {PROMETHEUS_DATA}/.backfilled ] || "
+            "{ promtool tsdb create-blocks-from openmetrics --max-block-duration=744h "
+            f"{WORLD}/run/prometheus/history.om {PROMETHEUS_DATA} && "
+            f"touch {PROMETHEUS_DATA}/.backfilled; }}; "
+            f"exec prometheus --config.file={PROMETHEUS_CONFIG} "
+            f"--storage.tsdb.path={PROMETHEUS_DATA} --storage.tsdb.retention.time=400d "
+            f"--web.external-url={public_url}/services/prometheus/ --web.route-prefix=/",
+        )
+        image = PROMETHEUS_IMAGE
+    else:
+        command = ("python", *topology.python_args(svc, WORLD, "0.0.0.0", port, urls))
+        if svc.name == GATEWAY:
+            env = {"SANDBOX_PUBLIC_URL": public_url}
+    return Process(
+        svc.name,
+        command,
+        port,
+        svc.health,
+        needs=svc.needs,
+        env=env,
+        image=image,
+        scraped=svc.scraped,
+    )
 
 
 def init_command(speed: str, scale: str) -> tuple[str, ...]:

@@ -143,7 +143,7 @@ MLFLOW_V3 = ("api/3.0/mlflow", "ajax-api/3.0/mlflow")
 # traces tab) and of the workspace's Models page. MLflow searches some of them with POST.
 MLFLOW = Service(
     "mlflow",
-    "/services/mlflow",  # the UI's static prefix (supervisor.MLFLOW_PREFIX): its links carry it
+    "/services/mlflow",  # the UI's static prefix (topology.MLFLOW_PREFIX): its links carry it
     (
         *rules(
             "GET",
