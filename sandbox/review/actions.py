@@ -1,13 +1,23 @@
 """The candidate's ops-console actions in the review, each judged by what the planted faults and
 decoys declare it does to them (the answer key's `actions`, with the parameter values a verdict
-needs in `acts_when`), and how soon the first one that helped was applied."""
+needs in `acts_when`), and how soon the first one that helped was applied.
+
+A new fill value is judged by its value too (`fills`): it helps a fault that declares the fill
+helps only when it brings the fill at least halfway back to the feature's training-time mean,
+and harms when it moves it further away."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from typing import Any
+
+from sandbox.actions.catalog import SET_FILL
+from sandbox.review.fills import FillReference, judge
 
 HELPS = ("fixes", "mitigates")
 NO_EFFECT = "no effect"
+HARMFUL = "harmful"
 
 
 def _verdict(key: dict[str, Any], action: str, params: dict[str, Any]) -> str:
@@ -21,20 +31,29 @@ def _verdict(key: dict[str, Any], action: str, params: dict[str, Any]) -> str:
 
 
 def verdict_of(
-    action: str, answer_key: dict[str, Any], params: dict[str, Any] | None = None
+    action: str,
+    answer_key: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    fill_moved: str | None = None,
 ) -> tuple[str, list[dict[str, str]]]:
     """The overall verdict of applying `action` with `params` in this world, and the verdict per
     planted fault or decoy. One that names no verdict for it is not affected. A harm anywhere
-    counts first: the interviewer needs to see it even when the action also helped elsewhere."""
+    counts first: the interviewer needs to see it even when the action also helped elsewhere.
+
+    `fill_moved` (`fills.judge`: helps, harms or little) is how a new fill value moved the fill
+    against the training-time mean; a fault the fill helps is helped only when it helps."""
     planted = [
         *(("fault", k.get("fault_id"), k) for k in answer_key.get("faults", [])),
         *(("decoy", k.get("decoy_id"), k) for k in answer_key.get("decoys", [])),
     ]
-    each = [
-        {"kind": kind, "id": str(pid), "verdict": _verdict(key, action, params or {})}
-        for kind, pid, key in planted
-        if isinstance(key, dict)
-    ]
+    each = []
+    for kind, pid, key in planted:
+        if not isinstance(key, dict):
+            continue
+        verdict = _verdict(key, action, params or {})
+        if verdict in HELPS and fill_moved is not None and fill_moved != "helps":
+            verdict = HARMFUL if fill_moved == "harms" else NO_EFFECT
+        each.append({"kind": kind, "id": str(pid), "verdict": verdict})
     verdicts = {e["verdict"] for e in each}
     for overall in ("harmful", "fixes", "mitigates"):
         if overall in verdicts:
@@ -42,20 +61,33 @@ def verdict_of(
     return NO_EFFECT, each
 
 
-def review(timeline: list[dict[str, Any]], answer_key: dict[str, Any]) -> dict[str, Any]:
+def review(
+    timeline: list[dict[str, Any]],
+    answer_key: dict[str, Any],
+    fills: Callable[[], FillReference | None] | None = None,
+) -> dict[str, Any]:
     """Every `action` event as the review shows it (`list`: id, at, params, status, verdict...),
     with the time from the session's start to the first applied action that helps. Only an
-    applied action has a verdict; a refused or unavailable one changed nothing."""
+    applied action has a verdict; a refused or unavailable one changed nothing. With `fills`
+    (reads the world's, when a new fill value was applied), a new fill value is judged by its
+    value as well."""
     listed = []
+    set_fills: dict[str, float] = {}  # feature -> the fill this session set last
     for item in timeline:
         if item["kind"] != "action":
             continue
         d = item["detail"]
         applied = d.get("status") == "applied"
+        params = d.get("params", {})
+        moved, note = None, None
+        if applied and d.get("action") == SET_FILL:
+            reference = fills() if fills is not None else None
+            judged = _fill_moved(reference, set_fills, item.get("sim_ts"), params)
+            if judged is not None:
+                moved, note = judged
+            set_fills[str(params.get("feature"))] = float(params.get("fill_value", 0.0))
         verdict, each = (
-            verdict_of(str(d.get("action")), answer_key, d.get("params", {}))
-            if applied
-            else (None, [])
+            verdict_of(str(d.get("action")), answer_key, params, moved) if applied else (None, [])
         )
         listed.append(
             {
@@ -68,6 +100,7 @@ def review(timeline: list[dict[str, Any]], answer_key: dict[str, Any]) -> dict[s
                 "effective_at": d.get("effective_at"),
                 "verdict": verdict,
                 "verdicts": each,
+                **({"fill_moved": moved, "verdict_note": note} if moved else {}),
             }
         )
     helped = [a for a in listed if a["verdict"] in HELPS]
@@ -77,3 +110,29 @@ def review(timeline: list[dict[str, Any]], answer_key: dict[str, Any]) -> dict[s
         "time_to_first_mitigation_s": helped[0]["offset_s"] if helped else None,
         "first_mitigation_effective_at": helped[0]["effective_at"] if helped else None,
     }
+
+
+def _fill_moved(
+    fills: FillReference | None,
+    set_fills: dict[str, float],
+    sim_ts: str | None,
+    params: dict[str, Any],
+) -> tuple[str, str] | None:
+    """How a new fill value moved the feature's fill against its training-time mean (`judge`),
+    from the fill this session set last, else the feature job's, with that in words; None when
+    it cannot be told."""
+    feature, value = params.get("feature"), params.get("fill_value")
+    if fills is None or sim_ts is None or not isinstance(value, int | float):
+        return None
+    at = dt.datetime.fromisoformat(str(sim_ts).replace("Z", "+00:00")).replace(tzinfo=None)
+    mean = fills.training_mean(str(feature), at)
+    before = set_fills.get(str(feature), fills.policy_fill(str(feature), at))
+    if mean is None or before is None:
+        return None
+    moved = judge(float(value), before, mean)
+    how = {
+        "helps": "at least halfway back to",
+        "little": "less than halfway back to",
+        "harms": "further from",
+    }[moved]
+    return moved, f"fill {before:g} → {float(value):g}: {how} the training-time mean {mean:.4g}"

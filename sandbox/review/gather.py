@@ -5,12 +5,13 @@ routes and `sandbox review` both gather it here; the store may be read while a s
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 from sandbox.layout import WorldPaths, read_manifest
-from sandbox.review import report
+from sandbox.review import fills, report
 from sandbox.review.store import Session, SessionStore, StoreUnavailable, exists
 from sandbox.schema import TABLES
 
@@ -59,6 +60,7 @@ def gather_review(
         scores,
         read_manifest(world),
         candidate_schema(answer_key),
+        functools.partial(fills.reference, world),
     )
 
 

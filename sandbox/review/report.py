@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sandbox.review import actions, claims, probes, rubric, strengths
 from sandbox.review.cited import SeenIndex
 from sandbox.review.export import clock
+from sandbox.review.fills import FillReference
 from sandbox.review.signals import signals
 
 IDLE_GAP_S = 180  # a pause longer than this is shown compressed
@@ -38,12 +39,14 @@ def build(
     scores: dict[str, dict[str, Any]],
     world: dict[str, Any],
     schema: Mapping[str, Sequence[str]] | None = None,
+    fills: Callable[[], FillReference | None] | None = None,
 ) -> dict[str, Any]:
     """`session`: id, candidate, state, created_at, started_at (ISO, may be None); `history`:
     the recorded events oldest first; `diagnoses`: version, ts, fields, submitted; `world`: the
     manifest of the world the session ran on (which variant: name, seed, scale, content hash);
     `schema`: the world's candidate tables (`schema.table`) and their column names, for the
-    claims (with the tables and columns the events read, whether given or not)."""
+    claims (with the tables and columns the events read, whether given or not); `fills`: what a
+    new fill value is judged against (reads `fills.reference` of the world when needed)."""
     start = _start(session, history)
     timeline = _timeline(history, start)
     final = diagnoses[-1]["fields"] if diagnoses else dict.fromkeys(DIAGNOSIS_FIELDS, "")
@@ -51,7 +54,7 @@ def build(
     faults = [_fault(key, timeline, final, seen) for key in answer_key.get("faults", [])]
     decoys = [_decoy(decoy, timeline, seen) for decoy in answer_key.get("decoys", [])]
     found_claims = claims.claims(final, timeline, claims.with_history(schema or {}, history), seen)
-    acted = actions.review(timeline, answer_key)
+    acted = actions.review(timeline, answer_key, fills)
     verdicts = {a["seq"]: a["verdict"] for a in acted["list"]}
     for item in timeline:
         if item.get("seq") in verdicts:

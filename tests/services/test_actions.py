@@ -216,6 +216,37 @@ def test_the_review_judges_each_action_by_the_answer_key(
         assert not any(v in surface for v in ("mitigates", "harmful", "no effect", "fixes"))
 
 
+def test_a_fill_further_from_the_training_mean_is_judged_harmful_in_the_review(
+    client: TestClient, make_session: MakeSession
+) -> None:
+    """The answer key says a new fill mitigates; the review holds the value to the feature's
+    training-time mean, read from the world: a fill still further from it than the broken one
+    harms, and one halfway back or closer mitigates."""
+    links = make_session(actions=True)
+    candidate = bearer(links["candidate_token"])
+    for value in (1000.0, 52.0):
+        body = {"feature": "avg_daily_minutes_7d", "fill_value": value}
+        reply = client.post(
+            "/api/actions", json={"action": SET_FILL, "params": body}, headers=candidate
+        )
+        assert reply.status_code == 202, reply.text
+    review = client.get(
+        f"/api/sessions/{links['session_id']}/review", headers=bearer(links["interviewer_token"])
+    ).json()
+    judged = [(a["params"]["fill_value"], a["verdict"], a["fill_moved"]) for a in review["actions"]]
+    assert judged == [(1000.0, "harmful", "harms"), (52.0, "mitigates", "helps")]
+    assert (
+        review["action_summary"]["time_to_first_mitigation_s"] == review["actions"][1]["offset_s"]
+    )
+    harm, helped = (a["verdict_note"] for a in review["actions"])
+    assert harm.startswith("fill ") and "→ 1000: further from the training-time mean" in harm
+    assert "1000 → 52: at least halfway back to the training-time mean" in helped
+    exported = client.get(
+        f"/api/sessions/{links['session_id']}/export.md", headers=bearer(links["interviewer_token"])
+    ).text
+    assert harm in exported
+
+
 def test_the_interviewer_fast_forwards_only_a_session_with_actions_on(
     client: TestClient, paths: WorldPaths, make_session: MakeSession
 ) -> None:

@@ -78,7 +78,8 @@
         el("td", {}, eventLink(a.seq), ` ${clock(a.offset_s)}`), el("td", {}, a.id),
         el("td", {}, Object.entries(a.params).map(([k, v]) => `${k}=${v}`).join(", ")),
         el("td", {}, a.status, a.effective_at ? ` · from ${sandbox.simTime(a.effective_at)}` : ""),
-        el("td", {}, a.verdict ? el("b", { class: `verdict ${VERDICT_CLASS[a.verdict] || ""}`, "data-verdict": a.verdict }, a.verdict) : "—"))))) : el("p", { class: "muted small" }, "No action yet."));
+        el("td", {}, a.verdict ? el("b", { class: `verdict ${VERDICT_CLASS[a.verdict] || ""}`, "data-verdict": a.verdict }, a.verdict) : "—",
+          a.verdict_note ? el("div", { class: "muted verdict-note" }, a.verdict_note) : null))))) : el("p", { class: "muted small" }, "No action yet."));
   }
 
   // The fault's symptom from before the first action to now, drawn like a dashboard panel: the

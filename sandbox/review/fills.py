@@ -1,0 +1,104 @@
+"""What a fill value set from the ops console is judged against: the feature's mean over the
+training rows of the model in production, which is what mean imputation should fill with (the
+model learned on those values), and the fill value the feature job used before the action.
+
+A fault that a new fill mitigates declares so in its answer key; whether a given fill helps
+depends on the value, which only the world's data can tell: one set still further from the
+training-time mean than the broken one makes things worse, not better."""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from sandbox.layout import WorldPaths, read_manifest
+from sandbox.pipeline.features import IMPUTED_FEATURES
+
+# A fill helps when it closes at least this share of the gap between the fill in effect and the
+# training-time mean; one that widens the gap harms; anything between changes little.
+CLOSES = 0.5
+
+
+@dataclass(frozen=True)
+class FillReference:
+    # feature -> model version -> mean of the feature over that version's training rows
+    training_means: dict[str, dict[str, float]]
+    # the model version the daily batch served, by day
+    served: dict[dt.date, str]
+    # feature -> (effective from, fill value), oldest first: the feature job's policy
+    policy: dict[str, list[tuple[dt.datetime, float]]]
+
+    def training_mean(self, feature: str, at: dt.datetime) -> float | None:
+        """The feature's mean over the training rows of the model served on `at`'s day (the
+        nearest day before it with a batch)."""
+        days = sorted(d for d in self.served if d <= at.date())
+        if not days:
+            return None
+        return self.training_means.get(feature, {}).get(self.served[days[-1]])
+
+    def policy_fill(self, feature: str, at: dt.datetime) -> float | None:
+        """The fill value the feature job's policy had in effect at `at`."""
+        changes = self.policy.get(feature, [])
+        i = bisect.bisect_right([since for since, _ in changes], at)
+        return changes[i - 1][1] if i else None
+
+
+def judge(value: float, before: float, mean: float) -> str:
+    """`helps`, `harms` or `little` for a fill moved from `before` to `value`, against the
+    training-time `mean`."""
+    gap, after = abs(before - mean), abs(value - mean)
+    if after > gap:
+        return "harms"
+    if after <= gap * (1 - CLOSES):
+        return "helps"
+    return "little"
+
+
+def reference(world: Path) -> FillReference | None:
+    """The world's fill reference (read once per built world); None when it cannot be read."""
+    try:
+        manifest = read_manifest(world)
+    except Exception:  # a world without a readable manifest gets no fill judgement
+        return None
+    return _read(str(Path(world).resolve()), str(manifest.get("content_hash")))
+
+
+@functools.lru_cache(maxsize=4)
+def _read(world: str, content_hash: str) -> FillReference | None:
+    try:
+        con = duckdb.connect(str(WorldPaths(Path(world)).duckdb), read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        means = ", ".join(f'avg("{f}") AS "{f}"' for f in IMPUTED_FEATURES)
+        rows = con.execute(
+            f"SELECT model_version, {means} FROM training.churn_training_set "
+            "WHERE split = 'train' GROUP BY model_version"
+        ).fetchall()
+        served = con.execute(
+            "SELECT request_ts::DATE, arg_max(model_version, request_ts) "
+            "FROM serving.predictions WHERE source = 'batch' GROUP BY 1"
+        ).fetchall()
+        policy = con.execute(
+            "SELECT feature, effective_from, fill_value FROM feature_store.imputation_policy "
+            "ORDER BY feature, effective_from"
+        ).fetchall()
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    training_means: dict[str, dict[str, float]] = {f: {} for f in IMPUTED_FEATURES}
+    for version, *values in rows:
+        for feature, mean in zip(IMPUTED_FEATURES, values, strict=True):
+            if mean is not None:
+                training_means[feature][str(version)] = float(mean)
+    changes: dict[str, list[tuple[dt.datetime, float]]] = {}
+    for feature, since, fill in policy:
+        if fill is not None:
+            changes.setdefault(feature, []).append((since, float(fill)))
+    return FillReference(training_means, {d: str(v) for d, v in served}, changes)
