@@ -129,6 +129,8 @@ def _fill_moved(
     before = set_fills.get(str(feature), fills.policy_fill(str(feature), at))
     if mean is None or before is None:
         return None
+    if float(value) == before:
+        return "little", f"fill {before:g} unchanged (the training-time mean is {mean:.4g})"
     moved = judge(float(value), before, mean)
     how = {
         "helps": "at least halfway back to",

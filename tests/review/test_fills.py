@@ -116,3 +116,16 @@ def test_the_world_gives_each_features_training_mean_and_the_fill_in_effect(
         assert now > 2 * mean, (feature, now, mean)
         assert fills.judge(mean, now, mean) == "helps"
         assert fills.judge(now * 1.5, now, mean) == "harms"
+
+
+def test_a_fill_set_again_to_its_value_changes_nothing() -> None:
+    listed = review([_fill(1, 52.0), _fill(2, 52.0, minutes=30)], KEY, lambda: REFERENCE)["list"]
+    assert [(a["verdict"], a["fill_moved"]) for a in listed] == [
+        ("mitigates", "helps"),
+        ("no effect", "little"),
+    ]
+    assert listed[1]["verdict_note"] == "fill 52 unchanged (the training-time mean is 52)"
+    assert (
+        listed[0]["verdict_note"]
+        == "fill 130 → 52: at least halfway back to the training-time mean 52"
+    )

@@ -342,10 +342,15 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     )
     assert at > checked_at - bucket
 
-    # The review: the actions with their verdict, and the recovery chart of the symptom.
+    # The review: the actions with their verdict, and the recovery chart of the symptom. The
+    # module's first test set the same fills already (when it ran first): a fill set again to the
+    # value it has changes nothing, and the review says so.
     for feature in refreshed:
-        row = interviewer.locator(f'#actions-table tr[data-action="{SET_FILL}"]', has_text=feature)
-        expect(row.last.locator("[data-verdict]")).to_have_text("mitigates", timeout=WAIT_MS)
+        rows = interviewer.locator(f'#actions-table tr[data-action="{SET_FILL}"]', has_text=feature)
+        expect(rows.first.locator("[data-verdict]")).to_have_text("mitigates", timeout=WAIT_MS)
+        if rows.count() > 1:
+            expect(rows.last.locator("[data-verdict]")).to_have_text("no effect")
+            expect(rows.last.locator(".verdict-note")).to_contain_text("unchanged")
     chart = interviewer.locator('[data-recovery="feature-nulls-wrong-mean"]')
     served_plot = chart.locator(f'[data-series="served_{FEATURE}"].js-plotly-plot')
     expect(served_plot).to_be_attached(timeout=WAIT_MS)
@@ -364,7 +369,7 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     (recovery,) = review["actions_recovery"]
     assert recovery["fault_id"] == "feature-nulls-wrong-mean"
     assert recovery["own_rows"] >= len(customers)
-    assert {m["action"]: m["verdict"] for m in recovery["marks"]}[SET_FILL] == "mitigates"
+    assert "mitigates" in {m["verdict"] for m in recovery["marks"] if m["action"] == SET_FILL}
     by_id = {s["id"]: s for s in recovery["series"]}
     for s in by_id.values():
         assert None not in (s["baseline"], s["before"], s["after"]), s

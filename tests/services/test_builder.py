@@ -99,12 +99,11 @@ def test_validation_names_the_field(client: TestClient, paths: WorldPaths) -> No
 
 
 def _wait_built(client: TestClient, paths: WorldPaths, build_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + BUILD_TIMEOUT_S
-    while True:
+    def finished() -> dict[str, Any] | None:
         status = client.get(f"/api/builder/builds/{build_id}", headers=_operator(paths)).json()
-        if status["status"] not in ("queued", "building") or time.monotonic() > deadline:
-            return status
-        time.sleep(1)
+        return None if status["status"] in ("queued", "building") else status
+
+    return until(finished, f"build {build_id} finished", timeout=BUILD_TIMEOUT_S, every=0.5)
 
 
 @pytest.mark.long  # two builds and two stacks
