@@ -200,7 +200,7 @@ def describe(argv: list[str]) -> str:
 
 def service_name(argv: list[str]) -> str:
     name = describe(argv).removeprefix("sandbox.services.").removesuffix(".app")
-    return {"mlflow server": "mlflow", "model_server": "model-server"}.get(name, name)
+    return {"uvicorn": "mlflow", "model_server": "model-server"}.get(name, name)
 
 
 class Tree:
@@ -1248,6 +1248,15 @@ def render(
         "## Budgets (README, Performance)",
         "",
         *budget_table(runs, loads, scale),
+        *(
+            [
+                "",
+                "(Measured with Prometheus, which the budgets leave out: the idle memory includes "
+                "it, and the cold start its history backfill.)",
+            ]
+            if prometheus
+            else []
+        ),
         "",
         "## Startup",
         "",

@@ -40,7 +40,7 @@ def verdict_of(
     planted fault or decoy. One that names no verdict for it is not affected. A harm anywhere
     counts first: the interviewer needs to see it even when the action also helped elsewhere.
 
-    `fill_moved` (`fills.judge`: helps, harms or little) is how a new fill value moved the fill
+    `fill_moved` (`fills.judge`: helps, harms, little or unchanged) is how a new fill value moved the fill
     against the training-time mean; a fault the fill helps is helped only when it helps."""
     planted = [
         *(("fault", k.get("fault_id"), k) for k in answer_key.get("faults", [])),
@@ -52,7 +52,7 @@ def verdict_of(
             continue
         verdict = _verdict(key, action, params or {})
         if verdict in HELPS and fill_moved is not None and fill_moved != "helps":
-            verdict = HARMFUL if fill_moved == "harms" else NO_EFFECT
+            verdict = HARMFUL if fill_moved == "harms" else NO_EFFECT  # little or unchanged
         each.append({"kind": kind, "id": str(pid), "verdict": verdict})
     verdicts = {e["verdict"] for e in each}
     for overall in ("harmful", "fixes", "mitigates"):
@@ -80,11 +80,8 @@ def review(
         applied = d.get("status") == "applied"
         params = d.get("params", {})
         moved, note = None, None
-        if applied and d.get("action") == SET_FILL:
-            reference = fills() if fills is not None else None
-            judged = _fill_moved(reference, set_fills, item.get("sim_ts"), params)
-            if judged is not None:
-                moved, note = judged
+        if applied and d.get("action") == SET_FILL and fills is not None:
+            moved, note = _fill_moved(fills(), set_fills, item.get("sim_ts"), params)
             set_fills[str(params.get("feature"))] = float(params.get("fill_value", 0.0))
         verdict, each = (
             verdict_of(str(d.get("action")), answer_key, params, moved) if applied else (None, [])
@@ -100,7 +97,8 @@ def review(
                 "effective_at": d.get("effective_at"),
                 "verdict": verdict,
                 "verdicts": each,
-                **({"fill_moved": moved, "verdict_note": note} if moved else {}),
+                **({"fill_moved": moved} if moved else {}),
+                **({"verdict_note": note} if note else {}),
             }
         )
     helped = [a for a in listed if a["verdict"] in HELPS]
@@ -117,23 +115,26 @@ def _fill_moved(
     set_fills: dict[str, float],
     sim_ts: str | None,
     params: dict[str, Any],
-) -> tuple[str, str] | None:
+) -> tuple[str | None, str]:
     """How a new fill value moved the feature's fill against its training-time mean (`judge`),
-    from the fill this session set last, else the feature job's, with that in words; None when
-    it cannot be told."""
-    feature, value = params.get("feature"), params.get("fill_value")
+    from the fill this session set last, else the feature job's, with that in words; no
+    judgement (None) when the world cannot tell, and the words say so."""
+    feature, value = str(params.get("feature")), params.get("fill_value")
+    unjudged = "not checked against the training-time mean: the world's tables could not be read"
     if fills is None or sim_ts is None or not isinstance(value, int | float):
-        return None
-    at = dt.datetime.fromisoformat(str(sim_ts).replace("Z", "+00:00")).replace(tzinfo=None)
-    mean = fills.training_mean(str(feature), at)
-    before = set_fills.get(str(feature), fills.policy_fill(str(feature), at))
+        return None, unjudged
+    at = dt.datetime.fromisoformat(str(sim_ts).replace("Z", "+00:00"))
+    if at.tzinfo is not None:
+        at = at.astimezone(dt.UTC).replace(tzinfo=None)
+    mean = fills.training_mean(feature, at)
+    before = set_fills.get(feature, fills.policy_fill(feature, at))
     if mean is None or before is None:
-        return None
-    if float(value) == before:
-        return "little", f"fill {before:g} unchanged (the training-time mean is {mean:.4g})"
+        return None, unjudged
     moved = judge(float(value), before, mean)
+    if moved == "unchanged":
+        return moved, f"fill {before:g} unchanged (the training-time mean is {mean:.4g})"
     how = {
-        "helps": "at least halfway back to",
+        "helps": "near or at least halfway back to",
         "little": "less than halfway back to",
         "harms": "further from",
     }[moved]

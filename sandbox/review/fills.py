@@ -1,6 +1,7 @@
 """What a fill value set from the ops console is judged against: the feature's mean over the
-training rows of the model in production, which is what mean imputation should fill with (the
-model learned on those values), and the fill value the feature job used before the action.
+training rows of the model the daily batch served (pins and rollbacks from the ops console aside:
+the versions' means differ little), which is what mean imputation should fill with (the model
+learned on those values), and the fill value the feature job used before the action.
 
 A fault that a new fill mitigates declares so in its answer key; whether a given fill helps
 depends on the value, which only the world's data can tell: one set still further from the
@@ -22,6 +23,10 @@ from sandbox.pipeline.features import IMPUTED_FEATURES
 # A fill helps when it closes at least this share of the gap between the fill in effect and the
 # training-time mean; one that widens the gap harms; anything between changes little.
 CLOSES = 0.5
+# Within this share of the training-time mean a fill is on target: the mean of another sample of
+# the same feature (the policy's own fill before the fault, a mean read off the feature store)
+# differs from it by a few percent. A move smaller than a tenth of that changes nothing.
+ON_TARGET = 0.05
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,14 @@ class FillReference:
 
 
 def judge(value: float, before: float, mean: float) -> str:
-    """`helps`, `harms` or `little` for a fill moved from `before` to `value`, against the
-    training-time `mean`."""
+    """`helps`, `harms`, `little` or `unchanged` for a fill moved from `before` to `value`,
+    against the training-time `mean`."""
+    near = ON_TARGET * abs(mean)
     gap, after = abs(before - mean), abs(value - mean)
+    if abs(value - before) <= near / 10:
+        return "unchanged"
+    if after <= near:
+        return "helps" if gap > near else "little"
     if after > gap:
         return "harms"
     if after <= gap * (1 - CLOSES):
@@ -60,20 +70,19 @@ def judge(value: float, before: float, mean: float) -> str:
 
 
 def reference(world: Path) -> FillReference | None:
-    """The world's fill reference (read once per built world); None when it cannot be read."""
+    """The world's fill reference, read once per built world; None when it cannot be read now
+    (not remembered: the next review tries again)."""
     try:
         manifest = read_manifest(world)
-    except Exception:  # a world without a readable manifest gets no fill judgement
+        return _read(str(Path(world).resolve()), str(manifest.get("content_hash")))
+    except Exception:  # a world being rebuilt, or one without these tables
         return None
-    return _read(str(Path(world).resolve()), str(manifest.get("content_hash")))
 
 
 @functools.lru_cache(maxsize=4)
-def _read(world: str, content_hash: str) -> FillReference | None:
-    try:
-        con = duckdb.connect(str(WorldPaths(Path(world)).duckdb), read_only=True)
-    except duckdb.Error:
-        return None
+def _read(world: str, content_hash: str) -> FillReference:
+    """Raises when the world cannot be read, so a failure is never cached."""
+    con = duckdb.connect(str(WorldPaths(Path(world)).duckdb), read_only=True)
     try:
         means = ", ".join(f'avg("{f}") AS "{f}"' for f in IMPUTED_FEATURES)
         rows = con.execute(
@@ -88,8 +97,6 @@ def _read(world: str, content_hash: str) -> FillReference | None:
             "SELECT feature, effective_from, fill_value FROM feature_store.imputation_policy "
             "ORDER BY feature, effective_from"
         ).fetchall()
-    except duckdb.Error:
-        return None
     finally:
         con.close()
     training_means: dict[str, dict[str, float]] = {f: {} for f in IMPUTED_FEATURES}

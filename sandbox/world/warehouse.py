@@ -11,6 +11,9 @@ import polars as pl
 
 from sandbox.schema import Table
 
+# Rows of one table held before they are written: a day of a large table at the default scale.
+WRITE_ROWS = 250_000
+
 
 class UndeclaredColumn(ValueError):
     """Rows for a table, or a column, the world's declaration does not have."""
@@ -33,7 +36,9 @@ class Warehouse:
         self._pending: dict[str, list[pl.DataFrame]] = {}
 
     def append(self, table: str, frame: pl.DataFrame) -> None:
-        """Buffer rows for `table`; one bulk insert per table at `flush` beats many small ones."""
+        """Buffer rows for `table`, written in bulk (one insert per table beats many small ones)
+        once the table has `WRITE_ROWS` waiting, or at `flush`: a build holds at most that many
+        unwritten rows per table, whatever the world's scale."""
         if self.declared is not None:
             declared = self.declared.get(table)
             if declared is None:
@@ -46,11 +51,22 @@ class Warehouse:
                 )
         if frame.width:
             self._pending.setdefault(table, []).append(frame)
+            if sum(f.height for f in self._pending[table]) >= WRITE_ROWS:
+                self._write_pending(table)
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for table, frames in pending.items():
+        for table in list(self._pending):
+            self._write_pending(table)
+
+    def _write_pending(self, table: str) -> None:
+        frames = self._pending.pop(table)
+        if self.declared is None:
+            # Undeclared: the first rows written fix the table's columns, so they go in together.
             self._write(table, pl.concat(frames, how="diagonal_relaxed"))
+            return
+        # Declared: the table has its columns already; frame by frame, no concatenated copy.
+        while frames:
+            self._write(table, frames.pop(0))
 
     def _create(self, table: str) -> None:
         """A declared table, empty, with its descriptions."""

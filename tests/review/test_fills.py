@@ -75,10 +75,12 @@ def test_a_second_fill_is_judged_from_the_one_the_session_set() -> None:
     ]
 
 
-def test_without_a_reference_the_declared_verdict_stands() -> None:
+def test_without_a_reference_the_declared_verdict_stands_and_says_so() -> None:
     listed = review([_fill(1, 200.0)], KEY)["list"]
     assert listed[0]["verdict"] == "mitigates" and "fill_moved" not in listed[0]
-    assert review([_fill(1, 200.0)], KEY, lambda: None)["list"][0]["verdict"] == "mitigates"
+    [unread] = review([_fill(1, 200.0)], KEY, lambda: None)["list"]
+    assert unread["verdict"] == "mitigates" and "fill_moved" not in unread
+    assert unread["verdict_note"].startswith("not checked against the training-time mean")
 
 
 def test_the_reference_is_read_only_when_a_fill_was_applied() -> None:
@@ -122,10 +124,20 @@ def test_a_fill_set_again_to_its_value_changes_nothing() -> None:
     listed = review([_fill(1, 52.0), _fill(2, 52.0, minutes=30)], KEY, lambda: REFERENCE)["list"]
     assert [(a["verdict"], a["fill_moved"]) for a in listed] == [
         ("mitigates", "helps"),
-        ("no effect", "little"),
+        ("no effect", "unchanged"),
     ]
     assert listed[1]["verdict_note"] == "fill 52 unchanged (the training-time mean is 52)"
-    assert (
-        listed[0]["verdict_note"]
-        == "fill 130 → 52: at least halfway back to the training-time mean 52"
+    assert listed[0]["verdict_note"] == (
+        "fill 130 → 52: near or at least halfway back to the training-time mean 52"
     )
+
+
+def test_a_fill_near_the_mean_is_on_target_and_a_tiny_move_changes_nothing() -> None:
+    """The policy's own fill before the fault differs from the training-time mean by a little:
+    restoring it helps, and nudging the broken fill by a hair is no change, not a harm."""
+    assert _verdicts(_fill(1, 53.5)) == [("mitigates", "helps")]  # within 5% of 52
+    assert _verdicts(_fill(1, 130.1)) == [("no effect", "unchanged")]
+    assert _verdicts(_fill(1, 52.0), _fill(2, 53.0, minutes=30)) == [
+        ("mitigates", "helps"),
+        ("no effect", "little"),  # on target before and after
+    ]

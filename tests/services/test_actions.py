@@ -240,7 +240,7 @@ def test_a_fill_further_from_the_training_mean_is_judged_harmful_in_the_review(
     )
     harm, helped = (a["verdict_note"] for a in review["actions"])
     assert harm.startswith("fill ") and "→ 1000: further from the training-time mean" in harm
-    assert "1000 → 52: at least halfway back to the training-time mean" in helped
+    assert "1000 → 52: near or at least halfway back to the training-time mean" in helped
     exported = client.get(
         f"/api/sessions/{links['session_id']}/export.md", headers=bearer(links["interviewer_token"])
     ).text

@@ -166,11 +166,12 @@ def test_every_service_is_healthy(stack: Stack) -> None:
     health = HTTP.get(stack.url + "/-/health").json()
     assert health["status"] == "ok"
     expected = {svc.name for svc in topology.SERVICES if svc.name != topology.PROMETHEUS}
-    assert set(health["services"]) >= expected
+    assert set(health["services"]) == expected | {"console"}  # the gateway's console workers
     commands = list(_tree(stack.process.pid).values())
     for svc in topology.SERVICES:
         if svc.module:
             assert sum(f"-m {svc.module} " in cmd for cmd in commands) == 1, (svc.name, commands)
+    assert not any("prometheus" in cmd.split(" ", 1)[0] for cmd in commands), commands
 
 
 def test_the_mlflow_ui_starts_on_its_first_visit(stack: Stack) -> None:
