@@ -7,33 +7,32 @@ distinct scores from the highest down.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import polars as pl
 
 SEGMENTS = ("device", "plan", "region", "app_version")
 KEY = ["score_date", "segment", "segment_value"]
 
 
-def _long(scored: pl.DataFrame) -> pl.DataFrame:
-    """One row per prediction and segment it belongs to, segment 'all' for everyone."""
+def _segments(scored: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    """Per segment (segment 'all' for everyone), one row per prediction: one segment at a time,
+    so a build holds one copy of the predictions, not one per segment."""
     columns = ["score", "decision", "churned", "label_available_at"]
-    everyone = scored.select(
-        "score_date",
-        pl.lit("all").alias("segment"),
-        pl.lit("all").alias("segment_value"),
-        *columns,
-    )
-    by_segment = [
-        scored.select(
-            "score_date",
-            pl.lit(s).alias("segment"),
-            pl.col(s).cast(pl.String).alias("segment_value"),
-            *columns,
+    values = [("all", pl.lit("all")), *((s, pl.col(s).cast(pl.String)) for s in SEGMENTS)]
+    for segment, value in values:
+        yield (
+            scored.lazy()
+            .select(
+                "score_date",
+                pl.lit(segment).alias("segment"),
+                value.alias("segment_value"),
+                pl.col("churned").cast(pl.Int64),
+                pl.col("decision").cast(pl.Boolean),
+                *(c for c in columns if c not in ("churned", "decision")),
+            )
+            .collect()
         )
-        for s in SEGMENTS
-    ]
-    return pl.concat([everyone, *by_segment]).with_columns(
-        pl.col("churned").cast(pl.Int64), pl.col("decision").cast(pl.Boolean)
-    )
 
 
 def _average_precision(long: pl.DataFrame) -> pl.DataFrame:
@@ -65,7 +64,30 @@ def daily_performance(scored: pl.DataFrame) -> pl.DataFrame:
     Columns needed: score_date, score, decision, churned, label_available_at, and SEGMENTS.
     One row per (score_date, segment, segment_value), segment 'all' for everyone.
     """
-    long = _long(scored).with_columns(pl.col("score").rank("average").over(KEY).alias("rank"))
+    columns = [
+        *KEY,
+        "scored",
+        "churned",
+        "churn_rate",
+        "flagged_rate",
+        "auc",
+        "pr_auc",
+        "brier",
+        "precision",
+        "recall",
+        "label_available_at",
+    ]
+    frames = [_quality(segment).select(columns) for segment in _segments(scored)]
+    return (
+        pl.concat(frames)
+        .sort(KEY)
+        .with_columns(pl.col(pl.Float64).round(5), pl.col("scored", "churned").cast(pl.Int64))
+    )
+
+
+def _quality(long: pl.DataFrame) -> pl.DataFrame:
+    """The quality figures of every (day, segment value) group of one segment's rows."""
+    long = long.with_columns(pl.col("score").rank("average").over(KEY).alias("rank"))
     y, decision = pl.col("churned"), pl.col("decision")
     positives = y.sum()
     negatives = pl.len() - positives
@@ -90,24 +112,6 @@ def daily_performance(scored: pl.DataFrame) -> pl.DataFrame:
         pl.col("label_available_at").max(),
     )
     pr_auc = _average_precision(long)
-    frame = frame.join(pr_auc, on=KEY, how="left").with_columns(
+    return frame.join(pr_auc, on=KEY, how="left").with_columns(
         pl.when(pl.col("auc").is_not_null()).then(pl.col("pr_auc")).alias("pr_auc")
-    )
-    columns = [
-        *KEY,
-        "scored",
-        "churned",
-        "churn_rate",
-        "flagged_rate",
-        "auc",
-        "pr_auc",
-        "brier",
-        "precision",
-        "recall",
-        "label_available_at",
-    ]
-    return (
-        frame.select(columns)
-        .sort(KEY)
-        .with_columns(pl.col(pl.Float64).round(5), pl.col("scored", "churned").cast(pl.Int64))
     )

@@ -59,14 +59,9 @@ class Warehouse:
             self._write_pending(table)
 
     def _write_pending(self, table: str) -> None:
-        frames = self._pending.pop(table)
-        if self.declared is None:
-            # Undeclared: the first rows written fix the table's columns, so they go in together.
-            self._write(table, pl.concat(frames, how="diagonal_relaxed"))
-            return
-        # Declared: the table has its columns already; frame by frame, no concatenated copy.
-        while frames:
-            self._write(table, frames.pop(0))
+        # Together: the first rows written fix an undeclared table's columns, and one insert of
+        # a few hundred thousand rows costs less than many small ones.
+        self._write(table, pl.concat(self._pending.pop(table), how="diagonal_relaxed"))
 
     def _create(self, table: str) -> None:
         """A declared table, empty, with its descriptions."""
