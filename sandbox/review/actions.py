@@ -2,9 +2,9 @@
 decoys declare it does to them (the answer key's `actions`, with the parameter values a verdict
 needs in `acts_when`), and how soon the first one that helped was applied.
 
-A new fill value is judged by its value too (`fills`): it helps a fault that declares the fill
-helps only when it brings the fill at least halfway back to the feature's training-time mean,
-and harms when it moves it further away."""
+A new fill value is judged by its value too (`fills.judge`): it helps a fault that declares the
+fill helps only when it brings the fill near the feature's training-time mean or at least halfway
+back to it, and harms when it moves it further away."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def verdict_of(
     planted fault or decoy. One that names no verdict for it is not affected. A harm anywhere
     counts first: the interviewer needs to see it even when the action also helped elsewhere.
 
-    `fill_moved` (`fills.judge`: helps, harms, little or unchanged) is how a new fill value moved the fill
-    against the training-time mean; a fault the fill helps is helped only when it helps."""
+    `fill_moved` (`fills.judge`: helps, harms, little or unchanged) is how a new fill value moved
+    the fill against the training-time mean; a fault the fill helps is helped only when it helps."""
     planted = [
         *(("fault", k.get("fault_id"), k) for k in answer_key.get("faults", [])),
         *(("decoy", k.get("decoy_id"), k) for k in answer_key.get("decoys", [])),

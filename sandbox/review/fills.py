@@ -41,10 +41,10 @@ class FillReference:
     def training_mean(self, feature: str, at: dt.datetime) -> float | None:
         """The feature's mean over the training rows of the model served on `at`'s day (the
         nearest day before it with a batch)."""
-        days = sorted(d for d in self.served if d <= at.date())
-        if not days:
+        day = max((d for d in self.served if d <= at.date()), default=None)
+        if day is None:
             return None
-        return self.training_means.get(feature, {}).get(self.served[days[-1]])
+        return self.training_means.get(feature, {}).get(self.served[day])
 
     def policy_fill(self, feature: str, at: dt.datetime) -> float | None:
         """The fill value the feature job's policy had in effect at `at`."""
