@@ -762,17 +762,18 @@ class Baseline:
 
 
 def in_process(world: Path, snapshot: Path, ids: list[int]) -> Baseline:
-    """Time `predict_proba` on the rows the server scores, on one OpenMP thread like the server."""
+    """Time `predict_proba` of the model's serving form, which the server loads, on the rows the
+    server scores."""
     import polars as pl
-    from threadpoolctl import threadpool_limits
 
     from sandbox.layout import WorldPaths
     from sandbox.pipeline import deploy, registry
+    from sandbox.pipeline.compiled import CompiledTrees
 
     paths = WorldPaths(world)
     record = deploy.read_model_deployment(paths.deploy)
     started = time.perf_counter()
-    model = registry.load_model(paths.mlflow, record.model_uri)
+    model = registry.load_serving(paths.mlflow, record.model_uri, CompiledTrees)
     load_s = time.perf_counter() - started
     frame = pl.read_parquet(snapshot)
     stored = [f for f in record.features if f in frame.columns]
@@ -784,14 +785,13 @@ def in_process(world: Path, snapshot: Path, ids: list[int]) -> Baseline:
     for i, cid in enumerate(ids):
         rows[i, columns] = values[by_id[cid]]
     times, cpu = np.empty(BASELINE_CALLS), np.empty(BASELINE_CALLS)
-    with threadpool_limits(limits=1, user_api="openmp"):
-        for i in range(50):  # warm up
-            model.predict_proba(rows[i % len(rows) : i % len(rows) + 1])
-        for i in range(BASELINE_CALLS):
-            row = np.ascontiguousarray(rows[i % len(rows) : i % len(rows) + 1])
-            t0, c0 = time.perf_counter(), time.thread_time()
-            model.predict_proba(row)
-            times[i], cpu[i] = time.perf_counter() - t0, time.thread_time() - c0
+    for i in range(50):  # warm up
+        model.predict_proba(rows[i % len(rows) : i % len(rows) + 1])
+    for i in range(BASELINE_CALLS):
+        row = np.ascontiguousarray(rows[i % len(rows) : i % len(rows) + 1])
+        t0, c0 = time.perf_counter(), time.thread_time()
+        model.predict_proba(row)
+        times[i], cpu[i] = time.perf_counter() - t0, time.thread_time() - c0
     return Baseline(load_s, times * 1000, cpu * 1000)
 
 
@@ -1156,8 +1156,8 @@ def baseline_lines(baseline: Baseline | None, loads: list[Load]) -> list[str]:
             ]
         )
     return [
-        f"{len(baseline.times_ms)} calls on one OpenMP thread (as the server scores); the model "
-        f"loaded in {baseline.load_s:.1f} s. CPU time per call: p50 "
+        f"{len(baseline.times_ms)} calls to the model's serving form (what the server scores "
+        f"with); it loaded in {baseline.load_s:.1f} s. CPU time per call: p50 "
         f"{np.percentile(baseline.cpu_ms, 50):.2f} ms, p99 {np.percentile(baseline.cpu_ms, 99):.2f} "
         "ms (wall above it is time spent waiting for a core).",
         "",

@@ -19,7 +19,6 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import polars as pl
@@ -27,7 +26,7 @@ import polars as pl
 from sandbox.actions import progress
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext, WorldData
-from sandbox.pipeline import train
+from sandbox.pipeline import compiled, train
 from sandbox.pipeline.release import TRAINING_SNAPSHOTS
 
 RETRAINS_DIR = "retrains"  # under the run directory: one model and its summary per retrain
@@ -39,7 +38,7 @@ class Retrained:
     """A retrained version: its model and what its training run found."""
 
     version: str
-    model: Any
+    model: compiled.CompiledTrees  # the serving form: the server scores with it
     features: list[str]
     threshold: float  # the cut-off its holdout chose (the servers keep theirs)
     rows: int
@@ -148,7 +147,7 @@ def retrain(
     dates = dataset["score_date"]
     return Retrained(
         version=version,
-        model=trained.model,
+        model=compiled.compile_trees(trained.model),
         features=trained.features,
         threshold=trained.threshold,
         rows=dataset.height,
@@ -160,17 +159,15 @@ def retrain(
 def kept_paths(run_dir: Path, change_id: str) -> tuple[Path, Path]:
     """Where a retrain's model and its summary are kept."""
     base = run_dir / RETRAINS_DIR
-    return base / f"{change_id}.skops", base / f"{change_id}.json"
+    return base / f"{change_id}.npz", base / f"{change_id}.json"
 
 
 def keep(run_dir: Path, change_id: str, done: Retrained) -> None:
     """Write the model and its summary, whole or not at all (the summary last)."""
-    import skops.io
-
     model_path, summary_path = kept_paths(run_dir, change_id)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     partial = model_path.with_suffix(".partial")
-    skops.io.dump(done.model, partial)
+    compiled.save(done.model, partial)
     partial.replace(model_path)
     summary = {
         "version": done.version,
@@ -187,17 +184,13 @@ def keep(run_dir: Path, change_id: str, done: Retrained) -> None:
 
 def load_kept(run_dir: Path, change_id: str) -> Retrained | None:
     """A retrain kept before a restart (None: none finished)."""
-    import skops.io
-
-    from sandbox.pipeline.registry import SKOPS_TRUSTED_TYPES
-
     model_path, summary_path = kept_paths(run_dir, change_id)
     if not summary_path.is_file() or not model_path.is_file():
         return None
     summary = json.loads(summary_path.read_text())
     return Retrained(
         version=summary["version"],
-        model=skops.io.load(model_path, trusted=SKOPS_TRUSTED_TYPES),
+        model=compiled.load(model_path, compiled.CompiledTrees),
         features=summary["features"],
         threshold=summary["threshold"],
         rows=summary["rows"],

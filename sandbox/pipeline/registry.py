@@ -13,12 +13,13 @@ import io
 import logging
 import os
 import sqlite3
+import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sandbox.pipeline import registry_stamp
+from sandbox.pipeline import compiled, registry_stamp
 
 CHURN_MODEL = "churn-model"
 TICKET_ENCODER = "ticket-encoder"
@@ -100,10 +101,10 @@ def load_model(mlflow_dir: Path, uri: str) -> Any:
     """Load a scikit-learn model from the world's registry, e.g. `models:/churn-model@champion`
     or `models:/churn-model/3`.
 
-    Read straight from the registry's tables and the model's skops file: the serving processes
-    need no MLflow import (tens of MB each), and the recorded locations are relative to the
-    world's `artifacts/`, so a copied world serves its own files. The registry belongs to the
-    world the build wrote, so deserializing its models is trusted.
+    Read straight from the registry's tables and the model's skops file, with no MLflow import,
+    and the recorded locations are relative to the world's `artifacts/`, so a copied world reads
+    its own files. The registry belongs to the world the build wrote, so deserializing its
+    models is trusted.
     """
     import skops.io
 
@@ -112,7 +113,30 @@ def load_model(mlflow_dir: Path, uri: str) -> Any:
     return skops.io.load(path, trusted=SKOPS_TRUSTED_TYPES)
 
 
+def load_serving(mlflow_dir: Path, uri: str, kind: type[compiled.C]) -> compiled.C:
+    """The serving form of a registered model (`compiled`), found as `load_model` finds the
+    estimator: what the live services load, without scikit-learn."""
+    version = model_version(mlflow_dir, uri)
+    path = local_artifacts(mlflow_dir, version["storage_location"]) / SERVING_FILE
+    if not path.is_file():
+        raise LookupError(
+            f"{uri} has no serving form ({SERVING_FILE}): the world was built by an older "
+            "version; rebuild it with `sandbox build --force`"
+        )
+    return compiled.load(path, kind)
+
+
+@contextlib.contextmanager
+def serving_form(estimator: Any) -> Iterator[list[str]]:
+    """The `extra_files` that log an estimator's serving form beside it in the registry."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / compiled.FILE
+        compiled.save(compiled.compile_estimator(estimator), path)
+        yield [str(path)]
+
+
 SKOPS_FILE = "model.skops"
+SERVING_FILE = f"extra_files/{compiled.FILE}"  # where MLflow keeps a model's extra files
 
 
 def model_version(mlflow_dir: Path, uri: str) -> dict[str, Any]:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import faiss
     from sklearn.pipeline import Pipeline
 
+    from sandbox.pipeline.compiled import CompiledTextEncoder
+
 ENCODER_DIM = 64
 TOP_K = 5
 INDEX_FILE = "help_articles.faiss"
@@ -35,7 +37,7 @@ INDEX_META_FILE = "help_articles.json"
 @dataclass(frozen=True)
 class Encoder:
     version: int
-    pipeline: Pipeline
+    pipeline: Pipeline | CompiledTextEncoder  # the fitted pipeline, or its serving form
 
     def encode(self, texts: list[str] | pl.Series) -> np.ndarray:
         return np.ascontiguousarray(self.pipeline.transform(list(texts)), dtype=np.float32)

@@ -226,7 +226,7 @@ def register(
             }
         )
         mlflow.log_dict(trained.importances, "feature_importances.json")
-        with registry.quiet():
+        with registry.quiet(), registry.serving_form(trained.model) as extra_files:
             info = mlflow.sklearn.log_model(
                 trained.model,
                 name="model",
@@ -234,6 +234,7 @@ def register(
                 registered_model_name=registry.CHURN_MODEL,
                 skops_trusted_types=registry.SKOPS_TRUSTED_TYPES,
                 pip_requirements=registry.pip_requirements(),
+                extra_files=extra_files,
             )
     version = str(info.registered_model_version)
     if alias is not None:

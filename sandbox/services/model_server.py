@@ -54,7 +54,6 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
-from threadpoolctl import ThreadpoolController
 
 from sandbox import schema
 from sandbox.actions import deployment, progress, retrain
@@ -63,6 +62,7 @@ from sandbox.actions.overrides import Applied, Overrides, Pause
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
 from sandbox.pipeline import deploy, registry, store
+from sandbox.pipeline.compiled import CompiledTrees
 from sandbox.pipeline.features import IMPUTED_FEATURES, MODEL_FEATURES
 from sandbox.pipeline.serve import SERVICE, ModelServer, churn_scores, unanswered_blank
 from sandbox.services import batch_rerun, caller, limits
@@ -314,12 +314,8 @@ class LiveModelServer:
         self._rerun_lock = threading.Lock()
         self._retrained: dict[str, retrain.Retrained] = {}  # by version
         self._retrain_lock = threading.Lock()
-        # Scoring a few rows on several OpenMP threads costs more in hand-offs than it saves, and
-        # on a busy machine the hand-offs dominate the tail: the server scores on its own thread.
-        self._openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
-        self._one_thread()
-        model = registry.load_model(ctx.paths.mlflow, self.record.model_uri)
-        self._models: dict[str, Any] = {self.record.model_version: model}
+        model = registry.load_serving(ctx.paths.mlflow, self.record.model_uri, CompiledTrees)
+        self._models: dict[str, CompiledTrees] = {self.record.model_version: model}
         self.refresh_retrains()  # every retrain applied before a restart
         self.server = ModelServer(
             self.seed, ctx.calendar, ctx.fault_set, self.record.model_name, LogSink()
@@ -345,13 +341,13 @@ class LiveModelServer:
         self._model_columns = [self.columns.index(f) for f in features]
         self.deployed = state
 
-    def model_of(self, version: str) -> Any:
+    def model_of(self, version: str) -> CompiledTrees:
         """The model of a registered or retrained version (loaded once, then kept in memory)."""
         if version not in self._models:
             self.refresh_retrains()
         if version not in self._models:
-            self._models[version] = registry.load_model(
-                self.ctx.paths.mlflow, f"models:/{self.record.model_name}/{version}"
+            self._models[version] = registry.load_serving(
+                self.ctx.paths.mlflow, f"models:/{self.record.model_name}/{version}", CompiledTrees
             )
         return self._models[version]
 
@@ -426,11 +422,6 @@ class LiveModelServer:
             change_id=applied.id,
         )
         return done
-
-    def _one_thread(self) -> None:
-        # Per call: the setting belongs to the calling thread, and test clients score elsewhere.
-        for lib in self._openmp:
-            lib.set_num_threads(1)
 
     # -- backfills applied from the ops console -------------------------------------------------
     def refresh_backfills(self) -> None:
@@ -587,7 +578,6 @@ class LiveModelServer:
         served = self.deployment(now)
         customer_ids, values = self._resolve(items, now, batch)
         ids = [secrets.randbits(63) for _ in items]
-        self._one_thread()
         if self.hooked:
             cols = self._score_frame(now, customer_ids, values, ids, started)
         else:

@@ -48,6 +48,7 @@ from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.base import HookContext
 from sandbox.layout import IncompleteWorld, read_manifest
 from sandbox.pipeline import registry, retrieve
+from sandbox.pipeline.compiled import CompiledTextEncoder
 from sandbox.services import caller, limits
 from sandbox.services.common import (
     HEALTH_PATH,
@@ -93,7 +94,7 @@ class LoadedEncoder:
 def _registry_encoders(mlflow_dir: Path) -> tuple[retrieve.Encoder, str, dict[int, str]]:
     """The encoder behind the production alias, its registry version, and the registry version
     of every encoder version registered."""
-    pipeline = registry.load_model(mlflow_dir, ENCODER_URI)
+    pipeline = registry.load_serving(mlflow_dir, ENCODER_URI, CompiledTextEncoder)
     by_encoder: dict[int, str] = {}
     for mv in registry.model_versions(mlflow_dir, registry.TICKET_ENCODER):
         if "encoder_version" in mv["tags"]:

@@ -299,12 +299,13 @@ def _register_encoder(
         if index is not None:
             tags["index_version"] = str(index.meta["index_version"])
         mlflow.set_tags(tags)
-        with registry.quiet():
+        with registry.quiet(), registry.serving_form(encoder.pipeline) as extra_files:
             info = mlflow.sklearn.log_model(
                 encoder.pipeline,
                 name="encoder",
                 registered_model_name=registry.TICKET_ENCODER,
                 pip_requirements=registry.pip_requirements(),
+                extra_files=extra_files,
             )
     registry.set_alias(
         mlflow,

@@ -216,16 +216,20 @@ def test_artifact_locations_resolve_inside_the_world(tmp_path: Path) -> None:
     assert registry.local_artifacts(here, "file:///srv/models/m") == Path("/srv/models/m")
 
 
-def test_serving_does_not_import_mlflow(faulty_world: BuildSummary) -> None:
+def test_serving_imports_neither_mlflow_nor_scikit_learn(faulty_world: BuildSummary) -> None:
     mlflow_dir = _mlflow_dir(faulty_world)
     probe = (
-        "import sys; from pathlib import Path; from sandbox.pipeline import registry; "
-        f"registry.load_model(Path({str(mlflow_dir)!r}), 'models:/ticket-encoder@production'); "
-        "print('mlflow' in sys.modules)"
+        "import sys; from pathlib import Path; from sandbox.pipeline import registry, compiled; "
+        f"d = Path({str(mlflow_dir)!r}); "
+        "e = registry.load_serving(d, 'models:/ticket-encoder@production', "
+        "compiled.CompiledTextEncoder); "
+        "m = registry.load_serving(d, 'models:/churn-model@champion', compiled.CompiledTrees); "
+        "print(e.transform(['card declined']).shape, m.n_features_in_, "
+        "sorted(k for k in ('mlflow', 'sklearn', 'skops', 'scipy') if k in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert done.stdout.split() == ["(1,", "64)", "13", "[]"]
 
 
 @pytest.fixture(scope="module")

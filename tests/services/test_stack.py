@@ -174,6 +174,15 @@ def test_every_service_is_healthy(stack: Stack) -> None:
     assert not any("prometheus" in cmd.split(" ", 1)[0] for cmd in commands), commands
 
 
+def test_the_serving_processes_load_no_scikit_learn(stack: Stack) -> None:
+    """They score and encode with the models' serving form: scikit-learn and SciPy would cost
+    each one seconds of start and 170 MB."""
+    for module in ("sandbox.services.model_server", "sandbox.services.retrieval"):
+        maps = (Path("/proc") / str(_service_pid(stack, module)) / "maps").read_text()
+        assert "/numpy/" in maps  # the check reads what the process has loaded
+        assert "/sklearn/" not in maps and "/scipy/" not in maps, module
+
+
 def test_the_mlflow_ui_starts_on_its_first_visit(stack: Stack) -> None:
     """The registry UI holds no memory until someone opens it; the first visit waits for it."""
     assert HTTP.get(stack.url + "/-/health").json()["services"]["mlflow"] == "idle"
