@@ -628,12 +628,16 @@ def demo(
     """The main job: build the default world if absent, start the stack, create a session, print
     the candidate and interviewer links."""
     from sandbox.layout import IncompleteWorld, read_manifest
+    from sandbox.services.supervisor import StackError, check_world
 
     try:
         manifest = read_manifest(out)
+        check_world(out)
         console.print(f"world already built in {out}")
         _print_summary(manifest, out)
-    except IncompleteWorld:
+    except (IncompleteWorld, StackError) as unusable:
+        if isinstance(unusable, StackError):  # built, but not servable as it is
+            console.print(str(unusable).split("; rebuild it")[0] + "; building it again")
         # The build runs in a process of its own: what it loads (the simulation, scikit-learn,
         # Evidently, MLflow) goes with it instead of staying resident beside the stack.
         # -P: the installed package, never a `sandbox/` folder in the directory demo runs from.

@@ -126,6 +126,17 @@ def load_serving(mlflow_dir: Path, uri: str, kind: type[compiled.C]) -> compiled
     return compiled.load(path, kind)
 
 
+def lacking_serving_forms(mlflow_dir: Path) -> list[str]:
+    """The registered model versions without a serving form: a world built before they were
+    logged, which the live services cannot load."""
+    return [
+        f"models:/{name}/{version['version']}"
+        for name in (CHURN_MODEL, TICKET_ENCODER)
+        for version in model_versions(mlflow_dir, name)
+        if not (local_artifacts(mlflow_dir, version["storage_location"]) / SERVING_FILE).is_file()
+    ]
+
+
 @contextlib.contextmanager
 def serving_form(estimator: Any) -> Iterator[list[str]]:
     """The `extra_files` that log an estimator's serving form beside it in the registry."""

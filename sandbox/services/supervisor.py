@@ -92,6 +92,12 @@ def check_world(root: Path) -> WorldPaths:
             f"{root} lacks what the running stack needs ({lacking}); "
             f"rebuild it with: sandbox build --out {root} --force"
         )
+    unservable = registry.lacking_serving_forms(paths.mlflow)
+    if unservable:
+        raise StackError(
+            f"{root} was built by an older version: its registry has no serving form for "
+            f"{', '.join(unservable)}; rebuild it with: sandbox build --out {root} --force"
+        )
     return paths
 
 

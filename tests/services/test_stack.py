@@ -377,3 +377,21 @@ def test_up_refuses_a_world_that_is_missing_or_half_built(tmp_path: Path) -> Non
         said = " ".join((refused.stderr + refused.stdout).split())
         assert refused.returncode != 0
         assert "no manifest.json" in said and f"sandbox build --out {world}" in said
+
+
+def test_up_refuses_a_world_whose_registry_has_no_serving_forms(
+    faulty_world: BuildSummary, tmp_path: Path
+) -> None:
+    """A world built before the models' serving forms were logged is named for a rebuild at
+    once, not after the services fail to start."""
+    world = tmp_path / "older"
+    shutil.copytree(faulty_world.root, world, ignore=shutil.ignore_patterns("run"))
+    for form in (world / "candidate" / "mlflow").rglob("serving.npz"):
+        form.unlink()
+    refused = subprocess.run(
+        [SANDBOX, "up", str(world), "--port", "0"], capture_output=True, text=True, timeout=60
+    )
+    said = " ".join((refused.stderr + refused.stdout).split())
+    assert refused.returncode != 0
+    assert "built by an older version" in said and "models:/churn-model/1" in said, said
+    assert f"sandbox build --out {world} --force" in said
