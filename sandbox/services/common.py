@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +15,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from sandbox import scenario
 from sandbox.clock import Calendar
@@ -23,6 +26,9 @@ from sandbox.layout import WorldPaths, read_manifest, world_difficulty
 from sandbox.services.settings import Settings, SettingsError
 from sandbox.services.simclock import CLOCK_FILE, SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 HEALTH_PATH = "/health"
 # The gateway names the candidate session a proxied call comes from, so the rows the call produces
@@ -153,7 +159,16 @@ def service_args(description: str) -> argparse.Namespace:
     parser.add_argument("--world", type=Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    add_fd_option(parser)
     return parser.parse_args()
+
+
+def add_fd_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fd",
+        type=int,
+        help="serve on this listening socket (inherited) instead of binding --host and --port",
+    )
 
 
 def server_options(host: str, port: int, settings: Settings) -> dict[str, Any]:
@@ -179,10 +194,41 @@ def server_options(host: str, port: int, settings: Settings) -> dict[str, Any]:
     )
 
 
-def serve(app: Any, host: str, port: int, settings: Settings) -> None:
+def serve(app: Any, host: str, port: int, settings: Settings, fd: int | None = None) -> None:
+    """Serve `app` until stopped; on the inherited socket `fd` when given (`sandbox up` binds
+    every port itself, so two stacks started at once cannot take each other's)."""
     import uvicorn
 
-    uvicorn.run(app, **server_options(host, port, settings))
+    server = uvicorn.Server(uvicorn.Config(app, **server_options(host, port, settings)))
+    server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
+    if not server.started:
+        sys.exit(3)  # as `uvicorn.run` exits when it could not start
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a line per scrape would fill the process log
+
+
+def metrics_server(
+    registry: CollectorRegistry, host: str, port: int, fd: int | None = None
+) -> WSGIServer:
+    """prometheus_client's `/metrics` server in a daemon thread, on the inherited socket `fd`
+    when given (as `serve`)."""
+    from prometheus_client import make_wsgi_app, start_http_server
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    if fd is None:
+        httpd, _ = start_http_server(port, addr=host, registry=registry)
+        return httpd
+    httpd = ThreadingWSGIServer((host, port), _QuietHandler, bind_and_activate=False)
+    httpd.socket.close()
+    httpd.socket = socket.socket(fileno=fd)
+    httpd.server_name, httpd.server_port = host, port  # what binding would have set
+    httpd.setup_environ()
+    httpd.set_app(make_wsgi_app(registry))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
 
 
 def settings_or_exit() -> Settings:

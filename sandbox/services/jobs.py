@@ -53,7 +53,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sandbox import scenario
 from sandbox.actions import restore
@@ -67,7 +67,7 @@ from sandbox.pipeline.deploy import online_snapshots
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.services import spool
-from sandbox.services.common import ServiceContext
+from sandbox.services.common import ServiceContext, add_fd_option, metrics_server
 from sandbox.services.spool import read_new
 from sandbox.world.routine_logs import (
     DRIFT_MONITOR,
@@ -736,6 +736,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--world", type=Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int)
+    add_fd_option(parser)
     parser.add_argument("--drift-days", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -767,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ctx = ServiceContext(args.world, SERVICE)
     registry = CollectorRegistry()
     scheduler = Scheduler(ctx, registry=registry, stop=stop)
-    server, _ = start_http_server(args.port, addr=args.host, registry=registry)
+    server = metrics_server(registry, args.host, args.port, args.fd)
     ctx.log(
         "info",
         "started",

@@ -933,7 +933,7 @@ def create_app(world: Path, settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     args = service_args("The live model server: the deployed churn model in simulated time.")
     settings = settings_or_exit()
-    serve(create_app(args.world, settings), args.host, args.port, settings)
+    serve(create_app(args.world, settings), args.host, args.port, settings, args.fd)
 
 
 if __name__ == "__main__":

@@ -537,7 +537,7 @@ def main() -> None:
 
     threadpool_limits(1)
     settings = settings_or_exit()
-    serve(create_app(args.world, settings), args.host, args.port, settings)
+    serve(create_app(args.world, settings), args.host, args.port, settings, args.fd)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ SUPERVISOR_PID = "SANDBOX_SUPERVISOR_PID"
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 5.0
 MAX_BACKOFF_S = 10.0
+LISTEN_BACKLOG = 2048  # as uvicorn listens
 FROZEN_SPEED = 1e-9
 
 
@@ -60,6 +61,24 @@ class Child:
     # Started when the gateway first asks for it (`stack.request_start`), then kept up as any other.
     on_demand: bool = False
     wanted: bool = True
+    fds: tuple[int, ...] = ()  # listening sockets it inherits
+
+
+def listening(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) and listening; port 0 takes a free one. The supervisor holds
+    one per service and hands it down: a port picked free and bound later by the child could be
+    taken in between (by another stack starting at the same moment), and that stack's service
+    would answer this one's requests."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -101,13 +120,15 @@ def check_world(root: Path) -> WorldPaths:
     return paths
 
 
-def mlflow_ui(mlflow_dir: Path, host: str, port: int) -> Child:
-    """The MLflow UI (`topology.mlflow_args`) serving this world's registry and artifacts."""
+def mlflow_ui(mlflow_dir: Path, host: str, port: int, fd: int | None = None) -> Child:
+    """The MLflow UI (`topology.mlflow_args`) serving this world's registry and artifacts (on
+    the inherited listening socket `fd` when given)."""
     return Child(
         MLFLOW,
         on_demand=True,
         wanted=False,
-        argv=[sys.executable, *topology.mlflow_args(host, port)],
+        fds=() if fd is None else (fd,),
+        argv=[sys.executable, *topology.mlflow_args(host, port, fd)],
         env=topology.mlflow_env(
             registry.tracking_uri(mlflow_dir), str((mlflow_dir / "artifacts").resolve())
         ),
@@ -132,7 +153,14 @@ class Supervisor:
             except promstack.PrometheusMissing as exc:
                 raise StackError(str(exc)) from None
         self.host = host
-        self.port = port or free_port(host)
+        try:
+            gateway = listening(host, port)
+        except OSError as exc:
+            raise StackError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port"
+            ) from None
+        self.sockets = {GATEWAY: gateway}  # held for the stack's life, restarts included
+        self.port = gateway.getsockname()[1]
         self.speed = speed
         self.say = say
         self.children: dict[str, Child] = {}
@@ -151,9 +179,14 @@ class Supervisor:
         stack.admin_token(self.paths)
         self.log = SpoolWriter(spool_path(run, "platform", "telemetry.logs"))
         started = [svc for svc in topology.SERVICES if svc.name != PROMETHEUS or self.prometheus]
-        ports = {
-            svc.name: self.port if svc.name == GATEWAY else free_port(self.host) for svc in started
-        }
+        for svc in started:
+            # Prometheus is not ours and binds its own port (the one race left, with --prometheus).
+            if svc.name not in self.sockets and svc.name != PROMETHEUS:
+                self.sockets[svc.name] = listening(self.host, 0)
+        ports = {name: sock.getsockname()[1] for name, sock in self.sockets.items()}
+        if self.prometheus:
+            ports[PROMETHEUS] = free_port(self.host)
+        fds = {name: sock.fileno() for name, sock in self.sockets.items()}
         url = {name: f"http://{self.host}:{port}" for name, port in ports.items()}
         stack.write_addresses(
             run,
@@ -168,12 +201,12 @@ class Supervisor:
             if svc.name == PROMETHEUS:
                 self._add(self._prometheus(ports, started))
             elif svc.name == MLFLOW:
-                self._add(mlflow_ui(self.paths.mlflow, self.host, ports[MLFLOW]))
+                self._add(mlflow_ui(self.paths.mlflow, self.host, ports[MLFLOW], fds[MLFLOW]))
             else:
                 args = topology.python_args(
-                    svc, str(self.paths.root), self.host, ports[svc.name], url
+                    svc, str(self.paths.root), self.host, ports[svc.name], url, fds[svc.name]
                 )
-                self._add(Child(svc.name, [sys.executable, *args]))
+                self._add(Child(svc.name, [sys.executable, *args], fds=(fds[svc.name],)))
         stack.clear_start_requests(run)
         for child in self.children.values():
             if child.wanted:
@@ -241,6 +274,7 @@ class Supervisor:
             },
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            pass_fds=child.fds,
         )
         out.close()
         child.started_at = time.monotonic()
@@ -354,6 +388,8 @@ class Supervisor:
                 proc.wait(timeout=2)
         with contextlib.suppress(OSError):
             (self.paths.run / HEARTBEAT_FILE).write_text(self.clock.now().isoformat())
+        for sock in self.sockets.values():
+            sock.close()
 
     def pids(self) -> dict[str, int]:
         return {n: c.process.pid for n, c in self.children.items() if c.process is not None}

@@ -59,20 +59,27 @@ def service(name: str) -> Service:
 
 
 def python_args(
-    svc: Service, world: str, host: str, port: int, urls: Mapping[str, str]
+    svc: Service,
+    world: str,
+    host: str,
+    port: int,
+    urls: Mapping[str, str],
+    fd: int | None = None,
 ) -> list[str]:
     """The arguments after the interpreter for one of our services: its module, the world, where
-    it listens, and the address of each service it is linked to (`urls`, by name)."""
+    it listens (on the inherited listening socket `fd` when given), and the address of each
+    service it is linked to (`urls`, by name)."""
     if not svc.module:
         raise ValueError(f"{svc.name} is not one of the stack's Python services")
     linked = [arg for option, target in svc.links for arg in (option, urls[target])]
-    return ["-m", svc.module, "--world", world, "--host", host, "--port", str(port), *linked]
+    listen = ["--host", host, "--port", str(port), *([] if fd is None else ["--fd", str(fd)])]
+    return ["-m", svc.module, "--world", world, *listen, *linked]
 
 
-def mlflow_args(host: str, port: int) -> list[str]:
+def mlflow_args(host: str, port: int, fd: int | None = None) -> list[str]:
     """The arguments after the interpreter for the MLflow UI: one uvicorn process serving
-    MLflow's own app. `mlflow server` would start the same app as a child of a launcher process
-    that holds as much memory again."""
+    MLflow's own app (on the inherited listening socket `fd` when given). `mlflow server` would
+    start the same app as a child of a launcher process that holds as much memory again."""
     return [
         "-m",
         "uvicorn",
@@ -81,6 +88,7 @@ def mlflow_args(host: str, port: int) -> list[str]:
         host,
         "--port",
         str(port),
+        *([] if fd is None else ["--fd", str(fd)]),
         "--workers",
         "1",
         "--log-level",

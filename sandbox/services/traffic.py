@@ -36,10 +36,10 @@ from typing import Any
 
 import duckdb
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sandbox import rng
-from sandbox.services.common import ServiceContext
+from sandbox.services.common import ServiceContext, add_fd_option, metrics_server
 from sandbox.world.support import CLICK_P_BY_RANK
 
 SERVICE = "traffic"
@@ -381,6 +381,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--world", type=Path, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    add_fd_option(parser)
     parser.add_argument("--model-url", required=True)
     parser.add_argument("--retrieval-url", required=True)
     parser.add_argument("--max-rate", type=float, default=MAX_RATE, help="requests per second")
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stop=stop,
         max_rate=args.max_rate,
     )
-    server, _ = start_http_server(args.port, addr=args.host, registry=registry)
+    server = metrics_server(registry, args.host, args.port, args.fd)
     first = events[0].ts.isoformat() if events else "-"
     ctx.log("info", "started", f"{len(events)} requests scheduled from {first}", events=len(events))
     try:

@@ -121,6 +121,9 @@ def create_app(
         client: httpx.AsyncClient = request.app.state.http
 
         async def probe(name: str, address: stack.ServiceAddress) -> str:
+            # Not asked for yet: its port is held for it, and a probe would wait out its timeout.
+            if address.on_demand and gw.on_demand.unanswered(name) == "idle":
+                return "idle"
             try:
                 r = await client.get(address.url + address.health, timeout=HEALTH_TIMEOUT_S)
                 return "ok" if r.status_code == 200 else f"http {r.status_code}"
@@ -188,7 +191,7 @@ def create_app(
 def main() -> None:
     args = service_args("The gateway of the running stack.")
     settings = settings_or_exit()
-    serve(create_app(args.world, settings=settings), args.host, args.port, settings)
+    serve(create_app(args.world, settings=settings), args.host, args.port, settings, args.fd)
 
 
 if __name__ == "__main__":
