@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -313,7 +314,12 @@ def test_a_killed_model_server_comes_back_without_losing_acknowledged_prediction
         assert reply.status_code == 200
         acknowledged.append(reply.json()["prediction_id"])
     victim = _service_pid(stack, "sandbox.services.model_server")
+    port = int(_tree(stack.process.pid)[victim].split("--port ")[1].split()[0])
     os.kill(victim, signal.SIGKILL)
+    # While it is down, its port stays the stack's: no other process (another stack starting)
+    # can take it and answer in its place.
+    with socket.socket() as intruder, pytest.raises(OSError, match="in use"):
+        intruder.bind(("127.0.0.1", port))
 
     def restarted() -> bool:
         with contextlib.suppress(httpx.HTTPError):
@@ -395,3 +401,21 @@ def test_up_refuses_a_world_whose_registry_has_no_serving_forms(
     assert refused.returncode != 0
     assert "built by an older version" in said and "models:/churn-model/1" in said, said
     assert f"sandbox build --out {world} --force" in said
+
+
+def test_up_refuses_a_port_in_use_at_once(faulty_world: BuildSummary, tmp_path: Path) -> None:
+    world = tmp_path / "w"
+    shutil.copytree(faulty_world.root, world, ignore=shutil.ignore_patterns("run"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run(
+            [SANDBOX, "up", str(world), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    said = " ".join((refused.stderr + refused.stdout).split())
+    assert refused.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in said and "choose another --port" in said, said
