@@ -333,7 +333,13 @@ def scenario_schema() -> None:
 
 
 def _serve(
-    world: Path, host: str, port: int, speed: float, with_session: bool, prometheus: bool = False
+    world: Path,
+    host: str,
+    port: int,
+    speed: float,
+    with_session: bool,
+    prometheus: bool = False,
+    listen_fd: int | None = None,
 ) -> None:
     from sandbox.services import supervisor
 
@@ -352,7 +358,14 @@ def _serve(
 
     try:
         supervisor.run(
-            world, host, port, speed, say=err.print, on_ready=ready, prometheus=prometheus
+            world,
+            host,
+            port,
+            speed,
+            say=err.print,
+            on_ready=ready,
+            prometheus=prometheus,
+            listen_fd=listen_fd,
         )
     except supervisor.StackError as exc:
         _fail(str(exc))
@@ -373,11 +386,13 @@ def up(
             "--prometheus", help="Also run Prometheus with the metric history (needs Debian's)."
         ),
     ] = False,
+    # The fleet view hands down the gateway's socket it bound, so no other stack takes its port.
+    fd: Annotated[int | None, typer.Option("--fd", hidden=True)] = None,
 ) -> None:
     """Start the running stack on a built world: gateway, services, live traffic, jobs, MLflow."""
     if speed <= 0:
         _fail("--speed must be positive")
-    _serve(world, host, port, speed, with_session=False, prometheus=prometheus)
+    _serve(world, host, port, speed, with_session=False, prometheus=prometheus, listen_fd=fd)
 
 
 def _operator_token(world: Path) -> str:

@@ -144,6 +144,7 @@ class Supervisor:
         speed: float = DEFAULT_SPEED,
         say: Callable[[str], None] = print,
         prometheus: bool = False,
+        listen_fd: int | None = None,  # the gateway's socket, bound by whoever started this
     ) -> None:
         self.paths = check_world(Path(world).resolve())
         self.prometheus = prometheus
@@ -154,7 +155,9 @@ class Supervisor:
                 raise StackError(str(exc)) from None
         self.host = host
         try:
-            gateway = listening(host, port)
+            gateway = (
+                listening(host, port) if listen_fd is None else socket.socket(fileno=listen_fd)
+            )
         except OSError as exc:
             raise StackError(
                 f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port"
@@ -415,13 +418,14 @@ def run(
     say: Callable[[str], None],
     on_ready: Callable[[Supervisor], None] | None = None,
     prometheus: bool = False,
+    listen_fd: int | None = None,
 ) -> None:
     """Start the stack, report when it is healthy, and keep it up until Ctrl-C or SIGTERM."""
     try:  # every process reads these at its start: a bad value stops the stack before it starts
         Settings.from_env()
     except SettingsError as exc:
         raise StackError(str(exc)) from None
-    sup = Supervisor(world, host, port, speed, say, prometheus=prometheus)
+    sup = Supervisor(world, host, port, speed, say, prometheus=prometheus, listen_fd=listen_fd)
 
     def stop_signal(signum: int, frame: object) -> None:
         sup.stopping = True

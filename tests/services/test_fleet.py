@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,3 +152,17 @@ def test_builds_survive_a_gateway_restart_and_one_cut_short_is_interrupted(
     until(lambda: cut.process.poll() is not None, "the orphaned build stopped")
     first.close()
     again.close()
+
+
+def test_a_started_stack_holds_its_port_from_the_start(tmp_path: Path) -> None:
+    """The port is bound before `sandbox up` runs and handed to it, so another stack starting
+    at the same moment cannot take it; it is free again once the stack stopped."""
+    fleet = Fleet(tmp_path / "fleet", command=FAKE_UP)
+    started = fleet.start("variant", tmp_path / "variant")
+    port = int(started.url.rsplit(":", 1)[1])
+    with socket.socket() as intruder, pytest.raises(OSError, match="in use"):
+        intruder.bind(("127.0.0.1", port))
+    fleet.stop("variant")
+    with socket.socket() as after:
+        after.bind(("127.0.0.1", port))
+    fleet.http.close()

@@ -33,7 +33,7 @@ from sandbox.services.gateway import pages, worlds
 from sandbox.services.gateway.builder import Operator
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.interviewer import SessionRequest
-from sandbox.services.supervisor import SUPERVISOR_PID, free_port
+from sandbox.services.supervisor import SUPERVISOR_PID, listening
 
 router = APIRouter()
 UP_COMMAND = (sys.executable, "-m", "sandbox", "up")
@@ -105,15 +105,18 @@ class Fleet:
             known = self._started.get(name)
             if known is not None and known.alive():
                 raise RuntimeError(f"{name} is already started ({known.url})")
-            port = free_port()
             run = WorldPaths(world).run
             run.mkdir(parents=True, exist_ok=True)
-            with (run / UP_LOG).open("ab") as log:
+            # Bound here and handed down: a port only picked here could be taken by another
+            # stack's process before the child bound it.
+            with listening("127.0.0.1", 0) as sock, (run / UP_LOG).open("ab") as log:
+                port = sock.getsockname()[1]
                 process = subprocess.Popen(
-                    [*self.command, str(world), "--port", str(port)],
+                    [*self.command, str(world), "--port", str(port), "--fd", str(sock.fileno())],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    pass_fds=(sock.fileno(),),
                     # Its own session: a restart of this gateway does not take the stack with it.
                     start_new_session=True,
                 )
