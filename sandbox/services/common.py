@@ -4,6 +4,7 @@ and how it is started (`python -m sandbox.services.NAME --world DIR --port P`)."
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import socket
@@ -200,7 +201,8 @@ def serve(app: Any, host: str, port: int, settings: Settings, fd: int | None = N
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, **server_options(host, port, settings)))
-    server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C on a service run by hand
+        server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
     if not server.started:
         sys.exit(3)  # as `uvicorn.run` exits when it could not start
 

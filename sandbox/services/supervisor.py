@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import errno
 import json
 import os
 import signal
@@ -42,6 +43,7 @@ READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 5.0
 MAX_BACKOFF_S = 10.0
 LISTEN_BACKLOG = 2048  # as uvicorn listens
+HEALTH_WAIT_S = 5.0
 FROZEN_SPEED = 1e-9
 
 
@@ -159,9 +161,8 @@ class Supervisor:
                 listening(host, port) if listen_fd is None else socket.socket(fileno=listen_fd)
             )
         except OSError as exc:
-            raise StackError(
-                f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port"
-            ) from None
+            advice = ": choose another --port" if exc.errno == errno.EADDRINUSE else ""
+            raise StackError(f"cannot listen on {host}:{port} ({exc.strerror}){advice}") from None
         self.sockets = {GATEWAY: gateway}  # held for the stack's life, restarts included
         self.port = gateway.getsockname()[1]
         self.speed = speed
@@ -287,7 +288,9 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         last: dict = {}
         # One client for all polls: a new one per poll costs more CPU than the services' checks.
-        with httpx.Client(timeout=2.0) as client:
+        # Longer than the gateway's own probes: while a service is still starting, its socket
+        # holds the connection until the probe times out, and the answer must still arrive.
+        with httpx.Client(timeout=HEALTH_WAIT_S) as client:
             while time.monotonic() < deadline:
                 if self.stopping:
                     raise StackError("stopped before the stack was healthy")
@@ -300,10 +303,13 @@ class Supervisor:
                 except (httpx.HTTPError, ValueError):
                     pass
                 time.sleep(0.25)
-        failing = {k: v for k, v in last.get("services", {}).items() if v != "ok"}
+        failing = {k: v for k, v in last.get("services", {}).items() if v not in ("ok", "idle")}
+        crashed = {
+            c.name: f"exited {c.restarts} times" for c in self.children.values() if c.restarts
+        }
         raise StackError(
             f"the stack did not become healthy within {timeout:.0f} s "
-            f"(not ready: {failing or 'gateway'}); see {self.paths.run / 'process-logs'}"
+            f"(not ready: {failing or crashed or 'gateway'}); see {self.paths.run / 'process-logs'}"
         )
 
     def tend(self) -> None:
