@@ -2,9 +2,11 @@
 decoys declare it does to them (the answer key's `actions`, with the parameter values a verdict
 needs in `acts_when`), and how soon the first one that helped was applied.
 
-A new fill value is judged by its value too (`fills.judge`): it helps a fault that declares the
-fill helps only when it brings the fill near the feature's training-time mean or at least halfway
-back to it, and harms when it moves it further away."""
+A new fill value or decision threshold is judged by its value too: a fill against the feature's
+training-time mean (`fills`), a threshold against the share of the batch the retention team plans
+to flag (`thresholds`). It helps a fault that declares it helps only when it brings its quantity
+on target or at least halfway back; it harms whatever was planted when it moves it further away;
+it changes nothing when it leaves it where it was."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.actions.catalog import SET_FILL
+from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
+from sandbox.pipeline.train import FLAGGED_SHARE
 from sandbox.review.fills import FillReference, judge
+from sandbox.review.thresholds import ThresholdReference, judge_share
 
 HELPS = ("fixes", "mitigates")
 NO_EFFECT = "no effect"
@@ -30,18 +34,31 @@ def _verdict(key: dict[str, Any], action: str, params: dict[str, Any]) -> str:
     return declared
 
 
+def _judged(declared: str, moved: str | None) -> str:
+    """A declared verdict, given how the action's value moved its quantity against its target
+    (None when the action has no value to judge, or the world could not tell)."""
+    if moved == "unchanged":
+        return NO_EFFECT
+    if moved == "harms":
+        return HARMFUL
+    if declared in HELPS and moved not in (None, "helps"):
+        return NO_EFFECT  # closer, but not enough
+    return declared
+
+
 def verdict_of(
     action: str,
     answer_key: dict[str, Any],
     params: dict[str, Any] | None = None,
-    fill_moved: str | None = None,
+    moved: str | None = None,
 ) -> tuple[str, list[dict[str, str]]]:
     """The overall verdict of applying `action` with `params` in this world, and the verdict per
     planted fault or decoy. One that names no verdict for it is not affected. A harm anywhere
     counts first: the interviewer needs to see it even when the action also helped elsewhere.
 
-    `fill_moved` (`fills.judge`: helps, harms, little or unchanged) is how a new fill value moved
-    the fill against the training-time mean; a fault the fill helps is helped only when it helps."""
+    `moved` (`fills.judge`: helps, harms, little or unchanged) is how a new fill value or
+    threshold moved its quantity against its target: a fault it helps is helped only when it
+    helps, and a move away from the target harms with or without a planted fault."""
     planted = [
         *(("fault", k.get("fault_id"), k) for k in answer_key.get("faults", [])),
         *(("decoy", k.get("decoy_id"), k) for k in answer_key.get("decoys", [])),
@@ -50,11 +67,9 @@ def verdict_of(
     for kind, pid, key in planted:
         if not isinstance(key, dict):
             continue
-        verdict = _verdict(key, action, params or {})
-        if verdict in HELPS and fill_moved is not None and fill_moved != "helps":
-            verdict = HARMFUL if fill_moved == "harms" else NO_EFFECT  # little or unchanged
+        verdict = _judged(_verdict(key, action, params or {}), moved)
         each.append({"kind": kind, "id": str(pid), "verdict": verdict})
-    verdicts = {e["verdict"] for e in each}
+    verdicts = {e["verdict"] for e in each} | ({HARMFUL} if moved == "harms" else set())
     for overall in ("harmful", "fixes", "mitigates"):
         if overall in verdicts:
             return overall, each
@@ -65,14 +80,16 @@ def review(
     timeline: list[dict[str, Any]],
     answer_key: dict[str, Any],
     fills: Callable[[], FillReference | None] | None = None,
+    thresholds: Callable[[], ThresholdReference | None] | None = None,
 ) -> dict[str, Any]:
     """Every `action` event as the review shows it (`list`: id, at, params, status, verdict...),
     with the time from the session's start to the first applied action that helps. Only an
-    applied action has a verdict; a refused or unavailable one changed nothing. With `fills`
-    (reads the world's, when a new fill value was applied), a new fill value is judged by its
-    value as well."""
+    applied action has a verdict; a refused or unavailable one changed nothing. With `fills` and
+    `thresholds` (each reads the world's, only when such an action was applied), a new fill
+    value or threshold is judged by its value as well."""
     listed = []
     set_fills: dict[str, float] = {}  # feature -> the fill this session set last
+    set_threshold: list[float] = []  # the threshold this session set last
     for item in timeline:
         if item["kind"] != "action":
             continue
@@ -83,6 +100,14 @@ def review(
         if applied and d.get("action") == SET_FILL and fills is not None:
             moved, note = _fill_moved(fills(), set_fills, item.get("sim_ts"), params)
             set_fills[str(params.get("feature"))] = float(params.get("fill_value", 0.0))
+        if applied and d.get("action") == SET_THRESHOLD and thresholds is not None:
+            moved, note = _share_moved(thresholds(), set_threshold, item.get("sim_ts"), params)
+            set_threshold[:] = [float(params.get("threshold", 0.0))]
+        value_moved = (
+            {"share_moved" if d.get("action") == SET_THRESHOLD else "fill_moved": moved}
+            if moved
+            else {}
+        )
         verdict, each = (
             verdict_of(str(d.get("action")), answer_key, params, moved) if applied else (None, [])
         )
@@ -97,7 +122,7 @@ def review(
                 "effective_at": d.get("effective_at"),
                 "verdict": verdict,
                 "verdicts": each,
-                **({"fill_moved": moved} if moved else {}),
+                **value_moved,
                 **({"verdict_note": note} if note else {}),
             }
         )
@@ -108,6 +133,47 @@ def review(
         "time_to_first_mitigation_s": helped[0]["offset_s"] if helped else None,
         "first_mitigation_effective_at": helped[0]["effective_at"] if helped else None,
     }
+
+
+def _sim_time(sim_ts: str) -> dt.datetime:
+    """A recorded simulated time as naive UTC, as the world's tables keep it."""
+    at = dt.datetime.fromisoformat(str(sim_ts).replace("Z", "+00:00"))
+    return at.astimezone(dt.UTC).replace(tzinfo=None) if at.tzinfo is not None else at
+
+
+def _share_moved(
+    reference: ThresholdReference | None,
+    set_threshold: list[float],
+    sim_ts: str | None,
+    params: dict[str, Any],
+) -> tuple[str | None, str]:
+    """How a new threshold moved the share of the last batch it flags against the plan, from
+    the threshold this session set last, else the batch's, with that in words; no judgement
+    (None) when the world cannot tell, and the words say so."""
+    value = params.get("threshold")
+    unjudged = "not checked against the planned share: the world's tables could not be read"
+    if reference is None or sim_ts is None or not isinstance(value, int | float):
+        return None, unjudged
+    at = _sim_time(sim_ts)
+    before_threshold = set_threshold[-1] if set_threshold else reference.threshold(at)
+    after = reference.share(float(value), at)
+    if before_threshold is None or after is None:
+        return None, unjudged
+    before = reference.share(before_threshold, at)
+    assert before is not None  # the same batch day as `after`
+    moved = judge_share(after, before)
+    plan = f"the planned {FLAGGED_SHARE:.0%}"
+    if moved == "unchanged":
+        return moved, f"threshold {before_threshold:g}: flags {before:.1%} as before ({plan})"
+    how = {
+        "helps": "near or at least halfway back to",
+        "little": "less than halfway back to",
+        "harms": "further from",
+    }[moved]
+    return moved, (
+        f"threshold {before_threshold:g} → {float(value):g}: flags {after:.1%} of the last batch "
+        f"instead of {before:.1%}, {how} {plan}"
+    )
 
 
 def _fill_moved(
@@ -123,9 +189,7 @@ def _fill_moved(
     unjudged = "not checked against the training-time mean: the world's tables could not be read"
     if fills is None or sim_ts is None or not isinstance(value, int | float):
         return None, unjudged
-    at = dt.datetime.fromisoformat(str(sim_ts).replace("Z", "+00:00"))
-    if at.tzinfo is not None:
-        at = at.astimezone(dt.UTC).replace(tzinfo=None)
+    at = _sim_time(sim_ts)
     mean = fills.training_mean(feature, at)
     before = set_fills.get(feature, fills.policy_fill(feature, at))
     if mean is None or before is None:

@@ -53,10 +53,11 @@ class FillReference:
         return changes[i - 1][1] if i else None
 
 
-def judge(value: float, before: float, mean: float) -> str:
-    """`helps`, `harms`, `little` or `unchanged` for a fill moved from `before` to `value`,
-    against the training-time `mean`."""
-    near = ON_TARGET * abs(mean)
+def judge(value: float, before: float, mean: float, on_target: float = ON_TARGET) -> str:
+    """`helps`, `harms`, `little` or `unchanged` for a value moved from `before` to `value`,
+    against its target `mean` (for a fill, the training-time mean): on target within
+    `on_target` of it."""
+    near = on_target * abs(mean)
     gap, after = abs(before - mean), abs(value - mean)
     if abs(value - before) <= near / 10:
         return "unchanged"

@@ -189,14 +189,21 @@ def test_the_review_judges_each_action_by_the_answer_key(
     review = client.get(f"/api/sessions/{links['session_id']}/review", headers=interviewer).json()
     key = json.loads(paths.answer_key.read_text())
     [fault] = key["faults"]
+    # The fault declares a threshold changes nothing; one that flags almost nobody harms the
+    # retention team all the same.
+    assert fault["actions"].get(SET_THRESHOLD, "no effect") == "no effect"
     expected = {
-        SET_THRESHOLD: fault["actions"].get(SET_THRESHOLD, "no effect"),
+        SET_THRESHOLD: "harmful",
         SET_FILL: fault["actions"][SET_FILL],
         RERUN_BATCH: fault["actions"].get(RERUN_BATCH, "no effect"),
     }
     verdicts = [(a["id"], a["verdict"]) for a in review["actions"]]
     assert verdicts == [*expected.items(), (RERUN_BATCH, None)]
     assert expected[SET_FILL] == "mitigates"
+    threshold = review["actions"][0]
+    assert threshold["share_moved"] == "harms"
+    assert "→ 0.3: flags 0." in threshold["verdict_note"], threshold["verdict_note"]
+    assert threshold["verdict_note"].endswith("further from the planned 10%")
     fill = next(a for a in review["actions"] if a["id"] == SET_FILL)
     assert review["action_summary"]["time_to_first_mitigation_s"] == fill["offset_s"]
     assert fill["at"] and fill["params"]["fill_value"] == 20.0

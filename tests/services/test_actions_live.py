@@ -172,8 +172,10 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
         headers=acting.interviewer,
         timeout=30,
     ).json()
+    # Halving the threshold more than doubles the list, further from the plan than the fault
+    # took it: harmful, though the fault declares a threshold beside the point.
     assert {a["id"]: a["verdict"] for a in review["actions"]} == {
-        SET_THRESHOLD: "no effect",
+        SET_THRESHOLD: "harmful",
         SET_FILL: "mitigates",
     }
     assert review["action_summary"]["time_to_first_mitigation_s"] is not None
@@ -212,7 +214,8 @@ def test_the_ops_console_and_the_review_in_a_browser(acting: Stack, browser: Bro
     interviewer.goto(acting.interviewer_url)
     expect(interviewer.locator(".review[data-ready]")).to_be_attached(timeout=WAIT_MS)
     row = interviewer.locator('#actions-table tr[data-action="set-decision-threshold"]').last
-    expect(row.locator("[data-verdict]")).to_have_text("no effect")
+    expect(row.locator("[data-verdict]")).to_have_text("harmful")  # it flags almost nobody
+    expect(row.locator(".verdict-note")).to_contain_text("further from the planned 10%")
     before = model_now(acting)
     interviewer.get_by_role("button", name="+1 h").click()
     expect(interviewer.locator("#forward-line")).to_contain_text("simulated time now")
