@@ -77,6 +77,9 @@ RETRIEVAL = "retrieval"
 SCHEDULER = "scheduler"  # the scheduled jobs: materialization and the drift monitor
 GATEWAY = "gateway"
 EVERY_SERVICE = "*"  # every process of the stack writes log lines
+# Of the world's series and alerts, those still shown after live start: the services that do not
+# run live (the gateway computes the live services' own from their live rows).
+NOT_LIVE_SERIES = f"service NOT IN ('{MODEL_SERVER}', '{RETRIEVAL}')"
 
 
 @dataclass(frozen=True)
@@ -539,6 +542,8 @@ _DECLARED = (
             "summary VARCHAR",
         ),
         Reveal("started_at"),
+        # The alerts of the live services' series, as the rules fire on their live rows.
+        live=Live((GATEWAY,), kept=NOT_LIVE_SERIES, spooled=False),
     ),
     Table(
         "monitoring.alert_rules",
@@ -563,7 +568,7 @@ _DECLARED = (
         ),
         Reveal("ts", exists=METRIC_COMPLETE),
         # The live services' request and retrieval series, from their live rows.
-        live=Live((GATEWAY,), kept="service NOT IN ('model-server', 'retrieval')", spooled=False),
+        live=Live((GATEWAY,), kept=NOT_LIVE_SERIES, spooled=False),
     ),
     Table(
         "telemetry.logs",

@@ -12,15 +12,18 @@ from fastapi.testclient import TestClient
 
 from sandbox import scenario, schema
 from sandbox.layout import WorldPaths
+from sandbox.monitor.metrics import LIVE_SERIES_SERVICES
 from sandbox.schema import FEATURES
 from sandbox.services import stack
 from sandbox.services.gateway import console, on_demand
 from sandbox.services.gateway.app import create_app
 from sandbox.services.gateway.console import DEFAULTS
-from sandbox.services.gateway.telemetry import LiveTelemetry
+from sandbox.services.gateway.telemetry import COMPUTED, LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
 from tests.services.conftest import FROZEN, MakeSession, live_store, session_maker
+
+LIVE_SERVICES = f"({', '.join(repr(s) for s in LIVE_SERIES_SERVICES)})"
 
 
 def _calendar(paths: WorldPaths):
@@ -350,3 +353,61 @@ def test_a_spooled_row_no_table_can_hold_costs_that_row_only(paths: WorldPaths) 
         store, f"SELECT ticket_id FROM retrieval.search_log WHERE request_id > {base}"
     )
     assert sorted((r[0] for r in kept.rows), key=str) == [5, 6, None]
+
+
+def test_the_worlds_alert_rules_fire_on_the_live_services_rows(paths: WorldPaths) -> None:
+    """From live start the model server's alerts come from its live rows, as its metric series
+    do: twenty minutes of live requests that mostly fail fire the world's error rule (two
+    breaching five-minute points) once those minutes have passed, and the world's own alerts of
+    the services that do not run live stay."""
+    cal = _calendar(paths)
+    live_start = cal.midnight(cal.last_production_day + 1)
+    failing = live_start + dt.timedelta(hours=9)
+    alerts_sql = (
+        "SELECT alert, started_at, peak_value FROM monitoring.alerts "
+        f"WHERE started_at >= '{live_start}' AND service = 'model-server'"
+    )
+    before = live_store(paths, live_start + dt.timedelta(hours=12))
+    assert console.run(before, alerts_sql).rows == []
+
+    writer = SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions"))
+    row = {
+        "source": "online",
+        "customer_id": 42,
+        "model_name": "churn-model",
+        "model_version": "1",
+        **dict.fromkeys(FEATURES),
+        "score": None,
+        "threshold": 0.1,
+        "decision": None,
+        "latency_ms": 3.0,
+    }
+    writer.write(
+        *(
+            {
+                **row,
+                "request_ts": (failing + dt.timedelta(seconds=30 * i)).isoformat(),
+                "status": "ok" if i % 5 == 0 else "error",
+            }
+            for i in range(40)
+        )
+    )
+    during = live_store(paths, failing + dt.timedelta(minutes=7))
+    assert console.run(during, alerts_sql).rows == [], "one breaching point is not an alert yet"
+    after = live_store(paths, failing + dt.timedelta(hours=1))
+    [(alert, started_at, peak)] = console.run(after, alerts_sql).rows
+    assert alert == "ModelServerErrors" and peak == 0.8
+    assert dt.datetime.fromisoformat(started_at) == failing
+    # Besides it, the world's own: those started before live start, and those of the services
+    # that do not run live.
+    with duckdb.connect(str(paths.duckdb), read_only=True) as world:
+        [(settled,)] = world.sql(
+            f"SELECT count(*) FROM monitoring.alerts WHERE started_at <= '{after.now()}' AND "
+            f"(started_at < '{live_start}' OR service NOT IN {LIVE_SERVICES})"
+        ).fetchall()
+    assert _one(after, "SELECT count(*) FROM monitoring.alerts") == settled + 1
+
+
+def test_every_table_the_gateway_computes_live_rows_for_has_a_live_table() -> None:
+    computed = {name for name, t in schema.TABLES.items() if t.live and not t.live.spooled}
+    assert computed == set(COMPUTED) == {"telemetry.metrics", "monitoring.alerts"}

@@ -25,7 +25,7 @@ import polars as pl
 from sandbox import schema
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.layout import WorldPaths
-from sandbox.monitor import metrics
+from sandbox.monitor import alerts, metrics
 from sandbox.services import spool
 from sandbox.services.gateway import views
 
@@ -36,7 +36,10 @@ CLICKS = schema.SEARCH_CLICKS.name
 PREDICTIONS = "serving.predictions"
 SEARCHES = "retrieval.search_log"
 METRICS = "telemetry.metrics"
-LIVE_METRICS = "live.computed_metrics"
+ALERTS = "monitoring.alerts"
+# What the gateway computes from other live rows (`schema.Live.spooled` false), by the table whose
+# view adds it: the live services' metric series, and the alerts the world's rules fire on them.
+COMPUTED = {METRICS: "live.computed_metrics", ALERTS: "live.computed_alerts"}
 REFUSALS_KEPT = 100  # the latest messages about refused rows, for whoever looks
 
 
@@ -80,6 +83,7 @@ class LiveTelemetry:
         self.refusals: deque[str] = deque(maxlen=REFUSALS_KEPT)
         self._next_id: dict[str, int] = {}
         self.tables = self._world_tables()
+        self.alert_rules = self._live_alert_rules()
         self._create_live_tables()
         self._create_views()
         # From here on: what the candidate's views have, columns the views add included.
@@ -100,6 +104,16 @@ class LiveTelemetry:
             [WORLD_CATALOG],
         ).fetchall()
         return {name: columns for name, columns in rows}
+
+    def _live_alert_rules(self) -> tuple[alerts.Rule, ...]:
+        """The world's alert rules in force on the live services' series: the rules the
+        candidate reads, evaluated live as the build evaluated them on the world's series."""
+        rows = self.con.execute(
+            f"SELECT name, service, metric, above, below, for_points, severity, summary "
+            f"FROM {WORLD_CATALOG}.monitoring.alert_rules WHERE service IN "
+            f"({', '.join(repr(s) for s in metrics.LIVE_SERIES_SERVICES)}) ORDER BY name"
+        ).fetchall()
+        return tuple(alerts.Rule(*row) for row in rows)
 
     def _create_live_tables(self) -> None:
         """Live tables have the declared columns plus `session_id`: the session whose own call
@@ -128,8 +142,9 @@ class LiveTelemetry:
                 f"CREATE VIEW {views.production_table(table)} AS "
                 f"SELECT * FROM {views.live_table(table)} WHERE session_id IS NULL"
             )
-        # Live series of the live services, recomputed on ingest (`schema.Live.spooled` false).
-        self.con.execute(schema.TABLES[METRICS].create_sql(LIVE_METRICS))
+        # Recomputed on ingest (`schema.Live.spooled` false).
+        for table, computed in COMPUTED.items():
+            self.con.execute(schema.TABLES[table].create_sql(computed))
 
     @staticmethod
     def _target(table: str) -> str:
@@ -143,9 +158,10 @@ class LiveTelemetry:
             self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
         for table, columns in self.tables.items():
             sql = views.view_sql(table, WORLD_CATALOG, columns)
+            if table in COMPUTED:
+                sql += f" UNION ALL BY NAME SELECT * FROM {COMPUTED[table]} WHERE "
+                sql += views.exists(schema.TABLES[table])
             if table == METRICS:
-                sql += f" UNION ALL BY NAME SELECT * FROM {LIVE_METRICS} WHERE "
-                sql += views.exists(schema.TABLES[METRICS])
                 # Points the scheduler restored from the request logs (production's only).
                 sql += f" UNION ALL BY NAME SELECT {', '.join(columns)} FROM "
                 sql += f"{views.live_table(METRICS)} WHERE session_id IS NULL AND "
@@ -235,7 +251,15 @@ class LiveTelemetry:
             series,
             HookContext(self.seed, self.calendar.day_of(now), self.calendar),
         )
-        cur.execute(f"DELETE FROM {LIVE_METRICS}")
-        cur.register("incoming", series)
-        cur.execute(f"INSERT INTO {LIVE_METRICS} BY NAME SELECT * FROM incoming")
-        cur.unregister("incoming")
+        # An alert fires on the points whose buckets are over, as the candidate's series show.
+        cur.register("series", series)
+        complete = cur.sql(
+            f"SELECT * FROM series WHERE {schema.METRIC_COMPLETE} <= TIMESTAMP '{now}'"
+        ).pl()
+        cur.unregister("series")
+        fired = alerts.evaluate(complete, self.alert_rules)
+        for table, rows in ((METRICS, series), (ALERTS, fired)):
+            cur.execute(f"DELETE FROM {COMPUTED[table]}")
+            cur.register("incoming", rows)
+            cur.execute(f"INSERT INTO {COMPUTED[table]} BY NAME SELECT * FROM incoming")
+            cur.unregister("incoming")
