@@ -14,6 +14,7 @@ library's, as SciPy's is, and within a few units in the last place where NumPy u
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ class CompiledTrees:
     value: np.ndarray  # float64, a leaf's contribution to the raw score
     n_features_in_: int
 
+    @functools.cached_property
+    def _child(self) -> np.ndarray:
+        """Both children of every node in one array: `_child[2 * node + goes_left]`."""
+        return np.column_stack([self.right, self.left]).ravel()
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Columns: not churned, churned; as the estimator's `predict_proba`."""
         x = np.asarray(x, dtype=np.float64)
@@ -60,7 +66,7 @@ class CompiledTrees:
         # leaves the pass, so the work is the paths' length, not the deepest tree's times all.
         node = np.tile(self.roots, rows)
         row_start = np.repeat(np.arange(rows) * x.shape[1], trees)
-        child = np.column_stack([self.right, self.left]).ravel()  # child[2 * node + goes_left]
+        child = self._child
         walking = np.flatnonzero(~self.is_leaf[node])
         while walking.size:
             at = node[walking]

@@ -116,8 +116,7 @@ def load_model(mlflow_dir: Path, uri: str) -> Any:
 def load_serving(mlflow_dir: Path, uri: str, kind: type[compiled.C]) -> compiled.C:
     """The serving form of a registered model (`compiled`), found as `load_model` finds the
     estimator: what the live services load, without scikit-learn."""
-    version = model_version(mlflow_dir, uri)
-    path = local_artifacts(mlflow_dir, version["storage_location"]) / SERVING_FILE
+    path = _serving_path(mlflow_dir, model_version(mlflow_dir, uri))
     if not path.is_file():
         raise LookupError(
             f"{uri} has no serving form ({SERVING_FILE}): the world was built by an older "
@@ -133,8 +132,12 @@ def lacking_serving_forms(mlflow_dir: Path) -> list[str]:
         f"models:/{name}/{version['version']}"
         for name in (CHURN_MODEL, TICKET_ENCODER)
         for version in model_versions(mlflow_dir, name)
-        if not (local_artifacts(mlflow_dir, version["storage_location"]) / SERVING_FILE).is_file()
+        if not _serving_path(mlflow_dir, version).is_file()
     ]
+
+
+def _serving_path(mlflow_dir: Path, version: dict[str, Any]) -> Path:
+    return local_artifacts(mlflow_dir, version["storage_location"]) / SERVING_FILE
 
 
 @contextlib.contextmanager

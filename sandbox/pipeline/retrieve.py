@@ -37,10 +37,10 @@ INDEX_META_FILE = "help_articles.json"
 @dataclass(frozen=True)
 class Encoder:
     version: int
-    pipeline: Pipeline | CompiledTextEncoder  # the fitted pipeline, or its serving form
+    model: Pipeline | CompiledTextEncoder  # the fitted pipeline, or its serving form
 
     def encode(self, texts: list[str] | pl.Series) -> np.ndarray:
-        return np.ascontiguousarray(self.pipeline.transform(list(texts)), dtype=np.float32)
+        return np.ascontiguousarray(self.model.transform(list(texts)), dtype=np.float32)
 
 
 def fit_encoder(seed: int, version: int, extra_texts: int = 2000) -> Encoder:
@@ -68,7 +68,7 @@ def fit_encoder(seed: int, version: int, extra_texts: int = 2000) -> Encoder:
         ]
     )
     pipeline.fit(texts)
-    return Encoder(version=version, pipeline=pipeline)
+    return Encoder(version=version, model=pipeline)
 
 
 @dataclass

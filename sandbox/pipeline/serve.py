@@ -17,6 +17,7 @@ from sandbox import rng
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.logs import LogSink
+from sandbox.pipeline.compiled import CompiledTrees
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.pipeline.train import SCORE_HOUR
@@ -44,6 +45,8 @@ def churn_scores(model: object, x: np.ndarray) -> np.ndarray:
     """Scores as served and logged: the churn-class probability, rounded to 6 places."""
     if not len(x):
         return np.empty(0)
+    if isinstance(model, CompiledTrees):  # NumPy alone: no thread pool to limit
+        return np.round(model.predict_proba(x)[:, 1], 6)
     # One thread: a day's requests are too few for OpenMP's fork and join per tree to pay, and
     # on a busy machine the extra threads spin waiting for each other (several times slower).
     with _threads().limit(limits=1, user_api="openmp"):

@@ -94,7 +94,7 @@ class LoadedEncoder:
 def _registry_encoders(mlflow_dir: Path) -> tuple[retrieve.Encoder, str, dict[int, str]]:
     """The encoder behind the production alias, its registry version, and the registry version
     of every encoder version registered."""
-    pipeline = registry.load_serving(mlflow_dir, ENCODER_URI, CompiledTextEncoder)
+    model = registry.load_serving(mlflow_dir, ENCODER_URI, CompiledTextEncoder)
     by_encoder: dict[int, str] = {}
     for mv in registry.model_versions(mlflow_dir, registry.TICKET_ENCODER):
         if "encoder_version" in mv["tags"]:
@@ -103,7 +103,7 @@ def _registry_encoders(mlflow_dir: Path) -> tuple[retrieve.Encoder, str, dict[in
     version = current["tags"].get("encoder_version")
     if version is None:  # older registrations kept it only as a run parameter
         version = registry.run_param(mlflow_dir, current["run_id"], "encoder_version")
-    return retrieve.Encoder(int(version), pipeline), current["version"], by_encoder
+    return retrieve.Encoder(int(version), model), current["version"], by_encoder
 
 
 def _articles(duckdb_path: Path) -> pl.DataFrame:

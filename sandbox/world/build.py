@@ -299,9 +299,9 @@ def _register_encoder(
         if index is not None:
             tags["index_version"] = str(index.meta["index_version"])
         mlflow.set_tags(tags)
-        with registry.quiet(), registry.serving_form(encoder.pipeline) as extra_files:
+        with registry.quiet(), registry.serving_form(encoder.model) as extra_files:
             info = mlflow.sklearn.log_model(
-                encoder.pipeline,
+                encoder.model,
                 name="encoder",
                 registered_model_name=registry.TICKET_ENCODER,
                 pip_requirements=registry.pip_requirements(),

@@ -14,9 +14,11 @@ from sandbox.actions import restore
 from sandbox.actions.catalog import RESTORE_SERIES
 from sandbox.faults.metric_series_dropped import ALERT
 from sandbox.layout import WorldPaths
+from sandbox.schema import FEATURES
 from sandbox.services.common import ServiceContext
+from sandbox.services.gateway import console
 from sandbox.services.jobs import RESTORED_EVENT, SERVICE, Scheduler
-from sandbox.services.spool import read_new
+from sandbox.services.spool import SpoolWriter, read_new, spool_path
 from tests.services.conftest import live_store
 from tests.services.test_job_actions import apply, context
 from tests.services.test_jobs import private_world
@@ -135,3 +137,49 @@ def test_restore_brings_back_the_error_ratio_from_the_request_logs(worlds, tmp_p
     assert line["ts"] == effective.isoformat() and change.id in line["attrs"]
     assert line["message"].startswith("recomputed error_ratio for 7 days from ")
     assert Scheduler(context(faulty, effective + dt.timedelta(minutes=20))).restore_series() == 0
+
+
+def test_the_error_alert_fires_on_restored_points_from_the_restore_on(worlds, tmp_path):
+    """The dropped series hides live errors from the alert rule; once restored, breaches from
+    the restore on fire it, and the backfilled ones before the restore fire nothing."""
+    faulty = private_world(worlds.get("time-travel"), "time-travel", tmp_path)
+    paths = WorldPaths(faulty)
+    cal = ServiceContext(faulty, SERVICE).calendar
+    live_start = cal.midnight(cal.last_production_day + 1)
+    effective = live_start + dt.timedelta(hours=2, minutes=2)
+    failing = restore.floor_bucket(effective) + dt.timedelta(minutes=10)
+    row = {
+        "source": "online",
+        "customer_id": 42,
+        "model_name": "churn-model",
+        "model_version": "1",
+        **dict.fromkeys(FEATURES),
+        "score": None,
+        "threshold": 0.1,
+        "decision": None,
+        "latency_ms": 3.0,
+    }
+    SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions")).write(
+        *(
+            {
+                **row,
+                "request_ts": (failing + dt.timedelta(seconds=30 * i)).isoformat(),
+                "status": "ok" if i % 5 == 0 else "error",
+            }
+            for i in range(40)
+        )
+    )
+    later = failing + dt.timedelta(hours=1)
+    fired = f"SELECT started_at FROM monitoring.alerts WHERE alert = '{ALERT.name}'"
+
+    def alerts_at(at: dt.datetime) -> list[dt.datetime]:
+        return [
+            dt.datetime.fromisoformat(r[0]) for r in console.run(live_store(paths, at), fired).rows
+        ]
+
+    world_alerts = alerts_at(later)
+    assert all(t < live_start for t in world_alerts)  # the live breaches fire nothing: no series
+
+    apply(faulty, RESTORE_SERIES, {"days": 7}, effective)
+    assert Scheduler(context(faulty, later)).restore_series() > 0
+    assert alerts_at(later) == [*world_alerts, failing]

@@ -106,7 +106,7 @@ def test_search_suggests_ranked_articles(live: TestClient, faulty_world: BuildSu
 def test_results_equal_direct_retrieval(live: TestClient, faulty_world: BuildSummary) -> None:
     root = faulty_world.root / "candidate"
     pipeline = registry.load_model(root / "mlflow", "models:/ticket-encoder@production")
-    encoder = retrieve.Encoder(version=1, pipeline=pipeline)
+    encoder = retrieve.Encoder(version=1, model=pipeline)
     index = retrieve.load_index(root / "indexes")
     _, text = _last_ticket(faulty_world)
     ids, scores = index.search(encoder.encode([text]), 10)

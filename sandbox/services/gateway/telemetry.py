@@ -23,6 +23,9 @@ import duckdb
 import polars as pl
 
 from sandbox import schema
+from sandbox.actions import restore
+from sandbox.actions.catalog import RESTORE_SERIES
+from sandbox.actions.overrides import Overrides
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics
@@ -84,6 +87,7 @@ class LiveTelemetry:
         self._next_id: dict[str, int] = {}
         self.tables = self._world_tables()
         self.alert_rules = self._live_alert_rules()
+        self.overrides = Overrides(self.paths.run)
         self._create_live_tables()
         self._create_views()
         # From here on: what the candidate's views have, columns the views add included.
@@ -251,12 +255,21 @@ class LiveTelemetry:
             series,
             HookContext(self.seed, self.calendar.day_of(now), self.calendar),
         )
-        # An alert fires on the points whose buckets are over, as the candidate's series show.
+        # An alert fires on the points whose buckets are over, as the candidate's series show,
+        # restored ones included from the restore on (backfilled breaches fire nothing).
         cur.register("series", series)
         complete = cur.sql(
             f"SELECT * FROM series WHERE {schema.METRIC_COMPLETE} <= TIMESTAMP '{now}'"
         ).pl()
         cur.unregister("series")
+        restored = self.overrides.in_effect(RESTORE_SERIES, now)
+        if restored:
+            since = restore.floor_bucket(restored[0].effective_at)
+            points = cur.sql(
+                f"SELECT {', '.join(metrics.SERIES_SCHEMA)} FROM {views.live_table(METRICS)} "
+                f"WHERE session_id IS NULL AND ts >= TIMESTAMP '{since}'"
+            ).pl()
+            complete = pl.concat([complete, points.cast(metrics.SERIES_SCHEMA)])  # type: ignore[arg-type]
         fired = alerts.evaluate(complete, self.alert_rules)
         for table, rows in ((METRICS, series), (ALERTS, fired)):
             cur.execute(f"DELETE FROM {COMPUTED[table]}")
