@@ -6,6 +6,7 @@ leaves no manifest (and is removed when the failure is seen), so nothing accepts
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import shutil
@@ -35,6 +36,10 @@ from sandbox.world.libraries import library_versions
 from sandbox.world.routine_logs import routine_logs
 from sandbox.world.simulate import Simulation, SimulationResult
 from sandbox.world.warehouse import Warehouse, content_digest, row_counts
+
+# Score dates whose model quality is computed at once: a week of joined predictions is what the
+# build holds of them at any scale.
+PERFORMANCE_DAYS = 7
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -167,13 +172,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     wh.append("labels.churn_labels", labels)
     progress("labels and monitoring", 2, 3)
 
-    segments = wh.con.sql("SELECT customer_id, device, plan, region FROM raw.customers").pl()
-    scored = (
-        batch.join(labels, on=["customer_id", "score_date"])
-        .join(segments, on="customer_id")
-        .join(_app_versions(wh.con), on=["customer_id", "score_date"], how="left")
-    )
-    wh.append("monitoring.model_performance_daily", performance.daily_performance(scored))
+    wh.append("monitoring.model_performance_daily", _performance(wh.con, batch, labels))
     series = metrics.build_series(wh.con, job.health_frame().filter(pl.col("ts") < cutoff))
     series = sim.faults.apply("monitor.metrics", series, sim.context(cal.last_visible_day))
     wh.append(metrics.METRIC_TABLE, series)
@@ -316,9 +315,31 @@ def _register_encoder(
     )
 
 
-def _app_versions(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """The app version each batch-scored customer last used on or before the score date
-    ('none' before their first session)."""
+def _performance(
+    con: duckdb.DuckDBPyConnection, batch: pl.DataFrame, labels: pl.DataFrame
+) -> pl.DataFrame:
+    """The daily model quality by segment, judged `PERFORMANCE_DAYS` score dates at a time: each
+    day's figures are its own rows', and the joined rows of every day at once would be the
+    build's largest frame (gigabytes at scale 10)."""
+    segments = con.sql("SELECT customer_id, device, plan, region FROM raw.customers").pl()
+    dates = batch["score_date"].unique().sort().to_list()
+    daily = []
+    for i in range(0, len(dates), PERFORMANCE_DAYS):
+        first, last = dates[i], dates[min(i + PERFORMANCE_DAYS, len(dates)) - 1]
+        window = pl.col("score_date").is_between(first, last)
+        scored = (
+            batch.filter(window)
+            .join(labels.filter(window), on=["customer_id", "score_date"])
+            .join(segments, on="customer_id")
+            .join(_app_versions(con, first, last), on=["customer_id", "score_date"], how="left")
+        )
+        daily.append(performance.daily_performance(scored))
+    return pl.concat(daily).sort(performance.KEY)
+
+
+def _app_versions(con: duckdb.DuckDBPyConnection, first: dt.date, last: dt.date) -> pl.DataFrame:
+    """The app version each customer batch-scored from `first` to `last` last used on or before
+    the score date ('none' before their first session)."""
     return con.sql(
         """
         SELECT p.customer_id, p.request_ts::DATE AS score_date,
@@ -326,8 +347,9 @@ def _app_versions(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         FROM serving.predictions p
         ASOF LEFT JOIN raw.viewing_activity v
           ON v.customer_id = p.customer_id AND v.activity_date <= p.request_ts::DATE
-        WHERE p.source = 'batch'
-        """
+        WHERE p.source = 'batch' AND p.request_ts::DATE BETWEEN $first AND $last
+        """,
+        params={"first": first, "last": last},
     ).pl()
 
 
