@@ -173,6 +173,20 @@ def test_no_session_joins_a_stack_with_an_actions_on_session(
     assert [s["actions"] for s in listed] == [True]
 
 
+def test_a_revoked_acting_session_still_holds_its_stack_and_the_refusal_says_why(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    admin = bearer(stack.admin_token(paths))
+    links = make_session(actions=True)
+    revoked = client.post(f"/api/sessions/{links['session_id']}/revoke", headers=admin)
+    assert revoked.status_code == 200, revoked.text
+    refused = client.post("/api/sessions", json={"actions": False}, headers=admin)
+    assert refused.status_code == 409
+    detail = refused.json()["detail"]
+    assert links["session_id"] in detail and "revoked since" in detail
+    assert "what it changed stays in the live stack" in detail
+
+
 def test_the_review_judges_each_action_by_the_answer_key(
     client: TestClient, paths: WorldPaths, make_session: MakeSession
 ) -> None:

@@ -103,7 +103,7 @@ def create_session(body: SessionRequest, who: Auth, request: Request) -> dict[st
     if who.role != "admin":
         raise HTTPException(403, "only the stack's operator creates sessions")
     sessions = _gateway(request).sessions
-    refused = conflict(sessions.all(), body.actions)
+    refused = conflict(sessions.all(), body.actions, sessions.state)
     if refused:
         raise HTTPException(409, refused)
     session = sessions.create(
