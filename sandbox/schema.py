@@ -77,9 +77,10 @@ RETRIEVAL = "retrieval"
 SCHEDULER = "scheduler"  # the scheduled jobs: materialization and the drift monitor
 GATEWAY = "gateway"
 EVERY_SERVICE = "*"  # every process of the stack writes log lines
-# Of the world's series and alerts, those still shown after live start: the services that do not
-# run live (the gateway computes the live services' own from their live rows).
-NOT_LIVE_SERIES = f"service NOT IN ('{MODEL_SERVER}', '{RETRIEVAL}')"
+# The services whose metric series (and alerts) the gateway computes from their live rows; of the
+# world's series and alerts, those of the other services are still shown after live start.
+LIVE_SERIES_SERVICES = (MODEL_SERVER, RETRIEVAL)
+NOT_LIVE_SERIES = f"service NOT IN ({', '.join(repr(s) for s in LIVE_SERIES_SERVICES)})"
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def _business(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 SERIES_SCHEMA = schema.polars_schema(METRIC_TABLE)
 # The services that keep running live; their series are computed from live traffic instead.
-LIVE_SERIES_SERVICES = ("model-server", "retrieval")
+LIVE_SERIES_SERVICES = schema.LIVE_SERIES_SERVICES
 
 
 def live_service_series(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from sandbox import rng
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.pipeline import registry, registry_stamp, store
@@ -151,15 +152,22 @@ def fit(
         "train_rows": float(len(y_train)),
         "holdout_rows": float(len(y_hold)),
     }
+    # One sample for the unshuffled score and every shuffled one: scikit-learn's `max_samples`
+    # would score the baseline on the whole holdout and the shuffles on samples, offsetting
+    # every importance by the difference.
+    sample = np.arange(len(y_hold))
+    if sample.size > IMPORTANCE_ROWS:
+        sample = np.sort(
+            rng.stream(seed, "importance-sample").choice(sample, IMPORTANCE_ROWS, replace=False)
+        )
     importance = permutation_importance(
         model,
-        x_hold,
-        y_hold,
+        x_hold[sample],
+        y_hold[sample],
         scoring="roc_auc",
         n_repeats=3,
         random_state=seed,
         n_jobs=1,
-        max_samples=min(IMPORTANCE_ROWS, len(y_hold)),
     )
     importances = {
         name: round(float(v), 5)

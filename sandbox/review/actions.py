@@ -39,8 +39,8 @@ def _judged(declared: str, moved: str | None) -> str:
     (None when the action has no value to judge, or the world could not tell)."""
     if moved == "unchanged":
         return NO_EFFECT
-    if moved == "harms":
-        return HARMFUL
+    if moved == "harms":  # what it does to a fault it does nothing to stays nothing
+        return NO_EFFECT if declared == NO_EFFECT else HARMFUL
     if declared in HELPS and moved not in (None, "helps"):
         return NO_EFFECT  # closer, but not enough
     return declared
@@ -58,7 +58,8 @@ def verdict_of(
 
     `moved` (`fills.judge`: helps, harms, little or unchanged) is how a new fill value or
     threshold moved its quantity against its target: a fault it helps is helped only when it
-    helps, and a move away from the target harms with or without a planted fault."""
+    helps, and a move away from the target makes the action harmful overall, with or without a
+    planted fault it touches."""
     planted = [
         *(("fault", k.get("fault_id"), k) for k in answer_key.get("faults", [])),
         *(("decoy", k.get("decoy_id"), k) for k in answer_key.get("decoys", [])),
@@ -141,6 +142,14 @@ def _sim_time(sim_ts: str) -> dt.datetime:
     return at.astimezone(dt.UTC).replace(tzinfo=None) if at.tzinfo is not None else at
 
 
+# How a value moved against its target, in the review's words.
+MOVED_WORDS = {
+    "helps": "near or at least halfway back to",
+    "little": "less than halfway back to",
+    "harms": "further from",
+}
+
+
 def _share_moved(
     reference: ThresholdReference | None,
     set_threshold: list[float],
@@ -149,7 +158,9 @@ def _share_moved(
 ) -> tuple[str | None, str]:
     """How a new threshold moved the share of the last batch it flags against the plan, from
     the threshold this session set last, else the batch's, with that in words; no judgement
-    (None) when the world cannot tell, and the words say so."""
+    (None) when the world cannot tell, and the words say so. The shares are the world's batch
+    scores': a version pinned or retrained in the session since scores differently, and a
+    rollback's threshold is not followed."""
     value = params.get("threshold")
     unjudged = "not checked against the planned share: the world's tables could not be read"
     if reference is None or sim_ts is None or not isinstance(value, int | float):
@@ -158,18 +169,14 @@ def _share_moved(
     before_threshold = set_threshold[-1] if set_threshold else reference.threshold(at)
     after = reference.share(float(value), at)
     if before_threshold is None or after is None:
-        return None, unjudged
+        return None, "not checked against the planned share: no batch had run by then"
     before = reference.share(before_threshold, at)
     assert before is not None  # the same batch day as `after`
     moved = judge_share(after, before)
     plan = f"the planned {FLAGGED_SHARE:.0%}"
     if moved == "unchanged":
         return moved, f"threshold {before_threshold:g}: flags {before:.1%} as before ({plan})"
-    how = {
-        "helps": "near or at least halfway back to",
-        "little": "less than halfway back to",
-        "harms": "further from",
-    }[moved]
+    how = MOVED_WORDS[moved]
     return moved, (
         f"threshold {before_threshold:g} → {float(value):g}: flags {after:.1%} of the last batch "
         f"instead of {before:.1%}, {how} {plan}"
@@ -197,9 +204,5 @@ def _fill_moved(
     moved = judge(float(value), before, mean)
     if moved == "unchanged":
         return moved, f"fill {before:g} unchanged (the training-time mean is {mean:.4g})"
-    how = {
-        "helps": "near or at least halfway back to",
-        "little": "less than halfway back to",
-        "harms": "further from",
-    }[moved]
+    how = MOVED_WORDS[moved]
     return moved, f"fill {before:g} → {float(value):g}: {how} the training-time mean {mean:.4g}"

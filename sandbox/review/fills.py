@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 
-from sandbox.layout import WorldPaths, read_manifest
 from sandbox.pipeline.features import IMPUTED_FEATURES
+from sandbox.review.world_reads import read_once
 
 # A fill helps when it closes at least this share of the gap between the fill in effect and the
 # training-time mean; one that widens the gap harms; anything between changes little.
@@ -70,36 +68,20 @@ def judge(value: float, before: float, mean: float, on_target: float = ON_TARGET
     return "little"
 
 
-def reference(world: Path) -> FillReference | None:
-    """The world's fill reference, read once per built world; None when it cannot be read now
-    (not remembered: the next review tries again)."""
-    try:
-        manifest = read_manifest(world)
-        return _read(str(Path(world).resolve()), str(manifest.get("content_hash")))
-    except Exception:  # a world being rebuilt, or one without these tables
-        return None
-
-
-@functools.lru_cache(maxsize=4)
-def _read(world: str, content_hash: str) -> FillReference:
-    """Raises when the world cannot be read, so a failure is never cached."""
-    con = duckdb.connect(str(WorldPaths(Path(world)).duckdb), read_only=True)
-    try:
-        means = ", ".join(f'avg("{f}") AS "{f}"' for f in IMPUTED_FEATURES)
-        rows = con.execute(
-            f"SELECT model_version, {means} FROM training.churn_training_set "
-            "WHERE split = 'train' GROUP BY model_version"
-        ).fetchall()
-        served = con.execute(
-            "SELECT request_ts::DATE, arg_max(model_version, request_ts) "
-            "FROM serving.predictions WHERE source = 'batch' GROUP BY 1"
-        ).fetchall()
-        policy = con.execute(
-            "SELECT feature, effective_from, fill_value FROM feature_store.imputation_policy "
-            "ORDER BY feature, effective_from"
-        ).fetchall()
-    finally:
-        con.close()
+def _read(con: duckdb.DuckDBPyConnection) -> FillReference:
+    means = ", ".join(f'avg("{f}") AS "{f}"' for f in IMPUTED_FEATURES)
+    rows = con.execute(
+        f"SELECT model_version, {means} FROM training.churn_training_set "
+        "WHERE split = 'train' GROUP BY model_version"
+    ).fetchall()
+    served = con.execute(
+        "SELECT request_ts::DATE, arg_max(model_version, request_ts) "
+        "FROM serving.predictions WHERE source = 'batch' GROUP BY 1"
+    ).fetchall()
+    policy = con.execute(
+        "SELECT feature, effective_from, fill_value FROM feature_store.imputation_policy "
+        "ORDER BY feature, effective_from"
+    ).fetchall()
     training_means: dict[str, dict[str, float]] = {f: {} for f in IMPUTED_FEATURES}
     for version, *values in rows:
         for feature, mean in zip(IMPUTED_FEATURES, values, strict=True):
@@ -110,3 +92,7 @@ def _read(world: str, content_hash: str) -> FillReference:
         if fill is not None:
             changes.setdefault(feature, []).append((since, float(fill)))
     return FillReference(training_means, {d: str(v) for d, v in served}, changes)
+
+
+# The world's fill reference, read once per built world (None when it cannot be read now).
+reference = read_once(_read)

@@ -31,7 +31,8 @@ from sandbox.review import evidence
 SESSIONS_FILE = "sessions.sqlite"
 # Where sessions were kept before: imported once into SESSIONS_FILE, then left as it was.
 LEGACY_SESSIONS_FILE = "sessions.duckdb"
-STATES = ("not started", "active", "submitted", "expired", "revoked")
+ENDED = ("submitted", "expired", "revoked")  # a session's states once it is over
+STATES = ("not started", "active", *ENDED)
 # Links stop working this long after the session was made, whatever its state. This and the
 # history limits below are the store's defaults; the gateway hands it the stack's settings
 # (`sandbox.services.settings`), whose defaults these are.

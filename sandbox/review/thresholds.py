@@ -11,35 +11,36 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 import numpy as np
 
-from sandbox.layout import WorldPaths, read_manifest
 from sandbox.pipeline.train import FLAGGED_SHARE
 from sandbox.review.fills import judge
+from sandbox.review.world_reads import read_once
 
 # Within this share of the plan a list is on plan: the no-fault world's daily flagged share moves
 # between about 9.7% and 11.4% of the base with a fixed threshold.
 ON_PLAN = 0.2
-# The batch's scores are kept as this many quantiles a day: a share is read to a tenth of a
-# percent, finer than any move the judgement tells apart, and a world's worth stays small.
+# The batch's scores are kept as this many quantiles a day (each the middle of its thousandth): a
+# share is read to a tenth of a percent, finer than any move the judgement tells apart, and a
+# world's worth stays small.
 QUANTILES = 1000
 
 
 @dataclass(frozen=True)
 class ThresholdReference:
-    # batch day -> the day's scores at every 1/QUANTILES quantile, ascending
+    # batch day -> when its batch ran, its scores at every 1/QUANTILES quantile (ascending), and
+    # the threshold it decided with
+    ran_at: dict[dt.date, dt.datetime]
     quantiles: dict[dt.date, np.ndarray]
-    # batch day -> the threshold the day's batch decided with
     thresholds: dict[dt.date, float]
 
     def _day(self, at: dt.datetime) -> dt.date | None:
-        days = sorted(self.quantiles)
-        i = bisect.bisect_right(days, at.date())
+        """The day of the last batch that had run by `at`."""
+        days = sorted(self.ran_at)
+        i = bisect.bisect_right([self.ran_at[d] for d in days], at)
         return days[i - 1] if i else None
 
     def share(self, threshold: float, at: dt.datetime) -> float | None:
@@ -61,30 +62,19 @@ def judge_share(after: float, before: float) -> str:
     return judge(after, before, FLAGGED_SHARE, on_target=ON_PLAN)
 
 
-def reference(world: Path) -> ThresholdReference | None:
-    """The world's threshold reference, read once per built world; None when it cannot be read
-    now (not remembered: the next review tries again)."""
-    try:
-        manifest = read_manifest(world)
-        return _read(str(Path(world).resolve()), str(manifest.get("content_hash")))
-    except Exception:  # a world being rebuilt, or one without these tables
-        return None
-
-
-@functools.lru_cache(maxsize=4)
-def _read(world: str, content_hash: str) -> ThresholdReference:
-    """Raises when the world cannot be read, so a failure is never cached."""
-    points = ", ".join(f"{i / QUANTILES:.4f}" for i in range(QUANTILES + 1))
-    con = duckdb.connect(str(WorldPaths(Path(world)).duckdb), read_only=True)
-    try:
-        rows = con.execute(
-            f"SELECT request_ts::DATE, quantile_disc(score, [{points}]), "
-            "arg_max(threshold, request_ts) FROM serving.predictions "
-            "WHERE source = 'batch' GROUP BY 1"
-        ).fetchall()
-    finally:
-        con.close()
+def _read(con: duckdb.DuckDBPyConnection) -> ThresholdReference:
+    points = ", ".join(f"{(i + 0.5) / QUANTILES:.5f}" for i in range(QUANTILES))
+    rows = con.execute(
+        f"SELECT request_ts::DATE, min(request_ts), quantile_disc(score, [{points}]), "
+        "arg_max(threshold, request_ts) FROM serving.predictions "
+        "WHERE source = 'batch' AND score IS NOT NULL AND threshold IS NOT NULL GROUP BY 1"
+    ).fetchall()
     return ThresholdReference(
-        {day: np.asarray(q, dtype=np.float64) for day, q, _ in rows},
-        {day: float(t) for day, _, t in rows},
+        {day: ran for day, ran, _, _ in rows},
+        {day: np.asarray(q, dtype=np.float64) for day, _, q, _ in rows},
+        {day: float(t) for day, _, _, t in rows},
     )
+
+
+# The world's threshold reference, read once per built world (None when it cannot be read now).
+reference = read_once(_read)

@@ -322,7 +322,8 @@ def _performance(
     day's figures are its own rows', and the joined rows of every day at once would be the
     build's largest frame (gigabytes at scale 10)."""
     segments = con.sql("SELECT customer_id, device, plan, region FROM raw.customers").pl()
-    dates = batch["score_date"].unique().sort().to_list()
+    # No batch at all: one empty window, for the table's columns.
+    dates = batch["score_date"].unique().sort().to_list() or [dt.date.min]
     daily = []
     for i in range(0, len(dates), PERFORMANCE_DAYS):
         first, last = dates[i], dates[min(i + PERFORMANCE_DAYS, len(dates)) - 1]

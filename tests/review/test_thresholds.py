@@ -24,11 +24,13 @@ KEY = {
     "decoys": [],
 }
 LIVE = dt.datetime(2026, 4, 18, 10)
-# Scores spread evenly over [0, 1): a threshold t flags a share 1 - t. The batch decided at 0.95,
-# flagging 5%: half the plan.
+# Scores spread evenly over [0, 1): a threshold t flags a share 1 - t. The batch of the 17th ran
+# at 06:00 and decided at 0.95, flagging 5%: half the plan.
+BATCH_DAY = dt.date(2026, 4, 17)
 REFERENCE = thresholds.ThresholdReference(
-    quantiles={dt.date(2026, 4, 17): np.linspace(0.0, 1.0, thresholds.QUANTILES + 1)},
-    thresholds={dt.date(2026, 4, 17): 0.95},
+    ran_at={BATCH_DAY: dt.datetime(2026, 4, 17, 6)},
+    quantiles={BATCH_DAY: (np.arange(thresholds.QUANTILES) + 0.5) / thresholds.QUANTILES},
+    thresholds={BATCH_DAY: 0.95},
 )
 
 
@@ -73,12 +75,27 @@ def test_a_second_threshold_is_judged_from_the_one_the_session_set() -> None:
 
 def test_a_list_moved_off_plan_harms_where_the_threshold_was_beside_the_point() -> None:
     """Where a threshold was declared to change nothing, one that flags the same share still
-    changes nothing, and one that moves the list off plan harms the retention team."""
+    changes nothing, and one that moves the list off plan harms the retention team: harmful
+    overall, while the fault it does nothing to keeps its own verdict (and its recovery chart
+    no harm mark)."""
     beside = {"faults": [{"fault_id": "embedding-index-mismatch", "actions": {}}], "decoys": []}
     assert _verdicts(_threshold(1, 0.9501), key=beside) == [("no effect", "unchanged")]
     assert _verdicts(_threshold(1, 0.5), key=beside) == [("harmful", "harms")]
+    [listed] = review([_threshold(1, 0.5)], beside, thresholds=lambda: REFERENCE)["list"]
+    assert listed["verdicts"] == [
+        {"kind": "fault", "id": "embedding-index-mismatch", "verdict": "no effect"}
+    ]
     no_fault = {"faults": [], "decoys": []}
     assert _verdicts(_threshold(1, 0.5), key=no_fault) == [("harmful", "harms")]
+
+
+def test_a_threshold_set_before_the_days_batch_ran_is_judged_on_the_day_before() -> None:
+    """At 05:00 on the 17th the day's batch has not run: the last one is the 16th's, and with
+    none before it the threshold is not judged, and the note says why."""
+    early = {**_threshold(1, 0.90), "sim_ts": dt.datetime(2026, 4, 17, 5).isoformat()}
+    [unjudged] = review([early], KEY, thresholds=lambda: REFERENCE)["list"]
+    assert unjudged["verdict"] == "mitigates" and "share_moved" not in unjudged
+    assert unjudged["verdict_note"].endswith("no batch had run by then")
 
 
 def test_a_list_brought_to_plan_still_harms_where_the_decoy_says_so() -> None:
@@ -100,7 +117,7 @@ def test_without_a_reference_the_declared_verdict_stands_and_says_so() -> None:
 def test_the_note_gives_the_shares() -> None:
     [listed] = review([_threshold(1, 0.90)], KEY, thresholds=lambda: REFERENCE)["list"]
     assert listed["verdict_note"] == (
-        "threshold 0.95 → 0.9: flags 10.1% of the last batch instead of 5.1%, "
+        "threshold 0.95 → 0.9: flags 10.0% of the last batch instead of 5.0%, "
         "near or at least halfway back to the planned 10%"
     )
 

@@ -170,7 +170,9 @@ def test_the_error_alert_fires_on_restored_points_from_the_restore_on(worlds, tm
         )
     )
     later = failing + dt.timedelta(hours=1)
-    fired = f"SELECT started_at FROM monitoring.alerts WHERE alert = '{ALERT.name}'"
+    fired = (
+        f"SELECT started_at FROM monitoring.alerts WHERE alert = '{ALERT.name}' ORDER BY started_at"
+    )
 
     def alerts_at(at: dt.datetime) -> list[dt.datetime]:
         return [

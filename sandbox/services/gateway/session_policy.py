@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sandbox.review.store import Session
-
-OVER = ("submitted", "expired", "revoked")
+from sandbox.review.store import ENDED, Session
 
 
 def conflict(
@@ -18,7 +16,7 @@ def conflict(
     acting = [s for s in existing if s.actions]
     if acting:
         over = state(acting[0]) if state is not None else None
-        if over in OVER:
+        if over in ENDED:
             return (
                 f"session {acting[0].id} on this stack had actions on ({over} since): what it "
                 "changed stays in the live stack, and a new session here would see it: start "

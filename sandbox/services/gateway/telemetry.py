@@ -255,24 +255,32 @@ class LiveTelemetry:
             series,
             HookContext(self.seed, self.calendar.day_of(now), self.calendar),
         )
-        # An alert fires on the points whose buckets are over, as the candidate's series show,
-        # restored ones included from the restore on (backfilled breaches fire nothing).
+        cur.execute(f"DELETE FROM {COMPUTED[METRICS]}")
+        cur.register("incoming", series)
+        cur.execute(f"INSERT INTO {COMPUTED[METRICS]} BY NAME SELECT * FROM incoming")
+        cur.unregister("incoming")
+        self._evaluate_alerts(cur, series, now)
+
+    def _evaluate_alerts(
+        self, cur: duckdb.DuckDBPyConnection, series: pl.DataFrame, now: dt.datetime
+    ) -> None:
+        """The world's alert rules over the live series' complete points (as the candidate's
+        series show them), the restored ones included from the restore on: a rule running then
+        would not have seen the backfilled breaches."""
         cur.register("series", series)
         complete = cur.sql(
-            f"SELECT * FROM series WHERE {schema.METRIC_COMPLETE} <= TIMESTAMP '{now}'"
+            f"SELECT * FROM series WHERE {schema.METRIC_COMPLETE} <= $now", params={"now": now}
         ).pl()
         cur.unregister("series")
         restored = self.overrides.in_effect(RESTORE_SERIES, now)
         if restored:
-            since = restore.floor_bucket(restored[0].effective_at)
             points = cur.sql(
                 f"SELECT {', '.join(metrics.SERIES_SCHEMA)} FROM {views.live_table(METRICS)} "
-                f"WHERE session_id IS NULL AND ts >= TIMESTAMP '{since}'"
+                "WHERE session_id IS NULL AND ts >= $since",
+                params={"since": restore.floor_bucket(restored[0].effective_at)},
             ).pl()
             complete = pl.concat([complete, points.cast(metrics.SERIES_SCHEMA)])  # type: ignore[arg-type]
-        fired = alerts.evaluate(complete, self.alert_rules)
-        for table, rows in ((METRICS, series), (ALERTS, fired)):
-            cur.execute(f"DELETE FROM {COMPUTED[table]}")
-            cur.register("incoming", rows)
-            cur.execute(f"INSERT INTO {COMPUTED[table]} BY NAME SELECT * FROM incoming")
-            cur.unregister("incoming")
+        cur.execute(f"DELETE FROM {COMPUTED[ALERTS]}")
+        cur.register("incoming", alerts.evaluate(complete, self.alert_rules))
+        cur.execute(f"INSERT INTO {COMPUTED[ALERTS]} BY NAME SELECT * FROM incoming")
+        cur.unregister("incoming")
