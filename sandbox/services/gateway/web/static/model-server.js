@@ -24,7 +24,9 @@
         type: "button", class: "chip", "data-customer": String(id),
         onclick: () => { input.value = String(id); input.focus(); },
       }, String(id))));
-      if (ids.length && input.value === "1" && !ids.includes(1)) input.value = String(ids[0]);
+      // Not while the field has focus: someone (or a script) typing in it keeps what they typed.
+      const untouched = input.value === "1" && document.activeElement !== input;
+      if (ids.length && untouched && !ids.includes(1)) input.value = String(ids[0]);
     } catch (e) { box.hidden = true; }
   }
 
