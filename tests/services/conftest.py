@@ -17,11 +17,13 @@ from playwright.sync_api import Browser, sync_playwright
 from sandbox import scenario
 from sandbox.layout import WorldPaths
 from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
+from sandbox.schema import FEATURES
 from sandbox.services import stack
 from sandbox.services.gateway.app import create_app
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
+from sandbox.services.spool import SpoolWriter, spool_path
 from sandbox.world.build import BuildSummary
 from tests.services.running import Stack, running_stack
 
@@ -135,6 +137,32 @@ def shared_stack(
         pytest.fail("Debian's prometheus is missing: `make test` installs it")
     with running_stack(faulty_world, tmp_path_factory, SHARED_SPEED, ("--prometheus",)) as running:
         yield running
+
+
+def spool_failing_requests(paths: WorldPaths, start: dt.datetime, count: int = 40) -> None:
+    """`count` of production's online requests, 30 s apart from `start`, four in five failing
+    (an error ratio of 0.8 in every 5-minute bucket), spooled as the model server spools them."""
+    row = {
+        "source": "online",
+        "customer_id": 42,
+        "model_name": "churn-model",
+        "model_version": "1",
+        **dict.fromkeys(FEATURES),
+        "score": None,
+        "threshold": 0.1,
+        "decision": None,
+        "latency_ms": 3.0,
+    }
+    SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions")).write(
+        *(
+            {
+                **row,
+                "request_ts": (start + dt.timedelta(seconds=30 * i)).isoformat(),
+                "status": "ok" if i % 5 == 0 else "error",
+            }
+            for i in range(count)
+        )
+    )
 
 
 def live_store(paths: WorldPaths, at: dt.datetime) -> LiveTelemetry:

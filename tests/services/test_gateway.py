@@ -21,7 +21,13 @@ from sandbox.services.gateway.console import DEFAULTS
 from sandbox.services.gateway.telemetry import COMPUTED, LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
-from tests.services.conftest import FROZEN, MakeSession, live_store, session_maker
+from tests.services.conftest import (
+    FROZEN,
+    MakeSession,
+    live_store,
+    session_maker,
+    spool_failing_requests,
+)
 
 LIVE_SERVICES = f"({', '.join(repr(s) for s in LIVE_SERIES_SERVICES)})"
 
@@ -370,28 +376,7 @@ def test_the_worlds_alert_rules_fire_on_the_live_services_rows(paths: WorldPaths
     before = live_store(paths, live_start + dt.timedelta(hours=12))
     assert console.run(before, alerts_sql).rows == []
 
-    writer = SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions"))
-    row = {
-        "source": "online",
-        "customer_id": 42,
-        "model_name": "churn-model",
-        "model_version": "1",
-        **dict.fromkeys(FEATURES),
-        "score": None,
-        "threshold": 0.1,
-        "decision": None,
-        "latency_ms": 3.0,
-    }
-    writer.write(
-        *(
-            {
-                **row,
-                "request_ts": (failing + dt.timedelta(seconds=30 * i)).isoformat(),
-                "status": "ok" if i % 5 == 0 else "error",
-            }
-            for i in range(40)
-        )
-    )
+    spool_failing_requests(paths, failing)
     during = live_store(paths, failing + dt.timedelta(minutes=7))
     assert console.run(during, alerts_sql).rows == [], "one breaching point is not an alert yet"
     after = live_store(paths, failing + dt.timedelta(hours=1))

@@ -14,12 +14,11 @@ from sandbox.actions import restore
 from sandbox.actions.catalog import RESTORE_SERIES
 from sandbox.faults.metric_series_dropped import ALERT
 from sandbox.layout import WorldPaths
-from sandbox.schema import FEATURES
 from sandbox.services.common import ServiceContext
 from sandbox.services.gateway import console
 from sandbox.services.jobs import RESTORED_EVENT, SERVICE, Scheduler
-from sandbox.services.spool import SpoolWriter, read_new, spool_path
-from tests.services.conftest import live_store
+from sandbox.services.spool import read_new
+from tests.services.conftest import live_store, spool_failing_requests
 from tests.services.test_job_actions import apply, context
 from tests.services.test_jobs import private_world
 
@@ -148,27 +147,7 @@ def test_the_error_alert_fires_on_restored_points_from_the_restore_on(worlds, tm
     live_start = cal.midnight(cal.last_production_day + 1)
     effective = live_start + dt.timedelta(hours=2, minutes=2)
     failing = restore.floor_bucket(effective) + dt.timedelta(minutes=10)
-    row = {
-        "source": "online",
-        "customer_id": 42,
-        "model_name": "churn-model",
-        "model_version": "1",
-        **dict.fromkeys(FEATURES),
-        "score": None,
-        "threshold": 0.1,
-        "decision": None,
-        "latency_ms": 3.0,
-    }
-    SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions")).write(
-        *(
-            {
-                **row,
-                "request_ts": (failing + dt.timedelta(seconds=30 * i)).isoformat(),
-                "status": "ok" if i % 5 == 0 else "error",
-            }
-            for i in range(40)
-        )
-    )
+    spool_failing_requests(paths, failing)
     later = failing + dt.timedelta(hours=1)
     fired = (
         f"SELECT started_at FROM monitoring.alerts WHERE alert = '{ALERT.name}' ORDER BY started_at"
