@@ -107,6 +107,7 @@ def run(
     huge strings are cut like many rows are)."""
     statement = _single_statement(sql)
     tables, columns_read = touched(store, statement)
+    store.prepare(tables)
     cur = store.cursor(session_id)
     try:
         started = time.perf_counter()
