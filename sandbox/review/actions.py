@@ -10,7 +10,6 @@ it changes nothing when it leaves it where it was."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
 from sandbox.pipeline.train import FLAGGED_SHARE
 from sandbox.review.fills import FillReference, judge
 from sandbox.review.thresholds import ThresholdReference, judge_share
+from sandbox.review.times import naive_utc
 
 HELPS = ("fixes", "mitigates")
 NO_EFFECT = "no effect"
@@ -136,12 +136,6 @@ def review(
     }
 
 
-def _sim_time(sim_ts: str) -> dt.datetime:
-    """A recorded simulated time as naive UTC, as the world's tables keep it."""
-    at = dt.datetime.fromisoformat(str(sim_ts).replace("Z", "+00:00"))
-    return at.astimezone(dt.UTC).replace(tzinfo=None) if at.tzinfo is not None else at
-
-
 # How a value moved against its target, in the review's words.
 MOVED_WORDS = {
     "helps": "near or at least halfway back to",
@@ -165,7 +159,7 @@ def _share_moved(
     unjudged = "not checked against the planned share: the world's tables could not be read"
     if reference is None or sim_ts is None or not isinstance(value, int | float):
         return None, unjudged
-    at = _sim_time(sim_ts)
+    at = naive_utc(sim_ts)
     before_threshold = set_threshold[-1] if set_threshold else reference.threshold(at)
     after = reference.share(float(value), at)
     if before_threshold is None or after is None:
@@ -196,7 +190,7 @@ def _fill_moved(
     unjudged = "not checked against the training-time mean: the world's tables could not be read"
     if fills is None or sim_ts is None or not isinstance(value, int | float):
         return None, unjudged
-    at = _sim_time(sim_ts)
+    at = naive_utc(sim_ts)
     mean = fills.training_mean(feature, at)
     before = set_fills.get(feature, fills.policy_fill(feature, at))
     if mean is None or before is None:

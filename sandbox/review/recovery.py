@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.faults.base import Symptom
+from sandbox.review.times import naive_utc
 
 # How far before the first applied action the chart begins, and the coarsest-but-one point.
 LOOKBACK = dt.timedelta(hours=12)
@@ -62,16 +63,11 @@ class Result:
     error: str | None = None
 
 
-def _ts(iso: str) -> dt.datetime:
-    value = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return value if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
-
-
 def onset(key: dict[str, Any]) -> dt.datetime | None:
     """When the fault began: the earliest window of its evidence in the data (a changelog entry
     may announce it a day early)."""
     starts = [
-        _ts(str(e["window_start"]))
+        naive_utc(str(e["window_start"]))
         for e in key.get("evidence", [])
         if e.get("window_start") and e.get("kind") != "changelog"
     ]
@@ -86,7 +82,7 @@ def plan(
     applied = [a for a in actions if a.get("status") == "applied" and a.get("effective_at")]
     if not applied:
         return []
-    first = min(_ts(str(a.get("at") or a["effective_at"])) for a in applied)
+    first = min(naive_utc(str(a.get("at") or a["effective_at"])) for a in applied)
     start = first - LOOKBACK
     end = max(now, start + dt.timedelta(seconds=BUCKET_S))
     span = (end - start).total_seconds()
@@ -186,12 +182,12 @@ def assemble(p: Plan, answers: Sequence[tuple[Query, Result]]) -> dict[str, Any]
     series its points (t, value, rows) on the times any series has, its level before the fault,
     before the first action took effect and after the last one did, and how far it came back
     (in words too). The chart's row counts are those of the first series' source."""
-    first_effect = min(_ts(m["effective_at"]) for m in p.marks)
-    last_effect = max(_ts(m["effective_at"]) for m in p.marks)
+    first_effect = min(naive_utc(m["effective_at"]) for m in p.marks)
+    last_effect = max(naive_utc(m["effective_at"]) for m in p.marks)
 
     def when(r: dict[str, Any]) -> dt.datetime:
         t = r["t"]
-        return t if isinstance(t, dt.datetime) else _ts(str(t))
+        return t if isinstance(t, dt.datetime) else naive_utc(str(t))
 
     answered: dict[str, tuple[dict[dt.datetime, dict[str, Any]], dict[str, Any] | None]] = {}
     errors = []

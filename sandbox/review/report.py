@@ -20,6 +20,7 @@ from sandbox.review.export import clock
 from sandbox.review.fills import FillReference
 from sandbox.review.signals import signals
 from sandbox.review.thresholds import ThresholdReference
+from sandbox.review.times import naive_utc
 
 IDLE_GAP_S = 180  # a pause longer than this is shown compressed
 DEAD_END_EVENTS = 6  # this many reads in a row that touch no evidence make a dead end
@@ -100,21 +101,15 @@ def build(
 
 def _start(session: dict[str, Any], history: list[dict[str, Any]]) -> dt.datetime | None:
     if session.get("started_at"):
-        return _ts(session["started_at"])
-    return _ts(history[0]["ts"]) if history else None
-
-
-def _ts(iso: str) -> dt.datetime:
-    """Naive UTC, whether the text carries "Z", an offset, or nothing."""
-    value = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return value if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
+        return naive_utc(session["started_at"])
+    return naive_utc(history[0]["ts"]) if history else None
 
 
 def _timeline(history: list[dict[str, Any]], start: dt.datetime | None) -> list[dict[str, Any]]:
     items = []
     previous: dt.datetime | None = None
     for event in history:
-        ts = _ts(event["ts"])
+        ts = naive_utc(event["ts"])
         gap = (ts - previous).total_seconds() if previous else 0.0
         items.append(
             {
@@ -291,7 +286,7 @@ def _versions(diagnoses: list[dict[str, Any]], start: dt.datetime | None) -> lis
                     )
                     if not line.startswith(("---", "+++", "@@"))
                 ]
-        ts = _ts(d["ts"])
+        ts = naive_utc(d["ts"])
         out.append(
             {
                 "version": d["version"],
