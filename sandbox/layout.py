@@ -19,6 +19,7 @@ DIR/run/                    the running stack's state: clock, telemetry spool (`
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ from typing import Any
 from sandbox.difficulty import Tier
 
 MANIFEST = "manifest.json"
+
+
+def user_cache() -> Path:
+    """This user's cache for the project (`$XDG_CACHE_HOME`, else `~/.cache`): what is costly
+    to make and the same on every run, never a world's content."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ml-incident-sandbox"
 
 
 @dataclass(frozen=True)

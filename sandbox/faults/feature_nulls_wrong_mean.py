@@ -90,7 +90,9 @@ class FeatureNullsWrongMean(Fault[Params]):
         "set-imputation-fill": "mitigates",
         "backfill-online-store": "no effect",
         "retrain": "harmful",
-        "set-decision-threshold": "no effect",
+        # The wrong fill makes drifting customers look safe, so the flagged list shrinks; a
+        # threshold that brings it back to size hides that while they stay mis-scored.
+        "set-decision-threshold": "harmful",
         "rollback-deploy": "no effect",
         "pin-served-version": "no effect",
     }

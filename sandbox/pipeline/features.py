@@ -38,9 +38,104 @@ FAST_RELEASE_DAY = 29
 FAST_RELEASE_SPEEDUP = 3.0
 
 
+WINDOW_DAYS = 28  # the long window; the job keeps this many days of raw rows
+RECENT_DAYS = 7  # the short window, its last days
+
+
 def feature_timestamp(calendar: Calendar, day: int) -> dt.datetime:
     """Features for a day describe data up to its end."""
     return calendar.midnight(day + 1)
+
+
+class ViewingWindow:
+    """Each customer's viewing totals over the last `RECENT_DAYS` and `WINDOW_DAYS` days the job
+    ingested, kept as running totals.
+
+    A day's rows are added once and the day leaving a window is taken off, so the nightly job
+    works in proportion to one day's rows instead of regrouping four weeks of them. The counts
+    are exact integers. Watch time is summed afresh from the days' slots, oldest first, so no
+    rounding builds up over the weeks."""
+
+    COUNTS = ("rows", "sessions", "known", "known_sessions", "errors")
+
+    def __init__(self, customer_ids: np.ndarray) -> None:
+        self._ids = np.sort(customer_ids)
+        n = len(self._ids)
+        # One slot a day, the newest in slot (_days - 1) % WINDOW_DAYS: what a day leaving a
+        # window takes off its totals.
+        self._counts = {name: np.zeros((WINDOW_DAYS, n), dtype=np.int32) for name in self.COUNTS}
+        self._minutes = np.zeros((WINDOW_DAYS, n), dtype=np.float64)
+        self._heights = np.zeros(WINDOW_DAYS, dtype=np.int64)
+        self._long = {name: np.zeros(n, dtype=np.int64) for name in self.COUNTS}
+        self._short = {name: np.zeros(n, dtype=np.int64) for name in self.COUNTS}
+        self._last_seen = np.full(n, -1, dtype=np.int64)  # the last day with a row, or -1
+        self._days = 0  # days added so far
+
+    def add(self, activity: pl.DataFrame) -> None:
+        """One day's raw viewing rows as ingested."""
+        ids = activity["customer_id"].to_numpy()
+        at = np.searchsorted(self._ids, ids)
+        if len(at) and (at.max() >= len(self._ids) or (self._ids[at] != ids).any()):
+            raise ValueError("viewing rows of a customer the feature job was not made with")
+        n = len(self._ids)
+        known = activity["minutes_watched"].is_not_null().to_numpy()
+        sessions = activity["sessions"].fill_null(0).to_numpy()
+        values = {
+            "rows": None,
+            "sessions": sessions,
+            "known": known,
+            "known_sessions": np.where(known, sessions, 0),
+            "errors": activity["playback_errors"].fill_null(0).to_numpy(),
+        }
+        slot = self._days % WINDOW_DAYS
+        leaving_short = (self._days - RECENT_DAYS) % WINDOW_DAYS
+        for name in self.COUNTS:
+            # Per-day counts are small whole numbers, which a float's sum holds exactly.
+            day = np.bincount(at, values[name], minlength=n).astype(np.int64)
+            held = self._counts[name]
+            self._long[name] += day - held[slot]  # the slot still holds the day leaving
+            self._short[name] += day - (held[leaving_short] if self._days >= RECENT_DAYS else 0)
+            held[slot] = day
+        minutes = activity["minutes_watched"].fill_null(0.0).to_numpy()
+        self._minutes[slot] = np.bincount(at[known], minutes[known], minlength=n)
+        self._heights[slot] = activity.height
+        self._last_seen[self._counts["rows"][slot] > 0] = self._days
+        self._days += 1
+
+    def _slots(self, days: int) -> list[int]:
+        """The slots of the last `days` days, oldest first."""
+        held = min(self._days, days)
+        return [(self._days - held + i) % WINDOW_DAYS for i in range(held)]
+
+    def rows_in(self) -> int:
+        """Raw rows the window holds."""
+        return int(self._heights.sum())
+
+    def aggregates(self) -> pl.DataFrame:
+        """Per customer with any viewing row in the long window: its totals over both windows,
+        named as the job's features are made from them."""
+        minutes_long, minutes_short = np.zeros(len(self._ids)), np.zeros(len(self._ids))
+        for slot in self._slots(WINDOW_DAYS):
+            minutes_long += self._minutes[slot]
+        for slot in self._slots(RECENT_DAYS):
+            minutes_short += self._minutes[slot]
+        long, short = self._long, self._short
+        return pl.DataFrame(
+            {
+                "customer_id": self._ids,
+                "sessions_7d": short["sessions"],
+                "sessions_28d": long["sessions"],
+                "days_since_last_session": self._days - 1 - self._last_seen,
+                "playback_errors_7d": short["errors"],
+                "_min_7": minutes_short,
+                "_known_7": short["known"],
+                "_days_7": short["rows"],
+                "_min_28": minutes_long,
+                "_known_sessions_28": long["known_sessions"],
+                "_known_28": long["known"],
+                "_days_28": long["rows"],
+            }
+        ).filter(pl.Series(long["rows"] > 0))
 
 
 class FeatureJob:
@@ -57,7 +152,7 @@ class FeatureJob:
         self.faults = faults
         self.logs = logs
         self.customers = customers.select("customer_id", "signup_day", "monthly_price")
-        self.activity: deque[pl.DataFrame] = deque(maxlen=28)
+        self.viewing = ViewingWindow(self.customers["customer_id"].to_numpy())
         self.billing: deque[pl.DataFrame] = deque(maxlen=30)
         self.tickets: deque[pl.DataFrame] = deque(maxlen=30)
         self.fill_values: dict[str, float] | None = None
@@ -76,35 +171,13 @@ class FeatureJob:
         at the day's end (in the order of the customers the job was made with)."""
         # A copy: the world goes on changing its own array.
         self.customers = self.customers.with_columns(pl.Series("monthly_price", prices.copy()))
-        self.activity.append(
-            activity.select(
-                "customer_id", "activity_date", "sessions", "minutes_watched", "playback_errors"
-            )
-        )
+        self.viewing.add(activity)
         self.billing.append(billing.select("customer_id", "status"))
         self.tickets.append(tickets.select("customer_id", "resolved_at"))
 
     def _aggregate(self, day: int, active_ids: np.ndarray) -> pl.DataFrame:
-        date = self.calendar.date(day)
         as_of = feature_timestamp(self.calendar, day)
-        act = pl.concat(list(self.activity)).with_columns(
-            (pl.lit(date) - pl.col("activity_date")).dt.total_days().alias("days_ago")
-        )
-        recent = pl.col("days_ago") < 7
-        minutes = pl.col("minutes_watched")
-        agg = act.group_by("customer_id").agg(
-            pl.col("sessions").filter(recent).sum().alias("sessions_7d"),
-            pl.col("sessions").sum().alias("sessions_28d"),
-            pl.col("days_ago").min().alias("days_since_last_session"),
-            pl.col("playback_errors").filter(recent).sum().alias("playback_errors_7d"),
-            minutes.filter(recent).sum().alias("_min_7"),
-            minutes.filter(recent).count().alias("_known_7"),
-            recent.sum().alias("_days_7"),
-            minutes.sum().alias("_min_28"),
-            pl.col("sessions").filter(minutes.is_not_null()).sum().alias("_known_sessions_28"),
-            minutes.count().alias("_known_28"),
-            pl.len().alias("_days_28"),
-        )
+        agg = self.viewing.aggregates()
         failures = (
             pl.concat(list(self.billing))
             .filter(pl.col("status") == "failed")
@@ -208,7 +281,7 @@ class FeatureJob:
         ctx = HookContext(seed=self.seed, day=day, calendar=self.calendar)
         features = self.faults.apply("features.rows", features, ctx)
         nulls_left = int(sum(features[c].null_count() for c in MODEL_FEATURES))
-        rows_in = sum(f.height for f in self.activity) + sum(f.height for f in self.billing)
+        rows_in = self.viewing.rows_in() + sum(f.height for f in self.billing)
         duration = 18 + rows_in / 9000 + g.gamma(2.0, 3.0)
         if day >= FAST_RELEASE_DAY:
             duration /= FAST_RELEASE_SPEEDUP

@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 import urllib.parse
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sandbox.layout import user_cache
 from sandbox.pipeline import compiled, registry_stamp
 
 CHURN_MODEL = "churn-model"
@@ -57,6 +59,7 @@ def connect(mlflow_dir: Path, experiment: str) -> Any:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
     mlflow_dir.mkdir(parents=True, exist_ok=True)
+    _new_store(mlflow_dir)
     mlflow.set_tracking_uri(tracking_uri(mlflow_dir))
     mlflow.set_registry_uri(tracking_uri(mlflow_dir))
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -66,6 +69,37 @@ def connect(mlflow_dir: Path, experiment: str) -> Any:
         )
     mlflow.set_experiment(experiment)
     return mlflow
+
+
+def _new_store(mlflow_dir: Path) -> None:
+    """A new world's store starts as a copy of an empty one made by this MLflow version.
+
+    MLflow makes a new sqlite store by running every schema migration since its first release,
+    about 4 s on the critical path of each build; the copy takes milliseconds. The empty store
+    holds only the schema and MLflow's Default experiment, whose time and location `seal`
+    rewrites like the rest. Where the cache cannot be written, MLflow makes the store itself."""
+    store = mlflow_dir / "mlflow.db"
+    if store.exists():
+        return
+    from importlib.metadata import version
+
+    template = user_cache() / "mlflow-stores" / f"mlflow-{version('mlflow')}.db"
+    if not template.is_file():
+        with contextlib.suppress(OSError):
+            _make_empty_store(template)
+    if template.is_file():
+        shutil.copyfile(template, store)
+
+
+def _make_empty_store(path: Path) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Made beside its place and moved in whole: two builds at once never see half a store.
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        made = Path(work) / path.name
+        SqlAlchemyStore(f"sqlite:///{made}", work).engine.dispose()
+        os.replace(made, path)
 
 
 @contextlib.contextmanager

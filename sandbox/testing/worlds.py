@@ -32,19 +32,14 @@ import duckdb
 
 import sandbox
 from sandbox import scenario
-from sandbox.layout import IncompleteWorld, read_manifest
+from sandbox.layout import IncompleteWorld, read_manifest, user_cache
 from sandbox.world.build import BuildSummary, build
 from sandbox.world.libraries import library_versions
 
 SEED = 7
 SMALL_SCALE = 0.4  # 10,000 customers: stable weekly metrics; build time is mostly fixed costs
 CONTROL = "control"  # the built-in scenario without faults: same world, one genuine change
-WORLD_CACHE = Path(
-    os.environ.get("SANDBOX_TEST_WORLDS")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    / "ml-incident-sandbox"
-    / "test-worlds"
-)
+WORLD_CACHE = Path(os.environ.get("SANDBOX_TEST_WORLDS") or user_cache() / "test-worlds")
 # Parts of the package that read worlds but do not shape them. The command line only hands a
 # scenario to `sandbox.world.build`, which the cache calls directly.
 NOT_SHAPING = (

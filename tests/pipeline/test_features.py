@@ -12,7 +12,14 @@ import pytest
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet
 from sandbox.logs import LogSink
-from sandbox.pipeline.features import IMPUTED_FEATURES, MODEL_FEATURES, FeatureJob
+from sandbox.pipeline.features import (
+    IMPUTED_FEATURES,
+    MODEL_FEATURES,
+    RECENT_DAYS,
+    WINDOW_DAYS,
+    FeatureJob,
+    ViewingWindow,
+)
 
 CAL = Calendar(dt.date(2026, 3, 2), 28, 56, 42, 5, 14)
 DAY = 10
@@ -154,3 +161,50 @@ def test_a_window_with_too_little_watch_time_is_missing(job: tuple[FeatureJob, L
         r["feature"]: r["fill_value"] for r in feature_job.policy_frame().iter_rows(named=True)
     }
     assert customer_1["avg_daily_minutes_28d"] == fills["avg_daily_minutes_28d"]
+
+
+def test_the_running_window_totals_are_those_of_the_last_days_rows_regrouped() -> None:
+    """Forty days of random viewing (missing watch time, a customer's day split over two rows,
+    customers who stop): after every day, each total equals grouping the raw rows of the last
+    28 days (7 for the short window) afresh."""
+    g = np.random.default_rng(3)
+    ids = np.arange(100, 400, 3)
+    window = ViewingWindow(g.permutation(ids))
+    days: list[pl.DataFrame] = []
+    for day in range(40):
+        watching = ids[g.random(len(ids)) < (0.7 if day < 20 else 0.3)]
+        rows = np.concatenate([watching, watching[:5]])  # five customers' days in two rows
+        minutes = np.round(g.gamma(2.0, 30.0, len(rows)), 1)
+        frame = pl.DataFrame(
+            {
+                "customer_id": rows,
+                "sessions": g.integers(1, 6, len(rows)),
+                "minutes_watched": np.where(g.random(len(rows)) < 0.2, np.nan, minutes),
+                "playback_errors": g.integers(0, 3, len(rows)),
+            }
+        ).with_columns(pl.col("minutes_watched").fill_nan(None), pl.lit(day).alias("day"))
+        window.add(frame)
+        days.append(frame)
+        raw = pl.concat(days[-WINDOW_DAYS:])
+        recent = pl.col("day") > day - RECENT_DAYS
+        minutes_ = pl.col("minutes_watched")
+        expected = raw.group_by("customer_id").agg(
+            pl.col("sessions").filter(recent).sum().alias("sessions_7d"),
+            pl.col("sessions").sum().alias("sessions_28d"),
+            (day - pl.col("day").max()).alias("days_since_last_session"),
+            pl.col("playback_errors").filter(recent).sum().alias("playback_errors_7d"),
+            minutes_.filter(recent).sum().alias("_min_7"),
+            minutes_.filter(recent).count().alias("_known_7"),
+            recent.sum().alias("_days_7"),
+            minutes_.sum().alias("_min_28"),
+            pl.col("sessions").filter(minutes_.is_not_null()).sum().alias("_known_sessions_28"),
+            minutes_.count().alias("_known_28"),
+            pl.len().alias("_days_28"),
+        )
+        got = window.aggregates()
+        assert sorted(got.columns) == sorted(expected.columns)
+        joined = expected.join(got, on="customer_id", how="full", suffix="_got")
+        for column in expected.columns[1:]:
+            want, have = joined[column].cast(pl.Float64), joined[f"{column}_got"].cast(pl.Float64)
+            assert np.allclose(want.to_numpy(), have.to_numpy(), rtol=1e-12), (day, column)
+        assert window.rows_in() == raw.height

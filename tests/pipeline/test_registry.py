@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from sandbox.clock import Calendar
-from sandbox.layout import WorldPaths
+from sandbox.layout import WorldPaths, user_cache
 from sandbox.pipeline import registry
 from sandbox.scenario import world_spec
 from sandbox.services.supervisor import free_port, mlflow_ui
@@ -49,7 +49,7 @@ def _mlflow_dir(world: BuildSummary) -> Path:
 def _host_details(world_root: Path) -> list[re.Pattern[str]]:
     """The build machine's directories, user and name, as they could leak into text."""
     paths = {str(world_root), str(world_root.resolve()), os.getcwd(), sys.prefix}
-    paths |= {sys.base_prefix, str(Path.home())}
+    paths |= {sys.base_prefix, str(Path.home()), str(user_cache())}
     names = {getpass.getuser(), socket.gethostname()}
     return [re.compile(re.escape(p)) for p in paths if len(p) > 1] + [
         re.compile(rf"(?<![\w-]){re.escape(n)}(?![\w-])") for n in names if n
@@ -199,6 +199,39 @@ def test_a_copied_world_loads_its_own_model_files(
     assert type(model) is type(pinned) and hasattr(model, "predict_proba")
     with pytest.raises(LookupError, match="no models:/churn-model@nope"):
         registry.model_version(copy, "models:/churn-model@nope")
+
+
+def test_a_new_store_starts_from_an_empty_one_made_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first build on a machine has MLflow make an empty store and keeps it; later builds
+    start from a copy that MLflow accepts as its own. A cache that cannot be written costs only
+    the time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    stores = []
+    for name in ("first", "second"):
+        mlflow = registry.connect(tmp_path / name, "churn-model-training")
+        with mlflow.start_run(run_name=name):
+            mlflow.log_metric("holdout_auc", 0.7)
+        stores.append(tmp_path / name / "mlflow.db")
+    [template] = (user_cache() / "mlflow-stores").iterdir()
+    empty = sqlite3.connect(template)
+    default = "SELECT artifact_location FROM experiments WHERE name = 'Default'"
+    assert empty.execute("SELECT name FROM experiments").fetchall() == [("Default",)]
+    assert empty.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    made_at = empty.execute(default).fetchall()
+    empty.close()
+    for store in stores:
+        db = sqlite3.connect(store)
+        assert db.execute(default).fetchall() == made_at  # a copy (`seal` rewrites it later)
+        assert db.execute("SELECT name FROM runs").fetchall() in ([("first",)], [("second",)])
+        db.close()
+
+    # A file: nothing can be made under it, and MLflow makes the store as it would anyway.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(template))
+    (tmp_path / "uncached").mkdir()
+    registry._new_store(tmp_path / "uncached")
+    assert not any((tmp_path / "uncached").iterdir())
 
 
 def test_artifact_locations_resolve_inside_the_world(tmp_path: Path) -> None:

@@ -203,9 +203,9 @@ def test_the_review_judges_each_action_by_the_answer_key(
     review = client.get(f"/api/sessions/{links['session_id']}/review", headers=interviewer).json()
     key = json.loads(paths.answer_key.read_text())
     [fault] = key["faults"]
-    # The fault declares a threshold changes nothing; one that flags almost nobody harms the
-    # retention team all the same.
-    assert fault["actions"].get(SET_THRESHOLD, "no effect") == "no effect"
+    # The fault declares a threshold harmful (it would hide the shrinking list); one that
+    # flags almost nobody moves the list further from the plan, harmful all the same.
+    assert fault["actions"][SET_THRESHOLD] == "harmful"
     expected = {
         SET_THRESHOLD: "harmful",
         SET_FILL: fault["actions"][SET_FILL],

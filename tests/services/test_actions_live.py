@@ -173,7 +173,7 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
         timeout=30,
     ).json()
     # Halving the threshold more than doubles the list, further from the plan than the fault
-    # took it: harmful, though the fault declares a threshold beside the point.
+    # took it: harmful.
     assert {a["id"]: a["verdict"] for a in review["actions"]} == {
         SET_THRESHOLD: "harmful",
         SET_FILL: "mitigates",
