@@ -15,7 +15,7 @@ from sandbox.layout import WorldPaths
 from sandbox.monitor.metrics import LIVE_SERIES_SERVICES
 from sandbox.schema import FEATURES
 from sandbox.services import stack
-from sandbox.services.gateway import console, on_demand
+from sandbox.services.gateway import console, on_demand, telemetry, views
 from sandbox.services.gateway.app import create_app
 from sandbox.services.gateway.console import DEFAULTS
 from sandbox.services.gateway.telemetry import COMPUTED, LiveTelemetry
@@ -105,17 +105,13 @@ def test_the_online_store_is_the_newest_load_by_the_simulated_now(paths: WorldPa
         assert recorded is not None and recorded[0] == rows, f"at {now}"
 
 
-def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
-    cal = _calendar(paths)
-    now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=10)
-    store = live_store(paths, now)
-    with duckdb.connect(str(paths.duckdb), read_only=True) as world:
-        top_id = world.sql("SELECT max(prediction_id) FROM serving.predictions").fetchall()[0][0]
-    writer = SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions"))
-    row = {  # no prediction_id: the gateway numbers it
-        "request_ts": (now - dt.timedelta(minutes=1)).isoformat(),
+def _prediction(at: dt.datetime, customer_id: int) -> dict:
+    """An online prediction as the model server spools it; no prediction_id: the gateway
+    numbers it."""
+    return {
+        "request_ts": at.isoformat(),
         "source": "online",
-        "customer_id": 42,
+        "customer_id": customer_id,
         "model_name": "churn-model",
         "model_version": "1",
         **dict.fromkeys(FEATURES),
@@ -125,6 +121,49 @@ def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
         "latency_ms": 7.5,
         "status": "ok",
     }
+
+
+def test_a_query_loads_the_live_rows_of_what_it_reads(
+    paths: WorldPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query loads the rows spooled to the tables it reads, and those its views are made
+    from, and no others: a query of the built world's tables alone pays for no load."""
+    monkeypatch.setattr(telemetry, "FRESH_S", 0.0)
+    cal = _calendar(paths)
+    now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=10)
+    store = live_store(paths, now)
+    loaded = f"SELECT count(*) FROM {views.live_table('serving.predictions')}"
+    before = store.con.execute(loaded).fetchone()
+    assert before is not None
+    SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions")).write(
+        _prediction(now - dt.timedelta(minutes=1), 42)
+    )
+    SpoolWriter(spool_path(paths.run, "model-server", "telemetry.logs")).write(
+        {
+            "ts": (now - dt.timedelta(minutes=1)).isoformat(),
+            "service": "model-server",
+            "level": "info",
+            "event": "loaded-on-read",
+            "message": "a line",
+            "attrs": "{}",
+        }
+    )
+    assert _one(store, "SELECT count(*) FROM raw.customers") > 0
+    assert _one(store, "SELECT count(*) FROM telemetry.logs WHERE event = 'loaded-on-read'") == 1
+    assert store.con.execute(loaded).fetchone() == before, "not read: not loaded"
+    # The metric series are made from the live predictions: reading them loads those.
+    _one(store, "SELECT count(*) FROM telemetry.metrics")
+    assert store.con.execute(loaded).fetchone() == (before[0] + 1,)
+
+
+def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
+    cal = _calendar(paths)
+    now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=10)
+    store = live_store(paths, now)
+    with duckdb.connect(str(paths.duckdb), read_only=True) as world:
+        top_id = world.sql("SELECT max(prediction_id) FROM serving.predictions").fetchall()[0][0]
+    writer = SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions"))
+    row = _prediction(now - dt.timedelta(minutes=1), 42)
     row["sessions_7d"] = 3.0
     future = {**row, "request_ts": (now + dt.timedelta(hours=1)).isoformat(), "customer_id": 43}
     writer.write(row, future)
@@ -139,7 +178,10 @@ def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
     assert live == [[top_id + 1, 42, 3.0, 0.5]], (
         "only the row that exists by now, with an id the world never used"
     )
-    # The live online traffic feeds the model server's metric series.
+    # The live online traffic feeds the model server's metric series, computed when a query
+    # reads them: the query above, like most, did not pay for it.
+    computed = f"SELECT count(*) FROM {COMPUTED['telemetry.metrics']}"
+    assert store.con.execute(computed).fetchone() == (0,)
     rps = _one(
         store,
         "SELECT count(*) FROM telemetry.metrics WHERE service = 'model-server' "

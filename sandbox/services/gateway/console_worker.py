@@ -11,10 +11,8 @@ plus the live rows loaded from the services' spool files, the durable log they a
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import signal
-import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -26,10 +24,6 @@ from sandbox.services.common import ServiceContext
 from sandbox.services.gateway import console
 from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.settings import Settings
-
-# Live rows are loaded before a query when the last load is older than this: a row the services
-# spooled shows in the console within a second, without every query paying for a load.
-INGEST_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -70,17 +64,13 @@ def serve(conn: Connection, world: str, limits: Limits) -> None:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     _cap_address_space(limits.memory_mb)
-    loaded_at = time.monotonic()
     conn.send(("ready", None))
     while True:
         try:
             request: Request = conn.recv()
         except (EOFError, OSError):
             return
-        if time.monotonic() - loaded_at >= INGEST_EVERY_S:
-            with contextlib.suppress(Exception):  # a bad spool line must not stop the console
-                store.ingest()
-            loaded_at = time.monotonic()
+        # The query loads the live rows of what it reads (`LiveTelemetry.prepare`).
         conn.send(_answer(store, request, limits))
 
 
