@@ -3,7 +3,8 @@ services spool, behind the clock-filtered views the candidate queries.
 
 The gateway is the only owner of live telemetry. It keeps it in an in-memory DuckDB rebuilt from
 the spool files on start: the spool is the durable log (written before a service acknowledges
-anything), the in-memory tables are its queryable copy, loaded again within a second of a write.
+anything), the in-memory tables are its queryable copy: a query loads the new rows of the tables
+it reads, so a row shows within a second of its write (`prepare`).
 Live tables are created from the tables' declarations (`sandbox.schema`) and every spooled row is
 checked against them before it is loaded (`spool.check`): a row that does not fit is refused, with
 a message naming its table and column, and costs that row only.
@@ -159,7 +160,7 @@ class LiveTelemetry:
                 f"CREATE VIEW {views.production_table(table)} AS "
                 f"SELECT * FROM {views.live_table(table)} WHERE session_id IS NULL"
             )
-        # Recomputed on ingest (`schema.Live.spooled` false).
+        # Computed from the live rows for a query that reads them (`schema.Live.spooled` false).
         for table, computed in COMPUTED.items():
             self.con.execute(schema.TABLES[table].create_sql(computed))
 
