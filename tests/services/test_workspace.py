@@ -99,6 +99,11 @@ def test_log_search_filters_pages_and_tails(client: TestClient, make_session: Ma
         "/api/logs", params={"offset": 100, "end": everything["end"]}, headers=who
     ).json()
     assert second["lines"][0]["ts"] <= stamps[-1]
+    assert second["total"] == everything["total"]
+    past = client.get(
+        "/api/logs", params={"offset": everything["total"], "end": everything["end"]}, headers=who
+    ).json()
+    assert past["lines"] == [] and past["total"] == everything["total"]  # counted all the same
 
     jobs = client.get(
         "/api/logs", params={"service": "feature-job", "q": "FINISHED"}, headers=who
@@ -113,8 +118,8 @@ def test_log_search_filters_pages_and_tails(client: TestClient, make_session: Ma
     assert client.get("/api/logs", params={"level": "loud"}, headers=who).status_code == 422
 
     searches = [e["detail"] for e in _history(client, links) if e["kind"] == "log_search"]
-    assert len(searches) == 3  # neither the tail poll nor the refused search is a search
-    assert searches[2]["service"] == "feature-job" and searches[2]["q"] == "FINISHED"
+    assert len(searches) == 4  # neither the tail poll nor the refused search is a search
+    assert searches[3]["service"] == "feature-job" and searches[3]["q"] == "FINISHED"
 
 
 def test_a_panel_runs_for_the_picked_range_and_is_recorded(
