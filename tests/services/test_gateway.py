@@ -151,9 +151,34 @@ def test_a_query_loads_the_live_rows_of_what_it_reads(
     assert _one(store, "SELECT count(*) FROM raw.customers") > 0
     assert _one(store, "SELECT count(*) FROM telemetry.logs WHERE event = 'loaded-on-read'") == 1
     assert store.con.execute(loaded).fetchone() == before, "not read: not loaded"
-    # The metric series are made from the live predictions: reading them loads those.
-    _one(store, "SELECT count(*) FROM telemetry.metrics")
+    # The metric series are made from the live predictions: reading them loads those, however
+    # the query spells the table.
+    _one(store, "SELECT count(*) FROM telemetry.METRICS")
     assert store.con.execute(loaded).fetchone() == (before[0] + 1,)
+
+
+def test_a_series_that_fails_to_compute_leaves_the_query_answered_and_is_tried_again(
+    paths: WorldPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telemetry, "FRESH_S", 0.0)
+    cal = _calendar(paths)
+    now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=10)
+    store = live_store(paths, now)
+    SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions")).write(
+        _prediction(now - dt.timedelta(minutes=1), 42)
+    )
+    computed = f"SELECT count(*) FROM {COMPUTED['telemetry.metrics']}"
+    recompute = store._recompute_metrics
+
+    def failing() -> None:
+        raise ValueError("a hook could not cast the series")
+
+    monkeypatch.setattr(store, "_recompute_metrics", failing)
+    assert _one(store, "SELECT count(*) FROM telemetry.metrics") > 0  # the world's series
+    assert store.con.execute(computed).fetchone() == (0,)
+    monkeypatch.setattr(store, "_recompute_metrics", recompute)
+    _one(store, "SELECT count(*) FROM telemetry.metrics")
+    assert store.con.execute(computed).fetchone()[0] > 0  # type: ignore[index]
 
 
 def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:

@@ -288,6 +288,8 @@ class LiveTelemetry:
         A query that reads no live table loads nothing. The live series are computed, and the
         alerts evaluated on them, for a query that reads them, not on every load: computing the
         series costs about 40 ms and the alerts about 20 ms, where most queries cost less."""
+        # As DuckDB resolves them: `serving.PREDICTIONS` reads serving.predictions.
+        tables = [table.lower() for table in tables]
         now = time.monotonic()
         fed = {t for table in tables for t in FED_BY.get(table, (table,)) if t in spool.LIVE_TABLES}
         stale = [t for t in fed if now - self._loaded_at.get(t, -FRESH_S) >= FRESH_S]
@@ -298,8 +300,11 @@ class LiveTelemetry:
             return
         with self._lock:
             if self._series_stale:
-                self._recompute_metrics()
-                self._series_stale = False
+                try:
+                    self._recompute_metrics()
+                    self._series_stale = False
+                except Exception as exc:  # the last series stand; the next query tries again
+                    print(f"live metric series not recomputed: {exc}", file=sys.stderr, flush=True)
             if ALERTS not in tables:
                 return
             series, self._unevaluated = self._unevaluated, None
