@@ -70,9 +70,20 @@ class ViewingWindow:
         self._short = {name: np.zeros(n, dtype=np.int64) for name in self.COUNTS}
         self._last_seen = np.full(n, -1, dtype=np.int64)  # the last day with a row, or -1
         self._days = 0  # days added so far
+        self._last_date: dt.date | None = None  # of the last day's rows
 
     def add(self, activity: pl.DataFrame) -> None:
-        """One day's raw viewing rows as ingested."""
+        """One day's raw viewing rows as ingested, each day after the last."""
+        dates = activity["activity_date"].unique().to_list()
+        if len(dates) > 1 or (
+            dates and self._last_date is not None and dates[0] <= self._last_date
+        ):
+            # Rows of another day would need their own slot: refused, never counted in the wrong one.
+            raise ValueError(
+                f"the feature job takes one day of viewing rows at a time, each after the last "
+                f"({self._last_date}); these are of {', '.join(map(str, sorted(dates)))}"
+            )
+        self._last_date = dates[0] if dates else self._last_date
         ids = activity["customer_id"].to_numpy()
         at = np.searchsorted(self._ids, ids)
         if len(at) and (at.max() >= len(self._ids) or (self._ids[at] != ids).any()):

@@ -83,12 +83,13 @@ def _new_store(mlflow_dir: Path) -> None:
         return
     from importlib.metadata import version
 
-    template = user_cache() / "mlflow-stores" / f"mlflow-{version('mlflow')}.db"
-    if not template.is_file():
-        with contextlib.suppress(OSError):
+    try:
+        template = user_cache() / "mlflow-stores" / f"mlflow-{version('mlflow')}.db"
+        if not template.is_file():
             _make_empty_store(template)
-    if template.is_file():
         shutil.copyfile(template, store)
+    except Exception:  # a shortcut only: no home, a full disk, a locked file in the cache
+        store.unlink(missing_ok=True)
 
 
 def _make_empty_store(path: Path) -> None:

@@ -182,7 +182,13 @@ def test_the_running_window_totals_are_those_of_the_last_days_rows_regrouped() -
                 "minutes_watched": np.where(g.random(len(rows)) < 0.2, np.nan, minutes),
                 "playback_errors": g.integers(0, 3, len(rows)),
             }
-        ).with_columns(pl.col("minutes_watched").fill_nan(None), pl.lit(day).alias("day"))
+        ).with_columns(
+            pl.col("minutes_watched").fill_nan(None),
+            pl.lit(day).alias("day"),
+            pl.lit(CAL.date(day)).alias("activity_date"),
+        )
+        if day == 30:
+            frame = frame.clear()  # a day with no viewing at all
         window.add(frame)
         days.append(frame)
         raw = pl.concat(days[-WINDOW_DAYS:])
@@ -208,3 +214,16 @@ def test_the_running_window_totals_are_those_of_the_last_days_rows_regrouped() -
             want, have = joined[column].cast(pl.Float64), joined[f"{column}_got"].cast(pl.Float64)
             assert np.allclose(want.to_numpy(), have.to_numpy(), rtol=1e-12), (day, column)
         assert window.rows_in() == raw.height
+
+
+def test_viewing_rows_of_another_day_are_refused() -> None:
+    window = ViewingWindow(np.array([1, 2]))
+    window.add(activity(DAY, {1: (2, 60.0)}))
+    for late in (
+        pl.concat([activity(DAY + 1, {1: (1, 5.0)}), activity(DAY - 3, {2: (1, 5.0)})]),
+        activity(DAY, {2: (1, 5.0)}),
+    ):
+        with pytest.raises(ValueError, match="one day of viewing rows at a time"):
+            window.add(late)
+    window.add(activity(DAY + 1, {}))  # a day without rows says nothing of its day
+    window.add(activity(DAY + 1, {2: (1, 5.0)}))
