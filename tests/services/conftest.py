@@ -139,25 +139,34 @@ def shared_stack(
         yield running
 
 
-def spool_failing_requests(paths: WorldPaths, start: dt.datetime, count: int = 40) -> None:
-    """`count` of production's online requests, 30 s apart from `start`, four in five failing
-    (an error ratio of 0.8 in every 5-minute bucket), spooled as the model server spools them."""
-    row = {
+def online_prediction(at: dt.datetime, customer_id: int) -> dict:
+    """An online prediction as the model server spools it; no prediction_id: the gateway
+    numbers it."""
+    return {
+        "request_ts": at.isoformat(),
         "source": "online",
-        "customer_id": 42,
+        "customer_id": customer_id,
         "model_name": "churn-model",
         "model_version": "1",
         **dict.fromkeys(FEATURES),
-        "score": None,
+        "score": 0.5,
         "threshold": 0.1,
-        "decision": None,
-        "latency_ms": 3.0,
+        "decision": True,
+        "latency_ms": 7.5,
+        "status": "ok",
     }
+
+
+def spool_failing_requests(paths: WorldPaths, start: dt.datetime, count: int = 40) -> None:
+    """`count` of production's online requests, 30 s apart from `start`, four in five failing
+    (an error ratio of 0.8 in every 5-minute bucket), spooled as the model server spools them."""
     SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions")).write(
         *(
             {
-                **row,
-                "request_ts": (start + dt.timedelta(seconds=30 * i)).isoformat(),
+                **online_prediction(start + dt.timedelta(seconds=30 * i), 42),
+                "score": None,
+                "decision": None,
+                "latency_ms": 3.0,
                 "status": "ok" if i % 5 == 0 else "error",
             }
             for i in range(count)

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 from sandbox import scenario, schema
 from sandbox.layout import WorldPaths
 from sandbox.monitor.metrics import LIVE_SERIES_SERVICES
-from sandbox.schema import FEATURES
 from sandbox.services import stack
 from sandbox.services.gateway import console, on_demand, telemetry, views
 from sandbox.services.gateway.app import create_app
@@ -25,6 +24,7 @@ from tests.services.conftest import (
     FROZEN,
     MakeSession,
     live_store,
+    online_prediction,
     session_maker,
     spool_failing_requests,
 )
@@ -105,24 +105,6 @@ def test_the_online_store_is_the_newest_load_by_the_simulated_now(paths: WorldPa
         assert recorded is not None and recorded[0] == rows, f"at {now}"
 
 
-def _prediction(at: dt.datetime, customer_id: int) -> dict:
-    """An online prediction as the model server spools it; no prediction_id: the gateway
-    numbers it."""
-    return {
-        "request_ts": at.isoformat(),
-        "source": "online",
-        "customer_id": customer_id,
-        "model_name": "churn-model",
-        "model_version": "1",
-        **dict.fromkeys(FEATURES),
-        "score": 0.5,
-        "threshold": 0.1,
-        "decision": True,
-        "latency_ms": 7.5,
-        "status": "ok",
-    }
-
-
 def test_a_query_loads_the_live_rows_of_what_it_reads(
     paths: WorldPaths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,7 +118,7 @@ def test_a_query_loads_the_live_rows_of_what_it_reads(
     before = store.con.execute(loaded).fetchone()
     assert before is not None
     SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions")).write(
-        _prediction(now - dt.timedelta(minutes=1), 42)
+        online_prediction(now - dt.timedelta(minutes=1), 42)
     )
     SpoolWriter(spool_path(paths.run, "model-server", "telemetry.logs")).write(
         {
@@ -165,7 +147,7 @@ def test_a_series_that_fails_to_compute_leaves_the_query_answered_and_is_tried_a
     now = cal.midnight(cal.last_production_day + 1) + dt.timedelta(hours=10)
     store = live_store(paths, now)
     SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions")).write(
-        _prediction(now - dt.timedelta(minutes=1), 42)
+        online_prediction(now - dt.timedelta(minutes=1), 42)
     )
     computed = f"SELECT count(*) FROM {COMPUTED['telemetry.metrics']}"
     recompute = store._recompute_metrics
@@ -188,7 +170,7 @@ def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
     with duckdb.connect(str(paths.duckdb), read_only=True) as world:
         top_id = world.sql("SELECT max(prediction_id) FROM serving.predictions").fetchall()[0][0]
     writer = SpoolWriter(spool_path(paths.run, "model-server", "serving.predictions"))
-    row = _prediction(now - dt.timedelta(minutes=1), 42)
+    row = online_prediction(now - dt.timedelta(minutes=1), 42)
     row["sessions_7d"] = 3.0
     future = {**row, "request_ts": (now + dt.timedelta(hours=1)).isoformat(), "customer_id": 43}
     writer.write(row, future)
