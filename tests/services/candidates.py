@@ -32,6 +32,8 @@ OPERATOR_TOKEN = Path("interviewer") / "operator-token"
 GATEWAY_MODULE = "sandbox.services.gateway.app"
 BROWSER_CONNECTIONS = 6  # a browser fetches a dashboard's panels over at most 6 connections
 RETRY_PAUSE_S = 0.1  # between attempts while the gateway does not answer
+SLOW_ROWS = 300_000_000  # counted by `Candidate.slow_query`: about 0.8 s of one core
+SLOW_QUERY_LEAD_S = 0.2  # from sending it until the kill: the gateway is working on it by then
 RANGE = dt.timedelta(days=7)  # the time range a candidate picks for a dashboard
 PANEL_ROUTE = "GET /api/dashboards/{id}/panels/{panel}"  # one panel of a dashboard load
 SQL_ROUTE = "POST /api/sql"
@@ -163,6 +165,14 @@ class Candidate:
         """The smallest recorded request: a query that only names its tag."""
         tag = self.tag()
         self._send(SQL_ROUTE, tag, "POST", "/api/sql", json={"sql": f"SELECT '{tag}' AS tag"})
+
+    def slow_query(self) -> None:
+        """A query the console works on for most of a second: one in flight when the gateway
+        dies is sure to lose its connection (a probe is answered in milliseconds, and the
+        restarted gateway answers whatever is sent between two of them)."""
+        tag = self.tag()
+        sql = f"SELECT '{tag}' AS tag, count(*) AS n FROM range({SLOW_ROWS}) t(x) WHERE x % 7 = 3"
+        self._send(SQL_ROUTE, tag, "POST", "/api/sql", json={"sql": sql})
 
     def query(self) -> None:
         tag = self.tag()
@@ -491,7 +501,8 @@ def kill_gateway_while_writing(
     mix: dict[str, int] | None = None,
 ) -> Durability:
     """A candidate sends probes and diagnosis saves as fast as it can; once `before` are
-    acknowledged the gateway gets SIGKILL; the candidate keeps trying through the outage until
+    acknowledged the gateway gets SIGKILL, while it answers a slow query of the candidate's; the
+    candidate keeps trying through the outage until
     `after` more are acknowledged by the restarted gateway. Then the history is reconciled."""
     mix = mix or {"probe": 3, "diagnosis": 1}
     candidate = Candidate(url, session)
@@ -501,12 +512,17 @@ def kill_gateway_while_writing(
     if victim is None:
         raise RuntimeError("no gateway process under the supervisor")
     result = Durability(victim, None, None, candidate)
+    slow: threading.Thread | None = None
     thread.start()
     try:
         if not _wait_for(lambda: len(candidate.acknowledged()) >= before, 60):
             result.failure = f"fewer than {before} requests acknowledged before the kill"
             return result
         result.state_before = session_state(url, session)
+        # The kill lands while a query is being answered, so the candidate sees it.
+        slow = threading.Thread(target=candidate.slow_query, name="durability-slow")
+        slow.start()
+        time.sleep(SLOW_QUERY_LEAD_S)
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
 
@@ -527,6 +543,8 @@ def kill_gateway_while_writing(
     finally:
         stop.set()
         thread.join(timeout=60)
+        if slow is not None:
+            slow.join(timeout=60)
     if result.failure is None:
         # The session continues: the same token works, its state and timer are unchanged.
         candidate.save_diagnosis()
