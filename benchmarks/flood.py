@@ -24,7 +24,7 @@ import httpx
 from benchmarks.build import _table
 from benchmarks.stack import Tree, cmdline, service_name
 from tests.services.candidates import Session, create_session
-from tests.services.test_console_pool import BOMBS, SLOW
+from tests.services.console.test_pool import BOMBS, SLOW
 
 FLOODERS = 45  # as many as the attack that stalled an interviewer
 FLOOD_SECONDS = 20.0

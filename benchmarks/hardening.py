@@ -22,7 +22,7 @@ loopback only:
    the gateway gets SIGKILL, the supervisor restarts it, the candidate keeps trying until the
    new gateway acknowledges more. Acknowledged vs found vs duplicated events; the load's
    sessions are reconciled again after the restart.
-3. Hostile SQL: every query of `HOSTILE` in tests/services/test_console_hostile.py through
+3. Hostile SQL: every query of `HOSTILE` in tests/services/console/test_hostile.py through
    `POST /api/sql` (a 400 with an error message counts as refused; any other outcome is listed),
    each followed by a normal query, timed.
 4. Bombs and a flood (benchmarks/flood.py): each memory bomb with the gateway's and the console
@@ -87,7 +87,7 @@ from tests.services.candidates import (
     run_candidates,
     stats_table,
 )
-from tests.services.test_console_hostile import HOSTILE, NORMAL, NORMAL_WITHIN_S
+from tests.services.console.test_hostile import HOSTILE, NORMAL, NORMAL_WITHIN_S
 
 CANDIDATES = 20
 SECONDS = 120.0

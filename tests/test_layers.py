@@ -25,7 +25,8 @@ The layers, lowest first (a module belongs to the longest entry that names it or
 - review: what reads a built world and judges it: `verify`, the interviewer's review of a
   session, and `testing`, the bar a fault meets (it builds small worlds to judge them).
 - services: the running stack's processes (`sandbox up`) over a built world and what they share
-  (`common`, `spool`, `stack`, `dashboards`, ...).
+  (`common`, `spool`, `stack`, `dashboards`, ...), and the domain the gateway serves: the SQL
+  console with its live telemetry (`console`) and the fleet of worlds and their builds (`fleet`).
 - gateway: the one door of the running stack. Its internals are its own: the supervisor starts it
   as a process by module name, and the other services reach it over HTTP and spool files, so
   what they share with it lives in `services` or lower.
@@ -203,7 +204,7 @@ MODULES_FOR_CHECKS = {
     "sandbox.world.simulate",
     "sandbox.services.grafana",
     "sandbox.services.gateway",
-    "sandbox.services.gateway.views",
+    "sandbox.services.gateway.auth",
     "sandbox.cli",
     "sandbox.clock",
 }
@@ -224,8 +225,8 @@ MODULES_FOR_CHECKS = {
             "else:\n    from sandbox.world.simulate import Simulation\n",
             "pipeline sits below",
         ),
-        ("sandbox.services.grafana", "from .gateway import views\n", "services sits below"),
-        ("sandbox.cli", "from sandbox.services.gateway import views\n", "cli may not import"),
+        ("sandbox.services.grafana", "from .gateway import auth\n", "services sits below"),
+        ("sandbox.cli", "from sandbox.services.gateway import auth\n", "cli may not import"),
     ],
 )
 def test_a_bad_import_is_named_with_the_rule_it_breaks(

@@ -19,8 +19,8 @@ from sandbox.layout import WorldPaths
 from sandbox.review.store import LEGACY_SESSIONS_FILE, SESSIONS_FILE
 from sandbox.schema import FEATURES
 from sandbox.services import stack
+from sandbox.services.console.telemetry import LiveTelemetry
 from sandbox.services.gateway.app import create_app
-from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.settings import Settings
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path

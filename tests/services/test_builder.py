@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sandbox.faults import registry
 from sandbox.layout import WorldPaths, read_manifest
 from sandbox.services import stack
-from sandbox.services.gateway.builder import Build, BuildQueue, BuildsClosed
+from sandbox.services.fleet.builds import Build, BuildQueue, BuildsClosed
 from sandbox.services.settings import Settings
 from tests.http_client import HTTP
 from tests.services.conftest import MakeSession, gateway_client

@@ -16,9 +16,9 @@ from sandbox.difficulty import Tier
 from sandbox.faults import registry as fault_registry
 from sandbox.layout import WorldPaths
 from sandbox.services import dashboards
+from sandbox.services.console import query
+from sandbox.services.console.telemetry import LiveTelemetry
 from sandbox.services.dashboards import DashboardError
-from sandbox.services.gateway import console
-from sandbox.services.gateway.telemetry import LiveTelemetry
 from sandbox.services.settings import Settings
 from sandbox.world.build import BuildSummary
 from tests.services.conftest import live_store
@@ -116,7 +116,7 @@ def test_every_panel_returns_its_declared_columns_over_the_production_range(
         for panel in board.panels:
             where = f"{board.id}/{panel.id} {choice}"
             params = dashboards.parameters(panel, start, end, choice)
-            result = console.run(telemetry, panel.sql, params)
+            result = query.run(telemetry, panel.sql, params)
             assert result.rows, f"{where}: no rows"
             assert not result.truncated, f"{where}: more rows than the console returns"
             assert result.elapsed_ms < SLOW_MS, f"{where}: {result.elapsed_ms} ms"
@@ -156,9 +156,9 @@ def test_drift_report_links_name_each_report_day(
     panel = next(p for p in board.panels if p.links)
     (column, template), *_ = panel.links.items()
     assert template == "/reports/drift/{value}"
-    result = console.run(telemetry, panel.sql, dashboards.parameters(panel, start, end, {}))
+    result = query.run(telemetry, panel.sql, dashboards.parameters(panel, start, end, {}))
     linked = [row[result.columns.index(column)] for row in result.rows]
-    days = console.run(
+    days = query.run(
         telemetry,
         "SELECT strftime(report_date, '%Y-%m-%d') FROM monitoring.drift_daily "
         f"WHERE report_date >= DATE '{start.date()}' AND report_date < DATE '{end.date()}'",

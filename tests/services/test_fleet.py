@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from sandbox.layout import WorldPaths, read_manifest
 from sandbox.services import stack
-from sandbox.services.gateway.builder import BuildQueue
-from sandbox.services.gateway.fleet import Fleet
+from sandbox.services.fleet.builds import BuildQueue
+from sandbox.services.fleet.stacks import Fleet
 from sandbox.services.settings import Settings
 from tests.services.conftest import gateway_client, session_maker
 from tests.services.test_builder import FAKE_BUILD

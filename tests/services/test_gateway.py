@@ -14,10 +14,11 @@ from sandbox import scenario, schema
 from sandbox.layout import WorldPaths
 from sandbox.monitor.metrics import LIVE_SERIES_SERVICES
 from sandbox.services import stack
-from sandbox.services.gateway import console, on_demand, telemetry, views
+from sandbox.services.console import query, telemetry, views
+from sandbox.services.console.query import DEFAULTS
+from sandbox.services.console.telemetry import COMPUTED, LiveTelemetry
+from sandbox.services.gateway import on_demand
 from sandbox.services.gateway.app import create_app
-from sandbox.services.gateway.console import DEFAULTS
-from sandbox.services.gateway.telemetry import COMPUTED, LiveTelemetry
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
 from tests.services.conftest import (
@@ -37,7 +38,7 @@ def _calendar(paths: WorldPaths):
 
 
 def _one(store: LiveTelemetry, sql: str):
-    return console.run(store, sql).rows[0][0]
+    return query.run(store, sql).rows[0][0]
 
 
 def test_rows_appear_only_once_they_exist_at_the_simulated_now(paths: WorldPaths) -> None:
@@ -89,7 +90,7 @@ def test_the_online_store_is_the_newest_load_by_the_simulated_now(paths: WorldPa
         (cal.at(live_day, 4.5), cal.at(live_day, 4.0)),
         (cal.at(live_day + 1, 12.0), cal.at(live_day + 1, 4.0)),
     ):
-        loads, loaded_at, rows, customers = console.run(live_store(paths, now), store_sql).rows[0]
+        loads, loaded_at, rows, customers = query.run(live_store(paths, now), store_sql).rows[0]
         assert loads == 1, f"at {now}: rows of {loads} loads"
         assert dt.datetime.fromisoformat(loaded_at) == load, f"at {now}"
         assert rows == customers, "one row per customer"
@@ -177,7 +178,7 @@ def test_spooled_rows_join_the_candidates_tables(paths: WorldPaths) -> None:
     with writer.path.open("a") as f:
         f.write('{"request_ts": "2026-')  # a line torn by a killed writer
     assert store.ingest() == 2
-    live = console.run(
+    live = query.run(
         store,
         f"SELECT prediction_id, customer_id, sessions_7d, score FROM serving.predictions "
         f"WHERE request_ts >= '{cal.midnight(cal.last_production_day + 1)}' AND source = 'online'",
@@ -216,18 +217,18 @@ def test_the_console_refuses_what_is_not_a_read_of_the_candidates_tables(
     paths: WorldPaths, sql: str, message: str
 ) -> None:
     store = live_store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
-    with pytest.raises(console.QueryRefused, match=message):
-        console.run(store, sql)
+    with pytest.raises(query.QueryRefused, match=message):
+        query.run(store, sql)
 
 
 def test_the_console_cannot_reach_files_and_caps_rows(paths: WorldPaths) -> None:
     store = live_store(paths, _calendar(paths).midnight(_calendar(paths).last_production_day + 1))
-    with pytest.raises(console.QueryRefused, match="not available"):
-        console.run(store, "SELECT * FROM read_csv('/etc/passwd')")
+    with pytest.raises(query.QueryRefused, match="not available"):
+        query.run(store, "SELECT * FROM read_csv('/etc/passwd')")
     # The second layer: the instance itself refuses files, should a query get past the first.
     with pytest.raises(duckdb.Error, match="disabled by configuration"):
         store.cursor().execute("SELECT * FROM read_csv('/etc/passwd')")
-    big = console.run(store, "SELECT customer_id FROM raw.customers")
+    big = query.run(store, "SELECT customer_id FROM raw.customers")
     assert big.truncated and len(big.rows) == DEFAULTS.row_cap
     assert big.tables == ["raw.customers"]
 
@@ -404,9 +405,7 @@ def test_a_spooled_row_no_table_can_hold_costs_that_row_only(paths: WorldPaths) 
         "retrieval.search_log.latency_ms: DOUBLE expects a number, got 'fast'",
         "retrieval.search_log.click_rank: missing (send null for no value)",
     ]
-    kept = console.run(
-        store, f"SELECT ticket_id FROM retrieval.search_log WHERE request_id > {base}"
-    )
+    kept = query.run(store, f"SELECT ticket_id FROM retrieval.search_log WHERE request_id > {base}")
     assert sorted((r[0] for r in kept.rows), key=str) == [5, 6, None]
 
 
@@ -423,13 +422,13 @@ def test_the_worlds_alert_rules_fire_on_the_live_services_rows(paths: WorldPaths
         f"WHERE started_at >= '{live_start}' AND service = 'model-server'"
     )
     before = live_store(paths, live_start + dt.timedelta(hours=12))
-    assert console.run(before, alerts_sql).rows == []
+    assert query.run(before, alerts_sql).rows == []
 
     spool_failing_requests(paths, failing)
     during = live_store(paths, failing + dt.timedelta(minutes=7))
-    assert console.run(during, alerts_sql).rows == [], "one breaching point is not an alert yet"
+    assert query.run(during, alerts_sql).rows == [], "one breaching point is not an alert yet"
     after = live_store(paths, failing + dt.timedelta(hours=1))
-    [(alert, started_at, peak)] = console.run(after, alerts_sql).rows
+    [(alert, started_at, peak)] = query.run(after, alerts_sql).rows
     assert alert == "ModelServerErrors" and peak == 0.8
     assert dt.datetime.fromisoformat(started_at) == failing
     # Besides it, the world's own: those started before live start, and those of the services

@@ -15,7 +15,7 @@ from sandbox.actions.catalog import RESTORE_SERIES
 from sandbox.faults.metric_series_dropped import ALERT
 from sandbox.layout import WorldPaths
 from sandbox.services.common import ServiceContext
-from sandbox.services.gateway import console
+from sandbox.services.console import query
 from sandbox.services.jobs import RESTORED_EVENT, SERVICE, Scheduler
 from sandbox.services.spool import read_new
 from tests.services.conftest import live_store, spool_failing_requests
@@ -155,7 +155,7 @@ def test_the_error_alert_fires_on_restored_points_from_the_restore_on(worlds, tm
 
     def alerts_at(at: dt.datetime) -> list[dt.datetime]:
         return [
-            dt.datetime.fromisoformat(r[0]) for r in console.run(live_store(paths, at), fired).rows
+            dt.datetime.fromisoformat(r[0]) for r in query.run(live_store(paths, at), fired).rows
         ]
 
     world_alerts = alerts_at(later)

@@ -23,6 +23,11 @@ from starlette.concurrency import run_in_threadpool
 from sandbox.review.store import SessionStore
 from sandbox.services import limits, stack
 from sandbox.services.common import ServiceContext, serve, service_args, settings_or_exit
+from sandbox.services.console.pool import ConsoleBusy, ConsolePool
+from sandbox.services.console.query import QueryRefused
+from sandbox.services.fleet import worlds
+from sandbox.services.fleet.builds import BuildQueue
+from sandbox.services.fleet.stacks import Fleet
 from sandbox.services.gateway import (
     actions,
     builder,
@@ -31,12 +36,9 @@ from sandbox.services.gateway import (
     pages,
     proxy,
     workspace,
-    worlds,
 )
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.composition import Composition
-from sandbox.services.gateway.console import QueryRefused
-from sandbox.services.gateway.console_pool import ConsoleBusy, ConsolePool
 from sandbox.services.gateway.provenance import FlightMiddleware, PageTokens
 from sandbox.services.gateway.state import Gateway, shown_rows
 from sandbox.services.settings import Settings
@@ -71,13 +73,13 @@ def create_app(
     admin_token = stack.admin_token(ctx.paths)
     addresses = services if services is not None else stack.read_addresses(ctx.paths.run)
     # Kept in the run directory: the builder's page and the started stacks survive a restart.
-    builds = builder.BuildQueue(
+    builds = BuildQueue(
         settings.builds_at_once,
         settings.builds_kept,
         state_dir=ctx.paths.run / "builds",
         worlds_root=worlds.worlds_root(settings, world),
     )
-    stacks = fleet.Fleet(ctx.paths.run / "fleet")
+    stacks = Fleet(ctx.paths.run / "fleet")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

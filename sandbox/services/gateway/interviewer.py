@@ -23,10 +23,10 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.review import export, gather, recovery, rubric
 from sandbox.review.store import Assistance, Session
+from sandbox.services.console.pool import ConsoleBusy
+from sandbox.services.console.query import QueryRefused
 from sandbox.services.gateway import pages
 from sandbox.services.gateway.auth import Auth, Caller, caller
-from sandbox.services.gateway.console import QueryRefused
-from sandbox.services.gateway.console_pool import ConsoleBusy
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.session_policy import conflict
 from sandbox.services.gateway.state import Gateway

@@ -20,13 +20,13 @@ from sandbox.review.store import SessionStore
 from sandbox.schema import MODEL_SERVER
 from sandbox.services import dashboards, stack
 from sandbox.services.common import ServiceContext
-from sandbox.services.gateway import views
+from sandbox.services.console import views
+from sandbox.services.console.pool import ConsolePool
+from sandbox.services.console.query import QueryResult
+from sandbox.services.console.telemetry import CANDIDATE_SCHEMAS
 from sandbox.services.gateway.auth import Caller
-from sandbox.services.gateway.console import QueryResult
-from sandbox.services.gateway.console_pool import ConsolePool
 from sandbox.services.gateway.on_demand import OnDemand
 from sandbox.services.gateway.provenance import Flights, PageTokens
-from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS
 from sandbox.services.settings import Settings
 
 # No range reaches before this: the world's calendar is years later, and arithmetic near the

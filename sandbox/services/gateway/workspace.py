@@ -23,10 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from sandbox.monitor.reports import report_path
 from sandbox.review.store import DiagnosisClosed, ImplausibleEvent
 from sandbox.services import dashboards
+from sandbox.services.console.pool import ConsoleBusy
+from sandbox.services.console.query import QueryRefused
 from sandbox.services.gateway.auth import Auth, CandidateAuth
 from sandbox.services.gateway.composition import Composition
-from sandbox.services.gateway.console import QueryRefused
-from sandbox.services.gateway.console_pool import ConsoleBusy
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.state import Gateway, naive_utc, shown_rows
 

@@ -21,8 +21,8 @@ from typing import Any
 import duckdb
 
 from sandbox.services.common import ServiceContext
-from sandbox.services.gateway import console
-from sandbox.services.gateway.telemetry import LiveTelemetry
+from sandbox.services.console import query
+from sandbox.services.console.telemetry import LiveTelemetry
 from sandbox.services.settings import Settings
 
 
@@ -97,7 +97,7 @@ def _answer(store: LiveTelemetry, request: Request, limits: Limits) -> tuple[str
     """(verdict, value, retire): a worker that ran out of memory asks to be replaced, since the
     allocator keeps what it reserved and the next query would start near the cap."""
     try:
-        result = console.run(
+        result = query.run(
             store,
             request.sql,
             request.params,
@@ -105,11 +105,11 @@ def _answer(store: LiveTelemetry, request: Request, limits: Limits) -> tuple[str
             max_bytes=limits.max_bytes,
             row_cap=limits.row_cap,
         )
-    except console.QueryRefused as exc:
+    except query.QueryRefused as exc:
         return "refused", (str(exc), exc.reach), exc.reach is None and _near_cap(limits)
     except (duckdb.Error, MemoryError) as exc:
         if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-            return "refused", (console.memory_message(store), None), True
+            return "refused", (query.memory_message(store), None), True
         return "refused", (str(exc), None), _near_cap(limits)
     return "ok", result, _near_cap(limits)
 

@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 
 from sandbox.review.sql_conditions import tree_nodes
-from sandbox.services.gateway.telemetry import CANDIDATE_SCHEMAS, LiveTelemetry
+from sandbox.services.console.telemetry import CANDIDATE_SCHEMAS, LiveTelemetry
 from sandbox.services.settings import Settings
 
 # For a direct call (tests, tools); the gateway's workers pass the deployment's settings.

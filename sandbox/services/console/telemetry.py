@@ -33,7 +33,7 @@ from sandbox.faults.base import FaultSet, HookContext
 from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics
 from sandbox.services import spool
-from sandbox.services.gateway import views
+from sandbox.services.console import views
 
 WORLD_CATALOG = "world"
 # Every schema the world has; the candidate's queries may only name these.

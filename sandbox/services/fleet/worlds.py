@@ -1,7 +1,7 @@
 """The worlds the operator's gateway looks after: the directory that holds them, what each one's
 manifest says, how many sessions it has, and how much memory a running stack's processes hold.
 
-Plain functions over files (`/proc`, manifests, session files); `fleet` starts and stops stacks.
+Plain functions over files (`/proc`, manifests, session files); `stacks` starts and stops stacks.
 """
 
 from __future__ import annotations

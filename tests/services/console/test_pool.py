@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from sandbox.layout import WorldPaths
 from sandbox.services import stack
-from sandbox.services.gateway.console import allowed_functions, reserved_names
+from sandbox.services.console.query import allowed_functions, reserved_names
 from sandbox.world.build import BuildSummary
 from tests.services.conftest import gateway_client, session_maker, world_paths
 

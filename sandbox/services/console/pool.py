@@ -1,7 +1,7 @@
 """The console's worker processes, shared fairly between the sessions on one stack.
 
 Every query the gateway runs for a caller (console, dashboard panels, logs, changelog) goes to a
-worker process (`console_worker`), so no query can take the gateway's memory or threads:
+worker process (`worker`), so no query can take the gateway's memory or threads:
 - a worker caps its own address space, and one that outlives the time limit by
   `KILL_GRACE_S` is killed and replaced;
 - a caller (a session, or the interviewers) runs at most `per_owner` queries at once; more wait
@@ -39,9 +39,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from sandbox.services.gateway import console_worker
-from sandbox.services.gateway.console import QueryRefused, QueryResult
-from sandbox.services.gateway.console_worker import Limits, Request
+from sandbox.services.console.query import QueryRefused, QueryResult
+from sandbox.services.console.worker import Limits, Request, serve
 from sandbox.services.settings import Settings
 
 KILL_GRACE_S = 0.5  # past the time limit, before a worker that did not stop is killed
@@ -53,9 +52,7 @@ HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@%+~-]+){2,}/?")
 _CONTEXT = multiprocessing.get_context("forkserver")
 # The fault catalog (the planted faults act on live metrics) is imported here once, not in every
 # worker.
-_CONTEXT.set_forkserver_preload(
-    ["sandbox.services.gateway.console_worker", "sandbox.faults.registry"]
-)
+_CONTEXT.set_forkserver_preload(["sandbox.services.console.worker", "sandbox.faults.registry"])
 
 
 class ConsoleBusy(RuntimeError):
@@ -325,7 +322,7 @@ class ConsolePool:
         self._loop = asyncio.get_running_loop()
         ours, theirs = _CONTEXT.Pipe()
         process = _CONTEXT.Process(
-            target=console_worker.serve,
+            target=serve,
             args=(theirs, str(self.world), self.limits),
             name="console-worker",
             daemon=True,
