@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -221,10 +220,7 @@ def queue() -> Iterator[Callable[..., BuildQueue]]:
 
 
 def _until(check: Callable[[], Any], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    until(check, "the builds' state", timeout=timeout_s, every=0.01)
 
 
 def _finish(build: Build) -> None:

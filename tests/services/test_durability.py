@@ -4,11 +4,11 @@ nothing `sandbox up` accepts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import pytest
 from sandbox.layout import IncompleteWorld, read_manifest
 from tests.services.candidates import Session, kill_gateway_while_writing
 from tests.services.running import SANDBOX, Stack, new_session
+from tests.waiting import until
 
 BUILD_SCALE = "0.04"  # 1,000 customers
 BUILD_TIMEOUT_S = 120.0
@@ -63,9 +64,9 @@ def test_a_gateway_killed_mid_session_keeps_every_acknowledged_event_once(stack:
 
 def _group_alive(pgid: int, within_s: float) -> list[int]:
     """The processes of group `pgid` still alive after up to `within_s` seconds."""
-    deadline = time.monotonic() + within_s
-    while True:
-        alive = []
+
+    def alive() -> list[int]:
+        found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
@@ -73,10 +74,12 @@ def _group_alive(pgid: int, within_s: float) -> list[int]:
                 except OSError:
                     continue
                 if int(state[2]) == pgid and state[0] != "Z":
-                    alive.append(int(entry.name))
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.1)
+                    found.append(int(entry.name))
+        return found
+
+    with contextlib.suppress(AssertionError):
+        until(lambda: not alive(), "the group gone", timeout=within_s, every=0.1)
+    return alive()
 
 
 def _kill_build_at(out: Path, stage: str, share: float) -> None:

@@ -22,7 +22,7 @@ from sandbox import scenario
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
 from sandbox.services import model_server, retrieval, stack, traffic
-from sandbox.services.common import SESSION_HEADER
+from sandbox.services.common import CLOCK_CHECK_EVERY, SESSION_HEADER
 from sandbox.services.gateway.app import create_app
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import read_new, spool_path
@@ -71,7 +71,9 @@ class Stack:
     def set_clock(self, at: dt.datetime) -> None:
         cal = scenario.load(self.paths.scenario).world.calendar()
         SimClock.starting(cal, speed=FROZEN, resume_at=at).save(self.paths.run)
-        time.sleep(0.6)  # every process looks at the clock file at most twice a second
+        # No process shows a state to wait for: each looks at the clock file every
+        # CLOCK_CHECK_EVERY seconds, so after that (and a margin) all of them have seen it.
+        time.sleep(CLOCK_CHECK_EVERY + 0.1)
 
 
 def _bearer(token: str) -> dict[str, str]:

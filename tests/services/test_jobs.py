@@ -487,7 +487,8 @@ def test_process_serves_health_and_stops_promptly_during_a_drift_run(clock, worl
         metrics = HTTP.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'scheduler_job_runs_total{job="materialize",status="success"} 3.0' in metrics
         assert "scheduler_job_last_success_timestamp_seconds" in metrics
-        time.sleep(1.0)  # let the child get going (and start its own worker)
+        # Stopped once the child is at work: it has started its own worker.
+        until(lambda: any(descendants(c) for c in children), "the drift child's worker", every=0.1)
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -31,6 +31,7 @@ from sandbox.services.simclock import SimClock
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
 from tests.services.conftest import FROZEN, MakeSession
+from tests.waiting import until
 
 MB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -265,9 +266,7 @@ def small_server() -> Iterator[int]:
     server = uvicorn.Server(uvicorn.Config(app, **server_options("127.0.0.1", port, settings)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
+    until(lambda: server.started, "the server started", timeout=10, every=0.02)
     try:
         yield port
     finally:

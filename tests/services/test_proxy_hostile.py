@@ -19,7 +19,6 @@ import shutil
 import sqlite3
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,10 +135,12 @@ def serving(app: Any, lifespan: str = "off") -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"server-{port}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
+
+    def started() -> bool:
+        assert thread.is_alive(), "the server stopped before it started"
+        return server.started
+
+    until(started, "the server started", timeout=60, every=0.05)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

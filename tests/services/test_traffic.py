@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import json
 import os
@@ -33,6 +34,7 @@ from sandbox.services.traffic import (
 )
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
+from tests.waiting import until
 
 pytestmark = pytest.mark.world
 
@@ -331,7 +333,7 @@ def test_stop_returns_promptly_while_waiting(set_clock):
     ctx = set_clock(speed=1.0)  # the next event is minutes of wall time away
     gen = TrafficGenerator(ctx, live_schedule(ctx), "http://127.0.0.1:9", "http://127.0.0.1:9")
     thread = run_in_thread(gen)
-    time.sleep(0.3)
+    time.sleep(0.3)  # not a wait for something: it must still be waiting after a while
     assert thread.is_alive()
     stopped = time.monotonic()
     gen.stop()
@@ -364,15 +366,14 @@ def test_process_serves_health_and_metrics_and_stops_on_sigterm(set_clock, world
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answer() -> httpx.Response | None:
             assert proc.poll() is None, "the traffic process exited"
-            try:
-                health = HTTP.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "no health endpoint"
-                time.sleep(0.2)
+            with contextlib.suppress(httpx.TransportError):
+                return HTTP.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return None
+
+        health = until(answer, "the traffic process's health endpoint", timeout=60)
         assert health.status_code == 200
         metrics = HTTP.get(f"http://127.0.0.1:{port}/metrics").text
         assert "traffic_events_pending" in metrics

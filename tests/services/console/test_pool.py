@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,6 +23,7 @@ from sandbox.services import stack
 from sandbox.services.console.query import allowed_functions, reserved_names
 from sandbox.world.build import BuildSummary
 from tests.services.conftest import gateway_client, session_maker, world_paths
+from tests.waiting import until
 
 # Long enough that waiting out a flooding query is told apart from a busy machine's slowness:
 # the suite's other test process shares the two cores with the flood.
@@ -150,7 +152,7 @@ def test_one_session_flooding_leaves_the_others_and_the_interviewer_their_latenc
 
     with concurrent.futures.ThreadPoolExecutor(flood_size + 2) as threads:
         flood = [threads.submit(flood_one, i) for i in range(flood_size)]
-        time.sleep(0.3)  # the flood is under way
+        until(lambda: pool.status()["busy"] >= pool.per_owner, "the flood under way", every=0.02)
         other_s: list[float] = []
         review_s: list[float] = []
         for _ in range(8):
@@ -206,21 +208,18 @@ def test_health_reports_a_saturated_console(
             threads.submit(client.post, "/api/sql", json={"sql": SLOW}, headers=who)
             for who in senders[: pool.max_workers + 1]
         ]
-        deadline = time.monotonic() + TIME_LIMIT_S
-        seen = None
-        while time.monotonic() < deadline:
+
+        def saturated() -> httpx.Response | None:
             health = client.get("/-/health")
-            if health.json()["services"]["console"] == "saturated":
-                seen = health
-                # Candidates hold every worker: the interviewer still comes first.
-                started = time.monotonic()
-                mine = client.post("/api/sql", json={"sql": "SELECT 1"}, headers=interviewer)
-                interviewer_s = time.monotonic() - started
-                break
-            time.sleep(0.05)
+            return health if health.json()["services"]["console"] == "saturated" else None
+
+        seen = until(saturated, "the console saturated", timeout=TIME_LIMIT_S, every=0.05)
+        # Candidates hold every worker: the interviewer still comes first.
+        started = time.monotonic()
+        mine = client.post("/api/sql", json={"sql": "SELECT 1"}, headers=interviewer)
+        interviewer_s = time.monotonic() - started
         for f in running:
             f.result()
-    assert seen is not None, "the console never showed as saturated"
     assert seen.status_code == 503
     assert seen.json()["console"]["waiting"] >= 1
     assert mine.status_code == 200 and mine.json()["rows"] == [[1]], mine.text
