@@ -97,6 +97,9 @@ class Live:
     kept: str | None = None
     spooled: bool = True
     client: str | None = None
+    # Of a table the gateway computes (`spooled` false): services that spool rows of it all the
+    # same, shown beside the computed ones (the scheduler's restored metric points).
+    spooled_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -568,8 +571,9 @@ _DECLARED = (
             "ts TIMESTAMP", "service VARCHAR", "metric VARCHAR", "label VARCHAR", "value DOUBLE"
         ),
         Reveal("ts", exists=METRIC_COMPLETE),
-        # The live services' request and retrieval series, from their live rows.
-        live=Live((GATEWAY,), kept=NOT_LIVE_SERIES, spooled=False),
+        # The live services' request and retrieval series, from their live rows; and the points
+        # the scheduler restores from the request logs (`restore-metric-series`).
+        live=Live((GATEWAY,), kept=NOT_LIVE_SERIES, spooled=False, spooled_by=(SCHEDULER,)),
     ),
     Table(
         "telemetry.logs",
@@ -663,6 +667,60 @@ LIVE_ONLY: dict[str, Table] = {SEARCH_CLICKS.name: SEARCH_CLICKS}
 SESSION = Column("session_id", "VARCHAR")
 
 
+# The interviewer's truth file: what the simulation knew and production never logged. The catalog's
+# checks and the traffic replay read it; the candidate's console never attaches it.
+TRUTH: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "sim.customers",
+            "Each customer's latent traits, drawn once when the customer is made.",
+            _columns(
+                "customer_id BIGINT",
+                "latent_engagement DOUBLE",
+                "latent_satisfaction DOUBLE",
+                "latent_frailty DOUBLE",
+                "latent_telemetry_opt_out BOOLEAN",
+            ),
+            WHOLE,
+            id="customer_id",
+        ),
+        Table(
+            "sim.daily_state",
+            "Each active customer's engagement and satisfaction at the end of a simulated day.",
+            _columns(
+                "customer_id BIGINT",
+                "engagement DOUBLE",
+                "engagement_trend DOUBLE",
+                "satisfaction DOUBLE",
+                "day INTEGER",
+            ),
+            WHOLE,
+        ),
+        Table(
+            "sim.cancellations",
+            "Why each customer who left did, and the hazard that made them.",
+            _columns("customer_id BIGINT", "day INTEGER", "reason VARCHAR", "latent_hazard DOUBLE"),
+            WHOLE,
+        ),
+        Table(
+            "sim.tickets",
+            "The problem behind each support ticket.",
+            _columns("ticket_id BIGINT", "problem_key VARCHAR"),
+            WHOLE,
+            id="ticket_id",
+        ),
+        Table(
+            "sim.article_coverage",
+            "The problem and device each help article answers.",
+            _columns("article_id BIGINT", "problem VARCHAR", "device VARCHAR"),
+            WHOLE,
+            id="article_id",
+        ),
+    )
+}
+
+
 def table(name: str) -> Table:
     try:
         return TABLES[name] if name in TABLES else LIVE_ONLY[name]
@@ -683,6 +741,13 @@ def polars_schema(name: str) -> dict[str, pl.DataType]:
 # The tables whose live rows services spool (`sandbox.services.spool`), in declaration order.
 SPOOLED: dict[str, Table] = {
     t.name: t for t in (*_DECLARED, SEARCH_CLICKS) if t.live is not None and t.live.spooled
+}
+# Every table any service spools rows of, with the services that may: those of a spooled table,
+# and those that add rows to a table the gateway computes (`Live.spooled_by`).
+SPOOL_WRITERS: dict[str, tuple[str, ...]] = {
+    t.name: t.live.services if t.live.spooled else t.live.spooled_by
+    for t in (*_DECLARED, SEARCH_CLICKS)
+    if t.live is not None and (t.live.spooled or t.live.spooled_by)
 }
 
 

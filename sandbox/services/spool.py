@@ -35,13 +35,8 @@ SPOOL_DIR = "spool"
 # Live rows of a table the gateway otherwise computes itself: metric points the scheduler restored
 # from the request logs (`restore-metric-series`), shown beside the gateway's own live series.
 RESTORED_METRICS = "telemetry.metrics"
-SPOOLED_TABLES: dict[str, schema.Table] = {
-    **schema.SPOOLED,
-    RESTORED_METRICS: schema.TABLES[RESTORED_METRICS],
-}
-WRITERS: dict[str, tuple[str, ...]] = {
-    name: t.live.services if t.live else () for name, t in schema.SPOOLED.items()
-} | {RESTORED_METRICS: (schema.SCHEDULER,)}
+WRITERS: dict[str, tuple[str, ...]] = schema.SPOOL_WRITERS
+SPOOLED_TABLES: dict[str, schema.Table] = {name: schema.table(name) for name in WRITERS}
 LIVE_TABLES = tuple(SPOOLED_TABLES)
 
 

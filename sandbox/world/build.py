@@ -94,7 +94,7 @@ def _build_into(scenario: Scenario, paths: WorldPaths, progress: Progress) -> di
     seed = scenario.world.seed
     # The candidate's tables as declared, with the columns the planted faults add.
     wh = Warehouse(paths.duckdb, schema.with_added(scenario.fault_set.added_columns()))
-    truth = Warehouse(paths.truth)
+    truth = Warehouse(paths.truth, schema.TRUTH)
 
     progress("retrieval index", 0, 1)
     articles = corpus.help_articles()

@@ -22,16 +22,15 @@ class UndeclaredColumn(ValueError):
 class Warehouse:
     """The only writer of a world's DuckDB file; after the build every process opens it read-only.
 
-    With `tables` (the candidate's world: `sandbox.schema`), each table is created from its
-    declaration, with its descriptions, when rows are first written to it, and the file is closed
-    with every declared table in it; rows for an undeclared table or column are refused, and a
-    column a frame lacks is NULL. Without (the interviewer's truth file), a table takes its
-    columns from the first rows written to it."""
+    Each table is created from its declaration in `tables` (`sandbox.schema`: the candidate's
+    world, or the interviewer's truth file), with its descriptions, when rows are first written
+    to it, and the file is closed with every declared table in it; rows for an undeclared table
+    or column are refused, and a column a frame lacks is NULL."""
 
-    def __init__(self, path: Path, tables: Mapping[str, Table] | None = None) -> None:
+    def __init__(self, path: Path, tables: Mapping[str, Table]) -> None:
         self.path = path
         self.con = duckdb.connect(str(path))
-        self.declared = dict(tables) if tables is not None else None
+        self.declared = dict(tables)
         self._tables: set[str] = set()
         self._pending: dict[str, list[pl.DataFrame]] = {}
 
@@ -39,16 +38,15 @@ class Warehouse:
         """Buffer rows for `table`, written in bulk (one insert per table beats many small ones)
         once the table has `WRITE_ROWS` waiting, or at `flush`: a build holds at most that many
         unwritten rows per table, whatever the world's scale."""
-        if self.declared is not None:
-            declared = self.declared.get(table)
-            if declared is None:
-                raise UndeclaredColumn(f"{table}: not a declared table (sandbox.schema)")
-            undeclared = [c for c in frame.columns if c not in declared.names]
-            if undeclared:
-                raise UndeclaredColumn(
-                    f"{table}.{undeclared[0]}: not a declared column of {table} "
-                    f"(declared: {', '.join(declared.names)})"
-                )
+        declared = self.declared.get(table)
+        if declared is None:
+            raise UndeclaredColumn(f"{table}: not a declared table (sandbox.schema)")
+        undeclared = [c for c in frame.columns if c not in declared.names]
+        if undeclared:
+            raise UndeclaredColumn(
+                f"{table}.{undeclared[0]}: not a declared column of {table} "
+                f"(declared: {', '.join(declared.names)})"
+            )
         if frame.width:
             self._pending.setdefault(table, []).append(frame)
             if sum(f.height for f in self._pending[table]) >= WRITE_ROWS:
@@ -59,13 +57,11 @@ class Warehouse:
             self._write_pending(table)
 
     def _write_pending(self, table: str) -> None:
-        # Together: the first rows written fix an undeclared table's columns, and one insert of
-        # a few hundred thousand rows costs less than many small ones.
+        # Together: one insert of a few hundred thousand rows costs less than many small ones.
         self._write(table, pl.concat(self._pending.pop(table), how="diagonal_relaxed"))
 
     def _create(self, table: str) -> None:
         """A declared table, empty, with its descriptions."""
-        assert self.declared is not None
         declared = self.declared[table]
         self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {declared.schema}")
         self.con.execute(declared.create_sql())
@@ -74,23 +70,17 @@ class Warehouse:
         self._tables.add(table)
 
     def _write(self, table: str, frame: pl.DataFrame) -> None:
-        if self.declared is not None and table not in self._tables:
+        if table not in self._tables:
             self._create(table)
         self.con.register("_incoming", frame.to_arrow())
         try:
-            if table in self._tables:
-                self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
-            else:
-                schema = table.split(".")[0]
-                self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-                self.con.execute(f"CREATE TABLE {table} AS SELECT * FROM _incoming")
-                self._tables.add(table)
+            self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
         finally:
             self.con.unregister("_incoming")
 
     def close(self) -> None:
         self.flush()
-        for table in self.declared or ():  # a declared table no rows were written to
+        for table in self.declared:  # a declared table no rows were written to
             if table not in self._tables:
                 self._create(table)
         self.con.execute("CHECKPOINT")

@@ -80,9 +80,9 @@ def test_only_live_tables_can_be_spooled_by_the_services_that_add_their_rows(
 
 
 def test_the_live_tables_are_the_declared_ones(tmp_path: Path) -> None:
-    assert set(LIVE_TABLES) == {
-        name for name, t in schema.SPOOLED.items() if t.live is not None and t.live.spooled
-    } | {"telemetry.metrics"}
+    spooled_by = {name for name, t in schema.TABLES.items() if t.live and t.live.spooled_by}
+    assert spooled_by == {"telemetry.metrics"}
+    assert set(LIVE_TABLES) == set(schema.SPOOLED) | spooled_by
     # The gateway computes the live series; the scheduler spools only the points it restored.
     spool_path(tmp_path, "scheduler", "telemetry.metrics")
     with pytest.raises(ValueError, match="gateway adds no rows"):
