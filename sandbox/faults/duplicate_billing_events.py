@@ -40,7 +40,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import visible_end
-from sandbox.faults.toolkit import flagged_share, fmt, num, served_mean, window
+from sandbox.faults.toolkit import flagged_share, fmt, num, routine_changes, served_mean, window
 from sandbox.rng import stable_unit
 
 RETRY_MINUTES = (2.0, 45.0)  # how much later the provider's retry lands
@@ -118,7 +118,7 @@ class DuplicateBillingEvents(Fault[Params]):
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         title = self._release_title()
         if title is None:
-            return _routine_noise(self.params.onset_day)
+            return routine_changes(__name__, self.params.onset_day)
         days = max(self.params.ramp_days, 1)
         body = {
             "guided": "Provider webhooks are queued before they are written; rolled out "
@@ -528,49 +528,3 @@ _SERVED = f"""{_FAILS},
                    AND f.d BETWEEN p.request_ts::DATE - 30 AND p.request_ts::DATE - 1
                   WHERE p.source = 'batch' AND p.payment_failures_30d > 0
                   GROUP BY 1)"""
-
-
-def _routine_noise(onset: int) -> list[dict[str, Any]]:
-    """Ordinary billing changes around the onset, none of them touching how events are
-    delivered or stored."""
-    entries = [
-        (
-            -5,
-            10.0,
-            "config",
-            "billing-ingest",
-            "billing-ingest: payments on-call rota updated",
-            "Weekend cover moves to the EU team.",
-            "payments-team",
-        ),
-        (
-            2,
-            16.0,
-            "upstream",
-            "billing",
-            "payments: provider API credentials rotated",
-            "Scheduled rotation; no downtime.",
-            "payments-team",
-        ),
-        (
-            8,
-            11.0,
-            "deploy",
-            "billing-ingest",
-            "billing-ingest: base image OS patch",
-            "Security updates; no behaviour change.",
-            "payments-team",
-        ),
-    ]
-    return [
-        {
-            "day": max(onset + offset, 1),
-            "hour": hour,
-            "kind": kind,
-            "service": service,
-            "title": title,
-            "body": body,
-            "author": author,
-        }
-        for offset, hour, kind, service, title, body, author in entries
-    ]

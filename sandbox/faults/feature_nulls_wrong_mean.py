@@ -37,7 +37,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import score_over_churn
-from sandbox.faults.toolkit import fmt, mean_score, num, served_mean, window
+from sandbox.faults.toolkit import fmt, mean_score, num, routine_changes, served_mean, window
 from sandbox.pipeline.features import FEATURES, IMPUTED_FEATURES
 from sandbox.rng import stable_unit
 
@@ -165,7 +165,7 @@ class FeatureNullsWrongMean(Fault[Params]):
         onset, days = self.params.onset_day, max(self.params.ramp_days, 1)
         rollout, refresh = self._titles()
         if self.tier == "hard":
-            return _app_release_noise(onset)
+            return routine_changes(__name__, onset)
         bodies = {
             "guided": (
                 f"New playback telemetry batching; rollout over about {days} days.",
@@ -449,48 +449,3 @@ class FeatureNullsWrongMean(Fault[Params]):
 
 def _misscored(ratio: float, ratio_other: float) -> bool:
     return ratio <= MISSCORED * ratio_other or ratio * MISSCORED >= ratio_other
-
-
-def _app_release_noise(onset: int) -> list[dict[str, Any]]:
-    """Ordinary client changes around the onset, none of them telling which one mattered. None
-    names an app version: every version the apps report is in the activity data, and these
-    changes ship inside the versions already there."""
-    entries = [
-        (-9, 10.0, "mobile-apps", "player SDK 7.1.5 patch", "Crash reporting fixes.", "apps-team"),
-        (
-            -5,
-            11.0,
-            "web-player",
-            "web player: queue and resume polish",
-            "Resume position kept across tabs.",
-            "web-team",
-        ),
-        (
-            3,
-            16.5,
-            "mobile-apps",
-            "iOS: download quality default",
-            "Downloads default to high quality on Wi-Fi (remote config).",
-            "apps-team",
-        ),
-        (
-            6,
-            9.5,
-            "tv-apps",
-            "smart TV: home screen rows reordered",
-            "Continue watching moved above new releases.",
-            "tv-team",
-        ),
-    ]
-    return [
-        {
-            "day": max(onset + offset, 1),
-            "hour": hour,
-            "kind": "upstream",
-            "service": service,
-            "title": title,
-            "body": body,
-            "author": author,
-        }
-        for offset, hour, service, title, body, author in entries
-    ]

@@ -41,7 +41,15 @@ from sandbox.faults.base import (
     Verdict,
     hook,
 )
-from sandbox.faults.toolkit import PEAK_HOURS, at_peak, expected_by_hour, load_curve, num, window
+from sandbox.faults.toolkit import (
+    PEAK_HOURS,
+    at_peak,
+    expected_by_hour,
+    load_curve,
+    num,
+    routine_changes,
+    window,
+)
 from sandbox.monitor.alerts import RULES
 
 SERVICE = "model-server"
@@ -183,7 +191,7 @@ class MetricSeriesDropped(Fault[Params]):
                 }
             ]
             if title is not None
-            else _routine_noise(onset)
+            else routine_changes(__name__, onset)
         )
         return [
             *release,
@@ -524,49 +532,3 @@ class MetricSeriesDropped(Fault[Params]):
             )
         )
         return checks
-
-
-def _routine_noise(onset: int) -> list[dict[str, Any]]:
-    """Ordinary changes to the serving path around the onset, none of them the cause. None names a
-    model-server version, and none states a number the telemetry would contradict."""
-    entries = [
-        (
-            -9,
-            10.0,
-            "deploy",
-            SERVICE,
-            "model-server: base image security patches",
-            "OS packages refreshed; no code change.",
-            "ml-platform",
-        ),
-        (
-            3,
-            15.0,
-            "config",
-            SERVICE,
-            "model-server: readiness probe period shortened",
-            "Unhealthy replicas leave rotation sooner.",
-            "ml-platform",
-        ),
-        (
-            5,
-            11.0,
-            "config",
-            "gateway",
-            "gateway: TLS certificates rotated",
-            "Scheduled rotation; no client impact.",
-            "sre",
-        ),
-    ]
-    return [
-        {
-            "day": max(onset + offset, 1),
-            "hour": hour,
-            "kind": kind,
-            "service": service,
-            "title": title,
-            "body": body,
-            "author": author,
-        }
-        for offset, hour, kind, service, title, body, author in entries
-    ]

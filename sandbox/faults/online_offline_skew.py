@@ -40,7 +40,7 @@ from sandbox.faults.base import (
     Verdict,
     hook,
 )
-from sandbox.faults.toolkit import fmt, mean_score, num, served_mean, window
+from sandbox.faults.toolkit import fmt, mean_score, num, routine_changes, served_mean, window
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.rng import stable_unit
 
@@ -163,7 +163,7 @@ class OnlineOfflineSkew(Fault[Params]):
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         ramp = max(self.params.ramp_days, 1)
         if self.tier == "hard":
-            return self._maintenance_noise()
+            return routine_changes(__name__, self.params.onset_day)
         if self.tier == "standard":
             return [
                 {
@@ -193,26 +193,6 @@ class OnlineOfflineSkew(Fault[Params]):
                 "counts, NULL rates and freshness passed.",
                 "author": "data-platform",
             },
-        ]
-
-    def _maintenance_noise(self) -> list[dict[str, Any]]:
-        """Ordinary feature-server changes around the onset, none of them touching a value."""
-        entries = [
-            (-6, 11.0, "feature-server: base image patched", "OS and library security updates."),
-            (-1, 16.0, "feature-server: connection pool resized", "Fewer idle connections."),
-            (5, 10.5, "feature-server: health check interval tuned", "No change to responses."),
-        ]
-        return [
-            {
-                "day": max(self.params.onset_day + offset, 1),
-                "hour": hour,
-                "kind": "config",
-                "service": "feature-server",
-                "title": title,
-                "body": body,
-                "author": "data-platform",
-            }
-            for offset, hour, title, body in entries
         ]
 
     def _changelog_evidence(self, calendar: Calendar) -> list[Evidence]:

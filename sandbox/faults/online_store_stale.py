@@ -40,7 +40,7 @@ from sandbox.faults.base import (
     Verdict,
     hook,
 )
-from sandbox.faults.toolkit import fmt, mean_score, num, window
+from sandbox.faults.toolkit import fmt, mean_score, num, routine_changes, window
 from sandbox.pipeline import store
 from sandbox.pipeline.features import MODEL_FEATURES, feature_timestamp
 from sandbox.rng import stable_unit
@@ -133,7 +133,7 @@ class OnlineStoreStale(Fault[Params]):
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         day = max(self.params.onset_day - 1, 1)
         if self.tier == "hard":
-            return _store_noise(day, calendar.last_visible_day)
+            return routine_changes(__name__, day, calendar.last_visible_day)
         body = {
             "guided": "Feature-server reads now go to the new Redis cluster (more memory, "
             "faster failover); data copied at cutover. Old cluster to be decommissioned "
@@ -456,44 +456,3 @@ class OnlineStoreStale(Fault[Params]):
             )
         )
         return checks
-
-
-def _store_noise(day: int, last_day: int) -> list[dict[str, Any]]:
-    """Routine online-store and scheduler changes around the evening before the first stale load,
-    none of them touching what is written or read (none states a number the data would have to
-    hold)."""
-    entries = [
-        (
-            -6,
-            10.0,
-            "online-store",
-            "online store: TLS certificates rotated",
-            "Scheduled rotation; clients reconnected on their own.",
-        ),
-        (
-            0,
-            20.0,
-            "online-store",
-            "online store: client library patch release",
-            "Security fixes in the feature server's store client.",
-        ),
-        (
-            4,
-            11.0,
-            "scheduler",
-            "scheduler: job failure notifications to the on-call channel",
-            "Failed runs now page the data-platform on-call as well as the job owner.",
-        ),
-    ]
-    return [
-        {
-            "day": min(max(day + offset, 1), last_day),
-            "hour": hour,
-            "kind": "config",
-            "service": service,
-            "title": title,
-            "body": body,
-            "author": "sre",
-        }
-        for offset, hour, service, title, body in entries
-    ]

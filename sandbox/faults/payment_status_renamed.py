@@ -38,7 +38,7 @@ from sandbox.faults.base import (
     hook,
 )
 from sandbox.faults.measure import visible_end
-from sandbox.faults.toolkit import flagged_share, fmt, num, served_mean, window
+from sandbox.faults.toolkit import flagged_share, fmt, num, routine_changes, served_mean, window
 from sandbox.rng import stable_unit
 
 NEW_STATUS = "declined"
@@ -123,7 +123,7 @@ class PaymentStatusRenamed(Fault[Params]):
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         if self.tier == "hard":
-            return _payments_noise(self.params.onset_day, calendar.last_visible_day)
+            return routine_changes(__name__, self.params.onset_day, calendar.last_visible_day)
         method = METHOD_NAMES[self.params.target_payment_method]
         days = max(self.params.ramp_days, 1)
         body = {
@@ -518,49 +518,6 @@ _WINDOWS = """u AS (SELECT DISTINCT event_id, customer_id, event_ts::DATE AS d, 
             w AS (SELECT *, CASE WHEN n_failed = 0 THEN 'renamed_only'
                                  WHEN n_renamed = 0 THEN 'failed_only' ELSE 'both' END AS kind
                   FROM j)"""
-
-
-def _payments_noise(onset: int, last_day: int) -> list[dict[str, Any]]:
-    """Ordinary payments changes around the onset, none of them touching a charge's status or
-    its retries (none states a number the data would have to hold)."""
-    entries = [
-        (
-            -8,
-            10.0,
-            "payments: receipt email template refreshed",
-            "New layout for payment receipts; amounts and billing dates unchanged.",
-        ),
-        (
-            -3,
-            14.0,
-            "payments: charge history in the support tool",
-            "Support agents can look up a customer's recent charges from the ticket view.",
-        ),
-        (
-            2,
-            16.0,
-            "checkout: update-payment-method screen copy",
-            "Clearer wording on the prompt to update a payment method.",
-        ),
-        (
-            6,
-            9.5,
-            "payments: quarterly compliance scan",
-            "Routine scan of the payments services; no findings.",
-        ),
-    ]
-    return [
-        {
-            "day": min(max(onset + offset, 1), last_day),
-            "hour": hour,
-            "kind": "upstream",
-            "service": "billing",
-            "title": title,
-            "body": body,
-            "author": "payments-team",
-        }
-        for offset, hour, title, body in entries
-    ]
 
 
 def _collapsed(frame: pl.DataFrame) -> bool:

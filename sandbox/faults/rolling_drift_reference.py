@@ -41,7 +41,7 @@ from sandbox.faults.base import (
     Verdict,
     hook,
 )
-from sandbox.faults.toolkit import fmt, num, window
+from sandbox.faults.toolkit import fmt, num, routine_changes, window
 from sandbox.pipeline.features import FEATURES, MODEL_FEATURES
 
 SOURCE = "raw.viewing_activity.minutes_watched"
@@ -178,7 +178,7 @@ class RollingDriftReference(Fault[Params]):
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
         onset = self.params.onset_day
         if self.tier == "hard":
-            return _routine_noise(onset)
+            return routine_changes(__name__, onset)
         upstream, config = self._titles()
         bodies = {
             "guided": (
@@ -600,61 +600,6 @@ def _per_session_drop(frame: pl.DataFrame) -> float:
     if before.is_empty() or last.is_empty() or not before[0]:
         return 0.0
     return 1 - num(last[0]) / num(before[0])
-
-
-def _routine_noise(onset: int) -> list[dict[str, Any]]:
-    """Ordinary monitoring and playback-analytics changes around the onset, none of them touching
-    what the drift report compares with or what the collectors count."""
-    entries = [
-        (
-            -6,
-            10.0,
-            "config",
-            "monitoring",
-            "drift report: daily summary posted to #ml-monitoring",
-            "Count of drifted features per report; the per-feature detail stays in the report.",
-            "ml-platform",
-        ),
-        (
-            -2,
-            15.0,
-            "upstream",
-            "playback-analytics",
-            "playback analytics: on-call rotation adds EU hours",
-            "Questions about watch-time data go to #playback-data.",
-            "analytics-eng",
-        ),
-        (
-            3,
-            11.5,
-            "config",
-            "monitoring",
-            "alerting: model alert notifications moved to #ml-monitoring-alerts",
-            "Channel change only; the alert rules are unchanged.",
-            "ml-platform",
-        ),
-        (
-            6,
-            14.0,
-            "upstream",
-            "playback-analytics",
-            "playback analytics: viewing-activity field descriptions updated",
-            "Documentation only; same schema, same tables.",
-            "analytics-eng",
-        ),
-    ]
-    return [
-        {
-            "day": max(onset + offset, 1),
-            "hour": hour,
-            "kind": kind,
-            "service": service,
-            "title": title,
-            "body": body,
-            "author": author,
-        }
-        for offset, hour, kind, service, title, body, author in entries
-    ]
 
 
 def _training_stats_sql() -> str:

@@ -22,8 +22,10 @@ measurements several faults' checks share are in `measure`.
 from __future__ import annotations
 
 import datetime as dt
+import tomllib
 from collections.abc import Callable
-from typing import NamedTuple
+from importlib import resources
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -126,6 +128,33 @@ def num(value: object) -> float:
     if isinstance(value, int | float):
         return float(value)
     raise TypeError(f"not a number: {value!r}")
+
+
+# -- the routine changes around a fault ----------------------------------------------------------
+def routine_changes(module: str, around: int, last_day: int | None = None) -> list[dict[str, Any]]:
+    """The ordinary changelog entries a fault's module keeps in its data file
+    (`data/<module>.toml` beside it, `[[routine_changes]]`): each on day `around` plus its
+    `day_offset`, kept within day 1 and `last_day`. `module` is the fault module's `__name__`, so
+    a fault from another package keeps its file in its own package."""
+    package, _, name = module.rpartition(".")
+    text = resources.files(package).joinpath("data", f"{name}.toml").read_text()
+
+    def day(offset: int) -> int:
+        first = max(around + offset, 1)
+        return first if last_day is None else min(first, last_day)
+
+    return [
+        {
+            "day": day(entry["day_offset"]),
+            "hour": float(entry["hour"]),
+            "kind": entry["kind"],
+            "service": entry["service"],
+            "title": entry["title"],
+            "body": entry["body"],
+            "author": entry["author"],
+        }
+        for entry in tomllib.loads(text)["routine_changes"]
+    ]
 
 
 # -- the evening peak ---------------------------------------------------------------------------

@@ -4,12 +4,14 @@ and `sandbox verify` counting the three apart."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
 from sandbox import scenario
+from sandbox.faults import toolkit
 from sandbox.faults.base import Check, Evidence, FaultParams
 from sandbox.faults.measure import score_over_churn
 from sandbox.faults.toolkit import (
@@ -19,6 +21,7 @@ from sandbox.faults.toolkit import (
     expected_by_hour,
     fmt,
     load_curve,
+    routine_changes,
     window,
 )
 from sandbox.verify import Verification
@@ -109,3 +112,21 @@ def test_score_over_churn_of_a_group() -> None:
     assert score_over_churn(frame, "group", True) == 0.5
     assert score_over_churn(frame, "group", False) == float("inf")  # never churns
     assert score_over_churn(frame.head(1), "group", False) == float("inf")  # no such group
+
+
+def test_routine_changes_come_from_the_faults_data_file_within_the_visible_days() -> None:
+    data = Path(toolkit.__file__).parent / "data"
+    for path in sorted(data.glob("*.toml")):
+        entries = routine_changes(f"sandbox.faults.{path.stem}", 30)
+        assert entries, path.name
+        for entry in entries:
+            assert list(entry) == ["day", "hour", "kind", "service", "title", "body", "author"]
+            assert all(entry[k] for k in ("kind", "service", "title", "body", "author")), entry
+            assert 0 <= entry["hour"] < 24
+    # Around day 2 an entry days before lands on day 1, and none after the last visible day.
+    early = routine_changes("sandbox.faults.duplicate_billing_events", 2)
+    assert [e["day"] for e in early] == [1, 4, 10]
+    late = routine_changes("sandbox.faults.duplicate_billing_events", 2, last_day=5)
+    assert [e["day"] for e in late] == [1, 4, 5]
+    with pytest.raises(FileNotFoundError):
+        routine_changes("sandbox.faults.label_leakage", 2)  # a fault with no routine changes
