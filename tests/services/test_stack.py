@@ -299,6 +299,33 @@ def test_the_interviewer_sees_the_candidates_requests(stack: Stack) -> None:
     assert any(e["detail"].get("path") == "predict" for e in events)
 
 
+def test_sandbox_review_exports_a_session_from_the_running_stack(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The interviewer's command beside a running stack: the gateway holds the sessions store,
+    and the command reads it from its own process, up to the last event recorded."""
+    stack.sql("SELECT 'exported while running' AS marker")
+    out = tmp_path / "review.md"
+    done = subprocess.run(
+        [SANDBOX, "review", stack.session_id, "--world", str(stack.world), "--export", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    served = HTTP.get(
+        f"{stack.url}/api/sessions/{stack.session_id}/export.md", headers=stack.interviewer
+    )
+    assert served.status_code == 200
+
+    def timeline(text: str) -> str:
+        return text.split("## Timeline", 1)[1].split("\n## ", 1)[0]
+
+    # The same events as the gateway's own export (the rest may differ by the clock's moving).
+    assert "exported while running" in timeline(out.read_text())
+    assert timeline(out.read_text()) == timeline(served.text)
+
+
 def test_a_killed_model_server_comes_back_without_losing_acknowledged_predictions(
     stack: Stack,
 ) -> None:
