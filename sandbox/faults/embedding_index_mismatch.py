@@ -91,7 +91,8 @@ class EmbeddingIndexMismatch(Fault[Params]):
     id: ClassVar[str] = "embedding-index-mismatch"
     actions: ClassVar[dict[str, Verdict]] = {
         "rebuild-index": "fixes",
-        "rollback-deploy": "mitigates",
+        # The console rolls back the model server, not the retrieval service's encoder.
+        "rollback-deploy": "no effect",
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",
         "retrain": "no effect",

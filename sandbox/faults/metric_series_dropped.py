@@ -113,7 +113,10 @@ class MetricSeriesDropped(Fault[Params]):
     id: ClassVar[str] = "metric-series-dropped"
     actions: ClassVar[dict[str, Verdict]] = {
         "restore-metric-series": "mitigates",
-        "rollback-deploy": "fixes",
+        # The pool and exporter change is not in the model server's deploy history (no
+        # `rollouts`): going back one deployment changes its model, not the failing requests or
+        # the missing series.
+        "rollback-deploy": "no effect",
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",
         "retrain": "no effect",

@@ -14,6 +14,7 @@ from unittest.mock import patch
 import pytest
 
 from sandbox import scenario, testing
+from sandbox.actions.catalog import ROLLBACK
 from sandbox.catalog import fault_table_markdown, tier_table_markdown
 from sandbox.decoys import registry as decoy_registry
 from sandbox.difficulty import TIERS
@@ -64,6 +65,27 @@ def test_every_fault_is_documented_and_hooks_real_points(fault_id: str) -> None:
     testing.assert_documented(cls)
     testing.assert_hooks_well_formed(cls)
     assert f"`{fault_id}`" in (REPO / "README.md").read_text(), "README lists every fault"
+
+
+# What the ops console's rollback takes back: a model release the model server loaded (a fault
+# that ships one hooks these), or a rollout of its code or configuration a fault declares.
+RELEASE_HOOKS = {"train.releases", "serve.rollout"}
+
+
+@pytest.mark.parametrize("fault_id", sorted(registry.catalog()))
+def test_a_rollback_verdict_rests_on_something_the_rollback_takes_back(fault_id: str) -> None:
+    """The review credits a rollback only where going back one deployment of the model server
+    undoes what the fault did."""
+    cls = registry.get(fault_id)
+    if cls.actions.get(ROLLBACK) not in ("mitigates", "fixes"):
+        return
+    fault = cls(cls.Params())
+    calendar = scenario.load(None).world.calendar()
+    rolled_out = [r for r in fault.rollouts(calendar) if r.service == "model-server"]
+    assert rolled_out or RELEASE_HOOKS & set(cls.hook_points), (
+        f"{fault_id} says a rollback {cls.actions[ROLLBACK]}, but ships no model release and "
+        "declares no model-server rollout for it to go back past"
+    )
 
 
 def test_the_readme_fault_table_is_current() -> None:
