@@ -15,6 +15,7 @@ from sandbox.actions.deployment import (
     Deployed,
     Deployment,
     baseline,
+    config_periods,
     deploy_history,
     in_effect,
     moved_aliases,
@@ -219,3 +220,29 @@ def test_a_configuration_rollout_is_a_deployment_a_rollback_goes_back_past(tmp_p
         _at(60),
     )
     assert (pinned.version, pinned.config_as_of) == ("1", FIRST_CONFIG)
+
+
+def test_config_periods_start_where_an_action_changed_the_configuration() -> None:
+    cut, patch = T0 - dt.timedelta(days=6), T0 - dt.timedelta(days=2)
+    history = [
+        Deployed("2", 0.01, FIRST_CONFIG),
+        Deployed("2", 0.01, cut),
+        Deployed("2", 0.01, patch),
+    ]
+    left = baseline(_record(), history, {"champion": "2"})
+    entries = [
+        _applied(SET_THRESHOLD, {"threshold": 0.2}, 5),  # the configuration stays
+        _applied(ROLLBACK, {}, 20),  # back past the patch
+        _applied(ROLLBACK, {}, 40),  # back past the cut
+    ]
+    # As the world left it; from the change of threshold the same configuration, named; then
+    # each rollback's.
+    assert config_periods(left, entries, _at(60)) == [
+        (FIRST_CONFIG, None),
+        (_at(5), patch),
+        (_at(20), cut),
+        (_at(40), FIRST_CONFIG),
+    ]
+    # Only what has taken effect by then.
+    assert config_periods(left, entries, _at(30)) == config_periods(left, entries[:2], _at(30))
+    assert config_periods(left, [], _at(60)) == [(FIRST_CONFIG, None)]

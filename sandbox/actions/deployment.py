@@ -39,6 +39,7 @@ import duckdb
 
 from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, RETRAIN, ROLLBACK, SET_THRESHOLD
 from sandbox.actions.overrides import Applied
+from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
 
 CHAMPION = registry.CHAMPION
@@ -48,6 +49,8 @@ DEPLOYMENT_ACTIONS = (PIN_VERSION, MOVE_ALIAS, ROLLBACK, SET_THRESHOLD, RETRAIN)
 
 # The configuration of a server deployed before any rollout the world records.
 FIRST_CONFIG = dt.datetime.min
+# The model server's configuration over time: (from, `HookContext.config_as_of`), oldest first.
+Periods = list[tuple[dt.datetime, dt.datetime | None]]
 
 
 class Deployed(NamedTuple):
@@ -311,3 +314,37 @@ def overlay_reply(body: dict[str, Any], moved: dict[str, str]) -> dict[str, Any]
     if isinstance(out.get("model_versions"), list):
         out["model_versions"] = [overlay_model_version(v, moved) for v in out["model_versions"]]
     return out
+
+
+def config_periods(base: Deployment, entries: Iterable[Applied], now: dt.datetime) -> Periods:
+    """The model server's code and configuration over time up to `now`, oldest first, as (from,
+    `HookContext.config_as_of`): as `base` left it from the start, then a new period from each
+    applied action's effective time that changed it (a rollback past a planted rollout)."""
+    periods: Periods = [(FIRST_CONFIG, base.config_as_of)]
+    due = [e for e in entries if e.effective_at <= now]
+    for at in sorted({e.effective_at for e in due}):
+        config = in_effect(base, due, at).config_as_of
+        if config != periods[-1][1]:
+            periods.append((at, config))
+    return periods
+
+
+class ConfigHistory:
+    """The model server's configuration periods as the processes beside it see them (the
+    gateway's live series, the scheduler's restored points). Its deploy history is read once,
+    and only when a planted fault rolls out a change to it and an action has taken effect."""
+
+    def __init__(self, paths: WorldPaths, rollouts: list[dt.datetime]) -> None:
+        self.paths = paths
+        self.rollouts = rollouts
+        self._base: Deployment | None = None
+
+    def periods(self, entries: Iterable[Applied], now: dt.datetime) -> Periods:
+        due = [e for e in entries if e.effective_at <= now]
+        if not self.rollouts or not due:
+            return [(FIRST_CONFIG, None)]
+        if self._base is None:  # the same the model server reads
+            self._base = world_baseline(
+                self.paths.duckdb, self.paths.mlflow, self.paths.deploy, self.rollouts
+            )
+        return config_periods(self._base, due, now)

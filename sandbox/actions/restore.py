@@ -11,10 +11,12 @@ the running metric pipeline removes from that computation.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import duckdb
 import polars as pl
 
+from sandbox.actions.deployment import FIRST_CONFIG, Periods
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.monitor import metrics
@@ -55,15 +57,43 @@ def request_series(requests: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+AS_LEFT: Periods = [(FIRST_CONFIG, None)]  # no action changed the model server's configuration
+
+
+def pipeline_kept(
+    series: pl.DataFrame,
+    faults: FaultSet,
+    seed: int,
+    calendar: Calendar,
+    now: dt.datetime,
+    periods: Periods = AS_LEFT,
+) -> pl.DataFrame:
+    """`series` as the running metric pipeline keeps it: the `monitor.metrics` hooks applied to
+    the points of each period of the model server's configuration (`deployment.config_periods`)
+    as that configuration has them, so a rollback past a fault's rollout ends its effect from
+    the rollback on, not before."""
+    ctx = HookContext(seed, calendar.day_of(now), calendar)
+    parts = []
+    for i, (start, config) in enumerate(periods):
+        part = series.filter(pl.col("ts") >= start) if i else series
+        if i + 1 < len(periods):
+            part = part.filter(pl.col("ts") < periods[i + 1][0])
+        parts.append(faults.apply("monitor.metrics", part, replace(ctx, config_as_of=config)))
+    return pl.concat(parts) if len(parts) > 1 else parts[0]
+
+
 def dropped_points(
-    series: pl.DataFrame, faults: FaultSet, seed: int, calendar: Calendar, now: dt.datetime
+    series: pl.DataFrame,
+    faults: FaultSet,
+    seed: int,
+    calendar: Calendar,
+    now: dt.datetime,
+    periods: Periods = AS_LEFT,
 ) -> pl.DataFrame:
     """The rows of `series` the running metric pipeline drops (none when nothing is dropped)."""
     if series.height == 0:
         return series
-    kept = faults.apply(
-        "monitor.metrics", series, HookContext(seed, calendar.day_of(now), calendar)
-    )
+    kept = pipeline_kept(series, faults, seed, calendar, now, periods)
     return series.join(kept.select(KEY), on=KEY, how="anti").sort(KEY)
 
 

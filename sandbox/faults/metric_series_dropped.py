@@ -36,6 +36,7 @@ from sandbox.faults.base import (
     Fault,
     FaultParams,
     HookContext,
+    Rollout,
     Step,
     Symptom,
     Verdict,
@@ -113,10 +114,9 @@ class MetricSeriesDropped(Fault[Params]):
     id: ClassVar[str] = "metric-series-dropped"
     actions: ClassVar[dict[str, Verdict]] = {
         "restore-metric-series": "mitigates",
-        # The pool and exporter change is not in the model server's deploy history (no
-        # `rollouts`): going back one deployment changes its model, not the failing requests or
-        # the missing series.
-        "rollback-deploy": "no effect",
+        # Back past the release (`rollouts`): the old pool stops the failures, the old exporter
+        # brings the series back.
+        "rollback-deploy": "fixes",
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",
         "retrain": "no effect",
@@ -135,11 +135,16 @@ class MetricSeriesDropped(Fault[Params]):
         """Expected share of online requests failing, by (day, hour of day)."""
         return self.params.peak_error_share * self.params.intensity(day) * load_curve(hours)
 
+    def rollouts(self, calendar: Calendar) -> list[Rollout]:
+        """The release that moved the pool and the exporter: a rollback of the model server goes
+        back past it."""
+        return [Rollout(SERVICE, self.deploy_time(calendar), "async workers, OTel exporter")]
+
     @hook("serve.features")
     def fail_requests(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
-        if self.params.intensity(ctx.day) == 0 or value.height == 0:
-            return value
         deployed = self.deploy_time(ctx.calendar)
+        if self.params.intensity(ctx.day) == 0 or value.height == 0 or not ctx.rolled_out(deployed):
+            return value
         hours = value["request_ts"].dt.hour().to_numpy().astype(int)
         draw = rng.stream(ctx.seed, "model-server-pool", ctx.day).random(value.height)
         failing = (
@@ -157,10 +162,13 @@ class MetricSeriesDropped(Fault[Params]):
 
     @hook("monitor.metrics")
     def drop_series(self, series: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
+        deployed = self.deploy_time(ctx.calendar)
+        if not ctx.rolled_out(deployed):  # the exporter from before the release
+            return series
         gone = (
             (pl.col("service") == SERVICE)
             & pl.col("metric").is_in(self.params.dropped_series)
-            & (pl.col("ts") >= self.deploy_time(ctx.calendar))
+            & (pl.col("ts") >= deployed)
         )
         return series.filter(~gone)
 

@@ -55,8 +55,8 @@ import duckdb
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from sandbox import scenario
-from sandbox.actions import restore
+from sandbox import scenario, schema
+from sandbox.actions import deployment, restore
 from sandbox.actions.catalog import DRIFT_MONITOR_JOB, ONLINE_STORE_JOBS, RESTORE_SERIES
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.clock import Calendar
@@ -433,6 +433,9 @@ class SeriesRestorer:
         self.ctx = ctx
         self.overrides = overrides
         cal = ctx.calendar
+        self.model_configs = deployment.ConfigHistory(
+            ctx.paths, ctx.fault_set.rollouts(cal, schema.MODEL_SERVER)
+        )
         self.live_start = cal.midnight(cal.last_production_day + 1)
         self.written: set[tuple[dt.datetime, str, str, str]] = set()
         records, _ = read_new(ctx.spool(spool.RESTORED_METRICS).path, 0)
@@ -509,9 +512,12 @@ class SeriesRestorer:
             live = self._live_requests(max(self.live_start, boundary - restore.BUCKET))
         requests = pl.concat([world, live.select(world.columns)]).filter(pl.col("request_ts") < now)
         series = restore.request_series(requests)
+        # What the pipeline drops under the model server's configuration of the moment: none
+        # from a rollback past the release that dropped them on.
+        periods = self.model_configs.periods(self.overrides.entries(), now)
         dropped = restore.complete(
             restore.dropped_points(
-                series, self.ctx.fault_set, self.ctx.seed, self.ctx.calendar, now
+                series, self.ctx.fault_set, self.ctx.seed, self.ctx.calendar, now, periods
             ),
             now,
         )

@@ -19,6 +19,8 @@ then nothing changes).
   back toward control's.
 - serving-default-fallback: a configuration rollout cut the feature lookup deadline, so at peak
   a share of requests is scored on zeros. Rolling back past that rollout ends it.
+- metric-series-dropped: a release moved the server to async workers, and a share of requests
+  fails at peak. Rolling back past that release ends the failures (control has none).
 """
 
 from __future__ import annotations
@@ -154,11 +156,17 @@ def test_rolling_back_the_release_brings_the_live_scores_back_toward_control(
     live = _server(built, tmp_path / world, requested)
     gap = _score_gap(live, control, _customers(live, control, requested))
     before, released = gap(), live.record.model_version
-    applied = _applied(ROLLBACK, {"service": "model-server"}, requested)
-    Overrides(live.ctx.paths.run).append(applied)
-    assert gap() == before  # not in effect yet
-
-    _forward(live, applied.effective_at + dt.timedelta(minutes=1))
+    # Each rollback goes back one deployment: as many as went out from the release on (a rollout
+    # of the server's code a fault planted after it is one more, as in the time-travel world).
+    history = live.baseline.history
+    since = len(history) - next(i for i, d in enumerate(history) if d.version == released)
+    at = requested
+    for n in range(since):
+        applied = _applied(ROLLBACK, {"service": "model-server"}, at)
+        Overrides(live.ctx.paths.run).append(applied.model_copy(update={"id": f"rollback-{n}"}))
+        assert gap() == before  # not in effect yet, or only past a rollout of code
+        at = applied.effective_at + dt.timedelta(minutes=1)
+        _forward(live, at)
     assert gap() <= before * (1 - closed), (gap(), before)
     _, rows = live.predict(
         [PredictRequest(customer_id=c) for c in _customers(live, control, requested)[:1]],
@@ -343,3 +351,30 @@ def test_rolling_back_past_the_deadline_cut_stops_the_zero_vectors_at_peak(
         at = rollback.effective_at + dt.timedelta(minutes=1)
         _forward(live, at)
     assert _zero_share(live, customers) == 0.0
+
+
+def test_rolling_back_past_the_pool_release_stops_the_peak_errors(
+    worlds: Worlds, control_world: BuildSummary, tmp_path: Path
+) -> None:
+    """metric-series-dropped: the release that moved the server to async workers fails a share
+    of requests at the evening peak (control fails none). Its deploy history holds that release
+    though no model changed with it: rolling back past it ends the failures."""
+    built = worlds.get("time-travel")
+    calendar = scenario.load(WorldPaths(built.root).scenario).world.calendar()
+    peak = calendar.at(calendar.last_production_day + 1, 20.5)
+    live = _server(built, tmp_path / "time-travel", peak)
+    control = _server(control_world, tmp_path / "control", peak)
+    customers = _customers(live, control, peak)[:300]
+
+    def failed(server: LiveModelServer) -> float:
+        _, rows = server.predict([PredictRequest(customer_id=c) for c in customers], 0.0)
+        return float(np.mean([r["status"] == "error" for r in rows]))
+
+    assert failed(control) == 0.0
+    assert failed(live) > 0.1
+    rollback = _applied(ROLLBACK, {"service": "model-server"}, peak)
+    Overrides(live.ctx.paths.run).append(rollback)
+    at = rollback.effective_at + dt.timedelta(minutes=1)
+    _forward(live, at)
+    _forward(control, at)
+    assert failed(live) == failed(control) == 0.0

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from sandbox.actions import restore
-from sandbox.actions.catalog import RESTORE_SERIES
+from sandbox.actions.catalog import RESTORE_SERIES, ROLLBACK
 from sandbox.faults.metric_series_dropped import ALERT
 from sandbox.layout import WorldPaths
 from sandbox.services.common import ServiceContext
@@ -164,3 +164,45 @@ def test_the_error_alert_fires_on_restored_points_from_the_restore_on(worlds, tm
     apply(faulty, RESTORE_SERIES, {"days": 7}, effective)
     assert Scheduler(context(faulty, later)).restore_series() > 0
     assert alerts_at(later) == [*world_alerts, failing]
+
+
+@pytest.mark.world
+def test_a_rollback_past_the_release_exports_the_series_again_from_then_on(worlds, tmp_path):
+    """The model server goes back past the release that dropped the error ratio: its live points
+    show again from the rollback's effective time on, not before; a restore then adds only what
+    the pipeline still drops."""
+    faulty = private_world(worlds.get("time-travel"), "time-travel", tmp_path)
+    paths = WorldPaths(faulty)
+    cal = ServiceContext(faulty, SERVICE).calendar
+    live_start = cal.midnight(cal.last_production_day + 1)
+    # Failing requests for an hour from live start (0.8 of each bucket); the rollback takes
+    # effect half an hour in, on a bucket's start.
+    spool_failing_requests(paths, live_start, count=120)
+    effective = live_start + dt.timedelta(minutes=30)
+    after = live_start + dt.timedelta(hours=2)
+    sql = (
+        "SELECT ts, value FROM telemetry.metrics WHERE service = 'model-server' "
+        "AND metric = 'error_ratio' AND ts >= $start ORDER BY ts"
+    )
+
+    def shown() -> list[tuple[dt.datetime, float]]:
+        found = query.run(live_store(paths, after), sql, {"start": live_start})
+        return [
+            (t if isinstance(t, dt.datetime) else dt.datetime.fromisoformat(t), v)
+            for t, v in found.rows
+        ]
+
+    assert shown() == []  # the release dropped the series
+    apply(faulty, ROLLBACK, {"service": "model-server"}, effective)
+    points = shown()
+    assert points, "no error ratio after the rollback"
+    assert min(t for t, _ in points) == effective  # from the rollback on, not before
+    assert [v for _, v in points] == pytest.approx([0.8] * len(points), abs=1e-6)
+    assert len(points) == 6  # the buckets of failing requests after the rollback
+
+    # The scheduler's restore adds the points the pipeline still drops: those before it.
+    apply(faulty, RESTORE_SERIES, {"days": 1}, after)
+    Scheduler(context(faulty, after)).restore_series()
+    restored = [t for t, _ in shown() if t < effective]
+    assert restored and max(restored) < effective
+    assert sorted(t for t, _ in shown()) == sorted(set(t for t, _ in shown()))  # none twice

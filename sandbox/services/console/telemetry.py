@@ -26,10 +26,10 @@ import duckdb
 import polars as pl
 
 from sandbox import schema
-from sandbox.actions import restore
+from sandbox.actions import deployment, restore
 from sandbox.actions.catalog import RESTORE_SERIES
 from sandbox.actions.overrides import Overrides
-from sandbox.faults.base import FaultSet, HookContext
+from sandbox.faults.base import FaultSet
 from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics
 from sandbox.services import spool
@@ -99,6 +99,9 @@ class LiveTelemetry:
         self.tables = self._world_tables()
         self.alert_rules = self._live_alert_rules()
         self.overrides = Overrides(self.paths.run)
+        self.model_configs = deployment.ConfigHistory(
+            self.paths, faults.rollouts(calendar, schema.MODEL_SERVER)
+        )
         self._series_stale = False  # live rows came in since the series were computed
         self._loaded_at: dict[str, float] = {}  # table -> when its spooled rows were last loaded
         self._unevaluated: pl.DataFrame | None = None  # live series the alerts lag behind
@@ -271,11 +274,10 @@ class LiveTelemetry:
             cur, views.production_table(PREDICTIONS), views.production_table(SEARCHES)
         )
         now = self.now()
-        series = self.faults.apply(
-            "monitor.metrics",
-            series,
-            HookContext(self.seed, self.calendar.day_of(now), self.calendar),
-        )
+        # Each point as the model server's configuration then left it: after a rollback past a
+        # fault's rollout, that fault no longer acts on the points from then on.
+        periods = self.model_configs.periods(self.overrides.entries(), now)
+        series = restore.pipeline_kept(series, self.faults, self.seed, self.calendar, now, periods)
         cur.execute(f"DELETE FROM {COMPUTED[METRICS]}")
         cur.register("incoming", series)
         cur.execute(f"INSERT INTO {COMPUTED[METRICS]} BY NAME SELECT * FROM incoming")
