@@ -342,6 +342,9 @@ def test_a_restart_removes_the_unfinished_world_of_a_build_it_cut_short_and_noth
         assert waited.out.is_dir() and again["waited"].lines[-1].startswith("the gateway stopped")
         # Every build the gone gateway left running was stopped before anything was removed.
         ran = (cut, finished, outside, written, relative)
+        # A process stopping has no arguments left in /proc (which is how the gateway tells it is
+        # gone) a moment before it has exited.
+        _until(lambda: all(b.process and b.process.poll() is not None for b in ran))
         stopped = [b.process and b.process.poll() for b in ran]
         assert stopped == [-15] * len(ran), stopped  # SIGTERM
     finally:
