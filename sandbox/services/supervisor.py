@@ -362,7 +362,15 @@ class Supervisor:
                 service_name=child.name,
                 exit_code=code,
             )
-        (self.paths.run / HEARTBEAT_FILE).write_text(self.clock.now().isoformat())
+        self._beat()
+
+    def _beat(self) -> None:
+        """The simulated now, where the next start resumes. Written whole (a rename), so a
+        supervisor killed mid-write leaves the last one, never an empty file that would send
+        the next start back to the beginning of live time."""
+        tmp = self.paths.run / (HEARTBEAT_FILE + ".tmp")
+        tmp.write_text(self.clock.now().isoformat())
+        tmp.replace(self.paths.run / HEARTBEAT_FILE)
 
     def _event(self, level: str, event: str, message: str, **attrs: object) -> None:
         self.log.write(
@@ -396,7 +404,7 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2)
         with contextlib.suppress(OSError):
-            (self.paths.run / HEARTBEAT_FILE).write_text(self.clock.now().isoformat())
+            self._beat()
         for sock in self.sockets.values():
             sock.close()
 
