@@ -6,7 +6,8 @@ The layers, lowest first (a module belongs to the longest entry that names it or
 - foundation: the clock, the difficulty tiers, keyed random streams, log rows, where things live
   in a world directory (`layout`), the facts of the streaming product every layer shares (`product`: devices,
   regions, app releases, the daily traffic curve, the help-center corpus) and the data model
-  (`schema`: every candidate table's columns, types, descriptions, reveal rule and live writers).
+  (`schema`: every candidate table's columns, types, descriptions, reveal rule and live writers,
+  and the interviewer's truth tables).
   They know nothing of how a world is simulated, served or judged, so anything may use them.
 - hooks: the hook points and the machinery faults and decoys plug into (`FaultSet`,
   `HookContext`, the `Fault` and `Decoy` base classes). The pipeline's stages call
