@@ -51,6 +51,7 @@ DEPLOYMENT_ACTIONS = (PIN_VERSION, MOVE_ALIAS, ROLLBACK, SET_THRESHOLD, RETRAIN)
 FIRST_CONFIG = dt.datetime.min
 # The model server's configuration over time: (from, `HookContext.config_as_of`), oldest first.
 Periods = list[tuple[dt.datetime, dt.datetime | None]]
+AS_LEFT: Periods = [(FIRST_CONFIG, None)]  # no action changed it
 
 
 class Deployed(NamedTuple):
@@ -340,11 +341,11 @@ class ConfigHistory:
         self._base: Deployment | None = None
 
     def periods(self, entries: Iterable[Applied], now: dt.datetime) -> Periods:
-        due = [e for e in entries if e.effective_at <= now]
-        if not self.rollouts or not due:
-            return [(FIRST_CONFIG, None)]
+        entries = list(entries)
+        if not self.rollouts or not any(e.effective_at <= now for e in entries):
+            return AS_LEFT
         if self._base is None:  # the same the model server reads
             self._base = world_baseline(
                 self.paths.duckdb, self.paths.mlflow, self.paths.deploy, self.rollouts
             )
-        return config_periods(self._base, due, now)
+        return config_periods(self._base, entries, now)

@@ -16,7 +16,7 @@ from dataclasses import replace
 import duckdb
 import polars as pl
 
-from sandbox.actions.deployment import FIRST_CONFIG, Periods
+from sandbox.actions.deployment import AS_LEFT, Periods
 from sandbox.clock import Calendar
 from sandbox.faults.base import FaultSet, HookContext
 from sandbox.monitor import metrics
@@ -55,9 +55,6 @@ def request_series(requests: pl.DataFrame) -> pl.DataFrame:
         .with_columns(pl.col("value").round(6))
         .sort(KEY)
     )
-
-
-AS_LEFT: Periods = [(FIRST_CONFIG, None)]  # no action changed the model server's configuration
 
 
 def pipeline_kept(

@@ -180,13 +180,15 @@ class LiveTelemetry:
         for table, columns in self.tables.items():
             sql = views.view_sql(table, WORLD_CATALOG, columns)
             if table in COMPUTED:
+                declared = schema.TABLES[table]
                 sql += f" UNION ALL BY NAME SELECT * FROM {COMPUTED[table]} WHERE "
-                sql += views.exists(schema.TABLES[table])
-            if table == METRICS:
-                # Points the scheduler restored from the request logs (production's only).
-                sql += f" UNION ALL BY NAME SELECT {', '.join(columns)} FROM "
-                sql += f"{views.live_table(METRICS)} WHERE session_id IS NULL AND "
-                sql += views.exists(schema.TABLES[METRICS])
+                sql += views.exists(declared)
+                if declared.live is not None and declared.live.spooled_by:
+                    # Rows a service spools beside the computed ones (production's only): the
+                    # points the scheduler restored from the request logs.
+                    sql += f" UNION ALL BY NAME SELECT {', '.join(columns)} FROM "
+                    sql += f"{views.live_table(table)} WHERE session_id IS NULL AND "
+                    sql += views.exists(declared)
             self.con.execute(f"CREATE VIEW {table} AS {sql}")
 
     def set_clock(self, con: duckdb.DuckDBPyConnection) -> dt.datetime:
