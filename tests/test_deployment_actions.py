@@ -118,6 +118,14 @@ def test_a_rollback_goes_to_the_deployment_before_and_no_further() -> None:
     assert in_effect(FOLLOWS, pin_then_back, _at(30)).version == "2"
 
 
+def test_a_rollback_of_another_service_leaves_the_model_server_as_it_was() -> None:
+    elsewhere = [_applied(ROLLBACK, {"service": "retrieval"}, 20)]
+    assert in_effect(FOLLOWS, elsewhere, _at(60)) == FOLLOWS
+    # Nor does it count as one of the model server's: the next rollback goes back one.
+    both = [*elsewhere, _applied(ROLLBACK, {"service": "model-server"}, 40)]
+    assert in_effect(FOLLOWS, both, _at(60)).version == "1"
+
+
 def test_the_latest_change_in_effect_sets_the_threshold() -> None:
     entries = [_applied(SET_THRESHOLD, {"threshold": 0.2}, 10), _applied(ROLLBACK, {}, 20)]
     assert in_effect(FOLLOWS, entries, _at(10)).threshold == 0.2

@@ -74,12 +74,23 @@ class AliasParams(VersionParams):
     )
 
 
+# The services whose deployments a rollback takes back: the model server's model version, code
+# and configuration; the retrieval service's ticket encoder.
+MODEL_SERVER = "model-server"
+RETRIEVAL = "retrieval"
+
+
 class RollbackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    service: Literal["model-server"] = Field(
-        "model-server", description="The service whose deployment goes back."
+    service: Literal["model-server", "retrieval"] = Field(
+        MODEL_SERVER, description="The service whose deployment goes back."
     )
+
+
+def rolls_back(action: str, params: dict[str, Any], service: str) -> bool:
+    """Whether an applied action is a rollback of `service`."""
+    return action == ROLLBACK and params.get("service", MODEL_SERVER) == service
 
 
 class WindowParams(BaseModel):
@@ -120,6 +131,11 @@ class Action:
     available: bool = False
     # The component whose logs tell the change's progress.
     service: str = "ops"
+
+    def logged_by(self, params: dict[str, Any]) -> str:
+        """The component whose logs tell this change's progress: a rollback's, the service
+        rolled back."""
+        return str(params.get("service", self.service)) if self.id == ROLLBACK else self.service
 
     def describe(self) -> dict[str, Any]:
         """What the console and `GET /api/actions` show: nothing about any planted fault."""
@@ -175,8 +191,9 @@ ACTIONS: tuple[Action, ...] = (
     ),
     Action(
         ROLLBACK,
-        "Roll the model server back to the deployment before the current one: the model "
-        "version, threshold, code and configuration it ran then.",
+        "Roll a service back to its deployment before the current one: the model server to the "
+        "model version, threshold, code and configuration it ran then; the retrieval service "
+        "to the ticket encoder it ran then (the article index stays as it is).",
         RollbackParams,
         _minutes(20),
         available=True,

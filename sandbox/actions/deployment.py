@@ -37,7 +37,15 @@ from typing import Any, NamedTuple
 
 import duckdb
 
-from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, RETRAIN, ROLLBACK, SET_THRESHOLD
+from sandbox.actions.catalog import (
+    MODEL_SERVER,
+    MOVE_ALIAS,
+    PIN_VERSION,
+    RETRAIN,
+    ROLLBACK,
+    SET_THRESHOLD,
+    rolls_back,
+)
 from sandbox.actions.overrides import Applied
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy, registry
@@ -114,6 +122,8 @@ class Deployment:
     def apply(self, entry: Applied) -> Deployment:
         """This deployment with one more action in effect (actions of other kinds change nothing)."""
         at, params = entry.effective_at, entry.params
+        if entry.action == ROLLBACK and not rolls_back(entry.action, params, MODEL_SERVER):
+            return self  # another service's rollback
         state = replace(self, changed=True) if entry.action in DEPLOYMENT_ACTIONS else self
         if entry.action == PIN_VERSION:
             return state._deploy(str(params["version"]), False, at)

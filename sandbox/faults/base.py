@@ -281,6 +281,9 @@ class Planted(ABC):
     # carries it next to the fixes, and the review judges the candidate's actions by it. An
     # action not named has no effect.
     actions: ClassVar[dict[str, Verdict]] = {}
+    # The service a `rollback-deploy` must name for its verdict in `actions` to hold: rolling
+    # back another service does nothing to this one.
+    rollback_service: ClassVar[str] = "model-server"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -369,8 +372,13 @@ class Fault(Planted, Generic[P]):
         key.investigation = [step.public() for step in self.investigation(calendar)]
         key.actions = dict(self.actions)
         key.symptoms = self.symptoms(calendar)
-        key.acts_when = self.acts_when()
+        key.acts_when = {**self._rollback_when(), **self.acts_when()}
         return key
+
+    def _rollback_when(self) -> dict[str, dict[str, list[Any]]]:
+        if self.actions.get("rollback-deploy", "no effect") == "no effect":
+            return {}
+        return {"rollback-deploy": {"service": [self.rollback_service]}}
 
     def acts_when(self) -> dict[str, dict[str, list[Any]]]:
         """For an action in `actions` whose effect depends on its parameters: the values of each

@@ -91,12 +91,14 @@ class EmbeddingIndexMismatch(Fault[Params]):
     id: ClassVar[str] = "embedding-index-mismatch"
     actions: ClassVar[dict[str, Verdict]] = {
         "rebuild-index": "fixes",
-        # The console rolls back the model server, not the retrieval service's encoder.
-        "rollback-deploy": "no effect",
+        # Back to the encoder the index was built with: the spaces meet again, the index stays
+        # unrebuilt for the encoder the team meant to ship.
+        "rollback-deploy": "mitigates",
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",
         "retrain": "no effect",
     }
+    rollback_service: ClassVar[str] = "retrieval"
     title: ClassVar[str] = "Ticket encoder upgraded while the article index still holds old vectors"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (

@@ -10,7 +10,9 @@ answered; an agent's click on a suggestion arrives later through `POST /feedback
 A rebuild of the index applied from the ops console (`rebuild-index`) is carried out here: every
 help-center article is re-embedded with the encoder serving when it was requested, the new index
 is kept in the run directory, and searches use it from the change's effective time (simulated);
-its progress is in the service's logs, each line at its simulated time.
+its progress is in the service's logs, each line at its simulated time. A rollback of the service
+(`rollback-deploy` with service `retrieval`) takes it back to the ticket encoder it ran before
+the current one, from the change's effective time; the index stays as it is.
 
     python -m sandbox.services.retrieval --world DIR --port P
 """
@@ -43,7 +45,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.actions import progress
-from sandbox.actions.catalog import REBUILD_INDEX
+from sandbox.actions.catalog import REBUILD_INDEX, rolls_back
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.base import HookContext
 from sandbox.layout import IncompleteWorld, read_manifest
@@ -206,7 +208,10 @@ class RetrievalService:
         self._rebuild_lock = threading.Lock()
         # request_id -> (the session that searched, or None for production; articles shown)
         self._recent: OrderedDict[int, tuple[str | None, list[int]]] = OrderedDict()
-        self._day: int | None = None
+        self._deployed: list[int] | None = None  # encoder versions in deploy order, read once
+        self._loaded: dict[int, retrieve.Encoder] = {}  # earlier versions a rollback serves
+        # The day and the rollbacks in effect the loaded encoder was chosen for.
+        self._serving: tuple[int, tuple[dt.datetime, ...]] | None = None
         self._current: LoadedEncoder | None = None
         # Every rebuild applied before a restart, and the index in effect now.
         self.refresh_rebuilds()
@@ -221,19 +226,66 @@ class RetrievalService:
         self.current()  # load today's encoder before the first request
 
     def encoder_on(self, day: int) -> retrieve.Encoder:
-        """The encoder production runs on `day` (simulated)."""
+        """The encoder the world deployed on `day` (simulated), before any rollback."""
         hook = HookContext(self.seed, day, self.ctx.calendar)
         return self.ctx.fault_set.apply("retrieve.query_encoder", self.base, hook)
 
+    def _rollbacks(self, now: dt.datetime) -> tuple[dt.datetime, ...]:
+        """When the rollbacks of this service applied from the ops console took effect, up to
+        `now`, oldest first."""
+        return tuple(
+            sorted(
+                e.effective_at
+                for e in self.overrides.entries()
+                if rolls_back(e.action, e.params, SERVICE) and e.effective_at <= now
+            )
+        )
+
+    def encoder_at(self, now: dt.datetime) -> retrieve.Encoder:
+        """The encoder production runs at `now` (simulated): the world's of the day until a
+        rollback takes effect. Each rollback goes back one encoder deployment (the first one
+        stays), and a rolled-back service stays on it: the world's later rollouts do not reach
+        it."""
+        rollbacks = self._rollbacks(now)
+        live = self.encoder_on(self.ctx.calendar.day_of(rollbacks[0] if rollbacks else now))
+        if not rollbacks:
+            return live
+        deployed = self._deployed_versions()
+        if not deployed or deployed[-1] != live.version:
+            deployed = [*deployed, live.version]
+        kept = deployed[max(0, len(deployed) - 1 - len(rollbacks))]
+        return live if kept == live.version else self._registered_encoder(kept)
+
+    def _deployed_versions(self) -> list[int]:
+        """The encoder versions production searched with, in the order they were deployed (the
+        world's search log: what the deploy system ran, whatever the registry says now)."""
+        if self._deployed is None:
+            with duckdb.connect(str(self.ctx.paths.duckdb), read_only=True) as con:
+                rows = con.execute(
+                    "SELECT encoder_version FROM retrieval.search_log "
+                    "GROUP BY encoder_version ORDER BY min(request_ts)"
+                ).fetchall()
+            self._deployed = [int(version) for (version,) in rows]
+        return self._deployed
+
+    def _registered_encoder(self, version: int) -> retrieve.Encoder:
+        """An earlier encoder version, loaded from the registry as the service loads its own."""
+        if version not in self._loaded:
+            uri = f"models:/{registry.TICKET_ENCODER}/{self._registry_versions[version]}"
+            model = registry.load_serving(self.ctx.paths.mlflow, uri, CompiledTextEncoder)
+            self._loaded[version] = retrieve.Encoder(version, model)
+        return self._loaded[version]
+
     def current(self) -> LoadedEncoder:
-        """The encoder serving today (simulated): what production runs on this day."""
-        day = self.ctx.calendar.day_of(self.ctx.now())
+        """The encoder serving now (simulated): what production runs today, as rolled back."""
+        now = self.ctx.now()
+        key = (self.ctx.calendar.day_of(now), self._rollbacks(now))
         with self._lock:
-            if day != self._day or self._current is None:
-                encoder = self.encoder_on(day)
+            if key != self._serving or self._current is None:
+                encoder = self.encoder_at(now)
                 previous = self._current
                 self._current = LoadedEncoder(encoder, self._registry_versions.get(encoder.version))
-                self._day = day
+                self._serving = key
                 if previous is None or previous.encoder.version != encoder.version:
                     self._announce(self._current)
             return self._current
@@ -279,7 +331,7 @@ class RetrievalService:
         kept = self.ctx.paths.run / REBUILDS_DIR / applied.id
         if kept.is_dir():
             return Rebuild(applied.id, applied.effective_at, retrieve.load_index(kept))
-        encoder = self.encoder_on(self.ctx.calendar.day_of(applied.requested_at))
+        encoder = self.encoder_at(applied.requested_at)
         built_on = applied.effective_at.date()
         index = retrieve.rebuilt(
             retrieve.build_index(encoder, self.articles, built_on),
@@ -319,10 +371,11 @@ class RetrievalService:
         return index
 
     def look(self) -> None:
-        """Carry out newly applied rebuilds (the running app's watcher calls it)."""
+        """Carry out newly applied rebuilds and rollbacks (the running app's watcher calls it)."""
         try:
             self.refresh_rebuilds()
             self.index_at(self.ctx.now())
+            self.current()  # a rollback in effect loads its encoder without waiting for a search
         except Exception as exc:  # a bad rebuild must not stop the service answering
             self.ctx.log("error", "index_rebuild_failed", f"index rebuild failed: {exc}")
 

@@ -22,6 +22,7 @@ from sandbox.faults import registry
 from sandbox.faults.base import Decoy, Fault
 from sandbox.faults.toolkit import served_mean
 from sandbox.layout import world_difficulty
+from sandbox.review.actions import verdict_of
 from sandbox.services import dashboards
 from sandbox.testing import Worlds, connect
 from sandbox.world.build import BuildSummary
@@ -67,25 +68,34 @@ def test_every_fault_is_documented_and_hooks_real_points(fault_id: str) -> None:
     assert f"`{fault_id}`" in (REPO / "README.md").read_text(), "README lists every fault"
 
 
-# What the ops console's rollback takes back: a model release the model server loaded (a fault
-# that ships one hooks these), or a rollout of its code or configuration a fault declares.
-RELEASE_HOOKS = {"train.releases", "serve.rollout"}
+# What the ops console's rollback takes back, by service: a model release the model server loaded
+# (a fault that ships one hooks these) or a rollout of its code or configuration a fault
+# declares; the ticket encoder the retrieval service was deployed with.
+RELEASE_HOOKS = {
+    "model-server": {"train.releases", "serve.rollout"},
+    "retrieval": {"retrieve.query_encoder"},
+}
 
 
 @pytest.mark.parametrize("fault_id", sorted(registry.catalog()))
 def test_a_rollback_verdict_rests_on_something_the_rollback_takes_back(fault_id: str) -> None:
-    """The review credits a rollback only where going back one deployment of the model server
-    undoes what the fault did."""
+    """The review credits a rollback only where going back one deployment of the service it
+    names undoes what the fault did, and only for a rollback of that service."""
     cls = registry.get(fault_id)
     if cls.actions.get(ROLLBACK) not in ("mitigates", "fixes"):
         return
     fault = cls(cls.Params())
     calendar = scenario.load(None).world.calendar()
-    rolled_out = [r for r in fault.rollouts(calendar) if r.service == "model-server"]
-    assert rolled_out or RELEASE_HOOKS & set(cls.hook_points), (
-        f"{fault_id} says a rollback {cls.actions[ROLLBACK]}, but ships no model release and "
-        "declares no model-server rollout for it to go back past"
+    service = cls.rollback_service
+    rolled_out = [r for r in fault.rollouts(calendar) if r.service == service]
+    assert rolled_out or RELEASE_HOOKS[service] & set(cls.hook_points), (
+        f"{fault_id} says a rollback of {service} {cls.actions[ROLLBACK]}, but ships no "
+        f"release and declares no {service} rollout for it to go back past"
     )
+    key = fault.key(calendar)
+    for other in RELEASE_HOOKS:
+        verdict = verdict_of(ROLLBACK, {"faults": [key.model_dump()]}, {"service": other})[0]
+        assert verdict == (cls.actions[ROLLBACK] if other == service else "no effect"), other
 
 
 def test_the_readme_fault_table_is_current() -> None:

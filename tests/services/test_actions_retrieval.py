@@ -1,11 +1,14 @@
-"""Rebuilding the article index from the ops console, on a running stack of the embedding world.
+"""Rebuilding the article index, or rolling the retrieval service back, from the ops console, on a
+running stack of the embedding world.
 
 The world's fault upgraded the ticket encoder without rebuilding the help-article index, so the
 live searches rarely suggest an article that covers the ticket's problem. `rebuild-index`
 re-embeds the articles with the deployed encoder; from its effective time (three simulated hours
 later) the same searches find relevant articles about as often as the same-seed control world's
 service does, and until then nothing changes. Its progress is in the candidate's logs as simulated
-time passes.
+time passes. `rollback-deploy` of the retrieval service instead takes the encoder back to the one
+the index was built with: searches are as good as the control world's again, from its effective
+time, and the model server is left as it was.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from sandbox.actions.catalog import CATALOG, REBUILD_INDEX
+from sandbox.actions.catalog import CATALOG, REBUILD_INDEX, ROLLBACK
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import registry, retrieve
 from sandbox.services import spool
@@ -43,6 +46,14 @@ def embedding(worlds: Worlds) -> BuildSummary:
 
 @pytest.fixture(scope="module")
 def rebuilding(
+    embedding: BuildSummary, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with acting_stack(embedding, tmp_path_factory) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def rolling_back(
     embedding: BuildSummary, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     with acting_stack(embedding, tmp_path_factory) as stack:
@@ -182,3 +193,60 @@ def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
         timeout=30,
     ).json()
     assert {a["id"]: a["verdict"] for a in review["actions"]} == {REBUILD_INDEX: "fixes"}
+
+
+def _metadata(stack: Stack, service: str) -> dict[str, object]:
+    reply = HTTP.get(
+        f"{stack.url}/services/{service}/metadata", headers=stack.candidate, timeout=10
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_rolling_the_retrieval_service_back_serves_the_encoder_its_index_was_built_with(
+    rolling_back: Stack, embedding: BuildSummary, control_world: BuildSummary
+) -> None:
+    stack = rolling_back
+    queries = _queries(embedding)
+    control = _control_hits(control_world, queries)
+    before, (original,) = _live(stack, queries)
+    model_before = _metadata(stack, "model")["model_version"]
+    assert _metadata(stack, "retrieval")["encoder_version"] == 2
+
+    applied = act(stack, ROLLBACK, {"service": "retrieval"})
+    requested = dt.datetime.fromisoformat(applied["requested_at"])
+    effective = dt.datetime.fromisoformat(applied["effective_at"])
+    assert effective - requested == CATALOG[ROLLBACK].delay
+    assert _live(stack, queries) == (before, {original})  # not yet
+
+    forward(stack, now=_retrieval_now, hours=0.5)
+    after, versions = _live(stack, queries)
+    assert versions == {original}  # the same index, searched with the encoder it was built with
+    assert _metadata(stack, "retrieval")["encoder_version"] == 1
+    assert abs(control - after) < (control - before) / 4, (control, before, after)
+    assert _metadata(stack, "model")["model_version"] == model_before
+    applied_by = stack.scalar(
+        "SELECT service FROM telemetry.logs WHERE event = 'change_applied' "
+        f"AND attrs LIKE '%{applied['id']}%'"
+    )
+    assert applied_by == "retrieval"
+    loaded = until(
+        lambda: stack.sql(
+            "SELECT attrs FROM telemetry.logs WHERE service = 'retrieval' "
+            f"AND event = 'encoder_loaded' AND ts >= TIMESTAMP '{effective}'"
+        )["rows"],
+        "the rolled-back encoder in the logs",
+    )
+    assert '"encoder_version": 1' in loaded[-1][0]
+
+    # A restarted service serves the same: the world's encoder before, the rolled-back one after.
+    restarted = RetrievalService(ServiceContext(stack.world, "retrieval-restarted"))
+    assert restarted.encoder_at(requested).version == 2
+    assert restarted.encoder_at(effective).version == 1
+
+    review = HTTP.get(
+        f"{stack.url}/api/sessions/{stack.session_id}/review",
+        headers=stack.interviewer,
+        timeout=30,
+    ).json()
+    assert {a["id"]: a["verdict"] for a in review["actions"]} == {ROLLBACK: "mitigates"}

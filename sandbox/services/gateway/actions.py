@@ -26,12 +26,13 @@ from sandbox.actions import deployment
 from sandbox.actions.catalog import (
     ACTIONS,
     CATALOG,
+    MODEL_SERVER,
     MOVE_ALIAS,
     PIN_VERSION,
     RESUME_JOB,
     RETRAIN,
-    ROLLBACK,
     Action,
+    rolls_back,
 )
 from sandbox.actions.overrides import Applied
 from sandbox.services.gateway.auth import Auth, Caller
@@ -165,8 +166,9 @@ def _deployable(gw: Gateway) -> set[str]:
 def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
     """Record the change where the services read it, and its progress where the logs show it
     (the second line appears once simulated time reaches it)."""
-    deploys = (PIN_VERSION, MOVE_ALIAS, ROLLBACK, RETRAIN)
-    versions = _versions(gw, applied) if action.id in deploys else {}
+    deploys = (PIN_VERSION, MOVE_ALIAS, RETRAIN)
+    model_server = action.id in deploys or rolls_back(action.id, applied.params, MODEL_SERVER)
+    versions = _versions(gw, applied) if model_server else {}
     gw.overrides.append(applied)
     change = ", ".join(f"{k}={v}" for k, v in applied.params.items()) or "no parameters"
     served = ""
@@ -184,7 +186,7 @@ def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
         gw.ctx.spool("telemetry.logs").write(
             {
                 "ts": ts.isoformat(),
-                "service": action.service,
+                "service": action.logged_by(applied.params),
                 "level": "info",
                 "event": event,
                 "message": message,
