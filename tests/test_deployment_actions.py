@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 
+from sandbox.actions import rollback
 from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, ROLLBACK, SET_FILL, SET_THRESHOLD
 from sandbox.actions.deployment import (
     FIRST_CONFIG,
@@ -254,3 +255,17 @@ def test_config_periods_start_where_an_action_changed_the_configuration() -> Non
     # Only what has taken effect by then.
     assert config_periods(left, entries, _at(30)) == config_periods(left, entries[:2], _at(30))
     assert config_periods(left, [], _at(60)) == [(FIRST_CONFIG, None)]
+
+
+def test_a_feature_server_rollback_goes_back_one_declared_rollout_at_a_time() -> None:
+    rollouts = [_at(-600), _at(-60)]
+    back = [_applied(ROLLBACK, {"service": "feature-server"}, m) for m in (20, 40, 60)]
+    config = [rollback.config_as_of("feature-server", rollouts, back, _at(m)) for m in (10, 20, 40)]
+    assert config == [None, _at(-600), FIRST_CONFIG]  # as left, before the latest, before both
+    assert rollback.config_as_of("feature-server", rollouts, back, _at(90)) == FIRST_CONFIG
+    # Nothing rolled out before the rollback: nothing to go back to.
+    assert rollback.config_as_of("feature-server", [_at(30)], back[:1], _at(90)) is None
+    # A rollback of another service is not one of the feature server's.
+    model = [_applied(ROLLBACK, {"service": "model-server"}, 20)]
+    assert rollback.config_as_of("feature-server", rollouts, model, _at(90)) is None
+    assert rollback.rollbacks("feature-server", [*model, *back], _at(40)) == [_at(20), _at(40)]

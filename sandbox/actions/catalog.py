@@ -75,15 +75,17 @@ class AliasParams(VersionParams):
 
 
 # The services whose deployments a rollback takes back: the model server's model version, code
-# and configuration; the retrieval service's ticket encoder.
+# and configuration; the retrieval service's ticket encoder; the feature server's code and
+# configuration, which load the online store.
 MODEL_SERVER = "model-server"
 RETRIEVAL = "retrieval"
+FEATURE_SERVER = "feature-server"
 
 
 class RollbackParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    service: Literal["model-server", "retrieval"] = Field(
+    service: Literal["model-server", "retrieval", "feature-server"] = Field(
         MODEL_SERVER, description="The service whose deployment goes back."
     )
 
@@ -193,7 +195,9 @@ ACTIONS: tuple[Action, ...] = (
         ROLLBACK,
         "Roll a service back to its deployment before the current one: the model server to the "
         "model version, threshold, code and configuration it ran then; the retrieval service "
-        "to the ticket encoder it ran then (the article index stays as it is).",
+        "to the ticket encoder it ran then (the article index stays as it is); the feature "
+        "server to the code and configuration that loaded the online store then (the store is "
+        "reloaded).",
         RollbackParams,
         _minutes(20),
         available=True,

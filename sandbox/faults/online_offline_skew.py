@@ -35,6 +35,7 @@ from sandbox.faults.base import (
     Fault,
     FaultParams,
     HookContext,
+    Rollout,
     Step,
     Symptom,
     Verdict,
@@ -46,6 +47,7 @@ from sandbox.rng import stable_unit
 
 MIN_SHIFT = 0.08  # |mean log score change| of migrated customers beyond everyone else's
 TOLERANCE = 1e-3  # values are stored rounded to 4 decimals
+RELEASE_HOUR = 16.0  # the day before onset: the feature server starts loading from the stream
 MIN_MISMATCH = 0.001  # served and offline values of the same row agree exactly without the skew
 # Tells: each alone would point at the cause at the tiers that hide it.
 STANDARD_TELLS = ("streaming pipeline", "streaming job", "parity check", "nightly batch load")
@@ -112,6 +114,8 @@ class OnlineOfflineSkew(Fault[Params]):
     id: ClassVar[str] = "online-offline-skew"
     actions: ClassVar[dict[str, Verdict]] = {
         "backfill-online-store": "mitigates",
+        # Back past the migration: the online store is loaded by the nightly batch load again.
+        "rollback-deploy": "mitigates",
         # Scores the same online store again: after a backfill it brings today's list in early,
         # alone it changes nothing.
         "rerun-batch-scoring": "no effect",
@@ -119,6 +123,7 @@ class OnlineOfflineSkew(Fault[Params]):
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",
     }
+    rollback_service: ClassVar[str] = "feature-server"
     title: ClassVar[str] = "Online store computes a feature differently from the training data"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
     observation: ClassVar[str] = (
@@ -137,9 +142,21 @@ class OnlineOfflineSkew(Fault[Params]):
     def on_new_path(self, customer_id: np.ndarray, day: int) -> np.ndarray:
         return stable_unit(customer_id, self.id) < self.params.share(day)
 
+    def _migration_at(self, calendar: Calendar) -> dt.datetime:
+        """When the feature server started loading the online store from the streaming job (the
+        changelog's release, where the tier logs one): the evening before onset."""
+        return calendar.at(self.params.onset_day - 1, RELEASE_HOUR)
+
+    def rollouts(self, calendar: Calendar) -> list[Rollout]:
+        """The migration is a feature-server release: rolling it back loads the online store
+        with the nightly batch job again, the training data's definition."""
+        return [Rollout("feature-server", self._migration_at(calendar), "streaming online loads")]
+
     @hook("materialize.online")
     def load_through_new_path(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
         if self.params.share(ctx.day) == 0 or value.height == 0:
+            return value
+        if not ctx.rolled_out(self._migration_at(ctx.calendar)):
             return value
         feature = self.params.target_feature
         migrated = pl.Series(self.on_new_path(value["customer_id"].to_numpy(), ctx.day))
@@ -168,7 +185,7 @@ class OnlineOfflineSkew(Fault[Params]):
             return [
                 {
                     "day": self.params.onset_day - 1,
-                    "hour": 16.0,
+                    "hour": RELEASE_HOUR,
                     "kind": "deploy",
                     "service": "feature-server",
                     "title": self._changelog_title(),
@@ -184,7 +201,7 @@ class OnlineOfflineSkew(Fault[Params]):
         return [
             {
                 "day": self.params.onset_day - 1,
-                "hour": 16.0,
+                "hour": RELEASE_HOUR,
                 "kind": "deploy",
                 "service": "feature-server",
                 "title": self._changelog_title(),

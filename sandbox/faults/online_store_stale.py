@@ -35,6 +35,7 @@ from sandbox.faults.base import (
     Fault,
     FaultParams,
     HookContext,
+    Rollout,
     Step,
     Symptom,
     Verdict,
@@ -47,6 +48,7 @@ from sandbox.rng import stable_unit
 
 FRESH_LAG_HOURS = 6.0  # a healthy load holds rows from the feature day that ended 4 hours earlier
 MIN_NEW_CUSTOMERS = 30  # customers who signed up after the stall, needed to measure who is missed
+CUTOVER_HOUR = 21.0  # the evening of the last good load: reads move to the new cluster
 # Tells: each alone would point at the cause at the tiers that hide it.
 STANDARD_TELLS = ("cut over", "cutover", "new cluster", "old cluster", "Redis cluster")
 HARD_TELLS = (*STANDARD_TELLS, "planned maintenance")
@@ -71,6 +73,8 @@ class OnlineStoreStale(Fault[Params]):
     id: ClassVar[str] = "online-store-stale"
     actions: ClassVar[dict[str, Verdict]] = {
         "backfill-online-store": "mitigates",
+        # Back past the cutover: reads go to the old cluster, which the job still loads.
+        "rollback-deploy": "mitigates",
         # Scores the same online store again: after a backfill it brings today's list in early,
         # alone it changes nothing.
         "rerun-batch-scoring": "no effect",
@@ -78,6 +82,7 @@ class OnlineStoreStale(Fault[Params]):
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",
     }
+    rollback_service: ClassVar[str] = "feature-server"
     title: ClassVar[str] = "Online store silently stops refreshing and serves frozen features"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "medium"
     observation: ClassVar[str] = (
@@ -93,10 +98,22 @@ class OnlineStoreStale(Fault[Params]):
         first load)."""
         return max(self.params.onset_day - 1, 1)
 
+    def _cutover_at(self, calendar: Calendar) -> dt.datetime:
+        """When the feature server's reads moved to the new cluster: the evening of the last good
+        load (the changelog's entry, where the tier logs one)."""
+        return calendar.at(self.last_good_load(), CUTOVER_HOUR)
+
+    def rollouts(self, calendar: Calendar) -> list[Rollout]:
+        """The cutover is a feature-server configuration change: rolling it back points reads at
+        the old cluster again, which the materialization never stopped loading."""
+        return [Rollout("feature-server", self._cutover_at(calendar), "reads on the new cluster")]
+
     @hook("materialize.online")
     def freeze_some_customers(self, value: pl.DataFrame, ctx: HookContext) -> pl.DataFrame:
         good = self.last_good_load()
         if ctx.day < self.params.onset_day or ctx.day <= good:
+            return value
+        if not ctx.rolled_out(self._cutover_at(ctx.calendar)):
             return value
         # What that load wrote: the offline rows of the day before it.
         loaded = ctx.data.sql(
@@ -131,7 +148,7 @@ class OnlineStoreStale(Fault[Params]):
         }[self.tier]
 
     def changelog(self, calendar: Calendar) -> list[dict[str, Any]]:
-        day = max(self.params.onset_day - 1, 1)
+        day = self.last_good_load()
         if self.tier == "hard":
             return routine_changes(__name__, day, calendar.last_visible_day)
         body = {
@@ -143,7 +160,7 @@ class OnlineStoreStale(Fault[Params]):
         return [
             {
                 "day": day,
-                "hour": 21.0,
+                "hour": CUTOVER_HOUR,
                 "kind": "config",
                 "service": "online-store",
                 "title": self._changelog_title(),

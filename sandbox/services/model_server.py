@@ -56,7 +56,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sandbox import schema
-from sandbox.actions import deployment, progress, retrain
+from sandbox.actions import deployment, progress, retrain, rollback
 from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, RERUN_BATCH, RETRAIN
 from sandbox.actions.overrides import Applied, Overrides, Pause
 from sandbox.faults.base import HookContext
@@ -75,7 +75,7 @@ from sandbox.services.common import (
     watching,
 )
 from sandbox.services.settings import Settings
-from sandbox.world.routine_logs import FEATURE_SERVER, online_lookup_path
+from sandbox.world.routine_logs import FEATURE_SERVER, MATERIALIZATION, online_lookup_path
 
 MAX_BATCH = 1000
 HTTP_STATUS = {"ok": 200, "error": 503}
@@ -253,6 +253,69 @@ def policy_fills(world_db: Path) -> dict[str, np.ndarray]:
     return {feature: np.array(values, dtype=float) for feature, values in rows}
 
 
+class RolledBack:
+    """The online store's loads once a rollback of the feature server is in effect. From the
+    rollback's effective time, and at every scheduled load after it, the store is loaded the way
+    the configuration rolled back to loads it: the offline store's newest rows at the load, through
+    the materialization hooks with that configuration (`HookContext.config_as_of`), so a change a
+    fault rolled out to the feature server after it no longer shapes what is served. A backfill
+    since still loads. Nothing changes without a rollout to go back past."""
+
+    def __init__(self, ctx: ServiceContext, seed: int) -> None:
+        self.ctx = ctx
+        self.seed = seed
+        self.rollouts = ctx.fault_set.rollouts(ctx.calendar, FEATURE_SERVER)
+        self._loads: dict[tuple[dt.datetime, dt.datetime], Snapshot] = {}
+        self._lock = threading.Lock()
+
+    def served(
+        self, now: dt.datetime, world: Snapshot | None, entries: Sequence[Applied]
+    ) -> Snapshot | None:
+        """What is served at `now` in place of `world`, the load the world (and the console's
+        pauses and backfills) leave in effect."""
+        if not self.rollouts:
+            return world
+        config = rollback.config_as_of(FEATURE_SERVER, self.rollouts, entries, now)
+        if config is None:
+            return world
+        last = rollback.rollbacks(FEATURE_SERVER, entries, now)[-1]
+        if world is None or world.loaded_at < last:
+            return self._load(last, config, scheduled=False)
+        if not world.scheduled:
+            return world  # a backfill after the rollback
+        return self._load(world.loaded_at, config, scheduled=True)
+
+    def _load(self, at: dt.datetime, config: dt.datetime, scheduled: bool) -> Snapshot:
+        with self._lock:
+            found = self._loads.get((at, config))
+            if found is None:
+                rows = offline_latest(self.ctx.paths.duckdb, at)
+                online = self.ctx.fault_set.apply(
+                    "materialize.online",
+                    store.materialize(rows, at),
+                    HookContext(
+                        self.seed,
+                        self.ctx.calendar.day_of(at),
+                        self.ctx.calendar,
+                        config_as_of=config,
+                    ),
+                )
+                found = snapshot_of(at, online.select(["customer_id", *MODEL_FEATURES]), scheduled)
+                self._loads[(at, config)] = found
+                if not scheduled:  # the reload at the rollback; the scheduled ones log as jobs
+                    newest = online["event_timestamp"].max() if online.height else None
+                    self.ctx.log_at(
+                        at,
+                        MATERIALIZATION,
+                        "info",
+                        "materialization_reloaded",
+                        f"online store reloaded: {online.height} rows, newest event_timestamp "
+                        f"{newest}",
+                        rows=online.height,
+                    )
+            return found
+
+
 class Refilled:
     """The online store as the ops console's fill values leave it: a value the feature job filled
     in is replaced by the fill value set for its feature. Recomputed only when the snapshot or the
@@ -260,21 +323,23 @@ class Refilled:
 
     def __init__(self, fills: dict[str, np.ndarray]) -> None:
         self.fills = fills
-        self._key: tuple[dt.datetime, tuple[tuple[str, float], ...]] | None = None
+        self._of: Snapshot | None = None
+        self._key: tuple[tuple[str, float], ...] | None = None
         self._values: np.ndarray | None = None
 
     def values(self, snapshot: Snapshot, set_fills: dict[str, float]) -> np.ndarray:
         if not set_fills:
             return snapshot.values
-        key = (snapshot.loaded_at, tuple(sorted(set_fills.items())))
-        if key != self._key or self._values is None:
+        # The snapshot itself, not its load time: a reload can share a scheduled load's time.
+        key = tuple(sorted(set_fills.items()))
+        if snapshot is not self._of or key != self._key or self._values is None:
             values = snapshot.values.copy()
             for feature, fill in set_fills.items():
                 if feature in IMPUTED_FEATURES and feature in self.fills:
                     j = MODEL_FEATURES.index(feature)
                     filled = np.isin(values[:, j], self.fills[feature])
                     values[filled, j] = fill
-            self._key, self._values = key, values
+            self._of, self._key, self._values = snapshot, key, values
         return self._values
 
 
@@ -304,6 +369,7 @@ class LiveModelServer:
         extra = [f for fs in self._features.values() for f in fs if f not in MODEL_FEATURES]
         self.columns = [*MODEL_FEATURES, *dict.fromkeys(extra)]
         self.store = OnlineStore(ctx.paths.online_store)
+        self.rolled_back = RolledBack(ctx, self.seed)
         # Changes applied from the ops console, each in effect from its simulated time.
         self.overrides = Overrides(ctx.paths.run)
         self.refilled = Refilled(policy_fills(ctx.paths.duckdb))
@@ -478,8 +544,8 @@ class LiveModelServer:
                     batch_rerun.carry_out(self, applied, SPOOL_COLUMNS)
 
     def look(self) -> None:
-        """Carry out newly applied retrains, backfills and batch reruns (the running app's watcher
-        calls it)."""
+        """Carry out newly applied retrains, backfills, feature-server rollbacks and batch reruns
+        (the running app's watcher calls it)."""
         try:
             self.refresh_retrains()
         except Exception as exc:  # a failed retrain must not stop the server answering
@@ -488,6 +554,7 @@ class LiveModelServer:
             )
         try:
             self.refresh_backfills()
+            self.snapshot(self.ctx.now())  # a reload after a rollback, before the next request
         except Exception as exc:  # a bad backfill must not stop the server answering
             self.ctx.log_as(
                 CATALOG[BACKFILL_ONLINE_STORE].service,
@@ -506,8 +573,10 @@ class LiveModelServer:
             )
 
     def snapshot(self, now: dt.datetime) -> Snapshot | None:
-        """The online-store load served at `now`, with the console's pauses in effect."""
-        return self.store.at(now, self.overrides.online_store_pauses(now))
+        """The online-store load served at `now`, with the console's pauses and rollbacks of the
+        feature server in effect."""
+        world = self.store.at(now, self.overrides.online_store_pauses(now))
+        return self.rolled_back.served(now, world, self.overrides.entries())
 
     def store_age(self) -> float:
         now = self.ctx.now()

@@ -68,12 +68,13 @@ def test_every_fault_is_documented_and_hooks_real_points(fault_id: str) -> None:
     assert f"`{fault_id}`" in (REPO / "README.md").read_text(), "README lists every fault"
 
 
-# What the ops console's rollback takes back, by service: a model release the model server loaded
-# (a fault that ships one hooks these) or a rollout of its code or configuration a fault
-# declares; the ticket encoder the retrieval service was deployed with.
+# What the ops console's rollback takes back, by service, besides a rollout of its code or
+# configuration a fault declares: a model release the model server loaded (a fault that ships one
+# hooks these); the ticket encoder the retrieval service was deployed with.
 RELEASE_HOOKS = {
     "model-server": {"train.releases", "serve.rollout"},
     "retrieval": {"retrieve.query_encoder"},
+    "feature-server": set(),
 }
 
 

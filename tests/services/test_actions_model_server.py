@@ -13,7 +13,8 @@ then nothing changes).
   of the migrated method's customers are flagged. The same budgeted threshold brings their
   flagged share back toward control's, at the price of flagging the other customers more.
 - online-store-stale: a shard of the online store serves frozen features. A backfill from the
-  offline store brings the live scores back toward control's.
+  offline store brings the live scores back toward control's until the next scheduled load;
+  rolling the feature server back past the cutover does it for the loads after it too.
 - training-time-travel and retrain-immature-labels: the latest release learned from data it
   should not have. Rolling the model server back to the deployment before brings the live scores
   back toward control's.
@@ -47,7 +48,7 @@ from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.toolkit import PEAK_HOURS
 from sandbox.layout import WorldPaths
 from sandbox.pipeline.features import MODEL_FEATURES
-from sandbox.services.model_server import LiveModelServer, PredictRequest
+from sandbox.services.model_server import LiveModelServer, PredictRequest, offline_latest
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
 from tests.services.conftest import gateway_client, world_paths
@@ -304,6 +305,51 @@ def test_a_backfill_brings_the_frozen_customers_scores_back_toward_control(
     # Not all of it: the renamed payment status leaves the offline store's payment failures low
     # too (measured: about 40% of the gap closes).
     assert gap() <= before * 0.7, (gap(), before)
+
+
+def test_rolling_the_feature_server_back_past_the_cutover_keeps_the_frozen_shard_fresh(
+    worlds: Worlds, control_world: BuildSummary, tmp_path: Path
+) -> None:
+    """Rolling the feature server back past the cutover (online-store-stale) points reads at the
+    cluster the materialization kept loading: from its effective time the store is reloaded,
+    and, unlike a backfill, the next scheduled load is fresh too."""
+    built = worlds.get("composite")
+    calendar = scenario.load(WorldPaths(built.root).scenario).world.calendar()
+    requested = calendar.at(calendar.last_production_day + 1, 10.0)
+    control = _server(control_world, tmp_path / "control", requested)
+    live = _server(built, tmp_path / "composite", requested)
+    applied = _applied(ROLLBACK, {"service": "feature-server"}, requested)
+    # The customers the reloads hold too (the offline store has no row for a few who left).
+    next_load = calendar.at(calendar.day_of(requested) + 1, 4.5)
+    reloaded_ids = set(offline_latest(live.ctx.paths.duckdb, applied.effective_at)["customer_id"])
+    reloaded_ids &= set(offline_latest(live.ctx.paths.duckdb, next_load)["customer_id"])
+    customers = [c for c in _customers(live, control, requested) if c in reloaded_ids]
+    gap = _score_gap(live, control, customers)
+    before = gap()
+    Overrides(live.ctx.paths.run).append(applied)
+    assert gap() == before  # not yet
+    assert live.snapshot(requested) is live.store.at(requested)
+
+    _forward(live, applied.effective_at)
+    reloaded = live.snapshot(applied.effective_at)
+    assert reloaded is not None and reloaded.loaded_at == applied.effective_at
+    after = gap()
+    assert after <= before * 0.7, (after, before)
+    # The next scheduled load is the rolled-back configuration's too, not the world's frozen one.
+    _forward(live, next_load)
+    scheduled = live.snapshot(next_load)
+    world = live.store.at(next_load)
+    assert scheduled is not None and world is not None and scheduled is not world
+    assert scheduled.loaded_at == world.loaded_at > applied.effective_at
+    control_next = _server(control_world, tmp_path / "control-next", next_load)
+    # Against the world's own load at that time: another service's rollback leaves it as it is.
+    other = _server(built, tmp_path / "other", requested)
+    Overrides(other.ctx.paths.run).append(_applied(ROLLBACK, {"service": "retrieval"}, requested))
+    _forward(other, next_load)
+    assert other.snapshot(next_load) is other.store.at(next_load)
+    world_next = _score_gap(other, control_next, customers)()
+    rolled_next = _score_gap(live, control_next, customers)()
+    assert rolled_next <= world_next * 0.7, (rolled_next, world_next)
 
 
 def _zero_share(live: LiveModelServer, customers: list[int]) -> float:

@@ -4,7 +4,9 @@ store computes a feature differently from the offline store (online-offline-skew
 `backfill-online-store` loads the offline store's newest features into the online store; from its
 effective time (two simulated hours later) the live model server serves them, so the skewed
 feature moves toward the same-seed control world's, and until then nothing changes. Its progress
-is in the materialization job's logs as simulated time passes.
+is in the materialization job's logs as simulated time passes. Rolling the feature server back
+past the migration to the streaming loads instead reloads the store the batch job's way from its
+effective time, and the scheduled loads after it too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG
+from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, ROLLBACK
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
 from sandbox.pipeline.features import MODEL_FEATURES
@@ -41,6 +43,12 @@ def skewed(worlds: Worlds) -> BuildSummary:
 
 @pytest.fixture(scope="module")
 def backfilling(skewed: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with acting_stack(skewed, tmp_path_factory) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def rolling_back(skewed: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with acting_stack(skewed, tmp_path_factory) as stack:
         yield stack
 
@@ -84,14 +92,10 @@ def _progress(stack: Stack, change_id: str) -> list[tuple[str, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-def test_a_backfill_serves_the_offline_features_toward_the_control_world(
-    backfilling: Stack, control_world: BuildSummary
-) -> None:
-    paths, control = WorldPaths(backfilling.world), WorldPaths(control_world.root)
-    now = model_now(backfilling)
+def _skew(paths: WorldPaths, now: dt.datetime) -> tuple[str, list[int]]:
+    """A feature the online store serves differently from the offline store at `now`, and
+    customers it differs for."""
     online, offline = _snapshot(paths, now), _offline(paths, now)
-    # The features the online store serves differently from the offline store, and the customers
-    # they differ for.
     joined = online.join(offline, on="customer_id", suffix="_offline")
     skewed = [
         f
@@ -106,6 +110,16 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
         .to_list()
     )
     assert len(customers) == CUSTOMERS
+    return feature, customers
+
+
+def test_a_backfill_serves_the_offline_features_toward_the_control_world(
+    backfilling: Stack, control_world: BuildSummary
+) -> None:
+    paths, control = WorldPaths(backfilling.world), WorldPaths(control_world.root)
+    now = model_now(backfilling)
+    online, offline = _snapshot(paths, now), _offline(paths, now)
+    feature, customers = _skew(paths, now)
     truth = _snapshot(control, now).filter(pl.col("customer_id").is_in(customers))
 
     def gap(served: pl.DataFrame) -> float:
@@ -181,3 +195,56 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
     assert {a["id"]: a["verdict"] for a in review["actions"]} == {
         BACKFILL_ONLINE_STORE: "mitigates"
     }
+
+
+def test_rolling_the_feature_server_back_loads_the_batch_definition_from_then_on(
+    rolling_back: Stack,
+) -> None:
+    stack = rolling_back
+    paths = WorldPaths(stack.world)
+    now = model_now(stack)
+    feature, customers = _skew(paths, now)
+    before = _served(stack, customers)
+
+    applied = act(stack, ROLLBACK, {"service": "feature-server"})
+    effective = dt.datetime.fromisoformat(applied["effective_at"])
+    assert _served(stack, customers).equals(before)  # not yet
+
+    def matches_offline(at: dt.datetime) -> bool:
+        served = _served(stack, customers)
+        expected = _offline(paths, at).filter(pl.col("customer_id").is_in(customers))
+        return np.allclose(served[feature].to_numpy(), expected[feature].to_numpy(), equal_nan=True)
+
+    # From the effective time the store is reloaded the batch job's way.
+    forward(stack, 0.5)
+    assert dt.datetime.fromisoformat(_metadata(stack)["online_store"]["loaded_at"]) == effective
+    assert matches_offline(effective)
+    reloaded = until(
+        lambda: stack.sql(
+            "SELECT message FROM telemetry.logs WHERE service = 'materialization' "
+            "AND event = 'materialization_reloaded'"
+        )["rows"],
+        "the reload in the logs",
+    )
+    assert reloaded[0][0].startswith("online store reloaded: ")
+    applied_by = stack.scalar(
+        "SELECT service FROM telemetry.logs WHERE event = 'change_applied' "
+        f"AND attrs LIKE '%{applied['id']}%'"
+    )
+    assert applied_by == "feature-server"
+
+    # The next scheduled load is made the same way, where the world's still carries the skew
+    # (a backfill would have lasted only until then).
+    later = forward(stack, 4.5)
+    load = later.replace(hour=4, minute=0, second=0, microsecond=0)
+    assert effective < load <= later
+    assert dt.datetime.fromisoformat(_metadata(stack)["online_store"]["loaded_at"]) == load
+    assert matches_offline(load)
+    assert _skew(paths, later)[0] == feature  # the world's own load at that time
+
+    review = HTTP.get(
+        f"{stack.url}/api/sessions/{stack.session_id}/review",
+        headers=stack.interviewer,
+        timeout=30,
+    ).json()
+    assert {a["id"]: a["verdict"] for a in review["actions"]} == {ROLLBACK: "mitigates"}
