@@ -203,6 +203,50 @@ def test_the_operator_sets_a_sessions_policy_in_the_sessions_page(
     context.close()
 
 
+def test_the_sessions_pages_actions_checkbox_reaches_the_stacks_rule(
+    shared_stack: Stack, browser: Browser
+) -> None:
+    """Ticked, the checkbox asks for a session with actions on; on a stack with other sessions
+    the page shows why there is none, and none is made."""
+    operator = (shared_stack.world / "interviewer" / "operator-token").read_text().strip()
+    listed = HTTP.get(
+        shared_stack.url + "/api/sessions", headers={"Authorization": f"Bearer {operator}"}
+    )
+    before = len(listed.json())
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(f"{shared_stack.url}/?token={operator}")
+    form = page.locator("#new-session")
+    form.locator("input[name=candidate]").fill("Hopper")
+    form.locator("input[name=actions]").check()
+    form.locator("button[type=submit]").click()
+    error = page.locator("#new-links")
+    error.get_by_text("a session with actions on must").wait_for(timeout=WAIT_MS)
+    assert page.locator("#new-links input.copy").count() == 0
+    context.close()
+    listed = HTTP.get(
+        shared_stack.url + "/api/sessions", headers={"Authorization": f"Bearer {operator}"}
+    )
+    assert len(listed.json()) == before
+
+
+def test_a_session_created_with_actions_off_lists_actions_and_applies_none(
+    shared_stack: Stack,
+) -> None:
+    stack = new_session(shared_stack, "observer", "--actions", "off")
+    listed = HTTP.get(stack.url + "/api/actions", headers=stack.candidate, timeout=10)
+    assert listed.status_code == 200 and listed.json()["actions"]
+    reply = HTTP.post(
+        stack.url + "/api/actions",
+        json={"action": "set-decision-threshold", "params": {"threshold": 0.2}},
+        headers=stack.candidate,
+        timeout=10,
+    )
+    assert reply.status_code == 403 and "actions are off" in reply.json()["detail"]
+    actions = [i for i in _review(stack)["timeline"] if i["kind"] == "action"]
+    assert [a["detail"]["status"] for a in actions] == ["refused"]
+
+
 def test_a_workspace_only_session_refuses_the_script_and_works_in_the_browser(
     shared_stack: Stack, browser: Browser
 ) -> None:
