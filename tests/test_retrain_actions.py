@@ -8,7 +8,7 @@ import datetime as dt
 from sandbox.actions.catalog import CATALOG, PIN_VERSION, RETRAIN, ROLLBACK, SET_THRESHOLD
 from sandbox.actions.deployment import baseline, in_effect, retrain_versions
 from sandbox.actions.overrides import Applied
-from sandbox.actions.retrain import score_days
+from sandbox.actions.retrain import score_days, window, window_error
 from sandbox.clock import Calendar
 from sandbox.pipeline.deploy import ModelDeployment
 from sandbox.pipeline.release import TRAINING_SNAPSHOTS
@@ -73,3 +73,21 @@ def test_the_score_dates_are_the_latest_with_labels_old_enough() -> None:
     early = calendar.at(day, 5.0)  # before the day's batch: the newest score date is yesterday's
     assert score_days(calendar, early, 0)[0] == day - 1
     assert score_days(calendar, early, 14)[0] == day - 15
+
+
+def test_a_chosen_window_ends_where_asked_and_never_before_the_feature_store() -> None:
+    calendar = Calendar(dt.date(2026, 3, 1), 7, 28, 42, 7, 14)
+    newest = calendar.day_of(T0) - 14
+    assert score_days(calendar, T0, 14, 3) == (newest, newest - 1, newest - 2)
+    # An earlier newest date keeps the days after it out; a later one changes nothing.
+    before = calendar.date(newest - 10)
+    assert score_days(calendar, T0, 14, 4, before) == tuple(newest - 10 - k for k in range(4))
+    assert score_days(calendar, T0, 14, 4, T0.date()) == score_days(calendar, T0, 14, 4)
+    assert window(CATALOG[RETRAIN].params().model_dump(mode="json")) == (TRAINING_SNAPSHOTS, None)
+    assert window({"days": 5, "newest_score_date": str(before)}) == (5, before)
+    assert window({"label_maturity_days": 14}) == (TRAINING_SNAPSHOTS, None)  # recorded before
+    # Each score time reads the day before's features: the window starts after the first day.
+    first = calendar.first_feature_day
+    assert window_error(calendar, (first + 2, first + 1)) is None
+    problem = window_error(calendar, (first + 1, first))
+    assert problem is not None and str(calendar.date(first + 1)) in problem

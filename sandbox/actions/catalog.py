@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.pipeline.features import IMPUTED_FEATURES
+from sandbox.pipeline.release import TRAINING_SNAPSHOTS
 
 SET_THRESHOLD = "set-decision-threshold"
 SET_FILL = "set-imputation-fill"
@@ -121,6 +122,14 @@ class RetrainParams(BaseModel):
 
     label_maturity_days: int = Field(
         14, ge=0, le=28, description="Only rows whose label is at least this old."
+    )
+    days: int = Field(
+        TRAINING_SNAPSHOTS, ge=2, le=28, description="How many score dates to train on."
+    )
+    newest_score_date: dt.date | None = Field(
+        None,
+        description="The newest score date to train on (left empty: the newest whose labels "
+        "are old enough); an earlier one keeps the days after it out of the training set.",
     )
 
 
@@ -269,8 +278,9 @@ ACTIONS: tuple[Action, ...] = (
     ),
     Action(
         RETRAIN,
-        "Train a new churn-model version on the latest score dates whose labels are old enough, "
-        "as the scheduled training job does, and deploy it (the servers keep their threshold).",
+        "Train a new churn-model version on a window of score dates whose labels are old enough "
+        "(the latest, or those up to a date you choose), as the scheduled training job does, and "
+        "deploy it (the servers keep their threshold).",
         RetrainParams,
         dt.timedelta(hours=6),
         available=True,

@@ -4,9 +4,10 @@ data, at the simulated time it was requested.
 The training set is built the way the scheduled job builds it (`pipeline.train`): every customer
 active on each score date, the features the offline store held at its score time (point in time),
 and the label as the cancellations known at the request tell it, with the world's training-set
-stage as it is. Its score dates are the latest `TRAINING_SNAPSHOTS` days whose labels are at least
-`label_maturity_days` old at the request: with the label horizon's worth of days every label has
-matured; with fewer, recent churners who have not cancelled yet count as loyal.
+stage as it is. Its score dates are the latest `days` (`TRAINING_SNAPSHOTS` unless the candidate
+chose) whose labels are at least `label_maturity_days` old at the request, none after the
+`newest_score_date` chosen: with the label horizon's worth of days every label has matured; with
+fewer, recent churners who have not cancelled yet count as loyal.
 
 The new version is the one after the latest registered (or retrained) version. Its model is kept
 in the run directory, never in the registry's file (the candidate's registry is read-only); the
@@ -47,16 +48,31 @@ class Retrained:
 
 
 def score_days(
-    calendar: Calendar, requested_at: dt.datetime, label_maturity_days: int
+    calendar: Calendar,
+    requested_at: dt.datetime,
+    label_maturity_days: int,
+    days: int = TRAINING_SNAPSHOTS,
+    newest_date: dt.date | None = None,
 ) -> tuple[int, ...]:
-    """The latest TRAINING_SNAPSHOTS score days, newest first, whose score time (the daily batch's
-    06:00) is at least `label_maturity_days` before the request."""
+    """The `days` latest score days, newest first, whose score time (the daily batch's 06:00) is
+    at least `label_maturity_days` before the request, and not after `newest_date` if given."""
     newest = calendar.day_of(requested_at - dt.timedelta(days=label_maturity_days))
     if calendar.at(newest, train.SCORE_HOUR) + dt.timedelta(days=label_maturity_days) > (
         requested_at
     ):
         newest -= 1
-    return tuple(newest - k for k in range(TRAINING_SNAPSHOTS))
+    if newest_date is not None:
+        newest = min(newest, calendar.day_of(newest_date))
+    return tuple(newest - k for k in range(days))
+
+
+def window_error(calendar: Calendar, days: tuple[int, ...]) -> str | None:
+    """Why a window of score days cannot be trained on (None: it can): each score time reads the
+    features of the day before, so the oldest must come after the feature store's first day."""
+    if min(days) > calendar.first_feature_day:
+        return None
+    first = calendar.date(calendar.first_feature_day + 1)
+    return f"the window starts on {calendar.date(min(days))}, before the first score date {first}"
 
 
 def _lifecycles(world_db: Path, calendar: Calendar, known_at: dt.datetime) -> pl.DataFrame:
@@ -102,13 +118,15 @@ def training_set(
     label_maturity_days: int,
     horizon_days: int,
     serving_day: int,
+    days: int = TRAINING_SNAPSHOTS,
+    newest_date: dt.date | None = None,
 ) -> pl.DataFrame:
     """The training set the scheduled job would build at `requested_at`."""
     lifecycles = _lifecycles(world_db, calendar, requested_at)
     spine = train.training_spine(
         lifecycles.select("customer_id", "signup_day", "cancel_day"),
         calendar,
-        sorted(score_days(calendar, requested_at, label_maturity_days)),
+        sorted(score_days(calendar, requested_at, label_maturity_days, days, newest_date)),
     )
     known = lifecycles.filter(pl.col("event_ts").is_not_null()).select("customer_id", "event_ts")
     ctx = HookContext(seed, serving_day, calendar, WorldData.read_only(world_db))
@@ -126,6 +144,8 @@ def retrain(
     label_maturity_days: int,
     horizon_days: int,
     features: list[str],
+    days: int = TRAINING_SNAPSHOTS,
+    newest_date: dt.date | None = None,
 ) -> Retrained:
     """Build the training set and fit the model as the scheduled job does; `features` are the
     deployed version's (those the training set lacks are left out)."""
@@ -139,6 +159,8 @@ def retrain(
         label_maturity_days,
         horizon_days,
         serving_day,
+        days,
+        newest_date,
     )
     ctx = HookContext(seed, serving_day, calendar, WorldData.read_only(world_db))
     weight = faults.apply("train.class_weight", 1.0, ctx)
@@ -248,3 +270,14 @@ def lines(
             ),
         ),
     ]
+
+
+def window(params: dict[str, object]) -> tuple[int, dt.date | None]:
+    """The window an applied retrain's parameters chose: how many score dates, and the newest
+    (None: the newest whose labels are old enough). A retrain applied before the window was a
+    parameter trained on the latest `TRAINING_SNAPSHOTS`."""
+    newest = params.get("newest_score_date")
+    return (
+        int(params.get("days", TRAINING_SNAPSHOTS)),  # type: ignore[call-overload]
+        dt.date.fromisoformat(str(newest)) if newest else None,
+    )

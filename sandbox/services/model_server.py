@@ -465,6 +465,7 @@ class LiveModelServer:
             maturity,
             ctx.scenario.world.label_horizon_days,
             self._features.get(served.version, list(self.record.features)),
+            *retrain.window(applied.params),
         )
         retrain.keep(ctx.paths.run, applied.id, done)
         name = self.record.model_name

@@ -127,6 +127,24 @@ def test_an_applied_action_is_in_effect_after_its_delay_and_logged(
     ).status_code == 403
 
 
+def test_a_retrain_window_before_the_feature_store_is_refused(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    candidate = bearer(make_session(actions=True)["candidate_token"])
+    for params, field in (
+        ({"newest_score_date": "2020-01-01"}, "newest_score_date"),
+        ({"days": 28, "newest_score_date": "2026-01-10"}, "newest_score_date"),
+    ):
+        reply = client.post(
+            "/api/actions", json={"action": RETRAIN, "params": params}, headers=candidate
+        )
+        assert reply.status_code == 422, reply.text
+        (error,) = reply.json()["detail"]
+        assert error["loc"] == ["body", "params", field]
+        assert "before the first score date" in error["msg"]
+    assert not Overrides(paths.run).entries()
+
+
 def test_only_a_paused_job_is_resumed(
     client: TestClient, paths: WorldPaths, make_session: MakeSession
 ) -> None:

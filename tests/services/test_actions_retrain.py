@@ -143,3 +143,25 @@ def test_a_retrain_on_immature_labels_moves_the_live_scores_further_from_the_con
     again = spool.spool_path(live.ctx.paths.run, "model-server-restarted", "telemetry.logs")
     relogged, _ = spool.read_new(again, 0) if again.exists() else ([], 0)
     assert not [line for line in relogged if "retrain-now" in line["attrs"]]
+
+
+def test_a_retrain_trains_on_the_window_the_candidate_chose(
+    immature: BuildSummary, tmp_path: Path
+) -> None:
+    """Up to a chosen score date, for a chosen number of days: the weeks before a fault, say."""
+    calendar = scenario.load(WorldPaths(immature.root).scenario).world.calendar()
+    requested = calendar.at(calendar.last_production_day + 1, 10.0)
+    live = _server(immature, tmp_path / "window", requested)
+    newest = calendar.date(calendar.last_production_day - 20)
+    applied = Applied(
+        id="retrain-window",
+        action=RETRAIN,
+        params={"label_maturity_days": 14, "days": 3, "newest_score_date": str(newest)},
+        requested_at=requested,
+        effective_at=requested + CATALOG[RETRAIN].delay,
+    )
+    Overrides(live.ctx.paths.run).append(applied)
+    live.refresh_retrains()
+    kept = retrain.load_kept(live.ctx.paths.run, applied.id)
+    assert kept is not None
+    assert kept.score_dates == (newest - dt.timedelta(days=2), newest)

@@ -22,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from sandbox.actions import deployment
+from sandbox.actions import deployment, retrain
 from sandbox.actions.catalog import (
     ACTIONS,
     CATALOG,
@@ -124,6 +124,16 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
             wrong = [{"loc": ["body", "params", "version"], "msg": message, "type": "value_error"}]
             raise await refuse(422, "invalid", wrong)
     now = gw.ctx.now()
+    if action.id == RETRAIN:
+        asked = detail["params"]
+        chosen = retrain.score_days(
+            gw.ctx.calendar, now, int(asked["label_maturity_days"]), *retrain.window(asked)
+        )
+        problem = retrain.window_error(gw.ctx.calendar, chosen)
+        if problem is not None:
+            where = "newest_score_date" if asked.get("newest_score_date") else "days"
+            wrong = [{"loc": ["body", "params", where], "msg": problem, "type": "value_error"}]
+            raise await refuse(422, "invalid", wrong)
     if action.id == RESUME_JOB:
         job = detail["params"]["job"]
         if gw.overrides.paused(job, now + action.delay) is None:
