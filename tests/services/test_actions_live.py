@@ -40,6 +40,15 @@ def acting(faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory)
         yield stack
 
 
+@pytest.fixture(scope="module")
+def journey(
+    faulty_world: BuildSummary, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A stack of its own, so the candidate sees the fault before anything was shipped."""
+    with acting_stack(faulty_world, tmp_path_factory) as stack:
+        yield stack
+
+
 def _served(stack: Stack, customers: list[int]) -> pl.DataFrame:
     rows = predictions(stack, customers)
     return pl.DataFrame(
@@ -224,14 +233,14 @@ def test_the_ops_console_and_the_review_in_a_browser(acting: Stack, browser: Bro
 
 
 ONSET = dt.datetime(2026, 3, 16)  # the default world's fault begins here (its answer key)
-SAMPLE = 1000  # customers the candidate scores to check the fix
+SAMPLE = 1000  # at most this many customers served the wrong fill, checked before and after the fix
 
 
 def _levels(
     page: Page, url: str, board: str, panel: str, query: str
-) -> tuple[float, float, tuple[dt.datetime, float]]:
+) -> tuple[float, float, list[tuple[dt.datetime, float]]]:
     """A drawn dashboard panel's level before the fault, over the two days before live time
-    (the fault at full ramp), and its latest point: every trace's points together."""
+    (the fault at full ramp), and its points, oldest first: every trace's together."""
     page.goto(f"{url}/dashboards/{board}?{query}")
     page.wait_for_selector("body[data-dashboard-ready='true']", timeout=WAIT_MS)
     traces = page.evaluate(
@@ -249,23 +258,24 @@ def _levels(
     before = [y for x, y in points if x < ONSET]
     faulty = [y for x, y in points if live - dt.timedelta(days=2) <= x < live]
     assert before and faulty
-    return float(np.mean(before)), float(np.mean(faulty)), points[-1]
+    return float(np.mean(before)), float(np.mean(faulty)), points
 
 
 def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
-    acting: Stack, browser: Browser
+    journey: Stack, browser: Browser
 ) -> None:
-    """The candidate finds the wrong fill value in the SQL console and sets it back from the ops
-    console; the interviewer moves time on; the candidate's checks (a sample of customers
-    scored, as a script would) show on Feature health and Model outputs back near the level
-    before the fault, and the review shows the action, its verdict and the recovery chart."""
+    """The candidate finds the wrong fill value in the SQL console, checks the customers served
+    it, and sets it back from the ops console; the interviewer moves time on; the candidate's
+    second check of the same customers (as a script would) shows on Feature health and Model
+    outputs back toward the level before the fault, and the review shows the action, its verdict
+    and the recovery chart."""
     errors: list[str] = []
     candidate = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     candidate.on("pageerror", lambda error: errors.append(str(error)))
-    candidate.goto(acting.candidate_url)
+    candidate.goto(journey.candidate_url)
 
     # Finding it: the source column arrives empty, and the fill values changed at onset.
-    candidate.goto(acting.url + "/sql")
+    candidate.goto(journey.url + "/sql")
     editor = candidate.locator("#sql")
     for query, column in (
         (
@@ -291,15 +301,28 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     refreshed = {f: v[0] for f, v in policy.items() if len(v) > 1}
     assert FEATURE in refreshed
 
-    # Shipping it: every refreshed feature back to the fill value it had before. The module's
-    # first test set the same fills already when it ran first: set again, they change nothing.
-    earlier = HTTP.get(
-        f"{acting.url}/api/sessions/{acting.session_id}/review",
-        headers=acting.interviewer,
-        timeout=30,
-    ).json()["actions"]
-    set_before = {a["params"]["feature"] for a in earlier if a["id"] == SET_FILL}
-    candidate.goto(acting.url + "/ops")
+    # Before shipping, the candidate scores the customers the store holds at a wrong fill value
+    # (as a script would): their check is the first point of its own on Model outputs.
+    paths = WorldPaths(journey.world)
+    started = model_now(journey)
+    held = _snapshot(paths, started)
+    # Those the store still holds after the next load too: the same customers checked twice.
+    kept = _snapshot(paths, started + dt.timedelta(hours=8))["customer_id"]
+    customers = (
+        held.filter(
+            (pl.col(FEATURE) == _policy(paths)[FEATURE][-1]) & pl.col("customer_id").is_in(kept)
+        )
+        .sort("customer_id")
+        .head(SAMPLE)["customer_id"]
+        .to_list()
+    )
+    assert len(customers) >= SAMPLE // 2
+    _served(journey, customers)
+    mine = "SELECT count(*) FROM serving.predictions WHERE client = 'workspace'"
+    until(lambda: journey.scalar(mine) >= len(customers), "the first checks in the telemetry")
+
+    # Shipping it: every refreshed feature back to the fill value it had before.
+    candidate.goto(journey.url + "/ops")
     form = candidate.locator(f'form[data-action="{SET_FILL}"]')
     for feature, value in refreshed.items():
         form.locator('select[name="feature"]').select_option(feature)
@@ -313,54 +336,48 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     # The interviewer moves simulated time on, past the change's delay.
     interviewer = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     interviewer.on("pageerror", lambda error: errors.append(str(error)))
-    interviewer.goto(acting.interviewer_url)
+    interviewer.goto(journey.interviewer_url)
     expect(interviewer.locator(".review[data-ready]")).to_be_attached(timeout=WAIT_MS)
-    before = model_now(acting)
+    before = model_now(journey)
     interviewer.get_by_role("button", name="+6 h").click()
     expect(interviewer.locator("#forward-line")).to_contain_text("simulated time now")
-    until(lambda: model_now(acting) >= before + dt.timedelta(hours=6), "the clock six hours on")
-    checked_at = model_now(acting)
+    until(lambda: model_now(journey) >= before + dt.timedelta(hours=6), "the clock six hours on")
+    checked_at = model_now(journey)
 
-    # The candidate checks the fix on customers who use the app, as production's callers do.
-    paths = WorldPaths(acting.world)
-    stored = set(_snapshot(paths, checked_at)["customer_id"].to_list())
-    with duckdb.connect(str(paths.duckdb), read_only=True) as con:
-        recent = con.execute(
-            "SELECT DISTINCT customer_id FROM serving.predictions WHERE source = 'online' "
-            "AND request_ts >= TIMESTAMP '2026-04-06' ORDER BY customer_id"
-        ).fetchall()
-    customers = [c for (c,) in recent if c in stored][:SAMPLE]
-    served = _served(acting, customers)
+    # The candidate checks the same customers again.
+    served = _served(journey, customers)
     assert len(served) == len(customers)
     mine = (
         "SELECT count(*) FROM serving.predictions WHERE client = 'workspace' "
         f"AND request_ts >= TIMESTAMP '{checked_at.isoformat()}'"
     )
-    until(lambda: acting.scalar(mine) >= len(customers), "the checks in the telemetry")
+    until(lambda: journey.scalar(mine) >= len(customers), "the checks in the telemetry")
 
     # Feature health: the served feature's latest point is back near its level before the
-    # fault. Model outputs: the latest point is the checks'; the mean score of a sample this size
-    # moves too little against its noise to say it recovered (the review shows its levels).
+    # fault. Model outputs: the checks' mean score, far below that level before the fix, is
+    # back toward it after.
     bucket = dt.timedelta(hours=3)  # the dashboards' whole range, as they open
-    prefault, faulty, (at, latest) = _levels(
-        candidate, acting.url, "feature-health", "served-feature-mean", f"feature={FEATURE}"
+    prefault, faulty, points = _levels(
+        candidate, journey.url, "feature-health", "served-feature-mean", f"feature={FEATURE}"
     )
+    at, latest = points[-1]
     assert at > checked_at - bucket
     assert abs(latest - prefault) < abs(faulty - prefault) / 2, (prefault, faulty, latest)
-    *_, (at, _) = _levels(
-        candidate, acting.url, "model-outputs", "mean-score-by-version", "source=online"
+    prefault, faulty, points = _levels(
+        candidate, journey.url, "model-outputs", "mean-score-by-version", "source=online"
     )
+    at, latest = points[-1]
     assert at > checked_at - bucket
+    (unfixed,) = [y for x, y in points if x <= started < x + bucket]
+    # Served the wrong fill they looked far safer than customers did before the fault; with the
+    # fill set back, their scores come back toward that level (measured: about half the way).
+    assert abs(latest - prefault) < abs(unfixed - prefault) * 0.75, (prefault, unfixed, latest)
 
-    # The review: the actions with their verdict, and the recovery chart of the symptom. A fill
-    # set again to the value it has changes nothing, and the review says so.
+    # The review: the actions with their verdict, and the recovery chart of the symptom.
     for feature in refreshed:
         rows = interviewer.locator(f'#actions-table tr[data-action="{SET_FILL}"]', has_text=feature)
         expect(rows.first.locator("[data-verdict]")).to_have_text("mitigates", timeout=WAIT_MS)
-        expect(rows).to_have_count(2 if feature in set_before else 1)
-        if feature in set_before:
-            expect(rows.last.locator("[data-verdict]")).to_have_text("no effect")
-            expect(rows.last.locator(".verdict-note")).to_contain_text("unchanged")
+        expect(rows).to_have_count(1)
     chart = interviewer.locator('[data-recovery="feature-nulls-wrong-mean"]')
     served_plot = chart.locator(f'[data-series="served_{FEATURE}"].js-plotly-plot')
     expect(served_plot).to_be_attached(timeout=WAIT_MS)
@@ -372,8 +389,8 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     assert any(SET_FILL in m for m in marked)
 
     review = HTTP.get(
-        f"{acting.url}/api/sessions/{acting.session_id}/review",
-        headers=acting.interviewer,
+        f"{journey.url}/api/sessions/{journey.session_id}/review",
+        headers=journey.interviewer,
         timeout=30,
     ).json()
     (recovery,) = review["actions_recovery"]
