@@ -641,6 +641,8 @@ _DECLARED = (
         ),
         Reveal("ts"),
         id="entry_id",
+        # The world's entries stay; the gateway adds the changes applied from the ops console.
+        live=Live((GATEWAY,), kept="TRUE"),
     ),
 )
 TABLES: dict[str, Table] = {t.name: t for t in _DECLARED}

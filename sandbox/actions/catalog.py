@@ -142,6 +142,8 @@ class Action:
     available: bool = False
     # The component whose logs tell the change's progress.
     service: str = "ops"
+    # The kind of the changelog entries it writes (`ops.changelog.kind`).
+    kind: Literal["deploy", "config", "oncall"] = "config"
 
     def logged_by(self, params: dict[str, Any]) -> str:
         """The component whose logs tell this change's progress: a rollback's, the service
@@ -189,6 +191,7 @@ ACTIONS: tuple[Action, ...] = (
         VersionParams,
         _minutes(15),
         available=True,
+        kind="deploy",
         service="model-server",
     ),
     Action(
@@ -198,6 +201,7 @@ ACTIONS: tuple[Action, ...] = (
         AliasParams,
         _minutes(5),
         available=True,
+        kind="deploy",
         service="model-server",
     ),
     Action(
@@ -210,6 +214,7 @@ ACTIONS: tuple[Action, ...] = (
         RollbackParams,
         _minutes(20),
         available=True,
+        kind="deploy",
         service="model-server",
     ),
     Action(
@@ -228,6 +233,7 @@ ACTIONS: tuple[Action, ...] = (
         NoParams,
         dt.timedelta(hours=3),
         available=True,
+        kind="deploy",
         service="retrieval",
     ),
     Action(
@@ -236,6 +242,7 @@ ACTIONS: tuple[Action, ...] = (
         NoParams,
         dt.timedelta(hours=2),
         available=True,
+        kind="oncall",
         service="materialization",
     ),
     Action(
@@ -246,6 +253,7 @@ ACTIONS: tuple[Action, ...] = (
         NoParams,
         dt.timedelta(hours=1),
         available=True,
+        kind="oncall",
         service="batch-scoring",
     ),
     Action(
@@ -255,6 +263,7 @@ ACTIONS: tuple[Action, ...] = (
         DaysParams,
         _minutes(30),
         available=True,
+        kind="oncall",
         service="model-server",
     ),
     Action(
@@ -284,6 +293,7 @@ ACTIONS: tuple[Action, ...] = (
         RetrainParams,
         dt.timedelta(hours=6),
         available=True,
+        kind="deploy",
         service="training",
     ),
 )

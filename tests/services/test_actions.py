@@ -27,6 +27,7 @@ from sandbox.actions.overrides import Overrides
 from sandbox.layout import WorldPaths
 from sandbox.services import spool, stack
 from sandbox.services.simclock import SimClock
+from tests import waiting
 from tests.services.conftest import MakeSession
 
 
@@ -120,6 +121,20 @@ def test_an_applied_action_is_in_effect_after_its_delay_and_logged(
     progress = [line for line in lines if json.loads(line["attrs"]).get("action") == SET_THRESHOLD]
     assert [line["event"] for line in progress] == ["change_requested", "change_applied"]
     assert progress[1]["ts"] == effective.isoformat()
+
+    # The changelog tells of the request now, and of the change in effect once time gets there.
+    def on_call() -> list[dict]:
+        entries = client.get("/api/changelog", headers=candidate).json()
+        return [e for e in entries if e["author"] == "on-call"]
+
+    mine = waiting.until(on_call, "the request in the changelog")
+    assert [(e["kind"], e["service"], e["title"]) for e in mine] == [
+        ("config", "model-server", "model-server: set-decision-threshold requested")
+    ]
+    assert mine[0]["body"].startswith("threshold=0.25. In effect from ")
+    lines, _ = spool.read_new(spool.spool_path(paths.run, "gateway", "ops.changelog"), 0)
+    stamped = [dt.datetime.fromisoformat(line["ts"]) for line in lines[-2:]]
+    assert stamped == [dt.datetime.fromisoformat(mine[0]["ts"]), effective]
     # The interviewers see it in the history; the operator cannot act for the candidate.
     admin = bearer(stack.admin_token(paths))
     assert (

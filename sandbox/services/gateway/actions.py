@@ -189,6 +189,28 @@ def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
             if moved
             else f": churn-model version {versions['from_version']} stays served"
         )
+    service = action.logged_by(applied.params)
+    # The team's changelog tells of it too, as of any change to production: when it was asked
+    # for, and when it took effect (each entry shown once simulated time reaches it).
+    for ts, title, body in (
+        (
+            applied.requested_at,
+            f"{service}: {action.id} requested",
+            f"{change}{served}. In effect from {applied.effective_at:%Y-%m-%d %H:%M}.",
+        ),
+        (applied.effective_at, f"{service}: {action.id} in effect", f"{change}{served}."),
+    ):
+        gw.ctx.spool("ops.changelog").write(
+            {
+                "entry_id": None,  # numbered after the world's entries as it is loaded
+                "ts": ts.isoformat(),
+                "kind": action.kind,
+                "service": service,
+                "title": title,
+                "body": body,
+                "author": "on-call",
+            }
+        )
     for ts, event, message in (
         (applied.requested_at, "change_requested", f"{action.id} requested ({change}){served}"),
         (applied.effective_at, "change_applied", f"{action.id} in effect ({change}){served}"),
@@ -196,7 +218,7 @@ def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
         gw.ctx.spool("telemetry.logs").write(
             {
                 "ts": ts.isoformat(),
-                "service": action.logged_by(applied.params),
+                "service": service,
                 "level": "info",
                 "event": event,
                 "message": message,
