@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sandbox.pipeline.features import IMPUTED_FEATURES
 from sandbox.pipeline.release import TRAINING_SNAPSHOTS
@@ -50,15 +50,40 @@ class ThresholdParams(BaseModel):
     )
 
 
+# How a fill value is chosen: the one given, or what mean imputation should fill with, the
+# feature's mean over the training rows of the model the daily batch serves (the gateway reads it
+# off the world and records it as the fill value).
+FILL_POLICIES = ("value", "training-mean")
+
+
 class FillParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     feature: Literal[IMPUTED_FEATURES] = Field(  # type: ignore[valid-type]
         description="The imputed feature whose fill value changes."
     )
-    fill_value: float = Field(
-        ge=0.0, le=10_000.0, description="The value missing inputs are filled with from now on."
+    policy: Literal[FILL_POLICIES] = Field(  # type: ignore[valid-type]
+        "value",
+        description="value: fill with fill_value; training-mean: with the feature's mean over "
+        "the training rows of the served model.",
     )
+    fill_value: float | None = Field(
+        None,
+        ge=0.0,
+        le=10_000.0,
+        validate_default=True,
+        description="The value missing inputs are filled with from now on (policy value).",
+    )
+
+    @field_validator("fill_value")
+    @classmethod
+    def _given_for_value_only(cls, v: float | None, info: ValidationInfo) -> float | None:
+        policy = info.data.get("policy", "value")
+        if policy == "value" and v is None:
+            raise ValueError("a fill value is needed with policy value")
+        if policy != "value" and v is not None:
+            raise ValueError(f"policy {policy} chooses the fill value: leave it empty")
+        return v
 
 
 class VersionParams(BaseModel):
@@ -177,8 +202,8 @@ ACTIONS: tuple[Action, ...] = (
     ),
     Action(
         SET_FILL,
-        "Change the value the feature job fills a missing input with, and reload the online "
-        "store with it (the model server reads the reloaded store).",
+        "Change the value the feature job fills a missing input with, given or by policy, and "
+        "reload the online store with it (the model server reads the reloaded store).",
         FillParams,
         _minutes(45),
         available=True,

@@ -25,6 +25,7 @@ from sandbox.actions.catalog import (
 from sandbox.actions.deployment import Registry
 from sandbox.actions.overrides import Overrides
 from sandbox.layout import WorldPaths
+from sandbox.review import fills
 from sandbox.services import spool, stack
 from sandbox.services.simclock import SimClock
 from tests import waiting
@@ -67,6 +68,22 @@ def test_bad_params_get_a_422_naming_the_field_and_nothing_changes(
             {"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "fill_value": -3}},
             "fill_value",
         ),
+        ({"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d"}}, "fill_value"),
+        (
+            {
+                "action": SET_FILL,
+                "params": {
+                    "feature": "avg_daily_minutes_7d",
+                    "policy": "training-mean",
+                    "fill_value": 5,
+                },
+            },
+            "fill_value",
+        ),
+        (
+            {"action": SET_FILL, "params": {"feature": "avg_daily_minutes_7d", "policy": "median"}},
+            "policy",
+        ),
         ({"action": SET_THRESHOLD, "params": {"threshold": 0.2, "extra": 1}}, "extra"),
         ({"action": "drop-tables", "params": {}}, "action"),
     ]
@@ -77,6 +94,36 @@ def test_bad_params_get_a_422_naming_the_field_and_nothing_changes(
     assert not Overrides(paths.run).entries()
     events = client.get("/api/my/history?kind=action", headers=candidate).json()
     assert [e["detail"]["status"] for e in events] == ["invalid"] * len(cases)
+
+
+def test_the_training_mean_policy_fills_with_what_the_review_judges_against(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    links = make_session(actions=True)
+    candidate = bearer(links["candidate_token"])
+    feature = "avg_daily_minutes_7d"
+    reply = client.post(
+        "/api/actions",
+        json={"action": SET_FILL, "params": {"feature": feature, "policy": "training-mean"}},
+        headers=candidate,
+    )
+    assert reply.status_code == 202, reply.text
+    applied = reply.json()
+    requested = dt.datetime.fromisoformat(applied["requested_at"])
+    effective = dt.datetime.fromisoformat(applied["effective_at"])
+    reference = fills.reference(paths.root)
+    assert reference is not None
+    mean = reference.training_mean(feature, requested)
+    assert mean is not None and applied["params"]["fill_value"] == round(mean, 4)
+    # The wrong refresh filled far from it; the policy's value is what the servers fill with.
+    wrong = reference.policy_fill(feature, requested)
+    assert wrong is not None and abs(wrong - mean) > 0.2 * mean
+    assert Overrides(paths.run).fill_values(effective) == {feature: round(mean, 4)}
+    review = client.get(
+        f"/api/sessions/{links['session_id']}/review", headers=bearer(links["interviewer_token"])
+    ).json()
+    (judged,) = review["actions"]
+    assert (judged["params"]["policy"], judged["verdict"]) == ("training-mean", "mitigates")
 
 
 def test_an_action_this_version_cannot_apply_says_so_and_changes_nothing(

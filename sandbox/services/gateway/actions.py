@@ -31,10 +31,12 @@ from sandbox.actions.catalog import (
     PIN_VERSION,
     RESUME_JOB,
     RETRAIN,
+    SET_FILL,
     Action,
     rolls_back,
 )
 from sandbox.actions.overrides import Applied
+from sandbox.review import fills
 from sandbox.services.gateway.auth import Auth, Caller
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.interviewer import Interviewer, session_of
@@ -124,6 +126,15 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
             wrong = [{"loc": ["body", "params", "version"], "msg": message, "type": "value_error"}]
             raise await refuse(422, "invalid", wrong)
     now = gw.ctx.now()
+    if action.id == SET_FILL and detail["params"]["policy"] == "training-mean":
+        feature = detail["params"]["feature"]
+        reference = await run_in_threadpool(fills.reference, gw.ctx.world)
+        mean = reference.training_mean(feature, now) if reference is not None else None
+        if mean is None:
+            raise await refuse(
+                503, "invalid", f"the training rows' mean of {feature} cannot be read now"
+            )
+        detail["params"]["fill_value"] = round(mean, 4)
     if action.id == RETRAIN:
         asked = detail["params"]
         chosen = retrain.score_days(

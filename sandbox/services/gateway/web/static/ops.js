@@ -6,21 +6,31 @@
 (() => {
   const { api, el, fill, showError } = sandbox;
 
-  function input(name, spec, required) {
+  // A parameter that may be left empty is `anyOf` its type and null: its own type and bounds
+  // are in the non-null branch.
+  function typed(spec) {
+    const given = (spec.anyOf || []).find((s) => s.type && s.type !== "null");
+    return given ? { ...given, ...spec, type: given.type, format: given.format } : spec;
+  }
+
+  function input(name, raw, required) {
+    const spec = typed(raw);
     const choices = spec.enum || (spec.anyOf || []).flatMap((s) => s.enum || []);
     const attrs = { name, "data-param": name, required };
     if (choices.length) return el("select", attrs, choices.map((c) => el("option", { value: c, selected: c === spec.default }, c)));
     if (spec.type === "boolean") return el("input", { ...attrs, type: "checkbox", checked: spec.default === true, required: false });
     if (spec.type === "number" || spec.type === "integer") {
       return el("input", { ...attrs, type: "number", step: spec.type === "integer" ? "1" : "any",
-        min: spec.minimum ?? spec.exclusiveMinimum, max: spec.maximum ?? spec.exclusiveMaximum, value: spec.default });
+        min: spec.minimum ?? spec.exclusiveMinimum, max: spec.maximum ?? spec.exclusiveMaximum, value: spec.default ?? undefined });
     }
-    return el("input", { ...attrs, type: "text", value: spec.default, pattern: spec.pattern });
+    if (spec.format === "date") return el("input", { ...attrs, type: "date", value: spec.default ?? undefined });
+    return el("input", { ...attrs, type: "text", value: spec.default ?? undefined, pattern: spec.pattern });
   }
 
   function params(form, schema) {
     const out = {};
-    for (const [name, spec] of Object.entries(schema.properties || {})) {
+    for (const [name, raw] of Object.entries(schema.properties || {})) {
+      const spec = typed(raw);
       const field = form.elements[name];
       if (spec.type === "boolean") out[name] = field.checked;
       else if (field.value === "") continue;
