@@ -77,6 +77,9 @@ RETRIEVAL = "retrieval"
 SCHEDULER = "scheduler"  # the scheduled jobs: materialization and the drift monitor
 GATEWAY = "gateway"
 EVERY_SERVICE = "*"  # every process of the stack writes log lines
+# SQL: the first daily batch the live model server runs itself (after a change applied from the
+# ops console); the world's batch rows and lines stand before it. Set per query with the clock.
+WORLD_BATCH_UNTIL = "getvariable('world_batch_until')"
 # The services whose metric series (and alerts) the gateway computes from their live rows; of the
 # world's series and alerts, those of the other services are still shown after live start.
 LIVE_SERIES_SERVICES = (MODEL_SERVER, RETRIEVAL)
@@ -383,10 +386,11 @@ _DECLARED = (
         ),
         Reveal("request_ts"),
         id="prediction_id",
-        # The daily batch scoring is no live service: its rows keep coming from the world.
+        # The daily batch scoring is no live service: its rows keep coming from the world, until
+        # the first batch after a change from the ops console, which the model server runs.
         live=Live(
             (MODEL_SERVER,),
-            kept="source = 'batch'",
+            kept=f"source = 'batch' AND request_ts < {WORLD_BATCH_UNTIL}",
             client="Who requested the prediction: production (the daily batch job and the "
             "production API callers) or workspace (requests sent from this workspace).",
         ),
@@ -591,7 +595,7 @@ _DECLARED = (
             (EVERY_SERVICE,),
             # The lines of the processes that run live come from them once live time starts.
             kept="service NOT IN ('model-server', 'feature-server', 'retrieval', 'materialization', "
-            "'drift-monitor')",
+            f"'drift-monitor') AND NOT (service = 'batch-scoring' AND ts >= {WORLD_BATCH_UNTIL})",
             client="workspace for lines about requests sent from this workspace; production "
             "otherwise.",
         ),

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from sandbox.actions.catalog import CATALOG, PAUSE_JOB, RESUME_JOB, SET_DRIFT_WINDOW
-from sandbox.actions.overrides import Applied, Overrides, Pause
+from sandbox.actions.overrides import Applied, Overrides, Pause, first_live_batch
+from sandbox.clock import Calendar
 from sandbox.services.jobs import fixed_window_dates
 from sandbox.services.model_server import OnlineStore, Snapshot
 
@@ -141,3 +142,24 @@ def test_online_store_under_a_pause(
         assert got is None
     else:
         assert got is not None and got.loaded_at == T0 + dt.timedelta(hours=served)
+
+
+def test_the_live_batch_takes_over_at_the_first_06_00_after_a_change() -> None:
+    calendar = Calendar(dt.date(2026, 3, 1), 7, 28, 42, 7, 14)
+    day = calendar.day_of(dt.datetime(2026, 4, 13))
+
+    def change(effective: dt.datetime) -> Applied:
+        return Applied(
+            id=f"c{effective:%d%H%M}",
+            action=SET_DRIFT_WINDOW,
+            params={"days": 7, "fixed": True},
+            requested_at=effective - dt.timedelta(minutes=30),
+            effective_at=effective,
+        )
+
+    assert first_live_batch([], calendar) is None
+    early, late = calendar.at(day, 5.5), calendar.at(day, 6.5)
+    assert first_live_batch([change(early)], calendar) == calendar.at(day, 6.0)
+    assert first_live_batch([change(late)], calendar) == calendar.at(day + 1, 6.0)
+    on_time = calendar.at(day, 6.0)
+    assert first_live_batch([change(late), change(on_time)], calendar) == on_time

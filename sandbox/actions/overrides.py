@@ -25,6 +25,8 @@ from sandbox.actions.catalog import (
     SET_FILL,
     SET_THRESHOLD,
 )
+from sandbox.clock import Calendar
+from sandbox.pipeline.train import SCORE_HOUR
 
 OVERRIDES_FILE = "actions.json"
 
@@ -140,3 +142,15 @@ class Overrides:
 def read(run_dir: Path) -> list[dict[str, Any]]:
     """The applied actions as JSON-ready dicts (for a review read beside or after the stack)."""
     return [json.loads(e.model_dump_json()) for e in Overrides(run_dir).entries()]
+
+
+def first_live_batch(entries: list[Applied], calendar: Calendar) -> dt.datetime | None:
+    """The first daily batch (06:00) the model server runs itself rather than the world's: the
+    first at or after the earliest applied change took effect, so every batch from then on scores
+    with what the ops console changed. None: nothing applied."""
+    first = min((e.effective_at for e in entries), default=None)
+    if first is None:
+        return None
+    day = calendar.day_of(first)
+    at = calendar.at(day, SCORE_HOUR)
+    return at if at >= first else calendar.at(day + 1, SCORE_HOUR)

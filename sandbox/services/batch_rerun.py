@@ -3,6 +3,11 @@ server: every customer in the online store it serves at the request, with the fi
 version and the threshold in effect then, scored as the 06:00 batch scores (the world's seed and
 the day at the serving hooks) and spooled as `serving.predictions` rows with source 'batch'.
 
+The scheduled 06:00 batch itself is the world's until a change from the ops console takes
+effect; from the first 06:00 after it the model server runs each day's batch the same way, so
+the next days' rows and the retention list carry what the console changed (the candidate's views
+drop the world's batch rows and lines from then on).
+
 The rows are stamped through the run's working time and its progress lines through its delay, so
 the candidate sees them arrive as simulated time passes. A marker file in the run directory says
 the run's rows are spooled: a restart does not score it twice.
@@ -10,6 +15,7 @@ the run's rows are spooled: a restart does not score it twice.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,15 +25,18 @@ import polars as pl
 
 from sandbox.actions import deployment, progress
 from sandbox.actions.catalog import CATALOG, RERUN_BATCH
-from sandbox.actions.overrides import Applied
+from sandbox.actions.overrides import Applied, first_live_batch
 from sandbox.faults.base import HookContext
 from sandbox.logs import LogSink
-from sandbox.pipeline.serve import ModelServer
+from sandbox.pipeline.serve import BATCH_SERVICE, ModelServer
+from sandbox.pipeline.train import SCORE_HOUR
 
 if TYPE_CHECKING:
     from sandbox.services.model_server import LiveModelServer
 
 RERUNS_DIR = "batch-reruns"  # under the run directory: one marker per run spooled
+DAILY_DIR = "daily-batches"  # under the run directory: one marker per scheduled batch run live
+DAILY_STEP = dt.timedelta(microseconds=400)  # per customer: the world's job takes ~10 s
 
 
 def done_ids(run_dir: Path) -> set[str]:
@@ -35,9 +44,12 @@ def done_ids(run_dir: Path) -> set[str]:
     return {p.stem for p in (run_dir / RERUNS_DIR).glob("*.done")}
 
 
-def scored(live: LiveModelServer, applied: Applied) -> pl.DataFrame:
-    """The rerun's predictions: the spool's columns, one row per customer in the online store."""
-    ctx, at = live.ctx, applied.requested_at
+def scored(
+    live: LiveModelServer, at: dt.datetime, work: dt.timedelta | None = None
+) -> pl.DataFrame:
+    """A batch's predictions from `at`, stamped evenly through `work` (None: at the scheduled
+    job's pace): the spool's columns, one row per customer in the online store served then."""
+    ctx = live.ctx
     state = deployment.in_effect(live.baseline, live.overrides.entries(), at)
     live.refresh_backfills()
     snapshot = live.snapshot(at)
@@ -51,7 +63,7 @@ def scored(live: LiveModelServer, applied: Applied) -> pl.DataFrame:
     values[:, : stored.shape[1]] = stored
     customers = sorted(snapshot.rows, key=snapshot.rows.__getitem__)
     # The job works through the customers evenly over its working time.
-    work = progress.work_end(at, applied.effective_at) - at
+    work = DAILY_STEP * n if work is None else work
     offsets = (np.arange(n) * (work.total_seconds() * 1e6 / max(n, 1))).astype("timedelta64[us]")
     requests = pl.DataFrame(
         [
@@ -90,7 +102,8 @@ def scored(live: LiveModelServer, applied: Applied) -> pl.DataFrame:
 def carry_out(live: LiveModelServer, applied: Applied, columns: tuple[str, ...]) -> int:
     """Score, spool the rows (`columns` of each) and write the progress lines; how many were
     flagged."""
-    frame = scored(live, applied)
+    at = applied.requested_at
+    frame = scored(live, at, progress.work_end(at, applied.effective_at) - at)
     flagged = int(frame["decision"].sum())
     rows: list[dict[str, Any]] = [
         {k: v.isoformat() if k == "request_ts" else v for k, v in row.items()}
@@ -109,7 +122,61 @@ def carry_out(live: LiveModelServer, applied: Applied, columns: tuple[str, ...])
         threshold,
     ):
         live.ctx.log_at(line.ts, service, "info", line.event, line.message, **line.attrs)
-    marker = live.ctx.paths.run / RERUNS_DIR / f"{applied.id}.done"
+    _mark(live.ctx.paths.run / RERUNS_DIR / f"{applied.id}.done")
+    return flagged
+
+
+def _mark(marker: Path) -> None:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
+
+
+def due_daily(live: LiveModelServer, now: dt.datetime) -> list[dt.datetime]:
+    """The daily batches (06:00) the model server runs itself by `now` and has not run yet: every
+    one from the first after a change from the ops console took effect."""
+    calendar = live.ctx.calendar
+    first = first_live_batch(live.overrides.entries(), calendar)
+    if first is None:
+        return []
+    done = {p.stem for p in (live.ctx.paths.run / DAILY_DIR).glob("*.done")}
+    due, day = [], calendar.day_of(first)
+    while (at := calendar.at(day, SCORE_HOUR)) <= now:
+        if str(at.date()) not in done:
+            due.append(at)
+        day += 1
+    return due
+
+
+def run_daily(live: LiveModelServer, at: dt.datetime, columns: tuple[str, ...]) -> int:
+    """The day's scheduled batch, as the world's job runs it (started at 06:00, through the
+    customers in a few seconds), with what the ops console changed in effect: rows spooled,
+    its two lines logged, marked done; how many were flagged."""
+    frame = scored(live, at)
+    flagged = int(frame["decision"].sum())
+    rows: list[dict[str, Any]] = [
+        {k: v.isoformat() if k == "request_ts" else v for k, v in row.items()}
+        for row in frame.select(columns).iter_rows(named=True)
+    ]
+    live.ctx.spool("serving.predictions").write(*rows)
+    model = f"{live.record.model_name}/{frame['model_version'][0]}"
+    finished = frame["request_ts"].max() if frame.height else at
+    live.ctx.log_at(
+        at,
+        BATCH_SERVICE,
+        "info",
+        "batch_started",
+        f"daily churn scoring started for {frame.height} customers",
+        model=model,
+    )
+    live.ctx.log_at(
+        finished,  # type: ignore[arg-type]
+        BATCH_SERVICE,
+        "info",
+        "batch_finished",
+        f"daily churn scoring finished: {flagged} customers flagged for retention",
+        rows=frame.height,
+        flagged=flagged,
+        threshold=float(frame["threshold"][0]) if frame.height else None,
+    )
+    _mark(live.ctx.paths.run / DAILY_DIR / f"{at.date()}.done")
     return flagged

@@ -544,6 +544,13 @@ class LiveModelServer:
                     self._reruns.add(applied.id)
                     batch_rerun.carry_out(self, applied, SPOOL_COLUMNS)
 
+    def refresh_daily_batches(self) -> None:
+        """Run the scheduled batches that fell due since a change from the ops console took
+        effect (`batch_rerun.due_daily`), oldest first."""
+        with self._rerun_lock:
+            for at in batch_rerun.due_daily(self, self.ctx.now()):
+                batch_rerun.run_daily(self, at, SPOOL_COLUMNS)
+
     def look(self) -> None:
         """Carry out newly applied retrains, backfills, feature-server rollbacks and batch reruns
         (the running app's watcher calls it)."""
@@ -565,6 +572,7 @@ class LiveModelServer:
             )
         try:
             self.refresh_reruns()
+            self.refresh_daily_batches()
         except Exception as exc:  # a failed rerun must not stop the server answering
             self.ctx.log_as(
                 CATALOG[RERUN_BATCH].service,

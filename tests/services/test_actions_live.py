@@ -232,6 +232,50 @@ def test_the_ops_console_and_the_review_in_a_browser(acting: Stack, browser: Bro
     assert not errors
 
 
+def test_the_next_daily_batch_runs_with_the_change_and_takes_the_worlds_place(
+    acting: Stack,
+) -> None:
+    """From the first 06:00 after a change took effect, the day's batch is the live model
+    server's: its rows and lines are what the candidate sees, at the threshold set, and the
+    world's batch of that day is gone from their views."""
+    act(acting, SET_THRESHOLD, {"threshold": 0.05})
+    now = forward(acting, 7.0)
+    batch = now.replace(hour=6, minute=0, second=0, microsecond=0)
+    if batch > now:
+        batch -= dt.timedelta(days=1)
+    served = float(
+        HTTP.get(
+            acting.url + "/services/model/metadata", headers=acting.candidate, timeout=10
+        ).json()["threshold"]
+    )
+    assert served == 0.05
+    day_rows = (
+        "SELECT count(*), count(DISTINCT threshold), max(threshold), avg(decision::INT) "
+        "FROM serving.predictions WHERE source = 'batch' "
+        f"AND request_ts >= TIMESTAMP '{batch}' AND request_ts < TIMESTAMP '{batch}' + INTERVAL 1 HOUR"
+    )
+    rows, thresholds, threshold, flagged = until(
+        lambda: (found := acting.sql(day_rows)["rows"][0])[0] and found, "the day's batch rows"
+    )
+    assert (thresholds, threshold) == (1, 0.05)
+    lines = acting.sql(
+        "SELECT message FROM telemetry.logs WHERE service = 'batch-scoring' "
+        f"AND ts >= TIMESTAMP '{batch}' AND ts < TIMESTAMP '{batch}' + INTERVAL 1 HOUR ORDER BY ts"
+    )["rows"]
+    assert lines[0][0] == f"daily churn scoring started for {rows} customers"
+    assert len(lines) == 2
+    # The world's own batch of that day scored at its own threshold, and is not shown.
+    with duckdb.connect(str(WorldPaths(acting.world).duckdb), read_only=True) as con:
+        world = con.execute(
+            "SELECT count(*), max(threshold), avg(decision::INT) FROM serving.predictions "
+            "WHERE source = 'batch' AND request_ts >= $at AND request_ts < $at + INTERVAL 1 HOUR",
+            {"at": batch},
+        ).fetchone()
+    assert world is not None and world[0] > 0 and world[1] != 0.05
+    assert abs(world[0] - rows) <= rows * 0.01  # the same customers, about
+    assert flagged != world[2]
+
+
 ONSET = dt.datetime(2026, 3, 16)  # the default world's fault begins here (its answer key)
 SAMPLE = 1000  # at most this many customers served the wrong fill, checked before and after the fix
 

@@ -28,7 +28,7 @@ import polars as pl
 from sandbox import schema
 from sandbox.actions import deployment, restore
 from sandbox.actions.catalog import RESTORE_SERIES
-from sandbox.actions.overrides import Overrides
+from sandbox.actions.overrides import Overrides, first_live_batch
 from sandbox.faults.base import FaultSet
 from sandbox.layout import WorldPaths
 from sandbox.monitor import alerts, metrics
@@ -54,6 +54,8 @@ FED_BY = {SEARCHES: frozenset({SEARCHES, CLICKS}), METRICS: _SERIES_FROM, ALERTS
 # were last loaded: a row shows within a second of its write, and the panels of a dashboard,
 # sent together, pay for one load.
 FRESH_S = 0.5
+# Before any change from the ops console, the world's daily batch stands for every day.
+NEVER = dt.datetime(9999, 12, 31)
 REFUSALS_KEPT = 100  # the latest messages about refused rows, for whoever looks
 
 
@@ -195,6 +197,8 @@ class LiveTelemetry:
         now = self.now()
         con.execute("SET VARIABLE sim_now = ?::TIMESTAMP", [now])
         con.execute("SET VARIABLE live_start = ?::TIMESTAMP", [self.live_start])
+        first = first_live_batch(self.overrides.entries(), self.calendar)
+        con.execute("SET VARIABLE world_batch_until = ?::TIMESTAMP", [first or NEVER])
         return now
 
     def cursor(self, session_id: str | None = None) -> duckdb.DuckDBPyConnection:
