@@ -351,7 +351,7 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     started = model_now(journey)
     held = _snapshot(paths, started)
     # Those the store still holds after the next load too: the same customers checked twice.
-    kept = _snapshot(paths, started + dt.timedelta(hours=8))["customer_id"]
+    kept = _snapshot(paths, started + dt.timedelta(hours=8))["customer_id"].to_list()
     customers = (
         held.filter(
             (pl.col(FEATURE) == _policy(paths)[FEATURE][-1]) & pl.col("customer_id").is_in(kept)
