@@ -69,3 +69,17 @@ def predictions(stack: Stack, customers: list[int]) -> list[dict[str, Any]]:
     )
     assert reply.status_code == 200, reply.text
     return reply.json()["predictions"]
+
+
+def review(stack: Stack) -> dict[str, Any]:
+    """The session's review, as the interviewer reads it."""
+    reply = HTTP.get(
+        f"{stack.url}/api/sessions/{stack.session_id}/review", headers=stack.interviewer, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def verdicts(stack: Stack) -> dict[str, str]:
+    """Each applied action's verdict in the session's review, by action."""
+    return {a["id"]: a["verdict"] for a in review(stack)["actions"]}

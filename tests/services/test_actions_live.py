@@ -26,6 +26,7 @@ from sandbox.services.supervisor import HEARTBEAT_FILE
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
 from tests.services.acting import act, acting_stack, forward, model_now, predictions
+from tests.services.acting import review as acting_review
 from tests.services.running import SANDBOX, Stack
 from tests.services.test_workspace_browser import WAIT_MS
 from tests.waiting import until
@@ -176,11 +177,7 @@ def test_actions_change_what_the_live_model_serves_toward_the_control_world(
     )
 
     # The review judges both by the answer key, and times the first mitigation.
-    review = HTTP.get(
-        f"{acting.url}/api/sessions/{acting.session_id}/review",
-        headers=acting.interviewer,
-        timeout=30,
-    ).json()
+    review = acting_review(acting)
     # Halving the threshold more than doubles the list, further from the plan than the fault
     # took it: harmful.
     assert {a["id"]: a["verdict"] for a in review["actions"]} == {
@@ -432,11 +429,7 @@ def test_a_candidate_ships_the_fix_and_the_interviewer_sees_it_recover(
     )
     assert any(SET_FILL in m for m in marked)
 
-    review = HTTP.get(
-        f"{journey.url}/api/sessions/{journey.session_id}/review",
-        headers=journey.interviewer,
-        timeout=30,
-    ).json()
+    review = acting_review(journey)
     (recovery,) = review["actions_recovery"]
     assert recovery["fault_id"] == "feature-nulls-wrong-mean"
     assert recovery["own_rows"] >= len(customers)

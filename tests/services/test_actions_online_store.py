@@ -29,7 +29,7 @@ from sandbox.services.model_server import LiveModelServer
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
-from tests.services.acting import act, acting_stack, forward, model_now, predictions
+from tests.services.acting import act, acting_stack, forward, model_now, predictions, verdicts
 from tests.services.running import Stack
 from tests.waiting import until
 
@@ -187,14 +187,7 @@ def test_a_backfill_serves_the_offline_features_toward_the_control_world(
             service == "model-server"
         )
 
-    review = HTTP.get(
-        f"{backfilling.url}/api/sessions/{backfilling.session_id}/review",
-        headers=backfilling.interviewer,
-        timeout=30,
-    ).json()
-    assert {a["id"]: a["verdict"] for a in review["actions"]} == {
-        BACKFILL_ONLINE_STORE: "mitigates"
-    }
+    assert verdicts(backfilling) == {BACKFILL_ONLINE_STORE: "mitigates"}
 
 
 def test_rolling_the_feature_server_back_loads_the_batch_definition_from_then_on(
@@ -242,9 +235,4 @@ def test_rolling_the_feature_server_back_loads_the_batch_definition_from_then_on
     assert matches_offline(load)
     assert _skew(paths, later)[0] == feature  # the world's own load at that time
 
-    review = HTTP.get(
-        f"{stack.url}/api/sessions/{stack.session_id}/review",
-        headers=stack.interviewer,
-        timeout=30,
-    ).json()
-    assert {a["id"]: a["verdict"] for a in review["actions"]} == {ROLLBACK: "mitigates"}
+    assert verdicts(stack) == {ROLLBACK: "mitigates"}

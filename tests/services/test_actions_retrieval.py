@@ -32,7 +32,7 @@ from sandbox.services.traffic import _relevant_articles
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
-from tests.services.acting import act, acting_stack, forward
+from tests.services.acting import act, acting_stack, forward, verdicts
 from tests.services.running import Stack
 from tests.waiting import until
 
@@ -187,12 +187,7 @@ def test_rebuilding_the_index_brings_search_relevance_back_to_the_control_world(
             service == SERVICE
         )
 
-    review = HTTP.get(
-        f"{rebuilding.url}/api/sessions/{rebuilding.session_id}/review",
-        headers=rebuilding.interviewer,
-        timeout=30,
-    ).json()
-    assert {a["id"]: a["verdict"] for a in review["actions"]} == {REBUILD_INDEX: "fixes"}
+    assert verdicts(rebuilding) == {REBUILD_INDEX: "fixes"}
 
 
 def _metadata(stack: Stack, service: str) -> dict[str, object]:
@@ -244,9 +239,4 @@ def test_rolling_the_retrieval_service_back_serves_the_encoder_its_index_was_bui
     assert restarted.encoder_at(requested).version == 2
     assert restarted.encoder_at(effective).version == 1
 
-    review = HTTP.get(
-        f"{stack.url}/api/sessions/{stack.session_id}/review",
-        headers=stack.interviewer,
-        timeout=30,
-    ).json()
-    assert {a["id"]: a["verdict"] for a in review["actions"]} == {ROLLBACK: "mitigates"}
+    assert verdicts(stack) == {ROLLBACK: "mitigates"}
