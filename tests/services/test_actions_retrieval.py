@@ -16,24 +16,30 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import duckdb
 import httpx
 import numpy as np
 import pytest
 
+from sandbox import scenario
 from sandbox.actions.catalog import CATALOG, REBUILD_INDEX, ROLLBACK
+from sandbox.actions.overrides import Applied, Overrides
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import registry, retrieve
 from sandbox.services import spool
 from sandbox.services.common import ServiceContext
 from sandbox.services.retrieval import ENCODER_URI, SERVICE, RetrievalService
+from sandbox.services.simclock import SimClock
 from sandbox.services.traffic import _relevant_articles
 from sandbox.testing import Worlds
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
 from tests.services.acting import act, acting_stack, forward, verdicts
 from tests.services.running import Stack
+from tests.services.test_actions_retrain import FROZEN
+from tests.services.test_model_server import _served_view
 from tests.waiting import until
 
 QUERIES = 60  # tickets searched again at each step
@@ -240,3 +246,26 @@ def test_rolling_the_retrieval_service_back_serves_the_encoder_its_index_was_bui
     assert restarted.encoder_at(effective).version == 1
 
     assert verdicts(stack) == {ROLLBACK: "mitigates"}
+
+
+def test_rolling_back_a_retrieval_service_never_upgraded_changes_nothing(
+    control_world: BuildSummary, tmp_path: Path
+) -> None:
+    """With one encoder deployed there is nothing to go back to: the same encoder searches."""
+    paths = _served_view(control_world, "", tmp_path / "control")
+    calendar = scenario.load(paths.scenario).world.calendar()
+    now = calendar.at(calendar.last_production_day + 1, 10.0)
+    SimClock.starting(calendar, speed=FROZEN, resume_at=now).save(paths.run)
+    service = RetrievalService(ServiceContext(paths.root, SERVICE))
+    before = service.current().encoder
+    Overrides(paths.run).append(
+        Applied(
+            id="back",
+            action=ROLLBACK,
+            params={"service": "retrieval"},
+            requested_at=now - CATALOG[ROLLBACK].delay,
+            effective_at=now,
+        )
+    )
+    assert service.encoder_at(now) is before
+    assert service.current().encoder is before
