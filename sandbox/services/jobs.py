@@ -58,7 +58,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sandbox import scenario, schema
 from sandbox.actions import deployment, restore
 from sandbox.actions.catalog import DRIFT_MONITOR_JOB, ONLINE_STORE_JOBS, RESTORE_SERIES
-from sandbox.actions.overrides import Applied, Overrides
+from sandbox.actions.overrides import Applied, Overrides, first_live_batch
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
 from sandbox.layout import WorldPaths
@@ -234,21 +234,15 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
         reference = con.sql(f"SELECT {', '.join(MODEL_FEATURES)} FROM monitoring.drift_reference")
         submitted = []
         overrides = Overrides(paths.run)
+        batches = BatchRows(con, paths, first_live_batch(overrides.entries(), cal))
         with DriftMonitor(reference.pl(), MODEL_FEATURES, workers=1) as monitor:
             for day in wanted:
-                batch = con.sql(
-                    """
-                    SELECT * FROM serving.predictions
-                    WHERE source = 'batch' AND request_ts >= $start AND request_ts < $end
-                    ORDER BY request_ts, prediction_id
-                    """,
-                    params={"start": cal.midnight(day), "end": cal.midnight(day + 1)},
-                ).pl()
+                batch = batches.between(cal.midnight(day), cal.midnight(day + 1))
                 if batch.height == 0:
                     continue
                 window = overrides.drift_window(drift_due(cal, day))
                 if window is not None:  # set from the console: replaces the configured reference
-                    reference = reference_window(con, cal, day, *window)
+                    reference = reference_window(con, cal, day, *window, batches)
                 else:  # as in the build: the reference hooks see the world as logged so far
                     reference = hooks.apply(
                         "monitor.drift_reference", None, HookContext(seed, day, cal)
@@ -284,8 +278,60 @@ def fixed_window_dates(dates: Iterable[dt.date], days: int) -> list[dt.date]:
     return [d for d in ordered if d >= start]
 
 
+class BatchRows:
+    """The daily batch's scored rows as the candidate's views show them: the world's, and from
+    the first batch the live model server ran itself (`first_live_batch`), the ones it spooled
+    (its daily runs and any rerun) in their place."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, paths: WorldPaths, live_from: dt.datetime | None
+    ) -> None:
+        self.con = con
+        self.paths = paths
+        self.live_from = live_from
+        self._live: pl.DataFrame | None = None
+
+    def between(self, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
+        """The features of the batch rows scored in [start, end), in the order they were scored."""
+        cut = end if self.live_from is None else min(end, max(start, self.live_from))
+        world = self.con.sql(
+            f"""
+            SELECT {", ".join(MODEL_FEATURES)} FROM serving.predictions
+            WHERE source = 'batch' AND request_ts >= $start AND request_ts < $end
+            ORDER BY request_ts, prediction_id
+            """,
+            params={"start": start, "end": cut},
+        ).pl()
+        if cut >= end:
+            return world
+        live = self._spooled().filter(
+            (pl.col("request_ts") >= max(start, cut)) & (pl.col("request_ts") < end)
+        )
+        return pl.concat([world, live.sort("request_ts").select(MODEL_FEATURES)])
+
+    def _spooled(self) -> pl.DataFrame:
+        if self._live is None:
+            rows = [
+                spool.check(table, record)
+                for _, table, path in spool.spool_files(self.paths.run)
+                if table == PREDICTIONS
+                for record in read_new(path, 0)[0]
+                if record.get("source") == "batch" and record.get(schema.SESSION.name) is None
+            ]
+            columns = {"request_ts": pl.Datetime("us")} | dict.fromkeys(MODEL_FEATURES, pl.Float64)
+            self._live = pl.DataFrame(
+                [{c: r.get(c) for c in columns} for r in rows], schema=columns
+            )
+        return self._live
+
+
 def reference_window(
-    con: duckdb.DuckDBPyConnection, cal: Calendar, day: int, days: int, fixed: bool
+    con: duckdb.DuckDBPyConnection,
+    cal: Calendar,
+    day: int,
+    days: int,
+    fixed: bool,
+    batches: BatchRows,
 ) -> pl.DataFrame | None:
     """The rows day `day`'s drift report compares against under a window set from the console
     (None: the monitor's own reference, the whole training period).
@@ -295,14 +341,7 @@ def reference_window(
     `days` days before the report day; with none served, the training reference."""
     features = ", ".join(MODEL_FEATURES)
     if not fixed:
-        window = con.sql(
-            f"""
-            SELECT {features} FROM serving.predictions
-            WHERE source = 'batch' AND request_ts >= $start AND request_ts < $end
-            ORDER BY request_ts, prediction_id
-            """,
-            params={"start": cal.midnight(day - days), "end": cal.midnight(day)},
-        ).pl()
+        window = batches.between(cal.midnight(day - days), cal.midnight(day))
         return window if window.height else None
     first = "(SELECT min(model_version::INTEGER) FROM training.churn_training_set)"
     train = f"split = 'train' AND model_version::INTEGER = {first}"

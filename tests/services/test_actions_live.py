@@ -272,6 +272,31 @@ def test_the_next_daily_batch_runs_with_the_change_and_takes_the_worlds_place(
     assert abs(world[0] - rows) <= rows * 0.01  # the same customers, about
     assert flagged != world[2]
 
+    # That night's drift report reads the batch the candidate sees: its mean of the served
+    # feature is the live batch's (the fill values set from the console), not the world's.
+    forward(acting, 19.0)
+    live_mean = acting.scalar(
+        f"SELECT avg({FEATURE}) FROM serving.predictions WHERE source = 'batch' "
+        f"AND request_ts >= TIMESTAMP '{batch.date()}' "
+        f"AND request_ts < TIMESTAMP '{batch.date()}' + INTERVAL 1 DAY"
+    )
+    ((reported,),) = until(
+        lambda: acting.sql(
+            "SELECT current_mean FROM monitoring.drift_feature_daily "
+            f"WHERE report_date = DATE '{batch.date()}' AND feature = '{FEATURE}'"
+        )["rows"],
+        "the night's drift report",
+        timeout=60,
+    )
+    with duckdb.connect(str(WorldPaths(acting.world).duckdb), read_only=True) as con:
+        world_mean = con.execute(
+            f"SELECT avg({FEATURE}) FROM serving.predictions WHERE source = 'batch' "
+            "AND request_ts::DATE = $day",
+            {"day": batch.date()},
+        ).fetchone()[0]  # type: ignore[index]
+    assert abs(reported - live_mean) < 1e-3 * abs(live_mean), (reported, live_mean)
+    assert abs(reported - world_mean) > 0.01 * abs(world_mean), (reported, world_mean)
+
 
 ONSET = dt.datetime(2026, 3, 16)  # the default world's fault begins here (its answer key)
 SAMPLE = 1000  # at most this many customers served the wrong fill, checked before and after the fix
