@@ -233,8 +233,9 @@ def test_the_next_daily_batch_runs_with_the_change_and_takes_the_worlds_place(
     acting: Stack,
 ) -> None:
     """From the first 06:00 after a change took effect, the day's batch is the live model
-    server's: its rows and lines are what the candidate sees, at the threshold set, and the
-    world's batch of that day is gone from their views."""
+    server's: its rows and lines are what the candidate sees, at the threshold set, the
+    world's batch of that day is gone from their views, and that night's drift report reads
+    the live rows."""
     act(acting, SET_THRESHOLD, {"threshold": 0.05})
     now = forward(acting, 7.0)
     batch = now.replace(hour=6, minute=0, second=0, microsecond=0)
