@@ -58,7 +58,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sandbox import scenario, schema
 from sandbox.actions import deployment, restore
 from sandbox.actions.catalog import DRIFT_MONITOR_JOB, ONLINE_STORE_JOBS, RESTORE_SERIES
-from sandbox.actions.overrides import Applied, Overrides, first_live_batch
+from sandbox.actions.overrides import Applied, Overrides
 from sandbox.clock import Calendar
 from sandbox.faults.base import HookContext, WorldData
 from sandbox.layout import WorldPaths
@@ -67,6 +67,7 @@ from sandbox.pipeline.deploy import online_snapshots
 from sandbox.pipeline.features import MODEL_FEATURES
 from sandbox.pipeline.store import MATERIALIZE_HOUR
 from sandbox.services import spool
+from sandbox.services.batch_rerun import DAILY_DIR
 from sandbox.services.common import ServiceContext, add_fd_option, metrics_server
 from sandbox.services.spool import read_new
 from sandbox.world.routine_logs import (
@@ -234,7 +235,7 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
         reference = con.sql(f"SELECT {', '.join(MODEL_FEATURES)} FROM monitoring.drift_reference")
         submitted = []
         overrides = Overrides(paths.run)
-        batches = BatchRows(con, paths, first_live_batch(overrides.entries(), cal))
+        batches = BatchRows(con, paths)
         with DriftMonitor(reference.pl(), MODEL_FEATURES, workers=1) as monitor:
             for day in wanted:
                 batch = batches.between(cal.midnight(day), cal.midnight(day + 1))
@@ -279,35 +280,36 @@ def fixed_window_dates(dates: Iterable[dt.date], days: int) -> list[dt.date]:
 
 
 class BatchRows:
-    """The daily batch's scored rows as the candidate's views show them: the world's, and from
-    the first batch the live model server ran itself (`first_live_batch`), the ones it spooled
-    (its daily runs and any rerun) in their place."""
+    """The daily batch's scored rows as the candidate's views show them: the world's, but for
+    the days whose batch the live model server ran itself (`batch_rerun.DAILY_DIR`), and the
+    batch rows it spooled (those daily runs and any rerun)."""
 
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, paths: WorldPaths, live_from: dt.datetime | None
-    ) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, paths: WorldPaths) -> None:
         self.con = con
         self.paths = paths
-        self.live_from = live_from
+        self.live_days = sorted(
+            dt.date.fromisoformat(p.stem) for p in (paths.run / DAILY_DIR).glob("*.done")
+        )
         self._live: pl.DataFrame | None = None
 
     def between(self, start: dt.datetime, end: dt.datetime) -> pl.DataFrame:
         """The features of the batch rows scored in [start, end), in the order they were scored."""
-        cut = end if self.live_from is None else min(end, max(start, self.live_from))
         world = self.con.sql(
             f"""
-            SELECT {", ".join(MODEL_FEATURES)} FROM serving.predictions
+            SELECT request_ts, {", ".join(MODEL_FEATURES)} FROM serving.predictions
             WHERE source = 'batch' AND request_ts >= $start AND request_ts < $end
+              AND NOT list_contains($live, request_ts::DATE)
             ORDER BY request_ts, prediction_id
             """,
-            params={"start": start, "end": cut},
+            params={"start": start, "end": end, "live": self.live_days},
         ).pl()
-        if cut >= end:
-            return world
         live = self._spooled().filter(
-            (pl.col("request_ts") >= max(start, cut)) & (pl.col("request_ts") < end)
+            (pl.col("request_ts") >= start) & (pl.col("request_ts") < end)
         )
-        return pl.concat([world, live.sort("request_ts").select(MODEL_FEATURES)])
+        if live.height == 0:
+            return world.select(MODEL_FEATURES)
+        both = pl.concat([world, live.select(world.columns)], how="vertical_relaxed")
+        return both.sort("request_ts", maintain_order=True).select(MODEL_FEATURES)
 
     def _spooled(self) -> pl.DataFrame:
         if self._live is None:

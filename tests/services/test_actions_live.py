@@ -237,6 +237,7 @@ def test_the_next_daily_batch_runs_with_the_change_and_takes_the_worlds_place(
     world's batch of that day is gone from their views, and that night's drift report reads
     the live rows."""
     act(acting, SET_THRESHOLD, {"threshold": 0.05})
+    act(acting, SET_FILL, {"feature": FEATURE, "policy": "training-mean"})
     now = forward(acting, 7.0)
     batch = now.replace(hour=6, minute=0, second=0, microsecond=0)
     if batch > now:
@@ -274,7 +275,7 @@ def test_the_next_daily_batch_runs_with_the_change_and_takes_the_worlds_place(
     assert flagged != world[2]
 
     # That night's drift report reads the batch the candidate sees: its mean of the served
-    # feature is the live batch's (the fill values set from the console), not the world's.
+    # feature is the live batch's (the fill value set above), not the world's.
     forward(acting, 19.0)
     live_mean = acting.scalar(
         f"SELECT avg({FEATURE}) FROM serving.predictions WHERE source = 'batch' "
