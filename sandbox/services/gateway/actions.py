@@ -132,7 +132,7 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
         mean = reference.training_mean(feature, now) if reference is not None else None
         if mean is None:
             raise await refuse(
-                503, "invalid", f"the training rows' mean of {feature} cannot be read now"
+                503, "not available", f"the training rows' mean of {feature} cannot be read now"
             )
         detail["params"]["fill_value"] = round(mean, 4)
     if action.id == RETRAIN:
