@@ -263,8 +263,8 @@ def test_a_feature_server_rollback_goes_back_one_declared_rollout_at_a_time() ->
     config = [rollback.config_as_of("feature-server", rollouts, back, _at(m)) for m in (10, 20, 40)]
     assert config == [None, _at(-600), FIRST_CONFIG]  # as left, before the latest, before both
     assert rollback.config_as_of("feature-server", rollouts, back, _at(90)) == FIRST_CONFIG
-    # Nothing rolled out before the rollback: nothing to go back to.
-    assert rollback.config_as_of("feature-server", [_at(30)], back[:1], _at(90)) is None
+    # Nothing rolled out before the rollback: back to the first configuration, as it was.
+    assert rollback.config_as_of("feature-server", [_at(30)], back[:1], _at(90)) == FIRST_CONFIG
     # A rollback of another service is not one of the feature server's.
     model = [_applied(ROLLBACK, {"service": "model-server"}, 20)]
     assert rollback.config_as_of("feature-server", rollouts, model, _at(90)) is None

@@ -29,9 +29,11 @@ def config_as_of(
     """`HookContext.config_as_of` for `service` at `now`: None while no rollback of it is in
     effect (it runs what the world left); else the configuration it went back to, each rollback
     one rollout further back (those rolled out by the first rollback), the first one staying.
-    With nothing rolled out before the first rollback, there is nothing to go back to: None."""
+    With nothing planted rolled out, the configuration gone back to is the first: it loads as
+    the world did, but the rollback still happens, so whether it changes anything does not tell
+    of a rollout the changelog keeps quiet about."""
     backs = rollbacks(service, entries, now)
-    history = [FIRST_CONFIG, *sorted(r for r in rollouts if backs and r <= backs[0])]
-    if len(history) == 1:
+    if not backs:
         return None
+    history = [FIRST_CONFIG, *sorted(r for r in rollouts if r <= backs[0])]
     return history[max(0, len(history) - 1 - len(backs))]

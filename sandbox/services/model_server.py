@@ -259,7 +259,8 @@ class RolledBack:
     the configuration rolled back to loads it: the offline store's newest rows at the load, through
     the materialization hooks with that configuration (`HookContext.config_as_of`), so a change a
     fault rolled out to the feature server after it no longer shapes what is served. A backfill
-    since still loads. Nothing changes without a rollout to go back past."""
+    since still loads. Without a planted rollout to go back past, the reloads hold what the
+    world's loads held."""
 
     def __init__(self, ctx: ServiceContext, seed: int) -> None:
         self.ctx = ctx
@@ -273,8 +274,6 @@ class RolledBack:
     ) -> Snapshot | None:
         """What is served at `now` in place of `world`, the load the world (and the console's
         pauses and backfills) leave in effect."""
-        if not self.rollouts:
-            return world
         config = rollback.config_as_of(FEATURE_SERVER, self.rollouts, entries, now)
         if config is None:
             return world

@@ -352,6 +352,26 @@ def test_rolling_the_feature_server_back_past_the_cutover_keeps_the_frozen_shard
     assert rolled_next <= world_next * 0.7, (rolled_next, world_next)
 
 
+def test_a_feature_server_rollback_with_nothing_planted_reloads_what_the_world_loaded(
+    control_world: BuildSummary, tmp_path: Path
+) -> None:
+    """The rollback happens either way (so whether it changes anything tells nothing of a
+    rollout the changelog keeps quiet about); with no planted rollout its loads hold what the
+    world's held."""
+    calendar = scenario.load(WorldPaths(control_world.root).scenario).world.calendar()
+    requested = calendar.at(calendar.last_production_day + 1, 10.0)
+    live = _server(control_world, tmp_path / "control", requested)
+    applied = _applied(ROLLBACK, {"service": "feature-server"}, requested)
+    Overrides(live.ctx.paths.run).append(applied)
+    next_load = calendar.at(calendar.day_of(requested) + 1, 4.5)
+    for at in (applied.effective_at, next_load):
+        _forward(live, at)
+        reloaded, world = live.snapshot(at), live.store.at(at)
+        assert reloaded is not None and world is not None and reloaded is not world
+        assert reloaded.rows == world.rows
+        assert np.array_equal(reloaded.values, world.values, equal_nan=True)
+
+
 def _zero_share(live: LiveModelServer, customers: list[int]) -> float:
     """The share of the customers scored on an all-zero feature vector (lookups that missed)."""
     _, rows = live.predict(
