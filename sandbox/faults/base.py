@@ -143,6 +143,10 @@ class AnswerKey(BaseModel):
     )
 
 
+# The changelog kinds that change a service's code or configuration.
+ROLLOUT_KINDS = ("deploy", "config")
+
+
 @dataclass(frozen=True)
 class Rollout:
     """A deployment of a service's code or configuration, at `at` (the first replica's)."""
@@ -485,13 +489,21 @@ class FaultSet:
         return [e for planted in [*self.faults, *self.decoys] for e in planted.changelog(calendar)]
 
     def rollouts(self, calendar: Calendar, service: str) -> list[dt.datetime]:
-        """When what is planted rolled out changes to `service`, oldest first."""
-        return sorted(
+        """When what is planted rolled out changes to `service`, oldest first: the rollouts it
+        declares, and every deploy or config change of `service` its changelog tells of (the
+        deploy system knows each one, so a rollback goes back past it as past any other)."""
+        declared = {
             r.at
             for planted in [*self.faults, *self.decoys]
             for r in planted.rollouts(calendar)
             if r.service == service
-        )
+        }
+        told = {
+            calendar.at(e["day"], e["hour"])
+            for e in self.changelog(calendar)
+            if e["service"] == service and e["kind"] in ROLLOUT_KINDS
+        }
+        return sorted(declared | told)
 
     def added_columns(self) -> dict[str, list[Column]]:
         """The columns what is planted adds to candidate tables, by table, in scenario order."""

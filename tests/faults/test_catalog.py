@@ -19,7 +19,7 @@ from sandbox.catalog import fault_table_markdown, tier_table_markdown
 from sandbox.decoys import registry as decoy_registry
 from sandbox.difficulty import TIERS
 from sandbox.faults import registry
-from sandbox.faults.base import Decoy, Fault
+from sandbox.faults.base import ROLLOUT_KINDS, Decoy, Fault, FaultSet
 from sandbox.faults.toolkit import served_mean
 from sandbox.layout import world_difficulty
 from sandbox.review.actions import verdict_of
@@ -97,6 +97,25 @@ def test_a_rollback_verdict_rests_on_something_the_rollback_takes_back(fault_id:
     for other in RELEASE_HOOKS:
         verdict = verdict_of(ROLLBACK, {"faults": [key.model_dump()]}, {"service": other})[0]
         assert verdict == (cls.actions[ROLLBACK] if other == service else "no effect"), other
+
+
+@pytest.mark.parametrize("fault_id", sorted(registry.catalog()))
+def test_every_deploy_the_changelog_tells_of_is_one_a_rollback_goes_back_past(
+    fault_id: str,
+) -> None:
+    """The story is true of the deploy system: a service's deploy or config change in the
+    changelog is in its deploy history at every tier, as is every rollout declared."""
+    cls = registry.get(fault_id)
+    calendar = scenario.load(None).world.calendar()
+    for tier in TIERS:
+        fault = cls(cls.Params(), tier)
+        planted = FaultSet([fault])
+        for entry in fault.changelog(calendar):
+            if entry["kind"] in ROLLOUT_KINDS:
+                at = calendar.at(entry["day"], entry["hour"])
+                assert at in planted.rollouts(calendar, entry["service"]), (tier, entry["title"])
+        for rollout in fault.rollouts(calendar):
+            assert rollout.at in planted.rollouts(calendar, rollout.service), (tier, rollout)
 
 
 def test_the_readme_fault_table_is_current() -> None:
