@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from sandbox.pipeline.features import IMPUTED_FEATURES
 from sandbox.pipeline.release import TRAINING_SNAPSHOTS
+from sandbox.schema import MODEL_SERVER
 
 SET_THRESHOLD = "set-decision-threshold"
 SET_FILL = "set-imputation-fill"
@@ -102,10 +103,7 @@ class AliasParams(VersionParams):
 
 # The services whose deployments a rollback takes back: the model server's model version, code
 # and configuration; the retrieval service's ticket encoder; the feature server's code and
-# configuration, which load the online store.
-MODEL_SERVER = "model-server"
-RETRIEVAL = "retrieval"
-FEATURE_SERVER = "feature-server"
+# configuration, which load the online store (`RollbackParams.service`).
 
 
 class RollbackParams(BaseModel):

@@ -104,12 +104,7 @@ def carry_out(live: LiveModelServer, applied: Applied, columns: tuple[str, ...])
     flagged."""
     at = applied.requested_at
     frame = scored(live, at, progress.work_end(at, applied.effective_at) - at)
-    flagged = int(frame["decision"].sum())
-    rows: list[dict[str, Any]] = [
-        {k: v.isoformat() if k == "request_ts" else v for k, v in row.items()}
-        for row in frame.select(columns).iter_rows(named=True)
-    ]
-    live.ctx.spool("serving.predictions").write(*rows)
+    flagged = _spool(live, frame, columns)
     version, threshold = frame["model_version"][0], float(frame["threshold"][0])
     service = CATALOG[RERUN_BATCH].service
     for line in progress.batch_rerun(
@@ -124,6 +119,16 @@ def carry_out(live: LiveModelServer, applied: Applied, columns: tuple[str, ...])
         live.ctx.log_at(line.ts, service, "info", line.event, line.message, **line.attrs)
     _mark(live.ctx.paths.run / RERUNS_DIR / f"{applied.id}.done")
     return flagged
+
+
+def _spool(live: LiveModelServer, frame: pl.DataFrame, columns: tuple[str, ...]) -> int:
+    """Spool a batch's rows (`columns` of each); how many it flagged."""
+    rows: list[dict[str, Any]] = [
+        {k: v.isoformat() if k == "request_ts" else v for k, v in row.items()}
+        for row in frame.select(columns).iter_rows(named=True)
+    ]
+    live.ctx.spool("serving.predictions").write(*rows)
+    return int(frame["decision"].sum())
 
 
 def _mark(marker: Path) -> None:
@@ -152,12 +157,7 @@ def run_daily(live: LiveModelServer, at: dt.datetime, columns: tuple[str, ...]) 
     customers in a few seconds), with what the ops console changed in effect: rows spooled,
     its two lines logged, marked done; how many were flagged."""
     frame = scored(live, at)
-    flagged = int(frame["decision"].sum())
-    rows: list[dict[str, Any]] = [
-        {k: v.isoformat() if k == "request_ts" else v for k, v in row.items()}
-        for row in frame.select(columns).iter_rows(named=True)
-    ]
-    live.ctx.spool("serving.predictions").write(*rows)
+    flagged = _spool(live, frame, columns)
     model = f"{live.record.model_name}/{frame['model_version'][0]}"
     finished = frame["request_ts"].max() if frame.height else at
     live.ctx.log_at(

@@ -314,11 +314,11 @@ class BatchRows:
     def _spooled(self) -> pl.DataFrame:
         if self._live is None:
             rows = [
-                spool.check(table, record)
+                row
                 for _, table, path in spool.spool_files(self.paths.run)
                 if table == PREDICTIONS
-                for record in read_new(path, 0)[0]
-                if record.get("source") == "batch" and record.get(schema.SESSION.name) is None
+                for row in spool.production_rows(table, read_new(path, 0)[0])
+                if row["source"] == "batch"
             ]
             columns = {"request_ts": pl.Datetime("us")} | dict.fromkeys(MODEL_FEATURES, pl.Float64)
             self._live = pl.DataFrame(
@@ -514,11 +514,9 @@ class SeriesRestorer:
             if table != PREDICTIONS:
                 continue
             records, self._offsets[path] = read_new(path, self._offsets.get(path, 0))
-            for record in records:
-                with contextlib.suppress(spool.BadRow):
-                    row = spool.check(PREDICTIONS, record)
-                    if row["session_id"] is None and row["source"] == "online":
-                        self._live.append({c: row[c] for c in REQUEST_COLUMNS})
+            for row in spool.production_rows(PREDICTIONS, records):
+                if row["source"] == "online":
+                    self._live.append({c: row[c] for c in REQUEST_COLUMNS})
         self._live = [r for r in self._live if r["request_ts"] >= start]
         return pl.DataFrame(
             self._live,

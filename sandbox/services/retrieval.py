@@ -44,8 +44,8 @@ from prometheus_client import (
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sandbox.actions import progress
-from sandbox.actions.catalog import REBUILD_INDEX, rolls_back
+from sandbox.actions import progress, rollback
+from sandbox.actions.catalog import REBUILD_INDEX
 from sandbox.actions.overrides import Applied, Overrides
 from sandbox.faults.base import HookContext
 from sandbox.layout import IncompleteWorld, read_manifest
@@ -231,15 +231,8 @@ class RetrievalService:
         return self.ctx.fault_set.apply("retrieve.query_encoder", self.base, hook)
 
     def _rollbacks(self, now: dt.datetime) -> tuple[dt.datetime, ...]:
-        """When the rollbacks of this service applied from the ops console took effect, up to
-        `now`, oldest first."""
-        return tuple(
-            sorted(
-                e.effective_at
-                for e in self.overrides.entries()
-                if rolls_back(e.action, e.params, SERVICE) and e.effective_at <= now
-            )
-        )
+        """When the rollbacks of this service in effect at `now` took effect, oldest first."""
+        return tuple(rollback.rollbacks(SERVICE, self.overrides.entries(), now))
 
     def encoder_at(self, now: dt.datetime) -> retrieve.Encoder:
         """The encoder production runs at `now` (simulated): the world's of the day until a

@@ -23,7 +23,7 @@ import datetime as dt
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,18 @@ def check(table: str, record: Mapping[str, Any]) -> dict[str, Any]:
             declared = ", ".join(SPOOLED_TABLES[table].names)
             raise BadRow(f"{table}.{name}: no such column (declared: {declared})")
     return row
+
+
+def production_rows(table: str, records: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The `records` of `table` that fit its declaration (as `check` returns them) and that no
+    session's own call wrote; a line that does not fit is skipped, as the console skips it."""
+    for record in records:
+        try:
+            row = check(table, record)
+        except BadRow:
+            continue
+        if row.get(schema.SESSION.name) is None:
+            yield row
 
 
 class SpoolWriter:
