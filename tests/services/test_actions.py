@@ -172,7 +172,11 @@ def test_an_applied_action_is_in_effect_after_its_delay_and_logged(
     # The changelog tells of the request now, and of the change in effect once time gets there.
     def on_call() -> list[dict]:
         entries = client.get("/api/changelog", headers=candidate).json()
-        return [e for e in entries if e["author"] == "on-call"]
+        return [
+            e
+            for e in entries
+            if e["author"] == "oncall" and e["title"].endswith(("requested", "in effect"))
+        ]
 
     mine = waiting.until(on_call, "the request in the changelog")
     assert [(e["kind"], e["service"], e["title"]) for e in mine] == [

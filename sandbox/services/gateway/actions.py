@@ -219,7 +219,7 @@ def _apply(gw: Gateway, action: Action, applied: Applied) -> None:
                 "service": service,
                 "title": title,
                 "body": body,
-                "author": "on-call",
+                "author": "oncall",  # as the team's on-call writes its entries
             }
         )
     for ts, event, message in (
