@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from sandbox.pipeline.features import IMPUTED_FEATURES
 from sandbox.pipeline.release import TRAINING_SNAPSHOTS
+from sandbox.product import DEVICES
 from sandbox.schema import MODEL_SERVER
 
 SET_THRESHOLD = "set-decision-threshold"
@@ -30,6 +31,7 @@ PAUSE_JOB = "pause-job"
 RESUME_JOB = "resume-job"
 RESTORE_SERIES = "restore-metric-series"
 RERUN_BATCH = "rerun-batch-scoring"
+QUARANTINE_RELEASE = "quarantine-app-release"
 
 # The scheduled jobs of the running stack a pause applies to. The feature job's output reaches
 # production only through the online-store load, so pausing either keeps the online store as it was.
@@ -130,6 +132,19 @@ class DaysParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     days: int = Field(7, ge=1, le=42, description="How many of the latest days.")
+
+
+class ReleaseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: Literal[tuple(DEVICES)] = Field(  # type: ignore[valid-type]
+        description="The device family whose app reports the viewing rows."
+    )
+    app_version: str = Field(
+        pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
+        max_length=20,
+        description="The app release, as the viewing rows report it (for example 5.2.0).",
+    )
 
 
 class JobParams(BaseModel):
@@ -288,6 +303,17 @@ ACTIONS: tuple[Action, ...] = (
         available=True,
         kind="oncall",
         service="model-server",
+    ),
+    Action(
+        QUARANTINE_RELEASE,
+        "Quarantine the watch time one app release reports: the feature job treats the minutes "
+        "watched in its viewing rows as not reported (as it treats missing values), recomputes "
+        "the watch-time features of the customers who have such rows and reloads the online "
+        "store. Their sessions still count.",
+        ReleaseParams,
+        _minutes(45),
+        available=True,
+        service="feature-job",
     ),
     Action(
         PAUSE_JOB,

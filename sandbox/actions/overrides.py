@@ -20,6 +20,7 @@ from pydantic import BaseModel, TypeAdapter
 from sandbox.actions.catalog import (
     ONLINE_STORE_JOBS,
     PAUSE_JOB,
+    QUARANTINE_RELEASE,
     RESUME_JOB,
     SET_DRIFT_WINDOW,
     SET_FILL,
@@ -100,6 +101,11 @@ class Overrides:
             e.params["feature"]: float(e.params["fill_value"])
             for e in self.in_effect(SET_FILL, now)
         }
+
+    def quarantined(self, now: dt.datetime) -> list[tuple[str, str]]:
+        """The app releases (device, app version) whose watch time is quarantined at `now`."""
+        found = self.in_effect(QUARANTINE_RELEASE, now)
+        return sorted({(e.params["device"], e.params["app_version"]) for e in found})
 
     def pauses(self, job: str, now: dt.datetime) -> list[Pause]:
         """The spans `job` has been paused by `now`: from a pause's effective time to that of the

@@ -34,6 +34,8 @@ class AppRollout(Decoy[Params]):
         "retrain": "no effect",
         "set-decision-threshold": "harmful",
         "set-imputation-fill": "no effect",
+        # Its customers' watch time is true: quarantined, it is replaced by fill values.
+        "quarantine-app-release": "harmful",
     }
     title: ClassVar[str] = "Benign app-version rollout"
 
@@ -54,6 +56,14 @@ class AppRollout(Decoy[Params]):
             .otherwise(pl.col("app_version"))
             .alias("app_version")
         )
+
+    def acts_when(self) -> dict[str, dict[str, list[Any]]]:
+        return {
+            "quarantine-app-release": {
+                "device": [self.params.device],
+                "app_version": [self.params.version],
+            }
+        }
 
     def _title(self) -> str:
         return f"{self.params.device} app {self.params.version} staged rollout"

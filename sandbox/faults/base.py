@@ -26,6 +26,7 @@ from sandbox.clock import Calendar
 from sandbox.difficulty import DEFAULT, Tier
 from sandbox.faults.context import NO_DATA, HookContext, WorldData
 from sandbox.faults.hooks import HOOK_POINTS, same_type
+from sandbox.pipeline.registry import CHAMPION
 from sandbox.schema import Column
 
 __all__ = ["HookContext", "WorldData"]
@@ -323,6 +324,12 @@ class Planted(ABC):
         """Ordinary-looking ops entries this one's story leaves behind."""
         return []
 
+    def acts_when(self) -> dict[str, dict[str, list[Any]]]:
+        """For an action in `actions` whose effect depends on its parameters: the values of each
+        parameter for which its verdict holds (setting the fill of a feature this one did not
+        touch does nothing to it). Any other value: no effect."""
+        return {}
+
     def rollouts(self, calendar: Calendar) -> list[Rollout]:
         """The deployments of a service's code or configuration this one's story rolls out,
         whether or not the changelog tells of them: the deploy system knows them, so the ops
@@ -376,19 +383,19 @@ class Fault(Planted, Generic[P]):
         key.investigation = [step.public() for step in self.investigation(calendar)]
         key.actions = dict(self.actions)
         key.symptoms = self.symptoms(calendar)
-        key.acts_when = {**self._rollback_when(), **self.acts_when()}
+        key.acts_when = {**self._deployment_when(), **self.acts_when()}
         return key
 
-    def _rollback_when(self) -> dict[str, dict[str, list[Any]]]:
-        if self.actions.get("rollback-deploy", "no effect") == "no effect":
-            return {}
-        return {"rollback-deploy": {"service": [self.rollback_service]}}
-
-    def acts_when(self) -> dict[str, dict[str, list[Any]]]:
-        """For an action in `actions` whose effect depends on its parameters: the values of each
-        parameter for which its verdict holds (setting the fill of a feature this fault did not
-        touch does nothing to it). Any other value: no effect."""
-        return {}
+    def _deployment_when(self) -> dict[str, dict[str, list[Any]]]:
+        """The parameter values every fault's deployment verdicts need: a rollback of the service
+        its story deployed, a move of the alias the servers follow (moving another changes
+        nothing they serve)."""
+        when: dict[str, dict[str, list[Any]]] = {}
+        if self.actions.get("rollback-deploy", "no effect") != "no effect":
+            when["rollback-deploy"] = {"service": [self.rollback_service]}
+        if self.actions.get("move-alias", "no effect") != "no effect":
+            when["move-alias"] = {"alias": [CHAMPION]}
+        return when
 
     def symptoms(self, calendar: Calendar) -> list[Symptom]:
         """The live series that show this fault, the first the one it moves most surely
@@ -424,6 +431,11 @@ class DecoyNote(BaseModel):
     actions: dict[str, Verdict] = Field(
         default_factory=dict, description="Ops-console action id -> what it does here."
     )
+    acts_when: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict,
+        description="Ops-console action id -> {parameter: the values for which its verdict "
+        "holds}; with any other value the action has no effect here.",
+    )
 
 
 D = TypeVar("D", bound="DecoyParams")
@@ -445,7 +457,9 @@ class Decoy(Planted, Generic[D]):
 
     def key(self, calendar: Calendar) -> DecoyNote:
         """The note as the answer key holds it, with what each action does here."""
-        return self.note(calendar).model_copy(update={"actions": dict(self.actions)})
+        return self.note(calendar).model_copy(
+            update={"actions": dict(self.actions), "acts_when": self.acts_when()}
+        )
 
     @abstractmethod
     def verify(self, con: duckdb.DuckDBPyConnection, calendar: Calendar) -> list[Check]:

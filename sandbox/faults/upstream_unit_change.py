@@ -84,6 +84,9 @@ class UpstreamUnitChange(Fault[Params]):
         "backfill-online-store": "no effect",
         "rerun-batch-scoring": "no effect",
         "pause-job": "mitigates",
+        # The release's minutes treated as not reported: its customers' watch time is filled
+        # instead of 60 times too high. The fix is the conversion upstream, then a backfill.
+        "quarantine-app-release": "mitigates",
         "retrain": "harmful",
         "set-decision-threshold": "no effect",
         "set-imputation-fill": "no effect",
@@ -222,8 +225,15 @@ class UpstreamUnitChange(Fault[Params]):
         ]
 
     def acts_when(self) -> dict[str, dict[str, list[Any]]]:
-        # Only a pause of the jobs that feed the online store keeps the corrupt loads out of it.
-        return {"pause-job": {"job": ["feature-job", "materialization"]}}
+        # Only a pause of the jobs that feed the online store keeps the corrupt loads out of it,
+        # and only a quarantine of the changed release takes its minutes out of the features.
+        return {
+            "pause-job": {"job": ["feature-job", "materialization"]},
+            "quarantine-app-release": {
+                "device": [self.params.target_device],
+                "app_version": [self.version],
+            },
+        }
 
     def symptoms(self, calendar: Calendar) -> list[Symptom]:
         return [served_mean("avg_daily_minutes_7d"), mean_score()]

@@ -16,6 +16,7 @@ from sandbox.actions.catalog import (
     MOVE_ALIAS,
     PAUSE_JOB,
     PIN_VERSION,
+    QUARANTINE_RELEASE,
     RERUN_BATCH,
     RESUME_JOB,
     RETRAIN,
@@ -86,6 +87,19 @@ def test_bad_params_get_a_422_naming_the_field_and_nothing_changes(
         ),
         ({"action": SET_THRESHOLD, "params": {"threshold": 0.2, "extra": 1}}, "extra"),
         ({"action": "drop-tables", "params": {}}, "action"),
+        (
+            {"action": QUARANTINE_RELEASE, "params": {"device": "fridge", "app_version": "5.2.0"}},
+            "device",
+        ),
+        (
+            {"action": QUARANTINE_RELEASE, "params": {"device": "ios", "app_version": "5.2;--"}},
+            "app_version",
+        ),
+        # A release no viewing row reports (the world's are 5.x).
+        (
+            {"action": QUARANTINE_RELEASE, "params": {"device": "ios", "app_version": "9.9.9"}},
+            "app_version",
+        ),
     ]
     for body, field in cases:
         reply = client.post("/api/actions", json=body, headers=candidate)

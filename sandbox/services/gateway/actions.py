@@ -22,13 +22,14 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from sandbox.actions import deployment, retrain
+from sandbox.actions import deployment, quarantine, retrain
 from sandbox.actions.catalog import (
     ACTIONS,
     CATALOG,
     MODEL_SERVER,
     MOVE_ALIAS,
     PIN_VERSION,
+    QUARANTINE_RELEASE,
     RESUME_JOB,
     RETRAIN,
     SET_FILL,
@@ -126,6 +127,20 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
             wrong = [{"loc": ["body", "params", "version"], "msg": message, "type": "value_error"}]
             raise await refuse(422, "invalid", wrong)
     now = gw.ctx.now()
+    if action.id == QUARANTINE_RELEASE:
+        device, version = detail["params"]["device"], detail["params"]["app_version"]
+        reported = await run_in_threadpool(
+            quarantine.versions_reported, gw.ctx.paths.duckdb, device, now
+        )
+        if version not in reported:
+            message = (
+                f"no {device} viewing rows report app version {version}; "
+                f"they report: {', '.join(reported) or 'none'}"
+            )
+            wrong = [
+                {"loc": ["body", "params", "app_version"], "msg": message, "type": "value_error"}
+            ]
+            raise await refuse(422, "invalid", wrong)
     if action.id == SET_FILL and detail["params"]["policy"] == "training-mean":
         feature = detail["params"]["feature"]
         reference = await run_in_threadpool(fills.reference, gw.ctx.world)

@@ -1,0 +1,123 @@
+"""The quarantine of an app release's watch time (`sandbox.actions.quarantine`), on built worlds:
+the recomputation is the feature job's own, a quarantined release's customers get their
+watch-time features back toward the same-seed control world's, and the review judges a
+quarantine by the release it names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sandbox import scenario
+from sandbox.actions import quarantine
+from sandbox.actions.catalog import QUARANTINE_RELEASE
+from sandbox.actions.overrides import Applied, Overrides
+from sandbox.faults.upstream_unit_change import UpstreamUnitChange
+from sandbox.layout import WorldPaths
+from sandbox.review.actions import verdict_of
+from sandbox.testing import Worlds, connect
+from sandbox.world.build import BuildSummary
+
+WATCH_TIME = list(quarantine.WATCH_TIME)
+
+
+def _stored(world: BuildSummary, day: dt.date) -> pl.DataFrame:
+    """The feature job's watch-time features of `day`, as the offline store holds them."""
+    con = connect(world)
+    try:
+        rows = con.execute(
+            f"SELECT customer_id, {', '.join(WATCH_TIME)} FROM feature_store.customer_features "
+            "WHERE event_timestamp = $at ORDER BY customer_id",
+            {"at": dt.datetime.combine(day + dt.timedelta(days=1), dt.time())},
+        ).fetchall()
+    finally:
+        con.close()
+    return pl.DataFrame(rows, schema=["customer_id", *WATCH_TIME], orient="row")
+
+
+def _last_day(world: BuildSummary) -> dt.date:
+    calendar = scenario.load(WorldPaths(world.root).scenario).world.calendar()
+    return calendar.date(calendar.last_production_day)
+
+
+def test_with_nothing_quarantined_the_recomputation_is_the_feature_jobs(
+    control_world: BuildSummary,
+) -> None:
+    day = _last_day(control_world)
+    fresh = quarantine.recompute(WorldPaths(control_world.root).duckdb, day, [], everyone=True)
+    stored = _stored(control_world, day)
+    joined = stored.join(fresh, on="customer_id", suffix="_fresh")
+    # Every customer the store holds with a viewing row in the window (the others have none).
+    assert joined.height > stored.height * 0.95
+    for feature in WATCH_TIME:
+        gap = (joined[feature] - joined[f"{feature}_fresh"]).abs()
+        # Rounded to 4 places after summing in another order: at most one last place off.
+        assert gap.max() <= 1.0001e-4, feature  # type: ignore[operator]
+        assert (gap > 0).mean() < 0.01, feature  # type: ignore[operator]
+
+
+def test_quarantining_the_changed_release_brings_its_customers_watch_time_toward_control(
+    worlds: Worlds, control_world: BuildSummary
+) -> None:
+    built = worlds.get("immature-labels")
+    spec = scenario.load(WorldPaths(built.root).scenario)
+    [fault] = [f for f in spec.fault_set.faults if isinstance(f, UpstreamUnitChange)]
+    release = (fault.params.target_device, fault.version)
+    day = _last_day(built)
+    db = WorldPaths(built.root).duckdb
+
+    fresh = quarantine.recompute(db, day, [release])
+    assert fresh.height > 50  # the release's customers
+    compared = fresh.join(_stored(built, day), on="customer_id", suffix="_stored").join(
+        _stored(control_world, day), on="customer_id", suffix="_control"
+    )
+    assert compared.height > fresh.height * 0.95
+    for feature in ("avg_daily_minutes_7d", "avg_daily_minutes_28d"):
+        truth = compared[f"{feature}_control"].to_numpy()
+        before = np.mean(np.abs(compared[f"{feature}_stored"].to_numpy() - truth))
+        after = np.mean(np.abs(compared[feature].to_numpy() - truth))
+        assert after < before / 10, (feature, before, after)
+    # No null reaches the store: a window left too thin is filled, as the job fills one.
+    assert fresh.select(pl.col(WATCH_TIME).null_count()).sum_horizontal().item() == 0
+
+    # A release no row reports changes nobody.
+    assert quarantine.recompute(db, day, [("web", "0.0.1")]).height == 0
+
+
+@pytest.mark.parametrize("world", ["immature-labels", "edge-early"])
+def test_the_review_judges_a_quarantine_by_the_release_it_names(worlds: Worlds, world: str) -> None:
+    built = worlds.get(world)
+    spec = scenario.load(WorldPaths(built.root).scenario)
+    [fault] = [f for f in spec.fault_set.faults if isinstance(f, UpstreamUnitChange)]
+    key = json.loads(WorldPaths(built.root).answer_key.read_text())
+
+    def judged(device: str, version: str) -> str:
+        params = {"device": device, "app_version": version}
+        return verdict_of(QUARANTINE_RELEASE, key, params)[0]
+
+    assert judged(fault.params.target_device, fault.version) == "mitigates"
+    assert judged(fault.params.target_device, "0.0.1") == "no effect"
+    rollouts = [d for d in spec.fault_set.decoys if d.id == "app-rollout"]
+    for decoy in rollouts:  # quarantining a healthy release throws true watch time away
+        assert judged(decoy.params.device, decoy.params.version) == "harmful"
+    assert rollouts or world != "edge-early"
+
+
+def test_a_quarantine_is_in_effect_from_its_effective_time(tmp_path) -> None:
+    overrides = Overrides(tmp_path)
+    at = dt.datetime(2026, 4, 13, 20)
+    overrides.append(
+        Applied(
+            id="q",
+            action=QUARANTINE_RELEASE,
+            params={"device": "smart_tv", "app_version": "5.2.1"},
+            requested_at=at - dt.timedelta(minutes=45),
+            effective_at=at,
+        )
+    )
+    assert overrides.quarantined(at - dt.timedelta(seconds=1)) == []
+    assert overrides.quarantined(at) == [("smart_tv", "5.2.1")]
