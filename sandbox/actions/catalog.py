@@ -32,6 +32,7 @@ RESUME_JOB = "resume-job"
 RESTORE_SERIES = "restore-metric-series"
 RERUN_BATCH = "rerun-batch-scoring"
 QUARANTINE_RELEASE = "quarantine-app-release"
+COUNT_AS_FAILED = "count-as-failed-charge"
 
 # The scheduled jobs of the running stack a pause applies to. The feature job's output reaches
 # production only through the online-store load, so pausing either keeps the online store as it was.
@@ -144,6 +145,15 @@ class ReleaseParams(BaseModel):
         pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
         max_length=20,
         description="The app release, as the viewing rows report it (for example 5.2.0).",
+    )
+
+
+class StatusParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: str = Field(
+        pattern=r"^[a-z][a-z_]{0,29}$",
+        description="A status billing events report (for example refunded).",
     )
 
 
@@ -311,6 +321,16 @@ ACTIONS: tuple[Action, ...] = (
         "the watch-time features of the customers who have such rows and reloads the online "
         "store. Their sessions still count.",
         ReleaseParams,
+        _minutes(45),
+        available=True,
+        service="feature-job",
+    ),
+    Action(
+        COUNT_AS_FAILED,
+        "Count billing events of one more status as failed charges: the feature job recomputes "
+        "the payment failures of the customers who have such events and reloads the online "
+        "store.",
+        StatusParams,
         _minutes(45),
         available=True,
         service="feature-job",

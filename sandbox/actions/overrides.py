@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, TypeAdapter
 
 from sandbox.actions.catalog import (
+    COUNT_AS_FAILED,
     ONLINE_STORE_JOBS,
     PAUSE_JOB,
     QUARANTINE_RELEASE,
@@ -106,6 +107,10 @@ class Overrides:
         """The app releases (device, app version) whose watch time is quarantined at `now`."""
         found = self.in_effect(QUARANTINE_RELEASE, now)
         return sorted({(e.params["device"], e.params["app_version"]) for e in found})
+
+    def failed_statuses(self, now: dt.datetime) -> list[str]:
+        """The billing statuses counted as failed charges at `now`, besides the job's own."""
+        return sorted({e.params["status"] for e in self.in_effect(COUNT_AS_FAILED, now)})
 
     def pauses(self, job: str, now: dt.datetime) -> list[Pause]:
         """The spans `job` has been paused by `now`: from a pause's effective time to that of the

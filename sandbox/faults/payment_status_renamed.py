@@ -76,6 +76,8 @@ class PaymentStatusRenamed(Fault[Params]):
         "retrain": "harmful",
         "set-decision-threshold": "mitigates",
         "set-imputation-fill": "no effect",
+        # The feature job counts the new name as it counts the old: the signal is back.
+        "count-as-failed-charge": "fixes",
     }
     title: ClassVar[str] = "Provider API migration renames failed charges to 'declined'"
     rating: ClassVar[Literal["easy", "medium", "hard"]] = "hard"
@@ -153,6 +155,9 @@ class PaymentStatusRenamed(Fault[Params]):
                 "api-migration", title, "the upstream migration that changed the status vocabulary"
             )
         ]
+
+    def acts_when(self) -> dict[str, dict[str, list[Any]]]:
+        return {"count-as-failed-charge": {"status": [NEW_STATUS]}}
 
     def symptoms(self, calendar: Calendar) -> list[Symptom]:
         # The migrated provider's customers: the feature drains for them only.

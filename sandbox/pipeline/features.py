@@ -40,6 +40,8 @@ FAST_RELEASE_SPEEDUP = 3.0
 
 WINDOW_DAYS = 28  # the long window; the job keeps this many days of raw rows
 RECENT_DAYS = 7  # the short window, its last days
+BILLING_DAYS = 30  # the billing window: the job keeps this many days of billing events
+FAILED_CHARGE = "failed"  # the billing status the job counts as a failed charge
 
 
 def feature_timestamp(calendar: Calendar, day: int) -> dt.datetime:
@@ -164,7 +166,7 @@ class FeatureJob:
         self.logs = logs
         self.customers = customers.select("customer_id", "signup_day", "monthly_price")
         self.viewing = ViewingWindow(self.customers["customer_id"].to_numpy())
-        self.billing: deque[pl.DataFrame] = deque(maxlen=30)
+        self.billing: deque[pl.DataFrame] = deque(maxlen=BILLING_DAYS)
         self.tickets: deque[pl.DataFrame] = deque(maxlen=30)
         self.fill_values: dict[str, float] | None = None
         self.runs: list[dict] = []
@@ -191,7 +193,7 @@ class FeatureJob:
         agg = self.viewing.aggregates()
         failures = (
             pl.concat(list(self.billing))
-            .filter(pl.col("status") == "failed")
+            .filter(pl.col("status") == FAILED_CHARGE)
             .group_by("customer_id")
             .agg(pl.len().alias("payment_failures_30d"))
         )

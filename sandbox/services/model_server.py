@@ -56,7 +56,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from sandbox import schema
-from sandbox.actions import deployment, progress, quarantine, retrain, rollback
+from sandbox.actions import deployment, progress, retrain, rollback, source_rules
 from sandbox.actions.catalog import BACKFILL_ONLINE_STORE, CATALOG, RERUN_BATCH, RETRAIN
 from sandbox.actions.overrides import Applied, Overrides, Pause
 from sandbox.faults.base import HookContext
@@ -342,34 +342,35 @@ class Refilled:
         return self._values
 
 
-class Quarantined:
-    """The online store's loads as the ops console's quarantines of app releases leave them
-    (`actions.quarantine`): each load's customers with quarantined rows get their watch-time
-    features recomputed. Made once per load and set of releases."""
+class SourceRules:
+    """The online store's loads as the ops console's changes to how the feature job reads its
+    sources leave them (`actions.source_rules`): a quarantined app release's watch time, a billing
+    status counted as a failed charge. Made once per load and set of rules."""
 
     def __init__(self, world_db: Path) -> None:
         self.world_db = world_db
-        self._made: dict[tuple[int, tuple[quarantine.Release, ...]], tuple[Snapshot, Snapshot]] = {}
+        self._made: dict[tuple[int, tuple[Any, ...]], tuple[Snapshot, Snapshot]] = {}
         self._lock = threading.Lock()
 
     def served(
-        self, snapshot: Snapshot | None, releases: Sequence[quarantine.Release]
+        self,
+        snapshot: Snapshot | None,
+        releases: Sequence[source_rules.Release],
+        statuses: Sequence[str],
     ) -> Snapshot | None:
-        if snapshot is None or not releases:
+        if snapshot is None or not (releases or statuses):
             return snapshot
-        key = (id(snapshot), tuple(releases))
+        key = (id(snapshot), (tuple(releases), tuple(statuses)))
         with self._lock:
             found = self._made.get(key)
             if found is None or found[0] is not snapshot:
-                day = quarantine.feature_date(self.world_db, snapshot.loaded_at)
-                values = (
-                    snapshot.values
-                    if day is None
-                    else quarantine.overlay(
-                        snapshot.values,
-                        snapshot.rows,
-                        quarantine.recompute(self.world_db, day, releases),
-                    )
+                values = source_rules.reloaded(
+                    self.world_db,
+                    snapshot.values,
+                    snapshot.rows,
+                    snapshot.loaded_at,
+                    releases,
+                    statuses,
                 )
                 found = (snapshot, replace(snapshot, values=values))
                 self._made[key] = found
@@ -406,7 +407,7 @@ class LiveModelServer:
         # Changes applied from the ops console, each in effect from its simulated time.
         self.overrides = Overrides(ctx.paths.run)
         self.refilled = Refilled(policy_fills(ctx.paths.duckdb))
-        self.quarantined = Quarantined(ctx.paths.duckdb)
+        self.source_rules = SourceRules(ctx.paths.duckdb)
         self._backfilled: set[str] = set()
         self._backfill_lock = threading.Lock()
         self.refresh_backfills()  # every backfill applied before a restart
@@ -617,10 +618,12 @@ class LiveModelServer:
 
     def snapshot(self, now: dt.datetime) -> Snapshot | None:
         """The online-store load served at `now`, with the console's pauses and rollbacks of the
-        feature server and its quarantines of app releases in effect."""
+        feature server and its changes to how the feature job reads its sources in effect."""
         world = self.store.at(now, self.overrides.online_store_pauses(now))
         loaded = self.rolled_back.served(now, world, self.overrides.entries())
-        return self.quarantined.served(loaded, self.overrides.quarantined(now))
+        return self.source_rules.served(
+            loaded, self.overrides.quarantined(now), self.overrides.failed_statuses(now)
+        )
 
     def store_age(self) -> float:
         now = self.ctx.now()

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from sandbox.actions.catalog import (
     CATALOG,
+    COUNT_AS_FAILED,
     MOVE_ALIAS,
     PAUSE_JOB,
     PIN_VERSION,
@@ -95,6 +96,8 @@ def test_bad_params_get_a_422_naming_the_field_and_nothing_changes(
             {"action": QUARANTINE_RELEASE, "params": {"device": "ios", "app_version": "5.2;--"}},
             "app_version",
         ),
+        ({"action": COUNT_AS_FAILED, "params": {"status": "failed"}}, "status"),
+        ({"action": COUNT_AS_FAILED, "params": {"status": "bounced"}}, "status"),
         # A release no viewing row reports (the world's are 5.x).
         (
             {"action": QUARANTINE_RELEASE, "params": {"device": "ios", "app_version": "9.9.9"}},

@@ -28,6 +28,7 @@ import pytest
 
 from sandbox import scenario
 from sandbox.actions.catalog import (
+    COUNT_AS_FAILED,
     MOVE_ALIAS,
     PIN_VERSION,
     QUARANTINE_RELEASE,
@@ -114,6 +115,15 @@ def _inflated_release(stack: Stack, fault_id: str) -> list[dict[str, Any]]:
     return [{"device": device, "app_version": version}]
 
 
+def _new_status(stack: Stack, fault_id: str) -> list[dict[str, Any]]:
+    """The billing status first reported in the last weeks, none before."""
+    (status,) = stack.sql(
+        "SELECT status FROM raw.billing_events GROUP BY status "
+        "HAVING min(event_ts) > (SELECT min(event_ts) + INTERVAL 14 DAY FROM raw.billing_events)"
+    )["rows"][0]
+    return [{"status": status}]
+
+
 def _champion(stack: Stack, fault_id: str) -> list[dict[str, Any]]:
     """The version the registry's champion alias names, as the model server's metadata shows."""
     meta = httpx.get(stack.url + "/services/model/metadata", headers=stack.candidate, timeout=10)
@@ -157,7 +167,9 @@ MITIGATIONS: dict[str, Mitigation] = {
     ),
     # A threshold moves every customer's decision, not only the migrated method's: it closes
     # a part of their gap.
-    "payment-status-renamed": Mitigation(SET_THRESHOLD, _budgeted_threshold, "flagged_share", 0.15),
+    "payment-status-renamed": Mitigation(
+        COUNT_AS_FAILED, _new_status, "served_payment_failures_30d", 0.5
+    ),
 }
 
 
@@ -467,4 +479,4 @@ def test_each_fault_mitigated_on_a_running_stack_moves_its_symptom_toward_contro
             verdicts = [
                 v["verdict"] for i in ids for v in judged_by[i]["verdicts"] if v["id"] == fault_id
             ]
-            assert set(verdicts) & set(HELPS), (fault_id, verdicts)
+            assert set(verdicts) & set(HELPS), (fault_id, verdicts, listed)

@@ -22,10 +22,11 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from sandbox.actions import deployment, quarantine, retrain
+from sandbox.actions import deployment, retrain, source_rules
 from sandbox.actions.catalog import (
     ACTIONS,
     CATALOG,
+    COUNT_AS_FAILED,
     MODEL_SERVER,
     MOVE_ALIAS,
     PIN_VERSION,
@@ -37,6 +38,7 @@ from sandbox.actions.catalog import (
     rolls_back,
 )
 from sandbox.actions.overrides import Applied
+from sandbox.pipeline.features import FAILED_CHARGE
 from sandbox.review import fills
 from sandbox.services.gateway.auth import Auth, Caller
 from sandbox.services.gateway.errors import invalid
@@ -127,10 +129,21 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
             wrong = [{"loc": ["body", "params", "version"], "msg": message, "type": "value_error"}]
             raise await refuse(422, "invalid", wrong)
     now = gw.ctx.now()
+    if action.id == COUNT_AS_FAILED:
+        status = detail["params"]["status"]
+        known = await run_in_threadpool(source_rules.statuses_reported, gw.ctx.paths.duckdb, now)
+        if status not in known or status == FAILED_CHARGE:
+            message = (
+                f"billing events count status {status} already"
+                if status == FAILED_CHARGE
+                else f"no billing event reports status {status}; they report: {', '.join(known)}"
+            )
+            wrong = [{"loc": ["body", "params", "status"], "msg": message, "type": "value_error"}]
+            raise await refuse(422, "invalid", wrong)
     if action.id == QUARANTINE_RELEASE:
         device, version = detail["params"]["device"], detail["params"]["app_version"]
         reported = await run_in_threadpool(
-            quarantine.versions_reported, gw.ctx.paths.duckdb, device, now
+            source_rules.versions_reported, gw.ctx.paths.duckdb, device, now
         )
         if version not in reported:
             message = (

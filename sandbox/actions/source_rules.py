@@ -1,16 +1,18 @@
-"""The ops console's quarantine of an app release's watch time (`quarantine-app-release`).
+"""How the feature job reads its sources, as the ops console changes it: features recomputed
+from the world's raw rows for the customers a changed rule touches, the online store reloaded.
 
-From its effective time the feature job treats the minutes watched that one release (a device
-family and app version) reports as not reported, as it treats a missing value: a customer whose
-windows hold such rows has the watch-time features recomputed from the rest of them, and a window
-left with too little watch time to trust is filled with the policy's fill value, as the job fills
-any. The online store is reloaded with them. Sessions and errors still count: the release's
-customers did watch.
+- `quarantine-app-release`: the minutes watched that one release (a device family and app
+  version) reports are treated as not reported, as the job treats a missing value. A customer
+  whose windows hold such rows has the watch-time features recomputed from the rest of them; a
+  window left with too little watch time to trust is filled with the policy's fill value, as the
+  job fills any. Sessions and errors still count: the release's customers did watch.
+- `count-as-failed-charge`: billing events of one more status count as failed charges in
+  `payment_failures_30d`, as `failed` does.
 
-The features are recomputed from the world's raw viewing rows with the feature job's definitions
-(`pipeline.features`: the windows, the coverage rule, the rounding); a customer with no
-quarantined row keeps what the job stored. `recompute(..., everyone=True)` recomputes every
-customer, which is how the tests hold this to the job's own values.
+Each recomputation uses the feature job's definitions (`pipeline.features`: the windows, the
+coverage rule, the rounding); a customer the rule does not touch keeps what the job stored.
+With `everyone=True` every customer is recomputed, which is how the tests hold them to the job's
+own values.
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ import numpy as np
 import polars as pl
 
 from sandbox.pipeline import store
-from sandbox.pipeline.features import MIN_COVERAGE, MODEL_FEATURES, RECENT_DAYS, WINDOW_DAYS
+from sandbox.pipeline.features import (
+    BILLING_DAYS,
+    FAILED_CHARGE,
+    MIN_COVERAGE,
+    MODEL_FEATURES,
+    RECENT_DAYS,
+    WINDOW_DAYS,
+)
 
 # The features made from the minutes watched.
 WATCH_TIME = ("avg_daily_minutes_7d", "avg_daily_minutes_28d", "minutes_per_session_28d")
+PAYMENT_FAILURES = "payment_failures_30d"
 
 Release = tuple[str, str]  # (device, app_version)
 
@@ -121,14 +131,71 @@ def recompute(
     )
 
 
-def overlay(values: np.ndarray, rows: dict[int, int], fresh: pl.DataFrame) -> np.ndarray:
-    """A copy of an online-store load's `values` (rows by customer id, columns `MODEL_FEATURES`)
-    with the `fresh` watch-time features of the customers it holds."""
+def statuses_reported(world_db: Path, by: dt.datetime) -> list[str]:
+    """The statuses billing events report, of the days up to `by`."""
+    with duckdb.connect(str(world_db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT DISTINCT status FROM raw.billing_events WHERE event_ts::DATE <= $by "
+            "AND status IS NOT NULL ORDER BY status",
+            {"by": by.date()},
+        ).fetchall()
+    return [v for (v,) in rows]
+
+
+def payment_failures(
+    world_db: Path, day: dt.date, statuses: Sequence[str], everyone: bool = False
+) -> pl.DataFrame:
+    """customer_id and `payment_failures_30d` of `day` with billing events of `statuses` counted
+    as failed charges too: for the customers with such an event in the window (`everyone`: for
+    every customer with a billing event in it)."""
+    counted = [FAILED_CHARGE, *statuses]
+    marks = ", ".join("?" for _ in counted)
+    extra = ", ".join("?" for _ in statuses) or "NULL"
+    chosen = (
+        "TRUE"
+        if everyone
+        else f"customer_id IN (SELECT customer_id FROM window_rows WHERE status IN ({extra}))"
+    )
+    sql = f"""
+        WITH window_rows AS (
+            SELECT customer_id, status FROM raw.billing_events
+            WHERE event_ts::DATE BETWEEN ? AND ?
+        )
+        SELECT customer_id, count(*) FILTER (WHERE status IN ({marks}))::DOUBLE
+        FROM window_rows WHERE {chosen} GROUP BY customer_id ORDER BY customer_id
+    """
+    first = day - dt.timedelta(days=BILLING_DAYS - 1)
+    params = [first, day, *counted, *([] if everyone else statuses)]
+    with duckdb.connect(str(world_db), read_only=True) as con:
+        rows = con.execute(sql, params).fetchall()
+    schema = {"customer_id": pl.Int64, PAYMENT_FAILURES: pl.Float64}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def reloaded(
+    world_db: Path,
+    values: np.ndarray,
+    rows: dict[int, int],
+    loaded_at: dt.datetime,
+    releases: Sequence[Release],
+    statuses: Sequence[str],
+) -> np.ndarray:
+    """An online-store load's `values` (rows by customer id, columns `MODEL_FEATURES`) as a
+    reload at `loaded_at` leaves them with the quarantined `releases` and the `statuses`
+    counted as failed charges: a copy, or `values` itself when nothing changes."""
+    day = feature_date(world_db, loaded_at)
+    fresh = [
+        *([recompute(world_db, day, releases)] if day and releases else []),
+        *([payment_failures(world_db, day, statuses)] if day and statuses else []),
+    ]
+    if not fresh:
+        return values
     values = values.copy()
-    ids = fresh["customer_id"].to_list()
-    held = [i for i, c in enumerate(ids) if c in rows]
-    where = np.array([rows[ids[i]] for i in held], dtype=np.int64)
-    for feature in WATCH_TIME:
-        column = fresh[feature].to_numpy().astype(float)
-        values[where, MODEL_FEATURES.index(feature)] = column[held]
+    for frame in fresh:
+        ids = frame["customer_id"].to_list()
+        held = [i for i, c in enumerate(ids) if c in rows]
+        where = np.array([rows[ids[i]] for i in held], dtype=np.int64)
+        for feature in frame.columns[1:]:
+            column = frame[feature].to_numpy().astype(float)
+            values[where, MODEL_FEATURES.index(feature)] = column[held]
     return values
