@@ -101,6 +101,10 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
         )
         return HTTPException(status, error)
 
+    async def wrong_param(field: str, message: str) -> HTTPException:
+        error = [{"loc": ["body", "params", field], "msg": message, "type": "value_error"}]
+        return await refuse(422, "invalid", error)
+
     if not _actions_on(gw, who):
         raise await refuse(403, "refused", OFF)
     action = CATALOG.get(body.action)
@@ -126,34 +130,11 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
         if version not in registered:
             known = ", ".join(sorted(registered, key=int))
             message = f"the registry has no churn-model version {version}; registered: {known}"
-            wrong = [{"loc": ["body", "params", "version"], "msg": message, "type": "value_error"}]
-            raise await refuse(422, "invalid", wrong)
+            raise await wrong_param("version", message)
     now = gw.ctx.now()
-    if action.id == COUNT_AS_FAILED:
-        status = detail["params"]["status"]
-        known = await run_in_threadpool(source_rules.statuses_reported, gw.ctx.paths.duckdb, now)
-        if status not in known or status == FAILED_CHARGE:
-            message = (
-                f"billing events count status {status} already"
-                if status == FAILED_CHARGE
-                else f"no billing event reports status {status}; they report: {', '.join(known)}"
-            )
-            wrong = [{"loc": ["body", "params", "status"], "msg": message, "type": "value_error"}]
-            raise await refuse(422, "invalid", wrong)
-    if action.id == QUARANTINE_RELEASE:
-        device, version = detail["params"]["device"], detail["params"]["app_version"]
-        reported = await run_in_threadpool(
-            source_rules.versions_reported, gw.ctx.paths.duckdb, device, now
-        )
-        if version not in reported:
-            message = (
-                f"no {device} viewing rows report app version {version}; "
-                f"they report: {', '.join(reported) or 'none'}"
-            )
-            wrong = [
-                {"loc": ["body", "params", "app_version"], "msg": message, "type": "value_error"}
-            ]
-            raise await refuse(422, "invalid", wrong)
+    unknown = await run_in_threadpool(_unreported_source, gw, action.id, detail["params"], now)
+    if unknown is not None:
+        raise await wrong_param(*unknown)
     if action.id == SET_FILL and detail["params"]["policy"] == "training-mean":
         feature = detail["params"]["feature"]
         reference = await run_in_threadpool(fills.reference, gw.ctx.world)
@@ -171,8 +152,7 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
         problem = retrain.window_error(gw.ctx.calendar, chosen)
         if problem is not None:
             where = "newest_score_date" if asked.get("newest_score_date") else "days"
-            wrong = [{"loc": ["body", "params", where], "msg": problem, "type": "value_error"}]
-            raise await refuse(422, "invalid", wrong)
+            raise await wrong_param(where, problem)
     if action.id == RESUME_JOB:
         job = detail["params"]["job"]
         if gw.overrides.paused(job, now + action.delay) is None:
@@ -201,6 +181,32 @@ async def apply(body: ActionRequest, request: Request, who: Auth) -> dict[str, A
         "effective_at": applied.effective_at.isoformat(),
         "message": f"{action.id} requested; in effect from {applied.effective_at:%Y-%m-%d %H:%M}",
     }
+
+
+def _unreported_source(
+    gw: Gateway, action: str, params: dict[str, Any], now: dt.datetime
+) -> tuple[str, str] | None:
+    """The parameter and why, when a change to how the feature job reads its sources names a
+    release or status the world's raw rows do not report by `now`."""
+    db = gw.ctx.paths.duckdb
+    if action == COUNT_AS_FAILED:
+        status = params["status"]
+        if status == FAILED_CHARGE:
+            return "status", f"billing events of status {status} count already"
+        known = source_rules.statuses_reported(db, now)
+        if status not in known:
+            return "status", f"no billing event reports status {status}; they report: " + (
+                ", ".join(known)
+            )
+    if action == QUARANTINE_RELEASE:
+        device, version = params["device"], params["app_version"]
+        reported = source_rules.versions_reported(db, device, now)
+        if version not in reported:
+            return "app_version", (
+                f"no {device} viewing rows report app version {version}; "
+                f"they report: {', '.join(reported) or 'none'}"
+            )
+    return None
 
 
 def _deployable(gw: Gateway) -> set[str]:
