@@ -77,6 +77,7 @@ RETRIEVAL = "retrieval"
 SCHEDULER = "scheduler"  # the scheduled jobs: materialization and the drift monitor
 GATEWAY = "gateway"
 EVERY_SERVICE = "*"  # every process of the stack writes log lines
+SERVED_ALIAS = "champion"  # the registry alias the model servers follow
 # SQL: the first daily batch the live model server runs itself (after a change applied from the
 # ops console); the world's batch rows and lines stand before it. Set per query with the clock.
 WORLD_BATCH_UNTIL = "getvariable('world_batch_until')"

@@ -13,9 +13,11 @@ from sandbox.actions.catalog import (
     ACTIONS,
     BACKFILL_ONLINE_STORE,
     CATALOG,
+    COUNT_AS_FAILED,
     MOVE_ALIAS,
     PAUSE_JOB,
     PIN_VERSION,
+    QUARANTINE_RELEASE,
     REBUILD_INDEX,
     RERUN_BATCH,
     RESTORE_SERIES,
@@ -73,6 +75,8 @@ def test_the_catalog_describes_every_action_without_a_verdict() -> None:
         RESUME_JOB,
         RESTORE_SERIES,
         RERUN_BATCH,
+        QUARANTINE_RELEASE,
+        COUNT_AS_FAILED,
     }
 
 
@@ -173,8 +177,11 @@ def test_a_verdict_that_needs_a_parameter_value_holds_only_with_it() -> None:
 
 
 def test_every_parameter_a_verdict_needs_is_one_its_action_takes_with_valid_values() -> None:
-    for cls in fault_registry.catalog().values():
-        fault = cls(cls.Params())
+    planted = [
+        *(cls(cls.Params()) for cls in fault_registry.catalog().values()),
+        *(cls(cls.Params()) for cls in decoy_registry.catalog().values()),
+    ]
+    for fault in planted:
         for action, needs in fault.acts_when().items():
             assert fault.actions.get(action) in ("mitigates", "fixes", "harmful"), fault.id
             fields = CATALOG[action].params.model_fields
@@ -191,6 +198,8 @@ def _valid(action: str) -> dict:
         SET_FILL: {"feature": "avg_daily_minutes_7d", "fill_value": 1.0},
         PAUSE_JOB: {"job": "materialization"},
         SET_DRIFT_WINDOW: {"days": 42},
+        QUARANTINE_RELEASE: {"device": "android", "app_version": "5.2.0"},
+        COUNT_AS_FAILED: {"status": "refunded"},
     }.get(action, {})
 
 

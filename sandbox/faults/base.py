@@ -26,8 +26,7 @@ from sandbox.clock import Calendar
 from sandbox.difficulty import DEFAULT, Tier
 from sandbox.faults.context import NO_DATA, HookContext, WorldData
 from sandbox.faults.hooks import HOOK_POINTS, same_type
-from sandbox.pipeline.registry import CHAMPION
-from sandbox.schema import Column
+from sandbox.schema import SERVED_ALIAS, Column
 
 __all__ = ["HookContext", "WorldData"]
 
@@ -394,7 +393,7 @@ class Fault(Planted, Generic[P]):
         if self.actions.get("rollback-deploy", "no effect") != "no effect":
             when["rollback-deploy"] = {"service": [self.rollback_service]}
         if self.actions.get("move-alias", "no effect") != "no effect":
-            when["move-alias"] = {"alias": [CHAMPION]}
+            when["move-alias"] = {"alias": [SERVED_ALIAS]}
         return when
 
     def symptoms(self, calendar: Calendar) -> list[Symptom]:

@@ -22,10 +22,11 @@ from typing import Any
 
 from sandbox.layout import user_cache
 from sandbox.pipeline import compiled, registry_stamp
+from sandbox.schema import SERVED_ALIAS
 
 CHURN_MODEL = "churn-model"
 TICKET_ENCODER = "ticket-encoder"
-CHAMPION = "champion"
+CHAMPION = SERVED_ALIAS
 # skops refuses types it cannot audit; the world's own gradient-boosted trees are ours to trust.
 SKOPS_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 

@@ -5,23 +5,17 @@ then nothing changes).
 - stale-decision-threshold: a retrain changed the score scale while the servers kept the old
   cut-off. The served version's own run records the threshold that flags its budgeted share;
   setting the servers to it brings the share flagged back to control's, the scores unchanged.
-- served-version-mismatch: the servers load the newest registered version (an ablation) instead
-  of the champion. Pinning the champion brings the live scores back to control's.
-- duplicate-billing-events: payment failures counted twice flag more customers. A threshold that
-  flags the share flagged before the onset brings the flagged share back toward control's.
 - payment-status-renamed: failed charges renamed by a provider's new API go uncounted, so fewer
   of the migrated method's customers are flagged. The same budgeted threshold brings their
   flagged share back toward control's, at the price of flagging the other customers more.
 - online-store-stale: a shard of the online store serves frozen features. A backfill from the
   offline store brings the live scores back toward control's until the next scheduled load;
   rolling the feature server back past the cutover does it for the loads after it too.
-- training-time-travel and retrain-immature-labels: the latest release learned from data it
-  should not have. Rolling the model server back to the deployment before brings the live scores
-  back toward control's.
 - serving-default-fallback: a configuration rollout cut the feature lookup deadline, so at peak
   a share of requests is scored on zeros. Rolling back past that rollout ends it.
-- metric-series-dropped: a release moved the server to async workers, and a share of requests
-  fails at peak. Rolling back past that release ends the failures (control has none).
+
+Every fault's mitigation is also measured on a running stack (`test_mitigations.py`); these check
+what that does not: nothing before the effective time, what else moves, what it costs.
 """
 
 from __future__ import annotations
@@ -39,7 +33,6 @@ from sandbox import scenario
 from sandbox.actions.catalog import (
     BACKFILL_ONLINE_STORE,
     CATALOG,
-    PIN_VERSION,
     ROLLBACK,
     SET_THRESHOLD,
 )
@@ -124,59 +117,6 @@ def _score_gap(
     return lambda: float(np.mean(np.abs(np.array(_flagged(live, customers)[1]) - truth)))
 
 
-def test_pinning_the_champion_brings_the_live_scores_back_to_control(
-    worlds: Worlds, control_world: BuildSummary, tmp_path: Path
-) -> None:
-    mismatched = worlds.get("version-mismatch")
-    calendar = scenario.load(WorldPaths(mismatched.root).scenario).world.calendar()
-    requested = calendar.at(calendar.last_production_day + 1, 10.0)
-    control = _server(control_world, tmp_path / "control", requested)
-    live = _server(mismatched, tmp_path / "mismatched", requested)
-    gap = _score_gap(live, control, _customers(live, control, requested))
-    champion = Registry.read(live.ctx.paths.mlflow).aliases["champion"]
-    assert live.record.model_version != champion  # what the registry says is not what serves
-    before = gap()
-    applied = _applied(PIN_VERSION, {"version": champion}, requested)
-    Overrides(live.ctx.paths.run).append(applied)
-    assert gap() == before  # not in effect yet
-
-    _forward(live, applied.effective_at + dt.timedelta(minutes=1))
-    assert gap() <= before / 2, (gap(), before)
-
-
-# The share of the gap to control a rollback must close. The immature-labels world has a second
-# fault (an upstream unit change in a feature) that no model version undoes.
-@pytest.mark.parametrize(("world", "closed"), [("time-travel", 0.5), ("immature-labels", 0.3)])
-def test_rolling_back_the_release_brings_the_live_scores_back_toward_control(
-    worlds: Worlds, control_world: BuildSummary, tmp_path: Path, world: str, closed: float
-) -> None:
-    built = worlds.get(world)
-    calendar = scenario.load(WorldPaths(built.root).scenario).world.calendar()
-    requested = calendar.at(calendar.last_production_day + 1, 10.0)
-    control = _server(control_world, tmp_path / "control", requested)
-    live = _server(built, tmp_path / world, requested)
-    gap = _score_gap(live, control, _customers(live, control, requested))
-    before, released = gap(), live.record.model_version
-    # Each rollback goes back one deployment: as many as went out from the release on (a rollout
-    # of the server's code a fault planted after it is one more, as in the time-travel world).
-    history = live.baseline.history
-    since = len(history) - next(i for i, d in enumerate(history) if d.version == released)
-    at = requested
-    for n in range(since):
-        applied = _applied(ROLLBACK, {"service": "model-server"}, at)
-        Overrides(live.ctx.paths.run).append(applied.model_copy(update={"id": f"rollback-{n}"}))
-        assert gap() == before  # not in effect yet, or only past a rollout of code
-        at = applied.effective_at + dt.timedelta(minutes=1)
-        _forward(live, at)
-    assert gap() <= before * (1 - closed), (gap(), before)
-    _, rows = live.predict(
-        [PredictRequest(customer_id=c) for c in _customers(live, control, requested)[:1]],
-        time.perf_counter(),
-        batch=True,
-    )
-    assert rows[0]["model_version"] != released
-
-
 def _budget(live: LiveModelServer, fault_id: str) -> float:
     """The share of customers the world's batch flagged in the week before `fault_id`'s onset:
     the retention budget a candidate restores with the threshold."""
@@ -190,41 +130,6 @@ def _budget(live: LiveModelServer, fault_id: str) -> float:
             {"start": onset - dt.timedelta(days=7), "end": onset - dt.timedelta(days=1)},
         ).fetchone()
     return float(share)
-
-
-DUPLICATES = "duplicate-billing-events"
-
-
-def test_a_threshold_at_the_budgeted_share_brings_the_flagged_share_back_toward_control(
-    worlds: Worlds, control_world: BuildSummary, tmp_path: Path
-) -> None:
-    """Billing events delivered twice inflate payment failures, so more customers are flagged.
-    The model is unchanged: the threshold that flags the share the batch flagged before the
-    onset, of today's scores, brings the flagged share back toward control's."""
-    world = "monitoring"
-    built = worlds.get(world)
-    calendar = scenario.load(WorldPaths(built.root).scenario).world.calendar()
-    requested = calendar.at(calendar.last_production_day + 1, 10.0)
-    control = _server(control_world, tmp_path / "control", requested)
-    live = _server(built, tmp_path / world, requested)
-    customers = _customers(live, control, requested)
-
-    in_control, _ = _flagged(control, customers)
-    before, _ = _flagged(live, customers)
-    gap = abs(before - in_control)
-    assert gap > in_control / 4, (before, in_control)
-    # The budget is a share of every customer the batch scores, not of the few measured here.
-    snapshot = live.store.at(requested)
-    assert snapshot is not None
-    _, scores = _flagged(live, sorted(snapshot.rows))
-    threshold = float(np.quantile(scores, 1 - _budget(live, DUPLICATES)))
-    applied = _applied(SET_THRESHOLD, {"threshold": threshold}, requested)
-    Overrides(live.ctx.paths.run).append(applied)
-    assert _flagged(live, customers)[0] == before  # not in effect yet
-
-    _forward(live, applied.effective_at + dt.timedelta(minutes=1))
-    after, _ = _flagged(live, customers)
-    assert abs(after - in_control) <= gap / 2, (after, in_control, before)
 
 
 PAYMENT_RENAMED = "payment-status-renamed"
@@ -417,30 +322,3 @@ def test_rolling_back_past_the_deadline_cut_stops_the_zero_vectors_at_peak(
         at = rollback.effective_at + dt.timedelta(minutes=1)
         _forward(live, at)
     assert _zero_share(live, customers) == 0.0
-
-
-def test_rolling_back_past_the_pool_release_stops_the_peak_errors(
-    worlds: Worlds, control_world: BuildSummary, tmp_path: Path
-) -> None:
-    """metric-series-dropped: the release that moved the server to async workers fails a share
-    of requests at the evening peak (control fails none). Its deploy history holds that release
-    though no model changed with it: rolling back past it ends the failures."""
-    built = worlds.get("time-travel")
-    calendar = scenario.load(WorldPaths(built.root).scenario).world.calendar()
-    peak = calendar.at(calendar.last_production_day + 1, 20.5)
-    live = _server(built, tmp_path / "time-travel", peak)
-    control = _server(control_world, tmp_path / "control", peak)
-    customers = _customers(live, control, peak)[:300]
-
-    def failed(server: LiveModelServer) -> float:
-        _, rows = server.predict([PredictRequest(customer_id=c) for c in customers], 0.0)
-        return float(np.mean([r["status"] == "error" for r in rows]))
-
-    assert failed(control) == 0.0
-    assert failed(live) > 0.1
-    rollback = _applied(ROLLBACK, {"service": "model-server"}, peak)
-    Overrides(live.ctx.paths.run).append(rollback)
-    at = rollback.effective_at + dt.timedelta(minutes=1)
-    _forward(live, at)
-    _forward(control, at)
-    assert failed(live) == failed(control) == 0.0
