@@ -54,7 +54,7 @@ def test_with_nothing_quarantined_the_recomputation_is_the_feature_jobs(
     control_world: BuildSummary,
 ) -> None:
     day = _last_day(control_world)
-    fresh = source_rules.recompute(WorldPaths(control_world.root).duckdb, day, [], everyone=True)
+    fresh = source_rules.watch_time(WorldPaths(control_world.root).duckdb, day, [], everyone=True)
     stored = _stored(control_world, day)
     joined = stored.join(fresh, on="customer_id", suffix="_fresh")
     # Every customer the store holds with a viewing row in the window (the others have none).
@@ -109,7 +109,7 @@ def test_quarantining_the_changed_release_brings_its_customers_watch_time_toward
     day = _last_day(built)
     db = WorldPaths(built.root).duckdb
 
-    fresh = source_rules.recompute(db, day, [release])
+    fresh = source_rules.watch_time(db, day, [release])
     assert fresh.height > 50  # the release's customers
     compared = fresh.join(_stored(built, day), on="customer_id", suffix="_stored").join(
         _stored(control_world, day), on="customer_id", suffix="_control"
@@ -124,7 +124,7 @@ def test_quarantining_the_changed_release_brings_its_customers_watch_time_toward
     assert fresh.select(pl.col(list(WATCH_TIME)).null_count()).sum_horizontal().item() == 0
 
     # A release no row reports changes nobody.
-    assert source_rules.recompute(db, day, [("web", "0.0.1")]).height == 0
+    assert source_rules.watch_time(db, day, [("web", "0.0.1")]).height == 0
 
 
 def test_the_review_judges_a_counted_status_by_the_status_it_names(worlds: Worlds) -> None:

@@ -64,7 +64,7 @@ def versions_reported(world_db: Path, device: str, by: dt.datetime) -> list[str]
     return [v for (v,) in rows]
 
 
-def policy_fills(con: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, float]:
+def fills_in_effect(con: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, float]:
     """The imputation policy's fill value of each feature for the features of `day`."""
     rows = con.execute(
         "SELECT feature, arg_max(fill_value, effective_from) FROM feature_store.imputation_policy "
@@ -74,7 +74,7 @@ def policy_fills(con: duckdb.DuckDBPyConnection, day: dt.date) -> dict[str, floa
     return {feature: float(value) for feature, value in rows}
 
 
-def recompute(
+def watch_time(
     world_db: Path, day: dt.date, releases: Sequence[Release], everyone: bool = False
 ) -> pl.DataFrame:
     """customer_id and the watch-time features of `day` with the `releases`' minutes taken as
@@ -122,7 +122,7 @@ def recompute(
     params = [first_long, day, first_short, *flat, *([] if everyone else flat)]
     with duckdb.connect(str(world_db), read_only=True) as con:
         rows = con.execute(sql, params).fetchall()
-        fills = policy_fills(con, day)
+        fills = fills_in_effect(con, day)
     schema = {"customer_id": pl.Int64, **dict.fromkeys(WATCH_TIME, pl.Float64)}
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     return frame.with_columns(
@@ -185,7 +185,7 @@ def reloaded(
     counted as failed charges: a copy, or `values` itself when nothing changes."""
     day = feature_date(world_db, loaded_at)
     fresh = [
-        *([recompute(world_db, day, releases)] if day and releases else []),
+        *([watch_time(world_db, day, releases)] if day and releases else []),
         *([payment_failures(world_db, day, statuses)] if day and statuses else []),
     ]
     if not fresh:

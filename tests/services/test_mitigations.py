@@ -11,7 +11,9 @@ through `POST /api/actions` with the parameters a candidate would choose from wh
 shows, the interviewer moves simulated time on `HOURS`, and the symptoms are measured again. The
 control world's stack is driven the same way at the same simulated times. The gap to control
 must close by the share `MITIGATIONS` states for the fault; the review must credit the action.
-A world's faults are mitigated one after another on its stack, each day at 20:00.
+A world's faults are mitigated one after another on its stack, each day at 20:00. Before them an
+action beside the point of every planted fault leaves each symptom where it was; after them a
+harmful action (`HARMS`) leaves its fault's symptom further off than the fault did.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from sandbox.faults.base import Symptom
 from sandbox.faults.registry import catalog
 from sandbox.layout import WorldPaths
 from sandbox.pipeline import deploy
-from sandbox.review.actions import HELPS, NO_EFFECT, verdict_of
+from sandbox.review.actions import HARMFUL, HELPS, NO_EFFECT, verdict_of
 from sandbox.testing import Worlds, connect
 from sandbox.world.build import BuildSummary
 from tests.conftest import FAULT_WORLDS, scenario_for
@@ -170,6 +172,21 @@ MITIGATIONS: dict[str, Mitigation] = {
     "payment-status-renamed": Mitigation(
         COUNT_AS_FAILED, _new_status, "served_payment_failures_30d", 0.5
     ),
+}
+
+
+def _fills_further_off(replies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each fill the mitigation set (the training mean), set to three times that instead."""
+    return [
+        {"feature": r["params"]["feature"], "fill_value": round(3 * r["params"]["fill_value"], 4)}
+        for r in replies
+    ]
+
+
+# fault id -> an action that makes its symptom worse than the fault left it, applied after its
+# mitigation (as the gateway answered it): (action, its requests from those answers).
+HARMS: dict[str, tuple[str, Callable[[list[dict[str, Any]]], list[dict[str, Any]]]]] = {
+    "feature-nulls-wrong-mean": (SET_FILL, _fills_further_off),
 }
 
 
@@ -337,17 +354,23 @@ def _judged(world: Path) -> list[Symptom]:
 Levels = dict[tuple[Symptom, dt.datetime], float | None]
 
 
-def _times(world: Path, faults: int) -> list[dt.datetime]:
+def _times(world: Path, steps: int) -> list[dt.datetime]:
     """When symptoms are measured: 20:00 and 20:45 of the first live day (an action beside the
     point goes in between; the same hour of the peak), then 20:00 of each next day, one per
-    fault mitigated."""
+    fault mitigated and per harm done."""
     calendar = scenario.load(WorldPaths(world).scenario).world.calendar()
     first = calendar.last_production_day + 1
     return [
         calendar.at(first, PEAK),
         calendar.at(first, PEAK + 0.75),
-        *(calendar.at(first + d, PEAK) for d in range(1, faults + 1)),
+        *(calendar.at(first + d, PEAK) for d in range(1, steps + 1)),
     ]
+
+
+def _steps(name: str) -> int:
+    """The days a fault world's test goes on after the first: a mitigation or a harm each."""
+    faults = _world_faults(name)
+    return len(faults) + sum(f in HARMS for f in faults)
 
 
 @pytest.fixture(scope="module")
@@ -362,11 +385,11 @@ def control_levels(
     symptoms = sorted(
         {s for name in FAULT_WORLDS for s in _judged(worlds.get(name).root)}, key=lambda s: s.id
     )
-    faults = max(len(_world_faults(name)) for name in FAULT_WORLDS)
+    steps = max(_steps(name) for name in FAULT_WORLDS)
     measured: Levels = {}
     with acting_stack(control_world, tmp_path_factory) as stack:
         now = model_now(stack)
-        for at in _times(stack.world, faults):
+        for at in _times(stack.world, steps):
             now = _go_to(stack, at, now)
             measured |= {
                 (s, at): level for s, level in _measure(stack, sample, symptoms, at).items()
@@ -426,17 +449,18 @@ def test_each_fault_mitigated_on_a_running_stack_moves_its_symptom_toward_contro
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """An action beside the point leaves every judged symptom where it was (its gap to control
-    within a tenth); then each fault's mitigation closes its symptom's gap by its share."""
+    within a tenth); then each fault's mitigation closes its symptom's gap by its share; then a
+    harmful action leaves it further off than the fault did."""
     built = worlds.get(world)
     faults = _world_faults(world)
     declared = _declared(built.root)
     judged = {f: next(s for s in declared[f] if s.id == MITIGATIONS[f].series) for f in faults}
     symptoms = list(judged.values())
     levels: Levels = {}
-    applied: dict[str, list[str]] = {}  # fault id -> its actions' ids in the review
+    replies: dict[str, list[dict[str, Any]]] = {}  # fault id -> its mitigation's 202 answers
     rollbacks = 0
     with acting_stack(built, tmp_path_factory) as stack:
-        times = _times(stack.world, len(faults))
+        times = _times(stack.world, _steps(world))
         now = _go_to(stack, times[0], model_now(stack))
 
         def measure(at: dt.datetime) -> None:
@@ -460,7 +484,7 @@ def test_each_fault_mitigated_on_a_running_stack_moves_its_symptom_toward_contro
                 assert times_back > 0, fault_id
                 rollbacks += times_back
                 requests = requests * times_back
-            applied[fault_id] = [act(stack, mitigation.action, p)["id"] for p in requests]
+            replies[fault_id] = [act(stack, mitigation.action, p) for p in requests]
             before, after = times[n + 1], times[n + 2]
             now = _go_to(stack, after, now)
             measure(after)
@@ -469,14 +493,36 @@ def test_each_fault_mitigated_on_a_running_stack_moves_its_symptom_toward_contro
             left = _gap(levels, control_levels, symptom, after)
             assert left <= was * (1 - mitigation.closes), (fault_id, symptom.id, was, left, levels)
 
+        harms: dict[str, list[str]] = {}
+        for n, fault_id in enumerate(f for f in faults if f in HARMS):
+            action, requests = HARMS[fault_id]
+            harms[fault_id] = [act(stack, action, p)["id"] for p in requests(replies[fault_id])]
+            after = times[len(faults) + 2 + n]
+            now = _go_to(stack, after, now)
+            measure(after)
+            symptom = judged[fault_id]
+            faulty = _gap(levels, control_levels, symptom, times[1])
+            harmed = _gap(levels, control_levels, symptom, after)
+            assert harmed > faulty, (fault_id, symptom.id, faulty, harmed, levels)
+
         # The review lists them in the order applied, each judged as the symptoms moved.
         listed = [a for a in review(stack)["actions"] if a["status"] == "applied"]
-        ours = [beside["id"], *(i for ids in applied.values() for i in ids)]
+        ours = [
+            beside["id"],
+            *(r["id"] for answers in replies.values() for r in answers),
+            *(i for ids in harms.values() for i in ids),
+        ]
         assert len(listed) == len(ours)
         judged_by = dict(zip(ours, listed, strict=True))
         assert judged_by[beside["id"]]["verdict"] == NO_EFFECT
-        for fault_id, ids in applied.items():
-            verdicts = [
+
+        def verdicts(fault_id: str, ids: list[str]) -> set[str]:
+            return {
                 v["verdict"] for i in ids for v in judged_by[i]["verdicts"] if v["id"] == fault_id
-            ]
-            assert set(verdicts) & set(HELPS), (fault_id, verdicts, listed)
+            }
+
+        for fault_id, answers in replies.items():
+            helped = verdicts(fault_id, [r["id"] for r in answers])
+            assert helped & set(HELPS), (fault_id, helped, listed)
+        for fault_id, ids in harms.items():
+            assert verdicts(fault_id, ids) == {HARMFUL}, (fault_id, listed)
