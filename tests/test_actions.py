@@ -176,6 +176,44 @@ def test_a_verdict_that_needs_a_parameter_value_holds_only_with_it() -> None:
     assert review(timeline, key)["list"][0]["verdict"] == "mitigates"
 
 
+def test_a_version_helps_only_if_it_served_before_the_fault_began() -> None:
+    """A pin, or champion moved, back to the release before the fault helps; to the version the
+    fault shipped, or one that never served, it does not; another alias never does."""
+    began = dt.datetime(2026, 3, 15)
+    key = {
+        "faults": [
+            {
+                "fault_id": "leak",
+                "actions": {PIN_VERSION: "mitigates", MOVE_ALIAS: "mitigates"},
+                "acts_when": {MOVE_ALIAS: {"alias": ["champion"]}},
+                "evidence": [
+                    {"kind": "changelog", "window_start": "2026-03-14"},
+                    {"kind": "table_column", "window_start": began.date().isoformat()},
+                ],
+            }
+        ]
+    }
+    served = {"1": dt.datetime(2026, 2, 1), "2": began + dt.timedelta(hours=6)}
+
+    def judged(action: str, params: dict) -> str:
+        return verdict_of(action, key, params, served=served)[0]
+
+    assert judged(PIN_VERSION, {"version": "1"}) == "mitigates"
+    assert judged(PIN_VERSION, {"version": "2"}) == "no effect"  # the fault's own
+    assert judged(PIN_VERSION, {"version": "3"}) == "no effect"  # registered, never served
+    assert judged(MOVE_ALIAS, {"alias": "champion", "version": "1"}) == "mitigates"
+    assert judged(MOVE_ALIAS, {"alias": "champion", "version": "2"}) == "no effect"
+    assert judged(MOVE_ALIAS, {"alias": "shadow", "version": "1"}) == "no effect"
+    # Without the world's versions (none could be read) the declared verdict stands.
+    assert verdict_of(PIN_VERSION, key, {"version": "2"})[0] == "mitigates"
+    timeline = [
+        _event(1, 30, PIN_VERSION, "applied", {"version": "2"}),
+        _event(2, 60, PIN_VERSION, "applied", {"version": "1"}),
+    ]
+    listed = review(timeline, key, versions=lambda: served)["list"]
+    assert [a["verdict"] for a in listed] == ["no effect", "mitigates"]
+
+
 def test_every_parameter_a_verdict_needs_is_one_its_action_takes_with_valid_values() -> None:
     planted = [
         *(cls(cls.Params()) for cls in fault_registry.catalog().values()),

@@ -6,32 +6,54 @@ A new fill value or decision threshold is judged by its value too: a fill agains
 training-time mean (`fills`), a threshold against the share of the batch the retention team plans
 to flag (`thresholds`). It helps a fault that declares it helps only when it brings its quantity
 on target or at least halfway back; it harms whatever was planted when it moves it further away;
-it changes nothing when it leaves it where it was."""
+it changes nothing when it leaves it where it was. A pinned version, or the version champion is
+moved to, helps a fault that declares it helps only when it served before the fault began
+(`versions`): the version the fault shipped, or one that never served, is no way back."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.actions.catalog import SET_FILL, SET_THRESHOLD
+from sandbox.actions.catalog import MOVE_ALIAS, PIN_VERSION, SET_FILL, SET_THRESHOLD
 from sandbox.pipeline.train import FLAGGED_SHARE
+from sandbox.review import recovery
 from sandbox.review.fills import FillReference, judge
 from sandbox.review.thresholds import ThresholdReference, judge_share
 from sandbox.review.times import naive_utc
+from sandbox.review.versions import FirstServed
+from sandbox.schema import SERVED_ALIAS
 
 HELPS = ("fixes", "mitigates")
 NO_EFFECT = "no effect"
 HARMFUL = "harmful"
 
 
-def _verdict(key: dict[str, Any], action: str, params: dict[str, Any]) -> str:
+def _verdict(
+    key: dict[str, Any],
+    action: str,
+    params: dict[str, Any],
+    served: FirstServed | None = None,
+) -> str:
     """What `action` with `params` does to one planted fault or decoy: its declared verdict,
-    unless the verdict holds only for other values of a parameter (`acts_when`)."""
+    unless the verdict holds only for other values of a parameter (`acts_when`), or it helps by
+    the version it deploys and that version did not serve before the fault began (`served`,
+    when each version first served; None: not checked)."""
     declared = str(key.get("actions", {}).get(action, NO_EFFECT))
     needs = key.get("acts_when", {}).get(action, {})
     if any(params.get(name) not in values for name, values in needs.items()):
         return NO_EFFECT
+    if declared in HELPS and served is not None and _deploys_a_version(action, params):
+        began = recovery.onset(key)
+        first = served.get(str(params.get("version")))
+        if began is not None and (first is None or first >= began):
+            return NO_EFFECT
     return declared
+
+
+def _deploys_a_version(action: str, params: dict[str, Any]) -> bool:
+    """A pin, or a move of the alias the servers follow: what the servers serve is a version."""
+    return action == PIN_VERSION or (action == MOVE_ALIAS and params.get("alias") == SERVED_ALIAS)
 
 
 def _judged(declared: str, moved: str | None) -> str:
@@ -51,6 +73,7 @@ def verdict_of(
     answer_key: dict[str, Any],
     params: dict[str, Any] | None = None,
     moved: str | None = None,
+    served: FirstServed | None = None,
 ) -> tuple[str, list[dict[str, str]]]:
     """The overall verdict of applying `action` with `params` in this world, and the verdict per
     planted fault or decoy. One that names no verdict for it is not affected. A harm anywhere
@@ -68,7 +91,7 @@ def verdict_of(
     for kind, pid, key in planted:
         if not isinstance(key, dict):
             continue
-        verdict = _judged(_verdict(key, action, params or {}), moved)
+        verdict = _judged(_verdict(key, action, params or {}, served), moved)
         each.append({"kind": kind, "id": str(pid), "verdict": verdict})
     verdicts = {e["verdict"] for e in each} | ({HARMFUL} if moved == "harms" else set())
     for overall in ("harmful", "fixes", "mitigates"):
@@ -82,12 +105,14 @@ def review(
     answer_key: dict[str, Any],
     fills: Callable[[], FillReference | None] | None = None,
     thresholds: Callable[[], ThresholdReference | None] | None = None,
+    versions: Callable[[], FirstServed | None] | None = None,
 ) -> dict[str, Any]:
     """Every `action` event as the review shows it (`list`: id, at, params, status, verdict...),
     with the time from the session's start to the first applied action that helps. Only an
-    applied action has a verdict; a refused or unavailable one changed nothing. With `fills` and
-    `thresholds` (each reads the world's, only when such an action was applied), a new fill
-    value or threshold is judged by its value as well."""
+    applied action has a verdict; a refused or unavailable one changed nothing. With `fills`,
+    `thresholds` and `versions` (each reads the world's, only when such an action was applied),
+    a new fill value or threshold is judged by its value as well, and a pin or a move of
+    champion by its version."""
     listed = []
     set_fills: dict[str, float] = {}  # feature -> the fill this session set last
     set_threshold: list[float] = []  # the threshold this session set last
@@ -109,8 +134,15 @@ def review(
             if moved
             else {}
         )
+        served = (
+            versions()
+            if applied and versions is not None and _deploys_a_version(str(d.get("action")), params)
+            else None
+        )
         verdict, each = (
-            verdict_of(str(d.get("action")), answer_key, params, moved) if applied else (None, [])
+            verdict_of(str(d.get("action")), answer_key, params, moved, served)
+            if applied
+            else (None, [])
         )
         listed.append(
             {

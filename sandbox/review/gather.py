@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.layout import WorldPaths, read_manifest
-from sandbox.review import fills, report, thresholds
+from sandbox.review import fills, report, thresholds, versions
 from sandbox.review.store import Session, SessionStore, StoreUnavailable, exists
 from sandbox.schema import TABLES
 
@@ -62,6 +62,7 @@ def gather_review(
         candidate_schema(answer_key),
         functools.partial(fills.reference, world),
         functools.partial(thresholds.reference, world),
+        functools.partial(versions.reference, world),
     )
 
 

@@ -21,6 +21,7 @@ from sandbox.review.fills import FillReference
 from sandbox.review.signals import signals
 from sandbox.review.thresholds import ThresholdReference
 from sandbox.review.times import naive_utc
+from sandbox.review.versions import FirstServed
 
 IDLE_GAP_S = 180  # a pause longer than this is shown compressed
 DEAD_END_EVENTS = 6  # this many reads in a row that touch no evidence make a dead end
@@ -43,14 +44,16 @@ def build(
     schema: Mapping[str, Sequence[str]] | None = None,
     fills: Callable[[], FillReference | None] | None = None,
     thresholds: Callable[[], ThresholdReference | None] | None = None,
+    versions: Callable[[], FirstServed | None] | None = None,
 ) -> dict[str, Any]:
     """`session`: id, candidate, state, created_at, started_at (ISO, may be None); `history`:
     the recorded events oldest first; `diagnoses`: version, ts, fields, submitted; `world`: the
     manifest of the world the session ran on (which variant: name, seed, scale, content hash);
     `schema`: the world's candidate tables (`schema.table`) and their column names, for the
     claims (with the tables and columns the events read, whether given or not); `fills` and
-    `thresholds`: what a new fill value or threshold is judged against (each reads the world's
-    when needed)."""
+    `thresholds`: what a new fill value or threshold is judged against, `versions` when each model
+    version first served, what a pin or a move of champion is (each reads the world's when
+    needed)."""
     start = _start(session, history)
     timeline = _timeline(history, start)
     final = diagnoses[-1]["fields"] if diagnoses else dict.fromkeys(DIAGNOSIS_FIELDS, "")
@@ -58,7 +61,7 @@ def build(
     faults = [_fault(key, timeline, final, seen) for key in answer_key.get("faults", [])]
     decoys = [_decoy(decoy, timeline, seen) for decoy in answer_key.get("decoys", [])]
     found_claims = claims.claims(final, timeline, claims.with_history(schema or {}, history), seen)
-    acted = actions.review(timeline, answer_key, fills, thresholds)
+    acted = actions.review(timeline, answer_key, fills, thresholds, versions)
     verdicts = {a["seq"]: a["verdict"] for a in acted["list"]}
     for item in timeline:
         if item.get("seq") in verdicts:
