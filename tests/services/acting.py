@@ -20,7 +20,7 @@ from tests.waiting import until
 def acting_stack(built: BuildSummary, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of its own on a copy of `built` whose only session has actions on; simulated time
     moves at wall speed, and a test moves it further with the interviewer's fast-forward."""
-    with running_stack(built, tmp_path_factory, 1.0, session_options=("--actions", "on")) as stack:
+    with running_stack(built, tmp_path_factory, 1.0, session_policy={"actions": True}) as stack:
         yield stack
 
 

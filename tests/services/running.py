@@ -13,10 +13,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from sandbox.layout import WorldPaths
+from sandbox.services.stack import admin_token
 from sandbox.services.supervisor import free_port
 from sandbox.world.build import BuildSummary
 from tests.http_client import HTTP
@@ -98,15 +101,38 @@ def new_session(stack: Stack, candidate: str, *options: str) -> Stack:
     )
 
 
+def operator_session(stack: Stack, candidate: str, **policy: Any) -> Stack:
+    """The same running stack, driven through a new candidate session the operator creates
+    over the gateway's API (as the operator page does); `policy`: the session's `assistance`,
+    `workspace_only` and `actions`, as the API takes them."""
+    reply = HTTP.post(
+        stack.url + "/api/sessions",
+        json={"candidate": candidate, **policy},
+        headers={"Authorization": f"Bearer {admin_token(WorldPaths(stack.world))}"},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    links = reply.json()
+    return dataclasses.replace(
+        stack,
+        candidate={"Authorization": f"Bearer {links['candidate_token']}"},
+        interviewer={"Authorization": f"Bearer {links['interviewer_token']}"},
+        session_id=links["session_id"],
+        candidate_url=links["candidate_url"],
+        interviewer_url=links["interviewer_url"],
+    )
+
+
 @contextlib.contextmanager
 def running_stack(
     built: BuildSummary,
     tmp_path_factory: pytest.TempPathFactory,
     speed: float,
     options: tuple[str, ...] = (),
-    session_options: tuple[str, ...] = (),
+    session_policy: dict[str, Any] | None = None,
 ) -> Iterator[Stack]:
-    """The stack on a copy of `built` (it writes into its world) on a free port; Ctrl-C at the end."""
+    """The stack on a copy of `built` (it writes into its world) on a free port, with one
+    session the operator created (`session_policy`); Ctrl-C at the end."""
     world = tmp_path_factory.mktemp("stack") / "world"
     shutil.copytree(built.root, world, ignore=shutil.ignore_patterns("run", "sessions.*"))
     port = free_port()
@@ -119,7 +145,9 @@ def running_stack(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        yield new_session(Stack(process, world, url, {}, {}, "", "", ""), "ada", *session_options)
+        yield operator_session(
+            Stack(process, world, url, {}, {}, "", "", ""), "ada", **(session_policy or {})
+        )
     finally:
         stop(process)
 
