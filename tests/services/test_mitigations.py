@@ -57,7 +57,7 @@ from tests.waiting import until
 HOURS = 24  # simulated hours from one fault's action to its measurement (and the next action)
 PEAK = 20.0  # the hour of each measurement
 OWN_ROWS = dt.timedelta(minutes=10)  # simulated: the driven rows of a measurement fall in it
-CUSTOMERS = 3000  # at most this many customers scored at each measurement...
+CUSTOMERS = 2000  # at most this many customers scored at each measurement...
 BATCH = 1000  # ...this many a request
 TICKETS = 60  # the tickets searched at each measurement
 K = 5
