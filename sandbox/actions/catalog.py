@@ -153,7 +153,7 @@ class StatusParams(BaseModel):
 
     status: str = Field(
         pattern=r"^[a-z][a-z_]{0,29}$",
-        description="A status billing events report (for example refunded).",
+        description="A status the billing events report, other than failed.",
     )
 
 
