@@ -72,6 +72,18 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = READY_S) 
     return until(health, "the stack healthy", timeout=timeout, every=0.5)
 
 
+def _in_session(stack: Stack, links: dict[str, Any]) -> Stack:
+    """The stack driven through the session whose links (as created) are `links`."""
+    return dataclasses.replace(
+        stack,
+        candidate={"Authorization": f"Bearer {links['candidate_token']}"},
+        interviewer={"Authorization": f"Bearer {links['interviewer_token']}"},
+        session_id=links["session_id"],
+        candidate_url=links["candidate_url"],
+        interviewer_url=links["interviewer_url"],
+    )
+
+
 def new_session(stack: Stack, candidate: str, *options: str) -> Stack:
     """The same running stack, driven through a new candidate session of its own; `options` are
     more of `sandbox session create`'s (its policy)."""
@@ -90,15 +102,7 @@ def new_session(stack: Stack, candidate: str, *options: str) -> Stack:
         text=True,
         check=True,
     )
-    links = json.loads(made.stdout)
-    return dataclasses.replace(
-        stack,
-        candidate={"Authorization": f"Bearer {links['candidate_token']}"},
-        interviewer={"Authorization": f"Bearer {links['interviewer_token']}"},
-        session_id=links["session_id"],
-        candidate_url=links["candidate_url"],
-        interviewer_url=links["interviewer_url"],
-    )
+    return _in_session(stack, json.loads(made.stdout))
 
 
 def operator_session(stack: Stack, candidate: str, **policy: Any) -> Stack:
@@ -112,15 +116,7 @@ def operator_session(stack: Stack, candidate: str, **policy: Any) -> Stack:
         timeout=30,
     )
     assert reply.status_code == 200, reply.text
-    links = reply.json()
-    return dataclasses.replace(
-        stack,
-        candidate={"Authorization": f"Bearer {links['candidate_token']}"},
-        interviewer={"Authorization": f"Bearer {links['interviewer_token']}"},
-        session_id=links["session_id"],
-        candidate_url=links["candidate_url"],
-        interviewer_url=links["interviewer_url"],
-    )
+    return _in_session(stack, reply.json())
 
 
 @contextlib.contextmanager
