@@ -155,6 +155,25 @@ def test_the_review_judges_a_quarantine_by_the_release_it_names(worlds: Worlds, 
     assert rollouts or world != "edge-early"
 
 
+def test_quarantining_a_healthy_release_throws_its_customers_true_watch_time_away(
+    worlds: Worlds,
+) -> None:
+    """What the app-rollout decoy's `harmful` rests on: its release reports true minutes, and
+    quarantined they are served as fills, far from what each customer watched."""
+    built = worlds.get("edge-early")
+    spec = scenario.load(WorldPaths(built.root).scenario)
+    [decoy] = [d for d in spec.fault_set.decoys if d.id == "app-rollout"]
+    day = _last_day(built)
+    release = (decoy.params.device, decoy.params.version)
+    fresh = source_rules.watch_time(WorldPaths(built.root).duckdb, day, [release])
+    compared = fresh.join(_stored(built, day), on="customer_id", suffix="_stored")
+    assert compared.height > 100
+    feature = "avg_daily_minutes_7d"
+    truth, served = compared[f"{feature}_stored"].to_numpy(), compared[feature].to_numpy()
+    assert np.mean(np.abs(served - truth)) > np.mean(truth) / 4
+    assert np.corrcoef(served, truth)[0, 1] < 0.5  # who watched more no longer shows
+
+
 def test_a_rule_is_in_effect_from_its_effective_time(tmp_path) -> None:
     overrides = Overrides(tmp_path)
     at = dt.datetime(2026, 4, 13, 20)
