@@ -357,14 +357,14 @@ Levels = dict[tuple[Symptom, dt.datetime], float | None]
 
 def _times(world: Path, steps: int) -> list[dt.datetime]:
     """When symptoms are measured: 20:00 and 20:45 of the first live day (an action beside the
-    point goes in between; the same hour of the peak), then 20:00 of each next day, one per
+    point goes in between; the same hour of the peak), then `HOURS` on each time, one per
     fault mitigated and per harm done."""
     calendar = scenario.load(WorldPaths(world).scenario).world.calendar()
     first = calendar.last_production_day + 1
     return [
         calendar.at(first, PEAK),
         calendar.at(first, PEAK + 0.75),
-        *(calendar.at(first + d, PEAK) for d in range(1, steps + 1)),
+        *(calendar.at(first, PEAK) + dt.timedelta(hours=HOURS * d) for d in range(1, steps + 1)),
     ]
 
 
