@@ -243,12 +243,30 @@ def _run_day(current: np.ndarray, reference: np.ndarray | None = None) -> _DayRe
 # Parent-side API
 
 
+class _InProcess:
+    """The part of an executor `DriftMonitor` uses, running each day at its submission."""
+
+    def submit(self, fn: Any, /, *args: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
 class DriftMonitor:
     """Runs one drift+summary report per production day in a background worker process."""
 
     def __init__(self, reference: pl.DataFrame, columns: list[str], workers: int = 1) -> None:
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
+        """`workers` processes compute the days; 0 computes them in this process, for a caller
+        that is itself a short-lived process of its own (a worker would only cost it another
+        interpreter and another import of Evidently)."""
+        if workers < 0:
+            raise ValueError("workers must not be negative")
         if not columns or len(set(columns)) != len(columns):
             raise ValueError("columns must be a non-empty list of distinct names")
         self._columns = list(columns)
@@ -258,6 +276,11 @@ class DriftMonitor:
         sample = _sample_reference(numeric)
         _check_testable_reference(sample)
         self._futures: dict[datetime.date, Future[_DayResult]] = {}
+        self._executor: ProcessPoolExecutor | _InProcess
+        if workers == 0:
+            _init_worker(sample.to_numpy())
+            self._executor = _InProcess()
+            return
         # spawn, not fork: the parent runs polars/duckdb thread pools that fork would corrupt.
         self._executor = ProcessPoolExecutor(
             max_workers=workers,

@@ -27,8 +27,8 @@ go to the spool, stamped with the run's scheduled time, so live rows look like h
 Each job runs once per day: a run whose row is already in the spool is done. Runs that fell due
 while the process was down run at start. Evidently is heavy (seconds and hundreds of MB to import),
 so a drift run happens in a short-lived child process (`--drift-days`, its own process group, at a
-lower CPU priority), which `DriftMonitor` gives its own worker; the scheduler stays small at idle
-and a stop request kills the whole group.
+lower CPU priority) that runs Evidently itself; the scheduler stays small at idle and a stop
+request kills the whole group.
 
 Run as `python -m sandbox.services.jobs --world DIR --port P`; the port serves Prometheus metrics
 on every path (so `GET /health` answers 200 once ready).
@@ -214,11 +214,12 @@ class DriftReport:
     features: list[dict[str, Any]]
 
 
-def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
+def drift_reports(world: Path, days: Iterable[int], workers: int = 1) -> dict[int, DriftReport]:
     """The drift reports of `days`, computed as the build computes production days' reports.
 
-    Runs in the calling process (Evidently in `DriftMonitor`'s own worker); the scheduler calls
-    it through `compute_drift`, in a child. A day without batch-scored rows gets no report.
+    Runs in the calling process, with Evidently in `DriftMonitor`'s own worker (`workers` 0:
+    in this process too, for the short-lived child the scheduler runs it in, `compute_drift`).
+    A day without batch-scored rows gets no report.
     """
     wanted = sorted(set(days))
     if not wanted:
@@ -236,7 +237,7 @@ def drift_reports(world: Path, days: Iterable[int]) -> dict[int, DriftReport]:
         submitted = []
         overrides = Overrides(paths.run)
         batches = BatchRows(con, paths)
-        with DriftMonitor(reference.pl(), MODEL_FEATURES, workers=1) as monitor:
+        with DriftMonitor(reference.pl(), MODEL_FEATURES, workers=workers) as monitor:
             for day in wanted:
                 batch = batches.between(cal.midnight(day), cal.midnight(day + 1))
                 if batch.height == 0:
@@ -796,7 +797,8 @@ def _drift_child(args: argparse.Namespace) -> None:
     with contextlib.suppress(OSError):
         os.nice(CHILD_NICE)  # a background batch job: the serving processes come first
     days = [int(d) for d in args.drift_days.split(",") if d]
-    reports = drift_reports(args.world, days)
+    # This process exists for the run alone: Evidently runs here, not in a worker of its own.
+    reports = drift_reports(args.world, days, workers=0)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps({str(d): asdict(r) for d, r in reports.items()}, default=str))
     tmp.replace(args.out)

@@ -228,6 +228,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """The processor time `pid` has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def group_alive(pgid: int) -> bool:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -487,8 +496,13 @@ def test_process_serves_health_and_stops_promptly_during_a_drift_run(clock, worl
         metrics = HTTP.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'scheduler_job_runs_total{job="materialize",status="success"} 3.0' in metrics
         assert "scheduler_job_last_success_timestamp_seconds" in metrics
-        # Stopped once the child is at work: it has started its own worker.
-        until(lambda: any(descendants(c) for c in children), "the drift child's worker", every=0.1)
+        # Stopped once the child is at work, importing Evidently or computing: 0.8 s of processor
+        # time in (the interpreter and the job's own modules take about 0.5).
+        until(
+            lambda: any(cpu_seconds(c) > 0.8 for c in children),
+            "the drift child at work",
+            every=0.1,
+        )
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
