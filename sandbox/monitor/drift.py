@@ -33,7 +33,7 @@ import importlib.util
 import multiprocessing
 import os
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -243,28 +243,14 @@ def _run_day(current: np.ndarray, reference: np.ndarray | None = None) -> _DayRe
 # Parent-side API
 
 
-class _InProcess:
-    """The part of an executor `DriftMonitor` uses, running each day at its submission."""
-
-    def submit(self, fn: Any, /, *args: Any) -> Future[Any]:
-        done: Future[Any] = Future()
-        try:
-            done.set_result(fn(*args))
-        except Exception as exc:
-            done.set_exception(exc)
-        return done
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        pass
-
-
 class DriftMonitor:
-    """Runs one drift+summary report per production day in a background worker process."""
+    """Runs one drift+summary report per production day in background worker processes (or,
+    with `workers=0`, in a thread of this process)."""
 
     def __init__(self, reference: pl.DataFrame, columns: list[str], workers: int = 1) -> None:
-        """`workers` processes compute the days; 0 computes them in this process, for a caller
-        that is itself a short-lived process of its own (a worker would only cost it another
-        interpreter and another import of Evidently)."""
+        """`workers` processes compute the days; 0 computes them in a thread of this process,
+        for a caller that is itself a short-lived process of its own (a worker would only cost
+        it another interpreter and another import of Evidently)."""
         if workers < 0:
             raise ValueError("workers must not be negative")
         if not columns or len(set(columns)) != len(columns):
@@ -276,19 +262,20 @@ class DriftMonitor:
         sample = _sample_reference(numeric)
         _check_testable_reference(sample)
         self._futures: dict[datetime.date, Future[_DayResult]] = {}
-        self._executor: ProcessPoolExecutor | _InProcess
+        self._executor: Executor
         if workers == 0:
-            _init_worker(sample.to_numpy())
-            self._executor = _InProcess()
-            return
-        # spawn, not fork: the parent runs polars/duckdb thread pools that fork would corrupt.
-        self._executor = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(sample.to_numpy(),),
-        )
-        for _ in range(workers):
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, initializer=_init_worker, initargs=(sample.to_numpy(),)
+            )
+        else:
+            # spawn, not fork: the parent runs polars/duckdb thread pools that fork would corrupt.
+            self._executor = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(sample.to_numpy(),),
+            )
+        for _ in range(max(workers, 1)):
             self._executor.submit(_warm_up)
 
     def submit(
@@ -340,7 +327,7 @@ class DriftMonitor:
         return pl.DataFrame(records, schema=SUMMARY_SCHEMA, orient="row")
 
     def close(self) -> None:
-        """Stop the worker processes; finished results stay readable."""
+        """Stop the workers; finished results stay readable."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Self:
