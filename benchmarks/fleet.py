@@ -485,6 +485,56 @@ def budget_rows(fleet: Fleet) -> list[list[str]]:
     ]
 
 
+# The parts of a console answer's `Server-Timing` header, in the order they happen, and what the
+# report calls them. `worker` holds `live` and `query`; what the client measured beyond `wait`,
+# `worker` and `record` is the gateway's own work and the way there and back.
+TIMING_PARTS = {
+    "wait": "waiting for a worker",
+    "worker": "round trip to the worker",
+    "live": "…of which loading live rows",
+    "query": "…of which running the query",
+    "record": "recording the history event",
+}
+
+
+def timing_rows(answers: list[Outcome]) -> list[list[str]]:
+    """Per part of the answers' time: its median and p95 over `answers`, in ms."""
+    rows = []
+    for part, label in TIMING_PARTS.items():
+        ms = [o.timing.get(part, 0.0) for o in answers]
+        rows.append([label, f"{percentile(ms, 50):.0f}", f"{percentile(ms, 95):.0f}"])
+    rest = [
+        o.seconds * 1000 - sum(o.timing.get(p, 0.0) for p in ("wait", "worker", "record"))
+        for o in answers
+    ]
+    rows.append(
+        [
+            "the gateway's own work and the network",
+            *(f"{percentile(rest, q):.0f}" for q in (50, 95)),
+        ]
+    )
+    return rows
+
+
+def timing_section(outcomes: list[Outcome]) -> list[str]:
+    """Where console queries' time went: all of them, and those over the budget."""
+    answered = [o for o in outcomes if o.route == SQL_ROUTE and o.timing]
+    slow = [o for o in answered if o.seconds * 1000 > CONSOLE_P95_MS]
+    if not answered:
+        return []
+    lines = [
+        f"Where the console queries' time went (their `Server-Timing`), all {len(answered)} "
+        f"answered and the {len(slow)} over {CONSOLE_P95_MS:g} ms:",
+        "",
+    ]
+    header = ["part", "all: p50 ms", "all: p95 ms"]
+    rows = timing_rows(answered)
+    if slow:
+        header += ["over budget: p50 ms", "over budget: p95 ms"]
+        rows = [[*a, *b[1:]] for a, b in zip(rows, timing_rows(slow), strict=True)]
+    return [*lines, *_table(header, rows), ""]
+
+
 def fleet_section(fleet: Fleet | None) -> list[str]:
     if fleet is None:
         return ["(not run)"]
@@ -552,5 +602,6 @@ def fleet_section(fleet: Fleet | None) -> list[str]:
     if outcomes:
         lines += ["Every stack's candidate, per route:", "", *stats_table(route_stats(outcomes))]
         lines.append("")
+        lines += timing_section(outcomes)
     lines += ["Stop (SIGINT, as Ctrl-C):", "", *stop_table([m.run for m in fleet.members])]
     return lines

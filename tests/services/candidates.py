@@ -90,6 +90,7 @@ class Outcome:
     started: float  # time.monotonic()
     seconds: float
     error: str = ""
+    timing: dict[str, float] = field(default_factory=dict)  # the answer's Server-Timing, ms
 
     @property
     def acknowledged(self) -> bool:
@@ -155,9 +156,11 @@ class Candidate:
                 Outcome(route, tag, None, started, time.monotonic() - started, type(exc).__name__)
             )
             return None
+        seconds = time.monotonic() - started
         error = "" if reply.status_code == 200 else reply.text[:200]
+        timing = server_timing(reply.headers.get("server-timing", ""))
         self.outcomes.append(
-            Outcome(route, tag, reply.status_code, started, time.monotonic() - started, error)
+            Outcome(route, tag, reply.status_code, started, seconds, error, timing)
         )
         return reply
 
@@ -385,6 +388,17 @@ class RouteStats:
     p50_ms: float
     p95_ms: float
     max_ms: float
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """A `Server-Timing` header's durations by name, in ms (none when it has none)."""
+    timing = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, rest = part.partition(";")
+        durations = [v for k, _, v in (f.partition("=") for f in rest.split(";")) if k == "dur"]
+        if durations:
+            timing[name] = float(durations[0])
+    return timing
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import duckdb
 import pytest
@@ -21,6 +22,7 @@ from sandbox.services.gateway import on_demand
 from sandbox.services.gateway.app import create_app
 from sandbox.services.simclock import SimClock
 from sandbox.services.spool import SpoolWriter, spool_path
+from tests.services.candidates import server_timing
 from tests.services.conftest import (
     FROZEN,
     MakeSession,
@@ -315,6 +317,38 @@ def test_tokens_roles_and_the_recorded_history(
     ]
     assert policy and first["evidence"] == policy
     assert "error" in second["detail"] and second["evidence"] == []
+
+
+def test_a_console_answer_says_where_its_time_went(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    """A query's and a panel's answers carry a `Server-Timing` header: the wait for a worker,
+    the round trip to it, within it the live rows loaded and the query run, then the history
+    event recorded."""
+    links = make_session()
+    cal = _calendar(paths)
+    spool_failing_requests(paths, cal.midnight(cal.last_production_day + 1) - dt.timedelta(hours=1))
+    time.sleep(telemetry.FRESH_S)  # the workers loaded the spool at start: these rows are new
+    candidate = {"Authorization": f"Bearer {links['candidate_token']}"}
+    answered = client.post(
+        "/api/sql", json={"sql": "SELECT count(*) FROM serving.predictions"}, headers=candidate
+    )
+    assert answered.status_code == 200, answered.text
+    timing = server_timing(answered.headers["server-timing"])
+    assert list(timing) == ["wait", "worker", "live", "query", "record"]
+    assert all(ms >= 0 for ms in timing.values())
+    assert timing["query"] == answered.json()["elapsed_ms"]
+    assert timing["live"] > 0, "the spooled rows it reads were loaded for it"
+    # the worker's round trip holds what the worker did (each figure rounded to 0.1 ms)
+    assert timing["worker"] >= timing["live"] + timing["query"] - 0.2
+
+    boards = client.get("/api/dashboards", headers=candidate).json()
+    board = boards[0]
+    panel = client.get(
+        f"/api/dashboards/{board['id']}/panels/{board['panels'][0]['id']}", headers=candidate
+    )
+    assert panel.status_code == 200, panel.text
+    assert list(server_timing(panel.headers["server-timing"])) == list(timing)
 
 
 def test_a_session_link_signs_in_with_a_cookie(

@@ -31,7 +31,7 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,9 @@ class ConsolePool:
             )
         if staff:
             self._staff.add(owner)
+        asked = time.perf_counter()
         worker = await self._acquire(owner)
+        sent = time.perf_counter()
         try:
             verdict, value = await anyio.to_thread.run_sync(
                 self._exchange, worker, Request(sql, params, session_id), limiter=self._replies
@@ -149,7 +151,11 @@ class ConsolePool:
         finally:
             self._let_go(owner)
         if verdict == "ok":
-            return value
+            return replace(
+                value,
+                wait_ms=round((sent - asked) * 1000, 1),
+                worker_ms=round((time.perf_counter() - sent) * 1000, 1),
+            )
         message, reach = value
         raise QueryRefused(scrub(message), reach)
 

@@ -90,6 +90,12 @@ class QueryResult:
     tables: list[str] = field(default_factory=list)
     column_types: list[str] = field(default_factory=list)
     columns_read: list[str] = field(default_factory=list)  # schema.table.column or schema.table.*
+    # Where the answer's time went besides running it, for the `Server-Timing` header: loading
+    # the live rows it reads (in the worker), waiting for a worker and the round trip to it (the
+    # pool's).
+    live_ms: float = 0.0
+    wait_ms: float = 0.0
+    worker_ms: float = 0.0
 
 
 def run(
@@ -107,7 +113,9 @@ def run(
     huge strings are cut like many rows are)."""
     statement = _single_statement(sql)
     tables, columns_read = touched(store, statement)
+    loading = time.perf_counter()
     store.prepare(tables)
+    live_ms = (time.perf_counter() - loading) * 1000
     cur = store.cursor(session_id)
     try:
         started = time.perf_counter()
@@ -133,6 +141,7 @@ def run(
         tables=tables,
         column_types=types,
         columns_read=columns_read,
+        live_ms=round(live_ms, 1),
     )
 
 

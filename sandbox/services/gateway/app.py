@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from sandbox.services.gateway import (
 from sandbox.services.gateway.auth import Auth
 from sandbox.services.gateway.composition import Composition
 from sandbox.services.gateway.provenance import FlightMiddleware, PageTokens
-from sandbox.services.gateway.state import Gateway, shown_rows
+from sandbox.services.gateway.state import Gateway, server_timing, shown_rows
 from sandbox.services.settings import Settings
 
 HEALTH_TIMEOUT_S = 2.0
@@ -176,6 +177,7 @@ def create_app(
             tables=result.tables,
             columns=result.columns_read,
         )
+        recording = time.perf_counter()
         await run_in_threadpool(record, who, "sql", detail, shown_rows(result))
         return JSONResponse(
             {
@@ -183,7 +185,8 @@ def create_app(
                 "rows": result.rows,
                 "truncated": result.truncated,
                 "elapsed_ms": result.elapsed_ms,
-            }
+            },
+            headers=server_timing(result, (time.perf_counter() - recording) * 1000),
         )
 
     app.include_router(proxy.router)

@@ -229,3 +229,17 @@ def shown_rows(result: QueryResult) -> Shown:
         )
         for row in result.rows
     ]
+
+
+def server_timing(result: QueryResult, record_ms: float) -> dict[str, str]:
+    """Where a console answer's time went, as a `Server-Timing` header (browsers' developer
+    tools show it; the benchmarks read it): waiting for a worker, the round trip to it, and
+    within that loading the live rows and running the query, then recording the history event."""
+    parts = {
+        "wait": result.wait_ms,
+        "worker": result.worker_ms,
+        "live": result.live_ms,
+        "query": result.elapsed_ms,
+        "record": round(record_ms, 1),
+    }
+    return {"Server-Timing": ", ".join(f"{name};dur={ms:g}" for name, ms in parts.items())}

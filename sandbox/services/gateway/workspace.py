@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import math
 import sys
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, get_args
 
@@ -28,7 +29,7 @@ from sandbox.services.console.query import QueryRefused
 from sandbox.services.gateway.auth import Auth, CandidateAuth
 from sandbox.services.gateway.composition import Composition
 from sandbox.services.gateway.errors import invalid
-from sandbox.services.gateway.state import Gateway, naive_utc, shown_rows
+from sandbox.services.gateway.state import Gateway, naive_utc, server_timing, shown_rows
 
 router = APIRouter()
 
@@ -132,6 +133,7 @@ async def panel_data(
     except QueryRefused as exc:
         await run_in_threadpool(record, who, "panel", {**detail, "error": str(exc).splitlines()[0]})
         return JSONResponse({"error": str(exc).splitlines()[0]}, status_code=400)
+    recording = time.perf_counter()
     await run_in_threadpool(
         record,
         who,
@@ -154,7 +156,8 @@ async def panel_data(
             "end": end.isoformat(),
             "bucket_s": dashboards.bucket_seconds(start, end),
             "partial": dashboards.partial_periods(panel, result.columns, result.rows, start, end),
-        }
+        },
+        headers=server_timing(result, (time.perf_counter() - recording) * 1000),
     )
 
 
