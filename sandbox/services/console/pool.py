@@ -50,9 +50,7 @@ IDLE_RETIRE_S = 60.0  # extra workers idle this long go away
 HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@%+~-]+){2,}/?")
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-# The fault catalog (the planted faults act on live metrics) is imported here once, not in every
-# worker.
-_CONTEXT.set_forkserver_preload(["sandbox.services.console.worker", "sandbox.faults.registry"])
+_CONTEXT.set_forkserver_preload(["sandbox.services.console.preload"])
 
 
 class ConsoleBusy(RuntimeError):
