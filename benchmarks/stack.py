@@ -199,7 +199,7 @@ def describe(argv: list[str]) -> str:
 
 
 def service_name(argv: list[str]) -> str:
-    name = describe(argv).removeprefix("sandbox.services.").removesuffix(".app")
+    name = describe(argv).removeprefix("sandbox.services.")
     return {"uvicorn": "mlflow", "model_server": "model-server"}.get(name, name)
 
 

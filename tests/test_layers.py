@@ -38,7 +38,7 @@ Every import counts wherever it is written (module level, inside a function, und
 it runs when that code does — except one under `if TYPE_CHECKING:`, which never runs: it only
 names a type for annotations (the hook checker compares annotation text, `sandbox.faults.hooks`)
 and so adds no dependency at run time. Starting a module as a process by name (`python -m
-sandbox.services.gateway.app`) is not an import.
+sandbox.services.gateway`) is not an import.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ SERVICES: tuple[Service, ...] = (
     Service(PROMETHEUS, "", "/-/ready", 9090),
     Service(
         GATEWAY,
-        "sandbox.services.gateway.app",
+        "sandbox.services.gateway",
         "/-/health",
         8000,
         needs=("model-server", "retrieval", MLFLOW, "traffic", "jobs", PROMETHEUS),

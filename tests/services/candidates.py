@@ -29,7 +29,7 @@ from tests.waiting import until
 
 TAG = re.compile(r"tag-[0-9a-z]+-[0-9]+")
 OPERATOR_TOKEN = Path("interviewer") / "operator-token"
-GATEWAY_MODULE = "sandbox.services.gateway.app"
+GATEWAY_MODULE = "sandbox.services.gateway"
 BROWSER_CONNECTIONS = 6  # a browser fetches a dashboard's panels over at most 6 connections
 RETRY_PAUSE_S = 0.1  # between attempts while the gateway does not answer
 SLOW_ROWS = 300_000_000  # counted by `Candidate.slow_query`: about 0.8 s of one core

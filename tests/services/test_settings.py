@@ -74,7 +74,7 @@ def test_a_bad_value_is_refused_naming_its_variable(
 
 
 def test_a_service_with_a_bad_setting_stops_at_its_start_naming_it(tmp_path: Path) -> None:
-    gateway = [sys.executable, "-m", "sandbox.services.gateway.app"]
+    gateway = [sys.executable, "-m", "sandbox.services.gateway"]
     done = subprocess.run(
         [*gateway, "--world", str(tmp_path), "--port", "0"],
         env={**os.environ, variable("row_cap"): "-1"},

@@ -184,6 +184,20 @@ def test_the_serving_processes_load_no_scikit_learn(stack: Stack) -> None:
         assert "/sklearn/" not in maps and "/scipy/" not in maps, module
 
 
+def test_the_console_workers_load_nothing_of_the_gateways_web_stack(stack: Stack) -> None:
+    """The workers are forked from a server that preloaded only what queries need; none imports
+    the gateway again (multiprocessing would, were the gateway started as a plain module), which
+    would cost every new worker a third of a second and tens of MB."""
+    console = [
+        p for p, cmd in _tree(stack.process.pid).items() if "multiprocessing.forkserver" in cmd
+    ]
+    assert len(console) >= 2, console  # the server and its standing worker
+    gateway = _service_pid(stack, "-m sandbox.services.gateway ")
+    assert "/markupsafe/" in (Path("/proc") / str(gateway) / "maps").read_text()  # its pages
+    for pid in console:
+        assert "/markupsafe/" not in (Path("/proc") / str(pid) / "maps").read_text(), pid
+
+
 def test_the_mlflow_ui_starts_on_its_first_visit(stack: Stack) -> None:
     """The registry UI holds no memory until someone opens it; the first visit waits for it."""
     assert HTTP.get(stack.url + "/-/health").json()["services"]["mlflow"] == "idle"

@@ -1,7 +1,7 @@
 """The gateway: the one door to the stack. Auth, the SQL API, the reverse proxy to the services
 and the MLflow UI, the health of the whole stack, and the history of everything a candidate does.
 
-Run as `python -m sandbox.services.gateway.app --world DIR --port P`; it reads the other services'
+Run as `python -m sandbox.services.gateway --world DIR --port P` (`__main__`); it reads the other services'
 addresses from `DIR/run/stack.json`, written by the supervisor, and its settings from the
 environment (`sandbox.services.settings`).
 """
@@ -197,7 +197,3 @@ def main() -> None:
     args = service_args("The gateway of the running stack.")
     settings = settings_or_exit()
     serve(create_app(args.world, settings=settings), args.host, args.port, settings, args.fd)
-
-
-if __name__ == "__main__":
-    main()
