@@ -23,8 +23,8 @@ PROMETHEUS_DATA = "/prometheus"
 
 # What a Kubernetes scheduler must find free for each process, in MiB: its idle resident memory
 # on the default world as the stack benchmark measures it (`python -m benchmarks.stack
-# --prometheus`, "Per service", warm run: gateway with its console workers 462 MB, model server
-# 190, retrieval 164, traffic 134, jobs 91, Prometheus 45 once its history is backfilled), rounded
+# --prometheus`, "Per service", warm run: gateway with its console workers 438 MB, model server
+# 190, retrieval 164, traffic 137, jobs 95, Prometheus 45 once its history is backfilled), rounded
 # up with about a tenth to spare; Prometheus gets more, for its head block as scrapes accumulate
 # and for the dashboards' range queries. The MLflow UI starts on first use; 340 MB is what it
 # held once started. A retrain from the ops console loads scikit-learn into the model server for
