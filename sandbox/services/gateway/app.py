@@ -1,9 +1,9 @@
 """The gateway: the one door to the stack. Auth, the SQL API, the reverse proxy to the services
 and the MLflow UI, the health of the whole stack, and the history of everything a candidate does.
 
-Run as `python -m sandbox.services.gateway --world DIR --port P` (`__main__`); it reads the other services'
-addresses from `DIR/run/stack.json`, written by the supervisor, and its settings from the
-environment (`sandbox.services.settings`).
+Run as `python -m sandbox.services.gateway --world DIR --port P` (`__main__`); it reads the other
+services' addresses from `DIR/run/stack.json`, written by the supervisor, and its settings from
+the environment (`sandbox.services.settings`).
 """
 
 from __future__ import annotations
