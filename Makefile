@@ -17,12 +17,13 @@ unexport PYTHONDONTWRITEBYTECODE
 # What the processes of a stack, a build and the tests import, imported once at install in two
 # processes: their bytecode (and the package's own) is written before the first run, whose
 # processes would otherwise each compile it at the same time. Compiling the whole virtualenv
-# instead takes longer than these imports; most of it is never imported.
+# instead takes longer than these imports; most of it is never imported. The two lists take
+# about the same time (the browser driver goes with the stack's, to even them up).
 WARM_STACK := sandbox.cli sandbox.world.build sandbox.services.model_server \
 	sandbox.services.retrieval sandbox.services.gateway.app sandbox.services.jobs \
-	sandbox.services.traffic mlflow.server.fastapi_app
+	sandbox.services.traffic mlflow.server.fastapi_app playwright.sync_api
 WARM_CHECKS := sandbox.monitor.drift evidently.legacy.calculations.stattests.registry \
-	evidently.presets playwright.sync_api schemathesis xdist
+	evidently.presets schemathesis xdist
 WARM := $(VENV)/bin/python -W ignore -c \
 	'import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]'
 
