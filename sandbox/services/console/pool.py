@@ -127,12 +127,10 @@ class ConsolePool:
         owner: str,
         session_id: str | None = None,
         staff: bool = False,
-        background: bool = False,
     ) -> QueryResult:
         """Run one statement for `owner` (the fairness key: a session, or an interviewer);
-        `staff` owners are served before candidates; a `background` statement runs at a lower
-        CPU priority than the others. Raises QueryRefused (bad query, limits) or ConsoleBusy
-        (too many of the owner's)."""
+        `staff` owners are served before candidates. Raises QueryRefused (bad query, limits) or
+        ConsoleBusy (too many of the owner's)."""
         queued = len(self._queues.get(owner, ()))
         if self._holding[owner] + queued >= self.per_owner + self.per_owner_waiting:
             raise ConsoleBusy(
@@ -146,10 +144,7 @@ class ConsolePool:
         sent = time.perf_counter()
         try:
             verdict, value = await anyio.to_thread.run_sync(
-                self._exchange,
-                worker,
-                Request(sql, params, session_id, background),
-                limiter=self._replies,
+                self._exchange, worker, Request(sql, params, session_id), limiter=self._replies
             )
         finally:
             self._let_go(owner)

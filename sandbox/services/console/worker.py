@@ -11,11 +11,8 @@ plus the live rows loaded from the services' spool files, the durable log they a
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -27,11 +24,6 @@ from sandbox.services.common import ServiceContext
 from sandbox.services.console import query
 from sandbox.services.console.telemetry import LiveTelemetry
 from sandbox.services.settings import Settings
-
-# The nice value of background requests' thread: contending for a core, a console query gets
-# three quarters of it against a panel's query (the kernel weighs nice 0 against 5 as 1024:335).
-# At 10 (1024:110) a dashboard on a busy machine waited seconds for its last panels.
-BACKGROUND_NICE = 5
 
 
 @dataclass(frozen=True)
@@ -58,9 +50,6 @@ class Request:
     sql: str
     params: dict[str, Any] | None = None
     session_id: str | None = None
-    # Run at a lower CPU priority than a console query: a dashboard's panels, sent all at once,
-    # on a machine many stacks share.
-    background: bool = False
 
 
 def serve(conn: Connection, world: str, limits: Limits) -> None:
@@ -75,10 +64,6 @@ def serve(conn: Connection, world: str, limits: Limits) -> None:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     _cap_address_space(limits.memory_mb)
-    # DuckDB runs a query on the calling thread (one thread per query), and Linux keeps a nice
-    # value per thread: background requests run on a thread of their own at a lower priority,
-    # which the process's other threads do not share and which never has to be raised again.
-    background = ThreadPoolExecutor(max_workers=1, initializer=_lower_priority)
     conn.send(("ready", None))
     while True:
         try:
@@ -86,14 +71,7 @@ def serve(conn: Connection, world: str, limits: Limits) -> None:
         except (EOFError, OSError):
             return
         # The query loads the live rows of what it reads (`LiveTelemetry.prepare`).
-        if request.background:
-            conn.send(background.submit(_answer, store, request, limits).result())
-        else:
-            conn.send(_answer(store, request, limits))
-
-
-def _lower_priority() -> None:
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        conn.send(_answer(store, request, limits))
 
 
 def _open_store(world: Path, limits: Limits) -> LiveTelemetry:

@@ -122,16 +122,10 @@ class Gateway:
         return cal.midnight(cal.last_production_day + 1)
 
     async def query(
-        self,
-        who: Caller,
-        sql: str,
-        params: dict[str, Any] | None = None,
-        *,
-        background: bool = False,
+        self, who: Caller, sql: str, params: dict[str, Any] | None = None
     ) -> QueryResult:
         """Run one console statement for `who` in a worker: a candidate's views show their own
-        live rows; each caller has its own share of the workers (ConsoleBusy past it). A
-        `background` statement runs at a lower CPU priority than a console query."""
+        live rows; each caller has its own share of the workers (ConsoleBusy past it)."""
         # Interviewers and the operator have shares of their own, and come before candidates.
         owner = "session:" if who.is_candidate else f"{who.role}:"
         session = who.session_id if who.is_candidate else None
@@ -141,7 +135,6 @@ class Gateway:
             owner=owner + (who.session_id or ""),
             session_id=session,
             staff=not who.is_candidate,
-            background=background,
         )
 
     @property

@@ -127,11 +127,7 @@ async def panel_data(
     }
     record = gw.record if not refresh else _ignore
     try:
-        # A dashboard's panels come all at once and share its budget of a second and a half; a
-        # console query is one statement a person waits on, so it goes first.
-        result = await gw.query(
-            who, panel.sql, dashboards.parameters(panel, start, end, choices), background=True
-        )
+        result = await gw.query(who, panel.sql, dashboards.parameters(panel, start, end, choices))
     except ConsoleBusy as exc:
         return JSONResponse({"error": str(exc)}, status_code=429)
     except QueryRefused as exc:
