@@ -62,14 +62,15 @@ def test_one_service_per_process_each_with_a_health_check(config: dict) -> None:
 
 
 def _module_exists(name: str) -> bool:
-    """Whether `name` is a module of an installed package, found on disk: `find_spec` of a
-    submodule imports its parents, and MLflow's take seconds."""
+    """Whether `name` is a module of an installed package, or a package that `python -m` can
+    run (it has a `__main__`), found on disk: `find_spec` of a submodule imports its parents,
+    and MLflow's take seconds."""
     top, *rest = name.split(".")
     spec = importlib.util.find_spec(top)
     if spec is None or not rest:
         return spec is not None
     base = Path(next(iter(spec.submodule_search_locations or []), "")).joinpath(*rest)
-    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+    return base.with_suffix(".py").is_file() or (base / "__main__.py").is_file()
 
 
 def test_every_command_runs_a_module_of_the_package(config: dict) -> None:

@@ -242,4 +242,4 @@ def server_timing(result: QueryResult, record_ms: float) -> dict[str, str]:
         "query": result.elapsed_ms,
         "record": round(record_ms, 1),
     }
-    return {"Server-Timing": ", ".join(f"{name};dur={ms:g}" for name, ms in parts.items())}
+    return {"Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in parts.items())}
