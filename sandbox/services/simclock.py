@@ -8,15 +8,21 @@ Simulated time stops at the end of the world's last visible day: nothing exists 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sandbox.clock import Calendar
 
 CLOCK_FILE = "clock.json"
+# Held while the clock file is read, changed and written back: the supervisor starting time and
+# the interviewer's fast-forward are two writers, and neither may undo the other's change.
+CLOCK_LOCK = "clock.lock"
 # A 90-minute session covers three simulated days.
 DEFAULT_SPEED = 48.0
 
@@ -47,6 +53,16 @@ class SimClock:
             return self.sim_end
         return self.sim_start + dt.timedelta(seconds=advanced)
 
+    def moving(self, speed: float, wall: float | None = None) -> SimClock:
+        """This clock, from where it stands at `wall`, running on at `speed`."""
+        wall = time.time() if wall is None else wall
+        return replace(self, sim_start=self.now(wall), wall_start=wall, speed=speed)
+
+    def moved_to(self, sim: dt.datetime, wall: float | None = None) -> SimClock:
+        """This clock set to `sim` (never past the end) at `wall`, at its speed."""
+        wall = time.time() if wall is None else wall
+        return replace(self, sim_start=min(sim, self.sim_end), wall_start=wall)
+
     def wall_time_of(self, sim: dt.datetime) -> float:
         """The wall-clock moment simulated time reaches `sim` (for sleeping until an event)."""
         return self.wall_start + (sim - self.sim_start).total_seconds() / self.speed
@@ -75,3 +91,26 @@ class SimClock:
             float(raw["speed"]),
             dt.datetime.fromisoformat(raw["sim_end"]),
         )
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    with open(run_dir / CLOCK_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def change_clock(
+    run_dir: Path, change: Callable[[SimClock], SimClock]
+) -> tuple[SimClock, SimClock]:
+    """Apply `change` to the clock as the file has it, and write the result; (before, after).
+    Any process that moves the clock goes through here, so a change written by another process
+    in the meantime is the one changed, never lost."""
+    with _locked(run_dir):
+        before = SimClock.load(run_dir)
+        after = change(before)
+        after.save(run_dir)
+    return before, after

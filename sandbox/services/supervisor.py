@@ -31,7 +31,7 @@ from sandbox.scenario import world_spec
 from sandbox.services import prometheus as promstack
 from sandbox.services import stack, topology
 from sandbox.services.settings import Settings, SettingsError
-from sandbox.services.simclock import DEFAULT_SPEED, SimClock
+from sandbox.services.simclock import DEFAULT_SPEED, SimClock, change_clock
 from sandbox.services.spool import SpoolWriter, spool_path
 from sandbox.services.topology import GATEWAY, MLFLOW, PROMETHEUS
 
@@ -179,7 +179,7 @@ class Supervisor:
     def start(self) -> None:
         run = self.paths.run
         run.mkdir(parents=True, exist_ok=True)
-        self._start_clock()
+        self.hold_time()
         stack.admin_token(self.paths)
         self.log = SpoolWriter(spool_path(run, "platform", "telemetry.logs"))
         started = [svc for svc in topology.SERVICES if svc.name != PROMETHEUS or self.prometheus]
@@ -216,7 +216,8 @@ class Supervisor:
             if child.wanted:
                 self._spawn(child)
 
-    def _start_clock(self) -> None:
+    def hold_time(self) -> None:
+        """Write the clock standing where this world's time starts or last stopped."""
         heartbeat = self.paths.run / HEARTBEAT_FILE
         resume = None
         if heartbeat.exists():  # continue where the last run of this world left off
@@ -228,8 +229,9 @@ class Supervisor:
         self.clock.save(self.paths.run)
 
     def start_time(self) -> None:
-        self.clock = SimClock.starting(self.calendar, self.speed, resume_at=self.clock.now())
-        self.clock.save(self.paths.run)
+        """Set time moving from where the clock file has it: the interviewer may have moved it
+        forward while the stack was starting."""
+        _, self.clock = change_clock(self.paths.run, lambda c: c.moving(self.speed))
 
     def _prometheus(self, ports: dict[str, int], started: list[topology.Service]) -> Child:
         """History backfilled so that it ends now, then every service scraped live."""

@@ -30,6 +30,7 @@ from sandbox.layout import WorldPaths
 from sandbox.review import fills
 from sandbox.services import spool, stack
 from sandbox.services.simclock import SimClock
+from sandbox.services.supervisor import Supervisor
 from tests import waiting
 from tests.services.conftest import MakeSession
 
@@ -385,6 +386,30 @@ def test_the_interviewer_fast_forwards_only_a_session_with_actions_on(
     assert dt.timedelta(hours=6) <= after - before < dt.timedelta(hours=6, minutes=1)
     clock = client.get("/api/clock", headers=candidate).json()
     assert dt.datetime.fromisoformat(clock["now"]) >= before + dt.timedelta(hours=6)
+
+
+def test_a_fast_forward_while_the_stack_starts_is_where_time_starts_from(
+    client: TestClient, paths: WorldPaths, make_session: MakeSession
+) -> None:
+    """The supervisor holds time still until every service is healthy, and the gateway is up
+    before the others: the interviewer's forward can land before time starts moving."""
+    supervisor = Supervisor(paths.root, port=0, speed=60.0, say=lambda _: None)
+    try:
+        supervisor.hold_time()
+        links = make_session(actions=True)
+        reply = client.post(
+            f"/api/sessions/{links['session_id']}/clock/forward",
+            json={"hours": 6},
+            headers=bearer(links["interviewer_token"]),
+        )
+        assert reply.status_code == 200, reply.text
+        forwarded = dt.datetime.fromisoformat(reply.json()["now"])
+        supervisor.start_time()
+        started = SimClock.load(paths.run)
+        assert started.speed == 60.0
+        assert forwarded <= started.now() < forwarded + dt.timedelta(minutes=5)
+    finally:
+        supervisor.stop()
 
 
 def test_time_stands_for_a_session_with_actions_off(

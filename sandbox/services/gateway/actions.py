@@ -44,7 +44,7 @@ from sandbox.services.gateway.auth import Auth, Caller
 from sandbox.services.gateway.errors import invalid
 from sandbox.services.gateway.interviewer import Interviewer, session_of
 from sandbox.services.gateway.state import Gateway
-from sandbox.services.simclock import SimClock
+from sandbox.services.simclock import change_clock
 
 router = APIRouter()
 
@@ -295,14 +295,12 @@ def forward(
         raise HTTPException(
             409, "simulated time moves only for a session with actions on (its stack's only one)"
         )
-    run = gw.ctx.paths.run
-    clock = SimClock.load(run)
-    before = clock.now()
-    target = min(before + dt.timedelta(hours=body.hours), clock.sim_end)
-    SimClock(target, time.time(), clock.speed, clock.sim_end).save(run)
+    wall = time.time()
+    ahead = dt.timedelta(hours=body.hours)
+    before, after = change_clock(gw.ctx.paths.run, lambda c: c.moved_to(c.now(wall) + ahead, wall))
     gw.ctx.reload_clock()
     return {
-        "before": before.isoformat(timespec="seconds"),
-        "now": target.isoformat(timespec="seconds"),
-        "at_end": target >= clock.sim_end,
+        "before": before.now(wall).isoformat(timespec="seconds"),
+        "now": after.sim_start.isoformat(timespec="seconds"),
+        "at_end": after.sim_start >= after.sim_end,
     }
