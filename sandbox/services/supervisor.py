@@ -217,7 +217,8 @@ class Supervisor:
                 self._spawn(child)
 
     def hold_time(self) -> None:
-        """Write the clock standing where this world's time starts or last stopped."""
+        """Write the clock standing where this world's time starts or last stopped. A plain
+        write: no service runs yet, so nothing else can be changing the clock."""
         heartbeat = self.paths.run / HEARTBEAT_FILE
         resume = None
         if heartbeat.exists():  # continue where the last run of this world left off
