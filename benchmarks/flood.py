@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks.build import _table
-from benchmarks.stack import Tree, cmdline, service_name
+from benchmarks.stack import Tree, service_name
+from sandbox.services.launcher import command_line
 from tests.services.candidates import Session, create_session
 from tests.services.console.test_pool import BOMBS, SLOW
 
@@ -53,7 +54,7 @@ class GatewayMemory(threading.Thread):
 
     def gateway_pid(self) -> int | None:
         for proc, _service in self.tree.snapshot():
-            if service_name(cmdline(proc.pid)) == "gateway":
+            if service_name(command_line(proc.pid)) == "gateway":
                 return proc.pid
         return None
 
@@ -64,7 +65,7 @@ class GatewayMemory(threading.Thread):
         while not self._done.wait(SAMPLE_EVERY_S):
             snapshot = self.tree.snapshot()
             gateway = next(
-                (p for p, _ in snapshot if service_name(cmdline(p.pid)) == "gateway"),
+                (p for p, _ in snapshot if service_name(command_line(p.pid)) == "gateway"),
                 None,
             )
             if gateway is None:

@@ -57,6 +57,7 @@ from benchmarks.build import (
     read_manifest,
     sandbox_command,
 )
+from sandbox.services.launcher import command_line
 
 MB = 1_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -152,14 +153,6 @@ def descendants(table: dict[int, Proc], root: int) -> list[Proc]:
     return found
 
 
-def cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def _kib_field(path: str, name: str) -> int:
     """A `Name:   123 kB` line of a /proc file, in bytes (0 if absent or gone)."""
     try:
@@ -224,7 +217,7 @@ class Tree:
             for proc in procs:
                 if self._service.get(proc.key, "?") == "?":
                     self._service[proc.key] = self._service_of(table, proc)
-                    self.seen[proc.key] = describe(cmdline(proc.pid))
+                    self.seen[proc.key] = describe(command_line(proc.pid))
                 if proc.pid != self.root:
                     self.sessions.add(proc.sid)
                 out.append((proc, self._service[proc.key]))
@@ -235,10 +228,10 @@ class Tree:
             return "supervisor"
         while proc.ppid != self.root and proc.ppid in table:
             proc = table[proc.ppid]
-        command = describe(cmdline(proc.pid))
+        command = describe(command_line(proc.pid))
         # Between fork and exec a child still shows its parent's command line: ask again later.
-        pending = command in ("?", describe(cmdline(self.root)))
-        return "?" if pending else service_name(cmdline(proc.pid))
+        pending = command in ("?", describe(command_line(self.root)))
+        return "?" if pending else service_name(command_line(proc.pid))
 
     def leftovers(self) -> list[tuple[Proc, str]]:
         """Processes of the stack still alive: seen in the tree, or in one of its sessions."""
@@ -246,7 +239,7 @@ class Tree:
         with self._lock:
             seen, sessions = dict(self.seen), set(self.sessions) - {mine}
         return [
-            (proc, seen.get(proc.key) or describe(cmdline(proc.pid)))
+            (proc, seen.get(proc.key) or describe(command_line(proc.pid)))
             for proc in proc_table().values()
             if proc.key in seen or proc.sid in sessions
         ]
@@ -548,7 +541,7 @@ def idle_memory(run: StackRun) -> None:
 def memory_now(tree: Tree, table: dict[int, Proc] | None = None) -> Memory:
     """RSS, PSS and anonymous memory of every process of the tree now, largest RSS first."""
     rows = [
-        ProcMemory(p, svc, describe(cmdline(p.pid)), pss_bytes(p.pid), anon_bytes(p.pid))
+        ProcMemory(p, svc, describe(command_line(p.pid)), pss_bytes(p.pid), anon_bytes(p.pid))
         for p, svc in tree.snapshot(table)
     ]
     rows.sort(key=lambda r: -r.proc.rss)

@@ -28,8 +28,8 @@ import httpx
 from sandbox.layout import IncompleteWorld, WorldPaths, read_manifest
 from sandbox.pipeline import deploy, registry
 from sandbox.scenario import world_spec
+from sandbox.services import launcher, stack, topology
 from sandbox.services import prometheus as promstack
-from sandbox.services import stack, topology
 from sandbox.services.settings import Settings, SettingsError
 from sandbox.services.simclock import DEFAULT_SPEED, SimClock, change_clock
 from sandbox.services.spool import SpoolWriter, spool_path
@@ -56,7 +56,7 @@ class Child:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen | launcher.Forked | None = None
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
@@ -64,6 +64,8 @@ class Child:
     on_demand: bool = False
     wanted: bool = True
     fds: tuple[int, ...] = ()  # listening sockets it inherits
+    # One of our Python services: forked from the supervisor, its imports done (`launcher`).
+    forked: bool = False
 
 
 def listening(host: str, port: int) -> socket.socket:
@@ -179,6 +181,7 @@ class Supervisor:
     def start(self) -> None:
         run = self.paths.run
         run.mkdir(parents=True, exist_ok=True)
+        launcher.preload()
         self.hold_time()
         stack.admin_token(self.paths)
         self.log = SpoolWriter(spool_path(run, "platform", "telemetry.logs"))
@@ -210,7 +213,8 @@ class Supervisor:
                 args = topology.python_args(
                     svc, str(self.paths.root), self.host, ports[svc.name], url, fds[svc.name]
                 )
-                self._add(Child(svc.name, [sys.executable, *args], fds=(fds[svc.name],)))
+                argv = [sys.executable, *args]
+                self._add(Child(svc.name, argv, fds=(fds[svc.name],), forked=True))
         stack.clear_start_requests(run)
         for child in self.children.values():
             if child.wanted:
@@ -268,21 +272,23 @@ class Supervisor:
         logs = self.paths.run / "process-logs"
         logs.mkdir(exist_ok=True)
         out = (logs / f"{child.name}.log").open("ab")
-        child.process = subprocess.Popen(
-            child.argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={
-                **os.environ,
-                **child.env,
-                "PYTHONUNBUFFERED": "1",
-                SUPERVISOR_PID: str(os.getpid()),
-            },
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-            pass_fds=child.fds,
-        )
+        env = {**child.env, "PYTHONUNBUFFERED": "1", SUPERVISOR_PID: str(os.getpid())}
+        if child.forked and launcher.can_fork():
+            others = [s.fileno() for s in self.sockets.values() if s.fileno() not in child.fds]
+            child.process = launcher.fork_module(
+                child.argv, env, out.fileno(), close=others, in_child=_die_with_parent
+            )
+        else:
+            child.process = subprocess.Popen(
+                child.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                pass_fds=child.fds,
+            )
         out.close()
         child.started_at = time.monotonic()
 
@@ -415,7 +421,7 @@ class Supervisor:
         return {n: c.process.pid for n, c in self.children.items() if c.process is not None}
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _signal_group(proc: subprocess.Popen | launcher.Forked, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.services.fleet.worlds import NAME, command_line, manifest_of, processes_naming
+from sandbox.services.fleet.worlds import NAME, manifest_of, processes_naming
+from sandbox.services.launcher import command_line
 
 LOG_LINES = 200
 BUILD_COMMAND = (sys.executable, "-m", "sandbox", "build")

@@ -24,7 +24,7 @@ import httpx
 
 from sandbox.layout import WorldPaths
 from sandbox.services import stack
-from sandbox.services.fleet import worlds
+from sandbox.services.launcher import command_line
 from sandbox.services.supervisor import listening
 
 UP_COMMAND = (sys.executable, "-m", "sandbox", "up")
@@ -48,7 +48,7 @@ class Started:
         if self.process is not None:
             return self.process.poll() is None
         # Started by an earlier run of the gateway: alive while that pid is still its `sandbox up`.
-        return str(self.world) in worlds.command_line(self.pid)
+        return str(self.world) in command_line(self.pid)
 
     def failed(self) -> bool:
         """It exited by itself with an error (not stopped from here)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from sandbox.layout import IncompleteWorld, WorldPaths, read_manifest
 from sandbox.review.store import SESSIONS_FILE
+from sandbox.services.launcher import command_line
 from sandbox.services.settings import Settings
 
 # A world's name is one plain directory name: no separators, no dots, nothing to escape with.
@@ -75,15 +76,6 @@ def session_count(world: Path) -> int:
             con.close()
     except sqlite3.Error:
         return 0
-
-
-def command_line(pid: int) -> list[str]:
-    """The process's arguments ([] when it is gone or a zombie)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def _names(pid: int, wanted: Path) -> bool:
