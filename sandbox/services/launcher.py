@@ -9,8 +9,8 @@ pages shared until written.
 A fork copies only the calling thread, so it is safe only while no other thread of the
 supervisor can hold a lock the child needs. The libraries above start a few threads of their
 own at import, idle until used (the supervisor never uses them: it imports them only to hand
-them down). `can_fork` holds the supervisor to that count; when it has more (`--prometheus` reads
-its history with DuckDB first), services start with exec, as they always could.
+them down). `can_fork` holds the supervisor to those threads; when another runs (a library left
+one behind), services start with exec, as they always could.
 
 A forked child retitles itself with the command line exec would have given it, so `ps` and
 whatever tells the stack's processes apart by their arguments see what they saw before.
@@ -25,9 +25,11 @@ import importlib
 import io
 import os
 import runpy
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -48,12 +50,14 @@ PRELOADED = (
     "sandbox.services.common",
 )
 _POLL_S = 0.01
+# The exit status of a child whose code failed before it could say why.
+_BROKEN = 70
 
-_threads_after_preload: int | None = None
+_threads_after_preload: frozenset[str] | None = None
 
 
-def _threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _threads() -> frozenset[str]:
+    return frozenset(os.listdir("/proc/self/task"))
 
 
 def preload() -> None:
@@ -78,7 +82,12 @@ def command_line(pid: int) -> list[str]:
     except OSError:
         return []
     args = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-    return args[0].split() if len(args) == 1 else args
+    if len(args) != 1:
+        return args
+    try:
+        return shlex.split(args[0])
+    except ValueError:  # not a title of ours
+        return args[0].split()
 
 
 class Forked:
@@ -94,7 +103,7 @@ class Forked:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
             except ChildProcessError:  # reaped elsewhere: its status is lost
-                self.returncode = -1
+                self.returncode = 255
                 return self.returncode
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
@@ -119,16 +128,31 @@ def fork_module(
     """Fork a child that runs `argv` (`[python, "-m", module, *args]`) in a session of its own,
     with `env` added to its environment, stdin from /dev/null and stdout and stderr on the file
     descriptor `output`; `close`: descriptors it must not keep (other services' sockets);
-    `in_child`: called in the child first (the parent-death signal)."""
+    `in_child`: called in the child once it has its own session (the parent-death signal).
+    Returns once the child leads its session, as `Popen` returns once the child has exec'd: a
+    signal to its process group from then on reaches it."""
     if argv[1:2] != ["-m"] or len(argv) < 3:
         raise ValueError(f"not a module to run: {argv}")
     close = list(close)
     for stream in (sys.stdout, sys.stderr):  # else the child writes the parent's pending output
         with contextlib.suppress(Exception):
             stream.flush()
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(argv, env, output, close, in_child)
+        try:
+            os.close(ready_read)
+            _child(argv, env, output, [*close, ready_write], in_child, ready_write)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        finally:  # whatever went wrong, never back into the parent's code
+            os._exit(_BROKEN)
+    os.close(ready_write)
+    try:
+        os.read(ready_read, 1)  # a byte once it leads its session; end of file if it died first
+    finally:
+        os.close(ready_read)
     return Forked(pid, argv)
 
 
@@ -138,76 +162,97 @@ def _child(
     output: int,
     close: list[int],
     in_child: Callable[[], None],
+    ready: int,
 ) -> NoReturn:
-    code = 1
+    # What the supervisor left behind is never collected here: its collection would touch (and
+    # copy) every shared page, and finalizers would close descriptors of the parent's.
+    gc.freeze()
+    # The parent's handlers first: a stop signal from here on stops this process.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.setsid()
+    in_child()
+    os.write(ready, b"1")
+    _redirect(output)
+    for fd in close:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    os.environ.update(env)
+    _retitle(shlex.join(argv))
+    _own_secrets()
+    module = argv[2]
+    sys.argv = [module, *argv[3:]]
+    sys.path[0] = os.getcwd()  # as `python -m` has it
+    code = 0
     try:
-        # What the supervisor left behind is never collected here: its collection would touch
-        # (and copy) every shared page, and finalizers would close descriptors of the parent's.
-        gc.freeze()
-        os.setsid()
-        in_child()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _redirect(output)
-        for fd in close:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        os.environ.update(env)
-        _retitle(" ".join(argv))
-        atexit._clear()  # the parent's exit handlers are not the service's
-        module = argv[2]
-        sys.argv = [module, *argv[3:]]
-        sys.path[0] = os.getcwd()  # as `python -m` has it
         runpy.run_module(module, run_name="__main__", alter_sys=True)
-        code = 0
     except SystemExit as exc:
         code = _exit_code(exc)
     except KeyboardInterrupt:
+        sys.excepthook(*sys.exc_info())
         code = -signal.SIGINT
     except BaseException:
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            atexit._run_exitfuncs()
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-    if code < 0:  # die of the signal, as the interpreter does for an uncaught Ctrl-C
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    # The interpreter's own shutdown, but for finalizing objects: threads joined, then the exit
+    # handlers (the libraries', registered in the parent when they were imported).
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    with contextlib.suppress(BaseException):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if code < 0:  # die of the signal, as the interpreter does after an uncaught Ctrl-C
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-    os._exit(code)
+    os._exit(code & 0xFF)
 
 
 def _redirect(output: int) -> None:
-    """stdin from /dev/null; stdout and stderr to `output`, unbuffered as with -u."""
+    """stdin from /dev/null; stdout and stderr to `output`, unbuffered as with -u, encoded as
+    the interpreter encodes them."""
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     os.dup2(output, 1)
     os.dup2(output, 2)
-    if output > 2:
-        os.close(output)
+    os.close(output)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-    sys.stdout = _unbuffered(1)
-    sys.stderr = _unbuffered(2, errors="backslashreplace")
+    sys.stdout = _unbuffered(1, sys.__stdout__)
+    sys.stderr = _unbuffered(2, sys.__stderr__)
 
 
-def _unbuffered(fd: int, errors: str = "strict") -> io.TextIOWrapper:
+def _unbuffered(fd: int, like: io.TextIOBase | None) -> io.TextIOWrapper:
     return io.TextIOWrapper(
-        io.FileIO(fd, "w", closefd=False), write_through=True, line_buffering=True, errors=errors
+        io.FileIO(fd, "w", closefd=False),
+        encoding=getattr(like, "encoding", None),
+        errors=getattr(like, "errors", None),
+        write_through=True,
+        line_buffering=True,
     )
 
 
 def _retitle(title: str) -> None:
+    """The command line `ps` shows; the process name (`ps -o comm`, `top`) stays the
+    interpreter's, as exec gives it."""
     import setproctitle
 
     setproctitle.setproctitle(title)
+    setproctitle.setthreadtitle(Path(sys.executable).name)
+
+
+def _own_secrets() -> None:
+    """A key of its own for multiprocessing's connections, not the key of every sibling."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = os.urandom(32)  # type: ignore[attr-defined]
 
 
 def _exit_code(exc: SystemExit) -> int:
     if exc.code is None:
         return 0
     if isinstance(exc.code, int):
-        return exc.code
+        return exc.code & 0xFF
     print(exc.code, file=sys.stderr)
     return 1

@@ -32,6 +32,7 @@ print(json.dumps({
     "session_leader": os.getsid(0) == os.getpid(),
     "held_fd_open": still_open,
     "cmdline": Path(f"/proc/{os.getpid()}/cmdline").read_bytes().decode(),
+    "comm": Path("/proc/self/comm").read_text().strip(),
     "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
 }))
 print("to stderr", file=sys.stderr)
@@ -40,7 +41,7 @@ if sys.argv[1] == "sleep":
 sys.exit(int(sys.argv[1]))
 """
 PARENT = """
-import json, os, signal, socket, sys
+import json, os, signal, socket, sys, time
 from sandbox.services import launcher
 
 signal.signal(signal.SIGTERM, lambda *_: None)  # the supervisor's own handler
@@ -57,6 +58,8 @@ if sys.argv[1] == "sleep":
         timed_out = False
     except launcher.subprocess.TimeoutExpired:
         timed_out = True
+    while "{" not in open(sys.argv[2]).read():  # its module runs: it has its title
+        time.sleep(0.01)
     title = launcher.command_line(child.pid)
     os.killpg(child.pid, signal.SIGTERM)
     print(json.dumps({"timed_out": timed_out, "title": title, "code": child.wait(timeout=10)}))
@@ -99,6 +102,7 @@ def test_a_forked_service_runs_its_module_as_python_m_would(tmp_path: Path) -> N
         "3",
         "--flag",
     ]
+    assert child["comm"] == Path(sys.executable).name[:15], "`top` still shows the interpreter"
     assert "to stderr" in output, "stderr goes to the log too"
     assert parent["args"][:2] == [sys.executable, "-c"] and len(parent["args"]) == 5
 
@@ -128,3 +132,10 @@ def test_services_fork_only_while_no_thread_has_started_since_the_preload() -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "False"]
+
+
+def test_a_forked_service_never_returns_into_the_supervisors_code(tmp_path: Path) -> None:
+    """Whatever its exit: here a negative code, which no signal number matches."""
+    parent, [child], _ = _run(tmp_path, "-100")  # the parent's code ran once: one answer
+    assert parent["code"] == -100 & 0xFF  # as the interpreter exits with it
+    assert child["argv"] == ["-100", "--flag"]

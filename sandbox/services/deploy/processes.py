@@ -23,7 +23,8 @@ PROMETHEUS_DATA = "/prometheus"
 
 # What a Kubernetes scheduler must find free for each process, in MiB: its idle resident memory
 # on the default world as the stack benchmark measures it (`python -m benchmarks.stack
-# --prometheus`, "Per service", warm run: gateway with its console workers 438 MB, model server
+# --prometheus`, "Per service", warm run, with each service started on its own as a container
+# starts it, not forked from the supervisor: gateway with its console workers 438 MB, model server
 # 190, retrieval 164, traffic 137, jobs 95, Prometheus 45 once its history is backfilled), rounded
 # up with about a tenth to spare; Prometheus gets more, for its head block as scrapes accumulate
 # and for the dashboards' range queries. The MLflow UI starts on first use; 340 MB is what it
