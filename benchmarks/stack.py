@@ -229,7 +229,8 @@ class Tree:
         while proc.ppid != self.root and proc.ppid in table:
             proc = table[proc.ppid]
         command = describe(command_line(proc.pid))
-        # Between fork and exec a child still shows its parent's command line: ask again later.
+        # Between its fork and its exec (or its new title) a child shows its parent's command line:
+        # ask again later.
         pending = command in ("?", describe(command_line(self.root)))
         return "?" if pending else service_name(command_line(proc.pid))
 

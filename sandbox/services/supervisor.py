@@ -1,6 +1,7 @@
 """`sandbox up`: start every process of the stack on loopback, keep them running, stop them all.
 
-Each service is a child process in its own process group, so one signal stops it with anything it
+Each service is a child process in its own process group (our Python services forked from the
+supervisor with their common imports done, see `launcher`), so one signal stops it with anything it
 spawned, and each dies with the supervisor even if the supervisor is killed outright (Linux parent
 -death signal). A child that exits on its own is restarted with backoff, and the restart is
 written to the candidate's logs, as a real platform's events would be.
