@@ -122,18 +122,19 @@ def fork_module(
     argv: list[str],
     env: Mapping[str, str],
     output: int,
-    close: Iterable[int] = (),
+    keep: Iterable[int] = (),
     in_child: Callable[[], None] = lambda: None,
 ) -> Forked:
     """Fork a child that runs `argv` (`[python, "-m", module, *args]`) in a session of its own,
-    with `env` added to its environment, stdin from /dev/null and stdout and stderr on the file
-    descriptor `output`; `close`: descriptors it must not keep (other services' sockets);
-    `in_child`: called in the child once it has its own session (the parent-death signal).
+    with `env` added to its environment, stdin from /dev/null, stdout and stderr on the file
+    descriptor `output`, and of the parent's other descriptors only `keep` (its listening
+    socket), as `Popen` with `pass_fds`; `in_child`: called in the child once it has its own
+    session (the parent-death signal).
     Returns once the child leads its session, as `Popen` returns once the child has exec'd: a
     signal to its process group from then on reaches it."""
     if argv[1:2] != ["-m"] or len(argv) < 3:
         raise ValueError(f"not a module to run: {argv}")
-    close = list(close)
+    keep = frozenset(keep)
     for stream in (sys.stdout, sys.stderr):  # else the child writes the parent's pending output
         with contextlib.suppress(Exception):
             stream.flush()
@@ -142,7 +143,7 @@ def fork_module(
     if pid == 0:
         try:
             os.close(ready_read)
-            _child(argv, env, output, [*close, ready_write], in_child, ready_write)
+            _child(argv, env, output, keep, in_child, ready_write)
         except BaseException:
             with contextlib.suppress(BaseException):
                 traceback.print_exc()
@@ -160,7 +161,7 @@ def _child(
     argv: list[str],
     env: Mapping[str, str],
     output: int,
-    close: list[int],
+    keep: frozenset[int],
     in_child: Callable[[], None],
     ready: int,
 ) -> NoReturn:
@@ -174,9 +175,7 @@ def _child(
     in_child()
     os.write(ready, b"1")
     _redirect(output)
-    for fd in close:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    _close_all_but(keep)
     os.environ.update(env)
     _retitle(shlex.join(argv))
     _own_secrets()
@@ -221,6 +220,17 @@ def _redirect(output: int) -> None:
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = _unbuffered(1, sys.__stdout__)
     sys.stderr = _unbuffered(2, sys.__stderr__)
+
+
+def _close_all_but(keep: frozenset[int]) -> None:
+    """Close every descriptor above stderr but `keep`: the other services' sockets, the
+    supervisor's files, whatever the supervisor itself inherited. The parent's objects that
+    hold them are never finalized here (`gc.freeze`, `os._exit`), so none is closed twice."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _unbuffered(fd: int, like: io.TextIOBase | None) -> io.TextIOWrapper:

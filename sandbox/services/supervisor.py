@@ -275,9 +275,8 @@ class Supervisor:
         out = (logs / f"{child.name}.log").open("ab")
         env = {**child.env, "PYTHONUNBUFFERED": "1", SUPERVISOR_PID: str(os.getpid())}
         if child.forked and launcher.can_fork():
-            others = [s.fileno() for s in self.sockets.values() if s.fileno() not in child.fds]
             child.process = launcher.fork_module(
-                child.argv, env, out.fileno(), close=others, in_child=_die_with_parent
+                child.argv, env, out.fileno(), keep=child.fds, in_child=_die_with_parent
             )
         else:
             child.process = subprocess.Popen(

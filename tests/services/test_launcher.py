@@ -18,19 +18,20 @@ CHILD = """
 import json, os, signal, sys, time
 from pathlib import Path
 
-held = int(os.environ["HELD_FD"])
-try:
-    os.fstat(held)
-    still_open = True
-except OSError:
-    still_open = False
+def is_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
 print(json.dumps({
     "name": __name__,
     "argv": sys.argv[1:],
     "env": os.environ.get("SEEN"),
     "stdin": sys.stdin.read(),
     "session_leader": os.getsid(0) == os.getpid(),
-    "held_fd_open": still_open,
+    "held_fd_open": is_open(int(os.environ["HELD_FD"])),
+    "kept_fd_open": is_open(int(os.environ["KEPT_FD"])),
     "cmdline": Path(f"/proc/{os.getpid()}/cmdline").read_bytes().decode(),
     "comm": Path("/proc/self/comm").read_text().strip(),
     "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
@@ -45,12 +46,11 @@ import json, os, signal, socket, sys, time
 from sandbox.services import launcher
 
 signal.signal(signal.SIGTERM, lambda *_: None)  # the supervisor's own handler
-held = socket.socket()
+held, kept = socket.socket(), socket.socket()
 log = open(sys.argv[2], "ab")
 argv = [sys.executable, "-m", "launched_child", sys.argv[1], "--flag"]
-child = launcher.fork_module(
-    argv, {"SEEN": "yes", "HELD_FD": str(held.fileno())}, log.fileno(), close=[held.fileno()]
-)
+fds = {"HELD_FD": str(held.fileno()), "KEPT_FD": str(kept.fileno())}
+child = launcher.fork_module(argv, {"SEEN": "yes", **fds}, log.fileno(), keep=[kept.fileno()])
 log.close()
 if sys.argv[1] == "sleep":
     try:
@@ -93,7 +93,8 @@ def test_a_forked_service_runs_its_module_as_python_m_would(tmp_path: Path) -> N
     assert child["env"] == "yes"
     assert child["stdin"] == ""
     assert child["session_leader"]
-    assert not child["held_fd_open"], "another service's socket stays with the supervisor"
+    assert not child["held_fd_open"], "the supervisor's other descriptors stay with it"
+    assert child["kept_fd_open"], "its own listening socket is handed down"
     assert child["sigterm_default"], "SIGTERM stops it, whatever the parent set"
     assert child["cmdline"].replace("\0", " ").split() == [
         sys.executable,
